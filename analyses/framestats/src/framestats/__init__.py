@@ -1,0 +1,1 @@
+"""framestats: per-frame statistics of an image stack (the ncaas test analysis)."""
