@@ -5,7 +5,7 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -21,8 +21,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m ncaas.demo
 
-test: setup
+test: setup system-deps
 	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) $(TOOLS) ncaas-data demo-data
+
+# Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15.
+system-deps:
+	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 if [ -z "$$missing" ]; then :; \
+	 elif [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	 else echo "not root: cannot install$$missing; tests that need them will be skipped"; fi
