@@ -1,0 +1,304 @@
+"""Blueprints: one YAML (or JSON) file per analysis, validated by pydantic.
+
+A blueprint names an analysis, how to run it (``command``), what it needs
+(``resources``), what config it accepts (``config_schema`` + ``default_config``),
+who may run it (``access``) and how much at once (``limits``). Its identity is
+the sha256 of its canonical JSON form, plus the git commit of the repository
+holding the file when there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .exceptions import BlueprintError
+
+__all__ = [
+    "PLACEHOLDERS",
+    "Blueprint",
+    "BlueprintRegistry",
+    "LoadedBlueprint",
+    "blueprint_dirs",
+    "load_blueprint",
+    "parse_bytes",
+    "parse_seconds",
+    "validate_blueprint_file",
+]
+
+PLACEHOLDERS = ("{input}", "{config}", "{output}", "{python}")
+_PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
+          "gib": 1024**3, "tib": 1024**4}
+_SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """Parse ``2GB``, ``512MiB`` or a plain number of bytes."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size; write e.g. 512MB, 2GiB or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_seconds(value: int | float | str) -> float:
+    """Parse ``90``, ``30m``, ``2h`` into seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(value))
+    if not match or match.group(2) not in _SECONDS:
+        raise ValueError(f"{value!r} is not a duration; write e.g. 90, 30m or 2h")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Environment(_Strict):
+    """Where the analysis environment comes from (consumed by ncaas.environments)."""
+
+    lock: str | None = Field(None, description="hashed requirements lock, relative to the blueprint")
+    source: str | None = Field(None, description="the analysis package to install, relative to the blueprint")
+
+
+class Resources(_Strict):
+    cpus: int = Field(1, ge=1)
+    memory: int = Field(parse_bytes("1GB"), gt=0, description="bytes per task")
+    gpus: int = Field(0, ge=0)
+    disk: int | None = Field(None, gt=0)
+    timeout: float = Field(3600.0, gt=0, description="seconds per task")
+
+    @field_validator("memory", "disk", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        return None if value is None else parse_bytes(value)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        return parse_seconds(value)
+
+
+class Access(_Strict):
+    groups: list[str] = Field(default_factory=lambda: ["*"], description='"*" allows every group')
+
+    def allows(self, group: str) -> bool:
+        return "*" in self.groups or group in self.groups
+
+
+class Limits(_Strict):
+    max_concurrent_tasks: int | None = Field(None, ge=1)
+    max_retries: int = Field(2, ge=0, description="retries of a task killed by a signal")
+    budget: float | None = Field(None, ge=0)
+
+
+class Blueprint(_Strict):
+    """The validated content of a blueprint file."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    version: str = Field(min_length=1)
+    description: str = ""
+    environment: Environment = Field(default_factory=Environment)
+    command: list[str] = Field(min_length=1)
+    resources: Resources = Field(default_factory=Resources)
+    config_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    default_config: dict[str, Any] = Field(default_factory=dict)
+    access: Access = Field(default_factory=Access)
+    limits: Limits = Field(default_factory=Limits)
+    pricing: dict[str, Any] | None = None
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, command: list[str]) -> list[str]:
+        for arg in command:
+            for token in _PLACEHOLDER_RE.findall(arg):
+                if token not in PLACEHOLDERS:
+                    raise ValueError(f"unknown placeholder {token}; allowed: {', '.join(PLACEHOLDERS)}")
+        joined = " ".join(command)
+        for needed in ("{input}", "{output}"):
+            if needed not in joined:
+                raise ValueError(f"the command must contain {needed} so the analysis knows where to read and write")
+        return command
+
+    @field_validator("config_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
+            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return schema
+
+    @model_validator(mode="after")
+    def _default_config_matches(self) -> Blueprint:
+        validator = jsonschema.Draft202012Validator(self.config_schema)
+        errors = sorted(validator.iter_errors(self.default_config), key=lambda e: list(e.path))
+        if errors:
+            first = errors[0]
+            where = ".".join(str(p) for p in first.absolute_path) or "(top)"
+            raise ValueError(f"default_config.{where} does not match config_schema: {first.message}")
+        return self
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedBlueprint:
+    """A blueprint with where it came from and its identity."""
+
+    blueprint: Blueprint
+    path: Path
+    sha256: str
+    git_commit: str | None = None
+    git_dirty: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.blueprint.name
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.blueprint.version, "sha256": self.sha256,
+                "git_commit": self.git_commit, "git_dirty": self.git_dirty, "path": str(self.path)}
+
+
+def _git_identity(path: Path) -> tuple[str | None, bool]:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True,
+                                  text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None, False
+    status = git("status", "--porcelain", "--", path.name)
+    return commit, bool(status)
+
+
+def _read_mapping(path: Path) -> tuple[Any, yaml.Node | None]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BlueprintError(f"cannot read blueprint {path}: {exc.strerror}") from exc
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise BlueprintError(f"{path}{where}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == key), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def validate_blueprint_file(path: str | os.PathLike[str]) -> tuple[Blueprint | None, list[str]]:
+    """Validate a blueprint file; return the model and every problem, with its location."""
+    path = Path(path)
+    data, node = _read_mapping(path)
+    if not isinstance(data, dict):
+        return None, [f"{path}: a blueprint must be a mapping of fields (name, version, command, ...)"]
+    try:
+        return Blueprint.model_validate(data), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"])
+            where = ".".join(str(p) for p in loc) or "(top)"
+            line = _line_of(node, loc)
+            at = f" (line {line})" if line else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field; allowed here: {', '.join(_allowed_fields(loc))}"
+            problems.append(f"{path.name}: {where}{at}: {msg}")
+        return None, problems
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Blueprint
+    for key in loc[:-1]:
+        ann = model.model_fields.get(str(key))
+        sub = getattr(ann, "annotation", None) if ann else None
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            model = sub
+    return list(model.model_fields)
+
+
+def load_blueprint(path: str | os.PathLike[str]) -> LoadedBlueprint:
+    """Load and validate one blueprint file, or raise BlueprintError listing every problem."""
+    path = Path(path).resolve()
+    model, problems = validate_blueprint_file(path)
+    if model is None:
+        raise BlueprintError("invalid blueprint:\n  " + "\n  ".join(problems))
+    commit, dirty = _git_identity(path)
+    return LoadedBlueprint(model, path, model.content_hash(), commit, dirty)
+
+
+def blueprint_dirs() -> list[Path]:
+    """Folders searched for blueprints: ``NCAAS_BLUEPRINTS`` first, then the shipped analyses."""
+    dirs = [Path(p) for p in os.environ.get("NCAAS_BLUEPRINTS", "").split(os.pathsep) if p]
+    shipped = Path(__file__).resolve().parents[2] / "analyses"
+    if shipped.is_dir():
+        dirs.append(shipped)
+    return dirs
+
+
+@dataclass
+class BlueprintRegistry:
+    """Every blueprint found in a list of folders; invalid ones are kept with their problems."""
+
+    blueprints: dict[str, LoadedBlueprint] = field(default_factory=dict)
+    invalid: dict[Path, str] = field(default_factory=dict)
+
+    @classmethod
+    def discover(cls, dirs: list[Path] | None = None) -> BlueprintRegistry:
+        registry = cls()
+        for folder in blueprint_dirs() if dirs is None else dirs:
+            files = sorted(folder.glob("blueprint.y*ml")) + sorted(folder.glob("*/blueprint.y*ml"))
+            files += sorted(folder.glob("*/blueprint.json")) + sorted(folder.glob("blueprint.json"))
+            for file in files:
+                try:
+                    loaded = load_blueprint(file)
+                except BlueprintError as exc:
+                    registry.invalid[file] = str(exc)
+                    continue
+                registry.blueprints.setdefault(loaded.name, loaded)
+        return registry
+
+    def get(self, name: str) -> LoadedBlueprint | None:
+        return self.blueprints.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.blueprints)

@@ -1,0 +1,168 @@
+"""Certificates: the provenance of a job, enough to reproduce it, and their comparison.
+
+``certificate.json`` records the blueprint (name, version, sha256, git commit and its
+full content), the environment (lock and manifest hashes once environments exist),
+the isolation applied, the platform version, every input's size and sha256, the exact
+config and its hash, the command, executor and host, per-task timings (ms), exit
+status, CPU seconds, peak memory, and the sha256 of every output file.
+``certificate.txt`` says the same for a human.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .exceptions import CertificateError
+from .executors.base import EnvironmentInfo
+from .storage import Storage
+
+__all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_text"]
+
+CERTIFICATE_VERSION = 1
+
+
+def _tree_digest(files: list[dict[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for entry in sorted(files, key=lambda e: e["path"]):
+        digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
+    return digest.hexdigest()
+
+
+def describe_input(storage: Storage, path: str, rel: str) -> dict[str, Any]:
+    """Size and sha256 of a dataset; a folder also lists each file."""
+    if storage.isdir(path):
+        files = storage.describe_tree(path)
+        return {"path": rel, "kind": "folder", "size": sum(f["size"] for f in files),
+                "sha256": _tree_digest(files), "files": files}
+    return {"path": rel, "kind": "file", "size": storage.size(path), "sha256": storage.sha256(path)}
+
+
+def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list[Any], *,
+                      executor: dict[str, Any], isolation: str, environment: EnvironmentInfo) -> dict[str, Any]:
+    """The certificate of a finished job, from its database rows and its files."""
+    blueprint = job.blueprint
+    config = job.config
+    config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    out_tasks = []
+    for task in tasks:
+        outputs_dir = f"{job.results_dir}/outputs/{task.dataset}"
+        input_info = (describe_input(storage, task.dataset_path, task.dataset_rel)
+                      if storage.exists(task.dataset_path) else {"path": task.dataset_rel, "missing": True})
+        out_tasks.append({
+            "dataset": task.dataset, "input": input_info, "argv": json.loads(task.argv_json),
+            "state": task.state, "cause": task.cause, "attempts": task.attempt,
+            "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
+            "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
+            "outputs": storage.describe_tree(outputs_dir) if storage.isdir(outputs_dir) else [],
+        })
+    return {
+        "certificate_version": CERTIFICATE_VERSION,
+        "job": {"id": job.id, "group": job.group, "submission": job.submission, "state": job.state,
+                "cause": job.cause, "created_ms": job.created_ms, "started_ms": job.started_ms,
+                "ended_ms": job.ended_ms, "storage": storage.url},
+        "platform": {"name": "ncaas", "version": __version__},
+        "blueprint": blueprint,
+        "environment": {"python": environment.python, "lock_hash": environment.lock_hash,
+                        "manifest_hash": environment.manifest_hash},
+        "isolation": isolation,
+        "executor": executor,
+        "config": {"name": job.config_name, "content": config,
+                   "sha256": hashlib.sha256(config_text.encode()).hexdigest()},
+        "command": blueprint.get("content", {}).get("command"),
+        "tasks": out_tasks,
+        "story": [{"at_ms": e.at_ms, "dataset": e.dataset, "from": e.from_state, "to": e.to_state,
+                   "cause": e.cause} for e in events],
+        "cost": None,
+    }
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def render_text(cert: dict[str, Any]) -> str:
+    """A readable rendering of a certificate."""
+    job, bp, env = cert["job"], cert["blueprint"], cert["environment"]
+    lines = [
+        f"ncaas certificate for job {job['id']} ({job['state']})",
+        "=" * 60,
+        f"group:        {job['group']}   submission: {job['submission']}",
+        f"analysis:     {bp.get('name')} {bp.get('version')}",
+        f"blueprint:    sha256 {bp.get('sha256')}",
+        f"              git commit {bp.get('git_commit') or 'unknown'}{' (modified)' if bp.get('git_dirty') else ''}",
+        f"environment:  python {env['python']}; lock {env['lock_hash'] or 'none'}; "
+        f"manifest {env['manifest_hash'] or 'none'}",
+        f"isolation:    {cert['isolation']}",
+        f"platform:     ncaas {cert['platform']['version']}",
+        f"executor:     {cert['executor'].get('name')} on {cert['executor'].get('host')} "
+        f"({cert['executor'].get('platform')})",
+        f"config:       {cert['config']['name'] or '(defaults)'} sha256 {cert['config']['sha256']}",
+        f"              {json.dumps(cert['config']['content'], sort_keys=True)}",
+        f"command:      {' '.join(cert['command'] or [])}",
+        f"created:      {_when(job['created_ms'])}   started: {_when(job['started_ms'])}   "
+        f"ended: {_when(job['ended_ms'])}",
+        "",
+    ]
+    for task in cert["tasks"]:
+        inp = task["input"]
+        lines += [
+            f"dataset {task['dataset']}: {task['state']} ({task['cause']})",
+            f"  input     {inp['path']} {inp.get('kind', '')} {inp.get('size', '?')} bytes sha256 {inp.get('sha256')}",
+            f"  run       {_when(task['start_ms'])} -> {_when(task['end_ms'])}, attempts {task['attempts']}, "
+            f"exit code {task['exit_code']}",
+            f"  usage     CPU {task['cpu_seconds']} s, peak memory {_mb(task['peak_memory_bytes'])}",
+            f"  argv      {' '.join(task['argv'])}",
+            "  outputs:",
+        ]
+        lines += [f"    {o['sha256']}  {o['size']:>12}  {o['path']}" for o in task["outputs"]] or ["    (none)"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def load_certificate(path: str | Path) -> dict[str, Any]:
+    """Read a certificate.json (or the results folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "certificate.json"
+    try:
+        cert = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CertificateError(f"{path} does not exist; give the certificate.json of a finished job") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"{path} is not a certificate (not JSON: {exc})") from None
+    needed = {"certificate_version", "job", "blueprint", "config", "tasks"}
+    if not isinstance(cert, dict) or not needed <= set(cert):
+        raise CertificateError(f"{path} is not an ncaas certificate; it lacks {sorted(needed - set(cert or {}))}")
+    return cert
+
+
+def compare_outputs(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
+    """File-by-file comparison of two certificates' outputs: match, differ, missing, extra."""
+    rows = []
+    after_tasks = {t["dataset"]: t for t in after["tasks"]}
+    for task in before["tasks"]:
+        old = {o["path"]: o["sha256"] for o in task["outputs"]}
+        new_task = after_tasks.get(task["dataset"])
+        new = {o["path"]: o["sha256"] for o in new_task["outputs"]} if new_task else {}
+        for path in sorted(set(old) | set(new)):
+            if path not in new:
+                verdict = "missing"
+            elif path not in old:
+                verdict = "extra"
+            else:
+                verdict = "match" if old[path] == new[path] else "differ"
+            rows.append({"dataset": task["dataset"], "path": posixpath.join(task["dataset"], path),
+                         "verdict": verdict})
+    return rows

@@ -1,0 +1,71 @@
+"""Errors raised by ncaas, each carrying the exit code the CLI uses.
+
+The tree::
+
+    NcaasError                     exit 1, root of everything below
+    ├── BlueprintError             a blueprint file is missing or invalid
+    ├── StorageError               storage unreachable, or a path refused
+    │   └── PathRefused            a user path leaves its group or is malformed
+    ├── SubmissionRejected         a submission failed validation (exit 2)
+    ├── JobNotFound                no job with that id (exit 4)
+    ├── ExecutorError              a task could not be launched
+    └── CertificateError           a certificate is unreadable or cannot be rerun
+
+Every message is written for the scientist who reads it: what is wrong and
+how to fix it. The CLI renders them in one place; nothing else prints them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlueprintError",
+    "CertificateError",
+    "ExecutorError",
+    "JobNotFound",
+    "NcaasError",
+    "PathRefused",
+    "StorageError",
+    "SubmissionRejected",
+]
+
+
+class NcaasError(Exception):
+    """Root of all ncaas errors."""
+
+    exit_code = 1
+
+
+class BlueprintError(NcaasError):
+    """A blueprint file is missing, unreadable or invalid."""
+
+
+class StorageError(NcaasError):
+    """Storage is unreachable or an operation on it failed."""
+
+
+class PathRefused(StorageError):
+    """A user-supplied path is malformed or resolves outside its group."""
+
+
+class SubmissionRejected(NcaasError):
+    """A submission failed validation; ``problems`` lists every reason."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class JobNotFound(NcaasError):
+    """No job with the given id exists in the job database."""
+
+    exit_code = 4
+
+
+class ExecutorError(NcaasError):
+    """A task could not be launched or supervised."""
+
+
+class CertificateError(NcaasError):
+    """A certificate is unreadable, or its run cannot be reproduced."""

@@ -1,0 +1,162 @@
+"""Supervise one task: the process the local executor launches (standard library only).
+
+``python _runner.py RUN_DIR/spec.json`` starts the task's command in its own process
+group, streams its stdout/stderr into the log as it comes, turns ``NCAAS_PROGRESS
+<fraction> <message>`` lines into ``status`` writes, enforces the timeout, stops the
+task on SIGTERM (cancel), and finally writes ``exit.json`` (returncode, CPU seconds,
+peak memory, timings) atomically. It runs in its own session, so it outlives the
+manager; a restarted manager reads ``exit.json`` or adopts it while it still runs.
+"""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+GRACE_SECONDS = 3.0
+STATUS_EVERY = 0.25
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def write_json(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, path)
+
+
+class Status:
+    def __init__(self, path, fields):
+        self.path = path
+        self.data = dict(fields)
+        self.lock = threading.Lock()
+        self.last = 0.0
+
+    def update(self, force=False, **fields):
+        with self.lock:
+            self.data.update(fields, updated_ms=now_ms())
+            if force or time.monotonic() - self.last >= STATUS_EVERY:
+                write_json(self.path, self.data)
+                self.last = time.monotonic()
+
+
+def parse_progress(line, status):
+    parts = line.split(None, 2)
+    if len(parts) < 2 or parts[0] != "NCAAS_PROGRESS":
+        return
+    try:
+        fraction = min(max(float(parts[1]), 0.0), 1.0)
+    except ValueError:
+        return
+    status.update(progress=fraction, message=parts[2].strip() if len(parts) > 2 else "")
+
+
+def pump(fd, log, status):
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        log.write(chunk)
+        log.flush()
+        pending += chunk
+        *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        if len(pending) > 65536:
+            pending = b""
+        for line in lines:
+            if line.startswith(b"NCAAS_PROGRESS"):
+                parse_progress(line.decode("utf-8", "replace"), status)
+    if pending.startswith(b"NCAAS_PROGRESS"):
+        parse_progress(pending.decode("utf-8", "replace"), status)
+
+
+def stop_group(pgid, proc):
+    """SIGTERM the task's process group, SIGKILL it after a grace period."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def limiter(memory_limit):
+    def apply():
+        if memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    return apply
+
+
+def main(spec_path):
+    with open(spec_path) as fh:
+        spec = json.load(fh)
+    run_dir = spec["run_dir"]
+    exit_path = os.path.join(run_dir, "exit.json")
+    cancelled = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    status = Status(spec["status_path"], spec.get("status_fields", {}))
+    record = {"timeout": spec["timeout"], "timed_out": False, "cancelled": False, "start_ms": now_ms()}
+    os.makedirs(os.path.dirname(spec["log_path"]), exist_ok=True)
+    with open(spec["log_path"], "ab", buffering=0) as log:
+        attempt = spec.get("status_fields", {}).get("attempt", 1)
+        log.write(f"[ncaas] attempt {attempt}: {' '.join(spec['argv'])}\n".encode())
+        try:
+            proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
+                                    preexec_fn=limiter(spec.get("memory_limit")))
+        except OSError as exc:
+            record.update(returncode=None, error=f"{spec['argv'][0]}: {exc.strerror}", end_ms=now_ms(),
+                          cpu_seconds=0.0, peak_memory_bytes=0)
+            log.write(f"[ncaas] could not start: {exc}\n".encode())
+            write_json(exit_path, record)
+            return 0
+        write_json(os.path.join(run_dir, "child.json"), {"pid": proc.pid})
+        status.update(force=True, state="running", start_ms=record["start_ms"], pid=proc.pid, progress=0.0)
+        reader = threading.Thread(target=pump, args=(proc.stdout.fileno(), log, status), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + spec["timeout"]
+        while proc.poll() is None:
+            if cancelled.wait(timeout=min(0.05, max(deadline - time.monotonic(), 0.001))):
+                record["cancelled"] = True
+            elif time.monotonic() >= deadline:
+                record["timed_out"] = True
+            else:
+                continue
+            stop_group(proc.pid, proc)
+            break
+        proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # a finished task leaves nothing running behind
+        except (ProcessLookupError, PermissionError):
+            pass
+        reader.join(timeout=5)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        record.update(returncode=proc.returncode, end_ms=now_ms(),
+                      cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+                      peak_memory_bytes=usage.ru_maxrss * 1024)
+        status.update(force=True)
+        what = "timed out" if record["timed_out"] else "cancelled" if record["cancelled"] else "exited"
+        log.write(f"[ncaas] {what} with code {proc.returncode}\n".encode())
+    write_json(exit_path, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,77 @@
+"""The executor interface: a task spec goes in, a handle comes out, exit records come back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["LOST", "EnvironmentInfo", "Executor", "TaskHandle", "TaskSpec"]
+
+LOST: dict[str, Any] = {"lost": True}
+"""Returned by :meth:`Executor.poll` when a task's supervisor vanished without an exit record."""
+
+
+@dataclass
+class TaskSpec:
+    """Everything needed to run one task, and nothing about jobs or storage."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    inputs: list[Path]  # mounted read-only by a sandbox
+    output_dir: Path  # writable
+    scratch_dir: Path  # writable, private, removed after the task
+    memory_limit: int | None  # bytes
+    cpus: int
+    timeout: float  # seconds
+    log_path: Path
+    status_path: Path
+    run_dir: Path  # executor bookkeeping: spec.json, runner.pid, exit.json
+    status_fields: dict[str, Any] = field(default_factory=dict)  # copied into every status write
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        out["inputs"] = [str(p) for p in self.inputs]
+        return out
+
+
+@dataclass(frozen=True)
+class TaskHandle:
+    """How to find a launched task again, even from another process."""
+
+    run_dir: Path
+    pid: int
+    start_time: float  # the supervisor's process creation time, against pid reuse
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    """The analysis environment a task runs in (filled by ncaas.environments)."""
+
+    python: str
+    lock_hash: str | None = None
+    manifest_hash: str | None = None
+
+
+class Executor(Protocol):
+    name: str
+
+    def ensure_environment(self, blueprint: Any) -> EnvironmentInfo: ...
+
+    def launch(self, spec: TaskSpec) -> TaskHandle: ...
+
+    def poll(self, handle: TaskHandle) -> dict[str, Any] | None: ...
+
+    def cancel(self, handle: TaskHandle) -> None: ...
+
+    def kill(self, handle: TaskHandle) -> None: ...
+
+    def find(self, run_dir: Path) -> TaskHandle | None: ...
+
+    def capacity(self) -> tuple[int, int]: ...
+
+    def describe(self) -> dict[str, Any]: ...

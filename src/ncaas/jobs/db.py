@@ -1,0 +1,247 @@
+"""Persistence of jobs, tasks and every transition (the job's story), through SQLAlchemy.
+
+The default is SQLite at ``<root>/.ncaas/jobs.sqlite`` (WAL mode, so the CLI and a
+manager can share it); any SQLAlchemy URL works. State changes are compare-and-set
+(``UPDATE ... WHERE state = old``) so two processes never act on the same transition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, select,
+                        update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from ..exceptions import NcaasError, StorageError
+from .states import TaskState, check_transition
+
+__all__ = ["Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def default_db_url(root: str) -> str:
+    return f"sqlite:///{Path(root) / '.ncaas' / 'jobs.sqlite'}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group: Mapped[str] = mapped_column(String(64), index=True)
+    analysis: Mapped[str | None] = mapped_column(String(64))
+    submission: Mapped[str] = mapped_column(String(512))
+    submission_key: Mapped[str] = mapped_column(String(700), unique=True)
+    content_key: Mapped[str] = mapped_column(String(128), index=True)
+    blueprint_json: Mapped[str] = mapped_column(Text, default="{}")
+    config_json: Mapped[str] = mapped_column(Text, default="{}")
+    config_name: Mapped[str | None] = mapped_column(String(512))
+    submit_json: Mapped[str] = mapped_column(Text, default="{}")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    cause: Mapped[str] = mapped_column(Text, default="")
+    results_dir: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(Integer)
+    started_ms: Mapped[int | None] = mapped_column(Integer)
+    ended_ms: Mapped[int | None] = mapped_column(Integer)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    finalized: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def blueprint(self) -> dict[str, Any]:
+        return json.loads(self.blueprint_json)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_json)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    dataset: Mapped[str] = mapped_column(String(512))
+    dataset_rel: Mapped[str] = mapped_column(Text)
+    dataset_path: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    cause: Mapped[str] = mapped_column(Text, default="")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    run_dir: Mapped[str | None] = mapped_column(Text)
+    runner_pid: Mapped[int | None] = mapped_column(Integer)
+    runner_start: Mapped[float | None] = mapped_column(Float)
+    started_ms: Mapped[int | None] = mapped_column(Integer)
+    ended_ms: Mapped[int | None] = mapped_column(Integer)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    cpu_seconds: Mapped[float | None] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    argv_json: Mapped[str] = mapped_column(Text, default="[]")
+    cpus: Mapped[int] = mapped_column(Integer, default=1)
+    memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(512))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    cause: Mapped[str] = mapped_column(Text, default="")
+    at_ms: Mapped[int] = mapped_column(Integer)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 30000")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+class JobDB:
+    """Jobs, tasks and events in one database."""
+
+    def __init__(self, url: str):
+        self.url = url
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"cannot open the job database {url}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ---------------------------------------------------------------------------
+    def job(self, job_id: str) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, job_id)
+
+    def find_job(self, prefix: str) -> Job | None:
+        """A job by id or unique id prefix."""
+        with self.session() as s:
+            exact = s.get(Job, prefix)
+            if exact is not None:
+                return exact
+            found = s.scalars(select(Job).where(Job.id.startswith(prefix, autoescape=True)).limit(2)).all()
+            return found[0] if len(found) == 1 else None
+
+    def jobs(self, *, states: list[str] | None = None, limit: int | None = None) -> list[Job]:
+        with self.session() as s:
+            q = select(Job).order_by(Job.created_ms.desc())
+            if states is not None:
+                q = q.where(Job.state.in_(states))
+            if limit:
+                q = q.limit(limit)
+            return list(s.scalars(q))
+
+    def tasks(self, job_id: str | None = None, *, states: list[str] | None = None) -> list[Task]:
+        with self.session() as s:
+            q = select(Task).order_by(Task.id)
+            if job_id is not None:
+                q = q.where(Task.job_id == job_id)
+            if states is not None:
+                q = q.where(Task.state.in_(states))
+            return list(s.scalars(q))
+
+    def task(self, task_id: int) -> Task | None:
+        with self.session() as s:
+            return s.get(Task, task_id)
+
+    def events(self, job_id: str) -> list[Event]:
+        with self.session() as s:
+            return list(s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
+
+    def seen_submission(self, key: str) -> Job | None:
+        with self.session() as s:
+            return s.scalars(select(Job).where(Job.submission_key == key)).first()
+
+    def same_content(self, group: str, content_key: str) -> Job | None:
+        with self.session() as s:
+            return s.scalars(select(Job).where(Job.group == group, Job.content_key == content_key)
+                             .order_by(Job.created_ms)).first()
+
+    # -- writes --------------------------------------------------------------------------
+    def add_job(self, job: Job, tasks: list[Task], cause: str) -> bool:
+        """Insert a job and its tasks; False when its submission was already recorded."""
+        try:
+            with self.session() as s, s.begin():
+                s.add(job)
+                s.flush()
+                for task in tasks:
+                    task.job_id = job.id
+                    s.add(task)
+                s.add(Event(job_id=job.id, to_state=job.state, cause=cause, at_ms=job.created_ms))
+                for task in tasks:
+                    s.add(Event(job_id=job.id, dataset=task.dataset, to_state=task.state, cause=cause,
+                                at_ms=job.created_ms))
+        except SQLAlchemyError as exc:
+            if self.seen_submission(job.submission_key) is not None:
+                return False
+            raise NcaasError(f"cannot record job {job.id}: {exc}") from exc
+        return True
+
+    def move_task(self, task: Task, new: TaskState, cause: str, **fields: Any) -> bool:
+        """Compare-and-set a task's state, recording the event; False if someone moved it first."""
+        old = TaskState(task.state)
+        check_transition(old, new)
+        at = now_ms()
+        with self.session() as s, s.begin():
+            done = s.execute(update(Task).where(Task.id == task.id, Task.state == old.value)
+                             .values(state=new.value, cause=cause, **fields))
+            if done.rowcount != 1:
+                return False
+            s.add(Event(job_id=task.job_id, dataset=task.dataset, from_state=old.value,
+                        to_state=new.value, cause=cause, at_ms=at))
+        task.state = new.value
+        task.cause = cause
+        for key, value in fields.items():
+            setattr(task, key, value)
+        return True
+
+    def update_task(self, task_id: int, **fields: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(Task).where(Task.id == task_id).values(**fields))
+
+    def move_job(self, job: Job, new: str, cause: str, **fields: Any) -> bool:
+        old = job.state
+        if old == new and not fields:
+            return True
+        with self.session() as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job.id, Job.state == old)
+                             .values(state=new, cause=cause, **fields))
+            if done.rowcount != 1:
+                return False
+            if old != new:
+                s.add(Event(job_id=job.id, from_state=old, to_state=new, cause=cause, at_ms=now_ms()))
+        job.state = new
+        job.cause = cause
+        for key, value in fields.items():
+            setattr(job, key, value)
+        return True
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id).values(**fields))

@@ -1,0 +1,419 @@
+"""The job manager: the only job code doing I/O.
+
+One :meth:`Manager.step` reaps finished tasks, starts queued ones within capacity and
+settles jobs; :meth:`Manager.run` repeats it, scanning storage for new submit files.
+Every decision comes from :mod:`ncaas.jobs.states` and is persisted (compare-and-set)
+before it is acted upon, so a manager killed at any moment and restarted picks up:
+tasks still running are adopted through their handle (pid + start time), tasks that
+ended meanwhile are read from their exit record, tasks that vanished are retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
+from ..certificate import build_certificate, render_text
+from ..exceptions import ExecutorError, JobNotFound, SubmissionRejected
+from ..executors.base import LOST, TaskHandle, TaskSpec
+from ..executors.local import LocalExecutor
+from ..storage import Storage
+from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
+from .db import Job, JobDB, Task, now_ms
+from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
+
+__all__ = ["Manager", "new_job_id"]
+
+LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
+TIMEOUT_BACKSTOP_S = 30.0  # kill a task whose supervisor failed to enforce its timeout
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Manager:
+    """Turn submissions into jobs and jobs into tasks on an executor."""
+
+    def __init__(self, storage: Storage, db: JobDB, *, executor: LocalExecutor | None = None,
+                 registry: BlueprintRegistry | None = None, default_analysis: str | None = None,
+                 poll_interval: float = 0.05, notify: Callable[[str], None] | None = None):
+        self.storage = storage
+        self.db = db
+        self.executor = executor or LocalExecutor()
+        self._registry = registry
+        self.default_analysis = default_analysis
+        self.poll_interval = poll_interval
+        self.notify = notify or (lambda message: None)
+        self.state_dir = storage.local_path(storage.join(".ncaas"))
+        self._seen: set[str] = set()
+
+    @property
+    def registry(self) -> BlueprintRegistry:
+        if self._registry is None:
+            self._registry = BlueprintRegistry.discover()
+        return self._registry
+
+    # -- submissions ---------------------------------------------------------------------
+    def scan(self) -> list[Job]:
+        """Ingest every submit file not seen before (including ones written while down)."""
+        jobs = []
+        for group, path in self.storage.iter_submissions():
+            if path in self._seen:
+                continue
+            job = self.ingest_file(group, path)
+            self._seen.add(path)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def ingest_file(self, group: str, path: str) -> Job | None:
+        """Turn one submit file into a job (queued, or rejected with its reasons)."""
+        name = path.rsplit("/", 1)[-1]
+        try:
+            raw = self.storage.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        key = f"{group}/{name}:{_sha256(raw)}"
+        existing = self.db.seen_submission(key)
+        if existing is not None:
+            return existing
+        content_key = _sha256(raw)
+        try:
+            submit = parse_submit_file(raw, name=name)
+            content_key = _sha256(canonical_json(submit.model_dump(mode="json")).encode())
+            twin = self.db.same_content(group, content_key)
+            if twin is not None:
+                raise SubmissionRejected(
+                    f"{name} is identical to {twin.submission} (job {twin.id}), which was already run; "
+                    "a submission runs once — change its timestamp to run it again")
+            request = build_request(self.storage, self.registry, group, submit,
+                                    default_analysis=self.default_analysis)
+        except SubmissionRejected as exc:
+            return self.reject(group, name, key, content_key, exc.problems)
+        return self.create_job(request, submission=name, key=key, content_key=content_key)
+
+    def create_job(self, request: JobRequest, *, submission: str, key: str, content_key: str) -> Job:
+        job_id = new_job_id()
+        bp = request.blueprint
+        job = Job(id=job_id, group=request.group, analysis=bp.name, submission=submission,
+                  submission_key=key, content_key=content_key, state=JobState.QUEUED.value,
+                  blueprint_json=json.dumps({**bp.identity(), "content": bp.blueprint.model_dump(mode="json")}),
+                  config_json=json.dumps(request.config), config_name=request.config_name,
+                  submit_json=json.dumps(request.submit), results_dir=self.storage.results_dir(request.group, job_id),
+                  created_ms=now_ms())
+        res = bp.blueprint.resources
+        tasks = [Task(dataset=d.key, dataset_rel=d.rel, dataset_path=d.path, state=TaskState.QUEUED.value,
+                      max_retries=bp.blueprint.limits.max_retries, cpus=res.cpus, memory_bytes=res.memory)
+                 for d in request.datasets]
+        if not self.db.add_job(job, tasks, f"submitted as {submission}"):
+            found = self.db.seen_submission(key)
+            assert found is not None
+            return found
+        self.storage.write_text(f"{job.results_dir}/config.json", json.dumps(request.config, indent=2))
+        for task in tasks:
+            self._write_status(job, task)
+        self.notify(f"job {job_id}: {bp.name} on {len(tasks)} dataset(s) from {request.group}/{submission}")
+        return job
+
+    def reject(self, group: str, name: str, key: str, content_key: str, problems: list[str]) -> Job:
+        job_id = new_job_id()
+        results = self.storage.results_dir(group, job_id)
+        job = Job(id=job_id, group=group, analysis=None, submission=name, submission_key=key,
+                  content_key=content_key, state=JobState.REJECTED.value, cause="; ".join(problems),
+                  results_dir=results, created_ms=now_ms(), ended_ms=now_ms())
+        if not self.db.add_job(job, [], "rejected: " + "; ".join(problems)):
+            found = self.db.seen_submission(key)
+            assert found is not None
+            return found
+        text = f"Submission {group}/submissions/{name} was rejected; nothing ran.\n\n"
+        text += "".join(f"- {p}\n" for p in problems)
+        self.storage.write_text(f"{results}/error.txt", text)
+        self._write_end(job, [], errors=problems)
+        self.db.update_job(job_id, finalized=True)
+        self.notify(f"job {job_id}: rejected {group}/submissions/{name}:\n  " + "\n  ".join(problems))
+        return job
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, *, scan: bool = True, until: Callable[[], bool] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> None:
+        """Step until ``until()`` holds or ``should_stop()`` asks to stop."""
+        while True:
+            if scan:
+                self.scan()
+            self.step()
+            if (until is not None and until()) or (should_stop is not None and should_stop()):
+                return
+            time.sleep(self.poll_interval)
+
+    def run_job(self, job_id: str) -> Job:
+        """Run embedded until ``job_id`` is over; returns the finished job."""
+        def over() -> bool:
+            job = self.db.job(job_id)
+            return job is None or (job.state in JOB_TERMINAL and job.finalized)
+        self.run(scan=False, until=over)
+        job = self.db.job(job_id)
+        assert job is not None
+        return job
+
+    def step(self) -> None:
+        jobs = {j.id: j for j in self.db.jobs(states=[JobState.QUEUED.value, JobState.RUNNING.value])}
+        self._reap(jobs)
+        self._schedule(jobs)
+        self._settle(jobs)
+
+    # -- tasks ---------------------------------------------------------------------------
+    def _job(self, jobs: dict[str, Job], job_id: str) -> Job:
+        if job_id not in jobs:
+            job = self.db.job(job_id)
+            assert job is not None
+            jobs[job_id] = job
+        return jobs[job_id]
+
+    def _reap(self, jobs: dict[str, Job]) -> None:
+        for task in self.db.tasks(states=[TaskState.RUNNING.value]):
+            job = self._job(jobs, task.job_id)
+            handle = self._handle(task)
+            if handle is None:
+                if now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
+                    self._stopped(job, task, LOST)
+                continue
+            record = self.executor.poll(handle)
+            if record is None:
+                self._watch(job, task, handle)
+            else:
+                if record is LOST:
+                    self.executor.kill(handle)
+                self._stopped(job, task, record)
+
+    def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
+        if job.cancel_requested:
+            self.executor.cancel(handle)
+        elapsed = (now_ms() - (task.started_ms or now_ms())) / 1000
+        timeout = Blueprint.model_validate(job.blueprint["content"]).resources.timeout
+        if elapsed > timeout + TIMEOUT_BACKSTOP_S:
+            self.executor.kill(handle)
+            self._stopped(job, task, {"timed_out": True, "timeout": timeout, "returncode": None})
+
+    def _handle(self, task: Task) -> TaskHandle | None:
+        if task.run_dir is None:
+            return None
+        if task.runner_pid is not None:
+            return TaskHandle(Path(task.run_dir), task.runner_pid, task.runner_start or 0.0)
+        handle = self.executor.find(Path(task.run_dir))
+        if handle is not None:
+            self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time)
+        return handle
+
+    def _stopped(self, job: Job, task: Task, record: dict[str, Any]) -> None:
+        if record is LOST:
+            decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
+        else:
+            decision = decide_exit(record, attempt=task.attempt, max_retries=task.max_retries,
+                                   memory_limit=task.memory_bytes)
+        fields: dict[str, Any] = {"ended_ms": record.get("end_ms") or now_ms(),
+                                  "exit_code": record.get("returncode"),
+                                  "cpu_seconds": record.get("cpu_seconds"),
+                                  "peak_memory_bytes": record.get("peak_memory_bytes")}
+        if decision.state == TaskState.QUEUED:
+            fields.update(runner_pid=None, runner_start=None, run_dir=None)
+        if self.db.move_task(task, decision.state, decision.cause, **fields):
+            self._write_status(job, task)
+            if task.run_dir:
+                shutil.rmtree(Path(task.run_dir) / "scratch", ignore_errors=True)
+            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
+
+    def _schedule(self, jobs: dict[str, Job]) -> None:
+        queued = self.db.tasks(states=[TaskState.QUEUED.value])
+        if not queued:
+            return
+        running = self.db.tasks(states=[TaskState.RUNNING.value])
+        cpus, memory = self.executor.capacity()
+        used_cpus = sum(t.cpus for t in running)
+        used_mem = sum(t.memory_bytes for t in running)
+        per_analysis: dict[str, int] = {}
+        for t in running:
+            name = self._job(jobs, t.job_id).analysis or ""
+            per_analysis[name] = per_analysis.get(name, 0) + 1
+        for task in queued:
+            job = self._job(jobs, task.job_id)
+            if job.cancel_requested:
+                self._cancel_queued(job, task)
+                continue
+            limit = Blueprint.model_validate(job.blueprint["content"]).limits.max_concurrent_tasks
+            if limit is not None and per_analysis.get(job.analysis or "", 0) >= limit:
+                continue
+            fits = used_cpus + task.cpus <= cpus and used_mem + task.memory_bytes <= memory
+            if not fits and used_cpus > 0:
+                continue
+            if self._start(job, task):
+                used_cpus += task.cpus
+                used_mem += task.memory_bytes
+                per_analysis[job.analysis or ""] = per_analysis.get(job.analysis or "", 0) + 1
+
+    def _cancel_queued(self, job: Job, task: Task) -> None:
+        if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started",
+                             ended_ms=now_ms()):
+            self._write_status(job, task)
+
+    def _start(self, job: Job, task: Task) -> bool:
+        attempt = task.attempt + 1
+        run_dir = self.state_dir / "runs" / job.id / f"{task.dataset}.{attempt}"
+        started = now_ms()
+        if not self.db.move_task(task, TaskState.RUNNING, f"attempt {attempt} started", attempt=attempt,
+                                 started_ms=started, run_dir=str(run_dir), ended_ms=None):
+            return False
+        if job.state == JobState.QUEUED.value:
+            self.db.move_job(job, JobState.RUNNING.value, "first task started", started_ms=started)
+        try:
+            spec = self._spec(job, task, run_dir)
+            handle = self.executor.launch(spec)
+        except (ExecutorError, OSError) as exc:
+            self._stopped(job, task, {"error": str(exc), "returncode": None, "end_ms": now_ms()})
+            return False
+        self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time,
+                            argv_json=json.dumps(spec.argv))
+        return True
+
+    def _spec(self, job: Job, task: Task, run_dir: Path) -> TaskSpec:
+        loaded = self.loaded_blueprint(job)
+        bp = loaded.blueprint
+        env_info = self.executor.ensure_environment(loaded)
+        results = self.storage.local_path(job.results_dir)
+        output = results / "outputs" / task.dataset
+        if task.attempt > 1 and output.exists():
+            shutil.rmtree(output)  # a retry starts from a clean output folder
+        values = {"{input}": str(self.storage.local_path(task.dataset_path)),
+                  "{config}": str(results / "config.json"), "{output}": str(output),
+                  "{python}": env_info.python}
+        argv = []
+        for arg in bp.command:
+            for placeholder, value in values.items():
+                arg = arg.replace(placeholder, value)
+            argv.append(arg)
+        self.db.update_task(task.id, argv_json=json.dumps(argv))
+        scratch = run_dir / "scratch"
+        threads = str(bp.resources.cpus)
+        env = {**_base_env(), "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), "OMP_NUM_THREADS": threads,
+               "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NCAAS_JOB": job.id,
+               "NCAAS_DATASET": task.dataset, "NCAAS_ATTEMPT": str(task.attempt)}
+        return TaskSpec(argv=argv, env=env, cwd=scratch, inputs=[Path(values["{input}"])], output_dir=output,
+                        scratch_dir=scratch, memory_limit=bp.resources.memory, cpus=bp.resources.cpus,
+                        timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
+                        status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,
+                        status_fields=self._status_fields(job, task))
+
+    def loaded_blueprint(self, job: Job) -> LoadedBlueprint:
+        """The blueprint exactly as it was when the job was submitted."""
+        info = job.blueprint
+        return LoadedBlueprint(Blueprint.model_validate(info["content"]), Path(info["path"]), info["sha256"],
+                               info.get("git_commit"), bool(info.get("git_dirty")))
+
+    # -- jobs ----------------------------------------------------------------------------
+    def _settle(self, jobs: dict[str, Job]) -> None:
+        unfinished = [j for j in self.db.jobs(states=[s.value for s in JOB_TERMINAL]) if not j.finalized]
+        for job in [*jobs.values(), *unfinished]:
+            tasks = self.db.tasks(job.id)
+            new = job_state([TaskState(t.state) for t in tasks])
+            if new == JobState.QUEUED and job.state == JobState.RUNNING.value:
+                new = JobState.RUNNING
+            if new.value != job.state and job.state not in JOB_TERMINAL:
+                ended = now_ms() if new in JOB_TERMINAL else None
+                if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
+                    continue
+            if job.state in JOB_TERMINAL and not job.finalized:
+                self._finalize(job, tasks)
+
+    def _finalize(self, job: Job, tasks: list[Task]) -> None:
+        """Final statuses, the certificate, then end.json last; idempotent."""
+        for task in tasks:
+            self._write_status(job, task)
+        environment = self.executor.ensure_environment(self.loaded_blueprint(job))
+        cert = build_certificate(self.storage, job, tasks, self.db.events(job.id),
+                                 executor=self.executor.describe(), isolation=self.executor.isolation,
+                                 environment=environment)
+        self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
+        self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
+        self._write_end(job, tasks)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
+        shutil.rmtree(self.state_dir / "runs" / job.id, ignore_errors=True)
+        self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
+
+    def cancel(self, job_ref: str) -> Job:
+        """Request cancellation: queued tasks never start, running ones are stopped."""
+        job = self.find(job_ref)
+        if job.state in JOB_TERMINAL:
+            return job
+        self.db.update_job(job.id, cancel_requested=True)
+        job.cancel_requested = True
+        for task in self.db.tasks(job.id, states=[TaskState.QUEUED.value]):
+            self._cancel_queued(job, task)
+        for task in self.db.tasks(job.id, states=[TaskState.RUNNING.value]):
+            handle = self._handle(task)
+            if handle is not None:
+                self.executor.cancel(handle)
+        return job
+
+    def find(self, job_ref: str) -> Job:
+        job = self.db.find_job(job_ref)
+        if job is None:
+            raise JobNotFound(f"no job {job_ref!r} in {self.db.url}; `ncaas status` lists the jobs")
+        return job
+
+    # -- files ---------------------------------------------------------------------------
+    def _status_fields(self, job: Job, task: Task) -> dict[str, Any]:
+        return {"job": job.id, "dataset": task.dataset, "input": task.dataset_rel, "state": task.state,
+                "cause": task.cause, "attempt": task.attempt}
+
+    def _write_status(self, job: Job, task: Task) -> None:
+        path = f"{job.results_dir}/status/{task.dataset}.json"
+        previous: dict[str, Any] = {}
+        if self.storage.exists(path):
+            try:
+                previous = json.loads(self.storage.read_text(path))
+            except (json.JSONDecodeError, FileNotFoundError):
+                previous = {}
+        status = {"progress": 0.0, "message": "", **previous, **self._status_fields(job, task),
+                  "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
+                  "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
+                  "updated_ms": now_ms()}
+        if task.state == TaskState.SUCCEEDED.value:
+            status["progress"] = 1.0
+        if task.state in (TaskState.QUEUED.value,):
+            status.pop("pid", None)
+        self.storage.write_text(path, json.dumps(status, indent=1))
+
+    def _write_end(self, job: Job, tasks: list[Task], *, errors: list[str] | None = None) -> None:
+        end = {"job": job.id, "group": job.group, "analysis": job.analysis, "state": job.state,
+               "cause": job.cause, "ended_ms": job.ended_ms or now_ms(),
+               "tasks": {t.dataset: t.state for t in tasks}}
+        if errors is not None:
+            end["errors"] = errors
+        else:
+            end["certificate"] = "certificate.json"
+        self.storage.write_text(f"{job.results_dir}/end.json", json.dumps(end, indent=2))
+
+
+def _job_cause(tasks: list[Task], state: JobState) -> str:
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return f"{state}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("NCAAS_")}

@@ -1,0 +1,204 @@
+"""Group storage over fsspec: a local directory by default, any fsspec URL later.
+
+Layout (compatible with NeuroCAAS' bucket layout)::
+
+    <root>/<group>/inputs/...                datasets (a file or a folder each)
+    <root>/<group>/configs/<name>.yaml|json  analysis parameters
+    <root>/<group>/submissions/<name>.submit.json
+    <root>/<group>/results/<job-id>/...
+
+Every path a user supplies goes through :meth:`Storage.resolve`, which refuses
+absolute paths, ``..``, control characters and symlinks leading out of the group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .exceptions import PathRefused, StorageError
+
+__all__ = ["AREAS", "Storage", "check_group", "check_user_path", "default_root"]
+
+AREAS = ("inputs", "configs", "submissions", "results")
+_GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_CHUNK = 1 << 20
+
+
+def default_root() -> str:
+    return os.environ.get("NCAAS_ROOT") or "./ncaas-data"
+
+
+class Storage:
+    """Paths and bytes under one storage root; callers never touch fsspec directly."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        url = str(root if root is not None else default_root())
+        try:
+            self.fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open storage root {url!r}: {exc}") from exc
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root = str(Path(path).resolve()) if self.is_local else path.rstrip("/")
+        self.url = self.root if self.is_local else url.rstrip("/")
+
+    # -- paths ---------------------------------------------------------------------------
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def group_dir(self, group: str) -> str:
+        check_group(group)
+        return self.join(group)
+
+    def area(self, group: str, area: str) -> str:
+        if area not in AREAS:
+            raise ValueError(f"unknown storage area {area!r}")
+        return self.join(check_group(group), area)
+
+    def results_dir(self, group: str, job_id: str) -> str:
+        return posixpath.join(self.area(group, "results"), job_id)
+
+    def resolve(self, group: str, area: str, user_path: str) -> str:
+        """Resolve a user-supplied path inside ``<group>/<area>``, or raise PathRefused."""
+        rel = check_user_path(user_path, area)
+        base = self.area(group, area)
+        full = posixpath.join(base, rel)
+        if self.is_local:
+            real_base = os.path.realpath(base)
+            real = os.path.realpath(full)
+            if real != real_base and not real.startswith(real_base + os.sep):
+                raise PathRefused(f"{user_path!r} is a symbolic link leading out of {group}/{area}/; "
+                                  f"copy the data into {group}/{area}/ instead of linking to it")
+        return full
+
+    def local_path(self, path: str) -> Path:
+        """The local filesystem path of ``path``; only local roots have one."""
+        if not self.is_local:
+            raise StorageError(f"{self.url} is not a local directory; the local executor needs one")
+        return Path(path)
+
+    def relative(self, path: str) -> str:
+        return posixpath.relpath(path, self.root)
+
+    # -- bytes ---------------------------------------------------------------------------
+    def exists(self, path: str) -> bool:
+        return self._call(self.fs.exists, path)
+
+    def isdir(self, path: str) -> bool:
+        return self._call(self.fs.isdir, path)
+
+    def makedirs(self, path: str) -> None:
+        self._call(self.fs.makedirs, path, exist_ok=True)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self._call(self.fs.cat_file, path)
+
+    def read_text(self, path: str) -> str:
+        return self.read_bytes(path).decode("utf-8")
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write atomically where the backend allows it (local: temp file + rename)."""
+        parent = posixpath.dirname(path)
+        self.makedirs(parent)
+        if self.is_local:
+            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        else:
+            self._call(self.fs.pipe_file, path, data)
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode("utf-8"))
+
+    def put(self, local: str | os.PathLike[str], path: str) -> None:
+        """Copy a local file or folder into storage at ``path``."""
+        local = Path(local)
+        self.makedirs(posixpath.dirname(path))
+        if local.is_dir():
+            self._call(self.fs.put, str(local), path, recursive=True)
+        else:
+            self._call(self.fs.put_file, str(local), path)
+
+    def get(self, path: str, local: str | os.PathLike[str]) -> None:
+        self._call(self.fs.get, path, str(local), recursive=self.isdir(path))
+
+    def remove(self, path: str) -> None:
+        if self.exists(path):
+            self._call(self.fs.rm, path, recursive=True)
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self._call(self.fs.glob, self.join(pattern)))
+
+    def files(self, path: str) -> list[str]:
+        """Every file under ``path`` (itself when it is a file), sorted."""
+        if not self.isdir(path):
+            return [path] if self.exists(path) else []
+        return sorted(self._call(self.fs.find, path))
+
+    def size(self, path: str) -> int:
+        return int(self._call(self.fs.size, path))
+
+    def sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self._call(self.fs.open, path, "rb") as fh:
+            for block in iter(lambda: fh.read(_CHUNK), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def describe_tree(self, path: str) -> list[dict[str, Any]]:
+        """Relative path, size and sha256 of every file under ``path``."""
+        out = []
+        for file in self.files(path):
+            rel = posixpath.relpath(file, path) if file != path else posixpath.basename(path)
+            out.append({"path": rel, "size": self.size(file), "sha256": self.sha256(file)})
+        return out
+
+    def iter_submissions(self) -> Iterator[tuple[str, str]]:
+        """``(group, path)`` of every ``*.submit.json`` under any group."""
+        for path in self.glob("*/submissions/*.submit.json"):
+            group = self.relative(path).split("/", 1)[0]
+            if _GROUP_RE.match(group):
+                yield group, path
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"storage operation failed on {args[0] if args else self.url}: {exc}") from exc
+
+
+def check_group(group: str) -> str:
+    if not _GROUP_RE.match(group or ""):
+        raise PathRefused(f"group name {group!r} is not allowed; use letters, digits, '.', '_' or '-' "
+                          "(starting with a letter or digit, at most 64 characters)")
+    return group
+
+
+def check_user_path(user_path: str, area: str = "inputs") -> str:
+    """Normalise a relative user path, refusing anything that could leave its folder."""
+    if not isinstance(user_path, str) or not user_path.strip():
+        raise PathRefused(f"an empty path was given for {area}/; name a file or folder inside it")
+    if _CONTROL_RE.search(user_path):
+        raise PathRefused(f"{user_path!r} contains control characters (newline, tab, ...); "
+                          "rename the file without them")
+    if user_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", user_path) or "://" in user_path:
+        raise PathRefused(f"{user_path!r} is an absolute path; give a path relative to your group's {area}/ folder")
+    parts = [p for p in user_path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PathRefused(f"{user_path!r} contains '..'; paths must stay inside your group's {area}/ folder")
+    if not parts:
+        raise PathRefused(f"{user_path!r} does not name a file or folder inside {area}/")
+    return "/".join(parts)
