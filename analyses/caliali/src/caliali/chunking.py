@@ -1,0 +1,310 @@
+"""Memory budgets, chunk sizes, and the one chunk loop every streaming stage uses.
+
+A stage never holds more than ``batch_frames`` frames of a file; the number
+comes from a ``memory_budget`` and the frame size, not from the session
+length::
+
+    from caliali.chunking import batch_frames_for, run_chunks
+    from caliali.experiment import load_experiment
+
+    exp = load_experiment("manifest.yaml")
+    n = batch_frames_for("2GB", exp.frame_shape(), copies=6)
+    store = run_chunks(exp, lambda chunk: chunk.data - chunk.data.mean(0),
+                       batch_frames=n, out="work/centred.zarr")
+
+:func:`iter_chunks` yields :class:`Chunk` objects (data plus where they come
+from) with progress reporting; :func:`run_chunks` applies a function to each
+and, with ``out=``, appends the results to a resumable
+:class:`~caliali.store.FrameStore`, skipping chunks already committed by an
+interrupted run.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from caliali.exceptions import InputError, MemoryBudgetError
+from caliali.experiment import Experiment, Session, load_experiment
+from caliali.io import VideoReader, open_video
+
+__all__ = [
+    "Chunk",
+    "Progress",
+    "batch_frames_for",
+    "iter_chunks",
+    "parse_memory_budget",
+    "print_progress",
+    "run_chunks",
+]
+
+Progress = Callable[[float, str], None]
+Source = Experiment | Session | VideoReader | Path | str
+
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_BUDGET = re.compile(r"^\s*(?P<value>\d+(\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
+
+
+def parse_memory_budget(memory_budget: int | float | str | None) -> int:
+    """Bytes in a memory budget: a number of bytes, or text like ``"2GB"``, ``"512MiB"``.
+
+    ``None`` or ``"auto"`` means half of the memory available right now.
+    """
+    if memory_budget is None or (isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto"):
+        return int(psutil.virtual_memory().available // 2)
+    if isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool):
+        value = float(memory_budget)
+    else:
+        match = _BUDGET.match(str(memory_budget))
+        unit = match["unit"].upper() if match else None
+        if match is None or unit not in _UNITS:
+            raise MemoryBudgetError(
+                f"memory_budget {memory_budget!r} is not a size; write e.g. 2GB, 512MB, 1.5GiB or a number of bytes"
+            )
+        value = float(match["value"]) * _UNITS[unit]
+    if value <= 0:
+        raise MemoryBudgetError(f"memory_budget must be positive, got {memory_budget!r}")
+    return int(value)
+
+
+def batch_frames_for(
+    memory_budget: int | float | str | None,
+    frame_shape: tuple[int, int],
+    *,
+    copies: float = 4.0,
+    max_frames: int | None = None,
+) -> int:
+    """Frames per chunk that fit in ``memory_budget``.
+
+    Parameters
+    ----------
+    memory_budget : int, float or str
+        Bytes, or text like ``"2GB"`` (see :func:`parse_memory_budget`).
+    frame_shape : (h, w)
+        Frame size in pixels.
+    copies : float
+        How many float32 copies of a chunk the stage holds at once (input,
+        output, temporaries); a stage that measured its peak passes it here.
+    max_frames : int, optional
+        Upper limit (e.g. the file length).
+
+    Returns
+    -------
+    int
+        ``floor(budget / (copies * 4 * h * w))``, at least 1.
+
+    Raises
+    ------
+    MemoryBudgetError
+        When not even one frame fits; the message gives the minimum budget.
+    """
+    budget = parse_memory_budget(memory_budget)
+    per_frame = float(copies) * 4 * int(frame_shape[0]) * int(frame_shape[1])
+    frames = int(budget // per_frame)
+    if frames < 1:
+        raise MemoryBudgetError(
+            f"memory_budget of {budget} bytes cannot hold one {frame_shape[0]}x{frame_shape[1]} frame "
+            f"({copies:g} float32 copies need {int(per_frame)} bytes); raise memory_budget"
+        )
+    return min(frames, int(max_frames)) if max_frames else frames
+
+
+def print_progress(fraction: float, message: str) -> None:
+    """Progress callback printing ``NCAAS_PROGRESS <fraction> <message>`` lines to stdout."""
+    print(f"NCAAS_PROGRESS {min(max(fraction, 0.0), 1.0):.4f} {message}", file=sys.stdout, flush=True)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Frames ``[start, stop)`` of the experiment (all sessions concatenated in time).
+
+    Attributes
+    ----------
+    data : ndarray
+        float32 (t, h, w), owned by the receiver.
+    index : int
+        Chunk number over the whole run (0-based).
+    session : int
+        Index of the session (0-based); ``session_id`` its name.
+    file : Path
+        The file the frames come from (chunks never span files).
+    start, stop : int
+        Frame range in the concatenated experiment.
+    session_start : int
+        Index of the first frame within its session.
+    first_in_session, last_in_session : bool
+        Whether this chunk opens / closes its session (to reset or flush
+        per-session state).
+    """
+
+    data: np.ndarray
+    index: int
+    session: int
+    session_id: str
+    file: Path
+    start: int
+    stop: int
+    session_start: int
+    first_in_session: bool
+    last_in_session: bool
+
+
+def _sessions(source: Source) -> list[tuple[str, list[Callable[[], VideoReader]]]]:
+    """(session id, file openers) for any accepted source."""
+    if isinstance(source, VideoReader):
+        return [(source.path.stem, [lambda: _Borrowed(source)])]
+    if isinstance(source, (str, Path)):
+        source = load_experiment(source)
+    sessions = source.sessions if isinstance(source, Experiment) else (source,)
+    return [
+        (s.id, [lambda p=path, d=s.dataset: open_video(p, dataset=d) for path in s.files]) for s in sessions
+    ]
+
+
+class _Borrowed(VideoReader):
+    """A reader owned by the caller: the loop reads it but does not close it."""
+
+    def __init__(self, reader: VideoReader) -> None:
+        self._inner = reader
+        self.path, self.n_frames, self.frame_shape = reader.path, reader.n_frames, reader.frame_shape
+        self.dtype, self.fs = reader.dtype, reader.fs
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return self._inner.read(start, stop)
+
+
+def iter_chunks(
+    source: Source,
+    *,
+    batch_frames: int,
+    start: int = 0,
+    progress: Progress | None = None,
+    label: str = "reading",
+) -> Iterator[Chunk]:
+    """Yield every chunk of ``source`` in time order, one file open at a time.
+
+    Parameters
+    ----------
+    source : Experiment, Session, VideoReader, or path
+        A path is loaded with :func:`caliali.experiment.load_experiment`.
+    batch_frames : int
+        Most frames per chunk; a chunk never spans two files.
+    start : int
+        First frame (in the concatenated experiment) to yield; earlier
+        frames are skipped without being read.
+    progress : callable, optional
+        ``progress(fraction, message)`` after each chunk, e.g. :func:`print_progress`.
+    label : str
+        Stage name used in progress messages.
+    """
+    if int(batch_frames) < 1:
+        raise InputError(f"batch_frames must be a positive integer, got {batch_frames!r}")
+    sessions = _sessions(source)
+    counts = []
+    for _, openers in sessions:
+        row = []
+        for opener in openers:
+            with opener() as video:
+                row.append(video.n_frames)
+        counts.append(row)
+    total = sum(sum(row) for row in counts) or 1
+    offset, index = 0, 0
+    for s, ((sid, openers), row) in enumerate(zip(sessions, counts, strict=True)):
+        session_start, session_total = 0, sum(row)
+        for opener, n in zip(openers, row, strict=True):
+            if offset + n <= start:
+                offset, session_start = offset + n, session_start + n
+                index += -(-n // int(batch_frames))
+                continue
+            with opener() as video:
+                first = max(0, start - offset)
+                index += -(-first // int(batch_frames))
+                for a in range(first, n, int(batch_frames)):
+                    b = min(a + int(batch_frames), n)
+                    yield Chunk(
+                        data=video.read(a, b), index=index, session=s, session_id=sid, file=video.path,
+                        start=offset + a, stop=offset + b, session_start=session_start + a,
+                        first_in_session=session_start + a == 0, last_in_session=session_start + b == session_total,
+                    )
+                    index += 1
+                    if progress is not None:
+                        progress((offset + b) / total, f"{label}: session {sid} ({s + 1}/{len(sessions)}), "
+                                                       f"frames {offset + b}/{total}")
+            offset, session_start = offset + n, session_start + n
+
+
+def run_chunks(
+    source: Source,
+    func: Callable[[Chunk], np.ndarray | None],
+    *,
+    batch_frames: int,
+    out: Path | str | None = None,
+    params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    label: str = "processing",
+) -> Any:
+    """Apply ``func`` to every chunk; with ``out``, append its results to a resumable store.
+
+    Parameters
+    ----------
+    source : Experiment, Session, VideoReader, or path
+        What to stream (see :func:`iter_chunks`).
+    func : callable
+        ``func(chunk) -> ndarray (t', h', w') or None``. Stateless functions
+        resume exactly; a stage carrying state across chunks restores it
+        itself from the store's committed part.
+    batch_frames : int
+        Most frames per chunk.
+    out : path, optional
+        A :class:`~caliali.store.FrameStore` to append results to. If it
+        exists from an interrupted run with the same ``params``, the run
+        resumes after its last committed chunk; if it is complete, nothing
+        is recomputed.
+    params : dict, optional
+        Everything the output depends on (options, inputs); a store made
+        with other params is replaced.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    FrameStore or None
+        The completed store when ``out`` is given.
+    """
+    from caliali.store import FrameStore
+
+    if out is None:
+        for chunk in iter_chunks(source, batch_frames=batch_frames, progress=progress, label=label):
+            func(chunk)
+        return None
+    params = {"batch_frames": int(batch_frames), **(params or {})}
+    store: FrameStore | None = None
+    if (Path(out) / "progress.json").exists():
+        try:
+            existing = FrameStore.open(out)
+        except Exception:
+            existing = None
+        if existing is not None and existing.params == FrameStore.canonical(params):
+            store = FrameStore.resume(out, existing.frame_shape, params=params)
+            if store.complete:
+                return store
+    start = store.source_frames if store is not None else 0
+    for chunk in iter_chunks(source, batch_frames=batch_frames, start=start, progress=progress, label=label):
+        result = func(chunk)
+        if result is None:
+            raise InputError(f"{label}: the chunk function returned nothing, so there is nothing to store in {out}")
+        if store is None:
+            store = FrameStore.create(out, result.shape[1:], params=params)
+        store.append(result, source_frames=chunk.stop - chunk.start)
+    if store is None:
+        raise InputError(f"{label}: the source has no frames, so {out} cannot be written")
+    store.mark_complete()
+    return store

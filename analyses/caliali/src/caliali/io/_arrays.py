@@ -1,0 +1,159 @@
+"""Readers for array containers: HDF5, zarr and NWB all expose lazy arrays."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caliali.exceptions import UnsupportedFormatError, VideoReadError
+from caliali.io._base import VideoReader, to_grey_float32
+
+__all__ = ["ArrayReader", "open_hdf5", "open_nwb", "open_zarr"]
+
+# Names tried, in order, when a container holds several movie-shaped arrays.
+_PREFERRED = ("mov", "movie", "data", "frames", "images", "video", "Y", "varr", "org")
+
+
+def _movie_like(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))
+
+
+def _choose(path: Path, candidates: dict[str, tuple[int, ...]], dataset: str | None, kind: str) -> str:
+    """Pick the array to read: the one named, the only one, or a preferred name."""
+    if dataset is not None:
+        key = dataset.strip("/")
+        if key not in candidates:
+            listing = ", ".join(f"{k} {v}" for k, v in candidates.items()) or "none"
+            raise VideoReadError(f"{path}: no {kind} named {dataset!r}; movie-shaped {kind}s: {listing}")
+        return key
+    if not candidates:
+        raise VideoReadError(f"{path}: contains no movie-shaped {kind} (3-D: time, height, width)")
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    for name in _PREFERRED:
+        hits = [k for k in candidates if k.rsplit("/", 1)[-1] == name]
+        if len(hits) == 1:
+            return hits[0]
+    listing = ", ".join(f"{k} {v}" for k, v in candidates.items())
+    raise VideoReadError(f"{path}: several {kind}s could be the movie ({listing}); choose one with dataset=...")
+
+
+class ArrayReader(VideoReader):
+    """Read (t, h, w) or (t, h, w, c) frames from any lazily sliced array."""
+
+    def __init__(
+        self,
+        path: Path,
+        array: Any,
+        *,
+        name: str,
+        closer: Callable[[], None] = lambda: None,
+        fs: float | None = None,
+    ) -> None:
+        self.path, self.name, self._array, self._closer, self.fs = Path(path), name, array, closer, fs
+        shape = tuple(int(n) for n in array.shape)
+        if not _movie_like(shape):
+            closer()
+            raise UnsupportedFormatError(
+                f"{self.path}: array {name!r} is shaped {shape}; expected (time, height, width) "
+                "or (time, height, width, colour)"
+            )
+        self.n_frames, self.frame_shape, self.dtype = shape[0], (shape[1], shape[2]), np.dtype(array.dtype)
+        if self.n_frames == 0 or 0 in self.frame_shape:
+            closer()
+            raise VideoReadError(f"{self.path}: array {name!r} contains no frames (shape {shape})")
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        try:
+            block = np.asarray(self._array[start:stop])
+        except Exception as exc:
+            raise VideoReadError(
+                f"{self.path}: cannot read frames {start}-{stop - 1} of {self.name!r} ({exc}); "
+                "the file is truncated or corrupt"
+            ) from exc
+        return to_grey_float32(block, channel_order="rgb")
+
+    def _close(self) -> None:
+        self._closer()
+        self._closer = lambda: None
+
+
+def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
+    """Open a movie dataset in an HDF5 file (``dataset`` is its path inside)."""
+    import h5py
+
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise VideoReadError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    try:
+        found: dict[str, tuple[int, ...]] = {}
+        handle.visititems(
+            lambda key, obj: found.__setitem__(key, obj.shape)
+            if isinstance(obj, h5py.Dataset) and _movie_like(obj.shape)
+            else None
+        )
+        if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in handle:
+            found[dataset.strip("/")] = handle[dataset.strip("/")].shape
+        key = _choose(path, found, dataset, "dataset")
+        return ArrayReader(path, handle[key], name=key, closer=handle.close)
+    except Exception:
+        handle.close()
+        raise
+
+
+def open_zarr(path: Path, *, dataset: str | None = None) -> ArrayReader:
+    """Open a zarr array, or a movie array inside a zarr group (v2 or v3)."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise VideoReadError(f"{path}: not a readable zarr store ({exc})") from exc
+    if isinstance(node, zarr.Array):
+        if dataset is not None:
+            raise VideoReadError(f"{path}: is a single zarr array; remove dataset={dataset!r}")
+        return ArrayReader(path, node, name=Path(path).name)
+    found = {key: tuple(arr.shape) for key, arr in node.arrays() if _movie_like(arr.shape)}
+    if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in node:
+        found[dataset.strip("/")] = tuple(node[dataset.strip("/")].shape)
+    key = _choose(path, found, dataset, "array")
+    return ArrayReader(path, node[key], name=key)
+
+
+def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
+    """Open a OnePhotonSeries or TwoPhotonSeries of an NWB file.
+
+    NWB stores imaging data as (frames, x, y); like CaImAn and suite2p we read
+    the two image axes in the order stored, as (height, width).
+    """
+    from pynwb import NWBHDF5IO
+    from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pynwb warns about cached namespaces
+            io = NWBHDF5IO(str(path), mode="r")
+            nwbfile = io.read()
+    except Exception as exc:
+        raise VideoReadError(f"{path}: not a readable NWB file ({exc})") from exc
+    try:
+        series = {
+            obj.name: obj for obj in nwbfile.objects.values() if isinstance(obj, (OnePhotonSeries, TwoPhotonSeries))
+        }
+        key = _choose(path, {k: tuple(s.data.shape) for k, s in series.items()}, dataset, "imaging series")
+        chosen = series[key]
+        if chosen.external_file is not None and chosen.data.shape[0] == 0:
+            raise UnsupportedFormatError(
+                f"{path}: series {key!r} keeps its frames in external files "
+                f"{list(chosen.external_file[:])}; open those files directly"
+            )
+        rate = chosen.rate
+        return ArrayReader(path, chosen.data, name=key, closer=io.close, fs=float(rate) if rate else None)
+    except Exception:
+        io.close()
+        raise

@@ -1,0 +1,110 @@
+"""The reader contract every format implements: chunked float32 grey frames."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from caliali.exceptions import InputError, VideoReadError
+
+__all__ = ["VideoReader", "to_grey_float32"]
+
+# ITU-R BT.601 luma weights, the ones OpenCV's RGB2GRAY uses.
+_LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_grey_float32(block: np.ndarray, *, channel_order: str = "rgb") -> np.ndarray:
+    """Return frames as float32 grey, shape (t, h, w).
+
+    Parameters
+    ----------
+    block : ndarray
+        (t, h, w) grey or (t, h, w, c) colour frames, c in {1, 3, 4}.
+    channel_order : {"rgb", "bgr"}
+        Order of the colour channels; alpha (a fourth channel) is ignored.
+
+    Returns
+    -------
+    ndarray
+        float32 array; the input itself when it already is float32 grey
+        (readers pass freshly read blocks they own), never modified.
+    """
+    if block.ndim == 3:
+        return block.astype(np.float32, copy=False)
+    if block.ndim == 4 and block.shape[-1] == 1:
+        return block[..., 0].astype(np.float32)
+    if block.ndim == 4 and block.shape[-1] in (3, 4):
+        weights = _LUMA_RGB if channel_order == "rgb" else _LUMA_RGB[::-1]
+        return np.tensordot(block[..., :3].astype(np.float32), weights, axes=([-1], [0])).astype(np.float32)
+    raise ValueError(f"cannot make grey frames from an array shaped {block.shape}")
+
+
+class VideoReader:
+    """Read a video chunk by chunk, as float32 grey frames (t, h, w).
+
+    Subclasses set ``path``, ``n_frames``, ``frame_shape`` and ``dtype`` (the
+    dtype on disk) and implement :meth:`_read` and :meth:`_close`. Frames are
+    never all loaded: :meth:`iter_chunks` reads ``batch_frames`` at a time.
+    """
+
+    path: Path
+    n_frames: int
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+    fs: float | None = None
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Return frames [start, stop) as float32 (t, h, w)."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release the file handle."""
+
+    # -- public API ---------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Return frames ``[start, stop)`` as a new float32 array (t, h, w)."""
+        stop = self.n_frames if stop is None else stop
+        if not 0 <= start <= stop <= self.n_frames:
+            raise InputError(
+                f"{self.path}: frames [{start}, {stop}) are outside the video's "
+                f"{self.n_frames} frames"
+            )
+        if start == stop:
+            return np.empty((0, *self.frame_shape), dtype=np.float32)
+        block = self._read(start, stop)
+        if block.shape != (stop - start, *self.frame_shape):
+            raise VideoReadError(
+                f"{self.path}: expected {stop - start} frames of {self.frame_shape} from "
+                f"frame {start}, got an array shaped {block.shape}; the file may be "
+                "truncated or corrupt"
+            )
+        return block
+
+    def iter_chunks(
+        self, batch_frames: int, *, start: int = 0, stop: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 (t, h, w) chunks of at most ``batch_frames`` frames."""
+        if int(batch_frames) < 1:
+            raise InputError(f"batch_frames must be a positive integer, got {batch_frames!r}")
+        stop = self.n_frames if stop is None else stop
+        for first in range(start, stop, int(batch_frames)):
+            yield self.read(first, min(first + int(batch_frames), stop))
+
+    def close(self) -> None:
+        """Close the underlying file; safe to call twice."""
+        self._close()
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        h, w = self.frame_shape
+        return f"{type(self).__name__}({str(self.path)!r}, {self.n_frames} frames of {h}x{w} {self.dtype})"

@@ -1,0 +1,79 @@
+"""TIFF stacks (multi-page, BigTIFF, ImageJ, OME) through tifffile."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from caliali.exceptions import UnsupportedFormatError, VideoReadError
+from caliali.io._base import VideoReader, to_grey_float32
+
+__all__ = ["TiffReader"]
+
+
+class TiffReader(VideoReader):
+    """Read the first series of a TIFF file page range by page range.
+
+    Axes other than Y, X and samples (S, colour) are flattened into time, so
+    a (T, Y, X) stack, a (Z, Y, X) ImageJ stack or a (T, Y, X, S) colour
+    movie all read as (t, h, w). Only the requested pages are read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except Exception as exc:  # tifffile raises several types for bad files
+            raise VideoReadError(f"{self.path}: not a readable TIFF file ({exc})") from exc
+        try:
+            self._setup()
+        except Exception:
+            self._tif.close()
+            raise
+
+    def _setup(self) -> None:
+        if not self._tif.series:
+            raise VideoReadError(f"{self.path}: the TIFF file contains no images")
+        series = self._tif.series[0]
+        axes, shape = series.axes, series.shape
+        if "C" in axes and shape[axes.index("C")] > 1:
+            raise UnsupportedFormatError(
+                f"{self.path}: TIFF with {shape[axes.index('C')]} channels (axes {axes}); "
+                "save the channel to analyse as its own file"
+            )
+        self._colour = axes.endswith("S")
+        spatial = shape[-3:-1] if self._colour else shape[-2:]
+        if len(spatial) != 2 or axes[-3 if self._colour else -2 :][:2] != "YX":
+            raise UnsupportedFormatError(f"{self.path}: TIFF series with axes {axes!r} has no Y, X image plane")
+        self.frame_shape = (int(spatial[0]), int(spatial[1]))
+        self.n_frames = int(np.prod(shape[: -3 if self._colour else -2], dtype=np.int64))
+        self.dtype = np.dtype(series.dtype)
+        self._series = series
+        if self.n_frames == 0:
+            raise VideoReadError(f"{self.path}: the TIFF file contains no frames")
+        size = os.path.getsize(self.path)
+        if series.dataoffset is not None and series.dataoffset + series.nbytes > size:
+            raise VideoReadError(
+                f"{self.path}: the TIFF header announces {self.n_frames} frames "
+                f"({series.nbytes} bytes) but the file ends early; it is truncated"
+            )
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        try:
+            if self.n_frames == 1:
+                block = self._series.asarray()[None]
+            else:
+                block = self._series.asarray(key=range(start, stop))
+        except Exception as exc:
+            raise VideoReadError(
+                f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is "
+                "truncated or corrupt"
+            ) from exc
+        block = block.reshape(stop - start, *self.frame_shape, *block.shape[-1:] if self._colour else ())
+        return to_grey_float32(block, channel_order="rgb")
+
+    def _close(self) -> None:
+        self._tif.close()
