@@ -1,0 +1,302 @@
+"""A client for an ncaas server: the same operations the CLI runs embedded.
+
+Errors from the server (``{"error": ...}`` bodies) and from the network become
+:class:`ServerRequestError`, an :class:`~ncaas.exceptions.NcaasError` whose
+message says what happened and what to do, so the CLI renders them like any
+other error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .exceptions import JobNotFound, NcaasError, SubmissionRejected
+
+__all__ = ["Client", "ServerRequestError"]
+
+_BLOCK = 1 << 20
+_RETRIES = 5
+
+
+class ServerRequestError(NcaasError):
+    """The server refused a request, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+def _hash_prefix(path: Path, nbytes: int) -> Any:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while nbytes > 0:
+            block = f.read(min(nbytes, 8 << 20))
+            if not block:
+                break
+            h.update(block)
+            nbytes -= len(block)
+    return h
+
+
+class Client:
+    """Talks to one ncaas server as one user (``token``).
+
+    Parameters
+    ----------
+    url
+        The server, e.g. ``http://127.0.0.1:8080``.
+    token
+        An API token (``ncaas admin issue-token USER`` prints one).
+    transport
+        An httpx transport, e.g. ``httpx.ASGITransport(app)`` to talk to an
+        app in the same process.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None):
+        if not url.startswith(("http://", "https://")):
+            raise NcaasError(f"server URL {url!r} must start with http:// or https://")
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, transport=transport,
+                                 headers={"Authorization": f"Bearer {token}"},
+                                 timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------------------
+    def _raise_for(self, resp: httpx.Response) -> None:
+        if resp.is_success:
+            return
+        try:
+            body = resp.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = {"error": resp.text[:500] or resp.reason_phrase}
+        message = body.get("error") or f"HTTP {resp.status_code}"
+        if resp.status_code == 400 and body.get("problems"):
+            raise SubmissionRejected(body["problems"])
+        if resp.status_code == 404 and "/api/jobs/" in resp.request.url.path:
+            raise JobNotFound(message)
+        raise ServerRequestError(f"the server refused {resp.request.method} {resp.request.url.path}: "
+                                 f"{message}", status=resp.status_code, body=body)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerRequestError(f"cannot reach the ncaas server at {self.url}: {exc}; "
+                                     "check the URL and that `ncaas serve` is running") from exc
+        self._raise_for(resp)
+        return resp
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self.request(method, path, **kwargs)
+        return None if resp.status_code == 204 else resp.json()
+
+    # -- account and analyses --------------------------------------------------------------
+    def me(self) -> dict:
+        return self._json("GET", "/api/me")
+
+    def analyses(self) -> list[dict]:
+        return self._json("GET", "/api/analyses")
+
+    # -- datasets and configs --------------------------------------------------------------
+    def inputs(self) -> list[dict]:
+        return self._json("GET", "/api/inputs")
+
+    def upload_file(self, local: str | os.PathLike[str], remote: str, *, overwrite: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+        """Upload one file to ``inputs/<remote>``, resuming an unfinished upload of it.
+
+        The body is streamed (constant memory, any size); the SHA-256 is computed
+        while sending and checked by the server. A dropped connection is retried
+        from the offset the server reports.
+        """
+        local = Path(local)
+        size = local.stat().st_size
+        pending = [u for u in self._json("GET", "/api/uploads") if u["path"] == remote and u["size"] == size]
+        up = pending[0] if pending else self._json(
+            "POST", "/api/uploads", json={"path": remote, "size": size, "overwrite": overwrite})
+        offset = up["offset"]
+        hasher = _hash_prefix(local, offset)
+        failures = 0
+        while offset < size:
+            running = hasher.copy()
+
+            def body(start: int = offset, running=running) -> Iterator[bytes]:
+                sent = start
+                with open(local, "rb") as f:
+                    f.seek(start)
+                    while block := f.read(_BLOCK):
+                        running.update(block)
+                        sent += len(block)
+                        yield block
+                        if progress:
+                            progress(sent, size)
+
+            try:
+                resp = self.http.put(f"/api/uploads/{up['id']}", params={"offset": offset}, content=body(),
+                                     headers={"Content-Length": str(size - offset),
+                                              "Content-Type": "application/octet-stream"},
+                                     timeout=httpx.Timeout(300.0, connect=10.0))
+                self._raise_for(resp)
+                new_offset = resp.json()["offset"]
+            except (httpx.TransportError, ServerRequestError) as exc:
+                status = getattr(exc, "status", None)
+                if status is not None and status not in (409, 500, 502, 503) or failures >= _RETRIES:
+                    if isinstance(exc, httpx.TransportError):
+                        raise ServerRequestError(f"uploading {local} failed: {exc}") from exc
+                    raise
+                failures += 1
+                time.sleep(0.2 * failures)
+                new_offset = self._json("GET", f"/api/uploads/{up['id']}")["offset"]
+                hasher = _hash_prefix(local, new_offset)
+                offset = new_offset
+                continue
+            hasher = running if new_offset == size else _hash_prefix(local, new_offset)
+            offset = new_offset
+        return self._json("POST", f"/api/uploads/{up['id']}/complete", json={"sha256": hasher.hexdigest()})
+
+    def upload_dataset(self, local: str | os.PathLike[str], name: str | None = None, *,
+                       overwrite: bool = False) -> str:
+        """Upload a file or a whole folder as one dataset; returns its name in inputs/."""
+        local = Path(local)
+        name = name or local.name
+        if local.is_dir():
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            if not files:
+                raise NcaasError(f"{local} is an empty folder; a dataset needs at least one file")
+            for file in files:
+                self.upload_file(file, f"{name}/{file.relative_to(local).as_posix()}", overwrite=overwrite)
+        elif local.is_file():
+            self.upload_file(local, name, overwrite=overwrite)
+        else:
+            raise NcaasError(f"{local} does not exist; give a file or a folder to upload")
+        return name
+
+    def configs(self) -> list[str]:
+        return self._json("GET", "/api/configs")
+
+    def save_config(self, name: str, config: dict, *, analysis: str | None = None) -> dict:
+        params = {"analysis": analysis} if analysis else None
+        return self._json("PUT", f"/api/configs/{name}", json=config, params=params)
+
+    # -- jobs ------------------------------------------------------------------------------
+    def submit(self, analysis: str, datasets: list[str], *, configname: str | None = None,
+               config: dict | None = None) -> dict:
+        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config}
+        return self._json("POST", "/api/jobs", json={k: v for k, v in body.items() if v is not None})
+
+    def jobs(self) -> list[dict]:
+        return self._json("GET", "/api/jobs")
+
+    def job(self, job_id: str) -> dict:
+        return self._json("GET", f"/api/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("POST", f"/api/jobs/{job_id}/cancel")
+
+    def log(self, job_id: str, dataset: str, *, offset: int = 0) -> str:
+        return self.request("GET", f"/api/jobs/{job_id}/logs/{dataset}", params={"offset": offset}).text
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
+        """Server-sent events of a job, as ``(event, data)``, until it ends."""
+        try:
+            with self.http.stream("GET", f"/api/jobs/{job_id}/events",
+                                  timeout=httpx.Timeout(None, connect=10.0)) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    self._raise_for(resp)
+                event, data = "message", []
+                for line in resp.iter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip())
+                    elif not line and data:
+                        yield event, json.loads("\n".join(data))
+                        event, data = "message", []
+        except httpx.TransportError as exc:
+            raise ServerRequestError(f"lost the connection to {self.url}: {exc}") from exc
+
+    def wait(self, job_id: str, *, on_status: Callable[[dict], None] | None = None) -> dict:
+        """Follow a job's events until it ends; returns the final job detail."""
+        last = self.job(job_id)
+        if last.get("finished"):
+            return last
+        for event, data in self.events(job_id):
+            if event in ("status", "end"):
+                last = data
+                if on_status:
+                    on_status(data)
+            if event == "end":
+                break
+        return last
+
+    def files(self, job_id: str) -> list[dict]:
+        return self._json("GET", f"/api/jobs/{job_id}/files")
+
+    def download_file(self, job_id: str, path: str, dest: str | os.PathLike[str]) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self.http.stream("GET", f"/api/jobs/{job_id}/files/{path}") as resp:
+            if not resp.is_success:
+                resp.read()
+                self._raise_for(resp)
+            with open(dest, "wb") as f:
+                for block in resp.iter_bytes(_BLOCK):
+                    f.write(block)
+        return dest
+
+    def download_zip(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
+        """The job's whole results folder as one zip, streamed to ``dest``."""
+        dest = Path(dest)
+        try:
+            with self.http.stream("GET", f"/api/jobs/{job_id}/results.zip",
+                                  timeout=httpx.Timeout(600.0, connect=10.0)) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    self._raise_for(resp)
+                with open(dest, "wb") as f:
+                    for block in resp.iter_bytes(_BLOCK):
+                        f.write(block)
+        except httpx.TransportError as exc:
+            raise ServerRequestError(f"downloading the results of {job_id} failed: {exc}") from exc
+        return dest
+
+    def download_results(self, job_id: str, to: str | os.PathLike[str]) -> Path:
+        """Download and unpack the job's results into ``to`` (created if needed)."""
+        to = Path(to)
+        to.mkdir(parents=True, exist_ok=True)
+        archive = to / f".{job_id}.zip.part"
+        self.download_zip(job_id, archive)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(to)
+        finally:
+            archive.unlink(missing_ok=True)
+        return to
+
+    def certificate(self, job_id: str, *, text: bool = False) -> dict | str:
+        resp = self.request("GET", f"/api/jobs/{job_id}/certificate",
+                            params={"format": "txt" if text else "json"})
+        return resp.text if text else resp.json()
+
+    def qc(self, job_id: str) -> list[dict]:
+        return self._json("GET", f"/api/jobs/{job_id}/qc")

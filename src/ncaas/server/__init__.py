@@ -1,0 +1,35 @@
+"""The ncaas server: a FastAPI app with accounts, group-private storage, uploads,
+jobs with live events, results, and a single web page (``static/``, no build step).
+
+``ncaas serve`` runs it with uvicorn and the job manager in the same process.
+"""
+
+from __future__ import annotations
+
+from .app import create_app
+from .state import ServerSettings
+
+__all__ = ["ServerSettings", "create_app", "serve"]
+
+
+def serve(settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8080,
+          log_level: str = "info") -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included)."""
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    print(f"ncaas server on http://{host}:{port}/  (storage {settings.root}, "
+          f"database {_redact(settings.database_url)})", flush=True)
+    server.run()
+
+
+def _redact(url: str | None) -> str:
+    """The database URL without its password."""
+    if not url or "@" not in url or "://" not in url:
+        return str(url)
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url

@@ -1,0 +1,334 @@
+"""API routes for jobs: submit, list, detail, live events, cancel, results.
+
+The job manager (:class:`ncaas.jobs.manager.Manager`) runs in a thread of the
+server process. A submission through the API is a submit file written into
+the group's ``submissions/`` and ingested at once, so the API, the web page,
+the CLI and a plain file copy all make the same kind of job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import posixpath
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+
+from ..exceptions import PathRefused, SubmissionRejected
+from ..jobs.db import Job, JobDB, Task, default_db_url
+from ..jobs.manager import Manager
+from ..jobs.states import JOB_TERMINAL
+from .accounts import Principal
+from .errors import BadRequest, NotFound
+from .results import IMAGE_TYPES, iter_zip, list_files
+from .state import ServerState, caller, get_state
+
+__all__ = ["JobService", "router"]
+
+log = logging.getLogger("ncaas.server")
+router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+Caller = Annotated[Principal, Depends(caller)]
+
+EVENT_POLL_S = 0.3
+HEARTBEAT_S = 15.0
+LOG_EVENT_BYTES = 64 << 10
+
+
+class JobService:
+    """The server's view of jobs: the manager, its database, and group checks."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+        url = state.settings.database_url or default_db_url(state.storage.root)
+        self.db = JobDB(url)
+        self.manager = Manager(state.storage, self.db, registry=state.registry,
+                               poll_interval=0.1, notify=lambda message: log.info("%s", message))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the manager thread -------------------------------------------------------------
+    def start(self, *, run_manager: bool) -> None:
+        if run_manager and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ncaas-manager", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.manager.run(should_stop=self._stop.is_set)
+            except Exception:  # keep serving; the next step retries from the database
+                log.exception("job manager step failed; retrying in 1 s")
+                self._stop.wait(1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    # -- access -------------------------------------------------------------------------
+    def job_for(self, who: Principal, job_id: str) -> Job:
+        """The job ``job_id`` (or a unique prefix) if it belongs to the caller's group."""
+        job = self.db.find_job(job_id) if 0 < len(job_id) <= 64 else None
+        if job is None or job.group != who.group:
+            raise NotFound(f"no job {job_id!r} in group {who.group!r}; GET /api/jobs lists yours")
+        return job
+
+    def results_path(self, job: Job) -> Path:
+        return self.state.storage.local_path(job.results_dir)
+
+    def finished(self, job: Job) -> bool:
+        return job.state in JOB_TERMINAL and bool(job.finalized)
+
+    # -- views --------------------------------------------------------------------------
+    def summary(self, job: Job, n_tasks: int) -> dict[str, Any]:
+        return {"id": job.id, "analysis": job.analysis, "state": job.state, "cause": job.cause,
+                "submission": job.submission, "created_ms": job.created_ms, "started_ms": job.started_ms,
+                "ended_ms": job.ended_ms, "datasets": n_tasks, "finished": self.finished(job)}
+
+    def list_jobs(self, who: Principal, limit: int) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            jobs = list(s.scalars(select(Job).where(Job.group == who.group)
+                                  .order_by(Job.created_ms.desc()).limit(limit)))
+            counts = dict(s.execute(select(Task.job_id, func.count()).where(Task.job_id.in_([j.id for j in jobs]))
+                                    .group_by(Task.job_id)).all()) if jobs else {}
+        return [self.summary(job, counts.get(job.id, 0)) for job in jobs]
+
+    def detail(self, job: Job) -> dict[str, Any]:
+        job = self.db.job(job.id) or job
+        tasks = self.db.tasks(job.id)
+        results = self.results_path(job)
+        rows = []
+        for task in tasks:
+            status: dict[str, Any] = {}
+            try:
+                status = json.loads((results / "status" / f"{task.dataset}.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                pass
+            rows.append({"dataset": task.dataset, "input": task.dataset_rel, "state": task.state,
+                         "cause": task.cause, "attempt": task.attempt,
+                         "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
+                         "message": status.get("message", ""), "started_ms": task.started_ms,
+                         "ended_ms": task.ended_ms, "exit_code": task.exit_code,
+                         "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes})
+        out = self.summary(job, len(tasks))
+        out.update(group=job.group, config=job.config, config_name=job.config_name, tasks=rows,
+                   error=job.cause if job.state == "rejected" else None)
+        return out
+
+    # -- actions ------------------------------------------------------------------------
+    def submit(self, who: Principal, body: SubmitRequest) -> Job:
+        storage = self.state.storage
+        configname = body.configname
+        if body.config is not None:
+            if configname is not None:
+                raise BadRequest("give either configname (a saved config) or config (the values), not both")
+            configname = f"api-{_stamp()}.json"
+            storage.write_text(storage.resolve(who.group, "configs", configname), json.dumps(body.config, indent=2))
+        submit = {"analysis": body.analysis, "dataname": body.datasets, "timestamp": _stamp()}
+        if configname is not None:
+            submit["configname"] = configname
+        name = f"api-{_stamp()}-{who.user}.submit.json"
+        path = storage.resolve(who.group, "submissions", name)
+        storage.write_text(path, json.dumps(submit, indent=2))
+        log.info("user %s of group %s submitted %s", who.user, who.group, name)
+        job = self.manager.ingest_file(who.group, path)
+        if job is None:  # pragma: no cover - the file was removed under us
+            raise NotFound(f"the submission {name} vanished before it was read")
+        return job
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def jobs_of(request: Request) -> JobService:
+    return get_state(request).extras["jobs"]
+
+
+Jobs = Annotated[JobService, Depends(jobs_of)]
+
+
+class SubmitRequest(BaseModel):
+    analysis: str = Field(description="an analysis name from GET /api/analyses")
+    datasets: list[str] = Field(min_length=1, description="dataset names in the group's inputs/")
+    configname: str | None = Field(None, description="a config saved in configs/ (PUT /api/configs/{name})")
+    config: dict[str, Any] | None = Field(None, description="config values, saved for you (instead of configname)")
+
+
+@router.post("", status_code=201, summary="Submit an analysis on datasets (one task per dataset)")
+def submit(body: SubmitRequest, who: Caller, jobs: Jobs) -> dict:
+    jobs.state.analysis_for(who, body.analysis)  # unknown or forbidden analyses: 404 like a missing one
+    job = jobs.submit(who, body)
+    if job.state == "rejected":
+        raise SubmissionRejected([p.strip() for p in job.cause.split("; ") if p.strip()] or [job.cause])
+    return jobs.detail(job)
+
+
+@router.get("", summary="The group's jobs, newest first")
+def list_jobs(who: Caller, jobs: Jobs, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict]:
+    return jobs.list_jobs(who, limit)
+
+
+@router.get("/{job_id}", summary="One job with each dataset's state, progress and usage")
+def job_detail(job_id: str, who: Caller, jobs: Jobs) -> dict:
+    return jobs.detail(jobs.job_for(who, job_id))
+
+
+@router.post("/{job_id}/cancel", summary="Cancel: queued tasks never start, running ones are stopped")
+def cancel(job_id: str, who: Caller, jobs: Jobs) -> dict:
+    job = jobs.job_for(who, job_id)
+    jobs.manager.cancel(job.id)
+    return jobs.detail(job)
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _read_from(path: Path, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+@router.get("/{job_id}/events", summary="Live status and logs as server-sent events",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "events `status` (job detail), `log` ({dataset, text}), "
+                                            "`end` (final job detail); the stream closes after `end`"}})
+async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> StreamingResponse:
+    job = jobs.job_for(who, job_id)
+    logs = jobs.results_path(job) / "logs"
+
+    async def stream():
+        offsets: dict[str, int] = {}
+        decoders: dict[str, Any] = {}
+        last_status = None
+        last_sent = time.monotonic()
+        while True:
+            detail = await anyio.to_thread.run_sync(jobs.detail, job)
+            done = detail["finished"]
+            if detail != last_status:
+                yield _sse("status", detail)
+                last_status, last_sent = detail, time.monotonic()
+            for task in detail["tasks"]:
+                name = task["dataset"]
+                while True:
+                    data = await anyio.to_thread.run_sync(
+                        _read_from, logs / f"{name}.log", offsets.get(name, 0), LOG_EVENT_BYTES)
+                    if not data:
+                        break
+                    offsets[name] = offsets.get(name, 0) + len(data)
+                    dec = decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
+                    text = dec.decode(data)
+                    if text:
+                        yield _sse("log", {"dataset": name, "text": text})
+                        last_sent = time.monotonic()
+                    if len(data) < LOG_EVENT_BYTES:
+                        break
+            if done:
+                yield _sse("end", detail)
+                return
+            if time.monotonic() - last_sent > HEARTBEAT_S:
+                yield b": keep-alive\n\n"
+                last_sent = time.monotonic()
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/{job_id}/logs/{dataset}", response_class=PlainTextResponse,
+            summary="A dataset's log so far (from byte ?offset=)")
+def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs,
+             offset: Annotated[int, Query(ge=0)] = 0) -> PlainTextResponse:
+    job = jobs.job_for(who, job_id)
+    if dataset not in {t.dataset for t in jobs.db.tasks(job.id)}:
+        raise NotFound(f"job {job.id} has no dataset {dataset!r}")
+    path = jobs.results_path(job) / "logs" / f"{dataset}.log"
+    data = _read_from(path, offset, 1 << 62) if path.exists() else b""
+    return PlainTextResponse(data.decode("utf-8", "replace"))
+
+
+def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> Path:
+    try:
+        full = jobs.state.storage.resolve(who.group, "results", f"{job.id}/{rel}")
+    except PathRefused as exc:
+        raise BadRequest(str(exc)) from None
+    path = jobs.state.storage.local_path(full)
+    if not path.is_file() or path.is_symlink():
+        raise NotFound(f"job {job.id} has no result file {rel!r}; GET /api/jobs/{job.id}/files lists them")
+    return path
+
+
+@router.get("/{job_id}/files", summary="Every file in the job's results folder")
+def files(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
+    job = jobs.job_for(who, job_id)
+    base = jobs.results_path(job)
+    return [{"path": rel, "size": p.stat().st_size} for rel, p in list_files(base)] if base.is_dir() else []
+
+
+@router.get("/{job_id}/files/{path:path}", summary="One result file (streamed)",
+            response_class=FileResponse)
+def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
+    job = jobs.job_for(who, job_id)
+    found = _result_file(jobs, who, job, path)
+    media = IMAGE_TYPES.get(found.suffix.lower())
+    if found.suffix.lower() == ".svg":
+        # an SVG may carry script: show it only as an image, never as a page of this origin
+        return FileResponse(found, media_type=media, headers={"Content-Security-Policy": "script-src 'none'"})
+    return FileResponse(found, media_type=media, filename=None if media else posixpath.basename(path),
+                        content_disposition_type="inline" if media else "attachment")
+
+
+@router.get("/{job_id}/results.zip", summary="The whole results folder as a zip, streamed",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/zip": {}}}})
+def results_zip(job_id: str, who: Caller, jobs: Jobs) -> StreamingResponse:
+    job = jobs.job_for(who, job_id)
+    base = jobs.results_path(job)
+    entries = list_files(base) if base.is_dir() else []
+    return StreamingResponse(iter_zip(entries), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="ncaas-{job.id}.zip"'})
+
+
+@router.get("/{job_id}/certificate", summary="The job's certificate (json, or readable text with ?format=txt)")
+def certificate(job_id: str, who: Caller, jobs: Jobs,
+                format: Annotated[str, Query(pattern="^(json|txt)$")] = "json"):
+    job = jobs.job_for(who, job_id)
+    path = jobs.results_path(job) / f"certificate.{format}"
+    if not path.is_file():
+        state = "was rejected, so it has no certificate" if job.state == "rejected" else \
+            "has no certificate yet; it is written when the job ends"
+        raise NotFound(f"job {job.id} {state}")
+    if format == "txt":
+        return PlainTextResponse(path.read_text())
+    return json.loads(path.read_text())
+
+
+@router.get("/{job_id}/qc", summary="QC images the analysis wrote (png, jpg, svg, ...)")
+def qc_images(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
+    job = jobs.job_for(who, job_id)
+    base = jobs.results_path(job)
+    out = []
+    for rel, p in list_files(base / "outputs") if (base / "outputs").is_dir() else []:
+        if p.suffix.lower() in IMAGE_TYPES:
+            out.append({"path": f"outputs/{rel}", "dataset": rel.split("/", 1)[0], "size": p.stat().st_size})
+    return out

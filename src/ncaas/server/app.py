@@ -1,0 +1,116 @@
+"""The FastAPI application: routes, the one error handler, the web page."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..blueprint import BlueprintRegistry
+from ..exceptions import (BlueprintError, JobNotFound, NcaasError, PathRefused, StorageError,
+                          SubmissionRejected)
+from ..storage import Storage
+from .accounts import Accounts, open_engine
+from .auth import Authenticator
+from .errors import ServerError
+from .state import ServerSettings, ServerState
+from .uploads import Uploads
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("ncaas.server")
+STATIC = Path(__file__).parent / "static"
+
+_STATUS = [(ServerError, None), (PathRefused, 400), (SubmissionRejected, 400), (JobNotFound, 404),
+           (BlueprintError, 400), (StorageError, 500), (NcaasError, 400)]
+
+
+def _error_response(exc: NcaasError) -> JSONResponse:
+    status = next(code for kind, code in _STATUS if isinstance(exc, kind)) or exc.status
+    body = {"error": getattr(exc, "message", None) or str(exc)}
+    body.update(getattr(exc, "extra", {}))
+    if isinstance(exc, SubmissionRejected):
+        body["problems"] = exc.problems
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "malformed request: " + "; ".join(parts)
+
+
+def build_state(settings: ServerSettings) -> ServerState:
+    storage = Storage(settings.root)
+    engine = open_engine(settings.database_url)
+    accounts = Accounts(engine)
+    uploads = Uploads(
+        engine,
+        resolve_input=lambda group, path: storage.local_path(storage.resolve(group, "inputs", path)),
+        scratch_dir=lambda group: storage.local_path(storage.group_dir(group)) / ".uploads",
+        max_bytes=settings.max_upload_bytes,
+    )
+    return ServerState(settings=settings, storage=storage, registry=BlueprintRegistry.discover(),
+                       accounts=accounts, auth=Authenticator(accounts), uploads=uploads)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The ncaas server for ``settings``; the job manager runs inside it when asked."""
+    from . import api_jobs, api_storage
+
+    state = build_state(settings)
+    jobs = api_jobs.JobService(state)
+    state.extras["jobs"] = jobs
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        jobs.start(run_manager=settings.run_manager)
+        try:
+            yield
+        finally:
+            jobs.stop()
+
+    app = FastAPI(
+        title="ncaas", version=__version__, lifespan=lifespan,
+        description="Neuroscience analysis as a service. Every /api call needs "
+                    "`Authorization: Bearer <token>`; tokens come from `ncaas admin issue-token`.",
+    )
+    app.state.ncaas = state
+
+    @app.exception_handler(NcaasError)
+    async def _ncaas_error(_request: Request, exc: NcaasError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal server error; the administrator can find the details "
+                                      "in the server log"}, status_code=500)
+
+    app.include_router(api_storage.router)
+    app.include_router(api_jobs.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,77 @@
+"""What every request handler reaches through ``request.app.state.ncaas``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..blueprint import BlueprintRegistry, LoadedBlueprint
+from ..jobs.db import default_db_url
+from ..storage import Storage
+from .accounts import Accounts, Principal
+from .auth import Authenticator
+from .errors import NotFound
+from .uploads import Uploads
+
+__all__ = ["ServerSettings", "ServerState", "caller", "get_state"]
+
+DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
+
+
+def default_database_url(root: str) -> str:
+    """``NCAAS_DATABASE_URL``, else the job database the embedded CLI uses for ``root``."""
+    if os.environ.get("NCAAS_DATABASE_URL"):
+        return os.environ["NCAAS_DATABASE_URL"]
+    if "://" in root:
+        raise ValueError(f"storage root {root} is not a local folder; give the server a --database-url")
+    return default_db_url(str(Path(root).resolve()))
+
+
+@dataclass
+class ServerSettings:
+    """How a server is set up. ``database_url`` defaults to SQLite in the root."""
+
+    root: str
+    database_url: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD
+    run_manager: bool = True
+
+    def __post_init__(self) -> None:
+        if self.database_url is None:
+            self.database_url = default_database_url(self.root)
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    storage: Storage
+    registry: BlueprintRegistry
+    accounts: Accounts
+    auth: Authenticator
+    uploads: Uploads
+    extras: dict = field(default_factory=dict)
+
+    def analysis_for(self, who: Principal, name: str) -> LoadedBlueprint:
+        """The blueprint ``name`` if the caller's group may use it."""
+        loaded = self.registry.get(name)
+        if loaded is None or not loaded.blueprint.access.allows(who.group):
+            raise NotFound(f"no analysis {name!r} available to group {who.group!r}; "
+                           "GET /api/analyses lists the ones you may use")
+        return loaded
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.ncaas
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `ncaas admin issue-token USER`.")
+
+
+def caller(request: Request,
+           _creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+    """The authenticated caller; every API route depends on this."""
+    return get_state(request).auth.principal(request)

@@ -1,0 +1,493 @@
+// The ncaas web page: plain JavaScript, no build step. Talks only to /api.
+"use strict";
+
+const CHUNK = 8 * 1024 * 1024;          // upload chunk: progress granularity and resume unit
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...kids) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v);
+  }
+  for (const kid of kids) node.append(kid);
+  return node;
+};
+
+const state = { token: null, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
+
+// ---------------------------------------------------------------- API
+class ApiError extends Error {
+  constructor(status, body) { super(body.error || `HTTP ${status}`); this.status = status; this.body = body; }
+}
+
+async function api(path, { method = "GET", json, body, headers = {}, signal } = {}) {
+  const h = { Authorization: `Bearer ${state.token}`, ...headers };
+  if (json !== undefined) { h["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  const resp = await fetch(path, { method, headers: h, body, signal });
+  if (!resp.ok) {
+    let data = {};
+    try { data = await resp.json(); } catch (_) { data = { error: `${resp.status} ${resp.statusText}` }; }
+    throw new ApiError(resp.status, data);
+  }
+  if (resp.status === 204) return null;
+  const type = resp.headers.get("content-type") || "";
+  return type.includes("json") ? resp.json() : resp.text();
+}
+
+// ---------------------------------------------------------------- sign in
+async function signIn(token) {
+  state.token = token;
+  const me = await api("/api/me");
+  sessionStorage.setItem("ncaas-token", token);
+  $("#whoami").textContent = `${me.user} · group ${me.group}`;
+  $("#whoami").hidden = $("#signout").hidden = false;
+  $("#signin-panel").hidden = true;
+  $("#app").hidden = false;
+  await Promise.all([loadAnalyses(), loadInputs(), loadJobs()]);
+}
+
+function signOut() {
+  sessionStorage.removeItem("ncaas-token");
+  location.reload();
+}
+
+// ---------------------------------------------------------------- analyses + config form
+async function loadAnalyses() {
+  state.analyses = await api("/api/analyses");
+  const select = $("#analysis");
+  select.replaceChildren(...state.analyses.map((a) => el("option", { value: a.name, text: `${a.name} ${a.version}` })));
+  if (!state.analyses.length) select.append(el("option", { text: "no analysis available to your group" }));
+  pickAnalysis();
+}
+
+function pickAnalysis() {
+  state.analysis = state.analyses.find((a) => a.name === $("#analysis").value) || null;
+  $("#analysis-description").textContent = state.analysis ? state.analysis.description : "";
+  renderForm();
+}
+
+function fieldKind(schema) {
+  const t = Array.isArray(schema.type) ? schema.type.find((x) => x !== "null") : schema.type;
+  if (schema.enum) return "enum";
+  return t || "json";
+}
+
+function renderForm() {
+  const form = $("#config-form");
+  form.replaceChildren();
+  state.fields = [];
+  if (!state.analysis) return;
+  const schema = state.analysis.config_schema || {};
+  const props = schema.properties || {};
+  const defaults = state.analysis.default_config || {};
+  for (const [name, sub] of Object.entries(props)) {
+    const kind = fieldKind(sub);
+    const value = name in defaults ? defaults[name] : sub.default;
+    let input;
+    if (kind === "enum") {
+      input = el("select", { id: `cfg-${name}`, name });
+      for (const option of sub.enum) input.append(el("option", { value: JSON.stringify(option), text: String(option) }));
+      if (value !== undefined) input.value = JSON.stringify(value);
+    } else if (kind === "boolean") {
+      input = el("input", { id: `cfg-${name}`, name, type: "checkbox" });
+      input.checked = Boolean(value);
+    } else if (kind === "integer" || kind === "number") {
+      input = el("input", { id: `cfg-${name}`, name, type: "text", inputmode: "decimal" });
+      if (value !== undefined && value !== null) input.value = String(value);
+    } else if (kind === "string") {
+      input = el("input", { id: `cfg-${name}`, name, type: "text" });
+      if (value !== undefined && value !== null) input.value = value;
+    } else {
+      input = el("textarea", { id: `cfg-${name}`, name, rows: "2", cols: "40" });
+      if (value !== undefined) input.value = JSON.stringify(value);
+    }
+    const help = [sub.description, describeAllowed(sub), value !== undefined ? `default: ${JSON.stringify(value)}` : ""]
+      .filter(Boolean).join(" · ");
+    const problem = el("small", { class: "problem", id: `problem-${name}` });
+    form.append(el("label", { for: `cfg-${name}`, text: name }),
+      el("div", { class: "field" }, input, el("small", { text: help }), problem));
+    const field = { name, schema: sub, kind, input, problem, required: (schema.required || []).includes(name) };
+    state.fields.push(field);
+    input.addEventListener("input", () => { checkField(field); updateSubmit(); });
+    input.addEventListener("change", () => { checkField(field); updateSubmit(); });
+  }
+  if (!state.fields.length) form.append(el("span", { class: "muted", text: "this analysis has no options" }));
+  updateSubmit();
+}
+
+function describeAllowed(s) {
+  const parts = [];
+  if (s.minimum !== undefined) parts.push(`≥ ${s.minimum}`);
+  if (s.exclusiveMinimum !== undefined) parts.push(`> ${s.exclusiveMinimum}`);
+  if (s.maximum !== undefined) parts.push(`≤ ${s.maximum}`);
+  if (s.exclusiveMaximum !== undefined) parts.push(`< ${s.exclusiveMaximum}`);
+  const t = fieldKind(s);
+  return parts.length ? `${t} ${parts.join(", ")}` : (t === "enum" ? "" : t);
+}
+
+// Returns [value, problem]; value is undefined when the field is left empty.
+function readField(f) {
+  const s = f.schema, raw = f.input.value;
+  if (f.kind === "boolean") return [f.input.checked, null];
+  if (f.kind === "enum") return [JSON.parse(raw), null];
+  if (raw.trim() === "") return [undefined, f.required ? "required" : null];
+  let v;
+  if (f.kind === "integer" || f.kind === "number") {
+    v = Number(raw);
+    if (!Number.isFinite(v)) return [raw, `"${raw}" is not a number`];
+    if (f.kind === "integer" && !Number.isInteger(v)) return [raw, `must be a whole number`];
+  } else if (f.kind === "string") {
+    v = raw;
+    if (s.minLength !== undefined && v.length < s.minLength) return [v, `at least ${s.minLength} characters`];
+    if (s.maxLength !== undefined && v.length > s.maxLength) return [v, `at most ${s.maxLength} characters`];
+    if (s.pattern && !new RegExp(s.pattern, "u").test(v)) return [v, `must match ${s.pattern}`];
+    return [v, null];
+  } else {
+    try { v = JSON.parse(raw); } catch (_) { return [raw, "not valid JSON"]; }
+    if (f.kind === "array" && !Array.isArray(v)) return [v, "must be a list, e.g. [1, 2]"];
+    if (f.kind === "object" && (typeof v !== "object" || Array.isArray(v) || v === null)) return [v, "must be an object"];
+    return [v, null];
+  }
+  if (s.minimum !== undefined && v < s.minimum) return [v, `must be ≥ ${s.minimum}`];
+  if (s.exclusiveMinimum !== undefined && v <= s.exclusiveMinimum) return [v, `must be > ${s.exclusiveMinimum}`];
+  if (s.maximum !== undefined && v > s.maximum) return [v, `must be ≤ ${s.maximum}`];
+  if (s.exclusiveMaximum !== undefined && v >= s.exclusiveMaximum) return [v, `must be < ${s.exclusiveMaximum}`];
+  return [v, null];
+}
+
+function checkField(f) {
+  const [, problem] = readField(f);
+  f.problem.textContent = problem || "";
+  f.input.classList.toggle("invalid", Boolean(problem));
+  f.input.setAttribute("aria-invalid", problem ? "true" : "false");
+  return !problem;
+}
+
+function collectConfig() {
+  const config = {};
+  for (const f of state.fields) {
+    const [value] = readField(f);
+    if (value !== undefined) config[f.name] = value;
+  }
+  return config;
+}
+
+function selectedDatasets() {
+  return [...document.querySelectorAll("#inputs input:checked")].map((c) => c.value);
+}
+
+function updateSubmit() {
+  const invalid = state.fields.filter((f) => !checkField(f)).map((f) => f.name);
+  const datasets = selectedDatasets();
+  let hint = "";
+  if (!state.analysis) hint = "pick an analysis";
+  else if (invalid.length) hint = `fix: ${invalid.join(", ")}`;
+  else if (state.uploading) hint = "waiting for uploads to finish";
+  else if (!datasets.length) hint = "drop or tick at least one dataset";
+  else hint = `${datasets.length} dataset(s) selected`;
+  $("#submit-hint").textContent = hint;
+  $("#submit").disabled = !state.analysis || invalid.length > 0 || state.uploading > 0 || !datasets.length;
+}
+
+// ---------------------------------------------------------------- datasets
+async function loadInputs(autoTick = []) {
+  const ticked = new Set([...selectedDatasets(), ...autoTick]);
+  const inputs = await api("/api/inputs");
+  $("#inputs").replaceChildren(...inputs.map((d) => {
+    const box = el("input", { type: "checkbox", value: d.name, id: `in-${d.name}` });
+    box.checked = ticked.has(d.name);
+    box.addEventListener("change", updateSubmit);
+    const what = d.kind === "folder" ? `folder, ${d.files} files` : "file";
+    return el("li", {}, box, el("label", { for: `in-${d.name}`, text: ` ${d.name} (${what}, ${formatBytes(d.size)})` }));
+  }));
+  if (!inputs.length) $("#inputs").append(el("li", { class: "muted", text: "no datasets yet" }));
+  updateSubmit();
+}
+
+function formatBytes(n) {
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// Folder drops: walk FileSystemEntry trees (readEntries returns batches until empty).
+function readAll(reader) {
+  return new Promise((resolve, reject) => {
+    const out = [];
+    const next = () => reader.readEntries((batch) => {
+      if (!batch.length) resolve(out); else { out.push(...batch); next(); }
+    }, reject);
+    next();
+  });
+}
+
+async function walk(entry, prefix, out) {
+  if (entry.isFile) {
+    const file = await new Promise((res, rej) => entry.file(res, rej));
+    out.push({ file, path: prefix + entry.name });
+  } else if (entry.isDirectory) {
+    for (const child of await readAll(entry.createReader())) await walk(child, `${prefix}${entry.name}/`, out);
+  }
+}
+
+async function filesFromDrop(dataTransfer) {
+  const entries = [...dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  if (!entries.length) return [...dataTransfer.files].map((file) => ({ file, path: file.name }));
+  const out = [];
+  for (const entry of entries) await walk(entry, "", out);
+  return out;
+}
+
+function filesFromPicker(input) {
+  return [...input.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+}
+
+// One dataset = one top-level name: a dropped file, or a dropped folder with everything under it.
+async function uploadDatasets(items) {
+  const groups = new Map();
+  for (const item of items) {
+    const top = item.path.split("/")[0];
+    if (!groups.has(top)) groups.set(top, []);
+    groups.get(top).push(item);
+  }
+  state.uploading += groups.size;
+  updateSubmit();
+  const done = [];
+  await Promise.all([...groups].map(async ([name, files]) => {
+    const total = files.reduce((s, f) => s + f.file.size, 0);
+    const bar = el("progress", { max: String(Math.max(total, 1)), value: "0" });
+    const label = el("span", { class: "muted", text: "waiting" });
+    const row = el("li", { "data-dataset": name }, el("span", { text: files.length > 1 ? `${name}/ (${files.length} files)` : name }), bar, label);
+    $("#uploads").append(row);
+    let sent = 0;
+    try {
+      for (const f of files) {
+        await uploadFile(f.file, f.path, (n) => {
+          bar.value = sent + n;
+          label.textContent = `${Math.floor((100 * (sent + n)) / Math.max(total, 1))}% of ${formatBytes(total)}`;
+        });
+        sent += f.file.size;
+      }
+      bar.value = Math.max(total, 1);
+      label.textContent = `uploaded ${formatBytes(total)} ✓`;
+      row.classList.add("done");
+      done.push(name);
+    } catch (err) {
+      label.textContent = `failed: ${err.message}`;
+      label.className = "error";
+    } finally {
+      state.uploading -= 1;
+    }
+  }));
+  await loadInputs(done);
+}
+
+async function sha256Hex(blob) {
+  if (!(window.crypto && crypto.subtle)) return null;   // only in secure contexts (https, localhost)
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function putChunk(id, offset, blob, checksum, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", `/api/uploads/${id}?offset=${offset}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${state.token}`);
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    if (checksum) xhr.setRequestHeader("X-Chunk-SHA256", checksum);
+    xhr.upload.onprogress = (e) => onProgress(e.loaded);
+    xhr.onload = () => {
+      let body = {};
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body); else reject(new ApiError(xhr.status, body));
+    };
+    xhr.onerror = () => reject(new Error("network error"));
+    xhr.send(blob);
+  });
+}
+
+async function uploadFile(file, path, onProgress) {
+  // Resume an unfinished upload of the same file if the server has one.
+  const pending = await api("/api/uploads");
+  let up = pending.find((u) => u.path === path && u.size === file.size);
+  if (!up) up = await api("/api/uploads", { method: "POST", json: { path, size: file.size, overwrite: true } });
+  let offset = up.offset, failures = 0;
+  onProgress(offset);
+  while (offset < file.size) {
+    const blob = file.slice(offset, Math.min(offset + CHUNK, file.size));
+    try {
+      const checksum = await sha256Hex(blob);
+      const res = await putChunk(up.id, offset, blob, checksum, (n) => onProgress(offset + n));
+      offset = res.offset;
+      failures = 0;
+    } catch (err) {
+      if (err.status && err.status !== 409 && err.status !== 422 && err.status < 500) throw err;
+      if (++failures > 5) throw err;
+      await new Promise((r) => setTimeout(r, 500 * failures));
+      offset = (await api(`/api/uploads/${up.id}`)).offset;   // where to go on from
+    }
+    onProgress(offset);
+  }
+  return api(`/api/uploads/${up.id}/complete`, { method: "POST", json: {} });
+}
+
+// ---------------------------------------------------------------- submit
+async function submit() {
+  $("#submit-error").textContent = "";
+  $("#submit").disabled = true;
+  try {
+    const name = `web-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+    await api(`/api/configs/${name}?analysis=${encodeURIComponent(state.analysis.name)}`,
+      { method: "PUT", json: collectConfig() });
+    const job = await api("/api/jobs", { method: "POST",
+      json: { analysis: state.analysis.name, datasets: selectedDatasets(), configname: name } });
+    await loadJobs();
+    showJob(job.id);
+  } catch (err) {
+    const problems = err.body && err.body.problems;
+    $("#submit-error").textContent = problems ? problems.join("\n") : err.message;
+  } finally {
+    updateSubmit();
+  }
+}
+
+// ---------------------------------------------------------------- jobs
+async function loadJobs() {
+  const jobs = await api("/api/jobs");
+  $("#jobs tbody").replaceChildren(...jobs.map((j) => {
+    const row = el("tr", { "data-job": j.id },
+      el("td", {}, el("code", { text: j.id })), el("td", { text: j.analysis || "" }),
+      el("td", {}, el("span", { class: `state ${j.state}`, text: j.state })),
+      el("td", { text: String(j.datasets) }), el("td", { text: new Date(j.created_ms).toLocaleString() }));
+    row.addEventListener("click", () => showJob(j.id));
+    return row;
+  }));
+}
+
+async function ticketed(jobId) {
+  const { ticket } = await api("/api/tickets", { method: "POST", json: { path: `/api/jobs/${jobId}/` } });
+  return (path) => `/api/jobs/${jobId}/${path}${path.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
+}
+
+function renderTasks(job) {
+  $("#job-state").textContent = job.state;
+  $("#job-state").className = `state ${job.state}`;
+  $("#job-error").textContent = job.error || "";
+  $("#cancel-job").disabled = job.finished;
+  for (const t of job.tasks) {
+    let box = document.querySelector(`.task[data-dataset="${CSS.escape(t.dataset)}"]`);
+    if (!box) {
+      box = el("div", { class: "task", "data-dataset": t.dataset },
+        el("header", {}, el("strong", { text: t.dataset }), el("span", { class: "state" }),
+          el("progress", { max: "1", value: "0" }), el("span", { class: "message muted" })),
+        el("pre", { class: "log" }));
+      $("#tasks").append(box);
+    }
+    const st = box.querySelector(".state");
+    st.textContent = t.state;
+    st.className = `state ${t.state}`;
+    box.querySelector("progress").value = t.progress ?? 0;
+    box.querySelector(".message").textContent = t.message || "";
+  }
+}
+
+function appendLog(dataset, text) {
+  const box = document.querySelector(`.task[data-dataset="${CSS.escape(dataset)}"] pre`);
+  if (!box) return;
+  const atBottom = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+  box.textContent += text;
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+async function renderQc(jobId) {
+  const url = await ticketed(jobId);
+  const images = await api(`/api/jobs/${jobId}/qc`);
+  $("#qc").replaceChildren(...images.map((img) => el("figure", {},
+    el("a", { href: url(`files/${img.path}`), target: "_blank" }, el("img", { src: url(`files/${img.path}`), alt: img.path })),
+    el("figcaption", { text: img.path }))));
+  if (!images.length) $("#qc").append(el("span", { class: "muted", text: "none" }));
+}
+
+// Server-sent events over fetch (EventSource cannot send the Authorization header).
+async function followJob(jobId, signal) {
+  const resp = await fetch(`/api/jobs/${jobId}/events`, { headers: { Authorization: `Bearer ${state.token}` }, signal });
+  if (!resp.ok) throw new ApiError(resp.status, await resp.json());
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+      }
+      if (!data) continue;
+      const payload = JSON.parse(data);
+      if (event === "status") renderTasks(payload);
+      else if (event === "log") appendLog(payload.dataset, payload.text);
+      else if (event === "end") { renderTasks(payload); await finishJob(jobId); }
+    }
+  }
+}
+
+async function finishJob(jobId) {
+  await Promise.all([renderQc(jobId), loadJobs()]);
+  const url = await ticketed(jobId);
+  $("#download-zip").href = url("results.zip");
+  $("#download-cert").href = url("certificate?format=txt");
+}
+
+async function showJob(jobId) {
+  if (state.jobStream) state.jobStream.abort();
+  state.jobStream = new AbortController();
+  state.jobId = jobId;
+  $("#job-detail").hidden = false;
+  $("#job-id").textContent = jobId;
+  $("#tasks").replaceChildren();
+  $("#qc").replaceChildren(el("span", { class: "muted", text: "none yet" }));
+  const url = await ticketed(jobId);
+  $("#download-zip").href = url("results.zip");
+  $("#download-cert").href = url("certificate?format=txt");
+  renderTasks(await api(`/api/jobs/${jobId}`));
+  $("#job-detail").scrollIntoView({ behavior: "smooth" });
+  followJob(jobId, state.jobStream.signal).catch((err) => {
+    if (err.name !== "AbortError") $("#job-error").textContent = `live updates stopped: ${err.message}`;
+  });
+}
+
+// ---------------------------------------------------------------- wiring
+window.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("#signin-error").textContent = "";
+    try { await signIn($("#token").value.trim()); } catch (err) { $("#signin-error").textContent = err.message; }
+  });
+  $("#signout").addEventListener("click", signOut);
+  $("#analysis").addEventListener("change", pickAnalysis);
+  $("#submit").addEventListener("click", submit);
+  $("#refresh-jobs").addEventListener("click", loadJobs);
+  $("#cancel-job").addEventListener("click", async () => {
+    try { await api(`/api/jobs/${state.jobId}/cancel`, { method: "POST" }); }
+    catch (err) { $("#job-error").textContent = err.message; }
+  });
+  const zone = $("#dropzone");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", async (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    uploadDatasets(await filesFromDrop(e.dataTransfer));
+  });
+  for (const id of ["#pick-files", "#pick-folder"]) {
+    $(id).addEventListener("change", (e) => { uploadDatasets(filesFromPicker(e.target)); e.target.value = ""; });
+  }
+  const saved = sessionStorage.getItem("ncaas-token");
+  if (saved) signIn(saved).catch(() => sessionStorage.removeItem("ncaas-token"));
+});
