@@ -19,7 +19,6 @@ from typing import Any
 
 from . import __version__
 from .exceptions import CertificateError
-from .executors.base import EnvironmentInfo
 from .storage import Storage
 
 __all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_text"]
@@ -44,8 +43,9 @@ def describe_input(storage: Storage, path: str, rel: str) -> dict[str, Any]:
 
 
 def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list[Any], *,
-                      executor: dict[str, Any], isolation: str, environment: EnvironmentInfo) -> dict[str, Any]:
+                      executor: dict[str, Any], isolation: str) -> dict[str, Any]:
     """The certificate of a finished job, from its database rows and its files."""
+    environment: dict[str, Any] = {"python": None, "lock_hash": None, "manifest_hash": None}
     blueprint = job.blueprint
     config = job.config
     config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
@@ -54,8 +54,11 @@ def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list
         outputs_dir = f"{job.results_dir}/outputs/{task.dataset}"
         input_info = (describe_input(storage, task.dataset_path, task.dataset_rel)
                       if storage.exists(task.dataset_path) else {"path": task.dataset_rel, "missing": True})
+        task_env = json.loads(task.environment_json or "{}")
+        if task_env.get("python"):
+            environment = task_env
         out_tasks.append({
-            "dataset": task.dataset, "input": input_info, "argv": json.loads(task.argv_json),
+            "dataset": task.dataset, "environment": task_env, "input": input_info, "argv": json.loads(task.argv_json),
             "state": task.state, "cause": task.cause, "attempts": task.attempt,
             "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
             "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
@@ -68,8 +71,7 @@ def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list
                 "ended_ms": job.ended_ms, "storage": storage.url},
         "platform": {"name": "ncaas", "version": __version__},
         "blueprint": blueprint,
-        "environment": {"python": environment.python, "lock_hash": environment.lock_hash,
-                        "manifest_hash": environment.manifest_hash},
+        "environment": environment,
         "isolation": isolation,
         "executor": executor,
         "config": {"name": job.config_name, "content": config,

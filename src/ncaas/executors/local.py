@@ -5,7 +5,8 @@ Two seams, kept small on purpose:
 - :meth:`LocalExecutor.ensure_environment` — where ncaas.environments builds or
   verifies the blueprint's immutable environment and returns its python and hashes;
 - :meth:`LocalExecutor.prepare` — where ncaas.sandbox wraps the task's argv
-  (bubblewrap, cgroup) and names the isolation it applied.
+  (bubblewrap, cgroup) and names the isolation it applied (``isolation``), with
+  :meth:`LocalExecutor.finish` to dissolve it when the task has stopped.
 
 Each task runs under ``_runner.py`` in its own session, so tasks survive the
 manager; the handle (pid + process start time) lets any later process find,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -137,6 +139,10 @@ class LocalExecutor:
         own = self._children.pop(handle.run_dir, None)
         if own is not None:
             own.wait()
+
+    def finish(self, run_dir: Path) -> None:
+        """Dissolve what a stopped task used (its scratch; a sandbox also its cgroup)."""
+        shutil.rmtree(run_dir / "scratch", ignore_errors=True)
 
     def find(self, run_dir: Path) -> TaskHandle | None:
         """Find a task's supervisor from its run folder (after a manager crash)."""

@@ -88,6 +88,7 @@ class Task(Base):
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
     peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
     argv_json: Mapped[str] = mapped_column(Text, default="[]")
+    environment_json: Mapped[str] = mapped_column(Text, default="{}")
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
 

@@ -131,7 +131,7 @@ class Manager:
         job_id = new_job_id()
         results = self.storage.results_dir(group, job_id)
         job = Job(id=job_id, group=group, analysis=None, submission=name, submission_key=key,
-                  content_key=content_key, state=JobState.REJECTED.value, cause="; ".join(problems),
+                  content_key=content_key, state=JobState.REJECTED.value, cause="\n".join(problems),
                   results_dir=results, created_ms=now_ms(), ended_ms=now_ms())
         if not self.db.add_job(job, [], "rejected: " + "; ".join(problems)):
             found = self.db.seen_submission(key)
@@ -231,7 +231,7 @@ class Manager:
         if self.db.move_task(task, decision.state, decision.cause, **fields):
             self._write_status(job, task)
             if task.run_dir:
-                shutil.rmtree(Path(task.run_dir) / "scratch", ignore_errors=True)
+                self.executor.finish(Path(task.run_dir))
             self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
 
     def _schedule(self, jobs: dict[str, Job]) -> None:
@@ -302,7 +302,9 @@ class Manager:
             for placeholder, value in values.items():
                 arg = arg.replace(placeholder, value)
             argv.append(arg)
-        self.db.update_task(task.id, argv_json=json.dumps(argv))
+        environment = {"python": env_info.python, "lock_hash": env_info.lock_hash,
+                       "manifest_hash": env_info.manifest_hash}
+        self.db.update_task(task.id, argv_json=json.dumps(argv), environment_json=json.dumps(environment))
         scratch = run_dir / "scratch"
         threads = str(bp.resources.cpus)
         env = {**_base_env(), "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), "OMP_NUM_THREADS": threads,
@@ -339,10 +341,8 @@ class Manager:
         """Final statuses, the certificate, then end.json last; idempotent."""
         for task in tasks:
             self._write_status(job, task)
-        environment = self.executor.ensure_environment(self.loaded_blueprint(job))
         cert = build_certificate(self.storage, job, tasks, self.db.events(job.id),
-                                 executor=self.executor.describe(), isolation=self.executor.isolation,
-                                 environment=environment)
+                                 executor=self.executor.describe(), isolation=self.executor.isolation)
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
         self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
         self._write_end(job, tasks)

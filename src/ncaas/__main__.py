@@ -1,0 +1,5 @@
+"""``python -m ncaas`` is the ``ncaas`` command."""
+
+from .cli import main
+
+main()
