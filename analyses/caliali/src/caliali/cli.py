@@ -1,0 +1,109 @@
+"""The ``caliali`` command line: parse, call the library, print.
+
+Errors derived from :class:`caliali.exceptions.CalialiError` are rendered in
+one place (:func:`main`) with their exit code, never as a traceback. Add a
+command by importing its library function inside a small ``@app.command()``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from caliali.exceptions import CalialiError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="caliali",
+    help="Multi-session one-photon calcium imaging in bounded memory.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Folder to write (manifest, videos, ground_truth/).")],
+    sessions: Annotated[int, typer.Option(help="Number of sessions.")] = 3,
+    frames: Annotated[int, typer.Option(help="Frames per session.")] = 1000,
+    neurons: Annotated[int | None, typer.Option(help="Neurons (default by variant: 100, sparse 20, dense 300).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+    variant: Annotated[str, typer.Option(help="ideal | remap | sparse | dense.")] = "ideal",
+    within_motion: Annotated[bool, typer.Option("--within-motion", help="Add rigid motion within sessions.")] = False,
+    max_frames_per_file: Annotated[int | None, typer.Option(help="Cut sessions into <name>_b<k> files.")] = None,
+    pnr: Annotated[float, typer.Option(help="Peak-to-noise ratio of a single spike.")] = 2.0,
+    format: Annotated[str, typer.Option("--format", help="tif (float32) | avi (lossless FFV1 uint16).")] = "tif",
+    height: Annotated[int, typer.Option(help="Video height, px (field is 40 px larger before cropping).")] = 180,
+    width: Annotated[int, typer.Option(help="Video width, px.")] = 260,
+    fs: Annotated[float, typer.Option(help="Frame rate, Hz.")] = 10.0,
+) -> None:
+    """Simulate a multi-session experiment with ground truth."""
+    from caliali.chunking import print_progress
+    from caliali.simulate import SimulationParams, simulate as run
+
+    params = SimulationParams(
+        sessions=sessions, frames=frames, neurons=neurons, seed=seed, variant=variant,
+        within_motion=within_motion, max_frames_per_file=max_frames_per_file, pnr=pnr,
+        format=format, height=height, width=width, fs=fs,
+    )
+    result = run(out, params, progress=print_progress)
+    console.print(
+        f"[green]wrote[/green] {params.sessions} sessions x {params.frames} frames, "
+        f"{params.n_neurons} neurons ({params.variant}) to {result.out}; manifest {result.manifest.name}, "
+        f"ground truth in {result.ground_truth.name}/"
+    )
+
+
+@app.command()
+def split(
+    files: Annotated[list[Path], typer.Argument(help="Video files; each is one session.")],
+    max_frames: Annotated[int, typer.Option(help="Most frames per piece.")] = 3000,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <first file's folder>/split).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Array inside HDF5/zarr/NWB inputs.")] = None,
+) -> None:
+    """Cut videos into <name>_b1, _b2, ... pieces of at most --max-frames and write manifest.yaml."""
+    from caliali.experiment import split_files
+
+    out = out if out is not None else files[0].parent / "split"
+    experiment = split_files(files, out, max_frames=max_frames, dataset=dataset)
+    for session in experiment.sessions:
+        console.print(f"{session.id}: {len(session.files)} piece(s): {', '.join(p.name for p in session.files)}")
+    console.print(f"[green]manifest[/green] {experiment.source}")
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A video, a folder of videos, or a manifest.")],
+    dataset: Annotated[str | None, typer.Option(help="Array inside HDF5/zarr/NWB files.")] = None,
+) -> None:
+    """Show the sessions, files, frame counts and frame sizes caliali would read."""
+    from rich.table import Table
+
+    from caliali.experiment import load_experiment
+    from caliali.io import open_video
+
+    experiment = load_experiment(path, dataset=dataset)
+    table = Table("session", "file", "frames", "size", "dtype")
+    for session in experiment.sessions:
+        for file in session.files:
+            with open_video(file, dataset=session.dataset) as video:
+                h, w = video.frame_shape
+                table.add_row(session.id, file.name, str(video.n_frames), f"{h}x{w}", str(video.dtype))
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, rendering caliali errors as one-line messages."""
+    try:
+        app()
+    except CalialiError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
