@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, select,
+from sqlalchemy import (BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, select,
                         update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -52,9 +52,9 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     cause: Mapped[str] = mapped_column(Text, default="")
     results_dir: Mapped[str] = mapped_column(Text)
-    created_ms: Mapped[int] = mapped_column(Integer)
-    started_ms: Mapped[int | None] = mapped_column(Integer)
-    ended_ms: Mapped[int | None] = mapped_column(Integer)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    started_ms: Mapped[int | None] = mapped_column(BigInteger)
+    ended_ms: Mapped[int | None] = mapped_column(BigInteger)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     finalized: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -82,15 +82,15 @@ class Task(Base):
     run_dir: Mapped[str | None] = mapped_column(Text)
     runner_pid: Mapped[int | None] = mapped_column(Integer)
     runner_start: Mapped[float | None] = mapped_column(Float)
-    started_ms: Mapped[int | None] = mapped_column(Integer)
-    ended_ms: Mapped[int | None] = mapped_column(Integer)
+    started_ms: Mapped[int | None] = mapped_column(BigInteger)
+    ended_ms: Mapped[int | None] = mapped_column(BigInteger)
     exit_code: Mapped[int | None] = mapped_column(Integer)
     cpu_seconds: Mapped[float | None] = mapped_column(Float)
-    peak_memory_bytes: Mapped[int | None] = mapped_column(Integer)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     argv_json: Mapped[str] = mapped_column(Text, default="[]")
     environment_json: Mapped[str] = mapped_column(Text, default="{}")
     cpus: Mapped[int] = mapped_column(Integer, default=1)
-    memory_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Event(Base):
@@ -102,7 +102,7 @@ class Event(Base):
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str] = mapped_column(String(16))
     cause: Mapped[str] = mapped_column(Text, default="")
-    at_ms: Mapped[int] = mapped_column(Integer)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
