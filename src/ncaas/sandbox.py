@@ -457,7 +457,7 @@ def _explain_path(tail: str, spec: SandboxSpec) -> Verdict | None:
     if spec.environment is not None and target.is_relative_to(spec.environment):
         return Verdict(False, "environment_write_denied", f"stopped: it tried to modify its analysis "
                        f"environment ({path}), which is read-only")
-    if not _visible(target, spec):
+    if _hidden(target, spec):
         return Verdict(False, "outside_access", f"stopped: it tried to reach {path}, which is outside "
                        "its sandbox; a task sees only its own inputs, output, environment and /tmp")
     if any(target.is_relative_to(p) for p in spec.readonly):
@@ -480,8 +480,20 @@ def _quoted_path(text: str, phrase: str) -> str | None:
     return found
 
 
+def _hidden(path: Path, spec: SandboxSpec) -> bool:
+    """Whether ``path`` (or the folder it would be created in) exists on the host but not for the task."""
+    if _visible(path, spec):
+        return False
+    if path.exists():
+        return True
+    bound = [Path(p).absolute() for p in (*spec.readonly, *spec.writable)]
+    in_sandbox = {Path("/"), Path("/tmp")} | {a for p in bound for a in p.parents}
+    return path.parent.exists() and path.parent not in in_sandbox and not _visible(path.parent, spec)
+
+
 def _visible(path: Path, spec: SandboxSpec) -> bool:
-    roots = [Path(p) for p in ("/usr", "/etc", "/proc", "/dev", "/tmp", *_SYSTEM_LINKS)]
+    """Whether the host's ``path`` is what the task sees at that path."""
+    roots = [Path(p) for p in ("/usr", "/etc", *_SYSTEM_LINKS)]
     roots += [Path(p) for p in (*spec.readonly, *spec.writable)]
     if spec.environment is not None:
         roots.append(spec.environment)
