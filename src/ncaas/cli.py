@@ -51,6 +51,11 @@ def _errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            server = typer.get_current_context().meta.get("ncaas_server") if _in_click() else None
+            if server is not None:  # `ncaas --server URL --token T <command>`: the same command via the API
+                from .server.remote import LOCAL_ONLY, run_remote
+                if fn.__name__ not in LOCAL_ONLY:
+                    return run_remote(fn.__name__, server, kwargs)
             return fn(*args, **kwargs)
         except SubmissionRejected as exc:
             err.print("[red]submission rejected:[/red]")
@@ -61,6 +66,24 @@ def _errors(fn: F) -> F:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(exc.exit_code) from None
     return wrapper  # type: ignore[return-value]
+
+
+def _in_click() -> bool:
+    import click
+
+    return click.get_current_context(silent=True) is not None
+
+
+@app.callback()
+def _target(ctx: typer.Context,
+            server: Annotated[str | None, typer.Option(
+                "--server", envvar="NCAAS_SERVER", help="run the command on this ncaas server (URL) "
+                "instead of embedded")] = None,
+            token: Annotated[str | None, typer.Option("--token", envvar="NCAAS_TOKEN",
+                                                      help="API token for --server")] = None) -> None:
+    if server is not None:
+        from .server.remote import Remote
+        ctx.meta["ncaas_server"] = Remote(server, token)
 
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
@@ -362,6 +385,15 @@ def run_manager(
     manager.run(should_stop=lambda: stopping)
     out.print("manager stopped; running tasks continue and are adopted at the next start")
     os.close(lock.fileno())
+
+
+def _server_commands() -> None:
+    from .server.commands import register  # `ncaas serve` and `ncaas admin ...`
+
+    register(app, errors=_errors, out=out, err=err)
+
+
+_server_commands()
 
 
 def main() -> None:

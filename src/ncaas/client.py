@@ -90,7 +90,9 @@ class Client:
             body = {"error": resp.text[:500] or resp.reason_phrase}
         message = body.get("error") or f"HTTP {resp.status_code}"
         if resp.status_code == 400 and body.get("problems"):
-            raise SubmissionRejected(body["problems"])
+            rejected = SubmissionRejected(body["problems"])
+            rejected.job = body.get("job")  # the rejected job (id, results_dir) when one was recorded
+            raise rejected
         if resp.status_code == 404 and "/api/jobs/" in resp.request.url.path:
             raise JobNotFound(message)
         raise ServerRequestError(f"the server refused {resp.request.method} {resp.request.url.path}: "
@@ -119,6 +121,10 @@ class Client:
     # -- datasets and configs --------------------------------------------------------------
     def inputs(self) -> list[dict]:
         return self._json("GET", "/api/inputs")
+
+    def input_info(self, name: str) -> dict:
+        """Kind, size and (for a file) SHA-256 of a dataset in inputs/."""
+        return self._json("GET", f"/api/inputs/{name}")
 
     def upload_file(self, local: str | os.PathLike[str], remote: str, *, overwrite: bool = False,
                     progress: Callable[[int, int], None] | None = None) -> dict:
@@ -193,18 +199,34 @@ class Client:
     def configs(self) -> list[str]:
         return self._json("GET", "/api/configs")
 
+    def config(self, name: str) -> dict:
+        return self._json("GET", f"/api/configs/{name}")
+
     def save_config(self, name: str, config: dict, *, analysis: str | None = None) -> dict:
         params = {"analysis": analysis} if analysis else None
         return self._json("PUT", f"/api/configs/{name}", json=config, params=params)
 
     # -- jobs ------------------------------------------------------------------------------
     def submit(self, analysis: str, datasets: list[str], *, configname: str | None = None,
-               config: dict | None = None) -> dict:
-        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config}
+               config: dict | None = None, name: str | None = None) -> dict:
+        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config,
+                "name": name}
         return self._json("POST", "/api/jobs", json={k: v for k, v in body.items() if v is not None})
 
-    def jobs(self) -> list[dict]:
-        return self._json("GET", "/api/jobs")
+    def jobs(self, *, limit: int = 200) -> list[dict]:
+        return self._json("GET", "/api/jobs", params={"limit": limit})
+
+    def story(self, job_id: str) -> list[dict]:
+        """Every state transition of the job and its tasks, with cause and time."""
+        return self._json("GET", f"/api/jobs/{job_id}/story")
+
+    def rerun(self, certificate: dict) -> dict:
+        """Start a rerun of a certified job (same blueprint, config, inputs); returns the new job."""
+        return self._json("POST", "/api/rerun", json=certificate)
+
+    def compare(self, job_id: str, certificate: dict) -> list[dict]:
+        """File-by-file verdicts of job ``job_id``'s outputs against ``certificate``'s."""
+        return self._json("POST", f"/api/jobs/{job_id}/compare", json=certificate)
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}")
@@ -212,8 +234,12 @@ class Client:
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")
 
+    def log_bytes(self, job_id: str, dataset: str, *, offset: int = 0) -> bytes:
+        """A dataset's log from byte ``offset`` on."""
+        return self.request("GET", f"/api/jobs/{job_id}/logs/{dataset}", params={"offset": offset}).content
+
     def log(self, job_id: str, dataset: str, *, offset: int = 0) -> str:
-        return self.request("GET", f"/api/jobs/{job_id}/logs/{dataset}", params={"offset": offset}).text
+        return self.log_bytes(job_id, dataset, offset=offset).decode("utf-8", "replace")
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """Server-sent events of a job, as ``(event, data)``, until it ends."""

@@ -6,16 +6,30 @@ jobs with live events, results, and a single web page (``static/``, no build ste
 
 from __future__ import annotations
 
-from .app import create_app
-from .state import ServerSettings
+from typing import Any
 
 __all__ = ["ServerSettings", "create_app", "serve"]
 
 
-def serve(settings: ServerSettings, *, host: str = "127.0.0.1", port: int = 8080,
+def __getattr__(name: str) -> Any:
+    # FastAPI is imported only when the server is used, so the CLI starts fast.
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "ServerSettings":
+        from .state import ServerSettings
+
+        return ServerSettings
+    raise AttributeError(name)
+
+
+def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "info") -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included)."""
     import uvicorn
+
+    from .app import create_app
 
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,

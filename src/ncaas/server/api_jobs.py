@@ -13,6 +13,7 @@ import codecs
 import json
 import logging
 import posixpath
+import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -20,17 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from ..exceptions import PathRefused, SubmissionRejected
+from ..exceptions import CertificateError, PathRefused
+from ..storage import check_user_path
+from ..certificate import compare_outputs, load_certificate
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
 from ..jobs.states import JOB_TERMINAL
 from .accounts import Principal
-from .errors import BadRequest, NotFound
+from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .results import IMAGE_TYPES, iter_zip, list_files
 from .state import ServerState, caller, get_state
 
@@ -38,6 +41,7 @@ __all__ = ["JobService", "router"]
 
 log = logging.getLogger("ncaas.server")
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
+rerun_router = APIRouter(prefix="/api")
 Caller = Annotated[Principal, Depends(caller)]
 
 EVENT_POLL_S = 0.3
@@ -93,9 +97,10 @@ class JobService:
 
     # -- views --------------------------------------------------------------------------
     def summary(self, job: Job, n_tasks: int) -> dict[str, Any]:
-        return {"id": job.id, "analysis": job.analysis, "state": job.state, "cause": job.cause,
+        return {"id": job.id, "group": job.group, "analysis": job.analysis, "state": job.state, "cause": job.cause,
                 "submission": job.submission, "created_ms": job.created_ms, "started_ms": job.started_ms,
-                "ended_ms": job.ended_ms, "datasets": n_tasks, "finished": self.finished(job)}
+                "ended_ms": job.ended_ms, "datasets": n_tasks, "finished": self.finished(job),
+                "results_dir": job.results_dir}
 
     def list_jobs(self, who: Principal, limit: int) -> list[dict[str, Any]]:
         with self.db.session() as s:
@@ -123,9 +128,17 @@ class JobService:
                          "ended_ms": task.ended_ms, "exit_code": task.exit_code,
                          "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes})
         out = self.summary(job, len(tasks))
-        out.update(group=job.group, config=job.config, config_name=job.config_name, tasks=rows,
-                   error=job.cause if job.state == "rejected" else None)
+        out.update(config=job.config, config_name=job.config_name, tasks=rows,
+                   error="\n".join(self.rejection_problems(job)) if job.state == "rejected" else None)
         return out
+
+    def rejection_problems(self, job: Job) -> list[str]:
+        """Why a submission was rejected, one problem per item (from its end.json)."""
+        try:
+            errors = json.loads((self.results_path(job) / "end.json").read_text()).get("errors")
+        except (OSError, json.JSONDecodeError):
+            errors = None
+        return list(errors) if errors else [job.cause]
 
     # -- actions ------------------------------------------------------------------------
     def submit(self, who: Principal, body: SubmitRequest) -> Job:
@@ -139,8 +152,13 @@ class JobService:
         submit = {"analysis": body.analysis, "dataname": body.datasets, "timestamp": _stamp()}
         if configname is not None:
             submit["configname"] = configname
-        name = f"api-{_stamp()}-{who.user}.submit.json"
+        name = f"{body.name or 'api-' + _stamp() + '-' + who.user}.submit.json"
+        if "/" in check_user_path(name, "submissions"):
+            raise BadRequest(f"submission name {body.name!r} must be a plain name, without '/'")
         path = storage.resolve(who.group, "submissions", name)
+        if storage.exists(path):
+            raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; "
+                           "choose another name")
         storage.write_text(path, json.dumps(submit, indent=2))
         log.info("user %s of group %s submitted %s", who.user, who.group, name)
         job = self.manager.ingest_file(who.group, path)
@@ -165,6 +183,7 @@ class SubmitRequest(BaseModel):
     datasets: list[str] = Field(min_length=1, description="dataset names in the group's inputs/")
     configname: str | None = Field(None, description="a config saved in configs/ (PUT /api/configs/{name})")
     config: dict[str, Any] | None = Field(None, description="config values, saved for you (instead of configname)")
+    name: str | None = Field(None, description="submission name (the submit file is <name>.submit.json)")
 
 
 @router.post("", status_code=201, summary="Submit an analysis on datasets (one task per dataset)")
@@ -172,7 +191,9 @@ def submit(body: SubmitRequest, who: Caller, jobs: Jobs) -> dict:
     jobs.state.analysis_for(who, body.analysis)  # unknown or forbidden analyses: 404 like a missing one
     job = jobs.submit(who, body)
     if job.state == "rejected":
-        raise SubmissionRejected([p.strip() for p in job.cause.split("; ") if p.strip()] or [job.cause])
+        problems = jobs.rejection_problems(job)
+        raise BadRequest("submission rejected: " + "; ".join(problems), problems=problems,
+                         job={"id": job.id, "results_dir": job.results_dir})
     return jobs.detail(job)
 
 
@@ -264,7 +285,7 @@ def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs,
         raise NotFound(f"job {job.id} has no dataset {dataset!r}")
     path = jobs.results_path(job) / "logs" / f"{dataset}.log"
     data = _read_from(path, offset, 1 << 62) if path.exists() else b""
-    return PlainTextResponse(data.decode("utf-8", "replace"))
+    return Response(data, media_type="text/plain; charset=utf-8")
 
 
 def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> Path:
@@ -332,3 +353,45 @@ def qc_images(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
         if p.suffix.lower() in IMAGE_TYPES:
             out.append({"path": f"outputs/{rel}", "dataset": rel.split("/", 1)[0], "size": p.stat().st_size})
     return out
+
+
+@router.get("/{job_id}/story", summary="Every state transition of the job and its tasks, with cause and time")
+def story(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
+    job = jobs.job_for(who, job_id)
+    return [{"at_ms": e.at_ms, "dataset": e.dataset, "from_state": e.from_state, "to_state": e.to_state,
+             "cause": e.cause} for e in jobs.db.events(job.id)]
+
+
+def _certificate_of_group(who: Principal, cert: dict[str, Any]) -> dict[str, Any]:
+    try:
+        group = cert["job"]["group"]
+        cert["tasks"], cert["config"], cert["blueprint"]  # noqa: B018 - presence check
+    except (KeyError, TypeError):
+        raise BadRequest("the body is not a certificate (certificate.json of a finished job)") from None
+    if group != who.group:
+        raise Forbidden(f"the certificate is of a job of group {group!r}; you can only rerun your group's jobs")
+    return cert
+
+
+@rerun_router.post("/rerun", tags=["jobs"], status_code=201,
+                   summary="Rerun a certified job on the same inputs (body: certificate.json)")
+def rerun(cert: Annotated[dict[str, Any], Body()], who: Caller, jobs: Jobs) -> dict:
+    from ..rerun import _request as rerun_request  # the same checks `ncaas rerun` makes
+
+    cert = _certificate_of_group(who, cert)
+    request = rerun_request(jobs.manager, cert)
+    token = secrets.token_hex(4)
+    job = jobs.manager.create_job(request, submission=f"rerun of {cert['job']['id']}",
+                                  key=f"rerun:{cert['job']['id']}:{token}", content_key=f"rerun:{token}")
+    return jobs.detail(job)
+
+
+@router.post("/{job_id}/compare", summary="Compare this job's outputs, file by file, with a certificate's")
+def compare(job_id: str, cert: Annotated[dict[str, Any], Body()], who: Caller, jobs: Jobs) -> list[dict]:
+    job = jobs.job_for(who, job_id)
+    cert = _certificate_of_group(who, cert)
+    try:
+        mine = load_certificate(jobs.results_path(job))
+    except CertificateError as exc:
+        raise NotFound(f"job {job.id} has no certificate yet ({exc}); compare once it has ended") from None
+    return compare_outputs(cert, mine)

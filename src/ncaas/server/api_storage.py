@@ -50,7 +50,7 @@ def _describe(loaded) -> dict[str, Any]:
         "name": bp.name, "version": bp.version, "description": bp.description,
         "config_schema": bp.config_schema, "default_config": bp.default_config,
         "resources": bp.resources.model_dump(mode="json"),
-        "sha256": loaded.sha256, "git_commit": loaded.git_commit,
+        "sha256": loaded.sha256, "git_commit": loaded.git_commit, "path": str(loaded.path),
     }
 
 
@@ -83,6 +83,20 @@ def list_inputs(who: Caller, state: State) -> list[dict]:
         else:
             out.append({"name": name, "kind": "file", "files": 1, "size": int(entry["size"])})
     return out
+
+
+@router.get("/inputs/{name:path}", tags=["datasets"],
+            summary="One dataset: kind, size, files, and the SHA-256 of a file")
+def input_info(name: str, who: Caller, state: State) -> dict:
+    path = state.storage.resolve(who.group, "inputs", name)
+    if not state.storage.exists(path):
+        raise NotFound(f"no dataset {name!r} in {who.group}/inputs/")
+    if state.storage.isdir(path):
+        files = state.storage.files(path)
+        return {"name": name, "kind": "folder", "files": len(files),
+                "size": sum(state.storage.size(f) for f in files)}
+    return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
+            "sha256": state.storage.sha256(path)}
 
 
 class NewUpload(BaseModel):

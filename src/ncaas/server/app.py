@@ -107,6 +107,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app.include_router(api_storage.router)
     app.include_router(api_jobs.router)
+    app.include_router(api_jobs.rerun_router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -23,9 +23,9 @@ DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
 
 
 def default_database_url(root: str) -> str:
-    """``NCAAS_DATABASE_URL``, else the job database the embedded CLI uses for ``root``."""
-    if os.environ.get("NCAAS_DATABASE_URL"):
-        return os.environ["NCAAS_DATABASE_URL"]
+    """``NCAAS_DB``, else the job database the embedded CLI uses for ``root``."""
+    if os.environ.get("NCAAS_DB"):
+        return os.environ["NCAAS_DB"]
     if "://" in root:
         raise ValueError(f"storage root {root} is not a local folder; give the server a --database-url")
     return default_db_url(str(Path(root).resolve()))

@@ -1,0 +1,132 @@
+"""``ncaas serve`` and ``ncaas admin ...``: the server's own commands.
+
+They are registered on the main CLI by :func:`register`; nothing here imports
+FastAPI until ``serve`` runs, so the rest of the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..exceptions import NcaasError
+from ..storage import Storage, default_root
+
+__all__ = ["register"]
+
+RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", envvar="NCAAS_DB",
+    help="SQLAlchemy URL of the job and account database, e.g. postgresql+psycopg://user@host/ncaas "
+         "[default: <root>/.ncaas/jobs.sqlite]")]
+
+
+def _accounts(root: str, db: str | None):
+    from .accounts import Accounts
+    from .state import default_database_url
+
+    return Accounts.from_url(db or default_database_url(Storage(root).root))
+
+
+def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) -> None:
+    """Add ``serve`` and the ``admin`` group to the ``ncaas`` command line."""
+    admin = typer.Typer(help="Accounts of an ncaas server: groups, users, API tokens.", no_args_is_help=True)
+    app.add_typer(admin, name="admin")
+
+    @app.command()
+    @errors
+    def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+              max_upload: Annotated[str, typer.Option(help="largest upload accepted, e.g. 500GB")] = "1TiB",
+              manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
+              root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Serve the API and the web page (job manager included) until Ctrl-C."""
+        from ..blueprint import parse_bytes
+        from . import serve as run_server
+        from .state import ServerSettings, default_database_url
+
+        try:
+            max_bytes = parse_bytes(max_upload)
+        except ValueError as exc:
+            raise NcaasError(f"--max-upload: {exc}") from None
+        storage = Storage(root)
+        settings = ServerSettings(root=storage.root, database_url=db or default_database_url(storage.root),
+                                  max_upload_bytes=max_bytes, run_manager=manager)
+        lock = None
+        if manager:
+            lock = _manager_lock(storage)
+            if lock is None:
+                err.print("[yellow]another `ncaas manager` runs on this storage; the server submits jobs "
+                          "and that manager runs them[/yellow]")
+                settings.run_manager = False
+        try:
+            run_server(settings, host=host, port=port)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    @admin.command("add-group")
+    @errors
+    def add_group(name: Annotated[str, typer.Argument(help="group name (letters, digits, . _ -)")],
+                  root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Create a group: its members share one private storage area and its jobs."""
+        _accounts(root, db).add_group(name)
+        out.print(f"group {name} created")
+
+    @admin.command("add-user")
+    @errors
+    def add_user(name: Annotated[str, typer.Argument(help="user name")],
+                 group: Annotated[str, typer.Option("--group", "-g", help="the user's group")],
+                 root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Create a user in a group."""
+        _accounts(root, db).add_user(name, group)
+        out.print(f"user {name} created in group {group}")
+
+    @admin.command("issue-token")
+    @errors
+    def issue_token(user: Annotated[str, typer.Argument(help="user name")],
+                    root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Issue an API token for a user; it is printed once and only its hash is kept."""
+        issued = _accounts(root, db).issue_token(user)
+        out.print(f"token {issued.token_id} for {issued.user} (group {issued.group}); "
+                  "store it now, it is not shown again:")
+        out.print(issued.token, markup=False, highlight=False, soft_wrap=True)
+
+    @admin.command("revoke-token")
+    @errors
+    def revoke_token(token: Annotated[str, typer.Argument(help="the token, or its id")],
+                     root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Revoke a token: every later request with it is refused."""
+        token_id = _accounts(root, db).revoke_token(token)
+        out.print(f"token {token_id} revoked")
+
+    @admin.command("tokens")
+    @errors
+    def tokens(root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """List issued tokens (ids, owners, revoked or not; never the tokens)."""
+        table = Table("token id", "user", "issued", "revoked")
+        import time
+
+        for t in _accounts(root, db).tokens():
+            table.add_row(t["token_id"], t["user"],
+                          time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_ms"] / 1000)),
+                          "yes" if t["revoked"] else "no")
+        out.print(table)
+
+
+def _manager_lock(storage: Storage) -> Any:
+    """The lock `ncaas manager` takes on a storage root, or None when someone holds it."""
+    path = storage.local_path(storage.join(".ncaas", "manager.lock"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
