@@ -80,6 +80,38 @@ def split(
 
 
 @app.command()
+def score(
+    result: Annotated[Path, typer.Argument(help="A caliali result folder (arrays/, alignment/).")],
+    ground_truth: Annotated[Path, typer.Argument(help="ground_truth/ or the simulation folder holding it.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Where to write the scores (default RESULT/score.json).")] = None,
+    trace_threshold: Annotated[float, typer.Option(help="Trace cosine a match needs.")] = 0.8,
+) -> None:
+    """Score a result against simulated ground truth: precision, recall, F1, alignment error."""
+    import json
+
+    from rich.table import Table
+
+    from caliali.score import score as run
+
+    scores = run(result, ground_truth, trace_threshold=trace_threshold)
+    n, a = scores.neurons, scores.alignment
+    table = Table("score", "value", title=f"{result} vs {ground_truth}")
+    table.add_row("true neurons", str(n.n_true))
+    table.add_row("found neurons", str(n.n_found))
+    table.add_row(f"matched (trace cos >= {n.trace_threshold:g})", str(n.n_matched))
+    table.add_row("precision", f"{n.precision:.3f}")
+    table.add_row("recall", f"{n.recall:.3f}")
+    table.add_row("F1", f"{n.f1:.3f}")
+    if a is not None:
+        table.add_row("alignment error median / 95% (px)", f"{a.median_px:.2f} / {a.p95_px:.2f}")
+        table.add_row("unaligned median / 95% (px)", f"{a.unaligned_median_px:.2f} / {a.unaligned_p95_px:.2f}")
+    console.print(table)
+    json_out = json_out if json_out is not None else result / "score.json"
+    json_out.write_text(json.dumps(scores.as_dict(), indent=1))
+    console.print(f"[green]wrote[/green] {json_out}")
+
+
+@app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="A video, a folder of videos, or a manifest.")],
     dataset: Annotated[str | None, typer.Option(help="Array inside HDF5/zarr/NWB files.")] = None,

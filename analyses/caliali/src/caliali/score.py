@@ -1,0 +1,237 @@
+"""Score a caliali result against simulated ground truth.
+
+Neurons: estimated and true neurons are matched one to one by the Hungarian
+assignment on (footprint cosine) x (trace cosine); a match counts when its
+trace cosine is at least 0.8 (as in the CaliAli paper); precision, recall
+and F1 follow. Alignment: the estimated backward fields are compared with
+the true ones inside the result's valid mask, after removing from both the
+per-pixel mean over sessions (alignment is defined up to a common
+deformation); the error's median and 95th percentile are reported in px.
+
+Layouts read (see the team conventions): a result folder with
+``arrays/A.npz`` (scipy.sparse (H*W, K), C-order pixels), ``arrays/C.npy``
+(K, T), ``arrays/meta.json`` (``dims`` [H, W]) and optionally
+``alignment/fields.npy`` (n_sessions, 2, H, W) and
+``alignment/valid_mask.npy``; a ground-truth folder (or the simulation
+folder holding ``ground_truth/``) with ``A.npy`` (K, H, W), ``C.npy``,
+``fields.npy``. Ground truth is resized to the result's dims when the result
+was spatially downsampled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linear_sum_assignment
+
+from caliali.exceptions import ScoreError
+
+__all__ = [
+    "AlignmentScore",
+    "NeuronScore",
+    "Score",
+    "cosine_matrix",
+    "load_ground_truth",
+    "load_result",
+    "score",
+    "score_alignment",
+    "score_neurons",
+]
+
+
+@dataclass(frozen=True)
+class NeuronScore:
+    """Neuron detection scores; ``matches`` rows are (estimated, true, footprint cos, trace cos)."""
+
+    n_true: int
+    n_found: int
+    n_matched: int
+    precision: float
+    recall: float
+    f1: float
+    trace_threshold: float
+    matches: list[tuple[int, int, float, float]]
+
+
+@dataclass(frozen=True)
+class AlignmentScore:
+    """Displacement error (px) inside the valid mask, after removing the common deformation."""
+
+    median_px: float
+    p95_px: float
+    unaligned_median_px: float
+    unaligned_p95_px: float
+    per_session_median_px: list[float]
+    n_pixels: int
+
+
+@dataclass(frozen=True)
+class Score:
+    neurons: NeuronScore
+    alignment: AlignmentScore | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"neurons": asdict(self.neurons), "alignment": asdict(self.alignment) if self.alignment else None}
+
+
+def cosine_matrix(x: np.ndarray | sparse.spmatrix, y: np.ndarray) -> np.ndarray:
+    """Cosine similarity between the columns of ``x`` (n, a) and ``y`` (n, b): (a, b)."""
+    dots = np.asarray(x.T @ y, dtype=np.float64)
+    nx = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()) if sparse.issparse(x) else np.linalg.norm(x, axis=0)
+    ny = np.linalg.norm(y, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = dots / np.outer(nx, ny)
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def score_neurons(
+    a_est: np.ndarray | sparse.spmatrix,
+    c_est: np.ndarray,
+    a_true: np.ndarray,
+    c_true: np.ndarray,
+    *,
+    trace_threshold: float = 0.8,
+) -> NeuronScore:
+    """Match estimated to true neurons and count matches with trace cosine >= ``trace_threshold``.
+
+    Parameters
+    ----------
+    a_est : (P, K_est) array or sparse matrix
+        Estimated footprints, one column per neuron (P pixels, C order).
+    c_est : (K_est, T) array
+        Estimated traces.
+    a_true : (P, K_true) array
+        True footprints on the same pixel grid.
+    c_true : (K_true, T) array
+        True traces.
+
+    Returns
+    -------
+    NeuronScore
+
+    References
+    ----------
+    .. [1] Vergara, P. et al. Nature Communications 16 (2025) (CaliAli): matching
+       on footprint x trace similarity with a trace-correlation threshold.
+    .. [2] Kuhn, H. W. "The Hungarian method for the assignment problem."
+       Naval Research Logistics Quarterly 2 (1955).
+    """
+    c_est, c_true = np.asarray(c_est, dtype=np.float64), np.asarray(c_true, dtype=np.float64)
+    if a_est.shape[0] != a_true.shape[0]:
+        raise ScoreError(f"footprints cover {a_est.shape[0]} and {a_true.shape[0]} pixels; resize to one grid first")
+    if c_est.shape[1] != c_true.shape[1]:
+        raise ScoreError(f"traces have {c_est.shape[1]} and {c_true.shape[1]} frames; they must cover the same frames")
+    if a_est.shape[1] != c_est.shape[0] or a_true.shape[1] != c_true.shape[0]:
+        raise ScoreError("footprints and traces disagree on the number of neurons")
+    n_found, n_true = c_est.shape[0], c_true.shape[0]
+    matches: list[tuple[int, int, float, float]] = []
+    if n_found and n_true:
+        fp, tr = cosine_matrix(a_est, a_true), cosine_matrix(c_est.T, c_true.T)
+        similarity = fp * np.clip(tr, 0, None)
+        rows, cols = linear_sum_assignment(similarity, maximize=True)
+        matches = [(int(i), int(j), float(fp[i, j]), float(tr[i, j])) for i, j in zip(rows, cols, strict=True)
+                   if fp[i, j] > 0 and tr[i, j] >= trace_threshold]
+    tp = len(matches)
+    precision = tp / n_found if n_found else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return NeuronScore(n_true, n_found, tp, precision, recall, f1, trace_threshold, matches)
+
+
+def score_alignment(
+    fields_est: np.ndarray, fields_true: np.ndarray, valid_mask: np.ndarray | None = None
+) -> AlignmentScore:
+    """Error between estimated and true backward fields (n_sessions, 2, H, W), in px.
+
+    Both are centred by subtracting, per pixel, their mean over sessions; the
+    error is the Euclidean length of the difference, pooled over sessions and
+    valid pixels. ``unaligned_*`` is the error of doing nothing (zero fields),
+    for scale.
+    """
+    est, true = np.asarray(fields_est, dtype=np.float64), np.asarray(fields_true, dtype=np.float64)
+    if est.shape != true.shape or est.ndim != 4 or est.shape[1] != 2:
+        raise ScoreError(f"fields shaped {est.shape} and {true.shape}; both must be (n_sessions, 2, H, W)")
+    mask = np.ones(est.shape[2:], dtype=bool) if valid_mask is None else np.asarray(valid_mask, dtype=bool)
+    if mask.shape != est.shape[2:] or not mask.any():
+        raise ScoreError(f"valid mask shaped {mask.shape} with {int(mask.sum())} valid pixels does not fit fields {est.shape}")
+    est_c, true_c = est - est.mean(axis=0), true - true.mean(axis=0)
+    error = np.sqrt(((est_c - true_c) ** 2).sum(axis=1))[:, mask]
+    baseline = np.sqrt((true_c**2).sum(axis=1))[:, mask]
+    return AlignmentScore(
+        median_px=float(np.median(error)), p95_px=float(np.percentile(error, 95)),
+        unaligned_median_px=float(np.median(baseline)), unaligned_p95_px=float(np.percentile(baseline, 95)),
+        per_session_median_px=[float(v) for v in np.median(error, axis=1)], n_pixels=int(mask.sum()),
+    )
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise ScoreError(f"{path}: missing ({what})")
+    return path
+
+
+def load_result(path: Path | str) -> dict[str, Any]:
+    """Read a result folder: footprints (P, K) sparse, traces, dims, fields and mask if present."""
+    root = Path(path)
+    arrays = _need(root / "arrays", "a caliali result has an arrays/ folder")
+    try:
+        meta = json.loads(_need(arrays / "meta.json", "result metadata with dims").read_text())
+        dims = tuple(int(n) for n in meta["dims"])
+        a = sparse.load_npz(_need(arrays / "A.npz", "footprints, scipy.sparse (H*W, K)")).tocsc()
+        c = np.load(_need(arrays / "C.npy", "traces (K, T)"))
+    except (KeyError, ValueError, OSError) as exc:
+        raise ScoreError(f"{arrays}: cannot read the result ({exc})") from exc
+    if a.shape[0] != dims[0] * dims[1]:
+        raise ScoreError(f"{arrays}/A.npz has {a.shape[0]} pixels but meta.json dims are {list(dims)}")
+    out: dict[str, Any] = {"A": a, "C": c, "dims": dims, "fields": None, "valid_mask": None}
+    if (root / "alignment" / "fields.npy").exists():
+        out["fields"] = np.load(root / "alignment" / "fields.npy")
+        mask = root / "alignment" / "valid_mask.npy"
+        out["valid_mask"] = np.load(mask) if mask.exists() else None
+    return out
+
+
+def load_ground_truth(path: Path | str) -> dict[str, Any]:
+    """Read ground truth from ``ground_truth/`` or the simulation folder holding it."""
+    root = Path(path)
+    root = root / "ground_truth" if (root / "ground_truth").is_dir() else root
+    a = np.load(_need(root / "A.npy", "true footprints (K, H, W)"))
+    c = np.load(_need(root / "C.npy", "true traces (K, T)"))
+    fields = np.load(root / "fields.npy") if (root / "fields.npy").exists() else None
+    return {"A": a, "C": c, "fields": fields, "dims": a.shape[1:]}
+
+
+def _resize_footprints(a: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
+    if a.shape[1:] == dims:
+        return a
+    return np.stack([cv2.resize(f, dims[::-1], interpolation=cv2.INTER_AREA) for f in a.astype(np.float32)])
+
+
+def _resize_fields(fields: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
+    if fields.shape[2:] == dims:
+        return fields
+    sy, sx = dims[0] / fields.shape[2], dims[1] / fields.shape[3]
+    out = np.empty((*fields.shape[:2], *dims), dtype=np.float32)
+    for s, f in enumerate(fields.astype(np.float32)):
+        out[s, 0] = cv2.resize(f[0], dims[::-1], interpolation=cv2.INTER_AREA) * sy
+        out[s, 1] = cv2.resize(f[1], dims[::-1], interpolation=cv2.INTER_AREA) * sx
+    return out
+
+
+def score(result: Path | str, ground_truth: Path | str, *, trace_threshold: float = 0.8) -> Score:
+    """Score a result folder against a ground-truth folder (see the module docstring)."""
+    res, gt = load_result(result), load_ground_truth(ground_truth)
+    dims = res["dims"]
+    a_true = _resize_footprints(gt["A"], dims)
+    neurons = score_neurons(res["A"], res["C"], a_true.reshape(len(a_true), -1).T, gt["C"],
+                            trace_threshold=trace_threshold)
+    alignment = None
+    if res["fields"] is not None and gt["fields"] is not None:
+        alignment = score_alignment(res["fields"], _resize_fields(gt["fields"], dims), res["valid_mask"])
+    return Score(neurons, alignment)
