@@ -38,13 +38,25 @@ class Status:
         self.data = dict(fields)
         self.lock = threading.Lock()
         self.last = 0.0
+        self.dirty = False
 
     def update(self, force=False, **fields):
         with self.lock:
             self.data.update(fields, updated_ms=now_ms())
+            self.dirty = True
             if force or time.monotonic() - self.last >= STATUS_EVERY:
-                write_json(self.path, self.data)
-                self.last = time.monotonic()
+                self._write()
+
+    def flush(self):
+        """Write an update the throttle held back, once it is due."""
+        with self.lock:
+            if self.dirty and time.monotonic() - self.last >= STATUS_EVERY:
+                self._write()
+
+    def _write(self):
+        write_json(self.path, self.data)
+        self.last = time.monotonic()
+        self.dirty = False
 
 
 def parse_progress(line, status):
@@ -133,6 +145,7 @@ def main(spec_path):
         reader.start()
         deadline = time.monotonic() + spec["timeout"]
         while proc.poll() is None:
+            status.flush()
             if cancelled.wait(timeout=min(0.05, max(deadline - time.monotonic(), 0.001))):
                 record["cancelled"] = True
             elif time.monotonic() >= deadline:
