@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from caliali.chunking import iter_chunks
+from caliali.experiment import Session
+from caliali.io import open_video
 from caliali.projections.vessels import bv_filter
 
 from ._errors import MotionError
@@ -23,7 +26,7 @@ from .downsample import downsample_chunks, downsampled_shape
 from .rigid import RigidTemplate
 from .shifts import apply_shifts, valid_mask_from_shifts
 
-__all__ = ["MotionResult", "correct_session", "correct_frames", "iter_session_chunks"]
+__all__ = ["MotionResult", "correct_session", "correct_frames", "session_chunks", "session_info"]
 
 Progress = Callable[[float, str], None]
 
@@ -148,6 +151,15 @@ class _GapFiller:
 def _as_sink(out: Any) -> Callable[[np.ndarray], None] | None:
     if out is None:
         return None
+    if isinstance(out, (list, tuple)):
+        sinks = [_as_sink(o) for o in out]
+
+        def fan_out(frames: np.ndarray) -> None:
+            for sink in sinks:
+                if sink is not None:
+                    sink(frames)
+
+        return fan_out
     for method in ("append", "write"):
         if callable(getattr(out, method, None)):
             return getattr(out, method)
@@ -167,13 +179,11 @@ def correct_frames(
     max_shift: float = 20,
     border: float = 0.1,
     interpolation: str = "cubic",
-    progress: Callable[[int], None] | None = None,
 ) -> MotionResult:
     """Rigid-correct a stream of ``(t, h, w)`` chunks of one session.
 
     The streaming core of :func:`correct_session` (which adds file reading
-    and downsampling); see there for the method and parameters. ``progress``
-    here is called with the number of frames done so far.
+    and downsampling); see there for the method and parameters.
     """
     if not gSig > 0:
         raise MotionError(f"gSig (neuron radius, px) must be > 0, got {gSig}")
@@ -209,8 +219,6 @@ def correct_frames(
         drop_parts.append(dropped)
         peak_parts.append(peak)
         done += len(frames)
-        if progress is not None:
-            progress(done)
     if shape is None:
         raise MotionError("the session has no frames")
     tail = filler.finish()
@@ -230,55 +238,77 @@ def correct_frames(
     )
 
 
-def _open(source: Any):
-    if hasattr(source, "iter_chunks"):
-        return source, False
-    from caliali.io import open_video
-
-    return open_video(source), True
+def _is_single(sources: Any) -> bool:
+    return isinstance(sources, (str, Path, Session)) or hasattr(sources, "iter_chunks")
 
 
-def iter_session_chunks(
-    sources: Any, *, batch_frames: int, spatial_ds: int = 1, temporal_ds: int = 1
-) -> Iterator[np.ndarray]:
-    """Chunks of one session: each source (a path or an open reader) in order,
-    read ``batch_frames`` at a time and downsampled. Readers this function
-    opens it also closes."""
-    items = [sources] if isinstance(sources, (str, Path)) or hasattr(sources, "iter_chunks") else list(sources)
+def _as_session(item: Any) -> Any:
+    """A source the shared chunk loop accepts: a reader or a Session."""
+    if hasattr(item, "iter_chunks") or isinstance(item, Session):
+        return item
+    path = Path(item)
+    return Session(id=path.stem, files=(path,))
+
+
+def _parts(sources: Any) -> list[Any]:
+    """The session as chunk-loop sources: one Session for a list of paths,
+    one per reader otherwise."""
+    items = [sources] if _is_single(sources) else list(sources)
     if not items:
         raise MotionError("a session needs at least one file or reader")
-
-    def raw() -> Iterator[np.ndarray]:
-        for item in items:
-            reader, owned = _open(item)
-            try:
-                yield from reader.iter_chunks(batch_frames)
-            finally:
-                if owned:
-                    reader.close()
-
-    return downsample_chunks(raw(), spatial_ds=spatial_ds, temporal_ds=temporal_ds)
+    if all(isinstance(i, (str, Path)) for i in items):
+        first = Path(items[0])
+        return [Session(id=first.stem, files=tuple(Path(i) for i in items))]
+    return [_as_session(i) for i in items]
 
 
-def _session_info(sources: Any) -> tuple[int, tuple[int, int]]:
-    items = [sources] if isinstance(sources, (str, Path)) or hasattr(sources, "iter_chunks") else list(sources)
+def session_info(sources: Any) -> tuple[int, tuple[int, int]]:
+    """(frames, (h, w)) of a session given as a path, reader, Session or a
+    sequence of them; error if its files differ in frame size."""
     total, shape = 0, None
-    for item in items:
-        reader, owned = _open(item)
-        try:
-            if shape is not None and tuple(reader.frame_shape) != shape:
-                raise MotionError(
-                    f"{reader.path}: frames are {reader.frame_shape}, the session's first file has {shape}; "
-                    "files of one session must share a frame size"
-                )
-            shape = tuple(reader.frame_shape)
-            total += int(reader.n_frames)
-        finally:
-            if owned:
-                reader.close()
+    for part in _parts(sources):
+        readers = [part] if hasattr(part, "iter_chunks") else [open_video(f, dataset=part.dataset) for f in part.files]
+        for reader in readers:
+            try:
+                if shape is not None and tuple(reader.frame_shape) != shape:
+                    raise MotionError(
+                        f"{reader.path}: frames are {reader.frame_shape}, the session's first file has {shape}; "
+                        "files of one session must share a frame size"
+                    )
+                shape = tuple(reader.frame_shape)
+                total += int(reader.n_frames)
+            finally:
+                if reader is not part:
+                    reader.close()
     if shape is None:
         raise MotionError("a session needs at least one file or reader")
     return total, shape
+
+
+def session_chunks(
+    sources: Any,
+    *,
+    batch_frames: int,
+    spatial_ds: int = 1,
+    temporal_ds: int = 1,
+    progress: Progress | None = None,
+    label: str = "motion correction",
+) -> Iterator[np.ndarray]:
+    """Float32 chunks of one session, in order, through the shared chunk loop
+    (:func:`caliali.chunking.iter_chunks`), downsampled. ``sources``: a path,
+    reader or ``caliali.experiment.Session``, or a sequence of them."""
+    parts = _parts(sources)
+
+    def raw() -> Iterator[np.ndarray]:
+        for i, part in enumerate(parts):
+            def sub(fraction: float, message: str, i: int = i) -> None:
+                if progress is not None:
+                    progress((i + fraction) / len(parts), message)
+
+            for chunk in iter_chunks(part, batch_frames=batch_frames, progress=sub, label=label):
+                yield chunk.data
+
+    return downsample_chunks(raw(), spatial_ds=spatial_ds, temporal_ds=temporal_ds)
 
 
 def correct_session(
@@ -310,15 +340,17 @@ def correct_session(
 
     Parameters
     ----------
-    sources : path, reader, or a sequence of them
+    sources : path, reader, ``caliali.experiment.Session``, or a sequence of them
         The session's files in order (``caliali.io.open_video`` paths or open
         readers with ``iter_chunks``).
     gSig : float
         Neuron radius, px, at the downsampled resolution.
-    out : None, callable, or object with ``.append`` / ``.write``
-        Receives the corrected float32 ``(t, h, w)`` chunks in order (e.g. a
-        ``caliali.store`` array or a ``caliali.io`` writer). None: only
-        estimate.
+    out : None, path, callable, object with ``.append`` / ``.write``, or a list of these
+        Receives the corrected float32 ``(t, h, w)`` chunks in order. A path
+        creates a :class:`caliali.store.FrameStore` there (marked complete at
+        the end); an object can be a store, a ``caliali.io`` writer or a
+        :class:`caliali.projections.ProjectionAccumulator` (projections in the
+        same pass). None: only estimate.
     batch_frames : int, optional
         Frames read per chunk. Default: derived from ``memory_budget``.
     memory_budget : int or str, optional
@@ -348,25 +380,28 @@ def correct_session(
     .. [2] Guizar-Sicairos, M., Thurman, S. T. & Fienup, J. R. (2008). Efficient
        subpixel image registration algorithms. Optics Letters 33, 156-158.
     """
-    total, shape = _session_info(sources)
+    total, shape = session_info(sources)
     small = downsampled_shape(shape, spatial_ds)
     if batch_frames is None:
         batch_frames = _batch_from_budget(memory_budget, shape)
     if int(batch_frames) < 1:
         raise MotionError(f"batch_frames must be a positive integer, got {batch_frames!r}")
-    n_out = -(-total // int(temporal_ds))
-    chunks = iter_session_chunks(sources, batch_frames=int(batch_frames), spatial_ds=spatial_ds, temporal_ds=temporal_ds)
-
-    def tick(done: int) -> None:
-        if progress is not None:
-            progress(min(1.0, done / max(n_out, 1)), f"motion correction: {done}/{n_out} frames")
-
-    result = correct_frames(
-        chunks, gSig=gSig, out=out, max_shift=max_shift, border=border,
-        interpolation=interpolation, progress=tick,
+    chunks = session_chunks(
+        sources, batch_frames=int(batch_frames), spatial_ds=spatial_ds, temporal_ds=temporal_ds, progress=progress
     )
-    if result.valid_mask.shape != small:
-        raise MotionError(f"internal: valid mask {result.valid_mask.shape} != frame shape {small}")
+    store = None
+    if isinstance(out, (str, Path)):
+        from caliali.store import FrameStore
+
+        store = FrameStore.create(out, small, params={"stage": "motion", "spatial_ds": spatial_ds,
+                                                      "temporal_ds": temporal_ds, "gSig": gSig,
+                                                      "max_shift": max_shift, "border": border})
+        out = store
+    result = correct_frames(
+        chunks, gSig=gSig, out=out, max_shift=max_shift, border=border, interpolation=interpolation,
+    )
+    if store is not None:
+        store.mark_complete()
     return result
 
 
