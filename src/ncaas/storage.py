@@ -149,6 +149,12 @@ class Storage:
     def size(self, path: str) -> int:
         return int(self._call(self.fs.size, path))
 
+    def stamp(self, path: str) -> tuple[Any, ...]:
+        """(size, modification time) of a file: changes when the file is rewritten."""
+        info = self._call(self.fs.info, path)
+        when = info.get("mtime") or info.get("LastModified") or info.get("ETag")
+        return info.get("size"), when.timestamp() if hasattr(when, "timestamp") else when
+
     def sha256(self, path: str) -> str:
         digest = hashlib.sha256()
         with self._call(self.fs.open, path, "rb") as fh:

@@ -32,7 +32,8 @@ from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost,
 __all__ = ["Manager", "new_job_id"]
 
 LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
-TIMEOUT_BACKSTOP_S = 30.0  # kill a task whose supervisor failed to enforce its timeout
+TIMEOUT_BACKSTOP_S = 30.0
+WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written  # kill a task whose supervisor failed to enforce its timeout
 
 
 def new_job_id() -> str:
@@ -57,7 +58,7 @@ class Manager:
         self.poll_interval = poll_interval
         self.notify = notify or (lambda message: None)
         self.state_dir = storage.local_path(storage.join(".ncaas"))
-        self._seen: set[str] = set()
+        self._seen: dict[str, tuple[Any, ...]] = {}
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -70,25 +71,36 @@ class Manager:
         """Ingest every submit file not seen before (including ones written while down)."""
         jobs = []
         for group, path in self.storage.iter_submissions():
-            if path in self._seen:
+            try:
+                stamp = self.storage.stamp(path)
+            except FileNotFoundError:
                 continue
-            job = self.ingest_file(group, path)
-            self._seen.add(path)
+            if self._seen.get(path) == stamp:
+                continue
+            job, new = self._ingest(group, path, stamp=stamp)
             if job is not None:
-                jobs.append(job)
+                self._seen[path] = stamp
+                if new:
+                    jobs.append(job)
         return jobs
 
     def ingest_file(self, group: str, path: str) -> Job | None:
-        """Turn one submit file into a job (queued, or rejected with its reasons)."""
+        """Turn one submit file into a job (queued, or rejected with its reasons).
+
+        A submit file already ingested returns its job; a vanished one returns None.
+        """
+        return self._ingest(group, path)[0]
+
+    def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
         try:
             raw = self.storage.read_bytes(path)
         except FileNotFoundError:
-            return None
+            return None, False
         key = f"{group}/{name}:{_sha256(raw)}"
         existing = self.db.seen_submission(key)
         if existing is not None:
-            return existing
+            return existing, False
         content_key = _sha256(raw)
         try:
             submit = parse_submit_file(raw, name=name)
@@ -101,8 +113,11 @@ class Manager:
             request = build_request(self.storage, self.registry, group, submit,
                                     default_analysis=self.default_analysis)
         except SubmissionRejected as exc:
-            return self.reject(group, name, key, content_key, exc.problems)
-        return self.create_job(request, submission=name, key=key, content_key=content_key)
+            young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
+            if young and not raw.rstrip().endswith(b"}"):
+                return None, False  # probably still being copied; look again at the next scan
+            return self.reject(group, name, key, content_key, exc.problems), True
+        return self.create_job(request, submission=name, key=key, content_key=content_key), True
 
     def create_job(self, request: JobRequest, *, submission: str, key: str, content_key: str) -> Job:
         job_id = new_job_id()
