@@ -51,7 +51,7 @@ def _errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            server = typer.get_current_context().meta.get("ncaas_server") if _in_click() else None
+            server = _TARGET.get("server")
             if server is not None:  # `ncaas --server URL --token T <command>`: the same command via the API
                 from .server.remote import LOCAL_ONLY, run_remote
                 if fn.__name__ not in LOCAL_ONLY:
@@ -68,22 +68,19 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _in_click() -> bool:
-    import click
-
-    return click.get_current_context(silent=True) is not None
+_TARGET: dict[str, Any] = {}  # set by the --server/--token options for this invocation
 
 
 @app.callback()
-def _target(ctx: typer.Context,
-            server: Annotated[str | None, typer.Option(
+def _target(server: Annotated[str | None, typer.Option(
                 "--server", envvar="NCAAS_SERVER", help="run the command on this ncaas server (URL) "
                 "instead of embedded")] = None,
             token: Annotated[str | None, typer.Option("--token", envvar="NCAAS_TOKEN",
                                                       help="API token for --server")] = None) -> None:
+    _TARGET.clear()
     if server is not None:
         from .server.remote import Remote
-        ctx.meta["ncaas_server"] = Remote(server, token)
+        _TARGET["server"] = Remote(server, token)
 
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:

@@ -218,7 +218,7 @@ def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def _read_from(path: Path, offset: int, limit: int) -> bytes:
+def _read_from(path: Path, offset: int, limit: int = -1) -> bytes:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -284,7 +284,7 @@ def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs,
     if dataset not in {t.dataset for t in jobs.db.tasks(job.id)}:
         raise NotFound(f"job {job.id} has no dataset {dataset!r}")
     path = jobs.results_path(job) / "logs" / f"{dataset}.log"
-    data = _read_from(path, offset, 1 << 62) if path.exists() else b""
+    data = _read_from(path, offset)
     return Response(data, media_type="text/plain; charset=utf-8")
 
 

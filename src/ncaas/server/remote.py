@@ -7,10 +7,12 @@ the API returns instead of what the local storage and job database hold.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import typer
@@ -53,23 +55,35 @@ def run_remote(command: str, remote: Remote, kwargs: dict[str, Any]) -> Any:
         return handler(client, **kwargs)
 
 
-# -- rendering (the same tables as the embedded commands) ---------------------------------
+# -- rendering: the embedded command's own table, fed from the API -----------------------
+class _RemoteJobView:
+    """What :func:`ncaas.cli._task_table` reads (``db.job``, ``db.tasks``, status files),
+    answered from one job detail of the API, so the table is the embedded one exactly."""
+
+    def __init__(self, detail: dict[str, Any]):
+        self.detail = detail
+        self.db = self
+        self.storage = self
+
+    def job(self, _job_id: str) -> SimpleNamespace:
+        d = self.detail
+        return SimpleNamespace(id=d["id"], analysis=d["analysis"], state=d["state"], results_dir=d["results_dir"])
+
+    def tasks(self, _job_id: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(**t) for t in self.detail["tasks"]]
+
+    def read_text(self, path: str) -> str:
+        dataset = path.rsplit("/", 1)[-1].removesuffix(".json")
+        for t in self.detail["tasks"]:
+            if t["dataset"] == dataset:
+                return json.dumps({"progress": t["progress"], "message": t["message"]})
+        raise FileNotFoundError(path)
+
+
 def task_table(detail: dict[str, Any]) -> Table:
     cli = _cli()
-    table = Table(title=f"job {detail['id']} · {detail['analysis']} · {cli._styled(detail['state'])}",
-                  title_justify="left")
-    for col in ("dataset", "state", "progress", "message", "attempt", "start", "end", "CPU s", "peak MB"):
-        table.add_column(col)
-    for task in detail["tasks"]:
-        progress = task.get("progress") or 0.0
-        bar = "█" * int(progress * 10) + "·" * (10 - int(progress * 10))
-        peak = task["peak_memory_bytes"]
-        table.add_row(task["dataset"], cli._styled(task["state"]), f"{bar} {progress:4.0%}",
-                      str(task.get("message", ""))[:40], str(task["attempt"]), cli._ms(task["started_ms"]),
-                      cli._ms(task["ended_ms"]),
-                      f"{task['cpu_seconds']:.2f}" if task["cpu_seconds"] is not None else "-",
-                      f"{peak / 1e6:.0f}" if peak else "-")
-    return table
+    view = _RemoteJobView(detail)
+    return cli._task_table(view, view.job(detail["id"]))
 
 
 # -- commands ------------------------------------------------------------------------------
