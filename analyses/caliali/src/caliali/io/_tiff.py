@@ -39,7 +39,9 @@ class TiffReader(VideoReader):
             raise VideoReadError(f"{self.path}: the TIFF file contains no images")
         series = self._tif.series[0]
         axes, shape = series.axes, series.shape
-        if "C" in axes and shape[axes.index("C")] > 1:
+        leading = {a: n for a, n in zip(axes, shape) if a not in "YXS" and n > 1}
+        # C alone is how tifffile labels a plain ImageJ stack; C next to T or Z is a real channel axis.
+        if "C" in leading and len(leading) > 1:
             raise UnsupportedFormatError(
                 f"{self.path}: TIFF with {shape[axes.index('C')]} channels (axes {axes}); "
                 "save the channel to analyse as its own file"

@@ -33,7 +33,9 @@ def invert_field(d: np.ndarray, *, iterations: int = 40) -> tuple[np.ndarray, fl
     u = -d.copy()
     for _ in range(iterations):
         coords = grid + u
-        u = -np.stack([ndimage.map_coordinates(d[i], coords, order=1, mode="nearest") for i in range(2)])
+        previous, u = u, -np.stack([ndimage.map_coordinates(d[i], coords, order=1, mode="nearest") for i in range(2)])
+        if np.abs(u - previous).max() < 1e-6:
+            break
     coords = grid + u
     residual = u + np.stack([ndimage.map_coordinates(d[i], coords, order=1, mode="nearest") for i in range(2)])
     return u, float(np.abs(residual).max())

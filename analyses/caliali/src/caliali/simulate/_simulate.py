@@ -48,9 +48,13 @@ class _SessionRenderer:
         maps = (grid[1] + u[1].astype(np.float32), grid[0] + u[0].astype(np.float32))
         warped = np.stack([_warp(a, maps) for a in a_full])
         self.shape = (hf, wf)
-        self.a = sparse.csr_matrix(warped.reshape(len(warped), -1).T)  # (pixels, K)
+        k_idx, pix = np.nonzero(warped.reshape(len(warped), -1))
+        values = warped.reshape(len(warped), -1)[k_idx, pix]
+        self.a = sparse.csr_matrix((values, (pix, k_idx)), shape=(hf * wf, len(warped)))  # (pixels, K)
         coarse = (wf // _HALO_STEP, hf // _HALO_STEP)
-        halos = [cv2.resize(cv2.GaussianBlur(a, (0, 0), p.halo_sigma), coarse, interpolation=cv2.INTER_AREA) for a in warped]
+        # blur on the coarse grid: the halo (sigma 10 px) is far smoother than the grid step
+        halos = [cv2.GaussianBlur(cv2.resize(a, coarse, interpolation=cv2.INTER_AREA), (0, 0), p.halo_sigma / _HALO_STEP)
+                 for a in warped]
         self.halos = np.stack(halos).reshape(len(halos), -1)  # (K, coarse pixels), values per pixel
         self.coarse = coarse
         self.bg = 0.8 * _warp(bg_full, maps)

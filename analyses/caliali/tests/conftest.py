@@ -1,0 +1,97 @@
+"""Shared caliali test fixtures: small simulations and video files in every format.
+
+``simulation(**params)`` (session scope) simulates once per distinct set of
+parameters and checks at teardown that no test modified the ground truth.
+``write_video(path, frames)`` writes frames in the format the suffix names
+(``.nwb`` via pynwb, the rest via :func:`caliali.io.open_writer`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from caliali.io import open_writer
+from caliali.simulate import Simulation, simulate
+
+REAL_DATA = Path("/work/shared/data")
+
+
+def write_nwb(path: Path, frames: np.ndarray, *, kind: str = "one", name: str = "raw", extra: str | None = None) -> Path:
+    """An NWB file with a OnePhotonSeries (``kind='one'``) or TwoPhotonSeries holding ``frames``."""
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ophys import OnePhotonSeries, OpticalChannel, TwoPhotonSeries
+
+    nwb = NWBFile(session_description="test", identifier=path.stem,
+                  session_start_time=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc))
+    device = nwb.create_device(name="Miniscope")
+    channel = OpticalChannel(name="green", description="GCaMP", emission_lambda=520.0)
+    plane = nwb.create_imaging_plane(name="plane", optical_channel=channel, description="CA1", device=device,
+                                     excitation_lambda=470.0, indicator="GCaMP6f", location="CA1", imaging_rate=10.0)
+    cls = OnePhotonSeries if kind == "one" else TwoPhotonSeries
+    nwb.add_acquisition(cls(name=name, data=frames, imaging_plane=plane, rate=10.0, unit="n.a."))
+    if extra is not None:
+        nwb.add_acquisition(cls(name=extra, data=frames[:2], imaging_plane=plane, rate=10.0, unit="n.a."))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def _write(path: Path, frames: np.ndarray, **options: Any) -> Path:
+    if path.suffix == ".nwb":
+        return write_nwb(path, frames, **options)
+    with open_writer(path, frame_shape=frames.shape[1:3], dtype=frames.dtype, n_frames=len(frames)) as writer:
+        writer.write(frames)
+    return path
+
+
+@pytest.fixture
+def write_video() -> Callable[..., Path]:
+    """``write_video(path, frames, **options) -> path`` in the format of the path's suffix."""
+    return _write
+
+
+@pytest.fixture
+def movie() -> np.ndarray:
+    """A small uint16 movie (37, 24, 32) whose frames all differ."""
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 4000, (37, 24, 32)).astype(np.uint16)
+
+
+def _digest(folder: Path) -> str:
+    sha = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            sha.update(path.name.encode())
+            sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def simulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Simulation]]:
+    """``simulation(**params) -> Simulation``, simulated once per parameter set per test run.
+
+    Defaults are small (2 sessions x 200 frames, 30 neurons, 80 x 96 px) to
+    keep tests fast; pass any :class:`caliali.simulate.SimulationParams` field.
+    Teardown fails if a test changed any file of a simulation.
+    """
+    made: dict[tuple, tuple[Simulation, str]] = {}
+
+    def make(**params: Any) -> Simulation:
+        full = {"sessions": 2, "frames": 200, "neurons": 30, "height": 80, "width": 96, "seed": 0, **params}
+        key = tuple(sorted(full.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp("sim")
+            result = simulate(out, **full)
+            made[key] = (result, _digest(out))
+        return made[key][0]
+
+    yield make
+    for result, digest in made.values():
+        assert _digest(result.out) == digest, f"a test modified the simulation in {result.out}"
