@@ -1,0 +1,19 @@
+"""Source extraction (CNMF-E) across all sessions of the aligned movie, in bounded memory.
+
+Public API
+----------
+extract(video, *, session_bounds, cn, pnr, gSig, min_corr, min_pnr, batch_frames, memory_budget, ...) -> Extraction
+summary_images(video, *, session_bounds, gSig, ...) -> (cn, pnr)
+find_seeds(cn, pnr, *, gSig, min_corr, min_pnr) -> (n, 2)
+plan_batches(session_bounds, frame_shape, *, batch_frames, memory_budget) -> list[Batch]
+"""
+
+from ._batches import Batch, parse_memory_budget, plan_batches
+from ._errors import ExtractionError
+from ._result import Extraction
+from ._seeds import find_seeds
+from ._summary import summary_images
+from .cnmfe import extract
+
+__all__ = ["extract", "Extraction", "ExtractionError", "summary_images", "find_seeds", "plan_batches", "Batch",
+           "parse_memory_budget"]

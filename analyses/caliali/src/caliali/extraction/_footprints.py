@@ -1,0 +1,120 @@
+"""Sparse spatial footprints stored as small dense images in per-neuron boxes.
+
+Every neuron lives inside a fixed box around its centre (a few gSig wide), so
+all products with a batch of frames touch only those boxes: memory and time
+scale with the number of neurons, not with the field of view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+__all__ = ["Footprints", "box_around"]
+
+
+def box_around(cy: int, cx: int, radius: int, dims: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the square of half-width ``radius`` around (cy, cx), clipped to ``dims``."""
+    return (max(0, cy - radius), min(dims[0], cy + radius + 1), max(0, cx - radius), min(dims[1], cx + radius + 1))
+
+
+class Footprints:
+    """K footprints on a (h, w) grid; ``images[k]`` covers ``boxes[k]`` = (y0, y1, x0, x1)."""
+
+    def __init__(self, dims: tuple[int, int], boxes: list[tuple[int, int, int, int]], images: list[np.ndarray]):
+        self.dims = (int(dims[0]), int(dims[1]))
+        self.boxes = [tuple(int(v) for v in b) for b in boxes]
+        self.images = [np.asarray(im, np.float32) for im in images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, keep) -> Footprints:
+        keep = list(keep)
+        return Footprints(self.dims, [self.boxes[k] for k in keep], [self.images[k] for k in keep])
+
+    def slices(self, k: int) -> tuple[slice, slice]:
+        y0, y1, x0, x1 = self.boxes[k]
+        return slice(y0, y1), slice(x0, x1)
+
+    def dense(self, k: int) -> np.ndarray:
+        full = np.zeros(self.dims, np.float32)
+        full[self.slices(k)] = self.images[k]
+        return full
+
+    def centers(self) -> np.ndarray:
+        """Intensity-weighted centre (row, col) of every footprint."""
+        out = np.zeros((len(self), 2))
+        for k, im in enumerate(self.images):
+            y0, _, x0, _ = self.boxes[k]
+            total = im.sum()
+            if total <= 0:
+                out[k] = (y0 + im.shape[0] / 2, x0 + im.shape[1] / 2)
+                continue
+            yy, xx = np.indices(im.shape)
+            out[k] = (y0 + (yy * im).sum() / total, x0 + (xx * im).sum() / total)
+        return out
+
+    def to_sparse(self) -> scipy.sparse.csc_array:
+        """(h*w, K) sparse matrix, pixels in C order."""
+        rows, cols, vals = [], [], []
+        for k, im in enumerate(self.images):
+            y0, y1, x0, x1 = self.boxes[k]
+            yy, xx = np.nonzero(im)
+            rows.append((yy + y0) * self.dims[1] + xx + x0)
+            cols.append(np.full(yy.size, k))
+            vals.append(im[yy, xx])
+        if not rows:
+            return scipy.sparse.csc_array((self.dims[0] * self.dims[1], 0), dtype=np.float32)
+        return scipy.sparse.csc_array(
+            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.dims[0] * self.dims[1], len(self)))
+
+    def normalized(self) -> tuple[Footprints, np.ndarray]:
+        """Footprints scaled to unit L2 norm, and the norms they had (0 for empty ones)."""
+        norms = np.array([float(np.sqrt((im.astype(np.float64) ** 2).sum())) for im in self.images])
+        images = [im / n if n > 0 else im for im, n in zip(self.images, norms)]
+        return Footprints(self.dims, self.boxes, images), norms.astype(np.float32)
+
+    def gram(self) -> np.ndarray:
+        """A^T A (K, K)."""
+        a = self.to_sparse()
+        return np.asarray((a.T @ a).toarray(), np.float32)
+
+    def project(self, frames: np.ndarray) -> np.ndarray:
+        """A^T Y for frames (t, h, w): (K, t)."""
+        out = np.zeros((len(self), frames.shape[0]), np.float32)
+        for k, im in enumerate(self.images):
+            if im.size:
+                out[k] = np.tensordot(frames[(slice(None), *self.slices(k))], im, axes=([1, 2], [0, 1]))
+        return out
+
+    def add_product(self, frames: np.ndarray, traces: np.ndarray, sign: float = 1.0) -> None:
+        """frames += sign * A C in place, C (K, t)."""
+        for k, im in enumerate(self.images):
+            if im.any():
+                frames[(slice(None), *self.slices(k))] += (sign * traces[k])[:, None, None] * im[None]
+
+    def correlate(self, frames: np.ndarray, traces: np.ndarray) -> list[np.ndarray]:
+        """Y C^T restricted to each neuron's box: list of (box) images."""
+        return [np.tensordot(traces[k], frames[(slice(None), *self.slices(k))], axes=(0, 0))
+                for k in range(len(self))]
+
+    def overlap_neighbours(self) -> list[np.ndarray]:
+        """For each neuron, the indices of neurons whose boxes intersect its box (itself included)."""
+        b = np.array(self.boxes, dtype=np.int64).reshape(-1, 4)
+        out = []
+        for k in range(len(self)):
+            hit = (b[:, 0] < b[k, 1]) & (b[k, 0] < b[:, 1]) & (b[:, 2] < b[k, 3]) & (b[k, 2] < b[:, 3])
+            out.append(np.nonzero(hit)[0])
+        return out
+
+    def box_overlap(self, j: int, k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+        """Slices into images j and k covering the intersection of their boxes, or None."""
+        bj, bk = self.boxes[j], self.boxes[k]
+        y0, y1 = max(bj[0], bk[0]), min(bj[1], bk[1])
+        x0, x1 = max(bj[2], bk[2]), min(bj[3], bk[3])
+        if y0 >= y1 or x0 >= x1:
+            return None
+        return ((slice(y0 - bj[0], y1 - bj[0]), slice(x0 - bj[2], x1 - bj[2])),
+                (slice(y0 - bk[0], y1 - bk[0]), slice(x0 - bk[2], x1 - bk[2])))

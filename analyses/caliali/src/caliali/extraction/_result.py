@@ -1,0 +1,80 @@
+"""The result of source extraction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse
+
+__all__ = ["Extraction"]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Neurons found in an aligned multi-session movie.
+
+    Attributes
+    ----------
+    A : scipy.sparse.csc_array, (h*w, K) float32
+        Footprints, pixels in C order, scaled so that ``A @ C_raw`` is the
+        neural signal in movie units where the noise is homogeneous.
+    C_raw : ndarray (K, T) float32
+        Traces before deconvolution, detrended and divided by the noise std, per session.
+    C : ndarray (K, T) float32
+        Denoised traces (AR(2) OASIS), same units.
+    S : ndarray (K, T) float32
+        Deconvolved activity (spikes), same units.
+    cn, pnr : ndarray (h, w) float32
+        Max-over-sessions local correlation and peak-to-noise images used for the seeds.
+    session_bounds : ndarray (n_sessions + 1,) int64
+        First frame of every session, then the total number of frames.
+    dims : (h, w)
+    snr : ndarray (K,)
+        Peak of C in noise units; neurons are ordered by it, strongest first.
+    noise : ndarray (K, n_sessions)
+        Noise std of each neuron's raw trace per session (the scale removed from C_raw).
+    centers : ndarray (K, 2)
+        Footprint centres (row, col).
+    seeds : ndarray (n, 2)
+        All seed pixels (row, col) considered.
+    history : list of dict
+        Per iteration: number of neurons, relative footprint change, merges, removals.
+    params : dict
+        The parameters the extraction ran with.
+    """
+
+    A: scipy.sparse.csc_array
+    C_raw: np.ndarray
+    C: np.ndarray
+    S: np.ndarray
+    cn: np.ndarray
+    pnr: np.ndarray
+    session_bounds: np.ndarray
+    dims: tuple[int, int]
+    snr: np.ndarray
+    noise: np.ndarray
+    centers: np.ndarray
+    seeds: np.ndarray
+    history: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def n_sessions(self) -> int:
+        return len(self.session_bounds) - 1
+
+    def by_session(self, name: str = "C") -> list[np.ndarray]:
+        """``C``, ``C_raw`` or ``S`` split into one (K, t_s) array per session."""
+        if name not in ("C", "C_raw", "S"):
+            raise ValueError(f"unknown trace kind {name!r}; use 'C', 'C_raw' or 'S'")
+        traces = getattr(self, name)
+        b = self.session_bounds
+        return [traces[:, b[i]:b[i + 1]] for i in range(self.n_sessions)]
+
+    def footprint_images(self) -> np.ndarray:
+        """Footprints as a dense (K, h, w) array (small data only)."""
+        return self.A.T.toarray().reshape(self.n_neurons, *self.dims)

@@ -1,0 +1,341 @@
+"""CNMF-E on the aligned, concatenated multi-session movie, in bounded memory.
+
+Outline (Zhou et al. 2018, with CaliAli's multi-session seeding, Vergara et al. 2025):
+
+1. seeds: local maxima of the max-over-sessions Cn x PNR;
+2. per temporal batch, greedy rank-1 fits around the same seeds (patch by patch,
+   with peeling); a seed's footprint is the activity-weighted mean of its batch
+   fits, so every neuron keeps one identity across sessions;
+3. iterations over all batches: ring background, temporal HALS per batch,
+   OASIS on each whole trace, spatial HALS from sums accumulated over batches,
+   removal of empty / silent components, merging of duplicates, until the
+   footprints change by less than ``tol``;
+4. per-session detrending and noise scaling, AR(2) deconvolution, SNR order.
+
+Only one temporal batch of frames is in memory at a time; its size comes from
+``memory_budget``. Traces (K x T) and footprints (sparse) are the only
+full-length state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ._background import RingBackground, downsample
+from ._batches import Batch, check_session_bounds, parse_memory_budget, plan_batches
+from ._deconv import deconvolve_trace
+from ._errors import ExtractionError
+from ._footprints import Footprints, box_around
+from ._hals import spatial_hals, temporal_hals
+from ._initialize import initialize_batch
+from ._merge import merge_components
+from ._postprocess import finalize_traces
+from ._result import Extraction
+from ._seeds import find_seeds
+from ._source import FrameSource, open_source
+from ._summary import summary_images
+
+__all__ = ["extract"]
+
+Progress = Callable[[float, str], None] | None
+
+
+def _report(progress: Progress, lo: float, hi: float, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
+
+
+def _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub):
+    if not (isinstance(gSig, (int, float)) and 0.5 <= gSig <= 50):
+        raise ExtractionError(f"gSig (neuron radius in pixels) must be a number between 0.5 and 50, got {gSig!r}")
+    if not -1 <= min_corr <= 1:
+        raise ExtractionError(f"min_corr must lie in [-1, 1], got {min_corr!r}")
+    if min_pnr < 0:
+        raise ExtractionError(f"min_pnr must be >= 0, got {min_pnr!r}")
+    if not 0 < merge_thr <= 1:
+        raise ExtractionError(f"merge_thr must lie in (0, 1], got {merge_thr!r}")
+    if int(max_iter) < 1:
+        raise ExtractionError(f"max_iter must be at least 1, got {max_iter!r}")
+    if tol <= 0:
+        raise ExtractionError(f"tol must be positive, got {tol!r}")
+    if int(bg_ssub) < 1:
+        raise ExtractionError(f"bg_ssub must be a positive integer, got {bg_ssub!r}")
+
+
+def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, *,
+                gSig, min_pnr, patch_size, patch_overlap, box_factor, region_radius, progress):
+    """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted)."""
+    dims = source.frame_shape
+    k = len(seeds)
+    boxes = [box_around(int(y), int(x), region_radius, dims) for y, x in seeds]
+    sums = [np.zeros((b[1] - b[0], b[3] - b[2]), np.float64) for b in boxes]
+    weights = np.zeros(k)
+    traces = np.zeros((k, source.n_frames), np.float32)
+    per_batch: list[list] = [[] for _ in range(k)]  # (batch index, unit-norm image)
+    mean_frames = np.zeros((len(bounds) - 1, *dims), np.float64)
+    for bi, batch in enumerate(batches):
+        frames = source.read(batch.start, batch.stop)
+        mean_frames[batch.session] += frames.sum(axis=0, dtype=np.float64)
+        fits = initialize_batch(frames, seeds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
+                                patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius)
+        del frames
+        for j, fit in enumerate(fits):
+            if fit is None:
+                continue
+            y0, y1, x0, x1 = boxes[j]
+            image = np.zeros_like(sums[j], dtype=np.float32)
+            fy0, fy1, fx0, fx1 = fit.box
+            iy0, iy1, ix0, ix1 = max(fy0, y0), min(fy1, y1), max(fx0, x0), min(fx1, x1)
+            image[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = fit.image[iy0 - fy0:iy1 - fy0, ix0 - fx0:ix1 - fx0]
+            norm = float(np.sqrt((image.astype(np.float64) ** 2).sum()))
+            if norm <= 0:
+                continue
+            trace = fit.trace * norm
+            weight = float(trace @ trace)  # activity of this neuron in this batch
+            sums[j] += weight * image / norm
+            weights[j] += weight
+            traces[j, batch.start:batch.stop] = trace
+            per_batch[j].append((bi, image / norm))
+        _report(progress, 0.1, 0.3, (bi + 1) / len(batches), f"initialisation, batch {bi + 1}/{len(batches)}")
+    keep = np.nonzero(weights > 0)[0]
+    images = []
+    for j in keep:
+        a = (sums[j] / weights[j]).astype(np.float32)
+        a /= max(float(np.sqrt((a ** 2).sum())), 1e-12)
+        images.append(a)
+        for bi, unit in per_batch[j]:  # express each batch's trace on the combined footprint
+            b = batches[bi]
+            traces[j, b.start:b.stop] *= float((unit * a).sum())
+    for s in range(len(bounds) - 1):
+        mean_frames[s] /= bounds[s + 1] - bounds[s]
+    return Footprints(dims, [boxes[j] for j in keep], images), traces[keep], keep, mean_frames
+
+
+def _session_constant(footprints: Footprints, c: np.ndarray, mean_frames: np.ndarray, bounds) -> np.ndarray:
+    """b0 per session = mean frame minus the mean of A C over the session."""
+    b0 = mean_frames.astype(np.float32).copy()
+    for s in range(len(bounds) - 1):
+        mean_c = c[:, bounds[s]:bounds[s + 1]].mean(axis=1)
+        for k, im in enumerate(footprints.images):
+            b0[s][footprints.slices(k)] -= mean_c[k] * im
+    return b0
+
+
+def _iteration_pass(source, batches, footprints: Footprints, c: np.ndarray, background: RingBackground,
+                    *, spatial: bool, progress, lo, hi, label):
+    """One pass over every batch: background sums, temporal HALS, spatial sums."""
+    k = len(footprints)
+    c_raw = np.zeros_like(c)
+    ata = footprints.gram()
+    yct = [np.zeros(im.shape, np.float64) for im in footprints.images] if spatial else None
+    cct = np.zeros((k, k), np.float64)
+    new_b0 = np.zeros_like(background.b0, dtype=np.float64)
+    for bi, batch in enumerate(batches):
+        frames = source.read(batch.start, batch.stop)
+        cb = c[:, batch.start:batch.stop]
+        frames -= background.b0[batch.session]
+        footprints.add_product(frames, cb, sign=-1.0)  # frames = Y - b0 - A C
+        small = downsample(frames, background.ssub)
+        regressors = background.regressors(small)
+        background.accumulate(regressors, small)
+        del small
+        fluct = background.fluctuation(regressors)
+        del regressors
+        frames -= fluct  # Y - b0 - A C - B_f: residual
+        new_b0[batch.session] += frames.sum(axis=0, dtype=np.float64)
+        del fluct
+        footprints.add_product(frames, cb, sign=1.0)  # Y - b0 - B_f: the neural part
+        c_raw[:, batch.start:batch.stop] = temporal_hals(footprints.project(frames), ata, cb)
+        if spatial:
+            for j, v in enumerate(footprints.correlate(frames, cb)):
+                yct[j] += v
+            cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
+        del frames
+        _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
+    return c_raw, yct, cct, new_b0
+
+
+def _deconvolve_all(c_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = np.zeros_like(c_raw)
+    s = np.zeros_like(c_raw)
+    for k in range(c_raw.shape[0]):
+        d = deconvolve_trace(c_raw[k], p=1)
+        c[k], s[k] = d.c, d.s
+    return c, s
+
+
+def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *, min_pixels: int,
+                            min_snr: float) -> np.ndarray:
+    """Indices of components to keep: a footprint of a few pixels and a trace rising above the noise."""
+    keep = []
+    for k in range(len(footprints)):
+        if np.count_nonzero(footprints.images[k]) < min_pixels or c[k].max() <= 0:
+            continue
+        resid = c_raw[k] - c[k]
+        sn = float(np.median(np.abs(resid - np.median(resid)))) / 0.6745
+        if sn > 0 and c[k].max() / sn < min_snr:
+            continue
+        keep.append(k)
+    return np.array(keep, dtype=np.int64)
+
+
+def _change(old: Footprints, new: Footprints) -> float:
+    """Median over neurons of the relative change of each (unit-norm) footprint, for the convergence rule.
+
+    The median ignores the few dim components whose footprints keep
+    fluctuating with the noise.
+    """
+    if len(old) != len(new) or len(old) == 0:
+        return math.inf
+    per = [float(np.sqrt(((a - b) ** 2).sum() / max(float((a ** 2).sum()), 1e-12)))
+           for a, b in zip(old.images, new.images)]
+    return float(np.median(per))
+
+
+def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np.ndarray | None = None,
+            gSig: float = 3.0, min_corr: float = 0.1, min_pnr: float = 6.0,
+            batch_frames: int | None = None, memory_budget: int | str = "2GB", merge_thr: float = 0.65,
+            max_iter: int = 10, tol: float = 0.05, bg_ssub: int = 2, ring_factor: float = 1.5,
+            n_sectors: int = 4, patch_size: int = 64, patch_overlap: int = 32, box_factor: float = 6.0,
+            min_snr: float = 3.0, valid_mask: np.ndarray | None = None, progress: Progress = None
+            ) -> Extraction:
+    """Extract neurons with one identity across sessions from the aligned, concatenated movie (CNMF-E).
+
+    Parameters
+    ----------
+    video : array-like (t, h, w), zarr array or path, or caliali.io VideoReader
+        The aligned movie, all sessions concatenated in time. Read one temporal
+        batch at a time, never whole; never modified.
+    session_bounds : array of int, optional
+        First frame of each session followed by the total number of frames
+        (n_sessions + 1 entries). Default: one session.
+    cn, pnr : ndarray (h, w), optional
+        Max-over-sessions local correlation and peak-to-noise images. Computed
+        here (CNMF-E style, max over batches) when not given.
+    gSig : float
+        Neuron radius in pixels (gSiz = 4 gSig is the neuron diameter bound).
+    min_corr, min_pnr : float
+        Seed thresholds on Cn and PNR (method defaults 0.1 and 6; demo 0.2 and 4).
+    batch_frames : int, optional
+        Frames per temporal batch; default derived from ``memory_budget``.
+    memory_budget : int or str
+        Bytes (or e.g. ``"2GB"``) for the frames of one batch and its working copies.
+    merge_thr : float
+        Trace correlation above which overlapping components are merged.
+    max_iter, tol : int, float
+        At most ``max_iter`` rounds; stop when the footprints change by less than
+        ``tol`` (relative) and no component was merged or removed.
+    bg_ssub : int
+        Spatial downsampling of the ring background grid.
+    ring_factor : float
+        Ring radius in units of gSiz.
+    n_sectors : int
+        Angular sectors of the ring, each with a weight per pixel.
+    patch_size, patch_overlap : int
+        Spatial patches of the initialisation.
+    box_factor : float
+        Half-width of the initialisation box in units of gSig.
+    min_snr : float
+        Components whose denoised peak is below ``min_snr`` x noise are removed.
+    valid_mask : ndarray (h, w) bool, optional
+        Pixels valid in all sessions; seeds outside are ignored.
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    Extraction
+
+    Raises
+    ------
+    ExtractionError
+        Bad input, or no seed passes the thresholds.
+
+    References
+    ----------
+    Zhou, P. et al. Efficient and accurate extraction of in vivo calcium signals
+    from microendoscopic video data. eLife 7, e28728 (2018).
+    Vergara, P. et al. CaliAli: reliable tracking of neurons across days in
+    one-photon calcium imaging. Nat. Commun. (2025).
+    Friedrich, J., Zhou, P. & Paninski, L. PLoS Comput. Biol. 13, e1005423 (2017).
+
+    Examples
+    --------
+    >>> result = extract("aligned.zarr", session_bounds=[0, 2000, 4000], gSig=3,
+    ...                  min_corr=0.2, min_pnr=4, memory_budget="1GB")  # doctest: +SKIP
+    >>> result.by_session("C")[1].shape  # doctest: +SKIP
+    (87, 2000)
+    """
+    _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub)
+    source = open_source(video)
+    bounds = check_session_bounds(session_bounds, source.n_frames)
+    dims = source.frame_shape
+    batches = plan_batches(bounds, dims, batch_frames=batch_frames,
+                           memory_budget=memory_budget if batch_frames is None else None)
+    if cn is None or pnr is None:
+        cn, pnr = summary_images(source, session_bounds=bounds, gSig=gSig,
+                                 batch_frames=max(b.stop - b.start for b in batches),
+                                 progress=None if progress is None else lambda f, m: progress(0.1 * f, m))
+    cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
+    if cn.shape != dims or pnr.shape != dims:
+        raise ExtractionError(f"cn and pnr must have the frame shape {dims}; got {cn.shape} and {pnr.shape}")
+    seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=min_corr, min_pnr=min_pnr, valid_mask=valid_mask)
+    if len(seeds) == 0:
+        raise ExtractionError(
+            f"no seed passes min_corr={min_corr} and min_pnr={min_pnr} (max Cn {float(np.nanmax(cn)):.3f}, "
+            f"max PNR {float(np.nanmax(pnr)):.2f}); lower the thresholds or check gSig")
+    region_radius = int(math.ceil(2.5 * gSig)) + 1
+    footprints, c, _, mean_frames = _initialize(
+        source, batches, seeds, bounds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
+        patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius, progress=progress)
+    if len(footprints) == 0:
+        raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
+    background = RingBackground(dims, len(bounds) - 1, ring_radius=ring_factor * 4 * gSig, ssub=bg_ssub,
+                                n_sectors=n_sectors)
+    background.b0 = _session_constant(footprints, c, mean_frames, bounds)
+    history = []
+    min_pixels = max(3, int(round(0.5 * gSig * gSig)))
+    span = 0.55 / max_iter
+    for it in range(max_iter):
+        lo = 0.3 + span * it
+        c_raw, yct, cct, b0_sums = _iteration_pass(source, batches, footprints, c, background, spatial=True,
+                                                   progress=progress, lo=lo, hi=lo + span,
+                                                   label=f"iteration {it + 1}")
+        background.refit()
+        for s in range(len(bounds) - 1):
+            background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
+        new_c, _ = _deconvolve_all(c_raw)
+        updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
+        new_c *= norms[:, None]  # keep A C unchanged by the normalisation
+        c_raw *= norms[:, None]
+        change = _change(footprints, updated)
+        keep = _remove_false_positives(updated, new_c, c_raw, min_pixels=min_pixels, min_snr=min_snr)
+        removed = len(updated) - len(keep)
+        footprints, c, c_raw = updated.subset(keep), new_c[keep], c_raw[keep]
+        footprints, c, c_raw, merges = merge_components(footprints, c, c_raw, merge_thr=merge_thr)
+        history.append({"iteration": it + 1, "neurons": len(footprints), "change": change,
+                        "removed": removed, "merged": merges})
+        if len(footprints) == 0:
+            raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
+        if change < tol and removed == 0 and merges == 0:
+            break
+    c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
+                                     progress=progress, lo=0.85, hi=0.97, label="final traces")
+    c, _ = _deconvolve_all(c_raw)
+    c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
+    order = np.argsort(-snr, kind="stable")
+    scale = noise.mean(axis=1)
+    images = [footprints.images[k] * scale[k] for k in order]
+    final = Footprints(dims, [footprints.boxes[k] for k in order], images)
+    _report(progress, 0.97, 1.0, 1.0, f"extraction done: {len(final)} neurons")
+    params = dict(gSig=gSig, min_corr=min_corr, min_pnr=min_pnr, merge_thr=merge_thr, max_iter=max_iter, tol=tol,
+                  bg_ssub=bg_ssub, ring_factor=ring_factor, n_sectors=n_sectors, patch_size=patch_size,
+                  patch_overlap=patch_overlap, box_factor=box_factor, min_snr=min_snr,
+                  batch_frames=int(max(b.stop - b.start for b in batches)), n_batches=len(batches),
+                  memory_budget=None if memory_budget is None else parse_memory_budget(memory_budget))
+    return Extraction(A=final.to_sparse(), C_raw=c_raw_out[order], C=c_out[order], S=s_out[order], cn=cn, pnr=pnr,
+                      session_bounds=bounds, dims=dims, snr=snr[order], noise=noise[order],
+                      centers=final.centers(), seeds=seeds, history=history, params=params)
