@@ -226,7 +226,7 @@ def iter_chunks(
                 continue
             with opener() as video:
                 first = max(0, start - offset)
-                index += -(-first // int(batch_frames))
+                index += first // int(batch_frames)  # the chunk holding `start` keeps its number
                 for a in range(first, n, int(batch_frames)):
                     b = min(a + int(batch_frames), n)
                     yield Chunk(
