@@ -7,5 +7,16 @@ Fields follow the caliali backward convention
 
 from caliali.registration._errors import AlignmentError
 from caliali.registration.alignment import Alignment, align_sessions
+from caliali.registration.apply import AlignedVideo, FrameWarper, apply_alignment
+from caliali.registration.persist import load_alignment, save_alignment
 
-__all__ = ["Alignment", "AlignmentError", "align_sessions"]
+__all__ = [
+    "AlignedVideo",
+    "Alignment",
+    "AlignmentError",
+    "FrameWarper",
+    "align_sessions",
+    "apply_alignment",
+    "load_alignment",
+    "save_alignment",
+]
