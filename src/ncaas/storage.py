@@ -25,6 +25,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import storage_s3
 from .exceptions import PathRefused, StorageError
 
 __all__ = ["AREAS", "Storage", "check_group", "check_user_path", "default_root"]
@@ -45,7 +46,8 @@ class Storage:
     def __init__(self, root: str | os.PathLike[str] | None = None):
         url = str(root if root is not None else default_root())
         try:
-            self.fs, path = fsspec.core.url_to_fs(url)
+            # s3:// roots get the S3 backend's contract (no listing cache, folders = prefixes with files).
+            self.fs, path = storage_s3.open_s3(url) if storage_s3.is_s3_url(url) else fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
             raise StorageError(f"cannot open storage root {url!r}: {exc}") from exc
         self.is_local = isinstance(self.fs, LocalFileSystem)
@@ -125,8 +127,8 @@ class Storage:
         """Copy a local file or folder into storage at ``path``."""
         local = Path(local)
         self.makedirs(posixpath.dirname(path))
-        if local.is_dir():
-            self._call(self.fs.put, str(local), path, recursive=True)
+        if local.is_dir():  # the trailing "/" copies the folder's content, even into an existing folder
+            self._call(self.fs.put, str(local).rstrip("/") + "/", path, recursive=True)
         else:
             self._call(self.fs.put_file, str(local), path)
 
@@ -183,7 +185,11 @@ class Storage:
         except FileNotFoundError:
             raise
         except OSError as exc:
+            if storage_s3.is_s3_url(self.url):
+                raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc
             raise StorageError(f"storage operation failed on {args[0] if args else self.url}: {exc}") from exc
+        except storage_s3.S3_ERRORS as exc:
+            raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc
 
 
 def check_group(group: str) -> str:
