@@ -32,8 +32,8 @@ def spikes(
 
 
 def kernel(tau_rise: float, tau_decay: float) -> np.ndarray:
-    """exp(-t/td) - exp(-t/tr) sampled at frames, normalised to peak 1, until it falls under 1e-3."""
-    t = np.arange(int(np.ceil(tau_decay * np.log(1e3))) + 2, dtype=np.float64)
+    """exp(-t/td) - exp(-t/tr) sampled at frames, normalised to peak 1, until it falls under ~1e-5."""
+    t = np.arange(int(np.ceil(tau_decay * np.log(1e5))) + 2, dtype=np.float64)
     h = np.exp(-t / tau_decay) - np.exp(-t / tau_rise)
     return h / h.max()
 
