@@ -1,0 +1,132 @@
+"""Scoring: a perfect result scores 1, damaged ones score what they should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from scipy import sparse
+
+from caliali.exceptions import ScoreError
+from caliali.score import cosine_matrix, score, score_alignment, score_neurons
+
+
+def _write_result(root, a, c, *, fields=None, mask=None):
+    """A result folder in the layout caliali runs write (arrays/, alignment/)."""
+    (root / "arrays").mkdir(parents=True)
+    sparse.save_npz(root / "arrays" / "A.npz", sparse.csc_matrix(a.reshape(len(a), -1).T))
+    np.save(root / "arrays" / "C.npy", c)
+    (root / "arrays" / "meta.json").write_text(json.dumps({"dims": list(a.shape[1:]), "spatial_ds": 1}))
+    if fields is not None:
+        (root / "alignment").mkdir()
+        np.save(root / "alignment" / "fields.npy", fields)
+        if mask is not None:
+            np.save(root / "alignment" / "valid_mask.npy", mask)
+    return root
+
+
+@pytest.fixture
+def truth(simulation):
+    sim = simulation()
+    gt = sim.ground_truth
+    return sim, np.load(gt / "A.npy"), np.load(gt / "C.npy"), np.load(gt / "fields.npy")
+
+
+def test_perfect_result_scores_one(tmp_path, truth):
+    sim, a, c, fields = truth
+    result = _write_result(tmp_path / "r", a, c, fields=fields, mask=np.ones(a.shape[1:], bool))
+    scores = score(result, sim.out)
+    assert (scores.neurons.precision, scores.neurons.recall, scores.neurons.f1) == (1.0, 1.0, 1.0)
+    assert scores.alignment.median_px == pytest.approx(0, abs=1e-5) and scores.alignment.p95_px == pytest.approx(0, abs=1e-5)
+    assert scores.alignment.unaligned_median_px > 1
+
+
+def test_shuffled_traces_score_low(tmp_path, truth):
+    sim, a, c, _ = truth
+    order = np.random.default_rng(0).permutation(len(c))
+    while (order == np.arange(len(c))).any():
+        order = np.random.default_rng(order[0]).permutation(len(c))
+    scores = score(_write_result(tmp_path / "r", a, c[order]), sim.ground_truth)
+    assert scores.neurons.f1 < 0.2 and scores.alignment is None
+
+
+def test_missing_and_extra_neurons(truth):
+    _, a, c, _ = truth
+    flat = a.reshape(len(a), -1).T
+    found = score_neurons(flat[:, :20], c[:20], flat, c)
+    assert (found.n_matched, found.recall, found.precision) == (20, pytest.approx(20 / 30), 1.0)
+    rng = np.random.default_rng(1)
+    junk_a, junk_c = rng.random((flat.shape[0], 10)), rng.random((10, c.shape[1]))
+    padded = score_neurons(np.hstack([flat, junk_a]), np.vstack([c, junk_c]), flat, c)
+    assert (padded.n_matched, padded.precision, padded.recall) == (30, pytest.approx(30 / 40), 1.0)
+    assert padded.f1 == pytest.approx(2 * 0.75 / 1.75)
+
+
+def test_noisy_traces_pass_or_fail_the_threshold(truth):
+    _, a, c, _ = truth
+    flat = a.reshape(len(a), -1).T
+    rng = np.random.default_rng(2)
+    noise = rng.standard_normal(c.shape) * np.linalg.norm(c, axis=1, keepdims=True) / np.sqrt(c.shape[1])
+    assert score_neurons(flat, c + 0.2 * noise, flat, c).recall == 1.0  # cosine ~0.98
+    assert score_neurons(flat, c + 3.0 * noise, flat, c).recall < 0.2  # cosine ~0.3
+
+
+def test_downsampled_result_is_compared_on_its_grid(tmp_path, truth):
+    sim, a, c, fields = truth
+    small = np.stack([cv2.resize(f, (48, 40), interpolation=cv2.INTER_AREA) for f in a])
+    small_fields = np.stack([[cv2.resize(f[0], (48, 40), interpolation=cv2.INTER_AREA) / 2,
+                              cv2.resize(f[1], (48, 40), interpolation=cv2.INTER_AREA) / 2] for f in fields])
+    scores = score(_write_result(tmp_path / "r", small, c, fields=small_fields), sim.out)
+    assert scores.neurons.f1 == 1.0 and scores.alignment.p95_px < 1e-4
+
+
+def test_alignment_error_is_known_offset_modulo_common_deformation():
+    rng = np.random.default_rng(3)
+    true = rng.standard_normal((3, 2, 20, 24)).astype(np.float32)
+    common = rng.standard_normal((1, 2, 20, 24)).astype(np.float32)
+    assert score_alignment(true + common, true).p95_px == pytest.approx(0, abs=1e-5)
+    offset = np.zeros_like(true)
+    offset[1, 0] = 3.0  # session 2 off by 3 px in y: centred error is 2 px there, 1 px elsewhere
+    result = score_alignment(true + offset, true)
+    assert result.per_session_median_px == pytest.approx([1.0, 2.0, 1.0], abs=1e-5)
+    mask = np.zeros((20, 24), bool)
+    mask[5:10, 5:10] = True
+    assert score_alignment(true + offset, true, mask).n_pixels == 25
+
+
+def test_cosine_matrix_sparse_and_dense_agree():
+    rng = np.random.default_rng(4)
+    x, y = rng.random((50, 4)), rng.random((50, 3))
+    np.testing.assert_allclose(cosine_matrix(sparse.csc_matrix(x), y), cosine_matrix(x, y))
+    assert cosine_matrix(np.zeros((50, 1)), y).max() == 0.0  # an empty footprint matches nothing
+
+
+def test_errors_name_what_is_missing(tmp_path, truth):
+    sim, a, c, fields = truth
+    with pytest.raises(ScoreError, match="arrays.*missing"):
+        score(tmp_path, sim.out)
+    short = _write_result(tmp_path / "short", a, c[:, :50])
+    with pytest.raises(ScoreError, match="traces have 50 and 400 frames"):
+        score(short, sim.out)
+    with pytest.raises(ScoreError, match="A.npy: missing"):
+        score(short, tmp_path)
+    with pytest.raises(ScoreError, match="must be \\(n_sessions, 2, H, W\\)"):
+        score_alignment(fields[:1], fields)
+
+
+def test_cli_score_prints_table_and_writes_json(tmp_path, truth):
+    sim, a, c, fields = truth
+    result = _write_result(tmp_path / "r", a, c, fields=fields)
+    run = subprocess.run([sys.executable, "-m", "caliali", "score", str(result), str(sim.out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "F1" in run.stdout and "1.000" in run.stdout
+    saved = json.loads((result / "score.json").read_text())
+    assert saved["neurons"]["f1"] == 1.0 and saved["alignment"]["median_px"] == pytest.approx(0, abs=1e-5)
+    bad = subprocess.run([sys.executable, "-m", "caliali", "score", str(tmp_path), str(sim.out)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "missing" in bad.stderr and "Traceback" not in bad.stderr
