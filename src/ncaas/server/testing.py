@@ -57,6 +57,14 @@ class LocalPostgres:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/ncaas"
 
+    def database(self, name: str) -> str:
+        """Create another empty database; returns its URL."""
+        done = self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                         "-U", "postgres", name)
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"createdb {name} failed: {done.stderr.strip()}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([*self._as, *argv], capture_output=True, text=True, timeout=timeout,
                               check=False, cwd="/")
