@@ -1,0 +1,244 @@
+"""The ray executor: each task is a Ray task on an existing cluster, storage shared through a URL.
+
+``ncaas manager --executor ray --ray-address HOST:PORT --root s3://bucket/prefix``.
+The manager is the Ray driver; it runs on a machine of the cluster (usually the head).
+Each task asks Ray for the blueprint's resources (``num_cpus``, ``memory``,
+``num_gpus`` and custom resources), is spread over the nodes, and runs there through
+:mod:`ncaas.executors._ray_node`: the environment is built on the node from the same
+lock (shipped with the analysis source and checked by sha256), the dataset is fetched
+from storage, the command runs under the local executor's supervisor and sandbox, and
+status, log and outputs go straight back into the group's storage.
+
+Behaviour matches the local executor:
+
+- cancel is Ray's (non-forced) cancel, which the node turns into the local cancel;
+- timeouts are enforced by the same supervisor on the node;
+- Ray never retries by itself (``max_retries=0``): a task whose worker or node was
+  lost comes back as :data:`~ncaas.executors.base.LOST`, and the manager's retry
+  policy queues it again, so it runs on a node that is alive;
+- the manager owns its Ray tasks: if it stops, they stop with it and are retried
+  when it starts again.
+
+Ray reads ``RAY_AUTH_MODE`` when it is first imported: with token authentication,
+set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import environments
+from ..blueprint import LoadedBlueprint
+from ..exceptions import ExecutorError, NcaasError
+from ..storage import Storage
+from ..storage_s3 import ENDPOINT_ENV
+from ._ray_node import NodeTask, pack_bundle, run_node_task
+from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
+
+__all__ = ["PYTHON_ON_NODE", "RayExecutor"]
+
+PYTHON_ON_NODE = "{python}"
+"""What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
+
+CAPACITY_TTL = 2.0  # seconds a reading of the cluster's resources is reused
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ExecutorError("the ray executor needs Ray; install ncaas with its scale extra: "
+                            "pip install 'ncaas[scale]'") from exc
+    return ray
+
+
+class RayExecutor:
+    """Run tasks as Ray tasks on the cluster at ``address``, with data in ``storage``."""
+
+    name = "ray"
+    stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
+
+    def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None,
+                 namespace: str = "ncaas"):
+        self.address = address
+        self.storage = storage
+        self.max_cpus = max_cpus
+        self.ray = _import_ray()
+        self._connect(namespace)
+        self._remote = self.ray.remote(run_node_task)
+        self._refs: dict[Path, Any] = {}
+        self._cancel_sent: set[Path] = set()
+        self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str]] = {}
+        self._isolation: set[str] = set()
+        self._capacity: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+
+    def _connect(self, namespace: str) -> None:
+        if self.ray.is_initialized():
+            return
+        try:
+            self.ray.init(address=self.address, namespace=namespace, log_to_driver=False,
+                          logging_level=logging.WARNING, configure_logging=True)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, its own errors
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise ExecutorError(
+                f"cannot join the Ray cluster at {self.address}: {exc}. Check the address (the head's "
+                "HOST:PORT, or 'auto' on a cluster node); with token authentication set RAY_AUTH_MODE=token "
+                f"(now {mode}) and the token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token)") from exc
+
+    # -- environments --------------------------------------------------------------------
+    def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, dict[str, str], str, EnvironmentInfo]:
+        try:
+            spec = environments.spec_for_blueprint(loaded)
+            extra = [spec.lock_file] + ([spec.source] if spec.source else []) if spec else []
+            key = (loaded.sha256, str(loaded.path), *(f"{p}:{p.stat().st_mtime_ns}" for p in extra if p.exists()))
+            if key not in self._bundles:
+                archive, files, rel = pack_bundle(loaded, [p for p in extra if p.is_file()])
+                self._bundles[key] = (self.ray.put(archive), files, rel)
+            info = EnvironmentInfo(python=PYTHON_ON_NODE)
+            if spec is not None:
+                info = EnvironmentInfo(python=PYTHON_ON_NODE, lock_hash=spec.lock_sha256(),
+                                       source_hash=spec.source_sha256() or None)
+        except NcaasError as exc:
+            raise ExecutorError(str(exc)) from exc
+        except OSError as exc:
+            raise ExecutorError(f"cannot read the analysis files of {loaded.name}: {exc}") from exc
+        ref, files, rel = self._bundles[key]
+        return ref, files, rel, info
+
+    def ensure_environment(self, blueprint: LoadedBlueprint) -> EnvironmentInfo:
+        """What the nodes will build: the lock and source hashes (each node builds and verifies its copy)."""
+        return self._bundle(blueprint)[3]
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def launch(self, spec: TaskSpec) -> TaskHandle:
+        blueprint = getattr(spec, "blueprint", None)
+        if blueprint is None:
+            raise ExecutorError("the ray executor needs the task's blueprint (TaskSpec.blueprint) "
+                                "to ship its analysis to the nodes")
+        ref, files, rel, _ = self._bundle(blueprint)
+        resources = blueprint.blueprint.resources
+        options: dict[str, Any] = {"num_cpus": spec.cpus, "max_retries": 0, "scheduling_strategy": "SPREAD",
+                                   "name": f"ncaas {spec.status_fields.get('job')}/{spec.status_fields.get('dataset')}"}
+        if spec.memory_limit:
+            options["memory"] = spec.memory_limit
+        if resources.gpus:
+            options["num_gpus"] = resources.gpus
+        custom = dict(getattr(resources, "custom", None) or {})
+        if custom:
+            options["resources"] = custom
+        self._check_feasible(options)
+        results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
+        task = NodeTask(spec=spec, storage_url=self.storage.url, config_path=str(results / "config.json"),
+                        python_placeholder=PYTHON_ON_NODE, blueprint=blueprint, bundle_files=files,
+                        bundle_blueprint=rel, s3_endpoint=os.environ.get(ENDPOINT_ENV))
+        try:
+            self._refs[spec.run_dir] = self._remote.options(**options).remote(task, ref)
+        except Exception as exc:  # noqa: BLE001 - Ray validates options and connection here
+            raise ExecutorError(f"Ray refused the task: {exc}") from exc
+        return TaskHandle(spec.run_dir, 0, time.time())
+
+    def _check_feasible(self, options: dict[str, Any]) -> None:
+        """Refuse a task no node can ever hold (unless the cluster may grow: max_cpus given)."""
+        if self.max_cpus is not None:
+            return
+        wanted = {"CPU": options["num_cpus"], "memory": options.get("memory", 0),
+                  "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        if any(all(have.get(k, 0) >= v for k, v in wanted.items() if v) for have in nodes):
+            return
+        needs = ", ".join(f"{k}={v:g}" for k, v in wanted.items() if v)
+        raise ExecutorError(f"no node of the Ray cluster at {self.address} offers {needs}; lower the "
+                            "blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
+                            "whose autoscaler adds nodes")
+
+    def poll(self, handle: TaskHandle) -> dict[str, Any] | None:
+        """The exit record once the Ray task is over, None while it runs, LOST if its node was lost."""
+        ref = self._refs.get(handle.run_dir)
+        if ref is None:  # launched by an earlier manager: its Ray tasks ended with it
+            return LOST
+        ready, _ = self.ray.wait([ref], timeout=0)
+        if not ready:
+            return None
+        del self._refs[handle.run_dir]
+        self._cancel_sent.discard(handle.run_dir)
+        exceptions = self.ray.exceptions
+        try:
+            record = self.ray.get(ref)
+        except exceptions.TaskCancelledError:
+            return {"cancelled": True, "returncode": None, "end_ms": int(time.time() * 1000)}
+        except exceptions.RayTaskError as exc:
+            return {"error": f"the task's supervisor failed on its Ray node: {exc}", "returncode": None}
+        except exceptions.RayError:  # worker crashed, node died, object lost: run it again elsewhere
+            return LOST
+        if record.get("lost"):
+            return LOST
+        if record.get("isolation"):
+            self._isolation.add(str(record["isolation"]))
+        return record
+
+    def cancel(self, handle: TaskHandle) -> None:
+        """Ask the node to stop the task (once; the manager may ask on every step)."""
+        ref = self._refs.get(handle.run_dir)
+        if ref is not None and handle.run_dir not in self._cancel_sent:
+            self._cancel_sent.add(handle.run_dir)
+            self.ray.cancel(ref, force=False)
+
+    def kill(self, handle: TaskHandle) -> None:
+        """Kill the Ray worker running the task; the next task on that node sweeps what it left."""
+        ref = self._refs.pop(handle.run_dir, None)
+        if ref is not None:
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or its node is gone
+                pass
+
+    def find(self, run_dir: Path) -> TaskHandle | None:
+        return None  # Ray tasks do not outlive the manager that owns them
+
+    def finish(self, run_dir: Path) -> None:
+        """Nothing to dissolve here: each node removes its own work folder."""
+
+    # -- description ---------------------------------------------------------------------
+    def capacity(self) -> tuple[int, int]:
+        """CPUs and memory of the cluster's live nodes (or ``max_cpus`` for a cluster that grows)."""
+        when, value = self._capacity
+        if time.monotonic() - when > CAPACITY_TTL:
+            total = self.ray.cluster_resources()
+            cpus = int(total.get("CPU", 0))
+            memory = int(total.get("memory", 0))
+            if self.max_cpus is not None and self.max_cpus > cpus:
+                memory = memory * self.max_cpus // cpus if cpus else 1 << 62
+                cpus = self.max_cpus
+            value = (cpus, memory)
+            self._capacity = (time.monotonic(), value)
+        return value
+
+    @property
+    def cpus(self) -> int:
+        return self.capacity()[0]
+
+    @property
+    def isolation(self) -> str:
+        """The sandboxes the nodes reported for the tasks they ran."""
+        return "; ".join(sorted(self._isolation)) or "chosen on each Ray node (see each task)"
+
+    def describe(self) -> dict[str, Any]:
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        cpus, memory = self.capacity()
+        return {"name": self.name, "address": self.address, "ray_version": self.ray.__version__,
+                "host": socket.gethostname(), "nodes": sorted(n["NodeManagerAddress"] for n in nodes),
+                "cpus": cpus, "memory_bytes": memory}
+
+    def close(self) -> None:
+        for ref in list(self._refs.values()):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._refs.clear()
+        self.ray.shutdown()
