@@ -147,3 +147,11 @@ def test_run_chunks_rejects_missing_results(experiment, tmp_path):
         run_chunks(experiment, lambda c: None, batch_frames=10, out=tmp_path / "n.zarr")
     with pytest.raises(InputError, match="batch_frames must be a positive integer"):
         list(iter_chunks(experiment, batch_frames=0))
+
+
+def test_store_chunks_align_with_batches():
+    from caliali.chunking import aligned_chunk_frames
+
+    assert aligned_chunk_frames(177, (300, 300)) == 59  # 16 MiB default is 46 frames; 59 divides 177
+    assert aligned_chunk_frames(10, (6, 7)) == 10
+    assert aligned_chunk_frames(97, (300, 300)) == 46  # prime: no aligned size, keep ~16 MiB chunks

@@ -38,6 +38,7 @@ from caliali.io import VideoReader, open_video
 __all__ = [
     "Chunk",
     "Progress",
+    "aligned_chunk_frames",
     "batch_frames_for",
     "iter_chunks",
     "parse_memory_budget",
@@ -115,6 +116,20 @@ def batch_frames_for(
             f"({copies:g} float32 copies need {int(per_frame)} bytes); raise memory_budget"
         )
     return min(frames, int(max_frames)) if max_frames else frames
+
+
+def aligned_chunk_frames(batch_frames: int, frame_shape: tuple[int, int]) -> int:
+    """Zarr chunk length dividing ``batch_frames``, near the store's default size.
+
+    Appends of ``batch_frames`` then fill whole chunks, so zarr never reads
+    back a partial chunk to complete it. When no divisor is within a factor
+    of two of the default (e.g. a prime batch), the default is used.
+    """
+    from caliali.store import default_chunk_frames
+
+    default = default_chunk_frames(frame_shape)
+    best = max(d for d in range(1, min(batch_frames, 2 * default) + 1) if batch_frames % d == 0)
+    return best if best * 2 >= min(default, batch_frames) else default
 
 
 def print_progress(fraction: float, message: str) -> None:
@@ -302,7 +317,8 @@ def run_chunks(
         if result is None:
             raise InputError(f"{label}: the chunk function returned nothing, so there is nothing to store in {out}")
         if store is None:
-            store = FrameStore.create(out, result.shape[1:], params=params)
+            chunk_frames = aligned_chunk_frames(int(batch_frames), result.shape[1:])
+            store = FrameStore.create(out, result.shape[1:], chunk_frames=chunk_frames, params=params)
         store.append(result, source_frames=chunk.stop - chunk.start)
     if store is None:
         raise InputError(f"{label}: the source has no frames, so {out} cannot be written")
