@@ -1,0 +1,126 @@
+"""`ncaas --server URL --token TOKEN <command>`: every command against a real
+server prints what the same command prints embedded, and `ncaas admin` makes
+the accounts it uses.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ncaas import cli
+
+from ncaas.server.testing import ServerProcess, free_port
+
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+ENV.pop("NCAAS_SERVER", None)
+ENV.pop("NCAAS_TOKEN", None)
+
+
+def ncaas_process(*args: str) -> subprocess.CompletedProcess:
+    """The real `ncaas` entry point in a child process."""
+    return subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True, env=ENV,
+                          timeout=180)
+
+
+def ncaas(*args: str):
+    """The same CLI run in this process (start-up is most of a command's time on 2 busy cores)."""
+    result = CliRunner().invoke(cli.app, list(args), env={"NCAAS_SERVER": None, "NCAAS_TOKEN": None,
+                                                          "NCAAS_ROOT": None, "NCAAS_DB": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    root = base / "root"
+    where = ["--root", str(root)]
+    group = ncaas("admin", "add-group", "lab", *where)
+    assert group.exit_code == 0 and "group lab created" in group.stdout, group.stderr
+    assert ncaas("admin", "add-user", "ann", "--group", "lab", *where).exit_code == 0
+    token = ncaas("admin", "issue-token", "ann", *where)
+    assert token.exit_code == 0 and "not shown again" in token.stdout, token.stderr
+    for i, name in enumerate(("a.npy", "b.npy")):
+        buf = io.BytesIO()
+        np.save(buf, np.random.default_rng(i).random((10, 5, 5), dtype=np.float32))
+        (base / name).write_bytes(buf.getvalue())
+    (base / "cfg.yaml").write_text("batch_frames: 4\n")
+    server = ServerProcess(root).start()
+    yield {"base": base, "root": root, "where": where, "server": server,
+           "remote": ["--server", server.url, "--token", token.stdout.strip().splitlines()[-1]]}
+    server.stop()
+
+
+def test_admin_commands_explain_mistakes_and_show_tokens_once(served):
+    where = served["where"]
+    unknown, dup, tokens = (ncaas("admin", "add-user", "zed", "--group", "nope", *where),
+                            ncaas("admin", "add-group", "lab", *where), ncaas("admin", "tokens", *where))
+    assert unknown.exit_code == 1 and "group 'nope' does not exist; create it first" in unknown.stderr
+    assert dup.exit_code == 1 and "group 'lab' already exists" in dup.stderr
+    assert "Traceback" not in unknown.stderr + dup.stderr
+    token = served["remote"][-1]
+    assert "ann" in tokens.stdout and token not in tokens.stdout and token.split("_")[1] in tokens.stdout
+
+
+def test_remote_commands_print_what_embedded_commands_print(served):
+    base, remote, where = served["base"], served["remote"], served["where"]
+    done = ncaas_process(*remote, "submit", "framestats", str(base / "a.npy"), str(base / "b.npy"),
+                         "--config", str(base / "cfg.yaml"), "--wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
+    assert "succeeded: results in" in done.stdout
+    assert (served["root"] / "lab" / "inputs" / "a.npy").exists()
+    assert (served["root"] / "lab" / "configs" / "cfg.yaml").exists()
+    commands = [["status", job_id], ["results", job_id], ["logs", job_id], ["logs", job_id, "b.npy"],
+                ["cancel", job_id], ["analyses"]]
+    remote_runs = [ncaas(*remote, *c) for c in commands]
+    embedded_runs = [ncaas(*c, *where) if c != ["analyses"] else ncaas(*c) for c in commands]
+    for command, r, e in zip(commands, remote_runs, embedded_runs, strict=True):
+        assert r.exit_code == e.exit_code == 0, (command, r.stderr, e.stderr)
+        assert r.stdout == e.stdout, command
+    assert "story:" in remote_runs[0].stdout and "outputs/a.npy/a.stats.csv" in remote_runs[1].stdout
+
+
+def test_remote_results_download_and_rerun(served):
+    base, remote = served["base"], served["remote"]
+    done = ncaas(*remote, "submit", "framestats", "a.npy", "--wait")  # a name already on the server
+    assert done.exit_code == 0, done.stderr
+    job_id = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
+    fetched = ncaas(*remote, "results", job_id, "--to", str(base / "fetched"))
+    rerun = ncaas(*remote, "rerun", str(served["root"] / "lab" / "results" / job_id))
+    assert fetched.exit_code == 0, fetched.stderr
+    stored = served["root"] / "lab" / "results" / job_id
+    for f in stored.rglob("*"):
+        if f.is_file():
+            assert (base / "fetched" / f.relative_to(stored)).read_bytes() == f.read_bytes()
+    assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
+    assert "2 of 2 output files match" in rerun.stdout
+
+
+def test_remote_errors_are_messages_with_exit_codes(served):
+    remote, server = served["remote"], served["server"]
+    no_token, bad_token, unreachable, manager, rejected, clash = (
+        ncaas("--server", server.url, "status"),
+        ncaas("--server", server.url, "--token", "ncaas_bad_token", "status"),
+        ncaas("--server", f"http://127.0.0.1:{free_port()}", "--token", "x", "status"),
+        ncaas(*remote, "manager"),
+        ncaas(*remote, "submit", "framestats", "nothing.npy", "--config", "absent.yaml"),
+        ncaas(*remote, "submit", "framestats", "a.npy", "--group", "elsewhere"))
+    assert no_token.exit_code == 1 and "--server needs a token" in no_token.stderr
+    assert bad_token.exit_code == 1 and "unknown or revoked" in bad_token.stderr
+    assert unreachable.exit_code == 1 and "cannot reach the ncaas server" in unreachable.stderr
+    assert manager.exit_code == 1 and "runs its own job manager" in manager.stderr
+    assert rejected.exit_code == 2 and "submission rejected" in rejected.stderr
+    assert "'nothing.npy' not found in lab/inputs/" in rejected.stderr
+    assert "config 'absent.yaml' not found" in rejected.stderr
+    assert clash.exit_code == 1 and "your token belongs to group 'lab'" in clash.stderr
+    for run in (no_token, bad_token, unreachable, manager, rejected, clash):
+        assert "Traceback" not in run.stderr
