@@ -64,33 +64,34 @@ class NodeTask:
     blueprint: LoadedBlueprint
     bundle_files: dict[str, str]  # relative path -> sha256 of everything in the bundle
     bundle_blueprint: str  # the blueprint file's path inside the bundle
+    bundle_environment: dict[str, str]  # the blueprint's environment paths, relative, inside the bundle
     s3_endpoint: str | None = None
 
 
 # -- the analysis bundle -----------------------------------------------------------------
-def _bundle_files(loaded: LoadedBlueprint, extra: list[Path]) -> tuple[Path, list[Path]]:
-    files = {Path(loaded.path).resolve()}
-    folder = Path(loaded.path).resolve().parent
-    for path in folder.rglob("*"):
-        rel = path.relative_to(folder).parts
-        if path.is_file() and not any(p in _SKIP_PARTS or p.endswith(".egg-info") for p in rel) \
-                and path.suffix not in (".pyc", ".pyo"):
-            files.add(path)
-    files |= {p.resolve() for p in extra if p.is_file()}
-    base = Path(os.path.commonpath([str(p.parent) for p in files]))
-    return base, sorted(files)
+def _wanted(path: Path) -> bool:
+    return path.is_file() and not any(p in _SKIP_PARTS or p.endswith(".egg-info") for p in path.parts) \
+        and path.suffix not in (".pyc", ".pyo")
 
 
-def pack_bundle(loaded: LoadedBlueprint, extra: list[Path]) -> tuple[bytes, dict[str, str], str]:
-    """Tar the blueprint's folder (and its lock/source when outside it) for the nodes.
+def pack_bundle(loaded: LoadedBlueprint, lock: Path | None,
+                source: Path | None) -> tuple[bytes, dict[str, str], str, dict[str, str]]:
+    """Tar the blueprint's folder, its lock and its analysis source for the nodes.
 
-    Returns the archive, the sha256 of every file in it, and the blueprint's path inside it.
+    Returns the archive, the sha256 of every file in it, the blueprint's path inside it,
+    and the blueprint's ``environment`` rewritten to point at the lock and source inside it.
     """
-    base, files = _bundle_files(loaded, extra)
+    blueprint = Path(loaded.path).resolve()
+    files = {blueprint} | {p for p in blueprint.parent.rglob("*") if _wanted(p)}
+    if lock is not None and lock.is_file():
+        files.add(lock.resolve())
+    if source is not None:
+        files |= {p for p in source.resolve().rglob("*") if _wanted(p)}
+    base = Path(os.path.commonpath([str(p.parent) for p in files]))
     digests: dict[str, str] = {}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in files:
+        for path in sorted(files):
             rel = path.relative_to(base).as_posix()
             data = path.read_bytes()
             digests[rel] = hashlib.sha256(data).hexdigest()
@@ -98,9 +99,15 @@ def pack_bundle(loaded: LoadedBlueprint, extra: list[Path]) -> tuple[bytes, dict
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     if buffer.tell() > MAX_BUNDLE:
-        raise NcaasError(f"the analysis folder {Path(loaded.path).parent} packs to {buffer.tell() >> 20} MB, "
-                         f"more than the {MAX_BUNDLE >> 20} MB shipped to Ray nodes; keep data out of it")
-    return buffer.getvalue(), digests, Path(loaded.path).resolve().relative_to(base).as_posix()
+        raise NcaasError(f"the analysis of {blueprint} packs to {buffer.tell() >> 20} MB, more than the "
+                         f"{MAX_BUNDLE >> 20} MB shipped to Ray nodes; keep data out of its folders")
+    here = blueprint.parent
+    environment = {}
+    if lock is not None:
+        environment["lock"] = os.path.relpath(lock.resolve(), here)
+    if source is not None:
+        environment["source"] = os.path.relpath(source.resolve(), here)
+    return buffer.getvalue(), digests, blueprint.relative_to(base).as_posix(), environment
 
 
 def _unpack_bundle(archive: bytes, files: dict[str, str], root: Path) -> Path:
@@ -226,7 +233,10 @@ class _NodeRun:
         started = time.monotonic()
         self._status(f"preparing on node {self.node_ip}: analysis environment")
         bundle_dir = _unpack_bundle(self.bundle, self.task.bundle_files, self.root)
-        loaded = dataclasses.replace(self.task.blueprint, path=bundle_dir / self.task.bundle_blueprint)
+        original = self.task.blueprint
+        model = original.blueprint.model_copy(update={"environment": original.blueprint.environment.model_copy(
+            update=self.task.bundle_environment)})
+        loaded = dataclasses.replace(original, blueprint=model, path=bundle_dir / self.task.bundle_blueprint)
         env_info = self.local.ensure_environment(loaded)
         self.timings["environment_s"] = time.monotonic() - started
         started = time.monotonic()

@@ -73,7 +73,7 @@ class RayExecutor:
         self._remote = self.ray.remote(run_node_task)
         self._refs: dict[Path, Any] = {}
         self._cancel_sent: set[Path] = set()
-        self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str]] = {}
+        self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str, dict[str, str]]] = {}
         self._isolation: set[str] = set()
         self._capacity: tuple[float, tuple[int, int]] = (0.0, (0, 0))
 
@@ -91,28 +91,28 @@ class RayExecutor:
                 f"(now {mode}) and the token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token)") from exc
 
     # -- environments --------------------------------------------------------------------
-    def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, dict[str, str], str, EnvironmentInfo]:
+    def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, EnvironmentInfo]:
+        """The analysis shipped to the nodes (put in Ray's object store once per content)."""
         try:
             spec = environments.spec_for_blueprint(loaded)
-            extra = [spec.lock_file] + ([spec.source] if spec.source else []) if spec else []
-            key = (loaded.sha256, str(loaded.path), *(f"{p}:{p.stat().st_mtime_ns}" for p in extra if p.exists()))
-            if key not in self._bundles:
-                archive, files, rel = pack_bundle(loaded, [p for p in extra if p.is_file()])
-                self._bundles[key] = (self.ray.put(archive), files, rel)
+            lock, source = (spec.lock_file, spec.source) if spec else (None, None)
             info = EnvironmentInfo(python=PYTHON_ON_NODE)
             if spec is not None:
                 info = EnvironmentInfo(python=PYTHON_ON_NODE, lock_hash=spec.lock_sha256(),
                                        source_hash=spec.source_sha256() or None)
+            key = (loaded.sha256, str(loaded.path), str(info.lock_hash), str(info.source_hash))
+            if key not in self._bundles:
+                archive, files, rel, environment = pack_bundle(loaded, lock, source)
+                self._bundles[key] = (self.ray.put(archive), files, rel, environment)
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
         except OSError as exc:
             raise ExecutorError(f"cannot read the analysis files of {loaded.name}: {exc}") from exc
-        ref, files, rel = self._bundles[key]
-        return ref, files, rel, info
+        return self._bundles[key], info
 
     def ensure_environment(self, blueprint: LoadedBlueprint) -> EnvironmentInfo:
         """What the nodes will build: the lock and source hashes (each node builds and verifies its copy)."""
-        return self._bundle(blueprint)[3]
+        return self._bundle(blueprint)[1]
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
@@ -120,7 +120,7 @@ class RayExecutor:
         if blueprint is None:
             raise ExecutorError("the ray executor needs the task's blueprint (TaskSpec.blueprint) "
                                 "to ship its analysis to the nodes")
-        ref, files, rel, _ = self._bundle(blueprint)
+        (ref, files, rel, environment), _ = self._bundle(blueprint)
         resources = blueprint.blueprint.resources
         options: dict[str, Any] = {"num_cpus": spec.cpus, "max_retries": 0, "scheduling_strategy": "SPREAD",
                                    "name": f"ncaas {spec.status_fields.get('job')}/{spec.status_fields.get('dataset')}"}
@@ -135,7 +135,8 @@ class RayExecutor:
         results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
         task = NodeTask(spec=spec, storage_url=self.storage.url, config_path=str(results / "config.json"),
                         python_placeholder=PYTHON_ON_NODE, blueprint=blueprint, bundle_files=files,
-                        bundle_blueprint=rel, s3_endpoint=os.environ.get(ENDPOINT_ENV))
+                        bundle_blueprint=rel, bundle_environment=environment,
+                        s3_endpoint=os.environ.get(ENDPOINT_ENV))
         try:
             self._refs[spec.run_dir] = self._remote.options(**options).remote(task, ref)
         except Exception as exc:  # noqa: BLE001 - Ray validates options and connection here
