@@ -1,9 +1,9 @@
 """Uniform, read-only, chunked access to the aligned movie.
 
 The aligned, concatenated movie is a float32 time-chunked zarr array written by
-the alignment stage; extraction also accepts an in-memory array (tests), any
-array-like with ``shape`` and slicing, a zarr path, or a ``caliali.io``
-``VideoReader`` (anything with ``n_frames``, ``frame_shape`` and
+the alignment stage (a ``caliali.store.FrameStore``); extraction also accepts an
+in-memory array (tests), any array-like with ``shape`` and slicing, a video path
+(opened with ``caliali.io.open_video``), or any ``caliali.io`` ``VideoReader`` (anything with ``n_frames``, ``frame_shape`` and
 ``read(start, stop)``). Frames are only ever read ``[start, stop)`` at a time.
 """
 
@@ -61,10 +61,11 @@ class FrameSource:
 def open_source(video: Any) -> FrameSource:
     """Wrap ``video`` (array, zarr array, zarr path, or VideoReader) as a `FrameSource`."""
     if isinstance(video, (str, os.PathLike)):
-        import zarr
+        from caliali.exceptions import CalialiError
+        from caliali.io import open_video
 
         try:
-            video = zarr.open_array(os.fspath(video), mode="r")
-        except Exception as exc:  # zarr raises several unrelated types
-            raise ExtractionError(f"cannot open the aligned movie {os.fspath(video)!r} as a zarr array: {exc}") from exc
+            video = open_video(video)
+        except CalialiError as exc:
+            raise ExtractionError(f"cannot open the aligned movie {os.fspath(video)!r}: {exc}") from exc
     return FrameSource(video)

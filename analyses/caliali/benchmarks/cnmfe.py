@@ -1,0 +1,177 @@
+"""Benchmark of CNMF-E source extraction: accuracy on simulated data, time and peak memory.
+
+Usage (from the repository root)::
+
+    .venv/bin/python analyses/caliali/benchmarks/cnmfe.py f1 [--variants ideal remap sparse dense]
+        [--sessions 4] [--frames 2000] [--workdir DIR]
+    .venv/bin/python analyses/caliali/benchmarks/cnmfe.py memory [--sessions-list 1 4 10] [--frames 3000]
+        [--memory-budget 1GB] [--workdir DIR]
+
+``f1`` simulates each variant (PNR 2), builds the aligned movie by warping
+every session with its true backward field (so extraction is measured on its
+own, without alignment error), extracts, and scores with ``caliali.score``
+(Hungarian matching, trace cosine >= 0.8).
+
+``memory`` runs the extraction of 1, 4 and 10 sessions of ``--frames`` frames,
+each in a fresh subprocess, and prints wall time and peak RSS; peak RSS should
+not grow with the number of sessions (target: within 15%).
+
+The machine is shared: timings are noisy. The published peers on a 300x300,
+2,000-frame one-photon movie on 2 cores: CaImAn CNMF-E 431 s / 6.3 GB peak,
+minian 751 s / 4.6 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PEERS = {"CaImAn CNMF-E (300x300x2000)": (431.0, 6.3), "minian (300x300x2000)": (751.0, 4.6)}
+
+
+def build_aligned(sim_dir: Path, store_path: Path) -> tuple[np.ndarray, dict]:
+    """Warp every session of a simulation with its true field into one aligned FrameStore."""
+    from caliali.experiment import load_experiment
+    from caliali.io import open_video
+    from caliali.store import FrameStore
+
+    gt = sim_dir / "ground_truth"
+    meta = json.loads((gt / "meta.json").read_text())
+    fields = np.load(gt / "fields.npy")
+    sessions = load_experiment(sim_dir / "manifest.yaml").sessions
+    h, w = fields.shape[2:]
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    enc = meta["video_encoding"]
+    store = FrameStore.create(store_path, (h, w))
+    bounds = [0]
+    for s, session in enumerate(sessions):
+        map_y, map_x = yy + fields[s, 0], xx + fields[s, 1]
+        for path in session.files:
+            with open_video(path) as reader:
+                for chunk in reader.iter_chunks(500):
+                    chunk = chunk / enc["video_scale"] - enc["video_offset"]
+                    out = np.empty_like(chunk)
+                    for i, frame in enumerate(chunk):
+                        out[i] = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+                    store.append(out)
+        bounds.append(store.n_frames)
+    store.mark_complete()
+    return np.array(bounds), meta
+
+
+def simulate_aligned(workdir: Path, *, variant: str, sessions: int, frames: int, seed: int = 0,
+                     neurons: int | None = None):
+    from caliali.simulate import simulate
+
+    sim_dir = workdir / f"sim_{variant}_{sessions}x{frames}"
+    if not (sim_dir / "ground_truth" / "meta.json").exists():
+        simulate(sim_dir, sessions=sessions, frames=frames, variant=variant, seed=seed, neurons=neurons)
+    store_path = workdir / f"aligned_{variant}_{sessions}x{frames}.zarr"
+    bounds, meta = build_aligned(sim_dir, store_path)
+    return store_path, bounds, sim_dir / "ground_truth", meta
+
+
+def run_f1(args) -> None:
+    from caliali.extraction import extract
+    from caliali.score import score_neurons
+
+    rows = []
+    for variant in args.variants:
+        store_path, bounds, gt, meta = simulate_aligned(args.workdir, variant=variant, sessions=args.sessions,
+                                                        frames=args.frames, seed=args.seed)
+        t0 = time.perf_counter()
+        result = extract(str(store_path), session_bounds=bounds, gSig=meta["gSig"], min_corr=args.min_corr,
+                         min_pnr=args.min_pnr, memory_budget=args.memory_budget)
+        wall = time.perf_counter() - t0
+        a_true = np.load(gt / "A.npy")
+        c_true = np.load(gt / "C.npy")
+        s = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
+        rows.append((variant, len(a_true), result.n_neurons, s.n_matched, s.precision, s.recall, s.f1, wall,
+                     len(result.history)))
+        print(f"{variant:7s} true {len(a_true):4d} found {result.n_neurons:4d} matched {s.n_matched:4d} "
+              f"P {s.precision:.3f} R {s.recall:.3f} F1 {s.f1:.3f}  extraction {wall:6.1f} s "
+              f"({len(result.history)} iterations)", flush=True)
+    print("\nvariant  true found matched precision recall    F1   wall_s")
+    for v, k, kf, m, p, r, f, wall, _ in rows:
+        print(f"{v:7s} {k:5d} {kf:5d} {m:7d} {p:9.3f} {r:6.3f} {f:6.3f} {wall:7.1f}")
+
+
+def _child(args) -> None:
+    """Extraction of one aligned store in this (fresh) process; prints one JSON line."""
+    from caliali.extraction import extract
+
+    bounds = json.loads(args.bounds)
+    t0 = time.perf_counter()
+    result = extract(args.store, session_bounds=bounds, gSig=3.0, min_corr=0.2, min_pnr=4.0,
+                     memory_budget=args.memory_budget)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"wall_s": wall, "peak_rss": peak, "neurons": result.n_neurons,
+                      "batch_frames": result.params["batch_frames"], "iterations": len(result.history)}))
+
+
+def run_memory(args) -> None:
+    rows = []
+    for n in args.sessions_list:
+        store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=args.frames,
+                                                    seed=args.seed)
+        out = subprocess.run([sys.executable, __file__, "_child", "--store", str(store_path), "--bounds",
+                              json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget],
+                             check=True, capture_output=True, text=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((n, row))
+        print(f"{n:3d} sessions x {args.frames} frames: {row['wall_s']:7.1f} s, peak RSS "
+              f"{row['peak_rss'] / 2**20:7.1f} MiB, {row['neurons']} neurons, batch {row['batch_frames']} frames, "
+              f"{row['iterations']} iterations", flush=True)
+    base = rows[0][1]["peak_rss"]
+    print("\nsessions  frames   wall_s  peak_RSS_MiB  vs_first")
+    for n, row in rows:
+        print(f"{n:8d} {n * args.frames:7d} {row['wall_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
+              f"{100 * (row['peak_rss'] / base - 1):+8.1f}%")
+    growth = max(r["peak_rss"] for _, r in rows) / base - 1
+    print(f"peak RSS growth from {rows[0][0]} to {rows[-1][0]} sessions: {100 * growth:+.1f}% (target < 15%)")
+    for name, (wall, gb) in PEERS.items():
+        print(f"peer {name}: {wall:.0f} s, {gb:.1f} GB peak")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    f1 = sub.add_parser("f1")
+    f1.add_argument("--variants", nargs="+", default=["ideal", "remap", "sparse", "dense"])
+    f1.add_argument("--sessions", type=int, default=4)
+    f1.add_argument("--frames", type=int, default=2000)
+    f1.add_argument("--min-corr", type=float, default=0.2)
+    f1.add_argument("--min-pnr", type=float, default=4.0)
+    mem = sub.add_parser("memory")
+    mem.add_argument("--sessions-list", type=int, nargs="+", default=[1, 4, 10])
+    mem.add_argument("--frames", type=int, default=3000)
+    for p in (f1, mem):
+        p.add_argument("--memory-budget", default="1GB")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workdir", type=Path, default=None)
+    child = sub.add_parser("_child")
+    child.add_argument("--store", required=True)
+    child.add_argument("--bounds", required=True)
+    child.add_argument("--memory-budget", default="1GB")
+    args = parser.parse_args(argv)
+    if args.command == "_child":
+        _child(args)
+        return
+    with tempfile.TemporaryDirectory(prefix="cnmfe-bench-") as tmp:
+        args.workdir = args.workdir or Path(tmp)
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        (run_f1 if args.command == "f1" else run_memory)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Writers for extraction results: NWB, plain arrays and QC figures.
+
+``write_outputs(extraction, out_dir, *, fs, session_ids)`` writes
+
+- ``<out>/arrays/``: A.npz, C_raw.npy, C.npy, S.npy, Cn.npy, PNR.npy,
+  session_bounds.npy, meta.json (read by ``caliali score``);
+- ``<out>/neurons.nwb``: PlaneSegmentation, RoiResponseSeries C / C_raw / S,
+  one epoch per session;
+- ``<out>/qc/contours.png`` and ``<out>/qc/traces.png``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._arrays import write_arrays
+from ._nwb import write_nwb
+from ._qc import plot_contours, plot_traces
+
+__all__ = ["write_outputs", "write_arrays", "write_nwb", "plot_contours", "plot_traces"]
+
+
+def write_outputs(extraction, out_dir: Path | str, *, fs: float = 10.0, session_ids=None, spatial_ds: int = 1,
+                  nwb: bool = True, qc: bool = True, extra_meta: dict | None = None) -> dict[str, Path]:
+    """Write every output of an extraction under ``out_dir``; returns the paths written by kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if session_ids is not None and len(session_ids) != len(extraction.session_bounds) - 1:
+        from caliali.exceptions import InputError
+
+        raise InputError(f"{len(session_ids)} session ids given for {len(extraction.session_bounds) - 1} sessions")
+    paths = {"arrays": write_arrays(extraction, out, session_ids=session_ids, fs=fs, spatial_ds=spatial_ds,
+                                    extra_meta=extra_meta)}
+    if nwb:
+        paths["nwb"] = write_nwb(extraction, out / "neurons.nwb", fs=fs, session_ids=session_ids)
+    if qc:
+        (out / "qc").mkdir(exist_ok=True)
+        paths["contours"] = plot_contours(extraction, out / "qc" / "contours.png")
+        paths["traces"] = plot_traces(extraction, out / "qc" / "traces.png", fs=fs, session_ids=session_ids)
+    return paths

@@ -1,0 +1,89 @@
+"""NWB output: footprints as a PlaneSegmentation, traces as RoiResponseSeries, sessions as epochs."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_nwb"]
+
+
+def _pixel_masks(extraction):
+    a = extraction.A.tocsc()
+    w = extraction.dims[1]
+    for k in range(a.shape[1]):
+        lo, hi = a.indptr[k], a.indptr[k + 1]
+        pix, val = a.indices[lo:hi], a.data[lo:hi]
+        yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
+
+
+def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=None,
+              session_start_time: datetime | None = None, description: str = "caliali source extraction") -> Path:
+    """Write ``extraction`` to an NWB file at ``path``.
+
+    Contents: ``processing/ophys/ImageSegmentation/PlaneSegmentation`` (one
+    ROI per neuron, pixel masks (x, y, weight)); ``processing/ophys/Fluorescence``
+    with RoiResponseSeries ``C`` (denoised), ``C_raw`` and ``S`` (deconvolved
+    activity) over all frames; one epoch per session marking its frames (tag =
+    session id; also in each series' description); the Cn and PNR images in
+    ``processing/ophys/SummaryImages``.
+
+    References
+    ----------
+    Rübel, O. et al. The Neurodata Without Borders ecosystem for neurophysiological
+    data science. eLife 11, e78362 (2022).
+    """
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.base import Images
+    from pynwb.image import GrayscaleImage
+    from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bounds = np.asarray(extraction.session_bounds, np.int64)
+    n_sessions = len(bounds) - 1
+    ids = list(session_ids) if session_ids is not None else [f"ses{i + 1:02d}" for i in range(n_sessions)]
+    nwb = NWBFile(session_description=description, identifier=str(uuid.uuid4()),
+                  session_start_time=session_start_time or datetime.now(timezone.utc))
+    device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")
+    channel = OpticalChannel(name="channel", description="green fluorescence", emission_lambda=520.0)
+    plane = nwb.create_imaging_plane(name="ImagingPlane", optical_channel=channel, device=device,
+                                     description="aligned field of view shared by all sessions",
+                                     excitation_lambda=470.0, indicator="GCaMP", location="unknown",
+                                     imaging_rate=float(fs))
+    ophys = nwb.create_processing_module(name="ophys", description="caliali CNMF-E across sessions")
+    segmentation = ImageSegmentation()
+    ophys.add(segmentation)
+    planes = segmentation.create_plane_segmentation(
+        name="PlaneSegmentation", description="CNMF-E footprints, one identity per neuron across sessions",
+        imaging_plane=plane)
+    planes.add_column(name="snr", description="peak of the denoised trace in noise units")
+    for mask, snr in zip(_pixel_masks(extraction), extraction.snr):
+        planes.add_roi(pixel_mask=mask, snr=float(snr))
+    sessions_text = "; ".join(f"{sid}: frames {int(a)}-{int(b) - 1}" for sid, a, b in zip(ids, bounds[:-1], bounds[1:]))
+    fluorescence = Fluorescence(name="Fluorescence")
+    ophys.add(fluorescence)
+    if extraction.n_neurons:
+        rois = planes.create_roi_table_region(region=list(range(extraction.n_neurons)), description="all neurons")
+        for name, data, text in (("C", extraction.C, "denoised calcium (AR(2) OASIS)"),
+                                 ("C_raw", extraction.C_raw, "raw traces, detrended per session"),
+                                 ("S", extraction.S, "deconvolved activity")):
+            fluorescence.add_roi_response_series(RoiResponseSeries(
+                name=name, data=np.ascontiguousarray(data.T, np.float32), rois=rois, unit="noise std",
+                rate=float(fs), starting_time=0.0,
+                description=f"{text}, in noise units of each session; sessions concatenated: {sessions_text}"))
+    for sid, a, b in zip(ids, bounds[:-1], bounds[1:]):
+        nwb.add_epoch(start_time=float(a) / fs, stop_time=float(b) / fs, tags=[str(sid)])
+    ophys.add(Images(name="SummaryImages", description="max-over-sessions neuron images", images=[
+        GrayscaleImage(name="Cn", data=np.asarray(extraction.cn, np.float32), description="local correlation"),
+        GrayscaleImage(name="PNR", data=np.asarray(extraction.pnr, np.float32), description="peak-to-noise ratio"),
+    ]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # h5py/hdmf internals, not our API use
+        with NWBHDF5IO(str(path), mode="w") as io:
+            io.write(nwb)
+    return path
