@@ -297,7 +297,17 @@ class _NodeRun:
         if any(spec.output_dir.iterdir()):
             self.storage.put(spec.output_dir, str(self.spec.output_dir))
         self.timings["upload_s"] = time.monotonic() - started
+        self._final_status(spec.status_path)
         return dict(LOST) if record is LOST else record
+
+    def _final_status(self, local_status: Path) -> None:
+        """The last status, with where the node spent its time (the manager keeps these fields)."""
+        try:
+            data = json.loads(local_status.read_text())
+        except (OSError, ValueError):
+            data = dict(self.status_fields)
+        data["node_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        self.storage.write_text(str(self.spec.status_path), json.dumps(data, indent=1))
 
     def close(self) -> None:
         self.local.finish(self.work / "run")
