@@ -30,10 +30,10 @@ __all__ = ["MotionResult", "correct_session", "correct_frames", "session_chunks"
 
 Progress = Callable[[float, str], None]
 
-# Work arrays held per chunk frame: raw, BV image, corrected, and the
-# registration's FFT block (bounded separately); used to size chunks from a
-# memory budget.
-CHUNK_COPIES = 4
+# float32 copies of a chunk held at peak (raw, BV images, corrected, the
+# registration's FFT block; 4.4 measured with tracemalloc at 300x300), used to
+# size chunks from a memory budget.
+CHUNK_COPIES = 5
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,9 @@ class _GapFiller:
 
     def feed(self, frames: np.ndarray, dropped: np.ndarray) -> np.ndarray | None:
         """Frames ready to write (may be None when the chunk is all dropped)."""
+        if self.pending == 0 and not dropped.any():
+            self.last = frames[-1].copy()
+            return frames
         out: list[np.ndarray] = []
         start = 0
         valid_idx = np.flatnonzero(~dropped)
@@ -136,7 +139,7 @@ class _GapFiller:
             self.pending += gap
             out.extend(self._run(frames[i]))
             out.append(frames[i : i + 1])
-            self.last = frames[i]
+            self.last = frames[i].copy()
             start = i + 1
         self.pending += len(frames) - start
         return np.concatenate(out).astype(np.float32, copy=False) if out else None
@@ -206,12 +209,16 @@ def correct_frames(
         dropped = ~frames.reshape(len(frames), -1).any(axis=1)
         shifts = np.full((len(frames), 2), np.nan)
         peak = np.full(len(frames), np.nan)
-        corrected = np.zeros_like(frames)
-        if (~dropped).any():
-            keep = frames[~dropped]
-            s, p = template.register(bv_filter(keep, gSig=gSig))
-            shifts[~dropped], peak[~dropped] = s, p
-            corrected[~dropped] = apply_shifts(keep, s, interpolation=interpolation)
+        if not dropped.any():  # the common case, without extra copies
+            shifts[:], peak[:] = template.register(bv_filter(frames, gSig=gSig))
+            corrected = apply_shifts(frames, shifts, interpolation=interpolation)
+        else:
+            corrected = np.zeros_like(frames)
+            if (~dropped).any():
+                keep = frames[~dropped]
+                s, p = template.register(bv_filter(keep, gSig=gSig))
+                shifts[~dropped], peak[~dropped] = s, p
+                corrected[~dropped] = apply_shifts(keep, s, interpolation=interpolation)
         ready = filler.feed(corrected, dropped)
         if ready is not None and sink is not None:
             sink(ready)

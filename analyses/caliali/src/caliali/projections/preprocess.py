@@ -49,10 +49,16 @@ def moving_median(frames: np.ndarray, window: int) -> np.ndarray:
     if w == 1 or len(arr) == 0:
         return arr.copy()
     ahead = (w - 1) // 2
-    # Trailing windows of a NaN-padded copy are the centred, shrinking windows.
-    padded = np.concatenate([arr, np.full((ahead, *arr.shape[1:]), np.nan, np.float32)]) if ahead else arr
-    trail = bn.move_median(padded, window=w, axis=0, min_count=1)
-    return np.ascontiguousarray(trail[ahead:], dtype=np.float32)
+    t = len(arr)
+    # The trailing window ending at i + ahead is the centred window of i;
+    # the last ``ahead`` frames have windows that shrink at the end.
+    trail = bn.move_median(arr, window=w, axis=0, min_count=1)
+    out = np.empty(arr.shape, dtype=np.float32)
+    out[: max(0, t - ahead)] = trail[ahead:]
+    del trail
+    for i in range(max(0, t - ahead), t):
+        out[i] = np.median(arr[max(0, i - w // 2) :], axis=0)
+    return out
 
 
 def detrend_windows(fs: float, *, median_s: float = 1.0, minimum_s: float = 5.0) -> tuple[int, int]:
@@ -91,9 +97,15 @@ def detrend(frames: np.ndarray, *, fs: float, median_s: float = 1.0, minimum_s: 
     """
     arr = _check_movie(frames)
     w_med, w_min = detrend_windows(fs, median_s=median_s, minimum_s=minimum_s)
-    base = moving_median(arr, w_med)
-    base = ndi.minimum_filter1d(base, w_min, axis=0, mode="nearest")
-    return arr - base
+    t, h, w = arr.shape
+    out = np.empty(arr.shape, dtype=np.float32)
+    # Pixels are independent: row bands keep the temporaries small.
+    rows = max(1, (4 * 2**20) // max(1, 4 * t * w))
+    for y in range(0, h, rows):
+        band = arr[:, y : y + rows]
+        base = ndi.minimum_filter1d(moving_median(band, w_med), w_min, axis=0, mode="nearest")
+        np.subtract(band, base, out=out[:, y : y + rows])
+    return out
 
 
 def noise_level(frames: np.ndarray, *, band: tuple[float, float] = (0.25, 0.5)) -> np.ndarray:
@@ -124,9 +136,14 @@ def noise_level(frames: np.ndarray, *, band: tuple[float, float] = (0.25, 0.5)) 
     sel = np.flatnonzero((freqs > band[0]) & (freqs <= band[1]))
     if len(sel) == 0:
         raise ProjectionError(f"no frequencies in band {band} for {t} frames")
-    spec = scipy.fft.rfft(arr, axis=0, workers=-1)[sel]
-    power = (spec.real**2 + spec.imag**2).mean(axis=0) / t
-    return np.sqrt(power).astype(np.float32)
+    h, w = arr.shape[1:]
+    out = np.empty((h, w), dtype=np.float32)
+    # Row bands bound the spectrum's temporaries to ~8 MB whatever the movie.
+    rows = max(1, (2 * 2**20) // max(1, t * w))
+    for y in range(0, h, rows):
+        spec = scipy.fft.rfft(arr[:, y : y + rows], axis=0, workers=-1)[sel]
+        out[y : y + rows] = np.sqrt((spec.real**2 + spec.imag**2).mean(axis=0) / t)
+    return out
 
 
 def anisotropic_diffusion(
@@ -198,7 +215,10 @@ def tophat_disk(frames: np.ndarray, *, radius: float) -> np.ndarray:
     is 3.2x faster (1.4 vs 4.4 ms per frame) with a top-hat correlation of
     0.994 (measured).
     """
-    arr = np.asarray(frames, dtype=np.float32)
+    return _tophat(np.asarray(frames, dtype=np.float32), radius=radius, inplace=False)
+
+
+def _tophat(arr: np.ndarray, *, radius: float, inplace: bool) -> np.ndarray:
     if arr.ndim not in (2, 3):
         raise ProjectionError(f"tophat_disk needs (t, h, w) or (h, w), got shape {arr.shape}")
     r = max(1, int(round(radius)))
@@ -207,7 +227,7 @@ def tophat_disk(frames: np.ndarray, *, radius: float) -> np.ndarray:
     square = np.ones((2 * a + 1, 2 * a + 1), np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     stack = arr[None] if arr.ndim == 2 else arr
-    out = np.empty(stack.shape, dtype=np.float32)
+    out = stack if inplace else np.empty(stack.shape, dtype=np.float32)
     for i, frame in enumerate(stack):
         out[i] = frame - _opening_octagon(frame, square, cross, b)
     return out[0] if arr.ndim == 2 else out
@@ -228,7 +248,7 @@ def enhance_neurons(
     """
     if not gSig > 0:
         raise ProjectionError(f"gSig (neuron radius, px) must be > 0, got {gSig}")
-    smooth = anisotropic_diffusion(_check_movie(frames), n_iter=n_iter, kappa=kappa)
-    out = tophat_disk(smooth, radius=disk_factor * gSig)
+    out = anisotropic_diffusion(_check_movie(frames), n_iter=n_iter, kappa=kappa)
+    _tophat(out, radius=disk_factor * gSig, inplace=True)
     np.maximum(out, 0, out=out)
     return out
