@@ -28,7 +28,8 @@ from ..jobs.states import JOB_TERMINAL
 __all__ = ["Remote", "LOCAL_ONLY", "run_remote"]
 
 # Commands that act on this machine even when --server is given.
-LOCAL_ONLY = {"blueprint_validate", "serve", "add_group", "add_user", "issue_token", "revoke_token", "tokens"}
+LOCAL_ONLY = {"blueprint_validate", "serve", "add_group", "add_user", "issue_token", "revoke_token", "tokens",
+              "env_build", "env_verify", "env_lock"}
 
 
 @dataclass(frozen=True)
