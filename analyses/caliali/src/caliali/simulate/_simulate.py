@@ -142,87 +142,141 @@ def simulate(
     gt_dir = out / "ground_truth"
     gt_dir.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(p.seed).spawn(2 + 3 * p.sessions)
-    rng_scene, rng_activity = np.random.default_rng(seeds[0]), np.random.default_rng(seeds[1])
-    h, w, m, k = p.height, p.width, p.margin, p.n_neurons
-    full = (h + 2 * m, w + 2 * m)
-    side = np.sqrt(p.central_fraction)
-    region = (h * (1 - side) / 2, h * (1 + side) / 2, w * (1 - side) / 2, w * (1 + side) / 2)
-    centres, distance = place_neurons(rng_scene, k, region, min_distance=p.min_distance)
-    a_full = footprints(rng_scene, centres + m, full, width=p.footprint_width)
-    bg_full, vessels = background(rng_scene, full)
+    scene = _Scene.draw(p, np.random.default_rng(seeds[0]))
+    activity = _Activity.draw(p, np.random.default_rng(seeds[1]))
+    rendered = [
+        _render_session(p, ses, scene, activity, [np.random.default_rng(x) for x in seeds[2 + 3 * ses : 5 + 3 * ses]],
+                        out, progress)
+        for ses in range(p.sessions)
+    ]
+    meta = _meta(p, scene, activity, rendered)
+    m, h, w = p.margin, p.height, p.width
+    _write_ground_truth(gt_dir, scene.a_full[:, m : m + h, m : m + w], activity.c, activity.s,
+                        np.stack([r.field for r in rendered]), scene.bg_full[m : m + h, m : m + w],
+                        scene.vessels[m : m + h, m : m + w],
+                        np.concatenate([r.shifts for r in rendered]) if p.within_motion else None, meta)
+    manifest = write_manifest([r.session for r in rendered], out / "manifest.yaml", fs=p.fs, ground_truth="ground_truth")
+    return Simulation(out=out, manifest=manifest, ground_truth=gt_dir, meta=meta)
 
-    session_frames = [p.frames] * p.sessions
-    active = np.ones((p.sessions, k), dtype=bool)
-    if p.variant == "remap":
-        active = rng_activity.random((p.sessions, k)) < p.active_fraction
-        for j in np.flatnonzero(~active.any(axis=0)):
-            active[rng_activity.integers(p.sessions), j] = True
-    rates = spike_rates(rng_activity, k, median=p.spike_rate, log_sigma=p.spike_rate_log_sigma)
-    tau_rise = p.tau_rise * rng_activity.uniform(0.9, 1.1, k)
-    tau_decay = p.tau_decay * rng_activity.uniform(0.9, 1.1, k)
-    s = spikes(rng_activity, rates, session_frames, active)
-    c = calcium(s, session_frames, tau_rise, tau_decay)
 
-    fields, translations, shifts_all, inversion_error = [], [], [], 0.0
-    pieces: list[Session] = []
-    total, done = sum(session_frames), 0
-    for ses in range(p.sessions):
-        rng_deform, rng_motion, rng_noise = (np.random.default_rng(seeds[2 + 3 * ses + i]) for i in range(3))
-        d = smooth_field(rng_deform, full, magnitude=p.deform_px, smoothness=min(full) / 4)
-        translation = rng_deform.uniform(-p.translation_px, p.translation_px, 2)
-        d += translation[:, None, None]
-        u, residual = invert_field(d)
-        inversion_error = max(inversion_error, residual)
-        fields.append(d[:, m : m + h, m : m + w].astype(np.float32))
-        translations.append(translation.tolist())
-        shifts = (within_session_shifts(rng_motion, p.frames, sd=p.motion_px) if p.within_motion
-                  else np.zeros((p.frames, 2), dtype=np.float32))
-        shifts_all.append(shifts)
-        renderer = _SessionRenderer(p, a_full, bg_full, u)
-        files, t0 = [], 0
-        for name, n in _file_names(p, ses):
-            path = out / f"{name}.{p.format}"
-            dtype = np.float32 if p.format == "tif" else np.uint16
-            with open_writer(path, frame_shape=(h, w), dtype=dtype, n_frames=n, fps=p.fs) as writer:
-                for a in range(t0, t0 + n, _RENDER_FRAMES):
-                    b = min(a + _RENDER_FRAMES, t0 + n)
-                    frames = renderer.clean(c[:, done + a : done + b])
-                    if p.within_motion:
-                        frames = _shift_frames(frames, shifts[a:b])
-                    frames = frames[:, m : m + h, m : m + w]
-                    frames += (0.2 / (p.pnr + 1)) * rng_noise.standard_normal(frames.shape, dtype=np.float32)
-                    video = (frames + p.video_offset) * p.video_scale
-                    writer.write(video if p.format == "tif" else np.clip(np.rint(video), 0, 65535))
-                    if progress is not None:
-                        progress((done + b) / total, f"simulating session {ses + 1}/{p.sessions}, frame {b}/{p.frames}")
-            files.append(path)
-            t0 += n
-        done += p.frames
-        pieces.append(Session(id=f"ses{ses + 1:02d}", files=tuple(files)))
+@dataclass(frozen=True)
+class _Scene:
+    """The static scene on the full (uncropped) field, reference coordinates."""
 
-    meta = {
+    centres: np.ndarray  # (K, 2) in cropped reference coordinates
+    distance: float
+    a_full: np.ndarray
+    bg_full: np.ndarray
+    vessels: np.ndarray
+
+    @classmethod
+    def draw(cls, p: SimulationParams, rng: np.random.Generator) -> _Scene:
+        h, w, m = p.height, p.width, p.margin
+        side = np.sqrt(p.central_fraction)  # a central box holding this fraction of the area
+        region = (h * (1 - side) / 2, h * (1 + side) / 2, w * (1 - side) / 2, w * (1 + side) / 2)
+        centres, distance = place_neurons(rng, p.n_neurons, region, min_distance=p.min_distance)
+        full = (h + 2 * m, w + 2 * m)
+        a_full = footprints(rng, centres + m, full, width=p.footprint_width)
+        bg_full, vessels = background(rng, full)
+        return cls(centres, distance, a_full, bg_full, vessels)
+
+
+@dataclass(frozen=True)
+class _Activity:
+    """Spikes and calcium of every neuron over all sessions."""
+
+    active: np.ndarray  # (sessions, K) bool
+    rates: np.ndarray
+    tau_rise: np.ndarray
+    tau_decay: np.ndarray
+    s: np.ndarray
+    c: np.ndarray
+
+    @classmethod
+    def draw(cls, p: SimulationParams, rng: np.random.Generator) -> _Activity:
+        k, session_frames = p.n_neurons, [p.frames] * p.sessions
+        active = np.ones((p.sessions, k), dtype=bool)
+        if p.variant == "remap":
+            active = rng.random((p.sessions, k)) < p.active_fraction
+            for j in np.flatnonzero(~active.any(axis=0)):  # every neuron is active somewhere
+                active[rng.integers(p.sessions), j] = True
+        rates = spike_rates(rng, k, median=p.spike_rate, log_sigma=p.spike_rate_log_sigma)
+        tau_rise = p.tau_rise * rng.uniform(0.9, 1.1, k)
+        tau_decay = p.tau_decay * rng.uniform(0.9, 1.1, k)
+        s = spikes(rng, rates, session_frames, active)
+        return cls(active, rates, tau_rise, tau_decay, s, calcium(s, session_frames, tau_rise, tau_decay))
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    session: Session
+    field: np.ndarray
+    translation: list[float]
+    shifts: np.ndarray
+    inversion_error: float
+
+
+def _render_session(
+    p: SimulationParams,
+    ses: int,
+    scene: _Scene,
+    activity: _Activity,
+    rngs: list[np.random.Generator],
+    out: Path,
+    progress: Callable[[float, str], None] | None,
+) -> _Rendered:
+    """Warp the scene into session ``ses`` and write its video file(s), chunk by chunk."""
+    rng_deform, rng_motion, rng_noise = rngs
+    m, h, w = p.margin, p.height, p.width
+    d = smooth_field(rng_deform, scene.bg_full.shape, magnitude=p.deform_px, smoothness=min(scene.bg_full.shape) / 4)
+    translation = rng_deform.uniform(-p.translation_px, p.translation_px, 2)
+    d += translation[:, None, None]
+    u, residual = invert_field(d)
+    shifts = (within_session_shifts(rng_motion, p.frames, sd=p.motion_px) if p.within_motion
+              else np.zeros((p.frames, 2), dtype=np.float32))
+    renderer = _SessionRenderer(p, scene.a_full, scene.bg_full, u)
+    first, files, t0 = ses * p.frames, [], 0
+    for name, n in _file_names(p, ses):
+        path = out / f"{name}.{p.format}"
+        dtype = np.float32 if p.format == "tif" else np.uint16
+        with open_writer(path, frame_shape=(h, w), dtype=dtype, n_frames=n, fps=p.fs) as writer:
+            for a in range(t0, t0 + n, _RENDER_FRAMES):
+                b = min(a + _RENDER_FRAMES, t0 + n)
+                frames = renderer.clean(activity.c[:, first + a : first + b])
+                if p.within_motion:
+                    frames = _shift_frames(frames, shifts[a:b])
+                frames = frames[:, m : m + h, m : m + w]
+                frames += (0.2 / (p.pnr + 1)) * rng_noise.standard_normal(frames.shape, dtype=np.float32)
+                video = (frames + p.video_offset) * p.video_scale
+                writer.write(video if p.format == "tif" else np.clip(np.rint(video), 0, 65535))
+                if progress is not None:
+                    progress((first + b) / (p.sessions * p.frames),
+                             f"simulating session {ses + 1}/{p.sessions}, frame {b}/{p.frames}")
+        files.append(path)
+        t0 += n
+    return _Rendered(Session(id=f"ses{ses + 1:02d}", files=tuple(files)), d[:, m : m + h, m : m + w].astype(np.float32),
+                     translation.tolist(), shifts, residual)
+
+
+def _meta(p: SimulationParams, scene: _Scene, activity: _Activity, rendered: list[_Rendered]) -> dict[str, Any]:
+    return {
         **p.as_dict(),
         "frame_formula": "0.8*background + 0.2*signal*pnr/(pnr+1) + 0.2*noise/(pnr+1)",
         "video_encoding": {"dtype": "float32" if p.format == "tif" else "uint16",
                            "model_value": "video / video_scale - video_offset",
                            "video_scale": p.video_scale, "video_offset": p.video_offset},
-        "session_ids": [session.id for session in pieces],
-        "session_frames": session_frames,
-        "active": active.tolist(),
-        "spike_rates": rates.tolist(),
-        "tau_rise": tau_rise.tolist(),
-        "tau_decay": tau_decay.tolist(),
-        "centres": centres.tolist(),
-        "min_distance_used": distance,
-        "translations": translations,
-        "field_inversion_error_px": inversion_error,
+        "session_ids": [r.session.id for r in rendered],
+        "session_frames": [p.frames] * p.sessions,
+        "active": activity.active.tolist(),
+        "spike_rates": activity.rates.tolist(),
+        "tau_rise": activity.tau_rise.tolist(),
+        "tau_decay": activity.tau_decay.tolist(),
+        "centres": scene.centres.tolist(),
+        "min_distance_used": scene.distance,
+        "translations": [r.translation for r in rendered],
+        "field_inversion_error_px": max(r.inversion_error for r in rendered),
         "fields_convention": "backward: aligned[y, x] = session[y + dy[y, x], x + dx[y, x]]",
     }
-    _write_ground_truth(gt_dir, a_full[:, m : m + h, m : m + w], c, s, np.stack(fields),
-                        bg_full[m : m + h, m : m + w], vessels[m : m + h, m : m + w],
-                        np.concatenate(shifts_all) if p.within_motion else None, meta)
-    manifest = write_manifest(pieces, out / "manifest.yaml", fs=p.fs, ground_truth="ground_truth")
-    return Simulation(out=out, manifest=manifest, ground_truth=gt_dir, meta=meta)
 
 
 def _write_ground_truth(gt_dir: Path, a: np.ndarray, c: np.ndarray, s: np.ndarray, fields: np.ndarray,
