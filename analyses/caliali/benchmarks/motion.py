@@ -57,7 +57,8 @@ class SyntheticReader(VideoReader):
             scene[np.abs(yy - slope * xx - offset) / np.sqrt(1 + slope**2) < half] *= 0.7
         self.scene = scene.astype(np.float32)
         centres = rng.uniform(20, min(h, w) - 20, (40, 2))
-        self.blobs = np.stack([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2)) for cy, cx in centres])
+        self.blobs = np.stack([80 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0**2)) for cy, cx in centres])
+        self.blobs = self.blobs.astype(np.float32)
         shifts = np.zeros((n_frames, 2))
         step = rng.standard_normal((n_frames, 2)) * 1.5 * np.sqrt(1 - 0.95**2)
         for t in range(1, n_frames):
@@ -71,8 +72,8 @@ class SyntheticReader(VideoReader):
         out = np.empty((stop - start, h, w), np.float32)
         for i, t in enumerate(range(start, stop)):
             rng = np.random.default_rng((self.seed, t))
-            activity = (rng.random(len(self.blobs)) < 0.05) * 80.0
-            frame = self.scene + np.tensordot(activity, self.blobs, axes=1).astype(np.float32)
+            active = np.flatnonzero(rng.random(len(self.blobs)) < 0.05)
+            frame = self.scene + self.blobs[active].sum(axis=0)
             dy, dx = self.shifts[t]
             matrix = np.array([[1, 0, -dx], [0, 1, -dy]], dtype=np.float64)
             frame = cv2.warpAffine(frame, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
