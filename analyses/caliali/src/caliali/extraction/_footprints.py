@@ -76,6 +76,27 @@ class Footprints:
         images = [im / n if n > 0 else im for im, n in zip(self.images, norms)]
         return Footprints(self.dims, self.boxes, images), norms.astype(np.float32)
 
+    def touching(self, grow: int = 1) -> np.ndarray:
+        """(K, K) bool: supports overlap or touch (after growing each by ``grow`` px)."""
+        from scipy import ndimage
+
+        grown = []
+        for im in self.images:
+            padded = np.pad(im > 0, grow)
+            grown.append(ndimage.binary_dilation(padded, iterations=grow) if grow else padded)
+        boxes = [(y0 - grow, y1 + grow, x0 - grow, x1 + grow) for y0, y1, x0, x1 in self.boxes]
+        h, w = self.dims[0] + 2 * grow, self.dims[1] + 2 * grow
+        rows, cols = [], []
+        for k, (g, (y0, _, x0, _)) in enumerate(zip(grown, boxes)):
+            yy, xx = np.nonzero(g)
+            rows.append((yy + y0 + grow) * w + xx + x0 + grow)
+            cols.append(np.full(yy.size, k))
+        if not rows:
+            return np.zeros((0, 0), bool)
+        m = scipy.sparse.csc_array((np.ones(sum(r.size for r in rows), np.float32),
+                                    (np.concatenate(rows), np.concatenate(cols))), shape=(h * w, len(self)))
+        return (m.T @ m).toarray() > 0
+
     def gram(self) -> np.ndarray:
         """A^T A (K, K)."""
         a = self.to_sparse()

@@ -19,7 +19,7 @@ def _correlation(c: np.ndarray) -> np.ndarray:
 
 def merge_components(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *, merge_thr: float = 0.65
                      ) -> tuple[Footprints, np.ndarray, np.ndarray, int]:
-    """Merge groups of components whose footprints overlap and whose traces correlate above ``merge_thr``.
+    """Merge groups of components whose footprints overlap or touch and whose traces correlate above ``merge_thr``.
 
     Each group becomes the rank-1 non-negative approximation of its summed
     activity A_g C_g (alternating least squares). Returns the new footprints,
@@ -33,7 +33,7 @@ def merge_components(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *
     k = len(footprints)
     if k < 2:
         return footprints, c, c_raw, 0
-    overlap = footprints.gram() > 0
+    overlap = footprints.touching(grow=1)
     link = overlap & (_correlation(c) > merge_thr)
     np.fill_diagonal(link, False)
     if not link.any():

@@ -44,12 +44,13 @@ def detrend_and_scale(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray) -> t
 
 
 def finalize_traces(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray):
-    """Scaled C_raw, AR(2)-deconvolved C and S (noise units), noise (K, n_sessions) and SNR (K,)."""
+    """Scaled C_raw, AR(2)-deconvolved C and S (noise units, each session on its own), noise (K, n_sessions), SNR (K,)."""
     scaled, noise = detrend_and_scale(c_raw, c, bounds)
     c_out = np.zeros_like(scaled)
     s_out = np.zeros_like(scaled)
     for k in range(scaled.shape[0]):
-        d = deconvolve_trace(scaled[k], p=2, sn=1.0)
-        c_out[k], s_out[k] = d.c, d.s
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):  # calcium does not carry over between sessions
+            d = deconvolve_trace(scaled[k, s0:s1], p=2, sn=1.0)
+            c_out[k, s0:s1], s_out[k, s0:s1] = d.c, d.s
     snr = c_out.max(axis=1) if c_out.size else np.zeros(0, np.float32)
     return scaled, c_out, s_out, noise, snr

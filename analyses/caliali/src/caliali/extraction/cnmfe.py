@@ -158,12 +158,14 @@ def _iteration_pass(source, batches, footprints: Footprints, c: np.ndarray, back
     return c_raw, yct, cct, new_b0
 
 
-def _deconvolve_all(c_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _deconvolve_all(c_raw: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OASIS (AR(1)) on each neuron's whole trace of each session, across all its batches."""
     c = np.zeros_like(c_raw)
     s = np.zeros_like(c_raw)
     for k in range(c_raw.shape[0]):
-        d = deconvolve_trace(c_raw[k], p=1)
-        c[k], s[k] = d.c, d.s
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):
+            d = deconvolve_trace(c_raw[k, s0:s1], p=1)
+            c[k, s0:s1], s[k, s0:s1] = d.c, d.s
     return c, s
 
 
@@ -307,7 +309,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        new_c, _ = _deconvolve_all(c_raw)
+        new_c, _ = _deconvolve_all(c_raw, bounds)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
         new_c *= norms[:, None]  # keep A C unchanged by the normalisation
         c_raw *= norms[:, None]
@@ -324,7 +326,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
             break
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces")
-    c, _ = _deconvolve_all(c_raw)
+    c, _ = _deconvolve_all(c_raw, bounds)
     c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
     order = np.argsort(-snr, kind="stable")
     scale = noise.mean(axis=1)

@@ -1,0 +1,161 @@
+"""CNMF-E source extraction on small synthetic movies with known footprints and traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caliali.extraction import ExtractionError, extract, plan_batches
+from caliali.extraction._footprints import Footprints
+from caliali.extraction._merge import merge_components
+from caliali.io import VideoReader
+
+GSIG = 2.0
+
+
+def _movie(centres, *, sessions=2, frames=400, dims=(40, 48), active=None, noise=0.04, seed=0, rate=0.02):
+    """Gaussian neurons, spikes convolved with a double exponential, smooth drifting background, noise."""
+    rng = np.random.default_rng(seed)
+    h, w = dims
+    yy, xx = np.mgrid[:h, :w]
+    a = np.array([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.6 ** 2)) for cy, cx in centres], np.float32)
+    a[a < 0.05] = 0
+    t_total = sessions * frames
+    s = (rng.random((len(centres), t_total)) < rate).astype(np.float32)
+    if active is not None:
+        for k, ses in enumerate(active):
+            for j in range(sessions):
+                if j not in ses:
+                    s[k, j * frames:(j + 1) * frames] = 0
+    t = np.arange(40)
+    kernel = np.exp(-t / 5.8) - np.exp(-t / 1.25)
+    c = np.concatenate([[np.convolve(row, kernel / kernel.max())[:frames] for row in s[:, j * frames:(j + 1) * frames]]
+                        for j in range(sessions)], axis=1).astype(np.float32)  # no carry-over between days
+    background = 1.0 + 0.3 * np.exp(-((yy - h / 3) ** 2 + (xx - w / 2) ** 2) / (2 * 15.0 ** 2))
+    drift = 1 + 0.02 * np.sin(np.arange(t_total) / 150.0)
+    y = (background[None] * drift[:, None, None] + np.tensordot(c, a, axes=(0, 0)) * 0.5
+         + noise * rng.standard_normal((t_total, h, w))).astype(np.float32)
+    return y, a, c, np.arange(sessions + 1) * frames
+
+
+def _cos(x, y):
+    x, y = np.ravel(x).astype(float), np.ravel(y).astype(float)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12))
+
+
+def _match(result, a, c):
+    """For every true neuron, the (footprint cosine, trace cosine) of its best estimated neuron."""
+    images = result.footprint_images()
+    out = []
+    for k in range(len(a)):
+        sims = [_cos(images[j], a[k]) for j in range(result.n_neurons)]
+        j = int(np.argmax(sims))
+        out.append((sims[j], _cos(result.C[j], c[k]), j))
+    return out
+
+
+def test_a_single_neuron_is_recovered():
+    y, a, c, bounds = _movie([(20, 24)])
+    y_before = y.copy()
+    result = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    assert np.array_equal(y, y_before), "the input movie was modified"
+    assert result.n_neurons == 1
+    (fp, tr, _), = _match(result, a, c)
+    assert fp > 0.9 and tr > 0.9
+    assert result.C.shape == result.S.shape == result.C_raw.shape == (1, 800)
+    assert [part.shape[1] for part in result.by_session("C")] == [400, 400]
+
+
+def test_two_overlapping_neurons_are_separated():
+    y, a, c, bounds = _movie([(20, 20), (20, 25)], seed=3)
+    assert _cos(a[0], a[1]) > 0.05  # the footprints do overlap
+    result = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    assert result.n_neurons == 2
+    matches = _match(result, a, c)
+    assert {j for _, _, j in matches} == {0, 1}
+    for fp, tr, _ in matches:
+        assert fp > 0.85 and tr > 0.85
+
+
+def test_a_neuron_silent_in_one_session_stays_near_zero_there():
+    y, a, c, bounds = _movie([(14, 14), (26, 34)], active=[{0, 1}, {0}], seed=5)
+    result = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    matches = _match(result, a, c)
+    fp, tr, j = matches[1]
+    assert fp > 0.9 and tr > 0.9
+    first, second = result.by_session("C")
+    assert second[j].max() < 0.1 * first[j].max()
+    assert result.by_session("S")[1][j].sum() < 0.1 * result.by_session("S")[0][j].sum()
+
+
+def test_duplicates_are_merged():
+    dims = (30, 30)
+    yy, xx = np.mgrid[:30, :30]
+    blob = np.exp(-((yy - 15) ** 2 + (xx - 15) ** 2) / 8.0).astype(np.float32)
+    left, right = np.where(xx < 15, blob, 0), np.where(xx >= 15, blob, 0)
+    box = (5, 26, 5, 26)
+    fp = Footprints(dims, [box, box, (0, 10, 0, 10)],
+                    [left[5:26, 5:26], right[5:26, 5:26], blob[10:20, 10:20] * 0 + 0.5])
+    rng = np.random.default_rng(0)
+    trace = np.maximum(rng.normal(size=500), 0).astype(np.float32)
+    other = np.maximum(rng.normal(size=500), 0).astype(np.float32)
+    c = np.stack([trace, trace + 0.01 * rng.random(500), other]).astype(np.float32)
+    merged, c_new, c_raw, n = merge_components(fp, c, c.copy(), merge_thr=0.65)
+    assert n == 1 and len(merged) == 2 and c_new.shape == (2, 500)
+    whole = merged.dense(0)
+    assert _cos(whole, blob) > 0.97
+    assert _cos(c_new[0], trace) > 0.99
+    np.testing.assert_allclose(merged.dense(1), fp.dense(2))
+
+
+class _ArrayReader(VideoReader):
+    """A VideoReader over an in-memory movie that records the largest read."""
+
+    def __init__(self, frames):
+        self._frames, self.largest = frames, 0
+        self.n_frames, self.frame_shape, self.dtype = frames.shape[0], frames.shape[1:], frames.dtype
+
+    def _read(self, start, stop):
+        self.largest = max(self.largest, stop - start)
+        return self._frames[start:stop]
+
+
+def test_the_video_is_read_one_bounded_batch_at_a_time():
+    y, a, c, bounds = _movie([(20, 24)], sessions=2, frames=300)
+    reader = _ArrayReader(y)
+    result = extract(reader, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=120)
+    assert reader.largest <= 120
+    assert result.params["n_batches"] == 6
+    assert result.n_neurons == 1
+
+
+def test_batches_follow_the_budget_and_never_straddle_sessions():
+    bounds = np.array([0, 1000, 1500, 4000])
+    batches = plan_batches(bounds, (100, 100), memory_budget="96MB", copies=6)  # 400 frames fit
+    assert all(b.stop - b.start <= 400 for b in batches) and len(batches) == 3 + 2 + 7
+    for b in batches:
+        assert bounds[b.session] <= b.start < b.stop <= bounds[b.session + 1]
+    assert sum(b.stop - b.start for b in batches) == 4000
+    assert plan_batches(bounds, (100, 100), batch_frames=5000) == [(0, 1000, 0), (1000, 1500, 1), (1500, 4000, 2)]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"session_bounds": [0, 100, 90]}, "session_bounds must increase"),
+    ({"session_bounds": [0, 50]}, "session_bounds must increase strictly from 0 to the number of frames"),
+    ({"gSig": -1}, "gSig"),
+    ({"memory_budget": "lots"}, "memory_budget 'lots' is not understood"),
+    ({"min_corr": 0.99, "min_pnr": 500}, "no seed passes"),
+    ({"cn": np.zeros((3, 3)), "pnr": np.zeros((3, 3))}, "cn and pnr must have the frame shape"),
+])
+def test_bad_input_gives_a_named_error(kwargs, message):
+    y = np.random.default_rng(0).normal(size=(100, 20, 20)).astype(np.float32)
+    options = {"gSig": GSIG, "batch_frames": 100, "min_corr": 0.3, "min_pnr": 5, **kwargs}
+    if "memory_budget" in kwargs:
+        options.pop("batch_frames")
+    with pytest.raises(ExtractionError, match=message):
+        extract(y, **options)
+
+
+def test_a_movie_that_is_not_3d_is_refused():
+    with pytest.raises(ExtractionError, match=r"shaped \(t, h, w\)"):
+        extract(np.zeros((10, 10), np.float32), gSig=GSIG, batch_frames=10)
