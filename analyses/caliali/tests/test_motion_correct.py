@@ -129,3 +129,17 @@ def test_bad_sessions_give_clear_errors(tmp_path):
         correct_session(store, gSig=2)
     with pytest.raises(MotionError, match="gSig"):
         correct_session(store, gSig=0, batch_frames=2)
+
+
+def test_downsampling_and_memory_budget_in_correct_session(simulation, tmp_path):
+    sim = simulation(sessions=1, frames=200, within_motion=True)
+    session = load_experiment(sim.manifest).sessions[0]
+    written = []
+    result = correct_session(session, gSig=1.5, memory_budget="20MB", spatial_ds=2, temporal_ds=2,
+                             out=[written.append, None])
+    out = np.concatenate(written)
+    assert out.shape == (100, 40, 48)
+    assert result.shifts.shape == (100, 2) and result.valid_mask.shape == (40, 48)
+    # Shifts are in downsampled pixels: half the truth, averaged over frame pairs.
+    true = np.load(sim.ground_truth / "shifts.npy").reshape(100, 2, 2).mean(axis=1) / 2
+    assert _rms(result.shifts, true) < 0.35
