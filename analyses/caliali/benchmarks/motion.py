@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import scipy.ndimage as ndi
-
 from caliali.io import VideoReader
 
 

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-
 from caliali.experiment import load_experiment
 from caliali.motion import MotionError, apply_shifts, correct_frames, correct_session, save_session_qc
 from caliali.store import FrameStore

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from caliali.motion import MotionError, downsample_chunks, downsample_spatial, downsample_temporal
 
 

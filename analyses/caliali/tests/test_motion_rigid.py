@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-from skimage.registration import phase_cross_correlation
-
 from caliali.motion import MotionError, RigidTemplate, apply_shifts, estimate_shifts
+from skimage.registration import phase_cross_correlation
 
 
 def _scene(seed: int, shape=(120, 140), sigma: float = 2.5) -> np.ndarray:

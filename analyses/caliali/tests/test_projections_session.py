@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-
 from caliali.experiment import load_experiment
 from caliali.io import open_video
 from caliali.motion import correct_session

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-
 from caliali.experiment import load_experiment
 from caliali.io import open_video
 from caliali.projections import ProjectionError, bv_filter, bv_scales, remove_vignetting

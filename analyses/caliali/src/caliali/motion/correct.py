@@ -26,7 +26,7 @@ from .downsample import downsample_chunks, downsampled_shape
 from .rigid import RigidTemplate
 from .shifts import apply_shifts, valid_mask_from_shifts
 
-__all__ = ["MotionResult", "correct_session", "correct_frames", "session_chunks", "session_info"]
+__all__ = ["MotionResult", "correct_frames", "correct_session", "session_chunks", "session_info"]
 
 Progress = Callable[[float, str], None]
 
@@ -94,7 +94,7 @@ class MotionResult:
         """Plain-number summary for logs and QC."""
         mag = np.hypot(self.shifts[:, 0], self.shifts[:, 1]) if len(self.shifts) else np.zeros(1)
         return {
-            "n_frames": int(len(self.shifts)),
+            "n_frames": len(self.shifts),
             "n_dropped": int(self.dropped.sum()),
             "max_shift_px": float(mag.max()),
             "median_shift_px": float(np.median(mag)),
@@ -387,7 +387,7 @@ def correct_session(
     .. [2] Guizar-Sicairos, M., Thurman, S. T. & Fienup, J. R. (2008). Efficient
        subpixel image registration algorithms. Optics Letters 33, 156-158.
     """
-    total, shape = session_info(sources)
+    _, shape = session_info(sources)
     small = downsampled_shape(shape, spatial_ds)
     if batch_frames is None:
         batch_frames = _batch_from_budget(memory_budget, shape)

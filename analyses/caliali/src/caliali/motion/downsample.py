@@ -8,7 +8,7 @@ import numpy as np
 
 from ._errors import MotionError
 
-__all__ = ["downsample_spatial", "downsample_temporal", "downsample_chunks", "downsampled_shape"]
+__all__ = ["downsample_chunks", "downsample_spatial", "downsample_temporal", "downsampled_shape"]
 
 
 def _check_factor(name: str, factor: int) -> int:

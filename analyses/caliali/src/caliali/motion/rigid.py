@@ -20,7 +20,7 @@ import scipy.fft
 from ._errors import MotionError
 from .shifts import apply_shifts
 
-__all__ = ["estimate_shifts", "RigidTemplate", "border_crop"]
+__all__ = ["RigidTemplate", "border_crop", "estimate_shifts"]
 
 # Frames registered per FFT batch.
 _BLOCK = 64

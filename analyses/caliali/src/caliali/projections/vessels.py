@@ -14,7 +14,7 @@ import numpy as np
 
 from ._errors import ProjectionError
 
-__all__ = ["bv_filter", "remove_vignetting", "bv_scales"]
+__all__ = ["bv_filter", "bv_scales", "remove_vignetting"]
 
 # Above this blur width the vignetting field is computed on an area-averaged
 # copy and interpolated back: a sigma = 50 px blur of a 300x300 frame costs
