@@ -54,6 +54,8 @@ class Manager:
         self.db = db
         self.executor = executor or LocalExecutor()
         self._registry = registry
+        self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
+        self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~50 ms
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
         self.notify = notify or (lambda message: None)
@@ -70,11 +72,7 @@ class Manager:
     def scan(self) -> list[Job]:
         """Ingest every submit file not seen before (including ones written while down)."""
         jobs = []
-        for group, path in self.storage.iter_submissions():
-            try:
-                stamp = self.storage.stamp(path)
-            except FileNotFoundError:
-                continue
+        for group, path, stamp in self.storage.submission_stamps():
             if self._seen.get(path) == stamp:
                 continue
             job, new = self._ingest(group, path, stamp=stamp)
@@ -110,6 +108,8 @@ class Manager:
                 raise SubmissionRejected(
                     f"{name} is identical to {twin.submission} (job {twin.id}), which was already run; "
                     "a submission runs once — change its timestamp to run it again")
+            if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
+                self._registry = BlueprintRegistry.discover()
             request = build_request(self.storage, self.registry, group, submit,
                                     default_analysis=self.default_analysis)
         except SubmissionRejected as exc:
@@ -216,7 +216,7 @@ class Manager:
         if job.cancel_requested:
             self.executor.cancel(handle)
         elapsed = (now_ms() - (task.started_ms or now_ms())) / 1000
-        timeout = Blueprint.model_validate(job.blueprint["content"]).resources.timeout
+        timeout = self.loaded_blueprint(job).blueprint.resources.timeout
         if elapsed > timeout + TIMEOUT_BACKSTOP_S:
             self.executor.kill(handle)
             self._stopped(job, task, {"timed_out": True, "timeout": timeout, "returncode": None})
@@ -266,7 +266,7 @@ class Manager:
             if job.cancel_requested:
                 self._cancel_queued(job, task)
                 continue
-            limit = Blueprint.model_validate(job.blueprint["content"]).limits.max_concurrent_tasks
+            limit = self.loaded_blueprint(job).blueprint.limits.max_concurrent_tasks
             if limit is not None and per_analysis.get(job.analysis or "", 0) >= limit:
                 continue
             fits = used_cpus + task.cpus <= cpus and used_mem + task.memory_bytes <= memory
@@ -333,9 +333,12 @@ class Manager:
 
     def loaded_blueprint(self, job: Job) -> LoadedBlueprint:
         """The blueprint exactly as it was when the job was submitted."""
-        info = job.blueprint
-        return LoadedBlueprint(Blueprint.model_validate(info["content"]), Path(info["path"]), info["sha256"],
-                               info.get("git_commit"), bool(info.get("git_dirty")))
+        if job.id not in self._blueprints:
+            info = job.blueprint
+            self._blueprints[job.id] = LoadedBlueprint(
+                Blueprint.model_validate(info["content"]), Path(info["path"]), info["sha256"],
+                info.get("git_commit"), bool(info.get("git_dirty")))
+        return self._blueprints[job.id]
 
     # -- jobs ----------------------------------------------------------------------------
     def _settle(self, jobs: dict[str, Job]) -> None:
@@ -363,6 +366,7 @@ class Manager:
         self._write_end(job, tasks)
         self.db.update_job(job.id, finalized=True)
         job.finalized = True
+        self._blueprints.pop(job.id, None)
         shutil.rmtree(self.state_dir / "runs" / job.id, ignore_errors=True)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
 
