@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from .exceptions import JobNotFound, NcaasError, SubmissionRejected
 
 __all__ = ["Client", "ServerRequestError"]
 
-_BLOCK = 1 << 20
+_BLOCK = 4 << 20
 _RETRIES = 5
 
 
@@ -46,6 +48,40 @@ def _hash_prefix(path: Path, nbytes: int) -> Any:
             h.update(block)
             nbytes -= len(block)
     return h
+
+
+def _read_hashed(path: Path, start: int, hasher: Any) -> Iterator[bytes]:
+    """Blocks of ``path`` from ``start``, hashed into ``hasher`` by a reader thread, so
+    reading and hashing overlap with sending (both release the GIL)."""
+    blocks: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                while not stop.is_set() and (block := f.read(_BLOCK)):
+                    hasher.update(block)
+                    blocks.put(block)
+        except OSError as exc:
+            blocks.put(exc)
+        blocks.put(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        while (block := blocks.get()) is not None:
+            if isinstance(block, OSError):
+                raise NcaasError(f"cannot read {path}: {block}") from block
+            yield block
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                blocks.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 class Client:
@@ -147,14 +183,11 @@ class Client:
 
             def body(start: int = offset, running=running) -> Iterator[bytes]:
                 sent = start
-                with open(local, "rb") as f:
-                    f.seek(start)
-                    while block := f.read(_BLOCK):
-                        running.update(block)
-                        sent += len(block)
-                        yield block
-                        if progress:
-                            progress(sent, size)
+                for block in _read_hashed(local, start, running):
+                    sent += len(block)
+                    yield block
+                    if progress:
+                        progress(sent, size)
 
             try:
                 resp = self.http.put(f"/api/uploads/{up['id']}", params={"offset": offset}, content=body(),

@@ -12,8 +12,8 @@ The protocol (all calls authenticated, all uploads private to the group):
     ``GET /api/uploads/{id}`` for the offset and goes on from there.
 ``POST /api/uploads/{id}/complete`` ``{"sha256"?}``
     once all bytes are in: the server's SHA-256 of the whole file is checked
-    against the one given (on create or here) and the file is moved into
-    ``inputs/<path>`` atomically.
+    against the one given (on create or here), the file is flushed to disk and
+    moved into ``inputs/<path>`` atomically.
 
 The SHA-256 is computed while streaming (kept per upload in memory; after a
 server restart it is recomputed from the partial file), so completing a
@@ -106,6 +106,14 @@ def _hash_prefix(path: Path, nbytes: int) -> _HashState:
             h.update(block)
             left -= len(block)
     return _HashState(nbytes, h)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Uploads:
@@ -235,26 +243,42 @@ class Uploads:
 
             with open(part, "r+b") as f:
                 f.seek(offset)
-                buf = bytearray()
+                pieces: list[bytes] = []
+                buffered = 0
+                # Double buffering: the next block is received while the last one is
+                # written and hashed in a worker thread (hashlib and write release the GIL).
+                pending: asyncio.Future | None = None
+
+                async def flush() -> None:
+                    nonlocal pending, pieces, buffered
+                    block, pieces, buffered = b"".join(pieces), [], 0
+                    if pending is not None:
+                        await pending
+                    pending = asyncio.ensure_future(anyio.to_thread.run_sync(_write, f, block))
+
                 try:
                     async for piece in body:
                         received += len(piece)
                         if received > room:
                             raise TooLarge(f"upload {upload_id} is declared as {up.size} bytes; "
                                            f"this request sends more than the {room} still expected")
-                        buf += piece
-                        if len(buf) >= _FLUSH:
-                            block, buf = bytes(buf), bytearray()
-                            await anyio.to_thread.run_sync(_write, f, block)
-                    if buf:
-                        await anyio.to_thread.run_sync(_write, f, bytes(buf))
+                        pieces.append(piece)
+                        buffered += len(piece)
+                        if buffered >= _FLUSH:
+                            await flush()
+                    if pieces:
+                        await flush()
+                    if pending is not None:
+                        await pending
                 except BaseException as exc:
+                    if pending is not None:
+                        await asyncio.wait([pending])
                     if isinstance(exc, TooLarge) or chunk_hash is not None:
                         _rollback(f)
                     else:
                         # Interrupted: keep what arrived so the client can resume.
-                        if buf:
-                            _write(f, bytes(buf))
+                        if pieces:
+                            _write(f, b"".join(pieces))
                         state.offset = f.tell()
                     raise
                 if chunk_hash is not None and chunk_hash.hexdigest() != chunk_sha256:
@@ -290,9 +314,12 @@ class Uploads:
             raise Conflict(f"inputs/{up.path} appeared meanwhile; upload with overwrite=true to replace it")
         if target.is_dir():
             raise Conflict(f"inputs/{up.path} is a folder; choose another name")
+        # Durable before acknowledged: a completed upload survives a crash of the machine.
+        await anyio.to_thread.run_sync(_fsync, part)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, target)
+            await anyio.to_thread.run_sync(_fsync, target.parent)
         except (NotADirectoryError, FileExistsError) as exc:
             raise Conflict(f"cannot place inputs/{up.path}: a file stands where a folder is needed "
                            f"({exc.filename})") from None

@@ -1,0 +1,218 @@
+"""Server benchmark: upload throughput next to a local disk copy, and many clients at once.
+
+1. Upload one large file (default 1 GB) through the resumable, checksummed upload
+   API to a `ncaas serve` on loopback, next to copying the same file on the same
+   disk. The server acknowledges a completed upload only once it is on disk
+   (fsync), so the peer is a disk copy that is also fsynced; copies that stay in
+   the page cache, with and without SHA-256, are printed too. Target: upload >=
+   50% of the disk copy.
+2. N concurrent clients (default 50) for a fixed time (default 60 s): each
+   submits a small framestats job, then polls it (job detail, job list) until it
+   is over, and starts again. Prints requests per second, latency percentiles
+   per request kind, and the number of failed requests (target: none).
+
+Run: ``.venv/bin/python benchmarks/server_load.py`` (``--size 100MB --seconds 10``
+for a quick look). Everything runs on 127.0.0.1 and stops by itself; figures on
+a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from ncaas.blueprint import parse_bytes
+from ncaas.client import Client
+from ncaas.server.accounts import Accounts
+from ncaas.server.state import default_database_url
+from ncaas.server.testing import ServerProcess
+
+
+def _write_big(path: Path, size: int) -> None:
+    block = np.random.default_rng(0).integers(0, 256, 64 << 20, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+
+
+def _copy_with_sha(src: Path, dst: Path) -> str:
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while block := fi.read(4 << 20):
+            h.update(block)
+            fo.write(block)
+    return h.hexdigest()
+
+
+def _durable_copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def bench_upload(server: ServerProcess, token: str, work: Path, size: int) -> None:
+    big = work / "big.bin"
+    print(f"writing a {size / 1e9:.2f} GB test file ...", flush=True)
+    _write_big(big, size)
+    _copy_with_sha(big, work / "warm.bin")  # warm the page cache the same way for every contender
+    (work / "warm.bin").unlink()
+
+    rows = []
+    os.sync()
+    t = time.perf_counter()
+    _durable_copy(big, work / "copy.bin")
+    rows.append(("local disk copy (copyfile + fsync)", time.perf_counter() - t))
+    (work / "copy.bin").unlink()
+    os.sync()
+    t = time.perf_counter()
+    shutil.copyfile(big, work / "copy.bin")
+    rows.append(("local copy into page cache (no fsync)", time.perf_counter() - t))
+    (work / "copy.bin").unlink()
+    t = time.perf_counter()
+    _copy_with_sha(big, work / "copy.bin")
+    rows.append(("local copy + sha256 (no fsync)", time.perf_counter() - t))
+    (work / "copy.bin").unlink()
+    os.sync()
+    with Client(server.url, token, timeout=600) as c:
+        t = time.perf_counter()
+        done = c.upload_file(big, "big.bin", overwrite=True)
+        rows.append(("upload to ncaas serve (sha256 both ends, fsync)", time.perf_counter() - t))
+    assert done["complete"] and done["size"] == size
+    copy_s = rows[0][1]
+    print(f"\nupload of {size / 1e9:.2f} GB over loopback")
+    print(f"{'':52s} {'seconds':>8s} {'MB/s':>8s} {'vs copy':>8s}")
+    for name, seconds in rows:
+        print(f"{name:52s} {seconds:8.2f} {size / 1e6 / seconds:8.0f} {copy_s / seconds:8.0%}")
+    ratio = copy_s / rows[-1][1]
+    print(f"upload throughput is {ratio:.0%} of a local disk copy, both durable on disk when done "
+          f"(target >= 50%): {'MET' if ratio >= 0.5 else 'NOT MET'}; "
+          f"{rows[1][1] / rows[-1][1]:.0%} of a copy that stays in the page cache")
+    big.unlink()
+    (server.root / "lab" / "inputs" / "big.bin").unlink()
+
+
+async def _client(http: httpx.AsyncClient, stop_at: float, think: float, stats, jobs: list[str]) -> None:
+    async def call(kind: str, method: str, url: str, **kw) -> httpx.Response | None:
+        t = time.perf_counter()
+        try:
+            resp = await http.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            stats["failures"].append(f"{kind}: {type(exc).__name__}: {exc}")
+            return None
+        stats[kind].append(time.perf_counter() - t)
+        if resp.status_code >= 400:
+            stats["failures"].append(f"{kind}: HTTP {resp.status_code} {resp.text[:200]}")
+            return None
+        return resp
+
+    while time.monotonic() < stop_at:
+        resp = await call("submit", "POST", "/api/jobs",
+                          json={"analysis": "framestats", "datasets": ["tiny.npy"], "config": {"batch_frames": 8}})
+        if resp is None:
+            await asyncio.sleep(think)
+            continue
+        job_id = resp.json()["id"]
+        jobs.append(job_id)
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(think)
+            detail = await call("job detail", "GET", f"/api/jobs/{job_id}")
+            await call("job list", "GET", "/api/jobs", params={"limit": 20})
+            if detail is not None and detail.json()["finished"]:
+                break
+
+
+async def _load(url: str, token: str, clients: int, seconds: float, think: float):
+    stats: dict[str, list] = defaultdict(list)
+    jobs: list[str] = []
+    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                                 timeout=httpx.Timeout(60.0), limits=limits) as http:
+        start = time.perf_counter()
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*[_client(http, stop_at, think, stats, jobs) for _ in range(clients)])
+        elapsed = time.perf_counter() - start
+    return stats, jobs, elapsed
+
+
+def bench_load(server: ServerProcess, token: str, clients: int, seconds: float, think: float) -> int:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((16, 8, 8), np.float32))
+    tiny = server.root.parent / "tiny.npy"
+    tiny.write_bytes(buf.getvalue())
+    with Client(server.url, token) as c:
+        c.upload_file(tiny, "tiny.npy", overwrite=True)
+    print(f"\n{clients} clients for {seconds:.0f} s: submit a framestats job, poll it until over "
+          f"(think time {think * 1000:.0f} ms), repeat", flush=True)
+    stats, jobs, elapsed = asyncio.run(_load(server.url, token, clients, seconds, think))
+    failures = stats.pop("failures", [])
+    total = sum(len(v) for v in stats.values())
+    print(f"{'request':14s} {'count':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
+    every = []
+    for kind, lat in sorted(stats.items()):
+        every += lat
+        q = np.percentile(np.array(lat) * 1000, [50, 95, 99])
+        print(f"{kind:14s} {len(lat):7d} {len(lat) / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} "
+              f"{max(lat) * 1000:8.1f}")
+    q = np.percentile(np.array(every) * 1000, [50, 95, 99])
+    print(f"{'all':14s} {total:7d} {total / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} "
+          f"{max(every) * 1000:8.1f}")
+    with Client(server.url, token) as c:
+        states = [c.job(j)["state"] for j in jobs]
+        for j, s in zip(jobs, states, strict=True):
+            if s in ("queued", "running"):
+                c.cancel(j)
+    print(f"jobs submitted: {len(jobs)}; finished during the run: "
+          f"{sum(s not in ('queued', 'running') for s in states)} "
+          f"({statistics.mode(states) if states else '-'} most often); the rest were cancelled")
+    print(f"failed requests: {len(failures)} (target: 0)")
+    for line in failures[:10]:
+        print("  ", line)
+    return len(failures)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1GB", help="upload size (default 1GB)")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=0.1, help="seconds each client waits between polls")
+    parser.add_argument("--skip-upload", action="store_true")
+    parser.add_argument("--skip-load", action="store_true")
+    args = parser.parse_args(argv)
+    size = parse_bytes(args.size)
+    with tempfile.TemporaryDirectory(prefix="ncaas-bench-", dir=os.environ.get("TMPDIR")) as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        root.mkdir()
+        accounts = Accounts.from_url(default_database_url(str(root)))
+        accounts.add_group("lab")
+        accounts.add_user("ann", "lab")
+        token = accounts.issue_token("ann").token
+        accounts.engine.dispose()
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        with ServerProcess(root, max_upload="100GB") as server:
+            if not args.skip_upload:
+                bench_upload(server, token, work, size)
+            failures = 0 if args.skip_load else bench_load(server, token, args.clients, args.seconds, args.think)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
