@@ -142,3 +142,36 @@ def test_downsampling_and_memory_budget_in_correct_session(simulation, tmp_path)
     # Shifts are in downsampled pixels: half the truth, averaged over frame pairs.
     true = np.load(sim.ground_truth / "shifts.npy").reshape(100, 2, 2).mean(axis=1) / 2
     assert _rms(result.shifts, true) < 0.35
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_correction_resumes_from_its_last_chunk(simulation, tmp_path):
+    sim = simulation(sessions=1, frames=200, within_motion=True)
+    session = load_experiment(sim.manifest).sessions[0]
+    calls = []
+
+    def stop_after_two_chunks(fraction: float, message: str) -> None:
+        calls.append(fraction)
+        if len(calls) == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "a.zarr", progress=stop_after_two_chunks)
+    with FrameStore.open(tmp_path / "a.zarr") as store:
+        assert store.n_frames == 100 and not store.complete
+    def record(fraction: float, message: str) -> None:
+        calls.append(fraction)
+
+    resumed = correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "a.zarr", progress=record)
+    assert len(calls) == 2 + 2  # only the remaining two chunks were read
+    straight = correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "b.zarr")
+    np.testing.assert_allclose(resumed.shifts, straight.shifts, atol=1e-9)
+    with FrameStore.open(tmp_path / "a.zarr") as a, FrameStore.open(tmp_path / "b.zarr") as b:
+        assert a.complete and a.n_frames == 200
+        np.testing.assert_array_equal(a.read(), b.read())
+    again = correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "a.zarr", progress=record)
+    assert len(calls) == 4  # complete: nothing read again
+    np.testing.assert_array_equal(again.shifts, resumed.shifts)

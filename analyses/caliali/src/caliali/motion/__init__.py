@@ -14,9 +14,10 @@ QC: :func:`save_session_qc`.
 from __future__ import annotations
 
 from ._errors import MotionError
-from .correct import MotionResult, correct_frames, correct_session, session_chunks, session_info
+from .correct import correct_frames, correct_session, session_chunks, session_info
 from .downsample import downsample_chunks, downsample_spatial, downsample_temporal, downsampled_shape
 from .qc import plot_session_qc, save_session_qc
+from .result import MotionResult
 from .rigid import RigidTemplate, border_crop, estimate_shifts
 from .shifts import apply_shift, apply_shifts, valid_mask_from_shifts
 

@@ -8,9 +8,7 @@ interpolation in time. Memory is a few copies of one chunk.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,11 @@ import numpy as np
 from caliali.chunking import iter_chunks
 from caliali.experiment import Session
 from caliali.io import open_video
-from caliali.projections.vessels import bv_filter
 
+from ._corrector import Corrector
 from ._errors import MotionError
 from .downsample import downsample_chunks, downsampled_shape
-from .rigid import RigidTemplate
-from .shifts import apply_shifts, valid_mask_from_shifts
+from .result import MotionResult
 
 __all__ = ["MotionResult", "correct_frames", "correct_session", "session_chunks", "session_info"]
 
@@ -34,121 +31,6 @@ Progress = Callable[[float, str], None]
 # registration's FFT block; 4.4 measured with tracemalloc at 300x300), used to
 # size chunks from a memory budget.
 CHUNK_COPIES = 5
-
-
-@dataclass(frozen=True)
-class MotionResult:
-    """What :func:`correct_session` found.
-
-    Attributes
-    ----------
-    shifts : (t, 2) float64
-        Per-frame ``(dy, dx)``: ``corrected[y, x] = frame[y + dy, x + dx]``.
-        Dropped frames carry shifts interpolated from their neighbours.
-    valid_mask : (h, w) bool
-        Pixels whose data is real in every corrected frame (the rest were
-        filled from the nearest border pixel); use instead of cropping.
-    dropped : (t,) bool
-        Frames that were all zero in the input and were filled by
-        interpolation in time.
-    peak : (t,) float64
-        Normalised cross-correlation with the template at the chosen shift
-        (NaN for dropped frames): low values flag frames that did not register.
-    template : (h, w) float32
-        The final blood-vessel template.
-    """
-
-    shifts: np.ndarray
-    valid_mask: np.ndarray
-    dropped: np.ndarray
-    peak: np.ndarray
-    template: np.ndarray
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        # ``shifts, valid_mask = correct_session(...)`` unpacks the two that
-        # the rest of the pipeline needs.
-        return iter((self.shifts, self.valid_mask))
-
-    def save(self, folder: Path | str, *, name: str = "motion") -> dict[str, Path]:
-        """Write ``<name>_shifts.npy`` / ``.csv``, ``<name>_valid_mask.npy``,
-        ``<name>_template.npy`` and a JSON summary into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "shifts": folder / f"{name}_shifts.npy",
-            "shifts_csv": folder / f"{name}_shifts.csv",
-            "valid_mask": folder / f"{name}_valid_mask.npy",
-            "template": folder / f"{name}_template.npy",
-            "summary": folder / f"{name}_summary.json",
-        }
-        np.save(paths["shifts"], self.shifts)
-        table = np.column_stack([np.arange(len(self.shifts)), self.shifts, self.dropped, self.peak])
-        np.savetxt(paths["shifts_csv"], table, delimiter=",", fmt=["%d", "%.4f", "%.4f", "%d", "%.4f"],
-                   header="frame,dy,dx,dropped,peak", comments="")
-        np.save(paths["valid_mask"], self.valid_mask)
-        np.save(paths["template"], self.template)
-        paths["summary"].write_text(json.dumps(self.summary(), indent=2))
-        return paths
-
-    def summary(self) -> dict[str, Any]:
-        """Plain-number summary for logs and QC."""
-        mag = np.hypot(self.shifts[:, 0], self.shifts[:, 1]) if len(self.shifts) else np.zeros(1)
-        return {
-            "n_frames": len(self.shifts),
-            "n_dropped": int(self.dropped.sum()),
-            "max_shift_px": float(mag.max()),
-            "median_shift_px": float(np.median(mag)),
-            "valid_fraction": float(self.valid_mask.mean()),
-            "median_peak_correlation": float(np.nanmedian(self.peak)) if np.isfinite(self.peak).any() else None,
-        }
-
-
-class _GapFiller:
-    """Streams corrected frames out in order, filling runs of dropped frames
-    by linear interpolation between the valid frames around them (the nearest
-    valid frame at the ends of the session). Only the run's length and the
-    last valid frame are held, so a long run costs no memory."""
-
-    def __init__(self) -> None:
-        self.last: np.ndarray | None = None
-        self.pending = 0
-
-    def _run(self, nxt: np.ndarray | None) -> list[np.ndarray]:
-        n, prev = self.pending, self.last
-        self.pending = 0
-        if n == 0:
-            return []
-        if prev is None and nxt is None:
-            return []
-        if prev is None or nxt is None:
-            fill = prev if nxt is None else nxt
-            return [np.repeat(fill[None], n, axis=0)]
-        w = (np.arange(1, n + 1, dtype=np.float32) / (n + 1))[:, None, None]
-        return [(1 - w) * prev[None] + w * nxt[None]]
-
-    def feed(self, frames: np.ndarray, dropped: np.ndarray) -> np.ndarray | None:
-        """Frames ready to write (may be None when the chunk is all dropped)."""
-        if self.pending == 0 and not dropped.any():
-            self.last = frames[-1].copy()
-            return frames
-        out: list[np.ndarray] = []
-        start = 0
-        valid_idx = np.flatnonzero(~dropped)
-        for i in valid_idx:
-            gap = i - start
-            self.pending += gap
-            out.extend(self._run(frames[i]))
-            out.append(frames[i : i + 1])
-            self.last = frames[i].copy()
-            start = i + 1
-        self.pending += len(frames) - start
-        return np.concatenate(out).astype(np.float32, copy=False) if out else None
-
-    def finish(self) -> np.ndarray | None:
-        if self.last is None and self.pending:
-            raise MotionError("every frame of the session is all zero (dropped); nothing to correct")
-        parts = self._run(None)
-        return parts[0].astype(np.float32, copy=False) if parts else None
 
 
 def _as_sink(out: Any) -> Callable[[np.ndarray], None] | None:
@@ -185,64 +67,20 @@ def correct_frames(
 ) -> MotionResult:
     """Rigid-correct a stream of ``(t, h, w)`` chunks of one session.
 
-    The streaming core of :func:`correct_session` (which adds file reading
-    and downsampling); see there for the method and parameters.
+    The streaming core of :func:`correct_session` (which adds file reading,
+    downsampling and resumable output); see there for the method and
+    parameters.
     """
-    if not gSig > 0:
-        raise MotionError(f"gSig (neuron radius, px) must be > 0, got {gSig}")
     sink = _as_sink(out)
-    template = RigidTemplate(max_shift=max_shift, border=border)
-    filler = _GapFiller()
-    shifts_parts, drop_parts, peak_parts = [], [], []
-    shape: tuple[int, int] | None = None
-    done = 0
+    corrector = Corrector(gSig=gSig, max_shift=max_shift, border=border, interpolation=interpolation)
     for chunk in chunks:
-        frames = np.asarray(chunk, dtype=np.float32)
-        if frames.ndim != 3 or frames.shape[0] == 0:
-            raise MotionError(f"chunks must be non-empty (t, h, w) arrays, got shape {frames.shape}")
-        if not np.all(np.isfinite(frames)):
-            raise MotionError(f"frames {done}..{done + len(frames)} contain NaN or infinite values")
-        if shape is None:
-            shape = frames.shape[1:]
-        elif frames.shape[1:] != shape:
-            raise MotionError(f"frame shape changed from {shape} to {frames.shape[1:]} at frame {done}")
-        dropped = ~frames.reshape(len(frames), -1).any(axis=1)
-        shifts = np.full((len(frames), 2), np.nan)
-        peak = np.full(len(frames), np.nan)
-        if not dropped.any():  # the common case, without extra copies
-            shifts[:], peak[:] = template.register(bv_filter(frames, gSig=gSig))
-            corrected = apply_shifts(frames, shifts, interpolation=interpolation)
-        else:
-            corrected = np.zeros_like(frames)
-            if (~dropped).any():
-                keep = frames[~dropped]
-                s, p = template.register(bv_filter(keep, gSig=gSig))
-                shifts[~dropped], peak[~dropped] = s, p
-                corrected[~dropped] = apply_shifts(keep, s, interpolation=interpolation)
-        ready = filler.feed(corrected, dropped)
+        ready = corrector.process(chunk)
         if ready is not None and sink is not None:
             sink(ready)
-        shifts_parts.append(shifts)
-        drop_parts.append(dropped)
-        peak_parts.append(peak)
-        done += len(frames)
-    if shape is None:
-        raise MotionError("the session has no frames")
-    tail = filler.finish()
+    tail = corrector.flush()
     if tail is not None and sink is not None:
         sink(tail)
-    shifts = np.concatenate(shifts_parts)
-    dropped = np.concatenate(drop_parts)
-    good = np.flatnonzero(~dropped)
-    for col in range(2):
-        shifts[dropped, col] = np.interp(np.flatnonzero(dropped), good, shifts[good, col])
-    return MotionResult(
-        shifts=shifts,
-        valid_mask=valid_mask_from_shifts(shifts[good], shape),
-        dropped=dropped,
-        peak=np.concatenate(peak_parts),
-        template=np.asarray(template.template, dtype=np.float32),
-    )
+    return corrector.result()
 
 
 def _is_single(sources: Any) -> bool:
@@ -267,6 +105,23 @@ def _parts(sources: Any) -> list[Any]:
         first = Path(items[0])
         return [Session(id=first.stem, files=tuple(Path(i) for i in items))]
     return [_as_session(i) for i in items]
+
+
+def _frames_in(part: Any) -> int:
+    if hasattr(part, "iter_chunks"):
+        return int(part.n_frames)
+    return int(part.n_frames())
+
+
+def _identity(sources: Any) -> list[list[Any]]:
+    """(file, frames) of every part, for the store's params."""
+    rows = []
+    for part in _parts(sources):
+        if hasattr(part, "iter_chunks"):
+            rows.append([str(part.path), int(part.n_frames)])
+        else:
+            rows.extend([str(f), n] for f, n in zip(part.files, part.frame_counts(), strict=True))
+    return rows
 
 
 def session_info(sources: Any) -> tuple[int, tuple[int, int]]:
@@ -300,20 +155,28 @@ def session_chunks(
     temporal_ds: int = 1,
     progress: Progress | None = None,
     label: str = "motion correction",
+    start: int = 0,
 ) -> Iterator[np.ndarray]:
     """Float32 chunks of one session, in order, through the shared chunk loop
     (:func:`caliali.chunking.iter_chunks`), downsampled. ``sources``: a path,
-    reader or ``caliali.experiment.Session``, or a sequence of them."""
+    reader or ``caliali.experiment.Session``, or a sequence of them;
+    ``start``: raw frames of the session to skip (to resume)."""
     parts = _parts(sources)
 
     def raw() -> Iterator[np.ndarray]:
+        skip = int(start)
         for i, part in enumerate(parts):
             def sub(fraction: float, message: str, i: int = i) -> None:
                 if progress is not None:
                     progress((i + fraction) / len(parts), message)
 
-            for chunk in iter_chunks(part, batch_frames=batch_frames, progress=sub, label=label):
+            n = _frames_in(part)
+            if skip >= n:
+                skip -= n
+                continue
+            for chunk in iter_chunks(part, batch_frames=batch_frames, start=skip, progress=sub, label=label):
                 yield chunk.data
+            skip = 0
 
     return downsample_chunks(raw(), spatial_ds=spatial_ds, temporal_ds=temporal_ds)
 
@@ -354,8 +217,10 @@ def correct_session(
         Neuron radius, px, at the downsampled resolution.
     out : None, path, callable, object with ``.append`` / ``.write``, or a list of these
         Receives the corrected float32 ``(t, h, w)`` chunks in order. A path
-        creates a :class:`caliali.store.FrameStore` there (marked complete at
-        the end); an object can be a store, a ``caliali.io`` writer or a
+        means a :class:`caliali.store.FrameStore` there, resumable: a run
+        interrupted after some chunks continues from its last committed
+        chunk (same sources and options), and a complete one returns at
+        once. An object can be a store, a ``caliali.io`` writer or a
         :class:`caliali.projections.ProjectionAccumulator` (projections in the
         same pass). None: only estimate.
     batch_frames : int, optional
@@ -393,23 +258,21 @@ def correct_session(
         batch_frames = _batch_from_budget(memory_budget, shape)
     if int(batch_frames) < 1:
         raise MotionError(f"batch_frames must be a positive integer, got {batch_frames!r}")
-    chunks = session_chunks(
-        sources, batch_frames=int(batch_frames), spatial_ds=spatial_ds, temporal_ds=temporal_ds, progress=progress
-    )
-    store = None
-    if isinstance(out, (str, Path)):
-        from caliali.store import FrameStore
+    def chunks_from(start: int) -> Iterator[np.ndarray]:
+        return session_chunks(sources, batch_frames=int(batch_frames), spatial_ds=spatial_ds,
+                              temporal_ds=temporal_ds, progress=progress, start=start)
 
-        store = FrameStore.create(out, small, params={"stage": "motion", "spatial_ds": spatial_ds,
-                                                      "temporal_ds": temporal_ds, "gSig": gSig,
-                                                      "max_shift": max_shift, "border": border})
-        out = store
-    result = correct_frames(
-        chunks, gSig=gSig, out=out, max_shift=max_shift, border=border, interpolation=interpolation,
-    )
-    if store is not None:
-        store.mark_complete()
-    return result
+    if isinstance(out, (str, Path)):
+        from ._resume import correct_into_store
+
+        params = {"stage": "motion", "files": _identity(sources), "batch_frames": int(batch_frames),
+                  "spatial_ds": spatial_ds, "temporal_ds": temporal_ds, "gSig": gSig,
+                  "max_shift": max_shift, "border": border, "interpolation": interpolation}
+        corrector = Corrector(gSig=gSig, max_shift=max_shift, border=border, interpolation=interpolation)
+        return correct_into_store(out, chunks_from, corrector, frame_shape=small, params=params,
+                                  temporal_ds=temporal_ds)
+    return correct_frames(chunks_from(0), gSig=gSig, out=out, max_shift=max_shift, border=border,
+                          interpolation=interpolation)
 
 
 def _batch_from_budget(memory_budget: int | str | None, frame_shape: tuple[int, int]) -> int:

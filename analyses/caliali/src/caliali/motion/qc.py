@@ -15,7 +15,7 @@ from ._errors import MotionError
 if TYPE_CHECKING:  # pragma: no cover
     from caliali.projections import Projections
 
-    from .correct import MotionResult
+    from .result import MotionResult
 
 __all__ = ["plot_session_qc", "save_session_qc"]
 
