@@ -47,12 +47,13 @@ def warp(image: np.ndarray, field: np.ndarray, *, fill: float = 0.0) -> np.ndarr
     -------
     ndarray (H', W') float32
     """
-    map_x, map_y = _maps(np.asarray(field, dtype=np.float32))
-    return cv2.remap(
-        np.ascontiguousarray(image, dtype=np.float32), map_x, map_y,
-        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-        borderValue=float(fill),
-    )
+    field = np.asarray(field, dtype=np.float32)
+    # Replicate, then fill exactly the pixels whose source is outside: OpenCV's
+    # constant border would blend the fill value into the last row/column
+    # (and a NaN fill would poison it through a zero weight).
+    out = warp_replicate(image, field)
+    out[~in_bounds(field, np.shape(image))] = fill
+    return out
 
 
 def warp_replicate(image: np.ndarray, field: np.ndarray) -> np.ndarray:

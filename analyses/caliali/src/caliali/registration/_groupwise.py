@@ -60,10 +60,10 @@ class Level:
 
 
 DEFAULT_PYRAMID: tuple[Level, ...] = (
-    Level(8, "bv", 100, DemonsParams(fluid_sigma=2.0, diffusion_sigma=3.5)),
-    Level(4, "bv", 100, DemonsParams(fluid_sigma=2.0, diffusion_sigma=3.5)),
-    Level(2, "mix", 100, DemonsParams(fluid_sigma=1.5, diffusion_sigma=3.5)),
-    Level(1, "neuron", 20, DemonsParams(fluid_sigma=1.0, diffusion_sigma=3.0)),
+    Level(8, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),
+    Level(4, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),
+    Level(2, "mix", 100, DemonsParams(fluid_sigma=2.0, diffusion_sigma=4.0)),
+    Level(1, "neuron", 20, DemonsParams(fluid_sigma=1.0, diffusion_sigma=4.0)),
 )
 
 
