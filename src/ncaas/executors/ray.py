@@ -174,8 +174,11 @@ class RayExecutor:
             return {"cancelled": True, "returncode": None, "end_ms": int(time.time() * 1000)}
         except exceptions.RayTaskError as exc:
             return {"error": f"the task's supervisor failed on its Ray node: {exc}", "returncode": None}
-        except exceptions.RayError:  # worker crashed, node died, object lost: run it again elsewhere
-            return LOST
+        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.LocalRayletDiedError,
+                exceptions.ObjectLostError, exceptions.OutOfMemoryError):
+            return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
+        except exceptions.RayError as exc:
+            return {"error": f"Ray could not run the task: {exc}", "returncode": None}
         if record.get("lost"):
             return LOST
         if record.get("isolation"):
