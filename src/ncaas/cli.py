@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .blueprint import BlueprintRegistry, validate_blueprint_file
 from .certificate import load_certificate
@@ -291,8 +292,8 @@ def logs(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)")
                 chunk = fh.read()
             offsets[name] += len(chunk)
             for line in chunk.decode("utf-8", "replace").splitlines():
-                out.print(f"[dim]{name}[/dim] | {line}" if len(names) > 1 else line, markup=False
-                          if len(names) == 1 else True, highlight=False)
+                text = Text.assemble((name, "dim"), " | ", line) if len(names) > 1 else Text(line)
+                out.print(text, highlight=False, soft_wrap=True)
         current = manager.db.job(job.id)
         if not follow or current is None or current.state in JOB_TERMINAL:
             return
@@ -369,6 +370,7 @@ def run_manager(
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.close()
         raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}") from None
     stopping = False
 
@@ -381,7 +383,7 @@ def run_manager(
               f"{manager.executor.cpus} cpus; Ctrl-C stops it, running tasks continue")
     manager.run(should_stop=lambda: stopping)
     out.print("manager stopped; running tasks continue and are adopted at the next start")
-    os.close(lock.fileno())
+    lock.close()
 
 
 def _server_commands() -> None:
