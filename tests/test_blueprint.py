@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ncaas_testutil import FRAMESTATS, REPO, ncaas
+from ncaas_clirunner import cli, flat
+from ncaas_testutil import FRAMESTATS, REPO
 
 from ncaas.blueprint import BlueprintRegistry, load_blueprint, parse_bytes, parse_seconds, validate_blueprint_file
 from ncaas.exceptions import BlueprintError
@@ -106,11 +107,10 @@ def test_registry_discovers_extra_folders_and_keeps_invalid_ones(tmp_path, bluep
 def test_cli_validate_and_analyses(tmp_path, blueprints_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nversion: '1'\ncommand: [a]\n")
-    done = ncaas("blueprint", "validate", str(bad))
-    assert done.returncode == 1
-    assert "the command must contain {input}" in done.stderr
-    assert "Traceback" not in done.stderr
-    good = ncaas("blueprint", "validate", str(FRAMESTATS), check=True)
-    assert "is a valid blueprint" in good.stdout
-    listed = ncaas("analyses", env={"NCAAS_BLUEPRINTS": str(blueprints_dir)}, check=True)
-    assert "framestats" in listed.stdout and "fs-short" in listed.stdout
+    done = cli("blueprint", "validate", str(bad))
+    assert done.exit_code == 1
+    assert "the command must contain {input}" in flat(done.stderr)
+    good = cli("blueprint", "validate", str(FRAMESTATS))
+    assert good.exit_code == 0 and "is a valid blueprint" in flat(good.stdout)
+    listed = cli("analyses", env={"NCAAS_BLUEPRINTS": str(blueprints_dir)})
+    assert listed.exit_code == 0 and "framestats" in listed.stdout and "fs-short" in listed.stdout

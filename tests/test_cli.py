@@ -3,6 +3,7 @@
 import signal
 
 import pytest
+from ncaas_clirunner import cli, flat
 from ncaas_testutil import ncaas, read_json, start_manager, wait_for, write_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -16,9 +17,9 @@ def test_submit_wait_then_status_logs_results(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("stats: [mean, std]\n")
     env = {"NCAAS_ROOT": str(root)}
-    done = ncaas("submit", "framestats", *map(str, data), str(folder), "--config", str(config),
-                 "--group", "lab", "--wait", env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = cli("submit", "framestats", *map(str, data), str(folder), "--config", str(config),
+               "--group", "lab", "--wait", env=env)
+    assert done.exit_code == 0, done.output
     assert "succeeded" in done.stdout and "certificate" in done.stdout
     assert (root / "lab" / "inputs" / "m0.npy").read_bytes() == data[0].read_bytes()
     assert (root / "lab" / "inputs" / "sessions" / "s1.npy").exists()
@@ -26,37 +27,46 @@ def test_submit_wait_then_status_logs_results(tmp_path):
     [job_dir] = (root / "lab" / "results").iterdir()
     job = job_dir.name
 
-    listing = ncaas("status", env=env, check=True).stdout
+    listing = cli("status", env=env).stdout
     assert job in listing and "succeeded" in listing
-    detail = ncaas("status", job[:15], env=env, check=True).stdout
+    detail = flat(cli("status", job[:15], env=env).stdout)
     assert "m0.npy" in detail and "sessions" in detail and "story:" in detail
     assert "queued -> running" in detail
 
-    logs = ncaas("logs", job, "m1.npy", env=env, check=True).stdout
+    logs = cli("logs", job, "m1.npy", env=env).stdout
     assert "NCAAS_PROGRESS 1.000 done" in logs and "[ncaas] exited with code 0" in logs
+    both = cli("logs", job, env=env).stdout
+    assert "m0.npy | NCAAS_PROGRESS" in both and "sessions | NCAAS_PROGRESS" in both
 
-    listed = ncaas("results", job, env=env, check=True).stdout
+    listed = cli("results", job, env=env).stdout
     assert "certificate.json" in listed and "outputs/m0.npy/m0.stats.csv" in listed
     target = tmp_path / "copy"
-    ncaas("results", job, "--to", str(target), env=env, check=True)
+    assert cli("results", job, "--to", str(target), env=env).exit_code == 0
     assert read_json(target / "end.json")["state"] == "succeeded"
     assert (target / "outputs" / "sessions" / "s1.stats.csv").exists()
 
     # submitting the same local file again reuses the stored copy; a different one is refused
-    again = ncaas("submit", "framestats", str(data[0]), "--group", "lab", env=env, check=True)
-    assert "a running `ncaas manager` will run it" in again.stdout
+    again = cli("submit", "framestats", str(data[0]), "--group", "lab", env=env)
+    assert again.exit_code == 0 and "a running `ncaas manager` will run it" in flat(again.stdout)
     data[0].write_bytes(b"different")
-    clash = ncaas("submit", "framestats", str(data[0]), "--group", "lab", env=env)
-    assert clash.returncode == 1
-    assert "lab/inputs/m0.npy already exists with different content" in clash.stderr
+    clash = cli("submit", "framestats", str(data[0]), "--group", "lab", env=env)
+    assert clash.exit_code == 1
+    assert "lab/inputs/m0.npy already exists with different content" in flat(clash.stderr)
 
 
-def test_unknown_job_is_a_clear_error(tmp_path):
-    done = ncaas("status", "nosuchjob", "--root", str(tmp_path))
-    assert done.returncode == 4
-    assert "no job 'nosuchjob'" in done.stderr and "Traceback" not in done.stderr
-    done = ncaas("submit", "framestats", "x.npy", "--group", "../up", "--root", str(tmp_path))
-    assert done.returncode == 1 and "group name '../up' is not allowed" in done.stderr
+def test_clear_errors_never_tracebacks(tmp_path):
+    done = cli("status", "nosuchjob", "--root", str(tmp_path))
+    assert done.exit_code == 4
+    assert "no job 'nosuchjob'" in flat(done.stderr)
+    done = cli("submit", "framestats", "x.npy", "--group", "../up", "--root", str(tmp_path))
+    assert done.exit_code == 1 and "group name '../up' is not allowed" in flat(done.stderr)
+    done = cli("rerun", str(tmp_path / "nothere.json"), "--root", str(tmp_path))
+    assert done.exit_code == 1 and "does not exist; give the certificate.json of a finished job" in flat(done.stderr)
+    done = cli("logs", "nosuchjob", "--root", str(tmp_path))
+    assert done.exit_code == 4
+    # and the installed command behaves the same in a real process
+    real = ncaas("status", "nosuchjob", "--root", str(tmp_path))
+    assert real.returncode == 4 and "no job 'nosuchjob'" in real.stderr and "Traceback" not in real.stderr
 
 
 def test_cancel_a_job_run_by_the_manager(root, tmp_path):
@@ -65,19 +75,19 @@ def test_cancel_a_job_run_by_the_manager(root, tmp_path):
         env = {"NCAAS_ROOT": str(root)}
         config = tmp_path / "hang.json"
         config.write_text('{"hang": true}')
-        out = ncaas("submit", "framestats", "a.npy", "b.npy", "--config", str(config), "--group", "lab",
-                    env=env, check=True).stdout
-        job = out.split("job ", 1)[1].split(":", 1)[0].strip()
+        out = cli("submit", "framestats", "a.npy", "b.npy", "--config", str(config), "--group", "lab", env=env)
+        job = out.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
         status = root / "lab" / "results" / job / "status" / "a.npy.json"
-        wait_for(lambda: status.exists() and read_json(status).get("pid"), what="task running")
-        ncaas("cancel", job, env=env, check=True)
+        log = status.parent.parent / "logs" / "a.npy.log"
+        wait_for(lambda: log.exists() and "hanging as configured" in log.read_text(), what="task a hanging")
+        assert "cancelling job" in cli("cancel", job, env=env).stdout
         end = root / "lab" / "results" / job / "end.json"
         wait_for(end.exists, timeout=15, what="end.json after cancel")
         assert read_json(end)["state"] == "cancelled"
-        assert "already over" in ncaas("cancel", job, env=env, check=True).stdout
-        follow = ncaas("logs", job, "-f", env=env, check=True).stdout
-        assert "hanging as configured" in follow
+        assert "already over" in cli("cancel", job, env=env).stdout
+        follow = cli("logs", job, "-f", env=env).stdout
+        assert "a.npy | hanging as configured" in follow and "a.npy | [ncaas] cancelled with code" in follow
     finally:
         manager.send_signal(signal.SIGTERM)
         manager.wait(timeout=20)
-    assert "manager stopped" in (tmp_path / "m.log").read_text()
+    assert "manager stopped" in flat((tmp_path / "m.log").read_text())

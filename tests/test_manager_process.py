@@ -6,6 +6,7 @@ import time
 
 import psutil
 import pytest
+from ncaas_clirunner import cli, flat
 from ncaas_testutil import ncaas, read_json, start_manager, submit, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -66,9 +67,9 @@ def test_rerun_reports_changed_inputs(root, manager):
     job = manager.ingest_file("lab", str(submit(root, "one", {"analysis": "framestats", "dataname": "a.npy"})))
     manager.run_job(job.id)
     (root / "lab" / "inputs" / "a.npy").write_bytes(b"changed")
-    done = ncaas("rerun", job.results_dir + "/certificate.json", "--root", str(root))
-    assert done.returncode == 1
-    assert "input lab/inputs/a.npy changed since the certified run" in done.stderr
+    done = cli("rerun", job.results_dir + "/certificate.json", "--root", str(root))
+    assert done.exit_code == 1
+    assert "input lab/inputs/a.npy changed since the certified run" in flat(done.stderr)
 
 
 def _runner_of(status_path):
@@ -110,7 +111,7 @@ def test_manager_killed_mid_job_and_restarted_completes_it(root, tmp_path):
     assert read_json(c)["state"] == "succeeded"
     cert = read_json(job_dir / "certificate.json")
     assert all(t["outputs"] for t in cert["tasks"])
-    story = ncaas("status", job_dir.name, "--root", str(root), check=True).stdout
+    story = flat(cli("status", job_dir.name, "--root", str(root)).stdout)
     assert "process vanished" in story and "retrying (attempt 2 of 3)" in story
 
 
@@ -119,8 +120,8 @@ def test_second_manager_on_same_root_is_refused(root, tmp_path):
     try:
         wait_for(lambda: (root / ".ncaas" / "manager.lock").exists(), what="lock")
         time.sleep(0.5)
-        done = ncaas("manager", "--root", str(root), timeout=30)
-        assert done.returncode == 1
-        assert "another `ncaas manager` is already running" in done.stderr
+        done = cli("manager", "--root", str(root))
+        assert done.exit_code == 1
+        assert "another `ncaas manager` is already running" in flat(done.stderr)
     finally:
         _stop(manager)
