@@ -16,6 +16,7 @@ from caliali.chunking import batch_frames_for, run_chunks
 from caliali.experiment import Experiment, load_experiment
 from caliali.io import VideoReader, open_video
 from caliali.registration._errors import AlignmentError
+from caliali.registration._fields import in_bounds
 from caliali.registration.alignment import Alignment
 from caliali.store import FrameStore
 
@@ -33,14 +34,15 @@ class FrameWarper:
         h, w = field.shape[1:]
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         self._maps = cv2.convertMaps(xx + field[1], yy + field[0], cv2.CV_16SC2)
+        self._outside = ~in_bounds(field, (h, w))
         self.fill = float(fill)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         out = np.empty(frames.shape, dtype=np.float32)
         for i, frame in enumerate(frames):
             out[i] = cv2.remap(np.ascontiguousarray(frame, dtype=np.float32), *self._maps,
-                               interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=self.fill)
+                               interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        out[:, self._outside] = self.fill
         return out
 
 
