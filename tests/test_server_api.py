@@ -186,6 +186,7 @@ def test_analyses_are_filtered_by_group_access(site):
     bob = {a["name"] for a in site.bob_client.analyses()}
     assert {"framestats", "labonly"} <= set(ann) and "labonly" not in bob
     fs = ann["framestats"]
+    assert site.ann_client._json("GET", "/api/analyses/labonly")["name"] == "labonly"
     assert fs["config_schema"]["properties"]["batch_frames"]["minimum"] == 1
     assert fs["default_config"]["batch_frames"] == 64
     with _http(site, site.bob) as http:
@@ -449,3 +450,19 @@ def test_the_web_page_is_served_without_a_build_step(site):
             assert anon.get(asset).status_code == 200
         assert anon.get("/static/../../server/app.py").status_code == 404
         assert anon.get("/docs").status_code == 200
+
+
+def test_unfinished_uploads_left_for_days_are_dropped(site, tmp_path):
+    from ncaas.server.uploads import Uploads
+
+    up = site.ann_client._json("POST", "/api/uploads", json={"path": "forgotten.bin", "size": 5})
+    part = site.root / "lab" / ".uploads" / f"{up['id']}.part"
+    assert part.exists()
+    os.utime(part, (0, 0))  # untouched since 1970
+    engine = create_engine(default_database_url(str(site.root)))
+    uploads = Uploads(engine, resolve_input=lambda g, p: site.root / g / "inputs" / p,
+                      scratch_dir=lambda g: site.root / g / ".uploads", max_bytes=MAX_UPLOAD)
+    assert uploads.purge_stale(7 * 86400) == 1
+    engine.dispose()
+    assert not part.exists()
+    assert up["id"] not in {u["id"] for u in site.ann_client._json("GET", "/api/uploads")}

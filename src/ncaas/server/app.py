@@ -74,6 +74,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        dropped = state.uploads.purge_stale(settings.stale_upload_days * 86400)
+        if dropped:
+            log.info("dropped %d unfinished uploads older than %g days", dropped, settings.stale_upload_days)
         jobs.start(run_manager=settings.run_manager)
         try:
             yield

@@ -39,6 +39,7 @@ class ServerSettings:
     database_url: str | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     run_manager: bool = True
+    stale_upload_days: float = 7.0  # unfinished uploads untouched this long are dropped at start
 
     def __post_init__(self) -> None:
         if self.database_url is None:

@@ -196,6 +196,21 @@ class Uploads:
                              .order_by(_Upload.created_ms)).all()
             return [self._info(u) for u in rows]
 
+    def purge_stale(self, max_age_s: float) -> int:
+        """Forget unfinished uploads untouched for ``max_age_s``; returns how many."""
+        cutoff = time.time() - max_age_s
+        with self._session() as s, s.begin():
+            stale = []
+            for up in s.scalars(select(_Upload).where(_Upload.completed_ms.is_(None))):
+                part = self._part(up)
+                touched = part.stat().st_mtime if part.exists() else up.created_ms / 1000
+                if touched < cutoff:
+                    part.unlink(missing_ok=True)
+                    stale.append(up)
+            for up in stale:
+                s.delete(up)
+        return len(stale)
+
     def abort(self, who: Principal, upload_id: str) -> None:
         up = self._load(who, upload_id)
         if up.completed_ms is not None:
