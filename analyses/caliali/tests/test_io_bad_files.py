@@ -42,13 +42,31 @@ def test_garbage_file(tmp_path, suffix):
         _read_all(path)
 
 
-@pytest.mark.parametrize("suffix,fraction", [(".avi", 0.5), (".avi", 0.95), (".tif", 0.5), (".tif", 0.995),
+@pytest.mark.parametrize("suffix,fraction", [(".avi", 0.5), (".avi", 0.95), (".tif", 0.5), (".tif", 0.9),
                                              (".h5", 0.5), (".h5", 0.97)])
 def test_truncated_file(tmp_path, movie, write_video, suffix, fraction):
     frames = movie if suffix != ".avi" else (movie // 16).astype(np.uint8)
     path = _truncate(write_video(tmp_path / f"cut{suffix}", frames), fraction)
     with pytest.raises(VideoReadError, match=r"cut.*(truncated|not a readable)"):
         _read_all(path)
+
+
+def test_tif_missing_only_trailing_page_headers_keeps_its_frames(tmp_path, movie, write_video):
+    """Our writer puts all pixels first: losing the tail's page headers loses no frame."""
+    path = _truncate(write_video(tmp_path / "tail.tif", movie), 0.995)
+    with open_video(path) as video:
+        np.testing.assert_array_equal(video.read(), movie.astype(np.float32))
+
+
+def test_truncated_page_per_frame_tif(tmp_path, movie):
+    import tifffile
+
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tw:
+        for frame in movie:
+            tw.write(frame, photometric="minisblack", metadata=None, compression="zlib")
+    _truncate(tmp_path / "pages.tif", 0.7)
+    with pytest.raises(VideoReadError, match="pages.tif.*(truncated|corrupt)"):
+        _read_all(tmp_path / "pages.tif")
 
 
 def test_truncated_nwb(tmp_path, movie, write_video):

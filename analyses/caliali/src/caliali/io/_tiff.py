@@ -54,6 +54,10 @@ class TiffReader(VideoReader):
         self.n_frames = int(np.prod(shape[: -3 if self._colour else -2], dtype=np.int64))
         self.dtype = np.dtype(series.dtype)
         self._series = series
+        # Uncompressed contiguous data (what tifffile, ImageJ and our writer produce) is read
+        # straight from its offset: parsing every page header cost more than reading the pixels.
+        self._offset = series.dataoffset
+        self._disk_dtype = self.dtype.newbyteorder(self._tif.byteorder)
         if self.n_frames == 0:
             raise VideoReadError(f"{self.path}: the TIFF file contains no frames")
         size = os.path.getsize(self.path)
@@ -64,6 +68,8 @@ class TiffReader(VideoReader):
             )
 
     def _read(self, start: int, stop: int) -> np.ndarray:
+        if self._offset is not None:
+            return self._read_contiguous(start, stop)
         try:
             if self.n_frames == 1:
                 block = self._series.asarray()[None]
@@ -75,6 +81,19 @@ class TiffReader(VideoReader):
                 "truncated or corrupt"
             ) from exc
         block = block.reshape(stop - start, *self.frame_shape, *block.shape[-1:] if self._colour else ())
+        return to_grey_float32(block, channel_order="rgb")
+
+    def _read_contiguous(self, start: int, stop: int) -> np.ndarray:
+        per_frame = int(np.prod(self.frame_shape)) * (3 if self._colour else 1)
+        handle = self._tif.filehandle
+        try:
+            handle.seek(self._offset + start * per_frame * self._disk_dtype.itemsize)
+            block = handle.read_array(self._disk_dtype, (stop - start) * per_frame)
+        except Exception as exc:
+            raise VideoReadError(
+                f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is truncated or corrupt"
+            ) from exc
+        block = block.reshape(stop - start, *self.frame_shape, *(3,) if self._colour else ())
         return to_grey_float32(block, channel_order="rgb")
 
     def _close(self) -> None:
