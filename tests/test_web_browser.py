@@ -113,6 +113,9 @@ def test_sign_in_upload_submit_watch_download(site, page):
     page.fill("#cfg-batch_frames", "2.5")
     assert "whole number" in page.inner_text("#problem-batch_frames")
     page.fill("#cfg-batch_frames", "4")
+    page.fill("#cfg-stats", '["mean", "median"]')  # list items are checked against the schema too
+    assert '"median" is not one of' in page.inner_text("#problem-stats") and page.is_disabled("#submit")
+    page.fill("#cfg-stats", '["mean", "max"]')
     page.fill("#cfg-sleep_per_frame", "0.05")
     assert page.is_enabled("#submit")
     page.click("#submit")
@@ -133,6 +136,7 @@ def test_sign_in_upload_submit_watch_download(site, page):
     info.value.save_as(archive)
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
+        assert zf.read("outputs/a.npy/a.stats.csv").decode().startswith("frame,mean,max")
     assert {"certificate.json", "end.json", "outputs/a.npy/a.stats.csv", "outputs/exp1/session1.stats.csv",
             "outputs/exp1/session2.stats.csv"} <= names
     with page.expect_popup() as popup:

@@ -144,7 +144,21 @@ function readField(f) {
     return [v, null];
   } else {
     try { v = JSON.parse(raw); } catch (_) { return [raw, "not valid JSON"]; }
-    if (f.kind === "array" && !Array.isArray(v)) return [v, "must be a list, e.g. [1, 2]"];
+    if (f.kind === "array") {
+      if (!Array.isArray(v)) return [v, "must be a list, e.g. [1, 2]"];
+      if (s.minItems !== undefined && v.length < s.minItems) return [v, `needs at least ${s.minItems} item(s)`];
+      if (s.maxItems !== undefined && v.length > s.maxItems) return [v, `takes at most ${s.maxItems} item(s)`];
+      const items = s.items || {};
+      for (const item of v) {
+        if (items.enum && !items.enum.some((e) => JSON.stringify(e) === JSON.stringify(item))) {
+          return [v, `${JSON.stringify(item)} is not one of ${items.enum.map((e) => JSON.stringify(e)).join(", ")}`];
+        }
+        if ((items.type === "integer" && !Number.isInteger(item)) || (items.type === "number" && typeof item !== "number")) {
+          return [v, `${JSON.stringify(item)} is not ${items.type === "integer" ? "a whole number" : "a number"}`];
+        }
+        if (items.minimum !== undefined && item < items.minimum) return [v, `${item} must be ≥ ${items.minimum}`];
+      }
+    }
     if (f.kind === "object" && (typeof v !== "object" || Array.isArray(v) || v === null)) return [v, "must be an object"];
     return [v, null];
   }
