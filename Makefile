@@ -5,7 +5,7 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean system-deps
+.PHONY: setup demo test bench clean system-deps locks
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,6 +26,11 @@ test: setup system-deps
 
 clean:
 	rm -rf $(VENV) $(TOOLS) ncaas-data demo-data
+
+# Regenerate every analysis' hashed lock from its pyproject.toml (commit the result).
+locks: setup
+	$(VENV)/bin/ncaas env lock analyses/framestats
+	$(VENV)/bin/ncaas env lock analyses/caliali
 
 # Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15.
 system-deps:

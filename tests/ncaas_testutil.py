@@ -35,6 +35,7 @@ def make_blueprint(folder: Path, name: str, **changes: Any) -> Path:
     """A copy of the framestats blueprint under another name, with nested fields changed."""
     data = yaml.safe_load(FRAMESTATS.read_text())
     data["name"] = name
+    data["environment"] = {"source": str(FRAMESTATS.parent)}  # the copy lives elsewhere
     for key, value in changes.items():
         if isinstance(value, dict):
             data.setdefault(key, {}).update(value)

@@ -45,23 +45,29 @@ def storage(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(autouse=True)
-def nothing_left_behind():
-    """Every test ends with no ncaas cgroup or scratch folder of this process."""
-    yield
-    mine = f"ncaas-{os.getpid()}-"
+def _mine() -> set[Path]:
+    found = set()
     for controller in ("memory", "pids"):
         root = Path("/sys/fs/cgroup") / controller
         if root.is_dir():
-            assert not [g for g in root.iterdir() if g.name.startswith(mine)], f"{controller} cgroup left"
+            found |= {g for g in root.iterdir() if g.name.startswith(f"ncaas-{os.getpid()}-")}
     scratch = Path(os.environ.get("NCAAS_SCRATCH") or "/tmp")
-    assert not list(scratch.glob(f"ncaas-scratch-{os.getpid()}-*")), "scratch folder left"
+    return found | set(scratch.glob(f"ncaas-scratch-{os.getpid()}-*"))
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """Every test ends without a cgroup or scratch folder it created."""
+    before = _mine()
+    yield
+    assert _mine() - before == set(), "a cgroup or scratch folder was left behind"
 
 
 def task(env, storage, code: str, **limits) -> sandbox.SandboxResult:
     spec = SandboxSpec(readonly=[storage / "alpha" / "inputs"],
                        writable=[storage / "alpha" / "results" / "job1" / "outputs"],
-                       environment=env.path, **{"memory": 256 * MiB, "processes": 64, **limits})
+                       environment=env.path, workdir=storage / "alpha" / "results" / "job1" / "outputs",
+                       **{"memory": 256 * MiB, "processes": 64, **limits})
     return sandbox.run([str(env.python), "-c", code], spec, timeout=60)
 
 
@@ -252,3 +258,115 @@ def test_an_unknown_sandbox_setting_is_explained(monkeypatch):
     monkeypatch.setenv("NCAAS_SANDBOX", "maybe")
     with pytest.raises(sandbox.SandboxError, match="use on .*or off"):
         sandbox.sandbox_mode()
+
+
+# -- through the platform: the manager, the local executor, the certificate, rerun ------
+def _framestats_copy(folder: Path) -> Path:
+    """A private copy of the framestats analysis (package, lock, blueprint) that a test may change."""
+    import shutil
+
+    repo = Path(__file__).resolve().parents[1] / "analyses" / "framestats"
+    shutil.copytree(repo, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "tests"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared_envs(tmp_path_factory) -> Path:
+    """One environment cache for the platform tests below (each copy of framestats has the same key)."""
+    return tmp_path_factory.mktemp("platform-envs")
+
+
+@pytest.fixture
+def platform(tmp_path, monkeypatch, shared_envs):
+    """A storage root with one dataset, a private framestats, and a manager over them."""
+    import numpy as np
+
+    from ncaas.blueprint import BlueprintRegistry
+    from ncaas.executors.local import LocalExecutor
+    from ncaas.jobs.db import JobDB, default_db_url
+    from ncaas.jobs.manager import Manager
+    from ncaas.storage import Storage
+
+    monkeypatch.setenv("NCAAS_ENVS", str(shared_envs))
+    analysis = _framestats_copy(tmp_path / "analyses" / "framestats")
+    root = tmp_path / "root"
+    (root / "lab" / "inputs").mkdir(parents=True)
+    np.save(root / "lab" / "inputs" / "a.npy", np.arange(5 * 4 * 4, dtype=np.float32).reshape(5, 4, 4))
+    storage = Storage(root)
+    db = JobDB(default_db_url(storage.root))
+    manager = Manager(storage, db, registry=BlueprintRegistry.discover([tmp_path / "analyses"]),
+                      executor=LocalExecutor(cpus=2))
+    yield manager, analysis, root
+    db.close()
+
+
+def _submit_and_run(manager, root, name="j"):
+    import json
+
+    path = root / "lab" / "submissions" / f"{name}.submit.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"analysis": "framestats", "dataname": ["a.npy"], "timestamp": name}))
+    job = manager.ingest_file("lab", str(path))
+    assert job.state == "queued", job.cause
+    return manager.run_job(job.id), root / "lab" / "results" / job.id
+
+
+def test_a_job_runs_sandboxed_in_its_environment_and_the_certificate_says_so(platform):
+    import json
+
+    manager, analysis, root = platform
+    job, results = _submit_and_run(manager, root)
+    assert job.state == "succeeded", job.cause
+    cert = json.loads((results / "certificate.json").read_text())
+    env = cert["environment"]
+    assert env["lock_hash"] == environments._sha256_file(analysis / "requirements.lock")
+    assert len(env["manifest_hash"]) == 64 and Path(env["path"]).parent == Path(os.environ["NCAAS_ENVS"])
+    assert cert["tasks"][0]["argv"][0] == str(Path(env["path"]) / "bin" / "python")
+    assert cert["isolation"].startswith("bubblewrap") and "cgroup v1 memory" in cert["isolation"]
+    text = (results / "certificate.txt").read_text()
+    assert env["lock_hash"] in text and env["manifest_hash"] in text
+    assert (results / "outputs" / "a.npy" / "a.stats.csv").is_file()
+
+
+def test_a_changed_environment_is_not_used_by_a_job(platform):
+    import json
+
+    manager, analysis, root = platform
+    job, _ = _submit_and_run(manager, root, "first")
+    assert job.state == "succeeded", job.cause
+    env_path = Path(json.loads(manager.db.tasks(job.id)[0].environment_json)["path"])
+    target = next(env_path.rglob("framestats/__main__.py"))
+    os.chmod(target, 0o644)
+    target.write_text("print('not the certified analysis')\n")
+    environments._VERIFIED.clear()  # a new manager process would not have verified it yet
+    job, results = _submit_and_run(manager, root, "second")
+    task = manager.db.tasks(job.id)[0]
+    assert job.state == "failed" and task.attempt == 1
+    assert "could not start" in task.cause and "changed on disk" in task.cause
+    assert "ncaas env build framestats --force" in task.cause
+    assert not (results / "outputs" / "a.npy").exists()
+    environments.remove(environments.find(environments.spec_for_blueprint(manager.registry.get("framestats"))))
+
+
+def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(platform):
+    from ncaas.exceptions import CertificateError
+    from ncaas.rerun import rerun_certificate
+
+    manager, analysis, root = platform
+    job, results = _submit_and_run(manager, root)
+    assert job.state == "succeeded", job.cause
+    certificate = results / "certificate.json"
+
+    lock = analysis / "requirements.lock"
+    original = lock.read_text()
+    lock.write_text(original + "# changed\n")
+    with pytest.raises(CertificateError, match="no longer matches the certificate: its lock file"):
+        rerun_certificate(manager, certificate)
+    lock.write_text(original)
+
+    built = environments.find(environments.spec_for_blueprint(manager.registry.get("framestats")))
+    environments.remove(built)  # gone from the cache: the rerun rebuilds it from the same lock
+    notes: list[str] = []
+    rerun_job, rows = rerun_certificate(manager, certificate, notify=notes.append)
+    assert rerun_job.state == "succeeded"
+    assert rows and all(r["verdict"] == "match" for r in rows)

@@ -395,5 +395,14 @@ def _server_commands() -> None:
 _server_commands()
 
 
+def _environment_commands() -> None:
+    from .environment_commands import register  # `ncaas env build|verify|lock`
+
+    register(app, errors=_errors, out=out, err=err)
+
+
+_environment_commands()
+
+
 def main() -> None:
     app()

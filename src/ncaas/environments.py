@@ -59,6 +59,8 @@ __all__ = [
     "find",
     "lock",
     "remove",
+    "rerun_mismatch",
+    "spec_for_blueprint",
     "uv_binary",
     "verify",
 ]
@@ -420,12 +422,17 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
     _set_readonly(path, readonly=True)
 
 
-def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None,
-           rebuild: bool = False) -> tuple[Environment, bool]:
+_VERIFIED: dict[str, float] = {}  # environment folder -> when this process last verified it in full
+
+
+def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None, rebuild: bool = False,
+           verified_within: float = 0.0) -> tuple[Environment, bool]:
     """Return the verified environment for ``spec``, building it first if needed.
 
     Concurrent callers (threads or processes) for the same environment build it
-    once: the others wait on a file lock and then verify the result.
+    once: the others wait on a file lock and then verify the result. A long-running
+    caller may skip re-hashing an environment it verified less than
+    ``verified_within`` seconds ago.
 
     Returns
     -------
@@ -445,13 +452,17 @@ def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None,
     with _file_lock(lock_path, progress, spec.name):
         if manifest_path.is_file() and not rebuild:
             env = Environment(spec.name, path, json.loads(manifest_path.read_text()))
-            check = verify(env)
-            if not check.ok:
-                raise EnvironmentBroken(
-                    f"the {spec.name} environment at {path} changed on disk since it was built "
-                    f"({check.summary()}); it will not be used. Rebuild it from its lock with "
-                    f"`ncaas env build {spec.name} --force`"
-                )
+            last = _VERIFIED.get(str(path))
+            if last is None or time.monotonic() - last > verified_within:
+                check = verify(env)
+                if not check.ok:
+                    _VERIFIED.pop(str(path), None)
+                    raise EnvironmentBroken(
+                        f"the {spec.name} environment at {path} changed on disk since it was built "
+                        f"({check.summary()}); it will not be used. Rebuild it from its lock with "
+                        f"`ncaas env build {spec.name} --force`"
+                    )
+                _VERIFIED[str(path)] = time.monotonic()
             return env, False
         _remove_tree(manifest_path)
         _remove_tree(path)
@@ -472,6 +483,7 @@ def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None,
         partial.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.chmod(partial, 0o444)
         os.replace(partial, manifest_path)
+        _VERIFIED[str(path)] = time.monotonic()
         if progress:
             progress(1.0, f"{spec.name} environment ready: {len(files)} files, "
                           f"manifest {manifest['manifest_sha256'][:12]}")
@@ -512,3 +524,54 @@ def lock(source: Path, *, lock_file: Path | None = None, name: str | None = None
     if out.returncode != 0:
         raise EnvironmentBuildError(f"could not lock {label}: {out.stderr.strip()[-800:]}")
     return lock_file
+
+
+def spec_for_blueprint(loaded) -> EnvironmentSpec | None:
+    """The environment a loaded blueprint asks for, or ``None`` when it names none.
+
+    ``environment.source`` is the analysis package folder and ``environment.lock``
+    its lock file, both relative to the blueprint file; the lock defaults to the
+    source's ``requirements.lock``. A blueprint naming neither runs with the
+    platform's own interpreter (and its certificate records no lock).
+    """
+    wanted = loaded.blueprint.environment
+    if wanted.lock is None and wanted.source is None:
+        return None
+    base = Path(loaded.path).parent
+    source = (base / wanted.source).resolve() if wanted.source else None
+    if source is not None and not (source / "pyproject.toml").is_file():
+        raise EnvironmentBuildError(
+            f"blueprint {loaded.path}: environment.source {wanted.source!r} resolves to {source}, "
+            "which has no pyproject.toml; point it at the analysis package folder"
+        )
+    lock_file = (base / wanted.lock).resolve() if wanted.lock else source / LOCK_NAME
+    label = source.name if source is not None else loaded.blueprint.name
+    return EnvironmentSpec(label, lock_file, source)
+
+
+def rerun_mismatch(recorded: dict, current: dict) -> tuple[str | None, str | None]:
+    """Compare a certificate's environment with the one a rerun would use.
+
+    Returns
+    -------
+    (problem, note)
+        ``problem`` says why the rerun must be refused (the lock or the analysis
+        source changed); ``note`` says the environment was rebuilt from the
+        same lock (its manifest differs), which is allowed.
+    """
+    if not recorded.get("lock_hash"):
+        return None, None
+    then, now = recorded["lock_hash"], current.get("lock_hash")
+    if now != then:
+        return (f"the analysis environment no longer matches the certificate: its lock file was "
+                f"sha256 {then[:16]}… and is now {(now or 'none')[:16]}…. Restore the lock of the "
+                "certified version (the certificate names the blueprint's git commit) to rerun"), None
+    if recorded.get("source_hash") and current.get("source_hash") != recorded["source_hash"]:
+        return ("the analysis environment no longer matches the certificate: the analysis' source "
+                f"changed (sha256 {recorded['source_hash'][:16]}… then, "
+                f"{(current.get('source_hash') or 'none')[:16]}… now). Check out the certified "
+                "version of the analysis to rerun"), None
+    if recorded.get("manifest_hash") and current.get("manifest_hash") != recorded["manifest_hash"]:
+        return None, (f"the environment was rebuilt from the same lock (manifest "
+                      f"{recorded['manifest_hash'][:12]}… then, {current.get('manifest_hash', '')[:12]}… now)")
+    return None, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 from .blueprint import Blueprint, LoadedBlueprint
 from .certificate import compare_outputs, describe_input, load_certificate
+from .environments import rerun_mismatch, spec_for_blueprint
 from .exceptions import CertificateError
 from .jobs.db import Job
 from .jobs.manager import Manager
@@ -52,6 +54,19 @@ def rerun_certificate(manager: Manager, cert: dict[str, Any] | str | Path,
     if not isinstance(cert, dict):
         cert = load_certificate(cert)
     request = _request(manager, cert)
+    # The environment must be the certified one: same lock and analysis source (checked before
+    # anything is built), then built from that lock if needed and verified on disk.
+    recorded = cert.get("environment") or {}
+    spec = spec_for_blueprint(request.blueprint)
+    key = spec.key() if spec is not None else {}
+    problem, _ = rerun_mismatch(recorded, {"lock_hash": key.get("lock_sha256"),
+                                           "source_hash": key.get("source_sha256") or None})
+    if problem is not None:
+        raise CertificateError(f"cannot rerun job {cert['job']['id']}: {problem}")
+    current = dataclasses.asdict(manager.executor.ensure_environment(request.blueprint))
+    _, note = rerun_mismatch(recorded, current)
+    if note is not None and notify is not None:
+        notify(note)
     token = secrets.token_hex(4)
     job = manager.create_job(request, submission=f"rerun of {cert['job']['id']}",
                              key=f"rerun:{cert['job']['id']}:{token}", content_key=f"rerun:{token}")

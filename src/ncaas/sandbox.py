@@ -38,6 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .exceptions import NcaasError
 
@@ -50,6 +51,7 @@ __all__ = [
     "SandboxUnavailable",
     "Verdict",
     "bwrap_binary",
+    "describe_isolation",
     "run",
     "sandbox_mode",
 ]
@@ -129,6 +131,29 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
     )
 
 
+def describe_isolation(override: str | None = None) -> str:
+    """One line naming the isolation tasks get here (for the executor's part of a certificate)."""
+    try:
+        mode = sandbox_mode(override)
+        if mode == "bubblewrap":
+            version = bwrap_binary()[1]
+    except SandboxError as exc:
+        return f"refused: {exc}"
+    if mode == "none":
+        head = f"none: {MODE_VARIABLE}=off, tasks ran without a sandbox"
+    else:
+        head = (f"bubblewrap ({version}): read-only system, environment and inputs; writable output "
+                "and scratch; no network; clean environment variables")
+    memory = "cgroup v1 memory group" if _controller_writable("memory") else "RLIMIT_AS"
+    pids = "cgroup v1 pids group" if _controller_writable("pids") else "RLIMIT_NPROC"
+    return f"{head}; memory limit by {memory}; process limit by {pids}"
+
+
+def _controller_writable(controller: str) -> bool:
+    root = _cgroup_root() / controller
+    return (root / "cgroup.procs").exists() and os.access(root, os.W_OK)
+
+
 def _system_links() -> list[str]:
     args = []
     for link in _SYSTEM_LINKS:
@@ -177,6 +202,21 @@ class SandboxSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     workdir: Path | None = None
     mode: str | None = None
+    scratch: Path | None = None  # the task's /tmp; a fresh folder when None; removed afterwards
+
+    def to_json(self) -> dict[str, Any]:
+        return {"readonly": [str(p) for p in self.readonly], "writable": [str(p) for p in self.writable],
+                "environment": str(self.environment) if self.environment else None,
+                "memory": self.memory, "processes": self.processes, "cpus": self.cpus,
+                "env": dict(self.env), "workdir": str(self.workdir) if self.workdir else None,
+                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
+        paths = {k: Path(data[k]) if data.get(k) else None for k in ("environment", "workdir", "scratch")}
+        return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
+                   memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
+                   mode=data["mode"], **paths)
 
 
 @dataclass(frozen=True)
@@ -222,13 +262,18 @@ class Sandbox:
         self.process: subprocess.Popen | None = None
         self.stopped: str | None = None
         self._rlimits: dict[str, int] = {}
+        self._isolation: dict[str, str] | None = None
 
     # -- lifecycle -------------------------------------------------------
     def __enter__(self) -> Sandbox:
         _sweep_stale()
-        base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
-        base.mkdir(parents=True, exist_ok=True)
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"ncaas-scratch-{os.getpid()}-", dir=base))
+        if self.spec.scratch is not None:
+            self.spec.scratch.mkdir(parents=True, exist_ok=True)
+            self.scratch = self.spec.scratch
+        else:
+            base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
+            base.mkdir(parents=True, exist_ok=True)
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"ncaas-scratch-{os.getpid()}-", dir=base))
         try:
             self._make_cgroups()
         except BaseException:
@@ -327,7 +372,7 @@ class Sandbox:
             args += ["--ro-bind", str(Path(path).absolute()), str(Path(path).absolute())]
         for path in spec.writable:
             args += ["--bind", str(Path(path).absolute()), str(Path(path).absolute())]
-        workdir = spec.workdir or (spec.writable[0] if spec.writable else Path("/tmp"))
+        workdir = spec.workdir or Path("/tmp")
         args += ["--chdir", str(workdir), "--remount-ro", "/"]
         return args
 
@@ -335,8 +380,7 @@ class Sandbox:
         """Start ``argv`` in the sandbox (``popen`` is passed on, e.g. ``stdout=``)."""
         if self.process is not None:
             raise SandboxError("a sandbox runs one task; open a new one for the next")
-        cwd = None if self.mode == "bubblewrap" else str(self.spec.workdir or
-                                                          (self.spec.writable or [self.scratch])[0])
+        cwd = None if self.mode == "bubblewrap" else str(self.spec.workdir or self.scratch)
         self.process = subprocess.Popen(self.command(argv), env=self.environ, cwd=cwd,
                                         start_new_session=True, **popen)
         return self.process
@@ -377,9 +421,33 @@ class Sandbox:
             return None
         return int((group / "memory.max_usage_in_bytes").read_text())
 
+    # -- another process picks it up -------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What :meth:`restore` needs to check, explain and dissolve this sandbox elsewhere."""
+        return {"spec": self.spec.to_json(), "mode": self.mode, "scratch": str(self.scratch),
+                "cgroups": {k: str(v) for k, v in self.cgroups.items()}, "rlimits": self._rlimits,
+                "stopped": self.stopped, "isolation": self.isolation()}
+
+    @classmethod
+    def restore(cls, state: dict[str, Any]) -> Sandbox:
+        """The sandbox described by :meth:`state`, without its process handle."""
+        box = cls.__new__(cls)
+        box.spec = SandboxSpec.from_json(state["spec"])
+        box.mode = state["mode"]
+        box._bwrap = None
+        box.scratch = Path(state["scratch"]) if state.get("scratch") else None
+        box.cgroups = {k: Path(v) for k, v in state["cgroups"].items()}
+        box._rlimits = dict(state["rlimits"])
+        box.process = None
+        box.stopped = state.get("stopped")
+        box._isolation = state.get("isolation")
+        return box
+
     # -- reporting -------------------------------------------------------
     def isolation(self) -> dict[str, str]:
         """What protected this task, for the certificate."""
+        if getattr(self, "_isolation", None):
+            return dict(self._isolation)
         spec = self.spec
         if self._bwrap is not None:
             record = {"mode": "bubblewrap", "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
@@ -400,6 +468,12 @@ class Sandbox:
         else:
             record["processes"] = f"RLIMIT_NPROC, at most {spec.processes} (not enforced for root)"
         return record
+
+    def returncode(self, raw: int) -> int:
+        """The task's exit status as Popen reports it: bwrap turns death by signal N into 128+N."""
+        if self.mode == "bubblewrap" and 128 < raw <= 128 + 64:
+            return -(raw - 128)
+        return raw
 
     def verdict(self, returncode: int, output: str = "") -> Verdict:
         """Why the task ended, in words, from its exit status, the limits and its last output."""
@@ -504,7 +578,7 @@ def _visible(path: Path, spec: SandboxSpec) -> bool:
 def _new_cgroup(controller: str, name: str) -> Path | None:
     """Create ``/sys/fs/cgroup/<controller>/<name>``, a sibling of the existing groups."""
     root = _cgroup_root() / controller
-    if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
+    if not _controller_writable(controller):
         return None
     try:
         (root / name).mkdir()
@@ -572,7 +646,8 @@ def _sweep_stale() -> None:
             continue
         for group in root.glob("ncaas-*"):
             match = _OWNER_RE.match(group.name)
-            if match and not _alive(int(match.group(1))):
+            # A group with processes may be a task whose manager died and will be adopted again.
+            if match and not _alive(int(match.group(1))) and not _pids(group):
                 _remove_cgroup(group)
     base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
     for scratch in base.glob("ncaas-scratch-*"):
@@ -605,7 +680,8 @@ def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
         finally:
             if sink is not spool:
                 sink.close()
+        code = box.returncode(proc.returncode)
         verdict = (Verdict(False, "timeout", f"stopped: it ran longer than its timeout of {timeout:g} s")
-                   if timed_out else box.verdict(proc.returncode, output))
-        return SandboxResult(proc.returncode, output, verdict, box.isolation(), box.peak_memory(),
+                   if timed_out else box.verdict(code, output))
+        return SandboxResult(code, output, verdict, box.isolation(), box.peak_memory(),
                              time.perf_counter() - started)

@@ -128,7 +128,7 @@ def main(spec_path):
     os.makedirs(os.path.dirname(spec["log_path"]), exist_ok=True)
     with open(spec["log_path"], "ab", buffering=0) as log:
         attempt = spec.get("status_fields", {}).get("attempt", 1)
-        log.write(f"[ncaas] attempt {attempt}: {' '.join(spec['argv'])}\n".encode())
+        log.write(f"[ncaas] attempt {attempt}: {' '.join(spec.get('command') or spec['argv'])}\n".encode())
         try:
             proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,

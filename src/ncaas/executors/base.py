@@ -29,6 +29,7 @@ class TaskSpec:
     status_path: Path
     run_dir: Path  # executor bookkeeping: spec.json, runner.pid, exit.json
     status_fields: dict[str, Any] = field(default_factory=dict)  # copied into every status write
+    environment: Path | None = None  # the analysis environment (bound read-only); None: the platform's python
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -36,6 +37,7 @@ class TaskSpec:
             if isinstance(value, Path):
                 out[key] = str(value)
         out["inputs"] = [str(p) for p in self.inputs]
+        out["environment"] = str(self.environment) if self.environment else None
         return out
 
 
@@ -55,6 +57,9 @@ class EnvironmentInfo:
     python: str
     lock_hash: str | None = None
     manifest_hash: str | None = None
+    env_hash: str | None = None  # the content address: lock + analysis source + interpreter
+    source_hash: str | None = None
+    path: str | None = None
 
 
 class Executor(Protocol):

@@ -6,7 +6,9 @@ Two seams, kept small on purpose:
   verifies the blueprint's immutable environment and returns its python and hashes;
 - :meth:`LocalExecutor.prepare` — where ncaas.sandbox wraps the task's argv
   (bubblewrap, cgroup) and names the isolation it applied (``isolation``), with
-  :meth:`LocalExecutor.finish` to dissolve it when the task has stopped.
+  :meth:`LocalExecutor.finish` to dissolve it when the task has stopped. While a task
+  runs, :meth:`LocalExecutor.poll` stops it when it reaches a sandbox limit, and adds
+  the sandbox's account of why a task ended (``stopped``) to its exit record.
 
 Each task runs under ``_runner.py`` in its own session, so tasks survive the
 manager; the handle (pid + process start time) lets any later process find,
@@ -23,17 +25,23 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ..exceptions import ExecutorError
+from .. import environments
+from .. import sandbox as sandboxes
+from ..exceptions import ExecutorError, NcaasError
 from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 
 __all__ = ["LocalExecutor"]
 
 _RUNNER = Path(__file__).with_name("_runner.py")
+VERIFY_EVERY = 30.0  # seconds: an environment is re-hashed in full at most this often per manager
+_LIMIT_REASONS = {"process_limit", "memory", "write_denied", "environment_write_denied", "outside_access",
+                  "network_denied"}
 
 
 def _cpu_count() -> int:
@@ -62,21 +70,54 @@ class LocalExecutor:
     """Run tasks as subprocesses, bounded by this machine's cores and memory."""
 
     name = "local"
-    isolation = "none"
 
     def __init__(self, *, cpus: int | None = None, memory: int | None = None):
         self.cpus = cpus or _cpu_count()
         self.memory = memory or psutil.virtual_memory().total
         self._children: dict[Path, subprocess.Popen[bytes]] = {}
 
+    @property
+    def isolation(self) -> str:
+        """The sandbox every task gets here (see ncaas.sandbox), in one line."""
+        return sandboxes.describe_isolation()
+
     # -- seams ---------------------------------------------------------------------------
     def ensure_environment(self, blueprint: Any) -> EnvironmentInfo:
-        """The environment a blueprint's tasks run in; for now the platform's own python."""
-        return EnvironmentInfo(python=sys.executable)
+        """Build (once, showing progress) or verify the blueprint's immutable environment.
 
-    def prepare(self, spec: TaskSpec) -> list[str]:
-        """The argv actually executed for ``spec``; a sandbox wraps ``spec.argv`` here."""
-        return list(spec.argv)
+        A blueprint without ``environment`` runs with the platform's own python.
+        """
+        try:
+            spec = environments.spec_for_blueprint(blueprint)
+            if spec is None:
+                return EnvironmentInfo(python=sys.executable)
+            env, _ = environments.ensure(spec, progress=_BuildProgress(spec.name),
+                                         verified_within=VERIFY_EVERY)
+        except NcaasError as exc:
+            raise ExecutorError(str(exc)) from exc
+        return EnvironmentInfo(python=str(env.python), lock_hash=env.lock_sha256,
+                               manifest_hash=env.manifest_sha256, env_hash=env.env_sha256,
+                               source_hash=env.manifest["source_sha256"] or None, path=str(env.path))
+
+    def prepare(self, spec: TaskSpec) -> tuple[list[str], dict[str, str]]:
+        """Open the task's sandbox; the argv and environment variables that run it inside.
+
+        The sandbox (cgroups, scratch) is recorded in the run folder so that any
+        manager process can check its limits and dissolve it (:meth:`finish`).
+        """
+        readonly = list(spec.inputs)
+        if spec.environment is None:  # the platform's own interpreter and import path, read-only
+            readonly += _platform_python_paths()
+        box_spec = sandboxes.SandboxSpec(
+            readonly=readonly, writable=[spec.output_dir], environment=spec.environment,
+            memory=spec.memory_limit, cpus=spec.cpus, scratch=spec.scratch_dir,
+            env={k: v for k, v in spec.env.items() if k.startswith("NCAAS_")})
+        try:
+            box = sandboxes.Sandbox(box_spec).__enter__()
+        except NcaasError as exc:
+            raise ExecutorError(str(exc)) from exc
+        (spec.run_dir / "sandbox.json").write_text(json.dumps(box.state()))
+        return box.command(spec.argv), box.environ
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
@@ -84,12 +125,14 @@ class LocalExecutor:
                        spec.status_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         payload = spec.to_json()
-        payload["argv"] = self.prepare(spec)
+        payload["argv"], payload["env"] = self.prepare(spec)
+        payload["command"] = list(spec.argv)  # what the log shows: the task's own command
+        payload["memory_limit"] = None  # the sandbox enforces it (cgroup, else its own RLIMIT_AS)
         spec_path = spec.run_dir / "spec.json"
         spec_path.write_text(json.dumps(payload, indent=1))
         try:
             with open(spec.run_dir / "runner.err", "ab") as err:
-                proc = subprocess.Popen([sys.executable, "-S", str(_RUNNER), str(spec_path)],
+                proc = subprocess.Popen([sys.executable, "-S", "-P", str(_RUNNER), str(spec_path)],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                         start_new_session=True, close_fds=True)
         except OSError as exc:
@@ -111,12 +154,14 @@ class LocalExecutor:
             if own is not None:
                 own.wait()
                 del self._children[handle.run_dir]
-            return record
+            return _explain(handle.run_dir, record)
         running = own.poll() is None if own is not None else _alive(handle.pid, handle.start_time)
         if running:
+            _check_limits(handle.run_dir)
             return None
         self._children.pop(handle.run_dir, None)
-        return _read_json(exit_path) or LOST
+        record = _read_json(exit_path)
+        return LOST if record is None else _explain(handle.run_dir, record)
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the supervisor to stop the task (it SIGTERMs, then SIGKILLs, the task's group)."""
@@ -136,12 +181,18 @@ class LocalExecutor:
             except ProcessLookupError:
                 pass
         self._kill_task_group(handle.run_dir)
+        box = _sandbox(handle.run_dir)
+        if box is not None:
+            box.kill()
         own = self._children.pop(handle.run_dir, None)
         if own is not None:
             own.wait()
 
     def finish(self, run_dir: Path) -> None:
-        """Dissolve what a stopped task used (its scratch; a sandbox also its cgroup)."""
+        """Dissolve what a stopped task used: any process left, its cgroups, its scratch."""
+        box = _sandbox(run_dir)
+        if box is not None:
+            box.close()
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
 
     def find(self, run_dir: Path) -> TaskHandle | None:
@@ -173,3 +224,58 @@ class LocalExecutor:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "host": socket.gethostname(), "platform": platform.platform(),
                 "python": sys.version.split()[0], "cpus": self.cpus, "memory_bytes": self.memory}
+
+
+# -- the sandbox around each task --------------------------------------------------------
+def _platform_python_paths() -> list[Path]:
+    paths = {Path(sys.prefix), Path(sys.base_prefix)}
+    paths |= {Path(p) for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)}
+    return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
+
+
+def _sandbox(run_dir: Path) -> sandboxes.Sandbox | None:
+    state = _read_json(run_dir / "sandbox.json")
+    return sandboxes.Sandbox.restore(state) if state else None
+
+
+def _check_limits(run_dir: Path) -> None:
+    """Stop a task that hit its process limit or was OOM-killed (the whole task goes)."""
+    box = _sandbox(run_dir)
+    if box is not None and box.stopped is None and box.check():
+        (run_dir / "sandbox.json").write_text(json.dumps(box.state()))
+
+
+def _log_tail(run_dir: Path, size: int = 16384) -> str:
+    spec = _read_json(run_dir / "spec.json") or {}
+    try:
+        with open(spec.get("log_path", ""), "rb") as log:
+            log.seek(max(log.seek(0, os.SEEK_END) - size, 0))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _explain(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Add the sandbox's account of why a task ended, in words, to its exit record."""
+    box = _sandbox(run_dir)
+    if box is None or record.get("cancelled") or record.get("timed_out") or record.get("returncode") is None:
+        return record
+    record = {**record, "returncode": box.returncode(record["returncode"]), "isolation": box.isolation()}
+    verdict = box.verdict(record["returncode"], _log_tail(run_dir))
+    if not verdict.ok and verdict.reason in _LIMIT_REASONS:
+        record["stopped"] = verdict.message
+    return record
+
+
+class _BuildProgress:
+    """Show an environment build on stderr: one line per step, at most one per second."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.last = 0.0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction >= 1.0 or fraction == 0.0 or now - self.last >= 1.0:
+            self.last = now
+            print(f"[ncaas] {self.name} environment {fraction:4.0%}: {message}", file=sys.stderr, flush=True)

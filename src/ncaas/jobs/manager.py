@@ -10,6 +10,7 @@ ended meanwhile are read from their exit record, tasks that vanished are retried
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -317,15 +318,15 @@ class Manager:
             for placeholder, value in values.items():
                 arg = arg.replace(placeholder, value)
             argv.append(arg)
-        environment = {"python": env_info.python, "lock_hash": env_info.lock_hash,
-                       "manifest_hash": env_info.manifest_hash}
+        environment = dataclasses.asdict(env_info)
         self.db.update_task(task.id, argv_json=json.dumps(argv), environment_json=json.dumps(environment))
         scratch = run_dir / "scratch"
         threads = str(bp.resources.cpus)
         env = {**_base_env(), "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), "OMP_NUM_THREADS": threads,
                "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NCAAS_JOB": job.id,
                "NCAAS_DATASET": task.dataset, "NCAAS_ATTEMPT": str(task.attempt)}
-        return TaskSpec(argv=argv, env=env, cwd=scratch, inputs=[Path(values["{input}"])], output_dir=output,
+        return TaskSpec(argv=argv, env=env, cwd=scratch, inputs=[Path(values["{input}"]), Path(values["{config}"])],
+                        environment=Path(env_info.path) if env_info.path else None, output_dir=output,
                         scratch_dir=scratch, memory_limit=bp.resources.memory, cpus=bp.resources.cpus,
                         timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
                         status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,

@@ -101,6 +101,8 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
         return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.get('timeout')} s")
     if record.get("error"):
         return Decision(TaskState.FAILED, f"could not start: {record['error']}")
+    if record.get("stopped"):  # the sandbox stopped it, or it broke the sandbox's rules: no retry
+        return Decision(TaskState.FAILED, record["stopped"])
     if code == 0:
         return Decision(TaskState.SUCCEEDED, "exited with code 0")
     if code is not None and code < 0:
