@@ -4,8 +4,9 @@
    API to a `ncaas serve` on loopback, next to copying the same file on the same
    disk. The server acknowledges a completed upload only once it is on disk
    (fsync), so the peer is a disk copy that is also fsynced; copies that stay in
-   the page cache, with and without SHA-256, are printed too. Target: upload >=
-   50% of the disk copy.
+   the page cache, with and without SHA-256, are printed too, and so is a bare
+   uvicorn app that only receives and discards the bytes (the ceiling of the HTTP
+   stack the server runs on). Target: upload >= 50% of the disk copy.
 2. N concurrent clients (default 50) for a fixed time (default 60 s): each
    submits a small framestats job, then polls it (job detail, job list) until it
    is over, and starts again. Prints requests per second, latency percentiles
@@ -25,6 +26,7 @@ import io
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +40,7 @@ from ncaas.blueprint import parse_bytes
 from ncaas.client import Client
 from ncaas.server.accounts import Accounts
 from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess
+from ncaas.server.testing import ServerProcess, free_port
 
 
 def _write_big(path: Path, size: int) -> None:
@@ -66,6 +68,51 @@ def _durable_copy(src: Path, dst: Path) -> None:
         os.fsync(f.fileno())
 
 
+_BARE_APP = """
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    n, more = 0, True
+    while more:
+        message = await receive()
+        n += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(n).encode()})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _bare_uvicorn_upload(big: Path) -> float:
+    """Seconds to stream ``big`` to a bare uvicorn app that discards it: the HTTP stack's ceiling."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _BARE_APP, str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+
+        def body():
+            with open(big, "rb") as f:
+                while block := f.read(4 << 20):
+                    yield block
+
+        t = time.perf_counter()
+        resp = httpx.put(f"http://127.0.0.1:{port}/", content=body(), timeout=600,
+                         headers={"Content-Length": str(big.stat().st_size)})
+        elapsed = time.perf_counter() - t
+        assert int(resp.text) == big.stat().st_size
+        return elapsed
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def bench_upload(server: ServerProcess, token: str, work: Path, size: int) -> None:
     big = work / "big.bin"
     print(f"writing a {size / 1e9:.2f} GB test file ...", flush=True)
@@ -89,6 +136,7 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int) -> No
     rows.append(("local copy + sha256 (no fsync)", time.perf_counter() - t))
     (work / "copy.bin").unlink()
     os.sync()
+    rows.append(("bare uvicorn app discarding the body (no checks)", _bare_uvicorn_upload(big)))
     with Client(server.url, token, timeout=600) as c:
         t = time.perf_counter()
         done = c.upload_file(big, "big.bin", overwrite=True)
