@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python analyses/caliali/benchmarks/alignment.py [--sizes 2 4 8 16] [--frames 200]
-        [--variant ideal] [--seed 0] [--workdir DIR] [--skip-engines] [--skip-pairs]
+        [--variant ideal] [--seed 0] [--repeats 2] [--workdir DIR] [--skip-engines] [--skip-pairs]
 
 It simulates 16 sessions (deformation 5 px + translation 5 px between
 sessions, ``caliali.simulate``) once, computes each session's projections with
@@ -68,20 +68,26 @@ def _error(est: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[float, 
     return float(np.median(d)), float(np.percentile(d, 95))
 
 
-def scaling(bv, neuron, true, sizes) -> dict:
+def scaling(bv, neuron, true, sizes, repeats: int) -> dict:
     from caliali.registration import align_sessions
 
-    print("\n== 1. scaling: align_sessions on the first n sessions (source='bv', no fallback rerun)")
-    print(f"{'n':>4} {'time s':>8} {'s/session':>10} {'median px':>10} {'p95 px':>8} {'BV score':>9}")
-    times = {}
+    print("\n== 1. scaling: align_sessions on the first n sessions (source='bv', no fallback rerun);"
+          f" best of {repeats}: wall time and this process' CPU time (less disturbed by other users)")
+    print(f"{'n':>4} {'wall s':>8} {'cpu s':>8} {'cpu s/session':>14} {'median px':>10} {'p95 px':>8} {'BV score':>9}")
+    times: dict[int, tuple[float, float]] = {}
     for n in sizes:
-        t0 = time.perf_counter()
-        al = align_sessions(list(bv[:n]), neuron_images=list(neuron[:n]), gSig=3.0, source="bv")
-        times[n] = time.perf_counter() - t0
+        best = (np.inf, np.inf)
+        for _ in range(repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            al = align_sessions(list(bv[:n]), neuron_images=list(neuron[:n]), gSig=3.0, source="bv")
+            best = (min(best[0], time.perf_counter() - w0), min(best[1], time.process_time() - c0))
+        times[n] = best
         med, p95 = _error(al.total_fields, true[:n], al.valid_mask)
-        print(f"{n:>4} {times[n]:>8.2f} {times[n] / n:>10.2f} {med:>10.3f} {p95:>8.3f} {al.reliability:>9.2f}", flush=True)
+        print(f"{n:>4} {best[0]:>8.2f} {best[1]:>8.2f} {best[1] / n:>14.2f} {med:>10.3f} {p95:>8.3f} "
+              f"{al.reliability:>9.2f}", flush=True)
     if 8 in times and 16 in times:
-        print(f"time(16)/time(8) = {times[16] / times[8]:.2f}  (target <= 2.3; all-pairs would be {16 * 15 / (8 * 7):.2f})")
+        print(f"time(16)/time(8): wall {times[16][0] / times[8][0]:.2f}, cpu {times[16][1] / times[8][1]:.2f}"
+              f"  (target <= 2.3; all-pairs would be {16 * 15 / (8 * 7):.2f})")
     return times
 
 
@@ -212,18 +218,19 @@ def main() -> None:
     ap.add_argument("--variant", default="ideal")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=Path("bench-data/alignment"))
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-engines", action="store_true")
     ap.add_argument("--skip-pairs", action="store_true")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     n = max(args.sizes + args.pair_sizes + [2])
     bv, neuron, true = _prepare(args.workdir, n, args.frames, args.variant, args.seed)
-    times = scaling(bv, neuron, true, args.sizes)
+    times = scaling(bv, neuron, true, args.sizes, args.repeats)
     if not args.skip_pairs:
         groupwise_vs_pairs(bv, neuron, true, args.pair_sizes)
     if not args.skip_engines:
         engines(bv, neuron, true)
-    print("\n" + json.dumps({"scaling_seconds": times}))
+    print("\n" + json.dumps({"scaling_wall_cpu_seconds": times}))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ i.e. for each pixel of the output frame, where it sits in the input image.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -24,9 +26,17 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=16)
+def _grid(h: int, w: int) -> np.ndarray:
+    """Pixel coordinates (y, x) as float32 (2, h, w); cached, read-only
+    (building it was ~15% of an alignment's time)."""
+    grid = np.mgrid[0:h, 0:w].astype(np.float32)
+    grid.flags.writeable = False
+    return grid
+
+
 def _maps(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h, w = field.shape[1:]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = _grid(*field.shape[1:])
     return xx + field[1], yy + field[0]
 
 
@@ -67,8 +77,7 @@ def warp_replicate(image: np.ndarray, field: np.ndarray) -> np.ndarray:
 
 def in_bounds(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Pixels whose source position lies inside an image of ``shape``."""
-    h, w = field.shape[1:]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = _grid(*field.shape[1:])
     sy = yy + field[0]
     sx = xx + field[1]
     return (sy >= 0) & (sy <= shape[0] - 1) & (sx >= 0) & (sx <= shape[1] - 1)
