@@ -124,3 +124,16 @@ def test_remote_errors_are_messages_with_exit_codes(served):
     assert clash.exit_code == 1 and "your token belongs to group 'lab'" in clash.stderr
     for run in (no_token, bad_token, unreachable, manager, rejected, clash):
         assert "Traceback" not in run.stderr
+
+
+def test_serve_explains_bad_options_and_shares_storage_with_a_running_manager(served, tmp_path):
+    bad = ncaas("serve", "--max-upload", "lots", "--root", str(tmp_path / "r"))
+    assert bad.exit_code == 1 and "--max-upload: 'lots' is not a size" in bad.stderr
+    import fcntl
+
+    root = tmp_path / "shared"
+    (root / ".ncaas").mkdir(parents=True)
+    with open(root / ".ncaas" / "manager.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as `ncaas manager` holds it
+        with ServerProcess(root) as server:
+            assert "another `ncaas manager` runs on this storage" in server.log()

@@ -19,6 +19,7 @@ import typer
 import yaml
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..certificate import load_certificate
 from ..client import Client
@@ -208,8 +209,8 @@ def logs(client: Client, *, job_id: str, dataset: str | None, follow: bool, **_:
             chunk = client.log_bytes(detail["id"], name, offset=offsets[name])
             offsets[name] += len(chunk)
             for line in chunk.decode("utf-8", "replace").splitlines():
-                cli.out.print(f"[dim]{name}[/dim] | {line}" if len(names) > 1 else line, markup=False
-                              if len(names) == 1 else True, highlight=False)
+                text = Text.assemble((name, "dim"), " | ", line) if len(names) > 1 else Text(line)
+                cli.out.print(text, highlight=False, soft_wrap=True)
         current = client.job(detail["id"])
         if not follow or current["state"] in JOB_TERMINAL:
             return
