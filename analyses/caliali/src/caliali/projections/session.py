@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bottleneck as bn
 import cv2
 import numpy as np
 import scipy.ndimage as ndi
@@ -31,6 +32,12 @@ __all__ = [
 # temporaries; 5.6 measured with tracemalloc at 300x300), used to size chunks
 # from a memory budget.
 PROJECTION_COPIES = 7
+
+# Median frames are estimated from at most this many evenly spaced frames of
+# a chunk: the BV image of a chunk's median frame, and the per-pixel baseline
+# removed from the enhanced movie.
+_BV_MEDIAN_FRAMES = 200
+_BASELINE_FRAMES = 64
 
 
 @dataclass(frozen=True)
@@ -101,13 +108,17 @@ def combine_projections(pieces: Sequence[Projections]) -> Projections:
     )
 
 
-def _median_frame(frames: np.ndarray) -> np.ndarray:
-    """Median over time, in row bands (np.median copies what it partitions)."""
+def _median_frame(frames: np.ndarray, *, max_frames: int | None = None) -> np.ndarray:
+    """Median over time, in row bands (the selection copies what it
+    partitions), optionally of at most ``max_frames`` evenly spaced frames.
+    ``bottleneck.median`` is 1.7x faster than ``np.median`` here (measured)."""
+    if max_frames is not None and len(frames) > max_frames:
+        frames = frames[:: -(-len(frames) // max_frames)]
     t, h, w = frames.shape
     rows = max(1, (8 * 2**20) // max(1, 4 * t * w))
     out = np.empty((h, w), np.float32)
     for y in range(0, h, rows):
-        out[y : y + rows] = np.median(frames[:, y : y + rows], axis=0)
+        out[y : y + rows] = bn.median(frames[:, y : y + rows], axis=0)
     return out
 
 
@@ -120,8 +131,9 @@ class ProjectionAccumulator:
     neighbouring frames; the result does not depend on how the movie was
     cut, except for the per-chunk noise estimates and BV median frames.
 
-    Per processed chunk: the mean and the BV image of its median frame are
-    accumulated (frame-weighted); the movie is detrended (moving minimum of a
+    Per processed chunk: the mean and the BV image of its median frame
+    (estimated from at most 200 evenly spaced frames) are accumulated
+    (frame-weighted); the movie is detrended (moving minimum of a
     moving median), divided by each pixel's PSD noise level, enhanced
     (anisotropic diffusion + top-hat, negatives clipped) and its per-pixel
     median removed (estimated on at most 64 evenly spaced frames); PNR = max
@@ -242,7 +254,7 @@ class ProjectionAccumulator:
                 f"the session has only {len(block)} frames; projections need at least 8"
             )
         self._sum += core.sum(axis=0, dtype=np.float64)
-        self._bv += n * bv_filter(_median_frame(core), gSig=self.gSig).astype(np.float64)
+        self._bv += n * bv_filter(_median_frame(core, max_frames=_BV_MEDIAN_FRAMES), gSig=self.gSig).astype(np.float64)
 
         det = detrend(block, fs=self.fs, median_s=self.median_s, minimum_s=self.minimum_s)
         sd = noise_level(det)
@@ -253,7 +265,7 @@ class ProjectionAccumulator:
         norm /= np.where(sd > 0, sd, np.inf)[None]
         enh = enhance_neurons(norm, gSig=self.gSig)
         del norm
-        enh -= _median_frame(enh[:: -(-len(enh) // 64)])[None]
+        enh -= _median_frame(enh, max_frames=_BASELINE_FRAMES)[None]
         sd_e = self._enhanced_noise(enh)
         peak = moving_median(enh, self.pnr_window)[lo - a : hi - a].max(axis=0)
         np.maximum(self._pnr, peak / np.where(sd_e > 0, sd_e, np.inf), out=self._pnr)
