@@ -175,6 +175,12 @@ class JobDB:
         with self.session() as s:
             return list(s.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
 
+    def unfinalized(self, states: list[str]) -> list[Job]:
+        """Jobs in ``states`` whose end files are not written yet."""
+        with self.session() as s:
+            q = select(Job).where(Job.state.in_(states), Job.finalized.is_(False)).order_by(Job.created_ms)
+            return list(s.scalars(q))
+
     def seen_submission(self, key: str) -> Job | None:
         with self.session() as s:
             return s.scalars(select(Job).where(Job.submission_key == key)).first()

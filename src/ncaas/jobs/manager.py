@@ -343,7 +343,7 @@ class Manager:
 
     # -- jobs ----------------------------------------------------------------------------
     def _settle(self, jobs: dict[str, Job]) -> None:
-        unfinished = [j for j in self.db.jobs(states=[s.value for s in JOB_TERMINAL]) if not j.finalized]
+        unfinished = self.db.unfinalized([s.value for s in JOB_TERMINAL])
         for job in [*jobs.values(), *unfinished]:
             tasks = self.db.tasks(job.id)
             new = job_state([TaskState(t.state) for t in tasks])
