@@ -79,14 +79,18 @@ def test_remote_commands_print_what_embedded_commands_print(served):
     assert "succeeded: results in" in done.stdout
     assert (served["root"] / "lab" / "inputs" / "a.npy").exists()
     assert (served["root"] / "lab" / "configs" / "cfg.yaml").exists()
-    commands = [["status", job_id], ["results", job_id], ["logs", job_id], ["logs", job_id, "b.npy"],
-                ["cancel", job_id], ["analyses"]]
+    rejected = ncaas(*remote, "submit", "framestats", "missing.npy")
+    assert rejected.exit_code == 2
+    rejected_id = rejected.stderr.split("(job ", 1)[1].split(";", 1)[0]
+    commands = [["status", job_id], ["status"], ["status", rejected_id], ["results", job_id], ["logs", job_id],
+                ["logs", job_id, "b.npy"], ["cancel", job_id], ["analyses"]]
     remote_runs = [ncaas(*remote, *c) for c in commands]
     embedded_runs = [ncaas(*c, *where) if c != ["analyses"] else ncaas(*c) for c in commands]
     for command, r, e in zip(commands, remote_runs, embedded_runs, strict=True):
         assert r.exit_code == e.exit_code == 0, (command, r.stderr, e.stderr)
         assert r.stdout == e.stdout, command
-    assert "story:" in remote_runs[0].stdout and "outputs/a.npy/a.stats.csv" in remote_runs[1].stdout
+    assert "story:" in remote_runs[0].stdout and "outputs/a.npy/a.stats.csv" in remote_runs[3].stdout
+    assert "missing.npy" in remote_runs[2].stdout and job_id in remote_runs[1].stdout
 
 
 def test_remote_results_download_and_rerun(served):

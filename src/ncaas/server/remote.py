@@ -176,16 +176,20 @@ def submit(client: Client, *, analysis: str, data: list[str], config: str | None
 def status(client: Client, *, job_id: str | None, limit: int, **_: Any) -> None:
     cli = _cli()
     if job_id is None:
-        table = Table("job", "group", "analysis", "state", "created", "submission", "cause")
+        table = Table()
+        table.add_column("job", no_wrap=True)
+        for col in ("group", "analysis", "state", "created"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("cause", overflow="fold")
         for job in client.jobs(limit=limit):
             table.add_row(job["id"], job["group"], job["analysis"] or "-", cli._styled(job["state"]),
-                          cli._ms(job["created_ms"]), job["submission"], job["cause"][:60])
+                          cli._ms(job["created_ms"]), job["cause"][:80])
         cli.out.print(table)
         return
     detail = client.job(job_id)
     if detail["state"] == "rejected":
         cli.out.print(f"job {detail['id']}: {cli._styled('rejected')} ({detail['submission']})")
-        for problem in detail["cause"].split("; "):
+        for problem in detail["cause"].splitlines():
             cli.out.print(f"  - {problem}")
         return
     cli.out.print(task_table(detail))
