@@ -25,10 +25,12 @@ actually used is in :meth:`Sandbox.isolation`, for the certificate.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -613,19 +615,22 @@ def _empty_cgroup(group: Path, timeout: float = 10.0) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.01)
+        time.sleep(0.002)
 
 
 def _remove_cgroup(group: Path) -> None:
     _empty_cgroup(group)
-    for _ in range(200):
+    deadline = time.monotonic() + 5.0
+    while True:
         try:
             group.rmdir()
             return
         except FileNotFoundError:
             return
-        except OSError:  # EBUSY while the last killed processes are reaped
-            time.sleep(0.02)
+        except OSError:  # EBUSY while the last processes are reaped; a later sweep retries
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
 
 
 def _alive(pid: int) -> bool:
@@ -656,6 +661,28 @@ def _sweep_stale() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _exit_watch(proc: subprocess.Popen):
+    """``exited(timeout)``: whether ``proc`` has ended, waiting at most ``timeout`` s (a pidfd)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd: poll
+        def exited(timeout: float) -> bool:
+            try:
+                proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        yield exited
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        yield lambda timeout: bool(poller.poll(timeout * 1000)) or proc.poll() is not None
+    finally:
+        os.close(fd)
+
+
 def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
         log: Path | None = None) -> SandboxResult:
     """Run ``argv`` to completion in a new sandbox; its output goes to ``log`` (or is kept)."""
@@ -665,15 +692,14 @@ def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
         try:
             proc = box.start(argv, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = None if timeout is None else time.monotonic() + timeout
-            delay, timed_out = 0.001, False
-            while proc.poll() is None:
-                timed_out = deadline is not None and time.monotonic() > deadline
-                if box.check() or timed_out:
-                    box.kill()
-                    proc.wait()
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+            timed_out = False
+            with _exit_watch(proc) as exited:
+                while not exited(0.05):  # wakes the moment the task exits, else checks its limits
+                    timed_out = deadline is not None and time.monotonic() > deadline
+                    if box.check() or timed_out:
+                        box.kill()
+                        break
+            proc.wait()
             sink.flush()
             sink.seek(0)
             output = sink.read().decode(errors="replace") if log is None else log.read_text(errors="replace")
