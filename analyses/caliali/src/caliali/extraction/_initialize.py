@@ -50,10 +50,11 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
         return None
     y0, y1, x0, x1 = box_around(ky, kx, box_radius, (h, w))
     hy = hyp[:, y0:y1, x0:x1].reshape(t, -1)
-    hc = hy - hy.mean(axis=0)
     cc = center - center.mean()
-    norms = np.sqrt(np.einsum("ti,ti->i", hc, hc)) * np.sqrt(cc @ cc)
-    corr = (cc @ hc) / np.where(norms > 0, norms, 1)
+    # Pearson correlation of every box pixel with the centre; cc is zero-mean, so cc @ hy needs no centring.
+    var = np.einsum("ti,ti->i", hy, hy) - t * np.square(hy.mean(axis=0))
+    norms = np.sqrt(np.maximum(var, 0)) * np.sqrt(cc @ cc)
+    corr = (cc @ hy) / np.where(norms > 0, norms, 1)
     near = np.zeros((y1 - y0, x1 - x0), bool)
     near[max(0, ky - y0 - 1):ky - y0 + 2, max(0, kx - x0 - 1):kx - x0 + 2] = True
     members = near.ravel() & (corr > 0.5)
@@ -68,9 +69,10 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
     if background_pixels.sum() >= 10:
         picked = np.nonzero(background_pixels)[0][:: max(1, int(background_pixels.sum()) // 200)]
         columns.insert(1, np.median(raw[:, picked], axis=1))
-    x = np.stack(columns, axis=1).astype(np.float64)
-    gram = x.T @ x + 1e-9 * np.eye(x.shape[1]) * np.trace(x.T @ x)
-    coef = np.linalg.solve(gram, x.T @ raw.astype(np.float64))
+    x = np.stack(columns, axis=1).astype(np.float32)
+    gram = (x.T @ x).astype(np.float64)
+    gram += 1e-9 * np.trace(gram) * np.eye(x.shape[1])
+    coef = np.linalg.solve(gram, (x.T @ raw).astype(np.float64))
     a = np.maximum(coef[0], 0).reshape(y1 - y0, x1 - x0).astype(np.float32)
     # The footprint lives in the neuron's region: one connected blob around the seed.
     ry0, ry1, rx0, rx1 = box_around(ky, kx, region_radius, (h, w))
@@ -112,6 +114,8 @@ def initialize_batch(frames: np.ndarray, seeds: np.ndarray, *, gSig: float, min_
     owner_y = np.abs(seeds[:, 0, None] - centres_y[None]).argmin(axis=1) if len(seeds) else np.zeros(0, int)
     owner_x = np.abs(seeds[:, 1, None] - centres_x[None]).argmin(axis=1) if len(seeds) else np.zeros(0, int)
     fits: list[SeedFit | None] = [None] * len(seeds)
+    high = highpass(frames, kernel)  # once for the batch; each patch works on its own copy of a window
+    high -= np.median(high[::_MEDIAN_STEP], axis=0)
     for iy, py in enumerate(ys):
         for ix, px in enumerate(xs):
             mine = np.nonzero((owner_y == iy) & (owner_x == ix))[0]
@@ -119,8 +123,7 @@ def initialize_batch(frames: np.ndarray, seeds: np.ndarray, *, gSig: float, min_
                 continue
             sy, sx = slice(py, min(h, py + patch_size)), slice(px, min(w, px + patch_size))
             yp = frames[:, sy, sx].copy()
-            hyp = highpass(yp, kernel)
-            hyp -= np.median(hyp[::_MEDIAN_STEP], axis=0)
+            hyp = high[:, sy, sx].copy()
             for k in mine:  # seeds arrive strongest first
                 fit = _fit_seed(yp, hyp, int(seeds[k, 0]) - py, int(seeds[k, 1]) - px, gSig=gSig,
                                 box_radius=box_radius, region_radius=region_radius, min_pnr=min_pnr,

@@ -76,7 +76,7 @@ def batch_summary(frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0) ->
     """(Cn, PNR) of one batch (t, h, w) of raw frames."""
     hy = highpass(frames, highpass_kernel(gSig))
     hy -= np.median(hy[::5], axis=0)  # every 5th frame: as robust, 5x cheaper
-    sn = noise_level(hy[:1000])  # the noise is stationary; 1000 frames estimate it well
+    sn = noise_level(hy[:1000])  # the noise is stationary; 1000 frames estimate it within a few percent
     sn = np.maximum(sn, 1e-6 * max(float(sn.max()), 1e-12))
     pnr = hy.max(axis=0) / sn
     hy[hy < noise_thr * sn] = 0

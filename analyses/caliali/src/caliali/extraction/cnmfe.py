@@ -197,6 +197,11 @@ def _change(old: Footprints, new: Footprints) -> float:
     return float(np.median(per))
 
 
+def _stalled(history: list[dict]) -> bool:
+    """The footprint change has stopped falling (its noise floor): less than 10% below the previous one."""
+    return len(history) >= 3 and history[-1]["change"] > 0.9 * history[-2]["change"]
+
+
 def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np.ndarray | None = None,
             gSig: float = 3.0, min_corr: float = 0.1, min_pnr: float = 6.0,
             batch_frames: int | None = None, memory_budget: int | str = "2GB", merge_thr: float = 0.65,
@@ -228,8 +233,10 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     merge_thr : float
         Trace correlation above which overlapping components are merged.
     max_iter, tol : int, float
-        At most ``max_iter`` rounds; stop when the footprints change by less than
-        ``tol`` (relative) and no component was merged or removed.
+        At most ``max_iter`` rounds; stop when no component was merged or
+        removed and the median relative footprint change is below ``tol``, or
+        has stopped falling (less than 10% below the previous round: the
+        noise floor of the estimates).
     bg_ssub : int
         Spatial downsampling of the ring background grid.
     ring_factor : float
@@ -322,7 +329,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
                         "removed": removed, "merged": merges})
         if len(footprints) == 0:
             raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
-        if change < tol and removed == 0 and merges == 0:
+        if removed == 0 and merges == 0 and (change < tol or _stalled(history)):
             break
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces")
