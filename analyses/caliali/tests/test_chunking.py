@@ -152,6 +152,8 @@ def test_run_chunks_rejects_missing_results(experiment, tmp_path):
 def test_store_chunks_align_with_batches():
     from caliali.chunking import aligned_chunk_frames
 
-    assert aligned_chunk_frames(177, (300, 300)) == 59  # 16 MiB default is 46 frames; 59 divides 177
+    assert aligned_chunk_frames(177, (300, 300)) == 177  # one 64 MiB chunk per append
+    assert aligned_chunk_frames(600, (300, 300)) == 150  # 16 MiB default is 46 frames; at most 4x that
     assert aligned_chunk_frames(10, (6, 7)) == 10
-    assert aligned_chunk_frames(97, (300, 300)) == 46  # prime: no aligned size, keep ~16 MiB chunks
+    assert aligned_chunk_frames(97, (300, 300)) == 97
+    assert aligned_chunk_frames(197, (300, 300)) == 46  # a prime over 64 MiB: keep ~16 MiB chunks

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from caliali.exceptions import InputError, MemoryBudgetError
+from caliali.exceptions import CalialiError, InputError, MemoryBudgetError
 from caliali.experiment import Experiment, Session, load_experiment
 from caliali.io import VideoReader, open_video
 
@@ -119,16 +120,18 @@ def batch_frames_for(
 
 
 def aligned_chunk_frames(batch_frames: int, frame_shape: tuple[int, int]) -> int:
-    """Zarr chunk length dividing ``batch_frames``, near the store's default size.
+    """Zarr chunk length dividing ``batch_frames``, at most 64 MiB.
 
     Appends of ``batch_frames`` then fill whole chunks, so zarr never reads
-    back a partial chunk to complete it. When no divisor is within a factor
-    of two of the default (e.g. a prime batch), the default is used.
+    back a partial chunk to complete it, and big chunks write fastest (one
+    chunk per append wrote 1.5-2x faster than three in io_memory runs). When
+    no divisor is at least half the 16 MiB default (e.g. a prime batch), the
+    default is used.
     """
     from caliali.store import default_chunk_frames
 
     default = default_chunk_frames(frame_shape)
-    best = max(d for d in range(1, min(batch_frames, 2 * default) + 1) if batch_frames % d == 0)
+    best = max(d for d in range(1, min(batch_frames, 4 * default) + 1) if batch_frames % d == 0)
     return best if best * 2 >= min(default, batch_frames) else default
 
 
@@ -293,34 +296,61 @@ def run_chunks(
     -------
     FrameStore or None
         The completed store when ``out`` is given.
-    """
-    from caliali.store import FrameStore
 
+    Notes
+    -----
+    With ``out``, each result is written by a background thread while the
+    next chunk is read and computed; count one more output chunk in the
+    ``copies`` given to :func:`batch_frames_for`.
+    """
     if out is None:
         for chunk in iter_chunks(source, batch_frames=batch_frames, progress=progress, label=label):
             func(chunk)
         return None
     params = {"batch_frames": int(batch_frames), **(params or {})}
-    store: FrameStore | None = None
-    if (Path(out) / "progress.json").exists():
-        try:
-            existing = FrameStore.open(out)
-        except Exception:
-            existing = None
-        if existing is not None and existing.params == FrameStore.canonical(params):
-            store = FrameStore.resume(out, existing.frame_shape, params=params)
-            if store.complete:
-                return store
+    store = _resumable(out, params)
+    if store is not None and store.complete:
+        return store
     start = store.source_frames if store is not None else 0
-    for chunk in iter_chunks(source, batch_frames=batch_frames, start=start, progress=progress, label=label):
-        result = func(chunk)
-        if result is None:
-            raise InputError(f"{label}: the chunk function returned nothing, so there is nothing to store in {out}")
-        if store is None:
-            chunk_frames = aligned_chunk_frames(int(batch_frames), result.shape[1:])
-            store = FrameStore.create(out, result.shape[1:], chunk_frames=chunk_frames, params=params)
-        store.append(result, source_frames=chunk.stop - chunk.start)
+    # One writer thread: chunk k is written while chunk k+1 is read and computed
+    # (at most one write pending, so one extra output chunk in memory).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="caliali-store") as writer:
+        pending: Future | None = None
+        for chunk in iter_chunks(source, batch_frames=batch_frames, start=start, progress=progress, label=label):
+            result = func(chunk)
+            if result is None:
+                raise InputError(f"{label}: the chunk function returned nothing, so there is nothing to store in {out}")
+            result = np.array(result, dtype=np.float32)  # a copy: func may reuse its buffer next chunk
+            if pending is not None:
+                pending.result()
+            if store is None:
+                store = _create(out, result.shape[1:], batch_frames, params)
+            pending = writer.submit(store.append, result, source_frames=chunk.stop - chunk.start)
+        if pending is not None:
+            pending.result()
     if store is None:
         raise InputError(f"{label}: the source has no frames, so {out} cannot be written")
     store.mark_complete()
     return store
+
+
+def _resumable(out: Path | str, params: dict[str, Any]) -> Any:
+    """The store at ``out`` if an earlier run with the same params left one, else None."""
+    from caliali.store import FrameStore
+
+    if not (Path(out) / "progress.json").exists():
+        return None
+    try:
+        existing = FrameStore.open(out)
+    except CalialiError:
+        return None
+    if existing.params != FrameStore.canonical(params):
+        return None
+    return FrameStore.resume(out, existing.frame_shape, params=params)
+
+
+def _create(out: Path | str, frame_shape: tuple[int, int], batch_frames: int, params: dict[str, Any]) -> Any:
+    from caliali.store import FrameStore
+
+    return FrameStore.create(out, frame_shape, chunk_frames=aligned_chunk_frames(int(batch_frames), frame_shape),
+                             params=params)
