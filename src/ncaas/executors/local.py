@@ -261,6 +261,20 @@ def _explain(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     if box is None or record.get("cancelled") or record.get("timed_out") or record.get("returncode") is None:
         return record
     record = {**record, "returncode": box.returncode(record["returncode"]), "isolation": box.isolation()}
+    # inside bwrap's PID namespace the task's own usage does not reach the supervisor's
+    # getrusage(); the memory cgroup saw all of it
+    try:
+        peak = box.peak_memory() if "memory" in box.cgroups else None
+    except (OSError, ValueError):
+        peak = None  # the cgroup is already gone (task dissolved)
+    if peak:
+        record["peak_memory_bytes"] = max(record.get("peak_memory_bytes") or 0, peak)
+    cpu = getattr(box, "cpu_seconds", None)  # cgroup CPU accounting, where the sandbox keeps one
+    if callable(cpu):
+        try:
+            record["cpu_seconds"] = max(record.get("cpu_seconds") or 0.0, float(cpu() or 0.0))
+        except (OSError, ValueError):
+            pass
     verdict = box.verdict(record["returncode"], _log_tail(run_dir))
     if not verdict.ok and verdict.reason in _LIMIT_REASONS:
         record["stopped"] = verdict.message
