@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ncaas import cli
-
 from ncaas.server.testing import ServerProcess, free_port
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}

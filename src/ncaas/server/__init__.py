@@ -27,10 +27,17 @@ def __getattr__(name: str) -> Any:
 def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "info") -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included)."""
+    import logging
+
     import uvicorn
 
     from .app import create_app
 
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("ncaas")
+    logger.addHandler(handler)
+    logger.setLevel(log_level.upper())
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5)

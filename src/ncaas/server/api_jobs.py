@@ -26,12 +26,12 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from ..exceptions import CertificateError, PathRefused
-from ..storage import check_user_path
 from ..certificate import compare_outputs, load_certificate
+from ..exceptions import CertificateError, PathRefused
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
 from ..jobs.states import JOB_TERMINAL
+from ..storage import check_user_path
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .results import IMAGE_TYPES, iter_zip, list_files

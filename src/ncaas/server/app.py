@@ -14,8 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..blueprint import BlueprintRegistry
-from ..exceptions import (BlueprintError, JobNotFound, NcaasError, PathRefused, StorageError,
-                          SubmissionRejected)
+from ..exceptions import BlueprintError, JobNotFound, NcaasError, PathRefused, StorageError, SubmissionRejected
 from ..storage import Storage
 from .accounts import Accounts, open_engine
 from .auth import Authenticator
