@@ -144,7 +144,7 @@ def estimate_shifts(
     a_crop = a[:, rows, cols]
     norm = np.sqrt((a_crop * a_crop).sum(axis=(1, 2)) * float((crop * crop).sum()))
     with np.errstate(divide="ignore", invalid="ignore"):
-        peak = np.where(norm > 0, c0 / norm, 0.0)
+        peak = np.clip(np.where(norm > 0, c0 / norm, 0.0), -1.0, 1.0)
     return shifts, peak.astype(np.float64)
 
 
