@@ -87,3 +87,17 @@ def test_folder_without_videos_and_mixed_sizes(tmp_path, movie, write_video):
     write_video(tmp_path / "b.tif", movie[:2, :10])
     with pytest.raises(ManifestError, match="different frame sizes.*a.tif: 24x32"):
         load_experiment(tmp_path).frame_shape()
+
+
+def test_cli_info_lists_sessions_and_files(tmp_path, movie, write_video):
+    import os
+    import subprocess
+    import sys
+
+    write_video(tmp_path / "day1_b1.tif", movie[:5])
+    write_video(tmp_path / "day1_b2.tif", movie[:3])
+    run = subprocess.run([sys.executable, "-m", "caliali", "info", str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if "day1_b" in line]
+    assert len(rows) == 2 and "5" in rows[0] and "24x32" in rows[0] and "uint16" in rows[1]
