@@ -132,6 +132,27 @@ def info(
     console.print(table)
 
 
+@app.command()
+def run(
+    input: Annotated[Path, typer.Option("--input", help="Experiment: folder of session videos, manifest, or video.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for results (arrays, NWB, QC, alignment).")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML/JSON parameters (defaults if omitted).")] = None,
+    work: Annotated[Path | None, typer.Option(help="Intermediates folder (default <output>/work).")] = None,
+) -> None:
+    """Run the whole pipeline: motion correction, projections, alignment, CNMF-E, outputs. Resumable."""
+    from caliali.chunking import print_progress
+    from caliali.config import load_config
+    from caliali.pipeline import run as run_pipeline
+
+    cfg = load_config(config)  # refused before anything runs, naming the field
+    result = run_pipeline(input, output, config=cfg, work=work, progress=print_progress)
+    frames = ", ".join(f"{s}: {n}" for s, n in zip(result.sessions, result.session_frames))
+    console.print(f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
+                  f"({frames} frames) -> {result.out}")
+    for name, info in result.stages.items():
+        console.print(f"  {name:<12} {info['seconds']:8.1f} s   peak RSS {info['peak_rss_mb']:8.0f} MB")
+
+
 def main() -> None:
     """Entry point: run the app, rendering caliali errors as one-line messages."""
     try:

@@ -1,0 +1,154 @@
+"""The parameters of a caliali run: one flat, validated model.
+
+Every parameter of the pipeline has a default from the method (Vergara et al.
+2025), a range and a description a scientist can act on. The model is the
+single source of truth: the blueprint's ``config_schema`` and
+``default_config`` are generated from it (``python -m caliali.config``), and a
+test checks that the committed blueprint matches.
+
+A config file is YAML or JSON holding any subset of the fields; unknown keys
+are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from caliali.exceptions import InputError
+
+__all__ = ["CalialiConfig", "ConfigError", "load_config", "config_schema"]
+
+
+class ConfigError(InputError):
+    """A config file is unreadable or a value is not allowed."""
+
+
+_BUDGET_PATTERN = r"^\s*(auto|\d+(\.\d*)?\s*([kKmMgGtT]i?[bB]?|[bB])?)\s*$"
+
+
+class CalialiConfig(BaseModel):
+    """Parameters of ``caliali run`` (defaults from the method)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- data ----------------------------------------------------------------
+    fs: float = Field(10.0, gt=0, le=1000, description="Frame rate of the recording, Hz.")
+    dataset: str = Field(
+        "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats.")
+    # -- resources -----------------------------------------------------------
+    memory_budget: str = Field(
+        "1GB", pattern=_BUDGET_PATTERN,
+        description="Memory the analysis may use for frames in flight, e.g. '1GB', '512MiB', or 'auto' "
+                    "(half the available memory). Sets how many frames are read at once; peak memory does "
+                    "not grow with the length or number of sessions.")
+    batch_frames: int = Field(
+        0, ge=0, le=100_000, description="Frames per chunk; 0 derives it from memory_budget.")
+    # -- downsampling and neuron size ------------------------------------------
+    spatial_ds: int = Field(1, ge=1, le=8, description="Spatial downsampling factor (area averaging).")
+    temporal_ds: int = Field(1, ge=1, le=10, description="Temporal downsampling factor (frame averaging).")
+    gSig: float = Field(
+        5.0, gt=0.5, le=50,
+        description="Neuron radius in pixels of the original movie (divided by spatial_ds internally).")
+    # -- motion correction -----------------------------------------------------
+    motion_correction: bool = Field(True, description="Correct rigid motion within each session.")
+    max_shift: float = Field(20.0, ge=0, le=200, description="Largest motion within a session, px (original).")
+    # -- alignment between sessions ----------------------------------------------
+    alignment: bool = Field(True, description="Align sessions to each other (skipped with one session).")
+    alignment_source: Literal["auto", "bv", "neuron"] = Field(
+        "auto", description="Images to align on: blood vessels (bv), neurons, or auto (bv when reliable).")
+    reliability_threshold: float = Field(
+        2.7, ge=0, le=20, description="Blood-vessel reliability score below which neuron images are used.")
+    max_translation: float = Field(
+        0.0, ge=0, le=500, description="Largest plausible translation between sessions, px (original); "
+                                       "0 for no limit.")
+    # -- CNMF-E ------------------------------------------------------------------
+    min_corr: float = Field(0.1, ge=0, le=1, description="Seeds need local correlation Cn at least this.")
+    min_pnr: float = Field(6.0, ge=0, le=100, description="Seeds need peak-to-noise ratio PNR at least this.")
+    merge_thr: float = Field(
+        0.65, ge=0, le=1, description="Overlapping components whose traces correlate above this are merged.")
+    max_iter: int = Field(10, ge=1, le=50, description="Most rounds of background/spatial/temporal updates.")
+    tol: float = Field(0.05, gt=0, le=1, description="Stop when footprints change less than this fraction.")
+    bg_ssub: int = Field(2, ge=1, le=8, description="Spatial downsampling of the ring background model.")
+    ring_factor: float = Field(1.5, ge=0.5, le=4, description="Ring radius of the background, in neuron diameters.")
+    patch_size: int = Field(64, ge=16, le=1024, description="Spatial patch size of the initialisation, px.")
+    patch_overlap: int = Field(32, ge=0, le=512, description="Overlap of neighbouring patches, px.")
+    min_snr: float = Field(3.0, ge=0, le=100, description="Components whose peak is below this many noise "
+                                                           "standard deviations are removed.")
+    # -- outputs -----------------------------------------------------------------
+    nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")
+    qc: bool = Field(True, description="Write QC figures (qc/*.png).")
+    keep_intermediates: bool = Field(
+        False, description="Keep the corrected and aligned videos (work/) after a successful run.")
+
+    @property
+    def gsig_ds(self) -> float:
+        """Neuron radius at the downsampled resolution."""
+        return self.gSig / self.spatial_ds
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(config)"
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(sorted(CalialiConfig.model_fields))
+        return f"{where}: unknown parameter; known parameters are: {known}"
+    value = error.get("input")
+    return f"{where}: {error['msg']} (got {value!r})"
+
+
+def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
+    """Read and validate a config (a YAML/JSON file, a mapping, or None for the defaults).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, or values out of range; the message names every
+        offending field and what is allowed.
+    """
+    if source is None:
+        return CalialiConfig()
+    if isinstance(source, dict):
+        raw: Any = source
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from exc
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({exc})") from exc
+        raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of parameter names to values, got {type(raw).__name__}")
+    try:
+        return CalialiConfig(**raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid config: {problems}") from exc
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema of the config, as the platform's blueprint carries it."""
+    schema = CalialiConfig.model_json_schema()
+    schema.pop("title", None)
+    schema.pop("description", None)
+    for prop in schema["properties"].values():
+        prop.pop("title", None)
+    schema["additionalProperties"] = False
+    return schema
+
+
+def default_config() -> dict[str, Any]:
+    """Every parameter with its default value."""
+    return CalialiConfig().model_dump()
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance helper
+    print(yaml.safe_dump({"config_schema": config_schema(), "default_config": default_config()},
+                         sort_keys=False))

@@ -1,0 +1,373 @@
+"""The whole caliali analysis of one experiment, stage by stage, resumable.
+
+Stages (each streams its input chunk by chunk; peak memory is set by the
+chunk size, not by the recording's length)::
+
+    motion        downsample + rigid motion correction per session -> work/motion_<i>.zarr
+    projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
+    alignment     translation + groupwise demons across sessions    -> <out>/alignment/
+    apply         every frame warped into the common frame          -> work/aligned.zarr
+    extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
+
+A stage records its completion in ``work/state.json``; running again with the
+same inputs and config skips completed stages and resumes an interrupted one
+from its last committed chunk. A changed config or input starts afresh.
+``work/`` is removed after a successful run unless ``keep_intermediates``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caliali import __version__
+from caliali.config import CalialiConfig, load_config
+from caliali.exceptions import InputError
+from caliali.experiment import Experiment, load_experiment
+
+__all__ = ["RunResult", "STAGES", "run"]
+
+Progress = Callable[[float, str], None]
+
+# Share of the run's progress bar per stage (measured proportions of the demo).
+STAGES: dict[str, float] = {
+    "motion": 0.30, "projections": 0.15, "alignment": 0.10, "apply": 0.10, "extraction": 0.35,
+}
+
+
+@dataclass
+class RunResult:
+    """What :func:`run` produced."""
+
+    out: Path
+    sessions: list[str]
+    session_frames: list[int]
+    n_neurons: int
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _fingerprint(experiment: Experiment, config: CalialiConfig) -> str:
+    files = [[s.id, [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in s.files]]
+             for s in experiment.sessions]
+    text = json.dumps({"files": files, "config": config.model_dump(), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _State:
+    """``work/state.json``: which stages finished, for this input and config."""
+
+    def __init__(self, work: Path, fingerprint: str) -> None:
+        self.path = work / "state.json"
+        data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                data = {}
+        if data.get("fingerprint") != fingerprint:
+            if work.exists():
+                shutil.rmtree(work)
+            data = {"fingerprint": fingerprint, "done": {}}
+        work.mkdir(parents=True, exist_ok=True)
+        self.data = data
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["done"]
+
+    def mark(self, stage: str, info: dict[str, Any]) -> None:
+        self.data["done"][stage] = info
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+    def info(self, stage: str) -> dict[str, Any]:
+        return self.data["done"][stage]
+
+
+class _Reporter:
+    """Maps each stage's own 0..1 progress onto the run's bar."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.starts: dict[str, float] = {}
+        acc = 0.0
+        for name, weight in STAGES.items():
+            self.starts[name] = acc
+            acc += weight
+
+    def stage(self, name: str, lo: float = 0.0, hi: float = 1.0) -> Progress:
+        start, weight = self.starts[name], STAGES[name]
+
+        def report(fraction: float, message: str) -> None:
+            if self.progress is not None:
+                f = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
+                self.progress(start + weight * f, f"{name}: {message}")
+
+        return report
+
+
+def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _Reporter,
+            state: _State) -> list[dict[str, Any]]:
+    from caliali.motion import correct_session, session_chunks
+    from caliali.store import FrameStore
+
+    n = len(experiment.sessions)
+    results = []
+    for i, session in enumerate(experiment.sessions):
+        key = f"motion_{i}"
+        if state.done(key):
+            results.append(state.info(key))
+            continue
+        store_path = work / f"{key}.zarr"
+        progress = report.stage("motion", i / n, (i + 1) / n)
+        batch = config.batch_frames or None
+        if config.motion_correction:
+            result = correct_session(
+                session, gSig=config.gsig_ds, out=store_path, batch_frames=batch,
+                memory_budget=config.memory_budget, spatial_ds=config.spatial_ds,
+                temporal_ds=config.temporal_ds, max_shift=config.max_shift / config.spatial_ds,
+                progress=lambda f, m, s=session.id, p=progress: p(f, f"session {s}: {m}"))
+            result.save(work, name=key)
+            valid = result.valid_mask
+        else:
+            from caliali.chunking import batch_frames_for
+
+            _, shape = session.n_frames(), experiment.frame_shape()
+            batch = batch or batch_frames_for(config.memory_budget, shape, copies=3)
+            first = None
+            store = None
+            for chunk in session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds,
+                                        temporal_ds=config.temporal_ds, progress=progress):
+                if store is None:
+                    store = FrameStore.create(store_path, chunk.shape[1:], params={"stage": "downsample"})
+                    first = chunk.shape[1:]
+                store.append(chunk)
+            assert store is not None and first is not None
+            store.mark_complete()
+            valid = np.ones(first, dtype=bool)
+        np.save(work / f"{key}_valid_mask.npy", valid)
+        info = {"store": str(store_path), "valid_mask": str(work / f"{key}_valid_mask.npy"),
+                "frames": FrameStore.open(store_path).n_frames}
+        state.mark(key, info)
+        results.append(info)
+    return results
+
+
+def _projections(experiment: Experiment, config: CalialiConfig, motion: list[dict[str, Any]], work: Path,
+                 out: Path, report: _Reporter, state: _State) -> list[Any]:
+    from caliali.projections import Projections, session_projections
+    from caliali.store import FrameStore
+
+    n = len(experiment.sessions)
+    projections = []
+    for i, session in enumerate(experiment.sessions):
+        key = f"projections_{i}"
+        path = work / f"{key}.npz"
+        if state.done(key):
+            projections.append(Projections.load(path))
+            continue
+        valid = np.load(motion[i]["valid_mask"])
+        proj = session_projections(
+            FrameStore.open(motion[i]["store"]), gSig=config.gsig_ds, fs=config.fs / config.temporal_ds,
+            batch_frames=config.batch_frames or None, memory_budget=config.memory_budget, valid_mask=valid,
+            progress=report.stage("projections", i / n, (i + 1) / n))
+        proj.save(path)
+        if config.qc:
+            _session_qc(out, work, f"motion_{i}", session.id, proj)
+        state.mark(key, {"path": str(path)})
+        projections.append(proj)
+    return projections
+
+
+def _session_qc(out: Path, work: Path, key: str, session_id: str, proj: Any) -> None:
+    """QC picture of one session's projections and motion trace, shifts beside it."""
+    from caliali.motion import save_session_qc
+    from caliali.motion.result import MotionResult
+
+    motion = None
+    table = work / f"{key}_shifts.csv"
+    if table.exists():
+        rows = np.loadtxt(table, delimiter=",", skiprows=1, ndmin=2)
+        motion = MotionResult(shifts=rows[:, 1:3], valid_mask=np.load(work / f"{key}_valid_mask.npy"),
+                              dropped=rows[:, 3].astype(bool), peak=rows[:, 4],
+                              template=np.load(work / f"{key}_template.npy"))
+    save_session_qc(out / "qc" / "sessions", f"session_{session_id}", motion=motion, projections=proj)
+
+
+def _neuron_image(proj: Any) -> np.ndarray:
+    image = proj.cn * proj.pnr
+    top = float(np.percentile(image, 99.9)) or 1.0
+    return np.clip(image / top, 0, 1).astype(np.float32)
+
+
+def _alignment(experiment: Experiment, config: CalialiConfig, projections: list[Any], motion: list[dict],
+               out: Path, report: _Reporter, state: _State) -> Any:
+    from caliali.registration import align_sessions, load_alignment, save_alignment
+
+    if state.done("alignment"):
+        return load_alignment(out)
+    ids = [s.id for s in experiment.sessions]
+    kwargs: dict[str, Any] = {}
+    if config.max_translation:
+        kwargs["max_shift"] = config.max_translation / config.spatial_ds
+    alignment = align_sessions(
+        [p.bv for p in projections], session_ids=ids, neuron_images=[_neuron_image(p) for p in projections],
+        valid_masks=[np.load(m["valid_mask"]) for m in motion], gSig=config.gsig_ds,
+        source=config.alignment_source, reliability_threshold=config.reliability_threshold,
+        progress=report.stage("alignment"), **kwargs)
+    save_alignment(alignment, out, figures=config.qc)
+    state.mark("alignment", {"source": alignment.source, "reliability": alignment.reliability})
+    return alignment
+
+
+def _apply(alignment: Any, config: CalialiConfig, motion: list[dict], work: Path, report: _Reporter,
+           state: _State) -> tuple[Path, np.ndarray, np.ndarray]:
+    from caliali.registration import apply_alignment
+    from caliali.store import FrameStore
+
+    path = work / "aligned.zarr"
+    if state.done("apply"):
+        info = state.info("apply")
+        return path, np.asarray(info["bounds"]), np.load(work / "aligned_valid_mask.npy")
+    aligned = apply_alignment(
+        alignment, [FrameStore.open(m["store"]) for m in motion], path,
+        batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
+        progress=report.stage("apply"))
+    np.save(work / "aligned_valid_mask.npy", aligned.valid_mask)
+    state.mark("apply", {"bounds": aligned.session_bounds.tolist()})
+    return path, aligned.session_bounds, aligned.valid_mask
+
+
+def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict | str | Path | None = None,
+        work: str | Path | None = None, progress: Progress | None = None) -> RunResult:
+    """Run the whole caliali pipeline on one experiment.
+
+    Parameters
+    ----------
+    input : path
+        An experiment: a folder of session videos (optionally with a
+        ``manifest.yaml``, e.g. from ``caliali split``), a manifest, or a
+        single video (one session).
+    output : path
+        Folder for the results: ``arrays/``, ``neurons.nwb``, ``alignment/``,
+        ``qc/``, ``summary.json``.
+    config : CalialiConfig, mapping, or path to a YAML/JSON file, optional
+        Parameters; defaults from the method.
+    work : path, optional
+        Intermediates (default ``<output>/work``); kept after an interruption
+        so that the next run resumes.
+    progress : callable(fraction, message), optional
+        Called as the run advances (fraction of the whole run).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    caliali.exceptions.CalialiError
+        Unusable input or config, with a message saying what to change.
+    """
+    config = config if isinstance(config, CalialiConfig) else load_config(config)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(work) if work is not None else out / "work"
+    experiment = load_experiment(input, dataset=config.dataset or None)
+    if not experiment.sessions:
+        raise InputError(f"{input}: no sessions found; give a folder of videos, a manifest or a video file")
+    state = _State(work, _fingerprint(experiment, config))
+    report = _Reporter(progress)
+    timings: dict[str, dict[str, float]] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        value = fn()
+        timings[name] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+        return value
+
+    ids = [s.id for s in experiment.sessions]
+    motion = timed("motion", lambda: _motion(experiment, config, work, report, state))
+    projections = timed("projections", lambda: _projections(experiment, config, motion, work, out, report, state))
+    multi = len(ids) > 1 and config.alignment
+    if multi:
+        alignment = timed("alignment", lambda: _alignment(experiment, config, projections, motion, out, report,
+                                                          state))
+        video, bounds, valid = timed("apply", lambda: _apply(alignment, config, motion, work, report, state))
+    else:
+        from caliali.store import FrameStore
+
+        # One session (or alignment switched off): sessions are concatenated as corrected.
+        stores = [FrameStore.open(m["store"]) for m in motion]
+        if len(stores) == 1:
+            video = Path(motion[0]["store"])
+        else:
+            video = _concatenate(stores, work / "aligned.zarr", config)
+        bounds = np.concatenate([[0], np.cumsum([s.n_frames for s in stores])]).astype(np.int64)
+        valid = np.logical_and.reduce([np.load(m["valid_mask"]) for m in motion])
+        report.stage("apply")(1.0, "nothing to align")
+    paths = timed("extraction", lambda: _extract(video, bounds, valid, ids, config, out, report))
+    n_neurons = paths.pop("_n_neurons")
+    frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    summary = {
+        "caliali_version": __version__, "input": str(input), "sessions": ids, "session_frames": frames,
+        "neurons": n_neurons, "config": config.model_dump(), "stages": timings,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "alignment": (json.loads((out / "alignment" / "alignment.json").read_text()).get("qc")
+                      if (out / "alignment" / "alignment.json").exists() else None),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if not config.keep_intermediates:
+        shutil.rmtree(work, ignore_errors=True)
+    if progress is not None:
+        progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s)")
+    return RunResult(out=out, sessions=ids, session_frames=frames, n_neurons=n_neurons, stages=timings,
+                     paths={k: Path(v) for k, v in paths.items()})
+
+
+def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
+    from caliali.chunking import batch_frames_for
+    from caliali.store import FrameStore
+
+    shape = stores[0].frame_shape
+    batch = config.batch_frames or batch_frames_for(config.memory_budget, shape, copies=2)
+    out = FrameStore.create(path, shape, params={"stage": "concatenate"})
+    for store in stores:
+        for start in range(0, store.n_frames, batch):
+            out.append(store.read(start, min(start + batch, store.n_frames)))
+    out.mark_complete()
+    return path
+
+
+def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str], config: CalialiConfig,
+             out: Path, report: _Reporter) -> dict[str, Any]:
+    from caliali.extraction import extract
+    from caliali.outputs import write_outputs
+
+    progress = report.stage("extraction", 0.0, 0.95)
+    result = extract(
+        str(video), session_bounds=bounds, gSig=config.gsig_ds, min_corr=config.min_corr,
+        min_pnr=config.min_pnr, batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
+        merge_thr=config.merge_thr, max_iter=config.max_iter, tol=config.tol, bg_ssub=config.bg_ssub,
+        ring_factor=config.ring_factor, patch_size=config.patch_size, patch_overlap=config.patch_overlap,
+        min_snr=config.min_snr, valid_mask=valid, progress=progress)
+    report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
+    paths: dict[str, Any] = dict(write_outputs(
+        result, out, fs=config.fs / config.temporal_ds, session_ids=ids, spatial_ds=config.spatial_ds,
+        nwb=config.nwb, qc=config.qc))
+    np.save(out / "arrays" / "valid_mask.npy", valid)
+    paths["_n_neurons"] = int(result.A.shape[1])
+    return paths
