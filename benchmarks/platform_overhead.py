@@ -32,7 +32,7 @@ TASK = '''\
 import time
 first = time.time()
 import json, sys
-inp, cfg, out = sys.argv[1:4]
+inp, cfg, out = sys.argv[-3:]
 seconds = json.load(open(cfg)).get("cpu_seconds", 0)
 end = time.process_time() + seconds
 x = 0
@@ -42,12 +42,12 @@ import os
 os.makedirs(out, exist_ok=True)
 last = time.time()
 with open(os.path.join(out, "times.json"), "w") as fh:
-    json.dump({"first": first, "last": last}, fh)
+    json.dump(dict(first=first, last=last), fh)
 '''
 
 BLUEPRINT = {
     "name": "overhead", "version": "1", "description": "trivial task for platform_overhead.py",
-    "command": ["{python}", "TASK", "{input}", "{config}", "{output}"],
+    "command": ["{python}", "-c", "TASK", "{input}", "{config}", "{output}"],
     "resources": {"cpus": 1, "memory": "512MB", "timeout": 600},
     "config_schema": {"type": "object", "properties": {"cpu_seconds": {"type": "number"}}},
     "limits": {"max_concurrent_tasks": 64, "max_retries": 0},
@@ -63,7 +63,8 @@ def setup(workdir: Path) -> tuple[Path, Path, dict[str, str]]:
     task.write_text(TASK)
     bp_dir = workdir / "blueprints" / "overhead"
     bp_dir.mkdir(parents=True)
-    blueprint = dict(BLUEPRINT, command=[a.replace("TASK", str(task)) for a in BLUEPRINT["command"]])
+    # the code goes inline: a sandboxed task sees only the system, its environment and its inputs
+    blueprint = dict(BLUEPRINT, command=[a.replace("TASK", TASK) for a in BLUEPRINT["command"]])
     (bp_dir / "blueprint.json").write_text(json.dumps(blueprint))
     root = workdir / "root"
     for i in range(8):
@@ -108,6 +109,13 @@ def job_dir_for(root: Path, name: str) -> Path:
 SEEN: set[str] = set()
 
 
+def check(job: Path) -> None:
+    end = json.loads((job / "end.json").read_text())
+    if end["state"] != "succeeded":
+        logs = "".join(p.read_text() for p in sorted((job / "logs").glob("*.log")))
+        raise SystemExit(f"benchmark job {job.name} {end['state']}: {end.get('cause')}\n{logs[-2000:]}")
+
+
 def bare(task: Path, workdir: Path, cpu_seconds: float, tag: str) -> tuple[float, float, float]:
     cfg = workdir / f"bare-{tag}.json"
     cfg.write_text(json.dumps({"cpu_seconds": cpu_seconds}))
@@ -125,6 +133,7 @@ def latency(root: Path, task: Path, workdir: Path, repeats: int) -> None:
         t0 = submit(root, f"lat{i}", ["d0.txt"], 0)
         job = job_dir_for(root, f"lat{i}")
         wait_file(job / "end.json")
+        check(job)
         end_mtime = (job / "end.json").stat().st_mtime
         times = json.loads((job / "outputs" / "d0.txt" / "times.json").read_text())
         start_p.append(times["first"] - t0)
@@ -153,6 +162,7 @@ def parallel(root: Path, task: Path, workdir: Path, cpu_seconds: float, counts: 
         t0 = submit(root, f"par{n}", [f"d{i}.txt" for i in range(n)], cpu_seconds)
         job = job_dir_for(root, f"par{n}")
         wait_file(job / "end.json")
+        check(job)
         wall = (job / "end.json").stat().st_mtime - t0
         b0 = time.time()
         with ThreadPoolExecutor(n_cores) as pool:
