@@ -47,14 +47,15 @@ def site(tmp_path_factory):
     accounts.add_group("other")
     accounts.add_user("ann", "lab")
     accounts.add_user("bob", "other")
-    ann, bob = accounts.issue_token("ann"), accounts.issue_token("bob")
+    accounts.add_user("cat", "lab")
+    ann, bob, cat = accounts.issue_token("ann"), accounts.issue_token("bob"), accounts.issue_token("cat")
     revoked = accounts.issue_token("ann")
     accounts.revoke_token(revoked.token_id)
     accounts.engine.dispose()
     server = ServerProcess(root, max_upload="1MB", env={"NCAAS_BLUEPRINTS": str(BLUEPRINTS)}).start()
     site = type("Site", (), {})()
     site.server, site.root, site.base = server, root, base
-    site.ann, site.bob, site.revoked = ann.token, bob.token, revoked.token
+    site.ann, site.bob, site.cat, site.revoked = ann.token, bob.token, cat.token, revoked.token
     site.ann_client, site.bob_client = Client(server.url, ann.token), Client(server.url, bob.token)
     yield site
     site.ann_client.close()
@@ -465,3 +466,20 @@ def test_unfinished_uploads_left_for_days_are_dropped(site, tmp_path):
     engine.dispose()
     assert not part.exists()
     assert up["id"] not in {u["id"] for u in site.ann_client._json("GET", "/api/uploads")}
+
+
+def test_a_resumed_upload_never_mixes_in_other_bytes(site):
+    data = os.urandom(300_000)
+    local = site.base / "mixed.bin"
+    local.write_bytes(data)
+    with _http(site, site.cat) as http:  # a colleague's unfinished upload of another file, same name and size
+        theirs = http.post("/api/uploads", json={"path": "mixed.bin", "size": len(data)}).json()
+        http.put(f"/api/uploads/{theirs['id']}?offset=0", content=b"c" * 1000)
+    with _http(site, site.ann) as http:  # and one of ann's own, interrupted, of different bytes
+        stale = http.post("/api/uploads", json={"path": "mixed.bin", "size": len(data)}).json()
+        http.put(f"/api/uploads/{stale['id']}?offset=0", content=b"a" * 1000)
+    done = site.ann_client.upload_file(local, "mixed.bin")
+    assert done["sha256"] == hashlib.sha256(data).hexdigest() and done["id"] not in (theirs["id"], stale["id"])
+    assert (site.root / "lab" / "inputs" / "mixed.bin").read_bytes() == data
+    pending = {u["id"]: u for u in site.ann_client._json("GET", "/api/uploads")}
+    assert pending[theirs["id"]]["user"] == "cat" and stale["id"] not in pending  # the bad resume was discarded

@@ -103,6 +103,7 @@ class Client:
         if not url.startswith(("http://", "https://")):
             raise NcaasError(f"server URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
+        self._user: str | None = None
         self.http = httpx.Client(base_url=self.url, transport=transport,
                                  headers={"Authorization": f"Bearer {token}"},
                                  timeout=httpx.Timeout(timeout, connect=10.0))
@@ -172,9 +173,21 @@ class Client:
         """
         local = Path(local)
         size = local.stat().st_size
-        pending = [u for u in self._json("GET", "/api/uploads") if u["path"] == remote and u["size"] == size]
-        up = pending[0] if pending else self._json(
-            "POST", "/api/uploads", json={"path": remote, "size": size, "overwrite": overwrite})
+        if self._user is None:
+            self._user = self.me()["user"]
+        pending = [u for u in self._json("GET", "/api/uploads")
+                   if u["path"] == remote and u["size"] == size and u["user"] == self._user]
+        if pending:
+            try:
+                return self._send_file(local, pending[0], size, progress)
+            except ServerRequestError as exc:
+                if exc.status != 422:  # the resumed bytes were not from this file: start afresh
+                    raise
+        up = self._json("POST", "/api/uploads", json={"path": remote, "size": size, "overwrite": overwrite})
+        return self._send_file(local, up, size, progress)
+
+    def _send_file(self, local: Path, up: dict, size: int,
+                   progress: Callable[[int, int], None] | None) -> dict:
         offset = up["offset"]
         hasher = _hash_prefix(local, offset)
         failures = 0

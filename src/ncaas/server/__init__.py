@@ -39,8 +39,10 @@ def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
     logger.addHandler(handler)
     logger.setLevel(log_level.upper())
     app = create_app(settings)
+    # Idle keep-alive connections live longer than clients pause between polls, even on a busy
+    # machine, so a client never reuses a connection the server is closing at that moment.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=75)
     server = uvicorn.Server(config)
     print(f"ncaas server on http://{host}:{port}/  (storage {settings.root}, "
           f"database {_redact(settings.database_url)})", flush=True)

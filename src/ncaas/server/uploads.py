@@ -73,6 +73,7 @@ class UploadInfo:
     offset: int
     complete: bool
     sha256: str | None
+    user: str
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -161,7 +162,7 @@ class Uploads:
         offset = up.size if up.completed_ms else (part.stat().st_size if part.exists() else 0)
         return UploadInfo(id=up.id, path=up.path, size=up.size, offset=offset,
                           complete=up.completed_ms is not None,
-                          sha256=up.final_sha256)
+                          sha256=up.final_sha256, user=up.user)
 
     def create(self, who: Principal, *, path: str, size: int, sha256: str | None = None,
                overwrite: bool = False) -> UploadInfo:

@@ -322,10 +322,14 @@ function putChunk(id, offset, blob, checksum, onProgress) {
 }
 
 async function uploadFile(file, path, onProgress) {
-  // Resume an unfinished upload of the same file if the server has one.
-  const pending = await api("/api/uploads");
-  let up = pending.find((u) => u.path === path && u.size === file.size);
-  if (!up) up = await api("/api/uploads", { method: "POST", json: { path, size: file.size, overwrite: true } });
+  // Resume this browser's unfinished upload of the same file (same name, size, date) if the server has it.
+  const key = `ncaas-upload:${path}:${file.size}:${file.lastModified}`;
+  const known = localStorage.getItem(key);
+  let up = known ? (await api("/api/uploads")).find((u) => u.id === known) : null;
+  if (!up) {
+    up = await api("/api/uploads", { method: "POST", json: { path, size: file.size, overwrite: true } });
+    localStorage.setItem(key, up.id);
+  }
   let offset = up.offset, failures = 0;
   onProgress(offset);
   while (offset < file.size) {
@@ -343,7 +347,11 @@ async function uploadFile(file, path, onProgress) {
     }
     onProgress(offset);
   }
-  return api(`/api/uploads/${up.id}/complete`, { method: "POST", json: {} });
+  try {
+    return await api(`/api/uploads/${up.id}/complete`, { method: "POST", json: {} });
+  } finally {
+    localStorage.removeItem(key);
+  }
 }
 
 // ---------------------------------------------------------------- submit
