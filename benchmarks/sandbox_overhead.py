@@ -82,7 +82,7 @@ def builds(name: str, skip_cold: bool, work: Path) -> environments.Environment:
     shutil.copytree(ROOT / "analyses" / name, source,
                     ignore=shutil.ignore_patterns("tests", "benchmarks", "__pycache__", "*.pyc"))
     spec = environments.EnvironmentSpec(name, source / environments.LOCK_NAME, source)
-    print(f"\nEnvironment build of {name} ({environments._lock_packages(spec.lock_file)} locked packages)")
+    print(f"\nEnvironment build of {name} ({environments.pinned_packages(spec.lock_file)} locked packages)")
     timings = {}
     try:
         if not skip_cold:

@@ -47,7 +47,7 @@ def storage(tmp_path) -> Path:
 
 def _mine() -> set[Path]:
     found = set()
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpuacct"):
         root = Path("/sys/fs/cgroup") / controller
         if root.is_dir():
             found |= {g for g in root.iterdir() if g.name.startswith(f"ncaas-{os.getpid()}-")}
@@ -155,6 +155,18 @@ socket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'from-sandbo
     assert result.verdict.reason == "network_denied", result.output
     assert "network" in result.verdict.message
     assert connections == ["from-host"]
+
+
+def test_usage_counts_every_process_of_the_task(env, storage):
+    result = task(env, storage, """
+import subprocess, sys
+burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass"
+subprocess.run([sys.executable, "-c", burn], check=True)  # a child's CPU time counts too
+x = bytearray(120 * 2**20)
+""")
+    assert result.verdict.ok, result.output
+    assert result.cpu_seconds is not None and result.cpu_seconds >= 0.4
+    assert result.peak_memory >= 120 * MiB
 
 
 def test_a_fork_bomb_is_stopped_at_the_process_limit(env, storage):

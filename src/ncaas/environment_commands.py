@@ -96,5 +96,5 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         if spec.source is None:
             raise EnvironmentBuildError(f"{analysis} names no environment.source to lock from")
         path = environments.lock(spec.source, lock_file=spec.lock_file, name=spec.name)
-        pins = environments._lock_packages(path)
+        pins = environments.pinned_packages(path)
         out.print(f"[green]locked[/green] {pins} packages with their sha256 hashes into {path}")

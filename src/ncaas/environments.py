@@ -58,6 +58,7 @@ __all__ = [
     "envs_dir",
     "find",
     "lock",
+    "pinned_packages",
     "remove",
     "rerun_mismatch",
     "spec_for_blueprint",
@@ -233,11 +234,6 @@ class Environment:
     def manifest_sha256(self) -> str:
         return self.manifest["manifest_sha256"]
 
-    @property
-    def base_prefix(self) -> Path:
-        """The base interpreter's installation, which the environment needs read-only."""
-        return Path(self.manifest["python"].rsplit(" ", 1)[-1])
-
     def record(self) -> dict[str, str]:
         """What a certificate keeps about the environment."""
         return {"name": self.name, "path": str(self.path), "env_sha256": self.env_sha256,
@@ -384,7 +380,8 @@ def _run_uv(args: list[str], log, progress: Progress | None, span: tuple[float, 
         raise EnvironmentBuildError("uv failed: " + " | ".join(tail))
 
 
-def _lock_packages(lock_file: Path) -> int:
+def pinned_packages(lock_file: Path) -> int:
+    """How many distinct packages a lock pins."""
     names = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", lock_file.read_text(), flags=re.M)
     return len({name.lower() for name in names})
 
@@ -397,7 +394,7 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
     python = path / "bin" / "python"
     step(0.02, f"creating the {spec.name} environment at {path}")
     _run_uv(["venv", "--no-config", "--quiet", "--python", str(spec.python), str(path)], log, None, (0, 0))
-    n_packages = _lock_packages(spec.lock_file)
+    n_packages = pinned_packages(spec.lock_file)
     step(0.05, f"installing {n_packages} locked packages from {spec.lock_file.name}")
     _run_uv(["pip", "install", "--no-config", "--python", str(python), "--require-hashes",
              "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)],

@@ -240,6 +240,7 @@ class SandboxResult:
     isolation: dict[str, str]
     peak_memory: int | None
     seconds: float
+    cpu_seconds: float | None = None
 
 
 class Sandbox:
@@ -315,6 +316,9 @@ class Sandbox:
             (group / "pids.max").write_text(str(self.spec.processes))
         else:
             self._rlimits["processes"] = self.spec.processes
+        group = _new_cgroup("cpuacct", name)  # CPU time of every process of the task, for its usage
+        if group is not None:
+            self.cgroups["cpuacct"] = group
 
     # -- running ---------------------------------------------------------
     @property
@@ -415,6 +419,13 @@ class Sandbox:
     def oom_kills(self) -> int:
         group = self.cgroups.get("memory")
         return _counter(group / "memory.oom_control", "oom_kill") if group else 0
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time of the whole task so far (user + system, every process), from its cgroup."""
+        group = self.cgroups.get("cpuacct")
+        if group is None:
+            return None
+        return int((group / "cpuacct.usage").read_text()) / 1e9
 
     def peak_memory(self) -> int | None:
         """Peak memory of the whole task (cgroup accounting, page cache included)."""
@@ -645,7 +656,7 @@ def _alive(pid: int) -> bool:
 
 def _sweep_stale() -> None:
     """Remove cgroups and scratch folders whose owning ncaas process died without cleaning up."""
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpuacct"):
         root = _cgroup_root() / controller
         if not os.access(root, os.W_OK):
             continue
@@ -710,4 +721,4 @@ def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
         verdict = (Verdict(False, "timeout", f"stopped: it ran longer than its timeout of {timeout:g} s")
                    if timed_out else box.verdict(code, output))
         return SandboxResult(code, output, verdict, box.isolation(), box.peak_memory(),
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, box.cpu_seconds())
