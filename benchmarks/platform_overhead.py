@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -127,8 +128,20 @@ def bare(task: Path, workdir: Path, cpu_seconds: float, tag: str) -> tuple[float
     return t0, times, t_end
 
 
-def latency(root: Path, task: Path, workdir: Path, repeats: int) -> None:
+def manager_cpu(pid: int) -> float:
+    """CPU seconds used so far by the manager process and its exited children (the task supervisors)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def latency(root: Path, task: Path, workdir: Path, repeats: int, manager_pid: int) -> None:
     start_p, end_p, start_b, end_b = [], [], [], []
+    idle0 = manager_cpu(manager_pid)
+    time.sleep(3.0)
+    idle = (manager_cpu(manager_pid) - idle0) / 3.0
+    cpu0, wall0 = manager_cpu(manager_pid), time.time()
+    bare_cpu = 0.0
     for i in range(repeats):
         t0 = submit(root, f"lat{i}", ["d0.txt"], 0)
         job = job_dir_for(root, f"lat{i}")
@@ -138,10 +151,17 @@ def latency(root: Path, task: Path, workdir: Path, repeats: int) -> None:
         times = json.loads((job / "outputs" / "d0.txt" / "times.json").read_text())
         start_p.append(times["first"] - t0)
         end_p.append(end_mtime - times["last"])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         b0, btimes, b_end = bare(task, workdir, 0, str(i))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        bare_cpu += after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         start_b.append(btimes["first"] - b0)
         end_b.append(b_end - btimes["last"])
+    busy = manager_cpu(manager_pid) - cpu0 - idle * (time.time() - wall0)
     med = statistics.median
+    print(f"\nManager CPU: {idle:.1%} of a core while idle (polling); {busy / repeats:.3f} CPU s per job "
+          f"above that, of which the bare task itself takes {bare_cpu / repeats:.3f} (CPU time does not "
+          "depend on the machine's load)")
     print(f"\nLatency, trivial task, {repeats} jobs (median / max, seconds)")
     print(f"{'':38}{'ncaas':>16}{'bare subprocess':>18}{'overhead':>12}")
     print(f"{'submit file -> first instruction':38}{med(start_p):>8.3f} / {max(start_p):5.3f}"
@@ -188,7 +208,7 @@ def main() -> int:
             wait_file(root / ".ncaas" / "manager.lock", timeout=60)
             time.sleep(1.0)
             print(f"ncaas platform overhead; host load average {os.getloadavg()[0]:.1f} on {cores()} cores")
-            latency(root, task, workdir, args.repeats)
+            latency(root, task, workdir, args.repeats, manager.pid)
             parallel(root, task, workdir, args.cpu_seconds, [int(c) for c in args.counts.split(",")])
             print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
         finally:
