@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from ncaas.blueprint import parse_bytes
 from ncaas.client import Client
@@ -207,7 +208,10 @@ def bench_load(server: ServerProcess, token: str, clients: int, seconds: float, 
         c.upload_file(tiny, "tiny.npy", overwrite=True)
     print(f"\n{clients} clients for {seconds:.0f} s: submit a framestats job, poll it until over "
           f"(think time {think * 1000:.0f} ms), repeat", flush=True)
+    proc = psutil.Process(server.proc.pid)
+    before, me_before, machine_before = proc.cpu_times(), time.process_time(), psutil.cpu_times()
     stats, jobs, elapsed = asyncio.run(_load(server.url, token, clients, seconds, think))
+    after, me_after, machine_after = proc.cpu_times(), time.process_time(), psutil.cpu_times()
     failures = stats.pop("failures", [])
     total = sum(len(v) for v in stats.values())
     print(f"{'request':14s} {'count':>7s} {'req/s':>7s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
@@ -228,6 +232,13 @@ def bench_load(server: ServerProcess, token: str, clients: int, seconds: float, 
     print(f"jobs submitted: {len(jobs)}; finished during the run: "
           f"{sum(s not in ('queued', 'running') for s in states)} "
           f"({statistics.mode(states) if states else '-'} most often); the rest were cancelled")
+    server_cpu = (after.user + after.system) - (before.user + before.system)
+    idle = (machine_after.idle + machine_after.iowait) - (machine_before.idle + machine_before.iowait)
+    total = sum(machine_after) - sum(machine_before)
+    print(f"CPU during the run ({elapsed:.0f} s wall): the server process used {server_cpu:.1f} s "
+          f"({server_cpu / max(len(every), 1) * 1000:.1f} ms per request, manager thread included), the load "
+          f"generator {me_after - me_before:.1f} s; the machine's {os.cpu_count()} cpus were "
+          f"{1 - idle / total:.0%} busy (load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
     print(f"failed requests: {len(failures)} (target: 0)")
     for line in failures[:10]:
         print("  ", line)
