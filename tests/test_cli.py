@@ -45,8 +45,8 @@ def test_submit_wait_then_status_logs_results(tmp_path):
     assert read_json(target / "end.json")["state"] == "succeeded"
     assert (target / "outputs" / "sessions" / "s1.stats.csv").exists()
 
-    # submitting the same local file again reuses the stored copy; a different one is refused
-    again = cli("submit", "framestats", str(data[0]), "--group", "lab", env=env)
+    # submitting the same local file or folder again reuses the stored copy; a different one is refused
+    again = cli("submit", "framestats", str(data[0]), str(folder), "--group", "lab", env=env)
     assert again.exit_code == 0 and "a running `ncaas manager` will run it" in flat(again.stdout)
     data[0].write_bytes(b"different")
     clash = cli("submit", "framestats", str(data[0]), "--group", "lab", env=env)

@@ -162,9 +162,7 @@ def _copy_in(storage: Storage, group: str, area: str, item: str) -> str:
     name = local.resolve().name
     target = storage.resolve(group, area, name)
     if storage.exists(target):
-        same = (not local.is_dir() and not storage.isdir(target)
-                and storage.size(target) == local.stat().st_size and storage.sha256(target) == _sha256(local))
-        if not same:
+        if not same_content(storage, target, local):
             raise StorageError(f"{group}/{area}/{name} already exists with different content; rename your "
                                f"local {'folder' if local.is_dir() else 'file'} or submit the stored one by name")
         return name
@@ -172,14 +170,12 @@ def _copy_in(storage: Storage, group: str, area: str, item: str) -> str:
     return name
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def same_content(storage: Storage, target: str, local: Path) -> bool:
+    """Whether a stored file or folder holds exactly what ``local`` holds."""
+    if local.is_dir() != storage.isdir(target):
+        return False
+    local_tree = Storage(local.parent).describe_tree(str(local.resolve()))
+    return local_tree == storage.describe_tree(target)
 
 
 def _watch(manager: Manager, job: Job) -> Job:

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..certificate import build_certificate, render_text
-from ..exceptions import ExecutorError, JobNotFound, SubmissionRejected
+from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
 from ..executors.base import LOST, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..storage import Storage
@@ -165,11 +167,21 @@ class Manager:
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, scan: bool = True, until: Callable[[], bool] | None = None,
             should_stop: Callable[[], bool] | None = None) -> None:
-        """Step until ``until()`` holds or ``should_stop()`` asks to stop."""
+        """Step until ``until()`` holds or ``should_stop()`` asks to stop.
+
+        Watching storage (``scan=True``) is a service: a failing step (storage or
+        database unreachable for a moment) is reported and retried, not fatal.
+        """
         while True:
-            if scan:
-                self.scan()
-            self.step()
+            try:
+                if scan:
+                    self.scan()
+                self.step()
+            except (NcaasError, OSError, SQLAlchemyError) as exc:
+                if not scan:
+                    raise
+                self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
+                time.sleep(1.0)
             if (until is not None and until()) or (should_stop is not None and should_stop()):
                 return
             time.sleep(self.poll_interval)
@@ -371,7 +383,10 @@ class Manager:
         self.db.update_job(job.id, finalized=True)
         job.finalized = True
         self._blueprints.pop(job.id, None)
-        shutil.rmtree(self.state_dir / "runs" / job.id, ignore_errors=True)
+        runs = self.state_dir / "runs" / job.id
+        for run_dir in runs.iterdir() if runs.is_dir() else []:
+            self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
+        shutil.rmtree(runs, ignore_errors=True)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
 
     def cancel(self, job_ref: str) -> Job:
