@@ -3,9 +3,9 @@
 
 Error = distance between estimated and true backward fields after removing,
 per pixel, the mean over sessions from both (alignment is defined up to a
-common deformation), inside the valid mask. Projections per file: the blood
-vessel image of the median frame and the mean image (cheap; the benchmark
-uses the full Cn * PNR projections)."""
+common deformation), inside the valid mask. Projections per file with
+``caliali.projections.session_projections``: the blood-vessel image and
+Cn * PNR as the neuron image."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from caliali.experiment import load_experiment
 from caliali.io import open_video
-from caliali.projections.vessels import bv_filter
+from caliali.projections.session import session_projections
 from caliali.registration import align_sessions, apply_alignment, save_alignment
 
 SIM = {"sessions": 4, "frames": 100, "neurons": None, "height": 128, "width": 176,
@@ -22,17 +22,18 @@ SIM = {"sessions": 4, "frames": 100, "neurons": None, "height": 128, "width": 17
 
 
 def _projections(sim):
-    """(bv, mean, session id) of every file of the experiment, in order."""
+    """(bv, Cn * PNR, mean, session id) of every file of the experiment, in order."""
     exp = load_experiment(sim.out)
-    bv, mean, ids = [], [], []
+    bv, neuron, mean, ids = [], [], [], []
     for session in exp.sessions:
         for path in session.files:
             with open_video(path) as video:
-                movie = video.read(0, video.n_frames)
-            bv.append(bv_filter(np.median(movie, axis=0), gSig=3.0))
-            mean.append(movie.mean(axis=0))
+                p = session_projections(video.read(0, video.n_frames), gSig=3.0, fs=10.0)
+            bv.append(p.bv)
+            neuron.append(p.cn * p.pnr)
+            mean.append(p.mean)
             ids.append(session.id)
-    return bv, mean, ids
+    return bv, neuron, mean, ids
 
 
 def _error(est, true, mask):
@@ -45,8 +46,8 @@ def _error(est, true, mask):
 @pytest.mark.parametrize("variant", ["ideal", "remap", "sparse"])
 def test_alignment_error_on_simulated_sessions(simulation, variant):
     sim = simulation(variant=variant, **SIM)
-    bv, mean, ids = _projections(sim)
-    al = align_sessions(bv, neuron_images=mean, session_ids=ids, gSig=3.0)
+    bv, neuron, _, ids = _projections(sim)
+    al = align_sessions(bv, neuron_images=neuron, session_ids=ids, gSig=3.0)
     true = np.load(sim.ground_truth / "fields.npy")
     med, p95 = _error(al.total_fields, true, al.valid_mask)
     assert med <= 0.5 and p95 <= 1.5, (variant, med, p95)
@@ -57,9 +58,9 @@ def test_alignment_error_on_simulated_sessions(simulation, variant):
 
 def test_split_sessions_get_one_transform_and_stream_into_one_video(simulation, tmp_path):
     sim = simulation(variant="ideal", max_frames_per_file=60, **SIM)
-    bv, mean, ids = _projections(sim)
+    bv, neuron, mean, ids = _projections(sim)
     assert len(bv) == 8 and ids[0] == ids[1]  # every session in two files
-    al = align_sessions(bv, neuron_images=mean, session_ids=ids, gSig=3.0)
+    al = align_sessions(bv, neuron_images=neuron, session_ids=ids, gSig=3.0)
     assert len(al.sessions) == 4
     for i in range(0, 8, 2):
         np.testing.assert_array_equal(al.input_field(i), al.input_field(i + 1))
