@@ -38,5 +38,6 @@ system-deps:
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	 if [ -z "$$missing" ]; then :; \
 	 elif [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
-	   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	     || echo "could not install$$missing; tests that need them will be skipped"; \
 	 else echo "not root: cannot install$$missing; tests that need them will be skipped"; fi
