@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python analyses/caliali/benchmarks/cnmfe.py f1 [--variants ideal remap sparse dense]
-        [--sessions 4] [--frames 2000] [--workdir DIR]
+        [--sessions 4] [--frames 2000] [--workdir DIR] [--out DIR]
     .venv/bin/python analyses/caliali/benchmarks/cnmfe.py memory [--sessions-list 1 4 10] [--frames 3000]
         [--memory-budget 1GB] [--workdir DIR]
 
@@ -97,6 +97,10 @@ def run_f1(args) -> None:
         result = extract(str(store_path), session_bounds=bounds, gSig=meta["gSig"], min_corr=args.min_corr,
                          min_pnr=args.min_pnr, memory_budget=args.memory_budget)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        if args.out is not None:  # the full outputs, e.g. for `caliali score OUT/<variant> GT`
+            from caliali.outputs import write_outputs
+
+            write_outputs(result, args.out / variant, fs=meta["fs"], extra_meta={"ground_truth": str(gt)})
         a_true = np.load(gt / "A.npy")
         c_true = np.load(gt / "C.npy")
         s = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
@@ -156,6 +160,7 @@ def main(argv=None) -> None:
     f1.add_argument("--frames", type=int, default=2000)
     f1.add_argument("--min-corr", type=float, default=0.2)
     f1.add_argument("--min-pnr", type=float, default=4.0)
+    f1.add_argument("--out", type=Path, default=None, help="write each variant's outputs under OUT/<variant>")
     mem = sub.add_parser("memory")
     mem.add_argument("--sessions-list", type=int, nargs="+", default=[1, 4, 10])
     mem.add_argument("--frames", type=int, default=3000)
