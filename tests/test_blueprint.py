@@ -54,7 +54,7 @@ resources:
     assert "command.3 (line 3)" not in text  # the command error is reported on the list
     assert "command (line 3): unknown placeholder {inptu}" in text
     assert "resources.memory (line 5): 'lots' is not a size; write e.g. 512MB" in text
-    assert "resources.cpu (line 6): unknown field; allowed here: cpus, memory, gpus, disk, timeout" in text
+    assert "resources.cpu (line 6): unknown field; allowed here: cpus, memory, gpus, custom, disk, timeout" in text
 
 
 def test_missing_fields_and_bad_schema_are_named(tmp_path):

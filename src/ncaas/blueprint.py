@@ -79,6 +79,8 @@ class Resources(_Strict):
     cpus: int = Field(1, ge=1)
     memory: int = Field(parse_bytes("1GB"), gt=0, description="bytes per task")
     gpus: int = Field(0, ge=0)
+    custom: dict[str, float] = Field(default_factory=dict, description="named resources a node must offer, "
+                                     "e.g. {highmem: 1} (Ray custom resources; ignored by the local executor)")
     disk: int | None = Field(None, gt=0)
     timeout: float = Field(3600.0, gt=0, description="seconds per task")
 

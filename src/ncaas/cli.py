@@ -86,7 +86,7 @@ def _target(server: Annotated[str | None, typer.Option(
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
     storage = Storage(root)
-    return Manager(storage, JobDB(db or default_db_url(storage.root)), **kwargs)
+    return Manager(storage, JobDB(db or f"sqlite:///{storage.state_dir() / 'jobs.sqlite'}"), **kwargs)
 
 
 def _styled(state: str) -> str:
@@ -356,9 +356,22 @@ def run_manager(
     analysis: Annotated[str | None, typer.Option(help="analysis for NeuroCAAS-style submit files naming none")] = None,
     interval: Annotated[float, typer.Option(help="seconds between polls of storage and tasks")] = 0.05,
     root: RootOpt = default_root(), db: DbOpt = None,
+    executor: Annotated[str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")] = "local",
+    ray_address: Annotated[str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS",
+                                                    help="Ray cluster to join: HEAD:PORT, or auto on a node")] = None,
+    ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
+    scan_interval: Annotated[float | None, typer.Option(
+        help="seconds between scans for new submit files [default: every poll; 2 on s3://]")] = None,
 ) -> None:
     """Watch storage for submissions (including ones made while it was down) and run them."""
-    manager = _manager(root, db, default_analysis=analysis, poll_interval=interval,
+    from .executors.pick import executor_for
+
+    storage = Storage(root)
+    runner = executor_for(executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus)
+    if scan_interval is None:
+        scan_interval = 0.0 if storage.is_local else 2.0
+    manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
+                       scan_interval=scan_interval,
                        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
     lock_path = manager.state_dir / "manager.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,9 +389,13 @@ def run_manager(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     out.print(f"ncaas manager on {manager.storage.url} (db {manager.db.url}); "
-              f"{manager.executor.cpus} cpus; Ctrl-C stops it, running tasks continue")
+              f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it")
     manager.run(should_stop=lambda: stopping)
-    out.print("manager stopped; running tasks continue and are adopted at the next start")
+    if executor == "ray":
+        runner.close()
+        out.print("manager stopped; its Ray tasks stopped with it and are retried at the next start")
+    else:
+        out.print("manager stopped; running tasks continue and are adopted at the next start")
     lock.close()
 
 

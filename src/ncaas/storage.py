@@ -83,6 +83,18 @@ class Storage:
                                   f"copy the data into {group}/{area}/ instead of linking to it")
         return full
 
+    def state_dir(self) -> Path:
+        """The manager's own local folder (job database, run folders, locks).
+
+        ``<root>/.ncaas`` for a local root; for a remote root, a folder named after the root's
+        URL under ``$NCAAS_STATE`` (default ``~/.cache/ncaas/state``) on the manager's machine.
+        """
+        if self.is_local:
+            return Path(self.join(".ncaas"))
+        base = Path(os.environ.get("NCAAS_STATE") or Path.home() / ".cache" / "ncaas" / "state")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.url)[-60:].strip("-")
+        return base / f"{name}-{hashlib.sha256(self.url.encode()).hexdigest()[:12]}"
+
     def local_path(self, path: str) -> Path:
         """The local filesystem path of ``path``; only local roots have one."""
         if not self.is_local:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,9 +31,11 @@ class TaskSpec:
     run_dir: Path  # executor bookkeeping: spec.json, runner.pid, exit.json
     status_fields: dict[str, Any] = field(default_factory=dict)  # copied into every status write
     environment: Path | None = None  # the analysis environment (bound read-only); None: the platform's python
+    blueprint: Any = None  # the LoadedBlueprint; executors that ship the analysis to other machines need it
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(dataclasses.replace(self, blueprint=None))
+        del out["blueprint"]
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)

@@ -85,10 +85,17 @@ class RayExecutor:
                           logging_level=logging.WARNING, configure_logging=True)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, its own errors
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            chain, cause = [], exc
+            while cause is not None:
+                chain.append(str(cause))
+                cause = cause.__cause__ or cause.__context__
+            why = ("the cluster refused this process's token" if "AuthToken" in " ".join(chain)
+                   else str(exc).splitlines()[0])
             raise ExecutorError(
-                f"cannot join the Ray cluster at {self.address}: {exc}. Check the address (the head's "
+                f"cannot join the Ray cluster at {self.address}: {why}. Check the address (the head's "
                 "HOST:PORT, or 'auto' on a cluster node); with token authentication set RAY_AUTH_MODE=token "
-                f"(now {mode}) and the token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token)") from exc
+                f"(now {mode}) and the cluster's token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token)") from None
 
     # -- environments --------------------------------------------------------------------
     def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, EnvironmentInfo]:

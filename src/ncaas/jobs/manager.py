@@ -52,7 +52,8 @@ class Manager:
 
     def __init__(self, storage: Storage, db: JobDB, *, executor: LocalExecutor | None = None,
                  registry: BlueprintRegistry | None = None, default_analysis: str | None = None,
-                 poll_interval: float = 0.05, notify: Callable[[str], None] | None = None):
+                 poll_interval: float = 0.05, notify: Callable[[str], None] | None = None,
+                 scan_interval: float = 0.0):
         self.storage = storage
         self.db = db
         self.executor = executor or LocalExecutor()
@@ -62,8 +63,10 @@ class Manager:
         self._parsed: dict[str, Blueprint] = {}  # per blueprint sha256
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
+        self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
+        self._last_scan = -float("inf")
         self.notify = notify or (lambda message: None)
-        self.state_dir = storage.local_path(storage.join(".ncaas"))
+        self.state_dir = storage.state_dir()
         self._seen: dict[str, tuple[Any, ...]] = {}
 
     @property
@@ -174,7 +177,8 @@ class Manager:
         """
         while True:
             try:
-                if scan:
+                if scan and time.monotonic() - self._last_scan >= self.scan_interval:
+                    self._last_scan = time.monotonic()
                     self.scan()
                 self.step()
             except (NcaasError, OSError, SQLAlchemyError) as exc:
@@ -255,6 +259,8 @@ class Manager:
                                   "exit_code": record.get("returncode"),
                                   "cpu_seconds": record.get("cpu_seconds"),
                                   "peak_memory_bytes": record.get("peak_memory_bytes")}
+        if isinstance(record.get("environment"), dict):  # what the node actually ran (ray executor)
+            fields.update(environment_json=json.dumps(record["environment"]), argv_json=json.dumps(record["argv"]))
         if decision.state == TaskState.QUEUED:
             fields.update(runner_pid=None, runner_start=None, run_dir=None)
         if self.db.move_task(task, decision.state, decision.cause, **fields):
@@ -319,11 +325,11 @@ class Manager:
         loaded = self.loaded_blueprint(job)
         bp = loaded.blueprint
         env_info = self.executor.ensure_environment(loaded)
-        results = self.storage.local_path(job.results_dir)
+        results = self._task_path(job.results_dir)
         output = results / "outputs" / task.dataset
         if task.attempt > 1 and output.exists():
             shutil.rmtree(output)  # a retry starts from a clean output folder
-        values = {"{input}": str(self.storage.local_path(task.dataset_path)),
+        values = {"{input}": str(self._task_path(task.dataset_path)),
                   "{config}": str(results / "config.json"), "{output}": str(output),
                   "{python}": env_info.python}
         argv = []
@@ -343,7 +349,14 @@ class Manager:
                         scratch_dir=scratch, memory_limit=bp.resources.memory, cpus=bp.resources.cpus,
                         timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
                         status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,
-                        status_fields=self._status_fields(job, task))
+                        status_fields=self._status_fields(job, task), blueprint=loaded)
+
+    def _task_path(self, path: str) -> Path:
+        """Where a task finds a storage path: the local file, or the storage path itself for
+        executors that fetch and upload data on their nodes (ray)."""
+        if getattr(self.executor, "stages_storage", False) and not self.storage.is_local:
+            return Path(path)
+        return self.storage.local_path(path)
 
     def loaded_blueprint(self, job: Job) -> LoadedBlueprint:
         """The blueprint exactly as it was when the job was submitted."""

@@ -1,0 +1,81 @@
+"""`ncaas manager --executor ray --ray-address ADDRESS --root s3://bucket/prefix`, for real:
+the manager process watches the S3 prefix and runs what a plain S3 client drops there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ncaas_testutil import REPO, ncaas, wait_for, write_stack
+
+from ncaas.storage import Storage
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_manager_watches_an_s3_prefix_and_runs_on_the_cluster(ray_cluster, s3_root: str, tmp_path: Path) -> None:
+    storage = Storage(s3_root)
+    log = tmp_path / "manager.log"
+    env = {"NCAAS_STATE": str(tmp_path / "state")}
+    with open(log, "wb") as out:
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "manager", "--executor", "ray", "--ray-address", ray_cluster.address,
+             "--root", s3_root, "--scan-interval", "0.5"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env, "COLUMNS": "200"})
+    try:
+        wait_for(lambda: "ncaas manager on" in log.read_text(), timeout=60, what="the manager to start")
+        # Everything below is what any S3 client (aws s3 cp, boto3, s3fs) would do.
+        storage.put(write_stack(tmp_path / "x.npy", seed=7), storage.resolve("lab", "inputs", "x.npy"))
+        storage.write_text(storage.join("lab", "configs", "c.json"), json.dumps({"stats": ["mean"]}))
+        storage.write_text(storage.join("lab", "submissions", "s3drop.submit.json"),
+                           json.dumps({"analysis": "framestats", "dataname": "x.npy", "configname": "c.json",
+                                       "timestamp": "2026-01-01T00:00:00"}))
+        end = wait_for(lambda: storage.glob("lab/results/*/end.json"), timeout=150,
+                       what=f"end.json in S3; manager log:\n{log.read_text()}")
+        result = json.loads(storage.read_text(end[0]))
+        assert result["state"] == "succeeded" and result["tasks"] == {"x.npy": "succeeded"}, result
+        results = end[0].rsplit("/", 1)[0]
+        assert storage.read_text(f"{results}/outputs/x.npy/x.stats.csv").startswith("frame,mean")
+        assert json.loads(storage.read_text(f"{results}/certificate.json"))["executor"]["name"] == "ray"
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        manager.wait(timeout=60)
+    text = log.read_text()
+    assert manager.returncode == 0, text
+    assert "ray executor" in text and "its Ray tasks stopped with it" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--executor", "gpu"], "--executor 'gpu' is not known; use one of: local, ray"),
+    (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
+    (["--ray-address", "127.0.0.1:1"], "--ray-address and --ray-max-cpus need --executor ray"),
+    (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
+])
+def test_manager_options_are_checked_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
+    full = ["manager", *args] if "--root" in args else ["manager", "--root", str(tmp_path), *args]
+    done = ncaas(*full, env={"NCAAS_RAY_ADDRESS": ""}, timeout=60)
+    assert done.returncode == 1
+    assert message in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_example_cluster_config_is_valid_and_scales_from_zero() -> None:
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((REPO / "docs" / "ray-cluster-aws.yaml").read_text())
+    validate_config(config)  # Ray's own schema for `ray up`
+    workers = {k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]}
+    assert workers and all(v["min_workers"] == 0 and v["max_workers"] > 0 for v in workers.values())
+    assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
+    setup = " ".join(config["setup_commands"])
+    assert "ncaas[scale]" in setup and "RAY_AUTH_MODE=token" in setup
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    done = ncaas("manager", "--help", timeout=60)  # the documented options exist
+    assert done.returncode == 0 and "--ray-address" in done.stdout and "--scan-interval" in done.stdout
