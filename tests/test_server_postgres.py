@@ -90,6 +90,8 @@ def test_server_runs_jobs_on_postgresql_and_keeps_everything_across_restarts(pos
     buf = io.BytesIO()
     np.save(buf, np.arange(8 * 4 * 4, dtype=np.float32).reshape(8, 4, 4))
     (tmp_path / "m.npy").write_bytes(buf.getvalue())
+    big = np.random.default_rng(0).bytes(700_000)
+    (tmp_path / "big.bin").write_bytes(big)
 
     server = ServerProcess(root, db=url).start()
     try:
@@ -99,12 +101,15 @@ def test_server_runs_jobs_on_postgresql_and_keeps_everything_across_restarts(pos
             job = c.wait(c.submit("framestats", ["m.npy"], config={"batch_frames": 3})["id"])
             assert job["state"] == "succeeded", job
             assert c.files(job["id"])
+            # an upload interrupted by the server going down ...
+            half = c._json("POST", "/api/uploads", json={"path": "big.bin", "size": len(big)})
+            c.request("PUT", f"/api/uploads/{half['id']}", params={"offset": 0}, content=big[:300_000])
     finally:
         server.stop()
     engine = create_engine(url)
     with engine.connect() as conn:
         assert conn.execute(text("select state from jobs where id = :i"), {"i": job["id"]}).scalar() == "succeeded"
-        assert conn.execute(text("select count(*) from server_uploads")).scalar() == 1
+        assert conn.execute(text("select count(*) from server_uploads")).scalar() == 2
     engine.dispose()
     assert not (root / ".ncaas" / "jobs.sqlite").exists()  # nothing went to the SQLite default
 
@@ -116,6 +121,12 @@ def test_server_runs_jobs_on_postgresql_and_keeps_everything_across_restarts(pos
         with Client(server.url, admin.issue_token("ann").token) as c:
             assert job["id"] in {j["id"] for j in c.jobs()}
             assert c.certificate(job["id"])["job"]["id"] == job["id"]
+            # ... goes on where it stopped once the server is back (its checksum rebuilt from disk)
+            sent = []
+            done = c.upload_file(tmp_path / "big.bin", "big.bin", progress=lambda n, total: sent.append(n))
+            assert done["id"] == half["id"] and sent[0] > 300_000
+            assert done["sha256"] == hashlib.sha256(big).hexdigest()
+            assert (root / "lab" / "inputs" / "big.bin").read_bytes() == big
     finally:
         server.stop()
         admin.engine.dispose()
