@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import secrets
 import select
 import shlex
@@ -42,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cgroups
 from .exceptions import NcaasError
+from .sandbox_verdict import Verdict, explain_exit, human_size
 
 __all__ = [
     "MODE_VARIABLE",
@@ -63,9 +64,6 @@ _UID = 65534  # "nobody" inside; mapped to the platform's own user outside
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 _MASKED_DIRS = ("/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private")
-_OWNER_RE = re.compile(r"^ncaas-(\d+)-[0-9a-f]+$")
-
-
 class SandboxError(NcaasError):
     """A sandbox could not be set up."""
 
@@ -84,11 +82,6 @@ def sandbox_mode(override: str | None = None) -> str:
     if value in ("off", "0", "false", "no", "none"):
         return "none"
     raise SandboxError(f"{MODE_VARIABLE}={value!r} is not understood; use on (the default) or off")
-
-
-def _cgroup_root() -> Path:
-    """Where cgroup v1 controllers are mounted (``NCAAS_CGROUP_ROOT``, default /sys/fs/cgroup)."""
-    return Path(os.environ.get("NCAAS_CGROUP_ROOT") or "/sys/fs/cgroup")
 
 
 def bwrap_binary() -> tuple[str, str]:
@@ -146,14 +139,9 @@ def describe_isolation(override: str | None = None) -> str:
     else:
         head = (f"bubblewrap ({version}): read-only system, environment and inputs; writable output "
                 "and scratch; no network; clean environment variables")
-    memory = "cgroup v1 memory group" if _controller_writable("memory") else "RLIMIT_AS"
-    pids = "cgroup v1 pids group" if _controller_writable("pids") else "RLIMIT_NPROC"
+    memory = "cgroup v1 memory group" if cgroups.writable("memory") else "RLIMIT_AS"
+    pids = "cgroup v1 pids group" if cgroups.writable("pids") else "RLIMIT_NPROC"
     return f"{head}; memory limit by {memory}; process limit by {pids}"
-
-
-def _controller_writable(controller: str) -> bool:
-    root = _cgroup_root() / controller
-    return (root / "cgroup.procs").exists() and os.access(root, os.W_OK)
 
 
 def _system_links() -> list[str]:
@@ -176,14 +164,6 @@ def _python_home(environment: Path) -> Path | None:
         if key.strip() == "home":
             return Path(value.strip()).resolve().parent
     return None
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)
 
 
 @dataclass(frozen=True)
@@ -219,15 +199,6 @@ class SandboxSpec:
         return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
                    memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
                    mode=data["mode"], **paths)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Why a task ended, in words. ``reason`` is a short code, ``message`` the sentence."""
-
-    ok: bool
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -293,7 +264,7 @@ class Sandbox:
         if self.process is not None and self.process.poll() is None:
             self.process.wait(timeout=10)
         for path in self.cgroups.values():
-            _remove_cgroup(path)
+            cgroups.remove(path)
         self.cgroups = {}
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
@@ -302,7 +273,7 @@ class Sandbox:
     def _make_cgroups(self) -> None:
         name = f"ncaas-{os.getpid()}-{secrets.token_hex(6)}"
         if self.spec.memory:
-            group = _new_cgroup("memory", name)
+            group = cgroups.create("memory", name)
             if group is not None:
                 self.cgroups["memory"] = group
                 (group / "memory.limit_in_bytes").write_text(str(self.spec.memory))
@@ -310,13 +281,13 @@ class Sandbox:
                     (group / "memory.memsw.limit_in_bytes").write_text(str(self.spec.memory))
             else:
                 self._rlimits["memory"] = self.spec.memory
-        group = _new_cgroup("pids", name)
+        group = cgroups.create("pids", name)
         if group is not None:
             self.cgroups["pids"] = group
             (group / "pids.max").write_text(str(self.spec.processes))
         else:
             self._rlimits["processes"] = self.spec.processes
-        group = _new_cgroup("cpuacct", name)  # CPU time of every process of the task, for its usage
+        group = cgroups.create("cpuacct", name)  # CPU time of every process of the task, for its usage
         if group is not None:
             self.cgroups["cpuacct"] = group
 
@@ -398,7 +369,7 @@ class Sandbox:
         limit, or the kernel's OOM killer firing, stops the whole task.
         """
         if self.stopped is None:
-            if "pids" in self.cgroups and _counter(self.cgroups["pids"] / "pids.events", "max"):
+            if "pids" in self.cgroups and cgroups.counter(self.cgroups["pids"] / "pids.events", "max"):
                 self.stopped = "process_limit"
             elif "memory" in self.cgroups and self.oom_kills():
                 self.stopped = "memory"
@@ -414,11 +385,11 @@ class Sandbox:
             except ProcessLookupError:
                 pass
         for group in self.cgroups.values():
-            _empty_cgroup(group)
+            cgroups.empty(group)
 
     def oom_kills(self) -> int:
         group = self.cgroups.get("memory")
-        return _counter(group / "memory.oom_control", "oom_kill") if group else 0
+        return cgroups.counter(group / "memory.oom_control", "oom_kill") if group else 0
 
     def cpu_seconds(self) -> float | None:
         """CPU time of the whole task so far (user + system, every process), from its cgroup."""
@@ -471,9 +442,9 @@ class Sandbox:
                       "without a sandbox", "filesystem": "unrestricted", "network": "unrestricted",
                       "environment_variables": "clean"}
         if "memory" in self.cgroups:
-            record["memory"] = f"cgroup v1 memory group, {_human(spec.memory or 0)}"
+            record["memory"] = f"cgroup v1 memory group, {human_size(spec.memory or 0)}"
         elif "memory" in self._rlimits:
-            record["memory"] = f"RLIMIT_AS, {_human(spec.memory or 0)}"
+            record["memory"] = f"RLIMIT_AS, {human_size(spec.memory or 0)}"
         else:
             record["memory"] = "unlimited"
         if "pids" in self.cgroups:
@@ -492,183 +463,27 @@ class Sandbox:
         """Why the task ended, in words, from its exit status, the limits and its last output."""
         spec = self.spec
         if self.stopped == "process_limit" or (
-                "pids" in self.cgroups and _counter(self.cgroups["pids"] / "pids.events", "max")):
+                "pids" in self.cgroups and cgroups.counter(self.cgroups["pids"] / "pids.events", "max")):
             return Verdict(False, "process_limit",
                            f"stopped: it tried to run more than {spec.processes} processes at once, "
                            "its process limit (a runaway fork loop?)")
         if self.stopped == "memory" or self.oom_kills():
             return Verdict(False, "memory", f"stopped: it needed more than its memory limit of "
-                           f"{_human(spec.memory or 0)}, so the kernel ended it; raise "
+                           f"{human_size(spec.memory or 0)}, so the kernel ended it; raise "
                            "resources.memory in the blueprint or use less memory")
         if returncode == 0:
             return Verdict(True, "ok", "finished")
-        return _explain_output(output, returncode, spec, self._rlimits, self.mode)
-
-
-def _explain_output(output: str, returncode: int, spec: SandboxSpec, rlimits: dict[str, int],
-                    mode: str) -> Verdict:
-    tail = "\n".join(output.strip().splitlines()[-40:])
-    if "memory" in rlimits and re.search(r"MemoryError|Unable to allocate|Cannot allocate memory|"
-                                         r"bad_alloc|out of memory", tail):
-        return Verdict(False, "memory", f"stopped: it tried to use more than its memory limit of "
-                       f"{_human(spec.memory or 0)} (address-space limit); raise resources.memory "
-                       "in the blueprint or use less memory")
-    if mode == "bubblewrap":
-        verdict = _explain_path(tail, spec)
-        if verdict is not None:
-            return verdict
-        if re.search(r"Connection refused|Network is unreachable|Temporary failure in name "
-                     r"resolution|Name or service not known|No route to host", tail):
-            return Verdict(False, "network_denied", "stopped: it tried to use the network; tasks run "
-                           "without network access, so nothing outside the sandbox is reachable")
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return Verdict(False, "signal", f"ended by {name}")
-    last = tail.splitlines()[-1] if tail else ""
-    return Verdict(False, "exit_code", f"exited with code {returncode}" + (f": {last[:300]}" if last else ""))
-
-
-def _explain_path(tail: str, spec: SandboxSpec) -> Verdict | None:
-    """A failed file access in the task's last words, explained against what the sandbox shows."""
-    path = _quoted_path(tail, r"Read-only file system|Permission denied|No such file or directory")
-    read_only = "Read-only file system" in tail
-    if path is None:
-        return Verdict(False, "write_denied", "stopped: it tried to write outside its output folder; "
-                       "only the output folder and /tmp are writable") if read_only else None
-    target = Path(path)
-    if not target.is_absolute():
-        return None
-    if spec.environment is not None and target.is_relative_to(spec.environment):
-        return Verdict(False, "environment_write_denied", f"stopped: it tried to modify its analysis "
-                       f"environment ({path}), which is read-only")
-    if _hidden(target, spec):
-        return Verdict(False, "outside_access", f"stopped: it tried to reach {path}, which is outside "
-                       "its sandbox; a task sees only its own inputs, output, environment and /tmp")
-    if any(target.is_relative_to(p) for p in spec.readonly):
-        return Verdict(False, "write_denied", f"stopped: it tried to modify its input ({path}); "
-                       "inputs are read-only")
-    if read_only:
-        return Verdict(False, "write_denied", f"stopped: it tried to write outside its output folder "
-                       f"({path}); only the output folder and /tmp are writable")
-    return None
-
-
-def _quoted_path(text: str, phrase: str) -> str | None:
-    """The path named in the last error line matching ``phrase`` (Python's or coreutils' form)."""
-    found = None
-    for line in text.splitlines():
-        if re.search(phrase, line):
-            match = re.search(r"(?:: |cannot \w+ )['\"]?(/[^'\"]*?)['\"]?(?::|$)", line) \
-                or re.search(r"'(/[^']*)'", line)
-            found = match.group(1) if match else found
-    return found
-
-
-def _hidden(path: Path, spec: SandboxSpec) -> bool:
-    """Whether ``path`` (or the folder it would be created in) exists on the host but not for the task."""
-    if _visible(path, spec):
-        return False
-    if path.exists():
-        return True
-    bound = [Path(p).absolute() for p in (*spec.readonly, *spec.writable)]
-    in_sandbox = {Path("/"), Path("/tmp")} | {a for p in bound for a in p.parents}
-    return path.parent.exists() and path.parent not in in_sandbox and not _visible(path.parent, spec)
-
-
-def _visible(path: Path, spec: SandboxSpec) -> bool:
-    """Whether the host's ``path`` is what the task sees at that path."""
-    roots = [Path(p) for p in ("/usr", "/etc", *_SYSTEM_LINKS)]
-    roots += [Path(p) for p in (*spec.readonly, *spec.writable)]
-    if spec.environment is not None:
-        roots.append(spec.environment)
-    return any(path.is_relative_to(root) for root in roots)
-
-
-# -- cgroups -------------------------------------------------------------
-def _new_cgroup(controller: str, name: str) -> Path | None:
-    """Create ``/sys/fs/cgroup/<controller>/<name>``, a sibling of the existing groups."""
-    root = _cgroup_root() / controller
-    if not _controller_writable(controller):
-        return None
-    try:
-        (root / name).mkdir()
-    except OSError:
-        return None
-    return root / name
-
-
-def _counter(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _pids(group: Path) -> list[int]:
-    try:
-        return [int(p) for p in (group / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
-
-
-def _empty_cgroup(group: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (pids := _pids(group)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.002)
-
-
-def _remove_cgroup(group: Path) -> None:
-    _empty_cgroup(group)
-    deadline = time.monotonic() + 5.0
-    while True:
-        try:
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:  # EBUSY while the last processes are reaped; a later sweep retries
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.002)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return explain_exit(output, returncode, spec, address_space_limit="memory" in self._rlimits,
+                            sandboxed=self.mode == "bubblewrap")
 
 
 def _sweep_stale() -> None:
     """Remove cgroups and scratch folders whose owning ncaas process died without cleaning up."""
-    for controller in ("memory", "pids", "cpuacct"):
-        root = _cgroup_root() / controller
-        if not os.access(root, os.W_OK):
-            continue
-        for group in root.glob("ncaas-*"):
-            match = _OWNER_RE.match(group.name)
-            # A group with processes may be a task whose manager died and will be adopted again.
-            if match and not _alive(int(match.group(1))) and not _pids(group):
-                _remove_cgroup(group)
+    cgroups.sweep_stale()
     base = Path(os.environ.get("NCAAS_SCRATCH") or tempfile.gettempdir())
     for scratch in base.glob("ncaas-scratch-*"):
         owner = scratch.name.split("-")[2]
-        if owner.isdigit() and not _alive(int(owner)):
+        if owner.isdigit() and not cgroups.owner_alive(f"ncaas-{owner}-0"):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
