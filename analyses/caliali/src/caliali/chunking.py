@@ -187,6 +187,15 @@ def _sessions(source: Source) -> list[tuple[str, list[Callable[[], VideoReader]]
     ]
 
 
+def _frame_counts(openers: list[Callable[[], VideoReader]]) -> list[int]:
+    """Frames in each file (headers only), so progress knows the total up front."""
+    counts = []
+    for opener in openers:
+        with opener() as video:
+            counts.append(video.n_frames)
+    return counts
+
+
 class _Borrowed(VideoReader):
     """A reader owned by the caller: the loop reads it but does not close it."""
 
@@ -226,13 +235,7 @@ def iter_chunks(
     if int(batch_frames) < 1:
         raise InputError(f"batch_frames must be a positive integer, got {batch_frames!r}")
     sessions = _sessions(source)
-    counts = []
-    for _, openers in sessions:
-        row = []
-        for opener in openers:
-            with opener() as video:
-                row.append(video.n_frames)
-        counts.append(row)
+    counts = [_frame_counts(openers) for _, openers in sessions]
     total = sum(sum(row) for row in counts) or 1
     offset, index = 0, 0
     for s, ((sid, openers), row) in enumerate(zip(sessions, counts, strict=True)):
