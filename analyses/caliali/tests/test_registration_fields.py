@@ -97,3 +97,12 @@ def test_implausible_translation_is_an_error():
     img = _texture((128, 160))
     with pytest.raises(AlignmentError, match="max_shift"):
         estimate_translations([img, np.roll(img, 30, axis=1)], max_shift=10)
+
+
+def test_align_sessions_docstring_example_holds():
+    import doctest
+
+    import caliali.registration.alignment as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 3 and result.failed == 0

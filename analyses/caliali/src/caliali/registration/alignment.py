@@ -241,12 +241,16 @@ def align_sessions(
 
     Examples
     --------
+    Session 1 sees the field of view 3 px further right than session 0, so
+    pixel ``(y, x)`` of session 0 is pixel ``(y, x - 3)`` of session 1:
+
     >>> import numpy as np
-    >>> rng = np.random.default_rng(0)
     >>> from scipy.ndimage import gaussian_filter
-    >>> img = gaussian_filter(rng.standard_normal((64, 64)), 2)
-    >>> al = align_sessions([img, np.roll(img, 3, axis=1)], gSig=3)
+    >>> big = gaussian_filter(np.random.default_rng(0).standard_normal((100, 100)), 2)
+    >>> al = align_sessions([big[10:90, 10:90], big[10:90, 13:93]], gSig=3)
     >>> np.round(al.translations[1] - al.translations[0], 1).tolist()
+    [-0.0, -3.0]
+    >>> np.round(np.median(al.total_field(1) - al.total_field(0), axis=(1, 2)), 1).tolist()
     [0.0, -3.0]
     """
     if source not in ("auto", "bv", "neuron"):
