@@ -77,7 +77,8 @@ def test_split_sessions_get_one_transform_and_stream_into_one_video(simulation, 
     # Aligned session means agree with each other far better than the raw ones.
     mask = al.valid_mask
     raw = [np.mean([mean[i], mean[i + 1]], axis=0) for i in range(0, 8, 2)]
-    aligned = [video.store.read(a, b).mean(axis=0) for a, b in zip(video.session_bounds[:-1], video.session_bounds[1:])]
+    bounds = video.session_bounds
+    aligned = [video.store.read(a, b).mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def spread(images):
         stack = np.stack([im[mask] for im in images])

@@ -98,11 +98,13 @@ def _validate(images: Sequence[np.ndarray], what: str, shape: tuple[int, int] | 
     for i, im in enumerate(images):
         arr = np.asarray(im)
         if arr.ndim != 2:
-            raise AlignmentError(f"{what}[{i}] has shape {arr.shape}; pass one 2-D projection (H, W) per file or session.")
+            raise AlignmentError(f"{what}[{i}] has shape {arr.shape}; "
+                                 "pass one 2-D projection (H, W) per file or session.")
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise AlignmentError(f"{what}[{i}] has dtype {arr.dtype}; pass real-valued images.")
         if shape is not None and arr.shape != shape:
-            raise AlignmentError(f"{what}[{i}] has shape {arr.shape} but {what}[0] has {shape}; all projections must share one frame size.")
+            raise AlignmentError(f"{what}[{i}] has shape {arr.shape} but {what}[0] has {shape}; "
+                                 "all projections must share one frame size.")
         if min(arr.shape) < 16:
             raise AlignmentError(f"{what}[{i}] is {arr.shape}: at least 16x16 px is needed to align.")
         shape = arr.shape
@@ -114,7 +116,8 @@ def _group(session_ids: Sequence[Hashable] | None, n: int) -> tuple[list[str], n
     if session_ids is None:
         return [str(i) for i in range(n)], np.arange(n)
     if len(session_ids) != n:
-        raise AlignmentError(f"session_ids has {len(session_ids)} entries for {n} images; give one session id per image.")
+        raise AlignmentError(f"session_ids has {len(session_ids)} entries for {n} images; "
+                             "give one session id per image.")
     order: list[str] = []
     index = np.empty(n, dtype=int)
     for i, sid in enumerate(session_ids):

@@ -52,7 +52,8 @@ def save_alignment(alignment: Alignment, out: str | Path, *, figures: bool = Tru
         "reliability": None if math.isnan(alignment.reliability) else alignment.reliability,
         "qc": alignment.qc,
         "params": alignment.params,
-        "convention": "backward: aligned[y, x] = session[y + dy[y, x], x + dx[y, x]]; fields.npy includes the translation",
+        "convention": ("backward: aligned[y, x] = session[y + dy[y, x], x + dx[y, x]]; "
+                       "fields.npy includes the translation"),
     }
     (folder / "alignment.json").write_text(json.dumps(meta, indent=2))
     if figures:
@@ -75,7 +76,8 @@ def load_alignment(out: str | Path) -> Alignment:
         mask = np.load(folder / "valid_mask.npy")
         images = np.load(folder / "projections.npy")
     except (ValueError, OSError) as exc:
-        raise AlignmentError(f"{folder}: saved alignment is unreadable ({exc}); run the alignment stage again.") from exc
+        raise AlignmentError(f"{folder}: saved alignment is unreadable ({exc}); "
+                             "run the alignment stage again.") from exc
     n = len(meta["sessions"])
     if total.shape[:2] != (n, 2) or translations.shape != (n, 2) or mask.shape != total.shape[2:]:
         raise AlignmentError(f"{folder}: fields {total.shape}, translations {translations.shape} and mask "
