@@ -355,6 +355,8 @@ def test_a_rejected_submission_says_why(site, job):
         assert any("batch_frames" in p for p in body["problems"])
         assert http.get(f"/api/jobs/{body['job']['id']}").json()["state"] == "rejected"
         assert http.post("/api/jobs", json={"analysis": "framestats", "datasets": []}).status_code == 400
+        resp = http.post("/api/jobs", json={"analysis": "framestats", "datasets": ["a.npy"], "confg": {}})
+        assert resp.status_code == 400 and "confg: Extra inputs are not permitted" in resp.json()["error"]
 
 
 def test_job_list_detail_logs_story_and_certificate(site, job):

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from ..certificate import compare_outputs, load_certificate
@@ -179,6 +179,8 @@ Jobs = Annotated[JobService, Depends(jobs_of)]
 
 
 class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
     analysis: str = Field(description="an analysis name from GET /api/analyses")
     datasets: list[str] = Field(min_length=1, description="dataset names in the group's inputs/")
     configname: str | None = Field(None, description="a config saved in configs/ (PUT /api/configs/{name})")

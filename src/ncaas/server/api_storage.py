@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Body, Depends, Header, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from ..storage import check_user_path
@@ -30,6 +30,8 @@ def me(who: Caller) -> dict:
 
 
 class TicketRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
     path: str = Field(description="URL path prefix the ticket opens, e.g. /api/jobs/<id>/")
 
 
@@ -100,6 +102,8 @@ def input_info(name: str, who: Caller, state: State) -> dict:
 
 
 class NewUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
     path: str = Field(description="where the file goes, relative to inputs/ (e.g. exp1/session2/movie.tif)")
     size: int = Field(description="total bytes of the file")
     sha256: str | None = Field(None, description="SHA-256 of the whole file, checked on completion")
@@ -146,6 +150,8 @@ async def put_upload(upload_id: str, request: Request, who: Caller, state: State
 
 
 class CompleteUpload(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
     sha256: str | None = None
 
 
