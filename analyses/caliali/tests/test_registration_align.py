@@ -208,3 +208,16 @@ def test_apply_streams_every_frame_into_one_video(three, tmp_path):
         apply_alignment(al, movies[:3], tmp_path / "x.zarr", batch_frames=2)
     with pytest.raises(AlignmentError, match="frames"):
         apply_alignment(al, [m[:, :50] for m in movies], tmp_path / "y.zarr", batch_frames=2)
+
+
+def test_pixels_without_data_are_excluded_from_the_valid_mask(three):
+    bv, neuron, _ = three
+    holed = bv[0].copy()
+    holed[:, :12] = np.nan  # e.g. cropped away by motion correction
+    border = np.ones(SHAPE, bool)
+    border[-10:] = False
+    al = align_sessions([holed, bv[1], bv[2]], neuron_images=neuron, gSig=3,
+                        valid_masks=[np.ones(SHAPE, bool), border, np.ones(SHAPE, bool)])
+    assert np.isfinite(al.fields).all() and np.isfinite(al.images).all()
+    assert not al.valid_mask[:, :8].any() and not al.valid_mask[-6:].any()
+    assert al.valid_mask.mean() > 0.6
