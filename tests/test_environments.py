@@ -189,3 +189,27 @@ def test_locks_in_the_repository_pin_with_hashes():
         assert f"ncaas env lock {name}" in text and "--hash=sha256:" in text
         assert "numpy==" in text
     assert stat.S_ISREG((root / "analyses" / "caliali" / "requirements.lock").stat().st_mode)
+
+
+def test_env_commands_build_verify_and_lock(tmp_path, envs):
+    folder = make_analysis(tmp_path / "tinyana", [])
+
+    def ncaas(*args):
+        return subprocess.run([sys.executable, "-m", "ncaas", "env", *args], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "200"}, timeout=300)
+
+    locked = ncaas("lock", str(folder))
+    assert locked.returncode == 0 and "locked 0 packages" in locked.stdout
+    built = ncaas("build", str(folder))
+    assert built.returncode == 0 and "tinyana environment built" in built.stdout, built.stderr
+    again = ncaas("verify", str(folder))
+    assert again.returncode == 0 and again.stdout.startswith("ok:")
+
+    env = environments.find(spec_for(folder))
+    target = next(env.path.rglob("tinyana/__init__.py"))
+    os.chmod(target, 0o644)
+    target.write_text("VALUE = 3\n")
+    changed = ncaas("verify", str(folder))
+    assert changed.returncode == 3 and "changed since it was built" in changed.stderr
+    assert f"changed: {target.relative_to(env.path).as_posix()}" in changed.stderr
+    assert "ncaas env build" in changed.stderr and "--force" in changed.stderr and "Traceback" not in changed.stderr

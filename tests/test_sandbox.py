@@ -340,26 +340,6 @@ def test_a_job_runs_sandboxed_in_its_environment_and_the_certificate_says_so(pla
     assert (results / "outputs" / "a.npy" / "a.stats.csv").is_file()
 
 
-def test_a_changed_environment_is_not_used_by_a_job(platform):
-    import json
-
-    manager, analysis, root = platform
-    job, _ = _submit_and_run(manager, root, "first")
-    assert job.state == "succeeded", job.cause
-    env_path = Path(json.loads(manager.db.tasks(job.id)[0].environment_json)["path"])
-    target = next(env_path.rglob("framestats/__main__.py"))
-    os.chmod(target, 0o644)
-    target.write_text("print('not the certified analysis')\n")
-    environments._VERIFIED.clear()  # a new manager process would not have verified it yet
-    job, results = _submit_and_run(manager, root, "second")
-    task = manager.db.tasks(job.id)[0]
-    assert job.state == "failed" and task.attempt == 1
-    assert "could not start" in task.cause and "changed on disk" in task.cause
-    assert "ncaas env build framestats --force" in task.cause
-    assert not (results / "outputs" / "a.npy").exists()
-    environments.remove(environments.find(environments.spec_for_blueprint(manager.registry.get("framestats"))))
-
-
 def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(platform):
     from ncaas.exceptions import CertificateError
     from ncaas.rerun import rerun_certificate
@@ -382,3 +362,23 @@ def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(p
     rerun_job, rows = rerun_certificate(manager, certificate, notify=notes.append)
     assert rerun_job.state == "succeeded"
     assert rows and all(r["verdict"] == "match" for r in rows)
+
+
+def test_a_changed_environment_is_not_used_by_a_job(platform):
+    import json
+
+    manager, analysis, root = platform
+    job, _ = _submit_and_run(manager, root, "first")
+    assert job.state == "succeeded", job.cause
+    env_path = Path(json.loads(manager.db.tasks(job.id)[0].environment_json)["path"])
+    target = next(env_path.rglob("framestats/__main__.py"))
+    os.chmod(target, 0o644)
+    target.write_text("print('not the certified analysis')\n")
+    environments._VERIFIED.clear()  # a new manager process would not have verified it yet
+    job, results = _submit_and_run(manager, root, "second")
+    task = manager.db.tasks(job.id)[0]
+    assert job.state == "failed" and task.attempt == 1
+    assert "could not start" in task.cause and "changed on disk" in task.cause
+    assert "ncaas env build framestats --force" in task.cause
+    assert not (results / "outputs" / "a.npy").exists()
+    environments.remove(environments.find(environments.spec_for_blueprint(manager.registry.get("framestats"))))
