@@ -19,6 +19,7 @@ nothing is left behind (process groups are killed, temporary folders removed).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -54,6 +55,16 @@ def free_port(host: str = "127.0.0.1", *, avoid: set[int] | None = None) -> int:
         if port not in avoid:
             return port
     raise LocalClusterError(f"no free TCP port found on {host}")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Have the kernel send SIGTERM when the process that started us dies (Linux), so a
+    crashed or killed test run does not leave servers behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _find_tool(name: str, package: str) -> str:
@@ -186,7 +197,7 @@ class LocalS3Server:
         log = self.workdir / "weed.log"
         with open(log, "wb") as out:
             self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          cwd=self.workdir, start_new_session=True)
+                                          cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent)
         try:
             _wait_for(self._bucket_ready, timeout=timeout, what="the SeaweedFS S3 server", log=log,
                       proc=self._proc)
@@ -308,7 +319,7 @@ class LocalRayCluster:
         log = self.tmp / f"node-{ip}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True, preexec_fn=_die_with_parent)
         self.nodes[ip] = _Node(ip, proc, log)
         _wait_for(lambda: "Ray runtime started" in log.read_text(errors="replace"), timeout=timeout,
                   what=f"the Ray {'head' if head else 'worker'} node on {ip}", log=log, proc=proc)
