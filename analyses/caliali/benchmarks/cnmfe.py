@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python analyses/caliali/benchmarks/cnmfe.py f1 [--variants ideal remap sparse dense]
         [--sessions 4] [--frames 2000] [--workdir DIR] [--out DIR]
     .venv/bin/python analyses/caliali/benchmarks/cnmfe.py memory [--sessions-list 1 4 10] [--frames 3000]
-        [--memory-budget 1GB] [--workdir DIR]
+        [--height 180 --width 260] [--neurons K] [--memory-budget 1GB] [--workdir DIR]
 
 ``f1`` simulates each variant (PNR 2), builds the aligned movie by warping
 every session with its true backward field (so extraction is measured on its
@@ -69,13 +69,15 @@ def build_aligned(sim_dir: Path, store_path: Path) -> tuple[np.ndarray, dict]:
 
 
 def simulate_aligned(workdir: Path, *, variant: str, sessions: int, frames: int, seed: int = 0,
-                     neurons: int | None = None):
+                     neurons: int | None = None, height: int = 180, width: int = 260):
     from caliali.simulate import simulate
 
-    sim_dir = workdir / f"sim_{variant}_{sessions}x{frames}"
+    tag = f"{variant}_{sessions}x{frames}" + ("" if (height, width) == (180, 260) else f"_{height}x{width}")
+    sim_dir = workdir / f"sim_{tag}"
     if not (sim_dir / "ground_truth" / "meta.json").exists():
-        simulate(sim_dir, sessions=sessions, frames=frames, variant=variant, seed=seed, neurons=neurons)
-    store_path = workdir / f"aligned_{variant}_{sessions}x{frames}.zarr"
+        simulate(sim_dir, sessions=sessions, frames=frames, variant=variant, seed=seed, neurons=neurons,
+                 height=height, width=width)
+    store_path = workdir / f"aligned_{tag}.zarr"
     meta = json.loads((sim_dir / "ground_truth" / "meta.json").read_text())
     progress_file = store_path / "progress.json"
     if progress_file.exists() and json.loads(progress_file.read_text()).get("complete"):
@@ -131,7 +133,8 @@ def run_memory(args) -> None:
     rows = []
     for n in args.sessions_list:
         store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=args.frames,
-                                                    seed=args.seed)
+                                                    seed=args.seed, neurons=args.neurons, height=args.height,
+                                                    width=args.width)
         out = subprocess.run([sys.executable, __file__, "_child", "--store", str(store_path), "--bounds",
                               json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget],
                              check=True, capture_output=True, text=True)
@@ -164,6 +167,9 @@ def main(argv=None) -> None:
     mem = sub.add_parser("memory")
     mem.add_argument("--sessions-list", type=int, nargs="+", default=[1, 4, 10])
     mem.add_argument("--frames", type=int, default=3000)
+    mem.add_argument("--height", type=int, default=180)
+    mem.add_argument("--width", type=int, default=260)
+    mem.add_argument("--neurons", type=int, default=None)
     for p in (f1, mem):
         p.add_argument("--memory-budget", default="1GB")
         p.add_argument("--seed", type=int, default=0)
