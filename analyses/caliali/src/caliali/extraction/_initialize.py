@@ -1,8 +1,9 @@
 """Greedy initialisation of one temporal batch: local rank-1 fits around seeds, with peeling.
 
-The batch is processed patch by patch (square spatial patches with overlap);
-each seed belongs to the patch whose centre is nearest, and its fit uses only
-that patch's pixels, so the working memory is one patch of the batch.
+The batch is high-passed once, then processed patch by patch (square spatial
+patches with overlap): each seed belongs to the patch whose centre is nearest,
+and its fit and peeling use only a copy of that patch's pixels, so the working
+memory is the batch, its high-passed copy and one patch.
 """
 
 from __future__ import annotations
