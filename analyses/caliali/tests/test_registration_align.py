@@ -137,6 +137,10 @@ def test_unreliable_vessels_fall_back_to_neuron_images(three, caplog):
     assert med <= 0.5 and p95 <= 1.5, (med, p95)
     forced = align_sessions(no_vessels, neuron_images=neuron, gSig=3, source="bv")
     assert forced.source == "bv" and _error(forced.total_fields, true, forced.valid_mask)[0] > 1.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="caliali.registration"):
+        alone = align_sessions(no_vessels, gSig=3)
+    assert alone.source == "bv" and "no neuron images were given" in caplog.text
 
 
 def test_one_session_is_the_identity():

@@ -305,6 +305,10 @@ def align_sessions(
             chosen = "neuron"
             translations, fields = _pipeline(neu_s, neu_s, max_shift=max_shift, pyramid=pyramid,
                                              template_every=template_every, progress=progress)
+        elif chosen == "bv" and not score >= reliability_threshold:
+            why = "source='bv' was asked for" if source == "bv" else "no neuron images were given to fall back to"
+            log.warning("blood-vessel reliability %.2f < %.2f but %s: check the alignment QC",
+                        score, reliability_threshold, why)
         else:
             log.info("aligning on %s images (blood-vessel reliability %.2f)", chosen, score)
     mask = _valid_mask(translations, fields, mask_s, shape)
