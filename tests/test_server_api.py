@@ -249,6 +249,12 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
                           ({"path": "x.bin"}, "size"), ({"path": "x.bin", "size": 1, "sha256": "xyz"}, "64 hexadecimal")):
             resp = http.post("/api/uploads", json=body)
             assert resp.status_code == 400 and why in resp.json()["error"], (body, resp.text)
+        resp = http.put("/api/configs/huge.json", content=b'{"x": "' + b"y" * (17 << 20) + b'"}',
+                        headers={"Content-Type": "application/json"})
+        assert resp.status_code == 413 and "over 16777216 bytes" in resp.json()["error"]
+        resp = http.put("/api/configs/huge.json", content=iter([b'{"x": "', b"y" * (17 << 20), b'"}']),
+                        headers={"Content-Type": "application/json"})  # chunked: no length announced
+        assert resp.status_code == 413 and "over 16777216 bytes" in resp.json()["error"]
         resp = http.post("/api/uploads", content=b"{not json", headers={"Content-Type": "application/json"})
         assert resp.status_code == 400 and "malformed request" in resp.json()["error"]
 

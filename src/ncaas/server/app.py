@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("ncaas.server")
 STATIC = Path(__file__).parent / "static"
+JSON_BODY_LIMIT = 16 << 20
 
 _STATUS = [(ServerError, None), (PathRefused, 400), (SubmissionRejected, 400), (JobNotFound, 404),
            (BlueprintError, 400), (StorageError, 500), (NcaasError, 400)]
@@ -47,6 +49,44 @@ def _validation_message(exc: RequestValidationError) -> str:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "malformed request: " + "; ".join(parts)
+
+
+class JsonBodyLimit:
+    """Refuse request bodies over ``limit`` bytes, except upload streams (which check
+    their declared size themselves), answering in the API's error format."""
+
+    def __init__(self, app, *, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"] == "PUT" and scope["path"].startswith("/api/uploads/")):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen, refused = 0, False
+
+        async def counted():
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit and not refused:
+                refused = True  # answer now; the app sees the client go away and its reply is dropped
+                await self._refuse(send)
+            return {"type": "http.disconnect"} if refused else message
+
+        async def guarded(message):
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+
+    async def _refuse(self, send):
+        body = json.dumps({"error": f"the request body is over {self.limit} bytes; upload data through "
+                                    "/api/uploads"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def build_state(settings: ServerSettings) -> ServerState:
@@ -107,6 +147,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return JSONResponse({"error": "internal server error; the administrator can find the details "
                                       "in the server log"}, status_code=500)
 
+    app.add_middleware(JsonBodyLimit, limit=JSON_BODY_LIMIT)
     app.include_router(api_storage.router)
     app.include_router(api_jobs.router)
     app.include_router(api_jobs.rerun_router)
