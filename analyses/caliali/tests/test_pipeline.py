@@ -1,0 +1,195 @@
+"""`caliali run`: the whole pipeline on simulated and real experiments, its config, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from caliali.config import CalialiConfig, ConfigError, config_schema, default_config, load_config
+from caliali.score import score
+from caliali.simulate import SimulationParams, simulate
+
+BLUEPRINT = Path(__file__).resolve().parents[1] / "blueprint.yaml"
+REAL_MOVIE = Path("/work/shared/data/minian_demo/minian_demo.mp4")
+SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
+
+
+def _caliali(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "caliali", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    """Two sessions of 400 frames, the first cut into two pieces (one session id)."""
+    out = tmp_path_factory.mktemp("exp") / "sim"
+    simulate(out, SimulationParams(sessions=2, frames=400, neurons=25, seed=3, height=120, width=160,
+                                   max_frames_per_file=None))
+    # Cut session 1 by hand the way `caliali split` does: pieces named <name>_b<k>.
+    r = _caliali("split", str(out / "ses01.tif"), "--max-frames", "250", "--out", str(out / "pieces"))
+    assert r.returncode == 0, r.stderr
+    exp = out.parent / "experiment"
+    exp.mkdir()
+    for p in sorted((out / "pieces").glob("*.tif")):
+        p.rename(exp / p.name)
+    (out / "ses02.tif").rename(exp / "ses02.tif")
+    return exp
+
+
+@pytest.fixture(scope="module")
+def result(experiment, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    cfg = tmp_path_factory.mktemp("cfg") / "config.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    out = tmp_path_factory.mktemp("run") / "out"
+    r = _caliali("run", "--input", str(experiment), "--config", str(cfg), "--output", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out, r
+
+
+def test_blueprint_schema_is_generated_from_the_config_model():
+    blueprint = yaml.safe_load(BLUEPRINT.read_text())
+    assert blueprint["config_schema"] == config_schema()
+    assert blueprint["default_config"] == default_config()
+    assert set(blueprint["default_config"]) == set(blueprint["config_schema"]["properties"])
+
+
+def test_every_parameter_is_described():
+    for name, prop in config_schema()["properties"].items():
+        assert len(prop.get("description", "")) > 15, name
+
+
+def test_unknown_key_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigError, match=r"gsig: unknown parameter; known parameters are: .*gSig"):
+        load_config({"gsig": 3})
+
+
+def test_out_of_range_value_names_the_field():
+    with pytest.raises(ConfigError, match=r"min_pnr: .*greater than or equal to 0.*got -1"):
+        load_config({"min_pnr": -1})
+
+
+def test_bad_memory_budget_names_the_field():
+    with pytest.raises(ConfigError, match="memory_budget"):
+        load_config({"memory_budget": "lots"})
+
+
+def test_cli_refuses_a_wrong_config_before_running(tmp_path, experiment):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("spatial_ds: 0\n")
+    r = _caliali("run", "--input", str(experiment), "--config", str(cfg), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert "spatial_ds" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_names_a_missing_input(tmp_path):
+    r = _caliali("run", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "nothing" in r.stderr
+
+
+def test_defaults_are_the_methods():
+    c = CalialiConfig()
+    assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == (5, 0.1, 6, 0.65, 20, 2)
+
+
+def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
+    out, run = result
+    for rel in ["arrays/A.npz", "arrays/C.npy", "arrays/C_raw.npy", "arrays/S.npy", "arrays/Cn.npy",
+                "arrays/PNR.npy", "arrays/session_bounds.npy", "arrays/meta.json", "neurons.nwb",
+                "alignment/fields.npy", "alignment/valid_mask.npy", "alignment/alignment.json",
+                "qc/contours.png", "qc/traces.png", "summary.json"]:
+        assert (out / rel).is_file(), rel
+    assert sorted(p.name for p in (out / "qc" / "sessions").glob("*_qc.png")) == \
+        ["session_ses01_qc.png", "session_ses02_qc.png"]
+    assert not (out / "work").exists()  # intermediates removed after success
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sessions"] == ["ses01", "ses02"]  # the two pieces form one session
+    assert summary["session_frames"] == [400, 400]
+    assert np.load(out / "arrays" / "session_bounds.npy").tolist() == [0, 400, 800]
+    progress = [line for line in run.stdout.splitlines() if line.startswith("NCAAS_PROGRESS")]
+    fractions = [float(line.split()[1]) for line in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for stage in ["motion", "projections", "alignment", "apply", "extraction"]:
+        assert any(f" {stage}:" in line for line in progress), stage
+    s = score(out, experiment.parent / "sim" / "ground_truth")
+    assert s.neurons.f1 >= 0.8, s
+    assert s.alignment is not None and s.alignment.median_px <= 0.6
+
+
+def test_nwb_output_opens_with_pynwb(result):
+    from pynwb import NWBHDF5IO
+
+    out, _ = result
+    with NWBHDF5IO(str(out / "neurons.nwb"), "r") as io:
+        nwb = io.read()
+        assert len(nwb.processing["ophys"]["ImageSegmentation"].plane_segmentations) == 1
+
+
+def test_an_interrupted_run_resumes_from_its_last_stage(tmp_path, experiment):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "caliali", "run", "--input", str(experiment), "--config", str(cfg),
+           "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    state = out / "work" / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = json.loads(state.read_text())["done"] if state.exists() else {}
+        if "projections_0" in done or proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["done"]
+    assert {"motion_0", "motion_1"} <= set(done) and "extraction" not in done
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert not any("motion:" in line for line in lines if line.startswith("NCAAS_PROGRESS"))
+    assert (out / "arrays" / "A.npz").is_file()
+
+
+@pytest.mark.skipif(not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine")
+def test_real_miniscope_recording(tmp_path):
+    """minian's demo movie: its top-left quadrant is the raw one-photon recording."""
+    import cv2
+    import tifffile
+
+    cap = cv2.VideoCapture(str(REAL_MOVIE))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
+    cap.release()
+    movie = tmp_path / "movie"
+    movie.mkdir()
+    tifffile.imwrite(movie / "session1.tif", np.stack(frames))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"gSig": 6, "spatial_ds": 2, "min_corr": 0.5, "min_pnr": 6, "fs": 25,
+                                   "memory_budget": "256MB"}))
+    out = tmp_path / "out"
+    r = _caliali("run", "--input", str(movie), "--config", str(cfg), "--output", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    meta = json.loads((out / "arrays" / "meta.json").read_text())
+    assert meta["dims"] == [120, 188]
+    import scipy.sparse
+
+    a = scipy.sparse.load_npz(out / "arrays" / "A.npz")
+    c = np.load(out / "arrays" / "C.npy")
+    assert a.shape[1] >= 3 and c.shape == (a.shape[1], len(frames))
+    assert np.isfinite(c).all()
+    for rel in ["neurons.nwb", "qc/contours.png", "qc/traces.png", "qc/sessions/session_session1_qc.png"]:
+        assert (out / rel).stat().st_size > 0, rel
