@@ -50,6 +50,8 @@ if S3FileSystem is not None:
     class GroupS3FileSystem(S3FileSystem):
         """s3fs where a folder exists exactly while some file lies under it."""
 
+        retries = 4  # s3fs' own retries, around botocore's: an unreachable service fails in seconds
+
         async def _isdir(self, path: str) -> bool:
             bucket, key, _ = self.split_path(path)
             if not key:
@@ -76,7 +78,7 @@ def open_s3(url: str) -> tuple[Any, str]:
                           "pip install 'ncaas[scale]'")
     options: dict[str, Any] = {"use_listings_cache": False,
                                "config_kwargs": {"connect_timeout": 10, "read_timeout": 120,
-                                                 "retries": {"max_attempts": 4, "mode": "standard"}}}
+                                                 "retries": {"max_attempts": 2, "mode": "standard"}}}
     endpoint = endpoint_url()
     if endpoint:
         options["endpoint_url"] = endpoint
