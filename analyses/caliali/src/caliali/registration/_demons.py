@@ -71,12 +71,16 @@ class DemonsParams:
         translation, Cn*PNR and BV projections of 200 frames), median / 95th
         percentile error inside the valid mask: ideal 0.47/1.64 px without,
         0.33/1.06 px with; sparse 0.87/2.74 without, 0.42/1.45 with.
+    confidence_floor : float
+        Weight of a structureless pixel (images are normalised to unit
+        spread, so squared gradients are ~0.01-1 where there is structure).
     """
 
     fluid_sigma: float = 2.0
     diffusion_sigma: float = 4.0
     max_step: float = 0.5
     confidence: bool = True
+    confidence_floor: float = 1e-3
 
 
 def _gradient(image: np.ndarray) -> np.ndarray:
@@ -135,7 +139,7 @@ def demons(
             # Normalised convolution: pixels with image structure set the
             # field, structureless ones take their neighbours' values
             # instead of being pulled towards zero.
-            w = (j**2).sum(axis=0) * inside + 1e-3
+            w = (j**2).sum(axis=0) * inside + params.confidence_floor
             w = smooth(w[None], params.fluid_sigma)[0]
             v = smooth((v + update) * w, params.diffusion_sigma) / smooth(w[None], params.diffusion_sigma)
         else:
