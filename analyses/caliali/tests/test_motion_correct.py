@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 from caliali.experiment import load_experiment
-from caliali.motion import MotionError, apply_shifts, correct_frames, correct_session, save_session_qc
+from caliali.motion import (
+    MotionError,
+    MotionResult,
+    apply_shifts,
+    correct_frames,
+    correct_session,
+    save_session_qc,
+)
 from caliali.store import FrameStore
 
 SIMA = "/work/shared/data/sima_example/example.tif"
@@ -86,6 +93,12 @@ def test_simulated_within_session_motion_is_recovered(simulation, tmp_path):
     assert files["qc_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_allclose(np.load(files["shifts"]), result.shifts)
     assert json.loads(files["summary"].read_text())["n_frames"] == 200
+    back = MotionResult.load(tmp_path / "qc", name="ses01")
+    np.testing.assert_array_equal(back.shifts, result.shifts)
+    np.testing.assert_array_equal(back.valid_mask, result.valid_mask)
+    np.testing.assert_array_equal(back.dropped, result.dropped)
+    with pytest.raises(MotionError, match="no motion result"):
+        MotionResult.load(tmp_path / "qc", name="nope")
 
 
 def _crispness(image: np.ndarray, mask: np.ndarray) -> float:

@@ -67,6 +67,25 @@ class MotionResult:
         paths["summary"].write_text(json.dumps(self.summary(), indent=2))
         return paths
 
+    @classmethod
+    def load(cls, folder: Path | str, *, name: str = "motion") -> MotionResult:
+        """Read what :meth:`save` wrote (shifts and flags at full precision
+        from the ``.npy`` and ``.csv`` files)."""
+        folder = Path(folder)
+        try:
+            table = np.loadtxt(folder / f"{name}_shifts.csv", delimiter=",", skiprows=1, ndmin=2)
+            return cls(
+                shifts=np.load(folder / f"{name}_shifts.npy"),
+                valid_mask=np.load(folder / f"{name}_valid_mask.npy"),
+                dropped=table[:, 3].astype(bool),
+                peak=table[:, 4],
+                template=np.load(folder / f"{name}_template.npy"),
+            )
+        except (OSError, ValueError, IndexError) as exc:
+            from ._errors import MotionError
+
+            raise MotionError(f"{folder}: no motion result named {name!r} saved there ({exc})") from exc
+
     def summary(self) -> dict[str, Any]:
         """Plain-number summary for logs and QC."""
         mag = np.hypot(self.shifts[:, 0], self.shifts[:, 1]) if len(self.shifts) else np.zeros(1)
