@@ -364,6 +364,23 @@ def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(p
     assert rows and all(r["verdict"] == "match" for r in rows)
 
 
+def test_a_job_is_refused_without_bubblewrap_unless_the_operator_allows_it(platform, monkeypatch, tmp_path):
+    import json
+
+    manager, _, root = platform
+    monkeypatch.setenv("NCAAS_BWRAP", str(tmp_path / "no-bwrap-here"))
+    job, results = _submit_and_run(manager, root, "refused")
+    task = manager.db.tasks(job.id)[0]
+    assert job.state == "failed" and "could not start: tasks must run in a bubblewrap sandbox" in task.cause
+    assert "NCAAS_SANDBOX=off" in task.cause
+
+    monkeypatch.setenv("NCAAS_SANDBOX", "off")
+    job, results = _submit_and_run(manager, root, "allowed")
+    assert job.state == "succeeded", job.cause
+    cert = json.loads((results / "certificate.json").read_text())
+    assert cert["isolation"].startswith("none: NCAAS_SANDBOX=off")
+
+
 def test_a_changed_environment_is_not_used_by_a_job(platform):
     import json
 
