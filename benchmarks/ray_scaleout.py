@@ -9,11 +9,12 @@ runs twice:
   with the group's storage on a SeaweedFS S3 server on 127.0.0.1.
 
 Each path first runs a one-dataset warm-up job (so environments are built and Ray
-workers started) whose time is printed but not compared. Printed per path: wall time
-from the submission to ``end.json``, the ideal ``ceil(8 / cores) * task``, and per task
-the span from launch to the manager seeing it end. The Ray path's per-task overhead is
-its median span minus the local median span, with the node's own breakdown
-(environment verification, fetching inputs, uploading outputs) from the status files.
+workers started), then ``--repeats`` one-dataset jobs of a task doing nothing: the
+difference of their median wall times (submission to ``end.json``) is the Ray path's
+per-task overhead, printed with the node's own breakdown (environment verification,
+fetching inputs, uploading outputs) from the status files. Then the 8-dataset job:
+wall time from submission to ``end.json`` next to the ideal ``ceil(8 / cores) * task``,
+and the median span of a task from its launch to the manager recording its end.
 
 Usage: ``.venv/bin/python benchmarks/ray_scaleout.py [--datasets 8] [--cpu-seconds 10]``.
 The machine is shared by other work: the figures are noisy, and the Ray processes
@@ -83,16 +84,20 @@ def _node_timings(storage, job, datasets: list[str]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in keys.items()}
 
 
-def _measure(label: str, manager, storage, datasets: list[str], cpu_seconds: float) -> dict:
+def _measure(label: str, manager, storage, datasets: list[str], cpu_seconds: float, repeats: int) -> dict:
     warm, _ = _run_job(manager, storage, f"{label}-warmup", datasets[:1], {"cpu_seconds": 0})
+    # Per-task cost of the path: one-dataset jobs of a task that does nothing, one after the other.
+    trivial = [_run_job(manager, storage, f"{label}-trivial{i}", datasets[i % len(datasets):][:1],
+                        {"cpu_seconds": 0})[0] for i in range(repeats)]
     wall, job = _run_job(manager, storage, f"{label}-main", datasets, {"cpu_seconds": cpu_seconds})
-    return {"warmup": warm, "wall": wall, "spans": _spans(manager, job), "job": job}
+    return {"warmup": warm, "trivial": trivial, "wall": wall, "spans": _spans(manager, job), "job": job}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", type=int, default=8)
     parser.add_argument("--cpu-seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=5, help="one-task jobs timed per path")
     args = parser.parse_args()
 
     from ncaas.localcluster import LocalRayCluster, LocalS3Server
@@ -122,14 +127,14 @@ def main() -> None:
         datasets = _write_inputs(local_storage, args.datasets, scratch)
         local_manager = Manager(local_storage, JobDB(f"sqlite:///{scratch / 'local.sqlite'}"),
                                 executor=LocalExecutor(), registry=registry)
-        local = _measure("local", local_manager, local_storage, datasets, args.cpu_seconds)
+        local = _measure("local", local_manager, local_storage, datasets, args.cpu_seconds, args.repeats)
 
         s3_storage = Storage(f"s3://{s3.bucket}/bench")
         _write_inputs(s3_storage, args.datasets, scratch)
         ray_executor = RayExecutor(cluster.address, storage=s3_storage)
         ray_manager = Manager(s3_storage, JobDB(f"sqlite:///{scratch / 'ray.sqlite'}"), executor=ray_executor,
                               registry=registry, scan_interval=1.0)
-        ray_run = _measure("ray", ray_manager, s3_storage, datasets, args.cpu_seconds)
+        ray_run = _measure("ray", ray_manager, s3_storage, datasets, args.cpu_seconds, args.repeats)
         nodes = sorted({json.loads(s3_storage.read_text(f"{ray_run['job'].results_dir}/status/{d}.json"))["node"]
                         for d in datasets})
         breakdown = _node_timings(s3_storage, ray_run["job"], datasets)
@@ -143,15 +148,18 @@ def main() -> None:
     ideal = math.ceil(args.datasets / cores) * args.cpu_seconds
     print(f"ray_scaleout: {args.datasets} datasets x {args.cpu_seconds:g} s CPU task (framestats), "
           f"{cores} cores; S3 server up in {s3_up:.1f} s, 2-node Ray cluster up in {ray_up:.1f} s")
-    print(f"{'path':<8}{'warm-up (1 task)':>18}{'wall':>10}{'ideal':>9}{'efficiency':>12}"
-          f"{'median task span':>18}")
+    print(f"{'path':<8}{'1-task job, no work (median)':>30}{'8-task job wall':>17}{'ideal':>9}"
+          f"{'efficiency':>12}{'median task span':>18}")
     for label, run in (("local", local), ("ray", ray_run)):
-        print(f"{label:<8}{run['warmup']:>16.2f} s{run['wall']:>8.2f} s{ideal:>7.1f} s{ideal / run['wall']:>11.0%}"
-              f"{statistics.median(run['spans']):>16.2f} s")
-    overhead = statistics.median(ray_run["spans"]) - statistics.median(local["spans"])
-    print(f"ray path per-task overhead (median span ray - local): {overhead:+.2f} s; tasks ran on nodes {nodes}")
-    print("  on the node (median): " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in breakdown.items()))
-    print(f"ray wall / local wall: {ray_run['wall'] / local['wall']:.2f}")
+        print(f"{label:<8}{statistics.median(run['trivial']):>28.2f} s{run['wall']:>15.2f} s{ideal:>7.1f} s"
+              f"{ideal / run['wall']:>11.0%}{statistics.median(run['spans']):>16.2f} s")
+    per_task = statistics.median(ray_run["trivial"]) - statistics.median(local["trivial"])
+    print(f"ray path per-task overhead (1-task job, ray - local, medians of {args.repeats}): {per_task:+.2f} s; "
+          f"the 8-task job ran on nodes {nodes}")
+    print("  spent on the node per task (median): "
+          + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in breakdown.items()))
+    print(f"8-task job: ray wall / local wall = {ray_run['wall'] / local['wall']:.2f} "
+          f"(warm-up jobs: local {local['warmup']:.1f} s, ray {ray_run['warmup']:.1f} s)")
 
 
 if __name__ == "__main__":

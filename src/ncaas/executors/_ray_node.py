@@ -335,7 +335,7 @@ def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
         record = run.execute(spec)
         record.update(node=run.node_ip, environment=environment, argv=spec.argv,
                       node_timings={k: round(v, 3) for k, v in run.timings.items()})
-        record.setdefault("isolation", run.local.isolation)
+        record["node_isolation"] = run.local.isolation  # one line, as the local executor describes it
         return record
     except KeyboardInterrupt:
         return {"cancelled": True, "returncode": None, "start_ms": started_ms, "end_ms": int(time.time() * 1000)}

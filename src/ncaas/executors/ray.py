@@ -188,8 +188,8 @@ class RayExecutor:
             return {"error": f"Ray could not run the task: {exc}", "returncode": None}
         if record.get("lost"):
             return LOST
-        if record.get("isolation"):
-            self._isolation.add(str(record["isolation"]))
+        if record.get("node_isolation"):
+            self._isolation.add(str(record["node_isolation"]))
         return record
 
     def cancel(self, handle: TaskHandle) -> None:
