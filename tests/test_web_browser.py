@@ -146,6 +146,17 @@ def test_sign_in_upload_submit_watch_download(site, page):
     popup.value.close()
 
 
+def test_a_large_file_is_sent_in_checksummed_chunks(site, page):
+    big = site["base"] / "big.bin"
+    data = np.random.default_rng(7).bytes(17 << 20)  # three 8 MiB chunks
+    big.write_bytes(data)
+    assert page.evaluate("() => Boolean(window.isSecureContext && crypto.subtle)")  # so chunks carry SHA-256
+    page.set_input_files("#pick-files", str(big))
+    page.wait_for_selector("#uploads li[data-dataset='big.bin'] .muted:has-text('uploaded')", timeout=120_000)
+    assert (site["root"] / "lab" / "inputs" / "big.bin").read_bytes() == data
+    page.uncheck("#inputs input[value='big.bin']")
+
+
 def test_qc_images_are_shown(site, page):
     page.select_option("#analysis", "qcimage")
     page.uncheck("#inputs input[value='exp1']")
