@@ -40,22 +40,23 @@ class _Environ:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[LocalS3Server]:
-    """SeaweedFS on 127.0.0.1; its credentials are in this process's standard AWS variables."""
+    """SeaweedFS on 127.0.0.1, with one access key and the bucket ``ncaas-test``."""
     server = LocalS3Server(bucket="ncaas-test")
     try:
         server.start()
     except LocalClusterError as exc:
         pytest.skip(f"the SeaweedFS S3 server cannot start here: {exc}")
-    environ = _Environ(server.env())
     yield server
-    environ.restore()
     server.stop()
     assert server._proc is None
 
 
 @pytest.fixture
-def s3_root(s3_server: LocalS3Server) -> str:
-    """A fresh, empty storage root in the test bucket."""
+def s3_root(s3_server: LocalS3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty storage root in the test bucket; the server's credentials and endpoint
+    are in the standard AWS variables for the test (and the processes it starts)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
     return f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:12]}"
 
 
