@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._arrays import write_arrays
+from ._common import session_names
 from ._nwb import write_nwb
 from ._qc import plot_contours, plot_traces
 
@@ -25,10 +26,7 @@ def write_outputs(extraction, out_dir: Path | str, *, fs: float = 10.0, session_
     """Write every output of an extraction under ``out_dir``; returns the paths written by kind."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if session_ids is not None and len(session_ids) != len(extraction.session_bounds) - 1:
-        from caliali.exceptions import InputError
-
-        raise InputError(f"{len(session_ids)} session ids given for {len(extraction.session_bounds) - 1} sessions")
+    session_names(extraction, session_ids)  # a wrong count fails before anything is written
     paths = {"arrays": write_arrays(extraction, out, session_ids=session_ids, fs=fs, spatial_ds=spatial_ds,
                                     extra_meta=extra_meta)}
     if nwb:

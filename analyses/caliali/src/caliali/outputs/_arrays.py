@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from ._common import session_names
+
 __all__ = ["write_arrays"]
 
 
@@ -26,8 +28,7 @@ def write_arrays(extraction, out_dir: Path | str, *, session_ids=None, fs: float
                         ("Cn", extraction.cn), ("PNR", extraction.pnr)):
         np.save(folder / f"{name}.npy", np.asarray(value, np.float32))
     np.save(folder / "session_bounds.npy", np.asarray(extraction.session_bounds, np.int64))
-    n_sessions = len(extraction.session_bounds) - 1
-    ids = list(session_ids) if session_ids is not None else [f"ses{i + 1:02d}" for i in range(n_sessions)]
+    ids = session_names(extraction, session_ids)
     meta = {
         "dims": [int(extraction.dims[0]), int(extraction.dims[1])],
         "spatial_ds": int(spatial_ds),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import session_names
+
 __all__ = ["write_nwb"]
 
 
@@ -45,8 +47,7 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bounds = np.asarray(extraction.session_bounds, np.int64)
-    n_sessions = len(bounds) - 1
-    ids = list(session_ids) if session_ids is not None else [f"ses{i + 1:02d}" for i in range(n_sessions)]
+    ids = session_names(extraction, session_ids)
     nwb = NWBFile(session_description=description, identifier=str(uuid.uuid4()),
                   session_start_time=session_start_time or datetime.now(timezone.utc))
     device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")

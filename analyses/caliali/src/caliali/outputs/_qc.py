@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._common import session_names
+
 __all__ = ["plot_contours", "plot_traces"]
 
 
@@ -62,7 +64,7 @@ def plot_traces(extraction, path: Path | str, *, n: int = 10, fs: float = 10.0, 
         ax.text(t[0], 0.5 - offset, f"#{k} SNR {extraction.snr[k]:.0f}", fontsize=7, ha="right")
         offset += 1.2
     bounds = np.asarray(extraction.session_bounds)
-    ids = session_ids or [f"ses{i + 1:02d}" for i in range(len(bounds) - 1)]
+    ids = session_names(extraction, session_ids)
     for i, b in enumerate(bounds[:-1]):
         if i:
             ax.axvline(b / fs, color="tab:red", ls="--", lw=0.8)
