@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from caliali.exceptions import InputError
+from caliali.exceptions import InputError, MemoryBudgetError
 from caliali.experiment import load_experiment, split_files
 from caliali.io import open_video, split_sizes, split_video
 
@@ -45,6 +45,14 @@ def test_split_pieces_reassemble_exactly(tmp_path, movie, write_video, suffix):
             assert video.n_frames <= 10
             parts.append(video.read())
     np.testing.assert_array_equal(np.concatenate(parts), frames.astype(np.float32))
+
+
+def test_split_streams_within_the_memory_budget(tmp_path, movie, write_video):
+    path = write_video(tmp_path / "m.tif", movie)
+    pieces = split_video(path, tmp_path / "out", max_frames=20, memory_budget=3 * 4 * 24 * 32 * 3)  # 3 frames
+    assert [p.name for p in pieces] == ["m_b1.tif", "m_b2.tif"]
+    with pytest.raises(MemoryBudgetError, match="cannot hold one 24x32 frame"):
+        split_video(path, tmp_path / "out2", max_frames=20, memory_budget=100)
 
 
 def test_short_file_is_kept_whole(tmp_path, movie, write_video):

@@ -68,12 +68,13 @@ def split(
     max_frames: Annotated[int, typer.Option(help="Most frames per piece.")] = 3000,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: <first file's folder>/split).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Array inside HDF5/zarr/NWB inputs.")] = None,
+    memory_budget: Annotated[str, typer.Option(help="Memory for frames in flight, e.g. 1GB.")] = "1GB",
 ) -> None:
     """Cut videos into <name>_b1, _b2, ... pieces of at most --max-frames and write manifest.yaml."""
     from caliali.experiment import split_files
 
     out = out if out is not None else files[0].parent / "split"
-    experiment = split_files(files, out, max_frames=max_frames, dataset=dataset)
+    experiment = split_files(files, out, max_frames=max_frames, dataset=dataset, memory_budget=memory_budget)
     for session in experiment.sessions:
         console.print(f"{session.id}: {len(session.files)} piece(s): {', '.join(p.name for p in session.files)}")
     console.print(f"[green]manifest[/green] {experiment.source}")

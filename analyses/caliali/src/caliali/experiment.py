@@ -238,6 +238,7 @@ def split_files(
     max_frames: int,
     dataset: str | None = None,
     session_ids: Sequence[str] | None = None,
+    memory_budget: int | str | None = "1GB",
 ) -> Experiment:
     """Split each file (one session each) into pieces and write ``manifest.yaml``.
 
@@ -257,7 +258,7 @@ def split_files(
         raise ManifestError(f"two input files would make the same session id: {ids}; rename one or pass session ids")
     sessions = []
     for sid, path in zip(ids, files, strict=True):
-        pieces = split_video(path, out_dir, max_frames=max_frames, dataset=dataset)
+        pieces = split_video(path, out_dir, max_frames=max_frames, dataset=dataset, memory_budget=memory_budget)
         # pieces hold one array each, found without a dataset name
         sessions.append(Session(id=sid, files=tuple(pieces)))
     experiment = Experiment(sessions=tuple(sessions), source=out_dir / MANIFEST_NAMES[0])

@@ -51,27 +51,29 @@ def split_video(
     *,
     max_frames: int,
     dataset: str | None = None,
-    batch_frames: int = 500,
+    memory_budget: int | str | None = "1GB",
 ) -> list[Path]:
     """Write ``<name>_b1, <name>_b2, ...`` pieces of at most ``max_frames`` frames.
 
     Pieces keep the input's format and dtype (TIFF, HDF5, zarr); movies
     read through OpenCV (AVI, MP4, ...) become grey FFV1 AVI, which stores
     the decoded frames exactly; NWB becomes TIFF. Splitting never loses data. Frames stream through
-    ``batch_frames`` at a time. A video no longer than ``max_frames`` gives
-    one piece, ``<name>_b1``.
+    as many at a time as ``memory_budget`` allows. A video no longer than
+    ``max_frames`` gives one piece, ``<name>_b1``.
 
     Returns
     -------
     list of Path
         The pieces, in time order.
     """
+    from caliali.chunking import batch_frames_for
     from caliali.io import open_video, open_writer
 
     path, out_dir = Path(path), Path(out_dir)
     pieces: list[Path] = []
     with open_video(path, dataset=dataset) as video:
         suffix = _output_suffix(path, video.dtype.kind)
+        batch_frames = batch_frames_for(memory_budget, video.frame_shape, copies=3, max_frames=max_frames)
         start = 0
         for index, size in enumerate(split_sizes(video.n_frames, max_frames), start=1):
             piece = out_dir / f"{path.stem}_b{index}{suffix}"
