@@ -5,7 +5,7 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean system-deps locks
+.PHONY: setup demo demo-platform test bench clean system-deps locks
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -18,7 +18,12 @@ $(VENV)/.installed: $(UV) pyproject.toml analyses/caliali/pyproject.toml analyse
 
 setup: $(VENV)/.installed
 
+# The main job: caliali on a simulated 4-session experiment, through ncaas (embedded).
 demo: setup
+	$(PY) analyses/caliali/demo.py
+
+# The platform alone, on the small test analysis (a few seconds).
+demo-platform: setup
 	$(PY) -m ncaas.demo
 
 test: setup system-deps

@@ -59,11 +59,15 @@ class Level:
     params: DemonsParams
 
 
+# The method registers the full-resolution level on the neuron image alone; keeping the
+# vessels in it (the pixelwise maximum, as at 1/2) was better on all nine simulated data
+# sets measured (e.g. 8 sessions: median 0.348 vs 0.365 px, on par with all-pairs), because
+# vessels still constrain the field where no neuron is active.
 DEFAULT_PYRAMID: tuple[Level, ...] = (
     Level(8, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),
     Level(4, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),
     Level(2, "mix", 100, DemonsParams(fluid_sigma=2.0, diffusion_sigma=4.0)),
-    Level(1, "neuron", 20, DemonsParams(fluid_sigma=1.0, diffusion_sigma=4.0)),
+    Level(1, "mix", 20, DemonsParams(fluid_sigma=1.0, diffusion_sigma=4.0)),
 )
 
 

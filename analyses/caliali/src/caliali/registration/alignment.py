@@ -190,7 +190,8 @@ def align_sessions(
     2. Translation by phase correlation to the first session, mean removed.
     3. Groupwise log-domain diffeomorphic demons to an evolving consensus
        template on a pyramid (1/8 and 1/4 on vessels, 1/2 on the maximum of
-       vessel and neuron images, full resolution on neuron images).
+       vessel and neuron images, full resolution on that maximum too: vessels keep constraining
+       the field where no neuron is active).
     4. With ``source="auto"`` the vessel reliability score is computed on the
        aligned vessel images; below ``reliability_threshold`` the alignment
        is redone on neuron images only. The choice is logged and stored.
