@@ -188,3 +188,23 @@ def test_interrupted_correction_resumes_from_its_last_chunk(simulation, tmp_path
     again = correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "a.zarr", progress=record)
     assert len(calls) == 4  # complete: nothing read again
     np.testing.assert_array_equal(again.shifts, resumed.shifts)
+
+
+def test_session_chunks_span_files_and_skip_to_a_start(simulation):
+    from caliali.io import open_video
+    from caliali.motion import session_chunks, session_info
+
+    sim = simulation(sessions=1, frames=200, within_motion=True, max_frames_per_file=80)
+    session = load_experiment(sim.manifest).sessions[0]
+    assert len(session.files) == 3
+    assert session_info(session) == (200, (80, 96))
+    parts = []
+    for f in session.files:
+        with open_video(f) as video:
+            parts.append(video.read())
+    whole = np.concatenate(parts)
+    chunks = list(session_chunks(session, batch_frames=30, start=100))
+    assert max(len(c) for c in chunks) <= 30
+    np.testing.assert_array_equal(np.concatenate(chunks), whole[100:])
+    halved = np.concatenate(list(session_chunks(session, batch_frames=30, spatial_ds=2, temporal_ds=3)))
+    assert halved.shape == (67, 40, 48)
