@@ -87,7 +87,9 @@ def pack_bundle(loaded: LoadedBlueprint, lock: Path | None,
         files.add(lock.resolve())
     if source is not None:
         files |= {p for p in source.resolve().rglob("*") if _wanted(p)}
-    base = Path(os.path.commonpath([str(p.parent) for p in files]))
+    # One level above the common folder, so folders keep their names on the node (an environment
+    # is named after its source folder, e.g. framestats-<hash>, the same on every machine).
+    base = Path(os.path.commonpath([str(p.parent) for p in files])).parent
     digests: dict[str, str] = {}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
