@@ -5,6 +5,7 @@ timeouts, retries, and a worker node lost mid-task.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -89,7 +90,7 @@ def test_four_datasets_run_on_both_nodes_with_results_in_s3(ray_manager: Manager
     assert end["tasks"] == dict.fromkeys(datasets, "succeeded")
     nodes = {_status(storage, job, d)["node"] for d in datasets}
     assert nodes == {HEAD_IP, WORKER_IP}
-    for number, dataset in enumerate(datasets, start=1):
+    for dataset in datasets:
         csv = storage.read_text(f"{job.results_dir}/outputs/{dataset}/{dataset.removesuffix('.npy')}.stats.csv")
         assert csv.splitlines()[0] == "frame,mean,max" and len(csv.splitlines()) == 21
         assert "exited with code 0" in storage.read_text(f"{job.results_dir}/logs/{dataset}.log")
@@ -98,8 +99,6 @@ def test_four_datasets_run_on_both_nodes_with_results_in_s3(ray_manager: Manager
     cert = json.loads(storage.read_text(f"{job.results_dir}/certificate.json"))
     assert cert["executor"]["name"] == "ray" and cert["job"]["storage"] == storage.url
     lock = (REPO / "analyses" / "framestats" / "requirements.lock").read_bytes()
-    import hashlib
-
     for task in cert["tasks"]:
         # Each node built the environment from the very same lock and reports its hashes.
         assert task["environment"]["lock_hash"] == hashlib.sha256(lock).hexdigest()
