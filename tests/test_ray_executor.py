@@ -206,6 +206,9 @@ def test_worker_node_lost_mid_task_is_retried_on_the_other_node(ray_cluster, ray
     events = [e.cause for e in ray_manager.db.events(job.id) if e.dataset == lost]
     assert any("vanished" in cause and "retrying" in cause for cause in events), events
     assert storage.files(f"{job.results_dir}/outputs/{lost}")
+    # The retry swept what the killed node's task left in the machine's node folder; nothing remains.
+    work = Path(ray_cluster.extra_env["NCAAS_NODE_DIR"]) / "work"
+    assert list(work.iterdir()) == []
 
 
 def test_manager_with_the_wrong_token_says_so_without_a_traceback(ray_cluster, tmp_path: Path) -> None:
