@@ -241,8 +241,9 @@ def find_uv() -> str | None:
 def ensure_minian(venv: Path) -> tuple[Path | None, str]:
     """The minian venv's python (created when missing), or None and the reason it is unavailable."""
     python = venv / "bin" / "python"
-    check = [str(python), "-c", f"import minian, psutil, importlib.metadata as m; "
-                                f"assert m.version('minian') == '{MINIAN_VERSION}', m.version('minian')"]
+    check = [str(python), "-c", f"import minian, psutil, xarray, importlib.metadata as m; "
+                                f"assert m.version('minian') == '{MINIAN_VERSION}', m.version('minian'); "
+                                f"assert tuple(map(int, xarray.__version__.split('.')[:2])) < (2025, 7)"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python, ""
     uv = find_uv()
@@ -324,7 +325,7 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
     from minian.io import load_videos
     from minian.motion_correction import apply_transform, estimate_motion
     from minian.preprocessing import denoise, remove_background
-    from minian.utilities import TaskAnnotation, get_optimal_chk, save_minian
+    from minian.utilities import get_optimal_chk, save_minian
     from scipy import sparse
 
     intpath = os.environ["MINIAN_INTERMEDIATE"]
@@ -339,7 +340,8 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
     dask.config.set({"distributed.worker.memory.terminate": False})
     cluster = LocalCluster(n_workers=n_workers, memory_limit=memory_limit, resources={"MEM": 1},
                            threads_per_worker=1, dashboard_address=None)
-    cluster.scheduler.add_plugin(TaskAnnotation())
+    # The notebook also adds minian's TaskAnnotation scheduler plugin; with the current dask it raises on
+    # every graph (it expects string task keys) and annotates nothing, so it is left out: same behaviour.
     client = Client(cluster)
     rechunk = "1GB"
     try:
