@@ -36,10 +36,10 @@ What it does:
    minian lives in its own throwaway venv, created when missing with::
 
        uv venv /tmp/minian-venv --python 3.11
-       uv pip install --python /tmp/minian-venv/bin/python minian==2.0.2 "xarray<2025.7" psutil
+       uv pip install --python /tmp/minian-venv/bin/python minian==2.0.2 "xarray<2025.7" "pandas<3" psutil
 
-   (the xarray pin: minian needs rechunker, which needs zarr<3, and newer
-   xarray only works with zarr 3)
+   (the pins: minian needs rechunker, which needs zarr<3; newer xarray only
+   works with zarr 3; pandas 3 needs the newer xarray)
 
    If it cannot be installed or fails, the row says why and the published
    figures are still printed. minian reads 8-bit movies (miniscope AVIs); the
@@ -72,7 +72,8 @@ REPO = Path(__file__).resolve().parents[3]
 HEIGHT = WIDTH = 300
 MINIAN_VERSION = "2.0.2"
 # minian needs rechunker, which needs zarr<3; xarray >= 2025.7 passes zarr-3-only arguments to zarr.
-MINIAN_PINS = ["xarray<2025.7"]
+# pandas 3 in turn needs xarray >= 2025.7.1 (DataFrame.to_xarray, used by minian's seed refinement).
+MINIAN_PINS = ["xarray<2025.7", "pandas<3"]
 PUBLISHED = [  # (name, wall s, peak GB) on 300x300x2000, 2 cores (the product's reference figures)
     ("CaImAn CNMF-E (published)", 431.0, 6.3),
     ("minian (published)", 751.0, 4.6),
@@ -243,7 +244,8 @@ def ensure_minian(venv: Path) -> tuple[Path | None, str]:
     python = venv / "bin" / "python"
     check = [str(python), "-c", f"import minian, psutil, xarray, importlib.metadata as m; "
                                 f"assert m.version('minian') == '{MINIAN_VERSION}', m.version('minian'); "
-                                f"assert tuple(map(int, xarray.__version__.split('.')[:2])) < (2025, 7)"]
+                                f"assert tuple(map(int, xarray.__version__.split('.')[:2])) < (2025, 7); "
+                                f"assert int(m.version('pandas').split('.')[0]) < 3"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python, ""
     uv = find_uv()
@@ -457,8 +459,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, nargs="+", default=[2000, 8000],
-                        help="Movie lengths to run caliali on (memory vs length).")
+    parser.add_argument("--frames", type=int, nargs="*", default=[2000, 8000],
+                        help="Movie lengths to run caliali on (memory vs length); none to run only minian.")
     parser.add_argument("--neurons", type=int, default=120)
     parser.add_argument("--pnr", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -517,9 +519,11 @@ def main() -> None:
               f"{long['peak_rss_mb']:.0f} / {short['peak_rss_mb']:.0f} MB = "
               f"{long['peak_rss_mb'] / short['peak_rss_mb']:.2f}x for {long['frames'] / short['frames']:.0f}x "
               f"the frames (target ~1.0)")
-    (args.workdir / "vs_peers.json").write_text(json.dumps(rows, indent=2, default=str))
-    print(f"figures written to {args.workdir / 'vs_peers.json'}")
-    if args.profile:
+    tag = "_".join(str(f) for f in sorted(set(args.frames))) or "none"
+    figures = args.workdir / f"vs_peers_{tag}{'' if args.no_minian else '_minian'}.json"
+    figures.write_text(json.dumps(rows, indent=2, default=str))
+    print(f"figures written to {figures}")
+    if args.profile and sims:
         profile_caliali(sims[min(sims)], args.workdir, args)
 
 
