@@ -123,8 +123,13 @@ class _ArrayReader(VideoReader):
 def test_the_video_is_read_one_bounded_batch_at_a_time():
     y, a, c, bounds = _movie([(20, 24)], sessions=2, frames=300)
     reader = _ArrayReader(y)
-    result = extract(reader, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=120)
+    reports = []
+    result = extract(reader, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=120,
+                     progress=lambda fraction, message: reports.append((fraction, message)))
     assert reader.largest <= 120
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == 1.0
+    assert reports[-1][1] == "extraction done: 1 neurons"
     assert result.params["n_batches"] == 6
     assert result.n_neurons == 1
 
