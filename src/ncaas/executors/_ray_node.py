@@ -271,12 +271,8 @@ class _NodeRun:
             inputs=[staged[str(p)] for p in spec.inputs],
             output_dir=output, scratch_dir=run_dir / "scratch", log_path=log,
             status_path=self.work / "status" / spec.status_path.name, run_dir=run_dir,
-            status_fields=self.status_fields)
-        if "environment" in {f.name for f in dataclasses.fields(spec)}:
-            changes["environment"] = Path(env_info.path) if getattr(env_info, "path", None) else None
-        environment = {"python": env_info.python, "lock_hash": env_info.lock_hash,
-                       "manifest_hash": env_info.manifest_hash, "node": self.node_ip,
-                       **{k: getattr(env_info, k) for k in ("env_hash", "source_hash") if hasattr(env_info, k)}}
+            status_fields=self.status_fields, environment=Path(env_info.path) if env_info.path else None)
+        environment = {**dataclasses.asdict(env_info), "node": self.node_ip}
         return dataclasses.replace(spec, **changes), environment
 
     def execute(self, spec: TaskSpec) -> dict[str, Any]:
