@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1000, help="frames per session")
     parser.add_argument("--neurons", type=int, default=100)
     args = parser.parse_args(argv)
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)  # paths stay whole (copyable) in logs and narrow terminals
     root = Path(args.root).resolve()
     work = root / "_simulated"
     experiment = work / "experiment"
