@@ -445,8 +445,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         name = f"{r['name']}"
         if "error" in r or r.get("skipped"):
-            why = r.get("error") or r.get("skipped")
-            print(f"{name:34s} {r.get('frames', ''):>6} not run: {why.splitlines()[0]}")
+            why = (r.get("error") or r.get("skipped")).strip().splitlines()
+            print(f"{name:34s} {r.get('frames', ''):>6} not run: {why[0]} {why[-1] if len(why) > 1 else ''}")
             continue
         rss = f"{r['peak_rss_mb'] / 1024:.2f} GB"
         if r.get("reference"):
