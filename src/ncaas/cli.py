@@ -178,8 +178,39 @@ def same_content(storage: Storage, target: str, local: Path) -> bool:
     return local_tree == storage.describe_tree(target)
 
 
+def _watch_lines(manager: Manager, job: Job, *, every: float = 5.0) -> Job:
+    """Run the job embedded, printing a progress line per dataset when it changes
+    (for logs and pipes, where a live table cannot redraw)."""
+    seen: dict[str, tuple] = {}
+    last = 0.0
+
+    def report() -> None:
+        for task in manager.db.tasks(job.id):
+            status = _read_status(manager, job, task.dataset)
+            row = (task.state, round(float(status.get("progress") or 0.0), 2), status.get("message", ""))
+            if seen.get(task.dataset) != row:
+                seen[task.dataset] = row
+                out.print(f"{time.strftime('%H:%M:%S')} {task.dataset}: {row[0]} {row[1]:4.0%} {row[2]}",
+                          highlight=False, markup=False)
+
+    def over() -> bool:
+        nonlocal last
+        current = manager.db.job(job.id)
+        if time.monotonic() - last > every:
+            report()
+            last = time.monotonic()
+        return current is None or (current.state in JOB_TERMINAL and current.finalized)
+
+    manager.run(scan=False, until=over)
+    report()
+    out.print(_task_table(manager, job))
+    return manager.db.job(job.id) or job
+
+
 def _watch(manager: Manager, job: Job) -> Job:
     """Run the job embedded, showing a live per-dataset table."""
+    if not out.is_terminal:
+        return _watch_lines(manager, job)
     last = 0.0
     with Live(_task_table(manager, job), console=out, auto_refresh=False) as live:
         def over() -> bool:
