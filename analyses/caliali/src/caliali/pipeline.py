@@ -146,8 +146,7 @@ def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _
         else:
             from caliali.chunking import batch_frames_for
 
-            _, shape = session.n_frames(), experiment.frame_shape()
-            batch = batch or batch_frames_for(config.memory_budget, shape, copies=3)
+            batch = batch or batch_frames_for(config.memory_budget, experiment.frame_shape(), copies=3)
             first = None
             store = None
             for chunk in session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds,
@@ -198,13 +197,7 @@ def _session_qc(out: Path, work: Path, key: str, session_id: str, proj: Any) -> 
     from caliali.motion import save_session_qc
     from caliali.motion.result import MotionResult
 
-    motion = None
-    table = work / f"{key}_shifts.csv"
-    if table.exists():
-        rows = np.loadtxt(table, delimiter=",", skiprows=1, ndmin=2)
-        motion = MotionResult(shifts=rows[:, 1:3], valid_mask=np.load(work / f"{key}_valid_mask.npy"),
-                              dropped=rows[:, 3].astype(bool), peak=rows[:, 4],
-                              template=np.load(work / f"{key}_template.npy"))
+    motion = MotionResult.load(work, name=key) if (work / f"{key}_shifts.csv").exists() else None
     save_session_qc(out / "qc" / "sessions", f"session_{session_id}", motion=motion, projections=proj)
 
 
