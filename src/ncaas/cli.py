@@ -6,10 +6,8 @@ turns them into a message and an exit code — never a traceback.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import json
-import os
 import secrets
 import signal
 import time
@@ -26,8 +24,8 @@ from rich.text import Text
 from .blueprint import BlueprintRegistry, validate_blueprint_file
 from .certificate import load_certificate
 from .exceptions import NcaasError, StorageError, SubmissionRejected
-from .jobs.db import Job, JobDB, default_db_url
-from .jobs.manager import Manager
+from .jobs.db import Job, JobDB
+from .jobs.manager import Manager, manager_lock
 from .jobs.states import JOB_TERMINAL
 from .storage import Storage, check_group, default_root
 
@@ -404,14 +402,9 @@ def run_manager(
     manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
                        scan_interval=scan_interval,
                        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
-    lock_path = manager.state_dir / "manager.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(lock_path, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}") from None
+    lock = manager_lock(manager.storage)
+    if lock is None:
+        raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}")
     stopping = False
 
     def stop(*_: Any) -> None:

@@ -11,6 +11,7 @@ ended meanwhile are read from their exit record, tasks that vanished are retried
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import secrets
@@ -18,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,7 +33,24 @@ from ..submission import JobRequest, build_request, canonical_json, parse_submit
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
-__all__ = ["Manager", "new_job_id"]
+__all__ = ["Manager", "manager_lock", "new_job_id"]
+
+def manager_lock(storage: Storage) -> IO[str] | None:
+    """Take the one-manager-per-storage lock (``<state dir>/manager.lock``); None when another holds it.
+
+    Held until the returned file is closed (or the process ends). Both ``ncaas manager`` and
+    ``ncaas serve`` take it, so two managers never run the same storage.
+    """
+    path = storage.state_dir() / "manager.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
 
 LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
 TIMEOUT_BACKSTOP_S = 30.0

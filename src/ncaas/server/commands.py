@@ -6,15 +6,15 @@ FastAPI until ``serve`` runs, so the rest of the CLI starts fast.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ..exceptions import NcaasError
+from ..jobs.manager import manager_lock
 from ..storage import Storage, default_root
 
 __all__ = ["register"]
@@ -59,7 +59,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
                                   max_upload_bytes=max_bytes, run_manager=manager)
         lock = None
         if manager:
-            lock = _manager_lock(storage)
+            lock = manager_lock(storage)
             if lock is None:
                 err.print("[yellow]another `ncaas manager` runs on this storage; the server submits jobs "
                           "and that manager runs them[/yellow]")
@@ -117,16 +117,3 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_ms"] / 1000)),
                           "yes" if t["revoked"] else "no")
         out.print(table)
-
-
-def _manager_lock(storage: Storage) -> Any:
-    """The lock `ncaas manager` takes on a storage root, or None when someone holds it."""
-    path = storage.local_path(storage.join(".ncaas", "manager.lock"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path, "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
