@@ -76,6 +76,8 @@ def test_remote_commands_print_what_embedded_commands_print(served):
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
     assert "succeeded: results in" in done.stdout
+    # Not a terminal: like the embedded command, a line per dataset as it progresses, then the table.
+    assert "a.npy: succeeded 100%" in done.stdout and "b.npy: succeeded 100%" in done.stdout
     assert (served["root"] / "lab" / "inputs" / "a.npy").exists()
     assert (served["root"] / "lab" / "configs" / "cfg.yaml").exists()
     rejected = ncaas(*remote, "submit", "framestats", "missing.npy")

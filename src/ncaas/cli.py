@@ -17,14 +17,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from .blueprint import BlueprintRegistry, validate_blueprint_file
 from .certificate import load_certificate
+from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 from .exceptions import NcaasError, StorageError, SubmissionRejected
 from .jobs.db import Job, JobDB
+from .jobs.describe import job_detail, job_story, job_summary
 from .jobs.manager import Manager, manager_lock
 from .jobs.states import JOB_TERMINAL
 from .storage import Storage, check_group, default_root
@@ -42,8 +42,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
 DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
                                            help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
-STATE_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
-               "cancelled": "magenta", "timed_out": "red", "rejected": "red"}
+
 
 
 def _errors(fn: F) -> F:
@@ -87,53 +86,15 @@ def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
     return Manager(storage, JobDB(db or f"sqlite:///{storage.state_dir() / 'jobs.sqlite'}"), **kwargs)
 
 
-def _styled(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-
-
-def _ms(ms: int | None) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
-
-
-def _read_status(manager: Manager, job: Job, dataset: str) -> dict[str, Any]:
-    path = f"{job.results_dir}/status/{dataset}.json"
-    try:
-        return json.loads(manager.storage.read_text(path))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _task_table(manager: Manager, job: Job) -> Table:
-    job = manager.db.job(job.id) or job
-    table = Table(title=f"job {job.id} · {job.analysis} · {_styled(job.state)}", title_justify="left")
-    table.add_column("dataset", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("progress", no_wrap=True)
-    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=30)
-    for col in ("try", "started", "CPU s", "peak MB"):
-        table.add_column(col, no_wrap=True, justify="right")
-    for task in manager.db.tasks(job.id):
-        status = _read_status(manager, job, task.dataset)
-        progress = float(status.get("progress") or 0.0)
-        peak = task.peak_memory_bytes
-        table.add_row(task.dataset, _styled(task.state), f"{progress:4.0%}", str(status.get("message", "")),
-                      str(task.attempt), _ms(task.started_ms),
-                      f"{task.cpu_seconds:.2f}" if task.cpu_seconds is not None else "-",
-                      f"{peak / 1e6:.0f}" if peak else "-")
-    return table
-
-
 # -- commands -------------------------------------------------------------------------------
 @app.command()
 @_errors
 def analyses() -> None:
     """List the analyses that can be run."""
     registry = BlueprintRegistry.discover()
-    table = Table("name", "version", "description", "blueprint sha256", "path")
-    for name in registry.names():
-        bp = registry.blueprints[name]
-        table.add_row(name, bp.blueprint.version, bp.blueprint.description, bp.sha256[:12], str(bp.path))
-    out.print(table)
+    out.print(analyses_table({"name": name, "version": bp.blueprint.version, "description": bp.blueprint.description,
+                              "sha256": bp.sha256, "path": bp.path}
+                             for name, bp in ((n, registry.blueprints[n]) for n in registry.names())))
     for path, problem in registry.invalid.items():
         err.print(f"[yellow]skipped invalid blueprint {path}:[/yellow] {problem}")
 
@@ -176,50 +137,19 @@ def same_content(storage: Storage, target: str, local: Path) -> bool:
     return local_tree == storage.describe_tree(target)
 
 
-def _watch_lines(manager: Manager, job: Job, *, every: float = 5.0) -> Job:
-    """Run the job embedded, printing a progress line per dataset when it changes
-    (for logs and pipes, where a live table cannot redraw)."""
-    seen: dict[str, tuple] = {}
-    last = 0.0
-
-    def report() -> None:
-        for task in manager.db.tasks(job.id):
-            status = _read_status(manager, job, task.dataset)
-            row = (task.state, round(float(status.get("progress") or 0.0), 2), status.get("message", ""))
-            if seen.get(task.dataset) != row:
-                seen[task.dataset] = row
-                out.print(f"{time.strftime('%H:%M:%S')} {task.dataset}: {row[0]} {row[1]:4.0%} {row[2]}",
-                          highlight=False, markup=False)
-
-    def over() -> bool:
-        nonlocal last
-        current = manager.db.job(job.id)
-        if time.monotonic() - last > every:
-            report()
-            last = time.monotonic()
-        return current is None or (current.state in JOB_TERMINAL and current.finalized)
-
-    manager.run(scan=False, until=over)
-    report()
-    out.print(_task_table(manager, job))
-    return manager.db.job(job.id) or job
-
-
 def _watch(manager: Manager, job: Job) -> Job:
-    """Run the job embedded, showing a live per-dataset table."""
-    if not out.is_terminal:
-        return _watch_lines(manager, job)
-    last = 0.0
-    with Live(_task_table(manager, job), console=out, auto_refresh=False) as live:
+    """Run the job embedded, showing its progress (a live table, or lines in logs and pipes)."""
+    with Watch(out) as watch:
+        watch.update(job_detail(manager, job), force=True)
+
         def over() -> bool:
-            nonlocal last
             current = manager.db.job(job.id)
-            if time.monotonic() - last > 0.25:
-                live.update(_task_table(manager, job), refresh=True)
-                last = time.monotonic()
+            if watch.due():
+                watch.update(job_detail(manager, job))
             return current is None or (current.state in JOB_TERMINAL and current.finalized)
+
         manager.run(scan=False, until=over)
-        live.update(_task_table(manager, job), refresh=True)
+        watch.finish(job_detail(manager, job))
     return manager.db.job(job.id) or job
 
 
@@ -258,7 +188,7 @@ def submit(
         out.print("a running `ncaas manager` will run it; follow with `ncaas status " + job.id + "`")
         return
     job = _watch(manager, job)
-    out.print(f"{_styled(job.state)}: results in {job.results_dir}, certificate {job.results_dir}/certificate.txt")
+    out.print(f"{styled(job.state)}: results in {job.results_dir}, certificate {job.results_dir}/certificate.txt")
     raise typer.Exit(0 if job.state == "succeeded" else 1)
 
 
@@ -270,28 +200,11 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
     """List recent jobs, or show one job's tasks and story."""
     manager = _manager(root, db)
     if job_id is None:
-        table = Table()
-        table.add_column("job", no_wrap=True)
-        for col in ("group", "analysis", "state", "created"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("cause", overflow="fold")
-        for job in manager.db.jobs(limit=limit):
-            table.add_row(job.id, job.group, job.analysis or "-", _styled(job.state), _ms(job.created_ms),
-                          job.cause[:80])
-        out.print(table)
+        jobs = manager.db.jobs(limit=limit)
+        out.print(jobs_table(job_summary(job, 0) for job in jobs))
         return
     job = manager.find(job_id)
-    if job.state == "rejected":
-        out.print(f"job {job.id}: {_styled('rejected')} ({job.submission})")
-        for problem in job.cause.splitlines():
-            out.print(f"  - {problem}")
-        return
-    out.print(_task_table(manager, job))
-    out.print(f"results: {job.results_dir}")
-    out.print("story:")
-    for event in manager.db.events(job.id):
-        who = event.dataset or "job"
-        out.print(f"  {_ms(event.at_ms)} {who}: {event.from_state or '-'} -> {event.to_state} ({event.cause})")
+    print_job(out, job_detail(manager, job), job_story(manager, job))
 
 
 @app.command()
@@ -333,7 +246,7 @@ def cancel(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)
     manager = _manager(root, db)
     job = manager.cancel(job_id)
     if job.state in JOB_TERMINAL:
-        out.print(f"job {job.id} is already over ({_styled(job.state)})")
+        out.print(f"job {job.id} is already over ({styled(job.state)})")
         return
     out.print(f"cancelling job {job.id}; running tasks are being stopped")
 
@@ -352,7 +265,7 @@ def results(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix
         storage.get(job.results_dir + "/", str(to))
         out.print(f"copied {job.results_dir} to {to}")
         return
-    out.print(f"job {job.id} ({_styled(job.state)}): {job.results_dir}")
+    out.print(f"job {job.id} ({styled(job.state)}): {job.results_dir}")
     for file in storage.files(job.results_dir):
         out.print(f"  {storage.size(file):>12}  {file.removeprefix(job.results_dir + '/')}")
 
@@ -368,14 +281,7 @@ def rerun(certificate: Annotated[Path, typer.Argument(help="certificate.json (or
     cert = load_certificate(certificate)
     out.print(f"rerunning job {cert['job']['id']} ({cert['blueprint'].get('name')}) ...")
     job, rows = rerun_certificate(manager, cert, notify=lambda m: out.print(f"  {m}"))
-    table = Table("output", "verdict", title=f"rerun as job {job.id}: {_styled(job.state)}", title_justify="left")
-    for row in rows:
-        style = "green" if row["verdict"] == "match" else "red"
-        table.add_row(row["path"], f"[{style}]{row['verdict']}[/]")
-    out.print(table)
-    matched = sum(r["verdict"] == "match" for r in rows)
-    ok = job.state == "succeeded" and matched == len(rows)
-    out.print(f"[{'green' if ok else 'red'}]{matched} of {len(rows)} output files match[/]")
+    ok = print_rerun(out, {"id": job.id, "state": job.state}, rows)
     raise typer.Exit(0 if ok else 1)
 
 

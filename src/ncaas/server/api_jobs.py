@@ -29,8 +29,8 @@ from sqlalchemy import func, select
 from ..certificate import compare_outputs, load_certificate
 from ..exceptions import CertificateError, PathRefused
 from ..jobs.db import Job, JobDB, Task, default_db_url
+from ..jobs import describe
 from ..jobs.manager import Manager
-from ..jobs.states import JOB_TERMINAL
 from ..storage import check_user_path
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
@@ -92,53 +92,20 @@ class JobService:
     def results_path(self, job: Job) -> Path:
         return self.state.storage.local_path(job.results_dir)
 
-    def finished(self, job: Job) -> bool:
-        return job.state in JOB_TERMINAL and bool(job.finalized)
-
-    # -- views --------------------------------------------------------------------------
-    def summary(self, job: Job, n_tasks: int) -> dict[str, Any]:
-        return {"id": job.id, "group": job.group, "analysis": job.analysis, "state": job.state, "cause": job.cause,
-                "submission": job.submission, "created_ms": job.created_ms, "started_ms": job.started_ms,
-                "ended_ms": job.ended_ms, "datasets": n_tasks, "finished": self.finished(job),
-                "results_dir": job.results_dir}
-
+    # -- views (the same dicts the CLI renders: ncaas.jobs.describe) -------------------
     def list_jobs(self, who: Principal, limit: int) -> list[dict[str, Any]]:
         with self.db.session() as s:
             jobs = list(s.scalars(select(Job).where(Job.group == who.group)
                                   .order_by(Job.created_ms.desc()).limit(limit)))
             counts = dict(s.execute(select(Task.job_id, func.count()).where(Task.job_id.in_([j.id for j in jobs]))
                                     .group_by(Task.job_id)).all()) if jobs else {}
-        return [self.summary(job, counts.get(job.id, 0)) for job in jobs]
+        return [describe.job_summary(job, counts.get(job.id, 0)) for job in jobs]
 
     def detail(self, job: Job) -> dict[str, Any]:
-        job = self.db.job(job.id) or job
-        tasks = self.db.tasks(job.id)
-        results = self.results_path(job)
-        rows = []
-        for task in tasks:
-            status: dict[str, Any] = {}
-            try:
-                status = json.loads((results / "status" / f"{task.dataset}.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                pass
-            rows.append({"dataset": task.dataset, "input": task.dataset_rel, "state": task.state,
-                         "cause": task.cause, "attempt": task.attempt,
-                         "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
-                         "message": status.get("message", ""), "started_ms": task.started_ms,
-                         "ended_ms": task.ended_ms, "exit_code": task.exit_code,
-                         "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes})
-        out = self.summary(job, len(tasks))
-        out.update(config=job.config, config_name=job.config_name, tasks=rows,
-                   error="\n".join(self.rejection_problems(job)) if job.state == "rejected" else None)
-        return out
+        return describe.job_detail(self.manager, job)
 
     def rejection_problems(self, job: Job) -> list[str]:
-        """Why a submission was rejected, one problem per item (from its end.json)."""
-        try:
-            errors = json.loads((self.results_path(job) / "end.json").read_text()).get("errors")
-        except (OSError, json.JSONDecodeError):
-            errors = None
-        return list(errors) if errors else [job.cause]
+        return describe.rejection_problems(self.state.storage, job)
 
     # -- actions ------------------------------------------------------------------------
     def submit(self, who: Principal, body: SubmitRequest) -> Job:
@@ -360,8 +327,7 @@ def qc_images(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
 @router.get("/{job_id}/story", summary="Every state transition of the job and its tasks, with cause and time")
 def story(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     job = jobs.job_for(who, job_id)
-    return [{"at_ms": e.at_ms, "dataset": e.dataset, "from_state": e.from_state, "to_state": e.to_state,
-             "cause": e.cause} for e in jobs.db.events(job.id)]
+    return describe.job_story(jobs.manager, job)
 
 
 def _certificate_of_group(who: Principal, cert: dict[str, Any]) -> dict[str, Any]:

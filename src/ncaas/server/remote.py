@@ -7,22 +7,19 @@ the API returns instead of what the local storage and job database hold.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import typer
 import yaml
-from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from ..certificate import load_certificate
 from ..client import Client
+from ..display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 from ..exceptions import NcaasError, StorageError, SubmissionRejected
 from ..jobs.states import JOB_TERMINAL
 
@@ -57,43 +54,9 @@ def run_remote(command: str, remote: Remote, kwargs: dict[str, Any]) -> Any:
         return handler(client, **kwargs)
 
 
-# -- rendering: the embedded command's own table, fed from the API -----------------------
-class _RemoteJobView:
-    """What :func:`ncaas.cli._task_table` reads (``db.job``, ``db.tasks``, status files),
-    answered from one job detail of the API, so the table is the embedded one exactly."""
-
-    def __init__(self, detail: dict[str, Any]):
-        self.detail = detail
-        self.db = self
-        self.storage = self
-
-    def job(self, _job_id: str) -> SimpleNamespace:
-        d = self.detail
-        return SimpleNamespace(id=d["id"], analysis=d["analysis"], state=d["state"], results_dir=d["results_dir"])
-
-    def tasks(self, _job_id: str) -> list[SimpleNamespace]:
-        return [SimpleNamespace(**t) for t in self.detail["tasks"]]
-
-    def read_text(self, path: str) -> str:
-        dataset = path.rsplit("/", 1)[-1].removesuffix(".json")
-        for t in self.detail["tasks"]:
-            if t["dataset"] == dataset:
-                return json.dumps({"progress": t["progress"], "message": t["message"]})
-        raise FileNotFoundError(path)
-
-
-def task_table(detail: dict[str, Any]) -> Table:
-    cli = _cli()
-    view = _RemoteJobView(detail)
-    return cli._task_table(view, view.job(detail["id"]))
-
-
 # -- commands ------------------------------------------------------------------------------
 def analyses(client: Client) -> None:
-    table = Table("name", "version", "description", "blueprint sha256", "path")
-    for a in client.analyses():
-        table.add_row(a["name"], a["version"], a["description"], a["sha256"][:12], a["path"])
-    _cli().out.print(table)
+    _cli().out.print(analyses_table(client.analyses()))
 
 
 def _upload_input(client: Client, item: str, known: dict[str, dict]) -> str:
@@ -133,10 +96,10 @@ def _upload_config(client: Client, item: str, group: str) -> str:
 
 
 def _watch(client: Client, detail: dict[str, Any]) -> dict[str, Any]:
-    cli = _cli()
-    with Live(task_table(detail), console=cli.out, auto_refresh=False) as live:
-        detail = client.wait(detail["id"], on_status=lambda d: live.update(task_table(d), refresh=True))
-        live.update(task_table(detail), refresh=True)
+    with Watch(_cli().out) as watch:
+        watch.update(detail, force=True)
+        detail = client.wait(detail["id"], on_status=watch.update)
+        watch.finish(detail)
     return detail
 
 
@@ -169,36 +132,17 @@ def submit(client: Client, *, analysis: str, data: list[str], config: str | None
         cli.out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
         return
     detail = _watch(client, detail)
-    cli.out.print(f"{cli._styled(detail['state'])}: results in {results}, certificate {results}/certificate.txt")
+    cli.out.print(f"{styled(detail['state'])}: results in {results}, certificate {results}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
 
 
 def status(client: Client, *, job_id: str | None, limit: int, **_: Any) -> None:
     cli = _cli()
     if job_id is None:
-        table = Table()
-        table.add_column("job", no_wrap=True)
-        for col in ("group", "analysis", "state", "created"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("cause", overflow="fold")
-        for job in client.jobs(limit=limit):
-            table.add_row(job["id"], job["group"], job["analysis"] or "-", cli._styled(job["state"]),
-                          cli._ms(job["created_ms"]), job["cause"][:80])
-        cli.out.print(table)
+        cli.out.print(jobs_table(client.jobs(limit=limit)))
         return
     detail = client.job(job_id)
-    if detail["state"] == "rejected":
-        cli.out.print(f"job {detail['id']}: {cli._styled('rejected')} ({detail['submission']})")
-        for problem in detail["cause"].splitlines():
-            cli.out.print(f"  - {problem}")
-        return
-    cli.out.print(task_table(detail))
-    cli.out.print(f"results: {detail['results_dir']}")
-    cli.out.print("story:")
-    for event in client.story(detail["id"]):
-        who = event["dataset"] or "job"
-        cli.out.print(f"  {cli._ms(event['at_ms'])} {who}: {event['from_state'] or '-'} -> "
-                      f"{event['to_state']} ({event['cause']})")
+    print_job(cli.out, detail, client.story(detail["id"]) if detail["state"] != "rejected" else [])
 
 
 def logs(client: Client, *, job_id: str, dataset: str | None, follow: bool, **_: Any) -> None:
@@ -225,7 +169,7 @@ def cancel(client: Client, *, job_id: str, **_: Any) -> None:
     cli = _cli()
     detail = client.cancel(job_id)
     if detail["state"] in JOB_TERMINAL:
-        cli.out.print(f"job {detail['id']} is already over ({cli._styled(detail['state'])})")
+        cli.out.print(f"job {detail['id']} is already over ({styled(detail['state'])})")
         return
     cli.out.print(f"cancelling job {detail['id']}; running tasks are being stopped")
 
@@ -237,7 +181,7 @@ def results(client: Client, *, job_id: str, to: Path | None, **_: Any) -> None:
         client.download_results(detail["id"], to)
         cli.out.print(f"copied {detail['results_dir']} to {to}")
         return
-    cli.out.print(f"job {detail['id']} ({cli._styled(detail['state'])}): {detail['results_dir']}")
+    cli.out.print(f"job {detail['id']} ({styled(detail['state'])}): {detail['results_dir']}")
     for f in client.files(detail["id"]):
         cli.out.print(f"  {f['size']:>12}  {f['path']}")
 
@@ -250,15 +194,7 @@ def rerun(client: Client, *, certificate: Path, **_: Any) -> None:
     cli.out.print(f"  job {job['id']} started; results in {job['results_dir']}")
     job = client.wait(job["id"])
     rows = client.compare(job["id"], cert)
-    table = Table("output", "verdict", title=f"rerun as job {job['id']}: {cli._styled(job['state'])}",
-                  title_justify="left")
-    for row in rows:
-        style = "green" if row["verdict"] == "match" else "red"
-        table.add_row(row["path"], f"[{style}]{row['verdict']}[/]")
-    cli.out.print(table)
-    matched = sum(r["verdict"] == "match" for r in rows)
-    ok = job["state"] == "succeeded" and matched == len(rows)
-    cli.out.print(f"[{'green' if ok else 'red'}]{matched} of {len(rows)} output files match[/]")
+    ok = print_rerun(cli.out, job, rows)
     raise typer.Exit(0 if ok else 1)
 
 

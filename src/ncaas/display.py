@@ -1,0 +1,153 @@
+"""How the CLI shows analyses and jobs — the same output embedded and against a server.
+
+Everything here renders the plain dicts of :mod:`ncaas.jobs.describe` (which
+the API returns as JSON), so ``ncaas status`` prints the same bytes whether it
+reads the local job database or asks a server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+__all__ = ["STATE_STYLE", "Watch", "analyses_table", "clock", "jobs_table", "print_job", "print_rerun",
+           "styled", "task_table"]
+
+STATE_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
+               "cancelled": "magenta", "timed_out": "red", "rejected": "red"}
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def clock(ms: int | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
+
+
+def analyses_table(rows: Iterable[dict[str, Any]]) -> Table:
+    """Rows with ``name``, ``version``, ``description``, ``sha256``, ``path``."""
+    table = Table("name", "version", "description", "blueprint sha256", "path")
+    for a in rows:
+        table.add_row(a["name"], a["version"], a["description"], a["sha256"][:12], str(a["path"]))
+    return table
+
+
+def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
+    """Job summaries, newest first."""
+    table = Table()
+    table.add_column("job", no_wrap=True)
+    for col in ("group", "analysis", "state", "created"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("cause", overflow="fold")
+    for job in jobs:
+        table.add_row(job["id"], job["group"], job["analysis"] or "-", styled(job["state"]),
+                      clock(job["created_ms"]), job["cause"][:80])
+    return table
+
+
+def task_table(detail: dict[str, Any]) -> Table:
+    """One row per dataset of a job detail: state, progress, message, attempt, resources."""
+    table = Table(title=f"job {detail['id']} · {detail['analysis']} · {styled(detail['state'])}",
+                  title_justify="left")
+    table.add_column("dataset", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=30)
+    for col in ("try", "started", "CPU s", "peak MB"):
+        table.add_column(col, no_wrap=True, justify="right")
+    for t in detail["tasks"]:
+        peak = t["peak_memory_bytes"]
+        table.add_row(t["dataset"], styled(t["state"]), f"{t['progress']:4.0%}", str(t["message"]),
+                      str(t["attempt"]), clock(t["started_ms"]),
+                      f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
+                      f"{peak / 1e6:.0f}" if peak else "-")
+    return table
+
+
+def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, Any]]) -> None:
+    """``ncaas status JOB``: the task table, where the results are, and the job's story."""
+    if detail["state"] == "rejected":
+        out.print(f"job {detail['id']}: {styled('rejected')} ({detail['submission']})")
+        for problem in detail["cause"].splitlines():
+            out.print(f"  - {problem}")
+        return
+    out.print(task_table(detail))
+    out.print(f"results: {detail['results_dir']}")
+    out.print("story:")
+    for event in story:
+        who = event["dataset"] or "job"
+        out.print(f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} "
+                  f"({event['cause']})")
+
+
+def print_rerun(out: Console, job: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    """The file-by-file verdict of a rerun; True when the rerun succeeded and every output matches."""
+    table = Table("output", "verdict", title=f"rerun as job {job['id']}: {styled(job['state'])}",
+                  title_justify="left")
+    for row in rows:
+        style = "green" if row["verdict"] == "match" else "red"
+        table.add_row(row["path"], f"[{style}]{row['verdict']}[/]")
+    out.print(table)
+    matched = sum(r["verdict"] == "match" for r in rows)
+    ok = job["state"] == "succeeded" and matched == len(rows)
+    out.print(f"[{'green' if ok else 'red'}]{matched} of {len(rows)} output files match[/]")
+    return ok
+
+
+class Watch:
+    """Shows a running job: a live table on a terminal; in logs and pipes, where a table
+    cannot redraw, one line per dataset whenever its state, progress or message changed
+    (at most every ``every`` seconds), then the final table.
+
+    Call :meth:`due` to ask whether an update would be shown, :meth:`update` with a fresh
+    job detail, and :meth:`finish` with the last one.
+    """
+
+    def __init__(self, out: Console, *, every: float | None = None):
+        self.out = out
+        self.live: Live | None = None
+        self.every = every if every is not None else (0.25 if out.is_terminal else 5.0)
+        self._last = -float("inf")
+        self._seen: dict[str, tuple] = {}
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def update(self, detail: dict[str, Any], *, force: bool = False) -> None:
+        if not (force or self.due()):
+            return
+        self._last = time.monotonic()
+        if self.out.is_terminal:
+            if self.live is None:
+                self.live = Live(task_table(detail), console=self.out, auto_refresh=False)
+                self.live.start()
+            self.live.update(task_table(detail), refresh=True)
+            return
+        for t in detail["tasks"]:
+            row = (t["state"], round(float(t["progress"]), 2), t["message"])
+            if self._seen.get(t["dataset"]) != row:
+                self._seen[t["dataset"]] = row
+                self.out.print(f"{time.strftime('%H:%M:%S')} {t['dataset']}: {row[0]} {row[1]:4.0%} {row[2]}",
+                               highlight=False, markup=False)
+
+    def finish(self, detail: dict[str, Any]) -> None:
+        self.update(detail, force=True)
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+        else:
+            self.out.print(task_table(detail))

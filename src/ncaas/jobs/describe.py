@@ -1,0 +1,69 @@
+"""Jobs as plain dicts: what the API returns and what the CLI shows, embedded or remote.
+
+One description of a job serves the server's JSON, the web page, and the
+CLI's tables (:mod:`ncaas.display`), so a job looks the same wherever it is
+looked at. Progress and messages come from the tasks' ``status/*.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .db import Event, Job, Task
+from .states import JOB_TERMINAL
+
+__all__ = ["job_detail", "job_story", "job_summary", "rejection_problems"]
+
+
+def _read_json(storage, path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(storage.read_text(path))
+    except (OSError, ValueError):  # absent, half-written or not UTF-8: no status yet
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
+    """One row of a job list."""
+    return {"id": job.id, "group": job.group, "analysis": job.analysis, "state": job.state, "cause": job.cause,
+            "submission": job.submission, "created_ms": job.created_ms, "started_ms": job.started_ms,
+            "ended_ms": job.ended_ms, "datasets": n_tasks,
+            "finished": job.state in JOB_TERMINAL and bool(job.finalized), "results_dir": job.results_dir}
+
+
+def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
+    status = _read_json(storage, f"{job.results_dir}/status/{task.dataset}.json")
+    return {"dataset": task.dataset, "input": task.dataset_rel, "state": task.state, "cause": task.cause,
+            "attempt": task.attempt,
+            "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
+            "message": status.get("message", ""), "started_ms": task.started_ms, "ended_ms": task.ended_ms,
+            "exit_code": task.exit_code, "cpu_seconds": task.cpu_seconds,
+            "peak_memory_bytes": task.peak_memory_bytes}
+
+
+def rejection_problems(storage, job: Job) -> list[str]:
+    """Why a submission was rejected, one problem per item (from its end.json)."""
+    errors = _read_json(storage, f"{job.results_dir}/end.json").get("errors")
+    return list(errors) if errors else [job.cause]
+
+
+def job_detail(manager, job: Job) -> dict[str, Any]:
+    """The job with one row per dataset (state, progress, message, attempt, resources)."""
+    job = manager.db.job(job.id) or job
+    tasks = manager.db.tasks(job.id)
+    out = job_summary(job, len(tasks))
+    out.update(config=job.config, config_name=job.config_name,
+               tasks=[task_row(manager.storage, job, t) for t in tasks],
+               error="\n".join(rejection_problems(manager.storage, job)) if job.state == "rejected" else None)
+    return out
+
+
+def event_row(event: Event) -> dict[str, Any]:
+    return {"at_ms": event.at_ms, "dataset": event.dataset, "from_state": event.from_state,
+            "to_state": event.to_state, "cause": event.cause}
+
+
+def job_story(manager, job: Job) -> list[dict[str, Any]]:
+    """Every state transition of the job and its tasks, oldest first."""
+    return [event_row(e) for e in manager.db.events(job.id)]
