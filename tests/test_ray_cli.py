@@ -46,6 +46,10 @@ def test_manager_watches_an_s3_prefix_and_runs_on_the_cluster(ray_cluster, s3_ro
         results = end[0].rsplit("/", 1)[0]
         assert storage.read_text(f"{results}/outputs/x.npy/x.stats.csv").startswith("frame,mean")
         assert json.loads(storage.read_text(f"{results}/certificate.json"))["executor"]["name"] == "ray"
+        logs = subprocess.run([sys.executable, "-m", "ncaas", "logs", results.rsplit("/", 1)[1], "--root", s3_root],
+                              capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.strip() and logs.stdout.strip() == storage.read_text(f"{results}/logs/x.npy.log").strip()
     finally:
         manager.send_signal(signal.SIGTERM)
         manager.wait(timeout=60)

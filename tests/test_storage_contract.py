@@ -152,6 +152,16 @@ def test_a_file_changed_elsewhere_is_read_fresh(storage: Storage) -> None:
     assert storage.files(storage.join("lab", "results", "j")) == []
 
 
+def test_a_growing_file_is_read_from_an_offset(storage: Storage) -> None:
+    path = storage.join("lab", "results", "j", "logs", "x.log")
+    storage.write_text(path, "hello ")
+    assert storage.read_from(path, 0) == b"hello " and storage.read_from(path, 6) == b""
+    storage.write_text(path, "hello world\n")
+    assert storage.read_from(path, 6) == b"world\n"
+    with pytest.raises(FileNotFoundError):
+        storage.read_from(storage.join("lab", "results", "j", "logs", "none.log"), 0)
+
+
 def test_another_process_sees_the_same_root(storage: Storage) -> None:
     """The URL names the root completely: a separate process (a worker node) reads the same data."""
     path = storage.join("lab", "configs", "c.json")

@@ -222,12 +222,10 @@ def logs(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)")
     offsets = dict.fromkeys(names, 0)
     while True:
         for name in names:
-            path = manager.storage.local_path(f"{job.results_dir}/logs/{name}.log")
-            if not path.exists():
+            try:
+                chunk = manager.storage.read_from(f"{job.results_dir}/logs/{name}.log", offsets[name])
+            except FileNotFoundError:
                 continue
-            with open(path, "rb") as fh:
-                fh.seek(offsets[name])
-                chunk = fh.read()
             offsets[name] += len(chunk)
             for line in chunk.decode("utf-8", "replace").splitlines():
                 text = Text.assemble((name, "dim"), " | ", line) if len(names) > 1 else Text(line)

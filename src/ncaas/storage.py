@@ -117,6 +117,12 @@ class Storage:
     def read_bytes(self, path: str) -> bytes:
         return self._call(self.fs.cat_file, path)
 
+    def read_from(self, path: str, offset: int) -> bytes:
+        """The bytes of ``path`` from ``offset`` to its current end (a growing log, say)."""
+        if offset >= self.size(path):
+            return b""
+        return self._call(self.fs.cat_file, path, start=offset)
+
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode("utf-8")
 
