@@ -225,32 +225,48 @@ function formatBytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-// Folder drops: walk FileSystemEntry trees (readEntries returns batches until empty).
-function readAll(reader) {
+// Dropped folders are walked through FileSystemEntry trees. readEntries hands a folder's
+// entries out in batches (Chromium: 100 at a time) and an empty batch at the end, so it is
+// called until it returns nothing.
+function readAll(reader, where) {
   return new Promise((resolve, reject) => {
     const out = [];
     const next = () => reader.readEntries((batch) => {
       if (!batch.length) resolve(out); else { out.push(...batch); next(); }
-    }, reject);
+    }, (err) => reject(new Error(`cannot list ${where}: ${err.message}`)));
     next();
   });
 }
 
 async function walk(entry, prefix, out) {
+  const path = prefix + entry.name;
   if (entry.isFile) {
-    const file = await new Promise((res, rej) => entry.file(res, rej));
-    out.push({ file, path: prefix + entry.name });
+    const file = await new Promise((res, rej) => entry.file(res, (err) => rej(new Error(`cannot read ${path}: ${err.message}`))));
+    out.push({ file, path });
   } else if (entry.isDirectory) {
-    for (const child of await readAll(entry.createReader())) await walk(child, `${prefix}${entry.name}/`, out);
+    const children = await readAll(entry.createReader(), `${path}/`);
+    await Promise.all(children.map((child) => walk(child, `${path}/`, out)));
   }
 }
 
+// What a drop holds, as {files: [{file, path}], empty: [folder names]}: a dropped folder keeps
+// its name and inner layout (exp1/day1/movie.tif), so it lands as one dataset; folders that
+// hold no file at all are listed in `empty`. A DataTransfer is readable only while its drop
+// event is dispatched, so every entry is taken before the first await.
 async function filesFromDrop(dataTransfer) {
-  const entries = [...dataTransfer.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
-  if (!entries.length) return [...dataTransfer.files].map((file) => ({ file, path: file.name }));
-  const out = [];
-  for (const entry of entries) await walk(entry, "", out);
-  return out;
+  const taken = dataTransfer.items
+    ? [...dataTransfer.items].filter((i) => i.kind === "file")
+      .map((i) => (i.webkitGetAsEntry && i.webkitGetAsEntry()) || i.getAsFile()).filter(Boolean)
+    : [...dataTransfer.files];
+  const files = [], empty = [];
+  for (const item of taken) {
+    if (item instanceof File) { files.push({ file: item, path: item.name }); continue; }
+    const before = files.length;
+    await walk(item, "", files);
+    if (item.isDirectory && files.length === before) empty.push(item.name);
+  }
+  files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));   // go up in path order
+  return { files, empty };
 }
 
 function filesFromPicker(input) {
@@ -500,12 +516,37 @@ window.addEventListener("DOMContentLoaded", () => {
     catch (err) { $("#job-error").textContent = err.message; }
   });
   const zone = $("#dropzone");
-  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
-  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  const carriesFiles = (e) => Boolean(e.dataTransfer) && [...e.dataTransfer.types].includes("Files");
+  // Files dropped beside the zone are refused, so the browser never opens them in place of the page.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (e) => {
+      if (!carriesFiles(e) || zone.contains(e.target)) return;
+      e.preventDefault();
+      e.dataTransfer.dropEffect = "none";
+    });
+  }
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; zone.classList.add("over"); });
+  zone.addEventListener("dragleave", (e) => { if (!zone.contains(e.relatedTarget)) zone.classList.remove("over"); });
   zone.addEventListener("drop", async (e) => {
     e.preventDefault();
     zone.classList.remove("over");
-    uploadDatasets(await filesFromDrop(e.dataTransfer));
+    state.uploading += 1;   // no submitting while the dropped folders are read
+    updateSubmit();
+    let dropped;
+    try {
+      dropped = await filesFromDrop(e.dataTransfer);
+    } catch (err) {
+      $("#uploads").append(el("li", {}, el("span", { text: "dropped items" }), el("span"), el("span", { class: "error", text: err.message })));
+      return;
+    } finally {
+      state.uploading -= 1;
+      updateSubmit();
+    }
+    for (const name of dropped.empty) {
+      $("#uploads").append(el("li", { "data-dataset": name },
+        el("span", { text: `${name}/` }), el("span"), el("span", { class: "error", text: "empty folder: nothing to upload" })));
+    }
+    if (dropped.files.length) uploadDatasets(dropped.files);
   });
   for (const id of ["#pick-files", "#pick-folder"]) {
     $(id).addEventListener("change", (e) => { uploadDatasets(filesFromPicker(e.target)); e.target.value = ""; });
