@@ -9,11 +9,12 @@ other error.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
-import queue
 import threading
 import time
+import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,12 @@ from .exceptions import JobNotFound, NcaasError, SubmissionRejected
 __all__ = ["Client", "ServerRequestError"]
 
 _BLOCK = 4 << 20
+_SLICE = 8 << 20  # bytes handed to the kernel per sendfile call: the progress granularity
 _RETRIES = 5
+
+
+class _SendFailed(Exception):
+    """An upload request could not be delivered (the connection failed); it is retried."""
 
 
 class ServerRequestError(NcaasError):
@@ -38,50 +44,52 @@ class ServerRequestError(NcaasError):
         self.body = body or {}
 
 
-def _hash_prefix(path: Path, nbytes: int) -> Any:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while nbytes > 0:
-            block = f.read(min(nbytes, 8 << 20))
-            if not block:
-                break
-            h.update(block)
-            nbytes -= len(block)
-    return h
+class _FileHash:
+    """The SHA-256 of a whole file, computed by a background thread while the file is sent.
 
+    Reading and hashing (hashlib releases the GIL) run beside the sending, which
+    reads the file on its own (zero-copy where possible), so neither waits for the
+    other. A file changed during its upload hashes differently from the bytes the
+    server received, and the server refuses it on completion.
+    """
 
-def _read_hashed(path: Path, start: int, hasher: Any) -> Iterator[bytes]:
-    """Blocks of ``path`` from ``start``, hashed into ``hasher`` by a reader thread, so
-    reading and hashing overlap with sending (both release the GIL)."""
-    blocks: queue.Queue = queue.Queue(maxsize=4)
-    stop = threading.Event()
+    def __init__(self, path: Path):
+        self.path = path
+        self._hasher = hashlib.sha256()
+        self._error: OSError | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ncaas-upload-hash", daemon=True)
+        self._thread.start()
 
-    def reader() -> None:
+    def _run(self) -> None:
+        buf = bytearray(_BLOCK)
+        view = memoryview(buf)
         try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                while not stop.is_set() and (block := f.read(_BLOCK)):
-                    hasher.update(block)
-                    blocks.put(block)
+            with open(self.path, "rb", buffering=0) as f:
+                while not self._stop.is_set() and (n := f.readinto(buf)):
+                    self._hasher.update(view[:n])
         except OSError as exc:
-            blocks.put(exc)
-        blocks.put(None)
+            self._error = exc
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
+    def hexdigest(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise NcaasError(f"cannot read {self.path}: {self._error}") from self._error
+        return self._hasher.hexdigest()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _read_blocks(path: Path, start: int) -> Iterator[bytes]:
     try:
-        while (block := blocks.get()) is not None:
-            if isinstance(block, OSError):
-                raise NcaasError(f"cannot read {path}: {block}") from block
-            yield block
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a reader waiting on a full queue
-            try:
-                blocks.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        thread.join()
+        with open(path, "rb") as f:
+            f.seek(start)
+            while block := f.read(_BLOCK):
+                yield block
+    except OSError as exc:
+        raise NcaasError(f"cannot read {path}: {exc}") from exc
 
 
 class Client:
@@ -104,6 +112,11 @@ class Client:
             raise NcaasError(f"server URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
         self._user: str | None = None
+        # Upload bodies go straight from the file to the socket over plain HTTP without a proxy;
+        # through TLS, a proxy or a given transport, httpx sends them.
+        host = httpx.URL(self.url).host
+        self._direct = (transport is None and self.url.startswith("http://")
+                        and not (urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(host)))
         self.http = httpx.Client(base_url=self.url, transport=transport,
                                  headers={"Authorization": f"Bearer {token}"},
                                  timeout=httpx.Timeout(timeout, connect=10.0))
@@ -188,42 +201,88 @@ class Client:
 
     def _send_file(self, local: Path, up: dict, size: int,
                    progress: Callable[[int, int], None] | None) -> dict:
-        offset = up["offset"]
-        hasher = _hash_prefix(local, offset)
-        failures = 0
-        while offset < size:
-            running = hasher.copy()
+        whole = _FileHash(local)
+        try:
+            offset, failures = up["offset"], 0
+            while offset < size:
+                try:
+                    resp = self._put_range(local, up["id"], offset, size, progress)
+                    self._raise_for(resp)
+                    offset = resp.json()["offset"]
+                except (_SendFailed, ServerRequestError) as exc:
+                    status = getattr(exc, "status", None)
+                    if status is not None and status not in (409, 500, 502, 503) or failures >= _RETRIES:
+                        if isinstance(exc, _SendFailed):
+                            raise ServerRequestError(f"uploading {local} failed: {exc}") from exc
+                        raise
+                    failures += 1
+                    time.sleep(0.2 * failures)
+                    offset = self._json("GET", f"/api/uploads/{up['id']}")["offset"]
+            digest = whole.hexdigest()
+        finally:
+            whole.stop()
+        return self._json("POST", f"/api/uploads/{up['id']}/complete", json={"sha256": digest})
 
-            def body(start: int = offset, running=running) -> Iterator[bytes]:
-                sent = start
-                for block in _read_hashed(local, start, running):
-                    sent += len(block)
-                    yield block
-                    if progress:
-                        progress(sent, size)
+    def _put_range(self, local: Path, upload_id: str, offset: int, size: int,
+                   progress: Callable[[int, int], None] | None) -> httpx.Response:
+        """``PUT`` bytes ``offset..size`` of ``local``; a failure to deliver raises :class:`_SendFailed`."""
+        path = f"/api/uploads/{upload_id}"
+        headers = {"Content-Length": str(size - offset), "Content-Type": "application/octet-stream"}
+        if self._direct:
+            return self._put_sendfile(local, path, offset, size, headers, progress)
 
+        def body() -> Iterator[bytes]:
+            sent = offset
+            for block in _read_blocks(local, offset):
+                sent += len(block)
+                yield block
+                if progress:
+                    progress(sent, size)
+
+        try:
+            return self.http.put(path, params={"offset": offset}, content=body(), headers=headers,
+                                 timeout=httpx.Timeout(300.0, connect=10.0))
+        except httpx.TransportError as exc:
+            raise _SendFailed(str(exc)) from exc
+
+    def _put_sendfile(self, local: Path, path: str, offset: int, size: int, headers: dict[str, str],
+                      progress: Callable[[int, int], None] | None) -> httpx.Response:
+        """The ``PUT`` over a plain connection whose body goes from the file to the socket in the kernel
+        (``socket.sendfile``): no copy through Python, which the uploader's CPU time shows
+        (``benchmarks/server_load.py``)."""
+        url = httpx.URL(self.url)
+        target = f"{url.raw_path.decode().rstrip('/')}{path}?offset={offset}"
+        conn = http.client.HTTPConnection(url.host, url.port, timeout=300.0)
+        try:
             try:
-                resp = self.http.put(f"/api/uploads/{up['id']}", params={"offset": offset}, content=body(),
-                                     headers={"Content-Length": str(size - offset),
-                                              "Content-Type": "application/octet-stream"},
-                                     timeout=httpx.Timeout(300.0, connect=10.0))
-                self._raise_for(resp)
-                new_offset = resp.json()["offset"]
-            except (httpx.TransportError, ServerRequestError) as exc:
-                status = getattr(exc, "status", None)
-                if status is not None and status not in (409, 500, 502, 503) or failures >= _RETRIES:
-                    if isinstance(exc, httpx.TransportError):
-                        raise ServerRequestError(f"uploading {local} failed: {exc}") from exc
-                    raise
-                failures += 1
-                time.sleep(0.2 * failures)
-                new_offset = self._json("GET", f"/api/uploads/{up['id']}")["offset"]
-                hasher = _hash_prefix(local, new_offset)
-                offset = new_offset
-                continue
-            hasher = running if new_offset == size else _hash_prefix(local, new_offset)
-            offset = new_offset
-        return self._json("POST", f"/api/uploads/{up['id']}/complete", json={"sha256": hasher.hexdigest()})
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
+                for name, value in {**headers, "Authorization": self.http.headers["Authorization"]}.items():
+                    conn.putheader(name, value)
+                conn.endheaders()
+                with open(local, "rb") as f:
+                    sent = offset
+                    while sent < size:
+                        n = conn.sock.sendfile(f, sent, min(_SLICE, size - sent))
+                        if n == 0:
+                            raise NcaasError(f"{local} became shorter while it was uploaded; upload it again")
+                        sent += n
+                        if progress:
+                            progress(sent, size)
+            except OSError as exc:
+                # The server may have refused the request before reading the body: its answer says why.
+                try:
+                    answer = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise _SendFailed(str(exc)) from exc
+            else:
+                answer = conn.getresponse()
+            content = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise _SendFailed(str(exc)) from exc
+        finally:
+            conn.close()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=content,
+                              request=httpx.Request("PUT", f"{self.url}{path}?offset={offset}"))
 
     def upload_dataset(self, local: str | os.PathLike[str], name: str | None = None, *,
                        overwrite: bool = False) -> str:
