@@ -1,17 +1,21 @@
 """The web page in a real browser: Playwright drives Debian's Chromium against a
 real `ncaas serve`. A scientist signs in with a token, drops a file and picks a
 multi-session folder, fixes a config value the form flags, submits the test
-analysis, watches it finish, downloads the results, and views a QC image.
-Screenshots land in build/screenshots/.
+analysis, watches it finish, downloads the results, and views a QC image. Then
+files and a multi-session folder are dragged from disk onto the page through the
+browser's own drag-and-drop input (DevTools Protocol), uploaded with progress, and
+the folder is run. Screenshots land in build/screenshots/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import zipfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -167,3 +171,150 @@ def test_qc_images_are_shown(site, page):
     assert "outputs/a.npy/qc/mean.png" in page.inner_text("#qc")
     page.screenshot(path=str(SHOTS / "web-qc.png"), full_page=True)
     shutil.copy(SHOTS / "web-qc.png", site["base"] / "web-qc.png")
+
+
+# -- drag and drop from the file system ----------------------------------------------------
+# Chromium's DevTools Protocol drags real paths onto the page (Input.dispatchDragEvent with
+# data.files): the browser builds the DataTransfer itself, exactly as for a drag from a file
+# manager, so a dropped directory arrives as a FileSystemDirectoryEntry that the page walks.
+# (A DataTransfer built in page JavaScript cannot hold a directory.)
+
+_TRACE_UPLOADS = """() => {
+    window.uploadTrace = [];   // [dataset, bar value, bar max, row text] at every change of #uploads
+    new MutationObserver((changes) => {
+        const rows = new Set(changes.map((c) => (c.target.closest ? c.target : c.target.parentElement).closest("li")));
+        for (const row of rows) {
+            const bar = row && row.querySelector("progress");
+            if (bar) window.uploadTrace.push([row.dataset.dataset, bar.value, bar.max, row.textContent]);
+        }
+    }).observe(document.querySelector("#uploads"), { subtree: true, childList: true, attributes: true, characterData: true });
+}"""
+
+
+def _fresh_page(page, site) -> None:
+    """Load the page anew, signed in (by the token this tab saved, or by typing it)."""
+    page.goto(site["server"].url + "/")
+    if not page.evaluate("() => sessionStorage.getItem('ncaas-token')"):  # with one, the page signs in by itself
+        page.fill("#token", site["token"])
+        page.click("#signin-form button")
+    page.wait_for_selector("#whoami:has-text('ann · group lab')")
+    page.wait_for_selector("#config-form > *")  # the form above the drop zone is in place
+    page.wait_for_selector("#inputs li")
+    page.evaluate(_TRACE_UPLOADS)
+
+
+def _drag(page, paths: list[Path], selector: str, steps=("dragEnter", "dragOver", "drop")) -> None:
+    """Drag files and folders from disk over the element ``selector`` (a point inside its
+    padding, off any child) through the browser's own drag-and-drop input pipeline."""
+    target = page.locator(selector)
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + 6
+    assert page.evaluate("([sel, x, y]) => document.querySelector(sel).contains(document.elementFromPoint(x, y))",
+                         [selector, x, y]), f"{selector} is not under the point ({x}, {y})"
+    data = {"items": [], "files": [str(p.resolve()) for p in paths], "dragOperationsMask": 1}  # 1: copy
+    cdp = page.context.new_cdp_session(page)
+    try:
+        for step in steps:
+            cdp.send("Input.dispatchDragEvent", {"type": step, "x": x, "y": y, "data": data})
+    finally:
+        cdp.detach()
+
+
+def _trace(page, dataset: str) -> list[tuple[float, float, str]]:
+    return [(v, m, text) for name, v, m, text in page.evaluate("() => window.uploadTrace") if name == dataset]
+
+
+def _api(site, path: str):
+    resp = httpx.get(site["server"].url + path, headers={"Authorization": f"Bearer {site['token']}"}, timeout=30)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def _tree(base: Path) -> dict[str, bytes]:
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def test_dragging_two_files_onto_the_page_uploads_each_as_a_dataset(site, page):
+    base, inputs = site["base"] / "drag2", site["root"] / "lab" / "inputs"
+    base.mkdir()
+    _npy(base / "day1.npy", 11, frames=2000)  # 2 MB each: the progress bar has something to show
+    _npy(base / "day2.npy", 12, frames=1500)
+    _fresh_page(page, site)
+    url = page.url
+
+    # Beside the zone the page answers "no drop here" (a window that lets a file drag through
+    # has the browser open the file in place of the page; headless Chromium does not, so the
+    # page's answer to the drag is what is checked) and nothing uploads.
+    page.evaluate("""() => window.addEventListener('dragover', (e) => {
+        window.besideAnswer = [e.defaultPrevented, e.dataTransfer.dropEffect]; })""")
+    _drag(page, [base / "day1.npy"], "header")
+    assert page.evaluate("() => window.besideAnswer") == [True, "none"]
+    assert page.url == url and page.locator("#uploads li").count() == 0
+
+    _drag(page, [base / "day1.npy", base / "day2.npy"], "#dropzone", steps=("dragEnter", "dragOver"))
+    assert "over" in page.get_attribute("#dropzone", "class")  # the zone lights up under the drag
+    _drag(page, [base / "day1.npy", base / "day2.npy"], "#dropzone", steps=("drop",))
+    for name in ("day1.npy", "day2.npy"):
+        page.wait_for_selector(f"#uploads li[data-dataset='{name}'] .muted:has-text('uploaded')")
+        trace = _trace(page, name)
+        values = [v for v, _, _ in trace]
+        assert values == sorted(values) and values[-1] == trace[-1][1] == (base / name).stat().st_size, trace
+        assert any("% of" in text for _, _, text in trace), trace  # progress was reported while sending
+        assert (inputs / name).read_bytes() == (base / name).read_bytes()
+        info = _api(site, f"/api/inputs/{name}")
+        assert info["kind"] == "file" and info["sha256"] == hashlib.sha256((base / name).read_bytes()).hexdigest()
+        assert page.is_checked(f"#inputs input[value='{name}']")  # ticked for the next submit
+    assert "over" not in page.get_attribute("#dropzone", "class")
+
+
+def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page):
+    """A dropped folder lands as one dataset with its inner layout kept: sessions at the top,
+    a nested folder of 105 frames (more than the 100 entries Chromium's readEntries hands out
+    at once) two levels down, and an empty sub-folder (nothing to store). An empty folder
+    dropped next to it is reported, not uploaded. framestats then runs the folder as one
+    multi-session dataset (one result per session file)."""
+    base, inputs = site["base"] / "drag-folder", site["root"] / "lab" / "inputs"
+    exp = base / "mouse7"
+    (exp / "raw" / "day3").mkdir(parents=True)
+    (exp / "raw" / "unused").mkdir()
+    (base / "nothing-here").mkdir()
+    for i in range(3):
+        _npy(exp / f"session{i + 1}.npy", 20 + i, frames=40)
+    for i in range(105):
+        (exp / "raw" / "day3" / f"frame{i:03d}.tif").write_bytes(bytes([i]) * (64 + i))
+    (exp / "notes.txt").write_text("three sessions, one mouse\n")
+    _fresh_page(page, site)
+
+    _drag(page, [exp, base / "nothing-here"], "#dropzone")
+    page.wait_for_selector("#uploads li[data-dataset='mouse7'] .muted:has-text('uploaded')", timeout=120_000)
+    assert "empty folder" in page.inner_text("#uploads li[data-dataset='nothing-here']", timeout=5_000)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "web-dropped-folder.png"), full_page=True)
+
+    sent = _tree(exp)
+    assert len(sent) == 3 + 105 + 1
+    assert "mouse7/" in page.inner_text("#uploads li[data-dataset='mouse7']")
+    trace = _trace(page, "mouse7")
+    values = [v for v, _, _ in trace]
+    total = sum(len(b) for b in sent.values())
+    assert values == sorted(values) and values[-1] == total, trace
+    assert any(0 < v < total for v in values), trace  # progress moved file by file
+    assert _tree(inputs / "mouse7") == sent  # every file, at its relative path, byte for byte
+    assert not (inputs / "nothing-here").exists() and not (inputs / "mouse7" / "raw" / "unused").exists()
+    listed = {d["name"]: d for d in _api(site, "/api/inputs")}
+    assert listed["mouse7"]["kind"] == "folder" and listed["mouse7"]["files"] == len(sent)
+    assert listed["mouse7"]["size"] == total and "nothing-here" not in listed
+    deep = _api(site, "/api/inputs/mouse7/raw/day3/frame104.tif")
+    assert deep["sha256"] == hashlib.sha256(sent["raw/day3/frame104.tif"]).hexdigest()
+
+    page.select_option("#analysis", "framestats")
+    for box in page.locator("#inputs input:checked").all():
+        box.uncheck()
+    page.check("#inputs input[value='mouse7']")
+    page.click("#submit")
+    page.wait_for_selector("#job-state.succeeded", timeout=60_000)
+    assert page.locator(".task").count() == 1  # the folder is one dataset
+    job = page.inner_text("#job-id")
+    results = {f["path"] for f in _api(site, f"/api/jobs/{job}/files")}
+    assert {f"outputs/mouse7/session{i}.stats.csv" for i in (1, 2, 3)} <= results, results
