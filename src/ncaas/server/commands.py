@@ -64,6 +64,9 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
                 err.print("[yellow]another `ncaas manager` runs on this storage; the server submits jobs "
                           "and that manager runs them[/yellow]")
                 settings.run_manager = False
+        from .uploads import keep_freed_memory_for_streaming
+
+        keep_freed_memory_for_streaming()
         try:
             run_server(settings, host=host, port=port)
         finally:
