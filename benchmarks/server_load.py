@@ -6,7 +6,11 @@
    (fsync), so the peer is a disk copy that is also fsynced; copies that stay in
    the page cache, with and without SHA-256, are printed too, and so is a bare
    uvicorn app that only receives and discards the bytes (the ceiling of the HTTP
-   stack the server runs on). Target: upload >= 50% of the disk copy.
+   stack the server runs on). Every contender runs ``--repeat`` times, interleaved,
+   and the median is printed with the CPU seconds of the sender (this process)
+   and of the server process: client and server share the machine's cpus here,
+   so their CPU sum bounds the upload's wall time from below.
+   Target: upload >= 50% of the disk copy.
 2. N concurrent clients (default 50) for a fixed time (default 60 s): each
    submits a small framestats job, then polls it (job detail, job list) until it
    is over, and starts again. Prints requests per second, latency percentiles
@@ -22,8 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import http.client
 import io
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,73 +91,122 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
-def _bare_uvicorn_upload(big: Path) -> float:
-    """Seconds to stream ``big`` to a bare uvicorn app that discards it: the HTTP stack's ceiling."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _BARE_APP, str(port)])
+def _own_cpu() -> float:
+    """CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _measure(fn, server: psutil.Process | None = None) -> tuple[float, float, float | None]:
+    """Wall seconds, this process's CPU seconds and the server's CPU seconds while ``fn`` runs."""
+    server_before, own_before, t = _process_cpu(server), _own_cpu(), time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t
+    return wall, _own_cpu() - own_before, (_process_cpu(server) - server_before) if server else None
+
+
+def _sendfile_put(port: int, big: Path) -> None:
+    """PUT ``big`` with the body sent by the kernel (socket.sendfile), as ncaas.client does."""
+    size = big.stat().st_size
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
+        conn.putrequest("PUT", "/")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        with open(big, "rb") as f:
+            conn.sock.sendfile(f, 0, size)
+        answer = conn.getresponse().read()
+    finally:
+        conn.close()
+    assert int(answer) == size
+
+
+class _BareServer:
+    """A bare uvicorn app that receives and discards request bodies: the HTTP stack's ceiling."""
+
+    def __enter__(self) -> _BareServer:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-c", _BARE_APP, str(self.port)])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                return self
             except httpx.TransportError:
                 time.sleep(0.1)
+        raise RuntimeError("the bare uvicorn app did not start")
 
-        def body():
-            with open(big, "rb") as f:
-                while block := f.read(4 << 20):
-                    yield block
-
-        t = time.perf_counter()
-        resp = httpx.put(f"http://127.0.0.1:{port}/", content=body(), timeout=600,
-                         headers={"Content-Length": str(big.stat().st_size)})
-        elapsed = time.perf_counter() - t
-        assert int(resp.text) == big.stat().st_size
-        return elapsed
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
-def bench_upload(server: ServerProcess, token: str, work: Path, size: int) -> None:
+def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repeat: int) -> None:
     big = work / "big.bin"
     print(f"writing a {size / 1e9:.2f} GB test file ...", flush=True)
     _write_big(big, size)
     _copy_with_sha(big, work / "warm.bin")  # warm the page cache the same way for every contender
     (work / "warm.bin").unlink()
+    copy = work / "copy.bin"
 
-    rows = []
-    os.sync()
-    t = time.perf_counter()
-    _durable_copy(big, work / "copy.bin")
-    rows.append(("local disk copy (copyfile + fsync)", time.perf_counter() - t))
-    (work / "copy.bin").unlink()
-    os.sync()
-    t = time.perf_counter()
-    shutil.copyfile(big, work / "copy.bin")
-    rows.append(("local copy into page cache (no fsync)", time.perf_counter() - t))
-    (work / "copy.bin").unlink()
-    t = time.perf_counter()
-    _copy_with_sha(big, work / "copy.bin")
-    rows.append(("local copy + sha256 (no fsync)", time.perf_counter() - t))
-    (work / "copy.bin").unlink()
-    os.sync()
-    rows.append(("bare uvicorn app discarding the body (no checks)", _bare_uvicorn_upload(big)))
-    with Client(server.url, token, timeout=600) as c:
-        t = time.perf_counter()
-        done = c.upload_file(big, "big.bin", overwrite=True)
-        rows.append(("upload to ncaas serve (sha256 both ends, fsync)", time.perf_counter() - t))
-    assert done["complete"] and done["size"] == size
-    copy_s = rows[0][1]
-    print(f"\nupload of {size / 1e9:.2f} GB over loopback")
-    print(f"{'':52s} {'seconds':>8s} {'MB/s':>8s} {'vs copy':>8s}")
-    for name, seconds in rows:
-        print(f"{name:52s} {seconds:8.2f} {size / 1e6 / seconds:8.0f} {copy_s / seconds:8.0%}")
-    ratio = copy_s / rows[-1][1]
+    def disk_copy() -> None:
+        _durable_copy(big, copy)
+
+    def cache_copy() -> None:
+        shutil.copyfile(big, copy)
+
+    def sha_copy() -> None:
+        _copy_with_sha(big, copy)
+
+    def upload() -> None:
+        with Client(server.url, token, timeout=600) as c:
+            done = c.upload_file(big, "big.bin", overwrite=True)
+        assert done["complete"] and done["size"] == size
+
+    names = ["local disk copy (copyfile + fsync)", "local copy into page cache (no fsync)",
+             "local copy + sha256 (no fsync)", "bare uvicorn app discarding the body (no checks)",
+             "upload to ncaas serve (sha256 both ends, fsync)"]
+    runs: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name in names}
+    loads = [os.getloadavg()[0]]
+    ncaas = psutil.Process(server.proc.pid)
+    with _BareServer() as bare:
+        bare_proc = psutil.Process(bare.proc.pid)
+        for _ in range(repeat):  # interleaved, so a burst of load elsewhere hits every contender alike
+            for name, fn, proc in zip(names, [disk_copy, cache_copy, sha_copy, None, upload],
+                                      [None, None, None, bare_proc, ncaas], strict=True):
+                os.sync()
+                if fn is None:
+                    runs[name].append(_measure(lambda: _sendfile_put(bare.port, big), proc))
+                else:
+                    runs[name].append(_measure(fn, proc))
+                copy.unlink(missing_ok=True)
+            loads.append(os.getloadavg()[0])
+    medians = {name: [statistics.median(x for x in column if x is not None) if any(
+        x is not None for x in column) else None for column in zip(*rows)] for name, rows in runs.items()}
+    copy_s = medians[names[0]][0]
+    print(f"\nupload of {size / 1e9:.2f} GB over loopback, median of {repeat} interleaved runs "
+          f"(1-minute load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cpus)")
+    print(f"{'':50s} {'seconds':>8s} {'MB/s':>6s} {'vs copy':>8s} {'sender cpu':>10s} {'server cpu':>10s}   all runs (s)")
+    for name in names:
+        wall, own, srv = medians[name]
+        every = " ".join(f"{w:.2f}" for w, _, _ in runs[name])
+        print(f"{name:50s} {wall:8.2f} {size / 1e6 / wall:6.0f} {copy_s / wall:8.0%} {own:10.2f} "
+              f"{'' if srv is None else f'{srv:.2f}':>10s}   {every}")
+    up_wall, up_own, up_srv = medians[names[-1]]
+    ratio = copy_s / up_wall
     print(f"upload throughput is {ratio:.0%} of a local disk copy, both durable on disk when done "
           f"(target >= 50%): {'MET' if ratio >= 0.5 else 'NOT MET'}; "
-          f"{rows[1][1] / rows[-1][1]:.0%} of a copy that stays in the page cache")
+          f"{medians[names[1]][0] / up_wall:.0%} of a copy that stays in the page cache")
+    print(f"CPU per upload: uploader {up_own:.2f} s + server {up_srv:.2f} s = {up_own + up_srv:.2f} s, "
+          f"at least {(up_own + up_srv) / os.cpu_count():.2f} s of wall time when both share these "
+          f"{os.cpu_count()} cpus ({copy_s / ((up_own + up_srv) / os.cpu_count()):.0%} of the disk copy at best)")
     big.unlink()
     (server.root / "lab" / "inputs" / "big.bin").unlink()
 
@@ -251,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--think", type=float, default=0.1, help="seconds each client waits between polls")
+    parser.add_argument("--repeat", type=int, default=3, help="upload runs per contender (median printed)")
     parser.add_argument("--skip-upload", action="store_true")
     parser.add_argument("--skip-load", action="store_true")
     args = parser.parse_args(argv)
@@ -268,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         with ServerProcess(root, max_upload="100GB") as server:
             if not args.skip_upload:
-                bench_upload(server, token, work, size)
+                bench_upload(server, token, work, size, args.repeat)
             failures = 0 if args.skip_load else bench_load(server, token, args.clients, args.seconds, args.think)
     return 1 if failures else 0
 
