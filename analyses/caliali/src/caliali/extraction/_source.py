@@ -46,8 +46,18 @@ class FrameSource:
             raise ExtractionError(f"the video is empty (frames {self.n_frames}, frame shape {self.frame_shape})")
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``[start, stop)`` as a new C-contiguous float32 array (non-finite -> 0)."""
-        block = np.array(self._read(start, stop), dtype=np.float32, copy=True, order="C")
+        """Frames ``[start, stop)`` as a new C-contiguous float32 array (non-finite -> 0).
+
+        A reader that already returns a float32 array of its own (zarr, the
+        ``caliali.io`` readers) hands it over as it is; anything else (views of
+        an in-memory movie, other dtypes) is copied, so the caller may always
+        modify the result.
+        """
+        block = self._read(start, stop)
+        owned = (isinstance(block, np.ndarray) and block.dtype == np.float32 and block.flags.owndata
+                 and block.flags.c_contiguous and block.flags.writeable and block is not self._video)
+        if not owned:
+            block = np.array(block, dtype=np.float32, copy=True, order="C")
         if block.shape != (stop - start, *self.frame_shape):
             raise ExtractionError(
                 f"reading frames {start}..{stop} returned shape {block.shape}, "

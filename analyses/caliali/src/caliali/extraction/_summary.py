@@ -36,9 +36,13 @@ def highpass_kernel(gSig: float) -> np.ndarray:
     return ker2.astype(np.float32)
 
 
-def highpass(frames: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Each frame of ``frames`` (t, h, w) filtered with ``kernel`` (new float32 array)."""
-    out = np.empty_like(frames, dtype=np.float32)
+def highpass(frames: np.ndarray, kernel: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Each frame of ``frames`` (t, h, w) filtered with ``kernel``: a new float32 array, or ``out``.
+
+    ``out`` may be ``frames`` itself (float32): the frames are then filtered in place.
+    """
+    if out is None:
+        out = np.empty_like(frames, dtype=np.float32)
     for i, frame in enumerate(frames):
         cv2.filter2D(frame, cv2.CV_32F, kernel, dst=out[i], borderType=cv2.BORDER_REFLECT)
     return out
@@ -50,9 +54,10 @@ def noise_level(traces: np.ndarray, axis: int = 0) -> np.ndarray:
     Calcium transients are slow, so the differences of consecutive frames are
     dominated by noise: sigma = median|d - median d| / 0.6745 / sqrt(2).
     """
-    d = np.diff(traces, axis=axis)
-    med = np.median(d, axis=axis, keepdims=True)
-    return (np.median(np.abs(d - med), axis=axis) / (0.6745 * np.sqrt(2))).astype(np.float32)
+    d = np.diff(traces, axis=axis)  # the only copy: the rest works in place
+    d -= np.median(d, axis=axis, keepdims=True)
+    np.abs(d, out=d)
+    return (np.median(d, axis=axis, overwrite_input=True) / (0.6745 * np.sqrt(2))).astype(np.float32)
 
 
 def _local_correlation(z: np.ndarray) -> np.ndarray:
@@ -72,9 +77,10 @@ def _local_correlation(z: np.ndarray) -> np.ndarray:
     return total / count
 
 
-def batch_summary(frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """(Cn, PNR) of one batch (t, h, w) of raw frames."""
-    hy = highpass(frames, highpass_kernel(gSig))
+def batch_summary(frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0,
+                  overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(Cn, PNR) of one batch (t, h, w) of raw frames; ``overwrite`` works in ``frames`` (float32) itself."""
+    hy = highpass(frames, highpass_kernel(gSig), out=frames if overwrite else None)
     hy -= np.median(hy[::5], axis=0)  # every 5th frame: as robust, 5x cheaper
     sn = noise_level(hy[:1000])  # the noise is stationary; 1000 frames estimate it within a few percent
     sn = np.maximum(sn, 1e-6 * max(float(sn.max()), 1e-12))
@@ -121,7 +127,7 @@ def summary_images(video, *, session_bounds=None, gSig: float, batch_frames: int
     cn = np.full(source.frame_shape, -1.0, np.float32)
     pnr = np.zeros(source.frame_shape, np.float32)
     for i, batch in enumerate(batches):
-        c, p = batch_summary(source.read(batch.start, batch.stop), gSig=gSig)
+        c, p = batch_summary(source.read(batch.start, batch.stop), gSig=gSig, overwrite=True)  # a fresh copy
         np.maximum(cn, c, out=cn)
         np.maximum(pnr, p, out=pnr)
         if progress is not None:

@@ -37,6 +37,7 @@ from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
 from ._summary import summary_images
+from ._traces import TraceFile
 
 __all__ = ["extract"]
 
@@ -67,14 +68,22 @@ def _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub):
 
 def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, *,
                 gSig, min_pnr, patch_size, patch_overlap, box_factor, region_radius, progress):
-    """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted)."""
+    """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted).
+
+    Returns the footprints, their traces (a `TraceFile`, K x T on disk), the
+    indices of the seeds kept and the mean frame of every session. The traces
+    of every seed in every batch, and the unit-norm image of every batch fit
+    (needed to express each batch's trace on the combined footprint), are kept
+    on disk too: memory holds one batch of frames and per-seed sums only.
+    """
     dims = source.frame_shape
     k = len(seeds)
     boxes = [box_around(int(y), int(x), region_radius, dims) for y, x in seeds]
+    side = 2 * region_radius + 1
     sums = [np.zeros((b[1] - b[0], b[3] - b[2]), np.float64) for b in boxes]
     weights = np.zeros(k)
-    traces = np.zeros((k, source.n_frames), np.float32)
-    per_batch: list[list] = [[] for _ in range(k)]  # (batch index, unit-norm image)
+    traces = TraceFile((k, source.n_frames))
+    units = TraceFile((k, len(batches), side, side))  # each batch's unit-norm fit, zero where not fitted
     mean_frames = np.zeros((len(bounds) - 1, *dims), np.float64)
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
@@ -82,6 +91,8 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
         fits = initialize_batch(frames, seeds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
                                 patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius)
         del frames
+        fitted, batch_traces = [], []
+        batch_units = np.zeros((sum(f is not None for f in fits), side, side), np.float32)
         for j, fit in enumerate(fits):
             if fit is None:
                 continue
@@ -97,38 +108,59 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
             weight = float(trace @ trace)  # activity of this neuron in this batch
             sums[j] += weight * image / norm
             weights[j] += weight
-            traces[j, batch.start:batch.stop] = trace
-            per_batch[j].append((bi, image / norm))
+            batch_units[len(fitted), :image.shape[0], :image.shape[1]] = image / norm
+            fitted.append(j)
+            batch_traces.append(trace)
+        del fits
+        if fitted:
+            traces[fitted, batch.start:batch.stop] = np.stack(batch_traces)
+            units[fitted, bi] = batch_units[:len(fitted)]
         _report(progress, 0.1, 0.3, (bi + 1) / len(batches), f"initialisation, batch {bi + 1}/{len(batches)}")
     keep = np.nonzero(weights > 0)[0]
     images = []
-    for j in keep:
+    c = TraceFile((len(keep), source.n_frames))
+    for i, j in enumerate(keep):
         a = (sums[j] / weights[j]).astype(np.float32)
         a /= max(float(np.sqrt((a ** 2).sum())), 1e-12)
         images.append(a)
-        for bi, unit in per_batch[j]:  # express each batch's trace on the combined footprint
-            b = batches[bi]
-            traces[j, b.start:b.stop] *= float((unit * a).sum())
+        # Express each batch's trace on the combined footprint: its unit image's projection on it.
+        unit = units[j][:, :a.shape[0], :a.shape[1]]
+        factors = np.tensordot(unit, a, axes=([1, 2], [0, 1]))
+        trace = traces[j]
+        for bi, b in enumerate(batches):
+            trace[b.start:b.stop] *= factors[bi]
+        c[i] = trace
+    traces.close()
+    units.close()
     for s in range(len(bounds) - 1):
         mean_frames[s] /= bounds[s + 1] - bounds[s]
-    return Footprints(dims, [boxes[j] for j in keep], images), traces[keep], keep, mean_frames
+    return Footprints(dims, [boxes[j] for j in keep], images), c, keep, mean_frames
 
 
-def _session_constant(footprints: Footprints, c: np.ndarray, mean_frames: np.ndarray, bounds) -> np.ndarray:
-    """b0 per session = mean frame minus the mean of A C over the session."""
+def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batches: list[Batch],
+                      bounds) -> np.ndarray:
+    """b0 per session = mean frame minus the mean of A C over the session (C read a batch at a time)."""
     b0 = mean_frames.astype(np.float32).copy()
+    sums = np.zeros((len(bounds) - 1, len(footprints)), np.float64)
+    for batch in batches:
+        sums[batch.session] += c[:, batch.start:batch.stop].sum(axis=1, dtype=np.float64)
     for s in range(len(bounds) - 1):
-        mean_c = c[:, bounds[s]:bounds[s + 1]].mean(axis=1)
+        mean_c = sums[s] / (bounds[s + 1] - bounds[s])
         for k, im in enumerate(footprints.images):
             b0[s][footprints.slices(k)] -= mean_c[k] * im
     return b0
 
 
-def _iteration_pass(source, batches, footprints: Footprints, c: np.ndarray, background: RingBackground,
+def _iteration_pass(source, batches, footprints: Footprints, c, background: RingBackground,
                     *, spatial: bool, progress, lo, hi, label):
-    """One pass over every batch: background sums, temporal HALS, spatial sums."""
+    """One pass over every batch: background sums, temporal HALS, spatial sums.
+
+    ``c`` (K x T, an array or a `TraceFile`) is read one batch at a time; the
+    new raw traces are written to a `TraceFile` while frames are in memory and
+    only loaded (K x T) once the last batch is gone.
+    """
     k = len(footprints)
-    c_raw = np.zeros_like(c)
+    c_raw = TraceFile((k, source.n_frames))
     ata = footprints.gram()
     yct = [np.zeros(im.shape, np.float64) for im in footprints.images] if spatial else None
     cct = np.zeros((k, k), np.float64)
@@ -153,20 +185,20 @@ def _iteration_pass(source, batches, footprints: Footprints, c: np.ndarray, back
             for j, v in enumerate(footprints.correlate(frames, cb)):
                 yct[j] += v
             cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
-        del frames
+        del frames, cb
         _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
-    return c_raw, yct, cct, new_b0
+    out = c_raw.read()
+    c_raw.close()
+    return out, yct, cct, new_b0
 
 
-def _deconvolve_all(c_raw: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """OASIS (AR(1)) on each neuron's whole trace of each session, across all its batches."""
+def _deconvolve_all(c_raw: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """OASIS (AR(1)) on each neuron's whole trace of each session, across all its batches: denoised C."""
     c = np.zeros_like(c_raw)
-    s = np.zeros_like(c_raw)
     for k in range(c_raw.shape[0]):
         for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            d = deconvolve_trace(c_raw[k, s0:s1], p=1)
-            c[k, s0:s1], s[k, s0:s1] = d.c, d.s
-    return c, s
+            c[k, s0:s1] = deconvolve_trace(c_raw[k, s0:s1], p=1).c
+    return c
 
 
 def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *, min_pixels: int,
@@ -304,7 +336,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
     background = RingBackground(dims, len(bounds) - 1, ring_radius=ring_factor * 4 * gSig, ssub=bg_ssub,
                                 n_sectors=n_sectors)
-    background.b0 = _session_constant(footprints, c, mean_frames, bounds)
+    background.b0 = _session_constant(footprints, c, mean_frames, batches, bounds)
     history = []
     min_pixels = max(3, int(round(0.5 * gSig * gSig)))
     span = 0.55 / max_iter
@@ -316,15 +348,18 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        new_c, _ = _deconvolve_all(c_raw, bounds)
+        new_c = _deconvolve_all(c_raw, bounds)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
         new_c *= norms[:, None]  # keep A C unchanged by the normalisation
         c_raw *= norms[:, None]
         change = _change(footprints, updated)
         keep = _remove_false_positives(updated, new_c, c_raw, min_pixels=min_pixels, min_snr=min_snr)
         removed = len(updated) - len(keep)
-        footprints, c, c_raw = updated.subset(keep), new_c[keep], c_raw[keep]
+        footprints, c = updated.subset(keep), new_c[keep]
+        del new_c  # one K x T copy at a time
+        c_raw = c_raw[keep]
         footprints, c, c_raw, merges = merge_components(footprints, c, c_raw, merge_thr=merge_thr)
+        c, c_raw = TraceFile.from_array(c), None  # full-length traces on disk while the next pass holds frames
         history.append({"iteration": it + 1, "neurons": len(footprints), "change": change,
                         "removed": removed, "merged": merges})
         if len(footprints) == 0:
@@ -333,9 +368,13 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
             break
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces")
-    c, _ = _deconvolve_all(c_raw, bounds)
+    c = _deconvolve_all(c_raw, bounds)
     c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
+    del c_raw, c
     order = np.argsort(-snr, kind="stable")
+    c_raw_out = c_raw_out[order]  # reordered one K x T array at a time
+    c_out = c_out[order]
+    s_out = s_out[order]
     scale = noise.mean(axis=1)
     images = [footprints.images[k] * scale[k] for k in order]
     final = Footprints(dims, [footprints.boxes[k] for k in order], images)
@@ -345,6 +384,6 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
                   patch_overlap=patch_overlap, box_factor=box_factor, min_snr=min_snr,
                   batch_frames=int(max(b.stop - b.start for b in batches)), n_batches=len(batches),
                   memory_budget=None if memory_budget is None else parse_memory_budget(memory_budget))
-    return Extraction(A=final.to_sparse(), C_raw=c_raw_out[order], C=c_out[order], S=s_out[order], cn=cn, pnr=pnr,
+    return Extraction(A=final.to_sparse(), C_raw=c_raw_out, C=c_out, S=s_out, cn=cn, pnr=pnr,
                       session_bounds=bounds, dims=dims, snr=snr[order], noise=noise[order],
                       centers=final.centers(), seeds=seeds, history=history, params=params)

@@ -1,0 +1,72 @@
+"""The pieces that keep extraction's memory bounded: traces on disk, frames read without extra copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from caliali.extraction._source import open_source
+from caliali.extraction._summary import highpass, highpass_kernel, noise_level
+from caliali.extraction._traces import TraceFile
+
+
+def test_a_trace_file_reads_and_writes_blocks_rows_and_selections():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((5, 1000)).astype(np.float32)
+    traces = TraceFile((5, 1000))
+    assert traces.shape == (5, 1000) and len(traces) == 5
+    assert not traces[...].any()  # starts as zeros
+    for start in range(0, 1000, 300):
+        traces[:, start:start + 300] = values[:, start:start + 300]
+    np.testing.assert_array_equal(traces.read(), values)
+    np.testing.assert_array_equal(traces[3], values[3])
+    np.testing.assert_array_equal(traces[[4, 1]], values[[4, 1]])
+    np.testing.assert_array_equal(traces[:, 250:260], values[:, 250:260])
+    block = traces[:, :10]
+    block[:] = 0  # a copy: the file is unchanged
+    np.testing.assert_array_equal(traces[:, :10], values[:, :10])
+    traces[[0, 2], 5:8] = -1.0
+    assert (traces[0, 5:8] == -1).all() and (traces[2, 5:8] == -1).all() and (traces[1, 5:8] != -1).all()
+    traces.close()
+
+
+def test_a_trace_file_copies_an_array_and_handles_empty_shapes():
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(TraceFile.from_array(values).read(), values)
+    empty = TraceFile((0, 100))
+    assert empty.read().shape == (0, 100) and empty[:, 10:20].shape == (0, 10)
+
+
+def test_frames_read_from_an_in_memory_movie_are_copies():
+    movie = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)
+    source = open_source(movie)
+    block = source.read(1, 3)
+    block += 100
+    assert movie[1, 0, 0] == 15  # the caller's movie is never modified
+    ints = open_source(movie.astype(np.int16)).read(0, 2)
+    assert ints.dtype == np.float32 and ints.flags.writeable
+
+
+def test_frames_read_from_zarr_match_the_store(tmp_path):
+    movie = np.random.default_rng(1).random((30, 6, 7)).astype(np.float32)
+    stored = zarr.create_array(str(tmp_path / "m.zarr"), shape=movie.shape, chunks=(8, 6, 7), dtype="float32")
+    stored[:] = movie
+    source = open_source(stored)
+    first = source.read(5, 20)
+    np.testing.assert_array_equal(first, movie[5:20])
+    first[:] = 0
+    np.testing.assert_array_equal(source.read(5, 20), movie[5:20])
+
+
+def test_in_place_high_pass_and_noise_level_match_their_copying_forms():
+    rng = np.random.default_rng(2)
+    frames = rng.random((6, 20, 24)).astype(np.float32)
+    kernel = highpass_kernel(2.0)
+    expected = highpass(frames, kernel)
+    work = frames.copy()
+    assert highpass(work, kernel, out=work) is work
+    np.testing.assert_array_equal(work, expected)
+    traces = rng.standard_normal((200, 3)).astype(np.float32)
+    d = np.diff(traces, axis=0)
+    reference = np.median(np.abs(d - np.median(d, axis=0)), axis=0) / (0.6745 * np.sqrt(2))
+    np.testing.assert_allclose(noise_level(traces), reference, rtol=1e-6)
