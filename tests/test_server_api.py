@@ -324,6 +324,76 @@ def test_an_interrupted_upload_is_resumed_where_it_stopped(site):
     assert (site.root / "lab" / "inputs" / "resume.bin").read_bytes() == data
 
 
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory):
+    """A server that takes uploads of tens of MB: many 4 MiB blocks per request."""
+    base = tmp_path_factory.mktemp("roomy")
+    root = base / "root"
+    root.mkdir()
+    accounts = Accounts.from_url(default_database_url(str(root)))
+    accounts.add_group("lab")
+    accounts.add_user("ann", "lab")
+    token = accounts.issue_token("ann").token
+    accounts.engine.dispose()
+    with ServerProcess(root, max_upload="100MB") as server:
+        yield type("Roomy", (), {"server": server, "root": root, "base": base, "ann": token})()
+        assert "Traceback" not in server.log(), server.log()
+
+
+def test_a_large_upload_interrupted_mid_block_resumes_byte_exact(roomy):
+    data = os.urandom(40 << 20)
+    local = roomy.base / "large.bin"
+    local.write_bytes(data)
+    with Client(roomy.server.url, roomy.ann) as c:
+        up = c._json("POST", "/api/uploads", json={"path": "large.bin", "size": len(data)})
+        sent = (9 << 20) + 123  # two whole blocks and part of a third, not a multiple of a disk block
+        _interrupted_put(roomy, up["id"], data, sent)
+        deadline = time.monotonic() + 20
+        while c._json("GET", f"/api/uploads/{up['id']}")["offset"] != sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert c._json("GET", f"/api/uploads/{up['id']}")["offset"] == sent  # everything that arrived was kept
+        progress = []
+        done = c.upload_file(local, "large.bin", progress=lambda n, total: progress.append(n))
+    assert progress[0] > sent and progress[-1] == len(data)
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (roomy.root / "lab" / "inputs" / "large.bin").read_bytes() == data
+
+
+def test_a_large_chunk_with_a_wrong_checksum_leaves_no_trace(roomy):
+    data = os.urandom(10 << 20)
+    with _http(roomy, roomy.ann) as http:
+        up = http.post("/api/uploads", json={"path": "chunked.bin", "size": len(data)}).json()
+        first = data[:1000]
+        http.put(f"/api/uploads/{up['id']}?offset=0", content=first,
+                 headers={"X-Chunk-SHA256": hashlib.sha256(first).hexdigest()})
+        resp = http.put(f"/api/uploads/{up['id']}?offset=1000", content=data[1000:],
+                        headers={"X-Chunk-SHA256": hashlib.sha256(b"other bytes").hexdigest()})
+        assert resp.status_code == 422 and "arrived corrupted" in resp.json()["error"]
+        assert http.get(f"/api/uploads/{up['id']}").json()["offset"] == 1000
+        part = roomy.root / "lab" / ".uploads" / f"{up['id']}.part"
+        assert part.stat().st_size == 1000
+        resp = http.put(f"/api/uploads/{up['id']}?offset=1000", content=data[1000:],
+                        headers={"X-Chunk-SHA256": hashlib.sha256(data[1000:]).hexdigest()})
+        assert resp.json()["offset"] == len(data)
+        done = http.post(f"/api/uploads/{up['id']}/complete",
+                         json={"sha256": hashlib.sha256(data).hexdigest()}).json()
+    assert done["complete"] and (roomy.root / "lab" / "inputs" / "chunked.bin").read_bytes() == data
+
+
+def test_uploads_through_an_httpx_transport_stream_the_file_too(roomy):
+    """Over TLS, a proxy or a given transport, the client streams with httpx instead of sendfile."""
+    data = os.urandom((5 << 20) + 7)
+    local = roomy.base / "via-httpx.bin"
+    local.write_bytes(data)
+    with Client(roomy.server.url, roomy.ann, transport=httpx.HTTPTransport()) as c:
+        assert not c._direct
+        progress = []
+        done = c.upload_file(local, "via-httpx.bin", progress=lambda n, total: progress.append(n))
+    assert len(progress) == 2 and progress[-1] == len(data)  # one progress step per 4 MiB read
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (roomy.root / "lab" / "inputs" / "via-httpx.bin").read_bytes() == data
+
+
 def test_a_folder_is_uploaded_as_one_multi_session_dataset(site):
     exp = site.base / "exp1"
     for session in ("s1", "s2"):
