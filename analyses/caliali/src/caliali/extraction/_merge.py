@@ -62,7 +62,12 @@ def merge_components(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *
         for _ in range(10):
             a = np.maximum(ag @ (cg @ trace), 0) / max(float(trace @ trace), 1e-12)
             trace = np.maximum(cg.T @ (ag.T @ a), 0) / max(float(a @ a), 1e-12)
-        raw = c_raw[members].T @ (ag.T @ a) / max(float(a @ a), 1e-12)
+        norm = float(np.sqrt(a @ a))
+        if norm <= 0:
+            continue  # the group's activity cancels out: nothing left to keep
+        a /= norm  # unit-norm footprints, like every other component: A C is unchanged
+        trace *= norm
+        raw = c_raw[members].T @ (ag.T @ a)
         boxes.append((y0, y1, x0, x1)), images.append(a.reshape(y1 - y0, x1 - x0))
         new_c.append(trace), new_raw.append(raw)
     return (Footprints(footprints.dims, boxes, images), np.array(new_c, np.float32),
