@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
 from caliali.extraction._source import open_source
@@ -70,3 +71,19 @@ def test_in_place_high_pass_and_noise_level_match_their_copying_forms():
     d = np.diff(traces, axis=0)
     reference = np.median(np.abs(d - np.median(d, axis=0)), axis=0) / (0.6745 * np.sqrt(2))
     np.testing.assert_allclose(noise_level(traces), reference, rtol=1e-6)
+
+
+def test_extraction_keeps_its_traces_in_the_given_work_folder_or_says_what_is_wrong(tmp_path):
+    from caliali.extraction import ExtractionError, extract
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:30, :30]
+    footprint = np.exp(-((yy - 15) ** 2 + (xx - 14) ** 2) / (2 * 1.6 ** 2)).astype(np.float32)
+    trace = np.convolve((rng.random(600) < 0.03).astype(np.float32), np.exp(-np.arange(30) / 5.0))[:600]
+    movie = (1.0 + trace[:, None, None] * footprint[None] + 0.04 * rng.standard_normal((600, 30, 30))).astype(np.float32)
+    result = extract(movie, session_bounds=[0, 300, 600], gSig=2.0, min_corr=0.3, min_pnr=5, batch_frames=100,
+                     work_dir=tmp_path)
+    assert result.n_neurons >= 1 and result.C.shape[1] == 600
+    assert list(tmp_path.iterdir()) == []  # the trace files have no name and are gone
+    with pytest.raises(ExtractionError, match="work_dir .* is not a folder"):
+        extract(movie, gSig=2.0, work_dir=tmp_path / "missing")

@@ -55,7 +55,8 @@ def noise_level(traces: np.ndarray, axis: int = 0) -> np.ndarray:
     dominated by noise: sigma = median|d - median d| / 0.6745 / sqrt(2).
     """
     d = np.diff(traces, axis=axis)  # the only copy: the rest works in place
-    d -= np.median(d, axis=axis, keepdims=True)
+    # Reordering d along ``axis`` (overwrite_input) changes neither median.
+    d -= np.median(d, axis=axis, keepdims=True, overwrite_input=True)
     np.abs(d, out=d)
     return (np.median(d, axis=axis, overwrite_input=True) / (0.6745 * np.sqrt(2))).astype(np.float32)
 

@@ -12,6 +12,7 @@ the batch, not by the number of frames. The file disappears when the
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import numpy as np
@@ -28,11 +29,11 @@ class TraceFile:
     Parameters
     ----------
     shape : tuple of int
-    directory : str, optional
+    directory : str or path, optional
         Where the temporary file lives (default: the system temporary folder).
     """
 
-    def __init__(self, shape, *, directory: str | None = None):
+    def __init__(self, shape, *, directory: str | os.PathLike | None = None):
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(np.float32)
         self._file = tempfile.TemporaryFile(prefix="caliali-traces-", dir=directory)
@@ -40,7 +41,7 @@ class TraceFile:
         self._file.truncate(max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
 
     @classmethod
-    def from_array(cls, values: np.ndarray, *, directory: str | None = None) -> TraceFile:
+    def from_array(cls, values: np.ndarray, *, directory: str | os.PathLike | None = None) -> TraceFile:
         """A new file holding a copy of ``values``."""
         out = cls(np.shape(values), directory=directory)
         if out.size:

@@ -20,6 +20,7 @@ full-length state.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -67,7 +68,7 @@ def _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub):
 
 
 def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, *,
-                gSig, min_pnr, patch_size, patch_overlap, box_factor, region_radius, progress):
+                gSig, min_pnr, patch_size, patch_overlap, box_factor, region_radius, progress, work_dir=None):
     """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted).
 
     Returns the footprints, their traces (a `TraceFile`, K x T on disk), the
@@ -82,8 +83,9 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
     side = 2 * region_radius + 1
     sums = [np.zeros((b[1] - b[0], b[3] - b[2]), np.float64) for b in boxes]
     weights = np.zeros(k)
-    traces = TraceFile((k, source.n_frames))
-    units = TraceFile((k, len(batches), side, side))  # each batch's unit-norm fit, zero where not fitted
+    traces = TraceFile((k, source.n_frames), directory=work_dir)
+    # each batch's unit-norm fit, zero where not fitted
+    units = TraceFile((k, len(batches), side, side), directory=work_dir)
     mean_frames = np.zeros((len(bounds) - 1, *dims), np.float64)
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
@@ -118,7 +120,7 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
         _report(progress, 0.1, 0.3, (bi + 1) / len(batches), f"initialisation, batch {bi + 1}/{len(batches)}")
     keep = np.nonzero(weights > 0)[0]
     images = []
-    c = TraceFile((len(keep), source.n_frames))
+    c = TraceFile((len(keep), source.n_frames), directory=work_dir)
     for i, j in enumerate(keep):
         a = (sums[j] / weights[j]).astype(np.float32)
         a /= max(float(np.sqrt((a ** 2).sum())), 1e-12)
@@ -152,7 +154,7 @@ def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batche
 
 
 def _iteration_pass(source, batches, footprints: Footprints, c, background: RingBackground,
-                    *, spatial: bool, progress, lo, hi, label):
+                    *, spatial: bool, progress, lo, hi, label, work_dir=None):
     """One pass over every batch: background sums, temporal HALS, spatial sums.
 
     ``c`` (K x T, an array or a `TraceFile`) is read one batch at a time; the
@@ -160,7 +162,7 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
     only loaded (K x T) once the last batch is gone.
     """
     k = len(footprints)
-    c_raw = TraceFile((k, source.n_frames))
+    c_raw = TraceFile((k, source.n_frames), directory=work_dir)
     ata = footprints.gram()
     yct = [np.zeros(im.shape, np.float64) for im in footprints.images] if spatial else None
     cct = np.zeros((k, k), np.float64)
@@ -216,24 +218,6 @@ def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.nda
     return np.array(keep, dtype=np.int64)
 
 
-def _carry_over(old: Footprints, new: Footprints) -> np.ndarray:
-    """Factor (K,) expressing traces fitted on the ``old`` footprints on the unit-norm ``new`` ones.
-
-    The temporal update fits each trace to the footprint it was given (``old``);
-    the spatial update fits each footprint to the traces of the previous round,
-    so the new footprint's norm carries that round's scale, not the new
-    trace's. The part of ``c a_old`` along ``a_new`` is ``c (a_old . a_new)``:
-    a trace keeps its own scale, and a footprint that changed shape passes on
-    only the part of the signal it still explains. Scaling the new traces by
-    the new footprints' norms instead counts a scale change twice; on real
-    recordings that made traces and ring background feed each other and diverge.
-    """
-    out = np.zeros(len(new), np.float32)
-    for k, (a, b) in enumerate(zip(old.images, new.images)):
-        out[k] = max(float((a.astype(np.float64) * b).sum()), 0.0)
-    return out
-
-
 def _change(old: Footprints, new: Footprints) -> float:
     """Median over neurons of the relative change of each (unit-norm) footprint, for the convergence rule.
 
@@ -257,8 +241,8 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
             batch_frames: int | None = None, memory_budget: int | str = "2GB", merge_thr: float = 0.65,
             max_iter: int = 10, tol: float = 0.05, bg_ssub: int = 2, ring_factor: float = 1.5,
             n_sectors: int = 4, patch_size: int = 64, patch_overlap: int = 32, box_factor: float = 6.0,
-            min_snr: float = 3.0, valid_mask: np.ndarray | None = None, progress: Progress = None
-            ) -> Extraction:
+            min_snr: float = 3.0, valid_mask: np.ndarray | None = None, work_dir: str | os.PathLike | None = None,
+            progress: Progress = None) -> Extraction:
     """Extract neurons with one identity across sessions from the aligned, concatenated movie (CNMF-E).
 
     Parameters
@@ -301,6 +285,12 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         Components whose denoised peak is below ``min_snr`` x noise are removed.
     valid_mask : ndarray (h, w) bool, optional
         Pixels valid in all sessions; seeds outside are ignored.
+    work_dir : str or path, optional
+        Folder for the temporary files holding the full-length traces
+        (neurons x frames, float32) while batches of frames are in memory;
+        they have no name and vanish when extraction ends. Default: the
+        system temporary folder (``TMPDIR``); give a folder on disk where that
+        one is memory-backed (tmpfs).
     progress : callable, optional
         ``progress(fraction, message)``.
 
@@ -329,6 +319,8 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     (87, 2000)
     """
     _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub)
+    if work_dir is not None and not os.path.isdir(work_dir):
+        raise ExtractionError(f"work_dir {os.fspath(work_dir)!r} is not a folder; create it or leave work_dir unset")
     source = open_source(video)
     bounds = check_session_bounds(session_bounds, source.n_frames)
     dims = source.frame_shape
@@ -349,7 +341,8 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     region_radius = int(math.ceil(2.5 * gSig)) + 1
     footprints, c, _, mean_frames = _initialize(
         source, batches, seeds, bounds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
-        patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius, progress=progress)
+        patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius, progress=progress,
+        work_dir=work_dir)
     if len(footprints) == 0:
         raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
     background = RingBackground(dims, len(bounds) - 1, ring_radius=ring_factor * 4 * gSig, ssub=bg_ssub,
@@ -362,15 +355,14 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         lo = 0.3 + span * it
         c_raw, yct, cct, b0_sums = _iteration_pass(source, batches, footprints, c, background, spatial=True,
                                                    progress=progress, lo=lo, hi=lo + span,
-                                                   label=f"iteration {it + 1}")
+                                                   label=f"iteration {it + 1}", work_dir=work_dir)
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         new_c = _deconvolve_all(c_raw, bounds)
-        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
-        carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
-        new_c *= carry[:, None]
-        c_raw *= carry[:, None]
+        updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
+        new_c *= norms[:, None]  # keep A C unchanged by the normalisation
+        c_raw *= norms[:, None]
         change = _change(footprints, updated)
         keep = _remove_false_positives(updated, new_c, c_raw, min_pixels=min_pixels, min_snr=min_snr)
         removed = len(updated) - len(keep)
@@ -378,7 +370,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         del new_c  # one K x T copy at a time
         c_raw = c_raw[keep]
         footprints, c, c_raw, merges = merge_components(footprints, c, c_raw, merge_thr=merge_thr)
-        c, c_raw = TraceFile.from_array(c), None  # full-length traces on disk while the next pass holds frames
+        c, c_raw = TraceFile.from_array(c, directory=work_dir), None  # on disk while the next pass holds frames
         history.append({"iteration": it + 1, "neurons": len(footprints), "change": change,
                         "removed": removed, "merged": merges})
         if len(footprints) == 0:
@@ -386,7 +378,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         if removed == 0 and merges == 0 and (change < tol or _stalled(history)):
             break
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
-                                     progress=progress, lo=0.85, hi=0.97, label="final traces")
+                                     progress=progress, lo=0.85, hi=0.97, label="final traces", work_dir=work_dir)
     c = _deconvolve_all(c_raw, bounds)
     c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
     del c_raw, c
