@@ -347,15 +347,23 @@ async function uploadFile(file, path, onProgress) {
     localStorage.setItem(key, up.id);
   }
   let offset = up.offset, failures = 0;
+  let ahead = null;   // the next chunk's checksum, computed while this chunk is sent
   onProgress(offset);
   while (offset < file.size) {
-    const blob = file.slice(offset, Math.min(offset + CHUNK, file.size));
+    const end = Math.min(offset + CHUNK, file.size);
+    const blob = file.slice(offset, end);
     try {
-      const checksum = await sha256Hex(blob);
+      const checksum = ahead && ahead.offset === offset ? await ahead.sum : await sha256Hex(blob);
+      ahead = null;
+      if (end < file.size) {
+        ahead = { offset: end, sum: sha256Hex(file.slice(end, Math.min(end + CHUNK, file.size))) };
+        ahead.sum.catch(() => {});   // a failure shows when that chunk is sent
+      }
       const res = await putChunk(up.id, offset, blob, checksum, (n) => onProgress(offset + n));
       offset = res.offset;
       failures = 0;
     } catch (err) {
+      ahead = null;
       if (err.status && err.status !== 409 && err.status !== 422 && err.status < 500) throw err;
       if (++failures > 5) throw err;
       await new Promise((r) => setTimeout(r, 500 * failures));
