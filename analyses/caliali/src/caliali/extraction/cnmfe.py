@@ -218,6 +218,24 @@ def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.nda
     return np.array(keep, dtype=np.int64)
 
 
+def _carry_over(old: Footprints, new: Footprints) -> np.ndarray:
+    """Factor (K,) expressing traces fitted on the ``old`` footprints on the unit-norm ``new`` ones.
+
+    The temporal update fits each trace to the footprint it was given (``old``);
+    the spatial update fits each footprint to the traces of the previous round,
+    so the new footprint's norm carries that round's scale, not the new
+    trace's. The part of ``c a_old`` along ``a_new`` is ``c (a_old . a_new)``:
+    a trace keeps its own scale, and a footprint that changed shape passes on
+    only the part of the signal it still explains. Scaling the new traces by
+    the new footprints' norms instead counts a scale change twice; on real
+    recordings that made traces and ring background feed each other and diverge.
+    """
+    out = np.zeros(len(new), np.float32)
+    for k, (a, b) in enumerate(zip(old.images, new.images)):
+        out[k] = max(float((a.astype(np.float64) * b).sum()), 0.0)
+    return out
+
+
 def _change(old: Footprints, new: Footprints) -> float:
     """Median over neurons of the relative change of each (unit-norm) footprint, for the convergence rule.
 
@@ -360,9 +378,10 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         new_c = _deconvolve_all(c_raw, bounds)
-        updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
-        new_c *= norms[:, None]  # keep A C unchanged by the normalisation
-        c_raw *= norms[:, None]
+        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
+        carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
+        new_c *= carry[:, None]
+        c_raw *= carry[:, None]
         change = _change(footprints, updated)
         keep = _remove_false_positives(updated, new_c, c_raw, min_pixels=min_pixels, min_snr=min_snr)
         removed = len(updated) - len(keep)
