@@ -150,11 +150,17 @@ class _BareServer:
 
 def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repeat: int) -> None:
     big = work / "big.bin"
+    free = shutil.disk_usage(work).free
+    if free < 2.2 * size:
+        raise SystemExit(f"the upload benchmark needs {2.2 * size / 1e9:.1f} GB free in {work.parent} "
+                         f"(the test file and one copy of it); there are {free / 1e9:.1f} GB: free some "
+                         "space, set TMPDIR to another disk, or pass a smaller --size")
     print(f"writing a {size / 1e9:.2f} GB test file ...", flush=True)
     _write_big(big, size)
     _copy_with_sha(big, work / "warm.bin")  # warm the page cache the same way for every contender
     (work / "warm.bin").unlink()
     copy = work / "copy.bin"
+    uploaded = server.root / "lab" / "inputs" / "big.bin"
 
     def disk_copy() -> None:
         _durable_copy(big, copy)
@@ -187,6 +193,7 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repea
                 else:
                     runs[name].append(_measure(fn, proc))
                 copy.unlink(missing_ok=True)
+                uploaded.unlink(missing_ok=True)  # at most two copies of the file on disk at any time
             loads.append(os.getloadavg()[0])
     medians = {name: [statistics.median(x for x in column if x is not None) if any(
         x is not None for x in column) else None for column in zip(*rows)] for name, rows in runs.items()}
@@ -208,7 +215,6 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repea
           f"at least {(up_own + up_srv) / os.cpu_count():.2f} s of wall time when both share these "
           f"{os.cpu_count()} cpus ({copy_s / ((up_own + up_srv) / os.cpu_count()):.0%} of the disk copy at best)")
     big.unlink()
-    (server.root / "lab" / "inputs" / "big.bin").unlink()
 
 
 async def _client(http: httpx.AsyncClient, stop_at: float, think: float, stats, jobs: list[str]) -> None:

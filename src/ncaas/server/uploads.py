@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import os
 import re
@@ -41,14 +42,20 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from ..storage import check_user_path
 from .accounts import Principal
-from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, TooLarge
+from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, ServerError, TooLarge
 
-__all__ = ["UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
+__all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks: bounded memory
 _WRITEBACK = 32 << 20  # start writing to the disk every 32 MiB instead of all at the final fsync
 _IOV_MAX = 1024  # os.writev takes at most this many buffers at once (Linux)
+
+
+class StorageFull(ServerError):
+    """The server's disk (or the group's quota) has no room for the bytes sent."""
+
+    status = 507  # Insufficient Storage
 
 
 class _Base(DeclarativeBase):
@@ -403,10 +410,14 @@ class Uploads:
                     writer.close()
                     state.offset = writer.position
                     raise
-            except BaseException:
+            except BaseException as exc:
                 if not writer.closed:  # refused, failed or unverified: as if the request never came
                     writer.close(truncate=offset)
                     state.offset, state.hasher = offset, before
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StorageFull(f"the server's disk is full; upload {upload_id} keeps its first "
+                                      f"{offset} bytes: resume it once the administrator has freed "
+                                      "space") from None
                 raise
             writer.close()
             if chunk_sha256 and hashers[1].hexdigest() != chunk_sha256:
