@@ -14,7 +14,9 @@ own, without alignment error), extracts, and scores with ``caliali.score``
 
 ``memory`` runs the extraction of 1, 4 and 10 sessions of ``--frames`` frames,
 each in a fresh subprocess, and prints wall time and peak RSS; peak RSS should
-not grow with the number of sessions (target: within 15%).
+not grow with the number of sessions (target: within 15%). It also prints the
+RSS once everything is imported, the working set above it (to compare with
+``--memory-budget``) and the peak RSS of each stage.
 
 The machine is shared: timings are noisy. The published peers on a 300x300,
 2,000-frame one-photon movie on 2 cores: CaImAn CNMF-E 431 s / 6.3 GB peak,
@@ -115,21 +117,56 @@ def run_f1(args) -> None:
         print(f"{v:7s} {k:5d} {kf:5d} {m:7d} {p:9.3f} {r:6.3f} {f:6.3f} {wall:7.1f} {cpu:7.1f}")
 
 
+def _rss() -> int:
+    """Current resident set size of this process, bytes."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
 def _child(args) -> None:
-    """Extraction of one aligned store in this (fresh) process; prints one JSON line."""
+    """Extraction of one aligned store in this (fresh) process; prints one JSON line.
+
+    Besides the process's peak RSS, it records the RSS once everything is
+    imported (the floor no batch size changes) and the peak RSS of each stage,
+    sampled every 20 ms and labelled by the extraction's progress messages.
+    """
+    import threading
+
     from caliali.extraction import extract
+    from caliali.store import FrameStore  # noqa: F401  (zarr and the readers count in the floor)
 
     bounds = json.loads(args.bounds)
+    floor = _rss()
+    stage, stages, running = ["summary images"], {}, [True]
+
+    def sample() -> None:
+        while running[0]:
+            stages[stage[0]] = max(stages.get(stage[0], 0), _rss())
+            time.sleep(0.02)
+
+    def progress(fraction: float, message: str) -> None:
+        label = message.split(",")[0]
+        stage[0] = "iterations" if label.startswith("iteration") else label
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = extract(args.store, session_bounds=bounds, gSig=3.0, min_corr=0.2, min_pnr=4.0,
-                     memory_budget=args.memory_budget)
+                     memory_budget=args.memory_budget, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    running[0] = False
+    sampler.join()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "neurons": result.n_neurons,
-                      "batch_frames": result.params["batch_frames"], "iterations": len(result.history)}))
+    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "floor_rss": floor, "neurons": result.n_neurons,
+                      "seeds": len(result.seeds), "batch_frames": result.params["batch_frames"],
+                      "iterations": len(result.history),
+                      "stages": {k: v for k, v in stages.items() if not k.startswith("extraction done")}}))
 
 
 def run_memory(args) -> None:
+    from caliali.extraction import parse_memory_budget
+
+    budget = parse_memory_budget(args.memory_budget)
     rows = []
     for n in args.sessions_list:
         store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=args.frames,
@@ -140,14 +177,18 @@ def run_memory(args) -> None:
                              check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((n, row))
+        per_stage = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in row["stages"].items())
         print(f"{n:3d} sessions x {args.frames} frames: {row['wall_s']:7.1f} s wall, {row['cpu_s']:7.1f} s CPU, peak RSS "
-              f"{row['peak_rss'] / 2**20:7.1f} MiB, {row['neurons']} neurons, batch {row['batch_frames']} frames, "
-              f"{row['iterations']} iterations", flush=True)
+              f"{row['peak_rss'] / 2**20:7.1f} MiB (after imports {row['floor_rss'] / 2**20:.1f}), {row['seeds']} seeds, "
+              f"{row['neurons']} neurons, batch {row['batch_frames']} frames, {row['iterations']} iterations; "
+              f"peak RSS by stage (MiB): {per_stage}", flush=True)
     base = rows[0][1]["peak_rss"]
-    print("\nsessions  frames   wall_s    cpu_s  peak_RSS_MiB  vs_first")
+    print(f"\nmemory budget {args.memory_budget} = {budget / 2**20:.1f} MiB; working set = peak RSS - RSS after imports")
+    print("sessions  frames   wall_s    cpu_s  peak_RSS_MiB  working_set_MiB  of_budget  vs_first")
     for n, row in rows:
+        work = row["peak_rss"] - row["floor_rss"]
         print(f"{n:8d} {n * args.frames:7d} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
-              f"{100 * (row['peak_rss'] / base - 1):+8.1f}%")
+              f"{work / 2**20:16.1f} {100 * work / budget:9.0f}% {100 * (row['peak_rss'] / base - 1):+8.1f}%")
     growth = max(r["peak_rss"] for _, r in rows) / base - 1
     print(f"peak RSS growth from {rows[0][0]} to {rows[-1][0]} sessions: {100 * growth:+.1f}% (target < 15%)")
     for name, (wall, gb) in PEERS.items():
