@@ -17,7 +17,11 @@ The protocol (all calls authenticated, all uploads private to the group):
 
 The SHA-256 is computed while streaming (kept per upload in memory; after a
 server restart it is recomputed from the partial file), so completing a
-1 GB upload costs no second read.
+1 GB upload costs no second read. Whole disk blocks are written with
+``O_DIRECT`` where the file system allows it (``NCAAS_UPLOAD_DIRECT_IO=0``
+turns that off): on the development machine this cut the server's CPU time
+per uploaded GB by about a third (2.6-2.7 s to 1.7-1.9 s) and the upload's
+wall time as much, and the final fsync has almost nothing left to write.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import mmap
 import os
 import re
 import secrets
@@ -50,6 +55,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks: bounded memory
 _WRITEBACK = 32 << 20  # start writing to the disk every 32 MiB instead of all at the final fsync
 _IOV_MAX = 1024  # os.writev takes at most this many buffers at once (Linux)
+_ALIGN = 4096  # O_DIRECT writes whole disk blocks (512 or 4096 bytes) at block offsets
+_DIRECT_IO = hasattr(os, "O_DIRECT") and os.environ.get("NCAAS_UPLOAD_DIRECT_IO", "1") != "0"
 
 
 class StorageFull(ServerError):
@@ -160,16 +167,85 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 
 class _BlockWriter:
-    """Writes lists of pieces at the end of a partial file, starting writeback as it goes."""
+    """Writes lists of pieces at the end of a partial file.
+
+    Where the file system allows it, whole disk blocks go to the disk directly
+    (``O_DIRECT``, from one reused aligned buffer): no copy into the page cache
+    and nothing left for the final fsync. What does not fill a disk block waits
+    in ``tail`` for the next write, and is written through the page cache when
+    the request ends. Elsewhere the writes go through the page cache, with
+    writeback started as they go (:func:`_start_writeback`).
+    """
 
     def __init__(self, path: Path, offset: int):
         self.fd = os.open(path, os.O_WRONLY)
-        self.position = offset
+        self.written = offset  # bytes on file
+        self.tail = bytearray()  # bytes accepted after ``written``, fewer than a disk block
         self.flushed = offset
         self.closed = False
-        os.lseek(self.fd, offset, os.SEEK_SET)
+        self.direct: int | None = None
+        self.buffer: mmap.mmap | None = None
+        if _DIRECT_IO:
+            try:
+                self.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+                self.buffer = mmap.mmap(-1, _BLOCK)  # page-aligned, as O_DIRECT wants
+            except OSError:
+                self.direct = None  # this file system does not do O_DIRECT (tmpfs, ...)
+
+    @property
+    def position(self) -> int:
+        """Bytes accepted: on file, or waiting in ``tail``."""
+        return self.written + len(self.tail)
 
     def write(self, pieces: list[bytes]) -> None:
+        if self.direct is None:
+            self._write_buffered(pieces)
+            return
+        tail, self.tail = self.tail, bytearray()
+        buf, fill = memoryview(self.buffer), 0
+        for source in (tail, *pieces):
+            view = memoryview(source)
+            while view:
+                if fill == 0 and self.written % _ALIGN:  # get to a block boundary through the page cache
+                    n = os.pwrite(self.fd, view[:_ALIGN - self.written % _ALIGN], self.written)
+                    self.written += n
+                    view = view[n:]
+                    continue
+                n = min(len(view), len(buf) - fill)
+                buf[fill:fill + n] = view[:n]
+                fill += n
+                view = view[n:]
+                if fill == len(buf):
+                    self._write_direct(buf)
+                    fill = 0
+        aligned = fill - fill % _ALIGN
+        if aligned:
+            self._write_direct(buf[:aligned])
+        self.tail = bytearray(buf[aligned:fill])
+
+    def _write_direct(self, view: memoryview) -> None:
+        if self.direct is None:
+            self._write_buffered([view])
+            return
+        done = 0
+        while done < len(view):
+            try:
+                n = os.pwrite(self.direct, view[done:], self.written)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # The disk wants another alignment: go on through the page cache.
+                os.close(self.direct)
+                self.direct = None
+                self._write_buffered([view[done:]])
+                return
+            done += n
+            self.written += n
+
+    def _write_buffered(self, pieces: list) -> None:
+        if self.tail:
+            pieces, self.tail = [bytes(self.tail), *pieces], bytearray()
+        os.lseek(self.fd, self.written, os.SEEK_SET)
         for i in range(0, len(pieces), _IOV_MAX):
             batch = pieces[i:i + _IOV_MAX]
             want = sum(map(len, batch))
@@ -178,17 +254,29 @@ class _BlockWriter:
                 rest = memoryview(b"".join(batch))[done:]
                 while rest:
                     rest = rest[os.write(self.fd, rest):]
-            self.position += want
-        if self.position - self.flushed >= _WRITEBACK:
-            _start_writeback(self.fd, self.flushed, self.position - self.flushed)
-            self.flushed = self.position
+            self.written += want
+        if self.written - self.flushed >= _WRITEBACK:
+            _start_writeback(self.fd, self.flushed, self.written - self.flushed)
+            self.flushed = self.written
 
     def close(self, *, truncate: int | None = None) -> None:
-        if truncate is not None:
-            os.ftruncate(self.fd, truncate)
-            self.position = truncate
-        os.close(self.fd)
-        self.closed = True
+        try:
+            if truncate is not None:
+                os.ftruncate(self.fd, truncate)
+                self.written, self.tail = truncate, bytearray()
+            elif self.tail:
+                os.pwrite(self.fd, self.tail, self.written)
+                self.written, self.tail = self.written + len(self.tail), bytearray()
+        finally:
+            os.close(self.fd)
+            if self.direct is not None:
+                os.close(self.direct)
+            self.closed = True
+            if self.buffer is not None:
+                try:
+                    self.buffer.close()
+                except BufferError:
+                    pass  # a failed write's traceback still holds a view of it: freed with that
 
 
 def keep_freed_memory_for_streaming() -> bool:
@@ -209,6 +297,12 @@ def keep_freed_memory_for_streaming() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 128 << 20))
+
+
+def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(f"the server's disk is full; upload {upload_id} keeps its first {offset} bytes: "
+                          "resume it once the administrator has freed space") from None
 
 
 def _fsync(path: Path) -> None:
@@ -359,6 +453,7 @@ class Uploads:
             pieces: list[bytes] = []
             buffered = 0
             in_flight: list[asyncio.Future] = []
+            kept = False  # an interrupted request keeps what arrived
 
             async def settle() -> None:
                 # Wait for the last block's writer and hasher; a failed write fails the request.
@@ -394,6 +489,7 @@ class Uploads:
                             await hand_off()
                     await hand_off()
                     await settle()
+                    writer.close()
                 except BaseException as exc:
                     if in_flight:
                         await asyncio.wait(in_flight)
@@ -404,18 +500,17 @@ class Uploads:
                     writer.write(pieces)
                     _update(hashers, pieces)
                     writer.close()
-                    state.offset = writer.position
+                    state.offset, kept = writer.position, True
                     raise
             except BaseException as exc:
-                if not writer.closed:  # refused, failed or unverified: as if the request never came
-                    writer.close(truncate=offset)
+                if not kept:  # refused, failed or unverified: as if the request never came
+                    if writer.closed:
+                        os.truncate(part, offset)
+                    else:
+                        writer.close(truncate=offset)
                     state.offset, state.hasher = offset, before
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise StorageFull(f"the server's disk is full; upload {upload_id} keeps its first "
-                                      f"{offset} bytes: resume it once the administrator has freed "
-                                      "space") from None
+                _raise_if_disk_full(exc, upload_id, offset)
                 raise
-            writer.close()
             if chunk_sha256 and hashers[1].hexdigest() != chunk_sha256:
                 os.truncate(part, offset)
                 state.offset, state.hasher = offset, before
@@ -451,7 +546,11 @@ class Uploads:
         if target.is_dir():
             raise Conflict(f"inputs/{up.path} is a folder; choose another name")
         # Durable before acknowledged: a completed upload survives a crash of the machine.
-        await anyio.to_thread.run_sync(_fsync, part)
+        try:
+            await anyio.to_thread.run_sync(_fsync, part)
+        except OSError as exc:
+            _raise_if_disk_full(exc, upload_id, have)
+            raise
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(part, target)
