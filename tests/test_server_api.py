@@ -324,9 +324,10 @@ def test_an_interrupted_upload_is_resumed_where_it_stopped(site):
     assert (site.root / "lab" / "inputs" / "resume.bin").read_bytes() == data
 
 
-@pytest.fixture(scope="module")
-def roomy(tmp_path_factory):
-    """A server that takes uploads of tens of MB: many 4 MiB blocks per request."""
+@pytest.fixture(scope="module", params=["direct", "page-cache"])
+def roomy(tmp_path_factory, request):
+    """A server that takes uploads of tens of MB (many 4 MiB blocks per request), writing them
+    with O_DIRECT where the file system allows it, or through the page cache."""
     base = tmp_path_factory.mktemp("roomy")
     root = base / "root"
     root.mkdir()
@@ -335,7 +336,8 @@ def roomy(tmp_path_factory):
     accounts.add_user("ann", "lab")
     token = accounts.issue_token("ann").token
     accounts.engine.dispose()
-    with ServerProcess(root, max_upload="100MB") as server:
+    env = {"NCAAS_UPLOAD_DIRECT_IO": "0"} if request.param == "page-cache" else None
+    with ServerProcess(root, max_upload="100MB", env=env) as server:
         yield type("Roomy", (), {"server": server, "root": root, "base": base, "ann": token})()
         assert "Traceback" not in server.log(), server.log()
 
