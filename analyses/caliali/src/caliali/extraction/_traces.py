@@ -7,17 +7,48 @@ full-length ones live in an unnamed temporary file and are read and written a
 block (or a neuron) at a time. The file is memory-mapped for each access only
 and unmapped right after, so none of it stays resident: peak memory is set by
 the batch, not by the number of frames. The file disappears when the
-`TraceFile` is closed or garbage-collected (it has no name on disk).
+`TraceFile` is closed or garbage-collected (it has no name on disk). Its disk
+space is reserved when it is made: a full disk is a clear error then, never a
+crash (SIGBUS) in the middle of writing through the map.
+
+The traces between passes are in memory (deconvolution, false-positive
+removal and merging work on whole traces); `release_freed_memory` hands what
+they freed back to the system before the next batch of frames is read, so
+the allocator's freed-but-kept pages do not add to the batch's working set.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 import tempfile
 
 import numpy as np
 
-__all__ = ["TraceFile"]
+from ._errors import ExtractionError
+
+__all__ = ["TraceFile", "release_freed_memory"]
+
+_LIBC: list = []
+
+
+def release_freed_memory() -> None:
+    """Return the memory the C allocator has freed but kept to the system (glibc ``malloc_trim``).
+
+    Freed arrays smaller than glibc's (adaptive) mmap threshold stay in the
+    heap, resident; after the whole-trace work between passes that can be
+    several K x T arrays. A no-op where the C library has no ``malloc_trim``.
+    """
+    if not _LIBC:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc.malloc_trim)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    if _LIBC[0] is not None:
+        _LIBC[0](0)
 
 
 class TraceFile:
@@ -37,8 +68,17 @@ class TraceFile:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(np.float32)
         self._file = tempfile.TemporaryFile(prefix="caliali-traces-", dir=directory)
-        # A sparse file: unwritten parts read as zeros and take no disk space.
-        self._file.truncate(max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
+        nbytes = max(1, int(np.prod(self.shape)) * self.dtype.itemsize)
+        try:  # reserve the blocks now (they read as zeros): writing through the map cannot run out of disk
+            os.posix_fallocate(self._file.fileno(), 0, nbytes)
+        except OSError as exc:
+            self._file.close()
+            where = directory or tempfile.gettempdir()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ExtractionError(
+                    f"no room for {nbytes / 1e6:.0f} MB of temporary traces in {os.fspath(where)!r}; "
+                    "free disk space there or give work_dir a folder with room") from exc
+            raise ExtractionError(f"cannot make temporary trace files in {os.fspath(where)!r}: {exc}") from exc
 
     @classmethod
     def from_array(cls, values: np.ndarray, *, directory: str | os.PathLike | None = None) -> TraceFile:

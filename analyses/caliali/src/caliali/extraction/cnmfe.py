@@ -38,7 +38,7 @@ from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
 from ._summary import summary_images
-from ._traces import TraceFile
+from ._traces import TraceFile, release_freed_memory
 
 __all__ = ["extract"]
 
@@ -162,6 +162,7 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
     only loaded (K x T) once the last batch is gone.
     """
     k = len(footprints)
+    release_freed_memory()  # what the whole-trace work since the last pass freed: not kept beside the frames
     c_raw = TraceFile((k, source.n_frames), directory=work_dir)
     ata = footprints.gram()
     yct = [np.zeros(im.shape, np.float64) for im in footprints.images] if spatial else None
