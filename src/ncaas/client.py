@@ -254,12 +254,12 @@ class Client:
         target = f"{url.raw_path.decode().rstrip('/')}{path}?offset={offset}"
         conn = http.client.HTTPConnection(url.host, url.port, timeout=300.0)
         try:
-            try:
-                conn.putrequest("PUT", target, skip_accept_encoding=True)
-                for name, value in {**headers, "Authorization": self.http.headers["Authorization"]}.items():
-                    conn.putheader(name, value)
-                conn.endheaders()
-                with open(local, "rb") as f:
+            with open(local, "rb") as f:
+                try:
+                    conn.putrequest("PUT", target, skip_accept_encoding=True)
+                    for name, value in {**headers, "Authorization": self.http.headers["Authorization"]}.items():
+                        conn.putheader(name, value)
+                    conn.endheaders()
                     sent = offset
                     while sent < size:
                         n = conn.sock.sendfile(f, sent, min(_SLICE, size - sent))
@@ -268,16 +268,20 @@ class Client:
                         sent += n
                         if progress:
                             progress(sent, size)
-            except OSError as exc:
-                # The server may have refused the request before reading the body: its answer says why.
-                try:
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    # The server may have refused the request before reading the body: its answer says why.
+                    try:
+                        answer = conn.getresponse()
+                    except (OSError, http.client.HTTPException):
+                        raise _SendFailed(str(exc)) from exc
+                else:
                     answer = conn.getresponse()
-                except (OSError, http.client.HTTPException):
-                    raise _SendFailed(str(exc)) from exc
-            else:
-                answer = conn.getresponse()
-            content = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
+                content = answer.read()
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+                raise NcaasError(f"cannot read {local}: {exc.strerror}") from exc
+            raise _SendFailed(str(exc)) from exc
+        except http.client.HTTPException as exc:
             raise _SendFailed(str(exc)) from exc
         finally:
             conn.close()
