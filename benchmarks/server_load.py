@@ -77,6 +77,8 @@ def _durable_copy(src: Path, dst: Path) -> None:
 
 _BARE_APP = """
 import sys, uvicorn
+from ncaas.server.uploads import keep_freed_memory_for_streaming
+keep_freed_memory_for_streaming()  # as ncaas serve does
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
