@@ -164,3 +164,35 @@ def test_bad_input_gives_a_named_error(kwargs, message):
 def test_a_movie_that_is_not_3d_is_refused():
     with pytest.raises(ExtractionError, match=r"shaped \(t, h, w\)"):
         extract(np.zeros((10, 10), np.float32), gSig=GSIG, batch_frames=10)
+
+
+
+def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
+    from caliali.extraction._deconv import deconvolve_trace
+    from caliali.extraction.cnmfe import _remove_false_positives
+
+    rng = np.random.default_rng(1)
+    frames, bounds = 2000, np.array([0, 2000, 4000])
+    t = np.arange(40)
+    kernel = np.exp(-t / 5.8) - np.exp(-t / 1.25)
+    kernel /= kernel.max()
+    spikes = np.zeros(2 * frames)
+    spikes[[300, 900, 1500]] = 4.0  # a weak neuron (4 noise sd at its peaks), active in the first session only
+    neuron = np.convolve(spikes, kernel)[:2 * frames] + rng.standard_normal(2 * frames)
+    neuron_c = np.concatenate([deconvolve_trace(neuron[s0:s1], p=1).c for s0, s1 in zip(bounds[:-1], bounds[1:])])
+    # A component fitted to noise, as iterations leave it: its raw trace jumps for two frames now and
+    # then, and its denoised trace claims a transient of 4 noise sd there that the raw trace never sustains.
+    noise = rng.standard_normal(2 * frames)
+    jumps = np.zeros(2 * frames)
+    for i in rng.choice(2 * frames - 2, 6, replace=False):
+        noise[i:i + 2] = (5.0, 3.5)
+        jumps[i] = 4.0
+    noise_c = np.convolve(jumps, 0.85 ** np.arange(40))[:2 * frames]
+    c_raw = np.stack([neuron, noise]).astype(np.float32)
+    c = np.stack([neuron_c, noise_c]).astype(np.float32)
+    resid = c_raw[1] - c[1]
+    assert c[1].max() / (np.median(np.abs(resid - np.median(resid))) / 0.6745) > 3  # its peak alone passes 3 sd
+    image = np.ones((3, 3), np.float32) / 3
+    fp = Footprints((20, 20), [(2, 5, 2, 5), (10, 13, 10, 13)], [image, image])
+    keep = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
+    assert keep.tolist() == [0]

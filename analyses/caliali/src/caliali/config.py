@@ -77,8 +77,9 @@ class CalialiConfig(BaseModel):
     ring_factor: float = Field(1.5, ge=0.5, le=4, description="Ring radius of the background, in neuron diameters.")
     patch_size: int = Field(64, ge=16, le=1024, description="Spatial patch size of the initialisation, px.")
     patch_overlap: int = Field(32, ge=0, le=512, description="Overlap of neighbouring patches, px.")
-    min_snr: float = Field(3.0, ge=0, le=100, description="Components whose peak is below this many noise "
-                                                           "standard deviations are removed.")
+    min_snr: float = Field(3.0, ge=0, le=100, description="Components whose strongest calcium event, a run of "
+                                                           "two decay times, stays below this many noise standard "
+                                                           "deviations are removed.")
     # -- outputs -----------------------------------------------------------------
     nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")
     qc: bool = Field(True, description="Write QC figures (qc/*.png).")
