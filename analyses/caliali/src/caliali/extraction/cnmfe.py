@@ -38,7 +38,8 @@ from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
 from ._summary import summary_images
-from ._traces import TraceFile, release_freed_memory
+from ._traces import TraceFile
+from ._traces import TraceFile, large_arrays_returned_on_free, release_freed_memory
 
 __all__ = ["extract"]
 
@@ -353,6 +354,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub)
     if work_dir is not None and not os.path.isdir(work_dir):
         raise ExtractionError(f"work_dir {os.fspath(work_dir)!r} is not a folder; create it or leave work_dir unset")
+    large_arrays_returned_on_free()  # otherwise freed long traces leave glibc's heaps keeping batch temporaries
     source = open_source(video)
     bounds = check_session_bounds(session_bounds, source.n_frames)
     dims = source.frame_shape
