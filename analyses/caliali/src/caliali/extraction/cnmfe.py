@@ -38,7 +38,6 @@ from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
 from ._summary import summary_images
-from ._traces import TraceFile
 from ._traces import TraceFile, large_arrays_returned_on_free, release_freed_memory
 
 __all__ = ["extract"]
