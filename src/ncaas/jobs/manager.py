@@ -54,6 +54,7 @@ def manager_lock(storage: Storage) -> IO[str] | None:
 
 LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
 TIMEOUT_BACKSTOP_S = 30.0
+CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is killed
 WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written  # kill a task whose supervisor failed to enforce its timeout
 
 
@@ -83,6 +84,7 @@ class Manager:
         self.poll_interval = poll_interval
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
         self._last_scan = -float("inf")
+        self._cancel_asked: dict[int, float] = {}  # task id -> when its cancel was first sent
         self.notify = notify or (lambda message: None)
         self.state_dir = storage.state_dir()
         self._seen: dict[str, tuple[Any, ...]] = {}
@@ -250,7 +252,13 @@ class Manager:
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         if job.cancel_requested:
+            asked = self._cancel_asked.setdefault(task.id, time.monotonic())
             self.executor.cancel(handle)
+            if time.monotonic() - asked > CANCEL_GRACE_S:  # the polite stop was lost or ignored
+                self._cancel_asked.pop(task.id, None)
+                self.executor.kill(handle)
+                self._stopped(job, task, {"cancelled": True, "returncode": None, "end_ms": now_ms()})
+                return
         elapsed = (now_ms() - (task.started_ms or now_ms())) / 1000
         timeout = self.loaded_blueprint(job).blueprint.resources.timeout
         if elapsed > timeout + TIMEOUT_BACKSTOP_S:
