@@ -45,9 +45,7 @@ import psutil
 
 from ncaas.blueprint import parse_bytes
 from ncaas.client import Client
-from ncaas.server.accounts import Accounts
-from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess, free_port
+from ncaas.server.testing import ServerProcess, free_port, storage_with_user
 
 
 def _write_big(path: Path, size: int) -> None:
@@ -322,12 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ncaas-bench-", dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
         root = work / "root"
-        root.mkdir()
-        accounts = Accounts.from_url(default_database_url(str(root)))
-        accounts.add_group("lab")
-        accounts.add_user("ann", "lab")
-        token = accounts.issue_token("ann").token
-        accounts.engine.dispose()
+        token = storage_with_user(root)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         with ServerProcess(root, max_upload="100GB") as server:

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from ncaas.client import Client
 from ncaas.server.accounts import Accounts
 from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess
+from ncaas.server.testing import ServerProcess, storage_with_user
 
 BLUEPRINTS = Path(__file__).parent / "server_blueprints"
 MAX_UPLOAD = 1_000_000
@@ -330,12 +330,7 @@ def roomy(tmp_path_factory, request):
     with O_DIRECT where the file system allows it, or through the page cache."""
     base = tmp_path_factory.mktemp("roomy")
     root = base / "root"
-    root.mkdir()
-    accounts = Accounts.from_url(default_database_url(str(root)))
-    accounts.add_group("lab")
-    accounts.add_user("ann", "lab")
-    token = accounts.issue_token("ann").token
-    accounts.engine.dispose()
+    token = storage_with_user(root)
     env = {"NCAAS_UPLOAD_DIRECT_IO": "0"} if request.param == "page-cache" else None
     with ServerProcess(root, max_upload="100MB", env=env) as server:
         yield type("Roomy", (), {"server": server, "root": root, "base": base, "ann": token})()

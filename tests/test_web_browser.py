@@ -19,9 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ncaas.server.accounts import Accounts
-from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess
+from ncaas.server.testing import ServerProcess, storage_with_user
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
@@ -45,12 +43,7 @@ def _npy(path: Path, seed: int, frames: int = 24) -> None:
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("web")
     root = base / "root"
-    root.mkdir()
-    accounts = Accounts.from_url(default_database_url(str(root)))
-    accounts.add_group("lab")
-    accounts.add_user("ann", "lab")
-    token = accounts.issue_token("ann").token
-    accounts.engine.dispose()
+    token = storage_with_user(root)
     with ServerProcess(root, env={"NCAAS_BLUEPRINTS": str(BLUEPRINTS)}) as server:
         yield {"server": server, "token": token, "base": base, "root": root}
 

@@ -21,6 +21,20 @@ import httpx
 __all__ = ["LocalPostgres", "PostgresUnavailable", "ServerProcess", "free_port"]
 
 
+def storage_with_user(root: Path, *, group: str = "lab", user: str = "ann") -> str:
+    """Create ``root`` with one group and one user in its account database; returns the user's token."""
+    from .accounts import Accounts
+    from .state import default_database_url
+
+    root.mkdir(parents=True, exist_ok=True)
+    accounts = Accounts.from_url(default_database_url(str(root)))
+    accounts.add_group(group)
+    accounts.add_user(user, group)
+    token = accounts.issue_token(user).token
+    accounts.engine.dispose()
+    return token
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
