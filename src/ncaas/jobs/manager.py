@@ -276,6 +276,7 @@ class Manager:
         return handle
 
     def _stopped(self, job: Job, task: Task, record: dict[str, Any]) -> None:
+        self._cancel_asked.pop(task.id, None)
         if record is LOST:
             decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
         else:
