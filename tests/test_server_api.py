@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from crc32c import crc32c
 from sqlalchemy import create_engine, text
 
 from ncaas.client import Client
@@ -28,6 +29,11 @@ from ncaas.server.testing import ServerProcess, storage_with_user
 
 BLUEPRINTS = Path(__file__).parent / "server_blueprints"
 MAX_UPLOAD = 1_000_000
+
+
+def _crc(data: bytes) -> str:
+    """The CRC-32C of ``data`` as the upload API writes it: 8 hexadecimal digits."""
+    return f"{crc32c(data):08x}"
 
 
 def _npy(frames: int = 12, seed: int = 0) -> bytes:
@@ -246,7 +252,8 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
         resp = http.post("/api/uploads", json={"path": "big.bin", "size": MAX_UPLOAD + 1})
         assert resp.status_code == 413 and "accepts uploads up to 1000000 bytes" in resp.json()["error"]
         for body, why in (({"path": "x.bin", "size": -1}, "non-negative"), ({"path": "x.bin", "size": "ten"}, "size"),
-                          ({"path": "x.bin"}, "size"), ({"path": "x.bin", "size": 1, "sha256": "xyz"}, "64 hexadecimal")):
+                          ({"path": "x.bin"}, "size"), ({"path": "x.bin", "size": 1, "sha256": "xyz"}, "64 hexadecimal"),
+                          ({"path": "x.bin", "size": 1, "crc32c": "0x12345678"}, "8 hexadecimal")):
             resp = http.post("/api/uploads", json=body)
             assert resp.status_code == 400 and why in resp.json()["error"], (body, resp.text)
         resp = http.put("/api/configs/huge.json", content=b'{"x": "' + b"y" * (17 << 20) + b'"}',
@@ -265,11 +272,13 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
         resp = http.put(f"/api/uploads/{uid}?offset=0", content=iter([b"x" * 6, b"x" * 6]))  # chunked, too long
         assert resp.status_code == 413
         assert http.get(f"/api/uploads/{uid}").json()["offset"] == 0
-        resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234", headers={"X-Chunk-SHA256": "0" * 64})
-        assert resp.status_code == 422 and "arrived corrupted" in resp.json()["error"]
-        assert http.get(f"/api/uploads/{uid}").json()["offset"] == 0
-        good = hashlib.sha256(b"01234").hexdigest()
-        resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234", headers={"X-Chunk-SHA256": good})
+        for header, wrong in (("X-Chunk-SHA256", "0" * 64), ("X-Chunk-CRC32C", _crc(b"01235"))):
+            resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234", headers={header: wrong})
+            assert resp.status_code == 422 and "arrived corrupted" in resp.json()["error"], header
+            assert http.get(f"/api/uploads/{uid}").json()["offset"] == 0
+        resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234", headers={"X-Chunk-CRC32C": "nothex!!"})
+        assert resp.status_code == 400 and "8 hexadecimal" in resp.json()["error"]
+        resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234", headers={"X-Chunk-CRC32C": _crc(b"01234")})
         assert resp.json()["offset"] == 5
         resp = http.put(f"/api/uploads/{uid}?offset=0", content=b"01234")
         assert resp.status_code == 409 and resp.json()["offset"] == 5
@@ -277,9 +286,15 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
         assert resp.status_code == 409 and "5 of 10 bytes" in resp.json()["error"]
         assert http.put(f"/api/uploads/{uid}?offset=-1", content=b"5").status_code == 400
         assert http.put(f"/api/uploads/{uid}?offset=5", content=b"56789").json()["offset"] == 10
-        resp = http.post(f"/api/uploads/{uid}/complete", json={"sha256": "f" * 64})
-        assert resp.status_code == 422 and "discarded" in resp.json()["error"]
+        resp = http.post(f"/api/uploads/{uid}/complete", json={"crc32c": _crc(b"0123456788")})
+        assert resp.status_code == 422 and "CRC-32C" in resp.json()["error"] and "discarded" in resp.json()["error"]
         assert http.get(f"/api/uploads/{uid}").status_code == 404
+        assert not (site.root / "lab" / "inputs" / "u" / "data.bin").exists()
+        # A SHA-256 given only on completion is checked too (from a second read of the file).
+        uid = http.post("/api/uploads", json={"path": "u/data.bin", "size": 10}).json()["id"]
+        assert http.put(f"/api/uploads/{uid}?offset=0", content=b"0123456789").json()["offset"] == 10
+        resp = http.post(f"/api/uploads/{uid}/complete", json={"sha256": "f" * 64})
+        assert resp.status_code == 422 and "SHA-256" in resp.json()["error"] and "discarded" in resp.json()["error"]
         assert not (site.root / "lab" / "inputs" / "u" / "data.bin").exists()
         assert http.get("/api/uploads/not-an-id").status_code == 404
 
@@ -288,6 +303,7 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
         http.put(f"/api/uploads/{up['id']}?offset=0", content=b"0123456789")
         done = http.post(f"/api/uploads/{up['id']}/complete").json()
         assert done["complete"] and done["sha256"] == hashlib.sha256(b"0123456789").hexdigest()
+        assert done["crc32c"] == _crc(b"0123456789")
         assert (site.root / "lab" / "inputs" / "u" / "data.bin").read_bytes() == b"0123456789"
         resp = http.post("/api/uploads", json={"path": "u/data.bin", "size": 1})
         assert resp.status_code == 409 and "overwrite" in resp.json()["error"]
@@ -320,7 +336,7 @@ def test_an_interrupted_upload_is_resumed_where_it_stopped(site):
     sent = []
     done = c.upload_file(local, "resume.bin", progress=lambda n, total: sent.append(n))
     assert sent[0] > 250_000 and sent[-1] == len(data)  # only the missing part was sent again
-    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["crc32c"] == _crc(data) and done["sha256"] is None  # no SHA-256 asked for: none computed
     assert (site.root / "lab" / "inputs" / "resume.bin").read_bytes() == data
 
 
@@ -352,7 +368,7 @@ def test_a_large_upload_interrupted_mid_block_resumes_byte_exact(roomy):
         progress = []
         done = c.upload_file(local, "large.bin", progress=lambda n, total: progress.append(n))
     assert progress[0] > sent and progress[-1] == len(data)
-    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["crc32c"] == _crc(data)
     assert (roomy.root / "lab" / "inputs" / "large.bin").read_bytes() == data
 
 
@@ -387,7 +403,7 @@ def test_uploads_through_an_httpx_transport_stream_the_file_too(roomy):
         progress = []
         done = c.upload_file(local, "via-httpx.bin", progress=lambda n, total: progress.append(n))
     assert len(progress) == 2 and progress[-1] == len(data)  # one progress step per 4 MiB read
-    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert done["crc32c"] == _crc(data)
     assert (roomy.root / "lab" / "inputs" / "via-httpx.bin").read_bytes() == data
 
 
@@ -554,7 +570,30 @@ def test_a_resumed_upload_never_mixes_in_other_bytes(site):
         stale = http.post("/api/uploads", json={"path": "mixed.bin", "size": len(data)}).json()
         http.put(f"/api/uploads/{stale['id']}?offset=0", content=b"a" * 1000)
     done = site.ann_client.upload_file(local, "mixed.bin")
-    assert done["sha256"] == hashlib.sha256(data).hexdigest() and done["id"] not in (theirs["id"], stale["id"])
+    assert done["crc32c"] == _crc(data) and done["id"] not in (theirs["id"], stale["id"])
     assert (site.root / "lab" / "inputs" / "mixed.bin").read_bytes() == data
     pending = {u["id"]: u for u in site.ann_client._json("GET", "/api/uploads")}
     assert pending[theirs["id"]]["user"] == "cat" and stale["id"] not in pending  # the bad resume was discarded
+
+
+def test_a_database_from_before_upload_crc32c_is_brought_up_to_date(tmp_path):
+    """A server database whose uploads table lacks the CRC-32C columns gets them; its rows stay valid."""
+    from ncaas.server.accounts import Principal
+    from ncaas.server.uploads import Uploads
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "CREATE TABLE server_uploads (id VARCHAR(32) PRIMARY KEY, \"group\" VARCHAR(64), user VARCHAR(64), "
+            "path VARCHAR(1024), size BIGINT, sha256 VARCHAR(64), overwrite BOOLEAN, created_ms BIGINT, "
+            "completed_ms BIGINT, final_sha256 VARCHAR(64))"))
+        conn.execute(text("INSERT INTO server_uploads VALUES ('" + "a" * 32 + "', 'lab', 'ann', 'old.bin', 3, "
+                          "NULL, 0, 0, 1, '" + "b" * 64 + "')"))
+    uploads = Uploads(engine, resolve_input=lambda g, p: tmp_path / g / "inputs" / p,
+                      scratch_dir=lambda g: tmp_path / g / ".uploads", max_bytes=100)
+    ann = Principal(user="ann", group="lab", token_id="t1")
+    old = uploads.get(ann, "a" * 32)
+    assert old.complete and old.sha256 == "b" * 64 and old.crc32c is None
+    new = uploads.create(ann, path="new.bin", size=3, crc32c=_crc(b"abc"))
+    assert new.offset == 0 and not new.complete
+    engine.dispose()

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from crc32c import crc32c
 from sqlalchemy import create_engine, text
 
 from ncaas.client import Client, ServerRequestError
@@ -125,7 +126,7 @@ def test_server_runs_jobs_on_postgresql_and_keeps_everything_across_restarts(pos
             sent = []
             done = c.upload_file(tmp_path / "big.bin", "big.bin", progress=lambda n, total: sent.append(n))
             assert done["id"] == half["id"] and sent[0] > 300_000
-            assert done["sha256"] == hashlib.sha256(big).hexdigest()
+            assert done["crc32c"] == f"{crc32c(big):08x}"
             assert (root / "lab" / "inputs" / "big.bin").read_bytes() == big
     finally:
         server.stop()

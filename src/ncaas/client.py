@@ -8,7 +8,6 @@ other error.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from crc32c import CRC32CHash
 
 from .exceptions import JobNotFound, NcaasError, SubmissionRejected
 
@@ -44,21 +44,21 @@ class ServerRequestError(NcaasError):
         self.body = body or {}
 
 
-class _FileHash:
-    """The SHA-256 of a whole file, computed by a background thread while the file is sent.
+class _FileChecksum:
+    """The CRC-32C of a whole file, computed by a background thread while the file is sent.
 
-    Reading and hashing (hashlib releases the GIL) run beside the sending, which
-    reads the file on its own (zero-copy where possible), so neither waits for the
-    other. A file changed during its upload hashes differently from the bytes the
-    server received, and the server refuses it on completion.
+    Reading and checksumming (crc32c releases the GIL) run beside the sending,
+    which reads the file on its own (zero-copy where possible), so neither waits
+    for the other. A file changed during its upload checksums differently from
+    the bytes the server received, and the server refuses it on completion.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self._hasher = hashlib.sha256()
+        self._crc = CRC32CHash()
         self._error: OSError | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ncaas-upload-hash", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ncaas-upload-checksum", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -67,7 +67,7 @@ class _FileHash:
         try:
             with open(self.path, "rb", buffering=0) as f:
                 while not self._stop.is_set() and (n := f.readinto(buf)):
-                    self._hasher.update(view[:n])
+                    self._crc.update(view[:n])
         except OSError as exc:
             self._error = exc
 
@@ -75,7 +75,7 @@ class _FileHash:
         self._thread.join()
         if self._error is not None:
             raise NcaasError(f"cannot read {self.path}: {self._error}") from self._error
-        return self._hasher.hexdigest()
+        return self._crc.hexdigest()
 
     def stop(self) -> None:
         self._stop.set()
@@ -177,11 +177,13 @@ class Client:
         return self._json("GET", f"/api/inputs/{name}")
 
     def upload_file(self, local: str | os.PathLike[str], remote: str, *, overwrite: bool = False,
-                    progress: Callable[[int, int], None] | None = None) -> dict:
+                    sha256: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
         """Upload one file to ``inputs/<remote>``, resuming an unfinished upload of it.
 
-        The body is streamed (constant memory, any size); the SHA-256 is computed
-        while sending and checked by the server. A dropped connection is retried
+        The body is streamed (constant memory, any size); a CRC-32C of the whole
+        file is computed while sending and checked by the server. A ``sha256``
+        known beforehand (from a data repository, say) is checked too: the server
+        computes it as the bytes arrive, and refuses the file if it differs. A dropped connection is retried
         from the offset the server reports.
         """
         local = Path(local)
@@ -192,16 +194,19 @@ class Client:
                    if u["path"] == remote and u["size"] == size and u["user"] == self._user]
         if pending:
             try:
-                return self._send_file(local, pending[0], size, progress)
+                return self._send_file(local, pending[0], size, progress, sha256)
             except ServerRequestError as exc:
                 if exc.status != 422:  # the resumed bytes were not from this file: start afresh
                     raise
-        up = self._json("POST", "/api/uploads", json={"path": remote, "size": size, "overwrite": overwrite})
-        return self._send_file(local, up, size, progress)
+        announce = {"path": remote, "size": size, "overwrite": overwrite}
+        if sha256 is not None:
+            announce["sha256"] = sha256
+        up = self._json("POST", "/api/uploads", json=announce)
+        return self._send_file(local, up, size, progress, sha256)
 
     def _send_file(self, local: Path, up: dict, size: int,
-                   progress: Callable[[int, int], None] | None) -> dict:
-        whole = _FileHash(local)
+                   progress: Callable[[int, int], None] | None, sha256: str | None = None) -> dict:
+        whole = _FileChecksum(local)
         try:
             offset, failures = up["offset"], 0
             while offset < size:
@@ -221,7 +226,8 @@ class Client:
             digest = whole.hexdigest()
         finally:
             whole.stop()
-        return self._json("POST", f"/api/uploads/{up['id']}/complete", json={"sha256": digest})
+        check = {"crc32c": digest} | ({"sha256": sha256} if sha256 is not None else {})
+        return self._json("POST", f"/api/uploads/{up['id']}/complete", json=check)
 
     def _put_range(self, local: Path, upload_id: str, offset: int, size: int,
                    progress: Callable[[int, int], None] | None) -> httpx.Response:

@@ -106,14 +106,17 @@ class NewUpload(BaseModel):
 
     path: str = Field(description="where the file goes, relative to inputs/ (e.g. exp1/session2/movie.tif)")
     size: int = Field(description="total bytes of the file")
-    sha256: str | None = Field(None, description="SHA-256 of the whole file, checked on completion")
+    crc32c: str | None = Field(None, description="CRC-32C of the whole file (8 hexadecimal digits), "
+                               "checked on completion")
+    sha256: str | None = Field(None, description="SHA-256 of the whole file, computed while the bytes "
+                               "arrive and checked on completion")
     overwrite: bool = False
 
 
 @router.post("/uploads", tags=["datasets"], status_code=201, summary="Start a resumable upload")
 def create_upload(body: NewUpload, who: Caller, state: State) -> dict:
-    return state.uploads.create(who, path=body.path, size=body.size, sha256=body.sha256,
-                                overwrite=body.overwrite).as_dict()
+    return state.uploads.create(who, path=body.path, size=body.size, crc32c=body.crc32c,
+                                sha256=body.sha256, overwrite=body.overwrite).as_dict()
 
 
 @router.get("/uploads", tags=["datasets"], summary="Unfinished uploads of the group (to resume them)")
@@ -134,7 +137,10 @@ _RAW_BODY = {"requestBody": {"required": True, "content": {
             summary="Append bytes at offset (streamed); resend from the returned offset after a failure")
 async def put_upload(upload_id: str, request: Request, who: Caller, state: State,
                      offset: Annotated[int, Query(ge=0)] = 0,
-                     x_chunk_sha256: Annotated[str | None, Header()] = None) -> dict:
+                     x_chunk_crc32c: Annotated[str | None, Header(
+                         description="CRC-32C of this request's bytes: a corrupted chunk is refused (422)")] = None,
+                     x_chunk_sha256: Annotated[str | None, Header(
+                         description="SHA-256 of this request's bytes, instead of the CRC-32C")] = None) -> dict:
     info = state.uploads.get(who, upload_id)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > info.size - offset >= 0:
@@ -142,7 +148,7 @@ async def put_upload(upload_id: str, request: Request, who: Caller, state: State
                        f"{offset}; this request carries {length}")
     try:
         result = await state.uploads.receive(who, upload_id, offset, request.stream(),
-                                             chunk_sha256=x_chunk_sha256)
+                                             chunk_crc32c=x_chunk_crc32c, chunk_sha256=x_chunk_sha256)
     except ClientDisconnect:
         raise BadRequest("the connection dropped during the upload; ask GET /api/uploads/{id} "
                          "for the offset and resume") from None
@@ -152,14 +158,17 @@ async def put_upload(upload_id: str, request: Request, who: Caller, state: State
 class CompleteUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
-    sha256: str | None = None
+    crc32c: str | None = Field(None, description="CRC-32C of the whole file (8 hexadecimal digits)")
+    sha256: str | None = Field(None, description="SHA-256 of the whole file (costs the server a second "
+                               "read unless given on creation)")
 
 
 @router.post("/uploads/{upload_id}/complete", tags=["datasets"],
-             summary="Verify the checksum and move the file into inputs/")
+             summary="Verify the checksums and move the file into inputs/")
 async def complete_upload(upload_id: str, who: Caller, state: State,
                           body: CompleteUpload | None = None) -> dict:
-    return (await state.uploads.complete(who, upload_id, body.sha256 if body else None)).as_dict()
+    body = body or CompleteUpload()
+    return (await state.uploads.complete(who, upload_id, crc32c=body.crc32c, sha256=body.sha256)).as_dict()
 
 
 @router.delete("/uploads/{upload_id}", tags=["datasets"], status_code=204, summary="Abandon an upload")
