@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from crc32c import crc32c
 
 from ncaas.server.testing import ServerProcess, storage_with_user
 
@@ -144,13 +145,36 @@ def test_sign_in_upload_submit_watch_download(site, page):
 
 
 def test_a_large_file_is_sent_in_checksummed_chunks(site, page):
+    """Each 8 MiB chunk carries its CRC-32C and the completion the whole file's; a chunk corrupted
+    on the way is refused by the server and sent again, and the file arrives byte-exact."""
     big = site["base"] / "big.bin"
     data = np.random.default_rng(7).bytes(17 << 20)  # three 8 MiB chunks
     big.write_bytes(data)
-    assert page.evaluate("() => Boolean(window.isSecureContext && crypto.subtle)")  # so chunks carry SHA-256
-    page.set_input_files("#pick-files", str(big))
-    page.wait_for_selector("#uploads li[data-dataset='big.bin'] .muted:has-text('uploaded')", timeout=120_000)
+    puts, completes, answers = [], [], []
+
+    def corrupt_the_second_chunk_once(route):
+        body = route.request.post_data_buffer
+        puts.append((route.request.url, route.request.headers.get("x-chunk-crc32c"), len(body)))
+        if "offset=8388608" in route.request.url and not any("offset=8388608" in u for u, _ in answers):
+            body = body[:100] + bytes([body[100] ^ 0xFF]) + body[101:]  # one flipped byte on the way
+        route.continue_(post_data=body)
+
+    page.on("response", lambda r: answers.append((r.url, r.status)) if r.request.method == "PUT" else None)
+    page.on("request", lambda r: completes.append(r.post_data_json) if r.url.endswith("/complete") else None)
+    page.route("**/api/uploads/*?offset=*", corrupt_the_second_chunk_once)
+    try:
+        page.set_input_files("#pick-files", str(big))
+        page.wait_for_selector("#uploads li[data-dataset='big.bin'] .muted:has-text('uploaded')", timeout=120_000)
+    finally:
+        page.unroute("**/api/uploads/*?offset=*")
     assert (site["root"] / "lab" / "inputs" / "big.bin").read_bytes() == data
+    chunks = {0: data[:8 << 20], 8 << 20: data[8 << 20:16 << 20], 16 << 20: data[16 << 20:]}
+    for url, crc, size in puts:
+        offset = int(url.rsplit("offset=", 1)[1])
+        assert crc == f"{crc32c(chunks[offset]):08x}" and size == len(chunks[offset]), url
+    statuses = [status for url, status in answers if "offset=8388608" in url]
+    assert statuses[0] == 422 and statuses[-1] == 200, answers  # refused as corrupted, then sent again
+    assert completes == [{"crc32c": f"{crc32c(data):08x}"}]
     page.uncheck("#inputs input[value='big.bin']")
 
 

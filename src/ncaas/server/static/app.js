@@ -313,19 +313,71 @@ async function uploadDatasets(items) {
   await loadInputs(done);
 }
 
-async function sha256Hex(blob) {
-  if (!(window.crypto && crypto.subtle)) return null;   // only in secure contexts (https, localhost)
-  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
-  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+// CRC-32C (Castagnoli), the checksum the server checks uploads with: slicing-by-8 tables
+// (about 0.7 GB/s in V8).
+const CRC32C_TABLES = (() => {
+  const t = Array.from({ length: 8 }, () => new Uint32Array(256));
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    t[0][n] = c >>> 0;
+  }
+  for (let n = 0; n < 256; n++) for (let k = 1; k < 8; k++) t[k][n] = (t[k - 1][n] >>> 8) ^ t[0][t[k - 1][n] & 0xff];
+  return t;
+})();
+
+function crc32c(bytes, crc = 0) {
+  const [t0, t1, t2, t3, t4, t5, t6, t7] = CRC32C_TABLES;
+  let c = ~crc >>> 0, i = 0;
+  const n8 = bytes.length - (bytes.length % 8);
+  for (; i < n8; i += 8) {
+    const a = (bytes[i] | (bytes[i + 1] << 8) | (bytes[i + 2] << 16) | (bytes[i + 3] << 24)) ^ c;
+    c = t7[a & 0xff] ^ t6[(a >>> 8) & 0xff] ^ t5[(a >>> 16) & 0xff] ^ t4[a >>> 24] ^
+        t3[bytes[i + 4]] ^ t2[bytes[i + 5]] ^ t1[bytes[i + 6]] ^ t0[bytes[i + 7]];
+  }
+  for (; i < bytes.length; i++) c = t0[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return ~c >>> 0;
 }
 
-function putChunk(id, offset, blob, checksum, onProgress) {
+// The CRC-32C of A followed by B from crc(A), crc(B) and B's length (zlib's crc32_combine).
+function multModP(a, b) {
+  let m = 0x80000000, p = 0;
+  for (;;) {
+    if (a & m) { p ^= b; if ((a & (m - 1)) === 0) break; }
+    m >>>= 1;
+    b = b & 1 ? (b >>> 1) ^ 0x82f63b78 : b >>> 1;
+  }
+  return p >>> 0;
+}
+const X2N = (() => { const t = new Uint32Array(32); let p = 0x40000000; t[0] = p; for (let n = 1; n < 32; n++) t[n] = p = multModP(p, p); return t; })();
+function crc32cCombine(crcA, crcB, lengthB) {
+  let p = 0x80000000, k = 3;
+  for (let n = lengthB; n > 0; n = Math.floor(n / 2), k++) if (n % 2) p = multModP(X2N[k & 31], p);
+  return (multModP(p, crcA) ^ crcB) >>> 0;
+}
+const hex8 = (c) => c.toString(16).padStart(8, "0");
+
+async function blobCrc(blob) {
+  return crc32c(new Uint8Array(await blob.arrayBuffer()));
+}
+
+// The CRC-32C of the file's first `end` bytes, read a chunk at a time (to resume an upload).
+async function prefixCrc(file, end) {
+  let crc = 0;
+  for (let at = 0; at < end; at += CHUNK) {
+    const stop = Math.min(at + CHUNK, end);
+    crc = crc32cCombine(crc, await blobCrc(file.slice(at, stop)), stop - at);
+  }
+  return crc;
+}
+
+function putChunk(id, offset, blob, crc, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("PUT", `/api/uploads/${id}?offset=${offset}`);
     xhr.setRequestHeader("Authorization", `Bearer ${state.token}`);
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
-    if (checksum) xhr.setRequestHeader("X-Chunk-SHA256", checksum);
+    xhr.setRequestHeader("X-Chunk-CRC32C", hex8(crc));   // a chunk corrupted on the way is refused
     xhr.upload.onprogress = (e) => onProgress(e.loaded);
     xhr.onload = () => {
       let body = {};
@@ -347,19 +399,22 @@ async function uploadFile(file, path, onProgress) {
     localStorage.setItem(key, up.id);
   }
   let offset = up.offset, failures = 0;
-  let ahead = null;   // the next chunk's checksum, computed while this chunk is sent
+  let ahead = null;   // the next chunk's CRC-32C, computed while this chunk is sent
+  let whole = { at: 0, crc: 0 };   // the CRC-32C of the file's first `at` bytes, checked on completion
   onProgress(offset);
   while (offset < file.size) {
     const end = Math.min(offset + CHUNK, file.size);
     const blob = file.slice(offset, end);
     try {
-      const checksum = ahead && ahead.offset === offset ? await ahead.sum : await sha256Hex(blob);
+      if (whole.at !== offset) whole = { at: offset, crc: await prefixCrc(file, offset) };   // resumed
+      const crc = ahead && ahead.offset === offset ? await ahead.crc : await blobCrc(blob);
       ahead = null;
       if (end < file.size) {
-        ahead = { offset: end, sum: sha256Hex(file.slice(end, Math.min(end + CHUNK, file.size))) };
-        ahead.sum.catch(() => {});   // a failure shows when that chunk is sent
+        ahead = { offset: end, crc: blobCrc(file.slice(end, Math.min(end + CHUNK, file.size))) };
+        ahead.crc.catch(() => {});   // a failure shows when that chunk is sent
       }
-      const res = await putChunk(up.id, offset, blob, checksum, (n) => onProgress(offset + n));
+      const res = await putChunk(up.id, offset, blob, crc, (n) => onProgress(offset + n));
+      if (res.offset === end) whole = { at: end, crc: crc32cCombine(whole.crc, crc, end - offset) };
       offset = res.offset;
       failures = 0;
     } catch (err) {
@@ -372,7 +427,8 @@ async function uploadFile(file, path, onProgress) {
     onProgress(offset);
   }
   try {
-    return await api(`/api/uploads/${up.id}/complete`, { method: "POST", json: {} });
+    if (whole.at !== file.size) whole = { at: file.size, crc: await prefixCrc(file, file.size) };
+    return await api(`/api/uploads/${up.id}/complete`, { method: "POST", json: { crc32c: hex8(whole.crc) } });
   } finally {
     localStorage.removeItem(key);
   }
