@@ -87,3 +87,42 @@ def test_extraction_keeps_its_traces_in_the_given_work_folder_or_says_what_is_wr
     assert list(tmp_path.iterdir()) == []  # the trace files have no name and are gone
     with pytest.raises(ExtractionError, match="work_dir .* is not a folder"):
         extract(movie, gSig=2.0, work_dir=tmp_path / "missing")
+
+
+def _open_files_under(folder) -> set[str]:
+    """Paths of the files this process holds open inside ``folder`` (deleted ones included)."""
+    import os
+    from pathlib import Path
+
+    root = str(Path(folder).resolve()) + os.sep
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(root):
+            found.add(target)
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs Linux /proc to list open files")
+def test_a_run_keeps_extractions_trace_files_in_its_work_folder(tmp_path):
+    from caliali.pipeline import run
+    from caliali.simulate import SimulationParams, simulate
+
+    simulate(tmp_path / "sim", SimulationParams(sessions=1, frames=300, neurons=6, seed=4, height=48, width=48))
+    work = tmp_path / "work"
+    seen: set[str] = set()
+
+    def progress(fraction: float, message: str) -> None:
+        if message.startswith("extraction"):
+            seen.update(_open_files_under(work))
+
+    config = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "64MB", "batch_frames": 100,
+              "nwb": False, "qc": False, "keep_intermediates": True}
+    result = run(tmp_path / "sim" / "manifest.yaml", tmp_path / "out", config=config, work=work, progress=progress)
+    assert result.n_neurons >= 1
+    # unnamed trace files: "(deleted)" entries (O_TMPFILE or unlinked) in the work folder, open during extraction
+    traces = {p for p in seen if p.endswith("(deleted)") and ".zarr" not in p}
+    assert traces, f"no temporary trace file was opened in {work}; open files seen there: {sorted(seen)}"

@@ -138,7 +138,8 @@ def run(
     input: Annotated[Path, typer.Option("--input", help="Experiment: folder of session videos, manifest, or video.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for results (arrays, NWB, QC, alignment).")],
     config: Annotated[Path | None, typer.Option("--config", help="YAML/JSON parameters (defaults if omitted).")] = None,
-    work: Annotated[Path | None, typer.Option(help="Intermediates folder (default <output>/work).")] = None,
+    work: Annotated[Path | None, typer.Option(
+        help="Intermediates folder, also for extraction's temporary trace files (default <output>/work).")] = None,
 ) -> None:
     """Run the whole pipeline: motion correction, projections, alignment, CNMF-E, outputs. Resumable."""
     from caliali.chunking import print_progress

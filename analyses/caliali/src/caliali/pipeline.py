@@ -262,7 +262,8 @@ def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict |
         Parameters; defaults from the method.
     work : path, optional
         Intermediates (default ``<output>/work``); kept after an interruption
-        so that the next run resumes.
+        so that the next run resumes. Extraction's temporary trace files
+        (neurons x frames, unnamed) live there too, on the run's own disk.
     progress : callable(fraction, message), optional
         Called as the run advances (fraction of the whole run).
 
@@ -312,7 +313,7 @@ def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict |
         bounds = np.concatenate([[0], np.cumsum([s.n_frames for s in stores])]).astype(np.int64)
         valid = np.logical_and.reduce([np.load(m["valid_mask"]) for m in motion])
         report.stage("apply")(1.0, "nothing to align")
-    paths = timed("extraction", lambda: _extract(video, bounds, valid, ids, config, out, report))
+    paths = timed("extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report))
     n_neurons = paths.pop("_n_neurons")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     summary = {
@@ -346,7 +347,7 @@ def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
 
 
 def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str], config: CalialiConfig,
-             out: Path, report: _Reporter) -> dict[str, Any]:
+             out: Path, work: Path, report: _Reporter) -> dict[str, Any]:
     from caliali.extraction import extract
     from caliali.outputs import write_outputs
 
@@ -356,7 +357,7 @@ def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str],
         min_pnr=config.min_pnr, batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
         merge_thr=config.merge_thr, max_iter=config.max_iter, tol=config.tol, bg_ssub=config.bg_ssub,
         ring_factor=config.ring_factor, patch_size=config.patch_size, patch_overlap=config.patch_overlap,
-        min_snr=config.min_snr, valid_mask=valid, progress=progress)
+        min_snr=config.min_snr, valid_mask=valid, work_dir=work, progress=progress)  # traces on the run's disk
     report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
     paths: dict[str, Any] = dict(write_outputs(
         result, out, fs=config.fs / config.temporal_ds, session_ids=ids, spatial_ds=config.spatial_ds,
