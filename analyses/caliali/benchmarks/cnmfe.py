@@ -6,6 +6,8 @@ Usage (from the repository root)::
         [--sessions 4] [--frames 2000] [--workdir DIR] [--out DIR]
     .venv/bin/python analyses/caliali/benchmarks/cnmfe.py memory [--sessions-list 1 4 10] [--frames 3000]
         [--height 180 --width 260] [--neurons K] [--memory-budget 1GB] [--workdir DIR]
+    .venv/bin/python analyses/caliali/benchmarks/cnmfe.py memory --frames-list 3000 12000 [--sessions 1]
+        [--height 128 --width 128 --neurons 150] [--memory-budget 64MB]
 
 ``f1`` simulates each variant (PNR 2), builds the aligned movie by warping
 every session with its true backward field (so extraction is measured on its
@@ -16,7 +18,13 @@ own, without alignment error), extracts, and scores with ``caliali.score``
 each in a fresh subprocess, and prints wall time and peak RSS; peak RSS should
 not grow with the number of sessions (target: within 15%). It also prints the
 RSS once everything is imported, the working set above it (to compare with
-``--memory-budget``) and the peak RSS of each stage.
+``--memory-budget``) and the peak RSS of each stage. With ``--frames-list``
+it runs ``--sessions`` sessions of each number of frames instead: at a small
+frame size with many neurons, the full-length traces (neurons x frames,
+printed as the size of one float32 copy) outweigh a batch of frames, so peak
+RSS, and that of the whole-trace steps (``trace steps``: OASIS, false
+positives, merges; ``post-processing``), shows whether any step holds whole
+traces in memory.
 
 The machine is shared: timings are noisy. The published peers on a 300x300,
 2,000-frame one-photon movie on 2 cores: CaImAn CNMF-E 431 s / 6.3 GB peak,
@@ -145,7 +153,7 @@ def _child(args) -> None:
             time.sleep(0.02)
 
     def progress(fraction: float, message: str) -> None:
-        label = message.split(",")[0]
+        label = message.split(",")[0].split(":")[0]
         stage[0] = "iterations" if label.startswith("iteration") else label
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -159,7 +167,7 @@ def _child(args) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "floor_rss": floor, "neurons": result.n_neurons,
                       "seeds": len(result.seeds), "batch_frames": result.params["batch_frames"],
-                      "iterations": len(result.history),
+                      "iterations": len(result.history), "frames": int(bounds[-1]),
                       "stages": {k: v for k, v in stages.items() if not k.startswith("extraction done")}}))
 
 
@@ -167,30 +175,43 @@ def run_memory(args) -> None:
     from caliali.extraction import parse_memory_budget
 
     budget = parse_memory_budget(args.memory_budget)
+    by_frames = args.frames_list is not None
+    if by_frames:
+        sizes = [(args.sessions, frames) for frames in args.frames_list]
+    else:
+        sizes = [(n, args.frames) for n in args.sessions_list]
     rows = []
-    for n in args.sessions_list:
-        store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=args.frames,
+    for n, frames in sizes:
+        store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=frames,
                                                     seed=args.seed, neurons=args.neurons, height=args.height,
                                                     width=args.width)
         out = subprocess.run([sys.executable, __file__, "_child", "--store", str(store_path), "--bounds",
                               json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget],
                              check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append((n, row))
+        rows.append((n, frames, row))
         per_stage = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in row["stages"].items())
-        print(f"{n:3d} sessions x {args.frames} frames: {row['wall_s']:7.1f} s wall, {row['cpu_s']:7.1f} s CPU, peak RSS "
+        print(f"{n:3d} sessions x {frames} frames: {row['wall_s']:7.1f} s wall, {row['cpu_s']:7.1f} s CPU, peak RSS "
               f"{row['peak_rss'] / 2**20:7.1f} MiB (after imports {row['floor_rss'] / 2**20:.1f}), {row['seeds']} seeds, "
               f"{row['neurons']} neurons, batch {row['batch_frames']} frames, {row['iterations']} iterations; "
               f"peak RSS by stage (MiB): {per_stage}", flush=True)
-    base = rows[0][1]["peak_rss"]
-    print(f"\nmemory budget {args.memory_budget} = {budget / 2**20:.1f} MiB; working set = peak RSS - RSS after imports")
-    print("sessions  frames   wall_s    cpu_s  peak_RSS_MiB  working_set_MiB  of_budget  vs_first")
-    for n, row in rows:
+    base = rows[0][2]["peak_rss"]
+    print(f"\nmemory budget {args.memory_budget} = {budget / 2**20:.1f} MiB; working set = peak RSS - RSS after imports; "
+          "KxT = one float32 copy of the traces of the seeds (neurons before removals) over all frames")
+    print("sessions  frames   wall_s    cpu_s  peak_RSS_MiB  working_set_MiB  of_budget  vs_first  KxT_MiB  "
+          "trace_steps_MiB  post_processing_MiB")
+    for n, frames, row in rows:
         work = row["peak_rss"] - row["floor_rss"]
-        print(f"{n:8d} {n * args.frames:7d} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
-              f"{work / 2**20:16.1f} {100 * work / budget:9.0f}% {100 * (row['peak_rss'] / base - 1):+8.1f}%")
-    growth = max(r["peak_rss"] for _, r in rows) / base - 1
-    print(f"peak RSS growth from {rows[0][0]} to {rows[-1][0]} sessions: {100 * growth:+.1f}% (target < 15%)")
+        kxt = row["seeds"] * n * frames * 4
+        steps = [row["stages"].get(k) for k in ("trace steps", "post-processing")]
+        steps_text = "  ".join(f"{v / 2**20:15.1f}" if v else f"{'-':>15s}" for v in steps)
+        print(f"{n:8d} {n * frames:7d} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
+              f"{work / 2**20:16.1f} {100 * work / budget:9.0f}% {100 * (row['peak_rss'] / base - 1):+8.1f}% "
+              f"{kxt / 2**20:8.1f}  {steps_text}")
+    growth = max(r["peak_rss"] for _, _, r in rows) / base - 1
+    first, last = rows[0], rows[-1]
+    what = (f"{first[1]} to {last[1]} frames per session" if by_frames else f"{first[0]} to {last[0]} sessions")
+    print(f"peak RSS growth from {what}: {100 * growth:+.1f}% (target < 15%)")
     for name, (wall, gb) in PEERS.items():
         print(f"peer {name}: {wall:.0f} s, {gb:.1f} GB peak")
 
@@ -211,6 +232,9 @@ def main(argv=None) -> None:
     mem.add_argument("--height", type=int, default=180)
     mem.add_argument("--width", type=int, default=260)
     mem.add_argument("--neurons", type=int, default=None)
+    mem.add_argument("--frames-list", type=int, nargs="+", default=None,
+                     help="vary the frames per session instead (--sessions sessions each); overrides --sessions-list")
+    mem.add_argument("--sessions", type=int, default=1, help="sessions per movie with --frames-list")
     for p in (f1, mem):
         p.add_argument("--memory-budget", default="1GB")
         p.add_argument("--seed", type=int, default=0)

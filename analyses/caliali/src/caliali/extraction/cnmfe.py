@@ -389,6 +389,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         c_raw, yct, cct, b0_sums = _iteration_pass(source, batches, footprints, c, background, spatial=True,
                                                    progress=progress, lo=lo, hi=lo + span,
                                                    label=f"iteration {it + 1}", work_dir=work_dir)
+        _report(progress, lo, lo + span, 1.0, f"trace steps, iteration {it + 1}: OASIS, false positives, merges")
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
@@ -414,6 +415,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
             break
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces", work_dir=work_dir)
+    _report(progress, 0.97, 0.97, 1.0, "post-processing: deconvolution, detrending, noise scaling, SNR order")
     c = _deconvolve_all(c_raw, bounds)
     c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
     del c_raw, c
