@@ -68,7 +68,9 @@ class EnvironmentInfo:
 class Executor(Protocol):
     name: str
 
-    def ensure_environment(self, blueprint: Any) -> EnvironmentInfo: ...
+    def ensure_environment(self, blueprint: Any, *, progress: Any = None) -> EnvironmentInfo:
+        """The blueprint's environment, built or verified; called from a background thread."""
+        ...
 
     def launch(self, spec: TaskSpec) -> TaskHandle: ...
 

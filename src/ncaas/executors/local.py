@@ -82,16 +82,19 @@ class LocalExecutor:
         return sandboxes.describe_isolation()
 
     # -- seams ---------------------------------------------------------------------------
-    def ensure_environment(self, blueprint: Any) -> EnvironmentInfo:
+    def ensure_environment(self, blueprint: Any, *, progress: environments.Progress | None = None
+                           ) -> EnvironmentInfo:
         """Build (once, showing progress) or verify the blueprint's immutable environment.
 
         A blueprint without ``environment`` runs with the platform's own python.
+        ``progress`` also receives the build's progress. Safe to call from several
+        threads (ncaas.environments builds each environment once, under a file lock).
         """
         try:
             spec = environments.spec_for_blueprint(blueprint)
             if spec is None:
                 return EnvironmentInfo(python=sys.executable)
-            env, _ = environments.ensure(spec, progress=_BuildProgress(spec.name),
+            env, _ = environments.ensure(spec, progress=_BuildProgress(spec.name, also=progress),
                                          verified_within=VERIFY_EVERY)
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
@@ -284,11 +287,14 @@ def _explain(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
 class _BuildProgress:
     """Show an environment build on stderr: one line per step, at most one per second."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, *, also: environments.Progress | None = None):
         self.name = name
         self.last = 0.0
+        self.also = also
 
     def __call__(self, fraction: float, message: str) -> None:
+        if self.also is not None:
+            self.also(fraction, message)
         now = time.monotonic()
         if fraction >= 1.0 or fraction == 0.0 or now - self.last >= 1.0:
             self.last = now

@@ -73,6 +73,8 @@ class RayExecutor:
         self._remote = self.ray.remote(run_node_task)
         self._refs: dict[Path, Any] = {}
         self._cancel_sent: set[Path] = set()
+        # the analysis packed for the nodes (by any thread), then put in Ray's object store (by the loop)
+        self._packed: dict[tuple[str, ...], tuple[bytes, dict[str, str], str, dict[str, str]]] = {}
         self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str, dict[str, str]]] = {}
         self._isolation: set[str] = set()
         self._capacity: tuple[float, tuple[int, int]] = (0.0, (0, 0))
@@ -98,8 +100,8 @@ class RayExecutor:
                 "~/.ray/auth_token)") from None
 
     # -- environments --------------------------------------------------------------------
-    def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, EnvironmentInfo]:
-        """The analysis shipped to the nodes (put in Ray's object store once per content)."""
+    def _pack(self, loaded: LoadedBlueprint) -> tuple[tuple[str, ...], EnvironmentInfo]:
+        """Pack the analysis shipped to the nodes, once per content; no Ray call, so any thread may."""
         try:
             spec = environments.spec_for_blueprint(loaded)
             lock, source = (spec.lock_file, spec.source) if spec else (None, None)
@@ -108,18 +110,33 @@ class RayExecutor:
                 info = EnvironmentInfo(python=PYTHON_ON_NODE, lock_hash=spec.lock_sha256(),
                                        source_hash=spec.source_sha256() or None)
             key = (loaded.sha256, str(loaded.path), str(info.lock_hash), str(info.source_hash))
-            if key not in self._bundles:
-                archive, files, rel, environment = pack_bundle(loaded, lock, source)
-                self._bundles[key] = (self.ray.put(archive), files, rel, environment)
+            if key not in self._packed:
+                # two threads may pack the same analysis at once: setdefault keeps one (atomic under the GIL)
+                self._packed.setdefault(key, pack_bundle(loaded, lock, source))
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
         except OSError as exc:
             raise ExecutorError(f"cannot read the analysis files of {loaded.name}: {exc}") from exc
+        return key, info
+
+    def _bundle(self, loaded: LoadedBlueprint) -> tuple[Any, EnvironmentInfo]:
+        """The packed analysis, put in Ray's object store once per content.
+
+        Only the manager's loop calls this: Ray calls stay on the thread that joined the cluster.
+        """
+        key, info = self._pack(loaded)
+        if key not in self._bundles:
+            archive, files, rel, environment = self._packed[key]
+            self._bundles[key] = (self.ray.put(archive), files, rel, environment)
+            self._packed[key] = (b"", files, rel, environment)  # the object store holds the archive now
         return self._bundles[key], info
 
-    def ensure_environment(self, blueprint: LoadedBlueprint) -> EnvironmentInfo:
-        """What the nodes will build: the lock and source hashes (each node builds and verifies its copy)."""
-        return self._bundle(blueprint)[1]
+    def ensure_environment(self, blueprint: LoadedBlueprint, *, progress: Any = None) -> EnvironmentInfo:
+        """What the nodes will build: the lock and source hashes (each node builds and verifies its copy).
+
+        Packs the analysis for the nodes, so launching is quick; safe on a background thread.
+        """
+        return self._pack(blueprint)[1]
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:

@@ -33,11 +33,14 @@ def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
 
 
 def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
+    """One dataset of a job; a queued task waiting for something (its environment) says what as its message."""
     status = _read_json(storage, f"{job.results_dir}/status/{task.dataset}.json")
+    waiting = task.state == "queued" and task.cause.startswith("waiting")
     return {"dataset": task.dataset, "input": task.dataset_rel, "state": task.state, "cause": task.cause,
             "attempt": task.attempt,
             "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
-            "message": status.get("message", ""), "started_ms": task.started_ms, "ended_ms": task.ended_ms,
+            "message": task.cause if waiting else status.get("message", ""),
+            "started_ms": task.started_ms, "ended_ms": task.ended_ms,
             "exit_code": task.exit_code, "cpu_seconds": task.cpu_seconds,
             "peak_memory_bytes": task.peak_memory_bytes}
 

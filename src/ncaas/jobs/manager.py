@@ -6,6 +6,11 @@ Every decision comes from :mod:`ncaas.jobs.states` and is persisted (compare-and
 before it is acted upon, so a manager killed at any moment and restarted picks up:
 tasks still running are adopted through their handle (pid + start time), tasks that
 ended meanwhile are read from their exit record, tasks that vanished are retried.
+
+Analysis environments are prepared (built on first use, else verified) on a few
+background threads, so a cold build never stalls the loop: while its environment is
+prepared a task stays queued and its cause says so; the first step after the
+preparation ends starts it, or fails it with the build's message.
 """
 
 from __future__ import annotations
@@ -16,17 +21,21 @@ import hashlib
 import json
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import environments
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
-from ..executors.base import LOST, TaskHandle, TaskSpec
+from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
@@ -55,7 +64,10 @@ def manager_lock(storage: Storage) -> IO[str] | None:
 LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
 TIMEOUT_BACKSTOP_S = 30.0
 CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is killed
-WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written  # kill a task whose supervisor failed to enforce its timeout
+WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written
+PREPARE_THREADS = 2  # environments prepared at once (each preparation is one environment)
+WAIT_SHOWN_AFTER_S = 1.0  # a preparation this old is named in its tasks' cause (quick checks are not)
+WAITING_FOR_ENVIRONMENT = "waiting for its environment"
 
 
 def new_job_id() -> str:
@@ -79,6 +91,7 @@ class Manager:
         self._registry = registry
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
+        self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
         self._parsed: dict[str, Blueprint] = {}  # per blueprint sha256
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
@@ -88,6 +101,11 @@ class Manager:
         self.notify = notify or (lambda message: None)
         self.state_dir = storage.state_dir()
         self._seen: dict[str, tuple[Any, ...]] = {}
+        self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
+        self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
+        self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
+        self._prepare_slots = threading.BoundedSemaphore(PREPARE_THREADS)
+        self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -208,7 +226,8 @@ class Manager:
                 time.sleep(1.0)
             if (until is not None and until()) or (should_stop is not None and should_stop()):
                 return
-            time.sleep(self.poll_interval)
+            if self._wake.wait(self.poll_interval):
+                self._wake.clear()
 
     def run_job(self, job_id: str) -> Job:
         """Run embedded until ``job_id`` is over; returns the finished job."""
@@ -223,7 +242,10 @@ class Manager:
     def step(self) -> None:
         jobs = {j.id: j for j in self.db.jobs(states=[JobState.QUEUED.value, JobState.RUNNING.value])}
         self._reap(jobs)
+        self._collect_preparations()
         self._schedule(jobs)
+        self._prepared.clear()
+        self._ended.clear()
         self._settle(jobs)
 
     # -- tasks ---------------------------------------------------------------------------
@@ -313,23 +335,116 @@ class Manager:
             if job.cancel_requested:
                 self._cancel_queued(job, task)
                 continue
+            ended = self._ended.get(task.id)
+            if ended is not None and isinstance(ended.outcome(), Exception):  # fails as a start would
+                self._start(job, task, ended.outcome())
+                continue
             limit = self.loaded_blueprint(job).blueprint.limits.max_concurrent_tasks
             if limit is not None and per_analysis.get(job.analysis or "", 0) >= limit:
                 continue
             fits = used_cpus + task.cpus <= cpus and used_mem + task.memory_bytes <= memory
             if not fits and used_cpus > 0:
                 continue
-            if self._start(job, task):
+            environment = self._environment(job, task)
+            if environment is None:  # being prepared in the background; the task stays queued
+                continue
+            if self._start(job, task, environment):
                 used_cpus += task.cpus
                 used_mem += task.memory_bytes
                 per_analysis[job.analysis or ""] = per_analysis.get(job.analysis or "", 0) + 1
+        self._show_waiting(jobs, queued)
 
     def _cancel_queued(self, job: Job, task: Task) -> None:
         if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started",
                              ended_ms=now_ms()):
             self._write_status(job, task)
 
-    def _start(self, job: Job, task: Task) -> bool:
+    # -- environments ----------------------------------------------------------------------
+    def _environment(self, job: Job, task: Task) -> EnvironmentInfo | Exception | None:
+        """The task's environment when ready (or why it cannot be had); None while it is prepared.
+
+        A blueprint naming no environment needs nothing built and is answered here;
+        one naming an environment has it prepared on a background thread, once for
+        every task waiting for it.
+        """
+        loaded = self.loaded_blueprint(job)
+        if job.id not in self._environment_keys:
+            try:
+                self._environment_keys[job.id] = environments.spec_for_blueprint(loaded)
+            except NcaasError:  # a malformed environment section: ensure_environment says what is wrong
+                self._environment_keys[job.id] = None
+        key = self._environment_keys[job.id]
+        if key is None:
+            try:
+                return self.executor.ensure_environment(loaded)
+            except (ExecutorError, OSError) as exc:
+                return exc
+        if key in self._prepared:
+            return self._prepared[key].outcome()
+        prep = self._preparing.get(key)
+        if prep is None:
+            prep = self._preparing[key] = _Preparation(key.name)
+            threading.Thread(target=self._prepare, args=(prep, loaded), name=f"ncaas-environment-{key.name}",
+                             daemon=True).start()  # daemon: stopping the manager never waits for a build
+        prep.waiters.add(task.id)
+        return None
+
+    def _prepare(self, prep: _Preparation, loaded: LoadedBlueprint) -> None:
+        if not self._prepare_slots.acquire(blocking=False):
+            phase, prep.phase = prep.phase, "other environments are being prepared first"
+            self._prepare_slots.acquire()
+            prep.phase = phase
+        try:
+            prep.future.set_result(self.executor.ensure_environment(loaded, progress=prep.progress))
+        except Exception as exc:  # noqa: BLE001 - handed to the loop, which re-raises all but build failures
+            prep.future.set_exception(exc)
+        finally:
+            self._prepare_slots.release()
+        self._wake.set()
+
+    def _collect_preparations(self) -> None:
+        """Take the preparations that ended: their result serves this step's tasks."""
+        for key, prep in list(self._preparing.items()):
+            if not prep.future.done():
+                continue
+            del self._preparing[key]
+            error = prep.future.exception()
+            if error is not None and not isinstance(error, (ExecutorError, OSError)):
+                raise error  # a fault of ours, not of the build: as loud as on the loop itself
+            self._prepared[key] = prep
+            self._ended.update(dict.fromkeys(prep.waiters, prep))
+
+    def _show_waiting(self, jobs: dict[str, Job], queued: list[Task]) -> None:
+        """Say in the cause of each task still queued what it waits for (written when it changes)."""
+        preparing = {tid: prep for prep in self._preparing.values() for tid in prep.waiters}
+        for task in queued:
+            if task.state != TaskState.QUEUED.value:
+                continue
+            prep = preparing.get(task.id)
+            if prep is not None:
+                if time.monotonic() - prep.started < WAIT_SHOWN_AFTER_S:
+                    continue
+                cause = f"{WAITING_FOR_ENVIRONMENT}: {prep.phase}"
+            elif task.id in self._ended and task.cause.startswith(WAITING_FOR_ENVIRONMENT):
+                cause = "waiting to start: its environment is ready"  # and for free CPUs or memory
+            else:
+                continue
+            if task.cause != cause and self._say_queued(task, cause):
+                self._write_status(self._job(jobs, task.job_id), task)
+
+    def _say_queued(self, task: Task, cause: str) -> bool:
+        """Set a queued task's cause (no transition); False when it left the queue (say, cancelled) meanwhile."""
+        with self.db.session() as s, s.begin():
+            done = s.execute(update(Task).where(Task.id == task.id, Task.state == TaskState.QUEUED.value)
+                             .values(cause=cause))
+        if done.rowcount != 1:
+            return False
+        task.cause = cause
+        return True
+
+    # -- starting --------------------------------------------------------------------------
+    def _start(self, job: Job, task: Task, environment: EnvironmentInfo | Exception) -> bool:
+        """Start the task in its prepared environment; or, given why there is none, fail it the same way."""
         attempt = task.attempt + 1
         run_dir = self.state_dir / "runs" / job.id / f"{task.dataset}.{attempt}"
         started = now_ms()
@@ -339,7 +454,9 @@ class Manager:
         if job.state == JobState.QUEUED.value:
             self.db.move_job(job, JobState.RUNNING.value, "first task started", started_ms=started)
         try:
-            spec = self._spec(job, task, run_dir)
+            if isinstance(environment, Exception):
+                raise environment
+            spec = self._spec(job, task, run_dir, environment)
             handle = self.executor.launch(spec)
         except (ExecutorError, OSError) as exc:
             self._stopped(job, task, {"error": str(exc), "returncode": None, "end_ms": now_ms()})
@@ -348,10 +465,9 @@ class Manager:
                             argv_json=json.dumps(spec.argv))
         return True
 
-    def _spec(self, job: Job, task: Task, run_dir: Path) -> TaskSpec:
+    def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
         bp = loaded.blueprint
-        env_info = self.executor.ensure_environment(loaded)
         results = self._task_path(job.results_dir)
         output = results / "outputs" / task.dataset
         if task.attempt > 1 and output.exists():
@@ -423,6 +539,7 @@ class Manager:
         self.db.update_job(job.id, finalized=True)
         job.finalized = True
         self._blueprints.pop(job.id, None)
+        self._environment_keys.pop(job.id, None)
         runs = self.state_dir / "runs" / job.id
         for run_dir in runs.iterdir() if runs.is_dir() else []:
             self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
@@ -482,6 +599,29 @@ class Manager:
         else:
             end["certificate"] = "certificate.json"
         self.storage.write_text(f"{job.results_dir}/end.json", json.dumps(end, indent=2))
+
+
+class _Preparation:
+    """An environment being prepared on a background thread, and the tasks waiting for it."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.started = time.monotonic()
+        self.future: Future[EnvironmentInfo] = Future()
+        self.waiters: set[int] = set()  # task ids; touched by the loop only
+        self.phase = f"checking {label}"  # what the waiting tasks' cause says; set by the thread
+
+    def outcome(self) -> EnvironmentInfo | Exception:
+        """The environment, or why it could not be prepared (once the future is done)."""
+        error = self.future.exception()
+        return error if error is not None else self.future.result()
+
+    def progress(self, fraction: float, message: str) -> None:
+        """Called by the build: only a build, or a wait for another process' build, reports progress."""
+        if message.startswith("waiting: "):  # ncaas.environments: another process holds the build lock
+            self.phase = message.removeprefix("waiting: ")
+        elif fraction < 1.0:
+            self.phase = f"building {self.label} (first use)"
 
 
 def _job_cause(tasks: list[Task], state: JobState) -> str:
