@@ -126,3 +126,52 @@ def test_a_run_keeps_extractions_trace_files_in_its_work_folder(tmp_path):
     # unnamed trace files: "(deleted)" entries (O_TMPFILE or unlinked) in the work folder, open during extraction
     traces = {p for p in seen if p.endswith("(deleted)") and ".zarr" not in p}
     assert traces, f"no temporary trace file was opened in {work}; open files seen there: {sorted(seen)}"
+
+
+def test_correlations_accumulated_a_block_of_frames_at_a_time_match_numpys():
+    from caliali.extraction._merge import pair_correlation
+
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((6, 1003)).astype(np.float32) + 50  # a large mean: centred sums, not raw ones
+    values[2] = 0.8 * values[0] + 0.2 * values[2]
+    values[5] = 3.0  # a constant trace correlates 0 with everything
+    first, second = np.array([0, 0, 1, 3, 5]), np.array([2, 4, 3, 4, 0])
+    got = pair_correlation(TraceFile.from_array(values), first, second, batch_frames=100)
+    expected = [np.corrcoef(values[i], values[j])[0, 1] if j != 5 and i != 5 else 0.0 for i, j in zip(first, second)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_of_them():
+    """On trace files, they allocate far less than one K x T copy (OASIS and post-processing go one trace at a time)."""
+    import tracemalloc
+
+    from caliali.extraction._footprints import Footprints
+    from caliali.extraction._merge import merge_components
+    from caliali.extraction.cnmfe import _deconvolve_all, _remove_false_positives
+
+    rng = np.random.default_rng(6)
+    k, bounds = 80, np.array([0, 10_000, 20_000])
+    yy, xx = np.mgrid[:9, :9]
+    image = np.exp(-((yy - 4) ** 2 + (xx - 4) ** 2) / 4.5).astype(np.float32)
+    image /= np.sqrt((image ** 2).sum())
+    # 40 pairs of touching duplicates (same activity) on a grid
+    boxes = [(12 * (p // 8), 12 * (p // 8) + 9, 12 * (p % 8) + 2 * j, 12 * (p % 8) + 2 * j + 9)
+             for p in range(k // 2) for j in range(2)]
+    footprints = Footprints((60, 100), boxes, [image] * k)
+    spikes = (rng.random((k // 2, bounds[-1])) < 0.01) * rng.uniform(1, 3, (k // 2, bounds[-1]))
+    calcium = np.array([np.convolve(s, 0.85 ** np.arange(40))[:bounds[-1]] for s in spikes])
+    values = (np.repeat(calcium, 2, axis=0) + 0.2 * rng.standard_normal((k, bounds[-1]))).astype(np.float32)
+    raw = TraceFile.from_array(values)
+    copy_bytes = values.nbytes
+    del values, calcium, spikes
+    c = _deconvolve_all(raw, bounds, scale=np.ones(k, np.float32))
+    tracemalloc.start()
+    try:
+        keep = _remove_false_positives(footprints, c, raw, min_pixels=3, min_snr=3.0, bounds=bounds)
+        merged, c, raw, merges = merge_components(footprints.subset(keep), c.take(keep), raw.take(keep),
+                                                  batch_frames=500)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(keep) == k and merges == k // 2 and len(merged) == k // 2 and c.shape == raw.shape == (k // 2, 20_000)
+    assert peak < copy_bytes / 2, f"{peak / 1e6:.1f} MB allocated at the peak; one K x T copy is {copy_bytes / 1e6:.1f} MB"

@@ -24,9 +24,9 @@ def decay_frames(c: np.ndarray) -> float:
     the median ratio of consecutive decaying samples and the time constant
     ``-1 / ln g``; the median over traces is returned. NaN when no trace decays.
     """
-    c = np.atleast_2d(np.asarray(c, np.float64))
     taus = []
-    for row in c:
+    for row in np.atleast_2d(np.asarray(c)):
+        row = row.astype(np.float64)  # one trace at a time in double precision
         prev, cur = row[:-1], row[1:]
         ok = (prev > 1e-3 * max(float(row.max()), 1e-12)) & (cur > 0) & (cur < prev)
         if ok.sum() >= 5:
@@ -48,10 +48,16 @@ def event_frames(c: np.ndarray, c_raw: np.ndarray, *, strongest: int = 10) -> in
     cap keeps slow indicators at high frame rates comparable with CaImAn's
     choice (decay time x frame rate, typically 4-10 frames).
     """
-    c = np.atleast_2d(np.asarray(c, np.float32))
-    resid = np.atleast_2d(np.asarray(c_raw, np.float32)) - c
-    sn = np.median(np.abs(resid - np.median(resid, axis=1, keepdims=True)), axis=1) / 0.6745
-    peak = c.max(axis=1) / np.maximum(sn, 1e-12)
+    if isinstance(c, np.ndarray) and c.ndim == 1:
+        c, c_raw = c[None], np.asarray(c_raw)[None]
+    # one neuron's trace at a time: c and c_raw may be trace files (K x T on disk)
+    mad, top = np.zeros(len(c), np.float32), np.zeros(len(c), np.float32)
+    for k in range(len(c)):
+        row = np.asarray(c[k], np.float32)
+        resid = np.asarray(c_raw[k], np.float32) - row
+        mad[k] = np.median(np.abs(resid - np.median(resid)))
+        top[k] = row.max()
+    peak = top / np.maximum(mad / 0.6745, 1e-12)
     tau = decay_frames(c[np.argsort(-peak, kind="stable")[:strongest]])
     return 3 if not np.isfinite(tau) else int(np.clip(round(2 * tau), 3, 10))
 

@@ -21,6 +21,8 @@ class Extraction:
         neural signal in movie units where the noise is homogeneous.
     C_raw : ndarray (K, T) float32
         Traces before deconvolution, detrended and divided by the noise std, per session.
+        From `extract`, ``C_raw``, ``C`` and ``S`` are read-only memory maps
+        (`numpy.memmap`) of unnamed files: they take memory only as they are read.
     C : ndarray (K, T) float32
         Denoised traces (AR(2) OASIS), same units.
     S : ndarray (K, T) float32

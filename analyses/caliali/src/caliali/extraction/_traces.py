@@ -11,10 +11,15 @@ the batch, not by the number of frames. The file disappears when the
 space is reserved when it is made: a full disk is a clear error then, never a
 crash (SIGBUS) in the middle of writing through the map.
 
-The traces between passes are in memory (deconvolution, false-positive
-removal and merging work on whole traces); `release_freed_memory` hands what
-they freed back to the system before the next batch of frames is read, so
-the allocator's freed-but-kept pages do not add to the batch's working set.
+Between passes the whole-trace steps stream over these files too:
+deconvolution, false-positive removal and post-processing read and write one
+neuron's full-length trace at a time, merging correlates traces a block of
+frames at a time, so no step holds neurons x frames in memory. The result's
+traces are read-only maps of such files (`TraceFile.view`): they take no
+memory of their own until read. `release_freed_memory` hands what the
+whole-trace steps freed back to the system before the next batch of frames is
+read, so the allocator's freed-but-kept pages do not add to the batch's
+working set.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class TraceFile:
     def __init__(self, shape, *, directory: str | os.PathLike | None = None):
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(np.float32)
+        self.directory = directory
         self._file = tempfile.TemporaryFile(prefix="caliali-traces-", dir=directory)
         nbytes = max(1, int(np.prod(self.shape)) * self.dtype.itemsize)
         try:  # reserve the blocks now (they read as zeros): writing through the map cannot run out of disk
@@ -113,6 +119,23 @@ class TraceFile:
         if out.size:
             out[...] = values
         return out
+
+    def take(self, rows) -> TraceFile:
+        """A new file (in the same folder) holding ``rows`` of this one, in that order, copied one row at a time."""
+        rows = [int(k) for k in rows]
+        out = TraceFile((len(rows), *self.shape[1:]), directory=self.directory)
+        for i, k in enumerate(rows):
+            out[i] = self[k]
+        return out
+
+    def view(self) -> np.ndarray:
+        """A read-only memory map of the whole array: pages come from the file as they are read.
+
+        The map keeps the (unnamed) file alive after this object is closed or gone.
+        """
+        if self.size == 0:
+            return np.zeros(self.shape, self.dtype)
+        return self._map("r")
 
     @property
     def size(self) -> int:

@@ -14,7 +14,9 @@ Outline (Zhou et al. 2018, with CaliAli's multi-session seeding, Vergara et al. 
 
 Only one temporal batch of frames is in memory at a time; its size comes from
 ``memory_budget``. Traces (K x T) and footprints (sparse) are the only
-full-length state.
+full-length state; the traces live in unnamed files (`TraceFile`, in
+``work_dir``) and every step reads them a batch of frames or one neuron at a
+time, so no step holds K x T in memory, however long the recording.
 """
 
 from __future__ import annotations
@@ -158,8 +160,7 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
     """One pass over every batch: background sums, temporal HALS, spatial sums.
 
     ``c`` (K x T, an array or a `TraceFile`) is read one batch at a time; the
-    new raw traces are written to a `TraceFile` while frames are in memory and
-    only loaded (K x T) once the last batch is gone.
+    new raw traces are written to a `TraceFile`, returned as it is.
     """
     k = len(footprints)
     release_freed_memory()  # what the whole-trace work since the last pass freed: not kept beside the frames
@@ -190,21 +191,31 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
             cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
         del frames, cb
         _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
-    out = c_raw.read()
-    c_raw.close()
-    return out, yct, cct, new_b0
+    return c_raw, yct, cct, new_b0
 
 
-def _deconvolve_all(c_raw: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """OASIS (AR(1)) on each neuron's whole trace of each session, across all its batches: denoised C."""
-    c = np.zeros_like(c_raw)
+def _deconvolve_all(c_raw: TraceFile, bounds: np.ndarray, *, scale: np.ndarray | None = None) -> TraceFile:
+    """OASIS (AR(1)) on each neuron's whole trace of each session, across all its batches: denoised C.
+
+    One neuron's trace at a time, read from ``c_raw`` and written to a new
+    `TraceFile` in the same folder. With ``scale`` (K,), each denoised trace
+    and, in place, each raw trace are multiplied by their neuron's factor
+    after the deconvolution.
+    """
+    c = TraceFile(c_raw.shape, directory=c_raw.directory)
     for k in range(c_raw.shape[0]):
+        raw = c_raw[k]
+        row = np.zeros_like(raw)
         for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            c[k, s0:s1] = deconvolve_trace(c_raw[k, s0:s1], p=1).c
+            row[s0:s1] = deconvolve_trace(raw[s0:s1], p=1).c
+        if scale is not None:
+            row *= scale[k]
+            c_raw[k] = raw * scale[k]
+        c[k] = row
     return c
 
 
-def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.ndarray, *, min_pixels: int,
+def _remove_false_positives(footprints: Footprints, c, c_raw, *, min_pixels: int,
                             min_snr: float, bounds: np.ndarray | None = None) -> np.ndarray:
     """Indices of components to keep: a footprint of a few pixels and a calcium event standing out of the noise.
 
@@ -214,6 +225,7 @@ def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.nda
     reaches ``min_snr``. The peak of the denoised trace alone does not tell
     noise from neurons: over thousands of frames, components fitted to noise
     reach 3-4 noise units in single frames, but do not stay up for two decay times.
+    ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
     from ._quality import event_frames, event_snr
 
@@ -222,9 +234,10 @@ def _remove_false_positives(footprints: Footprints, c: np.ndarray, c_raw: np.nda
     n = event_frames(c, c_raw)
     keep = []
     for k in range(len(footprints)):
-        if np.count_nonzero(footprints.images[k]) < min_pixels or c[k].max() <= 0:
+        if np.count_nonzero(footprints.images[k]) < min_pixels:
             continue
-        if event_snr(c_raw[k], c[k], bounds, n) < min_snr:
+        trace = c[k]
+        if trace.max() <= 0 or event_snr(c_raw[k], trace, bounds, n) < min_snr:
             continue
         keep.append(k)
     return np.array(keep, dtype=np.int64)
@@ -319,16 +332,19 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         Pixels valid in all sessions; seeds outside are ignored.
     work_dir : str or path, optional
         Folder for the temporary files holding the full-length traces
-        (neurons x frames, float32) while batches of frames are in memory;
-        they have no name and vanish when extraction ends. Default: the
-        system temporary folder (``TMPDIR``); give a folder on disk where that
-        one is memory-backed (tmpfs).
+        (neurons x frames, float32), which every step reads a batch of
+        frames or one neuron at a time; they have no name and vanish when
+        extraction ends, except those the result's traces map, which vanish
+        with the result. Default: the system temporary folder (``TMPDIR``);
+        give a folder on disk where that one is memory-backed (tmpfs).
     progress : callable, optional
         ``progress(fraction, message)``.
 
     Returns
     -------
     Extraction
+        Its ``C_raw``, ``C`` and ``S`` are read-only memory maps of files in
+        ``work_dir``: they take memory only as they are read.
 
     Raises
     ------
@@ -359,9 +375,10 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     dims = source.frame_shape
     batches = plan_batches(bounds, dims, batch_frames=batch_frames,
                            memory_budget=memory_budget if batch_frames is None else None)
+    longest = max(b.stop - b.start for b in batches)
     if cn is None or pnr is None:
         cn, pnr = summary_images(source, session_bounds=bounds, gSig=gSig,
-                                 batch_frames=max(b.stop - b.start for b in batches),
+                                 batch_frames=longest,
                                  progress=None if progress is None else lambda f, m: progress(0.1 * f, m))
     cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
     if cn.shape != dims or pnr.shape != dims:
@@ -393,20 +410,24 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        new_c = _deconvolve_all(c_raw, bounds)
         updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
-        new_c *= carry[:, None]
-        c_raw *= carry[:, None]
+        c.close()
+        c = _deconvolve_all(c_raw, bounds, scale=carry)
         change = _change(footprints, updated)
-        keep = _remove_false_positives(updated, new_c, c_raw, min_pixels=min_pixels, min_snr=min_snr,
+        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=min_snr,
                                        bounds=bounds)
+        c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
-        footprints, c = updated.subset(keep), new_c[keep]
-        del new_c  # one K x T copy at a time
-        c_raw = c_raw[keep]
-        footprints, c, c_raw, merges = merge_components(footprints, c, c_raw, merge_thr=merge_thr)
-        c, c_raw = TraceFile.from_array(c, directory=work_dir), None  # on disk while the next pass holds frames
+        footprints = updated.subset(keep)
+        if removed:
+            c, dropped = c.take(keep), c
+            dropped.close()
+        footprints, merged, _, merges = merge_components(footprints, c, None, merge_thr=merge_thr,
+                                                         batch_frames=longest)
+        if merged is not c:
+            c.close()
+            c = merged
         history.append({"iteration": it + 1, "neurons": len(footprints), "change": change,
                         "removed": removed, "merged": merges})
         if len(footprints) == 0:
@@ -416,13 +437,17 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces", work_dir=work_dir)
     _report(progress, 0.97, 0.97, 1.0, "post-processing: deconvolution, detrending, noise scaling, SNR order")
+    c.close()
     c = _deconvolve_all(c_raw, bounds)
-    c_raw_out, c_out, s_out, noise, snr = finalize_traces(c_raw, c, bounds)
-    del c_raw, c
+    scaled, denoised, spikes, noise, snr = finalize_traces(c_raw, c, bounds)
+    c_raw.close()
+    c.close()
     order = np.argsort(-snr, kind="stable")
-    c_raw_out = c_raw_out[order]  # reordered one K x T array at a time
-    c_out = c_out[order]
-    s_out = s_out[order]
+    outputs = []
+    for traces in (scaled, denoised, spikes):  # reordered one neuron at a time, into the files the result maps
+        outputs.append(traces.take(order).view())
+        traces.close()
+    c_raw_out, c_out, s_out = outputs
     scale = noise.mean(axis=1)
     images = [footprints.images[k] * scale[k] for k in order]
     final = Footprints(dims, [footprints.boxes[k] for k in order], images)
@@ -430,7 +455,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     params = dict(gSig=gSig, min_corr=min_corr, min_pnr=min_pnr, merge_thr=merge_thr, max_iter=max_iter, tol=tol,
                   bg_ssub=bg_ssub, ring_factor=ring_factor, n_sectors=n_sectors, patch_size=patch_size,
                   patch_overlap=patch_overlap, box_factor=box_factor, min_snr=min_snr,
-                  batch_frames=int(max(b.stop - b.start for b in batches)), n_batches=len(batches),
+                  batch_frames=int(longest), n_batches=len(batches),
                   memory_budget=None if memory_budget is None else parse_memory_budget(memory_budget))
     return Extraction(A=final.to_sparse(), C_raw=c_raw_out, C=c_out, S=s_out, cn=cn, pnr=pnr,
                       session_bounds=bounds, dims=dims, snr=snr[order], noise=noise[order],
