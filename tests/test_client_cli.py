@@ -142,3 +142,53 @@ def test_serve_explains_bad_options_and_shares_storage_with_a_running_manager(se
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as `ncaas manager` holds it
         with ServerProcess(root) as server:
             assert "another `ncaas manager` runs on this storage" in server.log()
+
+
+def test_hidden_files_of_a_folder_stay_behind_and_are_named(served, tmp_path):
+    """A folder copied on a Mac or Windows machine: its hidden files and system clutter are not
+    uploaded, to a server or embedded, and one line per dataset names them; a folder of nothing
+    but hidden files is refused before anything is sent; a hidden file named on the command line
+    is uploaded."""
+    base, remote, root = served["base"], served["remote"], served["root"]
+    exp = base / "mouse3"
+    (exp / "day1").mkdir(parents=True)
+    (exp / "day1" / "s1.npy").write_bytes((base / "a.npy").read_bytes())
+    (exp / "day2.npy").write_bytes((base / "b.npy").read_bytes())
+    (exp / "day1" / "._s1.npy").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork
+    (exp / ".DS_Store").write_bytes(b"Bud1")
+    (exp / "__MACOSX" / "day1").mkdir(parents=True)
+    (exp / "__MACOSX" / "day1" / "._s1.npy").write_bytes(b"\x00\x05\x16\x07")
+    (exp / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    only = base / "only-hidden"
+    only.mkdir()
+    (only / ".DS_Store").write_bytes(b"Bud1")
+    (only / "Thumbs.db").write_bytes(b"thumbs")
+    (base / ".rig.npy").write_bytes((base / "a.npy").read_bytes())
+    note = "mouse3: left out 3 hidden files and 1 hidden folder: .DS_Store, __MACOSX/, day1/._s1.npy, desktop.ini"
+    kept = {"day1/s1.npy": (base / "a.npy").read_bytes(), "day2.npy": (base / "b.npy").read_bytes()}
+
+    def tree(folder):
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    refused = ncaas(*remote, "submit", "framestats", str(only))
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert f"{only} holds only hidden files (.DS_Store, Thumbs.db); a dataset needs at least one file" in \
+        " ".join(refused.stderr.split())
+    assert not (root / "lab" / "inputs" / "only-hidden").exists()
+
+    sent = ncaas(*remote, "submit", "framestats", str(exp), str(base / ".rig.npy"))
+    assert sent.exit_code == 0, sent.stderr
+    assert sent.stdout.splitlines().count(note) == 1 and ".rig.npy" not in sent.stdout
+    assert tree(root / "lab" / "inputs" / "mouse3") == kept
+    assert (root / "lab" / "inputs" / ".rig.npy").read_bytes() == (base / "a.npy").read_bytes()
+
+    where = ["--root", str(tmp_path / "embedded"), "--group", "lab"]
+    embedded = ncaas("submit", "framestats", str(exp), *where)
+    assert embedded.exit_code == 0, embedded.stderr
+    assert embedded.stdout.splitlines().count(note) == 1
+    assert tree(tmp_path / "embedded" / "lab" / "inputs" / "mouse3") == kept
+    again = ncaas("submit", "framestats", str(exp), str(base / ".rig.npy"), *where)
+    assert again.exit_code == 0, again.stderr  # the stored copy is the same dataset: reused
+    assert note not in again.stdout and tree(tmp_path / "embedded" / "lab" / "inputs" / "mouse3") == kept
+    empty = ncaas("submit", "framestats", str(only), *where)
+    assert empty.exit_code == 1 and "holds only hidden files" in empty.stderr

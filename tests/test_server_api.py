@@ -413,9 +413,15 @@ def test_a_folder_is_uploaded_as_one_multi_session_dataset(site):
         (exp / session).mkdir(parents=True)
         (exp / session / "movie.npy").write_bytes(_npy(seed=3))
     (exp / "empty.txt").write_bytes(b"")
-    assert site.ann_client.upload_dataset(exp) == "exp1"
+    (exp / "s1" / ".DS_Store").write_bytes(b"Bud1")  # clutter stays behind, and the caller hears of it
+    (exp / ".git").mkdir()
+    (exp / ".git" / "HEAD").write_bytes(b"ref: refs/heads/main\n")
+    left_out = []
+    assert site.ann_client.upload_dataset(exp, left_out=left_out.append) == "exp1"
+    assert left_out == [[".git/", "s1/.DS_Store"]]
     listed = {d["name"]: d for d in site.ann_client.inputs()}
     assert listed["exp1"]["kind"] == "folder" and listed["exp1"]["files"] == 3
+    assert not (site.root / "lab" / "inputs" / "exp1" / "s1" / ".DS_Store").exists()
     assert (site.root / "lab" / "inputs" / "exp1" / "s2" / "movie.npy").read_bytes() == _npy(seed=3)
 
 

@@ -84,6 +84,8 @@ def test_sign_in_upload_submit_watch_download(site, page):
     (base / "exp1").mkdir()
     for i, session in enumerate(("session1", "session2")):  # a multi-session experiment: one folder
         _npy(base / "exp1" / f"{session}.npy", i + 1, frames=12)
+    (base / "exp1" / ".DS_Store").write_bytes(b"Bud1")  # clutter a Mac leaves: not uploaded
+    (base / "exp1" / "._session1.npy").write_bytes(b"\x00\x05\x16\x07")
 
     page.goto(server.url + "/")
     page.fill("#token", "ncaas_wrong")
@@ -104,6 +106,10 @@ def test_sign_in_upload_submit_watch_download(site, page):
     assert page.is_checked("#inputs input[value='a.npy']") and page.is_checked("#inputs input[value='exp1']")
     assert (site["root"] / "lab" / "inputs" / "exp1" / "session2.npy").read_bytes() == \
         (base / "exp1" / "session2.npy").read_bytes()
+    assert sorted(p.name for p in (site["root"] / "lab" / "inputs" / "exp1").iterdir()) == \
+        ["session1.npy", "session2.npy"]
+    assert page.inner_text("#uploads li[data-dataset='exp1'] .left-out") == \
+        "left out 2 hidden files: .DS_Store, ._session1.npy"
 
     page.fill("#cfg-batch_frames", "0")  # invalid: flagged before submitting
     assert "must be ≥ 1" in page.inner_text("#problem-batch_frames")
@@ -289,8 +295,10 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     """A dropped folder lands as one dataset with its inner layout kept: sessions at the top,
     a nested folder of 105 frames (more than the 100 entries Chromium's readEntries hands out
     at once) two levels down, and an empty sub-folder (nothing to store). An empty folder
-    dropped next to it is reported, not uploaded. framestats then runs the folder as one
-    multi-session dataset (one result per session file)."""
+    dropped next to it is reported, not uploaded. Hidden files and system clutter inside the
+    folder (.DS_Store, a ._ resource fork, .git/) stay behind and the row says so; a folder of
+    nothing but hidden files is refused; a hidden file dropped by name is uploaded. framestats
+    then runs the folder as one multi-session dataset (one result per session file)."""
     base, inputs = site["base"] / "drag-folder", site["root"] / "lab" / "inputs"
     exp = base / "mouse7"
     (exp / "raw" / "day3").mkdir(parents=True)
@@ -301,15 +309,28 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     for i in range(105):
         (exp / "raw" / "day3" / f"frame{i:03d}.tif").write_bytes(bytes([i]) * (64 + i))
     (exp / "notes.txt").write_text("three sessions, one mouse\n")
+    hidden = {".DS_Store": b"Bud1\x00", "raw/day3/._frame000.tif": b"\x00\x05\x16\x07", ".git/HEAD": b"ref\n",
+              "raw/Thumbs.db": b"thumbs"}
+    for rel, data in hidden.items():
+        (exp / rel).parent.mkdir(exist_ok=True)
+        (exp / rel).write_bytes(data)
+    (base / "only-hidden").mkdir()
+    (base / "only-hidden" / ".DS_Store").write_bytes(b"Bud1")
+    (base / ".calibration.json").write_text('{"um_per_px": 1.2}')  # dropped by name: uploaded
     _fresh_page(page, site)
 
-    _drag(page, [exp, base / "nothing-here"], "#dropzone")
+    _drag(page, [exp, base / "nothing-here", base / "only-hidden", base / ".calibration.json"], "#dropzone")
     page.wait_for_selector("#uploads li[data-dataset='mouse7'] .muted:has-text('uploaded')", timeout=120_000)
+    page.wait_for_selector("#uploads li[data-dataset='.calibration.json'] .muted:has-text('uploaded')")
     assert "empty folder" in page.inner_text("#uploads li[data-dataset='nothing-here']", timeout=5_000)
+    assert page.inner_text("#uploads li[data-dataset='only-hidden'] .error") == \
+        "holds only hidden files (.DS_Store): nothing to upload"
+    assert page.inner_text("#uploads li[data-dataset='mouse7'] .left-out") == \
+        "left out 3 hidden files and 1 hidden folder: .DS_Store, .git/, raw/Thumbs.db, raw/day3/._frame000.tif"
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "web-dropped-folder.png"), full_page=True)
 
-    sent = _tree(exp)
+    sent = {rel: data for rel, data in _tree(exp).items() if rel not in hidden}
     assert len(sent) == 3 + 105 + 1
     assert "mouse7/" in page.inner_text("#uploads li[data-dataset='mouse7']")
     trace = _trace(page, "mouse7")
@@ -319,6 +340,8 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     assert any(0 < v < total for v in values), trace  # progress moved file by file
     assert _tree(inputs / "mouse7") == sent  # every file, at its relative path, byte for byte
     assert not (inputs / "nothing-here").exists() and not (inputs / "mouse7" / "raw" / "unused").exists()
+    assert not (inputs / "only-hidden").exists() and not (inputs / "mouse7" / ".git").exists()
+    assert (inputs / ".calibration.json").read_bytes() == (base / ".calibration.json").read_bytes()
     listed = {d["name"]: d for d in _api(site, "/api/inputs")}
     assert listed["mouse7"]["kind"] == "folder" and listed["mouse7"]["files"] == len(sent)
     assert listed["mouse7"]["size"] == total and "nothing-here" not in listed
@@ -326,8 +349,8 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     assert deep["sha256"] == hashlib.sha256(sent["raw/day3/frame104.tif"]).hexdigest()
 
     page.select_option("#analysis", "framestats")
-    for box in page.locator("#inputs input:checked").all():
-        box.uncheck()
+    while page.locator("#inputs input:checked").count():  # mouse7 and .calibration.json were ticked
+        page.locator("#inputs input:checked").first.uncheck()
     page.check("#inputs input[value='mouse7']")
     page.click("#submit")
     page.wait_for_selector("#job-state.succeeded", timeout=60_000)

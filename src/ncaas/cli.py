@@ -27,6 +27,7 @@ from .jobs.db import Job, JobDB
 from .jobs.describe import job_detail, job_story, job_summary
 from .jobs.manager import Manager, manager_lock
 from .jobs.states import JOB_TERMINAL
+from .localfolder import folder_files, left_out_note
 from .storage import Storage, check_group, default_root
 
 __all__ = ["app", "main"]
@@ -125,16 +126,32 @@ def _copy_in(storage: Storage, group: str, area: str, item: str) -> str:
             raise StorageError(f"{group}/{area}/{name} already exists with different content; rename your "
                                f"local {'folder' if local.is_dir() else 'file'} or submit the stored one by name")
         return name
-    storage.put(local, target)
+    if not local.is_dir():
+        storage.put(local, target)
+        return name
+    found = folder_files(local)
+    if found.left_out:
+        print_left_out(name, found.left_out)
+    for file in found.files:
+        storage.put(file, f"{target}/{found.relative(file)}")
     return name
 
 
+def print_left_out(dataset: str, left_out: list[str]) -> None:
+    """One line saying which hidden files of a local folder were not uploaded."""
+    out.print(Text.assemble(f"{dataset}: ", (left_out_note(left_out), "dim")), soft_wrap=True)
+
+
 def same_content(storage: Storage, target: str, local: Path) -> bool:
-    """Whether a stored file or folder holds exactly what ``local`` holds."""
+    """Whether a stored file or folder holds exactly what ``local`` holds (hidden files left out)."""
     if local.is_dir() != storage.isdir(target):
         return False
-    local_tree = Storage(local.parent).describe_tree(str(local.resolve()))
-    return local_tree == storage.describe_tree(target)
+    if not local.is_dir():
+        return Storage(local.parent).describe_tree(str(local.resolve())) == storage.describe_tree(target)
+    found = folder_files(local)
+    files = Storage(local.parent)
+    local_tree = {found.relative(f): (files.size(str(f)), files.sha256(str(f))) for f in found.files}
+    return local_tree == {f["path"]: (f["size"], f["sha256"]) for f in storage.describe_tree(target)}
 
 
 def _watch(manager: Manager, job: Job) -> Job:

@@ -23,6 +23,7 @@ import httpx
 from crc32c import CRC32CHash
 
 from .exceptions import JobNotFound, NcaasError, SubmissionRejected
+from .localfolder import folder_files
 
 __all__ = ["Client", "ServerRequestError"]
 
@@ -295,16 +296,21 @@ class Client:
                               request=httpx.Request("PUT", f"{self.url}{path}?offset={offset}"))
 
     def upload_dataset(self, local: str | os.PathLike[str], name: str | None = None, *,
-                       overwrite: bool = False) -> str:
-        """Upload a file or a whole folder as one dataset; returns its name in inputs/."""
+                       overwrite: bool = False, left_out: Callable[[list[str]], None] | None = None) -> str:
+        """Upload a file or a whole folder as one dataset; returns its name in inputs/.
+
+        Hidden files and system clutter found in a folder (``.DS_Store``, ``._*``, ``.git/``,
+        ``Thumbs.db``, see :mod:`ncaas.localfolder`) stay behind; ``left_out`` is called with
+        their paths relative to the folder before the upload starts, when there are any.
+        """
         local = Path(local)
         name = name or local.name
         if local.is_dir():
-            files = sorted(p for p in local.rglob("*") if p.is_file())
-            if not files:
-                raise NcaasError(f"{local} is an empty folder; a dataset needs at least one file")
-            for file in files:
-                self.upload_file(file, f"{name}/{file.relative_to(local).as_posix()}", overwrite=overwrite)
+            found = folder_files(local)
+            if found.left_out and left_out is not None:
+                left_out(found.left_out)
+            for file in found.files:
+                self.upload_file(file, f"{name}/{found.relative(file)}", overwrite=overwrite)
         elif local.is_file():
             self.upload_file(local, name, overwrite=overwrite)
         else:

@@ -7,6 +7,7 @@ the API returns instead of what the local storage and job database hold.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -66,13 +67,18 @@ def _upload_input(client: Client, item: str, known: dict[str, dict]) -> str:
     name = local.resolve().name
     if name in known:
         same = not local.is_dir() and known[name]["kind"] == "file" and \
-            client.input_info(name).get("sha256") == _cli()._sha256(local)
+            client.input_info(name).get("sha256") == _sha256(local)
         if not same:
             raise StorageError(f"{known[name]['group']}/inputs/{name} already exists with different content; "
                                f"rename your local {'folder' if local.is_dir() else 'file'} or submit the stored "
                                "one by name")
         return name
-    return client.upload_dataset(local, name)
+    return client.upload_dataset(local, name, left_out=lambda paths: _cli().print_left_out(name, paths))
+
+
+def _sha256(local: Path) -> str:
+    with open(local, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _upload_config(client: Client, item: str, group: str) -> str:

@@ -225,6 +225,25 @@ function formatBytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
+// Hidden files and system clutter found inside a folder (.DS_Store, ._movie.avi, .git/, Thumbs.db,
+// desktop.ini, __MACOSX/) are left out of its upload, and a left-out folder is not entered; a file
+// or folder picked or dropped by name is always taken. The same rule as ncaas/localfolder.py.
+const CLUTTER = new Set(["__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"]);
+const isHidden = (name) => name.startsWith(".") || CLUTTER.has(name.toLowerCase());
+
+const listing = (paths) => paths.slice(0, 5).join(", ") + (paths.length > 5 ? ` and ${paths.length - 5} more` : "");
+
+// "left out 2 hidden files: .DS_Store, ._movie.avi" (the CLI words it the same); folders end with "/".
+function leftOutNote(paths) {
+  const folders = paths.filter((p) => p.endsWith("/")).length;
+  const counts = [[paths.length - folders, "file"], [folders, "folder"]].filter(([n]) => n)
+    .map(([n, word]) => `${n} hidden ${word}${n > 1 ? "s" : ""}`);
+  return `left out ${counts.join(" and ")}: ${listing(paths)}`;
+}
+
+// The left-out paths under dataset `name`, relative to it and sorted.
+const leftOutOf = (name, leftOut) => leftOut.filter((p) => p.startsWith(`${name}/`)).map((p) => p.slice(name.length + 1)).sort();
+
 // Dropped folders are walked through FileSystemEntry trees. readEntries hands a folder's
 // entries out in batches (Chromium: 100 at a time) and an empty batch at the end, so it is
 // called until it returns nothing.
@@ -238,43 +257,67 @@ function readAll(reader, where) {
   });
 }
 
-async function walk(entry, prefix, out) {
+async function walk(entry, prefix, out, leftOut) {
   const path = prefix + entry.name;
   if (entry.isFile) {
     const file = await new Promise((res, rej) => entry.file(res, (err) => rej(new Error(`cannot read ${path}: ${err.message}`))));
     out.push({ file, path });
   } else if (entry.isDirectory) {
     const children = await readAll(entry.createReader(), `${path}/`);
-    await Promise.all(children.map((child) => walk(child, `${path}/`, out)));
+    for (const child of children) {
+      if (isHidden(child.name)) leftOut.push(`${path}/${child.name}${child.isDirectory ? "/" : ""}`);
+    }
+    await Promise.all(children.filter((child) => !isHidden(child.name)).map((child) => walk(child, `${path}/`, out, leftOut)));
   }
 }
 
-// What a drop holds, as {files: [{file, path}], empty: [folder names]}: a dropped folder keeps
-// its name and inner layout (exp1/day1/movie.tif), so it lands as one dataset; folders that
-// hold no file at all are listed in `empty`. A DataTransfer is readable only while its drop
-// event is dispatched, so every entry is taken before the first await.
+// What a drop holds, as {files: [{file, path}], folders: [names], leftOut: [paths]}: a dropped
+// folder keeps its name and inner layout (exp1/day1/movie.tif), so it lands as one dataset.
+// A DataTransfer is readable only while its drop event is dispatched, so every entry is taken
+// before the first await.
 async function filesFromDrop(dataTransfer) {
   const taken = dataTransfer.items
     ? [...dataTransfer.items].filter((i) => i.kind === "file")
       .map((i) => (i.webkitGetAsEntry && i.webkitGetAsEntry()) || i.getAsFile()).filter(Boolean)
     : [...dataTransfer.files];
-  const files = [], empty = [];
+  const files = [], folders = [], leftOut = [];
   for (const item of taken) {
     if (item instanceof File) { files.push({ file: item, path: item.name }); continue; }
-    const before = files.length;
-    await walk(item, "", files);
-    if (item.isDirectory && files.length === before) empty.push(item.name);
+    if (item.isDirectory) folders.push(item.name);
+    await walk(item, "", files, leftOut);
   }
   files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));   // go up in path order
-  return { files, empty };
+  return { files, folders, leftOut };
 }
 
+// The same for the pickers; a picked folder's files come with their paths (exp1/day1/movie.tif),
+// and a hidden folder among them is left out with everything under it.
 function filesFromPicker(input) {
-  return [...input.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+  const files = [], folders = new Set(), leftOut = new Set();
+  for (const file of input.files) {
+    const path = file.webkitRelativePath || file.name;
+    const parts = path.split("/");
+    if (parts.length > 1) folders.add(parts[0]);
+    const hidden = parts.findIndex((part, i) => i > 0 && isHidden(part));
+    if (hidden < 0) files.push({ file, path });
+    else leftOut.add(parts.slice(0, hidden + 1).join("/") + (hidden < parts.length - 1 ? "/" : ""));
+  }
+  return { files, folders: [...folders], leftOut: [...leftOut] };
+}
+
+// Uploads what was dropped or picked; a folder holding no file, or only hidden ones, is reported instead.
+function offer({ files, folders, leftOut }) {
+  for (const name of folders) {
+    if (files.some((f) => f.path.startsWith(`${name}/`))) continue;
+    const hidden = leftOutOf(name, leftOut);
+    const why = hidden.length ? `holds only hidden files (${listing(hidden)}): nothing to upload` : "empty folder: nothing to upload";
+    $("#uploads").append(el("li", { "data-dataset": name }, el("span", { text: `${name}/` }), el("span"), el("span", { class: "error", text: why })));
+  }
+  if (files.length) uploadDatasets(files, leftOut);
 }
 
 // One dataset = one top-level name: a dropped file, or a dropped folder with everything under it.
-async function uploadDatasets(items) {
+async function uploadDatasets(items, leftOut = []) {
   const groups = new Map();
   for (const item of items) {
     const top = item.path.split("/")[0];
@@ -289,6 +332,8 @@ async function uploadDatasets(items) {
     const bar = el("progress", { max: String(Math.max(total, 1)), value: "0" });
     const label = el("span", { class: "muted", text: "waiting" });
     const row = el("li", { "data-dataset": name }, el("span", { text: files.length > 1 ? `${name}/ (${files.length} files)` : name }), bar, label);
+    const hidden = leftOutOf(name, leftOut);
+    if (hidden.length) row.append(el("small", { class: "left-out muted", text: leftOutNote(hidden) }));
     $("#uploads").append(row);
     let sent = 0;
     try {
@@ -606,14 +651,10 @@ window.addEventListener("DOMContentLoaded", () => {
       state.uploading -= 1;
       updateSubmit();
     }
-    for (const name of dropped.empty) {
-      $("#uploads").append(el("li", { "data-dataset": name },
-        el("span", { text: `${name}/` }), el("span"), el("span", { class: "error", text: "empty folder: nothing to upload" })));
-    }
-    if (dropped.files.length) uploadDatasets(dropped.files);
+    offer(dropped);
   });
   for (const id of ["#pick-files", "#pick-folder"]) {
-    $(id).addEventListener("change", (e) => { uploadDatasets(filesFromPicker(e.target)); e.target.value = ""; });
+    $(id).addEventListener("change", (e) => { offer(filesFromPicker(e.target)); e.target.value = ""; });
   }
   const saved = sessionStorage.getItem("ncaas-token");
   if (saved) signIn(saved).catch(() => sessionStorage.removeItem("ncaas-token"));
