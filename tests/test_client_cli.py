@@ -192,3 +192,31 @@ def test_hidden_files_of_a_folder_stay_behind_and_are_named(served, tmp_path):
     assert note not in again.stdout and tree(tmp_path / "embedded" / "lab" / "inputs" / "mouse3") == kept
     empty = ncaas("submit", "framestats", str(only), *where)
     assert empty.exit_code == 1 and "holds only hidden files" in empty.stderr
+
+
+def test_a_folder_already_on_the_server_is_reused_when_the_same_and_refused_when_not(served):
+    """Submitting a folder again to a server reuses the stored copy when it holds the same files
+    (hidden ones aside) with the same bytes; a changed byte or an extra file is refused by name."""
+    base, remote, root = served["base"], served["remote"], served["root"]
+    exp = base / "mouse7"
+    (exp / "s1").mkdir(parents=True)
+    (exp / "s1" / "movie.npy").write_bytes((base / "a.npy").read_bytes())
+    (exp / "s2.npy").write_bytes((base / "b.npy").read_bytes())
+    first = ncaas(*remote, "submit", "framestats", str(exp))
+    assert first.exit_code == 0, first.stderr
+    stored = root / "lab" / "inputs" / "mouse7" / "s2.npy"
+    stamp = stored.stat().st_mtime_ns
+    (exp / ".DS_Store").write_bytes(b"Bud1")  # left out: still the same dataset
+    again = ncaas(*remote, "submit", "framestats", str(exp))
+    assert again.exit_code == 0, again.stderr
+    assert stored.stat().st_mtime_ns == stamp  # reused, not sent again
+    changed = bytearray((base / "b.npy").read_bytes())
+    changed[-1] ^= 0xFF  # same size, one byte different
+    (exp / "s2.npy").write_bytes(bytes(changed))
+    for variant in ("changed byte", "extra file"):
+        if variant == "extra file":
+            (exp / "s2.npy").write_bytes((base / "b.npy").read_bytes())
+            (exp / "notes.txt").write_text("day 7\n")
+        refused = ncaas(*remote, "submit", "framestats", str(exp))
+        assert refused.exit_code == 1 and "Traceback" not in refused.stderr, variant
+        assert "lab/inputs/mouse7 already exists with different content" in " ".join(refused.stderr.split()), variant

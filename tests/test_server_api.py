@@ -423,6 +423,12 @@ def test_a_folder_is_uploaded_as_one_multi_session_dataset(site):
     assert listed["exp1"]["kind"] == "folder" and listed["exp1"]["files"] == 3
     assert not (site.root / "lab" / "inputs" / "exp1" / "s1" / ".DS_Store").exists()
     assert (site.root / "lab" / "inputs" / "exp1" / "s2" / "movie.npy").read_bytes() == _npy(seed=3)
+    movie = {"path": "s1/movie.npy", "size": len(_npy(seed=3))}
+    info = site.ann_client.input_info("exp1")
+    assert info["kind"] == "folder" and info["contents"][1] == movie and "sha256" not in info["contents"][1]
+    summed = site.ann_client.input_info("exp1", checksums=True)["contents"]
+    assert [e["path"] for e in summed] == ["empty.txt", "s1/movie.npy", "s2/movie.npy"]
+    assert summed[1] == {**movie, "sha256": hashlib.sha256(_npy(seed=3)).hexdigest()}
 
 
 # -- configs and jobs -------------------------------------------------------------------------

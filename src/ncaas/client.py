@@ -173,9 +173,10 @@ class Client:
     def inputs(self) -> list[dict]:
         return self._json("GET", "/api/inputs")
 
-    def input_info(self, name: str) -> dict:
-        """Kind, size and (for a file) SHA-256 of a dataset in inputs/."""
-        return self._json("GET", f"/api/inputs/{name}")
+    def input_info(self, name: str, *, checksums: bool = False) -> dict:
+        """Kind, size and (for a file) SHA-256 of a dataset in inputs/; a folder's ``contents``
+        list each file's path and size, and its SHA-256 with ``checksums=True``."""
+        return self._json("GET", f"/api/inputs/{name}", params={"checksums": "true"} if checksums else None)
 
     def upload_file(self, local: str | os.PathLike[str], remote: str, *, overwrite: bool = False,
                     sha256: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:

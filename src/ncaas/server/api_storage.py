@@ -88,15 +88,24 @@ def list_inputs(who: Caller, state: State) -> list[dict]:
 
 
 @router.get("/inputs/{name:path}", tags=["datasets"],
-            summary="One dataset: kind, size, files, and the SHA-256 of a file")
-def input_info(name: str, who: Caller, state: State) -> dict:
+            summary="One dataset: kind, size, files (each with its size, and its SHA-256 on request), "
+                    "and the SHA-256 of a file")
+def input_info(name: str, who: Caller, state: State,
+               checksums: Annotated[bool, Query(description="give the SHA-256 of every file of a folder "
+                                                            "(reads the whole dataset)")] = False) -> dict:
     path = state.storage.resolve(who.group, "inputs", name)
     if not state.storage.exists(path):
         raise NotFound(f"no dataset {name!r} in {who.group}/inputs/")
     if state.storage.isdir(path):
         files = state.storage.files(path)
+        contents = []
+        for f in files:
+            entry = {"path": posixpath.relpath(f, path), "size": state.storage.size(f)}
+            if checksums:
+                entry["sha256"] = state.storage.sha256(f)
+            contents.append(entry)
         return {"name": name, "kind": "folder", "files": len(files),
-                "size": sum(state.storage.size(f) for f in files)}
+                "size": sum(e["size"] for e in contents), "contents": contents}
     return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
             "sha256": state.storage.sha256(path)}
 

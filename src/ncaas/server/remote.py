@@ -23,6 +23,7 @@ from ..client import Client
 from ..display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 from ..exceptions import NcaasError, StorageError, SubmissionRejected
 from ..jobs.states import JOB_TERMINAL
+from ..localfolder import folder_files
 
 __all__ = ["Remote", "LOCAL_ONLY", "run_remote"]
 
@@ -66,14 +67,28 @@ def _upload_input(client: Client, item: str, known: dict[str, dict]) -> str:
         return item  # a name already on the server; validation checks it
     name = local.resolve().name
     if name in known:
-        same = not local.is_dir() and known[name]["kind"] == "file" and \
-            client.input_info(name).get("sha256") == _sha256(local)
-        if not same:
+        if not _same_as_stored(client, local, name, known[name]["kind"]):
             raise StorageError(f"{known[name]['group']}/inputs/{name} already exists with different content; "
                                f"rename your local {'folder' if local.is_dir() else 'file'} or submit the stored "
                                "one by name")
         return name
     return client.upload_dataset(local, name, left_out=lambda paths: _cli().print_left_out(name, paths))
+
+
+def _same_as_stored(client: Client, local: Path, name: str, kind: str) -> bool:
+    """Whether the stored dataset ``name`` holds what ``local`` would upload (a folder: the same
+    files, hidden ones left out, with the same sizes and SHA-256s)."""
+    if not local.is_dir():
+        return kind == "file" and client.input_info(name).get("sha256") == _sha256(local)
+    if kind != "folder":
+        return False
+    mine = folder_files(local)
+    sizes = {mine.relative(f): f.stat().st_size for f in mine.files}
+    stored = client.input_info(name)["contents"]
+    if {e["path"]: e["size"] for e in stored} != sizes:
+        return False
+    stored = client.input_info(name, checksums=True)["contents"]
+    return all(_sha256(local / e["path"]) == e["sha256"] for e in stored)
 
 
 def _sha256(local: Path) -> str:
