@@ -174,4 +174,4 @@ def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_
     finally:
         tracemalloc.stop()
     assert len(keep) == k and merges == k // 2 and len(merged) == k // 2 and c.shape == raw.shape == (k // 2, 20_000)
-    assert peak < copy_bytes / 2, f"{peak / 1e6:.1f} MB allocated at the peak; one K x T copy is {copy_bytes / 1e6:.1f} MB"
+    assert peak < copy_bytes / 2, f"{peak / 1e6:.1f} MB allocated at the peak; one K x T copy: {copy_bytes / 1e6:.1f}"

@@ -26,7 +26,8 @@ def _blocks(n_frames: int, k: int, batch_frames: int | None) -> list[tuple[int, 
     return [(t0, min(t0 + step, n_frames)) for t0 in range(0, n_frames, step)]
 
 
-def pair_correlation(c: Traces, first: np.ndarray, second: np.ndarray, *, batch_frames: int | None = None) -> np.ndarray:
+def pair_correlation(c: Traces, first: np.ndarray, second: np.ndarray, *,
+                     batch_frames: int | None = None) -> np.ndarray:
     """Pearson correlation of the traces ``c[first[p]]`` and ``c[second[p]]`` for every pair p.
 
     ``c`` (K, T) is an array or a `TraceFile`, read ``batch_frames`` frames

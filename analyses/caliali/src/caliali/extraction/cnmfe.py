@@ -215,8 +215,8 @@ def _deconvolve_all(c_raw: TraceFile, bounds: np.ndarray, *, scale: np.ndarray |
     return c
 
 
-def _remove_false_positives(footprints: Footprints, c, c_raw, *, min_pixels: int,
-                            min_snr: float, bounds: np.ndarray | None = None) -> np.ndarray:
+def _remove_false_positives(footprints: Footprints, c: np.ndarray | TraceFile, c_raw: np.ndarray | TraceFile, *,
+                            min_pixels: int, min_snr: float, bounds: np.ndarray | None = None) -> np.ndarray:
     """Indices of components to keep: a footprint of a few pixels and a calcium event standing out of the noise.
 
     A component is kept if its footprint has at least ``min_pixels`` pixels
