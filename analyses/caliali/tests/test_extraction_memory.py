@@ -175,3 +175,15 @@ def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_
         tracemalloc.stop()
     assert len(keep) == k and merges == k // 2 and len(merged) == k // 2 and c.shape == raw.shape == (k // 2, 20_000)
     assert peak < copy_bytes / 2, f"{peak / 1e6:.1f} MB allocated at the peak; one K x T copy: {copy_bytes / 1e6:.1f}"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc for VmHWM")
+def test_a_runs_peak_memory_is_its_own_not_that_of_the_process_that_started_it():
+    import subprocess
+    import sys
+
+    big = np.ones(320 * 2**20 // 8)  # this process's peak RSS passes 320 MiB before the run is spawned
+    del big
+    code = "from caliali.pipeline import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(out.stdout) < 250, out.stdout  # numpy, pydantic and caliali imported: well under 250 MiB
