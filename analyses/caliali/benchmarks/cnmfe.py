@@ -107,7 +107,7 @@ def run_f1(args) -> None:
                                                         frames=args.frames, seed=args.seed)
         t0, cpu0 = time.perf_counter(), time.process_time()
         result = extract(str(store_path), session_bounds=bounds, gSig=meta["gSig"], min_corr=args.min_corr,
-                         min_pnr=args.min_pnr, memory_budget=args.memory_budget)
+                         min_pnr=args.min_pnr, memory_budget=args.memory_budget, work_dir=args.workdir)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if args.out is not None:  # the full outputs, e.g. for `caliali score OUT/<variant> GT`
             from caliali.outputs import write_outputs
@@ -175,7 +175,7 @@ def _child(args) -> None:
     sampler.start()
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = extract(args.store, session_bounds=bounds, gSig=3.0, min_corr=0.2, min_pnr=4.0,
-                     memory_budget=args.memory_budget, progress=progress)
+                     memory_budget=args.memory_budget, work_dir=args.work_dir, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     running[0] = False
     sampler.join()
@@ -201,7 +201,8 @@ def run_memory(args) -> None:
                                                     seed=args.seed, neurons=args.neurons, height=args.height,
                                                     width=args.width)
         out = subprocess.run([sys.executable, __file__, "_child", "--store", str(store_path), "--bounds",
-                              json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget],
+                              json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget,
+                              "--work-dir", str(args.workdir)],
                              check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((n, frames, row))
@@ -253,11 +254,13 @@ def main(argv=None) -> None:
     for p in (f1, mem):
         p.add_argument("--memory-budget", default="1GB")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--workdir", type=Path, default=None)
+        p.add_argument("--workdir", type=Path, default=None,
+                       help="simulations, aligned movies and extraction's trace files (default: a temporary folder)")
     child = sub.add_parser("_child")
     child.add_argument("--store", required=True)
     child.add_argument("--bounds", required=True)
     child.add_argument("--memory-budget", default="1GB")
+    child.add_argument("--work-dir", default=None, help="folder for the extraction's temporary trace files")
     args = parser.parse_args(argv)
     if args.command == "_child":
         _child(args)
