@@ -84,3 +84,107 @@ def test_qc_figures_are_png(tmp_path):
 def test_wrong_number_of_session_ids_is_named(tmp_path):
     with pytest.raises(InputError, match="3 session ids given for 2 sessions"):
         write_outputs(_extraction(), tmp_path, session_ids=["a", "b", "c"])
+
+
+def test_trace_npy_files_written_a_block_of_rows_at_a_time_equal_numpys(tmp_path):
+    from caliali.outputs._arrays import save_rows
+
+    rng = np.random.default_rng(2)
+    values = rng.standard_normal((7, 1001)).astype(np.float32)
+    np.save(tmp_path / "values.npy", values)
+    mapped = np.load(tmp_path / "values.npy", mmap_mode="r")
+    cases = {"map": mapped, "memory": values, "float64": values.astype(np.float64),
+             "fortran": np.asfortranarray(values), "strided": values[::2, ::3], "empty": values[:0]}
+    for name, traces in cases.items():
+        np.save(tmp_path / f"{name}.expected.npy", np.asarray(traces, np.float32))
+        expected_bytes = (tmp_path / f"{name}.expected.npy").read_bytes()
+        if name == "fortran":  # numpy keeps a Fortran-ordered array's order; same values, C-ordered here
+            expected_bytes = None
+        for block_bytes in (1000, 3 * 4 * 1001, 2**20):  # one row per block, 3 rows (and a remainder), all rows
+            path = save_rows(tmp_path / f"{name}.npy", traces, block_bytes=block_bytes)
+            if expected_bytes is not None:
+                assert path.read_bytes() == expected_bytes, (name, block_bytes)
+            np.testing.assert_array_equal(np.load(path), np.asarray(traces, np.float32))
+    np.testing.assert_array_equal(mapped, values)  # the map reads the same after its pages were released
+
+
+def test_releasing_a_maps_pages_keeps_its_values_and_leaves_copy_on_write_changes(tmp_path):
+    from caliali.outputs._blocks import frame_block, release
+
+    values = np.arange(6 * 5000, dtype=np.float32).reshape(6, 5000)
+    np.save(tmp_path / "v.npy", values)
+    shared = np.load(tmp_path / "v.npy", mmap_mode="r")
+    np.testing.assert_array_equal(frame_block(shared, slice(10, 4000), slice(1, 5)), values[1:5, 10:4000].T)
+    release(shared[2])
+    np.testing.assert_array_equal(shared, values)
+    private = np.load(tmp_path / "v.npy", mmap_mode="c")
+    private[3, 7] = -1.0  # exists only in this map's pages
+    release(private)
+    np.testing.assert_array_equal(frame_block(private, slice(0, 10))[7], [*values[:3, 7], -1.0, *values[4:, 7]])
+    assert private[3, 7] == -1.0 and np.load(tmp_path / "v.npy")[3, 7] == values[3, 7]
+
+
+_WRITE_MAPPED_TRACES = """
+import json, sys
+import numpy as np, scipy.sparse
+from caliali.extraction import Extraction
+from caliali.extraction._traces import TraceFile
+from caliali.outputs import write_outputs
+import pynwb  # imported before the baseline: the measure is the writer's memory, not its imports
+
+k, t, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+traces = []
+for kind in range(3):
+    f = TraceFile((k, t), directory=folder)
+    for row in range(k):
+        f[row] = np.random.default_rng([kind, row]).standard_normal(t, dtype=np.float32)
+    traces.append(f)
+a = scipy.sparse.csc_array(np.eye(20 * 30, k, dtype=np.float32))
+ex = Extraction(A=a, C_raw=traces[0].view(), C=traces[1].view(), S=traces[2].view(),
+                cn=np.ones((20, 30), np.float32), pnr=np.ones((20, 30), np.float32),
+                session_bounds=np.array([0, t // 3, t]), dims=(20, 30), snr=np.linspace(9, 1, k),
+                noise=np.ones((k, 2)), centers=np.zeros((k, 2)), seeds=np.zeros((k, 2), int))
+
+def kib(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key + ":"))
+
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # peak RSS (VmHWM) := current RSS
+before = kib("VmRSS")
+write_outputs(ex, folder + "/out", fs=20.0, qc=False)
+print(json.dumps({"extra_peak_bytes": (kib("VmHWM") - before) * 1024}))
+"""
+
+
+def _peak_can_be_reset() -> bool:
+    import os
+
+    return os.path.exists("/proc/self/status") and os.access("/proc/self/clear_refs", os.W_OK)
+
+
+@pytest.mark.skipif(not _peak_can_be_reset(), reason="needs Linux /proc (VmHWM, clear_refs) to measure peak memory")
+def test_writing_memory_mapped_traces_takes_far_less_memory_than_one_copy_and_reads_back_equal(tmp_path):
+    """80 neurons x 200,000 frames (61 MiB per trace array): arrays and NWB written a block at a time."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    k, t = 80, 200_000
+    out = subprocess.run([sys.executable, "-c", _WRITE_MAPPED_TRACES, str(k), str(t), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    extra = json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_bytes"]
+    copy_bytes = k * t * 4
+    # reading the maps whole raised the peak by 6 copies (368 MiB); block by block about 12 MiB
+    assert extra < copy_bytes / 2, \
+        f"writing raised peak RSS by {extra / 2**20:.0f} MiB; one copy: {copy_bytes / 2**20:.0f} MiB"
+    with h5py.File(tmp_path / "out" / "neurons.nwb", "r") as nwb:
+        for kind, name in enumerate(("C_raw", "C", "S")):
+            expected = np.stack([np.random.default_rng([kind, row]).standard_normal(t, dtype=np.float32)
+                                 for row in range(k)])
+            np.testing.assert_array_equal(np.load(tmp_path / "out" / "arrays" / f"{name}.npy"), expected)
+            data = nwb[f"processing/ophys/Fluorescence/{name}/data"]
+            assert data.dtype == np.float32 and data.shape == (t, k)
+            np.testing.assert_array_equal(data[()], expected.T)

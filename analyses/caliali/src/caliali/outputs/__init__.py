@@ -7,6 +7,12 @@
 - ``<out>/neurons.nwb``: PlaneSegmentation, RoiResponseSeries C / C_raw / S,
   one epoch per session;
 - ``<out>/qc/contours.png`` and ``<out>/qc/traces.png``.
+
+Traces (K, T) are read a block at a time (``_blocks``): the .npy files and the
+NWB datasets are written without a whole copy of them in memory, and pages of
+memory-mapped traces (what `caliali.extraction.extract` returns) are released
+as they are read, so writing takes about the same memory for any recording
+length.
 """
 
 from __future__ import annotations

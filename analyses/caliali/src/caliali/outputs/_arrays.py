@@ -8,9 +8,29 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from ._blocks import BLOCK_BYTES, row_blocks
 from ._common import session_names
 
-__all__ = ["write_arrays"]
+__all__ = ["write_arrays", "save_rows"]
+
+
+def save_rows(path: Path | str, traces, *, dtype=np.float32, block_bytes: int = BLOCK_BYTES) -> Path:
+    """Save a (K, T) array as ``.npy`` a block of rows at a time; the file equals ``np.save(path, traces)``.
+
+    Neither ``traces`` nor the file is ever whole in memory: the header is
+    the one `numpy.save` writes for a C-ordered array of that shape and
+    ``dtype``, followed by the rows in order, about ``block_bytes`` at a time.
+    Pages read from a memory-mapped ``traces`` are released as they are
+    copied (see `caliali.outputs._blocks`).
+    """
+    path = Path(path)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(n) for n in np.shape(traces))}
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, header)
+        for block in row_blocks(traces, dtype=dtype, block_bytes=block_bytes):
+            block.tofile(file)
+    return path
 
 
 def write_arrays(extraction, out_dir: Path | str, *, session_ids=None, fs: float | None = None,
@@ -24,8 +44,9 @@ def write_arrays(extraction, out_dir: Path | str, *, session_ids=None, fs: float
     folder = Path(out_dir) / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
     scipy.sparse.save_npz(folder / "A.npz", scipy.sparse.csc_matrix(extraction.A), compressed=True)
-    for name, value in (("C_raw", extraction.C_raw), ("C", extraction.C), ("S", extraction.S),
-                        ("Cn", extraction.cn), ("PNR", extraction.pnr)):
+    for name, value in (("C_raw", extraction.C_raw), ("C", extraction.C), ("S", extraction.S)):
+        save_rows(folder / f"{name}.npy", value)
+    for name, value in (("Cn", extraction.cn), ("PNR", extraction.pnr)):
         np.save(folder / f"{name}.npy", np.asarray(value, np.float32))
     np.save(folder / "session_bounds.npy", np.asarray(extraction.session_bounds, np.int64))
     ids = session_names(extraction, session_ids)

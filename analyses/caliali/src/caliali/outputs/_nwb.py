@@ -9,9 +9,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ._blocks import BLOCK_BYTES
 from ._common import session_names
 
 __all__ = ["write_nwb"]
+
+CHUNK_BYTES = 2**20  # HDF5 chunks of about 1 MiB: whole frames (all neurons) each
+
+
+def _frames_of(traces):
+    """(T, K) float32 data for a RoiResponseSeries of ``traces`` (K, T), read a block of frames at a time.
+
+    Returns an hdmf data iterator (`TraceFrames`), so the NWB file is written
+    one buffer of whole frames (about `BLOCK_BYTES`) at a time, in HDF5 chunks
+    of whole frames of about `CHUNK_BYTES`. It reads back equal to ``traces.T``.
+    """
+    from ._frames import TraceFrames  # hdmf is imported only when NWB is written
+
+    k, t = (int(n) for n in np.shape(traces))
+    if k == 0 or t == 0:
+        return np.zeros((t, k), np.float32)
+    chunk = min(t, max(1, CHUNK_BYTES // (4 * k)))
+    buffer = min(t, chunk * max(1, BLOCK_BYTES // (4 * k * chunk)))
+    return TraceFrames(traces, chunk_shape=(chunk, k), buffer_shape=(buffer, k))
 
 
 def _pixel_masks(extraction):
@@ -32,13 +52,16 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
     with RoiResponseSeries ``C`` (denoised), ``C_raw`` and ``S`` (deconvolved
     activity) over all frames; one epoch per session marking its frames (tag =
     session id; also in each series' description); the Cn and PNR images in
-    ``processing/ophys/SummaryImages``.
+    ``processing/ophys/SummaryImages``. Trace datasets are (T, K) float32,
+    chunked in whole frames and written a buffer of frames at a time, so the
+    traces (e.g. memory maps) are never read whole.
 
     References
     ----------
     Rübel, O. et al. The Neurodata Without Borders ecosystem for neurophysiological
     data science. eLife 11, e78362 (2022).
     """
+    import h5py
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.base import Images
     from pynwb.image import GrayscaleImage
@@ -74,7 +97,7 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
                                  ("C_raw", extraction.C_raw, "raw traces, detrended per session"),
                                  ("S", extraction.S, "deconvolved activity")):
             fluorescence.add_roi_response_series(RoiResponseSeries(
-                name=name, data=np.ascontiguousarray(data.T, np.float32), rois=rois, unit="noise std",
+                name=name, data=_frames_of(data), rois=rois, unit="noise std",
                 rate=float(fs), starting_time=0.0,
                 description=f"{text}, in noise units of each session; sessions concatenated: {sessions_text}"))
     for sid, a, b in zip(ids, bounds[:-1], bounds[1:]):
@@ -85,6 +108,8 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
     ]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # h5py/hdmf internals, not our API use
-        with NWBHDF5IO(str(path), mode="w") as io:
+        # no HDF5 chunk cache: whole chunks are written once each, and every open dataset's cache
+        # (8 MiB by default) would otherwise fill with chunks of traces until the file is closed
+        with h5py.File(path, "w", rdcc_nbytes=0) as file, NWBHDF5IO(mode="w", file=file) as io:
             io.write(nwb)
     return path

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._blocks import release
 from ._common import session_names
 
 __all__ = ["plot_contours", "plot_traces"]
@@ -50,14 +51,20 @@ def plot_contours(extraction, path: Path | str, *, level: float = 0.3) -> Path:
 
 
 def plot_traces(extraction, path: Path | str, *, n: int = 10, fs: float = 10.0, session_ids=None) -> Path:
-    """Raw and denoised traces of the ``n`` strongest neurons, sessions marked by dashed lines."""
+    """Raw and denoised traces of the ``n`` strongest neurons, sessions marked by dashed lines.
+
+    Reads only those neurons' rows of ``C_raw`` and ``C``.
+    """
     n = min(n, extraction.n_neurons)
     fig = _figure((12, 1.0 + 1.1 * max(n, 1)))
     ax = fig.add_subplot()
     t = np.arange(extraction.C.shape[1]) / fs
     offset = 0.0
     for k in range(n):  # neurons are already in SNR order
-        raw, den = extraction.C_raw[k], extraction.C[k]
+        raw = np.array(extraction.C_raw[k])  # copies of one neuron's rows; then the maps' pages are released
+        den = np.array(extraction.C[k])
+        release(extraction.C_raw)
+        release(extraction.C)
         span = max(float(np.percentile(raw, 99.9) - raw.min()), 1e-6)
         ax.plot(t, (raw - raw.min()) / span - offset, lw=0.4, color="0.6")
         ax.plot(t, (den - raw.min()) / span - offset, lw=0.7, color="tab:blue")
