@@ -81,6 +81,24 @@ def test_qc_figures_are_png(tmp_path):
         assert paths[kind].stat().st_size > 5000
 
 
+def test_a_long_trace_is_drawn_as_its_per_column_envelope():
+    """Every pixel column shows the same stroke (minimum to maximum of its frames) with 2 points."""
+    from caliali.outputs._qc import envelope
+
+    y = np.random.default_rng(0).standard_normal(100_003).astype(np.float32)
+    y[50_000] = 40.0  # a one-frame spike must survive
+    frames, values = envelope(y, columns=1000)
+    assert len(frames) == len(values) == 2000 and np.all(np.diff(frames) >= 0)
+    starts = frames[0::2]
+    bins = np.split(y, starts[1:])
+    assert np.array_equal(values[0::2], [b.min() for b in bins])
+    assert np.array_equal(values[1::2], [b.max() for b in bins])
+    assert values.max() == 40.0
+    short = np.arange(50, dtype=np.float32)
+    frames, values = envelope(short, columns=1000)
+    assert np.array_equal(frames, np.arange(50)) and np.array_equal(values, short)
+
+
 def test_wrong_number_of_session_ids_is_named(tmp_path):
     with pytest.raises(InputError, match="3 session ids given for 2 sessions"):
         write_outputs(_extraction(), tmp_path, session_ids=["a", "b", "c"])
