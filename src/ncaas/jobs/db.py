@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..exceptions import NcaasError, StorageError
+from ..schema import create_or_update
 from .states import TaskState, check_transition
 
 __all__ = ["Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
@@ -124,7 +125,7 @@ class JobDB:
             self.engine: Engine = create_engine(url)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
+            create_or_update(Base.metadata, self.engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StorageError(f"cannot open the job database {url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from ..schema import create_or_update
 from .errors import AccountError, DatabaseUnavailable
 
 __all__ = [
@@ -133,7 +134,7 @@ class Accounts:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
         try:
-            _Base.metadata.create_all(engine)
+            create_or_update(_Base.metadata, engine)
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"cannot open the accounts database: {exc}") from exc
 

@@ -55,10 +55,11 @@ from pathlib import Path
 
 import anyio
 from crc32c import CRC32CHash
-from sqlalchemy import BigInteger, Boolean, String, inspect, select, text
+from sqlalchemy import BigInteger, Boolean, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from ..schema import create_or_update
 from ..storage import check_user_path
 from .accounts import Principal
 from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, ServerError, TooLarge
@@ -319,18 +320,6 @@ def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None
                           "resume it once the administrator has freed space") from None
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Add the columns a database made by an older ncaas lacks (all nullable: old rows stay valid)."""
-    have = {c["name"] for c in inspect(engine).get_columns(_Upload.__tablename__)}
-    missing = [c for c in _Upload.__table__.columns if c.name not in have]
-    if not missing:
-        return
-    with engine.begin() as conn:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            conn.execute(text(f'ALTER TABLE {_Upload.__tablename__} ADD COLUMN "{column.name}" {kind}'))
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -365,8 +354,7 @@ class Uploads:
         self._locks: dict[str, asyncio.Lock] = {}
         self._buffers = _Buffers()
         self._session = sessionmaker(engine, expire_on_commit=False)
-        _Base.metadata.create_all(engine)
-        _add_missing_columns(engine)
+        create_or_update(_Base.metadata, engine)
 
     # -- bookkeeping ---------------------------------------------------
     def _part(self, up: _Upload) -> Path:
