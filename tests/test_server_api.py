@@ -393,6 +393,26 @@ def test_a_large_chunk_with_a_wrong_checksum_leaves_no_trace(roomy):
     assert done["complete"] and (roomy.root / "lab" / "inputs" / "chunked.bin").read_bytes() == data
 
 
+def test_concurrent_uploads_each_arrive_byte_exact(roomy):
+    """Uploads at the same time share the server's write buffers; none may see another's bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = [(9 << 20) + 4097, (6 << 20) + 1, 13 << 20, 4095]
+    datasets = {f"together-{i}.bin": os.urandom(n) for i, n in enumerate(sizes)}
+    for name, data in datasets.items():
+        (roomy.base / name).write_bytes(data)
+
+    def send(name: str) -> dict:
+        with Client(roomy.server.url, roomy.ann) as c:
+            return c.upload_file(roomy.base / name, name)
+
+    with ThreadPoolExecutor(len(datasets)) as pool:
+        done = dict(zip(datasets, pool.map(send, datasets), strict=True))
+    for name, data in datasets.items():
+        assert done[name]["crc32c"] == _crc(data), name
+        assert (roomy.root / "lab" / "inputs" / name).read_bytes() == data, name
+
+
 def test_uploads_through_an_httpx_transport_stream_the_file_too(roomy):
     """Over TLS, a proxy or a given transport, the client streams with httpx instead of sendfile."""
     data = os.urandom((5 << 20) + 7)
