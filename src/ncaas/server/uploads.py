@@ -66,8 +66,7 @@ from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, ServerErro
 
 __all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX8 = re.compile(r"^[0-9a-f]{8}$")
+_DIGITS = {"SHA-256": 64, "CRC-32C": 8}  # hexadecimal digits of each checksum
 _BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks: bounded memory
 _AHEAD = 4  # blocks waiting for the disk per request (16 MiB): bounded memory, no stall at each block
 _WRITEBACK = 32 << 20  # start writing to the disk every 32 MiB instead of all at the final fsync
@@ -116,21 +115,13 @@ class UploadInfo:
         return self.__dict__.copy()
 
 
-def check_sha256(value: str | None, what: str) -> str | None:
+def check_digest(value: str | None, what: str, kind: str) -> str | None:
+    """``value`` as lowercase hexadecimal if it is a well-formed ``kind`` ("SHA-256" or "CRC-32C")."""
     if value is None:
         return None
     value = value.strip().lower()
-    if not _HEX64.match(value):
-        raise BadRequest(f"{what} must be 64 hexadecimal characters (a SHA-256), got {value[:80]!r}")
-    return value
-
-
-def check_crc32c(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    value = value.strip().lower()
-    if not _HEX8.match(value):
-        raise BadRequest(f"{what} must be 8 hexadecimal characters (a CRC-32C), got {value[:80]!r}")
+    if not re.fullmatch(f"[0-9a-f]{{{_DIGITS[kind]}}}", value):
+        raise BadRequest(f"{what} must be {_DIGITS[kind]} hexadecimal characters (a {kind}), got {value[:80]!r}")
     return value
 
 
@@ -383,8 +374,8 @@ class Uploads:
         if size > self.max_bytes:
             raise TooLarge(f"{path!r} is {size} bytes; this server accepts uploads up to "
                            f"{self.max_bytes} bytes")
-        sha256 = check_sha256(sha256, "sha256")
-        crc32c = check_crc32c(crc32c, "crc32c")
+        sha256 = check_digest(sha256, "sha256", "SHA-256")
+        crc32c = check_digest(crc32c, "crc32c", "CRC-32C")
         path = check_user_path(path, "inputs")
         target = self.resolve_input(who.group, path)
         if target.is_dir():
@@ -449,16 +440,16 @@ class Uploads:
                       chunk_sha256: str | None = None) -> UploadInfo:
         """Append the streamed ``body`` at ``offset``; returns the new state.
 
-        The event loop only gathers the arriving pieces; each block of about
-        4 MiB is written (no joining copy) and checksummed by a worker thread
-        (a second one computes the SHA-256, if any) while the next block
-        arrives. Written blocks are on their way to the disk at once
-        (``O_DIRECT``, or :func:`_start_writeback`), so the fsync on completion
-        finds little left to do.
+        The event loop copies the arriving pieces into 4 MiB blocks and updates
+        the CRC-32C; a worker thread writes each full block (a second one
+        computes the SHA-256, if any) while the next one fills. Written blocks
+        are on their way to the disk at once (``O_DIRECT``, or
+        :func:`_start_writeback`), so the fsync on completion finds little left
+        to do.
         """
         up = self._load(who, upload_id)
-        chunk_crc32c = check_crc32c(chunk_crc32c, "X-Chunk-CRC32C")
-        chunk_sha256 = check_sha256(chunk_sha256, "X-Chunk-SHA256")
+        chunk_crc32c = check_digest(chunk_crc32c, "X-Chunk-CRC32C", "CRC-32C")
+        chunk_sha256 = check_digest(chunk_sha256, "X-Chunk-SHA256", "SHA-256")
         if up.completed_ms is not None:
             raise Conflict(f"upload {upload_id} is already complete")
         lock = self._locks.setdefault(up.id, asyncio.Lock())
@@ -473,12 +464,12 @@ class Uploads:
             state = await self._checksums(up, part, current)
             before = state.copy()
             room = up.size - offset
-            chunk = {name: hasher for name, hasher, expected in (
-                ("CRC-32C", CRC32CHash(), chunk_crc32c),
-                ("SHA-256", hashlib.sha256(), chunk_sha256)) if expected}
-            fast = [state.crc] + [h for name, h in chunk.items() if name == "CRC-32C"]
-            slow = ([state.sha] if state.sha is not None else []) + [
-                h for name, h in chunk.items() if name == "SHA-256"]
+            # (checksum, its hasher, the value the client gave) of this request's bytes, if given
+            chunk = [(kind, hasher, expected) for kind, hasher, expected in (
+                ("CRC-32C", CRC32CHash(), chunk_crc32c), ("SHA-256", hashlib.sha256(), chunk_sha256))
+                if expected is not None]
+            fast = [state.crc] + [h for kind, h, _ in chunk if kind == "CRC-32C"]
+            slow = [h for h in (state.sha, *(h for kind, h, _ in chunk if kind == "SHA-256")) if h is not None]
             writer = _BlockWriter(part, offset)
             accepted = offset
             kept = False  # an interrupted request keeps what arrived
@@ -501,8 +492,9 @@ class Uploads:
                 # Wait until at most ``keep`` blocks are in flight; a failed write fails the request.
                 nonlocal broken
                 while len(in_flight) > keep:
-                    buffer, futures = in_flight.pop(0)
+                    buffer, futures = in_flight[0]  # popped once done: an interruption still sees it
                     results = await asyncio.gather(*futures, return_exceptions=True)
+                    in_flight.pop(0)
                     self._buffers.give(buffer)
                     for result in results:
                         if isinstance(result, BaseException):
@@ -545,6 +537,8 @@ class Uploads:
                     await settle()
                     writer.close()
                 except BaseException as exc:
+                    for worker in workers:  # no write may still run while we decide what to keep
+                        worker.shutdown(wait=True)  # (a few blocks at most)
                     if in_flight:
                         await asyncio.wait([f for _, futures in in_flight for f in futures])
                     if isinstance(exc, OSError | TooLarge) or chunk or broken or any(
@@ -570,22 +564,21 @@ class Uploads:
                     worker.shutdown(wait=False)
                 fill.release()
                 self._buffers.give(block)
-            expected = {"CRC-32C": chunk_crc32c, "SHA-256": chunk_sha256}
-            for name, hasher in chunk.items():
-                if hasher.hexdigest() != expected[name]:
+            for kind, hasher, expected in chunk:
+                if hasher.hexdigest() != expected:
                     os.truncate(part, offset)
                     self._sums[up.id] = before
                     raise ChecksumMismatch(
-                        f"the chunk at offset {offset} arrived corrupted ({name} "
-                        f"{hasher.hexdigest()} instead of {expected[name]}); send it again")
+                        f"the chunk at offset {offset} arrived corrupted ({kind} "
+                        f"{hasher.hexdigest()} instead of {expected}); send it again")
             state.offset = accepted
         return self.get(who, upload_id)
 
     async def complete(self, who: Principal, upload_id: str, *, crc32c: str | None = None,
                        sha256: str | None = None) -> UploadInfo:
         up = self._load(who, upload_id)
-        crc32c = check_crc32c(crc32c, "crc32c")
-        sha256 = check_sha256(sha256, "sha256")
+        crc32c = check_digest(crc32c, "crc32c", "CRC-32C")
+        sha256 = check_digest(sha256, "sha256", "SHA-256")
         if up.completed_ms is not None:
             return self._info(up)
         part = self._part(up)
