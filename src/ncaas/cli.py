@@ -148,10 +148,17 @@ def same_content(storage: Storage, target: str, local: Path) -> bool:
         return False
     if not local.is_dir():
         return Storage(local.parent).describe_tree(str(local.resolve())) == storage.describe_tree(target)
+    local_tree = {f["path"]: (f["size"], f["sha256"]) for f in describe_folder(local)}
+    return local_tree == {f["path"]: (f["size"], f["sha256"]) for f in storage.describe_tree(target)}
+
+
+def describe_folder(local: Path) -> list[dict[str, Any]]:
+    """Relative path, size and sha256 of every file of a local folder that would be uploaded
+    (hidden ones left out), as :meth:`Storage.describe_tree` describes a stored one."""
     found = folder_files(local)
     files = Storage(local.parent)
-    local_tree = {found.relative(f): (files.size(str(f)), files.sha256(str(f))) for f in found.files}
-    return local_tree == {f["path"]: (f["size"], f["sha256"]) for f in storage.describe_tree(target)}
+    return [{"path": found.relative(f), "size": files.size(str(f)), "sha256": files.sha256(str(f))}
+            for f in found.files]
 
 
 def _watch(manager: Manager, job: Job) -> Job:

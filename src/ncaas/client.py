@@ -185,8 +185,8 @@ class Client:
         The body is streamed (constant memory, any size); a CRC-32C of the whole
         file is computed while sending and checked by the server. A ``sha256``
         known beforehand (from a data repository, say) is checked too: the server
-        computes it as the bytes arrive, and refuses the file if it differs. A dropped connection is retried
-        from the offset the server reports.
+        computes it as the bytes arrive, and refuses the file if it differs. A
+        dropped connection is retried from the offset the server reports.
         """
         local = Path(local)
         size = local.stat().st_size

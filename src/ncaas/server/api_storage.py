@@ -97,14 +97,12 @@ def input_info(name: str, who: Caller, state: State,
     if not state.storage.exists(path):
         raise NotFound(f"no dataset {name!r} in {who.group}/inputs/")
     if state.storage.isdir(path):
-        files = state.storage.files(path)
-        contents = []
-        for f in files:
-            entry = {"path": posixpath.relpath(f, path), "size": state.storage.size(f)}
-            if checksums:
-                entry["sha256"] = state.storage.sha256(f)
-            contents.append(entry)
-        return {"name": name, "kind": "folder", "files": len(files),
+        if checksums:
+            contents = state.storage.describe_tree(path)
+        else:
+            contents = [{"path": posixpath.relpath(f, path), "size": state.storage.size(f)}
+                        for f in state.storage.files(path)]
+        return {"name": name, "kind": "folder", "files": len(contents),
                 "size": sum(e["size"] for e in contents), "contents": contents}
     return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
             "sha256": state.storage.sha256(path)}

@@ -7,7 +7,6 @@ the API returns instead of what the local storage and job database hold.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ..display import Watch, analyses_table, jobs_table, print_job, print_rerun,
 from ..exceptions import NcaasError, StorageError, SubmissionRejected
 from ..jobs.states import JOB_TERMINAL
 from ..localfolder import folder_files
+from ..storage import Storage
 
 __all__ = ["Remote", "LOCAL_ONLY", "run_remote"]
 
@@ -79,21 +79,16 @@ def _same_as_stored(client: Client, local: Path, name: str, kind: str) -> bool:
     """Whether the stored dataset ``name`` holds what ``local`` would upload (a folder: the same
     files, hidden ones left out, with the same sizes and SHA-256s)."""
     if not local.is_dir():
-        return kind == "file" and client.input_info(name).get("sha256") == _sha256(local)
+        return kind == "file" and client.input_info(name).get("sha256") == Storage(local.parent).sha256(str(local))
     if kind != "folder":
         return False
     mine = folder_files(local)
     sizes = {mine.relative(f): f.stat().st_size for f in mine.files}
-    stored = client.input_info(name)["contents"]
-    if {e["path"]: e["size"] for e in stored} != sizes:
-        return False
+    if {e["path"]: e["size"] for e in client.input_info(name)["contents"]} != sizes:
+        return False  # told apart without reading a file
     stored = client.input_info(name, checksums=True)["contents"]
-    return all(_sha256(local / e["path"]) == e["sha256"] for e in stored)
-
-
-def _sha256(local: Path) -> str:
-    with open(local, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return {e["path"]: e["sha256"] for e in stored} == \
+        {e["path"]: e["sha256"] for e in _cli().describe_folder(local)}
 
 
 def _upload_config(client: Client, item: str, group: str) -> str:
