@@ -229,6 +229,15 @@ class JobDB:
             setattr(task, key, value)
         return True
 
+    def set_cause(self, task: Task, cause: str) -> bool:
+        """Say why a task is where it is, without moving it; False if it moved meanwhile (say, cancelled)."""
+        with self.session() as s, s.begin():
+            done = s.execute(update(Task).where(Task.id == task.id, Task.state == task.state).values(cause=cause))
+        if done.rowcount != 1:
+            return False
+        task.cause = cause
+        return True
+
     def update_task(self, task_id: int, **fields: Any) -> None:
         with self.session() as s, s.begin():
             s.execute(update(Task).where(Task.id == task_id).values(**fields))

@@ -28,7 +28,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import environments
@@ -429,18 +428,8 @@ class Manager:
                 cause = "waiting to start: its environment is ready"  # and for free CPUs or memory
             else:
                 continue
-            if task.cause != cause and self._say_queued(task, cause):
+            if task.cause != cause and self.db.set_cause(task, cause):
                 self._write_status(self._job(jobs, task.job_id), task)
-
-    def _say_queued(self, task: Task, cause: str) -> bool:
-        """Set a queued task's cause (no transition); False when it left the queue (say, cancelled) meanwhile."""
-        with self.db.session() as s, s.begin():
-            done = s.execute(update(Task).where(Task.id == task.id, Task.state == TaskState.QUEUED.value)
-                             .values(cause=cause))
-        if done.rowcount != 1:
-            return False
-        task.cause = cause
-        return True
 
     # -- starting --------------------------------------------------------------------------
     def _start(self, job: Job, task: Task, environment: EnvironmentInfo | Exception) -> bool:
