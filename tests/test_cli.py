@@ -61,7 +61,7 @@ def test_clear_errors_never_tracebacks(tmp_path):
     done = cli("submit", "framestats", "x.npy", "--group", "../up", "--root", str(tmp_path))
     assert done.exit_code == 1 and "group name '../up' is not allowed" in flat(done.stderr)
     done = cli("rerun", str(tmp_path / "nothere.json"), "--root", str(tmp_path))
-    assert done.exit_code == 1 and "does not exist; give the certificate.json of a finished job" in flat(done.stderr)
+    assert done.exit_code == 1 and "does not exist; give a job id" in flat(done.stderr)
     done = cli("logs", "nosuchjob", "--root", str(tmp_path))
     assert done.exit_code == 4
     # and the installed command behaves the same in a real process

@@ -342,7 +342,7 @@ def test_a_job_runs_sandboxed_in_its_environment_and_the_certificate_says_so(pla
 
 def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(platform):
     from ncaas.exceptions import CertificateError
-    from ncaas.rerun import rerun_certificate
+    from ncaas.rerun import rerun
 
     manager, analysis, root = platform
     job, results = _submit_and_run(manager, root)
@@ -353,13 +353,13 @@ def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(p
     original = lock.read_text()
     lock.write_text(original + "# changed\n")
     with pytest.raises(CertificateError, match="no longer matches the certificate: its lock file"):
-        rerun_certificate(manager, certificate)
+        rerun(manager, str(certificate))
     lock.write_text(original)
 
     built = environments.find(environments.spec_for_blueprint(manager.registry.get("framestats")))
     environments.remove(built)  # gone from the cache: the rerun rebuilds it from the same lock
     notes: list[str] = []
-    rerun_job, rows = rerun_certificate(manager, certificate, notify=notes.append)
+    rerun_job, rows = rerun(manager, str(certificate), notify=notes.append)
     assert rerun_job.state == "succeeded"
     assert rows and all(r["verdict"] == "match" for r in rows)
 

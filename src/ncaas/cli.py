@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.text import Text
 
 from .blueprint import BlueprintRegistry, validate_blueprint_file
-from .certificate import load_certificate
 from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 from .exceptions import NcaasError, StorageError, SubmissionRejected
 from .jobs.db import Job, JobDB
@@ -294,16 +293,17 @@ def results(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix
 
 @app.command()
 @_errors
-def rerun(certificate: Annotated[Path, typer.Argument(help="certificate.json (or the results folder)")],
+def rerun(job: Annotated[str, typer.Argument(
+              help="the job to rerun: its id, or a certificate.json this platform wrote (or its results folder)")],
           root: RootOpt = default_root(), db: DbOpt = None) -> None:
-    """Rerun a certified job on the same inputs and compare the outputs file by file."""
-    from .rerun import rerun_certificate
+    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
+    from .rerun import rerun as rerun_job, resolve
 
     manager = _manager(root, db)
-    cert = load_certificate(certificate)
+    cert = resolve(manager, job)
     out.print(f"rerunning job {cert['job']['id']} ({cert['blueprint'].get('name')}) ...")
-    job, rows = rerun_certificate(manager, cert, notify=lambda m: out.print(f"  {m}"))
-    ok = print_rerun(out, {"id": job.id, "state": job.state}, rows)
+    new, rows = rerun_job(manager, cert, notify=lambda m: out.print(f"  {m}"))
+    ok = print_rerun(out, {"id": new.id, "state": new.state}, rows)
     raise typer.Exit(0 if ok else 1)
 
 

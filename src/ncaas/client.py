@@ -342,8 +342,12 @@ class Client:
         """Every state transition of the job and its tasks, with cause and time."""
         return self._json("GET", f"/api/jobs/{job_id}/story")
 
-    def rerun(self, certificate: dict) -> dict:
-        """Start a rerun of a certified job (same blueprint, config, inputs); returns the new job."""
+    def rerun(self, job_id: str) -> dict:
+        """Start a rerun of a finished job (same analysis version, config, inputs); returns the new job."""
+        return self._json("POST", f"/api/jobs/{job_id}/rerun")
+
+    def rerun_certificate(self, certificate: dict) -> dict:
+        """Start a rerun from a certificate.json the server wrote (it checks the signature first)."""
         return self._json("POST", "/api/rerun", json=certificate)
 
     def compare(self, job_id: str, certificate: dict) -> list[dict]:

@@ -20,7 +20,7 @@ from rich.console import Console
 from .blueprint import BlueprintRegistry
 from .jobs.db import JobDB, default_db_url
 from .jobs.manager import Manager
-from .rerun import rerun_certificate
+from .rerun import rerun as rerun_job
 from .storage import Storage
 
 __all__ = ["main"]
@@ -70,8 +70,8 @@ def main(root: str | os.PathLike[str] = "demo-data") -> int:
     job = manager.run_job(job.id)
     results = Path(job.results_dir)
     out.print(f"job {job.id}: [bold]{job.state}[/bold]")
-    out.print("rerunning it from its certificate to check reproducibility ...")
-    rerun, rows = rerun_certificate(manager, results / "certificate.json")
+    out.print("rerunning it (same analysis version, config and inputs, from its signed certificate) ...")
+    rerun, rows = rerun_job(manager, job.id)
     matched = sum(r["verdict"] == "match" for r in rows)
     out.print(f"rerun {rerun.id}: {matched} of {len(rows)} output files match")
     out.print()

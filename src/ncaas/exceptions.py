@@ -10,6 +10,7 @@ The tree::
     ├── JobNotFound                no job with that id (exit 4)
     ├── ExecutorError              a task could not be launched
     └── CertificateError           a certificate is unreadable or cannot be rerun
+        └── CertificateForged      a certificate this platform did not sign as it is (exit 5)
 
 Every message is written for the scientist who reads it: what is wrong and
 how to fix it. The CLI renders them in one place; nothing else prints them.
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "BlueprintError",
     "CertificateError",
+    "CertificateForged",
     "ExecutorError",
     "JobNotFound",
     "NcaasError",
@@ -69,3 +71,9 @@ class ExecutorError(NcaasError):
 
 class CertificateError(NcaasError):
     """A certificate is unreadable, or its run cannot be reproduced."""
+
+
+class CertificateForged(CertificateError):
+    """A certificate given by a user does not verify against this platform's signing keys."""
+
+    exit_code = 5

@@ -31,11 +31,13 @@ from typing import IO, Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import environments
+from ..archive import BlueprintArchive
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
+from ..signing import CertificateKeys
 from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
@@ -91,7 +93,6 @@ class Manager:
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
         self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
-        self._parsed: dict[str, Blueprint] = {}  # per blueprint sha256
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
@@ -99,6 +100,8 @@ class Manager:
         self._cancel_asked: dict[int, float] = {}  # task id -> when its cancel was first sent
         self.notify = notify or (lambda message: None)
         self.state_dir = storage.state_dir()
+        self.archive = BlueprintArchive(self.state_dir)  # every blueprint version a job used
+        self.keys = CertificateKeys(self.state_dir)  # signs the certificates this manager writes
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
         self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
@@ -166,6 +169,7 @@ class Manager:
     def create_job(self, request: JobRequest, *, submission: str, key: str, content_key: str) -> Job:
         job_id = new_job_id()
         bp = request.blueprint
+        self.archive.put(bp)  # the job's blueprint is read back from here, by its content hash
         job = Job(id=job_id, group=request.group, analysis=bp.name, submission=submission,
                   submission_key=key, content_key=content_key, state=JobState.QUEUED.value,
                   blueprint_json=json.dumps({**bp.identity(), "content": bp.blueprint.model_dump(mode="json")}),
@@ -491,14 +495,24 @@ class Manager:
         return self.storage.local_path(path)
 
     def loaded_blueprint(self, job: Job) -> LoadedBlueprint:
-        """The blueprint exactly as it was when the job was submitted."""
+        """The blueprint exactly as it was when the job was submitted, from the archive.
+
+        Looked up by the content hash the platform computed when it made the job; a job made
+        before the archive existed has its recorded content checked against that hash, then
+        archived.
+        """
         if job.id not in self._blueprints:
             info = job.blueprint
-            sha = info["sha256"]
-            if sha not in self._parsed:
-                self._parsed[sha] = Blueprint.model_validate(info["content"])
-            self._blueprints[job.id] = LoadedBlueprint(self._parsed[sha], Path(info["path"]), sha,
-                                                       info.get("git_commit"), bool(info.get("git_dirty")))
+            loaded = self.archive.get(info["sha256"])
+            if loaded is None:
+                model = Blueprint.model_validate(info["content"])
+                if model.content_hash() != info["sha256"]:
+                    raise NcaasError(f"job {job.id}: its recorded blueprint does not match its sha256; "
+                                     "the job database was altered")
+                loaded = LoadedBlueprint(model, Path(info["path"]), info["sha256"], info.get("git_commit"),
+                                         bool(info.get("git_dirty")))
+                self.archive.put(loaded)
+            self._blueprints[job.id] = loaded
         return self._blueprints[job.id]
 
     # -- jobs ----------------------------------------------------------------------------
@@ -522,6 +536,7 @@ class Manager:
             self._write_status(job, task)
         cert = build_certificate(self.storage, job, tasks, self.db.events(job.id),
                                  executor=self.executor.describe(), isolation=self.executor.isolation)
+        cert = self.keys.sign(cert)
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
         self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
         self._write_end(job, tasks)

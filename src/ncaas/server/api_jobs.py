@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from ..certificate import compare_outputs, load_certificate
-from ..exceptions import CertificateError, PathRefused
+from ..exceptions import CertificateError, CertificateForged, PathRefused
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs import describe
 from ..jobs.manager import Manager
@@ -330,7 +330,7 @@ def story(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     return describe.job_story(jobs.manager, job)
 
 
-def _certificate_of_group(who: Principal, cert: dict[str, Any]) -> dict[str, Any]:
+def _certificate_of_group(who: Principal, cert: Any) -> dict[str, Any]:
     try:
         group = cert["job"]["group"]
         cert["tasks"], cert["config"], cert["blueprint"]  # noqa: B018 - presence check
@@ -341,17 +341,41 @@ def _certificate_of_group(who: Principal, cert: dict[str, Any]) -> dict[str, Any
     return cert
 
 
-@rerun_router.post("/rerun", tags=["jobs"], status_code=201,
-                   summary="Rerun a certified job on the same inputs (body: certificate.json)")
-def rerun(cert: Annotated[dict[str, Any], Body()], who: Caller, jobs: Jobs) -> dict:
-    from ..rerun import _request as rerun_request  # the same checks `ncaas rerun` makes
+def _start_rerun(jobs: JobService, cert: dict[str, Any]) -> dict:
+    from ..rerun import start_rerun
 
-    cert = _certificate_of_group(who, cert)
-    request = rerun_request(jobs.manager, cert)
-    token = secrets.token_hex(4)
-    job = jobs.manager.create_job(request, submission=f"rerun of {cert['job']['id']}",
-                                  key=f"rerun:{cert['job']['id']}:{token}", content_key=f"rerun:{token}")
+    try:
+        job = start_rerun(jobs.manager, cert)
+    except CertificateError as exc:
+        raise Conflict(str(exc)) from None
     return jobs.detail(job)
+
+
+@router.post("/{job_id}/rerun", status_code=201,
+             summary="Rerun a finished job: the same analysis version, config and inputs (checked by sha256)")
+def rerun_job(job_id: str, who: Caller, jobs: Jobs) -> dict:
+    from ..rerun import certificate_of_job
+
+    job = jobs.job_for(who, job_id)
+    try:
+        cert = certificate_of_job(jobs.manager, job)
+    except CertificateForged as exc:
+        raise Forbidden(str(exc)) from None
+    except CertificateError as exc:
+        raise Conflict(str(exc)) from None
+    return _start_rerun(jobs, cert)
+
+
+@rerun_router.post("/rerun", tags=["jobs"], status_code=201,
+                   summary="Rerun the job of a certificate.json this server wrote and signed (body: the certificate)")
+def rerun(cert: Annotated[Any, Body()], who: Caller, jobs: Jobs) -> dict:
+    from ..rerun import verified
+
+    try:
+        cert = verified(jobs.manager, cert, where="the posted certificate")
+    except CertificateForged as exc:
+        raise Forbidden(str(exc)) from None
+    return _start_rerun(jobs, _certificate_of_group(who, cert))
 
 
 @router.post("/{job_id}/compare", summary="Compare this job's outputs, file by file, with a certificate's")
@@ -362,4 +386,7 @@ def compare(job_id: str, cert: Annotated[dict[str, Any], Body()], who: Caller, j
         mine = load_certificate(jobs.results_path(job))
     except CertificateError as exc:
         raise NotFound(f"job {job.id} has no certificate yet ({exc}); compare once it has ended") from None
-    return compare_outputs(cert, mine)
+    try:
+        return compare_outputs(cert, mine)
+    except (KeyError, TypeError, AttributeError):
+        raise BadRequest("the body is not a certificate: its tasks and their outputs cannot be read") from None

@@ -120,3 +120,33 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
                           time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_ms"] / 1000)),
                           "yes" if t["revoked"] else "no")
         out.print(table)
+
+    @admin.command("keys")
+    @errors
+    def keys(root: RootOpt = default_root()) -> None:
+        """List the keys that verify certificates (the current one signs new certificates)."""
+        from ..signing import CertificateKeys
+
+        store = CertificateKeys(Storage(root).state_dir())
+        current = store.current_id()
+        for key_id in store.ids():
+            out.print(f"{key_id}{'  (signs new certificates)' if key_id == current else ''}")
+
+    @admin.command("rotate-key")
+    @errors
+    def rotate_key(root: RootOpt = default_root()) -> None:
+        """Make a new certificate signing key; certificates signed before still verify until retired."""
+        from ..signing import CertificateKeys
+
+        key_id = CertificateKeys(Storage(root).state_dir()).rotate()
+        out.print(f"key {key_id} now signs new certificates; the older keys still verify what they signed")
+
+    @admin.command("retire-key")
+    @errors
+    def retire_key(key_id: Annotated[str, typer.Argument(help="the key's id (`ncaas admin keys`)")],
+                   root: RootOpt = default_root()) -> None:
+        """Delete a (compromised) signing key: every certificate it signed is refused from now on."""
+        from ..signing import CertificateKeys
+
+        CertificateKeys(Storage(root).state_dir()).retire(key_id)
+        out.print(f"key {key_id} retired")

@@ -202,15 +202,21 @@ def results(client: Client, *, job_id: str, to: Path | None, **_: Any) -> None:
         cli.out.print(f"  {f['size']:>12}  {f['path']}")
 
 
-def rerun(client: Client, *, certificate: Path, **_: Any) -> None:
+def rerun(client: Client, *, job: str, **_: Any) -> None:
     cli = _cli()
-    cert = load_certificate(certificate)
-    cli.out.print(f"rerunning job {cert['job']['id']} ({cert['blueprint'].get('name')}) ...")
-    job = client.rerun(cert)
-    cli.out.print(f"  job {job['id']} started; results in {job['results_dir']}")
-    job = client.wait(job["id"])
-    rows = client.compare(job["id"], cert)
-    ok = print_rerun(cli.out, job, rows)
+    path = Path(job)
+    if path.exists():  # a certificate file: the server checks its signature before anything runs
+        cert = load_certificate(path)
+        original = cert["job"]["id"]
+        started = client.rerun_certificate(cert)
+    else:
+        original = client.job(job)["id"]
+        started = client.rerun(original)
+    cli.out.print(f"rerunning job {original} ...")
+    cli.out.print(f"  job {started['id']} started; results in {started['results_dir']}")
+    final = client.wait(started["id"])
+    rows = client.compare(final["id"], client.certificate(original))
+    ok = print_rerun(cli.out, final, rows)
     raise typer.Exit(0 if ok else 1)
 
 
