@@ -9,7 +9,7 @@ sandbox. Two experiments go through it:
   sub-files without a manifest: the job must succeed, find the simulated
   neurons (F1 >= 0.8 by ``caliali score``) and return every output readable,
   listed with its sha256 in the certificate;
-* the real one-photon recording in /work/shared/data/minian_demo (its raw
+* the real one-photon recording in ../shared/data/minian_demo (its raw
   top-left quadrant), skipped when that folder is absent: neurons are found
   and every output is present and readable.
 
@@ -33,7 +33,7 @@ from ncaas_testutil import REPO, ncaas
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-REAL_MOVIE = Path("/work/shared/data/minian_demo/minian_demo.mp4")
+REAL_MOVIE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 LOCK = REPO / "analyses" / "caliali" / "requirements.lock"
 GROUP = "lab"
 # A cold environment build plus a run on a loaded 2-core machine.

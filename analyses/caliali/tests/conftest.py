@@ -20,7 +20,7 @@ import pytest
 from caliali.io import open_writer
 from caliali.simulate import Simulation, simulate
 
-REAL_DATA = Path("/work/shared/data")
+REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared/data beside the repository
 
 
 def write_nwb(path: Path, frames: np.ndarray, *, kind: str = "one", name: str = "raw", extra: str | None = None) -> Path:

@@ -1,7 +1,7 @@
 """CNMF-E on a real one-photon recording: minian's demo movie (Miniscope, GCaMP).
 
 A 60 x 80 px crop (2x area-downsampled, 300 frames) of the raw quadrant of
-``/work/shared/data/minian_demo/minian_demo.mp4``. The crop holds several dozen
+``../shared/data/minian_demo/minian_demo.mp4``. The crop holds several dozen
 visible cells. The extraction must stay numerically stable (pytest turns the
 overflow warning of diverging traces into an error), keep a plausible number of
 neurons, and give compact, single-blob footprints near their seeds.
@@ -16,11 +16,11 @@ import pytest
 
 from caliali.extraction import extract
 
-REAL_MOVIE = Path("/work/shared/data/minian_demo/minian_demo.mp4")
+REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 GSIG = 3.0
 
 pytestmark = pytest.mark.skipif(
-    not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine (/work/shared/data absent)")
+    not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository is absent)")
 
 
 def _real_crop(n_frames: int = 300) -> np.ndarray:

@@ -4,6 +4,7 @@ frames, chunking, the simulator's ground truth, and a real two-photon movie."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from caliali.motion import (
 )
 from caliali.store import FrameStore
 
-SIMA = "/work/shared/data/sima_example/example.tif"
+SIMA = str(Path(__file__).resolve().parents[3].parent / "shared" / "data" / "sima_example" / "example.tif")
 
 
 def _vessel_scene(shape=(96, 112), seed: int = 0) -> np.ndarray:

@@ -19,7 +19,7 @@ from caliali.score import score
 from caliali.simulate import SimulationParams, simulate
 
 BLUEPRINT = Path(__file__).resolve().parents[1] / "blueprint.yaml"
-REAL_MOVIE = Path("/work/shared/data/minian_demo/minian_demo.mp4")
+REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
 
 

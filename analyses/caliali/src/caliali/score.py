@@ -8,7 +8,7 @@ the true ones inside the result's valid mask, after removing from both the
 per-pixel mean over sessions (alignment is defined up to a common
 deformation); the error's median and 95th percentile are reported in px.
 
-Layouts read (see the team conventions): a result folder with
+Layouts read: a result folder with
 ``arrays/A.npz`` (scipy.sparse (H*W, K), C-order pixels), ``arrays/C.npy``
 (K, T), ``arrays/meta.json`` (``dims`` [H, W]) and optionally
 ``alignment/fields.npy`` (n_sessions, 2, H, W) and

@@ -9,7 +9,7 @@ from caliali.exceptions import InputError
 
 __all__ = ["SimulationParams", "VARIANTS", "VIDEO_FORMATS"]
 
-# Neurons per variant when --neurons is not given (CALIALI.md).
+# Neurons per variant when --neurons is not given.
 VARIANTS = {"ideal": 100, "remap": 100, "sparse": 20, "dense": 300}
 VIDEO_FORMATS = ("tif", "avi")
 
