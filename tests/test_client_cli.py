@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -92,6 +93,43 @@ def test_remote_commands_print_what_embedded_commands_print(served):
         assert r.stdout == e.stdout, command
     assert "story:" in remote_runs[0].stdout and "outputs/a.npy/a.stats.csv" in remote_runs[3].stdout
     assert "missing.npy" in remote_runs[2].stdout and job_id in remote_runs[1].stdout
+
+
+def _same_shape(text: str) -> str:
+    """Output with job ids, clock times and results paths made generic."""
+    text = " ".join(text.split())  # rich wraps long lines
+    text = re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "JOB", text)
+    text = re.sub(r"(no job '[^']*') in [^;]*;", r"\1 in WHERE;", text)  # a database, or a server's group
+    return re.sub(r"\d\d:\d\d:\d\d", "TIME", text)
+
+
+def _tail(text: str, start: str) -> str:
+    return text[text.index(start):]
+
+
+def test_every_other_command_prints_the_same_embedded_and_remote(served):
+    """submit (accepted and rejected), rerun, and mistakes: the same words both ways."""
+    remote, where = served["remote"], served["where"]
+    runs = {how: {"submit": ncaas(*prefix, "submit", "framestats", "a.npy", "--group", "lab", *suffix),
+                  "rejected": ncaas(*prefix, "submit", "framestats", "gone.npy", "--group", "lab", *suffix),
+                  "no job": ncaas(*prefix, "status", "nosuchjob", *suffix),
+                  "no dataset": ncaas(*prefix, "logs", "nosuchjob", *suffix)}
+            for how, prefix, suffix in (("remote", remote, []), ("embedded", [], where))}
+    for name in runs["remote"]:
+        r, e = runs["remote"][name], runs["embedded"][name]
+        assert r.exit_code == e.exit_code, (name, r.stdout, r.stderr, e.stdout, e.stderr)
+        assert _same_shape(r.stdout) == _same_shape(e.stdout), name
+        assert _same_shape(r.stderr) == _same_shape(e.stderr), name
+    assert runs["remote"]["rejected"].exit_code == 2 and runs["remote"]["no job"].exit_code == 4
+    job_id = runs["remote"]["submit"].stdout.split("job ", 1)[1].split(":", 1)[0].strip()
+    done = ncaas(*remote, "submit", "framestats", "b.npy", "--wait")
+    assert done.exit_code == 0, done.stderr
+    reruns = [ncaas(*remote, "rerun", job_id), ncaas("rerun", job_id, *where)]
+    for run in reruns:
+        assert run.exit_code == 0, run.stdout + run.stderr
+        assert run.stdout.startswith(f"rerunning job {job_id} (framestats) ...\n  job ")
+    r, e = (_same_shape(_tail(run.stdout, "rerun as job")) for run in reruns)
+    assert r == e and "2 of 2 output files match" in r
 
 
 def test_remote_results_download_and_rerun(served):

@@ -27,7 +27,7 @@ from .jobs.manager import Manager
 from .storage import check_user_path
 from .submission import Dataset, JobRequest, config_problems
 
-__all__ = ["certificate_of_job", "rerun", "start_rerun", "verified"]
+__all__ = ["certificate_of_job", "environment_note", "rerun", "resolve", "start_rerun", "verified"]
 
 
 def verified(manager: Manager, cert: Any, *, where: str = "the certificate") -> dict[str, Any]:
@@ -146,6 +146,15 @@ def resolve(manager: Manager, ref: str) -> dict[str, Any]:
     return certificate_of_job(manager, manager.find(ref))
 
 
+def environment_note(manager: Manager, cert: dict[str, Any], job: Job) -> str | None:
+    """Say so when the rerun's environment was rebuilt from the certified lock (allowed: same lock)."""
+    try:
+        current = dataclasses.asdict(manager.executor.ensure_environment(manager.loaded_blueprint(job)))
+    except NcaasError:
+        return None  # the job fails with the environment's own message
+    return rerun_mismatch(cert.get("environment") or {}, current)[1]
+
+
 def rerun(manager: Manager, ref: str | dict[str, Any], *, notify: Callable[[str], None] | None = None
           ) -> tuple[Job, list[dict[str, str]]]:
     """Rerun a job embedded (by id, or a certificate file the platform signed); return it and the verdicts."""
@@ -153,14 +162,8 @@ def rerun(manager: Manager, ref: str | dict[str, Any], *, notify: Callable[[str]
     job = start_rerun(manager, cert)
     if notify is not None:
         notify(f"job {job.id} started; results in {job.results_dir}")
-    try:
-        loaded = manager.loaded_blueprint(job)
-        current = dataclasses.asdict(manager.executor.ensure_environment(loaded))
-    except NcaasError:
-        current = None  # the job fails with the environment's own message
-    if current is not None:
-        _, note = rerun_mismatch(cert.get("environment") or {}, current)
-        if note is not None and notify is not None:
+        note = environment_note(manager, cert, job)
+        if note is not None:
             notify(note)
     job = manager.run_job(job.id)
     new_cert = json.loads(manager.storage.read_text(f"{job.results_dir}/certificate.json"))

@@ -1,7 +1,7 @@
 """Jobs as plain dicts: what the API returns and what the CLI shows, embedded or remote.
 
 One description of a job serves the server's JSON, the web page, and the
-CLI's tables (:mod:`ncaas.display`), so a job looks the same wherever it is
+CLI's tables (:mod:`ncaas.cli.display`), so a job looks the same wherever it is
 looked at. Progress and messages come from the tasks' ``status/*.json``.
 """
 

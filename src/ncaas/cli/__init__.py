@@ -1,0 +1,5 @@
+"""The ``ncaas`` command line: commands (:mod:`.app`), where they act (:mod:`.backend`), what they show (:mod:`.display`)."""
+
+from .app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,320 @@
+"""``ncaas``: the command line (typer + rich). Commands parse, call a backend, print.
+
+Each command that acts on jobs is written once against :class:`ncaas.cli.backend.Backend`:
+embedded (a storage root on this machine) or, with ``--server URL --token T``, a server.
+Errors are :class:`ncaas.exceptions.NcaasError`; :func:`_errors` is the one place that
+turns them into a message and an exit code — never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ..blueprint import validate_blueprint_file
+from ..exceptions import NcaasError, SubmissionRejected
+from ..jobs.db import JobDB
+from ..jobs.manager import Manager, manager_lock
+from ..jobs.states import JOB_TERMINAL
+from ..localfolder import left_out_note
+from ..storage import Storage, default_root
+from .backend import Backend, Embedded, Remote, submission_name
+from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="ncaas: neuroscience analysis as a service.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+blueprint_app = typer.Typer(help="Work with blueprint files.", no_args_is_help=True)
+app.add_typer(blueprint_app, name="blueprint")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
+DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
+                                           help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
+JobArg = Annotated[str, typer.Argument(help="job id (or unique prefix)")]
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SubmissionRejected as exc:
+            job = getattr(exc, "job", None)
+            where = f" (job {job['id']}; details in {job['results_dir']}/error.txt)" if job else ""
+            err.print(f"[red]submission rejected[/red]{where}:")
+            for problem in exc.problems:
+                err.print(f"  - {problem}")
+            raise typer.Exit(exc.exit_code) from None
+        except NcaasError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(exc.exit_code) from None
+    return wrapper  # type: ignore[return-value]
+
+
+_SERVER: dict[str, str | None] = {}  # --server / --token of this invocation
+
+
+@app.callback()
+def _target(server: Annotated[str | None, typer.Option(
+                "--server", envvar="NCAAS_SERVER", help="run the command on this ncaas server (URL) "
+                "instead of embedded")] = None,
+            token: Annotated[str | None, typer.Option("--token", envvar="NCAAS_TOKEN",
+                                                      help="API token for --server")] = None) -> None:
+    _SERVER.clear()
+    if server is not None:
+        _SERVER.update(url=server, token=token)
+
+
+@contextmanager
+def _backend(root: str, db: str | None) -> Iterator[Backend]:
+    """The server named by ``--server``, else the storage root on this machine."""
+    if _SERVER.get("url"):
+        remote = Remote(str(_SERVER["url"]), _SERVER.get("token"))
+        try:
+            yield remote
+        finally:
+            remote.close()
+    else:
+        yield Embedded(root, db)
+
+
+def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
+    storage = Storage(root)
+    return Manager(storage, JobDB(db or f"sqlite:///{storage.state_dir() / 'jobs.sqlite'}"), **kwargs)
+
+
+def _local_only(command: str) -> None:
+    if _SERVER.get("url"):
+        raise NcaasError(f"the server at {_SERVER['url']} runs its own job manager; run `ncaas {command}` "
+                         "on the machine that holds the storage instead")
+
+
+def print_left_out(dataset: str, left_out: list[str]) -> None:
+    """One line saying which hidden files of a local folder were not uploaded."""
+    out.print(Text.assemble(f"{dataset}: ", (left_out_note(left_out), "dim")), soft_wrap=True)
+
+
+def _watch(backend: Backend, detail: dict[str, Any]) -> dict[str, Any]:
+    """Follow a job to its end, showing its progress (a live table, or lines in logs and pipes)."""
+    with Watch(out) as watch:
+        watch.update(detail, force=True)
+        detail = backend.wait(detail["id"], on_status=watch.update)
+        watch.finish(detail)
+    return detail
+
+
+# -- commands -------------------------------------------------------------------------------
+@app.command()
+@_errors
+def analyses(root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """List the analyses that can be run."""
+    with _backend(root, db) as backend:
+        rows, invalid = backend.analyses()
+    out.print(analyses_table(rows))
+    for path, problem in invalid.items():
+        err.print(f"[yellow]skipped invalid blueprint {path}:[/yellow] {problem}")
+
+
+@blueprint_app.command("validate")
+@_errors
+def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml to check")]) -> None:
+    """Validate a blueprint file, explaining every error with its location."""
+    model, problems = validate_blueprint_file(file)
+    if model is None:
+        err.print(f"[red]{file} is not a valid blueprint:[/red]")
+        for problem in problems:
+            err.print(f"  - {problem}")
+        raise typer.Exit(1)
+    out.print(f"[green]{file} is a valid blueprint[/green]: {model.name} {model.version}, "
+              f"sha256 {model.content_hash()}")
+
+
+@app.command()
+@_errors
+def submit(
+    analysis: Annotated[str, typer.Argument(help="analysis name (see `ncaas analyses`)")],
+    data: Annotated[list[str], typer.Argument(help="local files/folders to upload, or names in inputs/")],
+    config: Annotated[str | None, typer.Option("--config", "-c", help="local config file, or a name in configs/")] = None,
+    group: Annotated[str, typer.Option("--group", "-g", envvar="NCAAS_GROUP", help="your group")] = "default",
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="follow the job to its end (embedded: run it now)")] = False,
+    name: Annotated[str | None, typer.Option(help="submission name [default: analysis-time]")] = None,
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
+    """Upload data and config into the group's storage and submit a job."""
+    with _backend(root, db) as backend:
+        group = backend.group(group)
+        datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
+        configname = backend.put_config(config, group) if config is not None else None
+        detail = backend.submit(group, analysis, datanames, configname, name or submission_name(analysis))
+        results_dir = detail["results_dir"]
+        out.print(f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); "
+                  f"results in {results_dir}")
+        if not wait:
+            out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
+            return
+        detail = _watch(backend, detail)
+    out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
+    raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
+
+
+@app.command()
+@_errors
+def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique prefix)")] = None,
+           limit: Annotated[int, typer.Option(help="jobs listed")] = 20,
+           root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """List recent jobs, or show one job's tasks and story."""
+    with _backend(root, db) as backend:
+        if job_id is None:
+            out.print(jobs_table(backend.jobs(limit)))
+            return
+        detail = backend.job(job_id)
+        print_job(out, detail, backend.story(detail["id"]) if detail["state"] != "rejected" else [])
+
+
+@app.command()
+@_errors
+def logs(job_id: JobArg,
+         dataset: Annotated[str | None, typer.Argument(help="only this dataset")] = None,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+         root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """Print the analysis' logs of a job."""
+    with _backend(root, db) as backend:
+        detail = backend.job(job_id)
+        names = [t["dataset"] for t in detail["tasks"] if dataset in (None, t["dataset"])]
+        if dataset is not None and not names:
+            raise NcaasError(f"job {detail['id']} has no dataset {dataset!r}")
+        offsets = dict.fromkeys(names, 0)
+        while True:
+            for name in names:
+                chunk = backend.log_bytes(detail["id"], name, offsets[name])
+                offsets[name] += len(chunk)
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    text = Text.assemble((name, "dim"), " | ", line) if len(names) > 1 else Text(line)
+                    out.print(text, highlight=False, soft_wrap=True)
+            if not follow or backend.job(detail["id"])["state"] in JOB_TERMINAL:
+                return
+            time.sleep(0.25)
+
+
+@app.command()
+@_errors
+def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """Cancel a job: queued tasks never start, running ones are stopped within seconds."""
+    with _backend(root, db) as backend:
+        detail = backend.cancel(job_id)
+    if detail["state"] in JOB_TERMINAL:
+        out.print(f"job {detail['id']} is already over ({styled(detail['state'])})")
+        return
+    out.print(f"cancelling job {detail['id']}; running tasks are being stopped")
+
+
+@app.command()
+@_errors
+def results(job_id: JobArg,
+            to: Annotated[Path | None, typer.Option("--to", help="copy the results folder here")] = None,
+            root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """List a job's result files, or copy them to a folder."""
+    with _backend(root, db) as backend:
+        detail = backend.job(job_id)
+        if to is not None:
+            backend.download(detail["id"], to)
+            out.print(f"copied {detail['results_dir']} to {to}")
+            return
+        out.print(f"job {detail['id']} ({styled(detail['state'])}): {detail['results_dir']}")
+        for f in backend.files(detail["id"]):
+            out.print(f"  {f['size']:>12}  {f['path']}")
+
+
+@app.command()
+@_errors
+def rerun(job: Annotated[str, typer.Argument(
+              help="the job to rerun: its id, or a certificate.json this platform wrote (or its results folder)")],
+          root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
+    with _backend(root, db) as backend:
+        original, detail = backend.rerun(job, notify=out.print)
+        out.print(f"  job {detail['id']} started; results in {detail['results_dir']}")
+        detail = _watch(backend, detail)
+        ok = print_rerun(out, detail, backend.compare(detail["id"], original))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command("manager")
+@_errors
+def run_manager(
+    analysis: Annotated[str | None, typer.Option(help="analysis for NeuroCAAS-style submit files naming none")] = None,
+    interval: Annotated[float, typer.Option(help="seconds between polls of storage and tasks")] = 0.05,
+    root: RootOpt = default_root(), db: DbOpt = None,
+    executor: Annotated[str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")] = "local",
+    ray_address: Annotated[str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS",
+                                                    help="Ray cluster to join: HEAD:PORT, or auto on a node")] = None,
+    ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
+    scan_interval: Annotated[float | None, typer.Option(
+        help="seconds between scans for new submit files [default: every poll; 2 on s3://]")] = None,
+) -> None:
+    """Watch storage for submissions (including ones made while it was down) and run them."""
+    from ..executors.pick import executor_for
+
+    _local_only("manager")
+    storage = Storage(root)
+    runner = executor_for(executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus)
+    if scan_interval is None:
+        scan_interval = 0.0 if storage.is_local else 2.0
+    manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
+                       scan_interval=scan_interval,
+                       notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
+    lock = manager_lock(manager.storage)
+    if lock is None:
+        raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}")
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    out.print(f"ncaas manager on {manager.storage.url} (db {manager.db.url}); "
+              f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it")
+    manager.run(should_stop=lambda: stopping)
+    if executor == "ray":
+        runner.close()
+        out.print("manager stopped; its Ray tasks stopped with it and are retried at the next start")
+    else:
+        out.print("manager stopped; running tasks continue and are adopted at the next start")
+    lock.close()
+
+
+def _server_commands() -> None:
+    from ..server.commands import register  # `ncaas serve` and `ncaas admin ...`
+
+    register(app, errors=_errors, out=out, err=err)
+
+
+_server_commands()
+
+
+def _environment_commands() -> None:
+    from ..environment_commands import register  # `ncaas env build|verify|lock`
+
+    register(app, errors=_errors, out=out, err=err)
+
+
+_environment_commands()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,369 @@
+"""What the CLI's commands need, answered embedded or by a server.
+
+Each ``ncaas`` command is written once, against :class:`Backend`. Two implementations:
+:class:`Embedded` acts on a storage root and job database on this machine (running jobs in
+this process when asked to wait); :class:`Remote` asks an ``ncaas serve`` through
+:class:`ncaas.client.Client`. Both return the plain dicts of :mod:`ncaas.jobs.describe`, which
+the API returns as JSON, so a command prints the same thing whichever answers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from ..blueprint import BlueprintRegistry
+from ..certificate import compare_outputs, load_certificate
+from ..client import Client
+from ..exceptions import JobNotFound, NcaasError, StorageError, SubmissionRejected
+from ..jobs.db import JobDB
+from ..jobs.describe import job_detail, job_story, job_summary
+from ..jobs.manager import Manager
+from ..jobs.states import JOB_TERMINAL
+from ..localfolder import folder_files
+from ..storage import Storage, check_group
+
+__all__ = ["Backend", "Embedded", "LeftOut", "Remote", "describe_folder", "submission_name"]
+
+LeftOut = Callable[[str, list[str]], None]
+"""Told (dataset name, hidden paths) when files of a local folder are left out of an upload."""
+OnStatus = Callable[[dict[str, Any]], None]
+
+
+class Backend(Protocol):
+    """Everything a command asks of where jobs live."""
+
+    def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The analyses this caller may run, and invalid blueprints found (path -> problem)."""
+
+    def group(self, requested: str) -> str:
+        """The group the caller acts for, given ``--group``."""
+
+    def put_input(self, item: str, group: str, *, left_out: LeftOut) -> str:
+        """Copy a local file or folder into the group's inputs (unless the same is there); its name."""
+
+    def put_config(self, item: str, group: str) -> str:
+        """Copy a local config into the group's configs (unless the same is there); its name."""
+
+    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
+               name: str) -> dict[str, Any]:
+        """Submit a job; its detail. A rejection raises SubmissionRejected with ``job`` (id, results_dir)."""
+
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        """Recent jobs, newest first."""
+
+    def job(self, ref: str) -> dict[str, Any]:
+        """One job's detail (a unique id prefix is enough)."""
+
+    def story(self, job_id: str) -> list[dict[str, Any]]:
+        """Every state transition of the job and its tasks."""
+
+    def log_bytes(self, job_id: str, dataset: str, offset: int) -> bytes:
+        """A dataset's log from ``offset`` on."""
+
+    def cancel(self, ref: str) -> dict[str, Any]:
+        """Ask a job to stop; its detail."""
+
+    def wait(self, job_id: str, on_status: OnStatus) -> dict[str, Any]:
+        """Until the job is over (embedded: run it here); its final detail."""
+
+    def files(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's result files: ``path`` (under its results folder) and ``size``."""
+
+    def download(self, job_id: str, to: Path) -> None:
+        """Copy the job's results folder to ``to``."""
+
+    def rerun(self, ref: str, *, notify: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+        """Start a rerun of a job (id, or a certificate file the platform signed): (original id, new detail)."""
+
+    def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
+        """File-by-file verdicts of a job's outputs against another job's."""
+
+
+def submission_name(analysis: str) -> str:
+    return f"{analysis}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def describe_folder(local: Path) -> list[dict[str, Any]]:
+    """Relative path, size and sha256 of every file of a local folder that would be uploaded
+    (hidden ones left out), as :meth:`Storage.describe_tree` describes a stored one."""
+    found = folder_files(local)
+    files = Storage(local.parent)
+    return [{"path": found.relative(f), "size": files.size(str(f)), "sha256": files.sha256(str(f))}
+            for f in found.files]
+
+
+def _read_config(local: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(local.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NcaasError(f"{local} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise NcaasError(f"{local} must hold a mapping of option: value")
+    return config
+
+
+def _exists_differently(where: str, local: Path) -> StorageError:
+    return StorageError(f"{where} already exists with different content; rename your local "
+                        f"{'folder' if local.is_dir() else 'file'} or submit the stored one by name")
+
+
+# -- embedded ---------------------------------------------------------------------------------
+class Embedded:
+    """A storage root and job database on this machine."""
+
+    def __init__(self, root: str, db: str | None):
+        storage = Storage(root)
+        self.manager = Manager(storage, JobDB(db or f"sqlite:///{storage.state_dir() / 'jobs.sqlite'}"))
+        self.storage = storage
+
+    def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        registry = BlueprintRegistry.discover()
+        rows = [{"name": name, "version": bp.blueprint.version, "description": bp.blueprint.description,
+                 "sha256": bp.sha256, "path": str(bp.path)}
+                for name, bp in ((n, registry.blueprints[n]) for n in registry.names())]
+        return rows, {str(path): problem for path, problem in registry.invalid.items()}
+
+    def group(self, requested: str) -> str:
+        return check_group(requested)
+
+    def _same(self, target: str, local: Path) -> bool:
+        """Whether a stored file or folder holds exactly what ``local`` holds (hidden files left out)."""
+        if local.is_dir() != self.storage.isdir(target):
+            return False
+        if not local.is_dir():
+            return Storage(local.parent).describe_tree(str(local.resolve())) == self.storage.describe_tree(target)
+        mine = {f["path"]: (f["size"], f["sha256"]) for f in describe_folder(local)}
+        return mine == {f["path"]: (f["size"], f["sha256"]) for f in self.storage.describe_tree(target)}
+
+    def _copy_in(self, item: str, group: str, area: str, left_out: LeftOut | None) -> str:
+        local = Path(item)
+        if not local.exists():
+            return item  # a name already in storage; validation checks it
+        name = local.resolve().name
+        target = self.storage.resolve(group, area, name)
+        if self.storage.exists(target):
+            if not self._same(target, local):
+                raise _exists_differently(f"{group}/{area}/{name}", local)
+            return name
+        if not local.is_dir():
+            self.storage.put(local, target)
+            return name
+        found = folder_files(local)
+        if found.left_out and left_out is not None:
+            left_out(name, found.left_out)
+        for file in found.files:
+            self.storage.put(file, f"{target}/{found.relative(file)}")
+        return name
+
+    def put_input(self, item: str, group: str, *, left_out: LeftOut) -> str:
+        return self._copy_in(item, group, "inputs", left_out)
+
+    def put_config(self, item: str, group: str) -> str:
+        return self._copy_in(item, group, "configs", None)
+
+    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
+               name: str) -> dict[str, Any]:
+        body = {"analysis": analysis, "dataname": datasets, "configname": configname,
+                "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime())}
+        path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
+        self.storage.write_text(path, json.dumps({k: v for k, v in body.items() if v is not None}, indent=2))
+        job = self.manager.ingest_file(group, path)
+        if job is None:
+            raise NcaasError(f"{path} vanished before it was read; submit again")
+        if job.state == "rejected":
+            rejected = SubmissionRejected(job.cause.splitlines())
+            rejected.job = {"id": job.id, "results_dir": job.results_dir}  # type: ignore[attr-defined]
+            raise rejected
+        return job_detail(self.manager, job)
+
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        return [job_summary(job, 0) for job in self.manager.db.jobs(limit=limit)]
+
+    def job(self, ref: str) -> dict[str, Any]:
+        return job_detail(self.manager, self.manager.find(ref))
+
+    def story(self, job_id: str) -> list[dict[str, Any]]:
+        return job_story(self.manager, self.manager.find(job_id))
+
+    def log_bytes(self, job_id: str, dataset: str, offset: int) -> bytes:
+        job = self.manager.find(job_id)
+        try:
+            return self.storage.read_from(f"{job.results_dir}/logs/{dataset}.log", offset)
+        except FileNotFoundError:
+            return b""
+
+    def cancel(self, ref: str) -> dict[str, Any]:
+        return job_detail(self.manager, self.manager.cancel(ref))
+
+    def wait(self, job_id: str, on_status: OnStatus) -> dict[str, Any]:
+        manager = self.manager
+        job = manager.find(job_id)
+        last = -float("inf")
+
+        def over() -> bool:
+            nonlocal last
+            current = manager.db.job(job.id)
+            if time.monotonic() - last >= 0.25:  # a detail reads every status file: not at every step
+                last = time.monotonic()
+                on_status(job_detail(manager, job))
+            return current is None or (current.state in JOB_TERMINAL and current.finalized)
+
+        manager.run(scan=False, until=over)
+        return job_detail(manager, job)
+
+    def files(self, job_id: str) -> list[dict[str, Any]]:
+        job = self.manager.find(job_id)
+        return [{"path": f.removeprefix(job.results_dir + "/"), "size": self.storage.size(f)}
+                for f in self.storage.files(job.results_dir)]
+
+    def download(self, job_id: str, to: Path) -> None:
+        to.mkdir(parents=True, exist_ok=True)
+        self.storage.get(self.manager.find(job_id).results_dir + "/", str(to))
+
+    def rerun(self, ref: str, *, notify: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+        from ..rerun import environment_note, resolve, start_rerun
+
+        cert = resolve(self.manager, ref)
+        notify(f"rerunning job {cert['job']['id']} ({cert['blueprint'].get('name')}) ...")
+        job = start_rerun(self.manager, cert)
+        note = environment_note(self.manager, cert, job)
+        if note is not None:
+            notify(note)
+        return cert["job"]["id"], job_detail(self.manager, job)
+
+    def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
+        def certificate(ref: str) -> dict[str, Any]:
+            return json.loads(self.storage.read_text(f"{self.manager.find(ref).results_dir}/certificate.json"))
+
+        return compare_outputs(certificate(original_id), certificate(job_id))
+
+
+# -- against a server -------------------------------------------------------------------------
+class Remote:
+    """An ``ncaas serve`` reached over HTTP with the caller's token."""
+
+    def __init__(self, url: str, token: str | None):
+        if not token:
+            raise NcaasError("--server needs a token too: add --token TOKEN (or set NCAAS_TOKEN); "
+                             "an administrator issues one with `ncaas admin issue-token USER`")
+        self.client = Client(url, token)
+        self._me: dict[str, Any] | None = None
+
+    def _group(self) -> str:
+        if self._me is None:
+            self._me = self.client.me()
+        return self._me["group"]
+
+    def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        return self.client.analyses(), {}
+
+    def group(self, requested: str) -> str:
+        mine = self._group()
+        if requested not in ("default", mine):
+            raise NcaasError(f"your token belongs to group {mine!r}, not {requested!r}; drop --group or use "
+                             "a token of that group")
+        return mine
+
+    def _same_as_stored(self, local: Path, name: str, kind: str) -> bool:
+        """Whether the stored dataset ``name`` holds what ``local`` would upload (a folder: the same
+        files, hidden ones left out, with the same sizes and SHA-256s)."""
+        client = self.client
+        if not local.is_dir():
+            return kind == "file" and client.input_info(name).get("sha256") == Storage(local.parent).sha256(str(local))
+        if kind != "folder":
+            return False
+        mine = folder_files(local)
+        sizes = {mine.relative(f): f.stat().st_size for f in mine.files}
+        if {e["path"]: e["size"] for e in client.input_info(name)["contents"]} != sizes:
+            return False  # told apart without reading a file
+        stored = client.input_info(name, checksums=True)["contents"]
+        return {e["path"]: e["sha256"] for e in stored} == {e["path"]: e["sha256"] for e in describe_folder(local)}
+
+    def put_input(self, item: str, group: str, *, left_out: LeftOut) -> str:
+        local = Path(item)
+        if not local.exists():
+            return item  # a name already on the server; validation checks it
+        name = local.resolve().name
+        known = {d["name"]: d for d in self.client.inputs()}
+        if name in known:
+            if not self._same_as_stored(local, name, known[name]["kind"]):
+                raise _exists_differently(f"{group}/inputs/{name}", local)
+            return name
+        return self.client.upload_dataset(local, name, left_out=lambda paths: left_out(name, paths))
+
+    def put_config(self, item: str, group: str) -> str:
+        local = Path(item)
+        if not local.exists():
+            return item
+        name = local.resolve().name
+        config = _read_config(local)
+        if name in self.client.configs():
+            if self.client.config(name) != config:
+                raise _exists_differently(f"{group}/configs/{name}", local)
+            return name
+        self.client.save_config(name, config)
+        return name
+
+    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
+               name: str) -> dict[str, Any]:
+        return self.client.submit(analysis, datasets, configname=configname, name=name)
+
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        return self.client.jobs(limit=limit)
+
+    @contextmanager
+    def _known(self, ref: str) -> Iterator[None]:
+        """Say a job is unknown as the embedded command does (the API's words name its routes)."""
+        try:
+            yield
+        except JobNotFound:
+            raise JobNotFound(f"no job {ref!r} in group {self._group()!r} on {self.client.url}; "
+                              "`ncaas status` lists the jobs") from None
+
+    def job(self, ref: str) -> dict[str, Any]:
+        with self._known(ref):
+            return self.client.job(ref)
+
+    def story(self, job_id: str) -> list[dict[str, Any]]:
+        return self.client.story(job_id)
+
+    def log_bytes(self, job_id: str, dataset: str, offset: int) -> bytes:
+        return self.client.log_bytes(job_id, dataset, offset=offset)
+
+    def cancel(self, ref: str) -> dict[str, Any]:
+        with self._known(ref):
+            return self.client.cancel(ref)
+
+    def wait(self, job_id: str, on_status: OnStatus) -> dict[str, Any]:
+        return self.client.wait(job_id, on_status=on_status)
+
+    def files(self, job_id: str) -> list[dict[str, Any]]:
+        return [{"path": f["path"], "size": f["size"]} for f in self.client.files(job_id)]
+
+    def download(self, job_id: str, to: Path) -> None:
+        self.client.download_results(job_id, to)
+
+    def rerun(self, ref: str, *, notify: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
+        path = Path(ref)
+        if path.exists():  # a certificate file: the server checks its signature before anything runs
+            cert = load_certificate(path)
+            original = str(cert.get("job", {}).get("id"))
+            notify(f"rerunning job {original} ({cert.get('blueprint', {}).get('name')}) ...")
+            return original, self.client.rerun_certificate(cert)
+        detail = self.job(ref)
+        notify(f"rerunning job {detail['id']} ({detail['analysis']}) ...")
+        return detail["id"], self.client.rerun(detail["id"])
+
+    def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
+        return self.client.compare(job_id, self.client.certificate(original_id))
+
+    def close(self) -> None:
+        self.client.close()
