@@ -36,6 +36,7 @@ from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
+from ..private import private_dir
 from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
@@ -49,8 +50,7 @@ def manager_lock(storage: Storage) -> IO[str] | None:
     Held until the returned file is closed (or the process ends). Both ``ncaas manager`` and
     ``ncaas serve`` take it, so two managers never run the same storage.
     """
-    path = storage.state_dir() / "manager.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_dir(storage.state_dir()) / "manager.lock"
     lock = open(path, "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -98,7 +98,7 @@ class Manager:
         self._last_scan = -float("inf")
         self._cancel_asked: dict[int, float] = {}  # task id -> when its cancel was first sent
         self.notify = notify or (lambda message: None)
-        self.state_dir = storage.state_dir()
+        self.state_dir = private_dir(storage.state_dir())  # run folders and locks: the platform's own
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
         self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
