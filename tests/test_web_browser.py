@@ -57,6 +57,8 @@ def page(site):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # the page works under its Content-Security-Policy: nothing it uses is refused
+        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
         page.set_default_timeout(60_000)
         yield page
         SHOTS.mkdir(parents=True, exist_ok=True)
@@ -194,6 +196,11 @@ def test_qc_images_are_shown(site, page):
     assert "outputs/a.npy/qc/mean.png" in page.inner_text("#qc")
     page.screenshot(path=str(SHOTS / "web-qc.png"), full_page=True)
     shutil.copy(SHOTS / "web-qc.png", site["base"] / "web-qc.png")
+    with page.context.expect_page() as opened:  # the full-size image, in a tab of its own
+        page.click("#qc figure a")
+    tab = opened.value
+    tab.wait_for_function("() => document.images.length && document.images[0].naturalWidth > 0")
+    tab.close()
 
 
 # -- drag and drop from the file system ----------------------------------------------------

@@ -198,6 +198,7 @@ def test_the_database_and_state_folder_are_private(site: Site, job: dict):
         if journal.exists():
             assert _mode(journal) == 0o600, journal
     # what the server and its tasks wrote is its user's only (umask 0o077)
+    assert _mode(site.root / "lab") == 0o700  # a group folder the server made
     assert _mode(site.root / "lab" / "inputs" / "a.npy") & 0o077 == 0
     results = site.root / "lab" / "results" / job["id"]
     for path in (results, results / "certificate.json", results / "outputs" / "a.npy"):
