@@ -13,6 +13,7 @@ their outputs.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 __all__ = ["PRIVATE_UMASK", "STATE_DIR", "private_dir", "private_sqlite", "sqlite_file", "use_private_umask"]
@@ -40,8 +41,8 @@ def private_dir(path: str | os.PathLike[str], *, existing: bool = True) -> Path:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             pass  # made meanwhile by another process
-    if existing or missing:
-        os.chmod(path, 0o700)
+    if (existing or missing) and stat.S_IMODE(path.stat().st_mode) != 0o700:
+        os.chmod(path, 0o700)  # only when needed: another user may read a folder already private
     return path
 
 
@@ -75,6 +76,7 @@ def private_sqlite(url: str) -> None:
         pass
     for path in (file, *(file.with_name(file.name + side) for side in _SQLITE_SIDE_FILES)):
         try:
-            os.chmod(path, 0o600)
+            if stat.S_IMODE(path.stat().st_mode) != 0o600:
+                os.chmod(path, 0o600)
         except FileNotFoundError:
             pass
