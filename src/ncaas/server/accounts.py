@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,

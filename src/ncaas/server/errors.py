@@ -10,6 +10,7 @@ ServerError
 ├── Conflict              409  upload offset mismatch, file exists, ...
 ├── TooLarge              413  upload larger than the server accepts
 ├── TooManyFailures       429  too many failed authentications from the caller's address
+├── StorageFull           507  no room on the disk or in the group's quota (ncaas.server.space)
 └── ChecksumMismatch      422  uploaded bytes do not match the given sha256
 
 One handler in :mod:`ncaas.server.app` turns them into ``{"error": message}``

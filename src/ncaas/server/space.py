@@ -23,7 +23,7 @@ from ..blueprint import parse_bytes
 from ..sandbox_verdict import human_size
 from .errors import ServerError
 
-__all__ = ["DEFAULT_RESERVE", "Reserve", "StorageFull", "free_bytes", "tree_size"]
+__all__ = ["DEFAULT_RESERVE", "Reserve", "StorageFull", "free_bytes", "no_room_on_disk", "over_quota", "tree_size"]
 
 DEFAULT_RESERVE = "1GiB"
 

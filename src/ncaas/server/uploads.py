@@ -65,7 +65,7 @@ from .accounts import Principal
 from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, TooLarge
 from .space import Reserve, StorageFull, free_bytes, no_room_on_disk, over_quota, tree_size
 
-__all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]  # StorageFull: from .space
+__all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
 
 _DIGITS = {"SHA-256": 64, "CRC-32C": 8}  # hexadecimal digits of each checksum
 _BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks: bounded memory
