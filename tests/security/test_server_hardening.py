@@ -112,6 +112,21 @@ def test_a_forged_download_ticket_counts_as_a_failure_too(tmp_path: Path):
         site.server.stop()
 
 
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(tmp_path: Path):
+    site = start_site(tmp_path, extra=["--auth-failures", "2", "--forwarded-allow-ips", "127.0.0.1"])
+    try:
+        with httpx.Client(base_url=site.server.url, timeout=30,
+                          headers={"Authorization": f"Bearer {BAD_TOKEN}"}) as proxy:
+            codes = [proxy.get("/api/me", headers={"X-Forwarded-For": "10.1.2.3"}).status_code for _ in range(3)]
+            assert codes == [401, 401, 429]
+            limited = proxy.get("/api/me", headers={"X-Forwarded-For": "10.1.2.3"})
+            assert "from 10.1.2.3" in limited.json()["error"]
+            assert proxy.get("/api/me", headers={"X-Forwarded-For": "10.9.9.9"}).status_code == 401
+    finally:
+        site.close()
+        site.server.stop()
+
+
 # -- security headers -----------------------------------------------------------------------
 def _assert_security_headers(resp: httpx.Response, what: str) -> None:
     csp = resp.headers.get("Content-Security-Policy", "")
