@@ -54,7 +54,21 @@ resources:
     assert "command.3 (line 3)" not in text  # the command error is reported on the list
     assert "command (line 3): unknown placeholder {inptu}" in text
     assert "resources.memory (line 5): 'lots' is not a size; write e.g. 512MB" in text
-    assert "resources.cpu (line 6): unknown field; allowed here: cpus, memory, gpus, custom, disk, timeout" in text
+    assert "resources.cpu (line 6): unknown field; allowed here: cpus, memory, gpus, custom, timeout" in text
+
+
+def test_a_disk_allowance_is_refused_with_the_reason(tmp_path):
+    problems = _problems(tmp_path, """\
+name: ok
+version: "1"
+command: ["run", "{input}", "{output}"]
+resources:
+  memory: 1GB
+  disk: 10GB
+""")
+    assert problems == ["blueprint.yaml: resources.disk (line 6): no longer supported: ncaas never limited a "
+                        "task's disk use, so the field promised what it did not do; remove it (the server keeps "
+                        "free space by refusing uploads instead: `ncaas serve --min-free`)"]
 
 
 def test_missing_fields_and_bad_schema_are_named(tmp_path):

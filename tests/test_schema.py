@@ -64,3 +64,20 @@ def test_the_job_database_gets_back_a_column_an_older_version_lacked(tmp_path):
     engine = create_engine(url)
     assert column in {c["name"] for c in inspect(engine).get_columns("tasks")}
     engine.dispose()
+
+
+def test_an_accounts_database_from_before_quotas_gets_them_and_keeps_its_groups(tmp_path):
+    from ncaas.server.accounts import Accounts
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the groups table as an ncaas without quotas made it
+        conn.execute(text("CREATE TABLE server_groups (id INTEGER PRIMARY KEY, name VARCHAR(64) UNIQUE, "
+                          "created_ms BIGINT)"))
+        conn.execute(text("INSERT INTO server_groups VALUES (1, 'lab', 1700000000000)"))
+    engine.dispose()
+    accounts = Accounts.from_url(url)
+    assert accounts.groups() == ["lab"] and accounts.quota("lab") is None
+    accounts.set_quota("lab", 5 << 30)
+    assert accounts.quota("lab") == 5 << 30
+    accounts.engine.dispose()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -57,6 +59,8 @@ def page(site):
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # the page works under its Content-Security-Policy: nothing it uses is refused
+        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
         page.set_default_timeout(60_000)
         yield page
         SHOTS.mkdir(parents=True, exist_ok=True)
@@ -194,6 +198,11 @@ def test_qc_images_are_shown(site, page):
     assert "outputs/a.npy/qc/mean.png" in page.inner_text("#qc")
     page.screenshot(path=str(SHOTS / "web-qc.png"), full_page=True)
     shutil.copy(SHOTS / "web-qc.png", site["base"] / "web-qc.png")
+    with page.context.expect_page() as opened:  # the full-size image, in a tab of its own
+        page.click("#qc figure a")
+    tab = opened.value
+    tab.wait_for_function("() => document.images.length && document.images[0].naturalWidth > 0")
+    tab.close()
 
 
 # -- drag and drop from the file system ----------------------------------------------------
@@ -358,3 +367,21 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     job = page.inner_text("#job-id")
     results = {f["path"] for f in _api(site, f"/api/jobs/{job}/files")}
     assert {f"outputs/mouse7/session{i}.stats.csv" for i in (1, 2, 3)} <= results, results
+
+
+def test_a_file_over_the_groups_quota_is_refused_with_the_reason(site, page):
+    base = site["base"] / "quota"
+    base.mkdir()
+    _npy(base / "too-big.npy", 13, frames=200)
+    where = ["--root", str(site["root"])]
+    subprocess.run([sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "1KB", *where], check=True,
+                   capture_output=True)
+    try:
+        _fresh_page(page, site)
+        _drag(page, [base / "too-big.npy"], "#dropzone")
+        row = page.wait_for_selector("#uploads li[data-dataset='too-big.npy']:has-text('failed')")
+        assert "group 'lab' would go over its quota" in row.inner_text()
+        assert not (site["root"] / "lab" / "inputs" / "too-big.npy").exists()
+    finally:
+        subprocess.run([sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "none", *where], check=True,
+                       capture_output=True)

@@ -81,13 +81,12 @@ class Resources(_Strict):
     gpus: int = Field(0, ge=0)
     custom: dict[str, float] = Field(default_factory=dict, description="named resources a node must offer, "
                                      "e.g. {highmem: 1} (Ray custom resources; ignored by the local executor)")
-    disk: int | None = Field(None, gt=0)
     timeout: float = Field(3600.0, gt=0, description="seconds per task")
 
-    @field_validator("memory", "disk", mode="before")
+    @field_validator("memory", mode="before")
     @classmethod
     def _bytes(cls, value: Any) -> Any:
-        return None if value is None else parse_bytes(value)
+        return parse_bytes(value)
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -226,6 +225,14 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+# Fields an older ncaas accepted, with why they went and what to do instead.
+REMOVED_FIELDS = {
+    "resources.disk": "no longer supported: ncaas never limited a task's disk use, so the field promised what "
+                      "it did not do; remove it (the server keeps free space by refusing uploads instead: "
+                      "`ncaas serve --min-free`)",
+}
+
+
 def validate_blueprint_file(path: str | os.PathLike[str]) -> tuple[Blueprint | None, list[str]]:
     """Validate a blueprint file; return the model and every problem, with its location."""
     path = Path(path)
@@ -243,7 +250,7 @@ def validate_blueprint_file(path: str | os.PathLike[str]) -> tuple[Blueprint | N
             at = f" (line {line})" if line else ""
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = f"unknown field; allowed here: {', '.join(_allowed_fields(loc))}"
+                msg = REMOVED_FIELDS.get(where) or f"unknown field; allowed here: {', '.join(_allowed_fields(loc))}"
             problems.append(f"{path.name}: {where}{at}: {msg}")
         return None, problems
 

@@ -268,8 +268,10 @@ def run_manager(
 ) -> None:
     """Watch storage for submissions (including ones made while it was down) and run them."""
     from ..executors.pick import executor_for
+    from ..private import use_private_umask
 
     _local_only("manager")
+    use_private_umask()  # uploads, results and the platform's state: readable by this user only
     storage = Storage(root)
     runner = executor_for(executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus)
     if scan_interval is None:

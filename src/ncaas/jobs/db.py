@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..exceptions import NcaasError, StorageError
+from ..private import private_sqlite
 from ..schema import create_or_update
 from .states import TaskState, check_transition
 
@@ -120,8 +121,7 @@ class JobDB:
     def __init__(self, url: str):
         self.url = url
         try:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite(url)  # the state folder 0700, the database 0600: jobs and accounts are private
             self.engine: Engine = create_engine(url)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -37,6 +37,7 @@ from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
+from ..private import private_dir
 from ..signing import CertificateKeys
 from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
@@ -51,8 +52,7 @@ def manager_lock(storage: Storage) -> IO[str] | None:
     Held until the returned file is closed (or the process ends). Both ``ncaas manager`` and
     ``ncaas serve`` take it, so two managers never run the same storage.
     """
-    path = storage.state_dir() / "manager.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_dir(storage.state_dir()) / "manager.lock"
     lock = open(path, "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,7 +99,7 @@ class Manager:
         self._last_scan = -float("inf")
         self._cancel_asked: dict[int, float] = {}  # task id -> when its cancel was first sent
         self.notify = notify or (lambda message: None)
-        self.state_dir = storage.state_dir()
+        self.state_dir = private_dir(storage.state_dir())  # run folders and locks: the platform's own
         self.archive = BlueprintArchive(self.state_dir)  # every blueprint version a job used
         self.keys = CertificateKeys(self.state_dir)  # signs the certificates this manager writes
         self._seen: dict[str, tuple[Any, ...]] = {}

@@ -25,8 +25,12 @@ def __getattr__(name: str) -> Any:
 
 
 def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
-          log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included)."""
+          log_level: str = "info", forwarded_allow_ips: str | None = None) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included).
+
+    A client's address (what failed authentications are counted by) is the socket peer's, unless
+    ``forwarded_allow_ips`` names the reverse proxies whose ``X-Forwarded-For`` is believed.
+    """
     import logging
 
     import uvicorn
@@ -42,7 +46,9 @@ def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
     # Idle keep-alive connections live longer than clients pause between polls, even on a busy
     # machine, so a client never reuses a connection the server is closing at that moment.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=75)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=75,
+                            proxy_headers=forwarded_allow_ips is not None,
+                            forwarded_allow_ips=forwarded_allow_ips)
     server = uvicorn.Server(config)
     print(f"ncaas server on http://{host}:{port}/  (storage {settings.root}, "
           f"database {_redact(settings.database_url)})", flush=True)

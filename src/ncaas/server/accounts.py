@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
@@ -28,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from ..private import private_sqlite
 from ..schema import create_or_update
 from .errors import AccountError, DatabaseUnavailable
 
@@ -51,6 +51,8 @@ class _Group(_Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    # bytes the group's storage may hold (None: no quota); added to older databases when opened
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class _User(_Base):
@@ -102,9 +104,10 @@ def hash_token(token: str) -> str:
 def open_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout for concurrent use."""
     if url.startswith("sqlite"):
-        file = url.removeprefix("sqlite:///")
-        if file and file != url and not file.startswith(":memory:"):
-            Path(file).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_sqlite(url)  # the state folder 0700, the database 0600: token hashes are private
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot open the accounts database {url}: {exc}") from exc
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -152,6 +155,21 @@ class Accounts:
     def groups(self) -> list[str]:
         with self._session() as s:
             return list(s.scalars(select(_Group.name).order_by(_Group.name)))
+
+    def set_quota(self, group: str, quota_bytes: int | None) -> None:
+        """Limit what the group's storage may hold (None: no limit); uploads over it are refused."""
+        if quota_bytes is not None and quota_bytes < 0:
+            raise AccountError(f"a quota is a size of 0 bytes or more, not {quota_bytes}")
+        with self._session() as s, s.begin():
+            g = s.scalar(select(_Group).where(_Group.name == group))
+            if g is None:
+                raise AccountError(f"group {group!r} does not exist; `ncaas admin add-group {group}` creates it")
+            g.quota_bytes = quota_bytes
+
+    def quota(self, group: str) -> int | None:
+        """The group's quota in bytes; None when it has none (or is not known)."""
+        with self._session() as s:
+            return s.scalar(select(_Group.quota_bytes).where(_Group.name == group))
 
     def add_user(self, name: str, group: str) -> None:
         _check_name("user", name)

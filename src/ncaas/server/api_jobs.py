@@ -34,6 +34,7 @@ from ..jobs.manager import Manager
 from ..storage import check_user_path
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .headers import FILE_POLICY
 from .results import IMAGE_TYPES, iter_zip, list_files
 from .state import ServerState, caller, get_state
 
@@ -281,11 +282,12 @@ def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
     job = jobs.job_for(who, job_id)
     found = _result_file(jobs, who, job, path)
     media = IMAGE_TYPES.get(found.suffix.lower())
-    if found.suffix.lower() == ".svg":
-        # an SVG may carry script: show it only as an image, never as a page of this origin
-        return FileResponse(found, media_type=media, headers={"Content-Security-Policy": "script-src 'none'"})
+    # An analysis wrote this file: it may be HTML or an SVG carrying script. Images are shown as images;
+    # anything else is a download, never a page; and the sandboxing policy gives either, even opened in
+    # a tab of its own, an origin of its own, so no script in it can reach the page's token or the API.
     return FileResponse(found, media_type=media, filename=None if media else posixpath.basename(path),
-                        content_disposition_type="inline" if media else "attachment")
+                        content_disposition_type="inline" if media else "attachment",
+                        headers={"Content-Security-Policy": FILE_POLICY})
 
 
 @router.get("/{job_id}/results.zip", summary="The whole results folder as a zip, streamed",

@@ -20,6 +20,9 @@ from ..storage import Storage
 from .accounts import Accounts, open_engine
 from .auth import Authenticator
 from .errors import ServerError
+from .headers import SECURITY_HEADERS, SecurityHeaders
+from .ratelimit import FailureLimiter
+from .space import Reserve
 from .state import ServerSettings, ServerState
 from .uploads import Uploads
 
@@ -40,6 +43,8 @@ def _error_response(exc: NcaasError) -> JSONResponse:
     if isinstance(exc, SubmissionRejected):
         body["problems"] = exc.problems
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 429:
+        headers = {"Retry-After": str(body["retry_after"])}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -98,9 +103,12 @@ def build_state(settings: ServerSettings) -> ServerState:
         resolve_input=lambda group, path: storage.local_path(storage.resolve(group, "inputs", path)),
         scratch_dir=lambda group: storage.local_path(storage.group_dir(group)) / ".uploads",
         max_bytes=settings.max_upload_bytes,
+        reserve=Reserve.parse(settings.min_free),
+        quota_of=accounts.quota,
     )
     return ServerState(settings=settings, storage=storage, registry=BlueprintRegistry.discover(),
-                       accounts=accounts, auth=Authenticator(accounts), uploads=uploads)
+                       accounts=accounts, uploads=uploads,
+                       auth=Authenticator(accounts, limiter=FailureLimiter(settings.auth_failures)))
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -144,10 +152,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
+        # answered by the outermost middleware, outside SecurityHeaders: it carries them itself
         return JSONResponse({"error": "internal server error; the administrator can find the details "
-                                      "in the server log"}, status_code=500)
+                                      "in the server log"}, status_code=500, headers=SECURITY_HEADERS)
 
     app.add_middleware(JsonBodyLimit, limit=JSON_BODY_LIMIT)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so it also covers JsonBodyLimit's answers
     app.include_router(api_storage.router)
     app.include_router(api_jobs.router)
     app.include_router(api_jobs.rerun_router)

@@ -12,17 +12,20 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 
 from fastapi import Request
 
 from .accounts import Accounts, Principal
-from .errors import Unauthorized
+from .errors import TooManyFailures, Unauthorized
+from .ratelimit import FailureLimiter
 
 __all__ = ["Authenticator"]
 
 TICKET_SECONDS = 300
+log = logging.getLogger("ncaas.server")
 
 
 def _b64(data: bytes) -> str:
@@ -33,9 +36,19 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def client_address(request: Request) -> str:
+    """The socket peer's address (uvicorn puts a trusted proxy's ``X-Forwarded-For`` there when told to)."""
+    return request.client.host if request.client else "unknown"
+
+
 class Authenticator:
-    def __init__(self, accounts: Accounts):
+    def __init__(self, accounts: Accounts, *, limiter: FailureLimiter | None = None):
         self.accounts = accounts
+        self.limiter = limiter or FailureLimiter(0)
+        if self.limiter.on_limit is None:
+            self.limiter.on_limit = lambda address: log.warning(
+                "too many failed authentications from %s: refusing its failed attempts with 429 "
+                "(at most %d a %g s)", address, self.limiter.limit, self.limiter.window)
         self._secret = secrets.token_bytes(32)
 
     def issue_ticket(self, principal: Principal, prefix: str) -> str:
@@ -54,15 +67,31 @@ class Authenticator:
                 raise ValueError("bad signature")
             claims = json.loads(_unb64(body))
         except (ValueError, json.JSONDecodeError) as exc:
-            raise Unauthorized("the download ticket is invalid; ask for a new one") from exc
+            raise Unauthorized("the download ticket is invalid; ask for a new one", guess=True) from exc
         if claims["e"] < time.time():
-            raise Unauthorized("the download ticket has expired; ask for a new one")
+            raise Unauthorized("the download ticket has expired; ask for a new one", guess=True)
         if not path.startswith(claims["p"]):
-            raise Unauthorized("the download ticket is not valid for this URL")
+            raise Unauthorized("the download ticket is not valid for this URL", guess=True)
         return Principal(user=claims["u"], group=claims["g"], token_id=claims["t"])
 
     def principal(self, request: Request) -> Principal:
-        """The caller of ``request``, or :class:`Unauthorized`."""
+        """The caller of ``request``, or :class:`Unauthorized` (:class:`TooManyFailures` for an address
+        that failed too often: a valid token or ticket is still served from it)."""
+        try:
+            return self._principal(request)
+        except Unauthorized as exc:
+            if not exc.extra.pop("guess", False):
+                raise  # no credentials at all: nothing was guessed
+            address = client_address(request)
+            wait = self.limiter.failed(address)
+            if wait is None:
+                raise
+            raise TooManyFailures(
+                f"too many failed authentications from {address} (more than {self.limiter.limit} in "
+                f"{self.limiter.window:g} s); wait {wait:g} s, and check the token: it is mistyped, "
+                "revoked or expired", retry_after=int(wait)) from None
+
+    def _principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         if header:
             scheme, _, token = header.partition(" ")
@@ -71,7 +100,7 @@ class Authenticator:
             who = self.accounts.authenticate(token.strip())
             if who is None:
                 raise Unauthorized("the token is unknown or revoked; ask an administrator for a new one "
-                                   "(`ncaas admin issue-token USER`)")
+                                   "(`ncaas admin issue-token USER`)", guess=True)
             return who
         ticket = request.query_params.get("ticket")
         if ticket:

@@ -16,6 +16,8 @@ from rich.table import Table
 from ..exceptions import NcaasError
 from ..jobs.manager import manager_lock
 from ..storage import Storage, default_root
+from .ratelimit import DEFAULT_AUTH_FAILURES
+from .space import DEFAULT_RESERVE
 
 __all__ = ["register"]
 
@@ -43,20 +45,39 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
     def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
               port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
               max_upload: Annotated[str, typer.Option(help="largest upload accepted, e.g. 500GB")] = "1TiB",
+              min_free: Annotated[str, typer.Option(
+                  help="free space uploads must leave on the storage disk: a size (e.g. 10GB) or a "
+                       "percentage of the disk (e.g. 5%)")] = DEFAULT_RESERVE,
               manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
+              auth_failures: Annotated[int, typer.Option(
+                  min=0, help="failed authentications a client address may make in a minute before its "
+                              "failed attempts are answered 429 (0: no limit)")] = DEFAULT_AUTH_FAILURES,
+              forwarded_allow_ips: Annotated[str | None, typer.Option(
+                  help="addresses of reverse proxies whose X-Forwarded-For gives the client's address "
+                       "(comma-separated, or '*'); by default the socket peer is the client")] = None,
               root: RootOpt = default_root(), db: DbOpt = None) -> None:
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
+        from ..private import use_private_umask
         from . import serve as run_server
+
+        use_private_umask()  # uploads, results and the platform's state: readable by this user only
         from .state import ServerSettings, default_database_url
+
+        from .space import Reserve
 
         try:
             max_bytes = parse_bytes(max_upload)
         except ValueError as exc:
             raise NcaasError(f"--max-upload: {exc}") from None
+        try:
+            Reserve.parse(min_free)
+        except ValueError as exc:
+            raise NcaasError(f"--min-free: {exc}") from None
         storage = Storage(root)
         settings = ServerSettings(root=storage.root, database_url=db or default_database_url(storage.root),
-                                  max_upload_bytes=max_bytes, run_manager=manager)
+                                  max_upload_bytes=max_bytes, run_manager=manager, auth_failures=auth_failures,
+                                  min_free=min_free)
         lock = None
         if manager:
             lock = manager_lock(storage)
@@ -68,7 +89,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
         keep_freed_memory_for_streaming()
         try:
-            run_server(settings, host=host, port=port)
+            run_server(settings, host=host, port=port, forwarded_allow_ips=forwarded_allow_ips)
         finally:
             if lock is not None:
                 lock.close()
@@ -80,6 +101,24 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         """Create a group: its members share one private storage area and its jobs."""
         _accounts(root, db).add_group(name)
         out.print(f"group {name} created")
+
+    @admin.command("set-quota")
+    @errors
+    def set_quota(group: Annotated[str, typer.Argument(help="group name")],
+                  size: Annotated[str, typer.Argument(help="what its storage may hold, e.g. 500GB; 'none' lifts it")],
+                  root: RootOpt = default_root(), db: DbOpt = None) -> None:
+        """Limit a group's storage (inputs, configs, results): uploads that would go over are refused."""
+        from ..blueprint import parse_bytes
+
+        if size.strip().lower() == "none":
+            quota = None
+        else:
+            try:
+                quota = parse_bytes(size)
+            except ValueError as exc:
+                raise NcaasError(f"SIZE: {exc}; or 'none' to lift the quota") from None
+        _accounts(root, db).set_quota(group, quota)
+        out.print(f"group {group}: " + ("no quota" if quota is None else f"quota {quota} bytes ({size.strip()})"))
 
     @admin.command("add-user")
     @errors

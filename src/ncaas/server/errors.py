@@ -9,6 +9,8 @@ ServerError
 ├── BadRequest            400  malformed request: bad path, bad JSON, bad config
 ├── Conflict              409  upload offset mismatch, file exists, ...
 ├── TooLarge              413  upload larger than the server accepts
+├── TooManyFailures       429  too many failed authentications from the caller's address
+├── StorageFull           507  no room on the disk or in the group's quota (ncaas.server.space)
 └── ChecksumMismatch      422  uploaded bytes do not match the given sha256
 
 One handler in :mod:`ncaas.server.app` turns them into ``{"error": message}``
@@ -29,6 +31,7 @@ __all__ = [
     "NotFound",
     "ServerError",
     "TooLarge",
+    "TooManyFailures",
     "Unauthorized",
 ]
 
@@ -72,6 +75,10 @@ class Conflict(ServerError):
 
 class TooLarge(ServerError):
     status = 413
+
+
+class TooManyFailures(ServerError):
+    status = 429  # the body's ``retry_after`` is also sent as ``Retry-After``
 
 
 class ChecksumMismatch(ServerError):

@@ -15,6 +15,8 @@ from ..storage import Storage
 from .accounts import Accounts, Principal
 from .auth import Authenticator
 from .errors import NotFound
+from .ratelimit import DEFAULT_AUTH_FAILURES
+from .space import DEFAULT_RESERVE
 from .uploads import Uploads
 
 __all__ = ["ServerSettings", "ServerState", "caller", "get_state"]
@@ -40,6 +42,8 @@ class ServerSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     run_manager: bool = True
     stale_upload_days: float = 7.0  # unfinished uploads untouched this long are dropped at start
+    auth_failures: int = DEFAULT_AUTH_FAILURES  # failed authentications a client address may make a minute
+    min_free: str = DEFAULT_RESERVE  # free space uploads leave on the disk: a size, or a percentage ("5%")
 
     def __post_init__(self) -> None:
         if self.database_url is None:

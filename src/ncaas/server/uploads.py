@@ -62,7 +62,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from ..schema import create_or_update
 from ..storage import check_user_path
 from .accounts import Principal
-from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, ServerError, TooLarge
+from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, TooLarge
+from .space import Reserve, StorageFull, free_bytes, no_room_on_disk, over_quota, tree_size
 
 __all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
 
@@ -71,13 +72,8 @@ _BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks
 _AHEAD = 4  # blocks waiting for the disk per request (16 MiB): bounded memory, no stall at each block
 _WRITEBACK = 32 << 20  # start writing to the disk every 32 MiB instead of all at the final fsync
 _ALIGN = 4096  # O_DIRECT writes whole disk blocks (512 or 4096 bytes) at block offsets
+USAGE_CACHE_S = 5.0  # a group's files are summed at most this often for its quota (a walk of its storage)
 _DIRECT_IO = hasattr(os, "O_DIRECT") and os.environ.get("NCAAS_UPLOAD_DIRECT_IO", "1") != "0"
-
-
-class StorageFull(ServerError):
-    """The server's disk (or the group's quota) has no room for the bytes sent."""
-
-    status = 507  # Insufficient Storage
 
 
 class _Base(DeclarativeBase):
@@ -333,14 +329,23 @@ class Uploads:
         ``group -> Path`` where partial files live until completed.
     max_bytes
         Largest upload accepted.
+    reserve
+        Free space kept on the disk: an upload that would leave less is refused (507).
+    quota_of
+        ``group -> bytes`` the group may hold (None: no quota); an upload that would take the
+        group's storage (``scratch_dir``'s parent) over it is refused (507).
     """
 
     def __init__(self, engine: Engine, *, resolve_input: Callable[[str, str], Path],
-                 scratch_dir: Callable[[str], Path], max_bytes: int):
+                 scratch_dir: Callable[[str], Path], max_bytes: int, reserve: Reserve = Reserve(),
+                 quota_of: Callable[[str], int | None] = lambda group: None):
         self.engine = engine
         self.resolve_input = resolve_input
         self.scratch_dir = scratch_dir
         self.max_bytes = max_bytes
+        self.reserve = reserve
+        self.quota_of = quota_of
+        self._stored: dict[str, tuple[float, int]] = {}  # group -> (when, bytes its files held)
         self._sums: dict[str, _Checksums] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._buffers = _Buffers()
@@ -382,10 +387,10 @@ class Uploads:
             raise Conflict(f"inputs/{path} is a folder; choose another name for the file")
         if target.exists() and not overwrite:
             raise Conflict(f"inputs/{path} already exists; upload with overwrite=true to replace it")
+        self._check_room(who.group, path, size=size, remaining=size, upload_id=None,
+                         replacing=target if overwrite else None)
         up = _Upload(id=secrets.token_hex(16), group=who.group, user=who.user, path=path,
                      size=size, sha256=sha256, crc32c=crc32c, overwrite=overwrite, created_ms=int(time.time() * 1000))
-        scratch = self.scratch_dir(who.group)
-        scratch.mkdir(parents=True, exist_ok=True)
         self._part(up).touch()
         with self._session() as s, s.begin():
             s.add(up)
@@ -425,6 +430,42 @@ class Uploads:
         with self._session() as s, s.begin():
             s.delete(s.get(_Upload, up.id))
 
+    # -- room ----------------------------------------------------------
+    def _check_disk(self, group: str, path: str, needed: int) -> None:
+        """Refuse (507) when writing ``needed`` more bytes would leave less than the reserve free."""
+        free, total = free_bytes(self.scratch_dir(group))
+        reserve = self.reserve.bytes_of(total)
+        if free - needed < reserve:
+            raise no_room_on_disk(path, needed, free, reserve)
+
+    def _usage(self, group: str, *, besides: str | None) -> int:
+        """Bytes the group holds: its files (partial uploads left out) plus the declared size of its
+        unfinished uploads other than ``besides``."""
+        seen = self._stored.get(group)
+        if seen is None or time.monotonic() - seen[0] > USAGE_CACHE_S:
+            seen = (time.monotonic(), tree_size(self.scratch_dir(group).parent, skip=(self.scratch_dir(group).name,)))
+            self._stored[group] = seen
+        stored = seen[1]
+        with self._session() as s:
+            pending = s.scalars(select(_Upload.size).where(
+                _Upload.group == group, _Upload.completed_ms.is_(None), _Upload.id != (besides or ""))).all()
+        return stored + sum(pending)
+
+    def _check_room(self, group: str, path: str, *, size: int, remaining: int, upload_id: str | None,
+                    replacing: Path | None) -> None:
+        """Refuse (507) an upload of ``size`` bytes, ``remaining`` of them still to arrive, that
+        would leave the disk below its reserve or take the group over its quota."""
+        self.scratch_dir(group).mkdir(parents=True, exist_ok=True)
+        self._check_disk(group, path, remaining)
+        quota = self.quota_of(group)
+        if quota is None:
+            return
+        used = self._usage(group, besides=upload_id)
+        if replacing is not None and replacing.is_file():
+            used -= replacing.stat().st_size  # replaced on completion: its bytes are freed
+        if used + size > quota:
+            raise over_quota(group, path, size, used, quota)
+
     # -- bytes ---------------------------------------------------------
     async def _checksums(self, up: _Upload, part: Path, offset: int) -> _Checksums:
         """The running checksums of the first ``offset`` bytes (recomputed from the file if not known)."""
@@ -461,6 +502,9 @@ class Uploads:
             if offset != current:
                 raise Conflict(f"upload {upload_id} has {current} bytes; send from offset={current}",
                                offset=current)
+            target = self.resolve_input(up.group, up.path) if up.overwrite else None
+            await anyio.to_thread.run_sync(lambda: self._check_room(
+                up.group, up.path, size=up.size, remaining=up.size - offset, upload_id=up.id, replacing=target))
             state = await self._checksums(up, part, current)
             before = state.copy()
             room = up.size - offset
@@ -505,6 +549,8 @@ class Uploads:
                 nonlocal block, fill, start, pos
                 if pos == start:
                     return
+                # Other uploads and jobs write to the same disk: what was free at the start may be gone.
+                self._check_disk(up.group, up.path, up.size - writer.written)
                 await settle(keep=_AHEAD - 1)
                 futures = [loop.run_in_executor(workers[0], writer.write, block, start, pos)]
                 if slow:
@@ -541,7 +587,7 @@ class Uploads:
                         worker.shutdown(wait=True)  # (a few blocks at most)
                     if in_flight:
                         await asyncio.wait([f for _, futures in in_flight for f in futures])
-                    if isinstance(exc, OSError | TooLarge) or chunk or broken or any(
+                    if isinstance(exc, OSError | TooLarge | StorageFull) or chunk or broken or any(
                             f.cancelled() or f.exception() for _, futures in in_flight for f in futures):
                         raise
                     # Interrupted: keep what arrived so the client can resume from there.
@@ -558,6 +604,8 @@ class Uploads:
                         writer.close(truncate=offset)
                     self._sums[up.id] = before
                 _raise_if_disk_full(exc, upload_id, offset)
+                if isinstance(exc, StorageFull):
+                    exc.extra["offset"] = offset  # this request's bytes were dropped; resume from here
                 raise
             finally:
                 for worker in workers:
@@ -617,6 +665,7 @@ class Uploads:
                            f"({exc.filename})") from None
         self._sums.pop(up.id, None)
         self._locks.pop(up.id, None)
+        self._stored.pop(up.group, None)  # its bytes moved from an unfinished upload into its files
         with self._session() as s, s.begin():
             row = s.get(_Upload, up.id)
             row.completed_ms = int(time.time() * 1000)

@@ -464,7 +464,8 @@ async function uploadFile(file, path, onProgress) {
       failures = 0;
     } catch (err) {
       ahead = null;
-      if (err.status && err.status !== 409 && err.status !== 422 && err.status < 500) throw err;
+      // 507: no room on the server's disk or in the group's quota; sending again would not help
+      if (err.status && err.status !== 409 && err.status !== 422 && (err.status < 500 || err.status === 507)) throw err;
       if (++failures > 5) throw err;
       await new Promise((r) => setTimeout(r, 500 * failures));
       offset = (await api(`/api/uploads/${up.id}`)).offset;   // where to go on from
