@@ -1,4 +1,5 @@
-"""The layers import downwards only: io (the lowest) uses nothing of caliali above it."""
+"""The layers import downwards only: io (the lowest) uses nothing of caliali above it; process-wide
+allocator tuning happens only at the ``caliali run`` entry point."""
 
 from __future__ import annotations
 
@@ -37,3 +38,12 @@ def test_importing_io_loads_no_higher_layer():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     above = [m for m in loaded if m not in BELOW_IO and not m.startswith("caliali.io")]
     assert not above, f"importing caliali.io loads {above}"
+
+
+def test_only_the_run_entry_point_tunes_the_allocator():
+    callers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "large_arrays_returned_on_free":
+                callers.append(path.relative_to(PACKAGE).as_posix())
+    assert callers == ["cli.py"]

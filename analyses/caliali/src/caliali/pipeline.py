@@ -360,16 +360,12 @@ def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
 
 def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str], config: CalialiConfig,
              out: Path, work: Path, report: _Reporter) -> dict[str, Any]:
-    from caliali.extraction import extract
+    from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
 
     progress = report.stage("extraction", 0.0, 0.95)
-    result = extract(
-        str(video), session_bounds=bounds, gSig=config.gsig_ds, min_corr=config.min_corr,
-        min_pnr=config.min_pnr, batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
-        merge_thr=config.merge_thr, max_iter=config.max_iter, tol=config.tol, bg_ssub=config.bg_ssub,
-        ring_factor=config.ring_factor, patch_size=config.patch_size, patch_overlap=config.patch_overlap,
-        min_snr=config.min_snr, valid_mask=valid, work_dir=work, progress=progress)  # traces on the run's disk
+    result = extract(str(video), ExtractionParams.from_config(config), session_bounds=bounds, valid_mask=valid,
+                     work_dir=work, progress=progress)  # traces on the run's disk
     report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
     paths: dict[str, Any] = dict(write_outputs(
         result, out, fs=config.fs / config.temporal_ds, session_ids=ids, spatial_ds=config.spatial_ds,
