@@ -54,8 +54,8 @@ def aligned_chunk_frames(batch_frames: int, frame_shape: tuple[int, int]) -> int
     """Zarr chunk length dividing ``batch_frames``, at most 64 MiB.
 
     Appends of ``batch_frames`` then fill whole chunks, so zarr never reads
-    back a partial chunk to complete it, and big chunks write fastest (one
-    chunk per append wrote 1.5-2x faster than three in io_memory runs). When
+    back a partial chunk to complete it, and big chunks write fastest
+    (``benchmarks/io_memory.py``; figures in ``benchmarks/README.md``). When
     no divisor is at least half the 16 MiB default (e.g. a prime batch), the
     default is used.
     """
