@@ -22,6 +22,9 @@ image), caches them in the work folder, then prints:
    with our numpy log-domain demons and with SimpleITK's
    ``DiffeomorphicDemonsRegistrationFilter`` and
    ``FastSymmetricForcesDemonsRegistrationFilter``: error and time.
+   SimpleITK is not a dependency of caliali, only of this comparison:
+   ``.tools/bin/uv pip install --python .venv/bin/python -e 'analyses/caliali[bench]'``
+   (``make setup`` installs it); without it the SimpleITK rows say so.
 
 The machine is shared by several engineers: timings are noisy; run twice.
 """
@@ -29,6 +32,7 @@ The machine is shared by several engineers: timings are noisy; run twice.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from itertools import combinations
@@ -202,6 +206,9 @@ def engines(bv, neuron, true) -> None:
     for name, engine in (("numpy log-domain demons (ours)", "numpy"),
                          ("SimpleITK DiffeomorphicDemons", "diffeomorphic"),
                          ("SimpleITK FastSymmetricForces", "fastsymmetric")):
+        if engine != "numpy" and importlib.util.find_spec("SimpleITK") is None:
+            print(f"{name:>34} skipped: SimpleITK is not installed (the caliali[bench] extra)", flush=True)
+            continue
         t0 = time.perf_counter()
         field = _pair_pyramid((bv[0], neuron[0]), (bv[1], neuron[1]), offset, engine)
         dt = time.perf_counter() - t0

@@ -98,7 +98,7 @@ def simulate_aligned(workdir: Path, *, variant: str, sessions: int, frames: int,
 
 
 def run_f1(args) -> None:
-    from caliali.extraction import extract
+    from caliali.extraction import ExtractionParams, extract
     from caliali.score import score_neurons
 
     rows = []
@@ -106,8 +106,9 @@ def run_f1(args) -> None:
         store_path, bounds, gt, meta = simulate_aligned(args.workdir, variant=variant, sessions=args.sessions,
                                                         frames=args.frames, seed=args.seed)
         t0, cpu0 = time.perf_counter(), time.process_time()
-        result = extract(str(store_path), session_bounds=bounds, gSig=meta["gSig"], min_corr=args.min_corr,
-                         min_pnr=args.min_pnr, memory_budget=args.memory_budget, work_dir=args.workdir)
+        params = ExtractionParams(gSig=meta["gSig"], min_corr=args.min_corr, min_pnr=args.min_pnr,
+                                  memory_budget=args.memory_budget)
+        result = extract(str(store_path), params, session_bounds=bounds, work_dir=args.workdir)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if args.out is not None:  # the full outputs, e.g. for `caliali score OUT/<variant> GT`
             from caliali.outputs import write_outputs
@@ -155,7 +156,7 @@ def _child(args) -> None:
     """
     import threading
 
-    from caliali.extraction import extract
+    from caliali.extraction import ExtractionParams, extract
     from caliali.store import FrameStore  # noqa: F401  (zarr and the readers count in the floor)
 
     bounds = json.loads(args.bounds)
@@ -174,8 +175,8 @@ def _child(args) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0, cpu0 = time.perf_counter(), time.process_time()
-    result = extract(args.store, session_bounds=bounds, gSig=3.0, min_corr=0.2, min_pnr=4.0,
-                     memory_budget=args.memory_budget, work_dir=args.work_dir, progress=progress)
+    params = ExtractionParams(gSig=3.0, min_corr=0.2, min_pnr=4.0, memory_budget=args.memory_budget)
+    result = extract(args.store, params, session_bounds=bounds, work_dir=args.work_dir, progress=progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     running[0] = False
     sampler.join()
@@ -262,6 +263,9 @@ def main(argv=None) -> None:
     child.add_argument("--memory-budget", default="1GB")
     child.add_argument("--work-dir", default=None, help="folder for the extraction's temporary trace files")
     args = parser.parse_args(argv)
+    from caliali.allocator import large_arrays_returned_on_free
+
+    large_arrays_returned_on_free()  # as `caliali run` does: this process is the benchmark's own
     if args.command == "_child":
         _child(args)
         return

@@ -49,9 +49,11 @@ def _child(mode: str, video: Path, out: Path, batch_frames: int) -> dict[str, fl
         import cv2
 
         cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, [cv2.CAP_PROP_CONVERT_RGB, 0])
-        while cap.read()[0]:
-            frames += 1
-        cap.release()
+        try:  # a capture is released, not closed: no context manager of its own
+            while cap.read()[0]:
+                frames += 1
+        finally:
+            cap.release()
     elif mode == "copy":
         # The disk's floor for any writer: read with the plain library, write raw float32 bytes.
         import tifffile

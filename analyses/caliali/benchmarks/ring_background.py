@@ -240,7 +240,7 @@ def run_f1(args) -> list[tuple]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from cnmfe import simulate_aligned
 
-    from caliali.extraction import extract
+    from caliali.extraction import ExtractionParams, extract
     from caliali.score import score_neurons
 
     rows = []
@@ -251,8 +251,9 @@ def run_f1(args) -> list[tuple]:
         c_true = np.load(gt / "C.npy")
         for n in args.sectors:
             t0, cpu0 = time.perf_counter(), time.process_time()
-            result = extract(str(store_path), session_bounds=bounds, gSig=meta["gSig"], min_corr=0.2, min_pnr=4.0,
-                             memory_budget="1GB", n_sectors=n, bg_ssub=args.bg_ssub)
+            params = ExtractionParams(gSig=meta["gSig"], min_corr=0.2, min_pnr=4.0, memory_budget="1GB",
+                                      n_sectors=n, bg_ssub=args.bg_ssub)
+            result = extract(str(store_path), params, session_bounds=bounds)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             s = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
             rows.append((variant, n, len(a_true), result.n_neurons, s.precision, s.recall, s.f1, wall, cpu))

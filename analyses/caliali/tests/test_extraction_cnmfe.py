@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caliali.extraction import ExtractionError, extract, plan_batches
+from caliali.config import CalialiConfig
+from caliali.extraction import ExtractionError, ExtractionParams, extract, plan_batches
 from caliali.extraction._footprints import Footprints
 from caliali.extraction._merge import merge_components
 from caliali.io import VideoReader
@@ -159,6 +160,34 @@ def test_bad_input_gives_a_named_error(kwargs, message):
         options.pop("batch_frames")
     with pytest.raises(ExtractionError, match=message):
         extract(y, **options)
+
+
+def test_options_as_params_or_keywords_give_the_same_extraction():
+    y, _, _, bounds = _movie([(20, 24)], frames=200)
+    params = ExtractionParams(gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=200)
+    by_params = extract(y, params, session_bounds=bounds)
+    by_keywords = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=200)
+    overridden = extract(y, ExtractionParams(gSig=GSIG, min_corr=0.9), session_bounds=bounds, min_corr=0.3,
+                         min_pnr=5, batch_frames=200)
+    for other in (by_keywords, overridden):
+        np.testing.assert_array_equal(other.A.toarray(), by_params.A.toarray())
+        np.testing.assert_array_equal(other.C, by_params.C)
+        assert other.params == by_params.params
+    assert by_params.params["min_corr"] == 0.3 and by_params.params["n_batches"] == 2
+
+
+def test_params_refuse_bad_values_and_unknown_options_by_name():
+    with pytest.raises(ExtractionError, match="merge_thr must lie in"):
+        ExtractionParams(merge_thr=0)
+    with pytest.raises(ExtractionError, match="unknown extraction option.*gsig.*known options are: gSig"):
+        extract(np.zeros((10, 8, 8), np.float32), gsig=3)
+
+
+def test_params_from_a_run_config_share_its_names_and_defaults():
+    assert ExtractionParams.from_config(CalialiConfig()) == ExtractionParams(gSig=5.0, memory_budget="1GB")
+    config = CalialiConfig(gSig=6, spatial_ds=2, batch_frames=300, min_corr=0.2, min_snr=2.5)
+    assert ExtractionParams.from_config(config) == ExtractionParams(
+        gSig=3.0, batch_frames=300, min_corr=0.2, min_snr=2.5, memory_budget="1GB")
 
 
 def test_a_movie_that_is_not_3d_is_refused():

@@ -97,6 +97,15 @@ def test_files_without_a_movie(tmp_path, movie, write_video):
         open_video(tmp_path / "notzarr.zarr")
 
 
+def test_a_refused_file_is_closed_again(tmp_path, movie):
+    with h5py.File(tmp_path / "images.h5", "w") as f:
+        f["mean"] = movie[0]
+    with pytest.raises(VideoReadError):
+        open_video(tmp_path / "images.h5")
+    with h5py.File(tmp_path / "images.h5", "w"):  # HDF5 refuses to truncate a file something still holds open
+        pass
+
+
 def test_ambiguous_and_missing_datasets(tmp_path, movie, write_video):
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["a"] = movie

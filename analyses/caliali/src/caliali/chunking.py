@@ -1,8 +1,8 @@
-"""Memory budgets, chunk sizes, and the one chunk loop every streaming stage uses.
+"""Chunk sizes and the one chunk loop every streaming stage uses.
 
 A stage never holds more than ``batch_frames`` frames of a file; the number
 comes from a ``memory_budget`` and the frame size, not from the session
-length::
+length (:mod:`caliali.budget`, whose functions are re-exported here)::
 
     from caliali.chunking import batch_frames_for, run_chunks
     from caliali.experiment import load_experiment
@@ -21,7 +21,6 @@ interrupted run.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
-from caliali.exceptions import CalialiError, InputError, MemoryBudgetError
+from caliali.budget import batch_frames_for, parse_memory_budget
+from caliali.exceptions import CalialiError, InputError
 from caliali.experiment import Experiment, Session, load_experiment
 from caliali.io import VideoReader, open_video
 
@@ -50,81 +49,13 @@ __all__ = [
 Progress = Callable[[float, str], None]
 Source = Experiment | Session | VideoReader | Path | str
 
-_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_BUDGET = re.compile(r"^\s*(?P<value>\d+(\.\d*)?|\.\d+)\s*(?P<unit>[a-zA-Z]*)\s*$")
-
-
-def parse_memory_budget(memory_budget: int | float | str | None) -> int:
-    """Bytes in a memory budget: a number of bytes, or text like ``"2GB"``, ``"512MiB"``.
-
-    ``None`` or ``"auto"`` means half of the memory available right now.
-    """
-    if memory_budget is None or (isinstance(memory_budget, str) and memory_budget.strip().lower() == "auto"):
-        return int(psutil.virtual_memory().available // 2)
-    if isinstance(memory_budget, (int, float)) and not isinstance(memory_budget, bool):
-        value = float(memory_budget)
-    else:
-        match = _BUDGET.match(str(memory_budget))
-        unit = match["unit"].upper() if match else None
-        if match is None or unit not in _UNITS:
-            raise MemoryBudgetError(
-                f"memory_budget {memory_budget!r} is not a size; write e.g. 2GB, 512MB, 1.5GiB or a number of bytes"
-            )
-        value = float(match["value"]) * _UNITS[unit]
-    if value <= 0:
-        raise MemoryBudgetError(f"memory_budget must be positive, got {memory_budget!r}")
-    return int(value)
-
-
-def batch_frames_for(
-    memory_budget: int | float | str | None,
-    frame_shape: tuple[int, int],
-    *,
-    copies: float = 4.0,
-    max_frames: int | None = None,
-) -> int:
-    """Frames per chunk that fit in ``memory_budget``.
-
-    Parameters
-    ----------
-    memory_budget : int, float or str
-        Bytes, or text like ``"2GB"`` (see :func:`parse_memory_budget`).
-    frame_shape : (h, w)
-        Frame size in pixels.
-    copies : float
-        How many float32 copies of a chunk the stage holds at once (input,
-        output, temporaries); a stage that measured its peak passes it here.
-    max_frames : int, optional
-        Upper limit (e.g. the file length).
-
-    Returns
-    -------
-    int
-        ``floor(budget / (copies * 4 * h * w))``, at least 1.
-
-    Raises
-    ------
-    MemoryBudgetError
-        When not even one frame fits; the message gives the minimum budget.
-    """
-    budget = parse_memory_budget(memory_budget)
-    per_frame = float(copies) * 4 * int(frame_shape[0]) * int(frame_shape[1])
-    frames = int(budget // per_frame)
-    if frames < 1:
-        raise MemoryBudgetError(
-            f"memory_budget of {budget} bytes cannot hold one {frame_shape[0]}x{frame_shape[1]} frame "
-            f"({copies:g} float32 copies need {int(per_frame)} bytes); raise memory_budget"
-        )
-    return min(frames, int(max_frames)) if max_frames else frames
-
 
 def aligned_chunk_frames(batch_frames: int, frame_shape: tuple[int, int]) -> int:
     """Zarr chunk length dividing ``batch_frames``, at most 64 MiB.
 
     Appends of ``batch_frames`` then fill whole chunks, so zarr never reads
-    back a partial chunk to complete it, and big chunks write fastest (one
-    chunk per append wrote 1.5-2x faster than three in io_memory runs). When
+    back a partial chunk to complete it, and big chunks write fastest
+    (``benchmarks/io_memory.py``; figures in ``benchmarks/README.md``). When
     no divisor is at least half the 16 MiB default (e.g. a prime batch), the
     default is used.
     """

@@ -142,11 +142,14 @@ def run(
         help="Intermediates folder, also for extraction's temporary trace files (default <output>/work).")] = None,
 ) -> None:
     """Run the whole pipeline: motion correction, projections, alignment, CNMF-E, outputs. Resumable."""
+    from caliali.allocator import large_arrays_returned_on_free
     from caliali.chunking import print_progress
     from caliali.config import load_config
     from caliali.pipeline import run as run_pipeline
 
     cfg = load_config(config)  # refused before anything runs, naming the field
+    # This process is the run's own: freed long traces must not leave glibc's heaps keeping batch temporaries.
+    large_arrays_returned_on_free()
     result = run_pipeline(input, output, config=cfg, work=work, progress=print_progress)
     frames = ", ".join(f"{s}: {n}" for s, n in zip(result.sessions, result.session_frames))
     console.print(f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "

@@ -86,10 +86,31 @@ class CalialiConfig(BaseModel):
     keep_intermediates: bool = Field(
         False, description="Keep the corrected and aligned videos (work/) after a successful run.")
 
+    # What the stages are given: sizes at the downsampled resolution, 0 as "not set".
     @property
     def gsig_ds(self) -> float:
         """Neuron radius at the downsampled resolution."""
         return self.gSig / self.spatial_ds
+
+    @property
+    def fs_ds(self) -> float:
+        """Frame rate after temporal downsampling, Hz."""
+        return self.fs / self.temporal_ds
+
+    @property
+    def max_shift_ds(self) -> float:
+        """Largest motion within a session at the downsampled resolution, px."""
+        return self.max_shift / self.spatial_ds
+
+    @property
+    def max_translation_ds(self) -> float | None:
+        """Largest translation between sessions at the downsampled resolution, px; None for no limit."""
+        return self.max_translation / self.spatial_ds if self.max_translation else None
+
+    @property
+    def chunk_frames(self) -> int | None:
+        """Frames per chunk, or None to derive it from ``memory_budget``."""
+        return self.batch_frames or None
 
 
 def _describe(error: dict[str, Any]) -> str:

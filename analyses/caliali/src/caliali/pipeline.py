@@ -134,7 +134,7 @@ class _Reporter:
 
 def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _Reporter,
             state: _State) -> list[dict[str, Any]]:
-    from caliali.motion import correct_session, session_chunks
+    from caliali.motion import correct_session
     from caliali.store import FrameStore
 
     n = len(experiment.sessions)
@@ -146,36 +146,43 @@ def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _
             continue
         store_path = work / f"{key}.zarr"
         progress = report.stage("motion", i / n, (i + 1) / n)
-        batch = config.batch_frames or None
         if config.motion_correction:
             result = correct_session(
-                session, gSig=config.gsig_ds, out=store_path, batch_frames=batch,
+                session, gSig=config.gsig_ds, out=store_path, batch_frames=config.chunk_frames,
                 memory_budget=config.memory_budget, spatial_ds=config.spatial_ds,
-                temporal_ds=config.temporal_ds, max_shift=config.max_shift / config.spatial_ds,
+                temporal_ds=config.temporal_ds, max_shift=config.max_shift_ds,
                 progress=lambda f, m, s=session.id, p=progress: p(f, f"session {s}: {m}"))
             result.save(work, name=key)
             valid = result.valid_mask
         else:
-            from caliali.chunking import batch_frames_for
-
-            batch = batch or batch_frames_for(config.memory_budget, experiment.frame_shape(), copies=3)
-            first = None
-            store = None
-            for chunk in session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds,
-                                        temporal_ds=config.temporal_ds, progress=progress):
-                if store is None:
-                    store = FrameStore.create(store_path, chunk.shape[1:], params={"stage": "downsample"})
-                    first = chunk.shape[1:]
-                store.append(chunk)
-            assert store is not None and first is not None
-            store.mark_complete()
-            valid = np.ones(first, dtype=bool)
+            valid = _downsample_only(session, experiment, config, store_path, progress)
         np.save(work / f"{key}_valid_mask.npy", valid)
         info = {"store": str(store_path), "valid_mask": str(work / f"{key}_valid_mask.npy"),
                 "frames": FrameStore.open(store_path).n_frames}
         state.mark(key, info)
         results.append(info)
     return results
+
+
+def _downsample_only(session: Any, experiment: Experiment, config: CalialiConfig, store_path: Path,
+                     progress: Progress) -> np.ndarray:
+    """Motion correction switched off: the session downsampled into its store; every pixel valid."""
+    from caliali.chunking import batch_frames_for
+    from caliali.motion import session_chunks
+    from caliali.store import FrameStore
+
+    batch = config.chunk_frames or batch_frames_for(config.memory_budget, experiment.frame_shape(), copies=3)
+    first = None
+    store = None
+    for chunk in session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds,
+                                temporal_ds=config.temporal_ds, progress=progress):
+        if store is None:
+            store = FrameStore.create(store_path, chunk.shape[1:], params={"stage": "downsample"})
+            first = chunk.shape[1:]
+        store.append(chunk)
+    assert store is not None and first is not None
+    store.mark_complete()
+    return np.ones(first, dtype=bool)
 
 
 def _projections(experiment: Experiment, config: CalialiConfig, motion: list[dict[str, Any]], work: Path,
@@ -193,8 +200,8 @@ def _projections(experiment: Experiment, config: CalialiConfig, motion: list[dic
             continue
         valid = np.load(motion[i]["valid_mask"])
         proj = session_projections(
-            FrameStore.open(motion[i]["store"]), gSig=config.gsig_ds, fs=config.fs / config.temporal_ds,
-            batch_frames=config.batch_frames or None, memory_budget=config.memory_budget, valid_mask=valid,
+            FrameStore.open(motion[i]["store"]), gSig=config.gsig_ds, fs=config.fs_ds,
+            batch_frames=config.chunk_frames, memory_budget=config.memory_budget, valid_mask=valid,
             progress=report.stage("projections", i / n, (i + 1) / n))
         proj.save(path)
         if config.qc:
@@ -226,14 +233,11 @@ def _alignment(experiment: Experiment, config: CalialiConfig, projections: list[
     if state.done("alignment"):
         return load_alignment(out)
     ids = [s.id for s in experiment.sessions]
-    kwargs: dict[str, Any] = {}
-    if config.max_translation:
-        kwargs["max_shift"] = config.max_translation / config.spatial_ds
     alignment = align_sessions(
         [p.bv for p in projections], session_ids=ids, neuron_images=[_neuron_image(p) for p in projections],
         valid_masks=[np.load(m["valid_mask"]) for m in motion], gSig=config.gsig_ds,
         source=config.alignment_source, reliability_threshold=config.reliability_threshold,
-        progress=report.stage("alignment"), **kwargs)
+        max_shift=config.max_translation_ds, progress=report.stage("alignment"))
     save_alignment(alignment, out, figures=config.qc)
     state.mark("alignment", {"source": alignment.source, "reliability": alignment.reliability})
     return alignment
@@ -250,7 +254,7 @@ def _apply(alignment: Any, config: CalialiConfig, motion: list[dict], work: Path
         return path, np.asarray(info["bounds"]), np.load(work / "aligned_valid_mask.npy")
     aligned = apply_alignment(
         alignment, [FrameStore.open(m["store"]) for m in motion], path,
-        batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
+        batch_frames=config.chunk_frames, memory_budget=config.memory_budget,
         progress=report.stage("apply"))
     np.save(work / "aligned_valid_mask.npy", aligned.valid_mask)
     state.mark("apply", {"bounds": aligned.session_bounds.tolist()})
@@ -298,44 +302,23 @@ def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict |
     state = _State(work, _fingerprint(experiment, config))
     report = _Reporter(progress)
     timings: dict[str, dict[str, float]] = {}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        value = fn()
-        timings[name] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}
-        return value
-
     ids = [s.id for s in experiment.sessions]
-    motion = timed("motion", lambda: _motion(experiment, config, work, report, state))
-    projections = timed("projections", lambda: _projections(experiment, config, motion, work, out, report, state))
-    multi = len(ids) > 1 and config.alignment
-    if multi:
-        alignment = timed("alignment", lambda: _alignment(experiment, config, projections, motion, out, report,
-                                                          state))
-        video, bounds, valid = timed("apply", lambda: _apply(alignment, config, motion, work, report, state))
+    motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
+    projections = _timed(timings, "projections",
+                         lambda: _projections(experiment, config, motion, work, out, report, state))
+    if len(ids) > 1 and config.alignment:
+        alignment = _timed(timings, "alignment",
+                           lambda: _alignment(experiment, config, projections, motion, out, report, state))
+        video, bounds, valid = _timed(timings, "apply", lambda: _apply(alignment, config, motion, work, report,
+                                                                       state))
     else:
-        from caliali.store import FrameStore
-
-        # One session (or alignment switched off): sessions are concatenated as corrected.
-        stores = [FrameStore.open(m["store"]) for m in motion]
-        if len(stores) == 1:
-            video = Path(motion[0]["store"])
-        else:
-            video = _concatenate(stores, work / "aligned.zarr", config)
-        bounds = np.concatenate([[0], np.cumsum([s.n_frames for s in stores])]).astype(np.int64)
-        valid = np.logical_and.reduce([np.load(m["valid_mask"]) for m in motion])
-        report.stage("apply")(1.0, "nothing to align")
-    paths = timed("extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report))
+        video, bounds, valid = _unaligned(motion, config, work, report)
+    paths = _timed(timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report))
     n_neurons = paths.pop("_n_neurons")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
-    summary = {
-        "caliali_version": __version__, "input": str(input), "sessions": ids, "session_frames": frames,
-        "neurons": n_neurons, "config": config.model_dump(), "stages": timings,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "alignment": (json.loads((out / "alignment" / "alignment.json").read_text()).get("qc")
-                      if (out / "alignment" / "alignment.json").exists() else None),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    _write_summary(out, {"caliali_version": __version__, "input": str(input), "sessions": ids,
+                         "session_frames": frames, "neurons": n_neurons, "config": config.model_dump(),
+                         "stages": timings})
     if not config.keep_intermediates:
         shutil.rmtree(work, ignore_errors=True)
     if progress is not None:
@@ -344,12 +327,44 @@ def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict |
                      paths={k: Path(v) for k, v in paths.items()})
 
 
+def _timed(timings: dict[str, dict[str, float]], name: str, fn: Callable[[], Any]) -> Any:
+    """Run one stage, recording its wall time and the run's peak RSS after it under ``name``."""
+    t0 = time.perf_counter()
+    value = fn()
+    timings[name] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": round(_peak_rss_mb(), 1)}
+    return value
+
+
+def _unaligned(motion: list[dict[str, Any]], config: CalialiConfig, work: Path,
+               report: _Reporter) -> tuple[Path, np.ndarray, np.ndarray]:
+    """One session (or alignment switched off): sessions are concatenated as corrected."""
+    from caliali.store import FrameStore
+
+    stores = [FrameStore.open(m["store"]) for m in motion]
+    if len(stores) == 1:
+        video = Path(motion[0]["store"])
+    else:
+        video = _concatenate(stores, work / "aligned.zarr", config)
+    bounds = np.concatenate([[0], np.cumsum([s.n_frames for s in stores])]).astype(np.int64)
+    valid = np.logical_and.reduce([np.load(m["valid_mask"]) for m in motion])
+    report.stage("apply")(1.0, "nothing to align")
+    return video, bounds, valid
+
+
+def _write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``: the run's facts, its peak memory and the alignment's QC (when sessions were aligned)."""
+    alignment = out / "alignment" / "alignment.json"
+    summary = {**summary, "peak_rss_mb": round(_peak_rss_mb(), 1),
+               "alignment": json.loads(alignment.read_text()).get("qc") if alignment.exists() else None}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
 def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
     from caliali.chunking import batch_frames_for
     from caliali.store import FrameStore
 
     shape = stores[0].frame_shape
-    batch = config.batch_frames or batch_frames_for(config.memory_budget, shape, copies=2)
+    batch = config.chunk_frames or batch_frames_for(config.memory_budget, shape, copies=2)
     out = FrameStore.create(path, shape, params={"stage": "concatenate"})
     for store in stores:
         for start in range(0, store.n_frames, batch):
@@ -360,19 +375,15 @@ def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
 
 def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str], config: CalialiConfig,
              out: Path, work: Path, report: _Reporter) -> dict[str, Any]:
-    from caliali.extraction import extract
+    from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
 
     progress = report.stage("extraction", 0.0, 0.95)
-    result = extract(
-        str(video), session_bounds=bounds, gSig=config.gsig_ds, min_corr=config.min_corr,
-        min_pnr=config.min_pnr, batch_frames=config.batch_frames or None, memory_budget=config.memory_budget,
-        merge_thr=config.merge_thr, max_iter=config.max_iter, tol=config.tol, bg_ssub=config.bg_ssub,
-        ring_factor=config.ring_factor, patch_size=config.patch_size, patch_overlap=config.patch_overlap,
-        min_snr=config.min_snr, valid_mask=valid, work_dir=work, progress=progress)  # traces on the run's disk
+    result = extract(str(video), ExtractionParams.from_config(config), session_bounds=bounds, valid_mask=valid,
+                     work_dir=work, progress=progress)  # traces on the run's disk
     report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
     paths: dict[str, Any] = dict(write_outputs(
-        result, out, fs=config.fs / config.temporal_ds, session_ids=ids, spatial_ds=config.spatial_ds,
+        result, out, fs=config.fs_ds, session_ids=ids, spatial_ds=config.spatial_ds,
         nwb=config.nwb, qc=config.qc))
     np.save(out / "arrays" / "valid_mask.npy", valid)
     paths["_n_neurons"] = int(result.A.shape[1])

@@ -2,7 +2,8 @@
 
 Public API
 ----------
-extract(video, *, session_bounds, cn, pnr, gSig, min_corr, min_pnr, batch_frames, memory_budget, ...) -> Extraction
+ExtractionParams(gSig, min_corr, min_pnr, batch_frames, memory_budget, ...)  the options, checked, with defaults
+extract(video, params, *, session_bounds, cn, pnr, valid_mask, work_dir, progress, **options) -> Extraction
 summary_images(video, *, session_bounds, gSig, ...) -> (cn, pnr)
 find_seeds(cn, pnr, *, gSig, min_corr, min_pnr) -> (n, 2)
 plan_batches(session_bounds, frame_shape, *, batch_frames, memory_budget) -> list[Batch]
@@ -10,10 +11,11 @@ plan_batches(session_bounds, frame_shape, *, batch_frames, memory_budget) -> lis
 
 from ._batches import Batch, parse_memory_budget, plan_batches
 from ._errors import ExtractionError
+from ._params import ExtractionParams
 from ._result import Extraction
 from ._seeds import find_seeds
 from ._summary import summary_images
 from .cnmfe import extract
 
-__all__ = ["extract", "Extraction", "ExtractionError", "summary_images", "find_seeds", "plan_batches", "Batch",
+__all__ = ["extract", "Extraction", "ExtractionError", "ExtractionParams", "summary_images", "find_seeds", "plan_batches", "Batch",
            "parse_memory_budget"]

@@ -8,22 +8,15 @@ weight per pixel: a few parameters per pixel instead of CNMF-E's full ring
 weight matrix, which keeps the fit to sums accumulated batch by batch
 (n_sectors^2 numbers per downsampled pixel) and never needs the movie whole.
 
-Why 4 sectors rather than CNMF-E's full ring (one weight per ring pixel: 64
-at gSig 3, bg_ssub 2), measured with ``benchmarks/ring_background.py`` on
-simulated movies (PNR 2, 2,000 frames, the true neurons removed). Error of
-the predicted fluctuating background relative to the true one, ideal /
-dense: 4 sectors 2.35 / 1.51, 8 sectors 3.29 / 1.96, 16 sectors 4.37 / 2.50,
-full ring 5.39 / 3.03. The simulated fluctuating background is weak (1-2% of
-the pixel noise), so every model's error is below 6% of the noise, and each
-extra weight mostly carries the ring's noise into the background; only a
-noise-free background is fitted better by more weights (ideal: 0.51 with 4
-sectors, 0.43 with 8, 0.08 with the full ring), which may matter on real
-data with a strong fluctuating background. End to end, 8 sectors give the
-same F1 as 4 (0.948 on the ideal set). The full ring's least-squares sums
-are n_ring^2 + n_ring numbers per downsampled pixel: 714 MiB (float64) for
-a 300x300 movie at gSig 3, bg_ssub 2, and 1.3 GiB at gSig 5, twice the
-frames of a batch at the default 2GB budget (6 frame copies: 333 MB),
-against 20 numbers per pixel (3.4 MiB) for 4 sectors.
+Why 4 sectors rather than CNMF-E's full ring (one weight per ring pixel):
+on simulated movies at a realistic noise level each extra weight mostly
+carries the ring's noise into the background, so fewer weights predict the
+fluctuating background better (only a noise-free background is fitted better
+by more weights, which may matter on real data with a strong fluctuating
+background), and the full ring's least-squares sums (n_ring^2 + n_ring
+numbers per downsampled pixel) outweigh a batch of frames where 4 sectors
+need 20 numbers per pixel. Measured with ``benchmarks/ring_background.py``;
+figures in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -127,9 +120,9 @@ class RingBackground:
         The same as filtering every frame with each sector's kernel
         (``cv2.filter2D``, reflected borders), computed as sums of shifted
         copies of a few frames at a time: each ring pixel is visited once, and
-        the working set stays in cache (measured: 2-2.7x less CPU time than
-        per-frame ``filter2D`` with 4 sectors, 5x with 8; the cost depends on
-        the ring's pixels, not on the number of sectors).
+        the working set stays in cache (less CPU time than per-frame
+        ``filter2D``; the cost depends on the ring's pixels, not on the number
+        of sectors; figures in ``benchmarks/README.md``).
         """
         t, h, w = residual_small.shape
         r = self.kernels[0].shape[0] // 2
@@ -172,8 +165,8 @@ class RingBackground:
 
         The weighted sum of the sectors and its bilinear upsampling run a few
         frames at a time, so the small frames stay in cache between the two
-        (measured: 1.7-2x less CPU time than summing the whole batch first;
-        the same result to the bit).
+        (less CPU time than summing the whole batch first; the same result to
+        the bit).
         """
         if self.ssub == 1:
             small = regressors[0] * self.weights[0]

@@ -131,9 +131,9 @@ class Footprints:
         (thresholded footprints fill a fraction of their box; adding zeros
         elsewhere changed nothing), a few frames at a time so that the
         update and its product buffer stay in cache: the same result to the
-        bit as updating whole boxes, in 1.7x less CPU time (measured with 100
-        and 300 neurons). A sparse A C product (scipy.sparse) measured no
-        faster than the loop: the update is bound by memory traffic.
+        bit as updating whole boxes, in less CPU time. A sparse A C product
+        (scipy.sparse) is no faster than the loop: the update is bound by
+        memory traffic (figures in ``benchmarks/README.md``).
         """
         t = frames.shape[0]
         todo = [(k, box) for k, box in enumerate(self.support_boxes()) if box is not None and traces[k].any()]

@@ -16,7 +16,7 @@ deconvolution, false-positive removal and post-processing read and write one
 neuron's full-length trace at a time, merging correlates traces a block of
 frames at a time, so no step holds neurons x frames in memory. The result's
 traces are read-only maps of such files (`TraceFile.view`): they take no
-memory of their own until read. `release_freed_memory` hands what the
+memory of their own until read. `caliali.allocator.release_freed_memory` hands what the
 whole-trace steps freed back to the system before the next batch of frames is
 read, so the allocator's freed-but-kept pages do not add to the batch's
 working set.
@@ -24,8 +24,6 @@ working set.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import tempfile
@@ -34,52 +32,7 @@ import numpy as np
 
 from ._errors import ExtractionError
 
-__all__ = ["TraceFile", "release_freed_memory", "large_arrays_returned_on_free"]
-
-_LIBC: list = []
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-LARGE_ARRAY_BYTES = 4 * 2**20
-
-
-def _libc():
-    if not _LIBC:
-        try:
-            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"))
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
-
-
-def release_freed_memory() -> None:
-    """Return the memory the C allocator has freed but kept to the system (glibc ``malloc_trim``).
-
-    A no-op where the C library has no ``malloc_trim``.
-    """
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-def large_arrays_returned_on_free(threshold: int = LARGE_ARRAY_BYTES) -> bool:
-    """Have glibc give every allocation of ``threshold`` bytes or more its own memory map (``mallopt``).
-
-    glibc serves large blocks with their own map, handed back to the system
-    when freed, but raises that threshold (up to 32 MiB) to the size of every
-    such block freed. Once a few long traces (K x T, tens of MB) have been
-    freed, batch-sized temporaries (patch copies, downsampled frames, the
-    reader's chunk buffers, in several threads' heaps) all come from heaps
-    that keep what is freed: peak RSS then grew with the recording's length,
-    by 18% from 1 to 10 sessions of 3,000 frames in the memory benchmark
-    (423 MiB at 10 sessions, 285 MiB with the fixed threshold). A fixed threshold keeps every block of 4 MiB or more returned
-    on free, at the cost of a page fault per page of each new large array
-    (a few ms per batch). Process-wide; returns False where it cannot be set
-    (not glibc).
-    """
-    mallopt = getattr(_libc(), "mallopt", None)
-    if mallopt is None:
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+__all__ = ["TraceFile"]
 
 
 class TraceFile:

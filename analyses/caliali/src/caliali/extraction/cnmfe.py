@@ -27,20 +27,23 @@ from collections.abc import Callable
 
 import numpy as np
 
+from caliali.allocator import release_freed_memory
+
 from ._background import RingBackground, downsample
-from ._batches import Batch, check_session_bounds, parse_memory_budget, plan_batches
+from ._batches import Batch, check_session_bounds, plan_batches
 from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
 from ._footprints import Footprints, box_around
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import initialize_batch
 from ._merge import merge_components
+from ._params import ExtractionParams
 from ._postprocess import finalize_traces
 from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
 from ._summary import summary_images
-from ._traces import TraceFile, large_arrays_returned_on_free, release_freed_memory
+from ._traces import TraceFile
 
 __all__ = ["extract"]
 
@@ -50,23 +53,6 @@ Progress = Callable[[float, str], None] | None
 def _report(progress: Progress, lo: float, hi: float, fraction: float, message: str) -> None:
     if progress is not None:
         progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
-
-
-def _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub):
-    if not (isinstance(gSig, (int, float)) and 0.5 <= gSig <= 50):
-        raise ExtractionError(f"gSig (neuron radius in pixels) must be a number between 0.5 and 50, got {gSig!r}")
-    if not -1 <= min_corr <= 1:
-        raise ExtractionError(f"min_corr must lie in [-1, 1], got {min_corr!r}")
-    if min_pnr < 0:
-        raise ExtractionError(f"min_pnr must be >= 0, got {min_pnr!r}")
-    if not 0 < merge_thr <= 1:
-        raise ExtractionError(f"merge_thr must lie in (0, 1], got {merge_thr!r}")
-    if int(max_iter) < 1:
-        raise ExtractionError(f"max_iter must be at least 1, got {max_iter!r}")
-    if tol <= 0:
-        raise ExtractionError(f"tol must be positive, got {tol!r}")
-    if int(bg_ssub) < 1:
-        raise ExtractionError(f"bg_ssub must be a positive integer, got {bg_ssub!r}")
 
 
 def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, *,
@@ -279,13 +265,9 @@ def _stalled(history: list[dict]) -> bool:
     return len(history) >= 3 and history[-1]["change"] > 0.9 * history[-2]["change"]
 
 
-def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np.ndarray | None = None,
-            gSig: float = 3.0, min_corr: float = 0.1, min_pnr: float = 6.0,
-            batch_frames: int | None = None, memory_budget: int | str = "2GB", merge_thr: float = 0.65,
-            max_iter: int = 10, tol: float = 0.05, bg_ssub: int = 2, ring_factor: float = 1.5,
-            n_sectors: int = 4, patch_size: int = 64, patch_overlap: int = 32, box_factor: float = 6.0,
-            min_snr: float = 3.0, valid_mask: np.ndarray | None = None, work_dir: str | os.PathLike | None = None,
-            progress: Progress = None) -> Extraction:
+def extract(video, params: ExtractionParams | None = None, *, session_bounds=None, cn: np.ndarray | None = None,
+            pnr: np.ndarray | None = None, valid_mask: np.ndarray | None = None,
+            work_dir: str | os.PathLike | None = None, progress: Progress = None, **options) -> Extraction:
     """Extract neurons with one identity across sessions from the aligned, concatenated movie (CNMF-E).
 
     Parameters
@@ -293,41 +275,15 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     video : array-like (t, h, w), zarr array or path, or caliali.io VideoReader
         The aligned movie, all sessions concatenated in time. Read one temporal
         batch at a time, never whole; never modified.
+    params : ExtractionParams, optional
+        The options (neuron radius, seed thresholds, batches, background,
+        stopping rule); default ``ExtractionParams()``, the method's.
     session_bounds : array of int, optional
         First frame of each session followed by the total number of frames
         (n_sessions + 1 entries). Default: one session.
     cn, pnr : ndarray (h, w), optional
         Max-over-sessions local correlation and peak-to-noise images. Computed
         here (CNMF-E style, max over batches) when not given.
-    gSig : float
-        Neuron radius in pixels (gSiz = 4 gSig is the neuron diameter bound).
-    min_corr, min_pnr : float
-        Seed thresholds on Cn and PNR (method defaults 0.1 and 6; demo 0.2 and 4).
-    batch_frames : int, optional
-        Frames per temporal batch; default derived from ``memory_budget``.
-    memory_budget : int or str
-        Bytes (or e.g. ``"2GB"``) for the frames of one batch and its working copies.
-    merge_thr : float
-        Trace correlation above which overlapping components are merged.
-    max_iter, tol : int, float
-        At most ``max_iter`` rounds; stop when no component was merged or
-        removed and the median relative footprint change is below ``tol``, or
-        has stopped falling (less than 10% below the previous round: the
-        noise floor of the estimates).
-    bg_ssub : int
-        Spatial downsampling of the ring background grid.
-    ring_factor : float
-        Ring radius in units of gSiz.
-    n_sectors : int
-        Angular sectors of the ring, each with a weight per pixel.
-    patch_size, patch_overlap : int
-        Spatial patches of the initialisation.
-    box_factor : float
-        Half-width of the initialisation box in units of gSig.
-    min_snr : float
-        Components whose strongest calcium event (the least probable run of
-        two decay times of frames of the raw trace, best session) is less
-        exceptional than ``min_snr`` x noise in every frame are removed.
     valid_mask : ndarray (h, w) bool, optional
         Pixels valid in all sessions; seeds outside are ignored.
     work_dir : str or path, optional
@@ -339,6 +295,9 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         give a folder on disk where that one is memory-backed (tmpfs).
     progress : callable, optional
         ``progress(fraction, message)``.
+    **options
+        Fields of :class:`ExtractionParams` (``gSig=3, min_corr=0.2, ...``),
+        overriding those of ``params``.
 
     Returns
     -------
@@ -351,6 +310,12 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     ExtractionError
         Bad input, or no seed passes the thresholds.
 
+    Notes
+    -----
+    Long recordings free long traces between batches; in a process of its
+    own, call :func:`caliali.allocator.large_arrays_returned_on_free` first so
+    that the C allocator does not keep them (``caliali run`` does).
+
     References
     ----------
     Zhou, P. et al. Efficient and accurate extraction of in vivo calcium signals
@@ -361,21 +326,34 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
 
     Examples
     --------
-    >>> result = extract("aligned.zarr", session_bounds=[0, 2000, 4000], gSig=3,
-    ...                  min_corr=0.2, min_pnr=4, memory_budget="1GB")  # doctest: +SKIP
+    >>> params = ExtractionParams(gSig=3, min_corr=0.2, min_pnr=4, memory_budget="1GB")
+    >>> result = extract("aligned.zarr", params, session_bounds=[0, 2000, 4000])  # doctest: +SKIP
     >>> result.by_session("C")[1].shape  # doctest: +SKIP
     (87, 2000)
     """
-    _check_options(gSig, min_corr, min_pnr, merge_thr, max_iter, tol, bg_ssub)
+    params = (params if params is not None else ExtractionParams()).with_options(**options)
     if work_dir is not None and not os.path.isdir(work_dir):
         raise ExtractionError(f"work_dir {os.fspath(work_dir)!r} is not a folder; create it or leave work_dir unset")
-    large_arrays_returned_on_free()  # otherwise freed long traces leave glibc's heaps keeping batch temporaries
     source = open_source(video)
     bounds = check_session_bounds(session_bounds, source.n_frames)
-    dims = source.frame_shape
-    batches = plan_batches(bounds, dims, batch_frames=batch_frames,
-                           memory_budget=memory_budget if batch_frames is None else None)
+    batches = plan_batches(bounds, source.frame_shape, batch_frames=params.batch_frames,
+                           memory_budget=params.memory_budget if params.batch_frames is None else None)
     longest = max(b.stop - b.start for b in batches)
+    cn, pnr, seeds = _seed(source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask,
+                           progress=progress)
+    footprints, c, background = _start(source, batches, seeds, bounds, params, progress=progress,
+                                       work_dir=work_dir)
+    footprints, c, history = _iterate(source, batches, bounds, footprints, c, background, params,
+                                      longest=longest, progress=progress, work_dir=work_dir)
+    return _finish(source, batches, bounds, footprints, c, background, progress=progress, work_dir=work_dir,
+                   extras=dict(cn=cn, pnr=pnr, seeds=seeds, history=history,
+                               params=params.record(batch_frames=longest, n_batches=len(batches))))
+
+
+def _seed(source: FrameSource, bounds: np.ndarray, longest: int, params: ExtractionParams, *, cn, pnr,
+          valid_mask, progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The summary images (computed when not given) and the seeds that pass the thresholds."""
+    dims, gSig = source.frame_shape, params.gSig
     if cn is None or pnr is None:
         cn, pnr = summary_images(source, session_bounds=bounds, gSig=gSig,
                                  batch_frames=longest,
@@ -383,25 +361,40 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
     if cn.shape != dims or pnr.shape != dims:
         raise ExtractionError(f"cn and pnr must have the frame shape {dims}; got {cn.shape} and {pnr.shape}")
-    seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=min_corr, min_pnr=min_pnr, valid_mask=valid_mask)
+    seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=params.min_corr, min_pnr=params.min_pnr,
+                       valid_mask=valid_mask)
     if len(seeds) == 0:
         raise ExtractionError(
-            f"no seed passes min_corr={min_corr} and min_pnr={min_pnr} (max Cn {float(np.nanmax(cn)):.3f}, "
-            f"max PNR {float(np.nanmax(pnr)):.2f}); lower the thresholds or check gSig")
-    region_radius = int(math.ceil(2.5 * gSig)) + 1
+            f"no seed passes min_corr={params.min_corr} and min_pnr={params.min_pnr} "
+            f"(max Cn {float(np.nanmax(cn)):.3f}, max PNR {float(np.nanmax(pnr)):.2f}); "
+            "lower the thresholds or check gSig")
+    return cn, pnr, seeds
+
+
+def _start(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray,
+           params: ExtractionParams, *, progress: Progress, work_dir) -> tuple[Footprints, TraceFile, RingBackground]:
+    """Initial footprints and traces from the seeds, and the ring background with each session's constant."""
+    gSig = params.gSig
     footprints, c, _, mean_frames = _initialize(
-        source, batches, seeds, bounds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
-        patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius, progress=progress,
-        work_dir=work_dir)
+        source, batches, seeds, bounds, gSig=gSig, min_pnr=params.min_pnr, patch_size=params.patch_size,
+        patch_overlap=params.patch_overlap, box_factor=params.box_factor,
+        region_radius=int(math.ceil(2.5 * gSig)) + 1, progress=progress, work_dir=work_dir)
     if len(footprints) == 0:
         raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
-    background = RingBackground(dims, len(bounds) - 1, ring_radius=ring_factor * 4 * gSig, ssub=bg_ssub,
-                                n_sectors=n_sectors)
+    background = RingBackground(source.frame_shape, len(bounds) - 1, ring_radius=params.ring_factor * 4 * gSig,
+                                ssub=params.bg_ssub, n_sectors=params.n_sectors)
     background.b0 = _session_constant(footprints, c, mean_frames, batches, bounds)
-    history = []
-    min_pixels = max(3, int(round(0.5 * gSig * gSig)))
-    span = 0.55 / max_iter
-    for it in range(max_iter):
+    return footprints, c, background
+
+
+def _iterate(source: FrameSource, batches: list[Batch], bounds: np.ndarray, footprints: Footprints, c,
+             background: RingBackground, params: ExtractionParams, *, longest: int, progress: Progress,
+             work_dir) -> tuple[Footprints, TraceFile, list[dict]]:
+    """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
+    history: list[dict] = []
+    min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
+    span = 0.55 / params.max_iter
+    for it in range(params.max_iter):
         lo = 0.3 + span * it
         c_raw, yct, cct, b0_sums = _iteration_pass(source, batches, footprints, c, background, spatial=True,
                                                    progress=progress, lo=lo, hi=lo + span,
@@ -410,12 +403,12 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=gSig).normalized()
+        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=params.gSig).normalized()
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
         c = _deconvolve_all(c_raw, bounds, scale=carry)
         change = _change(footprints, updated)
-        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=min_snr,
+        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr,
                                        bounds=bounds)
         c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
@@ -423,7 +416,7 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
         if removed:
             c, dropped = c.take(keep), c
             dropped.close()
-        footprints, merged, _, merges = merge_components(footprints, c, None, merge_thr=merge_thr,
+        footprints, merged, _, merges = merge_components(footprints, c, None, merge_thr=params.merge_thr,
                                                          batch_frames=longest)
         if merged is not c:
             c.close()
@@ -432,8 +425,14 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
                         "removed": removed, "merged": merges})
         if len(footprints) == 0:
             raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
-        if removed == 0 and merges == 0 and (change < tol or _stalled(history)):
+        if removed == 0 and merges == 0 and (change < params.tol or _stalled(history)):
             break
+    return footprints, c, history
+
+
+def _finish(source: FrameSource, batches: list[Batch], bounds: np.ndarray, footprints: Footprints, c,
+            background: RingBackground, *, progress: Progress, work_dir, extras: dict) -> Extraction:
+    """Final traces on the converged footprints, post-processed and ordered by SNR, as the result."""
     c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
                                      progress=progress, lo=0.85, hi=0.97, label="final traces", work_dir=work_dir)
     _report(progress, 0.97, 0.97, 1.0, "post-processing: deconvolution, detrending, noise scaling, SNR order")
@@ -450,13 +449,8 @@ def extract(video, *, session_bounds=None, cn: np.ndarray | None = None, pnr: np
     c_raw_out, c_out, s_out = outputs
     scale = noise.mean(axis=1)
     images = [footprints.images[k] * scale[k] for k in order]
-    final = Footprints(dims, [footprints.boxes[k] for k in order], images)
+    final = Footprints(source.frame_shape, [footprints.boxes[k] for k in order], images)
     _report(progress, 0.97, 1.0, 1.0, f"extraction done: {len(final)} neurons")
-    params = dict(gSig=gSig, min_corr=min_corr, min_pnr=min_pnr, merge_thr=merge_thr, max_iter=max_iter, tol=tol,
-                  bg_ssub=bg_ssub, ring_factor=ring_factor, n_sectors=n_sectors, patch_size=patch_size,
-                  patch_overlap=patch_overlap, box_factor=box_factor, min_snr=min_snr,
-                  batch_frames=int(longest), n_batches=len(batches),
-                  memory_budget=None if memory_budget is None else parse_memory_budget(memory_budget))
-    return Extraction(A=final.to_sparse(), C_raw=c_raw_out, C=c_out, S=s_out, cn=cn, pnr=pnr,
-                      session_bounds=bounds, dims=dims, snr=snr[order], noise=noise[order],
-                      centers=final.centers(), seeds=seeds, history=history, params=params)
+    return Extraction(A=final.to_sparse(), C_raw=c_raw_out, C=c_out, S=s_out, session_bounds=bounds,
+                      dims=source.frame_shape, snr=snr[order], noise=noise[order], centers=final.centers(),
+                      **extras)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise VideoReadError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    try:
+    with ExitStack() as stack:
+        stack.enter_context(handle)  # closed on leaving if the movie cannot be found, else handed to the reader
         found: dict[str, tuple[int, ...]] = {}
         handle.visititems(
             lambda key, obj: found.__setitem__(key, obj.shape)
@@ -100,10 +102,7 @@ def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
         if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in handle:
             found[dataset.strip("/")] = handle[dataset.strip("/")].shape
         key = _choose(path, found, dataset, "dataset")
-        return ArrayReader(path, handle[key], name=key, closer=handle.close)
-    except Exception:
-        handle.close()
-        raise
+        return ArrayReader(path, handle[key], name=key, closer=stack.pop_all().close)
 
 
 def open_zarr(path: Path, *, dataset: str | None = None) -> ArrayReader:
@@ -134,14 +133,14 @@ def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
     from pynwb import NWBHDF5IO
     from pynwb.ophys import OnePhotonSeries, TwoPhotonSeries
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pynwb warns about cached namespaces
-            io = NWBHDF5IO(str(path), mode="r")
-            nwbfile = io.read()
-    except Exception as exc:
-        raise VideoReadError(f"{path}: not a readable NWB file ({exc})") from exc
-    try:
+    with ExitStack() as stack:  # the file is closed on leaving unless handed to the reader
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pynwb warns about cached namespaces
+                io = stack.enter_context(NWBHDF5IO(str(path), mode="r"))
+                nwbfile = io.read()
+        except Exception as exc:
+            raise VideoReadError(f"{path}: not a readable NWB file ({exc})") from exc
         series = {
             obj.name: obj for obj in nwbfile.objects.values() if isinstance(obj, (OnePhotonSeries, TwoPhotonSeries))
         }
@@ -153,7 +152,4 @@ def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
                 f"{list(chosen.external_file[:])}; open those files directly"
             )
         rate = chosen.rate
-        return ArrayReader(path, chosen.data, name=key, closer=io.close, fs=float(rate) if rate else None)
-    except Exception:
-        io.close()
-        raise
+        return ArrayReader(path, chosen.data, name=key, closer=stack.pop_all().close, fs=float(rate) if rate else None)

@@ -30,6 +30,17 @@ def _quiet() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(previous)
 
 
+@contextmanager
+def _capture(path: Path, params: list[int] | None = None) -> Iterator[cv2.VideoCapture]:
+    """A capture of ``path`` (opened quietly), released on leaving, whatever happens."""
+    with _quiet():
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, *([params] if params is not None else []))
+    try:
+        yield cap
+    finally:
+        cap.release()
+
+
 def _fourcc_text(value: float) -> str:
     code = int(value)
     return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
@@ -46,21 +57,19 @@ class OpenCVReader(VideoReader):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        with _quiet():
-            probe = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
-        if not probe.isOpened():
-            raise VideoReadError(
-                f"{self.path}: OpenCV cannot open this file as a video (corrupt, empty, "
-                "or not a video); check that it plays in a video player"
-            )
-        pixel_format = _fourcc_text(probe.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT))
+        with _capture(self.path) as probe:
+            if not probe.isOpened():
+                raise VideoReadError(
+                    f"{self.path}: OpenCV cannot open this file as a video (corrupt, empty, "
+                    "or not a video); check that it plays in a video player"
+                )
+            pixel_format = _fourcc_text(probe.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT))
+            self.n_frames = int(probe.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.frame_shape = (int(probe.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(probe.get(cv2.CAP_PROP_FRAME_WIDTH)))
+            fps = probe.get(cv2.CAP_PROP_FPS)
         self._grey = pixel_format in (_GREY8, _GREY16)
         self.dtype = np.dtype(np.uint16 if pixel_format == _GREY16 else np.uint8)
-        self.n_frames = int(probe.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.frame_shape = (int(probe.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(probe.get(cv2.CAP_PROP_FRAME_WIDTH)))
-        fps = probe.get(cv2.CAP_PROP_FPS)
         self.fs = float(fps) if fps and np.isfinite(fps) and fps > 0 else None
-        probe.release()
         if self.n_frames <= 0 or min(self.frame_shape) <= 0:
             raise VideoReadError(f"{self.path}: the video contains no frames")
         self._cap: cv2.VideoCapture | None = None

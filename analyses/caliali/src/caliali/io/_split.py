@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from caliali.budget import batch_frames_for
 from caliali.exceptions import InputError
+from caliali.io._open import open_video
+from caliali.io._writers import open_writer
 
 __all__ = ["split_sizes", "split_video"]
 
@@ -66,9 +69,6 @@ def split_video(
     list of Path
         The pieces, in time order.
     """
-    from caliali.chunking import batch_frames_for
-    from caliali.io import open_video, open_writer
-
     path, out_dir = Path(path), Path(out_dir)
     pieces: list[Path] = []
     with open_video(path, dataset=dataset) as video:

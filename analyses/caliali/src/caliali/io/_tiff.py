@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,13 @@ class TiffReader(VideoReader):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
+            tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises several types for bad files
             raise VideoReadError(f"{self.path}: not a readable TIFF file ({exc})") from exc
-        try:
+        with ExitStack() as stack:  # closed on leaving if its layout is refused; the reader keeps it otherwise
+            self._tif = stack.enter_context(tif)
             self._setup()
-        except Exception:
-            self._tif.close()
-            raise
+            stack.pop_all()
 
     def _setup(self) -> None:
         if not self._tif.series:

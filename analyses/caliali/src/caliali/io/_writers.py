@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,19 @@ class VideoWriter:
             raise UnsupportedFormatError(f"{self.path}: cannot write {suffix!r}; use one of {', '.join(WRITABLE_SUFFIXES)}")
         self._kind = {".tiff": ".tif", ".hdf5": ".h5"}.get(suffix, suffix)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        getattr(self, f"_open_{self._kind[1:]}")(n_frames=n_frames, fps=fps, dataset=dataset)
+        with ExitStack() as stack:  # what an opener opened is closed on leaving if it fails, else by close()
+            getattr(self, f"_open_{self._kind[1:]}")(stack, n_frames=n_frames, fps=fps, dataset=dataset)
+            self._resources = stack.pop_all()
 
     # -- openers --------------------------------------------------------------
-    def _open_tif(self, *, n_frames: int | None, **_: Any) -> None:
+    def _open_tif(self, stack: ExitStack, *, n_frames: int | None, **_: Any) -> None:
         import tifffile
 
         frame_bytes = self.dtype.itemsize * self.frame_shape[0] * self.frame_shape[1]
         bigtiff = n_frames is None or n_frames * frame_bytes > _BIGTIFF_BYTES
-        self._handle = tifffile.TiffWriter(self.path, bigtiff=bigtiff)
+        self._handle = stack.enter_context(tifffile.TiffWriter(self.path, bigtiff=bigtiff))
 
-    def _open_avi(self, *, fps: float, **_: Any) -> None:
+    def _open_avi(self, stack: ExitStack, *, fps: float, **_: Any) -> None:
         if self.dtype not in (np.uint8, np.uint16):
             raise InputError(
                 f"{self.path}: AVI (FFV1) stores uint8 or uint16 frames, not {self.dtype}; "
@@ -64,19 +67,20 @@ class VideoWriter:
         params = [cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0]
         h, w = self.frame_shape
         self._handle = cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h), params)
+        stack.callback(self._handle.release)
         if not self._handle.isOpened():
             raise VideoReadError(f"{self.path}: OpenCV cannot create an FFV1 AVI file here")
 
-    def _open_h5(self, *, dataset: str, **_: Any) -> None:
+    def _open_h5(self, stack: ExitStack, *, dataset: str, **_: Any) -> None:
         import h5py
 
-        self._file = h5py.File(self.path, "w")
-        self._handle = self._file.create_dataset(
+        file = stack.enter_context(h5py.File(self.path, "w"))
+        self._handle = file.create_dataset(
             dataset, shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape),
             dtype=self.dtype, chunks=(1, *self.frame_shape),
         )
 
-    def _open_zarr(self, **_: Any) -> None:
+    def _open_zarr(self, stack: ExitStack, **_: Any) -> None:
         import zarr
 
         self._handle = zarr.create_array(
@@ -107,12 +111,7 @@ class VideoWriter:
 
     def close(self) -> None:
         """Finish the file."""
-        if self._kind in (".tif",):
-            self._handle.close()
-        elif self._kind == ".avi":
-            self._handle.release()
-        elif self._kind == ".h5":
-            self._file.close()
+        self._resources.close()
 
     def __enter__(self) -> VideoWriter:
         return self

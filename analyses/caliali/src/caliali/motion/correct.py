@@ -28,8 +28,8 @@ __all__ = ["MotionResult", "correct_frames", "correct_session", "session_chunks"
 Progress = Callable[[float, str], None]
 
 # float32 copies of a chunk held at peak (raw, BV images, corrected, the
-# registration's FFT block; 4.4 measured with tracemalloc at 300x300), used to
-# size chunks from a memory budget.
+# registration's FFT block; above the peak measured with tracemalloc,
+# benchmarks/README.md), used to size chunks from a memory budget.
 CHUNK_COPIES = 5
 
 

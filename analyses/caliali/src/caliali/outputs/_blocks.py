@@ -6,18 +6,16 @@ page of a map that has been read stays in the process's resident memory
 reading the three trace arrays of a long recording, even in blocks, ends
 with all of them resident (3 x K x T x 4 bytes). And reading a few frames
 of a row maps more than those frames (the kernel maps whole page-cache
-folios and the pages around a fault): one block of 13,104 frames of all
-rows of an (80, 200,000) float32 map raised peak RSS by 17 MiB for a 4 MiB
-block.
+folios and the pages around a fault), several times the block's own size.
 
 So traces are copied into a reused buffer one row (one neuron's frames of
 the block) at a time, and after each row `release` tells the kernel
 (``madvise(MADV_DONTNEED)``) that this process no longer needs the map's
 pages: they leave its RSS but stay in the file and the page cache, so
-reading them again gives the same values. Writing the arrays and the NWB
-file of three such (80, 200,000) maps raised peak RSS by 368 MiB reading
-them whole, by 12 MiB this way. In-memory arrays are copied a block at a
-time as they are.
+reading them again gives the same values, and writing the arrays and the
+NWB file raises peak RSS by a fraction of what reading the maps whole does
+(figures in ``benchmarks/README.md``). In-memory arrays are copied a block
+at a time as they are.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ __all__ = [
 
 # float32 copies of a chunk the accumulator holds at peak (the buffered
 # chunk, the look-ahead, the block with its halo, detrended and enhanced
-# temporaries; 5.6 measured with tracemalloc at 300x300), used to size chunks
-# from a memory budget.
+# temporaries; above the peak measured with tracemalloc, benchmarks/README.md),
+# used to size chunks from a memory budget.
 PROJECTION_COPIES = 7
 
 # Median frames are estimated from at most this many evenly spaced frames of
@@ -111,7 +111,7 @@ def combine_projections(pieces: Sequence[Projections]) -> Projections:
 def _median_frame(frames: np.ndarray, *, max_frames: int | None = None) -> np.ndarray:
     """Median over time, in row bands (the selection copies what it
     partitions), optionally of at most ``max_frames`` evenly spaced frames.
-    ``bottleneck.median`` is 1.7x faster than ``np.median`` here (measured)."""
+    ``bottleneck.median`` is faster than ``np.median`` here."""
     if max_frames is not None and len(frames) > max_frames:
         frames = frames[:: -(-len(frames) // max_frames)]
     t, h, w = frames.shape
@@ -278,8 +278,7 @@ class ProjectionAccumulator:
         """Noise of the enhanced frames: PSD noise per pixel, then a spatial
         median over about ``4 gSig`` px. After normalisation the enhanced noise
         varies slowly in space, while transients inflate the PSD estimate of
-        active pixels, the more so the shorter the chunk (0.50 against 0.29
-        at a neuron in a 100-frame chunk, measured), which would deflate
+        active pixels, the more so the shorter the chunk, which would deflate
         exactly the PNR of active neurons; the median is immune to a
         neuron-sized patch."""
         if len(enh) < 8:
@@ -287,7 +286,7 @@ class ProjectionAccumulator:
         sd = noise_level(enh)
         # The median runs on a map area-averaged by ~gSig (then interpolated
         # back): 5x5 there spans ~4 gSig, at a fraction of the cost of a
-        # full-resolution 13x13 median (0.5 s per 300x300 map, measured).
+        # full-resolution 13x13 median.
         h, w = sd.shape
         k = max(1, min(int(round(self.gSig)), h // 5, w // 5))
         small = cv2.resize(sd, (w // k, h // k), interpolation=cv2.INTER_AREA) if k > 1 else sd

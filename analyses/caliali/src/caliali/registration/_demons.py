@@ -10,24 +10,11 @@ lets the group of sessions be centred exactly in the log domain
 
 Why not SimpleITK's filters: SimpleITK ships the compositive
 ``DiffeomorphicDemonsRegistrationFilter`` and ``FastSymmetricForcesDemons``,
-not the log-domain variant. Measured on one pair of simulated 180x260
-sessions (5 px deformation + 5 px translation; BV and Cn*PNR projections of
-200 frames) through the same pyramid and sigmas
-(``benchmarks/alignment.py``, section 3; shared, loaded machine):
-
-=================================  ======  =================
-engine                             time s  error median/p95
-=================================  ======  =================
-this module (numpy + OpenCV)        0.55   0.52 / 2.14 px
-SimpleITK DiffeomorphicDemons       2.53   0.97 / 3.12 px
-SimpleITK FastSymmetricForces       1.46   0.96 / 3.14 px
-=================================  ======  =================
-
-This module is both faster and more accurate here (the SimpleITK filters
-lack the structure-weighted regularisation described under
-:class:`DemonsParams`; their run includes NumPy <-> SimpleITK conversions
-per level), and its velocity fields let the group be centred in the log
-domain.
+not the log-domain variant, and lacks the structure-weighted regularisation
+described under :class:`DemonsParams`. Through the same pyramid and sigmas
+this module was both faster and more accurate on simulated sessions
+(``benchmarks/alignment.py``, section 3; figures in ``benchmarks/README.md``),
+and its velocity fields let the group be centred in the log domain.
 
 References
 ----------

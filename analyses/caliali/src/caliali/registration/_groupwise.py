@@ -60,9 +60,9 @@ class Level:
 
 
 # The method registers the full-resolution level on the neuron image alone; keeping the
-# vessels in it (the pixelwise maximum, as at 1/2) was better on all nine simulated data
-# sets measured (e.g. 8 sessions: median 0.348 vs 0.365 px, on par with all-pairs), because
-# vessels still constrain the field where no neuron is active.
+# vessels in it (the pixelwise maximum, as at 1/2) was better on every simulated data set
+# measured (benchmarks/README.md), because vessels still constrain the field where no
+# neuron is active.
 DEFAULT_PYRAMID: tuple[Level, ...] = (
     Level(8, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),
     Level(4, "bv", 100, DemonsParams(fluid_sigma=3.0, diffusion_sigma=4.0)),

@@ -1,0 +1,118 @@
+"""The options of an extraction, as one validated object with the method's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ._batches import parse_memory_budget
+from ._errors import ExtractionError
+
+__all__ = ["ExtractionParams"]
+
+
+@dataclass(frozen=True)
+class ExtractionParams:
+    """Options of :func:`~caliali.extraction.extract`; checked when made (CNMF-E defaults).
+
+    Parameters
+    ----------
+    gSig : float
+        Neuron radius in pixels (gSiz = 4 gSig is the neuron diameter bound).
+    min_corr, min_pnr : float
+        Seed thresholds on Cn and PNR (method defaults 0.1 and 6; demo 0.2 and 4).
+    batch_frames : int, optional
+        Frames per temporal batch; default derived from ``memory_budget``.
+    memory_budget : int or str
+        Bytes (or e.g. ``"2GB"``) for the frames of one batch and its working copies.
+    merge_thr : float
+        Trace correlation above which overlapping components are merged.
+    max_iter, tol : int, float
+        At most ``max_iter`` rounds; stop when no component was merged or
+        removed and the median relative footprint change is below ``tol``, or
+        has stopped falling (less than 10% below the previous round: the
+        noise floor of the estimates).
+    bg_ssub : int
+        Spatial downsampling of the ring background grid.
+    ring_factor : float
+        Ring radius in units of gSiz.
+    n_sectors : int
+        Angular sectors of the ring, each with a weight per pixel.
+    patch_size, patch_overlap : int
+        Spatial patches of the initialisation.
+    box_factor : float
+        Half-width of the initialisation box in units of gSig.
+    min_snr : float
+        Components whose strongest calcium event (the least probable run of
+        two decay times of frames of the raw trace, best session) is less
+        exceptional than ``min_snr`` x noise in every frame are removed.
+
+    Raises
+    ------
+    ExtractionError
+        A value out of range, naming the option and what is allowed.
+
+    Examples
+    --------
+    >>> ExtractionParams(gSig=3, min_corr=0.2, min_pnr=4).with_options(max_iter=5).max_iter
+    5
+    """
+
+    gSig: float = 3.0
+    min_corr: float = 0.1
+    min_pnr: float = 6.0
+    merge_thr: float = 0.65
+    max_iter: int = 10
+    tol: float = 0.05
+    bg_ssub: int = 2
+    ring_factor: float = 1.5
+    n_sectors: int = 4
+    patch_size: int = 64
+    patch_overlap: int = 32
+    box_factor: float = 6.0
+    min_snr: float = 3.0
+    batch_frames: int | None = None
+    memory_budget: int | str | None = "2GB"
+
+    def __post_init__(self) -> None:
+        gSig = self.gSig
+        if not (isinstance(gSig, (int, float)) and 0.5 <= gSig <= 50):
+            raise ExtractionError(f"gSig (neuron radius in pixels) must be a number between 0.5 and 50, got {gSig!r}")
+        if not -1 <= self.min_corr <= 1:
+            raise ExtractionError(f"min_corr must lie in [-1, 1], got {self.min_corr!r}")
+        if self.min_pnr < 0:
+            raise ExtractionError(f"min_pnr must be >= 0, got {self.min_pnr!r}")
+        if not 0 < self.merge_thr <= 1:
+            raise ExtractionError(f"merge_thr must lie in (0, 1], got {self.merge_thr!r}")
+        if int(self.max_iter) < 1:
+            raise ExtractionError(f"max_iter must be at least 1, got {self.max_iter!r}")
+        if self.tol <= 0:
+            raise ExtractionError(f"tol must be positive, got {self.tol!r}")
+        if int(self.bg_ssub) < 1:
+            raise ExtractionError(f"bg_ssub must be a positive integer, got {self.bg_ssub!r}")
+
+    def with_options(self, **options: Any) -> ExtractionParams:
+        """A copy with ``options`` changed; an unknown name is refused with the known ones."""
+        unknown = sorted(set(options) - {f.name for f in fields(self)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(self))
+            raise ExtractionError(f"unknown extraction option(s) {', '.join(unknown)}; known options are: {known}")
+        return replace(self, **options) if options else self
+
+    @classmethod
+    def from_config(cls, config: Any) -> ExtractionParams:
+        """The extraction options of a validated run config (:class:`caliali.config.CalialiConfig`).
+
+        Options the config shares with extraction keep their names; the neuron
+        radius is taken at the downsampled resolution and ``batch_frames`` 0
+        means "from the memory budget".
+        """
+        shared = {f.name: getattr(config, f.name) for f in fields(cls) if f.name in type(config).model_fields}
+        shared.update(gSig=config.gsig_ds, batch_frames=config.batch_frames or None)
+        return cls(**shared)
+
+    def record(self, *, batch_frames: int, n_batches: int) -> dict[str, Any]:
+        """What an extraction ran with, as its result records it: the batches it used, the budget in bytes."""
+        options = {k: v for k, v in asdict(self).items() if k not in ("batch_frames", "memory_budget")}
+        budget = None if self.memory_budget is None else parse_memory_budget(self.memory_budget)
+        return {**options, "batch_frames": int(batch_frames), "n_batches": n_batches, "memory_budget": budget}
