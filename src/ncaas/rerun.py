@@ -37,9 +37,10 @@ def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
             problems.append(f"input {group}/inputs/{rel} no longer exists")
             continue
         now = describe_input(storage, path, rel)
-        if now["sha256"] != recorded.get("sha256"):
+        if now.get("sha256") is None or now.get("sha256") != recorded.get("sha256"):
             problems.append(f"input {group}/inputs/{rel} changed since the certified run "
-                            f"(sha256 {recorded.get('sha256', '?')[:12]}… then, {now['sha256'][:12]}… now)")
+                            f"(sha256 {(recorded.get('sha256') or '?')[:12]}… then, "
+                            f"{(now.get('sha256') or now.get('kind', '?'))[:12]}… now)")
             continue
         datasets.append(Dataset(dataset_key(rel), rel, path))
     if problems:

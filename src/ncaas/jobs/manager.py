@@ -33,11 +33,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from .. import environments
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..certificate import build_certificate, render_text
-from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
+from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..storage import Storage
-from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
+from ..submission import JobRequest, build_request, canonical_json, dataset_problem, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
@@ -139,6 +139,12 @@ class Manager:
             raw = self.storage.read_bytes(path)
         except FileNotFoundError:
             return None, False
+        except SpecialFileRefused as exc:  # a FIFO or device named like a submit file: never opened
+            key = f"{group}/{name}:{exc.kind}"
+            found = self.db.seen_submission(key)
+            return (found, False) if found is not None else \
+                (self.reject(group, name, key, key, [f"{name} is {exc.words}, not a regular file; "
+                                                          "write the submit file as a regular file"]), True)
         key = f"{group}/{name}:{_sha256(raw)}"
         existing = self.db.seen_submission(key)
         if existing is not None:
@@ -445,6 +451,9 @@ class Manager:
         try:
             if isinstance(environment, Exception):
                 raise environment
+            problem = self._input_problem(job, task)
+            if problem is not None:
+                raise ExecutorError(problem)
             spec = self._spec(job, task, run_dir, environment)
             handle = self.executor.launch(spec)
         except (ExecutorError, OSError) as exc:
@@ -453,6 +462,17 @@ class Manager:
         self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time,
                             argv_json=json.dumps(spec.argv))
         return True
+
+    def _input_problem(self, job: Job, task: Task) -> str | None:
+        """The dataset checked again just before it is shown to the task: one changed since it was
+        submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
+        try:
+            self.storage.resolve(job.group, "inputs", task.dataset_rel)
+            return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
+        except PathRefused as exc:
+            return str(exc)
+        except FileNotFoundError:
+            return None  # gone: the task says so itself
 
     def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
