@@ -213,22 +213,21 @@ def test_a_task_cannot_read_through_a_link_leading_out_of_its_dataset(root, tmp_
 
 
 # -- reading results and inputs through the API ------------------------------------------------------------
-def test_the_api_lists_and_serves_no_link_or_fifo(site):
+def _other_secret(site) -> Path:
+    folder = site.root / "other" / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "secret.npy").write_bytes(SECRET)
+    return folder / "secret.npy"
+
+
+def test_the_api_serves_no_link_or_fifo_from_results(site):
     client = site.clients["lab"]
-    lab_inputs = site.root / "lab" / "inputs"
-    other_inputs = site.root / "other" / "inputs"
-    other_inputs.mkdir(parents=True, exist_ok=True)
-    (other_inputs / "secret.npy").write_bytes(SECRET)
-    write_stack(lab_inputs / "a.npy", seed=1)
-    write_stack(lab_inputs / "ds" / "x.npy", seed=2)
-    detail = client.submit("framestats", ["a.npy"], config={"leave_fifo": True,
-                                                           "leave_symlink": str(other_inputs / "secret.npy")})
+    secret = _other_secret(site)
+    write_stack(site.root / "lab" / "inputs" / "a.npy", seed=1)
+    detail = client.submit("framestats", ["a.npy"], config={"leave_fifo": True, "leave_symlink": str(secret)})
     final = client.wait(detail["id"])
     assert final["state"] == "succeeded", final
     job = final["id"]
-    (lab_inputs / "ds" / "z.npy").symlink_to("/dev/zero")
-    (lab_inputs / "ds" / "peek.npy").symlink_to(other_inputs / "secret.npy")
-    os.mkfifo(lab_inputs / "pipe.npy")
     with site.http("lab") as http:
         http.timeout = httpx.Timeout(20)
         listed = {f["path"] for f in http.get(f"/api/jobs/{job}/files").json()}
@@ -240,17 +239,31 @@ def test_the_api_lists_and_serves_no_link_or_fifo(site):
         assert "outputs/a.npy/a.stats.csv" in names and "outputs/a.npy/pipe.fifo" not in names
         csv = http.get(f"/api/jobs/{job}/files/outputs/a.npy/a.stats.csv")
         assert csv.status_code == 200 and csv.text.startswith("frame,")
+        part = http.get(f"/api/jobs/{job}/files/outputs/a.npy/a.stats.csv", headers={"Range": "bytes=0-4"})
+        assert part.status_code == 206 and part.text == "frame"
         assert SECRET_SHA not in json.dumps(http.get(f"/api/jobs/{job}/certificate").json())
-        # inputs: a FIFO and a folder holding /dev/zero answer at once, and say what they are
+
+
+def test_the_api_describes_fifos_and_links_among_inputs_without_opening_them(site):
+    inputs = site.root / "lab" / "inputs"
+    write_stack(inputs / "ds" / "x.npy", seed=2)
+    (inputs / "ds" / "z.npy").symlink_to("/dev/zero")
+    (inputs / "ds" / "peek.npy").symlink_to(_other_secret(site))
+    (inputs / "mine.npy").symlink_to(inputs / "ds" / "x.npy")
+    os.mkfifo(inputs / "pipe.npy")
+    with site.http("lab") as http:
+        http.timeout = httpx.Timeout(20)  # a FIFO opened, or /dev/zero hashed, would never answer
         pipe = http.get("/api/inputs/pipe.npy")
         assert pipe.status_code == 200 and pipe.json()["kind"] == "fifo", pipe.text
         folder = http.get("/api/inputs/ds", params={"checksums": "true"}).json()
         contents = {c["path"]: c for c in folder["contents"]}
         assert contents["z.npy"] == {"path": "z.npy", "kind": "symlink", "target": "/dev/zero"}
         assert "sha256" not in contents["peek.npy"] and SECRET_SHA not in json.dumps(folder)
+        assert folder["size"] == (inputs / "ds" / "x.npy").stat().st_size
         listing = {d["name"]: d for d in http.get("/api/inputs").json()}
-        assert listing["pipe.npy"]["kind"] == "fifo" and listing["ds"]["kind"] == "folder"
-        assert listing["ds"]["size"] == (lab_inputs / "ds" / "x.npy").stat().st_size
+        assert listing["pipe.npy"]["kind"] == "fifo" and listing["mine.npy"]["kind"] == "symlink"
+        assert listing["ds"] == {"name": "ds", "kind": "folder", "files": 1,
+                                 "size": (inputs / "ds" / "x.npy").stat().st_size}
 
 
 # -- a zero-byte input --------------------------------------------------------------------------------
