@@ -24,14 +24,15 @@ import errno
 import hashlib
 import os
 import posixpath
+import shutil
 import stat
 from collections.abc import Iterator
 from typing import Any
 
 from .exceptions import SpecialFileRefused
 
-__all__ = ["KIND_WORDS", "describe", "kind", "kind_of", "open_regular", "read_regular", "regular_files",
-           "sha256", "special_entries"]
+__all__ = ["KIND_WORDS", "copy_out", "describe", "kind", "kind_of", "open_regular", "read_regular",
+           "regular_files", "sha256", "special_entries"]
 
 _KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
           stat.S_IFCHR: "char-device", stat.S_IFBLK: "block-device", stat.S_IFSOCK: "socket"}
@@ -101,9 +102,10 @@ def sha256(path: str) -> str:
         os.close(fd)
 
 
-def read_regular(path: str, offset: int = 0) -> bytes:
-    """The bytes of the regular file ``path`` from ``offset``; a FIFO or device is refused, never opened."""
-    fd = open_regular(path, follow=True)
+def read_regular(path: str, offset: int = 0, *, follow: bool = True) -> bytes:
+    """The bytes of the regular file ``path`` from ``offset``; a FIFO or device is refused, never opened
+    (and a link too, unless ``follow``)."""
+    fd = open_regular(path, follow=follow)
     try:
         with os.fdopen(fd, "rb", closefd=False) as fh:
             fh.seek(offset)
@@ -207,3 +209,23 @@ def special_entries(path: str) -> list[tuple[str, str, str | None]]:
         else:
             out.append((_text(rel), what, None))
     return out
+
+
+def copy_out(path: str, dest: str) -> None:
+    """Copy the file or folder ``path`` to ``dest``: its regular files only, links and special files left out.
+
+    A folder becomes ``dest`` (``path`` ending in "/": its content goes into ``dest``); a
+    file becomes ``dest``, or ``dest/<name>`` when ``dest`` is a folder.
+    """
+    top = path.rstrip("/") or path
+    if os.path.isdir(dest) and not os.path.isdir(top):
+        dest = os.path.join(dest, posixpath.basename(top))
+    for file, found in regular_files(top):
+        target = dest if file == top else os.path.join(dest, posixpath.relpath(file, top))
+        try:
+            fd = open_regular(file, expect=found)
+        except (SpecialFileRefused, FileNotFoundError):
+            continue  # replaced since it was listed
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        with os.fdopen(fd, "rb") as src, open(target, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)

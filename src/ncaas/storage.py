@@ -116,10 +116,11 @@ class Storage:
     def makedirs(self, path: str) -> None:
         self._call(self.fs.makedirs, path, exist_ok=True)
 
-    def read_bytes(self, path: str) -> bytes:
-        """The bytes of a file; on a local root a FIFO or device is refused (SpecialFileRefused), not opened."""
+    def read_bytes(self, path: str, *, follow: bool = True) -> bytes:
+        """The bytes of a file; on a local root a FIFO or device is refused (SpecialFileRefused), not
+        opened, and so is a link unless ``follow``."""
         if self.is_local:
-            return self._call(localtree.read_regular, path)
+            return self._call(localtree.read_regular, path, follow=follow)
         return self._call(self.fs.cat_file, path)
 
     def read_from(self, path: str, offset: int) -> bytes:
@@ -158,6 +159,9 @@ class Storage:
             self._call(self.fs.put_file, str(local), path)
 
     def get(self, path: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file or folder out of storage; from a local root, links and special files are left out."""
+        if self.is_local:
+            return self._call(localtree.copy_out, path, str(local))
         self._call(self.fs.get, path, str(local), recursive=self.isdir(path))
 
     def remove(self, path: str) -> None:

@@ -145,6 +145,27 @@ def test_links_and_fifos_planted_in_a_running_dataset_are_recorded_unread(root, 
     assert manager.stop() < 10
 
 
+def test_fifo_or_linked_submit_files_and_configs_are_rejected_unopened(root, manager):
+    submissions = root / "lab" / "submissions"
+    submissions.mkdir(parents=True)
+    os.mkfifo(submissions / "pipe.submit.json")
+    theirs = root / "other" / "inputs" / "plan.submit.json"  # another group's file, named like a submission
+    theirs.write_text(json.dumps({"analysis": "framestats", "dataname": ["b.npy"]}))
+    (submissions / "borrowed.submit.json").symlink_to(theirs)
+    (root / "lab" / "configs").mkdir(parents=True)
+    os.mkfifo(root / "lab" / "configs" / "cfg.yaml")
+    submit(root, "cfgpipe", {"analysis": "framestats", "dataname": ["a.npy"], "configname": "cfg.yaml"})
+    errors = wait_for(lambda: len(list((root / "lab" / "results").glob("*/error.txt"))) == 3 and [
+        p.read_text() for p in (root / "lab" / "results").glob("*/error.txt")], what="three rejections")
+    text = "\n".join(errors)
+    assert "pipe.submit.json is a FIFO (named pipe), not a regular file; write the submit file as a regular" in text
+    assert "borrowed.submit.json is a symbolic link, not a regular file" in text and "b.npy" not in text
+    assert "config 'cfg.yaml' is a FIFO (named pipe), not a regular file" in text
+    submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
+    assert _ended(_one_job(root, "other", []))["state"] == "succeeded", manager.text()
+    assert manager.stop() < 10
+
+
 # -- a task leaving a FIFO and links in its outputs ----------------------------------------------------
 def test_a_fifo_and_links_left_in_outputs_are_recorded_and_the_manager_serves_on(root, manager):
     secret = str(root / "other" / "inputs" / "secret.npy")

@@ -136,7 +136,7 @@ class Manager:
     def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
         try:
-            raw = self.storage.read_bytes(path)
+            raw = self.storage.read_bytes(path, follow=False)  # a link could name another group's file
         except FileNotFoundError:
             return None, False
         except SpecialFileRefused as exc:  # a FIFO or device named like a submit file: never opened
