@@ -195,6 +195,19 @@ def test_a_fifo_and_links_left_in_outputs_are_recorded_and_the_manager_serves_on
     assert manager.stop() < 10
 
 
+def test_hashing_a_huge_output_holds_up_no_other_job_and_no_stop(root, manager):
+    submit(root, "sparse", {"analysis": "framestats", "dataname": ["a.npy"]},
+           config={"leave_sparse_gib": 4096})  # 4 TiB of zeros on no disk: an hour of hashing
+    lab = _one_job(root, "lab", [])
+    status = lab / "status" / "a.npy.json"
+    wait_for(lambda: status.exists() and read_json(status).get("state") == "succeeded", timeout=60,
+             what="the task done")
+    submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
+    assert _ended(_one_job(root, "other", []), timeout=45)["state"] == "succeeded", manager.text()
+    assert not (lab / "end.json").exists()  # still hashing, beside the loop
+    assert manager.stop() < 10
+
+
 def test_a_manager_killed_on_a_job_that_leaves_a_fifo_finishes_it_after_a_restart(root, tmp_path):
     first = Manager(root, tmp_path / "manager.log")
     try:

@@ -65,6 +65,7 @@ TIMEOUT_BACKSTOP_S = 30.0
 CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is killed
 WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written
 PREPARE_THREADS = 2  # environments prepared at once (each preparation is one environment)
+CERTIFY_THREADS = 2  # certificates written at once (each hashes a job's inputs and outputs)
 WAIT_SHOWN_AFTER_S = 1.0  # a preparation this old is named in its tasks' cause (quick checks are not)
 WAITING_FOR_ENVIRONMENT = "waiting for its environment"
 
@@ -105,6 +106,8 @@ class Manager:
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
         self._prepare_slots = threading.BoundedSemaphore(PREPARE_THREADS)
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
+        self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
+        self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -524,6 +527,9 @@ class Manager:
     # -- jobs ----------------------------------------------------------------------------
     def _settle(self, jobs: dict[str, Job]) -> None:
         unfinished = self.db.unfinalized([s.value for s in JOB_TERMINAL])
+        listed = {j.id for j in unfinished}
+        for job_id in [k for k, f in self._certifying.items() if f.done() and k not in listed]:
+            del self._certifying[job_id]  # written, and the database says so
         for job in [*jobs.values(), *unfinished]:
             tasks = self.db.tasks(job.id)
             new = job_state([TaskState(t.state) for t in tasks])
@@ -534,7 +540,28 @@ class Manager:
                 if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
                     continue
             if job.state in JOB_TERMINAL and not job.finalized:
+                self._finalize_aside(job, tasks)
+
+    def _finalize_aside(self, job: Job, tasks: list[Task]) -> None:
+        """Finalize on a background thread: hashing a job's inputs and outputs (a task may leave a
+        sparse terabyte) never holds up the loop, so other groups' jobs go on and a stop is prompt."""
+        running = self._certifying.get(job.id)
+        if running is None:
+            self._certifying[job.id] = future = Future()
+            threading.Thread(target=self._certify, args=(future, job, tasks), name=f"ncaas-certificate-{job.id}",
+                             daemon=True).start()  # daemon: a restarted manager writes it again
+        elif running.done() and running.exception() is not None:
+            del self._certifying[job.id]  # failed: the loop reports it and the next step tries again
+            raise running.exception()
+
+    def _certify(self, future: Future[None], job: Job, tasks: list[Task]) -> None:
+        with self._certify_slots:
+            try:
                 self._finalize(job, tasks)
+                future.set_result(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which says what failed
+                future.set_exception(exc)
+        self._wake.set()
 
     def _finalize(self, job: Job, tasks: list[Task]) -> None:
         """Final statuses, the certificate, then end.json last; idempotent."""
