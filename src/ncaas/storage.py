@@ -150,11 +150,19 @@ class Storage:
         self.write_bytes(path, text.encode("utf-8"))
 
     def put(self, local: str | os.PathLike[str], path: str) -> None:
-        """Copy a local file or folder into storage at ``path``."""
+        """Copy a local file or folder into storage at ``path``.
+
+        Of a folder, only regular files are copied: a link or FIFO a task left in its outputs
+        is neither followed nor opened (``/dev/zero`` would never end, a FIFO never start).
+        """
         local = Path(local)
         self.makedirs(posixpath.dirname(path))
-        if local.is_dir():  # the trailing "/" copies the folder's content, even into an existing folder
-            self._call(self.fs.put, str(local).rstrip("/") + "/", path, recursive=True)
+        if local.is_dir() and self.is_local:
+            self._call(localtree.copy_out, str(local), path)
+        elif local.is_dir():
+            files = [file for file, _ in localtree.regular_files(str(local))]
+            if files:  # lists in, lists out: each file to its own key, in parallel
+                self._call(self.fs.put, files, [posixpath.join(path, os.path.relpath(f, local)) for f in files])
         else:
             self._call(self.fs.put_file, str(local), path)
 
