@@ -149,7 +149,8 @@ def same_content(storage: Storage, target: str, local: Path) -> bool:
     if not local.is_dir():
         return Storage(local.parent).describe_tree(str(local.resolve())) == storage.describe_tree(target)
     local_tree = {f["path"]: (f["size"], f["sha256"]) for f in describe_folder(local)}
-    return local_tree == {f["path"]: (f["size"], f["sha256"]) for f in storage.describe_tree(target)}
+    # a link or FIFO stored in the folder has neither size nor sha256: never the same content
+    return local_tree == {f["path"]: (f.get("size"), f.get("sha256")) for f in storage.describe_tree(target)}
 
 
 def describe_folder(local: Path) -> list[dict[str, Any]]:

@@ -87,7 +87,7 @@ def _same_as_stored(client: Client, local: Path, name: str, kind: str) -> bool:
     if {e["path"]: e["size"] for e in client.input_info(name)["contents"]} != sizes:
         return False  # told apart without reading a file
     stored = client.input_info(name, checksums=True)["contents"]
-    return {e["path"]: e["sha256"] for e in stored} == \
+    return {e["path"]: e.get("sha256") for e in stored} == \
         {e["path"]: e["sha256"] for e in _cli().describe_folder(local)}
 
 
