@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ncaas_testutil import read_json, start_manager, submit, wait_for, write_stack
+from ncaas_testutil import make_blueprint, read_json, start_manager, submit, wait_for, write_stack
 
 from ncaas.sandbox import SandboxSpec, run
 
@@ -46,9 +46,9 @@ def root(tmp_path: Path) -> Path:
 class Manager:
     """A real `ncaas manager` over ``root``, stopped (and, if it hangs, killed) at the end."""
 
-    def __init__(self, root: Path, log: Path):
+    def __init__(self, root: Path, log: Path, env: dict[str, str] | None = None):
         self.root, self.log = root, log
-        self.proc = start_manager(root, log)
+        self.proc = start_manager(root, log, env=env)
 
     def stop(self, sig: int = signal.SIGTERM, *, within: float = 15.0) -> float:
         """Send ``sig``; the seconds it took to exit. A manager that does not is killed, and the test fails."""
@@ -164,6 +164,28 @@ def test_fifo_or_linked_submit_files_and_configs_are_rejected_unopened(root, man
     submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
     assert _ended(_one_job(root, "other", []))["state"] == "succeeded", manager.text()
     assert manager.stop() < 10
+
+
+def test_a_link_planted_before_its_task_starts_is_refused_at_launch(root, tmp_path):
+    blueprints = tmp_path / "blueprints"
+    make_blueprint(blueprints, "fs-serial", limits={"max_concurrent_tasks": 1})  # ds waits for a.npy
+    manager = Manager(root, tmp_path / "manager.log", env={"NCAAS_BLUEPRINTS": str(blueprints)})
+    try:
+        submit(root, "serial", {"analysis": "fs-serial", "dataname": ["a.npy", "ds"]},
+               config={"sleep_per_frame": 0.1, "batch_frames": 2})
+        lab = _one_job(root, "lab", [])
+        first = lab / "status" / "a.npy.json"
+        wait_for(lambda: first.exists() and read_json(first).get("state") == "running", what="a.npy running")
+        (root / "lab" / "inputs" / "ds" / "z.npy").symlink_to("/dev/zero")  # accepted at submission, not at launch
+        end = _ended(lab)
+        cause = read_json(lab / "status" / "ds.json")["cause"]
+        assert end["tasks"] == {"a.npy": "succeeded", "ds": "failed"}, manager.text()
+        assert cause.startswith("could not start: dataset 'ds' holds what no analysis can read: "
+                                "z.npy (a symbolic link to /dev/zero)"), cause
+        assert manager.stop() < 10
+    finally:
+        if manager.proc.poll() is None:
+            manager.proc.kill()
 
 
 # -- a task leaving a FIFO and links in its outputs ----------------------------------------------------
