@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,8 +97,6 @@ def test_put_and_get_a_folder(storage: Storage, tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_a_folder_is_put_without_its_links_and_fifos(storage: Storage, tmp_path: Path) -> None:
     """What a task leaves in its outputs is uploaded this way: /dev/zero or a FIFO would never end."""
-    import os
-
     src = _local_folder(tmp_path)
     (src / "z.npy").symlink_to("/dev/zero")
     (src / "same.npy").symlink_to("a.npy")
