@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,21 @@ def test_put_and_get_a_folder(storage: Storage, tmp_path: Path) -> None:
     out2.mkdir()
     storage.get(target + "/", str(out2))
     assert _tree(out2) == _tree(src)
+
+
+@pytest.mark.timeout(60)
+def test_a_folder_is_put_without_its_links_and_fifos(storage: Storage, tmp_path: Path) -> None:
+    """What a task leaves in its outputs is uploaded this way: /dev/zero or a FIFO would never end."""
+    src = _local_folder(tmp_path)
+    (src / "z.npy").symlink_to("/dev/zero")
+    (src / "same.npy").symlink_to("a.npy")
+    os.mkfifo(src / "sub" / "pipe")
+    target = storage.resolve("lab", "results", "j/outputs/x")
+    storage.put(src, target)
+    assert [storage.relative(p) for p in storage.files(target)] == [
+        "lab/results/j/outputs/x/a.npy", "lab/results/j/outputs/x/sub/b.npy", "lab/results/j/outputs/x/sub/c.txt"]
+    assert [e["path"] for e in storage.describe_tree(target)] == ["a.npy", "sub/b.npy", "sub/c.txt"]
+    assert storage.kind(target) == "folder" and storage.kind(f"{target}/a.npy") == "file"
 
 
 def test_describe_tree_and_hashes(storage: Storage, tmp_path: Path) -> None:

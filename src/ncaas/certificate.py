@@ -5,6 +5,9 @@ full content), the environment (lock and manifest hashes once environments exist
 the isolation applied, the platform version, every input's size and sha256, the exact
 config and its hash, the command, executor and host, per-task timings (ms), exit
 status, CPU seconds, peak memory, and the sha256 of every output file.
+Links and special files among inputs and outputs are recorded as what they are
+(``{"path", "kind": "symlink", "target"}``, ``{"path", "kind": "fifo"}``, ...):
+never followed, never opened.
 ``certificate.txt`` says the same for a human.
 """
 
@@ -26,20 +29,42 @@ __all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_t
 CERTIFICATE_VERSION = 1
 
 
+def fingerprint(entry: dict[str, Any]) -> str:
+    """What identifies an entry's content: a file's sha256, else its kind (and a link's text)."""
+    if "sha256" in entry:
+        return entry["sha256"]
+    return f"{entry.get('kind')}:{entry['target']}" if "target" in entry else str(entry.get("kind"))
+
+
 def _tree_digest(files: list[dict[str, Any]]) -> str:
     digest = hashlib.sha256()
     for entry in sorted(files, key=lambda e: e["path"]):
-        digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
+        digest.update(f"{entry['path']}\0{fingerprint(entry)}\n".encode())
     return digest.hexdigest()
 
 
 def describe_input(storage: Storage, path: str, rel: str) -> dict[str, Any]:
-    """Size and sha256 of a dataset; a folder also lists each file."""
-    if storage.isdir(path):
-        files = storage.describe_tree(path)
-        return {"path": rel, "kind": "folder", "size": sum(f["size"] for f in files),
+    """Size and sha256 of a dataset; a folder also lists each file.
+
+    Nothing is followed, the dataset itself included: a link is recorded as a link
+    (its text, not its target's content), a FIFO or device by its kind.
+    """
+    if storage.kind(path) == "folder":
+        files = storage.describe_tree(path, follow=False)
+        return {"path": rel, "kind": "folder", "size": sum(f.get("size", 0) for f in files),
                 "sha256": _tree_digest(files), "files": files}
-    return {"path": rel, "kind": "file", "size": storage.size(path), "sha256": storage.sha256(path)}
+    [entry] = storage.describe_tree(path, follow=False) or [{"kind": "missing"}]
+    return {**entry, "path": rel, "kind": entry.get("kind", "file")}
+
+
+def _outputs(storage: Storage, folder: str) -> list[dict[str, Any]]:
+    """Every entry a task left in its output folder; links and special files as such, unread."""
+    try:
+        if storage.kind(folder) != "folder":
+            return []
+    except FileNotFoundError:
+        return []
+    return storage.describe_tree(folder, follow=False)
 
 
 def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list[Any], *,
@@ -62,7 +87,7 @@ def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list
             "state": task.state, "cause": task.cause, "attempts": task.attempt,
             "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
             "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
-            "outputs": storage.describe_tree(outputs_dir) if storage.isdir(outputs_dir) else [],
+            "outputs": _outputs(storage, outputs_dir),
         })
     return {
         "certificate_version": CERTIFICATE_VERSION,
@@ -128,9 +153,16 @@ def render_text(cert: dict[str, Any]) -> str:
             f"  argv      {' '.join(task['argv'])}",
             "  outputs:",
         ]
-        lines += [f"    {o['sha256']}  {o['size']:>12}  {o['path']}" for o in task["outputs"]] or ["    (none)"]
+        lines += [_output_line(o) for o in task["outputs"]] or ["    (none)"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _output_line(entry: dict[str, Any]) -> str:
+    if "sha256" in entry:
+        return f"    {entry['sha256']}  {entry['size']:>12}  {entry['path']}"
+    link = f" -> {entry['target']}" if "target" in entry else ""
+    return f"    {'(' + str(entry.get('kind')) + ', not read)':<64}  {'-':>12}  {entry['path']}{link}"
 
 
 def load_certificate(path: str | Path) -> dict[str, Any]:
@@ -155,9 +187,9 @@ def compare_outputs(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
     rows = []
     after_tasks = {t["dataset"]: t for t in after["tasks"]}
     for task in before["tasks"]:
-        old = {o["path"]: o["sha256"] for o in task["outputs"]}
+        old = {o["path"]: fingerprint(o) for o in task["outputs"]}
         new_task = after_tasks.get(task["dataset"])
-        new = {o["path"]: o["sha256"] for o in new_task["outputs"]} if new_task else {}
+        new = {o["path"]: fingerprint(o) for o in new_task["outputs"]} if new_task else {}
         for path in sorted(set(old) | set(new)):
             if path not in new:
                 verdict = "missing"

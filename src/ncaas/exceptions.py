@@ -5,7 +5,8 @@ The tree::
     NcaasError                     exit 1, root of everything below
     ├── BlueprintError             a blueprint file is missing or invalid
     ├── StorageError               storage unreachable, or a path refused
-    │   └── PathRefused            a user path leaves its group or is malformed
+    │   ├── PathRefused            a user path leaves its group or is malformed
+    │   └── SpecialFileRefused     a link, FIFO, device or socket where a file was expected
     ├── SubmissionRejected         a submission failed validation (exit 2)
     ├── JobNotFound                no job with that id (exit 4)
     ├── ExecutorError              a task could not be launched
@@ -26,6 +27,7 @@ __all__ = [
     "JobNotFound",
     "NcaasError",
     "PathRefused",
+    "SpecialFileRefused",
     "StorageError",
     "SubmissionRejected",
 ]
@@ -47,6 +49,23 @@ class StorageError(NcaasError):
 
 class PathRefused(StorageError):
     """A user-supplied path is malformed or resolves outside its group."""
+
+
+class SpecialFileRefused(StorageError):
+    """A path is a link, FIFO, device or socket where a regular file was expected; it was not opened."""
+
+    WORDS = {"symlink": "a symbolic link", "fifo": "a FIFO (named pipe)", "char-device": "a character device",
+             "block-device": "a block device", "socket": "a socket", "folder": "a folder", "file": "a file",
+             "changed": "a file replaced while it was being read"}  # how each kind is named in messages
+
+    def __init__(self, path: str, kind: str):
+        self.path, self.kind, self.words = path, kind, self.words_for(kind)
+        super().__init__(f"{path} is {self.words}, not a regular file; ncaas reads only regular files "
+                         "(it was not opened)")
+
+    @classmethod
+    def words_for(cls, kind: str) -> str:
+        return cls.WORDS.get(kind, "a special file")
 
 
 class SubmissionRejected(NcaasError):

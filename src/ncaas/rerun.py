@@ -92,10 +92,10 @@ def _datasets(manager: Manager, cert: dict[str, Any], group: str) -> list[Datase
             problems.append(f"input {group}/inputs/{rel} no longer exists")
             continue
         now = describe_input(storage, path, rel)
-        if now.get("sha256") != recorded.get("sha256"):
+        if now.get("sha256") is None or now.get("sha256") != recorded.get("sha256"):
             problems.append(f"input {group}/inputs/{rel} changed since the certified run "
-                            f"(sha256 {str(recorded.get('sha256', '?'))[:12]}… then, "
-                            f"{str(now.get('sha256'))[:12]}… now)")
+                            f"(sha256 {(recorded.get('sha256') or '?')[:12]}… then, "
+                            f"{(now.get('sha256') or now.get('kind', '?'))[:12]}… now)")
             continue
         datasets.append(Dataset(task["dataset"], rel, path))
     if problems:

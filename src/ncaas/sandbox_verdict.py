@@ -9,6 +9,7 @@ showed it.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from dataclasses import dataclass
@@ -84,12 +85,30 @@ def _explain_path(tail: str, spec: SandboxSpec) -> Verdict | None:
         return Verdict(False, "outside_access", f"stopped: it tried to reach {path}, which is outside "
                        "its sandbox; a task sees only its own inputs, output, environment and /tmp")
     if any(target.is_relative_to(p) for p in spec.readonly):
-        return Verdict(False, "write_denied", f"stopped: it tried to modify its input ({path}); "
-                       "inputs are read-only")
+        link = _link_leaving(target, spec)
+        if link is not None:
+            return Verdict(False, "link_outside", f"stopped: it tried to read {path}, a symbolic link to "
+                           f"{link} outside its dataset; a task sees only its own dataset, so copy the file "
+                           "into the dataset instead of linking to it")
+        if read_only:  # only a write is refused with "Read-only file system"; a missing file is not one
+            return Verdict(False, "write_denied", f"stopped: it tried to modify its input ({path}); "
+                           "inputs are read-only")
+        return None
     if read_only:
         return Verdict(False, "write_denied", f"stopped: it tried to write outside its output folder "
                        f"({path}); only the output folder and /tmp are writable")
     return None
+
+
+def _link_leaving(path: Path, spec: SandboxSpec) -> str | None:
+    """The text of ``path`` when, on the host, it is a link leading out of the inputs bound for the task."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    real = Path(os.path.realpath(path))
+    inside = any(real.is_relative_to(Path(os.path.realpath(p))) for p in spec.readonly)
+    return None if inside else target
 
 
 def _quoted_path(text: str, phrase: str) -> str | None:

@@ -9,6 +9,8 @@ Layout (compatible with NeuroCAAS' bucket layout)::
 
 Every path a user supplies goes through :meth:`Storage.resolve`, which refuses
 absolute paths, ``..``, control characters and symlinks leading out of the group.
+On a local root, what lies inside a folder is read without following links and
+special files (FIFOs, devices, sockets) are never opened (:mod:`ncaas.localtree`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from . import storage_s3
-from .exceptions import PathRefused, StorageError
+from . import localtree, storage_s3
+from .exceptions import PathRefused, SpecialFileRefused, StorageError
 
 __all__ = ["AREAS", "Storage", "check_group", "check_user_path", "default_root"]
 
@@ -114,13 +116,19 @@ class Storage:
     def makedirs(self, path: str) -> None:
         self._call(self.fs.makedirs, path, exist_ok=True)
 
-    def read_bytes(self, path: str) -> bytes:
+    def read_bytes(self, path: str, *, follow: bool = True) -> bytes:
+        """The bytes of a file; on a local root a FIFO or device is refused (SpecialFileRefused), not
+        opened, and so is a link unless ``follow``."""
+        if self.is_local:
+            return self._call(localtree.read_regular, path, follow=follow)
         return self._call(self.fs.cat_file, path)
 
     def read_from(self, path: str, offset: int) -> bytes:
         """The bytes of ``path`` from ``offset`` to its current end (a growing log, say)."""
         if offset >= self.size(path):
             return b""
+        if self.is_local:
+            return self._call(localtree.read_regular, path, offset)
         return self._call(self.fs.cat_file, path, start=offset)
 
     def read_text(self, path: str) -> str:
@@ -142,15 +150,26 @@ class Storage:
         self.write_bytes(path, text.encode("utf-8"))
 
     def put(self, local: str | os.PathLike[str], path: str) -> None:
-        """Copy a local file or folder into storage at ``path``."""
+        """Copy a local file or folder into storage at ``path``.
+
+        Of a folder, only regular files are copied: a link or FIFO a task left in its outputs
+        is neither followed nor opened (``/dev/zero`` would never end, a FIFO never start).
+        """
         local = Path(local)
         self.makedirs(posixpath.dirname(path))
-        if local.is_dir():  # the trailing "/" copies the folder's content, even into an existing folder
-            self._call(self.fs.put, str(local).rstrip("/") + "/", path, recursive=True)
+        if local.is_dir() and self.is_local:
+            self._call(localtree.copy_out, str(local), path)
+        elif local.is_dir():
+            files = [file for file, _ in localtree.regular_files(str(local))]
+            if files:  # lists in, lists out: each file to its own key, in parallel
+                self._call(self.fs.put, files, [posixpath.join(path, os.path.relpath(f, local)) for f in files])
         else:
             self._call(self.fs.put_file, str(local), path)
 
     def get(self, path: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file or folder out of storage; from a local root, links and special files are left out."""
+        if self.is_local:
+            return self._call(localtree.copy_out, path, str(local))
         self._call(self.fs.get, path, str(local), recursive=self.isdir(path))
 
     def remove(self, path: str) -> None:
@@ -161,7 +180,15 @@ class Storage:
         return sorted(self._call(self.fs.glob, self.join(pattern)))
 
     def files(self, path: str) -> list[str]:
-        """Every file under ``path`` (itself when it is a file), sorted."""
+        """Every file under ``path`` (itself when it is a file), sorted.
+
+        On a local root: regular files only; links found inside ``path`` are not followed.
+        """
+        if self.is_local:
+            try:
+                return sorted(p for p, _ in self._call(localtree.regular_files, path))
+            except FileNotFoundError:
+                return []
         if not self.isdir(path):
             return [path] if self.exists(path) else []
         return sorted(self._call(self.fs.find, path))
@@ -175,15 +202,41 @@ class Storage:
         when = info.get("mtime") or info.get("LastModified") or info.get("ETag")
         return info.get("size"), when.timestamp() if hasattr(when, "timestamp") else when
 
+    def kind(self, path: str) -> str:
+        """``file`` or ``folder``; on a local root also ``symlink``, ``fifo``, ``char-device``,
+        ``block-device`` or ``socket`` (``path`` itself is not followed)."""
+        if self.is_local:
+            return self._call(localtree.kind, path)
+        return "folder" if self.isdir(path) else "file"
+
+    def unreadable(self, path: str) -> list[tuple[str, str, str | None]]:
+        """``(relative path, kind, link text)`` of what a dataset holds that no analysis can read:
+        FIFOs, devices, sockets, and links leading out of the dataset (none on object stores)."""
+        if not self.is_local:
+            return []
+        top = self._call(localtree.kind, path, follow=True)
+        if top not in ("file", "folder"):
+            return [(posixpath.basename(path), top, None)]
+        return self._call(localtree.special_entries, path)
+
     def sha256(self, path: str) -> str:
+        if self.is_local:  # a FIFO or device is refused, never opened
+            return self._call(localtree.sha256, path)
         digest = hashlib.sha256()
         with self._call(self.fs.open, path, "rb") as fh:
             for block in iter(lambda: fh.read(_CHUNK), b""):
                 digest.update(block)
         return digest.hexdigest()
 
-    def describe_tree(self, path: str) -> list[dict[str, Any]]:
-        """Relative path, size and sha256 of every file under ``path``."""
+    def describe_tree(self, path: str, *, follow: bool = True) -> list[dict[str, Any]]:
+        """Relative path, size and sha256 of every file under ``path``.
+
+        On a local root, a link found inside is ``{"path", "kind": "symlink", "target"}``
+        and a FIFO, device or socket ``{"path", "kind"}``: neither is followed nor opened.
+        ``follow=False`` records ``path`` itself that way when it is one.
+        """
+        if self.is_local:
+            return self._call(localtree.describe, path, follow=follow)
         out = []
         for file in self.files(path):
             rel = posixpath.relpath(file, path) if file != path else posixpath.basename(path)
@@ -230,6 +283,9 @@ class Storage:
             return fn(*args, **kwargs)
         except FileNotFoundError:
             raise
+        except SpecialFileRefused as exc:  # named inside the storage root, not by its host path
+            raise SpecialFileRefused(self.relative(exc.path) if self.is_local and exc.path.startswith(self.root)
+                                     else exc.path, exc.kind) from None
         except OSError as exc:
             if storage_s3.is_s3_url(self.url):
                 raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .blueprint import BlueprintRegistry, LoadedBlueprint
-from .exceptions import PathRefused, SubmissionRejected
+from .exceptions import PathRefused, SpecialFileRefused, StorageError, SubmissionRejected
 from .storage import Storage
 
 __all__ = ["Dataset", "JobRequest", "SubmitFile", "build_request", "dataset_key", "parse_submit_file"]
@@ -125,6 +125,9 @@ def _load_config(storage: Storage, group: str, name: str, problems: list[str]) -
         return None
     try:
         data = yaml.safe_load(storage.read_text(path))
+    except SpecialFileRefused as exc:  # a FIFO or device named as a config: refused, never opened
+        problems.append(f"config {name!r} is {exc.words}, not a regular file; save the config as a regular file")
+        return None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -136,6 +139,30 @@ def _load_config(storage: Storage, group: str, name: str, problems: list[str]) -
         problems.append(f"config {name!r} must be a mapping of option: value, not a {type(data).__name__}")
         return None
     return data
+
+
+_SHOWN = 3  # entries named in a dataset's problem; the rest are counted
+
+
+def dataset_problem(storage: Storage, raw: str, path: str) -> str | None:
+    """Why a dataset cannot be analysed as stored: it is (or holds) a FIFO, device or socket, or a
+    link leading out of it. The task would see such a link lead nowhere; the platform never follows it."""
+    try:
+        found = storage.unreadable(path)
+    except StorageError as exc:
+        return f"dataset {raw!r} cannot be read: {exc}"
+    if not found:
+        return None
+    if len(found) == 1 and found[0][0] == posixpath.basename(path) and found[0][2] is None \
+            and not storage.isdir(path):
+        return (f"dataset {raw!r} is {SpecialFileRefused.words_for(found[0][1])}, not a file "
+                "or folder; upload the data as a regular file")
+    named = [f"{rel} ({SpecialFileRefused.words_for(kind)}"
+             + (f" to {target}" if target is not None else "") + ")" for rel, kind, target in found[:_SHOWN]]
+    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    return (f"dataset {raw!r} holds what no analysis can read: {', '.join(named)}{more}; a dataset may hold "
+            "regular files, folders and links that stay inside it — copy the linked files into the "
+            "dataset and remove FIFOs, devices and sockets")
 
 
 def _allowed(schema: dict[str, Any]) -> str:
@@ -196,6 +223,8 @@ def build_request(storage: Storage, registry: BlueprintRegistry, group: str, sub
         rel = posixpath.relpath(path, storage.area(group, "inputs"))
         if not storage.exists(path):
             problems.append(f"dataset {raw!r} not found in {group}/inputs/; upload it there first")
+        elif unreadable := dataset_problem(storage, raw, path):
+            problems.append(unreadable)
         elif any(d.rel == rel for d in datasets):
             problems.append(f"dataset {raw!r} is listed twice; list each dataset once")
         else:

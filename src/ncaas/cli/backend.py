@@ -141,7 +141,8 @@ class Embedded:
         if not local.is_dir():
             return Storage(local.parent).describe_tree(str(local.resolve())) == self.storage.describe_tree(target)
         mine = {f["path"]: (f["size"], f["sha256"]) for f in describe_folder(local)}
-        return mine == {f["path"]: (f["size"], f["sha256"]) for f in self.storage.describe_tree(target)}
+        # a link or FIFO stored in the folder has neither size nor sha256: never the same content
+        return mine == {f["path"]: (f.get("size"), f.get("sha256")) for f in self.storage.describe_tree(target)}
 
     def _copy_in(self, item: str, group: str, area: str, left_out: LeftOut | None) -> str:
         local = Path(item)
@@ -285,7 +286,8 @@ class Remote:
         if {e["path"]: e["size"] for e in client.input_info(name)["contents"]} != sizes:
             return False  # told apart without reading a file
         stored = client.input_info(name, checksums=True)["contents"]
-        return {e["path"]: e["sha256"] for e in stored} == {e["path"]: e["sha256"] for e in describe_folder(local)}
+        return {e["path"]: e.get("sha256") for e in stored} == \
+            {e["path"]: e["sha256"] for e in describe_folder(local)}
 
     def put_input(self, item: str, group: str, *, left_out: LeftOut) -> str:
         local = Path(item)

@@ -41,7 +41,7 @@ __all__ = ["LocalExecutor"]
 _RUNNER = Path(__file__).with_name("_runner.py")
 VERIFY_EVERY = 30.0  # seconds: an environment is re-hashed in full at most this often per manager
 _LIMIT_REASONS = {"process_limit", "memory", "write_denied", "environment_write_denied", "outside_access",
-                  "network_denied"}
+                  "network_denied", "link_outside"}
 
 
 def _cpu_count() -> int:

@@ -34,13 +34,13 @@ from .. import environments
 from ..archive import BlueprintArchive
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..certificate import build_certificate, render_text
-from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
+from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..private import private_dir
 from ..signing import CertificateKeys
 from ..storage import Storage
-from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
+from ..submission import JobRequest, build_request, canonical_json, dataset_problem, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
@@ -67,6 +67,7 @@ TIMEOUT_BACKSTOP_S = 30.0
 CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is killed
 WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written
 PREPARE_THREADS = 2  # environments prepared at once (each preparation is one environment)
+CERTIFY_THREADS = 2  # certificates written at once (each hashes a job's inputs and outputs)
 WAIT_SHOWN_AFTER_S = 1.0  # a preparation this old is named in its tasks' cause (quick checks are not)
 WAITING_FOR_ENVIRONMENT = "waiting for its environment"
 
@@ -108,6 +109,8 @@ class Manager:
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
         self._prepare_slots = threading.BoundedSemaphore(PREPARE_THREADS)
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
+        self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
+        self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -139,9 +142,15 @@ class Manager:
     def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
         try:
-            raw = self.storage.read_bytes(path)
+            raw = self.storage.read_bytes(path, follow=False)  # a link could name another group's file
         except FileNotFoundError:
             return None, False
+        except SpecialFileRefused as exc:  # a FIFO or device named like a submit file: never opened
+            key = f"{group}/{name}:{exc.kind}"
+            found = self.db.seen_submission(key)
+            return (found, False) if found is not None else \
+                (self.reject(group, name, key, key, [f"{name} is {exc.words}, not a regular file; "
+                                                          "write the submit file as a regular file"]), True)
         key = f"{group}/{name}:{_sha256(raw)}"
         existing = self.db.seen_submission(key)
         if existing is not None:
@@ -449,6 +458,9 @@ class Manager:
         try:
             if isinstance(environment, Exception):
                 raise environment
+            problem = self._input_problem(job, task)
+            if problem is not None:
+                raise ExecutorError(problem)
             spec = self._spec(job, task, run_dir, environment)
             handle = self.executor.launch(spec)
         except (ExecutorError, OSError) as exc:
@@ -457,6 +469,17 @@ class Manager:
         self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time,
                             argv_json=json.dumps(spec.argv))
         return True
+
+    def _input_problem(self, job: Job, task: Task) -> str | None:
+        """The dataset checked again just before it is shown to the task: one changed since it was
+        submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
+        try:
+            self.storage.resolve(job.group, "inputs", task.dataset_rel)
+            return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
+        except PathRefused as exc:
+            return str(exc)
+        except FileNotFoundError:
+            return None  # gone: the task says so itself
 
     def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
@@ -518,6 +541,9 @@ class Manager:
     # -- jobs ----------------------------------------------------------------------------
     def _settle(self, jobs: dict[str, Job]) -> None:
         unfinished = self.db.unfinalized([s.value for s in JOB_TERMINAL])
+        listed = {j.id for j in unfinished}
+        for job_id in [k for k, f in self._certifying.items() if f.done() and k not in listed]:
+            del self._certifying[job_id]  # written, and the database says so
         for job in [*jobs.values(), *unfinished]:
             tasks = self.db.tasks(job.id)
             new = job_state([TaskState(t.state) for t in tasks])
@@ -528,7 +554,28 @@ class Manager:
                 if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
                     continue
             if job.state in JOB_TERMINAL and not job.finalized:
+                self._finalize_aside(job, tasks)
+
+    def _finalize_aside(self, job: Job, tasks: list[Task]) -> None:
+        """Finalize on a background thread: hashing a job's inputs and outputs (a task may leave a
+        sparse terabyte) never holds up the loop, so other groups' jobs go on and a stop is prompt."""
+        running = self._certifying.get(job.id)
+        if running is None:
+            self._certifying[job.id] = future = Future()
+            threading.Thread(target=self._certify, args=(future, job, tasks), name=f"ncaas-certificate-{job.id}",
+                             daemon=True).start()  # daemon: a restarted manager writes it again
+        elif running.done() and running.exception() is not None:
+            del self._certifying[job.id]  # failed: the loop reports it and the next step tries again
+            raise running.exception()
+
+    def _certify(self, future: Future[None], job: Job, tasks: list[Task]) -> None:
+        with self._certify_slots:
+            try:
                 self._finalize(job, tasks)
+                future.set_result(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which says what failed
+                future.set_exception(exc)
+        self._wake.set()
 
     def _finalize(self, job: Job, tasks: list[Task]) -> None:
         """Final statuses, the certificate, then end.json last; idempotent."""

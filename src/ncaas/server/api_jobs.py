@@ -12,22 +12,25 @@ import asyncio
 import codecs
 import json
 import logging
+import os
 import posixpath
 import secrets
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
+from starlette.background import BackgroundTask
 
+from .. import localtree
 from ..certificate import compare_outputs, load_certificate
-from ..exceptions import CertificateError, CertificateForged, PathRefused
+from ..exceptions import CertificateError, CertificateForged, PathRefused, SpecialFileRefused
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs import describe
 from ..jobs.manager import Manager
@@ -258,36 +261,53 @@ def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs,
     return Response(data, media_type="text/plain; charset=utf-8")
 
 
-def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> Path:
+def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> IO[bytes]:
+    """The result file ``rel`` of ``job``, open: a regular file inside the group's results, or NotFound.
+
+    Opened without following a final link and without blocking on a FIFO; the file actually
+    opened is then checked to lie inside the group's results (its folders may have been
+    swapped for links since the path was resolved).
+    """
     try:
         full = jobs.state.storage.resolve(who.group, "results", f"{job.id}/{rel}")
     except PathRefused as exc:
         raise BadRequest(str(exc)) from None
-    path = jobs.state.storage.local_path(full)
-    if not path.is_file() or path.is_symlink():
-        raise NotFound(f"job {job.id} has no result file {rel!r}; GET /api/jobs/{job.id}/files lists them")
-    return path
+    missing = NotFound(f"job {job.id} has no result file {rel!r}; GET /api/jobs/{job.id}/files lists them")
+    try:
+        fd = localtree.open_regular(str(jobs.state.storage.local_path(full)))
+    except (SpecialFileRefused, FileNotFoundError, NotADirectoryError):
+        raise missing from None
+    handle = os.fdopen(fd, "rb")
+    base = os.path.realpath(jobs.state.storage.area(who.group, "results"))
+    if not os.readlink(f"/proc/self/fd/{fd}").startswith(base + os.sep):
+        handle.close()
+        raise missing
+    return handle
 
 
 @router.get("/{job_id}/files", summary="Every file in the job's results folder")
 def files(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     job = jobs.job_for(who, job_id)
     base = jobs.results_path(job)
-    return [{"path": rel, "size": p.stat().st_size} for rel, p in list_files(base)] if base.is_dir() else []
+    return [{"path": f.rel, "size": f.stat.st_size} for f in list_files(base)] if base.is_dir() else []
 
 
 @router.get("/{job_id}/files/{path:path}", summary="One result file (streamed)",
             response_class=FileResponse)
 def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
     job = jobs.job_for(who, job_id)
-    found = _result_file(jobs, who, job, path)
-    media = IMAGE_TYPES.get(found.suffix.lower())
+    handle = _result_file(jobs, who, job, path)
+    # Served from the descriptor opened and checked above (/proc/self/fd reopens that very file),
+    # never from the path again; closed once sent (or with the response, if the client went away).
+    found, done = f"/proc/self/fd/{handle.fileno()}", BackgroundTask(handle.close)
+    media = IMAGE_TYPES.get(posixpath.splitext(path)[1].lower())
     # An analysis wrote this file: it may be HTML or an SVG carrying script. Images are shown as images;
     # anything else is a download, never a page; and the sandboxing policy gives either, even opened in
     # a tab of its own, an origin of its own, so no script in it can reach the page's token or the API.
     return FileResponse(found, media_type=media, filename=None if media else posixpath.basename(path),
                         content_disposition_type="inline" if media else "attachment",
-                        headers={"Content-Security-Policy": FILE_POLICY})
+                        headers={"Content-Security-Policy": FILE_POLICY},
+                        stat_result=os.fstat(handle.fileno()), background=done)
 
 
 @router.get("/{job_id}/results.zip", summary="The whole results folder as a zip, streamed",
@@ -320,9 +340,9 @@ def qc_images(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     job = jobs.job_for(who, job_id)
     base = jobs.results_path(job)
     out = []
-    for rel, p in list_files(base / "outputs") if (base / "outputs").is_dir() else []:
-        if p.suffix.lower() in IMAGE_TYPES:
-            out.append({"path": f"outputs/{rel}", "dataset": rel.split("/", 1)[0], "size": p.stat().st_size})
+    for f in list_files(base / "outputs") if (base / "outputs").is_dir() else []:
+        if f.path.suffix.lower() in IMAGE_TYPES:
+            out.append({"path": f"outputs/{f.rel}", "dataset": f.rel.split("/", 1)[0], "size": f.stat.st_size})
     return out
 
 

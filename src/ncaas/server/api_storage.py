@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
+from ..exceptions import SpecialFileRefused
 from ..storage import check_user_path
 from ..submission import config_problems
 from .accounts import Principal
@@ -78,7 +79,13 @@ def list_inputs(who: Caller, state: State) -> list[dict]:
     out = []
     for entry in sorted(state.storage.fs.ls(base, detail=True), key=lambda e: e["name"]):
         name = posixpath.basename(entry["name"].rstrip("/"))
-        if entry["type"] == "directory":
+        try:  # a link is listed as one, never followed (its target may be another group's file)
+            kind = state.storage.kind(entry["name"]) if state.storage.is_local else None
+        except FileNotFoundError:
+            continue
+        if kind not in (None, "file", "folder"):
+            out.append({"name": name, "kind": kind, "files": 0, "size": 0})
+        elif entry["type"] == "directory":
             files = state.storage.files(entry["name"])
             size = sum(state.storage.size(f) for f in files)
             out.append({"name": name, "kind": "folder", "files": len(files), "size": size})
@@ -97,15 +104,18 @@ def input_info(name: str, who: Caller, state: State,
     if not state.storage.exists(path):
         raise NotFound(f"no dataset {name!r} in {who.group}/inputs/")
     if state.storage.isdir(path):
-        if checksums:
+        if checksums:  # links and special files inside are listed as such, never followed or opened
             contents = state.storage.describe_tree(path)
         else:
             contents = [{"path": posixpath.relpath(f, path), "size": state.storage.size(f)}
                         for f in state.storage.files(path)]
         return {"name": name, "kind": "folder", "files": len(contents),
-                "size": sum(e["size"] for e in contents), "contents": contents}
-    return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
-            "sha256": state.storage.sha256(path)}
+                "size": sum(e.get("size", 0) for e in contents), "contents": contents}
+    try:
+        return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
+                "sha256": state.storage.sha256(path)}
+    except SpecialFileRefused as exc:  # a FIFO or device: described, not opened
+        return {"name": name, "kind": exc.kind, "files": 0, "size": 0}
 
 
 class NewUpload(BaseModel):

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..blueprint import BlueprintRegistry
-from ..exceptions import BlueprintError, JobNotFound, NcaasError, PathRefused, StorageError, SubmissionRejected
+from ..exceptions import (BlueprintError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, StorageError,
+                          SubmissionRejected)
 from ..storage import Storage
 from .accounts import Accounts, open_engine
 from .auth import Authenticator
@@ -32,8 +33,8 @@ log = logging.getLogger("ncaas.server")
 STATIC = Path(__file__).parent / "static"
 JSON_BODY_LIMIT = 16 << 20
 
-_STATUS = [(ServerError, None), (PathRefused, 400), (SubmissionRejected, 400), (JobNotFound, 404),
-           (BlueprintError, 400), (StorageError, 500), (NcaasError, 400)]
+_STATUS = [(ServerError, None), (PathRefused, 400), (SpecialFileRefused, 400), (SubmissionRejected, 400),
+           (JobNotFound, 404), (BlueprintError, 400), (StorageError, 500), (NcaasError, 400)]
 
 
 def _error_response(exc: NcaasError) -> JSONResponse:

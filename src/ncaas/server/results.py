@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
+import stat
+import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IMAGE_TYPES", "iter_zip", "list_files"]
+from .. import localtree
+from ..exceptions import SpecialFileRefused
+
+__all__ = ["IMAGE_TYPES", "ResultFile", "iter_zip", "list_files"]
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -18,21 +25,31 @@ _STORED = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".zip", ".gz", ".bz2", ".xz
 _BLOCK = 1 << 20
 
 
-def list_files(base: Path) -> list[tuple[str, Path]]:
-    """``(relative posix path, path)`` of every regular file under ``base``, sorted.
+@dataclass(frozen=True)
+class ResultFile:
+    rel: str  # posix path relative to the listed folder
+    path: Path
+    stat: os.stat_result  # as listed: the file read later must be this very file
 
-    Symbolic links are skipped: an analysis could otherwise publish a link to
-    a file outside its results.
+
+def list_files(base: Path) -> list[ResultFile]:
+    """Every regular file under ``base``, sorted.
+
+    Symbolic links, FIFOs, devices and sockets are left out, neither followed nor
+    opened: an analysis could otherwise publish a link to a file outside its
+    results, or stall whoever reads a FIFO.
     """
-    out = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
-        for name in filenames:
-            full = Path(dirpath) / name
-            if full.is_symlink() or not full.is_file():
-                continue
-            out.append((full.relative_to(base).as_posix(), full))
-    return sorted(out)
+    found = localtree.regular_files(str(base))
+    return sorted((ResultFile(posixpath.relpath(p, base), Path(p), st) for p, st in found), key=lambda f: f.rel)
+
+
+def _zip_info(name: str, st: os.stat_result) -> zipfile.ZipInfo:
+    """What ``ZipInfo.from_file`` says, from the listed stat (a file dated before 1980 gets 1980)."""
+    when = time.localtime(st.st_mtime)[:6]
+    info = zipfile.ZipInfo(name, when if when[0] >= 1980 else (1980, 1, 1, 0, 0, 0))
+    info.external_attr = (stat.S_IMODE(st.st_mode) | stat.S_IFREG) << 16
+    info.file_size = st.st_size
+    return info
 
 
 class _Sink(io.RawIOBase):
@@ -54,18 +71,24 @@ class _Sink(io.RawIOBase):
         return data
 
 
-def iter_zip(files: list[tuple[str, Path]]) -> Iterator[bytes]:
-    """A zip of ``files`` produced piece by piece, in constant memory, of any size."""
+def iter_zip(files: list[ResultFile]) -> Iterator[bytes]:
+    """A zip of ``files`` produced piece by piece, in constant memory, of any size.
+
+    A file replaced since it was listed (by a link, a FIFO, another file) is left out.
+    """
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", allowZip64=True) as zf:
-        for name, path in files:
-            info = zipfile.ZipInfo.from_file(path, name)
-            stored = path.suffix.lower() in _STORED
+        for entry in files:
+            try:
+                fd = localtree.open_regular(str(entry.path), expect=entry.stat)
+            except (SpecialFileRefused, FileNotFoundError):
+                continue
+            info = _zip_info(entry.rel, entry.stat)
+            stored = entry.path.suffix.lower() in _STORED
             info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
             if not stored:
                 info._compresslevel = 1  # fast; results are mostly numbers and text
-            size = path.stat().st_size
-            with open(path, "rb") as src, zf.open(info, "w", force_zip64=size > (1 << 31)) as dst:
+            with os.fdopen(fd, "rb") as src, zf.open(info, "w", force_zip64=entry.stat.st_size > (1 << 31)) as dst:
                 while block := src.read(_BLOCK):
                     dst.write(block)
                     if chunk := sink.drain():

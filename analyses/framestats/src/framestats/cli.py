@@ -3,8 +3,11 @@
 Besides statistics, the config can make the run misbehave on purpose so the platform's
 tests exercise every path for real: ``fail``, ``hang``, ``memory_mb`` (allocate and touch
 that much), ``write_mb`` (write a file that large), ``log_lines``, ``cpu_seconds`` (burn
-CPU), ``sleep_per_frame``, and ``kill_on_attempts`` (SIGKILL itself on those attempts,
-read from ``NCAAS_ATTEMPT``).
+CPU), ``sleep_per_frame``, ``kill_on_attempts`` (SIGKILL itself on those attempts,
+read from ``NCAAS_ATTEMPT``), ``leave_fifo`` / ``leave_symlink`` (leave a FIFO
+``outputs/pipe.fifo``, or a link ``outputs/link`` to the given path, among its outputs)
+and ``leave_sparse_gib`` (leave ``outputs/sparse.bin``, that many GiB of zeros taking no
+disk space).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from .stats import STATS, frame_stats, iter_stacks
 
 DEFAULTS = {"stats": ["mean", "std", "min", "max"], "batch_frames": 64, "sleep_per_frame": 0.0,
             "cpu_seconds": 0.0, "fail": False, "hang": False, "memory_mb": 0, "write_mb": 0,
-            "log_lines": 0, "kill_on_attempts": []}
+            "log_lines": 0, "kill_on_attempts": [], "leave_fifo": False, "leave_symlink": None,
+            "leave_sparse_gib": 0}
 
 
 def progress(fraction: float, message: str) -> None:
@@ -53,6 +57,13 @@ def misbehave(config: dict, out: Path) -> None:
         with open(out / "bulk.bin", "wb") as fh:
             for _ in range(int(config["write_mb"] * 2**20) // len(chunk)):
                 fh.write(chunk)
+    if config["leave_fifo"]:  # nobody ever writes into it: whoever opens it to read waits forever
+        os.mkfifo(out / "pipe.fifo")
+    if config["leave_symlink"]:
+        os.symlink(config["leave_symlink"], out / "link")
+    if config["leave_sparse_gib"]:  # a hole: costs no disk, yet reads as that many zeros
+        with open(out / "sparse.bin", "wb") as fh:
+            fh.truncate(int(config["leave_sparse_gib"] * 2**30))
     if config["cpu_seconds"]:
         burn(float(config["cpu_seconds"]))
     if config["hang"]:

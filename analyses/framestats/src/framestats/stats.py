@@ -26,9 +26,11 @@ def iter_stacks(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     if not files:
         raise ValueError(f"{path} holds no .npy files")
     for file in files:
+        if file.stat().st_size == 0:  # np.load would raise a bare EOFError
+            raise ValueError(f"input {file.name} is empty (0 bytes); upload it again")
         try:
             stack = np.load(file, mmap_mode="r")
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{file} is not a readable .npy image stack: {exc}") from None
         if stack.ndim == 2:
             stack = stack[None]

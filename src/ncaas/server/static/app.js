@@ -211,8 +211,9 @@ async function loadInputs(autoTick = []) {
     const box = el("input", { type: "checkbox", value: d.name, id: `in-${d.name}` });
     box.checked = ticked.has(d.name);
     box.addEventListener("change", updateSubmit);
-    const what = d.kind === "folder" ? `folder, ${d.files} files` : "file";
-    return el("li", {}, box, el("label", { for: `in-${d.name}`, text: ` ${d.name} (${what}, ${formatBytes(d.size)})` }));
+    const what = d.kind === "folder" ? `folder, ${d.files} files, ${formatBytes(d.size)}`
+      : d.kind === "file" ? `file, ${formatBytes(d.size)}` : d.kind;  // a link, FIFO, device: named, not read
+    return el("li", {}, box, el("label", { for: `in-${d.name}`, text: ` ${d.name} (${what})` }));
   }));
   if (!inputs.length) $("#inputs").append(el("li", { class: "muted", text: "no datasets yet" }));
   updateSubmit();

@@ -57,6 +57,8 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
         )
     if path.is_dir() != (suffix == ".zarr"):
         raise UnsupportedFormatError(f"{path}: expected a {'directory' if suffix == '.zarr' else 'file'}")
+    if not path.is_dir() and path.stat().st_size == 0:  # any format: say so before a reader fails on it
+        raise VideoReadError(f"{path}: input {path.name} is empty (0 bytes); upload it again")
     if suffix == ".zarr":
         return open_zarr(path, dataset=dataset)
     if suffix in _HDF5:
@@ -65,6 +67,4 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
         return open_nwb(path, dataset=dataset)
     if dataset is not None:
         raise InputError(f"{path}: dataset={dataset!r} applies only to HDF5, zarr and NWB files")
-    if path.stat().st_size == 0:
-        raise VideoReadError(f"{path}: the file is empty (0 bytes)")
     return TiffReader(path) if suffix in _TIFF else OpenCVReader(path)
