@@ -63,7 +63,7 @@ def rerun_certificate(manager: Manager, cert: dict[str, Any] | str | Path,
                                            "source_hash": key.get("source_sha256") or None})
     if problem is not None:
         raise CertificateError(f"cannot rerun job {cert['job']['id']}: {problem}")
-    current = dataclasses.asdict(manager.executor.ensure_environment(request.blueprint))
+    current = dataclasses.asdict(manager.ensure_environment(request.blueprint))
     _, note = rerun_mismatch(recorded, current)
     if note is not None and notify is not None:
         notify(note)

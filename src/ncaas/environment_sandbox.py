@@ -1,0 +1,109 @@
+"""The sandbox every step of an environment build runs in: third-party code never runs as the platform.
+
+Building an environment runs code the platform did not write: the analysis' build
+backend and its hooks (``uv build``), the build of any locked source distribution,
+and the new environment's interpreter with whatever ``.pth`` files its packages
+brought (``--compile-bytecode``). So every uv call of a build runs in
+:mod:`ncaas.sandbox`'s bubblewrap sandbox, as uid 65534 of its own user namespace,
+seeing only
+
+* read-only: the system (``/usr``, ``/etc`` with its secrets masked), the base
+  interpreter's installation, uv's binary, the analysis source and its lock;
+* writable: the environment's own folder, the folder its wheel is built into, and
+  uv's package cache.
+
+The storage root, its state folder and job database, the other environments and the
+home folder do not exist in it. A step first runs without any network (a warm uv
+cache holds every package); only a step that uv says needs to download runs again
+with the host's network. ``NCAAS_SANDBOX=off`` runs the steps unsandboxed, as it
+does tasks, and the build log says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import sandbox as sandboxes
+from .exceptions import NcaasError
+
+__all__ = ["BuildBox", "uv_cache_dir"]
+
+_PROCESSES = 4096  # uv runs a thread per core and several bytecode compilers; a build is not a fork bomb test
+_TAIL = 15
+# The operator's settings for reaching the index (proxies, certificates), passed into the sandbox.
+_PASSED_ON = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+              "all_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+@functools.lru_cache(maxsize=4)
+def _cache_dir(uv: str, settings: tuple[str | None, ...]) -> Path:
+    out = subprocess.run([uv, "cache", "dir", "--no-config"], capture_output=True, text=True, check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise NcaasError(f"cannot find uv's package cache ({out.stderr.strip()[-300:]}); "
+                         "set UV_CACHE_DIR to a writable folder")
+    return Path(out.stdout.strip()).absolute()
+
+
+def uv_cache_dir(uv: str) -> Path:
+    """uv's package cache as uv itself finds it (``UV_CACHE_DIR``, else the XDG cache of the user)."""
+    settings = tuple(os.environ.get(k) for k in ("UV_CACHE_DIR", "XDG_CACHE_HOME", "HOME"))
+    return _cache_dir(uv, settings)
+
+
+@dataclass(frozen=True)
+class BuildBox:
+    """What the steps of one environment build may see; :meth:`run` runs one step in it."""
+
+    readonly: Sequence[Path]
+    writable: Sequence[Path]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def for_build(cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path]) -> BuildBox:
+        """The box for a build by ``uv``: its binary and cache added to ``readonly`` and ``writable``."""
+        cache = uv_cache_dir(uv)
+        cache.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _PASSED_ON}
+        env.update({"UV_CACHE_DIR": str(cache), "UV_NO_PROGRESS": "1", "NO_COLOR": "1",
+                    "UV_PYTHON_DOWNLOADS": "never"})
+        return cls(readonly=[Path(uv), *readonly], writable=[*writable, cache], env=env)
+
+    def describe(self) -> str:
+        """One line for the build log: the isolation the steps get."""
+        if sandboxes.sandbox_mode() == "none":
+            return (f"# sandbox: none ({sandboxes.MODE_VARIABLE}=off): the build steps run unsandboxed, "
+                    f"as uid {os.getuid()}, with the host's files and network")
+        return ("# sandbox: bubblewrap, uid 65534 of its own user namespace; read-only: the system, "
+                + ", ".join(str(p) for p in self.readonly) + "; writable: "
+                + ", ".join(str(p) for p in self.writable)
+                + "; network: none, except to fetch packages uv's cache lacks")
+
+    def run(self, argv: list[str], log: TextIO, on_line: Callable[[str], None], *,
+            network: bool = False) -> tuple[int, list[str]]:
+        """Run one build step; its output goes to ``log`` and each line to ``on_line``.
+
+        Without ``network`` the step has none at all and uv reads packages from its cache only.
+        Returns the exit status and the last lines of output.
+        """
+        env = dict(self.env) if network else {**self.env, "UV_OFFLINE": "1"}
+        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=self.writable, env=env,
+                                     network=network, processes=_PROCESSES)
+        tail: list[str] = []
+        with sandboxes.Sandbox(spec) as box:
+            proc = box.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             text=True, errors="replace")
+            assert proc.stdout is not None
+            with proc.stdout:
+                for line in proc.stdout:
+                    log.write(line)
+                    line = line.strip()
+                    tail = (tail + [line])[-_TAIL:]
+                    on_line(line)
+            proc.wait()
+            return box.returncode(proc.returncode), tail
