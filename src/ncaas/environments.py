@@ -6,6 +6,10 @@ An analysis' environment is a virtual environment built by uv from
   --generate-hashes``, committed next to the analysis as ``requirements.lock``), and
 * the analysis' own source, built into a wheel and installed non-editable.
 
+Every uv step of a build runs third-party code, so each runs in the build sandbox
+(:mod:`ncaas.environment_sandbox`: bubblewrap, an unprivileged uid, none of the
+platform's files); only fetching packages missing from uv's cache gets the network.
+
 Environments live in a content-addressed cache: the directory name carries the
 sha256 of (lock file, analysis source, base interpreter), so the same inputs
 are built once and shared by every job. The cache is ``$NCAAS_ENVS`` or, by
