@@ -9,14 +9,17 @@ seeing only
 
 * read-only: the system (``/usr``, ``/etc`` with its secrets masked), the base
   interpreter's installation, uv's binary, the analysis source and its lock;
-* writable: the environment's own folder, the folder its wheel is built into, and
-  uv's package cache.
+* writable: the environment's own folder and the folder its wheel is built into;
+* uv's package cache copy-on-write (where bwrap and the kernel can overlay it): a step
+  reads every cached package, but what it changes there is dropped when it ends. Only
+  steps that fetch packages (wheels only, so no third-party code runs) write to it.
 
 The storage root, its state folder and job database, the other environments and the
-home folder do not exist in it. A step first runs without any network (a warm uv
-cache holds every package); only a step that uv says needs to download runs again
-with the host's network. ``NCAAS_SANDBOX=off`` runs the steps unsandboxed, as it
-does tasks, and the build log says so.
+home folder do not exist in it. Steps have no network: each runs first against uv's
+cache alone; when the cache lacks packages, a fetching step downloads them with the
+host's network, and the step runs again offline (see :mod:`ncaas.environments`).
+``NCAAS_SANDBOX=off`` runs the steps unsandboxed, as it does tasks, and the build log
+says so.
 """
 
 from __future__ import annotations
@@ -62,38 +65,46 @@ class BuildBox:
 
     readonly: Sequence[Path]
     writable: Sequence[Path]
+    cache: Path
     env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_build(cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path]) -> BuildBox:
-        """The box for a build by ``uv``: its binary and cache added to ``readonly`` and ``writable``."""
+        """The box for a build by ``uv``: its binary added to ``readonly``, its cache shown as :meth:`run` says."""
         cache = uv_cache_dir(uv)
         cache.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _PASSED_ON}
         env.update({"UV_CACHE_DIR": str(cache), "UV_NO_PROGRESS": "1", "NO_COLOR": "1",
                     "UV_PYTHON_DOWNLOADS": "never"})
-        return cls(readonly=[Path(uv), *readonly], writable=[*writable, cache], env=env)
+        return cls(readonly=[Path(uv), *readonly], writable=list(writable), cache=cache, env=env)
 
     def describe(self) -> str:
         """One line for the build log: the isolation the steps get."""
         if sandboxes.sandbox_mode() == "none":
             return (f"# sandbox: none ({sandboxes.MODE_VARIABLE}=off): the build steps run unsandboxed, "
                     f"as uid {os.getuid()}, with the host's files and network")
+        cache = (f"uv's cache {self.cache} copy-on-write (only fetching packages writes to it)"
+                 if sandboxes.overlay_supported() else
+                 f"uv's cache {self.cache} (this bwrap or kernel cannot mount it copy-on-write)")
         return ("# sandbox: bubblewrap, uid 65534 of its own user namespace; read-only: the system, "
                 + ", ".join(str(p) for p in self.readonly) + "; writable: "
-                + ", ".join(str(p) for p in self.writable)
+                + ", ".join(str(p) for p in self.writable) + f"; {cache}"
                 + "; network: none, except to fetch packages uv's cache lacks")
 
     def run(self, argv: list[str], log: TextIO, on_line: Callable[[str], None], *,
-            network: bool = False) -> tuple[int, list[str]]:
+            network: bool = False, fetching: bool = False) -> tuple[int, list[str]]:
         """Run one build step; its output goes to ``log`` and each line to ``on_line``.
 
         Without ``network`` the step has none at all and uv reads packages from its cache only.
+        Only a ``fetching`` step (one that runs no third-party code) may change uv's cache; any
+        other sees it copy-on-write, so a hostile build cannot plant files for other builds.
         Returns the exit status and the last lines of output.
         """
         env = dict(self.env) if network else {**self.env, "UV_OFFLINE": "1"}
-        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=self.writable, env=env,
-                                     network=network, processes=_PROCESSES)
+        shared = fetching or not sandboxes.overlay_supported()
+        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=[*self.writable, *([self.cache] if shared else [])],
+                                     overlay=[] if shared else [self.cache], env=env, network=network,
+                                     processes=_PROCESSES)
         tail: list[str] = []
         with sandboxes.Sandbox(spec) as box:
             proc = box.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -380,7 +380,7 @@ def verify(env: Environment) -> Verification:
 
 
 def _run_uv(box: BuildBox, args: list[str], log, progress: Progress | None, span: tuple[float, float],
-            expect: int = 0, *, network: bool = False) -> None:
+            expect: int = 0, *, network: bool = False, fetching: bool = False) -> None:
     """Run uv in the build's sandbox, appending its output to the build log and relaying it as progress."""
     command = [uv_binary(), *args]
     log.write(f"$ {' '.join(command)}\n")
@@ -396,7 +396,7 @@ def _run_uv(box: BuildBox, args: list[str], log, progress: Progress | None, span
             fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
             progress(fraction, line)
 
-    code, tail = box.run(command, log, on_line, network=network)
+    code, tail = box.run(command, log, on_line, network=network, fetching=fetching)
     if code != 0:
         raise EnvironmentBuildError("uv failed: " + " | ".join(tail))
 
@@ -417,9 +417,9 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
         sources = [spec.lock_file] + ([spec.source] if spec.source is not None else [])
         box = BuildBox.for_build(uv_binary(), readonly=[*map(Path, installation), *sources],
                                  writable=[path, Path(wheels)])
-        log.write(box.describe() + "\n")
         path.mkdir(parents=True)  # the sandbox binds it, so it exists before uv fills it
         try:
+            log.write(box.describe() + "\n")
             _build_steps(spec, box, path, Path(wheels), base, log, step, progress)
         except SandboxError as exc:
             raise EnvironmentBuildError(f"cannot build the {spec.name} environment: {exc}") from None
@@ -439,9 +439,11 @@ def _build_steps(spec: EnvironmentSpec, box: BuildBox, path: Path, wheels: Path,
                "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)]
     try:
         _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages)
-    except EnvironmentBuildError:  # uv's cache lacks some: the index is needed, for the locked packages only
-        log.write(_NETWORK_NOTE.format("the locked packages"))
-        _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages, network=True)
+    except EnvironmentBuildError:  # uv's cache lacks some: fetch the locked packages, then install offline
+        fetched = _fetch(box, ["--require-hashes", "-r", str(spec.lock_file)], wheels, base, log, "the locked packages")
+        if not fetched:  # a locked source distribution: it is built as it is installed, with the network
+            log.write("# some locked packages have no wheel for this platform: installing with the network on\n")
+        _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages, network=not fetched)
     if spec.source is not None:
         step(0.82, f"building {spec.name} from {spec.source}")
         _build_wheel(spec.source, box, wheels, base, log)
@@ -458,7 +460,22 @@ def _build_steps(spec: EnvironmentSpec, box: BuildBox, path: Path, wheels: Path,
         ) from None
 
 
-_NETWORK_NOTE = "# uv's cache lacks what this step needs: fetching {} with the network on\n"
+def _fetch(box: BuildBox, requirements: list[str], wheels: Path, base: str, log, what: str) -> bool:
+    """Download ``requirements`` into uv's cache with the network on; whether every one was had.
+
+    Wheels only, installed into a scratch folder and dropped: fetching runs no third-party
+    code, so it alone may write to uv's cache.
+    """
+    log.write(f"# uv's cache lacks what this step needs: fetching {what} with the network on\n")
+    target = wheels / "fetched"
+    try:
+        _run_uv(box, ["pip", "install", "--no-config", "--quiet", "--python", base, "--only-binary", ":all:",
+                      "--target", str(target), *requirements], log, None, (0, 0), network=True, fetching=True)
+        return True
+    except EnvironmentBuildError:
+        return False
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _build_requirements(source: Path) -> list[str]:
@@ -474,22 +491,22 @@ def _build_requirements(source: Path) -> list[str]:
 def _build_wheel(source: Path, box: BuildBox, wheels: Path, base: str, log) -> None:
     """Build the analysis into a wheel in ``wheels``; its build code never has the network.
 
-    When uv's cache lacks the build requirements, they alone are fetched (installed into a
-    scratch folder, with the network on), and the build runs again without network.
+    When uv's cache lacks the build requirements, they alone are fetched (as wheels), and
+    the build runs again without network.
     """
     build = ["build", "--no-config", "--quiet", "--wheel", "--python", base, "--out-dir", str(wheels), str(source)]
     try:
         _run_uv(box, build, log, None, (0, 0))
         return
-    except EnvironmentBuildError:
+    except EnvironmentBuildError as exc:
         requires = _build_requirements(source)
         if not requires:
             raise
-    log.write(_NETWORK_NOTE.format("the build requirements (" + ", ".join(requires) + ")"))
-    fetched = wheels / "build-requirements"
-    _run_uv(box, ["pip", "install", "--no-config", "--quiet", "--python", base, "--target", str(fetched),
-                  *requires], log, None, (0, 0), network=True)
-    shutil.rmtree(fetched, ignore_errors=True)
+        failed = exc
+    if not _fetch(box, requires, wheels, base, log, "the build requirements (" + ", ".join(requires) + ")"):
+        raise EnvironmentBuildError(
+            f"{failed}; and the build requirements of {source} ({', '.join(requires)}) could not all be "
+            "fetched as wheels (see the build log): an analysis is built without network, from wheels in uv's cache")
     _run_uv(box, build, log, None, (0, 0))
 
 

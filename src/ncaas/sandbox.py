@@ -55,6 +55,7 @@ __all__ = [
     "Verdict",
     "bwrap_binary",
     "describe_isolation",
+    "overlay_supported",
     "run",
     "sandbox_mode",
 ]
@@ -126,6 +127,24 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
     )
 
 
+def overlay_supported() -> bool:
+    """Whether this bwrap and kernel can mount a folder copy-on-write (changes kept in memory, then dropped)."""
+    if sandbox_mode() != "bubblewrap":
+        return False
+    return _probe_overlay(bwrap_binary()[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _probe_overlay(binary: str) -> bool:
+    with tempfile.TemporaryDirectory(prefix="ncaas-overlay-probe-") as folder:
+        probe = subprocess.run(
+            [binary, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+             *_system_links(), "--proc", "/proc", "--dev", "/dev", "--overlay-src", folder,
+             "--tmp-overlay", folder, "--", "/usr/bin/touch", f"{folder}/probe"],
+            capture_output=True, text=True, check=False)
+        return probe.returncode == 0 and not os.path.exists(f"{folder}/probe")
+
+
 def describe_isolation(override: str | None = None) -> str:
     """One line naming the isolation tasks get here (for the executor's part of a certificate)."""
     try:
@@ -194,6 +213,7 @@ class SandboxSpec:
     mode: str | None = None
     scratch: Path | None = None  # the task's /tmp; a fresh folder when None; removed afterwards
     network: bool = False  # the host's network (an environment build fetching packages); tasks never
+    overlay: Sequence[Path] = ()  # seen writable, but changes stay in the sandbox (see overlay_supported)
 
     def to_json(self) -> dict[str, Any]:
         return {"readonly": [str(p) for p in self.readonly], "writable": [str(p) for p in self.writable],
@@ -201,14 +221,15 @@ class SandboxSpec:
                 "memory": self.memory, "processes": self.processes, "cpus": self.cpus,
                 "env": dict(self.env), "workdir": str(self.workdir) if self.workdir else None,
                 "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None,
-                "network": self.network}
+                "network": self.network, "overlay": [str(p) for p in self.overlay]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         paths = {k: Path(data[k]) if data.get(k) else None for k in ("environment", "workdir", "scratch")}
         return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
                    memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
-                   mode=data["mode"], network=bool(data.get("network")), **paths)
+                   mode=data["mode"], network=bool(data.get("network")),
+                   overlay=[Path(p) for p in data.get("overlay", [])], **paths)
 
 
 @dataclass(frozen=True)
@@ -362,6 +383,8 @@ class Sandbox:
             args += ["--ro-bind", str(Path(path).absolute()), str(Path(path).absolute())]
         for path in spec.writable:
             args += ["--bind", str(Path(path).absolute()), str(Path(path).absolute())]
+        for path in spec.overlay:
+            args += ["--overlay-src", str(Path(path).absolute()), "--tmp-overlay", str(Path(path).absolute())]
         workdir = spec.workdir or Path("/tmp")
         args += ["--chdir", str(workdir), "--remount-ro", "/"]
         return args

@@ -16,11 +16,15 @@ import json
 import os
 import secrets
 import signal
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ncaas import sandbox
+from ncaas.environments import uv_binary
 
 
 def _security_conftest():
@@ -111,12 +115,21 @@ def write_blueprint(folder: Path, name: str, source: str) -> None:
         """))
 
 
+def _uv_cache() -> Path:
+    out = subprocess.run([uv_binary(), "cache", "dir"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
 class Attack:
     def __init__(self, site, base: Path, envs: Path):
         self.site, self.base, self.envs = site, base, envs
         root = site.root
         self.markers = {"marker_outside": base / "pwned", "marker_in_inputs": root / "lab" / "inputs" / "pwned",
                         "marker_in_state": root / ".ncaas" / "pwned", "marker_in_envs": envs / "pwned"}
+        # uv's shared cache: what a build plants there would reach other builds (where bwrap can
+        # mount it copy-on-write; elsewhere the cache stays writable)
+        if getattr(sandbox, "overlay_supported", lambda: True)():
+            self.markers["marker_in_uv_cache"] = _uv_cache() / f"planted-{secrets.token_hex(6)}"
         self.targets = {
             "read": {"job_database": str(root / ".ncaas" / "jobs.sqlite"),
                      "other_group_input": str(root / "other" / "inputs" / "secret.txt")},
@@ -148,6 +161,8 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     data.write_text("a dataset")
     site.clients["lab"].upload_file(data, "data.txt")
     yield attack
+    for marker in attack.markers.values():  # (only ever there on a platform that let the build write them)
+        marker.unlink(missing_ok=True)
     site.close()
     code = site.server.stop()
     log = site.server.log()
