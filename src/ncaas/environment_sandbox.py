@@ -37,7 +37,7 @@ from .exceptions import NcaasError
 
 __all__ = ["BuildBox", "uv_cache_dir"]
 
-_PROCESSES = 4096  # uv runs a thread per core and several bytecode compilers; a build is not a fork bomb test
+_PROCESSES = 4096  # uv runs a thread per core, and bytecode compilers beside them
 _TAIL = 15
 # The operator's settings for reaching the index (proxies, certificates), passed into the sandbox.
 _PASSED_ON = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
@@ -45,7 +45,7 @@ _PASSED_ON = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy"
 
 
 @functools.lru_cache(maxsize=4)
-def _cache_dir(uv: str, settings: tuple[str | None, ...]) -> Path:
+def _cache_dir(uv: str, settings: tuple[str | None, ...]) -> Path:  # settings: what uv reads, as the key
     out = subprocess.run([uv, "cache", "dir", "--no-config"], capture_output=True, text=True, check=False)
     if out.returncode != 0 or not out.stdout.strip():
         raise NcaasError(f"cannot find uv's package cache ({out.stderr.strip()[-300:]}); "
@@ -102,9 +102,9 @@ class BuildBox:
         """
         env = dict(self.env) if network else {**self.env, "UV_OFFLINE": "1"}
         shared = fetching or not sandboxes.overlay_supported()
-        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=[*self.writable, *([self.cache] if shared else [])],
-                                     overlay=[] if shared else [self.cache], env=env, network=network,
-                                     processes=_PROCESSES)
+        writable, overlay = ([*self.writable, self.cache], []) if shared else (list(self.writable), [self.cache])
+        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=writable, overlay=overlay, env=env,
+                                     network=network, processes=_PROCESSES)
         tail: list[str] = []
         with sandboxes.Sandbox(spec) as box:
             proc = box.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
