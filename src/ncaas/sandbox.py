@@ -21,6 +21,10 @@ When the sandbox closes, every process left is killed, and the cgroups and
 the scratch folder are removed. Where bubblewrap cannot run, :class:`Sandbox`
 refuses unless ``NCAAS_SANDBOX=off`` says to run unsandboxed; the isolation
 actually used is in :meth:`Sandbox.isolation`, for the certificate.
+
+Environment builds run in the same sandbox (:mod:`ncaas.environment_sandbox`); a
+build step's spec may also share the host's network (to fetch packages) and show a
+folder copy-on-write (uv's cache: what the step changes there is dropped).
 """
 
 from __future__ import annotations
