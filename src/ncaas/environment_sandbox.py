@@ -8,7 +8,9 @@ brought (``--compile-bytecode``). So every uv call of a build runs in
 seeing only
 
 * read-only: the system (``/usr``, ``/etc`` with its secrets masked), the base
-  interpreter's installation, uv's binary, the analysis source and its lock;
+  interpreter's installation, uv's binary, the analysis' lock;
+* the analysis source copy-on-write (build backends such as setuptools write into the
+  tree they build; those writes are dropped), or read-only where overlays are missing;
 * writable: the environment's own folder and the folder its wheel is built into;
 * uv's package cache copy-on-write (where bwrap and the kernel can overlay it): a step
   reads every cached package, but what it changes there is dropped when it ends. Only
@@ -67,28 +69,38 @@ class BuildBox:
     writable: Sequence[Path]
     cache: Path
     env: dict[str, str] = field(default_factory=dict)
+    copy_on_write: Sequence[Path] = ()  # shown writable, changes dropped (else read-only)
 
     @classmethod
-    def for_build(cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path]) -> BuildBox:
-        """The box for a build by ``uv``: its binary added to ``readonly``, its cache shown as :meth:`run` says."""
+    def for_build(cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path],
+                  copy_on_write: Sequence[Path] = ()) -> BuildBox:
+        """The box for a build by ``uv``: its binary added to ``readonly``, its cache shown as :meth:`run` says.
+
+        ``copy_on_write`` folders (the analysis source: some build backends write into the
+        tree they build) look writable, but what a step changes there is dropped.
+        """
         cache = uv_cache_dir(uv)
         cache.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _PASSED_ON}
         env.update({"UV_CACHE_DIR": str(cache), "UV_NO_PROGRESS": "1", "NO_COLOR": "1",
                     "UV_PYTHON_DOWNLOADS": "never"})
-        return cls(readonly=[Path(uv), *readonly], writable=list(writable), cache=cache, env=env)
+        return cls(readonly=[Path(uv), *readonly], writable=list(writable), cache=cache, env=env,
+                   copy_on_write=list(copy_on_write))
 
     def describe(self) -> str:
         """One line for the build log: the isolation the steps get."""
         if sandboxes.sandbox_mode() == "none":
             return (f"# sandbox: none ({sandboxes.MODE_VARIABLE}=off): the build steps run unsandboxed, "
                     f"as uid {os.getuid()}, with the host's files and network")
-        cache = (f"uv's cache {self.cache} copy-on-write (only fetching packages writes to it)"
-                 if sandboxes.overlay_supported() else
-                 f"uv's cache {self.cache} (this bwrap or kernel cannot mount it copy-on-write)")
+        cow = [str(p) for p in self.copy_on_write]
+        if sandboxes.overlay_supported():
+            views = "; copy-on-write: " + ", ".join([*cow, f"uv's cache {self.cache} (only fetching writes to it)"])
+        else:
+            views = (f"; read-only: {', '.join(cow)}" if cow else "") + (
+                f"; writable: uv's cache {self.cache} (this bwrap or kernel cannot mount copy-on-write)")
         return ("# sandbox: bubblewrap, uid 65534 of its own user namespace; read-only: the system, "
                 + ", ".join(str(p) for p in self.readonly) + "; writable: "
-                + ", ".join(str(p) for p in self.writable) + f"; {cache}"
+                + ", ".join(str(p) for p in self.writable) + views
                 + "; network: none, except to fetch packages uv's cache lacks")
 
     def run(self, argv: list[str], log: TextIO, on_line: Callable[[str], None], *,
@@ -101,9 +113,12 @@ class BuildBox:
         Returns the exit status and the last lines of output.
         """
         env = dict(self.env) if network else {**self.env, "UV_OFFLINE": "1"}
-        shared = fetching or not sandboxes.overlay_supported()
-        writable, overlay = ([*self.writable, self.cache], []) if shared else (list(self.writable), [self.cache])
-        spec = sandboxes.SandboxSpec(readonly=self.readonly, writable=writable, overlay=overlay, env=env,
+        cow = sandboxes.overlay_supported()
+        shared = fetching or not cow
+        writable = [*self.writable, *([self.cache] if shared else [])]
+        overlay = [*([] if shared else [self.cache]), *(self.copy_on_write if cow else [])]
+        readonly = [*self.readonly, *([] if cow else self.copy_on_write)]
+        spec = sandboxes.SandboxSpec(readonly=readonly, writable=writable, overlay=overlay, env=env,
                                      network=network, processes=_PROCESSES)
         tail: list[str] = []
         with sandboxes.Sandbox(spec) as box:

@@ -414,9 +414,9 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
 
     base, installation = _base_python(str(spec.python))
     with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
-        sources = [spec.lock_file] + ([spec.source] if spec.source is not None else [])
-        box = BuildBox.for_build(uv_binary(), readonly=[*map(Path, installation), *sources],
-                                 writable=[path, Path(wheels)])
+        box = BuildBox.for_build(uv_binary(), readonly=[*map(Path, installation), spec.lock_file],
+                                 writable=[path, Path(wheels)],
+                                 copy_on_write=[spec.source] if spec.source is not None else [])
         path.mkdir(parents=True)  # the sandbox binds it, so it exists before uv fills it
         try:
             log.write(box.describe() + "\n")
