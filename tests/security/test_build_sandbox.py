@@ -125,7 +125,8 @@ class Attack:
         self.site, self.base, self.envs = site, base, envs
         root = site.root
         self.markers = {"marker_outside": base / "pwned", "marker_in_inputs": root / "lab" / "inputs" / "pwned",
-                        "marker_in_state": root / ".ncaas" / "pwned", "marker_in_envs": envs / "pwned"}
+                        "marker_in_state": root / ".ncaas" / "pwned", "marker_in_envs": envs / "pwned",
+                        "marker_in_its_source": base / "analyses" / "evil" / "src" / "evil" / "planted.py"}
         # uv's shared cache: what a build plants there would reach other builds (where bwrap can
         # mount it copy-on-write; elsewhere the cache stays writable)
         if getattr(sandbox, "overlay_supported", lambda: True)():
