@@ -173,6 +173,21 @@ def test_missing_lock_and_stale_lock_explain_how_to_fix(tmp_path, envs):
     assert not [p for p in envs.iterdir() if p.is_dir()], "a failed build must not leave an environment"
 
 
+def test_the_build_log_names_its_sandbox_and_without_bubblewrap_a_build_is_refused(analysis, envs, monkeypatch):
+    env, _ = environments.ensure(spec_for(analysis))
+    log = env.path.with_name(env.path.name + ".build.log")
+    assert log.read_text().startswith("# sandbox: bubblewrap, uid 65534")
+    monkeypatch.setenv("NCAAS_BWRAP", str(envs / "no-such-bwrap"))
+    with pytest.raises(EnvironmentBuildError, match="cannot build the tinyana environment: .*bubblewrap.*"
+                                                    "NCAAS_SANDBOX=off"):
+        environments.ensure(spec_for(analysis), rebuild=True)
+    assert not env.path.exists(), "a refused build must not leave an environment"
+    monkeypatch.setenv("NCAAS_SANDBOX", "off")
+    env, built = environments.ensure(spec_for(analysis))
+    assert built and environments.verify(env).ok
+    assert log.read_text().startswith("# sandbox: none (NCAAS_SANDBOX=off)")
+
+
 def test_cache_location_is_configurable(monkeypatch, tmp_path):
     monkeypatch.setenv("NCAAS_ENVS", str(tmp_path / "x"))
     assert environments.envs_dir() == tmp_path / "x"

@@ -6,6 +6,10 @@ An analysis' environment is a virtual environment built by uv from
   --generate-hashes``, committed next to the analysis as ``requirements.lock``), and
 * the analysis' own source, built into a wheel and installed non-editable.
 
+Every uv step of a build runs third-party code, so each runs in the build sandbox
+(:mod:`ncaas.environment_sandbox`: bubblewrap, an unprivileged uid, none of the
+platform's files); only fetching packages missing from uv's cache gets the network.
+
 Environments live in a content-addressed cache: the directory name carries the
 sha256 of (lock file, analysis source, base interpreter), so the same inputs
 are built once and shared by every job. The cache is ``$NCAAS_ENVS`` or, by
@@ -38,13 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .environment_sandbox import BuildBox
 from .exceptions import NcaasError
+from .sandbox import SandboxError
 
 __all__ = [
     "LOCK_NAME",
@@ -59,6 +66,7 @@ __all__ = [
     "find",
     "lock",
     "pinned_packages",
+    "refuse_sources_in",
     "remove",
     "rerun_mismatch",
     "spec_for_blueprint",
@@ -152,6 +160,24 @@ def _python_id(python: str) -> str:
     return out.stdout.strip()
 
 
+@functools.lru_cache(maxsize=8)
+def _base_python(python: str) -> tuple[str, tuple[str, ...]]:
+    """The base interpreter behind ``python`` (itself, or the one a venv's links to) and its installation.
+
+    Builds create environments from the base interpreter, in a sandbox that shows only its installation.
+    """
+    out = subprocess.run(
+        [python, "-c", "import os,sys;e=sys._base_executable;"
+         "print(e);print(os.path.dirname(os.path.dirname(os.path.realpath(e))));print(sys.base_prefix)"],
+        capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise EnvironmentBuildError(f"the interpreter {python} for environments does not run: "
+                                    f"{out.stderr.strip()[-300:]}")
+    base, *folders = out.stdout.strip().splitlines()
+    return base, tuple(sorted(set(folders)))
+
+
 @dataclass(frozen=True)
 class EnvironmentSpec:
     """What an environment is built from.
@@ -199,8 +225,6 @@ class EnvironmentSpec:
     def python_id(self) -> str:
         """The base interpreter the environment links to: version and location."""
         return _python_id(str(self.python))
-
-
 
     def key(self) -> dict[str, str]:
         """The identity of the environment: every input that changes what gets built."""
@@ -355,28 +379,25 @@ def verify(env: Environment) -> Verification:
     return Verification(not problems, problems, len(actual), time.perf_counter() - started)
 
 
-def _run_uv(args: list[str], log, progress: Progress | None, span: tuple[float, float],
-            expect: int = 0) -> None:
-    """Run uv, appending its output to the build log and relaying it as progress."""
+def _run_uv(box: BuildBox, args: list[str], log, progress: Progress | None, span: tuple[float, float],
+            expect: int = 0, *, network: bool = False, fetching: bool = False) -> None:
+    """Run uv in the build's sandbox, appending its output to the build log and relaying it as progress."""
     command = [uv_binary(), *args]
     log.write(f"$ {' '.join(command)}\n")
     log.flush()
-    env = {**os.environ, "UV_NO_PROGRESS": "1", "NO_COLOR": "1", "UV_PYTHON_DOWNLOADS": "never"}
     lo, hi = span
-    done, tail = 0, []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=env) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            line = line.strip()
-            tail = (tail + [line])[-15:]
-            if progress and line:
-                if line.startswith(("Downloaded", "Built", "+ ")):
-                    done += 1
-                fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
-                progress(fraction, line)
-    if proc.returncode != 0:
+    done = 0
+
+    def on_line(line: str) -> None:
+        nonlocal done
+        if progress and line:
+            if line.startswith(("Downloaded", "Built", "+ ")):
+                done += 1
+            fraction = lo + (hi - lo) * min(done / expect, 1.0) if expect else lo
+            progress(fraction, line)
+
+    code, tail = box.run(command, log, on_line, network=network, fetching=fetching)
+    if code != 0:
         raise EnvironmentBuildError("uv failed: " + " | ".join(tail))
 
 
@@ -391,32 +412,102 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
         if progress:
             progress(fraction, message)
 
+    base, installation = _base_python(str(spec.python))
+    with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
+        box = BuildBox.for_build(uv_binary(), readonly=[*map(Path, installation), spec.lock_file],
+                                 writable=[path, Path(wheels)],
+                                 copy_on_write=[spec.source] if spec.source is not None else [])
+        path.mkdir(parents=True)  # the sandbox binds it, so it exists before uv fills it
+        try:
+            log.write(box.describe() + "\n")
+            _build_steps(spec, box, path, Path(wheels), base, log, step, progress)
+        except SandboxError as exc:
+            raise EnvironmentBuildError(f"cannot build the {spec.name} environment: {exc}") from None
+    step(0.92, "hashing every file and making the environment read-only")
+    _set_readonly(path, readonly=True)
+
+
+def _build_steps(spec: EnvironmentSpec, box: BuildBox, path: Path, wheels: Path, base: str, log,
+                 step: Progress, progress: Progress | None) -> None:
+    """Create the environment, install the lock, build and install the analysis: each step sandboxed."""
     python = path / "bin" / "python"
     step(0.02, f"creating the {spec.name} environment at {path}")
-    _run_uv(["venv", "--no-config", "--quiet", "--python", str(spec.python), str(path)], log, None, (0, 0))
+    _run_uv(box, ["venv", "--no-config", "--quiet", "--python", base, str(path)], log, None, (0, 0))
     n_packages = pinned_packages(spec.lock_file)
     step(0.05, f"installing {n_packages} locked packages from {spec.lock_file.name}")
-    _run_uv(["pip", "install", "--no-config", "--python", str(python), "--require-hashes",
-             "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)],
-            log, progress, (0.05, 0.8), expect=n_packages)
-    if spec.source is not None:
-        with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
-            step(0.82, f"building {spec.name} from {spec.source}")
-            _run_uv(["build", "--no-config", "--quiet", "--wheel", "--python", str(spec.python),
-                     "--out-dir", wheels, str(spec.source)], log, None, (0, 0))
-            built = sorted(Path(wheels).glob("*.whl"))
-            step(0.88, f"installing {built[0].name}")
-            _run_uv(["pip", "install", "--no-config", "--python", str(python), "--no-deps",
-                     "--link-mode=copy", "--compile-bytecode", str(built[0])], log, None, (0, 0))
+    install = ["pip", "install", "--no-config", "--python", str(python), "--require-hashes",
+               "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)]
     try:
-        _run_uv(["pip", "check", "--no-config", "--python", str(python)], log, None, (0, 0))
+        _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages)
+    except EnvironmentBuildError:  # uv's cache lacks some: fetch the locked packages, then install offline
+        fetched = _fetch(box, ["--require-hashes", "-r", str(spec.lock_file)], wheels, base, log, "the locked packages")
+        if not fetched:  # a locked source distribution: it is built as it is installed, with the network
+            log.write("# some locked packages have no wheel for this platform: installing with the network on\n")
+        _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages, network=not fetched)
+    if spec.source is not None:
+        step(0.82, f"building {spec.name} from {spec.source}")
+        _build_wheel(spec.source, box, wheels, base, log)
+        built = sorted(wheels.glob("*.whl"))
+        step(0.88, f"installing {built[0].name}")
+        _run_uv(box, ["pip", "install", "--no-config", "--python", str(python), "--no-deps",
+                      "--link-mode=copy", "--compile-bytecode", str(built[0])], log, None, (0, 0))
+    try:
+        _run_uv(box, ["pip", "check", "--no-config", "--python", str(python)], log, None, (0, 0))
     except EnvironmentBuildError as exc:
         raise EnvironmentBuildError(
             f"the lock file {spec.lock_file} does not satisfy {spec.name}'s dependencies ({exc}); "
             f"regenerate it with `ncaas env lock {spec.name}` (or `make locks`)"
         ) from None
-    step(0.92, "hashing every file and making the environment read-only")
-    _set_readonly(path, readonly=True)
+
+
+def _fetch(box: BuildBox, requirements: list[str], wheels: Path, base: str, log, what: str) -> bool:
+    """Download ``requirements`` into uv's cache with the network on; whether every one was had.
+
+    Wheels only, installed into a scratch folder and dropped: fetching runs no third-party
+    code, so it alone may write to uv's cache.
+    """
+    log.write(f"# uv's cache lacks what this step needs: fetching {what} with the network on\n")
+    target = wheels / "fetched"
+    try:
+        _run_uv(box, ["pip", "install", "--no-config", "--quiet", "--python", base, "--only-binary", ":all:",
+                      "--target", str(target), *requirements], log, None, (0, 0), network=True, fetching=True)
+        return True
+    except EnvironmentBuildError:
+        return False
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _build_requirements(source: Path) -> list[str]:
+    """What building ``source`` needs installed (its pyproject's build-system.requires)."""
+    try:
+        system = tomllib.loads((source / "pyproject.toml").read_text()).get("build-system", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EnvironmentBuildError(f"cannot read {source / 'pyproject.toml'}: {exc}") from None
+    requires = system.get("requires", ["setuptools>=40.8.0"])  # PEP 517's default backend
+    return [str(r) for r in requires] if isinstance(requires, list) else []
+
+
+def _build_wheel(source: Path, box: BuildBox, wheels: Path, base: str, log) -> None:
+    """Build the analysis into a wheel in ``wheels``; its build code never has the network.
+
+    When uv's cache lacks the build requirements, they alone are fetched (as wheels), and
+    the build runs again without network.
+    """
+    build = ["build", "--no-config", "--quiet", "--wheel", "--python", base, "--out-dir", str(wheels), str(source)]
+    try:
+        _run_uv(box, build, log, None, (0, 0))
+        return
+    except EnvironmentBuildError as exc:
+        requires = _build_requirements(source)
+        if not requires:
+            raise
+        failed = exc
+    if not _fetch(box, requires, wheels, base, log, "the build requirements (" + ", ".join(requires) + ")"):
+        raise EnvironmentBuildError(
+            f"{failed}; and the build requirements of {source} ({', '.join(requires)}) could not all be "
+            "fetched as wheels (see the build log): an analysis is built without network, from wheels in uv's cache")
+    _run_uv(box, build, log, None, (0, 0))
 
 
 _VERIFIED: dict[str, float] = {}  # environment folder -> when this process last verified it in full
@@ -544,6 +635,24 @@ def spec_for_blueprint(loaded) -> EnvironmentSpec | None:
     lock_file = (base / wanted.lock).resolve() if wanted.lock else source / LOCK_NAME
     label = source.name if source is not None else loaded.blueprint.name
     return EnvironmentSpec(label, lock_file, source)
+
+
+def refuse_sources_in(spec: EnvironmentSpec, places: dict[str, Path]) -> None:
+    """Refuse an environment whose source or lock lies in one of ``places`` (symbolic links resolved).
+
+    ``places`` names folders the platform never builds from: group storage, where any
+    group member can write, and the platform's state folder.
+    """
+    for field_name, path in (("source", spec.source), ("lock", spec.lock_file)):
+        if path is None:
+            continue
+        real = path.resolve()
+        for what, folder in places.items():
+            if real.is_relative_to(folder.resolve()):
+                raise EnvironmentBuildError(
+                    f"the {spec.name} environment is refused: its environment.{field_name} {real} lies in "
+                    f"{what} {folder}, and environments are never built from there; install the analysis "
+                    "(its blueprint, source and lock) in a blueprint folder outside the storage root")
 
 
 def rerun_mismatch(recorded: dict, current: dict) -> tuple[str | None, str | None]:

@@ -149,7 +149,7 @@ def resolve(manager: Manager, ref: str) -> dict[str, Any]:
 def environment_note(manager: Manager, cert: dict[str, Any], job: Job) -> str | None:
     """Say so when the rerun's environment was rebuilt from the certified lock (allowed: same lock)."""
     try:
-        current = dataclasses.asdict(manager.executor.ensure_environment(manager.loaded_blueprint(job)))
+        current = dataclasses.asdict(manager.ensure_environment(manager.loaded_blueprint(job)))
     except NcaasError:
         return None  # the job fails with the environment's own message
     return rerun_mismatch(cert.get("environment") or {}, current)[1]

