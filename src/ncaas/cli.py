@@ -29,6 +29,7 @@ from .jobs.manager import Manager, manager_lock
 from .jobs.states import JOB_TERMINAL
 from .localfolder import folder_files, left_out_note
 from .storage import Storage, check_group, default_root
+from .submission import SubmitLimits
 
 __all__ = ["app", "main"]
 
@@ -43,6 +44,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
 DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
                                            help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
+MaxSubmitOpt = Annotated[str | None, typer.Option(
+    "--max-submit-size", envvar="NCAAS_MAX_SUBMIT_SIZE",
+    help="largest submit file accepted; larger ones are rejected unread [default: 1MiB]")]
+MaxDatasetsOpt = Annotated[int | None, typer.Option(
+    "--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have [default: 10000]")]
 
 
 
@@ -234,13 +240,13 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
 @app.command()
 @_errors
 def logs(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)")],
-         dataset: Annotated[str | None, typer.Argument(help="only this dataset")] = None,
+         dataset: Annotated[str | None, typer.Argument(help="only this dataset (its name in inputs/, or its key)")] = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
          root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """Print the analysis' logs of a job."""
     manager = _manager(root, db)
     job = manager.find(job_id)
-    names = [t.dataset for t in manager.db.tasks(job.id) if dataset in (None, t.dataset)]
+    names = [t.dataset for t in manager.db.tasks(job.id) if dataset in (None, t.dataset, t.dataset_rel)]
     if dataset is not None and not names:
         raise NcaasError(f"job {job.id} has no dataset {dataset!r}")
     offsets = dict.fromkeys(names, 0)
@@ -319,6 +325,8 @@ def run_manager(
     ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
     scan_interval: Annotated[float | None, typer.Option(
         help="seconds between scans for new submit files [default: every poll; 2 on s3://]")] = None,
+    max_submit_size: MaxSubmitOpt = None,
+    max_datasets: MaxDatasetsOpt = None,
 ) -> None:
     """Watch storage for submissions (including ones made while it was down) and run them."""
     from .executors.pick import executor_for
@@ -328,7 +336,7 @@ def run_manager(
     if scan_interval is None:
         scan_interval = 0.0 if storage.is_local else 2.0
     manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
-                       scan_interval=scan_interval,
+                       scan_interval=scan_interval, limits=SubmitLimits.from_env(max_submit_size, max_datasets),
                        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
     lock = manager_lock(manager.storage)
     if lock is None:

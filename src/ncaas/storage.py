@@ -123,6 +123,10 @@ class Storage:
             return b""
         return self._call(self.fs.cat_file, path, start=offset)
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        """At most the first ``limit`` bytes of ``path`` (a file too large to read whole)."""
+        return self._call(self.fs.cat_file, path, start=0, end=limit)
+
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode("utf-8")
 

@@ -37,7 +37,7 @@ from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejec
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..storage import Storage
-from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
+from ..submission import JobRequest, SubmitLimits, build_request, canonical_json, parse_submit_file, too_large
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
@@ -83,8 +83,9 @@ class Manager:
     def __init__(self, storage: Storage, db: JobDB, *, executor: LocalExecutor | None = None,
                  registry: BlueprintRegistry | None = None, default_analysis: str | None = None,
                  poll_interval: float = 0.05, notify: Callable[[str], None] | None = None,
-                 scan_interval: float = 0.0):
+                 scan_interval: float = 0.0, limits: SubmitLimits | None = None):
         self.storage = storage
+        self.limits = limits or SubmitLimits.from_env()
         self.db = db
         self.executor = executor or LocalExecutor()
         self._registry = registry
@@ -135,15 +136,22 @@ class Manager:
 
     def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
+        limit = self.limits.max_bytes
         try:
-            raw = self.storage.read_bytes(path)
+            raw = self.storage.read_head(path, limit + 1)  # a file over the limit is never read whole
+            size = len(raw) if len(raw) <= limit else self.storage.size(path)
         except FileNotFoundError:
             return None, False
-        key = f"{group}/{name}:{_sha256(raw)}"
+        key = f"{group}/{name}:{_sha256(raw)}" + (f":{size}" if size > limit else "")
         existing = self.db.seen_submission(key)
         if existing is not None:
             return existing, False
         content_key = _sha256(raw)
+        young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
+        if size > limit:
+            if young:
+                return None, False  # still growing, maybe: refuse it once, when it is whole
+            return self.reject(group, name, key, content_key, [too_large(name, size, limit)]), True
         try:
             submit = parse_submit_file(raw, name=name)
             content_key = _sha256(canonical_json(submit.model_dump(mode="json")).encode())
@@ -155,9 +163,8 @@ class Manager:
             if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
                 self._registry = BlueprintRegistry.discover()
             request = build_request(self.storage, self.registry, group, submit,
-                                    default_analysis=self.default_analysis)
+                                    default_analysis=self.default_analysis, limits=self.limits)
         except SubmissionRejected as exc:
-            young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
             if young and not raw.rstrip().endswith(b"}"):
                 return None, False  # probably still being copied; look again at the next scan
             return self.reject(group, name, key, content_key, exc.problems), True

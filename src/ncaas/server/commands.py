@@ -44,9 +44,15 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
               port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
               max_upload: Annotated[str, typer.Option(help="largest upload accepted, e.g. 500GB")] = "1TiB",
               manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
+              max_submit_size: Annotated[str | None, typer.Option(
+                  envvar="NCAAS_MAX_SUBMIT_SIZE",
+                  help="largest submit file accepted; larger ones are rejected unread [default: 1MiB]")] = None,
+              max_datasets: Annotated[int | None, typer.Option(
+                  envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have [default: 10000]")] = None,
               root: RootOpt = default_root(), db: DbOpt = None) -> None:
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
+        from ..submission import SubmitLimits
         from . import serve as run_server
         from .state import ServerSettings, default_database_url
 
@@ -56,7 +62,8 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
             raise NcaasError(f"--max-upload: {exc}") from None
         storage = Storage(root)
         settings = ServerSettings(root=storage.root, database_url=db or default_database_url(storage.root),
-                                  max_upload_bytes=max_bytes, run_manager=manager)
+                                  max_upload_bytes=max_bytes, run_manager=manager,
+                                  submit_limits=SubmitLimits.from_env(max_submit_size, max_datasets))
         lock = None
         if manager:
             lock = manager_lock(storage)

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..blueprint import BlueprintRegistry, LoadedBlueprint
 from ..jobs.db import default_db_url
 from ..storage import Storage
+from ..submission import SubmitLimits
 from .accounts import Accounts, Principal
 from .auth import Authenticator
 from .errors import NotFound
@@ -40,6 +41,7 @@ class ServerSettings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD
     run_manager: bool = True
     stale_upload_days: float = 7.0  # unfinished uploads untouched this long are dropped at start
+    submit_limits: SubmitLimits | None = None  # None: from the environment (NCAAS_MAX_SUBMIT_SIZE, ...)
 
     def __post_init__(self) -> None:
         if self.database_url is None:

@@ -550,8 +550,10 @@ function appendLog(dataset, text) {
 async function renderQc(jobId) {
   const url = await ticketed(jobId);
   const images = await api(`/api/jobs/${jobId}/qc`);
+  // each part of the path is encoded: a dataset key or an output name may hold '%', '#' or '?'
+  const fileUrl = (path) => url(`files/${path.split("/").map(encodeURIComponent).join("/")}`);
   $("#qc").replaceChildren(...images.map((img) => el("figure", {},
-    el("a", { href: url(`files/${img.path}`), target: "_blank" }, el("img", { src: url(`files/${img.path}`), alt: img.path })),
+    el("a", { href: fileUrl(img.path), target: "_blank" }, el("img", { src: fileUrl(img.path), alt: img.path })),
     el("figcaption", { text: img.path }))));
   if (!images.length) $("#qc").append(el("span", { class: "muted", text: "none" }));
 }
