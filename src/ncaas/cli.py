@@ -232,6 +232,8 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
     if job_id is None:
         jobs = manager.db.jobs(limit=limit)
         out.print(jobs_table(job_summary(job, 0) for job in jobs))
+        for note in manager.storage.skipped_folders().values():
+            out.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
         return
     job = manager.find(job_id)
     print_job(out, job_detail(manager, job), job_story(manager, job))

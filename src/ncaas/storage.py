@@ -34,6 +34,7 @@ AREAS = ("inputs", "configs", "submissions", "results")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 1 << 20
+STATE_FOLDER = ".ncaas"  # the manager's own folder in a local root: never a group
 
 
 def default_root() -> str:
@@ -199,9 +200,11 @@ class Storage:
         for group, path, _ in self.submission_stamps():
             yield group, path
 
-    def submission_stamps(self) -> Iterator[tuple[str, str, tuple[Any, ...]]]:
+    def submission_stamps(self, skipped: dict[str, str] | None = None) -> Iterator[tuple[str, str, tuple[Any, ...]]]:
         """``(group, path, stamp)`` of every ``*.submit.json`` under any group.
 
+        Folders holding a ``submissions/`` folder whose names are not group names are skipped;
+        given ``skipped``, each is added to it with a note saying why (:meth:`skipped_folders`).
         Called every poll: a local root is listed with ``os.scandir`` (~100x cheaper
         than fsspec's glob, which stats every entry).
         """
@@ -210,11 +213,12 @@ class Storage:
                 group = self.relative(path).split("/", 1)[0]
                 if _GROUP_RE.match(group):
                     yield group, path, self.stamp(path)
+                elif skipped is not None:
+                    skipped.setdefault(group, skipped_note(group))
             return
-        try:
-            groups = sorted(e.name for e in os.scandir(self.root) if _GROUP_RE.match(e.name) and e.is_dir())
-        except FileNotFoundError:
-            return
+        groups, bad = self._group_folders()
+        if skipped is not None:
+            skipped.update(bad)
         for group in groups:
             folder = posixpath.join(self.root, group, "submissions")
             try:
@@ -229,6 +233,31 @@ class Storage:
                     continue
                 yield group, entry.path, (st.st_size, st.st_mtime)
 
+    def skipped_folders(self) -> dict[str, str]:
+        """Folders of the root that hold ``submissions/`` but are no group (``bad group/``,
+        ``.hidden/``), each with a note saying why their submissions are not run."""
+        if self.is_local:
+            return self._group_folders()[1]
+        skipped: dict[str, str] = {}
+        for _ in self.submission_stamps(skipped):
+            pass
+        return skipped
+
+    def _group_folders(self) -> tuple[list[str], dict[str, str]]:
+        """The group folders of a local root, and the skipped ones with their notes."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return [], {}
+        groups, skipped = [], {}
+        for entry in entries:
+            if _GROUP_RE.match(entry.name):
+                if entry.is_dir():
+                    groups.append(entry.name)
+            elif entry.name != STATE_FOLDER and os.path.isdir(posixpath.join(entry.path, "submissions")):
+                skipped[entry.name] = skipped_note(entry.name)
+        return sorted(groups), dict(sorted(skipped.items()))
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -242,11 +271,20 @@ class Storage:
             raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc
 
 
+_GROUP_RULE = "use letters, digits, '.', '_' or '-' (starting with a letter or digit, at most 64 characters)"
+
+
 def check_group(group: str) -> str:
     if not _GROUP_RE.match(group or ""):
-        raise PathRefused(f"group name {group!r} is not allowed; use letters, digits, '.', '_' or '-' "
-                          "(starting with a letter or digit, at most 64 characters)")
+        raise PathRefused(f"group name {group!r} is not allowed; {_GROUP_RULE}")
     return group
+
+
+def skipped_note(folder: str) -> str:
+    """Why the submissions of a folder that is not named as a group are never run."""
+    why = "is hidden (its name starts with '.')" if folder.startswith(".") else "is not a valid group name"
+    return (f"folder {folder!r} holds submissions/ but its name {why}, so they are not run; "
+            f"rename it: group names {_GROUP_RULE}")
 
 
 def check_user_path(user_path: str, area: str = "inputs") -> str:

@@ -101,6 +101,7 @@ class Manager:
         self.notify = notify or (lambda message: None)
         self.state_dir = storage.state_dir()
         self._seen: dict[str, tuple[Any, ...]] = {}
+        self._skipped_told: set[str] = set()  # folders skipped as no group, already said in the log
         self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
         self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
@@ -117,7 +118,8 @@ class Manager:
     def scan(self) -> list[Job]:
         """Ingest every submit file not seen before (including ones written while down)."""
         jobs = []
-        for group, path, stamp in self.storage.submission_stamps():
+        skipped: dict[str, str] = {}
+        for group, path, stamp in self.storage.submission_stamps(skipped):
             if self._seen.get(path) == stamp:
                 continue
             job, new = self._ingest(group, path, stamp=stamp)
@@ -125,6 +127,9 @@ class Manager:
                 self._seen[path] = stamp
                 if new:
                     jobs.append(job)
+        for folder in skipped.keys() - self._skipped_told:  # said once per folder, not at every scan
+            self._skipped_told.add(folder)
+            self.notify(f"[manager] skipped {self.storage.url}/{folder}/: {skipped[folder]}")
         return jobs
 
     def ingest_file(self, group: str, path: str) -> Job | None:
