@@ -248,7 +248,9 @@ def logs(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)")
     """Print the analysis' logs of a job."""
     manager = _manager(root, db)
     job = manager.find(job_id)
-    names = [t.dataset for t in manager.db.tasks(job.id) if dataset in (None, t.dataset, t.dataset_rel)]
+    tasks = manager.db.tasks(job.id)  # a dataset by its name in inputs/, else by its key
+    names = [t.dataset for t in tasks if dataset in (None, t.dataset_rel)] or \
+        [t.dataset for t in tasks if t.dataset == dataset]
     if dataset is not None and not names:
         raise NcaasError(f"job {job.id} has no dataset {dataset!r}")
     offsets = dict.fromkeys(names, 0)

@@ -164,7 +164,9 @@ def status(client: Client, *, job_id: str | None, limit: int, **_: Any) -> None:
 def logs(client: Client, *, job_id: str, dataset: str | None, follow: bool, **_: Any) -> None:
     cli = _cli()
     detail = client.job(job_id)
-    names = [t["dataset"] for t in detail["tasks"] if dataset in (None, t["dataset"], t["input"])]
+    tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
+    names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or \
+        [t["dataset"] for t in tasks if t["dataset"] == dataset]
     if dataset is not None and not names:
         raise NcaasError(f"job {detail['id']} has no dataset {dataset!r}")
     offsets = dict.fromkeys(names, 0)
