@@ -30,6 +30,7 @@ __all__ = ["Dataset", "JobRequest", "SubmitFile", "SubmitLimits", "build_request
 
 KEY_MAX_BYTES = 200  # the longest name made of a key, ".<key>.json.<8 hex>.tmp", stays within 255 bytes
 MAX_PROBLEM_LINES = 20  # a rejection lists at most this many distinct problems
+MAX_PROBLEM_CHARS = 1000  # and each in at most this many characters
 
 
 class SubmitFile(BaseModel):
@@ -160,23 +161,26 @@ def dataset_name(key: str) -> str | None:
     return unquote(key) if "%" in key else key.replace("__", "/")
 
 
-def parse_submit_file(raw: bytes, *, name: str = "submit file") -> SubmitFile:
+def parse_submit_file(raw: bytes, *, name: str = "submit file", limits: SubmitLimits | None = None) -> SubmitFile:
     """Parse submit-file bytes, raising SubmissionRejected with what is malformed."""
+    example = '{"analysis": "framestats", "dataname": ["movie.npy"], "configname": "config.yaml"}'
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise SubmissionRejected(f"{name} is not UTF-8 text; write it as a JSON file") from None
     except json.JSONDecodeError as exc:
         raise SubmissionRejected(f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                                 f"{exc.msg}); expected e.g. "
-                                 '{"analysis": "framestats", "dataname": ["movie.npy"], '
-                                 '"configname": "config.yaml"}') from None
+                                 f"{exc.msg}); expected e.g. {example}") from None
+    except RecursionError:  # [[[[... : Python's parser gives up; the manager must not
+        raise SubmissionRejected(f"{name} nests lists or objects too deeply; expected e.g. {example}") from None
     if not isinstance(data, dict):
         raise SubmissionRejected(f"{name} must hold a JSON object with dataname, configname, ...")
+    if limits is not None and isinstance(data.get("dataname"), list):
+        _check_count(len(data["dataname"]), limits)  # before each name is validated
     try:
         return SubmitFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems = _Problems()
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "(top)"
             msg = err["msg"].removeprefix("Value error, ")
@@ -184,8 +188,15 @@ def parse_submit_file(raw: bytes, *, name: str = "submit file") -> SubmitFile:
                 msg = "unknown field; allowed: analysis, dataname, configname, timestamp"
             elif err["type"] == "missing":
                 msg = "missing; name the dataset(s) to analyse (a string or a list)" if field == "dataname" else msg
-            problems.append(f"{name}: field '{field}': {msg}")
-        raise SubmissionRejected(problems) from None
+            where = [str(p) for p in err["loc"] if not isinstance(p, int)]  # dataname.0, dataname.1: one kind
+            problems.add(f"{name}: field '{field}': {msg}", kind=f"{where}:{err['type']}")
+        raise SubmissionRejected(problems.lines()) from None
+
+
+def _check_count(count: int, limits: SubmitLimits) -> None:
+    if count > limits.max_datasets:
+        raise SubmissionRejected(f"the submission lists {count:,} datasets, more than the "
+                                 f"{limits.max_datasets:,} a job may have; split it into several submissions")
 
 
 def _strip_prefix(name: str, group: str, area: str) -> str:
@@ -195,7 +206,23 @@ def _strip_prefix(name: str, group: str, area: str) -> str:
     return name
 
 
-def _load_config(storage: Storage, group: str, name: str, problems: list[str]) -> dict[str, Any] | None:
+class _AliasInConfig(yaml.YAMLError):
+    def __init__(self, mark: Any):
+        self.problem_mark = mark
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*a`` repeated inside ``*b`` inside ``*c``... makes a few lines
+    stand for billions of values, which the manager would then check and write out."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasInConfig(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_config(storage: Storage, group: str, name: str, problems: list[str],
+                 max_bytes: int) -> dict[str, Any] | None:
     try:
         path = storage.resolve(group, "configs", _strip_prefix(name, group, "configs"))
     except PathRefused as exc:
@@ -205,12 +232,24 @@ def _load_config(storage: Storage, group: str, name: str, problems: list[str]) -
         problems.append(f"config {name!r} not found in {group}/configs/; upload it there first "
                         "(ncaas submit --config FILE does this for you)")
         return None
+    size = storage.size(path)
+    if size > max_bytes:
+        problems.append(f"config {name!r} is {_size_text(size)}, more than the {_size_text(max_bytes)} a config "
+                        "may be; nothing in it was read")
+        return None
     try:
-        data = yaml.safe_load(storage.read_text(path))
+        data = yaml.load(storage.read_text(path), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+    except _AliasInConfig as exc:
+        problems.append(f"config {name!r} uses a YAML alias (*name) at line {exc.problem_mark.line + 1}; "
+                        "write the value out in full")
+        return None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problems.append(f"config {name!r} is not valid YAML/JSON{where}")
+        return None
+    except RecursionError:
+        problems.append(f"config {name!r} nests lists or mappings too deeply to be a config")
         return None
     if data is None:
         return {}
@@ -263,6 +302,8 @@ class _Problems:
 
     def add(self, message: str, kind: str | None = None) -> None:
         kind = message if kind is None else kind
+        if len(message) > MAX_PROBLEM_CHARS:  # a name of a megabyte is not repeated back whole
+            message = message[:MAX_PROBLEM_CHARS - 3] + "..."
         self._first.setdefault(kind, message)
         self._count[kind] = self._count.get(kind, 0) + 1
 
@@ -311,9 +352,7 @@ def build_request(storage: Storage, registry: BlueprintRegistry, group: str, sub
                   *, default_analysis: str | None = None, limits: SubmitLimits | None = None) -> JobRequest:
     """Validate a parsed submit file against the blueprints and the group's storage."""
     limits = limits or SubmitLimits()
-    if len(submit.dataname) > limits.max_datasets:  # refused before a single name is looked up
-        raise SubmissionRejected(f"the submission lists {len(submit.dataname):,} datasets, more than the "
-                                 f"{limits.max_datasets:,} a job may have; split it into several submissions")
+    _check_count(len(submit.dataname), limits)  # before a single name is looked up
     problems = _Problems()
     name = submit.analysis or default_analysis
     loaded = registry.get(name) if name else None
@@ -331,7 +370,7 @@ def build_request(storage: Storage, registry: BlueprintRegistry, group: str, sub
     config_problems_: list[str] = []
     user_config: dict[str, Any] | None = {}
     if submit.configname is not None:
-        user_config = _load_config(storage, group, submit.configname, config_problems_)
+        user_config = _load_config(storage, group, submit.configname, config_problems_, limits.max_bytes)
     config: dict[str, Any] = {}
     if loaded is not None and user_config is not None:
         config = {**loaded.blueprint.default_config, **user_config}

@@ -40,6 +40,11 @@ def _rejected(site, group: str, submission: str, *, timeout: float = 30) -> dict
     return wait_for(find, timeout=timeout, what=f"the job of {submission}")
 
 
+def _finished_within(client, job: dict, seconds: float) -> dict:
+    return wait_for(lambda: (lambda d: d if d["finished"] else None)(client.job(job["id"])), timeout=seconds,
+                    what=f"job {job['id']} to finish while another group's submission is checked")
+
+
 # -- colliding dataset names ----------------------------------------------------------------
 def test_colliding_dataset_names_each_run_on_their_own_data(site):
     """``x/y.npy`` and ``x__y.npy`` once both became the key ``x__y.npy``: one run folder, one
@@ -108,7 +113,7 @@ def test_a_huge_submit_file_is_refused_unread_while_other_groups_run(site):
     assert huge.stat().st_size > 2_000_000
     started = time.monotonic()
     other = site.clients["other"]
-    job = other.wait(other.submit("framestats", ["b.npy"])["id"])
+    job = _finished_within(other, other.submit("framestats", ["b.npy"]), 60)
     assert job["state"] == "succeeded" and time.monotonic() - started < 60, job
 
     rejected = _rejected(site, "lab", "huge.submit.json")
@@ -120,6 +125,42 @@ def test_a_huge_submit_file_is_refused_unread_while_other_groups_run(site):
     assert len(cause) < 200 and events < 500
     error = (site.root / "lab" / "results" / rejected["id"] / "error.txt").read_text()
     assert len(error) < 400 and f"huge.submit.json is {size}" in error
+
+
+def test_a_deeply_nested_submit_file_is_one_line_and_the_manager_runs_on(site):
+    """``[[[[...`` 50,000 deep made Python's JSON parser raise RecursionError out of the manager's
+    scan, at every scan: no job of any group started again. It is one line now."""
+    write_stack(site.root / "other" / "inputs" / "c.npy", seed=5)
+    deep = site.root / "lab" / "submissions" / "deep.submit.json"
+    deep.parent.mkdir(parents=True, exist_ok=True)
+    deep.write_text('{"dataname": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    started = time.monotonic()
+    other = site.clients["other"]
+    job = _finished_within(other, other.submit("framestats", ["c.npy"]), 60)
+    assert job["state"] == "succeeded" and time.monotonic() - started < 60, job
+    rejected = _rejected(site, "lab", "deep.submit.json")
+    assert rejected["cause"].startswith("deep.submit.json nests lists or objects too deeply; expected e.g. {")
+
+
+def test_configs_too_large_or_made_of_aliases_are_refused_unexpanded(site):
+    """A config is read within the same limit as a submit file; YAML aliases, which let ten lines
+    stand for millions of values the manager would check and write out, are refused."""
+    write_stack(site.root / "lab" / "inputs" / "a.npy", seed=3)
+    configs = site.root / "lab" / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    lines = ['l0: &l0 [1, 2, 3, 4, 5, 6, 7, 8]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 8)}]" for i in range(1, 7)]
+    (configs / "bomb.yaml").write_text("\n".join(lines) + "\nkill_on_attempts: *l6\n")
+    (configs / "big.yaml").write_text("stats: [mean]\n" + "# padding\n" * 160_000)
+    client = site.clients["lab"]
+    with pytest.raises(SubmissionRejected) as caught:
+        client.submit("framestats", ["a.npy"], configname="bomb.yaml")
+    assert caught.value.problems == ["config 'bomb.yaml' uses a YAML alias (*name) at line 2; write the value "
+                                     "out in full"]
+    with pytest.raises(SubmissionRejected) as caught:
+        client.submit("framestats", ["a.npy"], configname="big.yaml")
+    assert caught.value.problems == ["config 'big.yaml' is 1.5 MiB, more than the 1 MiB a config may be; "
+                                     "nothing in it was read"]
 
 
 def test_too_many_datasets_through_the_api_is_one_line(site):

@@ -158,7 +158,7 @@ class Manager:
                 return None, False  # still growing, maybe: refuse it once, when it is whole
             return self.reject(group, name, key, content_key, [too_large(name, size, limit)]), True
         try:
-            submit = parse_submit_file(raw, name=name)
+            submit = parse_submit_file(raw, name=name, limits=self.limits)
             content_key = _sha256(canonical_json(submit.model_dump(mode="json")).encode())
             twin = self.db.same_content(group, content_key)
             if twin is not None:
