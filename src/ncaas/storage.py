@@ -17,6 +17,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from . import storage_s3
 from .exceptions import PathRefused, StorageError
 
-__all__ = ["AREAS", "Storage", "check_group", "check_user_path", "default_root"]
+__all__ = ["AREAS", "KINDS", "Storage", "check_group", "check_user_path", "default_root", "skipped_note"]
 
 AREAS = ("inputs", "configs", "submissions", "results")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -171,6 +172,27 @@ class Storage:
             return [path] if self.exists(path) else []
         return sorted(self._call(self.fs.find, path))
 
+    def kind(self, path: str, *, follow: bool = False) -> str:
+        """What ``path`` is: "file", "folder", "link", "fifo", "socket", "device" or "missing".
+
+        Asked before reading a file the platform must never block on (a FIFO) nor read
+        through (a link to another group's file); remote stores hold files and folders only.
+        """
+        if not self.is_local:
+            return "file" if self.exists(path) and not self.isdir(path) else "folder" if self.isdir(path) \
+                else "missing"
+        try:
+            mode = (os.stat if follow else os.lstat)(path).st_mode
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            raise StorageError(f"cannot look at {path}: {exc}") from exc
+        for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "link"),
+                           (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+            if test(mode):
+                return name
+        return "device"
+
     def size(self, path: str) -> int:
         return int(self._call(self.fs.size, path))
 
@@ -285,6 +307,10 @@ def skipped_note(folder: str) -> str:
     why = "is hidden (its name starts with '.')" if folder.startswith(".") else "is not a valid group name"
     return (f"folder {folder!r} holds submissions/ but its name {why}, so they are not run; "
             f"rename it: group names {_GROUP_RULE}")
+
+
+KINDS = {"file": "a file", "folder": "a folder", "link": "a symbolic link", "fifo": "a named pipe (FIFO)",
+         "socket": "a socket", "device": "a device", "missing": "missing"}
 
 
 def check_user_path(user_path: str, area: str = "inputs") -> str:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .blueprint import BlueprintRegistry, LoadedBlueprint
 from .exceptions import NcaasError, PathRefused, SubmissionRejected
-from .storage import Storage
+from .storage import KINDS, Storage
 
 __all__ = ["Dataset", "JobRequest", "SubmitFile", "SubmitLimits", "build_request", "dataset_key", "dataset_name",
            "parse_submit_file", "too_large"]
@@ -228,9 +228,13 @@ def _load_config(storage: Storage, group: str, name: str, problems: list[str],
     except PathRefused as exc:
         problems.append(f"configname: {exc}")
         return None
-    if not storage.exists(path) or storage.isdir(path):
+    kind = storage.kind(path, follow=True)  # resolve() has refused links leading out of configs/
+    if kind in ("missing", "folder"):
         problems.append(f"config {name!r} not found in {group}/configs/; upload it there first "
                         "(ncaas submit --config FILE does this for you)")
+        return None
+    if kind != "file":  # never opened: reading a FIFO blocks until someone writes to it
+        problems.append(f"config {name!r} is {KINDS[kind]}, not a file; upload the config itself")
         return None
     size = storage.size(path)
     if size > max_bytes:
@@ -339,7 +343,7 @@ def _datasets(storage: Storage, group: str, names: list[str], problems: _Problem
             problems.add(f"dataset {raw!r} not found in {group}/inputs/; upload it there first", kind="missing")
         else:
             key = dataset_key(rel)
-            twin = folded.setdefault(key.casefold(), rel)
+            twin = folded.setdefault(key.lower(), rel)
             if twin != rel:  # e.g. A.npy and a.npy: one results file where case is not told apart
                 problems.add(f"datasets {twin!r} and {rel!r} differ only in letter case; their results would "
                              "overwrite each other on file systems that ignore case (macOS, Windows): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -140,6 +141,38 @@ def test_a_deeply_nested_submit_file_is_one_line_and_the_manager_runs_on(site):
     assert job["state"] == "succeeded" and time.monotonic() - started < 60, job
     rejected = _rejected(site, "lab", "deep.submit.json")
     assert rejected["cause"].startswith("deep.submit.json nests lists or objects too deeply; expected e.g. {")
+
+
+def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
+    """A FIFO named ``x.submit.json`` blocked the manager's scan on open() for good; a link read
+    another group's submit file as this group's. Both are refused without being opened, and the
+    other group's job runs meanwhile; a FIFO as config is refused the same way."""
+    write_stack(site.root / "other" / "inputs" / "d.npy", seed=6)
+    write_stack(site.root / "lab" / "inputs" / "a.npy", seed=3)
+    submissions = site.root / "lab" / "submissions"
+    submissions.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(submissions / "pipe.submit.json")
+    secret = submit(site.root, "secret", {"analysis": "framestats", "dataname": ["their-secret.npy"]},
+                    group="other")
+    (submissions / "link.submit.json").symlink_to(secret)
+    started = time.monotonic()
+    other = site.clients["other"]
+    job = _finished_within(other, other.submit("framestats", ["d.npy"]), 60)
+    assert job["state"] == "succeeded" and time.monotonic() - started < 60, job
+    pipe = _rejected(site, "lab", "pipe.submit.json")
+    assert pipe["cause"] == ("pipe.submit.json is a named pipe (FIFO), not a file; write the submit file "
+                             "itself into lab/submissions/")
+    link = _rejected(site, "lab", "link.submit.json")
+    assert link["cause"].startswith("link.submit.json is a symbolic link, not a file")
+    assert "their-secret" not in json.dumps(site.clients["lab"].jobs())
+
+    configs = site.root / "lab" / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(configs / "pipe.yaml")
+    with pytest.raises(SubmissionRejected) as caught:
+        site.clients["lab"].submit("framestats", ["a.npy"], configname="pipe.yaml")
+    assert caught.value.problems == ["config 'pipe.yaml' is a named pipe (FIFO), not a file; upload the config "
+                                     "itself"]
 
 
 def test_configs_too_large_or_made_of_aliases_are_refused_unexpanded(site):

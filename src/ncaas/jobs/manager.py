@@ -36,7 +36,7 @@ from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
-from ..storage import Storage
+from ..storage import KINDS, Storage
 from ..submission import JobRequest, SubmitLimits, build_request, canonical_json, parse_submit_file, too_large
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
@@ -102,6 +102,7 @@ class Manager:
         self.state_dir = storage.state_dir()
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._skipped_told: set[str] = set()  # folders skipped as no group, already said in the log
+        self._unreadable: dict[str, str] = {}  # submit file -> why it could not be read (said once)
         self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
         self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
@@ -122,7 +123,14 @@ class Manager:
         for group, path, stamp in self.storage.submission_stamps(skipped):
             if self._seen.get(path) == stamp:
                 continue
-            job, new = self._ingest(group, path, stamp=stamp)
+            try:
+                job, new = self._ingest(group, path, stamp=stamp)
+            except (NcaasError, OSError) as exc:  # this file only: the others and the running jobs go on
+                if self._unreadable.get(path) != str(exc):
+                    self._unreadable[path] = str(exc)
+                    self.notify(f"[manager] cannot read {path} yet, trying again: {exc}")
+                continue
+            self._unreadable.pop(path, None)
             if job is not None:
                 self._seen[path] = stamp
                 if new:
@@ -141,6 +149,16 @@ class Manager:
 
     def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
+        kind = self.storage.kind(path)
+        if kind == "missing":
+            return None, False
+        if kind != "file":  # a FIFO would block the manager; a link could read another group's file
+            key = f"{group}/{name}:{kind}"
+            existing = self.db.seen_submission(key)
+            if existing is not None:
+                return existing, False
+            return self.reject(group, name, key, key, [
+                f"{name} is {KINDS[kind]}, not a file; write the submit file itself into {group}/submissions/"]), True
         limit = self.limits.max_bytes
         try:
             raw = self.storage.read_head(path, limit + 1)  # a file over the limit is never read whole
