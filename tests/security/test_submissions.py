@@ -144,9 +144,10 @@ def test_a_deeply_nested_submit_file_is_one_line_and_the_manager_runs_on(site):
 
 
 def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
-    """A FIFO named ``x.submit.json`` blocked the manager's scan on open() for good; a link read
-    another group's submit file as this group's. Both are refused without being opened, and the
-    other group's job runs meanwhile; a FIFO as config is refused the same way."""
+    """A FIFO named ``x.submit.json`` blocked the manager's scan on open() for good, a folder of that
+    name made every scan fail, and a link read another group's submit file as this group's. All
+    are refused without being opened, and the other group's job runs meanwhile; a FIFO as config
+    is refused the same way."""
     write_stack(site.root / "other" / "inputs" / "d.npy", seed=6)
     write_stack(site.root / "lab" / "inputs" / "a.npy", seed=3)
     submissions = site.root / "lab" / "submissions"
@@ -155,6 +156,7 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     secret = submit(site.root, "secret", {"analysis": "framestats", "dataname": ["their-secret.npy"]},
                     group="other")
     (submissions / "link.submit.json").symlink_to(secret)
+    (submissions / "folder.submit.json").mkdir()  # read() raised out of every scan: nothing else ran
     started = time.monotonic()
     other = site.clients["other"]
     job = _finished_within(other, other.submit("framestats", ["d.npy"]), 60)
@@ -165,6 +167,7 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     link = _rejected(site, "lab", "link.submit.json")
     assert link["cause"].startswith("link.submit.json is a symbolic link, not a file")
     assert "their-secret" not in json.dumps(site.clients["lab"].jobs())
+    assert _rejected(site, "lab", "folder.submit.json")["cause"].startswith("folder.submit.json is a folder, not a file")
 
     configs = site.root / "lab" / "configs"
     configs.mkdir(parents=True, exist_ok=True)
