@@ -242,7 +242,8 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
 @app.command()
 @_errors
 def logs(job_id: Annotated[str, typer.Argument(help="job id (or unique prefix)")],
-         dataset: Annotated[str | None, typer.Argument(help="only this dataset (its name in inputs/, or its key)")] = None,
+         dataset: Annotated[str | None, typer.Argument(
+             help="only this dataset (its name in inputs/, or its key)")] = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
          root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """Print the analysis' logs of a job."""

@@ -167,7 +167,8 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     link = _rejected(site, "lab", "link.submit.json")
     assert link["cause"].startswith("link.submit.json is a symbolic link, not a file")
     assert "their-secret" not in json.dumps(site.clients["lab"].jobs())
-    assert _rejected(site, "lab", "folder.submit.json")["cause"].startswith("folder.submit.json is a folder, not a file")
+    folder = _rejected(site, "lab", "folder.submit.json")
+    assert folder["cause"].startswith("folder.submit.json is a folder, not a file")
 
     configs = site.root / "lab" / "configs"
     configs.mkdir(parents=True, exist_ok=True)
