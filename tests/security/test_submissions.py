@@ -1,5 +1,5 @@
-"""Attacks through submissions: dataset names that collide, submit files too large to read,
-group folders the manager cannot use.
+"""Attacks through submissions: dataset names that collide, submit files too large, too deep or
+no files at all, configs that expand or block, group folders the manager cannot use.
 
 Each runs against a real ``ncaas serve`` (its job manager in the same process) or a real
 ``ncaas manager``, with files written into storage as a plain file copy would.
@@ -42,8 +42,11 @@ def _rejected(site, group: str, submission: str, *, timeout: float = 30) -> dict
 
 
 def _finished_within(client, job: dict, seconds: float) -> dict:
-    return wait_for(lambda: (lambda d: d if d["finished"] else None)(client.job(job["id"])), timeout=seconds,
-                    what=f"job {job['id']} to finish while another group's submission is checked")
+    def over():
+        detail = client.job(job["id"])
+        return detail if detail["finished"] else None
+    return wait_for(over, timeout=seconds, what=f"job {job['id']} to finish while another group's submission "
+                                                "is checked")
 
 
 # -- colliding dataset names ----------------------------------------------------------------
