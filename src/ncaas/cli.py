@@ -46,9 +46,9 @@ DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
                                            help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
 MaxSubmitOpt = Annotated[str | None, typer.Option(
     "--max-submit-size", envvar="NCAAS_MAX_SUBMIT_SIZE",
-    help="largest submit file accepted; larger ones are rejected unread [default: 1MiB]")]
+    help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")]
 MaxDatasetsOpt = Annotated[int | None, typer.Option(
-    "--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have [default: 10000]")]
+    "--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")]
 
 
 

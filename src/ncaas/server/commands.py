@@ -46,9 +46,9 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
               manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
               max_submit_size: Annotated[str | None, typer.Option(
                   envvar="NCAAS_MAX_SUBMIT_SIZE",
-                  help="largest submit file accepted; larger ones are rejected unread [default: 1MiB]")] = None,
+                  help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")] = None,
               max_datasets: Annotated[int | None, typer.Option(
-                  envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have [default: 10000]")] = None,
+                  envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")] = None,
               root: RootOpt = default_root(), db: DbOpt = None) -> None:
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
