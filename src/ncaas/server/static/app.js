@@ -526,7 +526,9 @@ function renderTasks(job) {
     let box = document.querySelector(`.task[data-dataset="${CSS.escape(t.dataset)}"]`);
     if (!box) {
       box = el("div", { class: "task", "data-dataset": t.dataset },
-        el("header", {}, el("strong", { text: t.dataset }), el("span", { class: "state" }),
+        // an escaped key (x%5F%5Fy.npy) is shown as the dataset's name in inputs/
+        el("header", {}, el("strong", { text: t.dataset.includes("%") ? t.input : t.dataset, title: t.dataset }),
+          el("span", { class: "state" }),
           el("progress", { max: "1", value: "0" }), el("span", { class: "message muted" })),
         el("pre", { class: "log" }));
       $("#tasks").append(box);
