@@ -260,10 +260,8 @@ class Storage:
         ``.hidden/``), each with a note saying why their submissions are not run."""
         if self.is_local:
             return self._group_folders()[1]
-        skipped: dict[str, str] = {}
-        for _ in self.submission_stamps(skipped):
-            pass
-        return skipped
+        folders = {self.relative(path).split("/", 1)[0] for path in self.glob("*/submissions/*.submit.json")}
+        return {folder: skipped_note(folder) for folder in sorted(folders) if not _GROUP_RE.match(folder)}
 
     def _group_folders(self) -> tuple[list[str], dict[str, str]]:
         """The group folders of a local root, and the skipped ones with their notes."""
