@@ -155,6 +155,19 @@ def test_glob_and_submissions_seen_as_they_arrive(storage: Storage) -> None:
     assert storage.glob("*/submissions/*.json") == [first, third, second]
 
 
+def test_folders_that_are_no_group_are_skipped_and_named(storage: Storage) -> None:
+    good = storage.join("lab", "submissions", "one.submit.json")
+    storage.write_text(good, "{}")
+    storage.write_text(storage.join("bad group", "submissions", "two.submit.json"), "{}")
+    skipped: dict[str, str] = {}
+    assert [p for _, p, _ in storage.submission_stamps(skipped)] == [good]
+    assert list(skipped) == ["bad group"] and list(storage.skipped_folders()) == ["bad group"]
+    assert skipped["bad group"].startswith("folder 'bad group' holds submissions/ but its name is not a valid")
+    assert storage.kind(good) == "file" and storage.kind(storage.join("lab", "submissions")) == "folder"
+    assert storage.kind(storage.join("lab", "nothing")) == "missing"
+    assert storage.read_head(good, 1) == b"{"
+
+
 def test_a_file_changed_elsewhere_is_read_fresh(storage: Storage) -> None:
     path = storage.join("lab", "results", "j", "status", "x.json")
     storage.write_text(path, "1")

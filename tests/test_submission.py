@@ -155,3 +155,24 @@ def test_cli_submit_prints_every_rejection(root, tmp_path):
     assert "config field 'stats.0': 'median' is not one of" in printed
     [job_dir] = (root / "lab" / "results").iterdir()
     assert "missing.npy" in (job_dir / "error.txt").read_text()
+
+
+def test_dataset_keys_are_unique_reversible_and_safe_file_names():
+    """Ordinary names keep the keys they always had; no two names share a key; a key is never
+    hidden, never holds '/', and fits in a file name with room for what is added to it."""
+    from itertools import product
+
+    from ncaas.submission import KEY_MAX_BYTES, dataset_key, dataset_name
+
+    assert [dataset_key(n) for n in ("a.npy", "sessions/day1", "x/y.npy", "my_movie.avi", "a b.tif")] == \
+        ["a.npy", "sessions__day1", "x__y.npy", "my_movie.avi", "a b.tif"]
+    parts = ["a", "_", "__", "a_", "_a", "a__b", ".a", "%", "A"]
+    names = {"/".join(p) for n in (1, 2, 3) for p in product(parts, repeat=n)}
+    names |= {"x" * 250, "x" * 249 + "y", "é" * 120, "d/" * 60 + "z", "%" * 90}
+    keys = {}
+    for name in names:
+        key = dataset_key(name)
+        assert "/" not in key and not key.startswith(".") and len(key.encode()) <= KEY_MAX_BYTES, (name, key)
+        assert keys.setdefault(key, name) == name, f"{name!r} and {keys[key]!r} share the key {key!r}"
+        assert dataset_name(key) in (name, None)
+        assert dataset_name(key) == name or len(name.encode()) > KEY_MAX_BYTES // 3

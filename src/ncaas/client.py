@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import urllib.request
+from urllib.parse import quote
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -362,7 +363,8 @@ class Client:
 
     def log_bytes(self, job_id: str, dataset: str, *, offset: int = 0) -> bytes:
         """A dataset's log from byte ``offset`` on."""
-        return self.request("GET", f"/api/jobs/{job_id}/logs/{dataset}", params={"offset": offset}).content
+        path = f"/api/jobs/{quote(job_id, safe='')}/logs/{quote(dataset, safe='')}"  # a key may hold '%'
+        return self.request("GET", path, params={"offset": offset}).content
 
     def log(self, job_id: str, dataset: str, *, offset: int = 0) -> str:
         return self.log_bytes(job_id, dataset, offset=offset).decode("utf-8", "replace")
@@ -407,7 +409,7 @@ class Client:
     def download_file(self, job_id: str, path: str, dest: str | os.PathLike[str]) -> Path:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self.http.stream("GET", f"/api/jobs/{job_id}/files/{path}") as resp:
+        with self.http.stream("GET", f"/api/jobs/{job_id}/files/{quote(path)}") as resp:
             if not resp.is_success:
                 resp.read()
                 self._raise_for(resp)

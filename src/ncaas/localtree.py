@@ -102,14 +102,14 @@ def sha256(path: str) -> str:
         os.close(fd)
 
 
-def read_regular(path: str, offset: int = 0, *, follow: bool = True) -> bytes:
-    """The bytes of the regular file ``path`` from ``offset``; a FIFO or device is refused, never opened
-    (and a link too, unless ``follow``)."""
+def read_regular(path: str, offset: int = 0, *, follow: bool = True, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` from ``offset`` (at most ``limit`` of them); a FIFO or
+    device is refused, never opened (and a link too, unless ``follow``)."""
     fd = open_regular(path, follow=follow)
     try:
         with os.fdopen(fd, "rb", closefd=False) as fh:
             fh.seek(offset)
-            return fh.read()
+            return fh.read(-1 if limit is None else limit)
     finally:
         os.close(fd)
 

@@ -19,6 +19,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +31,13 @@ from fsspec.implementations.local import LocalFileSystem
 from . import localtree, storage_s3
 from .exceptions import PathRefused, SpecialFileRefused, StorageError
 
-__all__ = ["AREAS", "Storage", "check_group", "check_user_path", "default_root"]
+__all__ = ["AREAS", "KINDS", "Storage", "check_group", "check_user_path", "default_root", "skipped_note"]
 
 AREAS = ("inputs", "configs", "submissions", "results")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _CHUNK = 1 << 20
+STATE_FOLDER = ".ncaas"  # the manager's own folder in a local root: never a group
 
 
 def default_root() -> str:
@@ -131,6 +133,13 @@ class Storage:
             return self._call(localtree.read_regular, path, offset)
         return self._call(self.fs.cat_file, path, start=offset)
 
+    def read_head(self, path: str, limit: int) -> bytes:
+        """At most the first ``limit`` bytes of ``path`` (a file too large to read whole); on a local
+        root a link, FIFO or device is refused (SpecialFileRefused), never opened."""
+        if self.is_local:
+            return self._call(localtree.read_regular, path, follow=False, limit=limit)
+        return self._call(self.fs.cat_file, path, start=0, end=limit)
+
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode("utf-8")
 
@@ -193,6 +202,27 @@ class Storage:
             return [path] if self.exists(path) else []
         return sorted(self._call(self.fs.find, path))
 
+    def entry_kind(self, path: str, *, follow: bool = False) -> str:
+        """What ``path`` is: "file", "folder", "link", "fifo", "socket", "device" or "missing".
+
+        Asked before reading a file the platform must never block on (a FIFO) nor read
+        through (a link to another group's file); remote stores hold files and folders only.
+        """
+        if not self.is_local:
+            return "file" if self.exists(path) and not self.isdir(path) else "folder" if self.isdir(path) \
+                else "missing"
+        try:
+            mode = (os.stat if follow else os.lstat)(path).st_mode
+        except FileNotFoundError:
+            return "missing"
+        except OSError as exc:
+            raise StorageError(f"cannot look at {path}: {exc}") from exc
+        for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "link"),
+                           (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+            if test(mode):
+                return name
+        return "device"
+
     def size(self, path: str) -> int:
         return int(self._call(self.fs.size, path))
 
@@ -248,9 +278,11 @@ class Storage:
         for group, path, _ in self.submission_stamps():
             yield group, path
 
-    def submission_stamps(self) -> Iterator[tuple[str, str, tuple[Any, ...]]]:
+    def submission_stamps(self, skipped: dict[str, str] | None = None) -> Iterator[tuple[str, str, tuple[Any, ...]]]:
         """``(group, path, stamp)`` of every ``*.submit.json`` under any group.
 
+        Folders holding a ``submissions/`` folder whose names are not group names are skipped;
+        given ``skipped``, each is added to it with a note saying why (:meth:`skipped_folders`).
         Called every poll: a local root is listed with ``os.scandir`` (~100x cheaper
         than fsspec's glob, which stats every entry).
         """
@@ -259,11 +291,12 @@ class Storage:
                 group = self.relative(path).split("/", 1)[0]
                 if _GROUP_RE.match(group):
                     yield group, path, self.stamp(path)
+                elif skipped is not None:
+                    skipped.setdefault(group, skipped_note(group))
             return
-        try:
-            groups = sorted(e.name for e in os.scandir(self.root) if _GROUP_RE.match(e.name) and e.is_dir())
-        except FileNotFoundError:
-            return
+        groups, bad = self._group_folders()
+        if skipped is not None:
+            skipped.update(bad)
         for group in groups:
             folder = posixpath.join(self.root, group, "submissions")
             try:
@@ -277,6 +310,29 @@ class Storage:
                 except FileNotFoundError:
                     continue
                 yield group, entry.path, (st.st_size, st.st_mtime)
+
+    def skipped_folders(self) -> dict[str, str]:
+        """Folders of the root that hold ``submissions/`` but are no group (``bad group/``,
+        ``.hidden/``), each with a note saying why their submissions are not run."""
+        if self.is_local:
+            return self._group_folders()[1]
+        folders = {self.relative(path).split("/", 1)[0] for path in self.glob("*/submissions/*.submit.json")}
+        return {folder: skipped_note(folder) for folder in sorted(folders) if not _GROUP_RE.match(folder)}
+
+    def _group_folders(self) -> tuple[list[str], dict[str, str]]:
+        """The group folders of a local root, and the skipped ones with their notes."""
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return [], {}
+        groups, skipped = [], {}
+        for entry in entries:
+            if _GROUP_RE.match(entry.name):
+                if entry.is_dir():
+                    groups.append(entry.name)
+            elif entry.name != STATE_FOLDER and os.path.isdir(posixpath.join(entry.path, "submissions")):
+                skipped[entry.name] = skipped_note(entry.name)
+        return sorted(groups), dict(sorted(skipped.items()))
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -294,11 +350,24 @@ class Storage:
             raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc
 
 
+_GROUP_RULE = "use letters, digits, '.', '_' or '-' (starting with a letter or digit, at most 64 characters)"
+
+
 def check_group(group: str) -> str:
     if not _GROUP_RE.match(group or ""):
-        raise PathRefused(f"group name {group!r} is not allowed; use letters, digits, '.', '_' or '-' "
-                          "(starting with a letter or digit, at most 64 characters)")
+        raise PathRefused(f"group name {group!r} is not allowed; {_GROUP_RULE}")
     return group
+
+
+def skipped_note(folder: str) -> str:
+    """Why the submissions of a folder that is not named as a group are never run."""
+    why = "is hidden (its name starts with '.')" if folder.startswith(".") else "is not a valid group name"
+    return (f"folder {folder!r} holds submissions/ but its name {why}, so they are not run; "
+            f"rename it: group names {_GROUP_RULE}")
+
+
+KINDS = {"file": "a file", "folder": "a folder", "link": "a symbolic link", "fifo": "a named pipe (FIFO)",
+         "socket": "a socket", "device": "a device", "missing": "missing"}
 
 
 def check_user_path(user_path: str, area: str = "inputs") -> str:

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import jsonschema
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .blueprint import BlueprintRegistry, LoadedBlueprint
-from .exceptions import PathRefused, SpecialFileRefused, StorageError, SubmissionRejected
-from .storage import Storage
+from .exceptions import NcaasError, PathRefused, SpecialFileRefused, StorageError, SubmissionRejected
+from .storage import KINDS, Storage
 
-__all__ = ["Dataset", "JobRequest", "SubmitFile", "build_request", "dataset_key", "parse_submit_file"]
+__all__ = ["Dataset", "JobRequest", "SubmitFile", "SubmitLimits", "build_request", "dataset_key", "dataset_name",
+           "parse_submit_file", "too_large"]
+
+KEY_MAX_BYTES = 200  # the longest name made of a key, ".<key>.json.<8 hex>.tmp", stays within 255 bytes
+MAX_PROBLEM_LINES = 20  # a rejection lists at most this many distinct problems
+MAX_PROBLEM_CHARS = 1000  # and each in at most this many characters
 
 
 class SubmitFile(BaseModel):
@@ -74,27 +81,106 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class SubmitLimits:
+    """How large a submission may be. One submit file is read and checked while every other
+    group waits, so its size and its dataset count are capped before it is parsed in full."""
+
+    max_bytes: int = 1 << 20  # 1 MiB: ~40,000 datasets of ordinary names
+    max_datasets: int = 10_000
+
+    @classmethod
+    def from_env(cls, max_bytes: int | str | None = None, max_datasets: int | str | None = None) -> SubmitLimits:
+        """The limits given, else ``NCAAS_MAX_SUBMIT_SIZE`` / ``NCAAS_MAX_DATASETS``, else the defaults."""
+        from .blueprint import parse_bytes
+
+        max_bytes = max_bytes if max_bytes is not None else os.environ.get("NCAAS_MAX_SUBMIT_SIZE")
+        max_datasets = max_datasets if max_datasets is not None else os.environ.get("NCAAS_MAX_DATASETS")
+        try:
+            size = cls.max_bytes if max_bytes is None else parse_bytes(max_bytes)
+        except ValueError as exc:
+            raise NcaasError(f"maximum submit-file size (--max-submit-size, NCAAS_MAX_SUBMIT_SIZE): {exc}") from None
+        try:
+            count = cls.max_datasets if max_datasets is None else int(max_datasets)
+        except ValueError:
+            raise NcaasError(f"maximum datasets per job (--max-datasets, NCAAS_MAX_DATASETS): {max_datasets!r} "
+                             "is not a whole number") from None
+        if size < 1 or count < 1:
+            raise NcaasError("the submit-file size and dataset limits must be at least 1")
+        return cls(size, count)
+
+
+def too_large(name: str, size: int, limit: int) -> str:
+    """Why a submit file of ``size`` bytes is refused unread."""
+    return (f"{name} is {_size_text(size)}, more than the {_size_text(limit)} a submit file may be; "
+            "nothing in it was read: split it into several submissions")
+
+
+def _size_text(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}".replace(".0 ", " ")
+    return f"{size} bytes"
+
+
+_ESCAPES = {"%": "%25", "/": "%2F", "_": "%5F"}
+
+
 def dataset_key(rel: str) -> str:
-    return rel.replace("/", "__")
+    """The name a dataset's files are kept under: status/<key>.json, logs/<key>.log, outputs/<key>/.
+
+    Distinct datasets always get distinct keys, and :func:`dataset_name` gives the dataset back.
+    An ordinary name is its own key, a nested one with '/' written '__' (``sessions/day1`` ->
+    ``sessions__day1``). A name that this would make ambiguous (``x__y.npy`` against ``x/y.npy``)
+    or hidden — '__' in one of its parts, a part of a nested name starting or ending with '_', a
+    '%', a leading '.' — is written with %XX escapes instead (``x%5F%5Fy.npy``): an ordinary key
+    never holds '%', so the two kinds never meet. A key longer than ``KEY_MAX_BYTES`` is cut and
+    ends with '%-' and a hash of the whole name (the job's tasks and certificate name its input).
+    """
+    parts = rel.split("/")
+    nested = len(parts) > 1
+    plain = not ("%" in rel or rel.startswith(".")
+                 or any("__" in p or (nested and (p.startswith("_") or p.endswith("_"))) for p in parts))
+    if plain:
+        key = "__".join(parts)
+    else:
+        key = "".join(_ESCAPES.get(c, c) for c in rel)
+        key = "%2E" + key[1:] if key.startswith(".") else key
+    if len(key.encode()) <= KEY_MAX_BYTES:
+        return key
+    digest = hashlib.sha256(rel.encode()).hexdigest()[:16]
+    cut = key.encode()[:KEY_MAX_BYTES - 2 - len(digest)].decode("utf-8", "ignore")
+    cut = cut[:-2] if cut[-2:-1] == "%" else cut[:-1] if cut.endswith("%") else cut  # never half an escape
+    return f"{cut}%-{digest}"
 
 
-def parse_submit_file(raw: bytes, *, name: str = "submit file") -> SubmitFile:
+def dataset_name(key: str) -> str | None:
+    """The dataset (its path in inputs/) a key stands for; None for a key cut for length."""
+    if "%-" in key:
+        return None
+    return unquote(key) if "%" in key else key.replace("__", "/")
+
+
+def parse_submit_file(raw: bytes, *, name: str = "submit file", limits: SubmitLimits | None = None) -> SubmitFile:
     """Parse submit-file bytes, raising SubmissionRejected with what is malformed."""
+    example = '{"analysis": "framestats", "dataname": ["movie.npy"], "configname": "config.yaml"}'
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise SubmissionRejected(f"{name} is not UTF-8 text; write it as a JSON file") from None
     except json.JSONDecodeError as exc:
         raise SubmissionRejected(f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                                 f"{exc.msg}); expected e.g. "
-                                 '{"analysis": "framestats", "dataname": ["movie.npy"], '
-                                 '"configname": "config.yaml"}') from None
+                                 f"{exc.msg}); expected e.g. {example}") from None
+    except RecursionError:  # [[[[... : Python's parser gives up; the manager must not
+        raise SubmissionRejected(f"{name} nests lists or objects too deeply; expected e.g. {example}") from None
     if not isinstance(data, dict):
         raise SubmissionRejected(f"{name} must hold a JSON object with dataname, configname, ...")
+    if limits is not None and isinstance(data.get("dataname"), list):
+        _check_count(len(data["dataname"]), limits)  # before each name is validated
     try:
         return SubmitFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems = _Problems()
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "(top)"
             msg = err["msg"].removeprefix("Value error, ")
@@ -102,8 +188,15 @@ def parse_submit_file(raw: bytes, *, name: str = "submit file") -> SubmitFile:
                 msg = "unknown field; allowed: analysis, dataname, configname, timestamp"
             elif err["type"] == "missing":
                 msg = "missing; name the dataset(s) to analyse (a string or a list)" if field == "dataname" else msg
-            problems.append(f"{name}: field '{field}': {msg}")
-        raise SubmissionRejected(problems) from None
+            where = [str(p) for p in err["loc"] if not isinstance(p, int)]  # dataname.0, dataname.1: one kind
+            problems.add(f"{name}: field '{field}': {msg}", kind=f"{where}:{err['type']}")
+        raise SubmissionRejected(problems.lines()) from None
+
+
+def _check_count(count: int, limits: SubmitLimits) -> None:
+    if count > limits.max_datasets:
+        raise SubmissionRejected(f"the submission lists {count:,} datasets, more than the "
+                                 f"{limits.max_datasets:,} a job may have; split it into several submissions")
 
 
 def _strip_prefix(name: str, group: str, area: str) -> str:
@@ -113,25 +206,57 @@ def _strip_prefix(name: str, group: str, area: str) -> str:
     return name
 
 
-def _load_config(storage: Storage, group: str, name: str, problems: list[str]) -> dict[str, Any] | None:
+class _AliasInConfig(yaml.YAMLError):
+    def __init__(self, mark: Any):
+        self.problem_mark = mark
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases: ``*a`` repeated inside ``*b`` inside ``*c``... makes a few lines
+    stand for billions of values, which the manager would then check and write out."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasInConfig(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _load_config(storage: Storage, group: str, name: str, problems: list[str],
+                 max_bytes: int) -> dict[str, Any] | None:
     try:
         path = storage.resolve(group, "configs", _strip_prefix(name, group, "configs"))
     except PathRefused as exc:
         problems.append(f"configname: {exc}")
         return None
-    if not storage.exists(path) or storage.isdir(path):
+    kind = storage.entry_kind(path, follow=True)  # resolve() has refused links leading out of configs/
+    if kind in ("missing", "folder"):
         problems.append(f"config {name!r} not found in {group}/configs/; upload it there first "
                         "(ncaas submit --config FILE does this for you)")
         return None
+    if kind != "file":  # never opened: reading a FIFO blocks until someone writes to it
+        problems.append(f"config {name!r} is {KINDS[kind]}, not a file; upload the config itself")
+        return None
+    size = storage.size(path)
+    if size > max_bytes:
+        problems.append(f"config {name!r} is {_size_text(size)}, more than the {_size_text(max_bytes)} a config "
+                        "may be; nothing in it was read")
+        return None
     try:
-        data = yaml.safe_load(storage.read_text(path))
-    except SpecialFileRefused as exc:  # a FIFO or device named as a config: refused, never opened
+        data = yaml.load(storage.read_text(path), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+    except _AliasInConfig as exc:
+        problems.append(f"config {name!r} uses a YAML alias (*name) at line {exc.problem_mark.line + 1}; "
+                        "write the value out in full")
+        return None
+    except SpecialFileRefused as exc:  # swapped for a FIFO or device since it was looked at: never opened
         problems.append(f"config {name!r} is {exc.words}, not a regular file; save the config as a regular file")
         return None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problems.append(f"config {name!r} is not valid YAML/JSON{where}")
+        return None
+    except RecursionError:
+        problems.append(f"config {name!r} nests lists or mappings too deeply to be a config")
         return None
     if data is None:
         return {}
@@ -197,48 +322,96 @@ def config_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     return problems
 
 
-def build_request(storage: Storage, registry: BlueprintRegistry, group: str, submit: SubmitFile,
-                  *, default_analysis: str | None = None) -> JobRequest:
-    """Validate a parsed submit file against the blueprints and the group's storage."""
-    problems: list[str] = []
-    name = submit.analysis or default_analysis
-    loaded = registry.get(name) if name else None
-    if name is None:
-        problems.append("the submit file names no analysis; add \"analysis\": one of "
-                        + ", ".join(registry.names()))
-    elif loaded is None:
-        problems.append(f"unknown analysis {name!r}; available: {', '.join(registry.names()) or 'none'}")
-    elif not loaded.blueprint.access.allows(group):
-        problems.append(f"group {group!r} is not allowed to run {name!r}; allowed groups: "
-                        + ", ".join(loaded.blueprint.access.groups))
+class _Problems:
+    """A submission's problems, each kind said once with how often it came up (a submit file
+    naming one missing dataset 200,000 times is one line, not 200,000), at most
+    ``MAX_PROBLEM_LINES`` distinct lines."""
 
-    datasets: list[Dataset] = []
-    for raw in submit.dataname:
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}  # kind -> its first message
+        self._count: dict[str, int] = {}
+
+    def add(self, message: str, kind: str | None = None) -> None:
+        kind = message if kind is None else kind
+        if len(message) > MAX_PROBLEM_CHARS:  # a name of a megabyte is not repeated back whole
+            message = message[:MAX_PROBLEM_CHARS - 3] + "..."
+        self._first.setdefault(kind, message)
+        self._count[kind] = self._count.get(kind, 0) + 1
+
+    def __bool__(self) -> bool:
+        return bool(self._first)
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind, message in self._first.items():
+            more = self._count[kind] - 1
+            out.append(f"{message} (and {more:,} more like it)" if more else message)
+        if len(out) > MAX_PROBLEM_LINES:
+            rest = sum(self._count[k] for k in list(self._first)[MAX_PROBLEM_LINES:])
+            out = out[:MAX_PROBLEM_LINES] + [f"... and {rest:,} more problems"]
+        return out
+
+
+def _datasets(storage: Storage, group: str, names: list[str], problems: _Problems) -> list[Dataset]:
+    """The datasets a submission names, each once, with keys that stay distinct on any file system."""
+    datasets: dict[str, Dataset] = {}  # by path in inputs/
+    folded: dict[str, str] = {}  # key in lower case -> the dataset that has it
+    for raw in names:
         rel = _strip_prefix(raw, group, "inputs")
         try:
             path = storage.resolve(group, "inputs", rel)
         except PathRefused as exc:
-            problems.append(f"dataname: {exc}")
+            problems.add(f"dataname: {exc}", kind="refused: " + str(exc).replace(repr(rel), "", 1))
             continue
         rel = posixpath.relpath(path, storage.area(group, "inputs"))
-        if not storage.exists(path):
-            problems.append(f"dataset {raw!r} not found in {group}/inputs/; upload it there first")
+        if rel in datasets:
+            problems.add(f"dataset {raw!r} is listed twice; list each dataset once", kind="twice")
+        elif not storage.exists(path):
+            problems.add(f"dataset {raw!r} not found in {group}/inputs/; upload it there first", kind="missing")
         elif unreadable := dataset_problem(storage, raw, path):
-            problems.append(unreadable)
-        elif any(d.rel == rel for d in datasets):
-            problems.append(f"dataset {raw!r} is listed twice; list each dataset once")
+            problems.add(unreadable, kind="unreadable: " + unreadable.replace(repr(raw), "", 1))
         else:
-            datasets.append(Dataset(dataset_key(rel), rel, path))
+            key = dataset_key(rel)
+            twin = folded.setdefault(key.lower(), rel)
+            if twin != rel:  # e.g. A.npy and a.npy: one results file where case is not told apart
+                problems.add(f"datasets {twin!r} and {rel!r} differ only in letter case; their results would "
+                             "overwrite each other on file systems that ignore case (macOS, Windows): "
+                             "rename one", kind="case")
+            datasets[rel] = Dataset(key, rel, path)
+    return list(datasets.values())
 
+
+def build_request(storage: Storage, registry: BlueprintRegistry, group: str, submit: SubmitFile,
+                  *, default_analysis: str | None = None, limits: SubmitLimits | None = None) -> JobRequest:
+    """Validate a parsed submit file against the blueprints and the group's storage."""
+    limits = limits or SubmitLimits()
+    _check_count(len(submit.dataname), limits)  # before a single name is looked up
+    problems = _Problems()
+    name = submit.analysis or default_analysis
+    loaded = registry.get(name) if name else None
+    if name is None:
+        problems.add("the submit file names no analysis; add \"analysis\": one of "
+                     + ", ".join(registry.names()))
+    elif loaded is None:
+        problems.add(f"unknown analysis {name!r}; available: {', '.join(registry.names()) or 'none'}")
+    elif not loaded.blueprint.access.allows(group):
+        problems.add(f"group {group!r} is not allowed to run {name!r}; allowed groups: "
+                     + ", ".join(loaded.blueprint.access.groups))
+
+    datasets = _datasets(storage, group, submit.dataname, problems)
+
+    config_problems_: list[str] = []
     user_config: dict[str, Any] | None = {}
     if submit.configname is not None:
-        user_config = _load_config(storage, group, submit.configname, problems)
+        user_config = _load_config(storage, group, submit.configname, config_problems_, limits.max_bytes)
     config: dict[str, Any] = {}
     if loaded is not None and user_config is not None:
         config = {**loaded.blueprint.default_config, **user_config}
-        problems += config_problems(config, loaded.blueprint.config_schema)
+        config_problems_ += config_problems(config, loaded.blueprint.config_schema)
+    for problem in config_problems_:
+        problems.add(problem)
     if problems:
-        raise SubmissionRejected(problems)
+        raise SubmissionRejected(problems.lines())
     assert loaded is not None
     return JobRequest(group, loaded, datasets, config, submit.configname,
                       submit.model_dump(mode="json", exclude_none=True))

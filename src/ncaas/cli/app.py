@@ -27,6 +27,7 @@ from ..jobs.manager import Manager, manager_lock
 from ..jobs.states import JOB_TERMINAL
 from ..localfolder import left_out_note
 from ..storage import Storage, default_root
+from ..submission import SubmitLimits
 from .backend import Backend, Embedded, Remote, submission_name
 from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 
@@ -44,6 +45,11 @@ RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="stora
 DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
                                            help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
 JobArg = Annotated[str, typer.Argument(help="job id (or unique prefix)")]
+MaxSubmitOpt = Annotated[str | None, typer.Option(
+    "--max-submit-size", envvar="NCAAS_MAX_SUBMIT_SIZE",
+    help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")]
+MaxDatasetsOpt = Annotated[int | None, typer.Option(
+    "--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")]
 
 
 def _errors(fn: F) -> F:
@@ -180,6 +186,8 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
     with _backend(root, db) as backend:
         if job_id is None:
             out.print(jobs_table(backend.jobs(limit)))
+            for note in backend.notes():
+                out.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
             return
         detail = backend.job(job_id)
         print_job(out, detail, backend.story(detail["id"]) if detail["state"] != "rejected" else [])
@@ -188,13 +196,16 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
 @app.command()
 @_errors
 def logs(job_id: JobArg,
-         dataset: Annotated[str | None, typer.Argument(help="only this dataset")] = None,
+         dataset: Annotated[str | None, typer.Argument(
+             help="only this dataset (its name in inputs/, or its key)")] = None,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
          root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """Print the analysis' logs of a job."""
     with _backend(root, db) as backend:
         detail = backend.job(job_id)
-        names = [t["dataset"] for t in detail["tasks"] if dataset in (None, t["dataset"])]
+        tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
+        names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or \
+            [t["dataset"] for t in tasks if t["dataset"] == dataset]
         if dataset is not None and not names:
             raise NcaasError(f"job {detail['id']} has no dataset {dataset!r}")
         offsets = dict.fromkeys(names, 0)
@@ -265,6 +276,8 @@ def run_manager(
     ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
     scan_interval: Annotated[float | None, typer.Option(
         help="seconds between scans for new submit files [default: every poll; 2 on s3://]")] = None,
+    max_submit_size: MaxSubmitOpt = None,
+    max_datasets: MaxDatasetsOpt = None,
 ) -> None:
     """Watch storage for submissions (including ones made while it was down) and run them."""
     from ..executors.pick import executor_for
@@ -277,7 +290,7 @@ def run_manager(
     if scan_interval is None:
         scan_interval = 0.0 if storage.is_local else 2.0
     manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
-                       scan_interval=scan_interval,
+                       scan_interval=scan_interval, limits=SubmitLimits.from_env(max_submit_size, max_datasets),
                        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
     lock = manager_lock(manager.storage)
     if lock is None:

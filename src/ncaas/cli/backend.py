@@ -59,6 +59,9 @@ class Backend(Protocol):
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         """Recent jobs, newest first."""
 
+    def notes(self) -> list[str]:
+        """What the operator should know about the storage (folders skipped as no group)."""
+
     def job(self, ref: str) -> dict[str, Any]:
         """One job's detail (a unique id prefix is enough)."""
 
@@ -187,6 +190,9 @@ class Embedded:
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return [job_summary(job, 0) for job in self.manager.db.jobs(limit=limit)]
+
+    def notes(self) -> list[str]:
+        return list(self.storage.skipped_folders().values())
 
     def job(self, ref: str) -> dict[str, Any]:
         return job_detail(self.manager, self.manager.find(ref))
@@ -320,6 +326,9 @@ class Remote:
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.client.jobs(limit=limit)
+
+    def notes(self) -> list[str]:
+        return []  # the server's operator reads them in its log and on its machine
 
     @contextmanager
     def _known(self, ref: str) -> Iterator[None]:

@@ -39,8 +39,9 @@ from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..private import private_dir
 from ..signing import CertificateKeys
-from ..storage import Storage
-from ..submission import JobRequest, build_request, canonical_json, dataset_problem, parse_submit_file
+from ..storage import KINDS, Storage
+from ..submission import (JobRequest, SubmitLimits, build_request, canonical_json, dataset_problem,
+                          parse_submit_file, too_large)
 from .db import Job, JobDB, Task, now_ms
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
@@ -86,8 +87,9 @@ class Manager:
     def __init__(self, storage: Storage, db: JobDB, *, executor: LocalExecutor | None = None,
                  registry: BlueprintRegistry | None = None, default_analysis: str | None = None,
                  poll_interval: float = 0.05, notify: Callable[[str], None] | None = None,
-                 scan_interval: float = 0.0):
+                 scan_interval: float = 0.0, limits: SubmitLimits | None = None):
         self.storage = storage
+        self.limits = limits or SubmitLimits.from_env()
         self.db = db
         self.executor = executor or LocalExecutor()
         self._registry = registry
@@ -104,6 +106,8 @@ class Manager:
         self.archive = BlueprintArchive(self.state_dir)  # every blueprint version a job used
         self.keys = CertificateKeys(self.state_dir)  # signs the certificates this manager writes
         self._seen: dict[str, tuple[Any, ...]] = {}
+        self._skipped_told: set[str] = set()  # folders skipped as no group, already said in the log
+        self._unreadable: dict[str, str] = {}  # submit file -> why it could not be read (said once)
         self._preparing: dict[environments.EnvironmentSpec, _Preparation] = {}  # under way, per environment
         self._prepared: dict[environments.EnvironmentSpec, _Preparation] = {}  # ended: serve this step only
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
@@ -122,14 +126,25 @@ class Manager:
     def scan(self) -> list[Job]:
         """Ingest every submit file not seen before (including ones written while down)."""
         jobs = []
-        for group, path, stamp in self.storage.submission_stamps():
+        skipped: dict[str, str] = {}
+        for group, path, stamp in self.storage.submission_stamps(skipped):
             if self._seen.get(path) == stamp:
                 continue
-            job, new = self._ingest(group, path, stamp=stamp)
+            try:
+                job, new = self._ingest(group, path, stamp=stamp)
+            except (NcaasError, OSError) as exc:  # this file only: the others and the running jobs go on
+                if self._unreadable.get(path) != str(exc):
+                    self._unreadable[path] = str(exc)
+                    self.notify(f"[manager] cannot read {path} yet, trying again: {exc}")
+                continue
+            self._unreadable.pop(path, None)
             if job is not None:
                 self._seen[path] = stamp
                 if new:
                     jobs.append(job)
+        for folder in skipped.keys() - self._skipped_told:  # said once per folder, not at every scan
+            self._skipped_told.add(folder)
+            self.notify(f"[manager] skipped {self.storage.url}/{folder}/: {skipped[folder]}")
         return jobs
 
     def ingest_file(self, group: str, path: str) -> Job | None:
@@ -141,23 +156,40 @@ class Manager:
 
     def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
+        kind = self.storage.entry_kind(path)
+        if kind == "missing":
+            return None, False
+        if kind != "file":  # a FIFO would block the manager; a link could read another group's file
+            key = f"{group}/{name}:{kind}"
+            existing = self.db.seen_submission(key)
+            if existing is not None:
+                return existing, False
+            return self.reject(group, name, key, key, [
+                f"{name} is {KINDS[kind]}, not a file; write the submit file itself into {group}/submissions/"]), True
+        limit = self.limits.max_bytes
         try:
-            raw = self.storage.read_bytes(path, follow=False)  # a link could name another group's file
+            raw = self.storage.read_head(path, limit + 1)  # a file over the limit is never read whole
+            size = len(raw) if len(raw) <= limit else self.storage.size(path)
         except FileNotFoundError:
             return None, False
-        except SpecialFileRefused as exc:  # a FIFO or device named like a submit file: never opened
+        except SpecialFileRefused as exc:  # swapped for a FIFO or link since it was looked at: never opened
             key = f"{group}/{name}:{exc.kind}"
             found = self.db.seen_submission(key)
             return (found, False) if found is not None else \
                 (self.reject(group, name, key, key, [f"{name} is {exc.words}, not a regular file; "
                                                           "write the submit file as a regular file"]), True)
-        key = f"{group}/{name}:{_sha256(raw)}"
+        key = f"{group}/{name}:{_sha256(raw)}" + (f":{size}" if size > limit else "")
         existing = self.db.seen_submission(key)
         if existing is not None:
             return existing, False
         content_key = _sha256(raw)
+        young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
+        if size > limit:
+            if young:
+                return None, False  # still growing, maybe: refuse it once, when it is whole
+            return self.reject(group, name, key, content_key, [too_large(name, size, limit)]), True
         try:
-            submit = parse_submit_file(raw, name=name)
+            submit = parse_submit_file(raw, name=name, limits=self.limits)
             content_key = _sha256(canonical_json(submit.model_dump(mode="json")).encode())
             twin = self.db.same_content(group, content_key)
             if twin is not None:
@@ -167,9 +199,8 @@ class Manager:
             if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
                 self._registry = BlueprintRegistry.discover()
             request = build_request(self.storage, self.registry, group, submit,
-                                    default_analysis=self.default_analysis)
+                                    default_analysis=self.default_analysis, limits=self.limits)
         except SubmissionRejected as exc:
-            young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
             if young and not raw.rstrip().endswith(b"}"):
                 return None, False  # probably still being copied; look again at the next scan
             return self.reject(group, name, key, content_key, exc.problems), True

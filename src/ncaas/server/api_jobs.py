@@ -60,7 +60,7 @@ class JobService:
         self.state = state
         url = state.settings.database_url or default_db_url(state.storage.root)
         self.db = JobDB(url)
-        self.manager = Manager(state.storage, self.db, registry=state.registry,
+        self.manager = Manager(state.storage, self.db, registry=state.registry, limits=state.settings.submit_limits,
                                poll_interval=0.1, notify=lambda message: log.info("%s", message))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

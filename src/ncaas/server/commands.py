@@ -55,16 +55,21 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
               forwarded_allow_ips: Annotated[str | None, typer.Option(
                   help="addresses of reverse proxies whose X-Forwarded-For gives the client's address "
                        "(comma-separated, or '*'); by default the socket peer is the client")] = None,
+              max_submit_size: Annotated[str | None, typer.Option(
+                  envvar="NCAAS_MAX_SUBMIT_SIZE",
+                  help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")] = None,
+              max_datasets: Annotated[int | None, typer.Option(
+                  envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")] = None,
               root: RootOpt = default_root(), db: DbOpt = None) -> None:
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
         from ..private import use_private_umask
+        from ..submission import SubmitLimits
         from . import serve as run_server
-
-        use_private_umask()  # uploads, results and the platform's state: readable by this user only
+        from .space import Reserve
         from .state import ServerSettings, default_database_url
 
-        from .space import Reserve
+        use_private_umask()  # uploads, results and the platform's state: readable by this user only
 
         try:
             max_bytes = parse_bytes(max_upload)
@@ -77,7 +82,8 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         storage = Storage(root)
         settings = ServerSettings(root=storage.root, database_url=db or default_database_url(storage.root),
                                   max_upload_bytes=max_bytes, run_manager=manager, auth_failures=auth_failures,
-                                  min_free=min_free)
+                                  min_free=min_free,
+                                  submit_limits=SubmitLimits.from_env(max_submit_size, max_datasets))
         lock = None
         if manager:
             lock = manager_lock(storage)

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..blueprint import BlueprintRegistry, LoadedBlueprint
 from ..jobs.db import default_db_url
 from ..storage import Storage
+from ..submission import SubmitLimits
 from .accounts import Accounts, Principal
 from .auth import Authenticator
 from .errors import NotFound
@@ -44,6 +45,7 @@ class ServerSettings:
     stale_upload_days: float = 7.0  # unfinished uploads untouched this long are dropped at start
     auth_failures: int = DEFAULT_AUTH_FAILURES  # failed authentications a client address may make a minute
     min_free: str = DEFAULT_RESERVE  # free space uploads leave on the disk: a size, or a percentage ("5%")
+    submit_limits: SubmitLimits | None = None  # None: from the environment (NCAAS_MAX_SUBMIT_SIZE, ...)
 
     def __post_init__(self) -> None:
         if self.database_url is None:

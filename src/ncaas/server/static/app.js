@@ -528,7 +528,9 @@ function renderTasks(job) {
     let box = document.querySelector(`.task[data-dataset="${CSS.escape(t.dataset)}"]`);
     if (!box) {
       box = el("div", { class: "task", "data-dataset": t.dataset },
-        el("header", {}, el("strong", { text: t.dataset }), el("span", { class: "state" }),
+        // an escaped key (x%5F%5Fy.npy) is shown as the dataset's name in inputs/
+        el("header", {}, el("strong", { text: t.dataset.includes("%") ? t.input : t.dataset, title: t.dataset }),
+          el("span", { class: "state" }),
           el("progress", { max: "1", value: "0" }), el("span", { class: "message muted" })),
         el("pre", { class: "log" }));
       $("#tasks").append(box);
@@ -552,8 +554,10 @@ function appendLog(dataset, text) {
 async function renderQc(jobId) {
   const url = await ticketed(jobId);
   const images = await api(`/api/jobs/${jobId}/qc`);
+  // each part of the path is encoded: a dataset key or an output name may hold '%', '#' or '?'
+  const fileUrl = (path) => url(`files/${path.split("/").map(encodeURIComponent).join("/")}`);
   $("#qc").replaceChildren(...images.map((img) => el("figure", {},
-    el("a", { href: url(`files/${img.path}`), target: "_blank" }, el("img", { src: url(`files/${img.path}`), alt: img.path })),
+    el("a", { href: fileUrl(img.path), target: "_blank" }, el("img", { src: fileUrl(img.path), alt: img.path })),
     el("figcaption", { text: img.path }))));
   if (!images.length) $("#qc").append(el("span", { class: "muted", text: "none" }));
 }
