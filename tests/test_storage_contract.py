@@ -163,8 +163,8 @@ def test_folders_that_are_no_group_are_skipped_and_named(storage: Storage) -> No
     assert [p for _, p, _ in storage.submission_stamps(skipped)] == [good]
     assert list(skipped) == ["bad group"] and list(storage.skipped_folders()) == ["bad group"]
     assert skipped["bad group"].startswith("folder 'bad group' holds submissions/ but its name is not a valid")
-    assert storage.kind(good) == "file" and storage.kind(storage.join("lab", "submissions")) == "folder"
-    assert storage.kind(storage.join("lab", "nothing")) == "missing"
+    assert storage.entry_kind(good) == "file" and storage.entry_kind(storage.join("lab", "submissions")) == "folder"
+    assert storage.entry_kind(storage.join("lab", "nothing")) == "missing"
     assert storage.read_head(good, 1) == b"{"
 
 

@@ -158,9 +158,9 @@ def test_fifo_or_linked_submit_files_and_configs_are_rejected_unopened(root, man
     errors = wait_for(lambda: len(list((root / "lab" / "results").glob("*/error.txt"))) == 3 and [
         p.read_text() for p in (root / "lab" / "results").glob("*/error.txt")], what="three rejections")
     text = "\n".join(errors)
-    assert "pipe.submit.json is a FIFO (named pipe), not a regular file; write the submit file as a regular" in text
-    assert "borrowed.submit.json is a symbolic link, not a regular file" in text and "b.npy" not in text
-    assert "config 'cfg.yaml' is a FIFO (named pipe), not a regular file" in text
+    assert "pipe.submit.json is a named pipe (FIFO), not a file; write the submit file itself into lab/" in text
+    assert "borrowed.submit.json is a symbolic link, not a file" in text and "b.npy" not in text
+    assert "config 'cfg.yaml' is a named pipe (FIFO), not a file" in text
     submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
     assert _ended(_one_job(root, "other", []))["state"] == "succeeded", manager.text()
     assert manager.stop() < 10
