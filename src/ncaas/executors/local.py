@@ -58,6 +58,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write whole or not at all: a manager killed mid-write leaves no half a handle behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
 def _alive(pid: int, start_time: float) -> bool:
     try:
         proc = psutil.Process(pid)
@@ -144,7 +151,7 @@ class LocalExecutor:
             start = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             start = 0.0
-        (spec.run_dir / "runner.json").write_text(json.dumps({"pid": proc.pid, "start_time": start}))
+        _write_json(spec.run_dir / "runner.json", {"pid": proc.pid, "start_time": start})
         self._children[spec.run_dir] = proc
         return TaskHandle(spec.run_dir, proc.pid, start)
 
@@ -197,6 +204,11 @@ class LocalExecutor:
         if box is not None:
             box.close()
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        """The exit record the task's supervisor wrote, if it wrote one (however long ago)."""
+        record = _read_json(run_dir / "exit.json")
+        return None if record is None else _explain(run_dir, record)
 
     def find(self, run_dir: Path) -> TaskHandle | None:
         """Find a task's supervisor from its run folder (after a manager crash)."""

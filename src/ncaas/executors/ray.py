@@ -228,6 +228,9 @@ class RayExecutor:
     def find(self, run_dir: Path) -> TaskHandle | None:
         return None  # Ray tasks do not outlive the manager that owns them
 
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        return None  # a Ray task's record travels back through its object ref only
+
     def finish(self, run_dir: Path) -> None:
         """Nothing to dissolve here: each node removes its own work folder."""
 

@@ -260,8 +260,7 @@ class Manager:
             job = self._job(jobs, task.job_id)
             handle = self._handle(task)
             if handle is None:
-                if now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
-                    self._stopped(job, task, LOST)
+                self._unhandled(job, task)
                 continue
             record = self.executor.poll(handle)
             if record is None:
@@ -270,6 +269,21 @@ class Manager:
                 if record is LOST:
                     self.executor.kill(handle)
                 self._stopped(job, task, record)
+
+    def _unhandled(self, job: Job, task: Task) -> None:
+        """Settle a running task whose supervisor cannot be found (no handle recorded, none alive).
+
+        A manager killed after starting the supervisor but before recording its handle leaves
+        such a task; the supervisor may have finished since. Its exit record settles it: a task
+        that exited is never run again. Only with no record, no live supervisor and the launch
+        grace over is it lost. The record is read after looking for the supervisor, which writes
+        it before it exits, so a supervisor ending in between is never taken for lost.
+        """
+        record = self.executor.exit_record(Path(task.run_dir)) if task.run_dir else None
+        if record is not None:
+            self._stopped(job, task, record)
+        elif now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
+            self._stopped(job, task, LOST)
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         if job.cancel_requested:

@@ -1,0 +1,108 @@
+"""A manager killed between starting a task's supervisor and recording its handle.
+
+The kill leaves the task ``running`` in the database with its run folder but no supervisor
+pid, and (killed before it was written) no ``runner.json``. If the supervisor then finishes
+before a manager comes back, nothing alive points to it: only its exit record says how it
+ended. That record must settle the task; a task that exited is never run again. A task with
+no record and no supervisor left is lost, and retried.
+
+Real components throughout: a real ``ncaas manager`` process, SIGKILLed while the task runs;
+the state its kill window leaves is then made exactly (the handle's row fields cleared, the
+handle file removed, the launch older than the grace: the manager stayed down that long).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from ncaas_clirunner import cli, flat
+from ncaas_testutil import read_json, start_manager, submit, wait_for
+
+from ncaas.jobs.db import JobDB, default_db_url
+from ncaas.jobs.manager import LAUNCH_GRACE_MS
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+
+
+def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -> Path:
+    """Run a 1-second task under a manager that is SIGKILLed before recording its handle; its job folder."""
+    submit(root, "once", {"analysis": "framestats", "dataname": ["a.npy"]},
+           config={"sleep_per_frame": 0.05, "batch_frames": 2})
+    manager = start_manager(root, log)
+    try:
+        results = root / "lab" / "results"
+        job_dir = wait_for(lambda: results.exists() and next(results.iterdir(), None), what="a results folder")
+        status = job_dir / "status" / "a.npy.json"
+        wait_for(lambda: status.exists() and read_json(status).get("pid"), what="the task running")
+    finally:
+        _stop(manager, signal.SIGKILL)
+    run_dir = root / ".ncaas" / "runs" / job_dir.name / "a.npy.1"
+    if supervisor_survives:
+        wait_for(lambda: (run_dir / "exit.json").exists(), what="the supervisor's exit record")
+    else:  # the supervisor dies too (the OOM killer, a reboot) before it can write its record
+        runner = psutil.Process(read_json(run_dir / "runner.json")["pid"])
+        os.killpg(read_json(status)["pid"], signal.SIGKILL)
+        runner.kill()
+        runner.wait(timeout=10)
+        assert not (run_dir / "exit.json").exists()
+    db = JobDB(default_db_url(str(root)))
+    try:
+        [task] = db.tasks(job_dir.name)
+        assert task.state == "running" and task.runner_pid is not None
+        db.update_task(task.id, runner_pid=None, runner_start=None,
+                       started_ms=task.started_ms - LAUNCH_GRACE_MS - 1000)
+    finally:
+        db.close()
+    (run_dir / "runner.json").unlink()
+    return job_dir
+
+
+def _restart_until_end(root: Path, log: Path, job_dir: Path) -> dict:
+    manager = start_manager(root, log)
+    try:
+        return wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
+                        timeout=60, what="end.json after the restart")
+    finally:
+        _stop(manager)
+
+
+def _runs(job_dir: Path) -> int:
+    """How many times the supervisor started the task: each start writes one line to its log."""
+    log = (job_dir / "logs" / "a.npy.log").read_text()
+    return sum(line.startswith("[ncaas] attempt ") for line in log.splitlines())
+
+
+def test_a_task_that_exited_while_the_manager_was_down_is_settled_from_its_exit_record(root: Path,
+                                                                                          tmp_path: Path):
+    log = tmp_path / "manager.log"
+    job_dir = _killed_before_handle(root, log, supervisor_survives=True)
+    end = _restart_until_end(root, log, job_dir)
+    story = flat(cli("status", job_dir.name, "--root", str(root)).stdout)
+    assert end["state"] == "succeeded", story + log.read_text()
+    status = read_json(job_dir / "status" / "a.npy.json")
+    assert status["state"] == "succeeded" and status["attempt"] == 1 and status["exit_code"] == 0
+    assert _runs(job_dir) == 1, (job_dir / "logs" / "a.npy.log").read_text()
+    assert "vanished" not in story
+    assert read_json(job_dir / "certificate.json")["tasks"][0]["outputs"]
+
+
+def test_a_task_with_no_exit_record_and_no_supervisor_is_lost_and_retried(root: Path, tmp_path: Path):
+    log = tmp_path / "manager.log"
+    job_dir = _killed_before_handle(root, log, supervisor_survives=False)
+    end = _restart_until_end(root, log, job_dir)
+    story = flat(cli("status", job_dir.name, "--root", str(root)).stdout)
+    assert end["state"] == "succeeded", story + log.read_text()
+    assert read_json(job_dir / "status" / "a.npy.json")["attempt"] == 2
+    assert "process vanished" in story and "retrying (attempt 2 of 3)" in story
+    assert _runs(job_dir) == 2
