@@ -13,6 +13,7 @@ absolute paths, ``..``, control characters and symlinks leading out of the group
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -132,9 +133,14 @@ class Storage:
         self.makedirs(parent)
         if self.is_local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, say: leave the old file and no half-written one
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self._call(self.fs.pipe_file, path, data)
 

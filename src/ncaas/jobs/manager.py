@@ -39,6 +39,7 @@ from ..executors.local import LocalExecutor
 from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
+from .diskspace import Reserve, is_disk_full, reserve_size
 from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
 
 __all__ = ["Manager", "manager_lock", "new_job_id"]
@@ -105,6 +106,8 @@ class Manager:
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
         self._prepare_slots = threading.BoundedSemaphore(PREPARE_THREADS)
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
+        self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
+        self._disk_full = False  # a step failed for lack of space and none has succeeded since
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -210,23 +213,47 @@ class Manager:
         """Step until ``until()`` holds or ``should_stop()`` asks to stop.
 
         Watching storage (``scan=True``) is a service: a failing step (storage or
-        database unreachable for a moment) is reported and retried, not fatal.
+        database unreachable for a moment) is reported and retried, not fatal. A step
+        failing on a full disk is retried too, embedded or not, after giving up the disk
+        reserve (:mod:`ncaas.jobs.diskspace`); jobs end once their records fit.
         """
+        if self._reserve is None:
+            self._reserve = Reserve(self.state_dir, reserve_size())
+            self._reserve.hold()
         while True:
             try:
                 if scan and time.monotonic() - self._last_scan >= self.scan_interval:
                     self._last_scan = time.monotonic()
                     self.scan()
                 self.step()
+                self._reserve.hold()  # a stat while it is there; taken again once space returns
+                if self._disk_full:
+                    self._disk_full = False
+                    self.notify("[manager] steps succeed again on the disk that was full")
             except (NcaasError, OSError, SQLAlchemyError) as exc:
-                if not scan:
+                if is_disk_full(exc, self.state_dir):
+                    self._on_disk_full(exc)
+                elif not scan:
                     raise
-                self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
+                else:
+                    self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
                 time.sleep(1.0)
             if (until is not None and until()) or (should_stop is not None and should_stop()):
                 return
             if self._wake.wait(self.poll_interval):
                 self._wake.clear()
+
+    def _on_disk_full(self, exc: BaseException) -> None:
+        """Give up the reserve so the step can be retried; say it once, not every second."""
+        assert self._reserve is not None
+        freed = self._reserve.release()
+        if freed:
+            self.notify(f"[manager] the disk of {self.storage.root} is full; gave up the {freed / 1e6:.0f} MB "
+                        "reserved for this so that jobs can end. Free space on it.")
+        elif not self._disk_full:
+            self.notify(f"[manager] the disk of {self.storage.root} is full ({str(exc).splitlines()[0]}); "
+                        "retrying every second: jobs end when space is freed")
+        self._disk_full = True
 
     def run_job(self, job_id: str) -> Job:
         """Run embedded until ``job_id`` is over; returns the finished job."""

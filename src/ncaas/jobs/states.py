@@ -101,6 +101,11 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
         return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.get('timeout')} s")
     if record.get("error"):
         return Decision(TaskState.FAILED, f"could not start: {record['error']}")
+    if isinstance(record.get("disk_full"), dict):  # retrying would only fill the disk again
+        full = record["disk_full"]
+        return Decision(TaskState.FAILED, f"the disk is full: {full.get('path')} has no space left "
+                                          f"(wrote {(full.get('wrote_bytes') or 0) / 1e6:.0f} MB); "
+                                          "free space there and submit again")
     if record.get("stopped"):  # the sandbox stopped it, or it broke the sandbox's rules: no retry
         return Decision(TaskState.FAILED, record["stopped"])
     if code == 0:
