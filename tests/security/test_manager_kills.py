@@ -106,3 +106,35 @@ def test_a_task_with_no_exit_record_and_no_supervisor_is_lost_and_retried(root: 
     assert read_json(job_dir / "status" / "a.npy.json")["attempt"] == 2
     assert "process vanished" in story and "retrying (attempt 2 of 3)" in story
     assert _runs(job_dir) == 2
+
+
+def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was_down(root: Path,
+                                                                                         tmp_path: Path):
+    """psutil's process start times follow the wall clock through the boot time, which /proc
+    gives in whole seconds: after a clock adjustment a restarted manager computes the
+    supervisor's start one second off its recorded handle. The supervisor must still be
+    known as alive (adopted, attempt 1), not declared lost and its task killed and rerun."""
+    log = tmp_path / "manager.log"
+    submit(root, "slow", {"analysis": "framestats", "dataname": ["a.npy"]},
+           config={"sleep_per_frame": 0.3, "batch_frames": 2})  # 6 s: still running at the restart
+    manager = start_manager(root, log)
+    try:
+        results = root / "lab" / "results"
+        job_dir = wait_for(lambda: results.exists() and next(results.iterdir(), None), what="a results folder")
+        status = job_dir / "status" / "a.npy.json"
+        wait_for(lambda: status.exists() and read_json(status).get("pid"), what="the task running")
+    finally:
+        _stop(manager, signal.SIGKILL)
+    db = JobDB(default_db_url(str(root)))
+    try:
+        [task] = db.tasks(job_dir.name)
+        assert task.runner_pid is not None and not (root / ".ncaas" / "runs" / job_dir.name / "a.npy.1" /
+                                                    "exit.json").exists()
+        db.update_task(task.id, runner_start=task.runner_start + 1.0)  # as read after the boot time moved
+    finally:
+        db.close()
+    end = _restart_until_end(root, log, job_dir)
+    story = flat(cli("status", job_dir.name, "--root", str(root)).stdout)
+    assert end["state"] == "succeeded", story + log.read_text()
+    assert read_json(status)["attempt"] == 1 and _runs(job_dir) == 1, story
+    assert "vanished" not in story

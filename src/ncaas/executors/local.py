@@ -65,10 +65,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int, start_time: float) -> bool:
+def _alive(handle: TaskHandle) -> bool:
+    """Whether the handle's supervisor still runs.
+
+    It is known by its command line, which names its run folder's spec.json: a process
+    start time does not tell it across processes, as psutil derives it from the boot time,
+    which /proc gives in whole seconds and which moves when the clock is adjusted (a live
+    supervisor then looked dead to a restarted manager, and was retried while it ran).
+    Without a readable command line, the start time decides, within that second.
+    """
     try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - start_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(handle.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+        if cmdline:
+            return str(handle.run_dir / "spec.json") in cmdline
+        return abs(proc.create_time() - handle.start_time) < 1.5
     except psutil.Error:
         return False
 
@@ -165,7 +178,7 @@ class LocalExecutor:
                 own.wait()
                 del self._children[handle.run_dir]
             return _explain(handle.run_dir, record)
-        running = own.poll() is None if own is not None else _alive(handle.pid, handle.start_time)
+        running = own.poll() is None if own is not None else _alive(handle)
         if running:
             _check_limits(handle.run_dir)
             return None
@@ -175,7 +188,7 @@ class LocalExecutor:
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the supervisor to stop the task (it SIGTERMs, then SIGKILLs, the task's group)."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGTERM)
                 return
@@ -185,7 +198,7 @@ class LocalExecutor:
 
     def kill(self, handle: TaskHandle) -> None:
         """Kill the supervisor and the task's process group at once."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGKILL)
             except ProcessLookupError:
