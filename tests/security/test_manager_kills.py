@@ -13,18 +13,23 @@ handle file removed, the launch older than the grace: the manager stayed down th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 from ncaas_clirunner import cli, flat
-from ncaas_testutil import read_json, start_manager, submit, wait_for
+from ncaas_testutil import make_blueprint, read_json, start_manager, submit, wait_for, write_stack
 
+from ncaas.blueprint import BlueprintRegistry
+from ncaas.executors.ray import RayExecutor
 from ncaas.jobs.db import JobDB, default_db_url
-from ncaas.jobs.manager import LAUNCH_GRACE_MS
+from ncaas.jobs.manager import LAUNCH_GRACE_MS, Manager
+from ncaas.storage import Storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,3 +143,40 @@ def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was
     assert end["state"] == "succeeded", story + log.read_text()
     assert read_json(status)["attempt"] == 1 and _runs(job_dir) == 1, story
     assert "vanished" not in story
+
+
+@pytest.mark.timeout(400)
+def test_a_ray_task_that_ended_unseen_by_its_manager_is_settled_from_the_record_its_node_kept(
+        ray_cluster, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ray hands a task's exit record to the manager that launched it only. A manager gone when
+    its task ended leaves the next one no record but the one the node keeps in storage: read
+    it, and the task that ran is not run again (a second manager stands for the restarted one)."""
+    monkeypatch.setenv("NCAAS_STATE", str(tmp_path / "state"))
+    storage = Storage(s3_root)
+    storage.put(write_stack(tmp_path / "data" / "a.npy", seed=1), storage.resolve("lab", "inputs", "a.npy"))
+    folder = tmp_path / "blueprints"
+    folder.mkdir()
+    registry = BlueprintRegistry.discover([make_blueprint(folder, "fs-ray", resources={"memory": "300MB"}).parent.parent])
+    storage.write_text(storage.join("lab", "configs", "c.json"), json.dumps({}))
+    storage.write_text(storage.join("lab", "submissions", "once.submit.json"), json.dumps(
+        {"analysis": "fs-ray", "dataname": ["a.npy"], "configname": "c.json", "timestamp": "1"}))
+    db = JobDB(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    try:
+        first = Manager(storage, db, executor=RayExecutor(ray_cluster.address, storage=storage),
+                        registry=registry, poll_interval=0.1)
+        [job] = wait_for(first.scan, what="the submission")
+        first.run(scan=False, until=lambda: db.tasks(job.id)[0].runner_pid is not None)  # launched
+        status = f"{job.results_dir}/status/a.npy.json"
+        wait_for(lambda: storage.exists(status) and "node_timings" in json.loads(storage.read_text(status)),
+                 timeout=120, what="the node to finish the task")  # its last write before it returns
+        time.sleep(1.0)
+        second = Manager(storage, db, executor=RayExecutor(ray_cluster.address, storage=storage),
+                         registry=registry, poll_interval=0.1)
+        done = second.run_job(job.id)
+        [task] = db.tasks(job.id)
+    finally:
+        db.close()
+    log = storage.read_text(f"{job.results_dir}/logs/a.npy.log")
+    assert done.state == "succeeded" and task.attempt == 1, task.cause
+    assert sum(line.startswith("[ncaas] attempt ") for line in log.splitlines()) == 1, log
+    assert not storage.files(f"{job.results_dir}/.exit-records"), "the kept record is removed once read"
