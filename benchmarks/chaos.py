@@ -9,8 +9,10 @@ keeps taking jobs, as a web page's users would see it.
    part of the run, each on 3 or 4 datasets (one a folder of two stacks). Every fifth job
    fails on purpose (``fail: true``: correctly failed), every fifth kills its first attempt
    (``kill_on_attempts: [1]``: retried once, then succeeds); the others take 0.3-1.5 s.
-2. The manager is SIGKILLed ``--kills`` times (default 22) after a random 0.3-3 s of work,
-   stays down a random 0-1.5 s (tasks finish meanwhile), and is started again.
+2. The manager is SIGKILLed ``--kills`` times (default 22), stays down a random 0-1.5 s
+   (tasks finish meanwhile), and is started again. A share of the kills (``--targeted``,
+   default half) is aimed at a task's launch: the moment its spec.json appears, before
+   the supervisor's handle is recorded; the others come after a random 0.3-3 s.
 3. Once every job has ended (or ``--bound`` seconds passed), the manager and server stop
    and the storage is examined:
 
@@ -148,13 +150,36 @@ def submit_all(client: Client, jobs: int, rng: random.Random, spread: float, int
         time.sleep(rng.uniform(0, 2 * spread / max(jobs, 1)))
 
 
-def kill_loop(manager: ManagerProcess, kills: int, rng: random.Random) -> None:
+def launched(root: Path, seen: set[str], timeout: float) -> bool:
+    """Wait until the manager writes a new task's spec.json (it is launching it); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = {str(p) for p in root.glob(".ncaas/runs/*/*/spec.json")} - seen
+        if fresh:
+            seen |= fresh
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def kill_loop(manager: ManagerProcess, kills: int, rng: random.Random, targeted: float) -> int:
+    """Kill and restart the manager ``kills`` times; returns how many kills hit a launch."""
+    seen: set[str] = set()
+    hits = 0
     for number in range(kills):
-        time.sleep(rng.uniform(0.3, 3.0))
+        aim = rng.random() < targeted
+        if aim:  # at a launch: between starting a supervisor and recording its handle
+            hit = launched(manager.root, seen, timeout=4.0)
+            hits += hit
+            what = "at a task's launch" if hit else "(no launch came)"
+        else:
+            time.sleep(rng.uniform(0.3, 3.0))
+            what = "at a random moment"
         manager.kill()
-        out.print(f"[dim]{time.strftime('%H:%M:%S')} kill {number + 1}/{kills}[/dim]")
+        out.print(f"[dim]{time.strftime('%H:%M:%S')} kill {number + 1}/{kills} {what}[/dim]")
         time.sleep(rng.uniform(0.0, 1.5))
         manager.start()
+    return hits
 
 
 def wait_all(client: Client, submitted: list[Submitted], bound: float) -> dict[str, dict]:
@@ -267,7 +292,8 @@ def find_orphans(root: Path) -> list[str]:
 
 
 # -- the report ----------------------------------------------------------------------------
-def report(findings: Findings, submitted: int, kills: int, starts: int, wall: float, leftover_runs: int) -> bool:
+def report(findings: Findings, submitted: int, kills: int, hits: int, starts: int, wall: float,
+           leftover_runs: int) -> bool:
     table = Table(title=f"chaos: {kills} manager SIGKILLs over {submitted} jobs ({wall:.0f} s)")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -286,6 +312,7 @@ def report(findings: Findings, submitted: int, kills: int, starts: int, wall: fl
         ("orphan processes", len(findings.orphans), "0"),
         ("half-written or temporary files", len(findings.half_written), "0"),
         ("run folders left behind (finished jobs)", leftover_runs, ""),
+        ("kills that hit a task's launch", hits, ""),
         ("manager starts", starts, ""),
     ]
     ok = True
@@ -305,6 +332,8 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=22, help="manager SIGKILLs (default 22)")
     parser.add_argument("--jobs", type=int, default=15, help="jobs submitted (default 15)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    parser.add_argument("--targeted", type=float, default=0.5,
+                        help="share of kills aimed at a task's launch (default 0.5)")
     parser.add_argument("--bound", type=float, default=300.0, help="seconds to wait for jobs after the kills")
     parser.add_argument("--keep", action="store_true", help="keep the storage root for a look afterwards")
     args = parser.parse_args()
@@ -323,12 +352,13 @@ def main() -> int:
     submitted: list[Submitted] = []
     errors: list[str] = []
     findings = Findings()
+    hits = 0
     try:
         spread = args.kills * 1.5  # submissions go on during the first part of the kills
         submitter = threading.Thread(target=submit_all, args=(client, args.jobs, random.Random(rng.random()),
                                                                spread, submitted, errors))
         submitter.start()
-        kill_loop(manager, args.kills, random.Random(rng.random()))
+        hits = kill_loop(manager, args.kills, random.Random(rng.random()), args.targeted)
         submitter.join()
         final = wait_all(client, submitted, args.bound)
         for job in submitted:
@@ -354,8 +384,8 @@ def main() -> int:
     examine_files(root, findings)
     leftover = sum(1 for job in submitted if job.id not in findings.stuck
                    and (root / ".ncaas" / "runs" / job.id).exists())
-    ok = report(findings, len(submitted) + len(errors), args.kills, manager.starts, time.monotonic() - started,
-                leftover)
+    ok = report(findings, len(submitted) + len(errors), args.kills, hits, manager.starts,
+                time.monotonic() - started, leftover)
     out.print(f"manager log: {manager.log}" if args.keep else "")
     if not args.keep:
         import shutil
