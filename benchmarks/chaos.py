@@ -82,6 +82,7 @@ class Findings:
     tasks: int = 0
     runs: int = 0
     legit_retries: int = 0
+    unstarted: int = 0  # attempts lost before their supervisor started (the kill came mid-launch)
 
 
 # -- the site ------------------------------------------------------------------------------
@@ -232,6 +233,8 @@ def examine_runs(log_text: str, decided: dict[int, str], where: str, findings: F
             runs[-1][1] = int(code)
     findings.runs += len(runs)
     attempts = [run[0] for run in runs]
+    findings.unstarted += sum(1 for attempt, cause in decided.items()
+                              if cause.startswith("its process vanished") and attempt not in attempts)
     for number in {a for a in attempts if attempts.count(a) > 1}:
         findings.ran_twice.append(f"{where}: attempt {number} started {attempts.count(number)} times")
     for index, (attempt, code) in enumerate(runs):
@@ -307,6 +310,7 @@ def report(findings: Findings, submitted: int, kills: int, hits: int, starts: in
         ("tasks", findings.tasks, ""),
         ("task runs (supervisor starts)", findings.runs, ""),
         ("legitimate retries (after a kill by signal)", findings.legit_retries, ""),
+        ("launches lost before their supervisor started (retried)", findings.unstarted, ""),
         ("tasks run again after they exited", len(findings.ran_twice), "0"),
         ("runs whose supervisor vanished", len(findings.vanished), "0"),
         ("orphan processes", len(findings.orphans), "0"),
