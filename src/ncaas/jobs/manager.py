@@ -214,8 +214,8 @@ class Manager:
 
         Watching storage (``scan=True``) is a service: a failing step (storage or
         database unreachable for a moment) is reported and retried, not fatal. A step
-        failing on a full disk is retried too, embedded or not, after giving up the disk
-        reserve (:mod:`ncaas.jobs.diskspace`); jobs end once their records fit.
+        failing on a full disk gives up the disk reserve (:mod:`ncaas.jobs.diskspace`) and
+        is retried, so jobs end once their records fit; a service then waits for space.
         """
         if self._reserve is None:
             self._reserve = Reserve(self.state_dir, reserve_size())
@@ -232,7 +232,8 @@ class Manager:
                     self.notify("[manager] steps succeed again on the disk that was full")
             except (NcaasError, OSError, SQLAlchemyError) as exc:
                 if is_disk_full(exc, self.state_dir):
-                    self._on_disk_full(exc)
+                    if not self._on_disk_full(exc) and not scan:
+                        raise  # embedded, and nothing left to give up: the caller says the disk is full
                 elif not scan:
                     raise
                 else:
@@ -243,8 +244,8 @@ class Manager:
             if self._wake.wait(self.poll_interval):
                 self._wake.clear()
 
-    def _on_disk_full(self, exc: BaseException) -> None:
-        """Give up the reserve so the step can be retried; say it once, not every second."""
+    def _on_disk_full(self, exc: BaseException) -> int:
+        """Give up the reserve so the step can be retried (the bytes freed); say it once, not every second."""
         assert self._reserve is not None
         freed = self._reserve.release()
         if freed:
@@ -254,6 +255,7 @@ class Manager:
             self.notify(f"[manager] the disk of {self.storage.root} is full ({str(exc).splitlines()[0]}); "
                         "retrying every second: jobs end when space is freed")
         self._disk_full = True
+        return freed
 
     def run_job(self, job_id: str) -> Job:
         """Run embedded until ``job_id`` is over; returns the finished job."""
