@@ -180,3 +180,37 @@ def test_a_ray_task_that_ended_unseen_by_its_manager_is_settled_from_the_record_
     assert done.state == "succeeded" and task.attempt == 1, task.cause
     assert sum(line.startswith("[ncaas] attempt ") for line in log.splitlines()) == 1, log
     assert not storage.files(f"{job.results_dir}/.exit-records"), "the kept record is removed once read"
+
+
+def test_a_job_whose_creation_a_kill_cut_short_still_gets_its_config(root: Path, manager: Manager):
+    """Killed after recording a job and before writing its config.json: its tasks must not
+    run without the config (framestats would fail on the missing file)."""
+    path = submit(root, "cut", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"stats": ["mean"]})
+    job = manager.ingest_file("lab", str(path))
+    results = Path(job.results_dir)
+    (results / "config.json").unlink()  # the state the kill leaves
+    for status in (results / "status").iterdir():
+        status.unlink()
+    restarted = Manager(manager.storage, manager.db, registry=manager.registry, executor=manager.executor)
+    done = restarted.run_job(job.id)
+    assert done.state == "succeeded", [t.cause for t in manager.db.tasks(job.id)]
+    assert read_json(results / "config.json")["stats"] == ["mean"]
+    assert (results / "outputs" / "a.npy" / "a.stats.csv").read_text().startswith("frame,mean\n")
+
+
+def test_a_rejection_a_kill_cut_short_is_finished_as_a_rejection(root: Path, manager: Manager):
+    """Killed after recording a rejection and before its error.txt and end.json: the next
+    manager writes them (with the reasons), not a certificate as for a job that ran."""
+    path = submit(root, "bad", {"analysis": "framestats", "dataname": ["missing.npy"]})
+    job = manager.ingest_file("lab", str(path))
+    assert job.state == "rejected"
+    results = Path(job.results_dir)
+    (results / "error.txt").unlink()
+    (results / "end.json").unlink()
+    manager.db.update_job(job.id, finalized=False)
+    Manager(manager.storage, manager.db, registry=manager.registry, executor=manager.executor).step()
+    end = read_json(results / "end.json")
+    assert end["state"] == "rejected" and any("missing.npy" in e for e in end["errors"]), end
+    assert "missing.npy" in (results / "error.txt").read_text()
+    assert not (results / "certificate.json").exists()
+    assert manager.db.job(job.id).finalized

@@ -93,6 +93,7 @@ class Manager:
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
         self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
         self._parsed: dict[str, Blueprint] = {}  # per blueprint sha256
+        self._configs: set[str] = set()  # jobs whose config.json is known to be written
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
@@ -199,13 +200,20 @@ class Manager:
             found = self.db.seen_submission(key)
             assert found is not None
             return found
-        text = f"Submission {group}/submissions/{name} was rejected; nothing ran.\n\n"
-        text += "".join(f"- {p}\n" for p in problems)
-        self.storage.write_text(f"{results}/error.txt", text)
-        self._write_end(job, [], errors=problems)
-        self.db.update_job(job_id, finalized=True)
+        self._finalize_rejection(job)
         self.notify(f"job {job_id}: rejected {group}/submissions/{name}:\n  " + "\n  ".join(problems))
         return job
+
+    def _finalize_rejection(self, job: Job) -> None:
+        """error.txt and end.json of a rejected submission; idempotent (redone if a kill or a full
+        disk stopped it halfway)."""
+        problems = job.cause.split("\n")
+        text = f"Submission {job.group}/submissions/{job.submission} was rejected; nothing ran.\n\n"
+        text += "".join(f"- {p}\n" for p in problems)
+        self.storage.write_text(f"{job.results_dir}/error.txt", text)
+        self._write_end(job, [], errors=problems)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, scan: bool = True, until: Callable[[], bool] | None = None,
@@ -500,6 +508,7 @@ class Manager:
     def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
         bp = loaded.blueprint
+        self._ensure_config(job)
         results = self._task_path(job.results_dir)
         output = results / "outputs" / task.dataset
         if task.attempt > 1 and output.exists():
@@ -525,6 +534,15 @@ class Manager:
                         timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
                         status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,
                         status_fields=self._status_fields(job, task), blueprint=loaded)
+
+    def _ensure_config(self, job: Job) -> None:
+        """Write the job's config.json if its creation was cut short (a kill, a full disk); once per job."""
+        if job.id in self._configs:
+            return
+        path = f"{job.results_dir}/config.json"
+        if not self.storage.exists(path):
+            self.storage.write_text(path, json.dumps(job.config, indent=2))
+        self._configs.add(job.id)
 
     def _task_path(self, path: str) -> Path:
         """Where a task finds a storage path: the local file, or the storage path itself for
@@ -556,7 +574,9 @@ class Manager:
                 ended = now_ms() if new in JOB_TERMINAL else None
                 if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
                     continue
-            if job.state in JOB_TERMINAL and not job.finalized:
+            if job.state == JobState.REJECTED.value and not job.finalized:
+                self._finalize_rejection(job)
+            elif job.state in JOB_TERMINAL and not job.finalized:
                 self._finalize(job, tasks)
 
     def _finalize(self, job: Job, tasks: list[Task]) -> None:
@@ -572,6 +592,7 @@ class Manager:
         job.finalized = True
         self._blueprints.pop(job.id, None)
         self._environment_keys.pop(job.id, None)
+        self._configs.discard(job.id)
         runs = self.state_dir / "runs" / job.id
         for run_dir in runs.iterdir() if runs.is_dir() else []:
             self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
