@@ -24,10 +24,11 @@ keeps taking jobs, as a web page's users would see it.
      line) are counted too: only the manager is killed here, so there must be none;
    - orphan processes: anything alive whose command line names the storage root;
    - half-written files: status, end and certificate files that do not parse, and
-     temporary files left anywhere in the root.
+     temporary files left anywhere in the root; run folders (and their sandboxes) left
+     behind by finished jobs.
 
 It exits 1 if any job is stuck, lost or ended otherwise than expected, any task ran twice,
-or anything is orphaned or half-written. The random choices are seeded (``--seed``,
+or anything is orphaned, half-written or left behind. The random choices are seeded (``--seed``,
 printed). Run: ``.venv/bin/python benchmarks/chaos.py --kills 22 --jobs 15``.
 """
 
@@ -315,7 +316,7 @@ def report(findings: Findings, submitted: int, kills: int, hits: int, starts: in
         ("runs whose supervisor vanished", len(findings.vanished), "0"),
         ("orphan processes", len(findings.orphans), "0"),
         ("half-written or temporary files", len(findings.half_written), "0"),
-        ("run folders left behind (finished jobs)", leftover_runs, ""),
+        ("run folders left behind (finished jobs)", leftover_runs, "0"),
         ("kills that hit a task's launch", hits, ""),
         ("manager starts", starts, ""),
     ]

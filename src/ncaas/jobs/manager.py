@@ -588,15 +588,17 @@ class Manager:
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
         self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
         self._write_end(job, tasks)
+        # the run folders go before the job is marked finalized: a manager killed in between
+        # finalizes it again (idempotent) rather than leaving run folders and sandboxes behind
+        runs = self.state_dir / "runs" / job.id
+        for run_dir in runs.iterdir() if runs.is_dir() else []:
+            self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
+        shutil.rmtree(runs, ignore_errors=True)
         self.db.update_job(job.id, finalized=True)
         job.finalized = True
         self._blueprints.pop(job.id, None)
         self._environment_keys.pop(job.id, None)
         self._configs.discard(job.id)
-        runs = self.state_dir / "runs" / job.id
-        for run_dir in runs.iterdir() if runs.is_dir() else []:
-            self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
-        shutil.rmtree(runs, ignore_errors=True)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
 
     def cancel(self, job_ref: str) -> Job:
