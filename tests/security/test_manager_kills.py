@@ -27,8 +27,9 @@ from ncaas_testutil import make_blueprint, read_json, start_manager, submit, wai
 
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.executors.ray import RayExecutor
-from ncaas.jobs.db import JobDB, default_db_url
+from ncaas.jobs.db import JobDB, default_db_url, now_ms
 from ncaas.jobs.manager import LAUNCH_GRACE_MS, Manager
+from ncaas.jobs.states import TaskState
 from ncaas.storage import Storage
 
 pytestmark = pytest.mark.timeout(120)
@@ -214,3 +215,25 @@ def test_a_rejection_a_kill_cut_short_is_finished_as_a_rejection(root: Path, man
     assert "missing.npy" in (results / "error.txt").read_text()
     assert not (results / "certificate.json").exists()
     assert manager.db.job(job.id).finalized
+
+
+def test_a_launch_cut_short_before_the_task_started_does_not_spend_a_retry(root: Path, manager: Manager):
+    """Killed after marking a task running and before its supervisor started: the task never
+    ran. It starts again as the same attempt; three such kills must not fail it."""
+    path = submit(root, "cut", {"analysis": "framestats", "dataname": ["a.npy"]})
+    job = manager.ingest_file("lab", str(path))
+    [task] = manager.db.tasks(job.id)
+    for _ in range(task.max_retries + 1):  # the state each kill leaves (what Manager._start records first)
+        run_dir = root / ".ncaas" / "runs" / job.id / "a.npy.1"
+        assert manager.db.move_task(task, TaskState.RUNNING, "attempt 1 started", attempt=1, run_dir=str(run_dir),
+                                    started_ms=now_ms() - LAUNCH_GRACE_MS - 1000)
+        run_dir.mkdir(parents=True)
+        (run_dir / "spec.json").write_text("{}")  # written just before the supervisor would start
+        restarted = Manager(manager.storage, manager.db, registry=manager.registry, executor=manager.executor)
+        restarted._reap({})
+        [task] = manager.db.tasks(job.id)
+        assert task.state == "queued" and task.attempt == 0, task.cause
+        assert "launch was cut short" in task.cause and not run_dir.exists()
+    done = Manager(manager.storage, manager.db, registry=manager.registry, executor=manager.executor).run_job(job.id)
+    [task] = manager.db.tasks(job.id)
+    assert done.state == "succeeded" and task.attempt == 1, task.cause

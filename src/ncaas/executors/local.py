@@ -223,6 +223,11 @@ class LocalExecutor:
         record = _read_json(run_dir / "exit.json")
         return None if record is None else _explain(run_dir, record)
 
+    def started(self, run_dir: Path) -> bool:
+        """Whether the task's command may have started: the supervisor writes child.json as
+        soon as it has started it (a launch cut short before that leaves none)."""
+        return (run_dir / "child.json").exists()
+
     def find(self, run_dir: Path) -> TaskHandle | None:
         """Find a task's supervisor from its run folder (after a manager crash)."""
         info = _read_json(run_dir / "runner.json")

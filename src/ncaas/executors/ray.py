@@ -254,6 +254,9 @@ class RayExecutor:
             self._isolation.add(str(record["node_isolation"]))
         return record if isinstance(record, dict) else None
 
+    def started(self, run_dir: Path) -> bool:
+        return True  # a Ray task leaves no trace of having started but its record: assume it may have
+
     def finish(self, run_dir: Path) -> None:
         """Remove the exit record kept in storage (each node removes its own work folder)."""
         path = _stored_exit_path(run_dir)

@@ -40,7 +40,8 @@ from ..storage import Storage
 from ..submission import JobRequest, build_request, canonical_json, parse_submit_file
 from .db import Job, JobDB, Task, now_ms
 from .diskspace import Reserve, is_disk_full, reserve_size
-from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
+from .states import (JOB_TERMINAL, JobState, TaskState, decide_cut_short, decide_exit, decide_lost,
+                     job_state)
 
 __all__ = ["Manager", "manager_lock", "new_job_id"]
 
@@ -313,14 +314,31 @@ class Manager:
         A manager killed after starting the supervisor but before recording its handle leaves
         such a task; the supervisor may have finished since. Its exit record settles it: a task
         that exited is never run again. Only with no record, no live supervisor and the launch
-        grace over is it lost. The record is read after looking for the supervisor, which writes
-        it before it exits, so a supervisor ending in between is never taken for lost.
+        grace over is it lost; and if its command provably never started (the launch itself was
+        cut short), it is queued again as the same attempt, not counted as a retry. The record
+        is read after looking for the supervisor, which writes it before it exits, so a
+        supervisor ending in between is never taken for lost.
         """
-        record = self.executor.exit_record(Path(task.run_dir)) if task.run_dir else None
+        run_dir = Path(task.run_dir) if task.run_dir else None
+        record = self.executor.exit_record(run_dir) if run_dir else None
         if record is not None:
             self._stopped(job, task, record)
-        elif now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
+        elif now_ms() - (task.started_ms or 0) <= LAUNCH_GRACE_MS:
+            return
+        elif run_dir is None or self.executor.started(run_dir):
             self._stopped(job, task, LOST)
+        else:
+            self._cut_short(job, task, run_dir)
+
+    def _cut_short(self, job: Job, task: Task, run_dir: Path) -> None:
+        """Queue again, as the same attempt, a task whose launch the manager's stop cut short."""
+        decision = decide_cut_short(attempt=task.attempt)
+        self.executor.finish(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # the attempt starts again in a clean run folder
+        if self.db.move_task(task, decision.state, decision.cause, attempt=task.attempt - 1, run_dir=None,
+                             runner_pid=None, runner_start=None):
+            self._write_status(job, task)
+            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         if job.cancel_requested:

@@ -21,6 +21,7 @@ __all__ = [
     "JobState",
     "TaskState",
     "check_transition",
+    "decide_cut_short",
     "decide_exit",
     "decide_lost",
     "job_state",
@@ -122,6 +123,16 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
 def decide_lost(*, attempt: int, max_retries: int) -> Decision:
     """A running task whose supervisor vanished without an exit record."""
     return _retry_or_fail("its process vanished (killed with the manager or the machine)", attempt, max_retries)
+
+
+def decide_cut_short(*, attempt: int) -> Decision:
+    """A task whose launch the manager's own stop cut short, before its command started.
+
+    It never ran, so it starts again as the same attempt: a manager stopped again and again
+    while launching it does not spend its retries.
+    """
+    return Decision(TaskState.QUEUED, f"its launch was cut short when the manager stopped, before it started; "
+                                      f"starting attempt {attempt} again")
 
 
 def job_state(task_states: list[TaskState]) -> JobState:
