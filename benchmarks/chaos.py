@@ -84,6 +84,7 @@ class Findings:
     runs: int = 0
     legit_retries: int = 0
     unstarted: int = 0  # attempts lost before their supervisor started (the kill came mid-launch)
+    cut_short: int = 0  # launches cut short by a kill, started again as the same attempt
 
 
 # -- the site ------------------------------------------------------------------------------
@@ -261,6 +262,7 @@ def examine_job(client: Client, root: Path, job: Submitted, detail: dict | None,
         findings.finished += 1
     results = root / "lab" / "results" / job.id
     story = client.story(job.id)
+    findings.cut_short += sum(1 for e in story if (e.get("cause") or "").startswith("its launch was cut short"))
     for task in detail.get("tasks", []):
         findings.tasks += 1
         log = results / "logs" / f"{task['dataset']}.log"
@@ -311,7 +313,8 @@ def report(findings: Findings, submitted: int, kills: int, hits: int, starts: in
         ("tasks", findings.tasks, ""),
         ("task runs (supervisor starts)", findings.runs, ""),
         ("legitimate retries (after a kill by signal)", findings.legit_retries, ""),
-        ("launches lost before their supervisor started (retried)", findings.unstarted, ""),
+        ("launches cut short by a kill (started again, same attempt)", findings.cut_short, ""),
+        ("attempts lost before their supervisor started (retried)", findings.unstarted, ""),
         ("tasks run again after they exited", len(findings.ran_twice), "0"),
         ("runs whose supervisor vanished", len(findings.vanished), "0"),
         ("orphan processes", len(findings.orphans), "0"),
