@@ -9,6 +9,10 @@ no record and no supervisor left is lost, and retried.
 Real components throughout: a real ``ncaas manager`` process, SIGKILLed while the task runs;
 the state its kill window leaves is then made exactly (the handle's row fields cleared, the
 handle file removed, the launch older than the grace: the manager stayed down that long).
+
+Also here: a live supervisor adopted although the clock moved (psutil start times follow
+it); a Ray task that ended unseen by its manager; a launch cut short before the command
+started (no retry spent); a job or a rejection whose creation a kill cut short.
 """
 
 from __future__ import annotations
