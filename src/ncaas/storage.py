@@ -15,6 +15,7 @@ special files (FIFOs, devices, sockets) are never opened (:mod:`ncaas.localtree`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -149,9 +150,14 @@ class Storage:
         self.makedirs(parent)
         if self.is_local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, say: leave the old file and no half-written one
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self._call(self.fs.pipe_file, path, data)
 

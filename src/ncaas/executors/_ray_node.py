@@ -66,6 +66,7 @@ class NodeTask:
     bundle_blueprint: str  # the blueprint file's path inside the bundle
     bundle_environment: dict[str, str]  # the blueprint's environment paths, relative, inside the bundle
     s3_endpoint: str | None = None
+    exit_path: str | None = None  # storage path where the exit record is kept for a restarted manager
 
 
 # -- the analysis bundle -----------------------------------------------------------------
@@ -322,9 +323,22 @@ def _node_ip() -> str:
 
 
 def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
-    """Run one task on this node; always returns an exit record (see ncaas.jobs.states.decide_exit)."""
+    """Run one task on this node; always returns an exit record (see ncaas.jobs.states.decide_exit).
+
+    The record is also kept in storage (``task.exit_path``) before it is returned: the
+    manager that launched the task may be gone by then, and the one that replaces it reads
+    it there, so a task that ran is never run again.
+    """
     if task.s3_endpoint and not os.environ.get("NCAAS_S3_ENDPOINT"):
         os.environ["NCAAS_S3_ENDPOINT"] = task.s3_endpoint
+    record = _run_node_task(task, bundle)
+    if task.exit_path and not record.get("lost"):
+        with contextlib.suppress(NcaasError, OSError):
+            Storage(task.storage_url).write_text(task.exit_path, json.dumps(record))
+    return record
+
+
+def _run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
     started_ms = int(time.time() * 1000)
     run: _NodeRun | None = None
     try:

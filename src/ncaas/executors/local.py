@@ -58,10 +58,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _alive(pid: int, start_time: float) -> bool:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write whole or not at all: a manager killed mid-write leaves no half a handle behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _alive(handle: TaskHandle) -> bool:
+    """Whether the handle's supervisor still runs.
+
+    It is known by its command line, which names its run folder's spec.json: a process
+    start time does not tell it across processes, as psutil derives it from the boot time,
+    which /proc gives in whole seconds and which moves when the clock is adjusted (a live
+    supervisor then looked dead to a restarted manager, and was retried while it ran).
+    Without a readable command line, the start time decides, within that second.
+    """
     try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - start_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(handle.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+        if cmdline:
+            return str(handle.run_dir / "spec.json") in cmdline
+        return abs(proc.create_time() - handle.start_time) < 1.5
     except psutil.Error:
         return False
 
@@ -144,7 +164,7 @@ class LocalExecutor:
             start = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             start = 0.0
-        (spec.run_dir / "runner.json").write_text(json.dumps({"pid": proc.pid, "start_time": start}))
+        _write_json(spec.run_dir / "runner.json", {"pid": proc.pid, "start_time": start})
         self._children[spec.run_dir] = proc
         return TaskHandle(spec.run_dir, proc.pid, start)
 
@@ -158,7 +178,7 @@ class LocalExecutor:
                 own.wait()
                 del self._children[handle.run_dir]
             return _explain(handle.run_dir, record)
-        running = own.poll() is None if own is not None else _alive(handle.pid, handle.start_time)
+        running = own.poll() is None if own is not None else _alive(handle)
         if running:
             _check_limits(handle.run_dir)
             return None
@@ -168,7 +188,7 @@ class LocalExecutor:
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the supervisor to stop the task (it SIGTERMs, then SIGKILLs, the task's group)."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGTERM)
                 return
@@ -178,7 +198,7 @@ class LocalExecutor:
 
     def kill(self, handle: TaskHandle) -> None:
         """Kill the supervisor and the task's process group at once."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -197,6 +217,16 @@ class LocalExecutor:
         if box is not None:
             box.close()
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        """The exit record the task's supervisor wrote, if it wrote one (however long ago)."""
+        record = _read_json(run_dir / "exit.json")
+        return None if record is None else _explain(run_dir, record)
+
+    def started(self, run_dir: Path) -> bool:
+        """Whether the task's command may have started: the supervisor writes child.json as
+        soon as it has started it (a launch cut short before that leaves none)."""
+        return (run_dir / "child.json").exists()
 
     def find(self, run_dir: Path) -> TaskHandle | None:
         """Find a task's supervisor from its run folder (after a manager crash)."""

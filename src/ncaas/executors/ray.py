@@ -17,7 +17,9 @@ Behaviour matches the local executor:
   lost comes back as :data:`~ncaas.executors.base.LOST`, and the manager's retry
   policy queues it again, so it runs on a node that is alive;
 - the manager owns its Ray tasks: if it stops, they stop with it and are retried
-  when it starts again.
+  when it starts again; a task that ended before its manager read the result is
+  settled from the exit record its node also keeps in the job's results
+  (``.exit-records/``, removed once read), so it is never run again.
 
 Ray reads ``RAY_AUTH_MODE`` when it is first imported: with token authentication,
 set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas.
@@ -25,6 +27,8 @@ set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -46,6 +50,14 @@ PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
 
 CAPACITY_TTL = 2.0  # seconds a reading of the cluster's resources is reused
+EXIT_RECORDS = ".exit-records"  # in a job's results: each task's exit record, until the manager took it
+
+
+def _stored_exit_path(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "ray.json").read_text())["exit_path"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _import_ray() -> Any:
@@ -157,10 +169,13 @@ class RayExecutor:
             options["resources"] = custom
         self._check_feasible(options)
         results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
+        exit_path = f"{results}/{EXIT_RECORDS}/{spec.run_dir.name}.json"
+        spec.run_dir.mkdir(parents=True, exist_ok=True)  # where a restarted manager finds that path again
+        (spec.run_dir / "ray.json").write_text(json.dumps({"exit_path": exit_path}))
         task = NodeTask(spec=spec, storage_url=self.storage.url, config_path=str(results / "config.json"),
                         python_placeholder=PYTHON_ON_NODE, blueprint=blueprint, bundle_files=files,
                         bundle_blueprint=rel, bundle_environment=environment,
-                        s3_endpoint=os.environ.get(ENDPOINT_ENV))
+                        s3_endpoint=os.environ.get(ENDPOINT_ENV), exit_path=exit_path)
         try:
             self._refs[spec.run_dir] = self._remote.options(**options).remote(task, ref)
         except Exception as exc:  # noqa: BLE001 - Ray validates options and connection here
@@ -184,8 +199,8 @@ class RayExecutor:
     def poll(self, handle: TaskHandle) -> dict[str, Any] | None:
         """The exit record once the Ray task is over, None while it runs, LOST if its node was lost."""
         ref = self._refs.get(handle.run_dir)
-        if ref is None:  # launched by an earlier manager: its Ray tasks ended with it
-            return LOST
+        if ref is None:  # launched by an earlier manager: its Ray tasks ended with it, or before it
+            return self.exit_record(handle.run_dir) or LOST
         ready, _ = self.ray.wait([ref], timeout=0)
         if not ready:
             return None
@@ -228,8 +243,26 @@ class RayExecutor:
     def find(self, run_dir: Path) -> TaskHandle | None:
         return None  # Ray tasks do not outlive the manager that owns them
 
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        """The record the node kept in storage, for a task whose manager was gone when it ended."""
+        path = _stored_exit_path(run_dir)
+        try:
+            record = json.loads(self.storage.read_text(path)) if path else None
+        except (FileNotFoundError, ValueError, NcaasError, OSError):
+            return None
+        if isinstance(record, dict) and record.get("node_isolation"):
+            self._isolation.add(str(record["node_isolation"]))
+        return record if isinstance(record, dict) else None
+
+    def started(self, run_dir: Path) -> bool:
+        return True  # a Ray task leaves no trace of having started but its record: assume it may have
+
     def finish(self, run_dir: Path) -> None:
-        """Nothing to dissolve here: each node removes its own work folder."""
+        """Remove the exit record kept in storage (each node removes its own work folder)."""
+        path = _stored_exit_path(run_dir)
+        if path:
+            with contextlib.suppress(NcaasError, OSError):
+                self.storage.remove(path)
 
     # -- description ---------------------------------------------------------------------
     def capacity(self) -> tuple[int, int]:

@@ -43,7 +43,9 @@ from ..storage import KINDS, Storage
 from ..submission import (JobRequest, SubmitLimits, build_request, canonical_json, dataset_problem,
                           parse_submit_file, too_large)
 from .db import Job, JobDB, Task, now_ms
-from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
+from .diskspace import Reserve, is_disk_full, reserve_size
+from .states import (JOB_TERMINAL, JobState, TaskState, decide_cut_short, decide_exit, decide_lost,
+                     job_state)
 
 __all__ = ["Manager", "manager_lock", "new_job_id"]
 
@@ -96,6 +98,7 @@ class Manager:
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
         self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
+        self._configs: set[str] = set()  # jobs whose config.json is known to be written
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
@@ -115,6 +118,8 @@ class Manager:
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
         self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
         self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
+        self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
+        self._disk_full = False  # a step failed for lack of space and none has succeeded since
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -240,13 +245,20 @@ class Manager:
             found = self.db.seen_submission(key)
             assert found is not None
             return found
-        text = f"Submission {group}/submissions/{name} was rejected; nothing ran.\n\n"
-        text += "".join(f"- {p}\n" for p in problems)
-        self.storage.write_text(f"{results}/error.txt", text)
-        self._write_end(job, [], errors=problems)
-        self.db.update_job(job_id, finalized=True)
+        self._finalize_rejection(job)
         self.notify(f"job {job_id}: rejected {group}/submissions/{name}:\n  " + "\n  ".join(problems))
         return job
+
+    def _finalize_rejection(self, job: Job) -> None:
+        """error.txt and end.json of a rejected submission; idempotent (redone if a kill or a full
+        disk stopped it halfway)."""
+        problems = job.cause.split("\n")
+        text = f"Submission {job.group}/submissions/{job.submission} was rejected; nothing ran.\n\n"
+        text += "".join(f"- {p}\n" for p in problems)
+        self.storage.write_text(f"{job.results_dir}/error.txt", text)
+        self._write_end(job, [], errors=problems)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, *, scan: bool = True, until: Callable[[], bool] | None = None,
@@ -254,23 +266,49 @@ class Manager:
         """Step until ``until()`` holds or ``should_stop()`` asks to stop.
 
         Watching storage (``scan=True``) is a service: a failing step (storage or
-        database unreachable for a moment) is reported and retried, not fatal.
+        database unreachable for a moment) is reported and retried, not fatal. A step
+        failing on a full disk gives up the disk reserve (:mod:`ncaas.jobs.diskspace`) and
+        is retried, so jobs end once their records fit; a service then waits for space.
         """
+        if self._reserve is None:
+            self._reserve = Reserve(self.state_dir, reserve_size())
+            self._reserve.hold()
         while True:
             try:
                 if scan and time.monotonic() - self._last_scan >= self.scan_interval:
                     self._last_scan = time.monotonic()
                     self.scan()
                 self.step()
+                self._reserve.hold()  # a stat while it is there; taken again once space returns
+                if self._disk_full:
+                    self._disk_full = False
+                    self.notify("[manager] steps succeed again on the disk that was full")
             except (NcaasError, OSError, SQLAlchemyError) as exc:
-                if not scan:
+                if is_disk_full(exc, self.state_dir):
+                    if not self._on_disk_full(exc) and not scan:
+                        raise  # embedded, and nothing left to give up: the caller says the disk is full
+                elif not scan:
                     raise
-                self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
+                else:
+                    self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
                 time.sleep(1.0)
             if (until is not None and until()) or (should_stop is not None and should_stop()):
                 return
             if self._wake.wait(self.poll_interval):
                 self._wake.clear()
+
+    def _on_disk_full(self, exc: BaseException) -> int:
+        """Give up the reserve so the step can be retried (the bytes freed); say it once, not every second."""
+        assert self._reserve is not None
+        freed = self._reserve.release()
+        if freed:
+            self.notify(f"[manager] the disk of {self.storage.root} is full; gave up the {freed / 1e6:.0f} MB "
+                        "reserved for this so that jobs can end. Free space on it.")
+        elif not self._disk_full:
+            self.notify(f"[manager] the disk of {self.storage.root} is full ({str(exc).splitlines()[0]}); "
+                        "retrying every second: jobs end when space is freed")
+        self._disk_full = True
+        return freed
 
     def run_job(self, job_id: str) -> Job:
         """Run embedded until ``job_id`` is over; returns the finished job."""
@@ -304,8 +342,7 @@ class Manager:
             job = self._job(jobs, task.job_id)
             handle = self._handle(task)
             if handle is None:
-                if now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
-                    self._stopped(job, task, LOST)
+                self._unhandled(job, task)
                 continue
             record = self.executor.poll(handle)
             if record is None:
@@ -314,6 +351,38 @@ class Manager:
                 if record is LOST:
                     self.executor.kill(handle)
                 self._stopped(job, task, record)
+
+    def _unhandled(self, job: Job, task: Task) -> None:
+        """Settle a running task whose supervisor cannot be found (no handle recorded, none alive).
+
+        A manager killed after starting the supervisor but before recording its handle leaves
+        such a task; the supervisor may have finished since. Its exit record settles it: a task
+        that exited is never run again. Only with no record, no live supervisor and the launch
+        grace over is it lost; and if its command provably never started (the launch itself was
+        cut short), it is queued again as the same attempt, not counted as a retry. The record
+        is read after looking for the supervisor, which writes it before it exits, so a
+        supervisor ending in between is never taken for lost.
+        """
+        run_dir = Path(task.run_dir) if task.run_dir else None
+        record = self.executor.exit_record(run_dir) if run_dir else None
+        if record is not None:
+            self._stopped(job, task, record)
+        elif now_ms() - (task.started_ms or 0) <= LAUNCH_GRACE_MS:
+            return
+        elif run_dir is None or self.executor.started(run_dir):
+            self._stopped(job, task, LOST)
+        else:
+            self._cut_short(job, task, run_dir)
+
+    def _cut_short(self, job: Job, task: Task, run_dir: Path) -> None:
+        """Queue again, as the same attempt, a task whose launch the manager's stop cut short."""
+        decision = decide_cut_short(attempt=task.attempt)
+        self.executor.finish(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # the attempt starts again in a clean run folder
+        if self.db.move_task(task, decision.state, decision.cause, attempt=task.attempt - 1, run_dir=None,
+                             runner_pid=None, runner_start=None):
+            self._write_status(job, task)
+            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         if job.cancel_requested:
@@ -537,6 +606,7 @@ class Manager:
     def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
         bp = loaded.blueprint
+        self._ensure_config(job)
         results = self._task_path(job.results_dir)
         output = results / "outputs" / task.dataset
         if task.attempt > 1 and output.exists():
@@ -562,6 +632,15 @@ class Manager:
                         timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
                         status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,
                         status_fields=self._status_fields(job, task), blueprint=loaded)
+
+    def _ensure_config(self, job: Job) -> None:
+        """Write the job's config.json if its creation was cut short (a kill, a full disk); once per job."""
+        if job.id in self._configs:
+            return
+        path = f"{job.results_dir}/config.json"
+        if not self.storage.exists(path):
+            self.storage.write_text(path, json.dumps(job.config, indent=2))
+        self._configs.add(job.id)
 
     def _task_path(self, path: str) -> Path:
         """Where a task finds a storage path: the local file, or the storage path itself for
@@ -606,7 +685,9 @@ class Manager:
                 ended = now_ms() if new in JOB_TERMINAL else None
                 if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
                     continue
-            if job.state in JOB_TERMINAL and not job.finalized:
+            if job.state == JobState.REJECTED.value and not job.finalized:
+                self._finalize_rejection(job)
+            elif job.state in JOB_TERMINAL and not job.finalized:
                 self._finalize_aside(job, tasks)
 
     def _finalize_aside(self, job: Job, tasks: list[Task]) -> None:
@@ -640,14 +721,17 @@ class Manager:
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
         self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
         self._write_end(job, tasks)
-        self.db.update_job(job.id, finalized=True)
-        job.finalized = True
-        self._blueprints.pop(job.id, None)
-        self._environment_keys.pop(job.id, None)
+        # the run folders go before the job is marked finalized: a manager killed in between
+        # finalizes it again (idempotent) rather than leaving run folders and sandboxes behind
         runs = self.state_dir / "runs" / job.id
         for run_dir in runs.iterdir() if runs.is_dir() else []:
             self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
         shutil.rmtree(runs, ignore_errors=True)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
+        self._blueprints.pop(job.id, None)
+        self._environment_keys.pop(job.id, None)
+        self._configs.discard(job.id)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
 
     def cancel(self, job_ref: str) -> Job:

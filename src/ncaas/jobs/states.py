@@ -21,6 +21,7 @@ __all__ = [
     "JobState",
     "TaskState",
     "check_transition",
+    "decide_cut_short",
     "decide_exit",
     "decide_lost",
     "job_state",
@@ -101,6 +102,11 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
         return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.get('timeout')} s")
     if record.get("error"):
         return Decision(TaskState.FAILED, f"could not start: {record['error']}")
+    if isinstance(record.get("disk_full"), dict):  # retrying would only fill the disk again
+        full = record["disk_full"]
+        return Decision(TaskState.FAILED, f"the disk is full: {full.get('path')} has no space left "
+                                          f"(wrote {(full.get('wrote_bytes') or 0) / 1e6:.0f} MB); "
+                                          "free space there and submit again")
     if record.get("stopped"):  # the sandbox stopped it, or it broke the sandbox's rules: no retry
         return Decision(TaskState.FAILED, record["stopped"])
     if code == 0:
@@ -117,6 +123,16 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
 def decide_lost(*, attempt: int, max_retries: int) -> Decision:
     """A running task whose supervisor vanished without an exit record."""
     return _retry_or_fail("its process vanished (killed with the manager or the machine)", attempt, max_retries)
+
+
+def decide_cut_short(*, attempt: int) -> Decision:
+    """A task whose launch the manager's own stop cut short, before its command started.
+
+    It never ran, so it starts again as the same attempt: a manager stopped again and again
+    while launching it does not spend its retries.
+    """
+    return Decision(TaskState.QUEUED, f"its launch was cut short when the manager stopped, before it started; "
+                                      f"starting attempt {attempt} again")
 
 
 def job_state(task_states: list[TaskState]) -> JobState:
