@@ -106,9 +106,13 @@ class ManagerProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ncaas", "manager", "--root", str(self.root)],
-                                         stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ncaas", "manager", "--root", str(self.root)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.starts += 1
 
     def kill(self) -> None:
@@ -131,8 +135,11 @@ def job_kind(number: int) -> str:
 
 
 def config_for(kind: str, rng: random.Random) -> dict:
-    config = {"sleep_per_frame": round(rng.uniform(0.015, 0.075), 3), "batch_frames": 2,
-              "cpu_seconds": round(rng.uniform(0.0, 0.3), 2)}
+    config = {
+        "sleep_per_frame": round(rng.uniform(0.015, 0.075), 3),
+        "batch_frames": 2,
+        "cpu_seconds": round(rng.uniform(0.0, 0.3), 2),
+    }
     if kind == "fail":
         config["fail"] = True
     elif kind == "retry":
@@ -140,8 +147,9 @@ def config_for(kind: str, rng: random.Random) -> dict:
     return config
 
 
-def submit_all(client: Client, jobs: int, rng: random.Random, spread: float, into: list[Submitted],
-               errors: list[str]) -> None:
+def submit_all(
+    client: Client, jobs: int, rng: random.Random, spread: float, into: list[Submitted], errors: list[str]
+) -> None:
     for number in range(jobs):
         kind = job_kind(number)
         datasets = rng.sample(DATASETS, rng.choice([3, 4]))
@@ -235,8 +243,9 @@ def examine_runs(log_text: str, decided: dict[int, str], where: str, findings: F
             runs[-1][1] = int(code)
     findings.runs += len(runs)
     attempts = [run[0] for run in runs]
-    findings.unstarted += sum(1 for attempt, cause in decided.items()
-                              if cause.startswith("its process vanished") and attempt not in attempts)
+    findings.unstarted += sum(
+        1 for attempt, cause in decided.items() if cause.startswith("its process vanished") and attempt not in attempts
+    )
     for number in {a for a in attempts if attempts.count(a) > 1}:
         findings.ran_twice.append(f"{where}: attempt {number} started {attempts.count(number)} times")
     for index, (attempt, code) in enumerate(runs):
@@ -246,8 +255,10 @@ def examine_runs(log_text: str, decided: dict[int, str], where: str, findings: F
         elif not last and decided.get(attempt, "").startswith("killed by"):
             findings.legit_retries += 1
         elif not last:
-            findings.ran_twice.append(f"{where}: attempt {attempt} exited with code {code}, the manager decided "
-                                      f"{decided.get(attempt)!r}, and it ran again")
+            findings.ran_twice.append(
+                f"{where}: attempt {attempt} exited with code {code}, the manager decided "
+                f"{decided.get(attempt)!r}, and it ran again"
+            )
 
 
 def examine_job(client: Client, root: Path, job: Submitted, detail: dict | None, findings: Findings) -> None:
@@ -266,8 +277,12 @@ def examine_job(client: Client, root: Path, job: Submitted, detail: dict | None,
     for task in detail.get("tasks", []):
         findings.tasks += 1
         log = results / "logs" / f"{task['dataset']}.log"
-        examine_runs(log.read_text(errors="replace") if log.exists() else "", outcomes(story, task["dataset"]),
-                     f"{job.id}/{task['dataset']}", findings)
+        examine_runs(
+            log.read_text(errors="replace") if log.exists() else "",
+            outcomes(story, task["dataset"]),
+            f"{job.id}/{task['dataset']}",
+            findings,
+        )
 
 
 def examine_files(root: Path, findings: Findings) -> None:
@@ -298,8 +313,9 @@ def find_orphans(root: Path) -> list[str]:
 
 
 # -- the report ----------------------------------------------------------------------------
-def report(findings: Findings, submitted: int, kills: int, hits: int, starts: int, wall: float,
-           leftover_runs: int) -> bool:
+def report(
+    findings: Findings, submitted: int, kills: int, hits: int, starts: int, wall: float, leftover_runs: int
+) -> bool:
     table = Table(title=f"chaos: {kills} manager SIGKILLs over {submitted} jobs ({wall:.0f} s)")
     table.add_column("what")
     table.add_column("count", justify="right")
@@ -340,8 +356,9 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=22, help="manager SIGKILLs (default 22)")
     parser.add_argument("--jobs", type=int, default=15, help="jobs submitted (default 15)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    parser.add_argument("--targeted", type=float, default=0.5,
-                        help="share of kills aimed at a task's launch (default 0.5)")
+    parser.add_argument(
+        "--targeted", type=float, default=0.5, help="share of kills aimed at a task's launch (default 0.5)"
+    )
     parser.add_argument("--bound", type=float, default=300.0, help="seconds to wait for jobs after the kills")
     parser.add_argument("--keep", action="store_true", help="keep the storage root for a look afterwards")
     args = parser.parse_args()
@@ -363,8 +380,9 @@ def main() -> int:
     hits = 0
     try:
         spread = args.kills * 1.5  # submissions go on during the first part of the kills
-        submitter = threading.Thread(target=submit_all, args=(client, args.jobs, random.Random(rng.random()),
-                                                               spread, submitted, errors))
+        submitter = threading.Thread(
+            target=submit_all, args=(client, args.jobs, random.Random(rng.random()), spread, submitted, errors)
+        )
         submitter.start()
         hits = kill_loop(manager, args.kills, random.Random(rng.random()), args.targeted)
         submitter.join()
@@ -390,10 +408,12 @@ def main() -> int:
         except psutil.Error:
             pass
     examine_files(root, findings)
-    leftover = sum(1 for job in submitted if job.id not in findings.stuck
-                   and (root / ".ncaas" / "runs" / job.id).exists())
-    ok = report(findings, len(submitted) + len(errors), args.kills, hits, manager.starts,
-                time.monotonic() - started, leftover)
+    leftover = sum(
+        1 for job in submitted if job.id not in findings.stuck and (root / ".ncaas" / "runs" / job.id).exists()
+    )
+    ok = report(
+        findings, len(submitted) + len(errors), args.kills, hits, manager.starts, time.monotonic() - started, leftover
+    )
     out.print(f"manager log: {manager.log}" if args.keep else "")
     if not args.keep:
         import shutil

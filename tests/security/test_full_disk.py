@@ -26,8 +26,9 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs, unmounted afterwards."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
     try:
@@ -57,8 +58,11 @@ def _fill(disk: Path) -> Path:
 
 def _no_half_written_files(root: Path) -> None:
     assert not [p for p in root.rglob("*.tmp")], "temporary files left behind"
-    for path in [*root.glob("lab/results/*/status/*.json"), *root.glob("lab/results/*/end.json"),
-                 *root.glob("lab/results/*/certificate.json")]:
+    for path in [
+        *root.glob("lab/results/*/status/*.json"),
+        *root.glob("lab/results/*/end.json"),
+        *root.glob("lab/results/*/certificate.json"),
+    ]:
         json.loads(path.read_text())
 
 
@@ -70,8 +74,9 @@ def test_a_task_that_fills_the_disk_fails_with_that_reason_and_is_not_retried(di
     try:
         results = root / "lab" / "results"
         job_dir = wait_for(lambda: results.exists() and next(results.iterdir(), None), what="a results folder")
-        end = wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
-                       timeout=60, what="end.json")
+        end = wait_for(
+            lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60, what="end.json"
+        )
         assert manager.poll() is None, "the manager died"
     finally:
         _stop(manager)
@@ -98,8 +103,12 @@ def test_the_manager_survives_a_full_disk_and_ends_the_job(disk: Path, tmp_path:
     root = disk / "root"
     write_stack(root / "lab" / "inputs" / "a.npy", seed=1)
     log = tmp_path / "manager.log"
-    submit(root, "slow", {"analysis": "framestats", "dataname": ["a.npy"]},
-           config={"sleep_per_frame": 0.1, "batch_frames": 2})
+    submit(
+        root,
+        "slow",
+        {"analysis": "framestats", "dataname": ["a.npy"]},
+        config={"sleep_per_frame": 0.1, "batch_frames": 2},
+    )
     manager = start_manager(root, log, env={"NCAAS_DISK_RESERVE": reserve})
     try:
         results = root / "lab" / "results"
@@ -117,8 +126,9 @@ def test_the_manager_survives_a_full_disk_and_ends_the_job(disk: Path, tmp_path:
             assert log.read_text().count("retrying every second") == 1, log.read_text()  # said once
             assert not (job_dir / "end.json").exists()
             filler.unlink()  # space returns
-        end = wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
-                       timeout=60, what="end.json")
+        end = wait_for(
+            lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60, what="end.json"
+        )
         assert manager.poll() is None, log.read_text()
     finally:
         manager.send_signal(signal.SIGCONT)

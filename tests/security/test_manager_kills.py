@@ -47,8 +47,12 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -> Path:
     """Run a 1-second task under a manager that is SIGKILLed before recording its handle; its job folder."""
-    submit(root, "once", {"analysis": "framestats", "dataname": ["a.npy"]},
-           config={"sleep_per_frame": 0.05, "batch_frames": 2})
+    submit(
+        root,
+        "once",
+        {"analysis": "framestats", "dataname": ["a.npy"]},
+        config={"sleep_per_frame": 0.05, "batch_frames": 2},
+    )
     manager = start_manager(root, log)
     try:
         results = root / "lab" / "results"
@@ -70,8 +74,7 @@ def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -
     try:
         [task] = db.tasks(job_dir.name)
         assert task.state == "running" and task.runner_pid is not None
-        db.update_task(task.id, runner_pid=None, runner_start=None,
-                       started_ms=task.started_ms - LAUNCH_GRACE_MS - 1000)
+        db.update_task(task.id, runner_pid=None, runner_start=None, started_ms=task.started_ms - LAUNCH_GRACE_MS - 1000)
     finally:
         db.close()
     (run_dir / "runner.json").unlink()
@@ -81,8 +84,11 @@ def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -
 def _restart_until_end(root: Path, log: Path, job_dir: Path) -> dict:
     manager = start_manager(root, log)
     try:
-        return wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
-                        timeout=60, what="end.json after the restart")
+        return wait_for(
+            lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
+            timeout=60,
+            what="end.json after the restart",
+        )
     finally:
         _stop(manager)
 
@@ -93,8 +99,7 @@ def _runs(job_dir: Path) -> int:
     return sum(line.startswith("[ncaas] attempt ") for line in log.splitlines())
 
 
-def test_a_task_that_exited_while_the_manager_was_down_is_settled_from_its_exit_record(root: Path,
-                                                                                          tmp_path: Path):
+def test_a_task_that_exited_while_the_manager_was_down_is_settled_from_its_exit_record(root: Path, tmp_path: Path):
     log = tmp_path / "manager.log"
     job_dir = _killed_before_handle(root, log, supervisor_survives=True)
     end = _restart_until_end(root, log, job_dir)
@@ -118,15 +123,18 @@ def test_a_task_with_no_exit_record_and_no_supervisor_is_lost_and_retried(root: 
     assert _runs(job_dir) == 2
 
 
-def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was_down(root: Path,
-                                                                                         tmp_path: Path):
+def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was_down(root: Path, tmp_path: Path):
     """psutil's process start times follow the wall clock through the boot time, which /proc
     gives in whole seconds: after a clock adjustment a restarted manager computes the
     supervisor's start one second off its recorded handle. The supervisor must still be
     known as alive (adopted, attempt 1), not declared lost and its task killed and rerun."""
     log = tmp_path / "manager.log"
-    submit(root, "slow", {"analysis": "framestats", "dataname": ["a.npy"]},
-           config={"sleep_per_frame": 0.3, "batch_frames": 2})  # 6 s: still running at the restart
+    submit(
+        root,
+        "slow",
+        {"analysis": "framestats", "dataname": ["a.npy"]},
+        config={"sleep_per_frame": 0.3, "batch_frames": 2},
+    )  # 6 s: still running at the restart
     manager = start_manager(root, log)
     try:
         results = root / "lab" / "results"
@@ -138,8 +146,10 @@ def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was
     db = JobDB(default_db_url(str(root)))
     try:
         [task] = db.tasks(job_dir.name)
-        assert task.runner_pid is not None and not (root / ".ncaas" / "runs" / job_dir.name / "a.npy.1" /
-                                                    "exit.json").exists()
+        assert (
+            task.runner_pid is not None
+            and not (root / ".ncaas" / "runs" / job_dir.name / "a.npy.1" / "exit.json").exists()
+        )
         db.update_task(task.id, runner_start=task.runner_start + 1.0)  # as read after the boot time moved
     finally:
         db.close()
@@ -152,7 +162,8 @@ def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was
 
 @pytest.mark.timeout(400)
 def test_a_ray_task_that_ended_unseen_by_its_manager_is_settled_from_the_record_its_node_kept(
-        ray_cluster, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    ray_cluster, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Ray hands a task's exit record to the manager that launched it only. A manager gone when
     its task ended leaves the next one no record but the one the node keeps in storage: read
     it, and the task that ran is not run again (a second manager stands for the restarted one)."""
@@ -161,22 +172,39 @@ def test_a_ray_task_that_ended_unseen_by_its_manager_is_settled_from_the_record_
     storage.put(write_stack(tmp_path / "data" / "a.npy", seed=1), storage.resolve("lab", "inputs", "a.npy"))
     folder = tmp_path / "blueprints"
     folder.mkdir()
-    registry = BlueprintRegistry.discover([make_blueprint(folder, "fs-ray", resources={"memory": "300MB"}).parent.parent])
+    registry = BlueprintRegistry.discover(
+        [make_blueprint(folder, "fs-ray", resources={"memory": "300MB"}).parent.parent]
+    )
     storage.write_text(storage.join("lab", "configs", "c.json"), json.dumps({}))
-    storage.write_text(storage.join("lab", "submissions", "once.submit.json"), json.dumps(
-        {"analysis": "fs-ray", "dataname": ["a.npy"], "configname": "c.json", "timestamp": "1"}))
+    storage.write_text(
+        storage.join("lab", "submissions", "once.submit.json"),
+        json.dumps({"analysis": "fs-ray", "dataname": ["a.npy"], "configname": "c.json", "timestamp": "1"}),
+    )
     db = JobDB(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
     try:
-        first = Manager(storage, db, executor=RayExecutor(ray_cluster.address, storage=storage),
-                        registry=registry, poll_interval=0.1)
+        first = Manager(
+            storage,
+            db,
+            executor=RayExecutor(ray_cluster.address, storage=storage),
+            registry=registry,
+            poll_interval=0.1,
+        )
         [job] = wait_for(first.scan, what="the submission")
         first.run(scan=False, until=lambda: db.tasks(job.id)[0].runner_pid is not None)  # launched
         status = f"{job.results_dir}/status/a.npy.json"
-        wait_for(lambda: storage.exists(status) and "node_timings" in json.loads(storage.read_text(status)),
-                 timeout=120, what="the node to finish the task")  # its last write before it returns
+        wait_for(
+            lambda: storage.exists(status) and "node_timings" in json.loads(storage.read_text(status)),
+            timeout=120,
+            what="the node to finish the task",
+        )  # its last write before it returns
         time.sleep(1.0)
-        second = Manager(storage, db, executor=RayExecutor(ray_cluster.address, storage=storage),
-                         registry=registry, poll_interval=0.1)
+        second = Manager(
+            storage,
+            db,
+            executor=RayExecutor(ray_cluster.address, storage=storage),
+            registry=registry,
+            poll_interval=0.1,
+        )
         done = second.run_job(job.id)
         [task] = db.tasks(job.id)
     finally:
@@ -229,8 +257,14 @@ def test_a_launch_cut_short_before_the_task_started_does_not_spend_a_retry(root:
     [task] = manager.db.tasks(job.id)
     for _ in range(task.max_retries + 1):  # the state each kill leaves (what Manager._start records first)
         run_dir = root / ".ncaas" / "runs" / job.id / "a.npy.1"
-        assert manager.db.move_task(task, TaskState.RUNNING, "attempt 1 started", attempt=1, run_dir=str(run_dir),
-                                    started_ms=now_ms() - LAUNCH_GRACE_MS - 1000)
+        assert manager.db.move_task(
+            task,
+            TaskState.RUNNING,
+            "attempt 1 started",
+            attempt=1,
+            run_dir=str(run_dir),
+            started_ms=now_ms() - LAUNCH_GRACE_MS - 1000,
+        )
         run_dir.mkdir(parents=True)
         (run_dir / "spec.json").write_text("{}")  # written just before the supervisor would start
         restarted = Manager(manager.storage, manager.db, registry=manager.registry, executor=manager.executor)

@@ -199,6 +199,7 @@ def limiter(memory_limit):
     def apply():
         if memory_limit:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
     return apply
 
 
@@ -221,12 +222,24 @@ def main(spec_path):
         attempt = spec.get("status_fields", {}).get("attempt", 1)
         log.write(f"[ncaas] attempt {attempt}: {' '.join(spec.get('command') or spec['argv'])}\n".encode())
         try:
-            proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
-                                    preexec_fn=limiter(spec.get("memory_limit")))
+            proc = subprocess.Popen(
+                spec["argv"],
+                cwd=spec["cwd"],
+                env=spec["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=limiter(spec.get("memory_limit")),
+            )
         except OSError as exc:
-            record.update(returncode=None, error=f"{spec['argv'][0]}: {exc.strerror}", end_ms=now_ms(),
-                          cpu_seconds=0.0, peak_memory_bytes=0)
+            record.update(
+                returncode=None,
+                error=f"{spec['argv'][0]}: {exc.strerror}",
+                end_ms=now_ms(),
+                cpu_seconds=0.0,
+                peak_memory_bytes=0,
+            )
             log.write(f"[ncaas] could not start: {exc}\n".encode())
             write_exit(exit_path, record, reserve)
             return 0
@@ -255,9 +268,12 @@ def main(spec_path):
             pass
         reader.join(timeout=5)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        record.update(returncode=proc.returncode, end_ms=now_ms(),
-                      cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
-                      peak_memory_bytes=usage.ru_maxrss * 1024)
+        record.update(
+            returncode=proc.returncode,
+            end_ms=now_ms(),
+            cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+            peak_memory_bytes=usage.ru_maxrss * 1024,
+        )
         full = None
         if proc.returncode != 0 and not record["timed_out"] and not record["cancelled"]:
             full = disk_full(spec, disk)

@@ -40,8 +40,15 @@ __all__ = ["LocalExecutor"]
 
 _RUNNER = Path(__file__).with_name("_runner.py")
 VERIFY_EVERY = 30.0  # seconds: an environment is re-hashed in full at most this often per manager
-_LIMIT_REASONS = {"process_limit", "memory", "write_denied", "environment_write_denied", "outside_access",
-                  "network_denied", "link_outside"}
+_LIMIT_REASONS = {
+    "process_limit",
+    "memory",
+    "write_denied",
+    "environment_write_denied",
+    "outside_access",
+    "network_denied",
+    "link_outside",
+}
 
 
 def _cpu_count() -> int:
@@ -102,8 +109,7 @@ class LocalExecutor:
         return sandboxes.describe_isolation()
 
     # -- seams ---------------------------------------------------------------------------
-    def ensure_environment(self, blueprint: Any, *, progress: environments.Progress | None = None
-                           ) -> EnvironmentInfo:
+    def ensure_environment(self, blueprint: Any, *, progress: environments.Progress | None = None) -> EnvironmentInfo:
         """Build (once, showing progress) or verify the blueprint's immutable environment.
 
         A blueprint without ``environment`` runs with the platform's own python.
@@ -114,13 +120,19 @@ class LocalExecutor:
             spec = environments.spec_for_blueprint(blueprint)
             if spec is None:
                 return EnvironmentInfo(python=sys.executable)
-            env, _ = environments.ensure(spec, progress=_BuildProgress(spec.name, also=progress),
-                                         verified_within=VERIFY_EVERY)
+            env, _ = environments.ensure(
+                spec, progress=_BuildProgress(spec.name, also=progress), verified_within=VERIFY_EVERY
+            )
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
-        return EnvironmentInfo(python=str(env.python), lock_hash=env.lock_sha256,
-                               manifest_hash=env.manifest_sha256, env_hash=env.env_sha256,
-                               source_hash=env.manifest["source_sha256"] or None, path=str(env.path))
+        return EnvironmentInfo(
+            python=str(env.python),
+            lock_hash=env.lock_sha256,
+            manifest_hash=env.manifest_sha256,
+            env_hash=env.env_sha256,
+            source_hash=env.manifest["source_sha256"] or None,
+            path=str(env.path),
+        )
 
     def prepare(self, spec: TaskSpec) -> tuple[list[str], dict[str, str]]:
         """Open the task's sandbox; the argv and environment variables that run it inside.
@@ -132,9 +144,14 @@ class LocalExecutor:
         if spec.environment is None:  # the platform's own interpreter and import path, read-only
             readonly += _platform_python_paths()
         box_spec = sandboxes.SandboxSpec(
-            readonly=readonly, writable=[spec.output_dir], environment=spec.environment,
-            memory=spec.memory_limit, cpus=spec.cpus, scratch=spec.scratch_dir,
-            env={k: v for k, v in spec.env.items() if k.startswith("NCAAS_")})
+            readonly=readonly,
+            writable=[spec.output_dir],
+            environment=spec.environment,
+            memory=spec.memory_limit,
+            cpus=spec.cpus,
+            scratch=spec.scratch_dir,
+            env={k: v for k, v in spec.env.items() if k.startswith("NCAAS_")},
+        )
         try:
             box = sandboxes.Sandbox(box_spec).__enter__()
         except NcaasError as exc:
@@ -144,8 +161,7 @@ class LocalExecutor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
-        for folder in (spec.run_dir, spec.output_dir, spec.scratch_dir, spec.log_path.parent,
-                       spec.status_path.parent):
+        for folder in (spec.run_dir, spec.output_dir, spec.scratch_dir, spec.log_path.parent, spec.status_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         payload = spec.to_json()
         payload["argv"], payload["env"] = self.prepare(spec)
@@ -155,9 +171,14 @@ class LocalExecutor:
         spec_path.write_text(json.dumps(payload, indent=1))
         try:
             with open(spec.run_dir / "runner.err", "ab") as err:
-                proc = subprocess.Popen([sys.executable, "-S", "-P", str(_RUNNER), str(spec_path)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-S", "-P", str(_RUNNER), str(spec_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError as exc:
             raise ExecutorError(f"cannot start the task supervisor: {exc}") from exc
         try:
@@ -255,8 +276,14 @@ class LocalExecutor:
         return self.cpus, self.memory
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "host": socket.gethostname(), "platform": platform.platform(),
-                "python": sys.version.split()[0], "cpus": self.cpus, "memory_bytes": self.memory}
+        return {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": self.cpus,
+            "memory_bytes": self.memory,
+        }
 
 
 # -- the sandbox around each task --------------------------------------------------------
