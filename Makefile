@@ -5,7 +5,7 @@ UV     := $(TOOLS)/bin/uv
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup demo demo-platform test bench clean system-deps locks
+.PHONY: setup demo demo-platform test lint bench clean system-deps locks
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,8 +26,14 @@ demo: setup
 demo-platform: setup
 	$(PY) -m ncaas.demo
 
-test: setup system-deps
+test: setup system-deps lint
 	$(PY) -m pytest
+
+# Style and types: ruff's formatter and rules on the whole tree, mypy on the platform (src/ncaas).
+lint: setup
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) $(TOOLS) ncaas-data demo-data

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TASK = '''\
+TASK = """\
 import time
 first = time.time()
 import json, sys
@@ -45,10 +45,12 @@ os.makedirs(out, exist_ok=True)
 last = time.time()
 with open(os.path.join(out, "times.json"), "w") as fh:
     json.dump(dict(first=first, last=last), fh)
-'''
+"""
 
 BLUEPRINT = {
-    "name": "overhead", "version": "1", "description": "trivial task for platform_overhead.py",
+    "name": "overhead",
+    "version": "1",
+    "description": "trivial task for platform_overhead.py",
     "command": ["{python}", "-c", "TASK", "{input}", "{config}", "{output}"],
     "resources": {"cpus": 1, "memory": "512MB", "timeout": 600},
     "config_schema": {"type": "object", "properties": {"cpu_seconds": {"type": "number"}}},
@@ -162,15 +164,21 @@ def latency(root: Path, task: Path, workdir: Path, repeats: int, manager_pid: in
         end_b.append(b_end - btimes["last"])
     busy = manager_cpu(manager_pid) - cpu0 - idle * (time.time() - wall0)
     med = statistics.median
-    print(f"\nManager CPU: {idle:.1%} of a core while idle (polling); {busy / repeats:.3f} CPU s per job "
-          f"above that, of which the bare task itself takes {bare_cpu / repeats:.3f} (CPU time does not "
-          "depend on the machine's load)")
+    print(
+        f"\nManager CPU: {idle:.1%} of a core while idle (polling); {busy / repeats:.3f} CPU s per job "
+        f"above that, of which the bare task itself takes {bare_cpu / repeats:.3f} (CPU time does not "
+        "depend on the machine's load)"
+    )
     print(f"\nLatency, trivial task, {repeats} jobs (median / max, seconds)")
     print(f"{'':38}{'ncaas':>16}{'bare subprocess':>18}{'overhead':>12}")
-    print(f"{'submit file -> first instruction':38}{med(start_p):>8.3f} / {max(start_p):5.3f}"
-          f"{med(start_b):>10.3f} / {max(start_b):5.3f}{med(start_p) - med(start_b):>10.3f}")
-    print(f"{'last instruction -> end.json':38}{med(end_p):>8.3f} / {max(end_p):5.3f}"
-          f"{med(end_b):>10.3f} / {max(end_b):5.3f}{med(end_p) - med(end_b):>10.3f}")
+    print(
+        f"{'submit file -> first instruction':38}{med(start_p):>8.3f} / {max(start_p):5.3f}"
+        f"{med(start_b):>10.3f} / {max(start_b):5.3f}{med(start_p) - med(start_b):>10.3f}"
+    )
+    print(
+        f"{'last instruction -> end.json':38}{med(end_p):>8.3f} / {max(end_p):5.3f}"
+        f"{med(end_b):>10.3f} / {max(end_b):5.3f}{med(end_p) - med(end_b):>10.3f}"
+    )
     total = med(start_p) - med(start_b) + med(end_p) - med(end_b)
     print(f"overhead per job (median): {total:.3f} s  (target < 0.3 s: {'met' if total < 0.3 else 'NOT met'})")
 
@@ -178,8 +186,9 @@ def latency(root: Path, task: Path, workdir: Path, repeats: int, manager_pid: in
 def parallel(root: Path, task: Path, workdir: Path, cpu_seconds: float, counts: list[int]) -> None:
     n_cores = cores()
     print(f"\nParallel wall time, {cpu_seconds:g} s CPU task, {n_cores} cores (seconds)")
-    print(f"{'datasets':>8}{'ideal':>9}{'ncaas':>9}{'eff.':>8}{'bare x' + str(n_cores):>10}{'eff.':>8}"
-          f"{'ncaas/bare':>12}")
+    print(
+        f"{'datasets':>8}{'ideal':>9}{'ncaas':>9}{'eff.':>8}{'bare x' + str(n_cores):>10}{'eff.':>8}{'ncaas/bare':>12}"
+    )
     for n in counts:
         ideal = math.ceil(n / n_cores) * cpu_seconds
         t0 = submit(root, f"par{n}", [f"d{i}.txt" for i in range(n)], cpu_seconds)
@@ -189,10 +198,12 @@ def parallel(root: Path, task: Path, workdir: Path, cpu_seconds: float, counts: 
         wall = (job / "end.json").stat().st_mtime - t0
         b0 = time.time()
         with ThreadPoolExecutor(n_cores) as pool:
-            list(pool.map(lambda i: bare(task, workdir, cpu_seconds, f"p{n}-{i}"), range(n)))
+            list(pool.map(lambda i, n=n: bare(task, workdir, cpu_seconds, f"p{n}-{i}"), range(n)))
         bare_wall = time.time() - b0
-        print(f"{n:>8}{ideal:>9.2f}{wall:>9.2f}{ideal / wall:>8.0%}{bare_wall:>10.2f}{ideal / bare_wall:>8.0%}"
-              f"{bare_wall / wall:>12.0%}")
+        print(
+            f"{n:>8}{ideal:>9.2f}{wall:>9.2f}{ideal / wall:>8.0%}{bare_wall:>10.2f}{ideal / bare_wall:>8.0%}"
+            f"{bare_wall / wall:>12.0%}"
+        )
 
 
 def main() -> int:
@@ -206,8 +217,12 @@ def main() -> int:
         workdir = Path(tmp)
         root, task, env = setup(workdir)
         log = open(workdir / "manager.log", "w")
-        manager = subprocess.Popen([sys.executable, "-m", "ncaas", "manager", "--root", str(root)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "manager", "--root", str(root)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_file(root / ".ncaas" / "manager.lock", timeout=60)
             time.sleep(1.0)
@@ -221,8 +236,12 @@ def main() -> int:
             log.close()
             for job in (root / "bench" / "results").glob("*"):  # tasks outlive the manager by design
                 if not (job / "end.json").exists():
-                    subprocess.run([sys.executable, "-m", "ncaas", "cancel", job.name, "--root", str(root)],
-                                   env=env, capture_output=True, check=False)
+                    subprocess.run(
+                        [sys.executable, "-m", "ncaas", "cancel", job.name, "--root", str(root)],
+                        env=env,
+                        capture_output=True,
+                        check=False,
+                    )
     return 0
 
 

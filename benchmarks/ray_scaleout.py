@@ -87,8 +87,10 @@ def _node_timings(storage, job, datasets: list[str]) -> dict[str, float]:
 def _measure(label: str, manager, storage, datasets: list[str], cpu_seconds: float, repeats: int) -> dict:
     warm, _ = _run_job(manager, storage, f"{label}-warmup", datasets[:1], {"cpu_seconds": 0})
     # Per-task cost of the path: one-dataset jobs of a task that does nothing, one after the other.
-    trivial = [_run_job(manager, storage, f"{label}-trivial{i}", datasets[i % len(datasets):][:1],
-                        {"cpu_seconds": 0})[0] for i in range(repeats)]
+    trivial = [
+        _run_job(manager, storage, f"{label}-trivial{i}", datasets[i % len(datasets) :][:1], {"cpu_seconds": 0})[0]
+        for i in range(repeats)
+    ]
     wall, job = _run_job(manager, storage, f"{label}-main", datasets, {"cpu_seconds": cpu_seconds})
     return {"warmup": warm, "trivial": trivial, "wall": wall, "spans": _spans(manager, job), "job": job}
 
@@ -125,18 +127,28 @@ def main() -> None:
 
         local_storage = Storage(scratch / "root")
         datasets = _write_inputs(local_storage, args.datasets, scratch)
-        local_manager = Manager(local_storage, JobDB(f"sqlite:///{scratch / 'local.sqlite'}"),
-                                executor=LocalExecutor(), registry=registry)
+        local_manager = Manager(
+            local_storage, JobDB(f"sqlite:///{scratch / 'local.sqlite'}"), executor=LocalExecutor(), registry=registry
+        )
         local = _measure("local", local_manager, local_storage, datasets, args.cpu_seconds, args.repeats)
 
         s3_storage = Storage(f"s3://{s3.bucket}/bench")
         _write_inputs(s3_storage, args.datasets, scratch)
         ray_executor = RayExecutor(cluster.address, storage=s3_storage)
-        ray_manager = Manager(s3_storage, JobDB(f"sqlite:///{scratch / 'ray.sqlite'}"), executor=ray_executor,
-                              registry=registry, scan_interval=1.0)
+        ray_manager = Manager(
+            s3_storage,
+            JobDB(f"sqlite:///{scratch / 'ray.sqlite'}"),
+            executor=ray_executor,
+            registry=registry,
+            scan_interval=1.0,
+        )
         ray_run = _measure("ray", ray_manager, s3_storage, datasets, args.cpu_seconds, args.repeats)
-        nodes = sorted({json.loads(s3_storage.read_text(f"{ray_run['job'].results_dir}/status/{d}.json"))["node"]
-                        for d in datasets})
+        nodes = sorted(
+            {
+                json.loads(s3_storage.read_text(f"{ray_run['job'].results_dir}/status/{d}.json"))["node"]
+                for d in datasets
+            }
+        )
         breakdown = _node_timings(s3_storage, ray_run["job"], datasets)
     finally:
         import ray
@@ -146,20 +158,32 @@ def main() -> None:
         s3.stop()
 
     ideal = math.ceil(args.datasets / cores) * args.cpu_seconds
-    print(f"ray_scaleout: {args.datasets} datasets x {args.cpu_seconds:g} s CPU task (framestats), "
-          f"{cores} cores; S3 server up in {s3_up:.1f} s, 2-node Ray cluster up in {ray_up:.1f} s")
-    print(f"{'path':<8}{'1-task job, no work (median)':>30}{'8-task job wall':>17}{'ideal':>9}"
-          f"{'efficiency':>12}{'median task span':>18}")
+    print(
+        f"ray_scaleout: {args.datasets} datasets x {args.cpu_seconds:g} s CPU task (framestats), "
+        f"{cores} cores; S3 server up in {s3_up:.1f} s, 2-node Ray cluster up in {ray_up:.1f} s"
+    )
+    print(
+        f"{'path':<8}{'1-task job, no work (median)':>30}{'8-task job wall':>17}{'ideal':>9}"
+        f"{'efficiency':>12}{'median task span':>18}"
+    )
     for label, run in (("local", local), ("ray", ray_run)):
-        print(f"{label:<8}{statistics.median(run['trivial']):>28.2f} s{run['wall']:>15.2f} s{ideal:>7.1f} s"
-              f"{ideal / run['wall']:>11.0%}{statistics.median(run['spans']):>16.2f} s")
+        print(
+            f"{label:<8}{statistics.median(run['trivial']):>28.2f} s{run['wall']:>15.2f} s{ideal:>7.1f} s"
+            f"{ideal / run['wall']:>11.0%}{statistics.median(run['spans']):>16.2f} s"
+        )
     per_task = statistics.median(ray_run["trivial"]) - statistics.median(local["trivial"])
-    print(f"ray path per-task overhead (1-task job, ray - local, medians of {args.repeats}): {per_task:+.2f} s; "
-          f"the 8-task job ran on nodes {nodes}")
-    print("  spent on the node per task (median): "
-          + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in breakdown.items()))
-    print(f"8-task job: ray wall / local wall = {ray_run['wall'] / local['wall']:.2f} "
-          f"(warm-up jobs: local {local['warmup']:.1f} s, ray {ray_run['warmup']:.1f} s)")
+    print(
+        f"ray path per-task overhead (1-task job, ray - local, medians of {args.repeats}): {per_task:+.2f} s; "
+        f"the 8-task job ran on nodes {nodes}"
+    )
+    print(
+        "  spent on the node per task (median): "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in breakdown.items())
+    )
+    print(
+        f"8-task job: ray wall / local wall = {ray_run['wall'] / local['wall']:.2f} "
+        f"(warm-up jobs: local {local['warmup']:.1f} s, ray {ray_run['warmup']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

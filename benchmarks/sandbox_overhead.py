@@ -55,10 +55,12 @@ def startup(env: environments.Environment, repeat: int) -> float:
     python = str(env.python)
     print(f"\nTask start-up, {repeat} runs each (ms)      median       p90  extra vs bare")
     results = {}
-    for label, argv in (("/bin/true", ["/bin/true"]), ("python -c pass", [python, "-c", "pass"]),
-                        ("python -c 'import numpy'", [python, "-c", "import numpy"])):
-        bare = _timed(lambda a=argv: subprocess.run(a, check=True, env={"PATH": "/usr/bin:/bin"},
-                                                     cwd=out), repeat)
+    for label, argv in (
+        ("/bin/true", ["/bin/true"]),
+        ("python -c pass", [python, "-c", "pass"]),
+        ("python -c 'import numpy'", [python, "-c", "import numpy"]),
+    ):
+        bare = _timed(lambda a=argv: subprocess.run(a, check=True, env={"PATH": "/usr/bin:/bin"}, cwd=out), repeat)
 
         def boxed(a=argv):
             result = sandbox.run(a, spec)
@@ -71,16 +73,18 @@ def startup(env: environments.Environment, repeat: int) -> float:
         results[label] = statistics.median(inside) - statistics.median(bare)
     shutil.rmtree(out)
     worst = max(results.values())
-    print(f"  sandbox overhead (worst median): {worst:.1f} ms  -> target < 150 ms: "
-          f"{'met' if worst < 150 else 'NOT met'}")
+    print(
+        f"  sandbox overhead (worst median): {worst:.1f} ms  -> target < 150 ms: {'met' if worst < 150 else 'NOT met'}"
+    )
     return worst
 
 
 def builds(name: str, skip_cold: bool, work: Path) -> environments.Environment:
     # A snapshot of the analysis, so edits made to it meanwhile do not change the environment key.
     source = work / name
-    shutil.copytree(ROOT / "analyses" / name, source,
-                    ignore=shutil.ignore_patterns("tests", "benchmarks", "__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "analyses" / name, source, ignore=shutil.ignore_patterns("tests", "benchmarks", "__pycache__", "*.pyc")
+    )
     spec = environments.EnvironmentSpec(name, source / environments.LOCK_NAME, source)
     print(f"\nEnvironment build of {name} ({environments.pinned_packages(spec.lock_file)} locked packages)")
     timings = {}
@@ -130,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cold", action="store_true", help="do not download every wheel again")
     parser.add_argument("--analysis", default="caliali")
     args = parser.parse_args(argv)
-    print(f"bubblewrap: {sandbox.bwrap_binary()[1]}; python {sys.version.split()[0]}; "
-          f"{os.cpu_count()} cores (shared machine: figures are noisy)")
+    print(
+        f"bubblewrap: {sandbox.bwrap_binary()[1]}; python {sys.version.split()[0]}; "
+        f"{os.cpu_count()} cores (shared machine: figures are noisy)"
+    )
     work = Path(tempfile.mkdtemp(prefix="ncaas-bench-envs-"))
     try:
         env = builds(args.analysis, args.skip_cold, work)

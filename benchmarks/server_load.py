@@ -7,8 +7,8 @@
    the page cache is printed too, and so is a bare uvicorn app that only receives
    and discards the bytes (the ceiling of the HTTP stack the server runs on). The
    upload is checked end to end with a CRC-32C; an upload that also gives a SHA-256
-   (which the server then computes as the bytes arrive) is timed as well. Every contender runs ``--repeat`` times, interleaved,
-   and the median is printed with the CPU seconds of the sender (this process)
+   (which the server then computes as the bytes arrive) is timed as well. Every contender runs
+   ``--repeat`` times, interleaved, and the median is printed with the CPU seconds of the sender (this process)
    and of the server process: client and server share the machine's cpus here,
    so their CPU sum bounds the upload's wall time from below.
    Target: upload >= 50% of the disk copy.
@@ -153,9 +153,11 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repea
     big = work / "big.bin"
     free = shutil.disk_usage(work).free
     if free < 2.2 * size:
-        raise SystemExit(f"the upload benchmark needs {2.2 * size / 1e9:.1f} GB free in {work.parent} "
-                         f"(the test file and one copy of it); there are {free / 1e9:.1f} GB: free some "
-                         "space, set TMPDIR to another disk, or pass a smaller --size")
+        raise SystemExit(
+            f"the upload benchmark needs {2.2 * size / 1e9:.1f} GB free in {work.parent} "
+            f"(the test file and one copy of it); there are {free / 1e9:.1f} GB: free some "
+            "space, set TMPDIR to another disk, or pass a smaller --size"
+        )
     print(f"writing a {size / 1e9:.2f} GB test file ...", flush=True)
     _write_big(big, size)
     # Warm the page cache the same way for every contender; the SHA-256 is known beforehand,
@@ -181,18 +183,25 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repea
             done = c.upload_file(big, "big.bin", overwrite=True)
         assert done["complete"] and done["size"] == size
 
-    names = ["local disk copy (copyfile + fsync)", "local copy into page cache (no fsync)",
-             "bare uvicorn app discarding the body (no checks)",
-             "upload, SHA-256 given too (server computes it)",
-             "upload to ncaas serve (crc32c both ends, fsync)"]
+    names = [
+        "local disk copy (copyfile + fsync)",
+        "local copy into page cache (no fsync)",
+        "bare uvicorn app discarding the body (no checks)",
+        "upload, SHA-256 given too (server computes it)",
+        "upload to ncaas serve (crc32c both ends, fsync)",
+    ]
     runs: dict[str, list[tuple[float, float, float | None]]] = {name: [] for name in names}
     loads = [os.getloadavg()[0]]
     ncaas = psutil.Process(server.proc.pid)
     with _BareServer() as bare:
         bare_proc = psutil.Process(bare.proc.pid)
         for _ in range(repeat):  # interleaved, so a burst of load elsewhere hits every contender alike
-            for name, fn, proc in zip(names, [disk_copy, cache_copy, None, upload_with_sha, upload],
-                                      [None, None, bare_proc, ncaas, ncaas], strict=True):
+            for name, fn, proc in zip(
+                names,
+                [disk_copy, cache_copy, None, upload_with_sha, upload],
+                [None, None, bare_proc, ncaas, ncaas],
+                strict=True,
+            ):
                 os.sync()
                 if fn is None:
                     runs[name].append(_measure(lambda: _sendfile_put(bare.port, big), proc))
@@ -201,25 +210,40 @@ def bench_upload(server: ServerProcess, token: str, work: Path, size: int, repea
                 copy.unlink(missing_ok=True)
                 uploaded.unlink(missing_ok=True)  # at most two copies of the file on disk at any time
             loads.append(os.getloadavg()[0])
-    medians = {name: [statistics.median(x for x in column if x is not None) if any(
-        x is not None for x in column) else None for column in zip(*rows)] for name, rows in runs.items()}
+    medians = {
+        name: [
+            statistics.median(x for x in column if x is not None) if any(x is not None for x in column) else None
+            for column in zip(*rows)
+        ]
+        for name, rows in runs.items()
+    }
     copy_s = medians[names[0]][0]
-    print(f"\nupload of {size / 1e9:.2f} GB over loopback, median of {repeat} interleaved runs "
-          f"(1-minute load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cpus)")
-    print(f"{'':50s} {'seconds':>8s} {'MB/s':>6s} {'vs copy':>8s} {'sender cpu':>10s} {'server cpu':>10s}   all runs (s)")
+    print(
+        f"\nupload of {size / 1e9:.2f} GB over loopback, median of {repeat} interleaved runs "
+        f"(1-minute load average {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cpus)"
+    )
+    print(
+        f"{'':50s} {'seconds':>8s} {'MB/s':>6s} {'vs copy':>8s} {'sender cpu':>10s} {'server cpu':>10s}   all runs (s)"
+    )
     for name in names:
         wall, own, srv = medians[name]
         every = " ".join(f"{w:.2f}" for w, _, _ in runs[name])
-        print(f"{name:50s} {wall:8.2f} {size / 1e6 / wall:6.0f} {copy_s / wall:8.0%} {own:10.2f} "
-              f"{'' if srv is None else f'{srv:.2f}':>10s}   {every}")
+        print(
+            f"{name:50s} {wall:8.2f} {size / 1e6 / wall:6.0f} {copy_s / wall:8.0%} {own:10.2f} "
+            f"{'' if srv is None else f'{srv:.2f}':>10s}   {every}"
+        )
     up_wall, up_own, up_srv = medians[names[-1]]
     ratio = copy_s / up_wall
-    print(f"upload throughput is {ratio:.0%} of a local disk copy, both durable on disk when done "
-          f"(target >= 50%): {'MET' if ratio >= 0.5 else 'NOT MET'}; "
-          f"{medians[names[1]][0] / up_wall:.0%} of a copy that stays in the page cache")
-    print(f"CPU per upload: uploader {up_own:.2f} s + server {up_srv:.2f} s = {up_own + up_srv:.2f} s, "
-          f"at least {(up_own + up_srv) / os.cpu_count():.2f} s of wall time when both share these "
-          f"{os.cpu_count()} cpus and nothing else runs")
+    print(
+        f"upload throughput is {ratio:.0%} of a local disk copy, both durable on disk when done "
+        f"(target >= 50%): {'MET' if ratio >= 0.5 else 'NOT MET'}; "
+        f"{medians[names[1]][0] / up_wall:.0%} of a copy that stays in the page cache"
+    )
+    print(
+        f"CPU per upload: uploader {up_own:.2f} s + server {up_srv:.2f} s = {up_own + up_srv:.2f} s, "
+        f"at least {(up_own + up_srv) / os.cpu_count():.2f} s of wall time when both share these "
+        f"{os.cpu_count()} cpus and nothing else runs"
+    )
     big.unlink()
 
 
@@ -238,8 +262,12 @@ async def _client(http: httpx.AsyncClient, stop_at: float, think: float, stats, 
         return resp
 
     while time.monotonic() < stop_at:
-        resp = await call("submit", "POST", "/api/jobs",
-                          json={"analysis": "framestats", "datasets": ["tiny.npy"], "config": {"batch_frames": 8}})
+        resp = await call(
+            "submit",
+            "POST",
+            "/api/jobs",
+            json={"analysis": "framestats", "datasets": ["tiny.npy"], "config": {"batch_frames": 8}},
+        )
         if resp is None:
             await asyncio.sleep(think)
             continue
@@ -257,8 +285,9 @@ async def _load(url: str, token: str, clients: int, seconds: float, think: float
     stats: dict[str, list] = defaultdict(list)
     jobs: list[str] = []
     limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(60.0), limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(60.0), limits=limits
+    ) as http:
         start = time.perf_counter()
         stop_at = time.monotonic() + seconds
         await asyncio.gather(*[_client(http, stop_at, think, stats, jobs) for _ in range(clients)])
@@ -273,8 +302,11 @@ def bench_load(server: ServerProcess, token: str, clients: int, seconds: float, 
     tiny.write_bytes(buf.getvalue())
     with Client(server.url, token) as c:
         c.upload_file(tiny, "tiny.npy", overwrite=True)
-    print(f"\n{clients} clients for {seconds:.0f} s: submit a framestats job, poll it until over "
-          f"(think time {think * 1000:.0f} ms), repeat", flush=True)
+    print(
+        f"\n{clients} clients for {seconds:.0f} s: submit a framestats job, poll it until over "
+        f"(think time {think * 1000:.0f} ms), repeat",
+        flush=True,
+    )
     proc = psutil.Process(server.proc.pid)
     before, me_before, machine_before = proc.cpu_times(), time.process_time(), psutil.cpu_times()
     stats, jobs, elapsed = asyncio.run(_load(server.url, token, clients, seconds, think))
@@ -286,26 +318,31 @@ def bench_load(server: ServerProcess, token: str, clients: int, seconds: float, 
     for kind, lat in sorted(stats.items()):
         every += lat
         q = np.percentile(np.array(lat) * 1000, [50, 95, 99])
-        print(f"{kind:14s} {len(lat):7d} {len(lat) / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} "
-              f"{max(lat) * 1000:8.1f}")
+        print(
+            f"{kind:14s} {len(lat):7d} {len(lat) / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} "
+            f"{max(lat) * 1000:8.1f}"
+        )
     q = np.percentile(np.array(every) * 1000, [50, 95, 99])
-    print(f"{'all':14s} {total:7d} {total / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} "
-          f"{max(every) * 1000:8.1f}")
+    print(f"{'all':14s} {total:7d} {total / elapsed:7.1f} {q[0]:8.1f} {q[1]:8.1f} {q[2]:8.1f} {max(every) * 1000:8.1f}")
     with Client(server.url, token) as c:
         states = [c.job(j)["state"] for j in jobs]
         for j, s in zip(jobs, states, strict=True):
             if s in ("queued", "running"):
                 c.cancel(j)
-    print(f"jobs submitted: {len(jobs)}; finished during the run: "
-          f"{sum(s not in ('queued', 'running') for s in states)} "
-          f"({statistics.mode(states) if states else '-'} most often); the rest were cancelled")
+    print(
+        f"jobs submitted: {len(jobs)}; finished during the run: "
+        f"{sum(s not in ('queued', 'running') for s in states)} "
+        f"({statistics.mode(states) if states else '-'} most often); the rest were cancelled"
+    )
     server_cpu = (after.user + after.system) - (before.user + before.system)
     idle = (machine_after.idle + machine_after.iowait) - (machine_before.idle + machine_before.iowait)
     total = sum(machine_after) - sum(machine_before)
-    print(f"CPU during the run ({elapsed:.0f} s wall): the server process used {server_cpu:.1f} s "
-          f"({server_cpu / max(len(every), 1) * 1000:.1f} ms per request, manager thread included), the load "
-          f"generator {me_after - me_before:.1f} s; the machine's {os.cpu_count()} cpus were "
-          f"{1 - idle / total:.0%} busy (load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+    print(
+        f"CPU during the run ({elapsed:.0f} s wall): the server process used {server_cpu:.1f} s "
+        f"({server_cpu / max(len(every), 1) * 1000:.1f} ms per request, manager thread included), the load "
+        f"generator {me_after - me_before:.1f} s; the machine's {os.cpu_count()} cpus were "
+        f"{1 - idle / total:.0%} busy (load average now {' '.join(f'{x:.1f}' for x in os.getloadavg())})"
+    )
     print(f"failed requests: {len(failures)} (target: 0)")
     for line in failures[:10]:
         print("  ", line)
@@ -327,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         root = work / "root"
         token = storage_with_user(root)
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
         with ServerProcess(root, max_upload="100GB") as server:
             if not args.skip_upload:
                 bench_upload(server, token, work, size, args.repeat)

@@ -53,5 +53,3 @@ def manager(root: Path, registry: BlueprintRegistry) -> Iterator[Manager]:
     db = JobDB(default_db_url(storage.root))
     yield Manager(storage, db, registry=registry, executor=LocalExecutor(cpus=4))
     db.close()
-
-

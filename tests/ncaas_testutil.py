@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 FRAMESTATS = REPO / "analyses" / "framestats" / "blueprint.yaml"
 
@@ -47,8 +46,9 @@ def make_blueprint(folder: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-def submit(root: Path, name: str, body: dict[str, Any], *, group: str = "lab",
-           config: dict[str, Any] | None = None) -> Path:
+def submit(
+    root: Path, name: str, body: dict[str, Any], *, group: str = "lab", config: dict[str, Any] | None = None
+) -> Path:
     """Write a config (if given) and a submit file, as a plain file copy would."""
     if config is not None:
         write_json(root / group / "configs" / f"{name}.json", config)
@@ -66,12 +66,19 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, what: str =
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def ncaas(*args: str, env: dict[str, str] | None = None, check: bool = False,
-          timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def ncaas(
+    *args: str, env: dict[str, str] | None = None, check: bool = False, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Run the real `ncaas` command in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    done = subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "ncaas", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"ncaas {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -80,8 +87,12 @@ def ncaas(*args: str, env: dict[str, str] | None = None, check: bool = False,
 def start_manager(root: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "ncaas", "manager", "--root", str(root)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=full_env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "manager", "--root", str(root)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
 
 
 def read_json(path: Path) -> Any:

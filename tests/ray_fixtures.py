@@ -65,12 +65,20 @@ def ray_cluster(s3_server: LocalS3Server, tmp_path_factory: pytest.TempPathFacto
     """Head on 127.0.0.2, one worker on 127.0.0.3, token auth; nodes hold the S3 credentials."""
     # Nodes are health-checked every second (Ray's default: every 3 s, dead after ~25 s or more),
     # so that a node killed by a test is declared dead quickly.
-    health = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
-              "RAY_health_check_failure_threshold": "3"}
-    cluster = LocalRayCluster(head_ip=HEAD_IP, worker_ips=(WORKER_IP,), num_cpus=1, memory=3 * 1024**3,
-                              object_store_memory=80 * 1024**2, resources={"ncaas_test": 4},
-                              env={**s3_server.env(), **health,
-                                   "NCAAS_NODE_DIR": str(tmp_path_factory.mktemp("ray-node"))})
+    health = {
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_timeout_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+    }
+    cluster = LocalRayCluster(
+        head_ip=HEAD_IP,
+        worker_ips=(WORKER_IP,),
+        num_cpus=1,
+        memory=3 * 1024**3,
+        object_store_memory=80 * 1024**2,
+        resources={"ncaas_test": 4},
+        env={**s3_server.env(), **health, "NCAAS_NODE_DIR": str(tmp_path_factory.mktemp("ray-node"))},
+    )
     try:
         cluster.start()
     except LocalClusterError as exc:

@@ -41,14 +41,17 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_every_error_is_explained_with_its_location(tmp_path):
-    problems = _problems(tmp_path, """\
+    problems = _problems(
+        tmp_path,
+        """\
 name: Bad Name
 version: "1"
 command: ["{python}", "-m", "x", "{inptu}", "{output}"]
 resources:
   memory: lots
   cpu: 2
-""")
+""",
+    )
     text = "\n".join(problems)
     assert "name (line 1): String should match pattern" in text
     assert "command.3 (line 3)" not in text  # the command error is reported on the list
@@ -58,25 +61,33 @@ resources:
 
 
 def test_a_disk_allowance_is_refused_with_the_reason(tmp_path):
-    problems = _problems(tmp_path, """\
+    problems = _problems(
+        tmp_path,
+        """\
 name: ok
 version: "1"
 command: ["run", "{input}", "{output}"]
 resources:
   memory: 1GB
   disk: 10GB
-""")
-    assert problems == ["blueprint.yaml: resources.disk (line 6): no longer supported: ncaas never limited a "
-                        "task's disk use, so the field promised what it did not do; remove it (the server keeps "
-                        "free space by refusing uploads instead: `ncaas serve --min-free`)"]
+""",
+    )
+    assert problems == [
+        "blueprint.yaml: resources.disk (line 6): no longer supported: ncaas never limited a "
+        "task's disk use, so the field promised what it did not do; remove it (the server keeps "
+        "free space by refusing uploads instead: `ncaas serve --min-free`)"
+    ]
 
 
 def test_missing_fields_and_bad_schema_are_named(tmp_path):
-    problems = _problems(tmp_path, """\
+    problems = _problems(
+        tmp_path,
+        """\
 name: ok
 command: ["run", "{output}"]
 config_schema: {type: nonsense}
-""")
+""",
+    )
     text = "\n".join(problems)
     assert "version: Field required" in text
     assert "command (line 2): the command must contain {input}" in text
@@ -84,15 +95,17 @@ config_schema: {type: nonsense}
 
 
 def test_default_config_must_match_schema(tmp_path):
-    problems = _problems(tmp_path, """\
+    problems = _problems(
+        tmp_path,
+        """\
 name: ok
 version: "1"
 command: ["run", "{input}", "{output}"]
 config_schema: {type: object, properties: {k: {type: integer}}}
 default_config: {k: "three"}
-""")
-    assert any("default_config.k does not match config_schema: 'three' is not of type 'integer'" in p
-               for p in problems)
+""",
+    )
+    assert any("default_config.k does not match config_schema: 'three' is not of type 'integer'" in p for p in problems)
 
 
 def test_invalid_yaml_names_line(tmp_path):

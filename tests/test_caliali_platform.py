@@ -41,11 +41,28 @@ JOB_TIMEOUT = 3000
 SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
 REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "memory_budget": "256MB"}
 # Files every multi-session run returns (relative to the dataset's outputs folder).
-OUTPUTS = ["summary.json", "neurons.nwb", "qc/contours.png", "qc/traces.png",
-           "arrays/A.npz", "arrays/C.npy", "arrays/C_raw.npy", "arrays/S.npy", "arrays/Cn.npy", "arrays/PNR.npy",
-           "arrays/session_bounds.npy", "arrays/meta.json", "arrays/valid_mask.npy"]
-ALIGNMENT = ["alignment/fields.npy", "alignment/valid_mask.npy", "alignment/translations.npy",
-             "alignment/projections.npy", "alignment/alignment.json"]
+OUTPUTS = [
+    "summary.json",
+    "neurons.nwb",
+    "qc/contours.png",
+    "qc/traces.png",
+    "arrays/A.npz",
+    "arrays/C.npy",
+    "arrays/C_raw.npy",
+    "arrays/S.npy",
+    "arrays/Cn.npy",
+    "arrays/PNR.npy",
+    "arrays/session_bounds.npy",
+    "arrays/meta.json",
+    "arrays/valid_mask.npy",
+]
+ALIGNMENT = [
+    "alignment/fields.npy",
+    "alignment/valid_mask.npy",
+    "alignment/translations.npy",
+    "alignment/projections.npy",
+    "alignment/alignment.json",
+]
 
 
 def _caliali(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,8 +98,19 @@ def _submit(root: Path, dataset: Path, config: dict[str, Any]) -> Job:
     """`ncaas submit caliali DATASET --config CFG --wait`, as a scientist runs it."""
     cfg = root.parent / f"{dataset.name}-config.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    run = ncaas("submit", "caliali", str(dataset), "--config", str(cfg), "--group", GROUP, "--root", str(root),
-                "--wait", timeout=JOB_TIMEOUT)
+    run = ncaas(
+        "submit",
+        "caliali",
+        str(dataset),
+        "--config",
+        str(cfg),
+        "--group",
+        GROUP,
+        "--root",
+        str(root),
+        "--wait",
+        timeout=JOB_TIMEOUT,
+    )
     job = Job(root, dataset.name, run)
     assert run.returncode == 0 and job.end["state"] == "succeeded", job.explain()
     return job
@@ -173,8 +201,22 @@ def _check_certificate(job: Job) -> None:
 def simulated(tmp_path_factory) -> tuple[Path, Path]:
     """Two sessions of 400 frames, 120x160, 25 neurons; session 1 as ses01_b1/_b2 without a manifest."""
     base = tmp_path_factory.mktemp("caliali-sim")
-    _caliali("simulate", str(base / "sim"), "--sessions", "2", "--frames", "400", "--neurons", "25",
-             "--seed", "3", "--height", "120", "--width", "160")
+    _caliali(
+        "simulate",
+        str(base / "sim"),
+        "--sessions",
+        "2",
+        "--frames",
+        "400",
+        "--neurons",
+        "25",
+        "--seed",
+        "3",
+        "--height",
+        "120",
+        "--width",
+        "160",
+    )
     _caliali("split", str(base / "sim" / "ses01.tif"), "--max-frames", "250", "--out", str(base / "pieces"))
     experiment = base / "experiment"
     experiment.mkdir()
@@ -222,8 +264,9 @@ def test_a_wrong_config_is_refused_before_anything_runs_naming_the_field(simulat
     root = tmp_path / "root"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**SMALL, "spatial_ds": 0, "gsig": 3}))
-    run = ncaas("submit", "caliali", str(experiment), "--config", str(bad), "--group", GROUP,
-                "--root", str(root), "--wait")
+    run = ncaas(
+        "submit", "caliali", str(experiment), "--config", str(bad), "--group", GROUP, "--root", str(root), "--wait"
+    )
     said = " ".join(run.stderr.split())
     assert run.returncode == 2, run.stdout + run.stderr
     assert "submission rejected" in said and "Traceback" not in said

@@ -17,8 +17,18 @@ def test_submit_wait_then_status_logs_results(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("stats: [mean, std]\n")
     env = {"NCAAS_ROOT": str(root)}
-    done = cli("submit", "framestats", *map(str, data), str(folder), "--config", str(config),
-               "--group", "lab", "--wait", env=env)
+    done = cli(
+        "submit",
+        "framestats",
+        *map(str, data),
+        str(folder),
+        "--config",
+        str(config),
+        "--group",
+        "lab",
+        "--wait",
+        env=env,
+    )
     assert done.exit_code == 0, done.output
     assert "succeeded" in done.stdout and "certificate" in done.stdout
     assert (root / "lab" / "inputs" / "m0.npy").read_bytes() == data[0].read_bytes()

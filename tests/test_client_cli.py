@@ -25,14 +25,14 @@ ENV.pop("NCAAS_TOKEN", None)
 
 def ncaas_process(*args: str) -> subprocess.CompletedProcess:
     """The real `ncaas` entry point in a child process."""
-    return subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True, env=ENV,
-                          timeout=180)
+    return subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True, env=ENV, timeout=180)
 
 
 def ncaas(*args: str):
     """The same CLI run in this process (start-up is most of a command's time on 2 busy cores)."""
-    result = CliRunner().invoke(cli.app, list(args), env={"NCAAS_SERVER": None, "NCAAS_TOKEN": None,
-                                                          "NCAAS_ROOT": None, "NCAAS_DB": None})
+    result = CliRunner().invoke(
+        cli.app, list(args), env={"NCAAS_SERVER": None, "NCAAS_TOKEN": None, "NCAAS_ROOT": None, "NCAAS_DB": None}
+    )
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result
@@ -54,15 +54,23 @@ def served(tmp_path_factory):
         (base / name).write_bytes(buf.getvalue())
     (base / "cfg.yaml").write_text("batch_frames: 4\n")
     server = ServerProcess(root).start()
-    yield {"base": base, "root": root, "where": where, "server": server,
-           "remote": ["--server", server.url, "--token", token.stdout.strip().splitlines()[-1]]}
+    yield {
+        "base": base,
+        "root": root,
+        "where": where,
+        "server": server,
+        "remote": ["--server", server.url, "--token", token.stdout.strip().splitlines()[-1]],
+    }
     server.stop()
 
 
 def test_admin_commands_explain_mistakes_and_show_tokens_once(served):
     where = served["where"]
-    unknown, dup, tokens = (ncaas("admin", "add-user", "zed", "--group", "nope", *where),
-                            ncaas("admin", "add-group", "lab", *where), ncaas("admin", "tokens", *where))
+    unknown, dup, tokens = (
+        ncaas("admin", "add-user", "zed", "--group", "nope", *where),
+        ncaas("admin", "add-group", "lab", *where),
+        ncaas("admin", "tokens", *where),
+    )
     assert unknown.exit_code == 1 and "group 'nope' does not exist; create it first" in unknown.stderr
     assert dup.exit_code == 1 and "group 'lab' already exists" in dup.stderr
     assert "Traceback" not in unknown.stderr + dup.stderr
@@ -72,8 +80,16 @@ def test_admin_commands_explain_mistakes_and_show_tokens_once(served):
 
 def test_remote_commands_print_what_embedded_commands_print(served):
     base, remote, where = served["base"], served["remote"], served["where"]
-    done = ncaas_process(*remote, "submit", "framestats", str(base / "a.npy"), str(base / "b.npy"),
-                         "--config", str(base / "cfg.yaml"), "--wait")
+    done = ncaas_process(
+        *remote,
+        "submit",
+        "framestats",
+        str(base / "a.npy"),
+        str(base / "b.npy"),
+        "--config",
+        str(base / "cfg.yaml"),
+        "--wait",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     job_id = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
     assert "succeeded: results in" in done.stdout
@@ -84,8 +100,16 @@ def test_remote_commands_print_what_embedded_commands_print(served):
     rejected = ncaas(*remote, "submit", "framestats", "missing.npy")
     assert rejected.exit_code == 2
     rejected_id = rejected.stderr.split("(job ", 1)[1].split(";", 1)[0]
-    commands = [["status", job_id], ["status"], ["status", rejected_id], ["results", job_id], ["logs", job_id],
-                ["logs", job_id, "b.npy"], ["cancel", job_id], ["analyses"]]
+    commands = [
+        ["status", job_id],
+        ["status"],
+        ["status", rejected_id],
+        ["results", job_id],
+        ["logs", job_id],
+        ["logs", job_id, "b.npy"],
+        ["cancel", job_id],
+        ["analyses"],
+    ]
     remote_runs = [ncaas(*remote, *c) for c in commands]
     embedded_runs = [ncaas(*c, *where) if c != ["analyses"] else ncaas(*c) for c in commands]
     for command, r, e in zip(commands, remote_runs, embedded_runs, strict=True):
@@ -104,17 +128,21 @@ def _same_shape(text: str) -> str:
 
 
 def _tail(text: str, start: str) -> str:
-    return text[text.index(start):]
+    return text[text.index(start) :]
 
 
 def test_every_other_command_prints_the_same_embedded_and_remote(served):
     """submit (accepted and rejected), rerun, and mistakes: the same words both ways."""
     remote, where = served["remote"], served["where"]
-    runs = {how: {"submit": ncaas(*prefix, "submit", "framestats", "a.npy", "--group", "lab", *suffix),
-                  "rejected": ncaas(*prefix, "submit", "framestats", "gone.npy", "--group", "lab", *suffix),
-                  "no job": ncaas(*prefix, "status", "nosuchjob", *suffix),
-                  "no dataset": ncaas(*prefix, "logs", "nosuchjob", *suffix)}
-            for how, prefix, suffix in (("remote", remote, []), ("embedded", [], where))}
+    runs = {
+        how: {
+            "submit": ncaas(*prefix, "submit", "framestats", "a.npy", "--group", "lab", *suffix),
+            "rejected": ncaas(*prefix, "submit", "framestats", "gone.npy", "--group", "lab", *suffix),
+            "no job": ncaas(*prefix, "status", "nosuchjob", *suffix),
+            "no dataset": ncaas(*prefix, "logs", "nosuchjob", *suffix),
+        }
+        for how, prefix, suffix in (("remote", remote, []), ("embedded", [], where))
+    }
     for name in runs["remote"]:
         r, e = runs["remote"][name], runs["embedded"][name]
         assert r.exit_code == e.exit_code, (name, r.stdout, r.stderr, e.stdout, e.stderr)
@@ -156,7 +184,8 @@ def test_remote_errors_are_messages_with_exit_codes(served):
         ncaas("--server", f"http://127.0.0.1:{free_port()}", "--token", "x", "status"),
         ncaas(*remote, "manager"),
         ncaas(*remote, "submit", "framestats", "nothing.npy", "--config", "absent.yaml"),
-        ncaas(*remote, "submit", "framestats", "a.npy", "--group", "elsewhere"))
+        ncaas(*remote, "submit", "framestats", "a.npy", "--group", "elsewhere"),
+    )
     assert no_token.exit_code == 1 and "--server needs a token" in no_token.stderr
     assert bad_token.exit_code == 1 and "unknown or revoked" in bad_token.stderr
     assert unreachable.exit_code == 1 and "cannot reach the ncaas server" in unreachable.stderr
@@ -210,8 +239,9 @@ def test_hidden_files_of_a_folder_stay_behind_and_are_named(served, tmp_path):
 
     refused = ncaas(*remote, "submit", "framestats", str(only))
     assert refused.exit_code == 1 and "Traceback" not in refused.stderr
-    assert f"{only} holds only hidden files (.DS_Store, Thumbs.db); a dataset needs at least one file" in \
-        " ".join(refused.stderr.split())
+    assert f"{only} holds only hidden files (.DS_Store, Thumbs.db); a dataset needs at least one file" in " ".join(
+        refused.stderr.split()
+    )
     assert not (root / "lab" / "inputs" / "only-hidden").exists()
 
     sent = ncaas(*remote, "submit", "framestats", str(exp), str(base / ".rig.npy"))

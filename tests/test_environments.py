@@ -80,8 +80,12 @@ def test_build_is_read_only_non_editable_and_matches_its_manifest(analysis, envs
     assert environments.verify(env).ok
 
     # The analysis is installed as a copy inside the environment, not as a link to its source.
-    out = subprocess.run([str(env.python), "-c", "import tinyana, iniconfig; print(tinyana.__file__)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(env.python), "-c", "import tinyana, iniconfig; print(tinyana.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(out.stdout.strip()).is_relative_to(env.path)
     assert env.record()["lock_sha256"] == environments._sha256_file(analysis / "requirements.lock")
 
@@ -97,8 +101,9 @@ def test_same_inputs_reuse_the_environment_and_a_source_change_gets_a_new_one(tm
     (folder / "src" / "tinyana" / "__init__.py").write_text("VALUE = 2\n")
     second, built = environments.ensure(spec_for(folder))
     assert built and second.path != first.path and second.lock_sha256 == first.lock_sha256
-    out = subprocess.run([str(second.python), "-c", "import tinyana; print(tinyana.VALUE)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(second.python), "-c", "import tinyana; print(tinyana.VALUE)"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "2"
 
 
@@ -129,20 +134,18 @@ def test_an_added_file_fails_verification(analysis, envs):
     (site / "sitecustomize.py").write_text("print('injected')\n")
     os.chmod(site, 0o555)
     check = environments.verify(env)
-    assert not check.ok and any(p.startswith("added: ") and p.endswith("sitecustomize.py")
-                                for p in check.problems)
+    assert not check.ok and any(p.startswith("added: ") and p.endswith("sitecustomize.py") for p in check.problems)
 
 
 def test_concurrent_builds_of_the_same_environment_build_it_once(analysis, envs):
     code = textwrap.dedent(f"""
         from pathlib import Path
         from ncaas import environments as e
-        env, built = e.ensure(e.EnvironmentSpec("tinyana", Path({str(analysis / 'requirements.lock')!r}),
+        env, built = e.ensure(e.EnvironmentSpec("tinyana", Path({str(analysis / "requirements.lock")!r}),
                                                 Path({str(analysis)!r})))
         print(built, env.manifest_sha256)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     results = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(built for built, _ in results) == ["False", "False", "True"]
@@ -178,8 +181,9 @@ def test_the_build_log_names_its_sandbox_and_without_bubblewrap_a_build_is_refus
     log = env.path.with_name(env.path.name + ".build.log")
     assert log.read_text().startswith("# sandbox: bubblewrap, uid 65534")
     monkeypatch.setenv("NCAAS_BWRAP", str(envs / "no-such-bwrap"))
-    with pytest.raises(EnvironmentBuildError, match="cannot build the tinyana environment: .*bubblewrap.*"
-                                                    "NCAAS_SANDBOX=off"):
+    with pytest.raises(
+        EnvironmentBuildError, match="cannot build the tinyana environment: .*bubblewrap.*NCAAS_SANDBOX=off"
+    ):
         environments.ensure(spec_for(analysis), rebuild=True)
     assert not env.path.exists(), "a refused build must not leave an environment"
     monkeypatch.setenv("NCAAS_SANDBOX", "off")
@@ -210,8 +214,13 @@ def test_env_commands_build_verify_and_lock(tmp_path, envs):
     folder = make_analysis(tmp_path / "tinyana", [])
 
     def ncaas(*args):
-        return subprocess.run([sys.executable, "-m", "ncaas", "env", *args], capture_output=True, text=True,
-                              env={**os.environ, "COLUMNS": "200"}, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "ncaas", "env", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=300,
+        )
 
     locked = ncaas("lock", str(folder))
     assert locked.returncode == 0 and "locked 0 packages" in locked.stdout

@@ -26,8 +26,12 @@ def test_success_writes_status_logs_outputs_certificate_and_end(manager, root):
     job, results, tasks = _run(manager, root, "framestats", {"stats": ["mean", "max"]}, ["a.npy", "b.npy"])
     assert job.state == JobState.SUCCEEDED
     status = read_json(results / "status" / "a.npy.json")
-    assert {k: status[k] for k in ("state", "progress", "exit_code", "attempt")} == \
-        {"state": "succeeded", "progress": 1.0, "exit_code": 0, "attempt": 1}
+    assert {k: status[k] for k in ("state", "progress", "exit_code", "attempt")} == {
+        "state": "succeeded",
+        "progress": 1.0,
+        "exit_code": 0,
+        "attempt": 1,
+    }
     assert status["end_ms"] >= status["start_ms"] > 0
     assert (results / "outputs" / "a.npy" / "a.stats.csv").read_text().splitlines()[0] == "frame,mean,max"
     assert read_json(results / "end.json")["tasks"] == {"a.npy": "succeeded", "b.npy": "succeeded"}
@@ -35,8 +39,7 @@ def test_success_writes_status_logs_outputs_certificate_and_end(manager, root):
     assert cert["blueprint"]["name"] == "framestats" and len(cert["blueprint"]["sha256"]) == 64
     assert cert["tasks"][0]["input"]["size"] == (root / "lab" / "inputs" / "a.npy").stat().st_size
     assert cert["environment"]["python"] and cert["isolation"] == manager.executor.isolation
-    assert [e.to_state for e in manager.db.events(job.id) if e.dataset == "a.npy"] == \
-        ["queued", "running", "succeeded"]
+    assert [e.to_state for e in manager.db.events(job.id) if e.dataset == "a.npy"] == ["queued", "running", "succeeded"]
     assert not (root / ".ncaas" / "runs" / job.id).exists()  # executor bookkeeping dissolved
 
 
@@ -119,8 +122,9 @@ def test_blueprint_limit_bounds_concurrency(manager, root):
 
 
 def test_logs_stream_while_the_task_runs(manager, root):
-    path = submit(root, "s", {"analysis": "framestats", "dataname": ["a.npy"]},
-                  config={"sleep_per_frame": 0.1, "batch_frames": 1})
+    path = submit(
+        root, "s", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"sleep_per_frame": 0.1, "batch_frames": 1}
+    )
     job = manager.ingest_file("lab", str(path))
     runner = threading.Thread(target=manager.run_job, args=(job.id,))
     runner.start()

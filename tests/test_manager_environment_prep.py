@@ -78,8 +78,9 @@ def build_lock(envs: Path, registry: BlueprintRegistry) -> Iterator[subprocess.P
     assert spec is not None
     lock_path = environments._paths(spec.name, spec.key()["env_sha256"])[2]
     lock_path.parent.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock_path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(lock_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     yield holder
     if holder.poll() is None:
@@ -109,6 +110,7 @@ def running(root: Path, registry: BlueprintRegistry, envs: Path) -> Iterator[Man
 def _job(watch: JobDB, name: str) -> Job:
     def find() -> Job | None:
         return next((j for j in watch.jobs() if j.submission == f"{name}.submit.json"), None)
+
     return wait_for(find, what=f"the job of {name}.submit.json")
 
 
@@ -116,6 +118,7 @@ def _over(watch: JobDB, job: Job, *, timeout: float = 30) -> Job:
     def done() -> Job | None:
         fresh = watch.job(job.id)
         return fresh if fresh is not None and fresh.finalized else None
+
     return wait_for(done, timeout=timeout, what=f"job {job.id} ({job.submission}) to end")
 
 
@@ -125,8 +128,7 @@ def test_a_build_in_progress_holds_back_only_its_own_tasks(root, running, build_
         submit(root, "built", {"analysis": "framestats", "dataname": ["a.npy", "b.npy"]})
         waiting = _job(watch, "built")
         cause = "waiting for its environment: another process is building the framestats environment"
-        wait_for(lambda: {t.cause for t in watch.tasks(waiting.id)} == {cause}, timeout=10,
-                 what="the waiting cause")
+        wait_for(lambda: {t.cause for t in watch.tasks(waiting.id)} == {cause}, timeout=10, what="the waiting cause")
 
         # (1) a job needing no environment, submitted after, runs while the other waits
         submit(root, "plain", {"analysis": "fs-platform", "dataname": "c.npy"}, config={"stats": ["mean"]})
@@ -155,8 +157,9 @@ def test_a_build_in_progress_holds_back_only_its_own_tasks(root, running, build_
         cancelled = _over(watch, waiting, timeout=10)
         assert time.monotonic() - asked < 5
         assert cancelled.state == "cancelled"
-        assert {(t.state, t.attempt, t.cause) for t in watch.tasks(waiting.id)} == \
-            {("cancelled", 0, "cancelled by request before it started")}
+        assert {(t.state, t.attempt, t.cause) for t in watch.tasks(waiting.id)} == {
+            ("cancelled", 0, "cancelled by request before it started")
+        }
         assert (root / "lab" / "results" / waiting.id / "end.json").exists()
 
         # (4) once the lock is released the environment is built and the other job of framestats runs
@@ -168,8 +171,11 @@ def test_a_build_in_progress_holds_back_only_its_own_tasks(root, running, build_
         assert later.state == "succeeded", task.cause
         environment = json.loads(task.environment_json)
         assert environment["path"].startswith(str(envs)) and environment["manifest_hash"]
-        assert [e.to_state for e in watch.events(later.id) if e.dataset == "c.npy"] == \
-            ["queued", "running", "succeeded"]
+        assert [e.to_state for e in watch.events(later.id) if e.dataset == "c.npy"] == [
+            "queued",
+            "running",
+            "succeeded",
+        ]
     finally:
         watch.close()
 
@@ -181,9 +187,14 @@ def test_a_failed_preparation_fails_every_task_waiting_for_it(root, running):
         job = _over(watch, _job(watch, "unlocked"))
         assert job.state == "failed"
         for task in watch.tasks(job.id):
-            assert task.cause.startswith("could not start: the lock file ") and \
-                "create it with `ncaas env lock unlocked`" in task.cause, task.cause
-            assert [e.to_state for e in watch.events(job.id) if e.dataset == task.dataset] == \
-                ["queued", "running", "failed"]  # as when the environment was prepared on the loop
+            assert (
+                task.cause.startswith("could not start: the lock file ")
+                and "create it with `ncaas env lock unlocked`" in task.cause
+            ), task.cause
+            assert [e.to_state for e in watch.events(job.id) if e.dataset == task.dataset] == [
+                "queued",
+                "running",
+                "failed",
+            ]  # as when the environment was prepared on the loop
     finally:
         watch.close()

@@ -26,16 +26,25 @@ def _stop(proc, sig=signal.SIGTERM):
 def test_plain_copy_runs_parallel_tasks_with_status_certificate_and_rerun_match(root, tmp_path):
     manager = start_manager(root, tmp_path / "manager.log")
     try:
-        submit(root, "three", {"analysis": "framestats", "dataname": ["a.npy", "b.npy", "c.npy"]},
-               config={"sleep_per_frame": 0.1, "batch_frames": 2})  # 20 frames: 2 s each
+        submit(
+            root,
+            "three",
+            {"analysis": "framestats", "dataname": ["a.npy", "b.npy", "c.npy"]},
+            config={"sleep_per_frame": 0.1, "batch_frames": 2},
+        )  # 20 frames: 2 s each
         job_dir = wait_for(lambda: _results(root) and _results(root)[0], what="a results folder")
         statuses = [job_dir / "status" / f"{d}.npy.json" for d in "abc"]
-        running = wait_for(lambda: all(s.exists() and read_json(s).get("state") == "running" and
-                                       read_json(s).get("progress", 0) > 0 for s in statuses[:2]),
-                           what="two tasks running with progress")
+        running = wait_for(
+            lambda: all(
+                s.exists() and read_json(s).get("state") == "running" and read_json(s).get("progress", 0) > 0
+                for s in statuses[:2]
+            ),
+            what="two tasks running with progress",
+        )
         assert running
-        end = wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60,
-                       what="end.json")
+        end = wait_for(
+            lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60, what="end.json"
+        )
     finally:
         _stop(manager)
     assert end["state"] == "succeeded", (tmp_path / "manager.log").read_text()
@@ -80,12 +89,17 @@ def _runner_of(status_path):
 def test_manager_killed_mid_job_and_restarted_completes_it(root, tmp_path):
     log = tmp_path / "manager.log"
     manager = start_manager(root, log)
-    submit(root, "slow", {"analysis": "framestats", "dataname": ["a.npy", "b.npy", "c.npy"]},
-           config={"sleep_per_frame": 0.1, "batch_frames": 2})
+    submit(
+        root,
+        "slow",
+        {"analysis": "framestats", "dataname": ["a.npy", "b.npy", "c.npy"]},
+        config={"sleep_per_frame": 0.1, "batch_frames": 2},
+    )
     job_dir = wait_for(lambda: _results(root) and _results(root)[0], what="results folder")
     a, b, c = (job_dir / "status" / f"{d}.npy.json" for d in "abc")
-    wait_for(lambda: a.exists() and read_json(a).get("state") == "running" and read_json(a).get("pid"),
-             what="task a running")
+    wait_for(
+        lambda: a.exists() and read_json(a).get("state") == "running" and read_json(a).get("pid"), what="task a running"
+    )
     wait_for(lambda: b.exists() and read_json(b).get("pid"), what="task b running")
     manager.send_signal(signal.SIGKILL)
     manager.wait()
@@ -98,11 +112,17 @@ def test_manager_killed_mid_job_and_restarted_completes_it(root, tmp_path):
     time.sleep(0.5)
     manager = start_manager(root, log)
     try:
-        end = wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60,
-                       what="end.json after restart")
+        end = wait_for(
+            lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"),
+            timeout=60,
+            what="end.json after restart",
+        )
         assert end["state"] == "succeeded", log.read_text()
-        second = wait_for(lambda: [d for d in _results(root) if d != job_dir and (d / "end.json").exists()],
-                          timeout=30, what="the submission made while down")
+        second = wait_for(
+            lambda: [d for d in _results(root) if d != job_dir and (d / "end.json").exists()],
+            timeout=30,
+            what="the submission made while down",
+        )
         assert read_json(second[0] / "end.json")["state"] == "succeeded"
     finally:
         _stop(manager)

@@ -28,26 +28,57 @@ def test_manager_watches_an_s3_prefix_and_runs_on_the_cluster(ray_cluster, s3_ro
     env = {"NCAAS_STATE": str(tmp_path / "state")}
     with open(log, "wb") as out:
         manager = subprocess.Popen(
-            [sys.executable, "-m", "ncaas", "manager", "--executor", "ray", "--ray-address", ray_cluster.address,
-             "--root", s3_root, "--scan-interval", "0.5"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env, "COLUMNS": "200"})
+            [
+                sys.executable,
+                "-m",
+                "ncaas",
+                "manager",
+                "--executor",
+                "ray",
+                "--ray-address",
+                ray_cluster.address,
+                "--root",
+                s3_root,
+                "--scan-interval",
+                "0.5",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env, "COLUMNS": "200"},
+        )
     try:
         wait_for(lambda: "ncaas manager on" in log.read_text(), timeout=60, what="the manager to start")
         # Everything below is what any S3 client (aws s3 cp, boto3, s3fs) would do.
         storage.put(write_stack(tmp_path / "x.npy", seed=7), storage.resolve("lab", "inputs", "x.npy"))
         storage.write_text(storage.join("lab", "configs", "c.json"), json.dumps({"stats": ["mean"]}))
-        storage.write_text(storage.join("lab", "submissions", "s3drop.submit.json"),
-                           json.dumps({"analysis": "framestats", "dataname": "x.npy", "configname": "c.json",
-                                       "timestamp": "2026-01-01T00:00:00"}))
-        end = wait_for(lambda: storage.glob("lab/results/*/end.json"), timeout=150,
-                       what=f"end.json in S3; manager log:\n{log.read_text()}")
+        storage.write_text(
+            storage.join("lab", "submissions", "s3drop.submit.json"),
+            json.dumps(
+                {
+                    "analysis": "framestats",
+                    "dataname": "x.npy",
+                    "configname": "c.json",
+                    "timestamp": "2026-01-01T00:00:00",
+                }
+            ),
+        )
+        end = wait_for(
+            lambda: storage.glob("lab/results/*/end.json"),
+            timeout=150,
+            what=f"end.json in S3; manager log:\n{log.read_text()}",
+        )
         result = json.loads(storage.read_text(end[0]))
         assert result["state"] == "succeeded" and result["tasks"] == {"x.npy": "succeeded"}, result
         results = end[0].rsplit("/", 1)[0]
         assert storage.read_text(f"{results}/outputs/x.npy/x.stats.csv").startswith("frame,mean")
         assert json.loads(storage.read_text(f"{results}/certificate.json"))["executor"]["name"] == "ray"
-        logs = subprocess.run([sys.executable, "-m", "ncaas", "logs", results.rsplit("/", 1)[1], "--root", s3_root],
-                              capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+        logs = subprocess.run(
+            [sys.executable, "-m", "ncaas", "logs", results.rsplit("/", 1)[1], "--root", s3_root],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
         assert logs.returncode == 0, logs.stderr
         assert logs.stdout.strip() and logs.stdout.strip() == storage.read_text(f"{results}/logs/x.npy.log").strip()
     finally:
@@ -58,12 +89,15 @@ def test_manager_watches_an_s3_prefix_and_runs_on_the_cluster(ray_cluster, s3_ro
     assert "ray executor" in text and "its Ray tasks stopped with it" in text
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--executor", "gpu"], "--executor 'gpu' is not known; use one of: local, ray"),
-    (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
-    (["--ray-address", "127.0.0.1:1"], "--ray-address and --ray-max-cpus need --executor ray"),
-    (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--executor", "gpu"], "--executor 'gpu' is not known; use one of: local, ray"),
+        (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address and --ray-max-cpus need --executor ray"),
+        (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
+    ],
+)
 def test_manager_options_are_checked_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
     full = ["manager", *args] if "--root" in args else ["manager", "--root", str(tmp_path), *args]
     done = ncaas(*full, env={"NCAAS_RAY_ADDRESS": ""}, timeout=60)

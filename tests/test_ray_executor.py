@@ -48,13 +48,13 @@ def ray_registry(tmp_path: Path) -> BlueprintRegistry:
 
 
 @pytest.fixture
-def ray_manager(ray_cluster, s3_storage: Storage, ray_registry: BlueprintRegistry, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch):
+def ray_manager(
+    ray_cluster, s3_storage: Storage, ray_registry: BlueprintRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("NCAAS_STATE", str(tmp_path / "state"))
     executor = RayExecutor(ray_cluster.address, storage=s3_storage)
     db = JobDB(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
-    manager = Manager(s3_storage, db, executor=executor, registry=ray_registry, poll_interval=0.1,
-                      scan_interval=0.5)
+    manager = Manager(s3_storage, db, executor=executor, registry=ray_registry, poll_interval=0.1, scan_interval=0.5)
     yield manager
     db.close()
 
@@ -135,9 +135,17 @@ def test_cancel_stops_a_running_task_within_seconds(ray_manager: Manager) -> Non
     storage = ray_manager.storage
     _submit(storage, "cancel", "fs-ray", ["a.npy"], {"hang": True})
     job = _one_job(ray_manager)
-    ray_manager.run(scan=False, until=lambda: "hanging as configured" in (
-        storage.read_text(f"{job.results_dir}/logs/a.npy.log")
-        if storage.exists(f"{job.results_dir}/logs/a.npy.log") else ""))
+    ray_manager.run(
+        scan=False,
+        until=lambda: (
+            "hanging as configured"
+            in (
+                storage.read_text(f"{job.results_dir}/logs/a.npy.log")
+                if storage.exists(f"{job.results_dir}/logs/a.npy.log")
+                else ""
+            )
+        ),
+    )
     started = time.monotonic()
     ray_manager.cancel(job.id)
     job = ray_manager.run_job(job.id)
@@ -214,11 +222,23 @@ def test_worker_node_lost_mid_task_is_retried_on_the_other_node(ray_cluster, ray
 
 def test_manager_with_the_wrong_token_says_so_without_a_traceback(ray_cluster, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64,
-               RAY_gcs_server_port_wait_time_s="2")  # give up after 2 tries instead of Ray's 20
-    done = ncaas("manager", "--executor", "ray", "--ray-address", ray_cluster.address, "--root", str(tmp_path),
-                 env=env, timeout=120)
+    env.update(
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64, RAY_gcs_server_port_wait_time_s="2"
+    )  # give up after 2 tries instead of Ray's 20
+    done = ncaas(
+        "manager",
+        "--executor",
+        "ray",
+        "--ray-address",
+        ray_cluster.address,
+        "--root",
+        str(tmp_path),
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1
-    assert f"cannot join the Ray cluster at {ray_cluster.address}: the cluster refused this process's token" \
+    assert (
+        f"cannot join the Ray cluster at {ray_cluster.address}: the cluster refused this process's token"
         in " ".join(done.stderr.split())
+    )
     assert "Traceback" not in done.stderr + done.stdout

@@ -33,38 +33,55 @@ except StorageError as exc:
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     """This process's environment without any AWS setting, and no ~/.aws files."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NCAAS_S3"))}
-    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     return env
 
 
 def _probe(url: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _PROBE, url], capture_output=True, text=True, env=env,
-                          timeout=90, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE, url], capture_output=True, text=True, env=env, timeout=90, check=False
+    )
 
 
-def test_credentials_and_endpoint_from_environment_variables(s3_server: LocalS3Server, s3_root: str,
-                                                             tmp_path: Path) -> None:
-    env = {**_clean_env(tmp_path), "AWS_ACCESS_KEY_ID": s3_server.access_key,
-           "AWS_SECRET_ACCESS_KEY": s3_server.secret_key, "NCAAS_S3_ENDPOINT": s3_server.endpoint_url}
+def test_credentials_and_endpoint_from_environment_variables(
+    s3_server: LocalS3Server, s3_root: str, tmp_path: Path
+) -> None:
+    env = {
+        **_clean_env(tmp_path),
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "NCAAS_S3_ENDPOINT": s3_server.endpoint_url,
+    }
     done = _probe(s3_root, env)
     assert done.stdout.strip() == "read: ok", done.stdout + done.stderr
 
 
-def test_credentials_and_endpoint_from_aws_config_files(s3_server: LocalS3Server, s3_root: str,
-                                                        tmp_path: Path) -> None:
+def test_credentials_and_endpoint_from_aws_config_files(s3_server: LocalS3Server, s3_root: str, tmp_path: Path) -> None:
     (tmp_path / "credentials").write_text(
-        f"[lab]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n")
+        f"[lab]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n"
+    )
     (tmp_path / "config").write_text(f"[profile lab]\nregion = us-east-1\nendpoint_url = {s3_server.endpoint_url}\n")
-    env = {**_clean_env(tmp_path), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
-           "AWS_CONFIG_FILE": str(tmp_path / "config"), "AWS_PROFILE": "lab"}
+    env = {
+        **_clean_env(tmp_path),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "credentials"),
+        "AWS_CONFIG_FILE": str(tmp_path / "config"),
+        "AWS_PROFILE": "lab",
+    }
     done = _probe(s3_root, env)
     assert done.stdout.strip() == "read: ok", done.stdout + done.stderr
 
 
 def test_wrong_credentials_are_explained(s3_server: LocalS3Server, s3_root: str, tmp_path: Path) -> None:
-    env = {**_clean_env(tmp_path), "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": "wrong",
-           "AWS_ENDPOINT_URL": s3_server.endpoint_url}
+    env = {
+        **_clean_env(tmp_path),
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": "wrong",
+        "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+    }
     done = _probe(s3_root, env)
     assert done.returncode == 1
     assert f"the S3 service at {s3_server.endpoint_url} refused access to" in done.stdout
@@ -82,8 +99,7 @@ def test_unreachable_service_is_explained(s3_server: LocalS3Server, s3_root: str
     with __import__("socket").socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    env = {**_clean_env(tmp_path), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
-           "NCAAS_S3_ENDPOINT": closed}
+    env = {**_clean_env(tmp_path), "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "NCAAS_S3_ENDPOINT": closed}
     done = _probe(s3_root, env)
     assert done.returncode == 1
     assert f"cannot reach the S3 service at {closed}" in done.stdout

@@ -26,11 +26,11 @@ def env(tmp_path_factory) -> environments.Environment:
     (folder / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling>=1.25"]\nbuild-backend = "hatchling.build"\n'
         '[project]\nname = "probe"\nversion = "0.1.0"\nrequires-python = ">=3.11"\ndependencies = []\n'
-        '[tool.hatch.build.targets.wheel]\npackages = ["src/probe"]\n')
+        '[tool.hatch.build.targets.wheel]\npackages = ["src/probe"]\n'
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NCAAS_ENVS", str(tmp_path_factory.mktemp("envs")))
-        built, _ = environments.ensure(environments.EnvironmentSpec(
-            "probe", environments.lock(folder), folder))
+        built, _ = environments.ensure(environments.EnvironmentSpec("probe", environments.lock(folder), folder))
     return built
 
 
@@ -64,10 +64,13 @@ def nothing_left_behind():
 
 
 def task(env, storage, code: str, **limits) -> sandbox.SandboxResult:
-    spec = SandboxSpec(readonly=[storage / "alpha" / "inputs"],
-                       writable=[storage / "alpha" / "results" / "job1" / "outputs"],
-                       environment=env.path, workdir=storage / "alpha" / "results" / "job1" / "outputs",
-                       **{"memory": 256 * MiB, "processes": 64, **limits})
+    spec = SandboxSpec(
+        readonly=[storage / "alpha" / "inputs"],
+        writable=[storage / "alpha" / "results" / "job1" / "outputs"],
+        environment=env.path,
+        workdir=storage / "alpha" / "results" / "job1" / "outputs",
+        **{"memory": 256 * MiB, "processes": 64, **limits},
+    )
     return sandbox.run([str(env.python), "-c", code], spec, timeout=60)
 
 
@@ -76,15 +79,19 @@ def test_a_task_reads_inputs_writes_output_with_clean_variables_and_its_own_tmp(
     host_tmp = Path("/tmp") / f"ncaas-host-file-{secrets.token_hex(4)}"
     host_tmp.write_text("the host's /tmp")
     try:
-        result = task(env, storage, f"""
+        result = task(
+            env,
+            storage,
+            f"""
 import os, probe
-print(open({str(storage / 'alpha' / 'inputs' / 'data.txt')!r}).read().strip())
+print(open({str(storage / "alpha" / "inputs" / "data.txt")!r}).read().strip())
 open('result.txt', 'w').write(probe.NAME)
 print('tmp', os.listdir('/tmp'), os.environ['TMPDIR'], os.getuid())
 open('/tmp/scratch.bin', 'wb').write(b'x' * 1000)
 print('vars', sorted(os.environ))
 print('prefix', os.sys.prefix)
-""")
+""",
+        )
     finally:
         host_tmp.unlink()
     assert result.verdict.ok, result.output
@@ -99,12 +106,15 @@ print('prefix', os.sys.prefix)
     assert result.isolation["processes"].startswith("cgroup v1 pids")
 
 
-@pytest.mark.parametrize(("target", "reason"), [
-    ("/usr/lib/evil.py", "write_denied"),
-    ("/etc/passwd", "write_denied"),
-    ("{inputs}/data.txt", "write_denied"),
-    ("{storage}/beta/inputs/planted.txt", "outside_access"),
-])
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("/usr/lib/evil.py", "write_denied"),
+        ("/etc/passwd", "write_denied"),
+        ("{inputs}/data.txt", "write_denied"),
+        ("{storage}/beta/inputs/planted.txt", "outside_access"),
+    ],
+)
 def test_writing_outside_the_output_is_stopped_with_a_reason(env, storage, target, reason):
     target = target.format(inputs=storage / "alpha" / "inputs", storage=storage)
     result = task(env, storage, f"open({target!r}, 'a').write('x')")
@@ -144,10 +154,14 @@ def test_a_loopback_server_of_the_host_is_unreachable(env, storage):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:  # reachable outside
             probe.sendall(b"from-host")
-        result = task(env, storage, f"""
+        result = task(
+            env,
+            storage,
+            f"""
 import socket
 socket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'from-sandbox')
-""")
+""",
+        )
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -158,12 +172,16 @@ socket.create_connection(('127.0.0.1', {port}), timeout=5).sendall(b'from-sandbo
 
 
 def test_usage_counts_every_process_of_the_task(env, storage):
-    result = task(env, storage, """
+    result = task(
+        env,
+        storage,
+        """
 import subprocess, sys
 burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass"
 subprocess.run([sys.executable, "-c", burn], check=True)  # a child's CPU time counts too
 x = bytearray(120 * 2**20)
-""")
+""",
+    )
     assert result.verdict.ok, result.output
     assert result.cpu_seconds is not None and result.cpu_seconds >= 0.4
     assert result.peak_memory >= 120 * MiB
@@ -177,8 +195,7 @@ def test_a_fork_bomb_is_stopped_at_the_process_limit(env, storage):
 
 
 def test_a_memory_hog_is_stopped_at_the_memory_limit(env, storage):
-    result = task(env, storage, "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 2**20))",
-                  memory=96 * MiB)
+    result = task(env, storage, "blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 2**20))", memory=96 * MiB)
     assert result.verdict.reason == "memory", result.output
     assert "memory limit of 96.0 MiB" in result.verdict.message
     assert result.peak_memory is not None and result.peak_memory <= 96 * MiB
@@ -202,11 +219,15 @@ def test_modifying_the_environment_is_stopped(env, storage):
 
 def test_nothing_remains_after_a_task_that_leaves_a_daemon(env, storage):
     marker = f"ncaas-daemon-{secrets.token_hex(4)}"
-    result = task(env, storage, f"""
+    result = task(
+        env,
+        storage,
+        f"""
 import subprocess
 subprocess.Popen(['/bin/sh', '-c', 'exec -a {marker} sleep 300'], start_new_session=True)
 print('left a daemon behind')
-""")
+""",
+    )
     assert result.verdict.ok, result.output
 
     def running():
@@ -236,8 +257,10 @@ print('done')
     expected = hashlib.sha256()
     for i in range(200000):
         expected.update(str(i).encode())
-    bad = {"fork": ("import os\nwhile True:\n    os.fork()", {"processes": 16}),
-           "hog": ("b = []\nwhile True:\n    b.append(bytearray(16 * 2**20))", {"memory": 64 * MiB})}
+    bad = {
+        "fork": ("import os\nwhile True:\n    os.fork()", {"processes": 16}),
+        "hog": ("b = []\nwhile True:\n    b.append(bytearray(16 * 2**20))", {"memory": 64 * MiB}),
+    }
     with ThreadPoolExecutor(max_workers=3) as pool:
         futures = {name: pool.submit(task, env, storage, code, **limits) for name, (code, limits) in bad.items()}
         futures["good"] = pool.submit(task, env, storage, good)
@@ -306,8 +329,9 @@ def platform(tmp_path, monkeypatch, shared_envs):
     np.save(root / "lab" / "inputs" / "a.npy", np.arange(5 * 4 * 4, dtype=np.float32).reshape(5, 4, 4))
     storage = Storage(root)
     db = JobDB(default_db_url(storage.root))
-    manager = Manager(storage, db, registry=BlueprintRegistry.discover([tmp_path / "analyses"]),
-                      executor=LocalExecutor(cpus=2))
+    manager = Manager(
+        storage, db, registry=BlueprintRegistry.discover([tmp_path / "analyses"]), executor=LocalExecutor(cpus=2)
+    )
     yield manager, analysis, root
     db.close()
 

@@ -23,15 +23,21 @@ def _old_database(path) -> str:
 def test_missing_nullable_and_defaulted_columns_are_added_and_old_rows_kept(tmp_path):
     url = _old_database(tmp_path / "old.db")
     metadata = MetaData()
-    Table("samples", metadata, Column("id", String(8), primary_key=True), Column("name", String(20)),
-          Column("weight_mg", BigInteger, nullable=True),
-          Column("species", String(20), nullable=False, server_default=text("'mouse'")))
+    Table(
+        "samples",
+        metadata,
+        Column("id", String(8), primary_key=True),
+        Column("name", String(20)),
+        Column("weight_mg", BigInteger, nullable=True),
+        Column("species", String(20), nullable=False, server_default=text("'mouse'")),
+    )
     Table("sessions", metadata, Column("id", String(8), primary_key=True))
     engine = create_engine(url)
     assert create_or_update(metadata, engine) == ["samples.weight_mg", "samples.species"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id, name, weight_mg, species FROM samples")).all() == [
-            ("s1", "mouse3", None, "mouse")]
+            ("s1", "mouse3", None, "mouse")
+        ]
         assert conn.execute(text("SELECT count(*) FROM sessions")).scalar() == 0
     assert create_or_update(metadata, engine) == []  # up to date: nothing to do
     engine.dispose()
@@ -40,8 +46,13 @@ def test_missing_nullable_and_defaulted_columns_are_added_and_old_rows_kept(tmp_
 def test_a_column_that_needs_a_value_is_named_not_guessed(tmp_path):
     url = _old_database(tmp_path / "old.db")
     metadata = MetaData()
-    Table("samples", metadata, Column("id", String(8), primary_key=True), Column("name", String(20)),
-          Column("owner", String(20), nullable=False))
+    Table(
+        "samples",
+        metadata,
+        Column("id", String(8), primary_key=True),
+        Column("name", String(20)),
+        Column("owner", String(20), nullable=False),
+    )
     engine = create_engine(url)
     with pytest.raises(StorageError, match="table samples lacks column owner, which cannot be added"):
         create_or_update(metadata, engine)
@@ -72,8 +83,9 @@ def test_an_accounts_database_from_before_quotas_gets_them_and_keeps_its_groups(
     url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     engine = create_engine(url)
     with engine.begin() as conn:  # the groups table as an ncaas without quotas made it
-        conn.execute(text("CREATE TABLE server_groups (id INTEGER PRIMARY KEY, name VARCHAR(64) UNIQUE, "
-                          "created_ms BIGINT)"))
+        conn.execute(
+            text("CREATE TABLE server_groups (id INTEGER PRIMARY KEY, name VARCHAR(64) UNIQUE, created_ms BIGINT)")
+        )
         conn.execute(text("INSERT INTO server_groups VALUES (1, 'lab', 1700000000000)"))
     engine.dispose()
     accounts = Accounts.from_url(url)

@@ -61,8 +61,9 @@ def site(tmp_path_factory):
     # This module walks every route with three kinds of bad token (about 80 failed authentications
     # in seconds, all from 127.0.0.1): above the default limit, which has its own tests in
     # tests/security/test_server_hardening.py.
-    server = ServerProcess(root, max_upload="1MB", env={"NCAAS_BLUEPRINTS": str(BLUEPRINTS)},
-                           extra=["--auth-failures", "1000"]).start()
+    server = ServerProcess(
+        root, max_upload="1MB", env={"NCAAS_BLUEPRINTS": str(BLUEPRINTS)}, extra=["--auth-failures", "1000"]
+    ).start()
     site = type("Site", (), {})()
     site.server, site.root, site.base = server, root, base
     site.ann, site.bob, site.cat, site.revoked = ann.token, bob.token, cat.token, revoked.token
@@ -116,10 +117,20 @@ def _fill(route: str, **values: str) -> str:
 # -- authentication -------------------------------------------------------------------------
 def test_openapi_documents_every_part_of_the_api(site):
     paths = {p for _, p in _routes(site)}
-    for needed in ("/api/analyses", "/api/uploads", "/api/uploads/{upload_id}", "/api/configs/{name}",
-                   "/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel",
-                   "/api/jobs/{job_id}/results.zip", "/api/jobs/{job_id}/files/{path}",
-                   "/api/jobs/{job_id}/certificate", "/api/jobs/{job_id}/qc"):
+    for needed in (
+        "/api/analyses",
+        "/api/uploads",
+        "/api/uploads/{upload_id}",
+        "/api/configs/{name}",
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/events",
+        "/api/jobs/{job_id}/cancel",
+        "/api/jobs/{job_id}/results.zip",
+        "/api/jobs/{job_id}/files/{path}",
+        "/api/jobs/{job_id}/certificate",
+        "/api/jobs/{job_id}/qc",
+    ):
         assert needed in paths
     spec = httpx.get(f"{site.server.url}/openapi.json").json()
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
@@ -128,8 +139,12 @@ def test_openapi_documents_every_part_of_the_api(site):
 def test_every_api_call_needs_a_valid_token(site, job):
     routes = _routes(site)
     assert len(routes) >= 20
-    for token, why in ((None, "authentication required"), ("ncaas_nope_nope", "unknown or revoked"),
-                       (site.revoked, "unknown or revoked"), ("garbage", "unknown or revoked")):
+    for token, why in (
+        (None, "authentication required"),
+        ("ncaas_nope_nope", "unknown or revoked"),
+        (site.revoked, "unknown or revoked"),
+        ("garbage", "unknown or revoked"),
+    ):
         with _http(site, token) as http:
             for method, path in routes:
                 resp = http.request(method, _fill(path, job_id=job["id"]))
@@ -206,8 +221,10 @@ def test_analyses_are_filtered_by_group_access(site):
 
 
 # -- path traversal ---------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", ["../escape.bin", "a/../../escape.bin", "/etc/passwd", "C:\\x.bin",
-                                 "a\x00b", "line\nbreak", "", "..", "./.."])
+@pytest.mark.parametrize(
+    "bad",
+    ["../escape.bin", "a/../../escape.bin", "/etc/passwd", "C:\\x.bin", "a\x00b", "line\nbreak", "", "..", "./.."],
+)
 def test_upload_paths_leaving_the_group_are_refused(site, bad):
     with _http(site, site.ann) as http:
         resp = http.post("/api/uploads", json={"path": bad, "size": 1})
@@ -219,9 +236,12 @@ def test_upload_paths_leaving_the_group_are_refused(site, bad):
 def test_traversal_in_urls_is_refused(site, job):
     jid = job["id"]
     with _http(site, site.ann) as http:
-        for url in (f"/api/jobs/{jid}/files/..%2F..%2F..%2Fother%2Finputs",
-                    f"/api/jobs/{jid}/files/outputs%2F..%2F..%2F{jid}%2Fend.json",
-                    "/api/inputs/..%2F..%2F.ncaas%2Fjobs.sqlite", "/api/configs/..%2Fx.json"):
+        for url in (
+            f"/api/jobs/{jid}/files/..%2F..%2F..%2Fother%2Finputs",
+            f"/api/jobs/{jid}/files/outputs%2F..%2F..%2F{jid}%2Fend.json",
+            "/api/inputs/..%2F..%2F.ncaas%2Fjobs.sqlite",
+            "/api/configs/..%2Fx.json",
+        ):
             resp = http.get(url)
             assert resp.status_code in (400, 404), (url, resp.text)
             assert set(resp.json()) == {"error"}  # a clean refusal, never the file
@@ -255,16 +275,26 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
     with _http(site, site.ann) as http:
         resp = http.post("/api/uploads", json={"path": "big.bin", "size": MAX_UPLOAD + 1})
         assert resp.status_code == 413 and "accepts uploads up to 1000000 bytes" in resp.json()["error"]
-        for body, why in (({"path": "x.bin", "size": -1}, "non-negative"), ({"path": "x.bin", "size": "ten"}, "size"),
-                          ({"path": "x.bin"}, "size"), ({"path": "x.bin", "size": 1, "sha256": "xyz"}, "64 hexadecimal"),
-                          ({"path": "x.bin", "size": 1, "crc32c": "0x12345678"}, "8 hexadecimal")):
+        for body, why in (
+            ({"path": "x.bin", "size": -1}, "non-negative"),
+            ({"path": "x.bin", "size": "ten"}, "size"),
+            ({"path": "x.bin"}, "size"),
+            ({"path": "x.bin", "size": 1, "sha256": "xyz"}, "64 hexadecimal"),
+            ({"path": "x.bin", "size": 1, "crc32c": "0x12345678"}, "8 hexadecimal"),
+        ):
             resp = http.post("/api/uploads", json=body)
             assert resp.status_code == 400 and why in resp.json()["error"], (body, resp.text)
-        resp = http.put("/api/configs/huge.json", content=b'{"x": "' + b"y" * (17 << 20) + b'"}',
-                        headers={"Content-Type": "application/json"})
+        resp = http.put(
+            "/api/configs/huge.json",
+            content=b'{"x": "' + b"y" * (17 << 20) + b'"}',
+            headers={"Content-Type": "application/json"},
+        )
         assert resp.status_code == 413 and "over 16777216 bytes" in resp.json()["error"]
-        resp = http.put("/api/configs/huge.json", content=iter([b'{"x": "', b"y" * (17 << 20), b'"}']),
-                        headers={"Content-Type": "application/json"})  # chunked: no length announced
+        resp = http.put(
+            "/api/configs/huge.json",
+            content=iter([b'{"x": "', b"y" * (17 << 20), b'"}']),
+            headers={"Content-Type": "application/json"},
+        )  # chunked: no length announced
         assert resp.status_code == 413 and "over 16777216 bytes" in resp.json()["error"]
         resp = http.post("/api/uploads", content=b"{not json", headers={"Content-Type": "application/json"})
         assert resp.status_code == 400 and "malformed request" in resp.json()["error"]
@@ -302,8 +332,9 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
         assert not (site.root / "lab" / "inputs" / "u" / "data.bin").exists()
         assert http.get("/api/uploads/not-an-id").status_code == 404
 
-        up = http.post("/api/uploads", json={"path": "u/data.bin", "size": 10,
-                                             "sha256": hashlib.sha256(b"0123456789").hexdigest()}).json()
+        up = http.post(
+            "/api/uploads", json={"path": "u/data.bin", "size": 10, "sha256": hashlib.sha256(b"0123456789").hexdigest()}
+        ).json()
         http.put(f"/api/uploads/{up['id']}?offset=0", content=b"0123456789")
         done = http.post(f"/api/uploads/{up['id']}/complete").json()
         assert done["complete"] and done["sha256"] == hashlib.sha256(b"0123456789").hexdigest()
@@ -318,9 +349,11 @@ def test_malformed_and_oversized_uploads_are_refused_cleanly(site):
 def _interrupted_put(site, upload_id: str, data: bytes, sent: int) -> None:
     """Send headers announcing all of ``data`` but only ``sent`` bytes, then drop the connection."""
     sock = socket.create_connection(("127.0.0.1", site.server.port))
-    head = (f"PUT /api/uploads/{upload_id}?offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {site.ann}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    head = (
+        f"PUT /api/uploads/{upload_id}?offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {site.ann}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
     sock.sendall(head + data[:sent])
     time.sleep(0.3)
     sock.close()
@@ -381,19 +414,27 @@ def test_a_large_chunk_with_a_wrong_checksum_leaves_no_trace(roomy):
     with _http(roomy, roomy.ann) as http:
         up = http.post("/api/uploads", json={"path": "chunked.bin", "size": len(data)}).json()
         first = data[:1000]
-        http.put(f"/api/uploads/{up['id']}?offset=0", content=first,
-                 headers={"X-Chunk-SHA256": hashlib.sha256(first).hexdigest()})
-        resp = http.put(f"/api/uploads/{up['id']}?offset=1000", content=data[1000:],
-                        headers={"X-Chunk-SHA256": hashlib.sha256(b"other bytes").hexdigest()})
+        http.put(
+            f"/api/uploads/{up['id']}?offset=0",
+            content=first,
+            headers={"X-Chunk-SHA256": hashlib.sha256(first).hexdigest()},
+        )
+        resp = http.put(
+            f"/api/uploads/{up['id']}?offset=1000",
+            content=data[1000:],
+            headers={"X-Chunk-SHA256": hashlib.sha256(b"other bytes").hexdigest()},
+        )
         assert resp.status_code == 422 and "arrived corrupted" in resp.json()["error"]
         assert http.get(f"/api/uploads/{up['id']}").json()["offset"] == 1000
         part = roomy.root / "lab" / ".uploads" / f"{up['id']}.part"
         assert part.stat().st_size == 1000
-        resp = http.put(f"/api/uploads/{up['id']}?offset=1000", content=data[1000:],
-                        headers={"X-Chunk-SHA256": hashlib.sha256(data[1000:]).hexdigest()})
+        resp = http.put(
+            f"/api/uploads/{up['id']}?offset=1000",
+            content=data[1000:],
+            headers={"X-Chunk-SHA256": hashlib.sha256(data[1000:]).hexdigest()},
+        )
         assert resp.json()["offset"] == len(data)
-        done = http.post(f"/api/uploads/{up['id']}/complete",
-                         json={"sha256": hashlib.sha256(data).hexdigest()}).json()
+        done = http.post(f"/api/uploads/{up['id']}/complete", json={"sha256": hashlib.sha256(data).hexdigest()}).json()
     assert done["complete"] and (roomy.root / "lab" / "inputs" / "chunked.bin").read_bytes() == data
 
 
@@ -466,14 +507,18 @@ def test_configs_are_checked_against_the_schema(site):
         assert http.put("/api/configs/ok.yaml?analysis=framestats", json={"batch_frames": 3}).status_code == 200
         assert http.get("/api/configs/ok.yaml").json() == {"batch_frames": 3}
         assert http.put("/api/configs/x.txt", json={}).status_code == 400
-        assert http.put("/api/configs/y.json", content=b"[1, 2]",
-                        headers={"Content-Type": "application/json"}).status_code == 400
+        assert (
+            http.put("/api/configs/y.json", content=b"[1, 2]", headers={"Content-Type": "application/json"}).status_code
+            == 400
+        )
 
 
 def test_a_rejected_submission_says_why(site, job):
     with _http(site, site.ann) as http:
-        resp = http.post("/api/jobs", json={"analysis": "framestats", "datasets": ["a.npy", "missing.npy"],
-                                            "config": {"batch_frames": -2}})
+        resp = http.post(
+            "/api/jobs",
+            json={"analysis": "framestats", "datasets": ["a.npy", "missing.npy"], "config": {"batch_frames": -2}},
+        )
         assert resp.status_code == 400
         body = resp.json()
         assert any("missing.npy" in p for p in body["problems"])
@@ -572,7 +617,7 @@ def test_download_tickets_open_one_jobs_urls_only(site, job, qc_job):
 def test_the_web_page_is_served_without_a_build_step(site):
     with _http(site, None) as anon:
         page = anon.get("/")
-        assert page.status_code == 200 and "<script src=\"/static/app.js\"" in page.text
+        assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
         for asset in ("/static/app.js", "/static/style.css"):
             assert anon.get(asset).status_code == 200
         assert anon.get("/static/../../server/app.py").status_code == 404
@@ -587,8 +632,12 @@ def test_unfinished_uploads_left_for_days_are_dropped(site, tmp_path):
     assert part.exists()
     os.utime(part, (0, 0))  # untouched since 1970
     engine = create_engine(default_database_url(str(site.root)))
-    uploads = Uploads(engine, resolve_input=lambda g, p: site.root / g / "inputs" / p,
-                      scratch_dir=lambda g: site.root / g / ".uploads", max_bytes=MAX_UPLOAD)
+    uploads = Uploads(
+        engine,
+        resolve_input=lambda g, p: site.root / g / "inputs" / p,
+        scratch_dir=lambda g: site.root / g / ".uploads",
+        max_bytes=MAX_UPLOAD,
+    )
     assert uploads.purge_stale(7 * 86400) == 1
     engine.dispose()
     assert not part.exists()
@@ -619,14 +668,25 @@ def test_a_database_from_before_upload_crc32c_is_brought_up_to_date(tmp_path):
 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     with engine.begin() as conn:
-        conn.execute(text(
-            "CREATE TABLE server_uploads (id VARCHAR(32) PRIMARY KEY, \"group\" VARCHAR(64), user VARCHAR(64), "
-            "path VARCHAR(1024), size BIGINT, sha256 VARCHAR(64), overwrite BOOLEAN, created_ms BIGINT, "
-            "completed_ms BIGINT, final_sha256 VARCHAR(64))"))
-        conn.execute(text("INSERT INTO server_uploads VALUES ('" + "a" * 32 + "', 'lab', 'ann', 'old.bin', 3, "
-                          "NULL, 0, 0, 1, '" + "b" * 64 + "')"))
-    uploads = Uploads(engine, resolve_input=lambda g, p: tmp_path / g / "inputs" / p,
-                      scratch_dir=lambda g: tmp_path / g / ".uploads", max_bytes=100)
+        conn.execute(
+            text(
+                'CREATE TABLE server_uploads (id VARCHAR(32) PRIMARY KEY, "group" VARCHAR(64), user VARCHAR(64), '
+                "path VARCHAR(1024), size BIGINT, sha256 VARCHAR(64), overwrite BOOLEAN, created_ms BIGINT, "
+                "completed_ms BIGINT, final_sha256 VARCHAR(64))"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO server_uploads VALUES ('" + "a" * 32 + "', 'lab', 'ann', 'old.bin', 3, "
+                "NULL, 0, 0, 1, '" + "b" * 64 + "')"
+            )
+        )
+    uploads = Uploads(
+        engine,
+        resolve_input=lambda g, p: tmp_path / g / "inputs" / p,
+        scratch_dir=lambda g: tmp_path / g / ".uploads",
+        max_bytes=100,
+    )
     ann = Principal(user="ann", group="lab", token_id="t1")
     old = uploads.get(ann, "a" * 32)
     assert old.complete and old.sha256 == "b" * 64 and old.crc32c is None

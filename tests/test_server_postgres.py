@@ -74,8 +74,13 @@ def test_account_store_contract(accounts):
 
 
 def _ncaas(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True, timeout=120,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "ncaas", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_server_runs_jobs_on_postgresql_and_keeps_everything_across_restarts(postgres, tmp_path):

@@ -42,8 +42,10 @@ def test_no_limit_and_bounded_memory():
     assert list(limiter._failures) == ["x"]
 
 
-@pytest.mark.parametrize(("text", "disk", "expected"), [
-    ("1GiB", 10 << 30, 1 << 30), ("0", 10 << 30, 0), ("5%", 1000, 50), ("12.5%", 800, 100)])
+@pytest.mark.parametrize(
+    ("text", "disk", "expected"),
+    [("1GiB", 10 << 30, 1 << 30), ("0", 10 << 30, 0), ("5%", 1000, 50), ("12.5%", 800, 100)],
+)
 def test_a_reserve_is_a_size_or_a_share_of_the_disk(text, disk, expected):
     assert Reserve.parse(text).bytes_of(disk) == expected
 

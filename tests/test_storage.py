@@ -22,16 +22,19 @@ def test_paths_resolve_inside_the_group(storage, tmp_path):
     assert storage.resolve("lab", "inputs", "./sub//f.npy").endswith("lab/inputs/sub/f.npy")
 
 
-@pytest.mark.parametrize(("path", "message"), [
-    ("../other/inputs/secret.npy", "contains '..'; paths must stay inside your group's inputs/ folder"),
-    ("sub/../../x", "contains '..'"),
-    ("/etc/passwd", "is an absolute path; give a path relative to your group's inputs/ folder"),
-    ("s3://bucket/x", "is an absolute path"),
-    ("bad\nname.npy", "contains control characters"),
-    ("tab\there", "contains control characters"),
-    ("", "an empty path was given"),
-    (".", "does not name a file or folder"),
-])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("../other/inputs/secret.npy", "contains '..'; paths must stay inside your group's inputs/ folder"),
+        ("sub/../../x", "contains '..'"),
+        ("/etc/passwd", "is an absolute path; give a path relative to your group's inputs/ folder"),
+        ("s3://bucket/x", "is an absolute path"),
+        ("bad\nname.npy", "contains control characters"),
+        ("tab\there", "contains control characters"),
+        ("", "an empty path was given"),
+        (".", "does not name a file or folder"),
+    ],
+)
 def test_malformed_paths_are_refused(storage, path, message):
     with pytest.raises(PathRefused, match=message.replace("(", r"\(").replace(")", r"\)")):
         storage.resolve("lab", "inputs", path)
@@ -57,8 +60,9 @@ def test_write_read_and_describe(storage):
     assert storage.read_text(path) == "hello"
     assert not [p for p in os.listdir(os.path.dirname(path)) if p.endswith(".tmp")]
     tree = storage.describe_tree(storage.join("lab", "inputs"))
-    assert tree == [{"path": "sub/f.npy", "size": 3,
-                     "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]
+    assert tree == [
+        {"path": "sub/f.npy", "size": 3, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}
+    ]
 
 
 def test_iter_submissions_finds_every_group(storage, tmp_path):
@@ -97,10 +101,14 @@ def test_links_and_special_files_are_described_as_such_never_followed_or_opened(
     assert storage.files(str(odd_folder)) == [str(odd_folder / "a.npy")]
     assert storage.kind(str(odd_folder / "z.npy")) == "symlink" and storage.kind(str(odd_folder)) == "folder"
     assert storage.describe_tree(str(odd_folder / "z.npy"), follow=False) == [
-        {"path": "z.npy", "kind": "symlink", "target": "/dev/zero"}]
+        {"path": "z.npy", "kind": "symlink", "target": "/dev/zero"}
+    ]
     assert sorted(storage.unreadable(str(odd_folder))) == [
-        ("peek.npy", "symlink", str(tmp_path / "other" / "inputs" / "secret.npy")), ("sub/pipe", "fifo", None),
-        ("up", "symlink", str(tmp_path / "other" / "inputs")), ("z.npy", "symlink", "/dev/zero")]
+        ("peek.npy", "symlink", str(tmp_path / "other" / "inputs" / "secret.npy")),
+        ("sub/pipe", "fifo", None),
+        ("up", "symlink", str(tmp_path / "other" / "inputs")),
+        ("z.npy", "symlink", "/dev/zero"),
+    ]
     out = tmp_path / "copied"
     storage.get(str(odd_folder), out)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a.npy"]

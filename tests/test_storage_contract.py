@@ -80,7 +80,10 @@ def test_put_and_get_a_folder(storage: Storage, tmp_path: Path) -> None:
     storage.put(src, target)
     assert storage.isdir(target)
     assert [storage.relative(p) for p in storage.files(target)] == [
-        "lab/inputs/dataset/a.npy", "lab/inputs/dataset/sub/b.npy", "lab/inputs/dataset/sub/c.txt"]
+        "lab/inputs/dataset/a.npy",
+        "lab/inputs/dataset/sub/b.npy",
+        "lab/inputs/dataset/sub/c.txt",
+    ]
     # Copying the same folder again replaces it in place (no nested dataset/dataset/).
     storage.put(src, target)
     assert len(storage.files(target)) == 3
@@ -104,7 +107,10 @@ def test_a_folder_is_put_without_its_links_and_fifos(storage: Storage, tmp_path:
     target = storage.resolve("lab", "results", "j/outputs/x")
     storage.put(src, target)
     assert [storage.relative(p) for p in storage.files(target)] == [
-        "lab/results/j/outputs/x/a.npy", "lab/results/j/outputs/x/sub/b.npy", "lab/results/j/outputs/x/sub/c.txt"]
+        "lab/results/j/outputs/x/a.npy",
+        "lab/results/j/outputs/x/sub/b.npy",
+        "lab/results/j/outputs/x/sub/c.txt",
+    ]
     assert [e["path"] for e in storage.describe_tree(target)] == ["a.npy", "sub/b.npy", "sub/c.txt"]
     assert storage.kind(target) == "folder" and storage.kind(f"{target}/a.npy") == "file"
 
@@ -132,10 +138,17 @@ def test_remove_a_folder(storage: Storage, tmp_path: Path) -> None:
 
 def _elsewhere(storage: Storage, action: str, path: str, text: str = "") -> None:
     """Write or remove ``path`` from another process, as another client or a worker node would."""
-    code = ("import sys; from ncaas.storage import Storage; s = Storage(sys.argv[1]); "
-            "s.write_text(sys.argv[3], sys.argv[4]) if sys.argv[2] == 'write' else s.remove(sys.argv[3])")
-    done = subprocess.run([sys.executable, "-c", code, storage.url, action, path, text], capture_output=True,
-                          text=True, timeout=60, check=False)
+    code = (
+        "import sys; from ncaas.storage import Storage; s = Storage(sys.argv[1]); "
+        "s.write_text(sys.argv[3], sys.argv[4]) if sys.argv[2] == 'write' else s.remove(sys.argv[3])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, storage.url, action, path, text],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -195,10 +208,13 @@ def test_another_process_sees_the_same_root(storage: Storage) -> None:
     """The URL names the root completely: a separate process (a worker node) reads the same data."""
     path = storage.join("lab", "configs", "c.json")
     storage.write_text(path, '{"x": 1}')
-    code = ("import sys; from ncaas.storage import Storage; s = Storage(sys.argv[1]); "
-            "print(s.read_text(s.join('lab', 'configs', 'c.json')))")
-    done = subprocess.run([sys.executable, "-c", code, storage.url], capture_output=True, text=True, timeout=60,
-                          check=False)
+    code = (
+        "import sys; from ncaas.storage import Storage; s = Storage(sys.argv[1]); "
+        "print(s.read_text(s.join('lab', 'configs', 'c.json')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, storage.url], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == '{"x": 1}'
 

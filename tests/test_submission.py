@@ -62,8 +62,10 @@ def test_dataset_symlink_leading_out(manager, root, tmp_path):
 
 def test_config_missing(manager, root):
     text = _reject(manager, root, {"analysis": "framestats", "dataname": "a.npy", "configname": "nope.yaml"})
-    assert text == ("config 'nope.yaml' not found in lab/configs/; upload it there first "
-                    "(ncaas submit --config FILE does this for you)")
+    assert text == (
+        "config 'nope.yaml' not found in lab/configs/; upload it there first "
+        "(ncaas submit --config FILE does this for you)"
+    )
 
 
 def test_config_not_yaml(manager, root):
@@ -74,25 +76,36 @@ def test_config_not_yaml(manager, root):
 
 
 def test_config_not_matching_schema(manager, root):
-    text = _reject(manager, root, {"analysis": "framestats", "dataname": "a.npy"},
-                   config={"stats": ["median"], "sleep_per_frame": -1, "fail": "yes", "colour": "red"})
+    text = _reject(
+        manager,
+        root,
+        {"analysis": "framestats", "dataname": "a.npy"},
+        config={"stats": ["median"], "sleep_per_frame": -1, "fail": "yes", "colour": "red"},
+    )
     assert "config field 'colour': unknown option; allowed options: batch_frames, cpu_seconds, fail" in text
     assert "config field 'fail': 'yes' is not of type 'boolean'; allowed: boolean" in text
     assert "config field 'sleep_per_frame': -1 is less than the minimum of 0; allowed: number >= 0" in text
-    assert ("config field 'stats.0': 'median' is not one of ['mean', 'std', 'min', 'max']; "
-            'allowed: one of "mean", "std", "min", "max"') in text
+    assert (
+        "config field 'stats.0': 'median' is not one of ['mean', 'std', 'min', 'max']; "
+        'allowed: one of "mean", "std", "min", "max"'
+    ) in text
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"{not json", "s.submit.json is not valid JSON (line 1, column 2"),
-    (b"[1, 2]", "s.submit.json must hold a JSON object with dataname, configname"),
-    (b'{"analysis": "framestats"}', "s.submit.json: field 'dataname': missing; name the dataset(s) to analyse"),
-    (b'{"dataname": 5}', "s.submit.json: field 'dataname': Input should be a valid list"),
-    (b'{"dataname": []}', "s.submit.json: field 'dataname': lists no dataset"),
-    (b'{"dataname": "a.npy", "extra": 1}',
-     "s.submit.json: field 'extra': unknown field; allowed: analysis, dataname, configname, timestamp"),
-    (b"\xff\xfe", "s.submit.json is not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "s.submit.json is not valid JSON (line 1, column 2"),
+        (b"[1, 2]", "s.submit.json must hold a JSON object with dataname, configname"),
+        (b'{"analysis": "framestats"}', "s.submit.json: field 'dataname': missing; name the dataset(s) to analyse"),
+        (b'{"dataname": 5}', "s.submit.json: field 'dataname': Input should be a valid list"),
+        (b'{"dataname": []}', "s.submit.json: field 'dataname': lists no dataset"),
+        (
+            b'{"dataname": "a.npy", "extra": 1}',
+            "s.submit.json: field 'extra': unknown field; allowed: analysis, dataname, configname, timestamp",
+        ),
+        (b"\xff\xfe", "s.submit.json is not UTF-8 text"),
+    ],
+)
 def test_malformed_submit_file(manager, root, raw, message):
     path = root / "lab" / "submissions" / "s.submit.json"
     path.parent.mkdir(parents=True)
@@ -110,16 +123,19 @@ def test_same_submission_seen_twice_runs_once(manager, root):
     assert manager.ingest_file("lab", str(path)).id == first.id  # the same file seen again
     assert manager.scan() == []  # and by a scan (e.g. after a restart)
     text = _reject(manager, root, body, name="copy")
-    assert text == (f"copy.submit.json is identical to once.submit.json (job {first.id}), which was already run; "
-                    "a submission runs once — change its timestamp to run it again")
+    assert text == (
+        f"copy.submit.json is identical to once.submit.json (job {first.id}), which was already run; "
+        "a submission runs once — change its timestamp to run it again"
+    )
     assert len(manager.db.jobs()) == 2
 
 
 def test_neurocaas_form_with_default_analysis(manager, root):
     manager.default_analysis = "framestats"
     write_json(root / "lab" / "configs" / "config.json", {"stats": ["mean"]})
-    path = submit(root, "nc", {"dataname": "lab/inputs/folder", "configname": "lab/configs/config.json",
-                               "timestamp": 1700000000})
+    path = submit(
+        root, "nc", {"dataname": "lab/inputs/folder", "configname": "lab/configs/config.json", "timestamp": 1700000000}
+    )
     job = manager.ingest_file("lab", str(path))
     assert job.state == JobState.QUEUED and job.analysis == "framestats"
     assert job.config["stats"] == ["mean"] and job.config["batch_frames"] == 64  # defaults merged
@@ -146,8 +162,9 @@ def test_parse_accepts_a_single_dataname():
 def test_cli_submit_prints_every_rejection(root, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("stats: [median]\n")
-    done = cli("submit", "framestats", "a.npy", "missing.npy", "--config", str(config), "--group", "lab",
-               "--root", str(root))
+    done = cli(
+        "submit", "framestats", "a.npy", "missing.npy", "--config", str(config), "--group", "lab", "--root", str(root)
+    )
     assert done.exit_code == 2
     printed = flat(done.stderr)
     assert "submission rejected" in printed
@@ -164,8 +181,13 @@ def test_dataset_keys_are_unique_reversible_and_safe_file_names():
 
     from ncaas.submission import KEY_MAX_BYTES, dataset_key, dataset_name
 
-    assert [dataset_key(n) for n in ("a.npy", "sessions/day1", "x/y.npy", "my_movie.avi", "a b.tif")] == \
-        ["a.npy", "sessions__day1", "x__y.npy", "my_movie.avi", "a b.tif"]
+    assert [dataset_key(n) for n in ("a.npy", "sessions/day1", "x/y.npy", "my_movie.avi", "a b.tif")] == [
+        "a.npy",
+        "sessions__day1",
+        "x__y.npy",
+        "my_movie.avi",
+        "a b.tif",
+    ]
     parts = ["a", "_", "__", "a_", "_a", "a__b", ".a", "%", "A"]
     names = {"/".join(p) for n in (1, 2, 3) for p in product(parts, repeat=n)}
     names |= {"x" * 250, "x" * 249 + "y", "é" * 120, "d/" * 60 + "z", "%" * 90}

@@ -19,8 +19,9 @@ def usage(tmp_path_factory):
     storage = Storage(root)
     db = JobDB(default_db_url(storage.root))
     manager = Manager(storage, db, registry=BlueprintRegistry.discover(), executor=LocalExecutor(cpus=2))
-    path = submit(root, "u", {"analysis": "framestats", "dataname": "a.npy"},
-                  config={"cpu_seconds": 1.0, "memory_mb": 150})
+    path = submit(
+        root, "u", {"analysis": "framestats", "dataname": "a.npy"}, config={"cpu_seconds": 1.0, "memory_mb": 150}
+    )
     job = manager.run_job(manager.ingest_file("lab", str(path)).id)
     db.close()
     assert job.state == "succeeded", job.cause

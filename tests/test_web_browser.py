@@ -25,15 +25,25 @@ from crc32c import crc32c
 from ncaas.server.testing import ServerProcess, storage_with_user
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 BLUEPRINTS = Path(__file__).parent / "server_blueprints"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; `make system-deps` does it)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium; `make system-deps` does it)",
+        allow_module_level=True,
+    )
 
 
 def _npy(path: Path, seed: int, frames: int = 24) -> None:
@@ -73,13 +83,16 @@ def page(site):
 def _drop_file(page, path: Path) -> None:
     """Drop a file on the drop zone the way a browser does: a drop event carrying a DataTransfer."""
     data = list(path.read_bytes())
-    page.evaluate("""([name, bytes]) => {
+    page.evaluate(
+        """([name, bytes]) => {
         const dt = new DataTransfer();
         dt.items.add(new File([new Uint8Array(bytes)], name, { type: "application/octet-stream" }));
         const zone = document.querySelector("#dropzone");
         zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
         zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
-    }""", [path.name, data])
+    }""",
+        [path.name, data],
+    )
 
 
 def test_sign_in_upload_submit_watch_download(site, page):
@@ -108,12 +121,17 @@ def test_sign_in_upload_submit_watch_download(site, page):
     page.wait_for_selector("#uploads li[data-dataset='a.npy'] .muted:has-text('uploaded')")
     page.wait_for_selector("#uploads li[data-dataset='exp1'] .muted:has-text('uploaded')")
     assert page.is_checked("#inputs input[value='a.npy']") and page.is_checked("#inputs input[value='exp1']")
-    assert (site["root"] / "lab" / "inputs" / "exp1" / "session2.npy").read_bytes() == \
-        (base / "exp1" / "session2.npy").read_bytes()
-    assert sorted(p.name for p in (site["root"] / "lab" / "inputs" / "exp1").iterdir()) == \
-        ["session1.npy", "session2.npy"]
-    assert page.inner_text("#uploads li[data-dataset='exp1'] .left-out") == \
-        "left out 2 hidden files: .DS_Store, ._session1.npy"
+    assert (site["root"] / "lab" / "inputs" / "exp1" / "session2.npy").read_bytes() == (
+        base / "exp1" / "session2.npy"
+    ).read_bytes()
+    assert sorted(p.name for p in (site["root"] / "lab" / "inputs" / "exp1").iterdir()) == [
+        "session1.npy",
+        "session2.npy",
+    ]
+    assert (
+        page.inner_text("#uploads li[data-dataset='exp1'] .left-out")
+        == "left out 2 hidden files: .DS_Store, ._session1.npy"
+    )
 
     page.fill("#cfg-batch_frames", "0")  # invalid: flagged before submitting
     assert "must be ≥ 1" in page.inner_text("#problem-batch_frames")
@@ -145,8 +163,13 @@ def test_sign_in_upload_submit_watch_download(site, page):
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
         assert zf.read("outputs/a.npy/a.stats.csv").decode().startswith("frame,mean,max")
-    assert {"certificate.json", "end.json", "outputs/a.npy/a.stats.csv", "outputs/exp1/session1.stats.csv",
-            "outputs/exp1/session2.stats.csv"} <= names
+    assert {
+        "certificate.json",
+        "end.json",
+        "outputs/a.npy/a.stats.csv",
+        "outputs/exp1/session1.stats.csv",
+        "outputs/exp1/session2.stats.csv",
+    } <= names
     with page.expect_popup() as popup:
         page.click("#download-cert")
     popup.value.wait_for_load_state()
@@ -178,7 +201,7 @@ def test_a_large_file_is_sent_in_checksummed_chunks(site, page):
     finally:
         page.unroute("**/api/uploads/*?offset=*")
     assert (site["root"] / "lab" / "inputs" / "big.bin").read_bytes() == data
-    chunks = {0: data[:8 << 20], 8 << 20: data[8 << 20:16 << 20], 16 << 20: data[16 << 20:]}
+    chunks = {0: data[: 8 << 20], 8 << 20: data[8 << 20 : 16 << 20], 16 << 20: data[16 << 20 :]}
     for url, crc, size in puts:
         offset = int(url.rsplit("offset=", 1)[1])
         assert crc == f"{crc32c(chunks[offset]):08x}" and size == len(chunks[offset]), url
@@ -219,7 +242,8 @@ _TRACE_UPLOADS = """() => {
             const bar = row && row.querySelector("progress");
             if (bar) window.uploadTrace.push([row.dataset.dataset, bar.value, bar.max, row.textContent]);
         }
-    }).observe(document.querySelector("#uploads"), { subtree: true, childList: true, attributes: true, characterData: true });
+    }).observe(document.querySelector("#uploads"),
+               { subtree: true, childList: true, attributes: true, characterData: true });
 }"""
 
 
@@ -242,8 +266,9 @@ def _drag(page, paths: list[Path], selector: str, steps=("dragEnter", "dragOver"
     target.scroll_into_view_if_needed()
     box = target.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + 6
-    assert page.evaluate("([sel, x, y]) => document.querySelector(sel).contains(document.elementFromPoint(x, y))",
-                         [selector, x, y]), f"{selector} is not under the point ({x}, {y})"
+    assert page.evaluate(
+        "([sel, x, y]) => document.querySelector(sel).contains(document.elementFromPoint(x, y))", [selector, x, y]
+    ), f"{selector} is not under the point ({x}, {y})"
     data = {"items": [], "files": [str(p.resolve()) for p in paths], "dragOperationsMask": 1}  # 1: copy
     cdp = page.context.new_cdp_session(page)
     try:
@@ -318,8 +343,12 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     for i in range(105):
         (exp / "raw" / "day3" / f"frame{i:03d}.tif").write_bytes(bytes([i]) * (64 + i))
     (exp / "notes.txt").write_text("three sessions, one mouse\n")
-    hidden = {".DS_Store": b"Bud1\x00", "raw/day3/._frame000.tif": b"\x00\x05\x16\x07", ".git/HEAD": b"ref\n",
-              "raw/Thumbs.db": b"thumbs"}
+    hidden = {
+        ".DS_Store": b"Bud1\x00",
+        "raw/day3/._frame000.tif": b"\x00\x05\x16\x07",
+        ".git/HEAD": b"ref\n",
+        "raw/Thumbs.db": b"thumbs",
+    }
     for rel, data in hidden.items():
         (exp / rel).parent.mkdir(exist_ok=True)
         (exp / rel).write_bytes(data)
@@ -332,10 +361,14 @@ def test_dragging_a_multi_session_folder_uploads_it_whole_and_runs_it(site, page
     page.wait_for_selector("#uploads li[data-dataset='mouse7'] .muted:has-text('uploaded')", timeout=120_000)
     page.wait_for_selector("#uploads li[data-dataset='.calibration.json'] .muted:has-text('uploaded')")
     assert "empty folder" in page.inner_text("#uploads li[data-dataset='nothing-here']", timeout=5_000)
-    assert page.inner_text("#uploads li[data-dataset='only-hidden'] .error") == \
-        "holds only hidden files (.DS_Store): nothing to upload"
-    assert page.inner_text("#uploads li[data-dataset='mouse7'] .left-out") == \
-        "left out 3 hidden files and 1 hidden folder: .DS_Store, .git/, raw/Thumbs.db, raw/day3/._frame000.tif"
+    assert (
+        page.inner_text("#uploads li[data-dataset='only-hidden'] .error")
+        == "holds only hidden files (.DS_Store): nothing to upload"
+    )
+    assert (
+        page.inner_text("#uploads li[data-dataset='mouse7'] .left-out")
+        == "left out 3 hidden files and 1 hidden folder: .DS_Store, .git/, raw/Thumbs.db, raw/day3/._frame000.tif"
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "web-dropped-folder.png"), full_page=True)
 
@@ -374,8 +407,9 @@ def test_a_file_over_the_groups_quota_is_refused_with_the_reason(site, page):
     base.mkdir()
     _npy(base / "too-big.npy", 13, frames=200)
     where = ["--root", str(site["root"])]
-    subprocess.run([sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "1KB", *where], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "1KB", *where], check=True, capture_output=True
+    )
     try:
         _fresh_page(page, site)
         _drag(page, [base / "too-big.npy"], "#dropzone")
@@ -383,5 +417,8 @@ def test_a_file_over_the_groups_quota_is_refused_with_the_reason(site, page):
         assert "group 'lab' would go over its quota" in row.inner_text()
         assert not (site["root"] / "lab" / "inputs" / "too-big.npy").exists()
     finally:
-        subprocess.run([sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "none", *where], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "ncaas", "admin", "set-quota", "lab", "none", *where],
+            check=True,
+            capture_output=True,
+        )

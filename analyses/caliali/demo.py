@@ -57,9 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     console.rule("[bold]1. simulate a multi-session experiment with ground truth")
     if work.exists():
         shutil.rmtree(work)
-    r = _run(console, [BIN / "caliali", "simulate", experiment, "--sessions", args.sessions, "--frames",
-                       args.frames, "--neurons", args.neurons, "--max-frames-per-file", (args.frames * 3) // 5,
-                       "--seed", 7], stdout=subprocess.DEVNULL)
+    r = _run(
+        console,
+        [
+            BIN / "caliali",
+            "simulate",
+            experiment,
+            "--sessions",
+            args.sessions,
+            "--frames",
+            args.frames,
+            "--neurons",
+            args.neurons,
+            "--max-frames-per-file",
+            (args.frames * 3) // 5,
+            "--seed",
+            7,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     if r.returncode:
         return r.returncode
     truth = work / "ground_truth"
@@ -70,8 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     config.write_text(CONFIG)
 
     console.rule("[bold]2. submit to ncaas (embedded) and watch")
-    r = _run(console, [BIN / "ncaas", "submit", "caliali", experiment, "--config", config, "--group", GROUP,
-                       "--root", root, "--wait", "--name", f"demo-{time.strftime('%Y%m%d-%H%M%S')}"])
+    r = _run(
+        console,
+        [
+            BIN / "ncaas",
+            "submit",
+            "caliali",
+            experiment,
+            "--config",
+            config,
+            "--group",
+            GROUP,
+            "--root",
+            root,
+            "--wait",
+            "--name",
+            f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+        ],
+    )
     results = sorted((root / GROUP / "results").glob("*/end.json"), key=lambda p: p.stat().st_mtime)
     if r.returncode or not results:
         console.print("[red]the job did not succeed; see the logs above[/red]")
@@ -86,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     score = json.loads((work / "score.json").read_text())
     f1 = score["neurons"]["f1"]
     console.rule("[bold]done")
-    console.print(f"F1 against the ground truth: [bold]{f1:.3f}[/bold] "
-                  f"(precision {score['neurons']['precision']:.3f}, recall {score['neurons']['recall']:.3f})")
+    console.print(
+        f"F1 against the ground truth: [bold]{f1:.3f}[/bold] "
+        f"(precision {score['neurons']['precision']:.3f}, recall {score['neurons']['recall']:.3f})"
+    )
     if score.get("alignment"):
         a = score["alignment"]
-        console.print(f"alignment error: median {a['median_px']:.2f} px, 95th percentile {a['p95_px']:.2f} px "
-                      f"(before alignment {a['unaligned_median_px']:.2f} / {a['unaligned_p95_px']:.2f} px)")
+        console.print(
+            f"alignment error: median {a['median_px']:.2f} px, 95th percentile {a['p95_px']:.2f} px "
+            f"(before alignment {a['unaligned_median_px']:.2f} / {a['unaligned_p95_px']:.2f} px)"
+        )
     console.print(f"NWB file:     {outputs / 'neurons.nwb'}")
     console.print(f"QC figures:   {outputs / 'qc'}  (contours.png, traces.png, sessions/)")
     console.print(f"alignment QC: {outputs / 'alignment'}")

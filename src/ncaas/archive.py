@@ -43,8 +43,12 @@ class BlueprintArchive:
         path = self.dir / f"{sha}.json"
         if sha not in self._cache and not path.is_file():
             self.dir.mkdir(parents=True, exist_ok=True)
-            entry = {"content": loaded.blueprint.model_dump(mode="json"), "path": str(loaded.path),
-                     "git_commit": loaded.git_commit, "git_dirty": loaded.git_dirty}
+            entry = {
+                "content": loaded.blueprint.model_dump(mode="json"),
+                "path": str(loaded.path),
+                "git_commit": loaded.git_commit,
+                "git_dirty": loaded.git_dirty,
+            }
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(entry, indent=1, sort_keys=True))
             os.chmod(tmp, 0o444)
@@ -68,7 +72,8 @@ class BlueprintArchive:
             raise BlueprintError(f"the archived blueprint {path} is damaged ({exc}); it cannot be used") from None
         if model.content_hash() != sha256:
             raise BlueprintError(f"the archived blueprint {path} does not match its name; it cannot be used")
-        loaded = LoadedBlueprint(model, Path(entry["path"]), sha256, entry.get("git_commit"),
-                                 bool(entry.get("git_dirty")))
+        loaded = LoadedBlueprint(
+            model, Path(entry["path"]), sha256, entry.get("git_commit"), bool(entry.get("git_dirty"))
+        )
         self._cache[sha256] = loaded
         return loaded

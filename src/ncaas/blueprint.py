@@ -38,9 +38,22 @@ __all__ = [
 
 PLACEHOLDERS = ("{input}", "{config}", "{output}", "{python}")
 _PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
-          "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
-          "gib": 1024**3, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 _SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
@@ -79,8 +92,11 @@ class Resources(_Strict):
     cpus: int = Field(1, ge=1)
     memory: int = Field(parse_bytes("1GB"), gt=0, description="bytes per task")
     gpus: int = Field(0, ge=0)
-    custom: dict[str, float] = Field(default_factory=dict, description="named resources a node must offer, "
-                                     "e.g. {highmem: 1} (Ray custom resources; ignored by the local executor)")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="named resources a node must offer, "
+        "e.g. {highmem: 1} (Ray custom resources; ignored by the local executor)",
+    )
     timeout: float = Field(3600.0, gt=0, description="seconds per task")
 
     @field_validator("memory", mode="before")
@@ -177,15 +193,22 @@ class LoadedBlueprint:
         return self.blueprint.name
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.blueprint.version, "sha256": self.sha256,
-                "git_commit": self.git_commit, "git_dirty": self.git_dirty, "path": str(self.path)}
+        return {
+            "name": self.name,
+            "version": self.blueprint.version,
+            "sha256": self.sha256,
+            "git_commit": self.git_commit,
+            "git_dirty": self.git_dirty,
+            "path": str(self.path),
+        }
 
 
 def _git_identity(path: Path) -> tuple[str | None, bool]:
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(path.parent), *args], capture_output=True,
-                                  text=True, timeout=10, check=False)
+            done = subprocess.run(
+                ["git", "-C", str(path.parent), *args], capture_output=True, text=True, timeout=10, check=False
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout.strip() if done.returncode == 0 else None
@@ -228,8 +251,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 # Fields an older ncaas accepted, with why they went and what to do instead.
 REMOVED_FIELDS = {
     "resources.disk": "no longer supported: ncaas never limited a task's disk use, so the field promised what "
-                      "it did not do; remove it (the server keeps free space by refusing uploads instead: "
-                      "`ncaas serve --min-free`)",
+    "it did not do; remove it (the server keeps free space by refusing uploads instead: "
+    "`ncaas serve --min-free`)",
 }
 
 

@@ -51,8 +51,13 @@ def describe_input(storage: Storage, path: str, rel: str) -> dict[str, Any]:
     """
     if storage.kind(path) == "folder":
         files = storage.describe_tree(path, follow=False)
-        return {"path": rel, "kind": "folder", "size": sum(f.get("size", 0) for f in files),
-                "sha256": _tree_digest(files), "files": files}
+        return {
+            "path": rel,
+            "kind": "folder",
+            "size": sum(f.get("size", 0) for f in files),
+            "sha256": _tree_digest(files),
+            "files": files,
+        }
     [entry] = storage.describe_tree(path, follow=False) or [{"kind": "missing"}]
     return {**entry, "path": rel, "kind": entry.get("kind", "file")}
 
@@ -67,8 +72,9 @@ def _outputs(storage: Storage, folder: str) -> list[dict[str, Any]]:
     return storage.describe_tree(folder, follow=False)
 
 
-def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list[Any], *,
-                      executor: dict[str, Any], isolation: str) -> dict[str, Any]:
+def build_certificate(
+    storage: Storage, job: Any, tasks: list[Any], events: list[Any], *, executor: dict[str, Any], isolation: str
+) -> dict[str, Any]:
     """The certificate of a finished job, from its database rows and its files."""
     environment: dict[str, Any] = {"python": None, "lock_hash": None, "manifest_hash": None}
     blueprint = job.blueprint
@@ -77,34 +83,60 @@ def build_certificate(storage: Storage, job: Any, tasks: list[Any], events: list
     out_tasks = []
     for task in tasks:
         outputs_dir = f"{job.results_dir}/outputs/{task.dataset}"
-        input_info = (describe_input(storage, task.dataset_path, task.dataset_rel)
-                      if storage.exists(task.dataset_path) else {"path": task.dataset_rel, "missing": True})
+        input_info = (
+            describe_input(storage, task.dataset_path, task.dataset_rel)
+            if storage.exists(task.dataset_path)
+            else {"path": task.dataset_rel, "missing": True}
+        )
         task_env = json.loads(task.environment_json or "{}")
         if task_env.get("python"):
             environment = task_env
-        out_tasks.append({
-            "dataset": task.dataset, "environment": task_env, "input": input_info, "argv": json.loads(task.argv_json),
-            "state": task.state, "cause": task.cause, "attempts": task.attempt,
-            "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
-            "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
-            "outputs": _outputs(storage, outputs_dir),
-        })
+        out_tasks.append(
+            {
+                "dataset": task.dataset,
+                "environment": task_env,
+                "input": input_info,
+                "argv": json.loads(task.argv_json),
+                "state": task.state,
+                "cause": task.cause,
+                "attempts": task.attempt,
+                "start_ms": task.started_ms,
+                "end_ms": task.ended_ms,
+                "exit_code": task.exit_code,
+                "cpu_seconds": task.cpu_seconds,
+                "peak_memory_bytes": task.peak_memory_bytes,
+                "outputs": _outputs(storage, outputs_dir),
+            }
+        )
     return {
         "certificate_version": CERTIFICATE_VERSION,
-        "job": {"id": job.id, "group": job.group, "submission": job.submission, "state": job.state,
-                "cause": job.cause, "created_ms": job.created_ms, "started_ms": job.started_ms,
-                "ended_ms": job.ended_ms, "storage": storage.url},
+        "job": {
+            "id": job.id,
+            "group": job.group,
+            "submission": job.submission,
+            "state": job.state,
+            "cause": job.cause,
+            "created_ms": job.created_ms,
+            "started_ms": job.started_ms,
+            "ended_ms": job.ended_ms,
+            "storage": storage.url,
+        },
         "platform": {"name": "ncaas", "version": __version__},
         "blueprint": blueprint,
         "environment": environment,
         "isolation": isolation,
         "executor": executor,
-        "config": {"name": job.config_name, "content": config,
-                   "sha256": hashlib.sha256(config_text.encode()).hexdigest()},
+        "config": {
+            "name": job.config_name,
+            "content": config,
+            "sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        },
         "command": blueprint.get("content", {}).get("command"),
         "tasks": out_tasks,
-        "story": [{"at_ms": e.at_ms, "dataset": e.dataset, "from": e.from_state, "to": e.to_state,
-                   "cause": e.cause} for e in events],
+        "story": [
+            {"at_ms": e.at_ms, "dataset": e.dataset, "from": e.from_state, "to": e.to_state, "cause": e.cause}
+            for e in events
+        ],
         "cost": None,
     }
 
@@ -197,6 +229,5 @@ def compare_outputs(before: dict[str, Any], after: dict[str, Any]) -> list[dict[
                 verdict = "extra"
             else:
                 verdict = "match" if old[path] == new[path] else "differ"
-            rows.append({"dataset": task["dataset"], "path": posixpath.join(task["dataset"], path),
-                         "verdict": verdict})
+            rows.append({"dataset": task["dataset"], "path": posixpath.join(task["dataset"], path), "verdict": verdict})
     return rows

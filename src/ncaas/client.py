@@ -14,11 +14,11 @@ import os
 import threading
 import time
 import urllib.request
-from urllib.parse import quote
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from crc32c import CRC32CHash
@@ -108,8 +108,7 @@ class Client:
         app in the same process.
     """
 
-    def __init__(self, url: str, token: str, *, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
         if not url.startswith(("http://", "https://")):
             raise NcaasError(f"server URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
@@ -117,11 +116,17 @@ class Client:
         # Upload bodies go straight from the file to the socket over plain HTTP without a proxy;
         # through TLS, a proxy or a given transport, httpx sends them.
         host = httpx.URL(self.url).host
-        self._direct = (transport is None and self.url.startswith("http://")
-                        and not (urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(host)))
-        self.http = httpx.Client(base_url=self.url, transport=transport,
-                                 headers={"Authorization": f"Bearer {token}"},
-                                 timeout=httpx.Timeout(timeout, connect=10.0))
+        self._direct = (
+            transport is None
+            and self.url.startswith("http://")
+            and not (urllib.request.getproxies().get("http") and not urllib.request.proxy_bypass(host))
+        )
+        self.http = httpx.Client(
+            base_url=self.url,
+            transport=transport,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -142,20 +147,22 @@ class Client:
             body = {"error": resp.text[:500] or resp.reason_phrase}
         message = body.get("error") or f"HTTP {resp.status_code}"
         if resp.status_code == 400 and body.get("problems"):
-            rejected = SubmissionRejected(body["problems"])
-            rejected.job = body.get("job")  # the rejected job (id, results_dir) when one was recorded
-            raise rejected
+            raise SubmissionRejected(body["problems"], job=body.get("job"))
         if resp.status_code == 404 and "/api/jobs/" in resp.request.url.path:
             raise JobNotFound(message)
-        raise ServerRequestError(f"the server refused {resp.request.method} {resp.request.url.path}: "
-                                 f"{message}", status=resp.status_code, body=body)
+        raise ServerRequestError(
+            f"the server refused {resp.request.method} {resp.request.url.path}: {message}",
+            status=resp.status_code,
+            body=body,
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerRequestError(f"cannot reach the ncaas server at {self.url}: {exc}; "
-                                     "check the URL and that `ncaas serve` is running") from exc
+            raise ServerRequestError(
+                f"cannot reach the ncaas server at {self.url}: {exc}; check the URL and that `ncaas serve` is running"
+            ) from exc
         self._raise_for(resp)
         return resp
 
@@ -179,8 +186,15 @@ class Client:
         list each file's path and size, and its SHA-256 with ``checksums=True``."""
         return self._json("GET", f"/api/inputs/{name}", params={"checksums": "true"} if checksums else None)
 
-    def upload_file(self, local: str | os.PathLike[str], remote: str, *, overwrite: bool = False,
-                    sha256: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    def upload_file(
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        *,
+        overwrite: bool = False,
+        sha256: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict:
         """Upload one file to ``inputs/<remote>``, resuming an unfinished upload of it.
 
         The body is streamed (constant memory, any size); a CRC-32C of the whole
@@ -193,8 +207,11 @@ class Client:
         size = local.stat().st_size
         if self._user is None:
             self._user = self.me()["user"]
-        pending = [u for u in self._json("GET", "/api/uploads")
-                   if u["path"] == remote and u["size"] == size and u["user"] == self._user]
+        pending = [
+            u
+            for u in self._json("GET", "/api/uploads")
+            if u["path"] == remote and u["size"] == size and u["user"] == self._user
+        ]
         if pending:
             try:
                 return self._send_file(local, pending[0], size, progress, sha256)
@@ -207,8 +224,9 @@ class Client:
         up = self._json("POST", "/api/uploads", json=announce)
         return self._send_file(local, up, size, progress, sha256)
 
-    def _send_file(self, local: Path, up: dict, size: int,
-                   progress: Callable[[int, int], None] | None, sha256: str | None = None) -> dict:
+    def _send_file(
+        self, local: Path, up: dict, size: int, progress: Callable[[int, int], None] | None, sha256: str | None = None
+    ) -> dict:
         whole = _FileChecksum(local)
         try:
             offset, failures = up["offset"], 0
@@ -232,8 +250,9 @@ class Client:
         check = {"crc32c": digest} | ({"sha256": sha256} if sha256 is not None else {})
         return self._json("POST", f"/api/uploads/{up['id']}/complete", json=check)
 
-    def _put_range(self, local: Path, upload_id: str, offset: int, size: int,
-                   progress: Callable[[int, int], None] | None) -> httpx.Response:
+    def _put_range(
+        self, local: Path, upload_id: str, offset: int, size: int, progress: Callable[[int, int], None] | None
+    ) -> httpx.Response:
         """``PUT`` bytes ``offset..size`` of ``local``; a failure to deliver raises :class:`_SendFailed`."""
         path = f"/api/uploads/{upload_id}"
         headers = {"Content-Length": str(size - offset), "Content-Type": "application/octet-stream"}
@@ -249,13 +268,25 @@ class Client:
                     progress(sent, size)
 
         try:
-            return self.http.put(path, params={"offset": offset}, content=body(), headers=headers,
-                                 timeout=httpx.Timeout(300.0, connect=10.0))
+            return self.http.put(
+                path,
+                params={"offset": offset},
+                content=body(),
+                headers=headers,
+                timeout=httpx.Timeout(300.0, connect=10.0),
+            )
         except httpx.TransportError as exc:
             raise _SendFailed(str(exc)) from exc
 
-    def _put_sendfile(self, local: Path, path: str, offset: int, size: int, headers: dict[str, str],
-                      progress: Callable[[int, int], None] | None) -> httpx.Response:
+    def _put_sendfile(
+        self,
+        local: Path,
+        path: str,
+        offset: int,
+        size: int,
+        headers: dict[str, str],
+        progress: Callable[[int, int], None] | None,
+    ) -> httpx.Response:
         """The ``PUT`` over a plain connection whose body goes from the file to the socket in the kernel
         (``socket.sendfile``): no copy through Python, which the uploader's CPU time shows
         (``benchmarks/server_load.py``)."""
@@ -294,11 +325,21 @@ class Client:
             raise _SendFailed(str(exc)) from exc
         finally:
             conn.close()
-        return httpx.Response(answer.status, headers=answer.getheaders(), content=content,
-                              request=httpx.Request("PUT", f"{self.url}{path}?offset={offset}"))
+        return httpx.Response(
+            answer.status,
+            headers=answer.getheaders(),
+            content=content,
+            request=httpx.Request("PUT", f"{self.url}{path}?offset={offset}"),
+        )
 
-    def upload_dataset(self, local: str | os.PathLike[str], name: str | None = None, *,
-                       overwrite: bool = False, left_out: Callable[[list[str]], None] | None = None) -> str:
+    def upload_dataset(
+        self,
+        local: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        overwrite: bool = False,
+        left_out: Callable[[list[str]], None] | None = None,
+    ) -> str:
         """Upload a file or a whole folder as one dataset; returns its name in inputs/.
 
         Hidden files and system clutter found in a folder (``.DS_Store``, ``._*``, ``.git/``,
@@ -330,10 +371,16 @@ class Client:
         return self._json("PUT", f"/api/configs/{name}", json=config, params=params)
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, analysis: str, datasets: list[str], *, configname: str | None = None,
-               config: dict | None = None, name: str | None = None) -> dict:
-        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config,
-                "name": name}
+    def submit(
+        self,
+        analysis: str,
+        datasets: list[str],
+        *,
+        configname: str | None = None,
+        config: dict | None = None,
+        name: str | None = None,
+    ) -> dict:
+        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config, "name": name}
         return self._json("POST", "/api/jobs", json={k: v for k, v in body.items() if v is not None})
 
     def jobs(self, *, limit: int = 200) -> list[dict]:
@@ -372,8 +419,9 @@ class Client:
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """Server-sent events of a job, as ``(event, data)``, until it ends."""
         try:
-            with self.http.stream("GET", f"/api/jobs/{job_id}/events",
-                                  timeout=httpx.Timeout(None, connect=10.0)) as resp:
+            with self.http.stream(
+                "GET", f"/api/jobs/{job_id}/events", timeout=httpx.Timeout(None, connect=10.0)
+            ) as resp:
                 if not resp.is_success:
                     resp.read()
                     self._raise_for(resp)
@@ -422,8 +470,9 @@ class Client:
         """The job's whole results folder as one zip, streamed to ``dest``."""
         dest = Path(dest)
         try:
-            with self.http.stream("GET", f"/api/jobs/{job_id}/results.zip",
-                                  timeout=httpx.Timeout(600.0, connect=10.0)) as resp:
+            with self.http.stream(
+                "GET", f"/api/jobs/{job_id}/results.zip", timeout=httpx.Timeout(600.0, connect=10.0)
+            ) as resp:
                 if not resp.is_success:
                     resp.read()
                     self._raise_for(resp)
@@ -448,8 +497,7 @@ class Client:
         return to
 
     def certificate(self, job_id: str, *, text: bool = False) -> dict | str:
-        resp = self.request("GET", f"/api/jobs/{job_id}/certificate",
-                            params={"format": "txt" if text else "json"})
+        resp = self.request("GET", f"/api/jobs/{job_id}/certificate", params={"format": "txt" if text else "json"})
         return resp.text if text else resp.json()
 
     def qc(self, job_id: str) -> list[dict]:

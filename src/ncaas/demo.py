@@ -56,12 +56,19 @@ def main(root: str | os.PathLike[str] = "demo-data") -> int:
     datasets = generate(root)
     storage = Storage(root)
     db = JobDB(default_db_url(storage.root))
-    manager = Manager(storage, db, registry=BlueprintRegistry.discover(),
-                      notify=lambda m: out.print(f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
+    manager = Manager(
+        storage,
+        db,
+        registry=BlueprintRegistry.discover(),
+        notify=lambda m: out.print(f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+    )
     submission = root / GROUP / "submissions" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.submit.json"
     submission.parent.mkdir(parents=True, exist_ok=True)
-    submission.write_text(json.dumps({"analysis": "framestats", "dataname": datasets, "configname": "demo.yaml",
-                                      "timestamp": time.time()}))
+    submission.write_text(
+        json.dumps(
+            {"analysis": "framestats", "dataname": datasets, "configname": "demo.yaml", "timestamp": time.time()}
+        )
+    )
     out.print(f"[bold]ncaas demo[/bold]: 3 datasets in {root / GROUP / 'inputs'}; submitted {submission.name}")
     job = manager.ingest_file(GROUP, str(submission))
     if job is None or job.state == "rejected":

@@ -32,13 +32,17 @@ def _spec(analysis: str) -> EnvironmentSpec:
             folder = folder.resolve()
             return EnvironmentSpec(folder.name, folder / environments.LOCK_NAME, folder)
         known = ", ".join(registry.names()) or "none"
-        raise EnvironmentBuildError(f"no analysis {analysis!r}; known analyses: {known} "
-                                    "(or give an analysis package folder holding a pyproject.toml)")
+        raise EnvironmentBuildError(
+            f"no analysis {analysis!r}; known analyses: {known} "
+            "(or give an analysis package folder holding a pyproject.toml)"
+        )
     spec = environments.spec_for_blueprint(loaded)
     if spec is None:
-        raise EnvironmentBuildError(f"the blueprint of {analysis} ({loaded.path}) names no environment; "
-                                    "its tasks run with the platform's own python. Add environment.source "
-                                    "(and environment.lock) to it")
+        raise EnvironmentBuildError(
+            f"the blueprint of {analysis} ({loaded.path}) names no environment; "
+            "its tasks run with the platform's own python. Add environment.source "
+            "(and environment.lock) to it"
+        )
     return spec
 
 
@@ -49,18 +53,25 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
     @env_app.command("build")
     @errors
-    def env_build(analysis: Analysis,
-                  force: Annotated[bool, typer.Option(help="rebuild even if built (e.g. after it failed verification)")]
-                  = False) -> None:
+    def env_build(
+        analysis: Analysis,
+        force: Annotated[bool, typer.Option(help="rebuild even if built (e.g. after it failed verification)")] = False,
+    ) -> None:
         """Build an analysis' environment from its lock (once; later calls verify it)."""
         spec = _spec(analysis)
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                   TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=err, transient=True) as bar:
             task = bar.add_task(f"{spec.name}: checking", total=1.0)
             env, built = environments.ensure(
-                spec, rebuild=force,
-                progress=lambda f, m: bar.update(task, completed=f, description=f"{spec.name}: {m[:70]}"))
+                spec,
+                rebuild=force,
+                progress=lambda f, m: bar.update(task, completed=f, description=f"{spec.name}: {m[:70]}"),
+            )
         what = "built" if built else "already built; verified"
         out.print(f"[green]{spec.name} environment {what}[/green]: {env.path}")
         out.print(f"  python    {env.python}")
@@ -74,14 +85,18 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         spec = _spec(analysis)
         env = environments.find(spec)
         if env is None:
-            raise EnvironmentBuildError(f"the {spec.name} environment for its current lock and source is not "
-                                        f"built; build it with `ncaas env build {analysis}`")
+            raise EnvironmentBuildError(
+                f"the {spec.name} environment for its current lock and source is not "
+                f"built; build it with `ncaas env build {analysis}`"
+            )
         check = environments.verify(env)
         if check.ok:
             out.print(f"[green]ok[/green]: {env.path}: {check.summary()}; manifest sha256 {env.manifest_sha256}")
             return
-        err.print(f"[red]{env.path} changed since it was built[/red] ({len(check.problems)} differences); "
-                  f"tasks will not run in it. Rebuild it with `ncaas env build {analysis} --force`")
+        err.print(
+            f"[red]{env.path} changed since it was built[/red] ({len(check.problems)} differences); "
+            f"tasks will not run in it. Rebuild it with `ncaas env build {analysis} --force`"
+        )
         for problem in check.problems[:30]:
             err.print(f"  - {problem}")
         if len(check.problems) > 30:

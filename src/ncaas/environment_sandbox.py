@@ -42,16 +42,27 @@ __all__ = ["BuildBox", "uv_cache_dir"]
 _PROCESSES = 4096  # uv runs a thread per core, and bytecode compilers beside them
 _TAIL = 15
 # The operator's settings for reaching the index (proxies, certificates), passed into the sandbox.
-_PASSED_ON = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-              "all_proxy", "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_PASSED_ON = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
 
 
 @functools.lru_cache(maxsize=4)
 def _cache_dir(uv: str, settings: tuple[str | None, ...]) -> Path:  # settings: what uv reads, as the key
     out = subprocess.run([uv, "cache", "dir", "--no-config"], capture_output=True, text=True, check=False)
     if out.returncode != 0 or not out.stdout.strip():
-        raise NcaasError(f"cannot find uv's package cache ({out.stderr.strip()[-300:]}); "
-                         "set UV_CACHE_DIR to a writable folder")
+        raise NcaasError(
+            f"cannot find uv's package cache ({out.stderr.strip()[-300:]}); set UV_CACHE_DIR to a writable folder"
+        )
     return Path(out.stdout.strip()).absolute()
 
 
@@ -72,8 +83,9 @@ class BuildBox:
     copy_on_write: Sequence[Path] = ()  # shown writable, changes dropped (else read-only)
 
     @classmethod
-    def for_build(cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path],
-                  copy_on_write: Sequence[Path] = ()) -> BuildBox:
+    def for_build(
+        cls, uv: str, *, readonly: Sequence[Path], writable: Sequence[Path], copy_on_write: Sequence[Path] = ()
+    ) -> BuildBox:
         """The box for a build by ``uv``: its binary added to ``readonly``, its cache shown as :meth:`run` says.
 
         ``copy_on_write`` folders (the analysis source: some build backends write into the
@@ -82,29 +94,47 @@ class BuildBox:
         cache = uv_cache_dir(uv)
         cache.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k.startswith("UV_") or k in _PASSED_ON}
-        env.update({"UV_CACHE_DIR": str(cache), "UV_NO_PROGRESS": "1", "NO_COLOR": "1",
-                    "UV_PYTHON_DOWNLOADS": "never"})
-        return cls(readonly=[Path(uv), *readonly], writable=list(writable), cache=cache, env=env,
-                   copy_on_write=list(copy_on_write))
+        env.update({"UV_CACHE_DIR": str(cache), "UV_NO_PROGRESS": "1", "NO_COLOR": "1", "UV_PYTHON_DOWNLOADS": "never"})
+        return cls(
+            readonly=[Path(uv), *readonly],
+            writable=list(writable),
+            cache=cache,
+            env=env,
+            copy_on_write=list(copy_on_write),
+        )
 
     def describe(self) -> str:
         """One line for the build log: the isolation the steps get."""
         if sandboxes.sandbox_mode() == "none":
-            return (f"# sandbox: none ({sandboxes.MODE_VARIABLE}=off): the build steps run unsandboxed, "
-                    f"as uid {os.getuid()}, with the host's files and network")
+            return (
+                f"# sandbox: none ({sandboxes.MODE_VARIABLE}=off): the build steps run unsandboxed, "
+                f"as uid {os.getuid()}, with the host's files and network"
+            )
         cow = [str(p) for p in self.copy_on_write]
         if sandboxes.overlay_supported():
             views = "; copy-on-write: " + ", ".join([*cow, f"uv's cache {self.cache} (only fetching writes to it)"])
         else:
             views = (f"; read-only: {', '.join(cow)}" if cow else "") + (
-                f"; writable: uv's cache {self.cache} (this bwrap or kernel cannot mount copy-on-write)")
-        return ("# sandbox: bubblewrap, uid 65534 of its own user namespace; read-only: the system, "
-                + ", ".join(str(p) for p in self.readonly) + "; writable: "
-                + ", ".join(str(p) for p in self.writable) + views
-                + "; network: none, except to fetch packages uv's cache lacks")
+                f"; writable: uv's cache {self.cache} (this bwrap or kernel cannot mount copy-on-write)"
+            )
+        return (
+            "# sandbox: bubblewrap, uid 65534 of its own user namespace; read-only: the system, "
+            + ", ".join(str(p) for p in self.readonly)
+            + "; writable: "
+            + ", ".join(str(p) for p in self.writable)
+            + views
+            + "; network: none, except to fetch packages uv's cache lacks"
+        )
 
-    def run(self, argv: list[str], log: TextIO, on_line: Callable[[str], None], *,
-            network: bool = False, fetching: bool = False) -> tuple[int, list[str]]:
+    def run(
+        self,
+        argv: list[str],
+        log: TextIO,
+        on_line: Callable[[str], None],
+        *,
+        network: bool = False,
+        fetching: bool = False,
+    ) -> tuple[int, list[str]]:
         """Run one build step; its output goes to ``log`` and each line to ``on_line``.
 
         Without ``network`` the step has none at all and uv reads packages from its cache only.
@@ -118,12 +148,19 @@ class BuildBox:
         writable = [*self.writable, *([self.cache] if shared else [])]
         overlay = [*([] if shared else [self.cache]), *(self.copy_on_write if cow else [])]
         readonly = [*self.readonly, *([] if cow else self.copy_on_write)]
-        spec = sandboxes.SandboxSpec(readonly=readonly, writable=writable, overlay=overlay, env=env,
-                                     network=network, processes=_PROCESSES)
+        spec = sandboxes.SandboxSpec(
+            readonly=readonly, writable=writable, overlay=overlay, env=env, network=network, processes=_PROCESSES
+        )
         tail: list[str] = []
         with sandboxes.Sandbox(spec) as box:
-            proc = box.start(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             text=True, errors="replace")
+            proc = box.start(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+            )
             assert proc.stdout is not None
             with proc.stdout:
                 for line in proc.stdout:

@@ -135,14 +135,19 @@ def _walk(root: Path) -> Iterator[Path]:
 
 def _source_files(source: Path) -> list[Path]:
     """The files of an analysis that end up in its wheel: pyproject, README, and src/."""
-    picked = [p for p in sorted(source.iterdir()) if p.is_file()
-              and (p.name == "pyproject.toml" or p.name.lower().startswith("readme"))]
+    picked = [
+        p
+        for p in sorted(source.iterdir())
+        if p.is_file() and (p.name == "pyproject.toml" or p.name.lower().startswith("readme"))
+    ]
     tree = source / "src" if (source / "src").is_dir() else None
     if tree is not None:
         for path in _walk(tree):
-            if path.is_file() and not any(part in _SKIP_DIRS or part.endswith(".egg-info")
-                                          for part in path.relative_to(source).parts) \
-                    and path.suffix not in (".pyc", ".pyo"):
+            if (
+                path.is_file()
+                and not any(part in _SKIP_DIRS or part.endswith(".egg-info") for part in path.relative_to(source).parts)
+                and path.suffix not in (".pyc", ".pyo")
+            ):
                 picked.append(path)
     return picked
 
@@ -150,13 +155,20 @@ def _source_files(source: Path) -> list[Path]:
 @functools.lru_cache(maxsize=8)
 def _python_id(python: str) -> str:
     out = subprocess.run(
-        [python, "-c", "import sys,platform;print(platform.python_implementation(),"
-         "platform.python_version(),platform.machine(),sys.base_prefix)"],
-        capture_output=True, text=True, check=False,
+        [
+            python,
+            "-c",
+            "import sys,platform;print(platform.python_implementation(),"
+            "platform.python_version(),platform.machine(),sys.base_prefix)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
-        raise EnvironmentBuildError(f"the interpreter {python} for environments does not run: "
-                                    f"{out.stderr.strip()[-300:]}")
+        raise EnvironmentBuildError(
+            f"the interpreter {python} for environments does not run: {out.stderr.strip()[-300:]}"
+        )
     return out.stdout.strip()
 
 
@@ -167,13 +179,20 @@ def _base_python(python: str) -> tuple[str, tuple[str, ...]]:
     Builds create environments from the base interpreter, in a sandbox that shows only its installation.
     """
     out = subprocess.run(
-        [python, "-c", "import os,sys;e=sys._base_executable;"
-         "print(e);print(os.path.dirname(os.path.dirname(os.path.realpath(e))));print(sys.base_prefix)"],
-        capture_output=True, text=True, check=False,
+        [
+            python,
+            "-c",
+            "import os,sys;e=sys._base_executable;"
+            "print(e);print(os.path.dirname(os.path.dirname(os.path.realpath(e))));print(sys.base_prefix)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
-        raise EnvironmentBuildError(f"the interpreter {python} for environments does not run: "
-                                    f"{out.stderr.strip()[-300:]}")
+        raise EnvironmentBuildError(
+            f"the interpreter {python} for environments does not run: {out.stderr.strip()[-300:]}"
+        )
     base, *folders = out.stdout.strip().splitlines()
     return base, tuple(sorted(set(folders)))
 
@@ -228,8 +247,12 @@ class EnvironmentSpec:
 
     def key(self) -> dict[str, str]:
         """The identity of the environment: every input that changes what gets built."""
-        parts = {"format": str(_FORMAT), "lock_sha256": self.lock_sha256(),
-                 "source_sha256": self.source_sha256(), "python": self.python_id()}
+        parts = {
+            "format": str(_FORMAT),
+            "lock_sha256": self.lock_sha256(),
+            "source_sha256": self.source_sha256(),
+            "python": self.python_id(),
+        }
         parts["env_sha256"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
         return parts
 
@@ -260,9 +283,15 @@ class Environment:
 
     def record(self) -> dict[str, str]:
         """What a certificate keeps about the environment."""
-        return {"name": self.name, "path": str(self.path), "env_sha256": self.env_sha256,
-                "lock_sha256": self.lock_sha256, "source_sha256": self.manifest["source_sha256"],
-                "manifest_sha256": self.manifest_sha256, "python": self.manifest["python"]}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "env_sha256": self.env_sha256,
+            "lock_sha256": self.lock_sha256,
+            "source_sha256": self.manifest["source_sha256"],
+            "manifest_sha256": self.manifest_sha256,
+            "python": self.manifest["python"],
+        }
 
 
 @dataclass(frozen=True)
@@ -284,8 +313,12 @@ class Verification:
 
 def _paths(spec_name: str, key: str) -> tuple[Path, Path, Path, Path]:
     base = envs_dir() / f"{spec_name}-{key[:20]}"
-    return base, base.with_name(base.name + ".json"), base.with_name(base.name + ".lock"), \
-        base.with_name(base.name + ".build.log")
+    return (
+        base,
+        base.with_name(base.name + ".json"),
+        base.with_name(base.name + ".lock"),
+        base.with_name(base.name + ".build.log"),
+    )
 
 
 def _entry(path: Path) -> str:
@@ -369,8 +402,7 @@ def verify(env: Environment) -> Verification:
     started = time.perf_counter()
     expected: dict[str, str] = env.manifest["files"]
     if not env.path.is_dir():
-        return Verification(False, [f"the environment folder {env.path} is missing"], 0,
-                            time.perf_counter() - started)
+        return Verification(False, [f"the environment folder {env.path} is missing"], 0, time.perf_counter() - started)
     actual = _inventory(env.path)
     problems = [f"changed: {p}" for p in sorted(expected) if p in actual and actual[p] != expected[p]]
     problems += [f"removed: {p}" for p in sorted(expected) if p not in actual]
@@ -379,8 +411,17 @@ def verify(env: Environment) -> Verification:
     return Verification(not problems, problems, len(actual), time.perf_counter() - started)
 
 
-def _run_uv(box: BuildBox, args: list[str], log, progress: Progress | None, span: tuple[float, float],
-            expect: int = 0, *, network: bool = False, fetching: bool = False) -> None:
+def _run_uv(
+    box: BuildBox,
+    args: list[str],
+    log,
+    progress: Progress | None,
+    span: tuple[float, float],
+    expect: int = 0,
+    *,
+    network: bool = False,
+    fetching: bool = False,
+) -> None:
     """Run uv in the build's sandbox, appending its output to the build log and relaying it as progress."""
     command = [uv_binary(), *args]
     log.write(f"$ {' '.join(command)}\n")
@@ -414,9 +455,12 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
 
     base, installation = _base_python(str(spec.python))
     with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
-        box = BuildBox.for_build(uv_binary(), readonly=[*map(Path, installation), spec.lock_file],
-                                 writable=[path, Path(wheels)],
-                                 copy_on_write=[spec.source] if spec.source is not None else [])
+        box = BuildBox.for_build(
+            uv_binary(),
+            readonly=[*map(Path, installation), spec.lock_file],
+            writable=[path, Path(wheels)],
+            copy_on_write=[spec.source] if spec.source is not None else [],
+        )
         path.mkdir(parents=True)  # the sandbox binds it, so it exists before uv fills it
         try:
             log.write(box.describe() + "\n")
@@ -427,16 +471,34 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
     _set_readonly(path, readonly=True)
 
 
-def _build_steps(spec: EnvironmentSpec, box: BuildBox, path: Path, wheels: Path, base: str, log,
-                 step: Progress, progress: Progress | None) -> None:
+def _build_steps(
+    spec: EnvironmentSpec,
+    box: BuildBox,
+    path: Path,
+    wheels: Path,
+    base: str,
+    log,
+    step: Progress,
+    progress: Progress | None,
+) -> None:
     """Create the environment, install the lock, build and install the analysis: each step sandboxed."""
     python = path / "bin" / "python"
     step(0.02, f"creating the {spec.name} environment at {path}")
     _run_uv(box, ["venv", "--no-config", "--quiet", "--python", base, str(path)], log, None, (0, 0))
     n_packages = pinned_packages(spec.lock_file)
     step(0.05, f"installing {n_packages} locked packages from {spec.lock_file.name}")
-    install = ["pip", "install", "--no-config", "--python", str(python), "--require-hashes",
-               "--link-mode=copy", "--compile-bytecode", "-r", str(spec.lock_file)]
+    install = [
+        "pip",
+        "install",
+        "--no-config",
+        "--python",
+        str(python),
+        "--require-hashes",
+        "--link-mode=copy",
+        "--compile-bytecode",
+        "-r",
+        str(spec.lock_file),
+    ]
     try:
         _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages)
     except EnvironmentBuildError:  # uv's cache lacks some: fetch the locked packages, then install offline
@@ -449,8 +511,23 @@ def _build_steps(spec: EnvironmentSpec, box: BuildBox, path: Path, wheels: Path,
         _build_wheel(spec.source, box, wheels, base, log)
         built = sorted(wheels.glob("*.whl"))
         step(0.88, f"installing {built[0].name}")
-        _run_uv(box, ["pip", "install", "--no-config", "--python", str(python), "--no-deps",
-                      "--link-mode=copy", "--compile-bytecode", str(built[0])], log, None, (0, 0))
+        _run_uv(
+            box,
+            [
+                "pip",
+                "install",
+                "--no-config",
+                "--python",
+                str(python),
+                "--no-deps",
+                "--link-mode=copy",
+                "--compile-bytecode",
+                str(built[0]),
+            ],
+            log,
+            None,
+            (0, 0),
+        )
     try:
         _run_uv(box, ["pip", "check", "--no-config", "--python", str(python)], log, None, (0, 0))
     except EnvironmentBuildError as exc:
@@ -469,8 +546,27 @@ def _fetch(box: BuildBox, requirements: list[str], wheels: Path, base: str, log,
     log.write(f"# uv's cache lacks what this step needs: fetching {what} with the network on\n")
     target = wheels / "fetched"
     try:
-        _run_uv(box, ["pip", "install", "--no-config", "--quiet", "--python", base, "--only-binary", ":all:",
-                      "--target", str(target), *requirements], log, None, (0, 0), network=True, fetching=True)
+        _run_uv(
+            box,
+            [
+                "pip",
+                "install",
+                "--no-config",
+                "--quiet",
+                "--python",
+                base,
+                "--only-binary",
+                ":all:",
+                "--target",
+                str(target),
+                *requirements,
+            ],
+            log,
+            None,
+            (0, 0),
+            network=True,
+            fetching=True,
+        )
         return True
     except EnvironmentBuildError:
         return False
@@ -506,15 +602,17 @@ def _build_wheel(source: Path, box: BuildBox, wheels: Path, base: str, log) -> N
     if not _fetch(box, requires, wheels, base, log, "the build requirements (" + ", ".join(requires) + ")"):
         raise EnvironmentBuildError(
             f"{failed}; and the build requirements of {source} ({', '.join(requires)}) could not all be "
-            "fetched as wheels (see the build log): an analysis is built without network, from wheels in uv's cache")
+            "fetched as wheels (see the build log): an analysis is built without network, from wheels in uv's cache"
+        )
     _run_uv(box, build, log, None, (0, 0))
 
 
 _VERIFIED: dict[str, float] = {}  # environment folder -> when this process last verified it in full
 
 
-def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None, rebuild: bool = False,
-           verified_within: float = 0.0) -> tuple[Environment, bool]:
+def ensure(
+    spec: EnvironmentSpec, *, progress: Progress | None = None, rebuild: bool = False, verified_within: float = 0.0
+) -> tuple[Environment, bool]:
     """Return the verified environment for ``spec``, building it first if needed.
 
     Concurrent callers (threads or processes) for the same environment build it
@@ -562,19 +660,27 @@ def ensure(spec: EnvironmentSpec, *, progress: Progress | None = None, rebuild: 
             _remove_tree(path)
             raise
         files = _inventory(path)
-        manifest = {**key, "name": spec.name, "lock_file": str(spec.lock_file),
-                    "source": str(spec.source) if spec.source else None,
-                    "built_at": started, "build_seconds": round(time.time() - started, 3),
-                    "built_by_pid": os.getpid(), "manifest_sha256": _manifest_sha256(files),
-                    "files": files}
+        manifest = {
+            **key,
+            "name": spec.name,
+            "lock_file": str(spec.lock_file),
+            "source": str(spec.source) if spec.source else None,
+            "built_at": started,
+            "build_seconds": round(time.time() - started, 3),
+            "built_by_pid": os.getpid(),
+            "manifest_sha256": _manifest_sha256(files),
+            "files": files,
+        }
         partial = manifest_path.with_name(manifest_path.name + ".partial")
         partial.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.chmod(partial, 0o444)
         os.replace(partial, manifest_path)
         _VERIFIED[str(path)] = time.monotonic()
         if progress:
-            progress(1.0, f"{spec.name} environment ready: {len(files)} files, "
-                          f"manifest {manifest['manifest_sha256'][:12]}")
+            progress(
+                1.0,
+                f"{spec.name} environment ready: {len(files)} files, manifest {str(manifest['manifest_sha256'])[:12]}",
+            )
         return Environment(spec.name, path, manifest), True
 
 
@@ -603,11 +709,22 @@ def lock(source: Path, *, lock_file: Path | None = None, name: str | None = None
         raise EnvironmentBuildError(f"{source} has no pyproject.toml to lock; give the analysis package folder")
     lock_file = (lock_file or source / LOCK_NAME).absolute()
     label = name or source.name
-    command = [uv_binary(), "pip", "compile", "--no-config", "--quiet", "pyproject.toml",
-               "--generate-hashes", "--universal",
-               "--python-version", _python_version_floor(pyproject),
-               "--custom-compile-command", f"ncaas env lock {label}",
-               "-o", os.path.relpath(lock_file, source)]
+    command = [
+        uv_binary(),
+        "pip",
+        "compile",
+        "--no-config",
+        "--quiet",
+        "pyproject.toml",
+        "--generate-hashes",
+        "--universal",
+        "--python-version",
+        _python_version_floor(pyproject),
+        "--custom-compile-command",
+        f"ncaas env lock {label}",
+        "-o",
+        os.path.relpath(lock_file, source),
+    ]
     out = subprocess.run(command, cwd=source, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise EnvironmentBuildError(f"could not lock {label}: {out.stderr.strip()[-800:]}")
@@ -632,7 +749,12 @@ def spec_for_blueprint(loaded) -> EnvironmentSpec | None:
             f"blueprint {loaded.path}: environment.source {wanted.source!r} resolves to {source}, "
             "which has no pyproject.toml; point it at the analysis package folder"
         )
-    lock_file = (base / wanted.lock).resolve() if wanted.lock else source / LOCK_NAME
+    if wanted.lock:
+        lock_file = (base / wanted.lock).resolve()
+    elif source is not None:
+        lock_file = source / LOCK_NAME
+    else:  # checked above: an environment names a source, a lock, or both
+        raise EnvironmentBuildError(f"blueprint {loaded.path}: environment names neither a source nor a lock")
     label = source.name if source is not None else loaded.blueprint.name
     return EnvironmentSpec(label, lock_file, source)
 
@@ -652,7 +774,8 @@ def refuse_sources_in(spec: EnvironmentSpec, places: dict[str, Path]) -> None:
                 raise EnvironmentBuildError(
                     f"the {spec.name} environment is refused: its environment.{field_name} {real} lies in "
                     f"{what} {folder}, and environments are never built from there; install the analysis "
-                    "(its blueprint, source and lock) in a blueprint folder outside the storage root")
+                    "(its blueprint, source and lock) in a blueprint folder outside the storage root"
+                )
 
 
 def rerun_mismatch(recorded: dict, current: dict) -> tuple[str | None, str | None]:
@@ -669,15 +792,21 @@ def rerun_mismatch(recorded: dict, current: dict) -> tuple[str | None, str | Non
         return None, None
     then, now = recorded["lock_hash"], current.get("lock_hash")
     if now != then:
-        return (f"the analysis environment no longer matches the certificate: its lock file was "
-                f"sha256 {then[:16]}… and is now {(now or 'none')[:16]}…. Restore the lock of the "
-                "certified version (the certificate names the blueprint's git commit) to rerun"), None
+        return (
+            f"the analysis environment no longer matches the certificate: its lock file was "
+            f"sha256 {then[:16]}… and is now {(now or 'none')[:16]}…. Restore the lock of the "
+            "certified version (the certificate names the blueprint's git commit) to rerun"
+        ), None
     if recorded.get("source_hash") and current.get("source_hash") != recorded["source_hash"]:
-        return ("the analysis environment no longer matches the certificate: the analysis' source "
-                f"changed (sha256 {recorded['source_hash'][:16]}… then, "
-                f"{(current.get('source_hash') or 'none')[:16]}… now). Check out the certified "
-                "version of the analysis to rerun"), None
+        return (
+            "the analysis environment no longer matches the certificate: the analysis' source "
+            f"changed (sha256 {recorded['source_hash'][:16]}… then, "
+            f"{(current.get('source_hash') or 'none')[:16]}… now). Check out the certified "
+            "version of the analysis to rerun"
+        ), None
     if recorded.get("manifest_hash") and current.get("manifest_hash") != recorded["manifest_hash"]:
-        return None, (f"the environment was rebuilt from the same lock (manifest "
-                      f"{recorded['manifest_hash'][:12]}… then, {current.get('manifest_hash', '')[:12]}… now)")
+        return None, (
+            f"the environment was rebuilt from the same lock (manifest "
+            f"{recorded['manifest_hash'][:12]}… then, {current.get('manifest_hash', '')[:12]}… now)"
+        )
     return None, None

@@ -54,14 +54,22 @@ class PathRefused(StorageError):
 class SpecialFileRefused(StorageError):
     """A path is a link, FIFO, device or socket where a regular file was expected; it was not opened."""
 
-    WORDS = {"symlink": "a symbolic link", "fifo": "a FIFO (named pipe)", "char-device": "a character device",
-             "block-device": "a block device", "socket": "a socket", "folder": "a folder", "file": "a file",
-             "changed": "a file replaced while it was being read"}  # how each kind is named in messages
+    WORDS = {
+        "symlink": "a symbolic link",
+        "fifo": "a FIFO (named pipe)",
+        "char-device": "a character device",
+        "block-device": "a block device",
+        "socket": "a socket",
+        "folder": "a folder",
+        "file": "a file",
+        "changed": "a file replaced while it was being read",
+    }  # how each kind is named in messages
 
     def __init__(self, path: str, kind: str):
         self.path, self.kind, self.words = path, kind, self.words_for(kind)
-        super().__init__(f"{path} is {self.words}, not a regular file; ncaas reads only regular files "
-                         "(it was not opened)")
+        super().__init__(
+            f"{path} is {self.words}, not a regular file; ncaas reads only regular files (it was not opened)"
+        )
 
     @classmethod
     def words_for(cls, kind: str) -> str:
@@ -73,8 +81,9 @@ class SubmissionRejected(NcaasError):
 
     exit_code = 2
 
-    def __init__(self, problems: list[str] | str):
+    def __init__(self, problems: list[str] | str, *, job: dict[str, str] | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.job = job  # the rejected job (id, results_dir) when one was recorded
         super().__init__("; ".join(self.problems))
 
 

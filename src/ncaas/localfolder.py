@@ -60,9 +60,11 @@ def folder_files(folder: str | os.PathLike[str]) -> FolderFiles:
             elif (here / name).is_file():
                 files.append(here / name)
     if not files and left_out:
-        raise NcaasError(f"{folder} holds only hidden files ({_listing(sorted(left_out))}); a dataset needs at "
-                         "least one file whose name does not start with '.' (system files such as Thumbs.db "
-                         "and __MACOSX/ are left out too)")
+        raise NcaasError(
+            f"{folder} holds only hidden files ({_listing(sorted(left_out))}); a dataset needs at "
+            "least one file whose name does not start with '.' (system files such as Thumbs.db "
+            "and __MACOSX/ are left out too)"
+        )
     if not files:
         raise NcaasError(f"{folder} is an empty folder; a dataset needs at least one file")
     return FolderFiles(folder, sorted(files, key=Path.as_posix), sorted(left_out))
@@ -71,8 +73,11 @@ def folder_files(folder: str | os.PathLike[str]) -> FolderFiles:
 def left_out_note(left_out: list[str]) -> str:
     """``left out 2 hidden files: .DS_Store, ._movie.avi`` (the web page words it the same)."""
     folders = sum(p.endswith("/") for p in left_out)
-    counts = [f"{n} hidden {word}{'s' if n > 1 else ''}"
-              for n, word in ((len(left_out) - folders, "file"), (folders, "folder")) if n]
+    counts = [
+        f"{n} hidden {word}{'s' if n > 1 else ''}"
+        for n, word in ((len(left_out) - folders, "file"), (folders, "folder"))
+        if n
+    ]
     return f"left out {' and '.join(counts)}: {_listing(left_out)}"
 
 

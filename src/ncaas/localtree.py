@@ -31,11 +31,28 @@ from typing import Any
 
 from .exceptions import SpecialFileRefused
 
-__all__ = ["KIND_WORDS", "copy_out", "describe", "kind", "kind_of", "open_regular", "read_regular",
-           "regular_files", "sha256", "special_entries"]
+__all__ = [
+    "KIND_WORDS",
+    "copy_out",
+    "describe",
+    "kind",
+    "kind_of",
+    "open_regular",
+    "read_regular",
+    "regular_files",
+    "sha256",
+    "special_entries",
+]
 
-_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "folder", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
-          stat.S_IFCHR: "char-device", stat.S_IFBLK: "block-device", stat.S_IFSOCK: "socket"}
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "folder",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFCHR: "char-device",
+    stat.S_IFBLK: "block-device",
+    stat.S_IFSOCK: "socket",
+}
 KIND_WORDS = SpecialFileRefused.WORDS  # "a FIFO (named pipe)", ...
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: opening a FIFO never waits for a writer
 _CHUNK = 1 << 20
@@ -56,8 +73,9 @@ def _text(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def open_regular(path: str, *, follow: bool = False, dir_fd: int | None = None,
-                 expect: os.stat_result | None = None) -> int:
+def open_regular(
+    path: str, *, follow: bool = False, dir_fd: int | None = None, expect: os.stat_result | None = None
+) -> int:
     """A read-only descriptor of the regular file ``path``, or :class:`SpecialFileRefused`.
 
     Nothing but a regular file is opened: the path is looked at first, then opened
@@ -195,7 +213,7 @@ def special_entries(path: str) -> list[tuple[str, str, str | None]]:
     top = _top(path, True)
     if not stat.S_ISDIR(os.stat(top).st_mode):
         return []
-    out = []
+    out: list[tuple[str, str, str | None]] = []
     for rel, name, dirfd, found in _walk(top):
         what = kind_of(found.st_mode)
         if what == "file":
@@ -206,7 +224,7 @@ def special_entries(path: str) -> list[tuple[str, str, str | None]]:
             if real == top or real.startswith(top.rstrip("/") + "/"):
                 continue
             out.append((_text(rel), what, _text(target)))
-        else:
+        else:  # a FIFO, device or socket
             out.append((_text(rel), what, None))
     return out
 

@@ -43,8 +43,9 @@ def certificate_of_job(manager: Manager, job: Job) -> dict[str, Any]:
     try:
         text = manager.storage.read_text(path)
     except FileNotFoundError:
-        raise CertificateError(f"job {job.id} has no certificate yet ({job.state}); rerun it once it has ended") \
-            from None
+        raise CertificateError(
+            f"job {job.id} has no certificate yet ({job.state}); rerun it once it has ended"
+        ) from None
     try:
         cert = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -65,15 +66,20 @@ def _blueprint(manager: Manager, cert: dict[str, Any], group: str) -> LoadedBlue
     if loaded is None:
         raise CertificateError(
             f"version {info.get('version')} of {info.get('name')} (blueprint sha256 {str(info.get('sha256'))[:12]}…) "
-            "never ran on this platform, so it is not in its archive of blueprints and cannot be rerun here")
+            "never ran on this platform, so it is not in its archive of blueprints and cannot be rerun here"
+        )
     installed = manager.registry.get(loaded.name)
     if installed is None:
-        raise CertificateError(f"analysis {loaded.name!r} is no longer installed here; "
-                               f"installed: {', '.join(manager.registry.names()) or 'none'}")
+        raise CertificateError(
+            f"analysis {loaded.name!r} is no longer installed here; "
+            f"installed: {', '.join(manager.registry.names()) or 'none'}"
+        )
     for bp in (installed, loaded):
         if not bp.blueprint.access.allows(group):
-            raise CertificateError(f"group {group!r} is not allowed to run {loaded.name!r}; allowed groups: "
-                                   + ", ".join(bp.blueprint.access.groups))
+            raise CertificateError(
+                f"group {group!r} is not allowed to run {loaded.name!r}; allowed groups: "
+                + ", ".join(bp.blueprint.access.groups)
+            )
     return loaded
 
 
@@ -93,9 +99,11 @@ def _datasets(manager: Manager, cert: dict[str, Any], group: str) -> list[Datase
             continue
         now = describe_input(storage, path, rel)
         if now.get("sha256") is None or now.get("sha256") != recorded.get("sha256"):
-            problems.append(f"input {group}/inputs/{rel} changed since the certified run "
-                            f"(sha256 {(recorded.get('sha256') or '?')[:12]}… then, "
-                            f"{(now.get('sha256') or now.get('kind', '?'))[:12]}… now)")
+            problems.append(
+                f"input {group}/inputs/{rel} changed since the certified run "
+                f"(sha256 {(recorded.get('sha256') or '?')[:12]}… then, "
+                f"{(now.get('sha256') or now.get('kind', '?'))[:12]}… now)"
+            )
             continue
         datasets.append(Dataset(task["dataset"], rel, path))
     if problems:
@@ -111,8 +119,11 @@ def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
         datasets = _datasets(manager, cert, group)
     except (KeyError, TypeError) as exc:
         raise CertificateError(f"the certificate lacks {exc}; it cannot be rerun") from None
-    problems = config_problems(config, loaded.blueprint.config_schema) if isinstance(config, dict) else \
-        ["the certified config is not a mapping"]
+    problems = (
+        config_problems(config, loaded.blueprint.config_schema)
+        if isinstance(config, dict)
+        else ["the certified config is not a mapping"]
+    )
     if problems:
         raise CertificateError("the certified config no longer fits the analysis:\n  " + "\n  ".join(problems))
     return JobRequest(group, loaded, datasets, config, cert["config"].get("name"), {"rerun_of": cert["job"]["id"]})
@@ -125,21 +136,28 @@ def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
     # before anything is built (a rerun of an upgraded analysis is refused here).
     spec = spec_for_blueprint(request.blueprint)
     key = spec.key() if spec is not None else {}
-    problem, _ = rerun_mismatch(cert.get("environment") or {},
-                                {"lock_hash": key.get("lock_sha256"), "source_hash": key.get("source_sha256") or None})
+    problem, _ = rerun_mismatch(
+        cert.get("environment") or {},
+        {"lock_hash": key.get("lock_sha256"), "source_hash": key.get("source_sha256") or None},
+    )
     if problem is not None:
         raise CertificateError(f"cannot rerun job {cert['job']['id']}: {problem}")
     token = secrets.token_hex(4)
-    return manager.create_job(request, submission=f"rerun of {cert['job']['id']}",
-                              key=f"rerun:{cert['job']['id']}:{token}", content_key=f"rerun:{token}")
+    return manager.create_job(
+        request,
+        submission=f"rerun of {cert['job']['id']}",
+        key=f"rerun:{cert['job']['id']}:{token}",
+        content_key=f"rerun:{token}",
+    )
 
 
 def resolve(manager: Manager, ref: str) -> dict[str, Any]:
     """The verified certificate behind ``ref``: a job id, or a certificate file (or results folder)."""
     path = Path(ref)
     if not path.exists() and (ref.endswith(".json") or "/" in ref):
-        raise CertificateError(f"{ref} does not exist; give a job id (`ncaas status` lists them) or the "
-                               "certificate.json of a finished job")
+        raise CertificateError(
+            f"{ref} does not exist; give a job id (`ncaas status` lists them) or the certificate.json of a finished job"
+        )
     if path.exists():
         cert = load_certificate(path)
         return verified(manager, cert, where=str(path))
@@ -155,8 +173,9 @@ def environment_note(manager: Manager, cert: dict[str, Any], job: Job) -> str | 
     return rerun_mismatch(cert.get("environment") or {}, current)[1]
 
 
-def rerun(manager: Manager, ref: str | dict[str, Any], *, notify: Callable[[str], None] | None = None
-          ) -> tuple[Job, list[dict[str, str]]]:
+def rerun(
+    manager: Manager, ref: str | dict[str, Any], *, notify: Callable[[str], None] | None = None
+) -> tuple[Job, list[dict[str, str]]]:
     """Rerun a job embedded (by id, or a certificate file the platform signed); return it and the verdicts."""
     cert = verified(manager, ref) if isinstance(ref, dict) else resolve(manager, ref)
     job = start_rerun(manager, cert)

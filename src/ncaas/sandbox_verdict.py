@@ -41,23 +41,38 @@ def human_size(size: float) -> str:
     return str(size)
 
 
-def explain_exit(output: str, returncode: int, spec: SandboxSpec, *, address_space_limit: bool,
-                 sandboxed: bool) -> Verdict:
+def explain_exit(
+    output: str, returncode: int, spec: SandboxSpec, *, address_space_limit: bool, sandboxed: bool
+) -> Verdict:
     """Explain a non-zero exit from the task's last 40 lines of output."""
     tail = "\n".join(output.strip().splitlines()[-40:])
-    if address_space_limit and re.search(r"MemoryError|Unable to allocate|Cannot allocate memory|"
-                                         r"bad_alloc|out of memory", tail):
-        return Verdict(False, "memory", f"stopped: it tried to use more than its memory limit of "
-                       f"{human_size(spec.memory or 0)} (address-space limit); raise resources.memory "
-                       "in the blueprint or use less memory")
+    if address_space_limit and re.search(
+        r"MemoryError|Unable to allocate|Cannot allocate memory|"
+        r"bad_alloc|out of memory",
+        tail,
+    ):
+        return Verdict(
+            False,
+            "memory",
+            f"stopped: it tried to use more than its memory limit of "
+            f"{human_size(spec.memory or 0)} (address-space limit); raise resources.memory "
+            "in the blueprint or use less memory",
+        )
     if sandboxed:
         verdict = _explain_path(tail, spec)
         if verdict is not None:
             return verdict
-        if re.search(r"Connection refused|Network is unreachable|Temporary failure in name "
-                     r"resolution|Name or service not known|No route to host", tail):
-            return Verdict(False, "network_denied", "stopped: it tried to use the network; tasks run "
-                           "without network access, so nothing outside the sandbox is reachable")
+        if re.search(
+            r"Connection refused|Network is unreachable|Temporary failure in name "
+            r"resolution|Name or service not known|No route to host",
+            tail,
+        ):
+            return Verdict(
+                False,
+                "network_denied",
+                "stopped: it tried to use the network; tasks run "
+                "without network access, so nothing outside the sandbox is reachable",
+            )
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -73,30 +88,53 @@ def _explain_path(tail: str, spec: SandboxSpec) -> Verdict | None:
     path = _quoted_path(tail, r"Read-only file system|Permission denied|No such file or directory")
     read_only = "Read-only file system" in tail
     if path is None:
-        return Verdict(False, "write_denied", "stopped: it tried to write outside its output folder; "
-                       "only the output folder and /tmp are writable") if read_only else None
+        return (
+            Verdict(
+                False,
+                "write_denied",
+                "stopped: it tried to write outside its output folder; only the output folder and /tmp are writable",
+            )
+            if read_only
+            else None
+        )
     target = Path(path)
     if not target.is_absolute():
         return None
     if spec.environment is not None and target.is_relative_to(spec.environment):
-        return Verdict(False, "environment_write_denied", f"stopped: it tried to modify its analysis "
-                       f"environment ({path}), which is read-only")
+        return Verdict(
+            False,
+            "environment_write_denied",
+            f"stopped: it tried to modify its analysis environment ({path}), which is read-only",
+        )
     if _hidden(target, spec):
-        return Verdict(False, "outside_access", f"stopped: it tried to reach {path}, which is outside "
-                       "its sandbox; a task sees only its own inputs, output, environment and /tmp")
+        return Verdict(
+            False,
+            "outside_access",
+            f"stopped: it tried to reach {path}, which is outside "
+            "its sandbox; a task sees only its own inputs, output, environment and /tmp",
+        )
     if any(target.is_relative_to(p) for p in spec.readonly):
         link = _link_leaving(target, spec)
         if link is not None:
-            return Verdict(False, "link_outside", f"stopped: it tried to read {path}, a symbolic link to "
-                           f"{link} outside its dataset; a task sees only its own dataset, so copy the file "
-                           "into the dataset instead of linking to it")
+            return Verdict(
+                False,
+                "link_outside",
+                f"stopped: it tried to read {path}, a symbolic link to "
+                f"{link} outside its dataset; a task sees only its own dataset, so copy the file "
+                "into the dataset instead of linking to it",
+            )
         if read_only:  # only a write is refused with "Read-only file system"; a missing file is not one
-            return Verdict(False, "write_denied", f"stopped: it tried to modify its input ({path}); "
-                           "inputs are read-only")
+            return Verdict(
+                False, "write_denied", f"stopped: it tried to modify its input ({path}); inputs are read-only"
+            )
         return None
     if read_only:
-        return Verdict(False, "write_denied", f"stopped: it tried to write outside its output folder "
-                       f"({path}); only the output folder and /tmp are writable")
+        return Verdict(
+            False,
+            "write_denied",
+            f"stopped: it tried to write outside its output folder "
+            f"({path}); only the output folder and /tmp are writable",
+        )
     return None
 
 
@@ -116,8 +154,9 @@ def _quoted_path(text: str, phrase: str) -> str | None:
     found = None
     for line in text.splitlines():
         if re.search(phrase, line):
-            match = re.search(r"(?:: |cannot \w+ )['\"]?(/[^'\"]*?)['\"]?(?::|$)", line) \
-                or re.search(r"'(/[^']*)'", line)
+            match = re.search(r"(?:: |cannot \w+ )['\"]?(/[^'\"]*?)['\"]?(?::|$)", line) or re.search(
+                r"'(/[^']*)'", line
+            )
             found = match.group(1) if match else found
     return found
 

@@ -10,7 +10,7 @@ of guessed.
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import DefaultClause, MetaData, inspect, text
 from sqlalchemy.engine import Engine
 
 from .exceptions import StorageError
@@ -31,7 +31,8 @@ def create_or_update(metadata: MetaData, engine: Engine) -> list[str]:
                 raise StorageError(
                     f"the database {engine.url.render_as_string(hide_password=True)} was made by an older "
                     f"ncaas: table {table.name} lacks column {column.name}, which cannot be added to existing "
-                    "rows without a value; back the database up and ask the administrator to migrate it")
+                    "rows without a value; back the database up and ask the administrator to migrate it"
+                )
         if not missing:
             continue
         preparer = engine.dialect.identifier_preparer
@@ -39,9 +40,13 @@ def create_or_update(metadata: MetaData, engine: Engine) -> list[str]:
             for column in missing:
                 kind = column.type.compile(dialect=engine.dialect)
                 default = ""
-                if column.server_default is not None:
+                if isinstance(column.server_default, DefaultClause):
                     default = f" DEFAULT {column.server_default.arg}"
-                conn.execute(text(f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN "
-                                  f"{preparer.quote(column.name)} {kind}{default}"))
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {preparer.quote(table.name)} ADD COLUMN "
+                        f"{preparer.quote(column.name)} {kind}{default}"
+                    )
+                )
                 added.append(f"{table.name}.{column.name}")
     return added

@@ -35,8 +35,7 @@ _ALGORITHM = "hmac-sha256"
 def canonical_bytes(cert: dict[str, Any]) -> bytes:
     """The bytes a signature covers: the certificate without its signature, as canonical JSON."""
     body = {k: v for k, v in cert.items() if k != SIGNATURE_FIELD}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def _key_id(key: bytes) -> str:
@@ -90,8 +89,9 @@ class CertificateKeys:
     def retire(self, key_id: str) -> None:
         """Forget a key (say, a leaked one): no certificate it signed verifies any more, so none reruns."""
         if key_id == self.current_id():
-            raise CertificateError(f"key {key_id} signs new certificates; rotate first "
-                                   "(`ncaas admin rotate-key`), then retire it")
+            raise CertificateError(
+                f"key {key_id} signs new certificates; rotate first (`ncaas admin rotate-key`), then retire it"
+            )
         path = self.dir / f"{key_id}.key"
         if not path.is_file():
             raise CertificateError(f"no key {key_id}; `ncaas admin keys` lists them")
@@ -103,8 +103,10 @@ class CertificateKeys:
         key_id = self.current_id()
         key = self._key(key_id)
         if key is None:
-            raise CertificateError(f"the signing key {key_id} named by {self.dir / 'current'} is missing or "
-                                   "damaged; run `ncaas admin rotate-key` to make a new one")
+            raise CertificateError(
+                f"the signing key {key_id} named by {self.dir / 'current'} is missing or "
+                "damaged; run `ncaas admin rotate-key` to make a new one"
+            )
         value = hmac.new(key, canonical_bytes(cert), hashlib.sha256).hexdigest()
         return {**cert, SIGNATURE_FIELD: {"algorithm": _ALGORITHM, "key": key_id, "value": value}}
 
@@ -114,17 +116,23 @@ class CertificateKeys:
             raise CertificateForged(f"{where} is not a certificate (a JSON object written by ncaas)")
         signature = cert.get(SIGNATURE_FIELD)
         if not isinstance(signature, dict) or signature.get("algorithm") != _ALGORITHM:
-            raise CertificateForged(f"{where} carries no signature of this platform; only certificates "
-                                    "ncaas wrote itself can be rerun — rerun the job by its id instead")
+            raise CertificateForged(
+                f"{where} carries no signature of this platform; only certificates "
+                "ncaas wrote itself can be rerun — rerun the job by its id instead"
+            )
         key = self._key(str(signature.get("key", "")))
         if key is None:
-            raise CertificateForged(f"{where} was signed with a key this platform does not hold (another "
-                                    "installation, or a retired key); rerun the job by its id instead")
+            raise CertificateForged(
+                f"{where} was signed with a key this platform does not hold (another "
+                "installation, or a retired key); rerun the job by its id instead"
+            )
         try:
             expected = hmac.new(key, canonical_bytes(cert), hashlib.sha256).hexdigest()
         except (TypeError, ValueError) as exc:
             raise CertificateForged(f"{where} is not a certificate this platform wrote ({exc})") from None
         if not hmac.compare_digest(expected, str(signature.get("value", ""))):
-            raise CertificateForged(f"{where} was changed after this platform signed it; it is a record, not a "
-                                    "request — rerun the job by its id instead")
+            raise CertificateForged(
+                f"{where} was changed after this platform signed it; it is a record, not a "
+                "request — rerun the job by its id instead"
+            )
         return cert

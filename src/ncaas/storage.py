@@ -15,6 +15,7 @@ special files (FIFOs, devices, sockets) are never opened (:mod:`ncaas.localtree`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -83,8 +84,10 @@ class Storage:
             real_base = os.path.realpath(base)
             real = os.path.realpath(full)
             if real != real_base and not real.startswith(real_base + os.sep):
-                raise PathRefused(f"{user_path!r} is a symbolic link leading out of {group}/{area}/; "
-                                  f"copy the data into {group}/{area}/ instead of linking to it")
+                raise PathRefused(
+                    f"{user_path!r} is a symbolic link leading out of {group}/{area}/; "
+                    f"copy the data into {group}/{area}/ instead of linking to it"
+                )
         return full
 
     def state_dir(self) -> Path:
@@ -149,9 +152,14 @@ class Storage:
         self.makedirs(parent)
         if self.is_local:
             tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, say: leave the old file and no half-written one
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self._call(self.fs.pipe_file, path, data)
 
@@ -209,16 +217,20 @@ class Storage:
         through (a link to another group's file); remote stores hold files and folders only.
         """
         if not self.is_local:
-            return "file" if self.exists(path) and not self.isdir(path) else "folder" if self.isdir(path) \
-                else "missing"
+            return "file" if self.exists(path) and not self.isdir(path) else "folder" if self.isdir(path) else "missing"
         try:
             mode = (os.stat if follow else os.lstat)(path).st_mode
         except FileNotFoundError:
             return "missing"
         except OSError as exc:
             raise StorageError(f"cannot look at {path}: {exc}") from exc
-        for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "link"),
-                           (stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket")):
+        for test, name in (
+            (stat.S_ISREG, "file"),
+            (stat.S_ISDIR, "folder"),
+            (stat.S_ISLNK, "link"),
+            (stat.S_ISFIFO, "fifo"),
+            (stat.S_ISSOCK, "socket"),
+        ):
             if test(mode):
                 return name
         return "device"
@@ -300,8 +312,9 @@ class Storage:
         for group in groups:
             folder = posixpath.join(self.root, group, "submissions")
             try:
-                entries = sorted((e for e in os.scandir(folder) if e.name.endswith(".submit.json")),
-                                 key=lambda e: e.name)
+                entries = sorted(
+                    (e for e in os.scandir(folder) if e.name.endswith(".submit.json")), key=lambda e: e.name
+                )
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
@@ -340,8 +353,9 @@ class Storage:
         except FileNotFoundError:
             raise
         except SpecialFileRefused as exc:  # named inside the storage root, not by its host path
-            raise SpecialFileRefused(self.relative(exc.path) if self.is_local and exc.path.startswith(self.root)
-                                     else exc.path, exc.kind) from None
+            raise SpecialFileRefused(
+                self.relative(exc.path) if self.is_local and exc.path.startswith(self.root) else exc.path, exc.kind
+            ) from None
         except OSError as exc:
             if storage_s3.is_s3_url(self.url):
                 raise StorageError(storage_s3.explain(exc, str(args[0]) if args else self.url)) from exc
@@ -362,12 +376,21 @@ def check_group(group: str) -> str:
 def skipped_note(folder: str) -> str:
     """Why the submissions of a folder that is not named as a group are never run."""
     why = "is hidden (its name starts with '.')" if folder.startswith(".") else "is not a valid group name"
-    return (f"folder {folder!r} holds submissions/ but its name {why}, so they are not run; "
-            f"rename it: group names {_GROUP_RULE}")
+    return (
+        f"folder {folder!r} holds submissions/ but its name {why}, so they are not run; "
+        f"rename it: group names {_GROUP_RULE}"
+    )
 
 
-KINDS = {"file": "a file", "folder": "a folder", "link": "a symbolic link", "fifo": "a named pipe (FIFO)",
-         "socket": "a socket", "device": "a device", "missing": "missing"}
+KINDS = {
+    "file": "a file",
+    "folder": "a folder",
+    "link": "a symbolic link",
+    "fifo": "a named pipe (FIFO)",
+    "socket": "a socket",
+    "device": "a device",
+    "missing": "missing",
+}
 
 
 def check_user_path(user_path: str, area: str = "inputs") -> str:
@@ -375,8 +398,9 @@ def check_user_path(user_path: str, area: str = "inputs") -> str:
     if not isinstance(user_path, str) or not user_path.strip():
         raise PathRefused(f"an empty path was given for {area}/; name a file or folder inside it")
     if _CONTROL_RE.search(user_path):
-        raise PathRefused(f"{user_path!r} contains control characters (newline, tab, ...); "
-                          "rename the file without them")
+        raise PathRefused(
+            f"{user_path!r} contains control characters (newline, tab, ...); rename the file without them"
+        )
     if user_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", user_path) or "://" in user_path:
         raise PathRefused(f"{user_path!r} is an absolute path; give a path relative to your group's {area}/ folder")
     parts = [p for p in user_path.replace("\\", "/").split("/") if p not in ("", ".")]

@@ -56,8 +56,7 @@ if S3FileSystem is not None:
             bucket, key, _ = self.split_path(path)
             if not key:
                 return await super()._isdir(path)
-            listing = await self._call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/",
-                                          MaxKeys=1)
+            listing = await self._call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
             return bool(listing.get("Contents"))
 
         async def _exists(self, path: str, **kwargs: Any) -> bool:
@@ -74,11 +73,17 @@ if S3FileSystem is not None:
 def open_s3(url: str) -> tuple[Any, str]:
     """The filesystem and bucket/prefix path of an ``s3://`` root."""
     if S3FileSystem is None:
-        raise ImportError("s3:// roots need the s3fs package; install ncaas with its scale extra: "
-                          "pip install 'ncaas[scale]'")
-    options: dict[str, Any] = {"use_listings_cache": False,
-                               "config_kwargs": {"connect_timeout": 10, "read_timeout": 120,
-                                                 "retries": {"max_attempts": 2, "mode": "standard"}}}
+        raise ImportError(
+            "s3:// roots need the s3fs package; install ncaas with its scale extra: pip install 'ncaas[scale]'"
+        )
+    options: dict[str, Any] = {
+        "use_listings_cache": False,
+        "config_kwargs": {
+            "connect_timeout": 10,
+            "read_timeout": 120,
+            "retries": {"max_attempts": 2, "mode": "standard"},
+        },
+    }
     endpoint = endpoint_url()
     if endpoint:
         options["endpoint_url"] = endpoint
@@ -94,12 +99,18 @@ def explain(exc: BaseException, where: str) -> str:
     name = type(exc).__name__
     endpoint = endpoint_url() or os.environ.get("AWS_ENDPOINT_URL") or "the AWS default endpoint"
     if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return (f"no S3 credentials were found for {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "or AWS_PROFILE / ~/.aws/credentials")
+        return (
+            f"no S3 credentials were found for {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "or AWS_PROFILE / ~/.aws/credentials"
+        )
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError"):
-        return (f"cannot reach the S3 service at {endpoint} for {where}; check the endpoint "
-                f"({ENDPOINT_ENV} or AWS_ENDPOINT_URL) and that the service is running")
+        return (
+            f"cannot reach the S3 service at {endpoint} for {where}; check the endpoint "
+            f"({ENDPOINT_ENV} or AWS_ENDPOINT_URL) and that the service is running"
+        )
     if isinstance(exc, PermissionError):
-        return (f"the S3 service at {endpoint} refused access to {where} ({exc}); check the credentials "
-                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's permissions")
+        return (
+            f"the S3 service at {endpoint} refused access to {where} ({exc}); check the credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's permissions"
+        )
     return f"S3 operation on {where} failed: {exc}"

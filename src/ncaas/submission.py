@@ -25,8 +25,17 @@ from .blueprint import BlueprintRegistry, LoadedBlueprint
 from .exceptions import NcaasError, PathRefused, SpecialFileRefused, StorageError, SubmissionRejected
 from .storage import KINDS, Storage
 
-__all__ = ["Dataset", "JobRequest", "SubmitFile", "SubmitLimits", "build_request", "dataset_key", "dataset_name",
-           "parse_submit_file", "too_large"]
+__all__ = [
+    "Dataset",
+    "JobRequest",
+    "SubmitFile",
+    "SubmitLimits",
+    "build_request",
+    "dataset_key",
+    "dataset_name",
+    "parse_submit_file",
+    "too_large",
+]
 
 KEY_MAX_BYTES = 200  # the longest name made of a key, ".<key>.json.<8 hex>.tmp", stays within 255 bytes
 MAX_PROBLEM_LINES = 20  # a rejection lists at most this many distinct problems
@@ -103,8 +112,9 @@ class SubmitLimits:
         try:
             count = cls.max_datasets if max_datasets is None else int(max_datasets)
         except ValueError:
-            raise NcaasError(f"maximum datasets per job (--max-datasets, NCAAS_MAX_DATASETS): {max_datasets!r} "
-                             "is not a whole number") from None
+            raise NcaasError(
+                f"maximum datasets per job (--max-datasets, NCAAS_MAX_DATASETS): {max_datasets!r} is not a whole number"
+            ) from None
         if size < 1 or count < 1:
             raise NcaasError("the submit-file size and dataset limits must be at least 1")
         return cls(size, count)
@@ -112,8 +122,10 @@ class SubmitLimits:
 
 def too_large(name: str, size: int, limit: int) -> str:
     """Why a submit file of ``size`` bytes is refused unread."""
-    return (f"{name} is {_size_text(size)}, more than the {_size_text(limit)} a submit file may be; "
-            "nothing in it was read: split it into several submissions")
+    return (
+        f"{name} is {_size_text(size)}, more than the {_size_text(limit)} a submit file may be; "
+        "nothing in it was read: split it into several submissions"
+    )
 
 
 def _size_text(size: int) -> str:
@@ -139,8 +151,11 @@ def dataset_key(rel: str) -> str:
     """
     parts = rel.split("/")
     nested = len(parts) > 1
-    plain = not ("%" in rel or rel.startswith(".")
-                 or any("__" in p or (nested and (p.startswith("_") or p.endswith("_"))) for p in parts))
+    plain = not (
+        "%" in rel
+        or rel.startswith(".")
+        or any("__" in p or (nested and (p.startswith("_") or p.endswith("_"))) for p in parts)
+    )
     if plain:
         key = "__".join(parts)
     else:
@@ -149,7 +164,7 @@ def dataset_key(rel: str) -> str:
     if len(key.encode()) <= KEY_MAX_BYTES:
         return key
     digest = hashlib.sha256(rel.encode()).hexdigest()[:16]
-    cut = key.encode()[:KEY_MAX_BYTES - 2 - len(digest)].decode("utf-8", "ignore")
+    cut = key.encode()[: KEY_MAX_BYTES - 2 - len(digest)].decode("utf-8", "ignore")
     cut = cut[:-2] if cut[-2:-1] == "%" else cut[:-1] if cut.endswith("%") else cut  # never half an escape
     return f"{cut}%-{digest}"
 
@@ -169,8 +184,9 @@ def parse_submit_file(raw: bytes, *, name: str = "submit file", limits: SubmitLi
     except UnicodeDecodeError:
         raise SubmissionRejected(f"{name} is not UTF-8 text; write it as a JSON file") from None
     except json.JSONDecodeError as exc:
-        raise SubmissionRejected(f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                                 f"{exc.msg}); expected e.g. {example}") from None
+        raise SubmissionRejected(
+            f"{name} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); expected e.g. {example}"
+        ) from None
     except RecursionError:  # [[[[... : Python's parser gives up; the manager must not
         raise SubmissionRejected(f"{name} nests lists or objects too deeply; expected e.g. {example}") from None
     if not isinstance(data, dict):
@@ -195,14 +211,16 @@ def parse_submit_file(raw: bytes, *, name: str = "submit file", limits: SubmitLi
 
 def _check_count(count: int, limits: SubmitLimits) -> None:
     if count > limits.max_datasets:
-        raise SubmissionRejected(f"the submission lists {count:,} datasets, more than the "
-                                 f"{limits.max_datasets:,} a job may have; split it into several submissions")
+        raise SubmissionRejected(
+            f"the submission lists {count:,} datasets, more than the "
+            f"{limits.max_datasets:,} a job may have; split it into several submissions"
+        )
 
 
 def _strip_prefix(name: str, group: str, area: str) -> str:
     for prefix in (f"{group}/{area}/", f"{area}/"):
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -221,8 +239,7 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def _load_config(storage: Storage, group: str, name: str, problems: list[str],
-                 max_bytes: int) -> dict[str, Any] | None:
+def _load_config(storage: Storage, group: str, name: str, problems: list[str], max_bytes: int) -> dict[str, Any] | None:
     try:
         path = storage.resolve(group, "configs", _strip_prefix(name, group, "configs"))
     except PathRefused as exc:
@@ -230,22 +247,28 @@ def _load_config(storage: Storage, group: str, name: str, problems: list[str],
         return None
     kind = storage.entry_kind(path, follow=True)  # resolve() has refused links leading out of configs/
     if kind in ("missing", "folder"):
-        problems.append(f"config {name!r} not found in {group}/configs/; upload it there first "
-                        "(ncaas submit --config FILE does this for you)")
+        problems.append(
+            f"config {name!r} not found in {group}/configs/; upload it there first "
+            "(ncaas submit --config FILE does this for you)"
+        )
         return None
     if kind != "file":  # never opened: reading a FIFO blocks until someone writes to it
         problems.append(f"config {name!r} is {KINDS[kind]}, not a file; upload the config itself")
         return None
     size = storage.size(path)
     if size > max_bytes:
-        problems.append(f"config {name!r} is {_size_text(size)}, more than the {_size_text(max_bytes)} a config "
-                        "may be; nothing in it was read")
+        problems.append(
+            f"config {name!r} is {_size_text(size)}, more than the {_size_text(max_bytes)} a config "
+            "may be; nothing in it was read"
+        )
         return None
     try:
         data = yaml.load(storage.read_text(path), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
     except _AliasInConfig as exc:
-        problems.append(f"config {name!r} uses a YAML alias (*name) at line {exc.problem_mark.line + 1}; "
-                        "write the value out in full")
+        problems.append(
+            f"config {name!r} uses a YAML alias (*name) at line {exc.problem_mark.line + 1}; "
+            "write the value out in full"
+        )
         return None
     except SpecialFileRefused as exc:  # swapped for a FIFO or device since it was looked at: never opened
         problems.append(f"config {name!r} is {exc.words}, not a regular file; save the config as a regular file")
@@ -278,16 +301,21 @@ def dataset_problem(storage: Storage, raw: str, path: str) -> str | None:
         return f"dataset {raw!r} cannot be read: {exc}"
     if not found:
         return None
-    if len(found) == 1 and found[0][0] == posixpath.basename(path) and found[0][2] is None \
-            and not storage.isdir(path):
-        return (f"dataset {raw!r} is {SpecialFileRefused.words_for(found[0][1])}, not a file "
-                "or folder; upload the data as a regular file")
-    named = [f"{rel} ({SpecialFileRefused.words_for(kind)}"
-             + (f" to {target}" if target is not None else "") + ")" for rel, kind, target in found[:_SHOWN]]
+    if len(found) == 1 and found[0][0] == posixpath.basename(path) and found[0][2] is None and not storage.isdir(path):
+        return (
+            f"dataset {raw!r} is {SpecialFileRefused.words_for(found[0][1])}, not a file "
+            "or folder; upload the data as a regular file"
+        )
+    named = [
+        f"{rel} ({SpecialFileRefused.words_for(kind)}" + (f" to {target}" if target is not None else "") + ")"
+        for rel, kind, target in found[:_SHOWN]
+    ]
     more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
-    return (f"dataset {raw!r} holds what no analysis can read: {', '.join(named)}{more}; a dataset may hold "
-            "regular files, folders and links that stay inside it — copy the linked files into the "
-            "dataset and remove FIFOs, devices and sockets")
+    return (
+        f"dataset {raw!r} holds what no analysis can read: {', '.join(named)}{more}; a dataset may hold "
+        "regular files, folders and links that stay inside it — copy the linked files into the "
+        "dataset and remove FIFOs, devices and sockets"
+    )
 
 
 def _allowed(schema: dict[str, Any]) -> str:
@@ -334,7 +362,7 @@ class _Problems:
     def add(self, message: str, kind: str | None = None) -> None:
         kind = message if kind is None else kind
         if len(message) > MAX_PROBLEM_CHARS:  # a name of a megabyte is not repeated back whole
-            message = message[:MAX_PROBLEM_CHARS - 3] + "..."
+            message = message[: MAX_PROBLEM_CHARS - 3] + "..."
         self._first.setdefault(kind, message)
         self._count[kind] = self._count.get(kind, 0) + 1
 
@@ -374,15 +402,25 @@ def _datasets(storage: Storage, group: str, names: list[str], problems: _Problem
             key = dataset_key(rel)
             twin = folded.setdefault(key.lower(), rel)
             if twin != rel:  # e.g. A.npy and a.npy: one results file where case is not told apart
-                problems.add(f"datasets {twin!r} and {rel!r} differ only in letter case; their results would "
-                             "overwrite each other on file systems that ignore case (macOS, Windows): "
-                             "rename one", kind="case")
+                problems.add(
+                    f"datasets {twin!r} and {rel!r} differ only in letter case; their results would "
+                    "overwrite each other on file systems that ignore case (macOS, Windows): "
+                    "rename one",
+                    kind="case",
+                )
             datasets[rel] = Dataset(key, rel, path)
     return list(datasets.values())
 
 
-def build_request(storage: Storage, registry: BlueprintRegistry, group: str, submit: SubmitFile,
-                  *, default_analysis: str | None = None, limits: SubmitLimits | None = None) -> JobRequest:
+def build_request(
+    storage: Storage,
+    registry: BlueprintRegistry,
+    group: str,
+    submit: SubmitFile,
+    *,
+    default_analysis: str | None = None,
+    limits: SubmitLimits | None = None,
+) -> JobRequest:
     """Validate a parsed submit file against the blueprints and the group's storage."""
     limits = limits or SubmitLimits()
     _check_count(len(submit.dataname), limits)  # before a single name is looked up
@@ -390,13 +428,14 @@ def build_request(storage: Storage, registry: BlueprintRegistry, group: str, sub
     name = submit.analysis or default_analysis
     loaded = registry.get(name) if name else None
     if name is None:
-        problems.add("the submit file names no analysis; add \"analysis\": one of "
-                     + ", ".join(registry.names()))
+        problems.add('the submit file names no analysis; add "analysis": one of ' + ", ".join(registry.names()))
     elif loaded is None:
         problems.add(f"unknown analysis {name!r}; available: {', '.join(registry.names()) or 'none'}")
     elif not loaded.blueprint.access.allows(group):
-        problems.add(f"group {group!r} is not allowed to run {name!r}; allowed groups: "
-                     + ", ".join(loaded.blueprint.access.groups))
+        problems.add(
+            f"group {group!r} is not allowed to run {name!r}; allowed groups: "
+            + ", ".join(loaded.blueprint.access.groups)
+        )
 
     datasets = _datasets(storage, group, submit.dataname, problems)
 
@@ -413,5 +452,6 @@ def build_request(storage: Storage, registry: BlueprintRegistry, group: str, sub
     if problems:
         raise SubmissionRejected(problems.lines())
     assert loaded is not None
-    return JobRequest(group, loaded, datasets, config, submit.configname,
-                      submit.model_dump(mode="json", exclude_none=True))
+    return JobRequest(
+        group, loaded, datasets, config, submit.configname, submit.model_dump(mode="json", exclude_none=True)
+    )

@@ -52,8 +52,7 @@ def start_site(base: Path, *, env: dict[str, str] | None = None, extra: list[str
         accounts.add_user(user, group)
         tokens[group] = accounts.issue_token(user).token
     accounts.engine.dispose()
-    server = ServerProcess(root, env={"NCAAS_BLUEPRINTS": str(SERVER_BLUEPRINTS), **(env or {})},
-                           extra=extra).start()
+    server = ServerProcess(root, env={"NCAAS_BLUEPRINTS": str(SERVER_BLUEPRINTS), **(env or {})}, extra=extra).start()
     return Site(base, server, tokens)
 
 

@@ -40,7 +40,7 @@ start_site = _security_conftest().start_site
 SECRET = "other-group-secret-" + secrets.token_hex(8)
 SQLITE_MAGIC = b"SQLite format 3"
 
-HOOK = '''
+HOOK = """
 import json, os, tempfile
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
@@ -74,9 +74,9 @@ class CustomBuildHook(BuildHookInterface):
         with open(record, "w") as handle:
             json.dump(seen, handle)
         build_data["force_include"][record] = "{name}/seen.json"
-'''
+"""
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["hatchling>=1.25"]
 build-backend = "hatchling.build"
@@ -90,7 +90,7 @@ requires-python = ">=3.11"
 packages = ["src/{name}"]
 
 [tool.hatch.build.hooks.custom]
-'''
+"""
 
 
 def write_package(folder: Path, name: str, targets: dict) -> None:
@@ -103,7 +103,8 @@ def write_package(folder: Path, name: str, targets: dict) -> None:
 
 
 def write_blueprint(folder: Path, name: str, source: str) -> None:
-    (folder / "blueprint.yaml").write_text(textwrap.dedent(f"""\
+    (folder / "blueprint.yaml").write_text(
+        textwrap.dedent(f"""\
         name: {name}
         version: 0.1.0
         description: an analysis whose build attacks the platform
@@ -112,7 +113,8 @@ def write_blueprint(folder: Path, name: str, source: str) -> None:
         command: ["{{python}}", "-c", "import {name}", "{{input}}", "{{output}}"]
         resources: {{cpus: 1, memory: 1GiB, timeout: 2m}}
         config_schema: {{type: object}}
-        """))
+        """)
+    )
 
 
 def _uv_cache() -> Path:
@@ -124,18 +126,23 @@ class Attack:
     def __init__(self, site, base: Path, envs: Path):
         self.site, self.base, self.envs = site, base, envs
         root = site.root
-        self.markers = {"marker_outside": base / "pwned", "marker_in_inputs": root / "lab" / "inputs" / "pwned",
-                        "marker_in_state": root / ".ncaas" / "pwned", "marker_in_envs": envs / "pwned",
-                        "marker_in_its_source": base / "analyses" / "evil" / "src" / "evil" / "planted.py"}
+        self.markers = {
+            "marker_outside": base / "pwned",
+            "marker_in_inputs": root / "lab" / "inputs" / "pwned",
+            "marker_in_state": root / ".ncaas" / "pwned",
+            "marker_in_envs": envs / "pwned",
+            "marker_in_its_source": base / "analyses" / "evil" / "src" / "evil" / "planted.py",
+        }
         # uv's shared cache: what a build plants there would reach other builds (where bwrap can
         # mount it copy-on-write; elsewhere the cache stays writable)
         if getattr(sandbox, "overlay_supported", lambda: True)():
             self.markers["marker_in_uv_cache"] = _uv_cache() / f"planted-{secrets.token_hex(6)}"
         self.targets = {
-            "read": {"job_database": str(root / ".ncaas" / "jobs.sqlite"),
-                     "other_group_input": str(root / "other" / "inputs" / "secret.txt")},
-            "list": {"state_folder": str(root / ".ncaas"), "storage_root": str(root),
-                     "environment_cache": str(envs)},
+            "read": {
+                "job_database": str(root / ".ncaas" / "jobs.sqlite"),
+                "other_group_input": str(root / "other" / "inputs" / "secret.txt"),
+            },
+            "list": {"state_folder": str(root / ".ncaas"), "storage_root": str(root), "environment_cache": str(envs)},
             "write": {name: str(path) for name, path in self.markers.items()},
         }
 
@@ -206,8 +213,9 @@ def test_a_hostile_build_hook_sees_and_touches_nothing_of_the_platform(attack):
 def test_an_environment_source_in_group_storage_is_refused(attack):
     lab = attack.site.clients["lab"]
     package = attack.base / "upload" / "pkg"
-    write_package(package, "borrowed", {"read": {}, "list": {},
-                                        "write": {"marker": str(attack.base / "pwned-borrowed")}})
+    write_package(
+        package, "borrowed", {"read": {}, "list": {}, "write": {"marker": str(attack.base / "pwned-borrowed")}}
+    )
     lab.upload_dataset(package, "pkg")
     final = lab.wait(lab.submit("borrowed", ["data.txt"])["id"])
     assert final["state"] == "failed", final

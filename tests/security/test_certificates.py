@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ncaas_testutil import REPO, make_blueprint, ncaas, submit, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.exceptions import CertificateError, CertificateForged
@@ -27,18 +28,17 @@ from ncaas.jobs.manager import Manager
 from ncaas.rerun import rerun
 from ncaas.signing import CertificateKeys
 from ncaas.storage import Storage
-from ncaas_testutil import REPO, make_blueprint, ncaas, submit, write_stack
 
 from .conftest import finished
 
-HOOK = '''
+HOOK = """
 from pathlib import Path
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 class Hook(BuildHookInterface):
     def initialize(self, version, build_data):
         Path("{marker}").write_text("the build hook ran on the host")
-'''
+"""
 
 
 def _npy(seed: int) -> bytes:
@@ -66,11 +66,19 @@ def _hostile_package(site, marker: Path) -> str:
     (folder / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
         '[project]\nname = "evil"\nversion = "1"\n[tool.hatch.build.targets.wheel]\nbypass-selection = true\n'
-        '[tool.hatch.build.hooks.custom]\npath = "hook.py"\n')
+        '[tool.hatch.build.hooks.custom]\npath = "hook.py"\n'
+    )
     (folder / "hook.py").write_text(HOOK.format(marker=marker))
-    (folder / "blueprint.yaml").write_text(yaml.safe_dump(
-        {"name": "evil", "version": "1", "environment": {"source": "."},
-         "command": ["{python}", "-c", "pass", "{input}", "{output}"]}))
+    (folder / "blueprint.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "evil",
+                "version": "1",
+                "environment": {"source": "."},
+                "command": ["{python}", "-c", "pass", "{input}", "{output}"],
+            }
+        )
+    )
     site.clients["lab"].upload_dataset(folder)
     return str(site.root / "lab" / "inputs" / "evil")
 
@@ -107,11 +115,19 @@ def test_an_unsigned_certificate_naming_an_analysis_not_installed_is_refused(sit
     marker = tmp_path / "shell"
     forged = copy.deepcopy(cert)
     forged.pop("signature")
-    forged["blueprint"] = {"name": "shell", "version": "1", "sha256": "0" * 64, "path": "/tmp/b.yaml",
-                           "content": {"name": "shell", "version": "1",
-                                       "command": ["sh", "-c", f"touch {marker}", "{input}", "{output}"],
-                                       "resources": {"memory": "64GiB", "timeout": "30d"},
-                                       "access": {"groups": ["*"]}}}
+    forged["blueprint"] = {
+        "name": "shell",
+        "version": "1",
+        "sha256": "0" * 64,
+        "path": "/tmp/b.yaml",
+        "content": {
+            "name": "shell",
+            "version": "1",
+            "command": ["sh", "-c", f"touch {marker}", "{input}", "{output}"],
+            "resources": {"memory": "64GiB", "timeout": "30d"},
+            "access": {"groups": ["*"]},
+        },
+    }
     body = _refused(site, forged)
     assert "carries no signature of this platform" in body["error"]
     time.sleep(1)
@@ -137,8 +153,13 @@ def test_a_forged_certificate_cannot_poison_another_groups_next_job(site, lab_jo
     _, cert = lab_job
     marker = tmp_path / "poisoned"
     forged = copy.deepcopy(cert)  # framestats' real sha256, another command
-    forged["blueprint"]["content"]["command"] = ["sh", "-c", f"touch {marker}; mkdir -p {{output}}",
-                                                 "{input}", "{output}"]
+    forged["blueprint"]["content"]["command"] = [
+        "sh",
+        "-c",
+        f"touch {marker}; mkdir -p {{output}}",
+        "{input}",
+        "{output}",
+    ]
     _refused(site, forged)
     other = site.clients["other"]
     (site.base / "o.npy").write_bytes(_npy(7))

@@ -86,14 +86,18 @@ def _results(root: Path, group: str) -> list[Path]:
 
 
 def _one_job(root: Path, group: str, before: list[Path]) -> Path:
-    return wait_for(lambda: [d for d in _results(root, group) if d not in before], timeout=60,
-                    what=f"a job of {group}")[0]
+    return wait_for(
+        lambda: [d for d in _results(root, group) if d not in before], timeout=60, what=f"a job of {group}"
+    )[0]
 
 
 def _files_text(folder: Path) -> str:
     """Everything the platform wrote into a results folder, as text (for leak checks)."""
-    return "\n".join(p.read_text(errors="replace") for p in sorted(folder.rglob("*"))
-                     if p.is_file() and not p.is_symlink() and "outputs" not in p.parts)
+    return "\n".join(
+        p.read_text(errors="replace")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink() and "outputs" not in p.parts
+    )
 
 
 # -- a dataset with /dev/zero, a FIFO, another group's file --------------------------------------------
@@ -113,16 +117,23 @@ def test_a_dataset_linking_to_dev_zero_or_another_group_is_refused_and_the_manag
     assert "dataset 'ds' holds what no analysis can read" in error
     assert "peek.npy (a symbolic link to " in error and "z.npy (a symbolic link to /dev/zero)" in error
     assert "copy the linked files into the dataset" in error
-    piped = wait_for(lambda: [d for d in _results(root, "lab") if d != lab and (d / "error.txt").exists()],
-                     timeout=30, what="the FIFO submission's rejection")[0]
+    piped = wait_for(
+        lambda: [d for d in _results(root, "lab") if d != lab and (d / "error.txt").exists()],
+        timeout=30,
+        what="the FIFO submission's rejection",
+    )[0]
     assert "dataset 'pipe.npy' is a FIFO (named pipe), not a file or folder" in (piped / "error.txt").read_text()
     assert SECRET_SHA not in _files_text(root / "lab" / "results") and "11400" not in _files_text(lab)
     assert manager.stop() < 10
 
 
 def test_links_and_fifos_planted_in_a_running_dataset_are_recorded_unread(root, manager):
-    submit(root, "slow", {"analysis": "framestats", "dataname": ["ds"]},
-           config={"sleep_per_frame": 0.15, "batch_frames": 2})  # 40 frames: 3 s
+    submit(
+        root,
+        "slow",
+        {"analysis": "framestats", "dataname": ["ds"]},
+        config={"sleep_per_frame": 0.15, "batch_frames": 2},
+    )  # 40 frames: 3 s
     lab = _one_job(root, "lab", [])
     status = lab / "status" / "ds.json"
     wait_for(lambda: status.exists() and read_json(status).get("progress", 0) > 0, what="the task running")
@@ -137,8 +148,11 @@ def test_links_and_fifos_planted_in_a_running_dataset_are_recorded_unread(root, 
     cert = read_json(lab / "certificate.json")
     files = {f["path"]: f for f in cert["tasks"][0]["input"]["files"]}
     assert files["z.npy"] == {"path": "z.npy", "kind": "symlink", "target": "/dev/zero"}
-    assert files["peek.npy"] == {"path": "peek.npy", "kind": "symlink",
-                                 "target": str(root / "other" / "inputs" / "secret.npy")}
+    assert files["peek.npy"] == {
+        "path": "peek.npy",
+        "kind": "symlink",
+        "target": str(root / "other" / "inputs" / "secret.npy"),
+    }
     assert files["pipe.fifo"] == {"path": "pipe.fifo", "kind": "fifo"}
     assert len(files["x.npy"]["sha256"]) == 64
     assert SECRET_SHA not in (lab / "certificate.json").read_text()
@@ -155,8 +169,13 @@ def test_fifo_or_linked_submit_files_and_configs_are_rejected_unopened(root, man
     (root / "lab" / "configs").mkdir(parents=True)
     os.mkfifo(root / "lab" / "configs" / "cfg.yaml")
     submit(root, "cfgpipe", {"analysis": "framestats", "dataname": ["a.npy"], "configname": "cfg.yaml"})
-    errors = wait_for(lambda: len(list((root / "lab" / "results").glob("*/error.txt"))) == 3 and [
-        p.read_text() for p in (root / "lab" / "results").glob("*/error.txt")], what="three rejections")
+    errors = wait_for(
+        lambda: (
+            len(list((root / "lab" / "results").glob("*/error.txt"))) == 3
+            and [p.read_text() for p in (root / "lab" / "results").glob("*/error.txt")]
+        ),
+        what="three rejections",
+    )
     text = "\n".join(errors)
     assert "pipe.submit.json is a named pipe (FIFO), not a file; write the submit file itself into lab/" in text
     assert "borrowed.submit.json is a symbolic link, not a file" in text and "b.npy" not in text
@@ -171,8 +190,12 @@ def test_a_link_planted_before_its_task_starts_is_refused_at_launch(root, tmp_pa
     make_blueprint(blueprints, "fs-serial", limits={"max_concurrent_tasks": 1})  # ds waits for a.npy
     manager = Manager(root, tmp_path / "manager.log", env={"NCAAS_BLUEPRINTS": str(blueprints)})
     try:
-        submit(root, "serial", {"analysis": "fs-serial", "dataname": ["a.npy", "ds"]},
-               config={"sleep_per_frame": 0.1, "batch_frames": 2})
+        submit(
+            root,
+            "serial",
+            {"analysis": "fs-serial", "dataname": ["a.npy", "ds"]},
+            config={"sleep_per_frame": 0.1, "batch_frames": 2},
+        )
         lab = _one_job(root, "lab", [])
         first = lab / "status" / "a.npy.json"
         wait_for(lambda: first.exists() and read_json(first).get("state") == "running", what="a.npy running")
@@ -180,8 +203,9 @@ def test_a_link_planted_before_its_task_starts_is_refused_at_launch(root, tmp_pa
         end = _ended(lab)
         cause = read_json(lab / "status" / "ds.json")["cause"]
         assert end["tasks"] == {"a.npy": "succeeded", "ds": "failed"}, manager.text()
-        assert cause.startswith("could not start: dataset 'ds' holds what no analysis can read: "
-                                "z.npy (a symbolic link to /dev/zero)"), cause
+        assert cause.startswith(
+            "could not start: dataset 'ds' holds what no analysis can read: z.npy (a symbolic link to /dev/zero)"
+        ), cause
         assert manager.stop() < 10
     finally:
         if manager.proc.poll() is None:
@@ -193,8 +217,12 @@ def test_a_fifo_and_links_left_in_outputs_are_recorded_and_the_manager_serves_on
     secret = str(root / "other" / "inputs" / "secret.npy")
     submit(root, "fifo", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"leave_fifo": True})
     submit(root, "links", {"analysis": "framestats", "dataname": ["ds"]}, config={"leave_symlink": secret})
-    submit(root, "zero", {"analysis": "framestats", "dataname": ["a.npy"]},
-           config={"leave_symlink": "/dev/zero", "batch_frames": 3})
+    submit(
+        root,
+        "zero",
+        {"analysis": "framestats", "dataname": ["a.npy"]},
+        config={"leave_symlink": "/dev/zero", "batch_frames": 3},
+    )
     jobs = wait_for(lambda: len(_results(root, "lab")) == 3 and _results(root, "lab"), what="three jobs")
     ends = {d: _ended(d) for d in jobs}
     submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
@@ -211,19 +239,23 @@ def test_a_fifo_and_links_left_in_outputs_are_recorded_and_the_manager_serves_on
     assert outputs["pipe.fifo"] == {"path": "pipe.fifo", "kind": "fifo"}
     assert any("(fifo, not read)" in (f / "certificate.txt").read_text() for f in jobs)
     assert {"path": "link", "kind": "symlink", "target": secret} in [
-        o for f in jobs for o in read_json(f / "certificate.json")["tasks"][0]["outputs"]]
+        o for f in jobs for o in read_json(f / "certificate.json")["tasks"][0]["outputs"]
+    ]
     assert {"path": "link", "kind": "symlink", "target": "/dev/zero"} in [
-        o for f in jobs for o in read_json(f / "certificate.json")["tasks"][0]["outputs"]]
+        o for f in jobs for o in read_json(f / "certificate.json")["tasks"][0]["outputs"]
+    ]
     assert manager.stop() < 10
 
 
 def test_hashing_a_huge_output_holds_up_no_other_job_and_no_stop(root, manager):
-    submit(root, "sparse", {"analysis": "framestats", "dataname": ["a.npy"]},
-           config={"leave_sparse_gib": 4096})  # 4 TiB of zeros on no disk: an hour of hashing
+    submit(
+        root, "sparse", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"leave_sparse_gib": 4096}
+    )  # 4 TiB of zeros on no disk: an hour of hashing
     lab = _one_job(root, "lab", [])
     status = lab / "status" / "a.npy.json"
-    wait_for(lambda: status.exists() and read_json(status).get("state") == "succeeded", timeout=60,
-             what="the task done")
+    wait_for(
+        lambda: status.exists() and read_json(status).get("state") == "succeeded", timeout=60, what="the task done"
+    )
     submit(root, "theirs", {"analysis": "framestats", "dataname": ["b.npy"]}, group="other")
     assert _ended(_one_job(root, "other", []), timeout=45)["state"] == "succeeded", manager.text()
     assert not (lab / "end.json").exists()  # still hashing, beside the loop
@@ -233,8 +265,12 @@ def test_hashing_a_huge_output_holds_up_no_other_job_and_no_stop(root, manager):
 def test_a_manager_killed_on_a_job_that_leaves_a_fifo_finishes_it_after_a_restart(root, tmp_path):
     first = Manager(root, tmp_path / "manager.log")
     try:
-        submit(root, "fifo", {"analysis": "framestats", "dataname": ["a.npy"]},
-               config={"leave_fifo": True, "sleep_per_frame": 0.1, "batch_frames": 2})
+        submit(
+            root,
+            "fifo",
+            {"analysis": "framestats", "dataname": ["a.npy"]},
+            config={"leave_fifo": True, "sleep_per_frame": 0.1, "batch_frames": 2},
+        )
         lab = _one_job(root, "lab", [])
         fifo = lab / "outputs" / "a.npy" / "pipe.fifo"
         wait_for(fifo.exists, what="the FIFO in the outputs")
@@ -318,8 +354,12 @@ def test_the_api_describes_fifos_and_links_among_inputs_without_opening_them(sit
         assert folder["size"] == (inputs / "ds" / "x.npy").stat().st_size
         listing = {d["name"]: d for d in http.get("/api/inputs").json()}
         assert listing["pipe.npy"]["kind"] == "fifo" and listing["mine.npy"]["kind"] == "symlink"
-        assert listing["ds"] == {"name": "ds", "kind": "folder", "files": 1,
-                                 "size": (inputs / "ds" / "x.npy").stat().st_size}
+        assert listing["ds"] == {
+            "name": "ds",
+            "kind": "folder",
+            "files": 1,
+            "size": (inputs / "ds" / "x.npy").stat().st_size,
+        }
 
 
 # -- a zero-byte input --------------------------------------------------------------------------------
@@ -338,8 +378,12 @@ def test_an_empty_input_fails_with_one_line_and_no_traceback(site):
 def test_caliali_says_an_empty_input_is_empty(tmp_path, name):
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / name).write_bytes(b"")
-    done = subprocess.run([sys.executable, "-m", "caliali", "run", "--input", str(tmp_path / "exp"),
-                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "caliali", "run", "--input", str(tmp_path / "exp"), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert f"input {name} is empty (0 bytes); upload it again" in done.stderr + done.stdout
     assert "Traceback" not in done.stderr + done.stdout

@@ -47,13 +47,21 @@ def _upload(http: httpx.Client, path: str, data: bytes) -> httpx.Response:
 def _inputs(site: Site, group: str) -> dict[str, str]:
     """sha256 of every file in the group's inputs/ on disk."""
     base = site.root / group / "inputs"
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(base.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _ncaas(site: Site, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ncaas", *args, "--root", str(site.root)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ncaas", *args, "--root", str(site.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +78,12 @@ def job(site: Site) -> dict:
 # -- failed authentications -----------------------------------------------------------------
 def test_bad_tokens_are_answered_429_while_a_valid_token_is_still_served(site: Site):
     statuses = []
-    with httpx.Client(base_url=site.server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {BAD_TOKEN}"}) as attacker, site.http("lab") as valid:
+    with (
+        httpx.Client(
+            base_url=site.server.url, timeout=30, headers={"Authorization": f"Bearer {BAD_TOKEN}"}
+        ) as attacker,
+        site.http("lab") as valid,
+    ):
         for i in range(300):
             # a spoofed X-Forwarded-For does not make a new client: the socket peer is the client
             resp = attacker.get("/api/me", headers={"X-Forwarded-For": f"10.0.{i // 250}.{i % 250}"})
@@ -91,8 +103,12 @@ def test_bad_tokens_are_answered_429_while_a_valid_token_is_still_served(site: S
     for header in ("Content-Security-Policy", "X-Content-Type-Options"):
         assert header in limited.headers
     # another address is not slowed down by this one's failures (all of 127/8 is loopback)
-    with httpx.Client(base_url=site.server.url, timeout=30, headers={"Authorization": f"Bearer {BAD_TOKEN}"},
-                      transport=httpx.HTTPTransport(local_address="127.0.0.2")) as neighbour:
+    with httpx.Client(
+        base_url=site.server.url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {BAD_TOKEN}"},
+        transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+    ) as neighbour:
         assert neighbour.get("/api/me").status_code == 401
     assert site.server.log().count("too many failed authentications from 127.0.0.1") == 1
 
@@ -101,8 +117,9 @@ def test_a_forged_download_ticket_counts_as_a_failure_too(tmp_path: Path):
     site = start_site(tmp_path, extra=["--auth-failures", "3"])
     try:
         with httpx.Client(base_url=site.server.url, timeout=30) as anonymous:
-            codes = [anonymous.get("/api/jobs/x/results.zip", params={"ticket": "forged.sig"}).status_code
-                     for _ in range(5)]
+            codes = [
+                anonymous.get("/api/jobs/x/results.zip", params={"ticket": "forged.sig"}).status_code for _ in range(5)
+            ]
             assert codes == [401, 401, 401, 429, 429]
             assert anonymous.get("/api/me").status_code == 401  # no credentials: nothing guessed, not 429
         with site.http("other") as valid:
@@ -115,8 +132,9 @@ def test_a_forged_download_ticket_counts_as_a_failure_too(tmp_path: Path):
 def test_behind_a_trusted_proxy_each_forwarded_client_is_counted_apart(tmp_path: Path):
     site = start_site(tmp_path, extra=["--auth-failures", "2", "--forwarded-allow-ips", "127.0.0.1"])
     try:
-        with httpx.Client(base_url=site.server.url, timeout=30,
-                          headers={"Authorization": f"Bearer {BAD_TOKEN}"}) as proxy:
+        with httpx.Client(
+            base_url=site.server.url, timeout=30, headers={"Authorization": f"Bearer {BAD_TOKEN}"}
+        ) as proxy:
             codes = [proxy.get("/api/me", headers={"X-Forwarded-For": "10.1.2.3"}).status_code for _ in range(3)]
             assert codes == [401, 401, 429]
             limited = proxy.get("/api/me", headers={"X-Forwarded-For": "10.1.2.3"})
@@ -148,14 +166,26 @@ def test_every_kind_of_response_carries_security_headers(site: Site):
             "api 404": http.get("/api/jobs/nope"),
             "unknown route": anonymous.get("/nope"),
             "api 400": http.post("/api/uploads", content=b"{not json", headers={"Content-Type": "application/json"}),
-            "body too large (413)": http.put("/api/configs/huge.json", content=b"x" * (17 << 20),
-                                             headers={"Content-Type": "application/json"}),
+            "body too large (413)": http.put(
+                "/api/configs/huge.json", content=b"x" * (17 << 20), headers={"Content-Type": "application/json"}
+            ),
             "openapi": anonymous.get("/openapi.json"),
             "docs": anonymous.get("/docs"),
         }
-    expected = {"page": 200, "static script": 200, "static style": 200, "missing static file": 404, "api": 200,
-                "api 401": 401, "api 404": 404, "unknown route": 404, "api 400": 400,
-                "body too large (413)": 413, "openapi": 200, "docs": 200}
+    expected = {
+        "page": 200,
+        "static script": 200,
+        "static style": 200,
+        "missing static file": 404,
+        "api": 200,
+        "api 401": 401,
+        "api 404": 404,
+        "unknown route": 404,
+        "api 400": 400,
+        "body too large (413)": 413,
+        "openapi": 200,
+        "docs": 200,
+    }
     for what, resp in answers.items():
         assert resp.status_code == expected[what], (what, resp.status_code)
         _assert_security_headers(resp, what)
@@ -172,7 +202,7 @@ def test_the_page_has_no_inline_script_or_style_its_policy_would_block():
     assert all("src=" in tag for tag in html.split("<script")[1:])  # scripts only from files
     assert not re.search(r"\son[a-z]+\s*=", html, re.IGNORECASE)  # no inline event handler
     script = (static / "app.js").read_text()
-    for risky in ("eval(", "new Function", "innerHTML", ".style.", "setAttribute(\"style\"", "blob:", "data:image"):
+    for risky in ("eval(", "new Function", "innerHTML", ".style.", 'setAttribute("style"', "blob:", "data:image"):
         assert risky not in script, risky
 
 
@@ -225,8 +255,13 @@ def test_the_database_and_state_folder_are_private(site: Site, job: dict):
 
 def test_a_storage_root_ncaas_creates_is_private(tmp_path: Path):
     root = tmp_path / "fresh" / "root"
-    done = subprocess.run([sys.executable, "-m", "ncaas", "admin", "add-group", "lab", "--root", str(root)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "ncaas", "admin", "add-group", "lab", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert _mode(root) == 0o700 and _mode(root / ".ncaas") == 0o700
     assert _mode(root / ".ncaas" / "jobs.sqlite") == 0o600
@@ -239,8 +274,13 @@ def test_an_older_world_readable_database_is_made_private_when_opened(tmp_path: 
     database = root / ".ncaas" / "jobs.sqlite"
     database.touch(mode=0o644)
     os.chmod(database, 0o644)
-    done = subprocess.run([sys.executable, "-m", "ncaas", "admin", "add-group", "lab", "--root", str(root)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "ncaas", "admin", "add-group", "lab", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert _mode(root / ".ncaas") == 0o700 and _mode(database) == 0o600
 
@@ -303,8 +343,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -320,23 +361,24 @@ def test_space_taken_while_an_upload_streams_stops_it_keeping_nothing_half_writt
             assert _upload(http, "other.bin", b"x" * 1000).status_code == 200
             data = os.urandom(24 << 20)
             up = http.post("/api/uploads", json={"path": "big.bin", "size": len(data)}).json()
-            assert http.put(f"/api/uploads/{up['id']}?offset=0", content=data[:4 << 20]).status_code == 200
+            assert http.put(f"/api/uploads/{up['id']}?offset=0", content=data[: 4 << 20]).status_code == 200
             filler = small_disk / "filler"
 
             def body() -> Iterator[bytes]:
-                yield data[4 << 20:8 << 20]
+                yield data[4 << 20 : 8 << 20]
                 time.sleep(0.5)  # the server has these bytes; then a job writes 36 MiB to the same disk
                 filler.write_bytes(b"\0" * (36 << 20))
-                yield data[8 << 20:12 << 20]
+                yield data[8 << 20 : 12 << 20]
 
-            resp = http.put(f"/api/uploads/{up['id']}?offset={4 << 20}", content=body(),
-                            headers={"Content-Length": str(8 << 20)})
+            resp = http.put(
+                f"/api/uploads/{up['id']}?offset={4 << 20}", content=body(), headers={"Content-Length": str(8 << 20)}
+            )
             assert resp.status_code == 507, resp.text
             assert "not enough free space on the server for 'big.bin'" in resp.json()["error"]
             assert resp.json()["offset"] == 4 << 20
             assert http.get(f"/api/uploads/{up['id']}").json()["offset"] == 4 << 20  # this request left nothing
             filler.unlink()  # space freed: the upload goes on where it stood
-            assert http.put(f"/api/uploads/{up['id']}?offset={4 << 20}", content=data[4 << 20:]).status_code == 200
+            assert http.put(f"/api/uploads/{up['id']}?offset={4 << 20}", content=data[4 << 20 :]).status_code == 200
             done = http.post(f"/api/uploads/{up['id']}/complete", json={"crc32c": f"{crc32c(data):08x}"})
             assert done.status_code == 200, done.text
         assert (site.root / "lab" / "inputs" / "big.bin").read_bytes() == data

@@ -30,14 +30,16 @@ def _db_row(root: Path, job_id: str) -> tuple[str, int]:
     """The job's cause and the total length of its events' causes, read from the database file."""
     with sqlite3.connect(f"file:{root / '.ncaas' / 'jobs.sqlite'}?mode=ro", uri=True) as db:
         cause = db.execute("SELECT cause FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        events = db.execute("SELECT coalesce(sum(length(cause)), 0) FROM events WHERE job_id = ?",
-                            (job_id,)).fetchone()[0]
+        events = db.execute(
+            "SELECT coalesce(sum(length(cause)), 0) FROM events WHERE job_id = ?", (job_id,)
+        ).fetchone()[0]
     return cause, events
 
 
 def _rejected(site, group: str, submission: str, *, timeout: float = 30) -> dict:
     def find():
         return next((j for j in site.clients[group].jobs() if j["submission"] == submission), None)
+
     return wait_for(find, timeout=timeout, what=f"the job of {submission}")
 
 
@@ -45,8 +47,10 @@ def _finished_within(client, job: dict, seconds: float) -> dict:
     def over():
         detail = client.job(job["id"])
         return detail if detail["finished"] else None
-    return wait_for(over, timeout=seconds, what=f"job {job['id']} to finish while another group's submission "
-                                                "is checked")
+
+    return wait_for(
+        over, timeout=seconds, what=f"job {job['id']} to finish while another group's submission is checked"
+    )
 
 
 # -- colliding dataset names ----------------------------------------------------------------
@@ -65,8 +69,10 @@ def test_colliding_dataset_names_each_run_on_their_own_data(site):
     assert keys["x/y.npy"] == "x__y.npy"  # an ordinary nested name keeps the key it always had
 
     results = site.root / "lab" / "results" / job["id"]
-    rows = {rel: (results / "outputs" / key / f"{Path(rel).stem}.stats.csv").read_text().splitlines()
-            for rel, key in keys.items()}
+    rows = {
+        rel: (results / "outputs" / key / f"{Path(rel).stem}.stats.csv").read_text().splitlines()
+        for rel, key in keys.items()
+    }
     assert len(rows["x/y.npy"]) == 1 + 20 and len(rows["x__y.npy"]) == 1 + 30  # each read its own stack
     for rel, key in keys.items():
         assert client.log(job["id"], key).count("[ncaas] exited with code 0") == 1  # one run each
@@ -98,11 +104,13 @@ def test_names_differing_only_in_case_are_refused_naming_both(site):
         site.clients["lab"].submit("framestats", ["Case.npy", "case.npy"])
     assert caught.value.problems == [
         "datasets 'Case.npy' and 'case.npy' differ only in letter case; their results would overwrite each "
-        "other on file systems that ignore case (macOS, Windows): rename one"]
+        "other on file systems that ignore case (macOS, Windows): rename one"
+    ]
     with pytest.raises(SubmissionRejected) as caught:
         site.clients["lab"].submit("framestats", ["case.npy", "./case.npy", "lab/inputs/case.npy"])
-    assert caught.value.problems == ["dataset './case.npy' is listed twice; list each dataset once "
-                                     "(and 1 more like it)"]
+    assert caught.value.problems == [
+        "dataset './case.npy' is listed twice; list each dataset once (and 1 more like it)"
+    ]
 
 
 # -- submissions too large to read ---------------------------------------------------------
@@ -123,8 +131,10 @@ def test_a_huge_submit_file_is_refused_unread_while_other_groups_run(site):
     rejected = _rejected(site, "lab", "huge.submit.json")
     assert rejected["state"] == "rejected"
     size = f"{huge.stat().st_size / 2**20:.1f} MiB"
-    assert rejected["cause"] == (f"huge.submit.json is {size}, more than the 1 MiB a submit file may be; "
-                                 "nothing in it was read: split it into several submissions")
+    assert rejected["cause"] == (
+        f"huge.submit.json is {size}, more than the 1 MiB a submit file may be; "
+        "nothing in it was read: split it into several submissions"
+    )
     cause, events = _db_row(site.root, rejected["id"])
     assert len(cause) < 200 and events < 500
     error = (site.root / "lab" / "results" / rejected["id"] / "error.txt").read_text()
@@ -156,8 +166,7 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     submissions = site.root / "lab" / "submissions"
     submissions.mkdir(parents=True, exist_ok=True)
     os.mkfifo(submissions / "pipe.submit.json")
-    secret = submit(site.root, "secret", {"analysis": "framestats", "dataname": ["their-secret.npy"]},
-                    group="other")
+    secret = submit(site.root, "secret", {"analysis": "framestats", "dataname": ["their-secret.npy"]}, group="other")
     (submissions / "link.submit.json").symlink_to(secret)
     (submissions / "folder.submit.json").mkdir()  # read() raised out of every scan: nothing else ran
     started = time.monotonic()
@@ -165,8 +174,9 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     job = _finished_within(other, other.submit("framestats", ["d.npy"]), 60)
     assert job["state"] == "succeeded" and time.monotonic() - started < 60, job
     pipe = _rejected(site, "lab", "pipe.submit.json")
-    assert pipe["cause"] == ("pipe.submit.json is a named pipe (FIFO), not a file; write the submit file "
-                             "itself into lab/submissions/")
+    assert pipe["cause"] == (
+        "pipe.submit.json is a named pipe (FIFO), not a file; write the submit file itself into lab/submissions/"
+    )
     link = _rejected(site, "lab", "link.submit.json")
     assert link["cause"].startswith("link.submit.json is a symbolic link, not a file")
     assert "their-secret" not in json.dumps(site.clients["lab"].jobs())
@@ -178,8 +188,7 @@ def test_submit_files_and_configs_that_are_no_files_are_refused_unopened(site):
     os.mkfifo(configs / "pipe.yaml")
     with pytest.raises(SubmissionRejected) as caught:
         site.clients["lab"].submit("framestats", ["a.npy"], configname="pipe.yaml")
-    assert caught.value.problems == ["config 'pipe.yaml' is a named pipe (FIFO), not a file; upload the config "
-                                     "itself"]
+    assert caught.value.problems == ["config 'pipe.yaml' is a named pipe (FIFO), not a file; upload the config itself"]
 
 
 def test_configs_too_large_or_made_of_aliases_are_refused_unexpanded(site):
@@ -188,27 +197,30 @@ def test_configs_too_large_or_made_of_aliases_are_refused_unexpanded(site):
     write_stack(site.root / "lab" / "inputs" / "a.npy", seed=3)
     configs = site.root / "lab" / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    lines = ['l0: &l0 [1, 2, 3, 4, 5, 6, 7, 8]']
+    lines = ["l0: &l0 [1, 2, 3, 4, 5, 6, 7, 8]"]
     lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 8)}]" for i in range(1, 7)]
     (configs / "bomb.yaml").write_text("\n".join(lines) + "\nkill_on_attempts: *l6\n")
     (configs / "big.yaml").write_text("stats: [mean]\n" + "# padding\n" * 160_000)
     client = site.clients["lab"]
     with pytest.raises(SubmissionRejected) as caught:
         client.submit("framestats", ["a.npy"], configname="bomb.yaml")
-    assert caught.value.problems == ["config 'bomb.yaml' uses a YAML alias (*name) at line 2; write the value "
-                                     "out in full"]
+    assert caught.value.problems == [
+        "config 'bomb.yaml' uses a YAML alias (*name) at line 2; write the value out in full"
+    ]
     with pytest.raises(SubmissionRejected) as caught:
         client.submit("framestats", ["a.npy"], configname="big.yaml")
-    assert caught.value.problems == ["config 'big.yaml' is 1.5 MiB, more than the 1 MiB a config may be; "
-                                     "nothing in it was read"]
+    assert caught.value.problems == [
+        "config 'big.yaml' is 1.5 MiB, more than the 1 MiB a config may be; nothing in it was read"
+    ]
 
 
 def test_too_many_datasets_through_the_api_is_one_line(site):
     """A submission over the dataset limit is refused before any name is looked up."""
     with pytest.raises(SubmissionRejected) as caught:
         site.clients["lab"].submit("framestats", [f"d{i}.npy" for i in range(10_001)], name="many")
-    assert caught.value.problems == ["the submission lists 10,001 datasets, more than the 10,000 a job "
-                                     "may have; split it into several submissions"]
+    assert caught.value.problems == [
+        "the submission lists 10,001 datasets, more than the 10,000 a job may have; split it into several submissions"
+    ]
     cause, events = _db_row(site.root, caught.value.job["id"])
     assert len(cause) < 200 and events < 500
 
@@ -220,10 +232,10 @@ def test_repeated_problems_are_summarised(site):
     with pytest.raises(SubmissionRejected) as caught:
         site.clients["lab"].submit("framestats", names, config={f"opt{i}": 1 for i in range(25)})
     problems = caught.value.problems
-    assert problems[0] == ("dataset 'gone0.npy' not found in lab/inputs/; upload it there first "
-                           "(and 299 more like it)")
-    assert problems[1].startswith("dataname: '/etc/passwd' is an absolute path") and \
-        problems[1].endswith("(and 1 more like it)")
+    assert problems[0] == ("dataset 'gone0.npy' not found in lab/inputs/; upload it there first (and 299 more like it)")
+    assert problems[1].startswith("dataname: '/etc/passwd' is an absolute path") and problems[1].endswith(
+        "(and 1 more like it)"
+    )
     assert len(problems) == 21 and problems[-1] == "... and 7 more problems"
     cause, events = _db_row(site.root, caught.value.job["id"])
     assert len(cause) < 5000  # 21 lines, the longest naming every option framestats allows
@@ -244,11 +256,17 @@ def test_limits_are_configurable_for_the_manager_and_the_cli(tmp_path):
     path = submit(root, "padded", {"analysis": "framestats", "dataname": ["a.npy"], "timestamp": "x" * 3000})
     log = tmp_path / "manager.log"
     with open(log, "wb") as fh:
-        manager = subprocess.Popen([sys.executable, "-m", "ncaas", "manager", "--root", str(root),
-                                    "--max-submit-size", "2KiB"], stdout=fh, stderr=subprocess.STDOUT)
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "manager", "--root", str(root), "--max-submit-size", "2KiB"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for(lambda: "padded.submit.json is 3 KiB, more than the 2 KiB" in flat(log.read_text()),
-                 timeout=60, what="the rejection in the manager's log")
+        wait_for(
+            lambda: "padded.submit.json is 3 KiB, more than the 2 KiB" in flat(log.read_text()),
+            timeout=60,
+            what="the rejection in the manager's log",
+        )
     finally:
         manager.send_signal(signal.SIGTERM)
         manager.wait(timeout=30)
@@ -268,8 +286,11 @@ def test_folders_that_are_no_group_are_reported_once(tmp_path):
     log = tmp_path / "manager.log"
     manager = start_manager(root, log)
     try:
-        wait_for(lambda: log.read_text().count("holds submissions/") >= 2, timeout=60,
-                 what="the skipped folders in the manager's log")
+        wait_for(
+            lambda: log.read_text().count("holds submissions/") >= 2,
+            timeout=60,
+            what="the skipped folders in the manager's log",
+        )
         time.sleep(1.0)  # twenty scans more
     finally:
         manager.send_signal(signal.SIGTERM)
@@ -277,8 +298,10 @@ def test_folders_that_are_no_group_are_reported_once(tmp_path):
     text = flat(log.read_text())
     assert text.count("'bad group' holds submissions/") == 1, text
     assert text.count("'.hidden' holds submissions/") == 1, text
-    assert "folder 'bad group' holds submissions/ but its name is not a valid group name, so they are not run; " \
-           "rename it: group names use letters, digits" in text
+    assert (
+        "folder 'bad group' holds submissions/ but its name is not a valid group name, so they are not run; "
+        "rename it: group names use letters, digits" in text
+    )
     assert "folder '.hidden' holds submissions/ but its name is hidden (its name starts with '.')" in text
     assert ".ncaas" not in text.replace(str(root / ".ncaas"), "") and "lost+found" not in text
 

@@ -59,8 +59,7 @@ def _prepare(workdir: Path, n: int, frames: int, variant: str, seed: int) -> tup
                 p = session_projections(video.read(0, video.n_frames), gSig=3.0, fs=10.0)
             bv.append(p.bv)
             neuron.append(p.cn * p.pnr)
-        np.savez(cache, bv=np.stack(bv), neuron=np.stack(neuron),
-                 true=np.load(sim / "ground_truth" / "fields.npy"))
+        np.savez(cache, bv=np.stack(bv), neuron=np.stack(neuron), true=np.load(sim / "ground_truth" / "fields.npy"))
     with np.load(cache) as z:
         return z["bv"], z["neuron"], z["true"]
 
@@ -75,8 +74,10 @@ def _error(est: np.ndarray, true: np.ndarray, mask: np.ndarray) -> tuple[float, 
 def scaling(bv, neuron, true, sizes, repeats: int) -> dict:
     from caliali.registration import align_sessions
 
-    print("\n== 1. scaling: align_sessions on the first n sessions (source='bv', no fallback rerun);"
-          f" best of {repeats}: wall time and this process' CPU time (less disturbed by other users)")
+    print(
+        "\n== 1. scaling: align_sessions on the first n sessions (source='bv', no fallback rerun);"
+        f" best of {repeats}: wall time and this process' CPU time (less disturbed by other users)"
+    )
     print(f"{'n':>4} {'wall s':>8} {'cpu s':>8} {'cpu s/session':>14} {'median px':>10} {'p95 px':>8} {'BV score':>9}")
     times: dict[int, tuple[float, float]] = {}
     for n in sizes:
@@ -87,11 +88,16 @@ def scaling(bv, neuron, true, sizes, repeats: int) -> dict:
             best = (min(best[0], time.perf_counter() - w0), min(best[1], time.process_time() - c0))
         times[n] = best
         med, p95 = _error(al.total_fields, true[:n], al.valid_mask)
-        print(f"{n:>4} {best[0]:>8.2f} {best[1]:>8.2f} {best[1] / n:>14.2f} {med:>10.3f} {p95:>8.3f} "
-              f"{al.reliability:>9.2f}", flush=True)
+        print(
+            f"{n:>4} {best[0]:>8.2f} {best[1]:>8.2f} {best[1] / n:>14.2f} {med:>10.3f} {p95:>8.3f} "
+            f"{al.reliability:>9.2f}",
+            flush=True,
+        )
     if 8 in times and 16 in times:
-        print(f"time(16)/time(8): wall {times[16][0] / times[8][0]:.2f}, cpu {times[16][1] / times[8][1]:.2f}"
-              f"  (target <= 2.3; all-pairs would be {16 * 15 / (8 * 7):.2f})")
+        print(
+            f"time(16)/time(8): wall {times[16][0] / times[8][0]:.2f}, cpu {times[16][1] / times[8][1]:.2f}"
+            f"  (target <= 2.3; all-pairs would be {16 * 15 / (8 * 7):.2f})"
+        )
     return times
 
 
@@ -118,8 +124,8 @@ def all_pairs(bv: list, neuron: list, translations: np.ndarray) -> np.ndarray:
 def groupwise_vs_pairs(bv, neuron, true, sizes) -> None:
     from caliali.registration import align_sessions
     from caliali.registration._fields import in_bounds
-    from caliali.registration._translation import estimate_translations
     from caliali.registration._groupwise import normalise
+    from caliali.registration._translation import estimate_translations
 
     print("\n== 2. groupwise (ours) vs all-pairs (original's scheme, same demons)")
     print(f"{'n':>4} {'scheme':>10} {'time s':>8} {'median px':>10} {'p95 px':>8}")
@@ -141,8 +147,11 @@ def _sitk_engine(kind: str):
     import SimpleITK as sitk
 
     def run(moving, fixed, field, iterations, params):
-        f = (sitk.DiffeomorphicDemonsRegistrationFilter() if kind == "diffeomorphic"
-             else sitk.FastSymmetricForcesDemonsRegistrationFilter())
+        f = (
+            sitk.DiffeomorphicDemonsRegistrationFilter()
+            if kind == "diffeomorphic"
+            else sitk.FastSymmetricForcesDemonsRegistrationFilter()
+        )
         f.SetNumberOfIterations(int(iterations))
         f.SetSmoothDisplacementField(True)
         f.SetStandardDeviations(float(params.diffusion_sigma))
@@ -152,8 +161,9 @@ def _sitk_engine(kind: str):
         if kind == "diffeomorphic":
             f.SetUseGradientType(f.Symmetric)
         init = sitk.GetImageFromArray(np.stack([field[1], field[0]], axis=-1).astype(np.float64), isVector=True)
-        out = f.Execute(sitk.GetImageFromArray(fixed.astype(np.float32)),
-                        sitk.GetImageFromArray(moving.astype(np.float32)), init)
+        out = f.Execute(
+            sitk.GetImageFromArray(fixed.astype(np.float32)), sitk.GetImageFromArray(moving.astype(np.float32)), init
+        )
         arr = sitk.GetArrayFromImage(out)  # (H, W, 2) as (dx, dy)
         return np.stack([arr[..., 1], arr[..., 0]]).astype(np.float32)
 
@@ -189,8 +199,8 @@ def _pair_pyramid(fixed: tuple, moving: tuple, offset: np.ndarray, engine: str) 
 
 def engines(bv, neuron, true) -> None:
     from caliali.registration._fields import in_bounds, warp_replicate
-    from caliali.registration._translation import estimate_translations
     from caliali.registration._groupwise import normalise
+    from caliali.registration._translation import estimate_translations
 
     print("\n== 3. demons engines on one pair of sessions (session 1 -> session 0), same pyramid and sigmas")
     tr = estimate_translations([normalise(bv[0]), normalise(bv[1])])
@@ -203,9 +213,11 @@ def engines(bv, neuron, true) -> None:
     diff = t1f - t0f
     truth = np.stack([warp_replicate(diff[0], r), warp_replicate(diff[1], r)])
     print(f"{'engine':>34} {'time s':>8} {'median px':>10} {'p95 px':>8}")
-    for name, engine in (("numpy log-domain demons (ours)", "numpy"),
-                         ("SimpleITK DiffeomorphicDemons", "diffeomorphic"),
-                         ("SimpleITK FastSymmetricForces", "fastsymmetric")):
+    for name, engine in (
+        ("numpy log-domain demons (ours)", "numpy"),
+        ("SimpleITK DiffeomorphicDemons", "diffeomorphic"),
+        ("SimpleITK FastSymmetricForces", "fastsymmetric"),
+    ):
         if engine != "numpy" and importlib.util.find_spec("SimpleITK") is None:
             print(f"{name:>34} skipped: SimpleITK is not installed (the caliali[bench] extra)", flush=True)
             continue

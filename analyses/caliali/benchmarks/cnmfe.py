@@ -78,15 +78,32 @@ def build_aligned(sim_dir: Path, store_path: Path) -> tuple[np.ndarray, dict]:
     return np.array(bounds), meta
 
 
-def simulate_aligned(workdir: Path, *, variant: str, sessions: int, frames: int, seed: int = 0,
-                     neurons: int | None = None, height: int = 180, width: int = 260):
+def simulate_aligned(
+    workdir: Path,
+    *,
+    variant: str,
+    sessions: int,
+    frames: int,
+    seed: int = 0,
+    neurons: int | None = None,
+    height: int = 180,
+    width: int = 260,
+):
     from caliali.simulate import simulate
 
     tag = f"{variant}_{sessions}x{frames}" + ("" if (height, width) == (180, 260) else f"_{height}x{width}")
     sim_dir = workdir / f"sim_{tag}"
     if not (sim_dir / "ground_truth" / "meta.json").exists():
-        simulate(sim_dir, sessions=sessions, frames=frames, variant=variant, seed=seed, neurons=neurons,
-                 height=height, width=width)
+        simulate(
+            sim_dir,
+            sessions=sessions,
+            frames=frames,
+            variant=variant,
+            seed=seed,
+            neurons=neurons,
+            height=height,
+            width=width,
+        )
     store_path = workdir / f"aligned_{tag}.zarr"
     meta = json.loads((sim_dir / "ground_truth" / "meta.json").read_text())
     progress_file = store_path / "progress.json"
@@ -103,11 +120,13 @@ def run_f1(args) -> None:
 
     rows = []
     for variant in args.variants:
-        store_path, bounds, gt, meta = simulate_aligned(args.workdir, variant=variant, sessions=args.sessions,
-                                                        frames=args.frames, seed=args.seed)
+        store_path, bounds, gt, meta = simulate_aligned(
+            args.workdir, variant=variant, sessions=args.sessions, frames=args.frames, seed=args.seed
+        )
         t0, cpu0 = time.perf_counter(), time.process_time()
-        params = ExtractionParams(gSig=meta["gSig"], min_corr=args.min_corr, min_pnr=args.min_pnr,
-                                  memory_budget=args.memory_budget)
+        params = ExtractionParams(
+            gSig=meta["gSig"], min_corr=args.min_corr, min_pnr=args.min_pnr, memory_budget=args.memory_budget
+        )
         result = extract(str(store_path), params, session_bounds=bounds, work_dir=args.workdir)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if args.out is not None:  # the full outputs, e.g. for `caliali score OUT/<variant> GT`
@@ -118,9 +137,12 @@ def run_f1(args) -> None:
         c_true = np.load(gt / "C.npy")
         s = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
         rows.append((variant, len(a_true), result.n_neurons, s.n_matched, s.precision, s.recall, s.f1, wall, cpu))
-        print(f"{variant:7s} true {len(a_true):4d} found {result.n_neurons:4d} matched {s.n_matched:4d} "
-              f"P {s.precision:.3f} R {s.recall:.3f} F1 {s.f1:.3f}  extraction {wall:6.1f} s wall, {cpu:6.1f} s CPU; "
-              f"iterations {result.history}", flush=True)
+        print(
+            f"{variant:7s} true {len(a_true):4d} found {result.n_neurons:4d} matched {s.n_matched:4d} "
+            f"P {s.precision:.3f} R {s.recall:.3f} F1 {s.f1:.3f}  extraction {wall:6.1f} s wall, {cpu:6.1f} s CPU; "
+            f"iterations {result.history}",
+            flush=True,
+        )
     print("\nvariant  true found matched precision recall    F1   wall_s   cpu_s")
     for v, k, kf, m, p, r, f, wall, cpu in rows:
         print(f"{v:7s} {k:5d} {kf:5d} {m:7d} {p:9.3f} {r:6.3f} {f:6.3f} {wall:7.1f} {cpu:7.1f}")
@@ -181,10 +203,22 @@ def _child(args) -> None:
     running[0] = False
     sampler.join()
     peak = _peak_rss()
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "floor_rss": floor, "neurons": result.n_neurons,
-                      "seeds": len(result.seeds), "batch_frames": result.params["batch_frames"],
-                      "iterations": len(result.history), "frames": int(bounds[-1]),
-                      "stages": {k: v for k, v in stages.items() if not k.startswith("extraction done")}}))
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "peak_rss": peak,
+                "floor_rss": floor,
+                "neurons": result.n_neurons,
+                "seeds": len(result.seeds),
+                "batch_frames": result.params["batch_frames"],
+                "iterations": len(result.history),
+                "frames": int(bounds[-1]),
+                "stages": {k: v for k, v in stages.items() if not k.startswith("extraction done")},
+            }
+        )
+    )
 
 
 def run_memory(args) -> None:
@@ -198,36 +232,66 @@ def run_memory(args) -> None:
         sizes = [(n, args.frames) for n in args.sessions_list]
     rows = []
     for n, frames in sizes:
-        store_path, bounds, _, _ = simulate_aligned(args.workdir, variant="ideal", sessions=n, frames=frames,
-                                                    seed=args.seed, neurons=args.neurons, height=args.height,
-                                                    width=args.width)
-        out = subprocess.run([sys.executable, __file__, "_child", "--store", str(store_path), "--bounds",
-                              json.dumps([int(b) for b in bounds]), "--memory-budget", args.memory_budget,
-                              "--work-dir", str(args.workdir)],
-                             check=True, capture_output=True, text=True)
+        store_path, bounds, _, _ = simulate_aligned(
+            args.workdir,
+            variant="ideal",
+            sessions=n,
+            frames=frames,
+            seed=args.seed,
+            neurons=args.neurons,
+            height=args.height,
+            width=args.width,
+        )
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "_child",
+                "--store",
+                str(store_path),
+                "--bounds",
+                json.dumps([int(b) for b in bounds]),
+                "--memory-budget",
+                args.memory_budget,
+                "--work-dir",
+                str(args.workdir),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append((n, frames, row))
         per_stage = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in row["stages"].items())
-        print(f"{n:3d} sessions x {frames} frames: {row['wall_s']:7.1f} s wall, {row['cpu_s']:7.1f} s CPU, peak RSS "
-              f"{row['peak_rss'] / 2**20:7.1f} MiB (after imports {row['floor_rss'] / 2**20:.1f}), {row['seeds']} seeds, "
-              f"{row['neurons']} neurons, batch {row['batch_frames']} frames, {row['iterations']} iterations; "
-              f"peak RSS by stage (MiB): {per_stage}", flush=True)
+        print(
+            f"{n:3d} sessions x {frames} frames: {row['wall_s']:7.1f} s wall, {row['cpu_s']:7.1f} s CPU, peak RSS "
+            f"{row['peak_rss'] / 2**20:7.1f} MiB (after imports {row['floor_rss'] / 2**20:.1f}), {row['seeds']} seeds, "
+            f"{row['neurons']} neurons, batch {row['batch_frames']} frames, {row['iterations']} iterations; "
+            f"peak RSS by stage (MiB): {per_stage}",
+            flush=True,
+        )
     base = rows[0][2]["peak_rss"]
-    print(f"\nmemory budget {args.memory_budget} = {budget / 2**20:.1f} MiB; working set = peak RSS - RSS after imports; "
-          "KxT = one float32 copy of the traces of the seeds (neurons before removals) over all frames")
-    print("sessions  frames   wall_s    cpu_s  peak_RSS_MiB  working_set_MiB  of_budget  vs_first  KxT_MiB  "
-          "trace_steps_MiB  post_processing_MiB")
+    print(
+        f"\nmemory budget {args.memory_budget} = {budget / 2**20:.1f} MiB; working set = peak RSS - RSS after imports; "
+        "KxT = one float32 copy of the traces of the seeds (neurons before removals) over all frames"
+    )
+    print(
+        "sessions  frames   wall_s    cpu_s  peak_RSS_MiB  working_set_MiB  of_budget  vs_first  KxT_MiB  "
+        "trace_steps_MiB  post_processing_MiB"
+    )
     for n, frames, row in rows:
         work = row["peak_rss"] - row["floor_rss"]
         kxt = row["seeds"] * n * frames * 4
         steps = [row["stages"].get(k) for k in ("trace steps", "post-processing")]
         steps_text = "  ".join(f"{v / 2**20:15.1f}" if v else f"{'-':>15s}" for v in steps)
-        print(f"{n:8d} {n * frames:7d} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
-              f"{work / 2**20:16.1f} {100 * work / budget:9.0f}% {100 * (row['peak_rss'] / base - 1):+8.1f}% "
-              f"{kxt / 2**20:8.1f}  {steps_text}")
+        print(
+            f"{n:8d} {n * frames:7d} {row['wall_s']:8.1f} {row['cpu_s']:8.1f} {row['peak_rss'] / 2**20:13.1f} "
+            f"{work / 2**20:16.1f} {100 * work / budget:9.0f}% {100 * (row['peak_rss'] / base - 1):+8.1f}% "
+            f"{kxt / 2**20:8.1f}  {steps_text}"
+        )
     growth = max(r["peak_rss"] for _, _, r in rows) / base - 1
     first, last = rows[0], rows[-1]
-    what = (f"{first[1]} to {last[1]} frames per session" if by_frames else f"{first[0]} to {last[0]} sessions")
+    what = f"{first[1]} to {last[1]} frames per session" if by_frames else f"{first[0]} to {last[0]} sessions"
     print(f"peak RSS growth from {what}: {100 * growth:+.1f}% (target < 15%)")
     for name, (wall, gb) in PEERS.items():
         print(f"peer {name}: {wall:.0f} s, {gb:.1f} GB peak")
@@ -249,14 +313,23 @@ def main(argv=None) -> None:
     mem.add_argument("--height", type=int, default=180)
     mem.add_argument("--width", type=int, default=260)
     mem.add_argument("--neurons", type=int, default=None)
-    mem.add_argument("--frames-list", type=int, nargs="+", default=None,
-                     help="vary the frames per session instead (--sessions sessions each); overrides --sessions-list")
+    mem.add_argument(
+        "--frames-list",
+        type=int,
+        nargs="+",
+        default=None,
+        help="vary the frames per session instead (--sessions sessions each); overrides --sessions-list",
+    )
     mem.add_argument("--sessions", type=int, default=1, help="sessions per movie with --frames-list")
     for p in (f1, mem):
         p.add_argument("--memory-budget", default="1GB")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--workdir", type=Path, default=None,
-                       help="simulations, aligned movies and extraction's trace files (default: a temporary folder)")
+        p.add_argument(
+            "--workdir",
+            type=Path,
+            default=None,
+            help="simulations, aligned movies and extraction's trace files (default: a temporary folder)",
+        )
     child = sub.add_parser("_child")
     child.add_argument("--store", required=True)
     child.add_argument("--bounds", required=True)

@@ -91,7 +91,9 @@ def _measure(mode: str, video: Path, out: Path, batch_frames: int) -> dict[str, 
         shutil.rmtree(out)
     run = subprocess.run(
         [sys.executable, __file__, "--child", mode, str(video), str(out), str(batch_frames)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -101,11 +103,36 @@ def _simulate(workdir: Path, frames: int, fmt: str) -> Path:
     video = out / f"ses01.{fmt}"
     if not video.exists():
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "caliali", "simulate", str(out), "--sessions", "1", "--frames",
-                        str(frames), "--neurons", "100", "--height", "300", "--width", "300", "--seed", "1",
-                        "--format", fmt], check=True, stdout=subprocess.DEVNULL)
-        print(f"  simulated {frames} frames of 300x300 in {time.perf_counter() - t0:.0f} s -> {video} "
-              f"({video.stat().st_size / 2**30:.2f} GiB)", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "caliali",
+                "simulate",
+                str(out),
+                "--sessions",
+                "1",
+                "--frames",
+                str(frames),
+                "--neurons",
+                "100",
+                "--height",
+                "300",
+                "--width",
+                "300",
+                "--seed",
+                "1",
+                "--format",
+                fmt,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        print(
+            f"  simulated {frames} frames of 300x300 in {time.perf_counter() - t0:.0f} s -> {video} "
+            f"({video.stat().st_size / 2**30:.2f} GiB)",
+            flush=True,
+        )
     return video
 
 
@@ -145,16 +172,20 @@ def main() -> None:
     print(f"\n{'frames':>7} {'mode':<8} {'peak RSS MiB':>13} {'fps':>9} {'vs plain':>9}")
     for frames, modes in rows.items():
         for mode, m in modes.items():
-            print(f"{frames:>7} {mode:<8} {m['peak_rss_mib']:>13.0f} {m['fps']:>9.0f} "
-                  f"{m['fps'] / modes['plain']['fps']:>8.0%}")
+            print(
+                f"{frames:>7} {mode:<8} {m['peak_rss_mib']:>13.0f} {m['fps']:>9.0f} "
+                f"{m['fps'] / modes['plain']['fps']:>8.0%}"
+            )
     if len(rows) >= 2:
         small, large = min(rows), max(rows)
         for mode in ("reader", "stream"):
             growth = rows[large][mode]["peak_rss_mib"] / rows[small][mode]["peak_rss_mib"] - 1
             print(f"peak RSS growth {small} -> {large} frames ({mode}): {growth:+.1%} (target < +10%)")
     for frames, modes in rows.items():
-        line = (f"{frames} frames: stream at {modes['stream']['fps'] / modes['plain']['fps']:.0%} of the plain read "
-                f"(target >= 70%); reader alone {modes['reader']['fps'] / modes['plain']['fps']:.0%}")
+        line = (
+            f"{frames} frames: stream at {modes['stream']['fps'] / modes['plain']['fps']:.0%} of the plain read "
+            f"(target >= 70%); reader alone {modes['reader']['fps'] / modes['plain']['fps']:.0%}"
+        )
         if "copy" in modes:
             line += f"; stream at {modes['stream']['fps'] / modes['copy']['fps']:.0%} of a raw read+write copy"
         print(line)

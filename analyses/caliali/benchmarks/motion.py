@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import scipy.ndimage as ndi
+
 from caliali.io import VideoReader
 
 
@@ -75,8 +76,9 @@ class SyntheticReader(VideoReader):
             frame = self.scene + self.blobs[active].sum(axis=0)
             dy, dx = self.shifts[t]
             matrix = np.array([[1, 0, -dx], [0, 1, -dy]], dtype=np.float64)
-            frame = cv2.warpAffine(frame, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                   borderMode=cv2.BORDER_REFLECT)
+            frame = cv2.warpAffine(
+                frame, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+            )
             out[i] = frame + rng.standard_normal((h, w), dtype=np.float32) * 10
         return out
 
@@ -95,9 +97,17 @@ def rss_child(n_frames: int, batch_frames: int) -> None:
     err = result.shifts - reader.shifts
     err -= err.mean(axis=0)
     peak = _peak_rss()
-    print(json.dumps({"frames": n_frames, "peak_rss_mb": peak / 2**20, "seconds": elapsed,
-                      "cpu_seconds": time.process_time() - c0,
-                      "rms_px": float(np.sqrt(np.mean(err**2)))}))
+    print(
+        json.dumps(
+            {
+                "frames": n_frames,
+                "peak_rss_mb": peak / 2**20,
+                "seconds": elapsed,
+                "cpu_seconds": time.process_time() - c0,
+                "rms_px": float(np.sqrt(np.mean(err**2))),
+            }
+        )
+    )
 
 
 def _peak_rss() -> int:
@@ -136,13 +146,15 @@ def throughput(frames: int, batch_frames: int, workdir: Path) -> None:
     results = {}
 
     def correct() -> None:
-        results["motion"] = correct_session(session, gSig=gsig, batch_frames=batch_frames,
-                                            out=workdir / "corrected.zarr")
+        results["motion"] = correct_session(
+            session, gSig=gsig, batch_frames=batch_frames, out=workdir / "corrected.zarr"
+        )
 
     def project() -> None:
         with FrameStore.open(workdir / "corrected.zarr") as store:
-            session_projections(store, gSig=gsig, fs=fs, batch_frames=batch_frames,
-                                valid_mask=results["motion"].valid_mask)
+            session_projections(
+                store, gSig=gsig, fs=fs, batch_frames=batch_frames, valid_mask=results["motion"].valid_mask
+            )
 
     def read_store() -> None:
         with FrameStore.open(workdir / "corrected.zarr") as store:
@@ -160,27 +172,37 @@ def throughput(frames: int, batch_frames: int, workdir: Path) -> None:
     err -= err.mean(axis=0)
     print(f"\nthroughput, 300x300, {frames} frames, batch_frames={batch_frames}")
     print(f"  {'stage':<40}{'frames/s':>10}{'frames/CPU-s':>14}")
-    for name, (wall, cpu) in [("read floor (simulated TIFF)", floor),
-                              ("motion correction (TIFF -> zarr)", motion_fps),
-                              ("read floor (corrected zarr store)", store_floor),
-                              ("projections (zarr -> mean/BV/Cn/PNR)", proj_fps)]:
+    for name, (wall, cpu) in [
+        ("read floor (simulated TIFF)", floor),
+        ("motion correction (TIFF -> zarr)", motion_fps),
+        ("read floor (corrected zarr store)", store_floor),
+        ("projections (zarr -> mean/BV/Cn/PNR)", proj_fps),
+    ]:
         print(f"  {name:<40}{wall:>10.1f}{cpu:>14.1f}")
     print("  (frames/CPU-s: per second of this process's CPU time, all threads; less sensitive to a busy machine)")
     print(f"  shift error vs ground truth: {np.sqrt(np.mean(err**2)):.3f} px RMS")
 
 
 def memory(sizes: list[int], batch_frames: int) -> None:
-    print(f"\npeak RSS, correction + projections in one pass, 300x300, batch_frames={batch_frames} "
-          "(fresh subprocess each)")
+    print(
+        f"\npeak RSS, correction + projections in one pass, 300x300, batch_frames={batch_frames} "
+        "(fresh subprocess each)"
+    )
     rows = []
     for n in sizes:
-        proc = subprocess.run([sys.executable, __file__, "--rss-child", str(n), "--batch-frames", str(batch_frames)],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--rss-child", str(n), "--batch-frames", str(batch_frames)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  {n:>7} frames: peak RSS {row['peak_rss_mb']:8.1f} MB, {row['seconds']:7.1f} s "
-              f"({n / row['seconds']:.1f} frames/s, {n / row['cpu_seconds']:.1f} frames/CPU-s), "
-              f"shift error {row['rms_px']:.3f} px RMS")
+        print(
+            f"  {n:>7} frames: peak RSS {row['peak_rss_mb']:8.1f} MB, {row['seconds']:7.1f} s "
+            f"({n / row['seconds']:.1f} frames/s, {n / row['cpu_seconds']:.1f} frames/CPU-s), "
+            f"shift error {row['rms_px']:.3f} px RMS"
+        )
     if len(rows) >= 2:
         growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1
         print(f"  growth {rows[0]['frames']} -> {rows[-1]['frames']} frames: {100 * growth:+.1f} % (target < 10 %)")

@@ -82,8 +82,9 @@ def simulate_truth(workdir: Path, *, variant: str, frames: int, seed: int):
     c = np.load(gt / "C.npy")
     m, h, w = p.margin, p.height, p.width
     a_full = np.pad(a, ((0, 0), (m, m), (m, m)))  # neurons lie in the central region: nothing is lost
-    renderer = _SessionRenderer(p, a_full, np.zeros(a_full.shape[1:], np.float32),
-                                np.zeros((2, *a_full.shape[1:]), np.float32))
+    renderer = _SessionRenderer(
+        p, a_full, np.zeros(a_full.shape[1:], np.float32), np.zeros((2, *a_full.shape[1:]), np.float32)
+    )
     gain = 0.2 * p.pnr / (p.pnr + 1)
     enc = meta["video_encoding"]
     with open_video(sim_dir / "ses01.tif") as reader:
@@ -91,20 +92,24 @@ def simulate_truth(workdir: Path, *, variant: str, frames: int, seed: int):
     neurons = gain * np.tensordot(c, a, axes=(0, 0)).astype(np.float32)  # (t, h, w)
     halo = np.empty_like(y)
     for t0 in range(0, frames, 250):
-        clean = renderer.clean(c[:, t0:t0 + 250])[:, m:m + h, m:m + w]
-        halo[t0:t0 + 250] = clean - neurons[t0:t0 + 250]
+        clean = renderer.clean(c[:, t0 : t0 + 250])[:, m : m + h, m : m + w]
+        halo[t0 : t0 + 250] = clean - neurons[t0 : t0 + 250]
     y -= neurons
     del neurons
     # self-check: what is left after removing neurons, halos and the static background is the noise
     noise = y - halo - 0.8 * np.load(gt / "background.npy")
     noise_sd = 0.2 / (p.pnr + 1)
-    print(f"  {variant}: {len(a)} neurons, {frames} frames; residual noise sd {noise.std():.4f} "
-          f"(simulator {noise_sd:.4f}), |mean| {abs(noise.mean()):.4f}", flush=True)
+    print(
+        f"  {variant}: {len(a)} neurons, {frames} frames; residual noise sd {noise.std():.4f} "
+        f"(simulator {noise_sd:.4f}), |mean| {abs(noise.mean()):.4f}",
+        flush=True,
+    )
     del noise
     y -= y.mean(axis=0)  # X = Y - A C - b0
     halo -= halo.mean(axis=0)  # the true fluctuating background
-    print(f"  {variant}: rms of the true fluctuating background {halo.std():.4f}, of the noise {noise_sd:.4f}",
-          flush=True)
+    print(
+        f"  {variant}: rms of the true fluctuating background {halo.std():.4f}, of the noise {noise_sd:.4f}", flush=True
+    )
     return y, halo, meta, noise_sd
 
 
@@ -140,13 +145,17 @@ class SectorModel:
 
     def fit(self, x_small: np.ndarray) -> None:
         for t0 in range(0, len(x_small), self.batch_frames):
-            xb = x_small[t0:t0 + self.batch_frames]
+            xb = x_small[t0 : t0 + self.batch_frames]
             self.bg.accumulate(self.bg.regressors(xb), xb)
         self.bg.refit()
 
     def predict(self, x_small: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.bg.fluctuation(self.bg.regressors(x_small[t0:t0 + self.batch_frames]))
-                               for t0 in range(0, len(x_small), self.batch_frames)])
+        return np.concatenate(
+            [
+                self.bg.fluctuation(self.bg.regressors(x_small[t0 : t0 + self.batch_frames]))
+                for t0 in range(0, len(x_small), self.batch_frames)
+            ]
+        )
 
 
 def ring_offsets(radius: float, ssub: int) -> np.ndarray:
@@ -231,9 +240,16 @@ def measure(make, x_small, x_true, *, repeats: int):
     held = make()
     held.fit(x_small[:split])
     err_held = relative_error(held.predict(x_small[split:]), x_true[split:])
-    return dict(model=model.name, weights=model.n_weights, error=err, error_held_out=err_held,
-                fit_s=statistics.median(fit_times), predict_s=statistics.median(predict_times),
-                fit_peak_mib=peak / 2**20, sums_mib=model.sums_bytes() / 2**20)
+    return dict(
+        model=model.name,
+        weights=model.n_weights,
+        error=err,
+        error_held_out=err_held,
+        fit_s=statistics.median(fit_times),
+        predict_s=statistics.median(predict_times),
+        fit_peak_mib=peak / 2**20,
+        sums_mib=model.sums_bytes() / 2**20,
+    )
 
 
 def run_f1(args) -> list[tuple]:
@@ -245,20 +261,25 @@ def run_f1(args) -> list[tuple]:
 
     rows = []
     for variant in args.variants:
-        store_path, bounds, gt, meta = simulate_aligned(args.workdir, variant=variant, sessions=args.f1_sessions,
-                                                        frames=args.f1_frames, seed=args.seed)
+        store_path, bounds, gt, meta = simulate_aligned(
+            args.workdir, variant=variant, sessions=args.f1_sessions, frames=args.f1_frames, seed=args.seed
+        )
         a_true = np.load(gt / "A.npy")
         c_true = np.load(gt / "C.npy")
         for n in args.sectors:
             t0, cpu0 = time.perf_counter(), time.process_time()
-            params = ExtractionParams(gSig=meta["gSig"], min_corr=0.2, min_pnr=4.0, memory_budget="1GB",
-                                      n_sectors=n, bg_ssub=args.bg_ssub)
+            params = ExtractionParams(
+                gSig=meta["gSig"], min_corr=0.2, min_pnr=4.0, memory_budget="1GB", n_sectors=n, bg_ssub=args.bg_ssub
+            )
             result = extract(str(store_path), params, session_bounds=bounds)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             s = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
             rows.append((variant, n, len(a_true), result.n_neurons, s.precision, s.recall, s.f1, wall, cpu))
-            print(f"  {variant} sectors {n}: found {result.n_neurons}, P {s.precision:.3f} R {s.recall:.3f} "
-                  f"F1 {s.f1:.3f}, {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+            print(
+                f"  {variant} sectors {n}: found {result.n_neurons}, P {s.precision:.3f} R {s.recall:.3f} "
+                f"F1 {s.f1:.3f}, {wall:.1f} s wall, {cpu:.1f} s CPU",
+                flush=True,
+            )
     return rows
 
 
@@ -272,8 +293,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-frames", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-full-ring", action="store_true")
-    parser.add_argument("--inputs", nargs="+", choices=["noisy", "clean"], default=["noisy", "clean"],
-                        help="fit on X = Y - A C - b0 (noisy) and/or on the true background alone (clean)")
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        choices=["noisy", "clean"],
+        default=["noisy", "clean"],
+        help="fit on X = Y - A C - b0 (noisy) and/or on the true background alone (clean)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--f1", action="store_true", help="also F1 of extract() with each sector count")
@@ -288,47 +314,74 @@ def main(argv=None) -> None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         rows = []
         for variant in [] if args.f1_only else args.variants:
-            x, x_true, meta, noise_sd = simulate_truth(args.workdir, variant=variant, frames=args.frames,
-                                                       seed=args.seed)
+            x, x_true, meta, noise_sd = simulate_truth(
+                args.workdir, variant=variant, frames=args.frames, seed=args.seed
+            )
             rms_true = float(np.sqrt((x_true.astype(np.float64) ** 2).mean()))
             dims = x.shape[1:]
             radius = args.ring_factor * 4 * meta["gSig"]
             inputs = {"noisy": downsample(x, args.bg_ssub), "clean": downsample(x_true, args.bg_ssub)}
             del x
             floor = relative_error(upsample(inputs["clean"], dims, args.bg_ssub), x_true)
-            rows.append(dict(variant=variant, input="clean", model="floor (bg_ssub)", weights=0, error=floor,
-                             error_held_out=floor, error_vs_noise=floor * rms_true / noise_sd, fit_s=0.0,
-                             predict_s=0.0, fit_peak_mib=0.0, sums_mib=0.0))
-            makers = [lambda n=n: SectorModel(dims, radius=radius, ssub=args.bg_ssub, n_sectors=n,
-                                              batch_frames=args.batch_frames) for n in args.sectors]
+            rows.append(
+                dict(
+                    variant=variant,
+                    input="clean",
+                    model="floor (bg_ssub)",
+                    weights=0,
+                    error=floor,
+                    error_held_out=floor,
+                    error_vs_noise=floor * rms_true / noise_sd,
+                    fit_s=0.0,
+                    predict_s=0.0,
+                    fit_peak_mib=0.0,
+                    sums_mib=0.0,
+                )
+            )
+            makers = [
+                lambda n=n, dims=dims, radius=radius: SectorModel(
+                    dims, radius=radius, ssub=args.bg_ssub, n_sectors=n, batch_frames=args.batch_frames
+                )
+                for n in args.sectors
+            ]
             if not args.no_full_ring:
-                makers.append(lambda: FullRingModel(dims, radius=radius, ssub=args.bg_ssub))
+                makers.append(lambda dims=dims, radius=radius: FullRingModel(dims, radius=radius, ssub=args.bg_ssub))
             for name in args.inputs:
                 for make in makers:
-                    row = dict(variant=variant, input=name,
-                               **measure(make, inputs[name], x_true, repeats=args.repeats))
+                    row = dict(variant=variant, input=name, **measure(make, inputs[name], x_true, repeats=args.repeats))
                     row["error_vs_noise"] = row["error"] * rms_true / noise_sd
                     rows.append(row)
-                    print(f"  {variant} {name} {row['model']}: error {row['error']:.3f} "
-                          f"(held out {row['error_held_out']:.3f}), fit {row['fit_s']:.2f} s CPU", flush=True)
+                    print(
+                        f"  {variant} {name} {row['model']}: error {row['error']:.3f} "
+                        f"(held out {row['error_held_out']:.3f}), fit {row['fit_s']:.2f} s CPU",
+                        flush=True,
+                    )
             del inputs, x_true
         if args.f1_only:
             report_f1(run_f1(args))
             return
-        print(f"\nring radius {args.ring_factor} x gSiz, bg_ssub {args.bg_ssub}, {args.frames} frames; error = "
-              "||B_pred - B_true|| / ||B_true|| of the fluctuating background, full resolution")
+        print(
+            f"\nring radius {args.ring_factor} x gSiz, bg_ssub {args.bg_ssub}, {args.frames} frames; error = "
+            "||B_pred - B_true|| / ||B_true|| of the fluctuating background, full resolution"
+        )
         print("error_vs_noise = rms of B_pred - B_true in units of the pixel noise sd")
-        print(f"{'variant':8s} {'input':6s} {'model':16s} {'weights':>7s} {'error':>6s} {'held-out':>8s} "
-              f"{'error_vs_noise':>14s} {'fit_cpu_s':>9s} "
-              f"{'predict_cpu_s':>13s} {'fit_peak_MiB':>12s} {'sums_MiB':>9s}")
+        print(
+            f"{'variant':8s} {'input':6s} {'model':16s} {'weights':>7s} {'error':>6s} {'held-out':>8s} "
+            f"{'error_vs_noise':>14s} {'fit_cpu_s':>9s} "
+            f"{'predict_cpu_s':>13s} {'fit_peak_MiB':>12s} {'sums_MiB':>9s}"
+        )
         for r in rows:
-            print(f"{r['variant']:8s} {r['input']:6s} {r['model']:16s} {r['weights']:7d} {r['error']:6.3f} "
-                  f"{r['error_held_out']:8.3f} {r['error_vs_noise']:14.4f} "
-                  f"{r['fit_s']:9.2f} {r['predict_s']:13.2f} {r['fit_peak_mib']:12.1f} {r['sums_mib']:9.1f}")
+            print(
+                f"{r['variant']:8s} {r['input']:6s} {r['model']:16s} {r['weights']:7d} {r['error']:6.3f} "
+                f"{r['error_held_out']:8.3f} {r['error_vs_noise']:14.4f} "
+                f"{r['fit_s']:9.2f} {r['predict_s']:13.2f} {r['fit_peak_mib']:12.1f} {r['sums_mib']:9.1f}"
+            )
         for gsig in (3.0, 5.0):
             full = FullRingModel((300, 300), radius=args.ring_factor * 4 * gsig, ssub=args.bg_ssub)
-            print(f"full ring sums for 300x300 at bg_ssub {args.bg_ssub}, gSig {gsig:g}: {full.n_weights} ring pixels, "
-                  f"{full.sums_bytes() / 2**20:.0f} MiB float64 (n^2 + n per pixel; half with symmetric storage)")
+            print(
+                f"full ring sums for 300x300 at bg_ssub {args.bg_ssub}, gSig {gsig:g}: {full.n_weights} ring pixels, "
+                f"{full.sums_bytes() / 2**20:.0f} MiB float64 (n^2 + n per pixel; half with symmetric storage)"
+            )
         if args.f1:
             report_f1(run_f1(args))
 

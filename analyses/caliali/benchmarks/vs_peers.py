@@ -82,6 +82,7 @@ PUBLISHED = [  # (name, wall s, peak GB) on 300x300x2000, 2 cores (the product's
 
 # -- measuring a process tree -------------------------------------------------------------------
 
+
 def measure(cmd: list[str], *, log: Path, env: dict[str, str] | None = None, poll: float = 0.1) -> dict[str, Any]:
     """Run ``cmd`` to completion; wall s, CPU s (user+sys of the tree), peak tree RSS (MB), exit code.
 
@@ -151,13 +152,21 @@ def tail(path: str | Path, n: int = 15) -> str:
 
 # -- data -----------------------------------------------------------------------------------------
 
+
 def simulate(workdir: Path, frames: int, args: argparse.Namespace) -> Path:
     """The simulated movie with ``frames`` frames (reused when already written with the same parameters)."""
     name = f"sim_{HEIGHT}x{WIDTH}_{frames}f_{args.neurons}n_pnr{args.pnr:g}_s{args.seed}"
     out = workdir / name
     meta = out / "ground_truth" / "meta.json"
-    want = {"frames": frames, "neurons": args.neurons, "pnr": args.pnr, "seed": args.seed,
-            "height": HEIGHT, "width": WIDTH, "sessions": 1}
+    want = {
+        "frames": frames,
+        "neurons": args.neurons,
+        "pnr": args.pnr,
+        "seed": args.seed,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "sessions": 1,
+    }
     if meta.exists():
         have = json.loads(meta.read_text())
         if all(have.get(k) == v for k, v in want.items()):
@@ -166,9 +175,31 @@ def simulate(workdir: Path, frames: int, args: argparse.Namespace) -> Path:
         shutil.rmtree(out)
     print(f"  simulating {frames} frames, {args.neurons} neurons, PNR {args.pnr:g} -> {out}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "caliali", "simulate", str(out), "--sessions", "1", "--frames",
-                    str(frames), "--neurons", str(args.neurons), "--pnr", str(args.pnr), "--seed", str(args.seed),
-                    "--height", str(HEIGHT), "--width", str(WIDTH)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "caliali",
+            "simulate",
+            str(out),
+            "--sessions",
+            "1",
+            "--frames",
+            str(frames),
+            "--neurons",
+            str(args.neurons),
+            "--pnr",
+            str(args.pnr),
+            "--seed",
+            str(args.seed),
+            "--height",
+            str(HEIGHT),
+            "--width",
+            str(WIDTH),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     print(f"  simulated in {time.perf_counter() - t0:.0f} s")
     return out
 
@@ -181,6 +212,7 @@ def score_result(result: Path, sim: Path) -> dict[str, Any]:
 
 
 # -- caliali --------------------------------------------------------------------------------------
+
 
 def caliali_config(args: argparse.Namespace, sim: Path) -> dict[str, Any]:
     """The simulation's neuron radius and the demo's seed thresholds; everything else the defaults."""
@@ -197,8 +229,11 @@ def run_caliali(sim: Path, workdir: Path, args: argparse.Namespace) -> dict[str,
     config.write_text(json.dumps(caliali_config(args, sim)))
     print(f"  caliali run on {frames} frames ...", flush=True)
     env = dict(os.environ)
-    m = measure([sys.executable, "-m", "caliali", "run", "--input", str(sim), "--output", str(out),
-                 "--config", str(config)], log=workdir / f"caliali_{frames}f.log", env=env)
+    m = measure(
+        [sys.executable, "-m", "caliali", "run", "--input", str(sim), "--output", str(out), "--config", str(config)],
+        log=workdir / f"caliali_{frames}f.log",
+        env=env,
+    )
     m.update(name="caliali", frames=frames)
     if m["returncode"] != 0:
         m["error"] = f"caliali run exited {m['returncode']}:\n{tail(m['log'])}"
@@ -219,8 +254,25 @@ def profile_caliali(sim: Path, workdir: Path, args: argparse.Namespace, top: int
     config.write_text(json.dumps(caliali_config(args, sim)))
     prof = workdir / "caliali.prof"
     print(f"\nProfiling caliali run (cProfile) on {sim.name} ...", flush=True)
-    m = measure([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "caliali", "run", "--input", str(sim),
-                 "--output", str(out), "--config", str(config)], log=workdir / "caliali_profile.log")
+    m = measure(
+        [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(prof),
+            "-m",
+            "caliali",
+            "run",
+            "--input",
+            str(sim),
+            "--output",
+            str(out),
+            "--config",
+            str(config),
+        ],
+        log=workdir / "caliali_profile.log",
+    )
     print(f"  (profiled run: wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, exit {m['returncode']})")
     if not prof.exists():
         print(tail(m["log"]))
@@ -232,6 +284,7 @@ def profile_caliali(sim: Path, workdir: Path, args: argparse.Namespace, top: int
 
 # -- minian ---------------------------------------------------------------------------------------
 
+
 def find_uv() -> str | None:
     for candidate in (shutil.which("uv"), REPO / ".tools" / "bin" / "uv"):
         if candidate and Path(candidate).exists():
@@ -242,18 +295,24 @@ def find_uv() -> str | None:
 def ensure_minian(venv: Path) -> tuple[Path | None, str]:
     """The minian venv's python (created when missing), or None and the reason it is unavailable."""
     python = venv / "bin" / "python"
-    check = [str(python), "-c", f"import minian, psutil, xarray, importlib.metadata as m; "
-                                f"assert m.version('minian') == '{MINIAN_VERSION}', m.version('minian'); "
-                                f"assert tuple(map(int, xarray.__version__.split('.')[:2])) < (2025, 7); "
-                                f"assert int(m.version('pandas').split('.')[0]) < 3"]
+    check = [
+        str(python),
+        "-c",
+        f"import minian, psutil, xarray, importlib.metadata as m; "
+        f"assert m.version('minian') == '{MINIAN_VERSION}', m.version('minian'); "
+        f"assert tuple(map(int, xarray.__version__.split('.')[:2])) < (2025, 7); "
+        f"assert int(m.version('pandas').split('.')[0]) < 3",
+    ]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python, ""
     uv = find_uv()
     if uv is None:
         return None, "no `uv` found (PATH or .tools/bin/uv) to create the minian venv"
     print(f"  creating {venv} with minian {MINIAN_VERSION} (uv venv + uv pip install) ...", flush=True)
-    steps = [[uv, "venv", str(venv), "--python", "3.11"],
-             [uv, "pip", "install", "--python", str(python), f"minian=={MINIAN_VERSION}", *MINIAN_PINS, "psutil"]]
+    steps = [
+        [uv, "venv", str(venv), "--python", "3.11"],
+        [uv, "pip", "install", "--python", str(python), f"minian=={MINIAN_VERSION}", *MINIAN_PINS, "psutil"],
+    ]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True)
         if done.returncode != 0:
@@ -295,14 +354,34 @@ def run_minian(sim: Path, workdir: Path, python: Path, args: argparse.Namespace)
     out = workdir / f"minian_{frames}f"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MINIAN_INTERMEDIATE=str(out / "intermediate"), PYTHONWARNINGS="ignore")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MINIAN_INTERMEDIATE=str(out / "intermediate"),
+        PYTHONWARNINGS="ignore",
+    )
     env.pop("PYTHONPATH", None)
-    print(f"  minian {MINIAN_VERSION} on {frames} frames ({args.minian_workers} workers x {args.minian_mem}) ...",
-          flush=True)
-    m = measure([str(python), str(Path(__file__).resolve()), "--minian-worker", str(movie_dir), str(out),
-                 "--minian-workers", str(args.minian_workers), "--minian-mem", args.minian_mem],
-                log=workdir / f"minian_{frames}f.log", env=env)
+    print(
+        f"  minian {MINIAN_VERSION} on {frames} frames ({args.minian_workers} workers x {args.minian_mem}) ...",
+        flush=True,
+    )
+    m = measure(
+        [
+            str(python),
+            str(Path(__file__).resolve()),
+            "--minian-worker",
+            str(movie_dir),
+            str(out),
+            "--minian-workers",
+            str(args.minian_workers),
+            "--minian-mem",
+            args.minian_mem,
+        ],
+        log=workdir / f"minian_{frames}f.log",
+        env=env,
+    )
     m.update(name=f"minian {MINIAN_VERSION}", frames=frames)
     if m["returncode"] != 0:
         m["error"] = f"minian exited {m['returncode']}:\n{tail(m['log'])}"
@@ -321,8 +400,7 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
     import numpy as np
     import xarray as xr
     from dask.distributed import Client, LocalCluster
-    from minian.cnmf import compute_trace, get_noise_fft, unit_merge, update_background, update_spatial, \
-        update_temporal
+    from minian.cnmf import compute_trace, get_noise_fft, unit_merge, update_background, update_spatial, update_temporal
     from minian.initialization import initA, initC, ks_refine, pnr_refine, seeds_init, seeds_merge
     from minian.io import load_videos
     from minian.motion_correction import apply_transform, estimate_motion
@@ -340,18 +418,29 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
         clock[0] = now
 
     dask.config.set({"distributed.worker.memory.terminate": False})
-    cluster = LocalCluster(n_workers=n_workers, memory_limit=memory_limit, resources={"MEM": 1},
-                           threads_per_worker=1, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        memory_limit=memory_limit,
+        resources={"MEM": 1},
+        threads_per_worker=1,
+        dashboard_address=None,
+    )
     # The notebook also adds minian's TaskAnnotation scheduler plugin; with the current dask it raises on
     # every graph (it expects string task keys) and annotates nothing, so it is left out: same behaviour.
     client = Client(cluster)
     rechunk = "1GB"
     try:
-        varr = load_videos(movie_dir, pattern=r"msCam[0-9]+\.tif$", dtype=np.uint8,
-                           downsample=dict(frame=1, height=1, width=1), downsample_strategy="subset")
+        varr = load_videos(
+            movie_dir,
+            pattern=r"msCam[0-9]+\.tif$",
+            dtype=np.uint8,
+            downsample=dict(frame=1, height=1, width=1),
+            downsample_strategy="subset",
+        )
         chk, _ = get_optimal_chk(varr, dtype=float)
-        varr = save_minian(varr.chunk({"frame": chk["frame"], "height": -1, "width": -1}).rename("varr"),
-                           intpath, overwrite=True)
+        varr = save_minian(
+            varr.chunk({"frame": chk["frame"], "height": -1, "width": -1}).rename("varr"), intpath, overwrite=True
+        )
         step("load")
         varr_ref = varr - varr.min("frame").compute()
         varr_ref = denoise(varr_ref, method="median", ksize=7)
@@ -362,8 +451,13 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
         motion = save_minian(motion.rename("motion").chunk({"frame": chk["frame"]}), intpath, overwrite=True)
         y = apply_transform(varr_ref, motion, fill=0)
         y_fm = save_minian(y.astype(np.float32).rename("Y_fm_chk"), intpath, overwrite=True)
-        y_hw = save_minian(y_fm.rename("Y_hw_chk"), intpath, overwrite=True, mem_limit=rechunk,
-                           chunks={"frame": -1, "height": chk["height"], "width": chk["width"]})
+        y_hw = save_minian(
+            y_fm.rename("Y_hw_chk"),
+            intpath,
+            overwrite=True,
+            mem_limit=rechunk,
+            chunks={"frame": -1, "height": chk["height"], "width": chk["width"]},
+        )
         step("motion correction")
         max_proj = save_minian(y_fm.max("frame").rename("max_proj"), intpath, overwrite=True).compute()
         seeds = seeds_init(y_fm, wnd_size=1000, method="rolling", stp_size=500, max_wnd=15, diff_thres=3)
@@ -374,40 +468,56 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
         a = initA(y_hw, seeds[seeds["mask_mrg"]], thres_corr=0.8, wnd=10, noise_freq=0.06, chunk=600)
         a = save_minian(a.rename("A_init"), intpath, overwrite=True)
         c = initC(y_fm, a)
-        c = save_minian(c.rename("C_init"), intpath, overwrite=True, mem_limit=rechunk,
-                        chunks={"unit_id": 1, "frame": -1})
+        c = save_minian(
+            c.rename("C_init"), intpath, overwrite=True, mem_limit=rechunk, chunks={"unit_id": 1, "frame": -1}
+        )
         a, c = unit_merge(a, c, thres_corr=0.8, chunk=600)
         a = save_minian(a.rename("A"), intpath, overwrite=True)
         c = save_minian(c.rename("C"), intpath, overwrite=True)
-        c_chk = save_minian(c.rename("C_chk"), intpath, overwrite=True, mem_limit=rechunk,
-                            chunks={"unit_id": -1, "frame": chk["frame"]})
+        c_chk = save_minian(
+            c.rename("C_chk"), intpath, overwrite=True, mem_limit=rechunk, chunks={"unit_id": -1, "frame": chk["frame"]}
+        )
         b, f = update_background(y_fm, a, c_chk)
         f = save_minian(f.rename("f"), intpath, overwrite=True)
         b = save_minian(b.rename("b"), intpath, overwrite=True)
-        sn = save_minian(get_noise_fft(y_hw, noise_range=(0.06, 0.5)).rename("sn_spatial"), intpath,
-                         overwrite=True)
+        sn = save_minian(get_noise_fft(y_hw, noise_range=(0.06, 0.5)).rename("sn_spatial"), intpath, overwrite=True)
         step(f"initialisation ({a.sizes['unit_id']} units)")
         s = None
         for round_, jac in ((1, 0.2), (2, 0.4)):
             a_new, mask, norm = update_spatial(y_hw, a, c, sn, dl_wnd=10, sparse_penal=0.01, size_thres=(25, None))
             c_new = save_minian((c.sel(unit_id=mask) * norm).rename("C_new"), intpath, overwrite=True)
-            c_chk_new = save_minian((c_chk.sel(unit_id=mask) * norm).rename("C_chk_new"), intpath,
-                                    overwrite=True)
+            c_chk_new = save_minian((c_chk.sel(unit_id=mask) * norm).rename("C_chk_new"), intpath, overwrite=True)
             b_new, f_new = update_background(y_fm, a_new, c_chk_new)
-            a = save_minian(a_new.rename("A"), intpath, overwrite=True, mem_limit=rechunk,
-                            chunks={"unit_id": 1, "height": -1, "width": -1})
+            a = save_minian(
+                a_new.rename("A"),
+                intpath,
+                overwrite=True,
+                mem_limit=rechunk,
+                chunks={"unit_id": 1, "height": -1, "width": -1},
+            )
             b = save_minian(b_new.rename("b"), intpath, overwrite=True)
             f = save_minian(f_new.chunk({"frame": chk["frame"]}).rename("f"), intpath, overwrite=True)
             c = save_minian(c_new.rename("C"), intpath, overwrite=True)
             c_chk = save_minian(c_chk_new.rename("C_chk"), intpath, overwrite=True)
             step(f"spatial update {round_}")
-            yra = save_minian(compute_trace(y_fm, a, b, c_chk, f).rename("YrA"), intpath, overwrite=True,
-                              mem_limit=rechunk, chunks={"unit_id": 1, "frame": -1})
+            yra = save_minian(
+                compute_trace(y_fm, a, b, c_chk, f).rename("YrA"),
+                intpath,
+                overwrite=True,
+                mem_limit=rechunk,
+                chunks={"unit_id": 1, "frame": -1},
+            )
             c_new, s_new, b0_new, c0_new, _, mask = update_temporal(
-                a, c, YrA=yra, noise_freq=0.06, sparse_penal=1, p=1, add_lag=20, jac_thres=jac)
+                a, c, YrA=yra, noise_freq=0.06, sparse_penal=1, p=1, add_lag=20, jac_thres=jac
+            )
             c = save_minian(c_new.rename("C").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
-            c_chk = save_minian(c.rename("C_chk"), intpath, overwrite=True, mem_limit=rechunk,
-                                chunks={"unit_id": -1, "frame": chk["frame"]})
+            c_chk = save_minian(
+                c.rename("C_chk"),
+                intpath,
+                overwrite=True,
+                mem_limit=rechunk,
+                chunks={"unit_id": -1, "frame": chk["frame"]},
+            )
             s = save_minian(s_new.rename("S").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
             b0 = save_minian(b0_new.rename("b0").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
             c0 = save_minian(c0_new.rename("c0").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
@@ -417,8 +527,13 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
                 a_mrg, c_mrg, [sig] = unit_merge(a, c, [c + b0 + c0], thres_corr=0.8, chunk=600)
                 a = save_minian(a_mrg.rename("A_mrg"), intpath, overwrite=True)
                 c = save_minian(c_mrg.rename("C_mrg"), intpath, overwrite=True)
-                c_chk = save_minian(c.rename("C_mrg_chk"), intpath, overwrite=True, mem_limit=rechunk,
-                                    chunks={"unit_id": -1, "frame": chk["frame"]})
+                c_chk = save_minian(
+                    c.rename("C_mrg_chk"),
+                    intpath,
+                    overwrite=True,
+                    mem_limit=rechunk,
+                    chunks={"unit_id": -1, "frame": chk["frame"]},
+                )
                 step(f"merge ({a.sizes['unit_id']} units)")
         a_np = np.asarray(a.transpose("unit_id", "height", "width").compute().fillna(0).values, dtype=np.float32)
         c_np = np.asarray(c.transpose("unit_id", "frame").compute().values, dtype=np.float32)
@@ -439,9 +554,12 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
 
 # -- report ---------------------------------------------------------------------------------------
 
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'run':34s} {'frames':>6s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS':>9s} {'F1':>5s} {'P':>5s} "
-          f"{'R':>5s} {'found/true':>10s}")
+    print(
+        f"\n{'run':34s} {'frames':>6s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS':>9s} {'F1':>5s} {'P':>5s} "
+        f"{'R':>5s} {'found/true':>10s}"
+    )
     for r in rows:
         name = f"{r['name']}"
         if "error" in r or r.get("skipped"):
@@ -452,15 +570,23 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if r.get("reference"):
             print(f"{name:34s} {r['frames']:>6d} {r['wall_s']:>8.0f} {'-':>8s} {rss:>9s} {'-':>5s}")
             continue
-        print(f"{name:34s} {r['frames']:>6d} {r['wall_s']:>8.0f} {r['cpu_s']:>8.0f} {rss:>9s} {r['f1']:>5.2f} "
-              f"{r['precision']:>5.2f} {r['recall']:>5.2f} {r['n_found']:>4d}/{r['n_true']:<5d}")
+        print(
+            f"{name:34s} {r['frames']:>6d} {r['wall_s']:>8.0f} {r['cpu_s']:>8.0f} {rss:>9s} {r['f1']:>5.2f} "
+            f"{r['precision']:>5.2f} {r['recall']:>5.2f} {r['n_found']:>4d}/{r['n_true']:<5d}"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, nargs="*", default=[2000, 8000],
-                        help="Movie lengths to run caliali on (memory vs length); none to run only minian.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--frames",
+        type=int,
+        nargs="*",
+        default=[2000, 8000],
+        help="Movie lengths to run caliali on (memory vs length); none to run only minian.",
+    )
     parser.add_argument("--neurons", type=int, default=120)
     parser.add_argument("--pnr", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -479,16 +605,21 @@ def main() -> None:
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"caliali vs peers: {HEIGHT}x{WIDTH}, frames {args.frames}, {args.neurons} neurons, PNR {args.pnr:g}, "
-          f"memory_budget {args.memory_budget}; {os.cpu_count()} cores, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: wall times are noisy)")
+    print(
+        f"caliali vs peers: {HEIGHT}x{WIDTH}, frames {args.frames}, {args.neurons} neurons, PNR {args.pnr:g}, "
+        f"memory_budget {args.memory_budget}; {os.cpu_count()} cores, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: wall times are noisy)"
+    )
     sims = {frames: simulate(args.workdir, frames, args) for frames in sorted(set(args.frames))}
     rows: list[dict[str, Any]] = []
-    for frames, sim in sims.items():
+    for sim in sims.values():
         row = run_caliali(sim, args.workdir, args)
         rows.append(row)
-        print(f"    -> wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB"
-              + (f", F1 {row['f1']:.2f}" if "f1" in row else f"\n{row.get('error', '')}"), flush=True)
+        print(
+            f"    -> wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB"
+            + (f", F1 {row['f1']:.2f}" if "f1" in row else f"\n{row.get('error', '')}"),
+            flush=True,
+        )
         for stage, info in row.get("stages", {}).items():
             print(f"       {stage:12s} {info['seconds']:>8.1f} s   peak RSS so far {info['peak_rss_mb']:>7.0f} MB")
 
@@ -506,8 +637,10 @@ def main() -> None:
             if "error" in row:
                 print(f"  minian failed: {row['error']}")
             else:
-                print(f"    -> wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s, peak RSS "
-                      f"{row['peak_rss_mb']:.0f} MB, F1 {row['f1']:.2f}")
+                print(
+                    f"    -> wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s, peak RSS "
+                    f"{row['peak_rss_mb']:.0f} MB, F1 {row['f1']:.2f}"
+                )
     for name, wall, gb in PUBLISHED:
         rows.append({"name": name, "frames": 2000, "wall_s": wall, "peak_rss_mb": gb * 1024, "reference": True})
 
@@ -515,10 +648,12 @@ def main() -> None:
     ok = [r for r in rows if r["name"] == "caliali" and "error" not in r]
     if len(ok) >= 2:
         short, long = ok[0], ok[-1]
-        print(f"\ncaliali peak RSS {long['frames']} / {short['frames']} frames: "
-              f"{long['peak_rss_mb']:.0f} / {short['peak_rss_mb']:.0f} MB = "
-              f"{long['peak_rss_mb'] / short['peak_rss_mb']:.2f}x for {long['frames'] / short['frames']:.0f}x "
-              f"the frames (target ~1.0)")
+        print(
+            f"\ncaliali peak RSS {long['frames']} / {short['frames']} frames: "
+            f"{long['peak_rss_mb']:.0f} / {short['peak_rss_mb']:.0f} MB = "
+            f"{long['peak_rss_mb'] / short['peak_rss_mb']:.2f}x for {long['frames'] / short['frames']:.0f}x "
+            f"the frames (target ~1.0)"
+        )
     tag = "_".join(str(f) for f in sorted(set(args.frames))) or "none"
     figures = args.workdir / f"vs_peers_{tag}{'' if args.no_minian else '_minian'}.json"
     figures.write_text(json.dumps(rows, indent=2, default=str))

@@ -23,17 +23,30 @@ from caliali.simulate import Simulation, simulate
 REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared/data beside the repository
 
 
-def write_nwb(path: Path, frames: np.ndarray, *, kind: str = "one", name: str = "raw", extra: str | None = None) -> Path:
+def write_nwb(
+    path: Path, frames: np.ndarray, *, kind: str = "one", name: str = "raw", extra: str | None = None
+) -> Path:
     """An NWB file with a OnePhotonSeries (``kind='one'``) or TwoPhotonSeries holding ``frames``."""
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ophys import OnePhotonSeries, OpticalChannel, TwoPhotonSeries
 
-    nwb = NWBFile(session_description="test", identifier=path.stem,
-                  session_start_time=datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc))
+    nwb = NWBFile(
+        session_description="test",
+        identifier=path.stem,
+        session_start_time=datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+    )
     device = nwb.create_device(name="Miniscope")
     channel = OpticalChannel(name="green", description="GCaMP", emission_lambda=520.0)
-    plane = nwb.create_imaging_plane(name="plane", optical_channel=channel, description="CA1", device=device,
-                                     excitation_lambda=470.0, indicator="GCaMP6f", location="CA1", imaging_rate=10.0)
+    plane = nwb.create_imaging_plane(
+        name="plane",
+        optical_channel=channel,
+        description="CA1",
+        device=device,
+        excitation_lambda=470.0,
+        indicator="GCaMP6f",
+        location="CA1",
+        imaging_rate=10.0,
+    )
     cls = OnePhotonSeries if kind == "one" else TwoPhotonSeries
     nwb.add_acquisition(cls(name=name, data=frames, imaging_plane=plane, rate=10.0, unit="n.a."))
     if extra is not None:

@@ -13,8 +13,15 @@ from caliali.io import open_video
 
 @pytest.mark.parametrize(
     "value,expected",
-    [(1024, 1024), ("2GB", 2_000_000_000), ("512MiB", 512 * 2**20), ("1.5 GiB", int(1.5 * 2**30)),
-     ("300k", 300_000), (" 7 ", 7), (2.5e9, 2_500_000_000)],
+    [
+        (1024, 1024),
+        ("2GB", 2_000_000_000),
+        ("512MiB", 512 * 2**20),
+        ("1.5 GiB", int(1.5 * 2**30)),
+        ("300k", 300_000),
+        (" 7 ", 7),
+        (2.5e9, 2_500_000_000),
+    ],
 )
 def test_parse_memory_budget(value, expected):
     assert parse_memory_budget(value) == expected
@@ -139,7 +146,9 @@ def test_run_chunks_output_of_other_length_resumes(experiment, tmp_path):
         run_chunks(experiment, flaky, batch_frames=10, out=tmp_path / "h.zarr")
     store = run_chunks(experiment, flaky, batch_frames=10, out=tmp_path / "h.zarr")
     assert store.source_frames == 46
-    np.testing.assert_array_equal(store.read(), run_chunks(experiment, halve, batch_frames=10, out=tmp_path / "r.zarr").read())
+    np.testing.assert_array_equal(
+        store.read(), run_chunks(experiment, halve, batch_frames=10, out=tmp_path / "r.zarr").read()
+    )
 
 
 def test_run_chunks_rejects_missing_results(experiment, tmp_path):

@@ -31,7 +31,9 @@ def test_natural_key():
 def test_manifest_list_and_mapping_forms(tmp_path, movie, write_video):
     for name in ("a.tif", "b.tif", "c.tif"):
         write_video(tmp_path / name, movie[:4])
-    (tmp_path / "list.yaml").write_text("sessions:\n  - id: s1\n    files: [a.tif, b.tif]\n  - id: s2\n    files: c.tif\nfs: 20\n")
+    (tmp_path / "list.yaml").write_text(
+        "sessions:\n  - id: s1\n    files: [a.tif, b.tif]\n  - id: s2\n    files: c.tif\nfs: 20\n"
+    )
     (tmp_path / "map.yaml").write_text("sessions:\n  s1: [a.tif, b.tif]\n  s2: [c.tif]\n")
     for name in ("list.yaml", "map.yaml"):
         experiment = load_experiment(tmp_path / name)
@@ -96,8 +98,13 @@ def test_cli_info_lists_sessions_and_files(tmp_path, movie, write_video):
 
     write_video(tmp_path / "day1_b1.tif", movie[:5])
     write_video(tmp_path / "day1_b2.tif", movie[:3])
-    run = subprocess.run([sys.executable, "-m", "caliali", "info", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "COLUMNS": "200"})
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "info", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert run.returncode == 0, run.stderr
     rows = [line for line in run.stdout.splitlines() if "day1_b" in line]
     assert len(rows) == 2 and "5" in rows[0] and "24x32" in rows[0] and "uint16" in rows[1]

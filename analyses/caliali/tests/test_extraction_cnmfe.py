@@ -19,7 +19,7 @@ def _movie(centres, *, sessions=2, frames=400, dims=(40, 48), active=None, noise
     rng = np.random.default_rng(seed)
     h, w = dims
     yy, xx = np.mgrid[:h, :w]
-    a = np.array([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.6 ** 2)) for cy, cx in centres], np.float32)
+    a = np.array([np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.6**2)) for cy, cx in centres], np.float32)
     a[a < 0.05] = 0
     t_total = sessions * frames
     s = (rng.random((len(centres), t_total)) < rate).astype(np.float32)
@@ -27,15 +27,23 @@ def _movie(centres, *, sessions=2, frames=400, dims=(40, 48), active=None, noise
         for k, ses in enumerate(active):
             for j in range(sessions):
                 if j not in ses:
-                    s[k, j * frames:(j + 1) * frames] = 0
+                    s[k, j * frames : (j + 1) * frames] = 0
     t = np.arange(40)
     kernel = np.exp(-t / 5.8) - np.exp(-t / 1.25)
-    c = np.concatenate([[np.convolve(row, kernel / kernel.max())[:frames] for row in s[:, j * frames:(j + 1) * frames]]
-                        for j in range(sessions)], axis=1).astype(np.float32)  # no carry-over between days
-    background = 1.0 + 0.3 * np.exp(-((yy - h / 3) ** 2 + (xx - w / 2) ** 2) / (2 * 15.0 ** 2))
+    c = np.concatenate(
+        [
+            [np.convolve(row, kernel / kernel.max())[:frames] for row in s[:, j * frames : (j + 1) * frames]]
+            for j in range(sessions)
+        ],
+        axis=1,
+    ).astype(np.float32)  # no carry-over between days
+    background = 1.0 + 0.3 * np.exp(-((yy - h / 3) ** 2 + (xx - w / 2) ** 2) / (2 * 15.0**2))
     drift = 1 + 0.02 * np.sin(np.arange(t_total) / 150.0)
-    y = (background[None] * drift[:, None, None] + np.tensordot(c, a, axes=(0, 0)) * 0.5
-         + noise * rng.standard_normal((t_total, h, w))).astype(np.float32)
+    y = (
+        background[None] * drift[:, None, None]
+        + np.tensordot(c, a, axes=(0, 0)) * 0.5
+        + noise * rng.standard_normal((t_total, h, w))
+    ).astype(np.float32)
     return y, a, c, np.arange(sessions + 1) * frames
 
 
@@ -61,7 +69,7 @@ def test_a_single_neuron_is_recovered():
     result = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
     assert np.array_equal(y, y_before), "the input movie was modified"
     assert result.n_neurons == 1
-    (fp, tr, _), = _match(result, a, c)
+    ((fp, tr, _),) = _match(result, a, c)
     assert fp > 0.9 and tr > 0.9
     assert result.C.shape == result.S.shape == result.C_raw.shape == (1, 800)
     assert [part.shape[1] for part in result.by_session("C")] == [400, 400]
@@ -95,8 +103,9 @@ def test_duplicates_are_merged():
     blob = np.exp(-((yy - 15) ** 2 + (xx - 15) ** 2) / 8.0).astype(np.float32)
     left, right = np.where(xx < 15, blob, 0), np.where(xx >= 15, blob, 0)
     box = (5, 26, 5, 26)
-    fp = Footprints(dims, [box, box, (0, 10, 0, 10)],
-                    [left[5:26, 5:26], right[5:26, 5:26], blob[10:20, 10:20] * 0 + 0.5])
+    fp = Footprints(
+        dims, [box, box, (0, 10, 0, 10)], [left[5:26, 5:26], right[5:26, 5:26], blob[10:20, 10:20] * 0 + 0.5]
+    )
     rng = np.random.default_rng(0)
     trace = np.maximum(rng.normal(size=500), 0).astype(np.float32)
     other = np.maximum(rng.normal(size=500), 0).astype(np.float32)
@@ -125,8 +134,15 @@ def test_the_video_is_read_one_bounded_batch_at_a_time():
     y, a, c, bounds = _movie([(20, 24)], sessions=2, frames=300)
     reader = _ArrayReader(y)
     reports = []
-    result = extract(reader, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=120,
-                     progress=lambda fraction, message: reports.append((fraction, message)))
+    result = extract(
+        reader,
+        session_bounds=bounds,
+        gSig=GSIG,
+        min_corr=0.3,
+        min_pnr=5,
+        batch_frames=120,
+        progress=lambda fraction, message: reports.append((fraction, message)),
+    )
     assert reader.largest <= 120
     fractions = [f for f, _ in reports]
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] == 1.0
@@ -145,14 +161,17 @@ def test_batches_follow_the_budget_and_never_straddle_sessions():
     assert plan_batches(bounds, (100, 100), batch_frames=5000) == [(0, 1000, 0), (1000, 1500, 1), (1500, 4000, 2)]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"session_bounds": [0, 100, 90]}, "session_bounds must increase"),
-    ({"session_bounds": [0, 50]}, "session_bounds must increase strictly from 0 to the number of frames"),
-    ({"gSig": -1}, "gSig"),
-    ({"memory_budget": "lots"}, "memory_budget 'lots' is not understood"),
-    ({"min_corr": 0.99, "min_pnr": 500}, "no seed passes"),
-    ({"cn": np.zeros((3, 3)), "pnr": np.zeros((3, 3))}, "cn and pnr must have the frame shape"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"session_bounds": [0, 100, 90]}, "session_bounds must increase"),
+        ({"session_bounds": [0, 50]}, "session_bounds must increase strictly from 0 to the number of frames"),
+        ({"gSig": -1}, "gSig"),
+        ({"memory_budget": "lots"}, "memory_budget 'lots' is not understood"),
+        ({"min_corr": 0.99, "min_pnr": 500}, "no seed passes"),
+        ({"cn": np.zeros((3, 3)), "pnr": np.zeros((3, 3))}, "cn and pnr must have the frame shape"),
+    ],
+)
 def test_bad_input_gives_a_named_error(kwargs, message):
     y = np.random.default_rng(0).normal(size=(100, 20, 20)).astype(np.float32)
     options = {"gSig": GSIG, "batch_frames": 100, "min_corr": 0.3, "min_pnr": 5, **kwargs}
@@ -167,8 +186,9 @@ def test_options_as_params_or_keywords_give_the_same_extraction():
     params = ExtractionParams(gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=200)
     by_params = extract(y, params, session_bounds=bounds)
     by_keywords = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=200)
-    overridden = extract(y, ExtractionParams(gSig=GSIG, min_corr=0.9), session_bounds=bounds, min_corr=0.3,
-                         min_pnr=5, batch_frames=200)
+    overridden = extract(
+        y, ExtractionParams(gSig=GSIG, min_corr=0.9), session_bounds=bounds, min_corr=0.3, min_pnr=5, batch_frames=200
+    )
     for other in (by_keywords, overridden):
         np.testing.assert_array_equal(other.A.toarray(), by_params.A.toarray())
         np.testing.assert_array_equal(other.C, by_params.C)
@@ -187,13 +207,13 @@ def test_params_from_a_run_config_share_its_names_and_defaults():
     assert ExtractionParams.from_config(CalialiConfig()) == ExtractionParams(gSig=5.0, memory_budget="1GB")
     config = CalialiConfig(gSig=6, spatial_ds=2, batch_frames=300, min_corr=0.2, min_snr=2.5)
     assert ExtractionParams.from_config(config) == ExtractionParams(
-        gSig=3.0, batch_frames=300, min_corr=0.2, min_snr=2.5, memory_budget="1GB")
+        gSig=3.0, batch_frames=300, min_corr=0.2, min_snr=2.5, memory_budget="1GB"
+    )
 
 
 def test_a_movie_that_is_not_3d_is_refused():
     with pytest.raises(ExtractionError, match=r"shaped \(t, h, w\)"):
         extract(np.zeros((10, 10), np.float32), gSig=GSIG, batch_frames=10)
-
 
 
 def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
@@ -207,16 +227,16 @@ def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
     kernel /= kernel.max()
     spikes = np.zeros(2 * frames)
     spikes[[300, 900, 1500]] = 4.0  # a weak neuron (4 noise sd at its peaks), active in the first session only
-    neuron = np.convolve(spikes, kernel)[:2 * frames] + rng.standard_normal(2 * frames)
+    neuron = np.convolve(spikes, kernel)[: 2 * frames] + rng.standard_normal(2 * frames)
     neuron_c = np.concatenate([deconvolve_trace(neuron[s0:s1], p=1).c for s0, s1 in zip(bounds[:-1], bounds[1:])])
     # A component fitted to noise, as iterations leave it: its raw trace jumps for two frames now and
     # then, and its denoised trace claims a transient of 4 noise sd there that the raw trace never sustains.
     noise = rng.standard_normal(2 * frames)
     jumps = np.zeros(2 * frames)
     for i in rng.choice(2 * frames - 2, 6, replace=False):
-        noise[i:i + 2] = (5.0, 3.5)
+        noise[i : i + 2] = (5.0, 3.5)
         jumps[i] = 4.0
-    noise_c = np.convolve(jumps, 0.85 ** np.arange(40))[:2 * frames]
+    noise_c = np.convolve(jumps, 0.85 ** np.arange(40))[: 2 * frames]
     c_raw = np.stack([neuron, noise]).astype(np.float32)
     c = np.stack([neuron_c, noise_c]).astype(np.float32)
     resid = c_raw[1] - c[1]

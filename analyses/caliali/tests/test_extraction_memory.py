@@ -18,7 +18,7 @@ def test_a_trace_file_reads_and_writes_blocks_rows_and_selections():
     assert traces.shape == (5, 1000) and len(traces) == 5
     assert not traces[...].any()  # starts as zeros
     for start in range(0, 1000, 300):
-        traces[:, start:start + 300] = values[:, start:start + 300]
+        traces[:, start : start + 300] = values[:, start : start + 300]
     np.testing.assert_array_equal(traces.read(), values)
     np.testing.assert_array_equal(traces[3], values[3])
     np.testing.assert_array_equal(traces[[4, 1]], values[[4, 1]])
@@ -78,11 +78,14 @@ def test_extraction_keeps_its_traces_in_the_given_work_folder_or_says_what_is_wr
 
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:30, :30]
-    footprint = np.exp(-((yy - 15) ** 2 + (xx - 14) ** 2) / (2 * 1.6 ** 2)).astype(np.float32)
+    footprint = np.exp(-((yy - 15) ** 2 + (xx - 14) ** 2) / (2 * 1.6**2)).astype(np.float32)
     trace = np.convolve((rng.random(600) < 0.03).astype(np.float32), np.exp(-np.arange(30) / 5.0))[:600]
-    movie = (1.0 + trace[:, None, None] * footprint[None] + 0.04 * rng.standard_normal((600, 30, 30))).astype(np.float32)
-    result = extract(movie, session_bounds=[0, 300, 600], gSig=2.0, min_corr=0.3, min_pnr=5, batch_frames=100,
-                     work_dir=tmp_path)
+    movie = (1.0 + trace[:, None, None] * footprint[None] + 0.04 * rng.standard_normal((600, 30, 30))).astype(
+        np.float32
+    )
+    result = extract(
+        movie, session_bounds=[0, 300, 600], gSig=2.0, min_corr=0.3, min_pnr=5, batch_frames=100, work_dir=tmp_path
+    )
     assert result.n_neurons >= 1 and result.C.shape[1] == 600
     assert list(tmp_path.iterdir()) == []  # the trace files have no name and are gone
     with pytest.raises(ExtractionError, match="work_dir .* is not a folder"):
@@ -119,8 +122,16 @@ def test_a_run_keeps_extractions_trace_files_in_its_work_folder(tmp_path):
         if message.startswith("extraction"):
             seen.update(_open_files_under(work))
 
-    config = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "64MB", "batch_frames": 100,
-              "nwb": False, "qc": False, "keep_intermediates": True}
+    config = {
+        "gSig": 3,
+        "min_corr": 0.2,
+        "min_pnr": 4,
+        "memory_budget": "64MB",
+        "batch_frames": 100,
+        "nwb": False,
+        "qc": False,
+        "keep_intermediates": True,
+    }
     result = run(tmp_path / "sim" / "manifest.yaml", tmp_path / "out", config=config, work=work, progress=progress)
     assert result.n_neurons >= 1
     # unnamed trace files: "(deleted)" entries (O_TMPFILE or unlinked) in the work folder, open during extraction
@@ -153,13 +164,16 @@ def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_
     k, bounds = 80, np.array([0, 10_000, 20_000])
     yy, xx = np.mgrid[:9, :9]
     image = np.exp(-((yy - 4) ** 2 + (xx - 4) ** 2) / 4.5).astype(np.float32)
-    image /= np.sqrt((image ** 2).sum())
+    image /= np.sqrt((image**2).sum())
     # 40 pairs of touching duplicates (same activity) on a grid
-    boxes = [(12 * (p // 8), 12 * (p // 8) + 9, 12 * (p % 8) + 2 * j, 12 * (p % 8) + 2 * j + 9)
-             for p in range(k // 2) for j in range(2)]
+    boxes = [
+        (12 * (p // 8), 12 * (p // 8) + 9, 12 * (p % 8) + 2 * j, 12 * (p % 8) + 2 * j + 9)
+        for p in range(k // 2)
+        for j in range(2)
+    ]
     footprints = Footprints((60, 100), boxes, [image] * k)
     spikes = (rng.random((k // 2, bounds[-1])) < 0.01) * rng.uniform(1, 3, (k // 2, bounds[-1]))
-    calcium = np.array([np.convolve(s, 0.85 ** np.arange(40))[:bounds[-1]] for s in spikes])
+    calcium = np.array([np.convolve(s, 0.85 ** np.arange(40))[: bounds[-1]] for s in spikes])
     values = (np.repeat(calcium, 2, axis=0) + 0.2 * rng.standard_normal((k, bounds[-1]))).astype(np.float32)
     raw = TraceFile.from_array(values)
     copy_bytes = values.nbytes
@@ -168,8 +182,9 @@ def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_
     tracemalloc.start()
     try:
         keep = _remove_false_positives(footprints, c, raw, min_pixels=3, min_snr=3.0, bounds=bounds)
-        merged, c, raw, merges = merge_components(footprints.subset(keep), c.take(keep), raw.take(keep),
-                                                  batch_frames=500)
+        merged, c, raw, merges = merge_components(
+            footprints.subset(keep), c.take(keep), raw.take(keep), batch_frames=500
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

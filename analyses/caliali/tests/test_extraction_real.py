@@ -20,7 +20,9 @@ REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "m
 GSIG = 3.0
 
 pytestmark = pytest.mark.skipif(
-    not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository is absent)")
+    not REAL_MOVIE.exists(),
+    reason=f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository is absent)",
+)
 
 
 def _real_crop(n_frames: int = 300) -> np.ndarray:

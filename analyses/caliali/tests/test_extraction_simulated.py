@@ -35,8 +35,11 @@ def _aligned_store(sim, path) -> tuple[FrameStore, np.ndarray]:
             with open_video(file) as reader:
                 for chunk in reader.iter_chunks(500):
                     chunk = chunk / enc["video_scale"] - enc["video_offset"]
-                    store.append(np.stack([cv2.remap(f, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-                                           for f in chunk]))
+                    store.append(
+                        np.stack(
+                            [cv2.remap(f, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for f in chunk]
+                        )
+                    )
         bounds.append(store.n_frames)
     store.mark_complete()
     return store, np.array(bounds)

@@ -42,8 +42,9 @@ def test_garbage_file(tmp_path, suffix):
         _read_all(path)
 
 
-@pytest.mark.parametrize("suffix,fraction", [(".avi", 0.5), (".avi", 0.95), (".tif", 0.5), (".tif", 0.9),
-                                             (".h5", 0.5), (".h5", 0.97)])
+@pytest.mark.parametrize(
+    "suffix,fraction", [(".avi", 0.5), (".avi", 0.95), (".tif", 0.5), (".tif", 0.9), (".h5", 0.5), (".h5", 0.97)]
+)
 def test_truncated_file(tmp_path, movie, write_video, suffix, fraction):
     frames = movie if suffix != ".avi" else (movie // 16).astype(np.uint8)
     path = _truncate(write_video(tmp_path / f"cut{suffix}", frames), fraction)
@@ -140,6 +141,8 @@ def test_multichannel_tiff_is_refused(tmp_path):
 def test_cli_reports_bad_file_without_traceback(tmp_path):
     path = tmp_path / "broken.avi"
     path.write_bytes(b"not a video at all")
-    run = subprocess.run([sys.executable, "-m", "caliali", "info", str(path)], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "info", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 2
     assert "broken.avi" in run.stderr and "Traceback" not in run.stderr + run.stdout

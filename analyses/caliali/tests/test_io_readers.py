@@ -121,7 +121,10 @@ def test_nwb_two_photon_series_by_name(tmp_path, movie, write_video):
         assert video.n_frames == 2
 
 
-@pytest.mark.skipif(not (REAL_DATA / "minian_demo").is_dir(), reason="real recordings in ../shared/data (beside the repository) are absent")
+@pytest.mark.skipif(
+    not (REAL_DATA / "minian_demo").is_dir(),
+    reason="real recordings in ../shared/data (beside the repository) are absent",
+)
 def test_real_miniscope_mp4_reads_as_grey():
     with open_video(REAL_DATA / "minian_demo" / "minian_demo.mp4") as video:
         assert (video.n_frames, video.frame_shape) == (500, (480, 752))
@@ -130,7 +133,10 @@ def test_real_miniscope_mp4_reads_as_grey():
         assert chunks[0].ndim == 3 and 0 < chunks[0][:, :240, :376].mean() < 255
 
 
-@pytest.mark.skipif(not (REAL_DATA / "sima_example").is_dir(), reason="real recordings in ../shared/data (beside the repository) are absent")
+@pytest.mark.skipif(
+    not (REAL_DATA / "sima_example").is_dir(),
+    reason="real recordings in ../shared/data (beside the repository) are absent",
+)
 def test_real_two_photon_tif():
     path = REAL_DATA / "sima_example" / "example.tif"
     with open_video(path) as video:
@@ -138,7 +144,10 @@ def test_real_two_photon_tif():
         np.testing.assert_array_equal(video.read(), tifffile.imread(path).reshape(20, 128, 256).astype(np.float32))
 
 
-@pytest.mark.skipif(not (REAL_DATA / "minian_fixture").is_dir(), reason="real recordings in ../shared/data (beside the repository) are absent")
+@pytest.mark.skipif(
+    not (REAL_DATA / "minian_fixture").is_dir(),
+    reason="real recordings in ../shared/data (beside the repository) are absent",
+)
 def test_real_minian_zarr_v2():
     with open_video(REAL_DATA / "minian_fixture" / "org.zarr") as video:
         assert video.frame_shape == (480, 752) and video.n_frames == 100

@@ -76,12 +76,20 @@ def test_split_files_writes_manifest_with_session_ids(tmp_path, movie, write_vid
 
 def test_cli_split(tmp_path, movie, write_video):
     path = write_video(tmp_path / "long.tif", movie)
-    run = subprocess.run([sys.executable, "-m", "caliali", "split", str(path), "--max-frames", "12",
-                          "--out", str(tmp_path / "pieces")], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "split", str(path), "--max-frames", "12", "--out", str(tmp_path / "pieces")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "long: 4 piece(s)" in run.stdout
     experiment = load_experiment(tmp_path / "pieces")
     assert experiment.session_ids == ["long"] and experiment.session_frames() == [37]
-    bad = subprocess.run([sys.executable, "-m", "caliali", "split", str(path), "--max-frames", "0"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "caliali", "split", str(path), "--max-frames", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "max_frames must be at least 1" in bad.stderr

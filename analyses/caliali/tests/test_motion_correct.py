@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+
 from caliali.experiment import load_experiment
 from caliali.motion import (
     MotionError,
@@ -148,8 +149,9 @@ def test_downsampling_and_memory_budget_in_correct_session(simulation, tmp_path)
     sim = simulation(sessions=1, frames=200, within_motion=True)
     session = load_experiment(sim.manifest).sessions[0]
     written = []
-    result = correct_session(session, gSig=1.5, memory_budget="20MB", spatial_ds=2, temporal_ds=2,
-                             out=[written.append, None])
+    result = correct_session(
+        session, gSig=1.5, memory_budget="20MB", spatial_ds=2, temporal_ds=2, out=[written.append, None]
+    )
     out = np.concatenate(written)
     assert out.shape == (100, 40, 48)
     assert result.shifts.shape == (100, 2) and result.valid_mask.shape == (40, 48)
@@ -176,6 +178,7 @@ def test_interrupted_correction_resumes_from_its_last_chunk(simulation, tmp_path
         correct_session(session, gSig=3, batch_frames=50, out=tmp_path / "a.zarr", progress=stop_after_two_chunks)
     with FrameStore.open(tmp_path / "a.zarr") as store:
         assert store.n_frames == 100 and not store.complete
+
     def record(fraction: float, message: str) -> None:
         calls.append(fraction)
 

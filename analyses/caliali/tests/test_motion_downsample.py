@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from caliali.motion import MotionError, downsample_chunks, downsample_spatial, downsample_temporal
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
-from caliali.motion import MotionError, RigidTemplate, apply_shifts, estimate_shifts
 from skimage.registration import phase_cross_correlation
+
+from caliali.motion import MotionError, RigidTemplate, apply_shifts, estimate_shifts
 
 
 def _scene(seed: int, shape=(120, 140), sigma: float = 2.5) -> np.ndarray:
@@ -19,9 +20,9 @@ def _fourier_moved(image: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     f = np.fft.fft2(image)
     ky = np.fft.fftfreq(image.shape[0])[:, None]
     kx = np.fft.fftfreq(image.shape[1])[None]
-    return np.stack(
-        [np.fft.ifft2(f * np.exp(-2j * np.pi * (ky * dy + kx * dx))).real for dy, dx in shifts]
-    ).astype(np.float32)
+    return np.stack([np.fft.ifft2(f * np.exp(-2j * np.pi * (ky * dy + kx * dx))).real for dy, dx in shifts]).astype(
+        np.float32
+    )
 
 
 def test_recovers_known_subpixel_shifts():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+
 from caliali.exceptions import InputError
 from caliali.motion import MotionError, apply_shift, apply_shifts, valid_mask_from_shifts
 

@@ -26,11 +26,22 @@ def _extraction(k: int = 3, dims=(20, 30), bounds=(0, 50, 120)) -> Extraction:
     a = scipy.sparse.csc_array(images.reshape(k, -1).T)
     t = bounds[-1]
     c = np.maximum(rng.normal(size=(k, t)), 0).astype(np.float32)
-    return Extraction(A=a, C_raw=c + 0.1, C=c, S=(c > 1).astype(np.float32), cn=rng.random(dims).astype(np.float32),
-                      pnr=rng.random(dims).astype(np.float32) * 10, session_bounds=np.array(bounds), dims=dims,
-                      snr=np.array([9.0, 5.0, 2.0][:k]), noise=np.ones((k, len(bounds) - 1)),
-                      centers=np.array([[5 + 4 * i, 6 + 8 * i] for i in range(k)], float),
-                      seeds=np.zeros((k, 2), int), history=[{"iteration": 1, "neurons": k}], params={"gSig": 3.0})
+    return Extraction(
+        A=a,
+        C_raw=c + 0.1,
+        C=c,
+        S=(c > 1).astype(np.float32),
+        cn=rng.random(dims).astype(np.float32),
+        pnr=rng.random(dims).astype(np.float32) * 10,
+        session_bounds=np.array(bounds),
+        dims=dims,
+        snr=np.array([9.0, 5.0, 2.0][:k]),
+        noise=np.ones((k, len(bounds) - 1)),
+        centers=np.array([[5 + 4 * i, 6 + 8 * i] for i in range(k)], float),
+        seeds=np.zeros((k, 2), int),
+        history=[{"iteration": 1, "neurons": k}],
+        params={"gSig": 3.0},
+    )
 
 
 def test_arrays_round_trip_through_the_scorer(tmp_path):
@@ -111,8 +122,14 @@ def test_trace_npy_files_written_a_block_of_rows_at_a_time_equal_numpys(tmp_path
     values = rng.standard_normal((7, 1001)).astype(np.float32)
     np.save(tmp_path / "values.npy", values)
     mapped = np.load(tmp_path / "values.npy", mmap_mode="r")
-    cases = {"map": mapped, "memory": values, "float64": values.astype(np.float64),
-             "fortran": np.asfortranarray(values), "strided": values[::2, ::3], "empty": values[:0]}
+    cases = {
+        "map": mapped,
+        "memory": values,
+        "float64": values.astype(np.float64),
+        "fortran": np.asfortranarray(values),
+        "strided": values[::2, ::3],
+        "empty": values[:0],
+    }
     for name, traces in cases.items():
         np.save(tmp_path / f"{name}.expected.npy", np.asarray(traces, np.float32))
         expected_bytes = (tmp_path / f"{name}.expected.npy").read_bytes()
@@ -190,18 +207,24 @@ def test_writing_memory_mapped_traces_takes_far_less_memory_than_one_copy_and_re
     import h5py
 
     k, t = 80, 200_000
-    out = subprocess.run([sys.executable, "-c", _WRITE_MAPPED_TRACES, str(k), str(t), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _WRITE_MAPPED_TRACES, str(k), str(t), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     extra = json.loads(out.stdout.strip().splitlines()[-1])["extra_peak_bytes"]
     copy_bytes = k * t * 4
     # reading the maps whole raised the peak by 6 copies (368 MiB); block by block about 12 MiB
-    assert extra < copy_bytes / 2, \
+    assert extra < copy_bytes / 2, (
         f"writing raised peak RSS by {extra / 2**20:.0f} MiB; one copy: {copy_bytes / 2**20:.0f} MiB"
+    )
     with h5py.File(tmp_path / "out" / "neurons.nwb", "r") as nwb:
         for kind, name in enumerate(("C_raw", "C", "S")):
-            expected = np.stack([np.random.default_rng([kind, row]).standard_normal(t, dtype=np.float32)
-                                 for row in range(k)])
+            expected = np.stack(
+                [np.random.default_rng([kind, row]).standard_normal(t, dtype=np.float32) for row in range(k)]
+            )
             np.testing.assert_array_equal(np.load(tmp_path / "out" / "arrays" / f"{name}.npy"), expected)
             data = nwb[f"processing/ophys/Fluorescence/{name}/data"]
             assert data.dtype == np.float32 and data.shape == (t, k)

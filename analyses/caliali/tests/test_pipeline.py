@@ -31,8 +31,10 @@ def _caliali(*args: str, **kw) -> subprocess.CompletedProcess:
 def experiment(tmp_path_factory) -> Path:
     """Two sessions of 400 frames, the first cut into two pieces (one session id)."""
     out = tmp_path_factory.mktemp("exp") / "sim"
-    simulate(out, SimulationParams(sessions=2, frames=400, neurons=25, seed=3, height=120, width=160,
-                                   max_frames_per_file=None))
+    simulate(
+        out,
+        SimulationParams(sessions=2, frames=400, neurons=25, seed=3, height=120, width=160, max_frames_per_file=None),
+    )
     # Cut session 1 by hand the way `caliali split` does: pieces named <name>_b<k>.
     r = _caliali("split", str(out / "ses01.tif"), "--max-frames", "250", "--out", str(out / "pieces"))
     assert r.returncode == 0, r.stderr
@@ -103,13 +105,28 @@ def test_defaults_are_the_methods():
 
 def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
     out, run = result
-    for rel in ["arrays/A.npz", "arrays/C.npy", "arrays/C_raw.npy", "arrays/S.npy", "arrays/Cn.npy",
-                "arrays/PNR.npy", "arrays/session_bounds.npy", "arrays/meta.json", "neurons.nwb",
-                "alignment/fields.npy", "alignment/valid_mask.npy", "alignment/alignment.json",
-                "qc/contours.png", "qc/traces.png", "summary.json"]:
+    for rel in [
+        "arrays/A.npz",
+        "arrays/C.npy",
+        "arrays/C_raw.npy",
+        "arrays/S.npy",
+        "arrays/Cn.npy",
+        "arrays/PNR.npy",
+        "arrays/session_bounds.npy",
+        "arrays/meta.json",
+        "neurons.nwb",
+        "alignment/fields.npy",
+        "alignment/valid_mask.npy",
+        "alignment/alignment.json",
+        "qc/contours.png",
+        "qc/traces.png",
+        "summary.json",
+    ]:
         assert (out / rel).is_file(), rel
-    assert sorted(p.name for p in (out / "qc" / "sessions").glob("*_qc.png")) == \
-        ["session_ses01_qc.png", "session_ses02_qc.png"]
+    assert sorted(p.name for p in (out / "qc" / "sessions").glob("*_qc.png")) == [
+        "session_ses01_qc.png",
+        "session_ses02_qc.png",
+    ]
     assert not (out / "work").exists()  # intermediates removed after success
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sessions"] == ["ses01", "ses02"]  # the two pieces form one session
@@ -138,10 +155,19 @@ def test_an_interrupted_run_resumes_from_its_last_stage(tmp_path, experiment):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "caliali", "run", "--input", str(experiment), "--config", str(cfg),
-           "--output", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "caliali",
+        "run",
+        "--input",
+        str(experiment),
+        "--config",
+        str(cfg),
+        "--output",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = out / "work" / "state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -178,8 +204,9 @@ def test_real_miniscope_recording(tmp_path):
     movie.mkdir()
     tifffile.imwrite(movie / "session1.tif", np.stack(frames))
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump({"gSig": 6, "spatial_ds": 2, "min_corr": 0.5, "min_pnr": 6, "fs": 25,
-                                   "memory_budget": "256MB"}))
+    cfg.write_text(
+        yaml.safe_dump({"gSig": 6, "spatial_ds": 2, "min_corr": 0.5, "min_pnr": 6, "fs": 25, "memory_budget": "256MB"})
+    )
     out = tmp_path / "out"
     r = _caliali("run", "--input", str(movie), "--config", str(cfg), "--output", str(out))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from caliali.experiment import load_experiment
 from caliali.io import open_video
 from caliali.motion import correct_session
@@ -137,8 +138,13 @@ def test_accumulator_validates_input():
 def _to_reference(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     h, w = image.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return cv2.remap(image.astype(np.float32), xx + field[1].astype(np.float32), yy + field[0].astype(np.float32),
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.remap(
+        image.astype(np.float32),
+        xx + field[1].astype(np.float32),
+        yy + field[0].astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
 
 
 def test_simulated_session_neurons_stand_out_and_correction_feeds_projections(simulation):

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+
 from caliali.experiment import load_experiment
 from caliali.io import open_video
 from caliali.projections import ProjectionError, bv_filter, bv_scales, remove_vignetting
@@ -73,8 +74,13 @@ def to_reference(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     """Resample a session image into the simulator's reference frame (backward field)."""
     h, w = image.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return cv2.remap(image.astype(np.float32), xx + field[1].astype(np.float32), yy + field[0].astype(np.float32),
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.remap(
+        image.astype(np.float32),
+        xx + field[1].astype(np.float32),
+        yy + field[0].astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
 
 
 def test_responds_on_simulated_vessels_not_on_neurons(simulation):

@@ -107,8 +107,12 @@ def test_pieces_of_one_session_share_one_transform(three):
     bv, neuron, _ = three
     rng = np.random.default_rng(5)
     noisy = [b + 0.02 * rng.standard_normal(b.shape).astype(np.float32) for b in (bv[1], bv[1])]
-    al = align_sessions([bv[0], noisy[0], noisy[1], bv[2]], session_ids=["d1", "d2", "d2", "d3"],
-                        neuron_images=[neuron[0], neuron[1], neuron[1], neuron[2]], gSig=3)
+    al = align_sessions(
+        [bv[0], noisy[0], noisy[1], bv[2]],
+        session_ids=["d1", "d2", "d2", "d3"],
+        neuron_images=[neuron[0], neuron[1], neuron[1], neuron[2]],
+        gSig=3,
+    )
     assert al.sessions == ["d1", "d2", "d3"]
     assert al.input_sessions.tolist() == [0, 1, 1, 2]
     assert al.fields.shape == (3, 2, *SHAPE) and al.images.shape == (3, *SHAPE)
@@ -118,8 +122,9 @@ def test_pieces_of_one_session_share_one_transform(three):
 
 def test_a_session_given_twice_aligns_to_itself(three):
     bv, neuron, _ = three
-    al = align_sessions([bv[0], bv[1], bv[2], bv[0]], neuron_images=[neuron[0], neuron[1], neuron[2], neuron[0]],
-                        gSig=3)
+    al = align_sessions(
+        [bv[0], bv[1], bv[2], bv[0]], neuron_images=[neuron[0], neuron[1], neuron[2], neuron[0]], gSig=3
+    )
     diff = np.sqrt(((al.total_field(0) - al.total_field(3)) ** 2).sum(axis=0))[al.valid_mask]
     assert diff.max() < 0.05, diff.max()
     assert np.sqrt((al.total_field(0) ** 2).sum(axis=0))[al.valid_mask].max() > 1.0  # it did move
@@ -149,16 +154,19 @@ def test_one_session_is_the_identity():
     assert not al.total_fields.any() and al.valid_mask.all() and np.isnan(al.reliability)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"images": [np.zeros((40, 40)), np.zeros((40, 41))]}, "share one frame size"),
-    ({"images": [np.zeros(40), np.zeros(40)]}, "2-D projection"),
-    ({"images": []}, "no images"),
-    ({"images": [np.zeros((8, 8))]}, "at least 16x16"),
-    ({"images": [np.zeros((40, 40))] * 2, "session_ids": ["a"]}, "one session id per image"),
-    ({"images": [np.zeros((40, 40))] * 2, "neuron_images": [np.zeros((40, 40))]}, "one per image"),
-    ({"images": [np.zeros((40, 40))] * 2, "source": "vessels"}, "'auto', 'bv' or 'neuron'"),
-    ({"images": [np.zeros((40, 40))] * 2, "source": "neuron"}, "needs neuron_images"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"images": [np.zeros((40, 40)), np.zeros((40, 41))]}, "share one frame size"),
+        ({"images": [np.zeros(40), np.zeros(40)]}, "2-D projection"),
+        ({"images": []}, "no images"),
+        ({"images": [np.zeros((8, 8))]}, "at least 16x16"),
+        ({"images": [np.zeros((40, 40))] * 2, "session_ids": ["a"]}, "one session id per image"),
+        ({"images": [np.zeros((40, 40))] * 2, "neuron_images": [np.zeros((40, 40))]}, "one per image"),
+        ({"images": [np.zeros((40, 40))] * 2, "source": "vessels"}, "'auto', 'bv' or 'neuron'"),
+        ({"images": [np.zeros((40, 40))] * 2, "source": "neuron"}, "needs neuron_images"),
+    ],
+)
 def test_bad_input_is_named(kwargs, message):
     images = kwargs.pop("images")
     with pytest.raises(AlignmentError, match=message):
@@ -170,8 +178,15 @@ def test_save_and_load(three, tmp_path):
     al = align_sessions(bv, neuron_images=neuron, gSig=3, session_ids=["a", "b", "c"])
     folder = save_alignment(al, tmp_path)
     assert folder == tmp_path / "alignment"
-    for name in ("fields.npy", "valid_mask.npy", "translations.npy", "alignment.json",
-                 "projections_before.png", "projections_after.png", "alignment_qc.png"):
+    for name in (
+        "fields.npy",
+        "valid_mask.npy",
+        "translations.npy",
+        "alignment.json",
+        "projections_before.png",
+        "projections_after.png",
+        "alignment_qc.png",
+    ):
         assert (folder / name).stat().st_size > 0, name
     np.testing.assert_array_equal(np.load(folder / "fields.npy"), al.total_fields)
     meta = json.loads((folder / "alignment.json").read_text())
@@ -186,13 +201,18 @@ def test_save_and_load(three, tmp_path):
 
 def test_apply_streams_every_frame_into_one_video(three, tmp_path):
     bv, neuron, _ = three
-    al = align_sessions([bv[0], bv[1], bv[1], bv[2]], session_ids=["a", "b", "b", "c"],
-                        neuron_images=[neuron[0], neuron[1], neuron[1], neuron[2]], gSig=3)
+    al = align_sessions(
+        [bv[0], bv[1], bv[1], bv[2]],
+        session_ids=["a", "b", "b", "c"],
+        neuron_images=[neuron[0], neuron[1], neuron[1], neuron[2]],
+        gSig=3,
+    )
     rng = np.random.default_rng(2)
     movies = [rng.random((n, *SHAPE), dtype=np.float32) for n in (5, 4, 3, 6)]
     calls = []
-    result = apply_alignment(al, movies, tmp_path / "aligned.zarr", batch_frames=2,
-                             progress=lambda f, m: calls.append(f))
+    result = apply_alignment(
+        al, movies, tmp_path / "aligned.zarr", batch_frames=2, progress=lambda f, m: calls.append(f)
+    )
     assert result.n_frames == 18 and result.session_bounds.tolist() == [0, 5, 12, 18]
     assert calls and calls[-1] == pytest.approx(1.0)
     video = result.store.read(0, 18)
@@ -205,8 +225,9 @@ def test_apply_streams_every_frame_into_one_video(three, tmp_path):
     assert outside_first.any() and (video[:5, outside_first] == 0).all()  # fill outside the session's image
     np.testing.assert_array_equal(np.load(tmp_path / "aligned.zarr" / "valid_mask.npy"), inside)
     # A finished store is reused, not recomputed.
-    again = apply_alignment(al, movies, tmp_path / "aligned.zarr", batch_frames=2,
-                            progress=lambda f, m: pytest.fail("recomputed"))
+    again = apply_alignment(
+        al, movies, tmp_path / "aligned.zarr", batch_frames=2, progress=lambda f, m: pytest.fail("recomputed")
+    )
     assert again.n_frames == 18 and again.session_bounds.tolist() == [0, 5, 12, 18]
     with pytest.raises(AlignmentError, match="one video per input"):
         apply_alignment(al, movies[:3], tmp_path / "x.zarr", batch_frames=2)
@@ -220,8 +241,12 @@ def test_pixels_without_data_are_excluded_from_the_valid_mask(three):
     holed[:, :12] = np.nan  # e.g. cropped away by motion correction
     border = np.ones(SHAPE, bool)
     border[-10:] = False
-    al = align_sessions([holed, bv[1], bv[2]], neuron_images=neuron, gSig=3,
-                        valid_masks=[np.ones(SHAPE, bool), border, np.ones(SHAPE, bool)])
+    al = align_sessions(
+        [holed, bv[1], bv[2]],
+        neuron_images=neuron,
+        gSig=3,
+        valid_masks=[np.ones(SHAPE, bool), border, np.ones(SHAPE, bool)],
+    )
     assert np.isfinite(al.fields).all() and np.isfinite(al.images).all()
     assert not al.valid_mask[:, :8].any() and not al.valid_mask[-6:].any()
     assert al.valid_mask.mean() > 0.6

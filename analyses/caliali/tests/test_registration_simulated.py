@@ -17,8 +17,15 @@ from caliali.io import open_video
 from caliali.projections.session import session_projections
 from caliali.registration import align_sessions, apply_alignment, save_alignment
 
-SIM = {"sessions": 4, "frames": 100, "neurons": None, "height": 128, "width": 176,
-       "deform_px": 5.0, "translation_px": 5.0}
+SIM = {
+    "sessions": 4,
+    "frames": 100,
+    "neurons": None,
+    "height": 128,
+    "width": 176,
+    "deform_px": 5.0,
+    "translation_px": 5.0,
+}
 
 
 def _projections(sim):
@@ -70,8 +77,9 @@ def test_split_sessions_get_one_transform_and_stream_into_one_video(simulation, 
 
     save_alignment(al, tmp_path / "out", figures=False)
     lines = []
-    video = apply_alignment(al, sim.out, tmp_path / "aligned.zarr", batch_frames=32,
-                            progress=lambda f, m: lines.append(m))
+    video = apply_alignment(
+        al, sim.out, tmp_path / "aligned.zarr", batch_frames=32, progress=lambda f, m: lines.append(m)
+    )
     assert video.n_frames == 400 and video.session_bounds.tolist() == [0, 100, 200, 300, 400]
     assert any("applying alignment" in m for m in lines)
     # Aligned session means agree with each other far better than the raw ones.

@@ -41,7 +41,9 @@ def test_perfect_result_scores_one(tmp_path, truth):
     result = _write_result(tmp_path / "r", a, c, fields=fields, mask=np.ones(a.shape[1:], bool))
     scores = score(result, sim.out)
     assert (scores.neurons.precision, scores.neurons.recall, scores.neurons.f1) == (1.0, 1.0, 1.0)
-    assert scores.alignment.median_px == pytest.approx(0, abs=1e-5) and scores.alignment.p95_px == pytest.approx(0, abs=1e-5)
+    assert scores.alignment.median_px == pytest.approx(0, abs=1e-5) and scores.alignment.p95_px == pytest.approx(
+        0, abs=1e-5
+    )
     assert scores.alignment.unaligned_median_px > 1
 
 
@@ -78,8 +80,15 @@ def test_noisy_traces_pass_or_fail_the_threshold(truth):
 def test_downsampled_result_is_compared_on_its_grid(tmp_path, truth):
     sim, a, c, fields = truth
     small = np.stack([cv2.resize(f, (48, 40), interpolation=cv2.INTER_AREA) for f in a])
-    small_fields = np.stack([[cv2.resize(f[0], (48, 40), interpolation=cv2.INTER_AREA) / 2,
-                              cv2.resize(f[1], (48, 40), interpolation=cv2.INTER_AREA) / 2] for f in fields])
+    small_fields = np.stack(
+        [
+            [
+                cv2.resize(f[0], (48, 40), interpolation=cv2.INTER_AREA) / 2,
+                cv2.resize(f[1], (48, 40), interpolation=cv2.INTER_AREA) / 2,
+            ]
+            for f in fields
+        ]
+    )
     scores = score(_write_result(tmp_path / "r", small, c, fields=small_fields), sim.out)
     assert scores.neurons.f1 == 1.0 and scores.alignment.p95_px < 1e-4
 
@@ -121,12 +130,20 @@ def test_errors_name_what_is_missing(tmp_path, truth):
 def test_cli_score_prints_table_and_writes_json(tmp_path, truth):
     sim, a, c, fields = truth
     result = _write_result(tmp_path / "r", a, c, fields=fields)
-    run = subprocess.run([sys.executable, "-m", "caliali", "score", str(result), str(sim.out)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "score", str(result), str(sim.out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "F1" in run.stdout and "1.000" in run.stdout
     saved = json.loads((result / "score.json").read_text())
     assert saved["neurons"]["f1"] == 1.0 and saved["alignment"]["median_px"] == pytest.approx(0, abs=1e-5)
-    bad = subprocess.run([sys.executable, "-m", "caliali", "score", str(tmp_path), str(sim.out)],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "caliali", "score", str(tmp_path), str(sim.out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "missing" in bad.stderr and "Traceback" not in bad.stderr

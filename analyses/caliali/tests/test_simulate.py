@@ -134,8 +134,12 @@ def test_within_session_motion_shifts_correct_frames(simulation):
     video = _session_video(sim, 0)
     h, w = video.shape[1:]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    corrected = np.stack([cv2.remap(f, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-                          for f, (dy, dx) in zip(video, shifts, strict=True)])
+    corrected = np.stack(
+        [
+            cv2.remap(f, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            for f, (dy, dx) in zip(video, shifts, strict=True)
+        ]
+    )
     sharpness = lambda im: (im - cv2.GaussianBlur(im, (0, 0), 3))[8:-8, 8:-8].std()  # noqa: E731
     assert sharpness(corrected.mean(axis=0)) > 1.1 * sharpness(video.mean(axis=0))
 
@@ -166,8 +170,12 @@ def test_avi_stores_the_tif_values_losslessly_to_one_count(tmp_path):
 
 @pytest.mark.parametrize(
     "options,message",
-    [({"variant": "weird"}, "variant 'weird' is not one of"), ({"format": "mp4"}, "format 'mp4'"),
-     ({"frames": 0}, "frames must be positive"), ({"height": 10}, "at least 32 px")],
+    [
+        ({"variant": "weird"}, "variant 'weird' is not one of"),
+        ({"format": "mp4"}, "format 'mp4'"),
+        ({"frames": 0}, "frames must be positive"),
+        ({"height": 10}, "at least 32 px"),
+    ],
 )
 def test_bad_parameters(options, message):
     with pytest.raises(InputError, match=message):
@@ -176,10 +184,33 @@ def test_bad_parameters(options, message):
 
 def test_cli_simulate(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "caliali", "simulate", str(tmp_path / "sim"), "--sessions", "2", "--frames", "20",
-         "--neurons", "5", "--height", "40", "--width", "48", "--max-frames-per-file", "8", "--within-motion",
-         "--format", "avi", "--seed", "3"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "caliali",
+            "simulate",
+            str(tmp_path / "sim"),
+            "--sessions",
+            "2",
+            "--frames",
+            "20",
+            "--neurons",
+            "5",
+            "--height",
+            "40",
+            "--width",
+            "48",
+            "--max-frames-per-file",
+            "8",
+            "--within-motion",
+            "--format",
+            "avi",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert run.returncode == 0, run.stderr
     assert "NCAAS_PROGRESS 1.0000" in run.stdout

@@ -25,7 +25,13 @@ def test_append_read_and_reopen(tmp_path):
     store.append(data[3:].astype(np.float64))
     store.mark_complete()
     again = FrameStore.open(tmp_path / "s.zarr")
-    assert (again.n_frames, again.frame_shape, again.complete, again.params, again.fs) == (11, (5, 6), True, {"a": 1}, 10.0)
+    assert (again.n_frames, again.frame_shape, again.complete, again.params, again.fs) == (
+        11,
+        (5, 6),
+        True,
+        {"a": 1},
+        10.0,
+    )
     np.testing.assert_array_equal(again.read(), data.astype(np.float32))
     assert [len(c) for c in again.iter_chunks(4)] == [4, 4, 3]
     array = zarr.open_array(str(tmp_path / "s.zarr"), mode="r")

@@ -1,4 +1,7 @@
-"""The ``ncaas`` command line: commands (:mod:`.app`), where they act (:mod:`.backend`), what they show (:mod:`.display`)."""
+"""The ``ncaas`` command line.
+
+Its commands (:mod:`.app`), where they act (:mod:`.backend`), what they show (:mod:`.display`).
+"""
 
 from .app import app, main
 

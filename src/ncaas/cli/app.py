@@ -22,6 +22,7 @@ from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
 from ..exceptions import NcaasError, SubmissionRejected
+from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
 from ..jobs.states import JOB_TERMINAL
@@ -33,8 +34,12 @@ from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, 
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="ncaas: neuroscience analysis as a service.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="ncaas: neuroscience analysis as a service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 blueprint_app = typer.Typer(help="Work with blueprint files.", no_args_is_help=True)
 app.add_typer(blueprint_app, name="blueprint")
 out = Console(highlight=False)
@@ -42,14 +47,22 @@ err = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
-DbOpt = Annotated[str | None, typer.Option("--db", envvar="NCAAS_DB",
-                                           help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")]
+DbOpt = Annotated[
+    str | None, typer.Option("--db", envvar="NCAAS_DB", help="SQLAlchemy URL [default: <root>/.ncaas/jobs.sqlite]")
+]
 JobArg = Annotated[str, typer.Argument(help="job id (or unique prefix)")]
-MaxSubmitOpt = Annotated[str | None, typer.Option(
-    "--max-submit-size", envvar="NCAAS_MAX_SUBMIT_SIZE",
-    help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")]
-MaxDatasetsOpt = Annotated[int | None, typer.Option(
-    "--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")]
+MaxSubmitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-submit-size",
+        envvar="NCAAS_MAX_SUBMIT_SIZE",
+        help="largest submit file accepted; larger ones are rejected unread (default 1MiB)",
+    ),
+]
+MaxDatasetsOpt = Annotated[
+    int | None,
+    typer.Option("--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)"),
+]
 
 
 def _errors(fn: F) -> F:
@@ -58,7 +71,7 @@ def _errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SubmissionRejected as exc:
-            job = getattr(exc, "job", None)
+            job = exc.job
             where = f" (job {job['id']}; details in {job['results_dir']}/error.txt)" if job else ""
             err.print(f"[red]submission rejected[/red]{where}:")
             for problem in exc.problems:
@@ -67,6 +80,7 @@ def _errors(fn: F) -> F:
         except NcaasError as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(exc.exit_code) from None
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -74,11 +88,15 @@ _SERVER: dict[str, str | None] = {}  # --server / --token of this invocation
 
 
 @app.callback()
-def _target(server: Annotated[str | None, typer.Option(
-                "--server", envvar="NCAAS_SERVER", help="run the command on this ncaas server (URL) "
-                "instead of embedded")] = None,
-            token: Annotated[str | None, typer.Option("--token", envvar="NCAAS_TOKEN",
-                                                      help="API token for --server")] = None) -> None:
+def _target(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", envvar="NCAAS_SERVER", help="run the command on this ncaas server (URL) instead of embedded"
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="NCAAS_TOKEN", help="API token for --server")] = None,
+) -> None:
     _SERVER.clear()
     if server is not None:
         _SERVER.update(url=server, token=token)
@@ -104,8 +122,10 @@ def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
 
 def _local_only(command: str) -> None:
     if _SERVER.get("url"):
-        raise NcaasError(f"the server at {_SERVER['url']} runs its own job manager; run `ncaas {command}` "
-                         "on the machine that holds the storage instead")
+        raise NcaasError(
+            f"the server at {_SERVER['url']} runs its own job manager; run `ncaas {command}` "
+            "on the machine that holds the storage instead"
+        )
 
 
 def print_left_out(dataset: str, left_out: list[str]) -> None:
@@ -144,8 +164,9 @@ def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml
         for problem in problems:
             err.print(f"  - {problem}")
         raise typer.Exit(1)
-    out.print(f"[green]{file} is a valid blueprint[/green]: {model.name} {model.version}, "
-              f"sha256 {model.content_hash()}")
+    out.print(
+        f"[green]{file} is a valid blueprint[/green]: {model.name} {model.version}, sha256 {model.content_hash()}"
+    )
 
 
 @app.command()
@@ -153,9 +174,13 @@ def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml
 def submit(
     analysis: Annotated[str, typer.Argument(help="analysis name (see `ncaas analyses`)")],
     data: Annotated[list[str], typer.Argument(help="local files/folders to upload, or names in inputs/")],
-    config: Annotated[str | None, typer.Option("--config", "-c", help="local config file, or a name in configs/")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="local config file, or a name in configs/")
+    ] = None,
     group: Annotated[str, typer.Option("--group", "-g", envvar="NCAAS_GROUP", help="your group")] = "default",
-    wait: Annotated[bool, typer.Option("--wait", "-w", help="follow the job to its end (embedded: run it now)")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", "-w", help="follow the job to its end (embedded: run it now)")
+    ] = False,
     name: Annotated[str | None, typer.Option(help="submission name [default: analysis-time]")] = None,
     root: RootOpt = default_root(),
     db: DbOpt = None,
@@ -167,8 +192,9 @@ def submit(
         configname = backend.put_config(config, group) if config is not None else None
         detail = backend.submit(group, analysis, datanames, configname, name or submission_name(analysis))
         results_dir = detail["results_dir"]
-        out.print(f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); "
-                  f"results in {results_dir}")
+        out.print(
+            f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); results in {results_dir}"
+        )
         if not wait:
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
@@ -179,9 +205,12 @@ def submit(
 
 @app.command()
 @_errors
-def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique prefix)")] = None,
-           limit: Annotated[int, typer.Option(help="jobs listed")] = 20,
-           root: RootOpt = default_root(), db: DbOpt = None) -> None:
+def status(
+    job_id: Annotated[str | None, typer.Argument(help="job id (or unique prefix)")] = None,
+    limit: Annotated[int, typer.Option(help="jobs listed")] = 20,
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
     """List recent jobs, or show one job's tasks and story."""
     with _backend(root, db) as backend:
         if job_id is None:
@@ -195,17 +224,20 @@ def status(job_id: Annotated[str | None, typer.Argument(help="job id (or unique 
 
 @app.command()
 @_errors
-def logs(job_id: JobArg,
-         dataset: Annotated[str | None, typer.Argument(
-             help="only this dataset (its name in inputs/, or its key)")] = None,
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
-         root: RootOpt = default_root(), db: DbOpt = None) -> None:
+def logs(
+    job_id: JobArg,
+    dataset: Annotated[str | None, typer.Argument(help="only this dataset (its name in inputs/, or its key)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
     """Print the analysis' logs of a job."""
     with _backend(root, db) as backend:
         detail = backend.job(job_id)
         tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
-        names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or \
-            [t["dataset"] for t in tasks if t["dataset"] == dataset]
+        names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or [
+            t["dataset"] for t in tasks if t["dataset"] == dataset
+        ]
         if dataset is not None and not names:
             raise NcaasError(f"job {detail['id']} has no dataset {dataset!r}")
         offsets = dict.fromkeys(names, 0)
@@ -235,9 +267,12 @@ def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> 
 
 @app.command()
 @_errors
-def results(job_id: JobArg,
-            to: Annotated[Path | None, typer.Option("--to", help="copy the results folder here")] = None,
-            root: RootOpt = default_root(), db: DbOpt = None) -> None:
+def results(
+    job_id: JobArg,
+    to: Annotated[Path | None, typer.Option("--to", help="copy the results folder here")] = None,
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
     """List a job's result files, or copy them to a folder."""
     with _backend(root, db) as backend:
         detail = backend.job(job_id)
@@ -252,9 +287,16 @@ def results(job_id: JobArg,
 
 @app.command()
 @_errors
-def rerun(job: Annotated[str, typer.Argument(
-              help="the job to rerun: its id, or a certificate.json this platform wrote (or its results folder)")],
-          root: RootOpt = default_root(), db: DbOpt = None) -> None:
+def rerun(
+    job: Annotated[
+        str,
+        typer.Argument(
+            help="the job to rerun: its id, or a certificate.json this platform wrote (or its results folder)"
+        ),
+    ],
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
     """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
     with _backend(root, db) as backend:
         original, detail = backend.rerun(job, notify=out.print)
@@ -269,13 +311,18 @@ def rerun(job: Annotated[str, typer.Argument(
 def run_manager(
     analysis: Annotated[str | None, typer.Option(help="analysis for NeuroCAAS-style submit files naming none")] = None,
     interval: Annotated[float, typer.Option(help="seconds between polls of storage and tasks")] = 0.05,
-    root: RootOpt = default_root(), db: DbOpt = None,
-    executor: Annotated[str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")] = "local",
-    ray_address: Annotated[str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS",
-                                                    help="Ray cluster to join: HEAD:PORT, or auto on a node")] = None,
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+    executor: Annotated[
+        str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
+    ] = None,
     ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
-    scan_interval: Annotated[float | None, typer.Option(
-        help="seconds between scans for new submit files [default: every poll; 2 on s3://]")] = None,
+    scan_interval: Annotated[
+        float | None, typer.Option(help="seconds between scans for new submit files [default: every poll; 2 on s3://]")
+    ] = None,
     max_submit_size: MaxSubmitOpt = None,
     max_datasets: MaxDatasetsOpt = None,
 ) -> None:
@@ -289,9 +336,16 @@ def run_manager(
     runner = executor_for(executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus)
     if scan_interval is None:
         scan_interval = 0.0 if storage.is_local else 2.0
-    manager = _manager(root, db, default_analysis=analysis, poll_interval=interval, executor=runner,
-                       scan_interval=scan_interval, limits=SubmitLimits.from_env(max_submit_size, max_datasets),
-                       notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
+    manager = _manager(
+        root,
+        db,
+        default_analysis=analysis,
+        poll_interval=interval,
+        executor=runner,
+        scan_interval=scan_interval,
+        limits=SubmitLimits.from_env(max_submit_size, max_datasets),
+        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+    )
     lock = manager_lock(manager.storage)
     if lock is None:
         raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}")
@@ -300,12 +354,15 @@ def run_manager(
     def stop(*_: Any) -> None:
         nonlocal stopping
         stopping = True
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    out.print(f"ncaas manager on {manager.storage.url} (db {manager.db.url}); "
-              f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it")
+    out.print(
+        f"ncaas manager on {manager.storage.url} (db {manager.db.url}); "
+        f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it"
+    )
     manager.run(should_stop=lambda: stopping)
-    if executor == "ray":
+    if not isinstance(runner, LocalExecutor):  # Ray: its tasks belong to this manager
         runner.close()
         out.print("manager stopped; its Ray tasks stopped with it and are retried at the next start")
     else:

@@ -52,8 +52,9 @@ class Backend(Protocol):
     def put_config(self, item: str, group: str) -> str:
         """Copy a local config into the group's configs (unless the same is there); its name."""
 
-    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
-               name: str) -> dict[str, Any]:
+    def submit(
+        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+    ) -> dict[str, Any]:
         """Submit a job; its detail. A rejection raises SubmissionRejected with ``job`` (id, results_dir)."""
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
@@ -99,8 +100,9 @@ def describe_folder(local: Path) -> list[dict[str, Any]]:
     (hidden ones left out), as :meth:`Storage.describe_tree` describes a stored one."""
     found = folder_files(local)
     files = Storage(local.parent)
-    return [{"path": found.relative(f), "size": files.size(str(f)), "sha256": files.sha256(str(f))}
-            for f in found.files]
+    return [
+        {"path": found.relative(f), "size": files.size(str(f)), "sha256": files.sha256(str(f))} for f in found.files
+    ]
 
 
 def _read_config(local: Path) -> dict[str, Any]:
@@ -114,8 +116,10 @@ def _read_config(local: Path) -> dict[str, Any]:
 
 
 def _exists_differently(where: str, local: Path) -> StorageError:
-    return StorageError(f"{where} already exists with different content; rename your local "
-                        f"{'folder' if local.is_dir() else 'file'} or submit the stored one by name")
+    return StorageError(
+        f"{where} already exists with different content; rename your local "
+        f"{'folder' if local.is_dir() else 'file'} or submit the stored one by name"
+    )
 
 
 # -- embedded ---------------------------------------------------------------------------------
@@ -129,9 +133,16 @@ class Embedded:
 
     def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         registry = BlueprintRegistry.discover()
-        rows = [{"name": name, "version": bp.blueprint.version, "description": bp.blueprint.description,
-                 "sha256": bp.sha256, "path": str(bp.path)}
-                for name, bp in ((n, registry.blueprints[n]) for n in registry.names())]
+        rows = [
+            {
+                "name": name,
+                "version": bp.blueprint.version,
+                "description": bp.blueprint.description,
+                "sha256": bp.sha256,
+                "path": str(bp.path),
+            }
+            for name, bp in ((n, registry.blueprints[n]) for n in registry.names())
+        ]
         return rows, {str(path): problem for path, problem in registry.invalid.items()}
 
     def group(self, requested: str) -> str:
@@ -173,19 +184,22 @@ class Embedded:
     def put_config(self, item: str, group: str) -> str:
         return self._copy_in(item, group, "configs", None)
 
-    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
-               name: str) -> dict[str, Any]:
-        body = {"analysis": analysis, "dataname": datasets, "configname": configname,
-                "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime())}
+    def submit(
+        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+    ) -> dict[str, Any]:
+        body = {
+            "analysis": analysis,
+            "dataname": datasets,
+            "configname": configname,
+            "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+        }
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
         self.storage.write_text(path, json.dumps({k: v for k, v in body.items() if v is not None}, indent=2))
         job = self.manager.ingest_file(group, path)
         if job is None:
             raise NcaasError(f"{path} vanished before it was read; submit again")
         if job.state == "rejected":
-            rejected = SubmissionRejected(job.cause.splitlines())
-            rejected.job = {"id": job.id, "results_dir": job.results_dir}  # type: ignore[attr-defined]
-            raise rejected
+            raise SubmissionRejected(job.cause.splitlines(), job={"id": job.id, "results_dir": job.results_dir})
         return job_detail(self.manager, job)
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
@@ -228,8 +242,10 @@ class Embedded:
 
     def files(self, job_id: str) -> list[dict[str, Any]]:
         job = self.manager.find(job_id)
-        return [{"path": f.removeprefix(job.results_dir + "/"), "size": self.storage.size(f)}
-                for f in self.storage.files(job.results_dir)]
+        return [
+            {"path": f.removeprefix(job.results_dir + "/"), "size": self.storage.size(f)}
+            for f in self.storage.files(job.results_dir)
+        ]
 
     def download(self, job_id: str, to: Path) -> None:
         to.mkdir(parents=True, exist_ok=True)
@@ -259,8 +275,10 @@ class Remote:
 
     def __init__(self, url: str, token: str | None):
         if not token:
-            raise NcaasError("--server needs a token too: add --token TOKEN (or set NCAAS_TOKEN); "
-                             "an administrator issues one with `ncaas admin issue-token USER`")
+            raise NcaasError(
+                "--server needs a token too: add --token TOKEN (or set NCAAS_TOKEN); "
+                "an administrator issues one with `ncaas admin issue-token USER`"
+            )
         self.client = Client(url, token)
         self._me: dict[str, Any] | None = None
 
@@ -275,8 +293,9 @@ class Remote:
     def group(self, requested: str) -> str:
         mine = self._group()
         if requested not in ("default", mine):
-            raise NcaasError(f"your token belongs to group {mine!r}, not {requested!r}; drop --group or use "
-                             "a token of that group")
+            raise NcaasError(
+                f"your token belongs to group {mine!r}, not {requested!r}; drop --group or use a token of that group"
+            )
         return mine
 
     def _same_as_stored(self, local: Path, name: str, kind: str) -> bool:
@@ -292,8 +311,7 @@ class Remote:
         if {e["path"]: e["size"] for e in client.input_info(name)["contents"]} != sizes:
             return False  # told apart without reading a file
         stored = client.input_info(name, checksums=True)["contents"]
-        return {e["path"]: e.get("sha256") for e in stored} == \
-            {e["path"]: e["sha256"] for e in describe_folder(local)}
+        return {e["path"]: e.get("sha256") for e in stored} == {e["path"]: e["sha256"] for e in describe_folder(local)}
 
     def put_input(self, item: str, group: str, *, left_out: LeftOut) -> str:
         local = Path(item)
@@ -320,8 +338,9 @@ class Remote:
         self.client.save_config(name, config)
         return name
 
-    def submit(self, group: str, analysis: str, datasets: list[str], configname: str | None,
-               name: str) -> dict[str, Any]:
+    def submit(
+        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+    ) -> dict[str, Any]:
         return self.client.submit(analysis, datasets, configname=configname, name=name)
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
@@ -336,8 +355,9 @@ class Remote:
         try:
             yield
         except JobNotFound:
-            raise JobNotFound(f"no job {ref!r} in group {self._group()!r} on {self.client.url}; "
-                              "`ncaas status` lists the jobs") from None
+            raise JobNotFound(
+                f"no job {ref!r} in group {self._group()!r} on {self.client.url}; `ncaas status` lists the jobs"
+            ) from None
 
     def job(self, ref: str) -> dict[str, Any]:
         with self._known(ref):
@@ -374,7 +394,9 @@ class Remote:
         return detail["id"], self.client.rerun(detail["id"])
 
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
-        return self.client.compare(job_id, self.client.certificate(original_id))
+        certificate = self.client.certificate(original_id)
+        assert isinstance(certificate, dict)  # asked as JSON
+        return self.client.compare(job_id, certificate)
 
     def close(self) -> None:
         self.client.close()

@@ -15,11 +15,27 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-__all__ = ["STATE_STYLE", "Watch", "analyses_table", "clock", "jobs_table", "print_job", "print_rerun",
-           "styled", "task_table"]
+__all__ = [
+    "STATE_STYLE",
+    "Watch",
+    "analyses_table",
+    "clock",
+    "jobs_table",
+    "print_job",
+    "print_rerun",
+    "styled",
+    "task_table",
+]
 
-STATE_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
-               "cancelled": "magenta", "timed_out": "red", "rejected": "red"}
+STATE_STYLE = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "timed_out": "red",
+    "rejected": "red",
+}
 
 
 def styled(state: str) -> str:
@@ -46,15 +62,20 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
         table.add_column(col, no_wrap=True)
     table.add_column("cause", overflow="fold")
     for job in jobs:
-        table.add_row(job["id"], job["group"], job["analysis"] or "-", styled(job["state"]),
-                      clock(job["created_ms"]), job["cause"][:80])
+        table.add_row(
+            job["id"],
+            job["group"],
+            job["analysis"] or "-",
+            styled(job["state"]),
+            clock(job["created_ms"]),
+            job["cause"][:80],
+        )
     return table
 
 
 def task_table(detail: dict[str, Any]) -> Table:
     """One row per dataset of a job detail: state, progress, message, attempt, resources."""
-    table = Table(title=f"job {detail['id']} · {detail['analysis']} · {styled(detail['state'])}",
-                  title_justify="left")
+    table = Table(title=f"job {detail['id']} · {detail['analysis']} · {styled(detail['state'])}", title_justify="left")
     table.add_column("dataset", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("progress", no_wrap=True)
@@ -63,10 +84,16 @@ def task_table(detail: dict[str, Any]) -> Table:
         table.add_column(col, no_wrap=True, justify="right")
     for t in detail["tasks"]:
         peak = t["peak_memory_bytes"]
-        table.add_row(t["dataset"], styled(t["state"]), f"{t['progress']:4.0%}", str(t["message"]),
-                      str(t["attempt"]), clock(t["started_ms"]),
-                      f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
-                      f"{peak / 1e6:.0f}" if peak else "-")
+        table.add_row(
+            t["dataset"],
+            styled(t["state"]),
+            f"{t['progress']:4.0%}",
+            str(t["message"]),
+            str(t["attempt"]),
+            clock(t["started_ms"]),
+            f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
+            f"{peak / 1e6:.0f}" if peak else "-",
+        )
     return table
 
 
@@ -88,14 +115,14 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     out.print("story:")
     for event in story:
         who = event["dataset"] or "job"
-        out.print(f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} "
-                  f"({event['cause']})")
+        out.print(
+            f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} ({event['cause']})"
+        )
 
 
 def print_rerun(out: Console, job: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
     """The file-by-file verdict of a rerun; True when the rerun succeeded and every output matches."""
-    table = Table("output", "verdict", title=f"rerun as job {job['id']}: {styled(job['state'])}",
-                  title_justify="left")
+    table = Table("output", "verdict", title=f"rerun as job {job['id']}: {styled(job['state'])}", title_justify="left")
     for row in rows:
         style = "green" if row["verdict"] == "match" else "red"
         table.add_row(row["path"], f"[{style}]{row['verdict']}[/]")
@@ -147,8 +174,11 @@ class Watch:
             row = (t["state"], round(float(t["progress"]), 2), t["message"])
             if self._seen.get(t["dataset"]) != row:
                 self._seen[t["dataset"]] = row
-                self.out.print(f"{time.strftime('%H:%M:%S')} {t['dataset']}: {row[0]} {row[1]:4.0%} {row[2]}",
-                               highlight=False, markup=False)
+                self.out.print(
+                    f"{time.strftime('%H:%M:%S')} {t['dataset']}: {row[0]} {row[1]:4.0%} {row[2]}",
+                    highlight=False,
+                    markup=False,
+                )
 
     def finish(self, detail: dict[str, Any]) -> None:
         self.update(detail, force=True)

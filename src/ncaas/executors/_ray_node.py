@@ -66,16 +66,21 @@ class NodeTask:
     bundle_blueprint: str  # the blueprint file's path inside the bundle
     bundle_environment: dict[str, str]  # the blueprint's environment paths, relative, inside the bundle
     s3_endpoint: str | None = None
+    exit_path: str | None = None  # storage path where the exit record is kept for a restarted manager
 
 
 # -- the analysis bundle -----------------------------------------------------------------
 def _wanted(path: Path) -> bool:
-    return path.is_file() and not any(p in _SKIP_PARTS or p.endswith(".egg-info") for p in path.parts) \
+    return (
+        path.is_file()
+        and not any(p in _SKIP_PARTS or p.endswith(".egg-info") for p in path.parts)
         and path.suffix not in (".pyc", ".pyo")
+    )
 
 
-def pack_bundle(loaded: LoadedBlueprint, lock: Path | None,
-                source: Path | None) -> tuple[bytes, dict[str, str], str, dict[str, str]]:
+def pack_bundle(
+    loaded: LoadedBlueprint, lock: Path | None, source: Path | None
+) -> tuple[bytes, dict[str, str], str, dict[str, str]]:
     """Tar the blueprint's folder, its lock and its analysis source for the nodes.
 
     Returns the archive, the sha256 of every file in it, the blueprint's path inside it,
@@ -101,8 +106,10 @@ def pack_bundle(loaded: LoadedBlueprint, lock: Path | None,
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
     if buffer.tell() > MAX_BUNDLE:
-        raise NcaasError(f"the analysis of {blueprint} packs to {buffer.tell() >> 20} MB, more than the "
-                         f"{MAX_BUNDLE >> 20} MB shipped to Ray nodes; keep data out of its folders")
+        raise NcaasError(
+            f"the analysis of {blueprint} packs to {buffer.tell() >> 20} MB, more than the "
+            f"{MAX_BUNDLE >> 20} MB shipped to Ray nodes; keep data out of its folders"
+        )
     here = blueprint.parent
     environment = {}
     if lock is not None:
@@ -126,8 +133,10 @@ def _unpack_bundle(archive: bytes, files: dict[str, str], root: Path) -> Path:
         got = hashlib.sha256((partial / rel).read_bytes()).hexdigest()
         if got != expected:
             shutil.rmtree(partial, ignore_errors=True)
-            raise NcaasError(f"the analysis file {rel} arrived on this node with sha256 {got[:12]}..., "
-                             f"not {expected[:12]}... as sent; refusing to build from it")
+            raise NcaasError(
+                f"the analysis file {rel} arrived on this node with sha256 {got[:12]}..., "
+                f"not {expected[:12]}... as sent; refusing to build from it"
+            )
     (partial / ".complete").write_text("")
     try:
         partial.rename(target)
@@ -236,8 +245,9 @@ class _NodeRun:
         self._status(f"preparing on node {self.node_ip}: analysis environment")
         bundle_dir = _unpack_bundle(self.bundle, self.task.bundle_files, self.root)
         original = self.task.blueprint
-        model = original.blueprint.model_copy(update={"environment": original.blueprint.environment.model_copy(
-            update=self.task.bundle_environment)})
+        model = original.blueprint.model_copy(
+            update={"environment": original.blueprint.environment.model_copy(update=self.task.bundle_environment)}
+        )
         loaded = dataclasses.replace(original, blueprint=model, path=bundle_dir / self.task.bundle_blueprint)
         env_info = self.local.ensure_environment(loaded)
         self.timings["environment_s"] = time.monotonic() - started
@@ -258,20 +268,30 @@ class _NodeRun:
         if self.storage.exists(str(spec.log_path)):  # earlier attempts' lines stay, as locally
             self.storage.get(str(spec.log_path), log)
         self.timings["stage_s"] = time.monotonic() - started
-        swap = {str(spec.output_dir): str(output), self.task.python_placeholder: env_info.python,
-                **{old: str(new) for old, new in staged.items()}}
-        swap = sorted(swap.items(), key=lambda kv: -len(kv[0]))  # longest first: paths nest
+        swaps = {
+            str(spec.output_dir): str(output),
+            self.task.python_placeholder: env_info.python,
+            **{old: str(new) for old, new in staged.items()},
+        }
+        swap = sorted(swaps.items(), key=lambda kv: -len(kv[0]))  # longest first: paths nest
         argv = []
         for arg in spec.argv:
             for old, new in swap:
                 arg = arg.replace(old, new)
             argv.append(arg)
         changes: dict[str, Any] = dict(
-            argv=argv, env=_node_env(spec, run_dir / "scratch"), cwd=run_dir / "scratch",
+            argv=argv,
+            env=_node_env(spec, run_dir / "scratch"),
+            cwd=run_dir / "scratch",
             inputs=[staged[str(p)] for p in spec.inputs],
-            output_dir=output, scratch_dir=run_dir / "scratch", log_path=log,
-            status_path=self.work / "status" / spec.status_path.name, run_dir=run_dir,
-            status_fields=self.status_fields, environment=Path(env_info.path) if env_info.path else None)
+            output_dir=output,
+            scratch_dir=run_dir / "scratch",
+            log_path=log,
+            status_path=self.work / "status" / spec.status_path.name,
+            run_dir=run_dir,
+            status_fields=self.status_fields,
+            environment=Path(env_info.path) if env_info.path else None,
+        )
         environment = {**dataclasses.asdict(env_info), "node": self.node_ip}
         return dataclasses.replace(spec, **changes), environment
 
@@ -322,25 +342,41 @@ def _node_ip() -> str:
 
 
 def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
-    """Run one task on this node; always returns an exit record (see ncaas.jobs.states.decide_exit)."""
+    """Run one task on this node; always returns an exit record (see ncaas.jobs.states.decide_exit).
+
+    The record is also kept in storage (``task.exit_path``) before it is returned: the
+    manager that launched the task may be gone by then, and the one that replaces it reads
+    it there, so a task that ran is never run again.
+    """
     if task.s3_endpoint and not os.environ.get("NCAAS_S3_ENDPOINT"):
         os.environ["NCAAS_S3_ENDPOINT"] = task.s3_endpoint
+    record = _run_node_task(task, bundle)
+    if task.exit_path and not record.get("lost"):
+        with contextlib.suppress(NcaasError, OSError):
+            Storage(task.storage_url).write_text(task.exit_path, json.dumps(record))
+    return record
+
+
+def _run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
     started_ms = int(time.time() * 1000)
     run: _NodeRun | None = None
     try:
         run = _NodeRun(task, bundle)
         spec, environment = run.prepare()
         record = run.execute(spec)
-        record.update(node=run.node_ip, environment=environment, argv=spec.argv,
-                      node_timings={k: round(v, 3) for k, v in run.timings.items()})
+        record.update(
+            node=run.node_ip,
+            environment=environment,
+            argv=spec.argv,
+            node_timings={k: round(v, 3) for k, v in run.timings.items()},
+        )
         record["node_isolation"] = run.local.isolation  # one line, as the local executor describes it
         return record
     except KeyboardInterrupt:
         return {"cancelled": True, "returncode": None, "start_ms": started_ms, "end_ms": int(time.time() * 1000)}
     except (NcaasError, OSError) as exc:
         where = f" on node {run.node_ip}" if run is not None else ""
-        return {"error": f"{exc}{where}", "returncode": None, "start_ms": started_ms,
-                "end_ms": int(time.time() * 1000)}
+        return {"error": f"{exc}{where}", "returncode": None, "start_ms": started_ms, "end_ms": int(time.time() * 1000)}
     finally:
         if run is not None:
             run.close()

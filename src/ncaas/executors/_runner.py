@@ -6,8 +6,14 @@ group, streams its stdout/stderr into the log as it comes, turns ``NCAAS_PROGRES
 task on SIGTERM (cancel), and finally writes ``exit.json`` (returncode, CPU seconds,
 peak memory, timings) atomically. It runs in its own session, so it outlives the
 manager; a restarted manager reads ``exit.json`` or adopts it while it still runs.
+
+A full disk does not stop it: log and status writes that find no space are dropped, and
+space held back in the run folder from the start (``reserve``) is given up so that the
+exit record is still written. A task that failed while its disk was full is recorded as
+such (``disk_full``: which folder, how much the task wrote), so it is not retried.
 """
 
+import errno
 import json
 import os
 import resource
@@ -19,6 +25,9 @@ import time
 
 GRACE_SECONDS = 3.0
 STATUS_EVERY = 0.25
+RESERVE_BYTES = 256 * 1024  # held in the run folder, given up to write the exit record on a full disk
+FULL_BELOW = 1 << 20  # bytes free under which a failed task's disk counts as full
+NO_SPACE_SIGNS = (b"No space left on device", b"[Errno 28]", b"ENOSPC")
 
 
 def now_ms():
@@ -26,15 +35,89 @@ def now_ms():
 
 
 def write_json(path, data):
+    """Write whole or not at all; a write that fails leaves no temporary file behind."""
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def hold_reserve(path):
+    try:
+        with open(path, "wb") as fh:
+            os.posix_fallocate(fh.fileno(), 0, RESERVE_BYTES)
+    except OSError:  # the disk is already full: the record may still fit
+        remove(path)
+
+
+class Disk:
+    """Whether the task's disk filled up: our own writes found no space, or the task said so."""
+
+    def __init__(self):
+        self.full = False
+
+    def saw(self, exc):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise exc
+        self.full = True
+
+    def read(self, line):
+        if any(sign in line for sign in NO_SPACE_SIGNS):
+            self.full = True
+
+
+class Log:
+    """The task's log; a write that finds no space is dropped (and remembered), never fatal."""
+
+    def __init__(self, fh, disk):
+        self.fh = fh
+        self.disk = disk
+
+    def write(self, data):
+        try:
+            self.fh.write(data)
+        except OSError as exc:
+            self.disk.saw(exc)
+
+
+def folder_bytes(path):
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def disk_full(spec, disk):
+    """Where the disk is full (the first of output, log and run folders with no space), or None."""
+    for folder in (spec["output_dir"], os.path.dirname(spec["log_path"]), spec["run_dir"]):
+        try:
+            stat = os.statvfs(folder)
+        except OSError:
+            continue
+        if stat.f_bavail * stat.f_frsize < FULL_BELOW:
+            return folder
+    return spec["output_dir"] if disk.full else None
 
 
 class Status:
-    def __init__(self, path, fields):
+    def __init__(self, path, fields, disk):
         self.path = path
+        self.disk = disk
         self.data = dict(fields)
         self.lock = threading.Lock()
         self.last = 0.0
@@ -54,8 +137,12 @@ class Status:
                 self._write()
 
     def _write(self):
-        write_json(self.path, self.data)
         self.last = time.monotonic()
+        try:
+            write_json(self.path, self.data)
+        except OSError as exc:  # no space: kept dirty, written at a later update
+            self.disk.saw(exc)
+            return
         self.dirty = False
 
 
@@ -80,12 +167,12 @@ def pump(fd, log, status):
         if not chunk:
             break
         log.write(chunk)
-        log.flush()
         pending += chunk
         *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
         if len(pending) > 65536:
             pending = b""
         for line in lines:
+            status.disk.read(line)
             if line.startswith(b"NCAAS_PROGRESS"):
                 parse_progress(line.decode("utf-8", "replace"), status)
     if pending.startswith(b"NCAAS_PROGRESS"):
@@ -112,6 +199,7 @@ def limiter(memory_limit):
     def apply():
         if memory_limit:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
     return apply
 
 
@@ -123,23 +211,42 @@ def main(spec_path):
     cancelled = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancelled.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    status = Status(spec["status_path"], spec.get("status_fields", {}))
+    reserve = os.path.join(run_dir, "reserve")
+    hold_reserve(reserve)
+    disk = Disk()
+    status = Status(spec["status_path"], spec.get("status_fields", {}), disk)
     record = {"timeout": spec["timeout"], "timed_out": False, "cancelled": False, "start_ms": now_ms()}
     os.makedirs(os.path.dirname(spec["log_path"]), exist_ok=True)
-    with open(spec["log_path"], "ab", buffering=0) as log:
+    with open(spec["log_path"], "ab", buffering=0) as fh:
+        log = Log(fh, disk)
         attempt = spec.get("status_fields", {}).get("attempt", 1)
         log.write(f"[ncaas] attempt {attempt}: {' '.join(spec.get('command') or spec['argv'])}\n".encode())
         try:
-            proc = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
-                                    preexec_fn=limiter(spec.get("memory_limit")))
+            proc = subprocess.Popen(
+                spec["argv"],
+                cwd=spec["cwd"],
+                env=spec["env"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=limiter(spec.get("memory_limit")),
+            )
         except OSError as exc:
-            record.update(returncode=None, error=f"{spec['argv'][0]}: {exc.strerror}", end_ms=now_ms(),
-                          cpu_seconds=0.0, peak_memory_bytes=0)
+            record.update(
+                returncode=None,
+                error=f"{spec['argv'][0]}: {exc.strerror}",
+                end_ms=now_ms(),
+                cpu_seconds=0.0,
+                peak_memory_bytes=0,
+            )
             log.write(f"[ncaas] could not start: {exc}\n".encode())
-            write_json(exit_path, record)
+            write_exit(exit_path, record, reserve)
             return 0
-        write_json(os.path.join(run_dir, "child.json"), {"pid": proc.pid})
+        try:
+            write_json(os.path.join(run_dir, "child.json"), {"pid": proc.pid})
+        except OSError as exc:  # no space: the sandbox's cgroup still reaches every process of the task
+            disk.saw(exc)
         status.update(force=True, state="running", start_ms=record["start_ms"], pid=proc.pid, progress=0.0)
         reader = threading.Thread(target=pump, args=(proc.stdout.fileno(), log, status), daemon=True)
         reader.start()
@@ -161,14 +268,36 @@ def main(spec_path):
             pass
         reader.join(timeout=5)
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        record.update(returncode=proc.returncode, end_ms=now_ms(),
-                      cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
-                      peak_memory_bytes=usage.ru_maxrss * 1024)
+        record.update(
+            returncode=proc.returncode,
+            end_ms=now_ms(),
+            cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
+            peak_memory_bytes=usage.ru_maxrss * 1024,
+        )
+        full = None
+        if proc.returncode != 0 and not record["timed_out"] and not record["cancelled"]:
+            full = disk_full(spec, disk)
+        if full is not None:
+            record["disk_full"] = {"path": full, "wrote_bytes": folder_bytes(spec["output_dir"])}
         status.update(force=True)
         what = "timed out" if record["timed_out"] else "cancelled" if record["cancelled"] else "exited"
         log.write(f"[ncaas] {what} with code {proc.returncode}\n".encode())
-    write_json(exit_path, record)
+        if full is not None:
+            log.write(f"[ncaas] the disk is full: {full} has no space left\n".encode())
+    write_exit(exit_path, record, reserve)
     return 0
+
+
+def write_exit(path, record, reserve):
+    """The exit record, written even on a full disk: the reserve is given up for it if need be."""
+    try:
+        write_json(path, record)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        remove(reserve)
+        write_json(path, record)
+    remove(reserve)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,15 @@ __all__ = ["LocalExecutor"]
 
 _RUNNER = Path(__file__).with_name("_runner.py")
 VERIFY_EVERY = 30.0  # seconds: an environment is re-hashed in full at most this often per manager
-_LIMIT_REASONS = {"process_limit", "memory", "write_denied", "environment_write_denied", "outside_access",
-                  "network_denied", "link_outside"}
+_LIMIT_REASONS = {
+    "process_limit",
+    "memory",
+    "write_denied",
+    "environment_write_denied",
+    "outside_access",
+    "network_denied",
+    "link_outside",
+}
 
 
 def _cpu_count() -> int:
@@ -58,10 +65,30 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _alive(pid: int, start_time: float) -> bool:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write whole or not at all: a manager killed mid-write leaves no half a handle behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _alive(handle: TaskHandle) -> bool:
+    """Whether the handle's supervisor still runs.
+
+    It is known by its command line, which names its run folder's spec.json: a process
+    start time does not tell it across processes, as psutil derives it from the boot time,
+    which /proc gives in whole seconds and which moves when the clock is adjusted (a live
+    supervisor then looked dead to a restarted manager, and was retried while it ran).
+    Without a readable command line, the start time decides, within that second.
+    """
     try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - start_time) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
+        proc = psutil.Process(handle.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        cmdline = proc.cmdline()
+        if cmdline:
+            return str(handle.run_dir / "spec.json") in cmdline
+        return abs(proc.create_time() - handle.start_time) < 1.5
     except psutil.Error:
         return False
 
@@ -82,8 +109,7 @@ class LocalExecutor:
         return sandboxes.describe_isolation()
 
     # -- seams ---------------------------------------------------------------------------
-    def ensure_environment(self, blueprint: Any, *, progress: environments.Progress | None = None
-                           ) -> EnvironmentInfo:
+    def ensure_environment(self, blueprint: Any, *, progress: environments.Progress | None = None) -> EnvironmentInfo:
         """Build (once, showing progress) or verify the blueprint's immutable environment.
 
         A blueprint without ``environment`` runs with the platform's own python.
@@ -94,13 +120,19 @@ class LocalExecutor:
             spec = environments.spec_for_blueprint(blueprint)
             if spec is None:
                 return EnvironmentInfo(python=sys.executable)
-            env, _ = environments.ensure(spec, progress=_BuildProgress(spec.name, also=progress),
-                                         verified_within=VERIFY_EVERY)
+            env, _ = environments.ensure(
+                spec, progress=_BuildProgress(spec.name, also=progress), verified_within=VERIFY_EVERY
+            )
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
-        return EnvironmentInfo(python=str(env.python), lock_hash=env.lock_sha256,
-                               manifest_hash=env.manifest_sha256, env_hash=env.env_sha256,
-                               source_hash=env.manifest["source_sha256"] or None, path=str(env.path))
+        return EnvironmentInfo(
+            python=str(env.python),
+            lock_hash=env.lock_sha256,
+            manifest_hash=env.manifest_sha256,
+            env_hash=env.env_sha256,
+            source_hash=env.manifest["source_sha256"] or None,
+            path=str(env.path),
+        )
 
     def prepare(self, spec: TaskSpec) -> tuple[list[str], dict[str, str]]:
         """Open the task's sandbox; the argv and environment variables that run it inside.
@@ -112,9 +144,14 @@ class LocalExecutor:
         if spec.environment is None:  # the platform's own interpreter and import path, read-only
             readonly += _platform_python_paths()
         box_spec = sandboxes.SandboxSpec(
-            readonly=readonly, writable=[spec.output_dir], environment=spec.environment,
-            memory=spec.memory_limit, cpus=spec.cpus, scratch=spec.scratch_dir,
-            env={k: v for k, v in spec.env.items() if k.startswith("NCAAS_")})
+            readonly=readonly,
+            writable=[spec.output_dir],
+            environment=spec.environment,
+            memory=spec.memory_limit,
+            cpus=spec.cpus,
+            scratch=spec.scratch_dir,
+            env={k: v for k, v in spec.env.items() if k.startswith("NCAAS_")},
+        )
         try:
             box = sandboxes.Sandbox(box_spec).__enter__()
         except NcaasError as exc:
@@ -124,8 +161,7 @@ class LocalExecutor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
-        for folder in (spec.run_dir, spec.output_dir, spec.scratch_dir, spec.log_path.parent,
-                       spec.status_path.parent):
+        for folder in (spec.run_dir, spec.output_dir, spec.scratch_dir, spec.log_path.parent, spec.status_path.parent):
             folder.mkdir(parents=True, exist_ok=True)
         payload = spec.to_json()
         payload["argv"], payload["env"] = self.prepare(spec)
@@ -135,16 +171,21 @@ class LocalExecutor:
         spec_path.write_text(json.dumps(payload, indent=1))
         try:
             with open(spec.run_dir / "runner.err", "ab") as err:
-                proc = subprocess.Popen([sys.executable, "-S", "-P", str(_RUNNER), str(spec_path)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                        start_new_session=True, close_fds=True)
+                proc = subprocess.Popen(
+                    [sys.executable, "-S", "-P", str(_RUNNER), str(spec_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError as exc:
             raise ExecutorError(f"cannot start the task supervisor: {exc}") from exc
         try:
             start = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             start = 0.0
-        (spec.run_dir / "runner.json").write_text(json.dumps({"pid": proc.pid, "start_time": start}))
+        _write_json(spec.run_dir / "runner.json", {"pid": proc.pid, "start_time": start})
         self._children[spec.run_dir] = proc
         return TaskHandle(spec.run_dir, proc.pid, start)
 
@@ -158,7 +199,7 @@ class LocalExecutor:
                 own.wait()
                 del self._children[handle.run_dir]
             return _explain(handle.run_dir, record)
-        running = own.poll() is None if own is not None else _alive(handle.pid, handle.start_time)
+        running = own.poll() is None if own is not None else _alive(handle)
         if running:
             _check_limits(handle.run_dir)
             return None
@@ -168,7 +209,7 @@ class LocalExecutor:
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the supervisor to stop the task (it SIGTERMs, then SIGKILLs, the task's group)."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGTERM)
                 return
@@ -178,7 +219,7 @@ class LocalExecutor:
 
     def kill(self, handle: TaskHandle) -> None:
         """Kill the supervisor and the task's process group at once."""
-        if _alive(handle.pid, handle.start_time):
+        if _alive(handle):
             try:
                 os.kill(handle.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -197,6 +238,16 @@ class LocalExecutor:
         if box is not None:
             box.close()
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
+
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        """The exit record the task's supervisor wrote, if it wrote one (however long ago)."""
+        record = _read_json(run_dir / "exit.json")
+        return None if record is None else _explain(run_dir, record)
+
+    def started(self, run_dir: Path) -> bool:
+        """Whether the task's command may have started: the supervisor writes child.json as
+        soon as it has started it (a launch cut short before that leaves none)."""
+        return (run_dir / "child.json").exists()
 
     def find(self, run_dir: Path) -> TaskHandle | None:
         """Find a task's supervisor from its run folder (after a manager crash)."""
@@ -225,8 +276,14 @@ class LocalExecutor:
         return self.cpus, self.memory
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "host": socket.gethostname(), "platform": platform.platform(),
-                "python": sys.version.split()[0], "cpus": self.cpus, "memory_bytes": self.memory}
+        return {
+            "name": self.name,
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": self.cpus,
+            "memory_bytes": self.memory,
+        }
 
 
 # -- the sandbox around each task --------------------------------------------------------

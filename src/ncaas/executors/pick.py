@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..exceptions import NcaasError
 from ..storage import Storage
 from .local import LocalExecutor
+
+if TYPE_CHECKING:
+    from .ray import RayExecutor
 
 __all__ = ["EXECUTORS", "executor_for"]
 
 EXECUTORS = ("local", "ray")
 
 
-def executor_for(name: str, storage: Storage, *, ray_address: str | None = None,
-                 ray_max_cpus: int | None = None) -> object:
+def executor_for(
+    name: str, storage: Storage, *, ray_address: str | None = None, ray_max_cpus: int | None = None
+) -> LocalExecutor | RayExecutor:
     """``local`` (tasks on this machine) or ``ray`` (tasks on the Ray cluster at ``ray_address``)."""
     if name not in EXECUTORS:
         raise NcaasError(f"--executor {name!r} is not known; use one of: {', '.join(EXECUTORS)}")
@@ -20,12 +26,16 @@ def executor_for(name: str, storage: Storage, *, ray_address: str | None = None,
         if ray_address or ray_max_cpus:
             raise NcaasError("--ray-address and --ray-max-cpus need --executor ray")
         if not storage.is_local:
-            raise NcaasError(f"the local executor runs tasks on files of this machine, and {storage.url} is "
-                             "remote; run the tasks on a Ray cluster: --executor ray --ray-address HEAD:PORT")
+            raise NcaasError(
+                f"the local executor runs tasks on files of this machine, and {storage.url} is "
+                "remote; run the tasks on a Ray cluster: --executor ray --ray-address HEAD:PORT"
+            )
         return LocalExecutor()
     if not ray_address:
-        raise NcaasError("--executor ray needs the cluster: --ray-address HEAD:PORT (or NCAAS_RAY_ADDRESS; "
-                         "'auto' on a machine of the cluster)")
+        raise NcaasError(
+            "--executor ray needs the cluster: --ray-address HEAD:PORT (or NCAAS_RAY_ADDRESS; "
+            "'auto' on a machine of the cluster)"
+        )
     if ray_max_cpus is not None and ray_max_cpus < 1:
         raise NcaasError(f"--ray-max-cpus must be at least 1, not {ray_max_cpus}")
     from .ray import RayExecutor  # imports Ray only when asked for

@@ -17,7 +17,9 @@ Behaviour matches the local executor:
   lost comes back as :data:`~ncaas.executors.base.LOST`, and the manager's retry
   policy queues it again, so it runs on a node that is alive;
 - the manager owns its Ray tasks: if it stops, they stop with it and are retried
-  when it starts again.
+  when it starts again; a task that ended before its manager read the result is
+  settled from the exit record its node also keeps in the job's results
+  (``.exit-records/``, removed once read), so it is never run again.
 
 Ray reads ``RAY_AUTH_MODE`` when it is first imported: with token authentication,
 set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas.
@@ -25,6 +27,8 @@ set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -46,14 +50,23 @@ PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
 
 CAPACITY_TTL = 2.0  # seconds a reading of the cluster's resources is reused
+EXIT_RECORDS = ".exit-records"  # in a job's results: each task's exit record, until the manager took it
+
+
+def _stored_exit_path(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "ray.json").read_text())["exit_path"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise ExecutorError("the ray executor needs Ray; install ncaas with its scale extra: "
-                            "pip install 'ncaas[scale]'") from exc
+        raise ExecutorError(
+            "the ray executor needs Ray; install ncaas with its scale extra: pip install 'ncaas[scale]'"
+        ) from exc
     return ray
 
 
@@ -63,8 +76,7 @@ class RayExecutor:
     name = "ray"
     stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
 
-    def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None,
-                 namespace: str = "ncaas"):
+    def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None, namespace: str = "ncaas"):
         self.address = address
         self.storage = storage
         self.max_cpus = max_cpus
@@ -83,21 +95,31 @@ class RayExecutor:
         if self.ray.is_initialized():
             return
         try:
-            self.ray.init(address=self.address, namespace=namespace, log_to_driver=False,
-                          logging_level=logging.WARNING, configure_logging=True)
+            self.ray.init(
+                address=self.address,
+                namespace=namespace,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, its own errors
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
-            chain, cause = [], exc
+            chain: list[str] = []
+            cause: BaseException | None = exc
             while cause is not None:
                 chain.append(str(cause))
                 cause = cause.__cause__ or cause.__context__
-            why = ("the cluster refused this process's token" if "AuthToken" in " ".join(chain)
-                   else str(exc).splitlines()[0])
+            why = (
+                "the cluster refused this process's token"
+                if "AuthToken" in " ".join(chain)
+                else str(exc).splitlines()[0]
+            )
             raise ExecutorError(
                 f"cannot join the Ray cluster at {self.address}: {why}. Check the address (the head's "
                 "HOST:PORT, or 'auto' on a cluster node); with token authentication set RAY_AUTH_MODE=token "
                 f"(now {mode}) and the cluster's token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
-                "~/.ray/auth_token)") from None
+                "~/.ray/auth_token)"
+            ) from None
 
     # -- environments --------------------------------------------------------------------
     def _pack(self, loaded: LoadedBlueprint) -> tuple[tuple[str, ...], EnvironmentInfo]:
@@ -107,8 +129,9 @@ class RayExecutor:
             lock, source = (spec.lock_file, spec.source) if spec else (None, None)
             info = EnvironmentInfo(python=PYTHON_ON_NODE)
             if spec is not None:
-                info = EnvironmentInfo(python=PYTHON_ON_NODE, lock_hash=spec.lock_sha256(),
-                                       source_hash=spec.source_sha256() or None)
+                info = EnvironmentInfo(
+                    python=PYTHON_ON_NODE, lock_hash=spec.lock_sha256(), source_hash=spec.source_sha256() or None
+                )
             key = (loaded.sha256, str(loaded.path), str(info.lock_hash), str(info.source_hash))
             if key not in self._packed:
                 # two threads may pack the same analysis at once: setdefault keeps one (atomic under the GIL)
@@ -142,12 +165,17 @@ class RayExecutor:
     def launch(self, spec: TaskSpec) -> TaskHandle:
         blueprint = getattr(spec, "blueprint", None)
         if blueprint is None:
-            raise ExecutorError("the ray executor needs the task's blueprint (TaskSpec.blueprint) "
-                                "to ship its analysis to the nodes")
+            raise ExecutorError(
+                "the ray executor needs the task's blueprint (TaskSpec.blueprint) to ship its analysis to the nodes"
+            )
         (ref, files, rel, environment), _ = self._bundle(blueprint)
         resources = blueprint.blueprint.resources
-        options: dict[str, Any] = {"num_cpus": spec.cpus, "max_retries": 0, "scheduling_strategy": "SPREAD",
-                                   "name": f"ncaas {spec.status_fields.get('job')}/{spec.status_fields.get('dataset')}"}
+        options: dict[str, Any] = {
+            "num_cpus": spec.cpus,
+            "max_retries": 0,
+            "scheduling_strategy": "SPREAD",
+            "name": f"ncaas {spec.status_fields.get('job')}/{spec.status_fields.get('dataset')}",
+        }
         if spec.memory_limit:
             options["memory"] = spec.memory_limit
         if resources.gpus:
@@ -157,10 +185,21 @@ class RayExecutor:
             options["resources"] = custom
         self._check_feasible(options)
         results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
-        task = NodeTask(spec=spec, storage_url=self.storage.url, config_path=str(results / "config.json"),
-                        python_placeholder=PYTHON_ON_NODE, blueprint=blueprint, bundle_files=files,
-                        bundle_blueprint=rel, bundle_environment=environment,
-                        s3_endpoint=os.environ.get(ENDPOINT_ENV))
+        exit_path = f"{results}/{EXIT_RECORDS}/{spec.run_dir.name}.json"
+        spec.run_dir.mkdir(parents=True, exist_ok=True)  # where a restarted manager finds that path again
+        (spec.run_dir / "ray.json").write_text(json.dumps({"exit_path": exit_path}))
+        task = NodeTask(
+            spec=spec,
+            storage_url=self.storage.url,
+            config_path=str(results / "config.json"),
+            python_placeholder=PYTHON_ON_NODE,
+            blueprint=blueprint,
+            bundle_files=files,
+            bundle_blueprint=rel,
+            bundle_environment=environment,
+            s3_endpoint=os.environ.get(ENDPOINT_ENV),
+            exit_path=exit_path,
+        )
         try:
             self._refs[spec.run_dir] = self._remote.options(**options).remote(task, ref)
         except Exception as exc:  # noqa: BLE001 - Ray validates options and connection here
@@ -171,21 +210,27 @@ class RayExecutor:
         """Refuse a task no node can ever hold (unless the cluster may grow: max_cpus given)."""
         if self.max_cpus is not None:
             return
-        wanted = {"CPU": options["num_cpus"], "memory": options.get("memory", 0),
-                  "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
+        wanted = {
+            "CPU": options["num_cpus"],
+            "memory": options.get("memory", 0),
+            "GPU": options.get("num_gpus", 0),
+            **options.get("resources", {}),
+        }
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
         if any(all(have.get(k, 0) >= v for k, v in wanted.items() if v) for have in nodes):
             return
         needs = ", ".join(f"{k}={v:g}" for k, v in wanted.items() if v)
-        raise ExecutorError(f"no node of the Ray cluster at {self.address} offers {needs}; lower the "
-                            "blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
-                            "whose autoscaler adds nodes")
+        raise ExecutorError(
+            f"no node of the Ray cluster at {self.address} offers {needs}; lower the "
+            "blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
+            "whose autoscaler adds nodes"
+        )
 
     def poll(self, handle: TaskHandle) -> dict[str, Any] | None:
         """The exit record once the Ray task is over, None while it runs, LOST if its node was lost."""
         ref = self._refs.get(handle.run_dir)
-        if ref is None:  # launched by an earlier manager: its Ray tasks ended with it
-            return LOST
+        if ref is None:  # launched by an earlier manager: its Ray tasks ended with it, or before it
+            return self.exit_record(handle.run_dir) or LOST
         ready, _ = self.ray.wait([ref], timeout=0)
         if not ready:
             return None
@@ -198,8 +243,13 @@ class RayExecutor:
             return {"cancelled": True, "returncode": None, "end_ms": int(time.time() * 1000)}
         except exceptions.RayTaskError as exc:
             return {"error": f"the task's supervisor failed on its Ray node: {exc}", "returncode": None}
-        except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.LocalRayletDiedError,
-                exceptions.ObjectLostError, exceptions.OutOfMemoryError):
+        except (
+            exceptions.WorkerCrashedError,
+            exceptions.NodeDiedError,
+            exceptions.LocalRayletDiedError,
+            exceptions.ObjectLostError,
+            exceptions.OutOfMemoryError,
+        ):
             return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
         except exceptions.RayError as exc:
             return {"error": f"Ray could not run the task: {exc}", "returncode": None}
@@ -228,8 +278,26 @@ class RayExecutor:
     def find(self, run_dir: Path) -> TaskHandle | None:
         return None  # Ray tasks do not outlive the manager that owns them
 
+    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+        """The record the node kept in storage, for a task whose manager was gone when it ended."""
+        path = _stored_exit_path(run_dir)
+        try:
+            record = json.loads(self.storage.read_text(path)) if path else None
+        except (FileNotFoundError, ValueError, NcaasError, OSError):
+            return None
+        if isinstance(record, dict) and record.get("node_isolation"):
+            self._isolation.add(str(record["node_isolation"]))
+        return record if isinstance(record, dict) else None
+
+    def started(self, run_dir: Path) -> bool:
+        return True  # a Ray task leaves no trace of having started but its record: assume it may have
+
     def finish(self, run_dir: Path) -> None:
-        """Nothing to dissolve here: each node removes its own work folder."""
+        """Remove the exit record kept in storage (each node removes its own work folder)."""
+        path = _stored_exit_path(run_dir)
+        if path:
+            with contextlib.suppress(NcaasError, OSError):
+                self.storage.remove(path)
 
     # -- description ---------------------------------------------------------------------
     def capacity(self) -> tuple[int, int]:
@@ -258,9 +326,15 @@ class RayExecutor:
     def describe(self) -> dict[str, Any]:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         cpus, memory = self.capacity()
-        return {"name": self.name, "address": self.address, "ray_version": self.ray.__version__,
-                "host": socket.gethostname(), "nodes": sorted(n["NodeManagerAddress"] for n in nodes),
-                "cpus": cpus, "memory_bytes": memory}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "ray_version": self.ray.__version__,
+            "host": socket.gethostname(),
+            "nodes": sorted(n["NodeManagerAddress"] for n in nodes),
+            "cpus": cpus,
+            "memory_bytes": memory,
+        }
 
     def close(self) -> None:
         for ref in list(self._refs.values()):

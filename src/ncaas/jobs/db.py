@@ -12,9 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, select,
-                        update)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -188,8 +199,9 @@ class JobDB:
 
     def same_content(self, group: str, content_key: str) -> Job | None:
         with self.session() as s:
-            return s.scalars(select(Job).where(Job.group == group, Job.content_key == content_key)
-                             .order_by(Job.created_ms)).first()
+            return s.scalars(
+                select(Job).where(Job.group == group, Job.content_key == content_key).order_by(Job.created_ms)
+            ).first()
 
     # -- writes --------------------------------------------------------------------------
     def add_job(self, job: Job, tasks: list[Task], cause: str) -> bool:
@@ -203,8 +215,11 @@ class JobDB:
                     s.add(task)
                 s.add(Event(job_id=job.id, to_state=job.state, cause=cause, at_ms=job.created_ms))
                 for task in tasks:
-                    s.add(Event(job_id=job.id, dataset=task.dataset, to_state=task.state, cause=cause,
-                                at_ms=job.created_ms))
+                    s.add(
+                        Event(
+                            job_id=job.id, dataset=task.dataset, to_state=task.state, cause=cause, at_ms=job.created_ms
+                        )
+                    )
         except SQLAlchemyError as exc:
             if self.seen_submission(job.submission_key) is not None:
                 return False
@@ -217,12 +232,25 @@ class JobDB:
         check_transition(old, new)
         at = now_ms()
         with self.session() as s, s.begin():
-            done = s.execute(update(Task).where(Task.id == task.id, Task.state == old.value)
-                             .values(state=new.value, cause=cause, **fields))
+            done = _changed(
+                s.execute(
+                    update(Task)
+                    .where(Task.id == task.id, Task.state == old.value)
+                    .values(state=new.value, cause=cause, **fields)
+                )
+            )
             if done.rowcount != 1:
                 return False
-            s.add(Event(job_id=task.job_id, dataset=task.dataset, from_state=old.value,
-                        to_state=new.value, cause=cause, at_ms=at))
+            s.add(
+                Event(
+                    job_id=task.job_id,
+                    dataset=task.dataset,
+                    from_state=old.value,
+                    to_state=new.value,
+                    cause=cause,
+                    at_ms=at,
+                )
+            )
         task.state = new.value
         task.cause = cause
         for key, value in fields.items():
@@ -232,7 +260,9 @@ class JobDB:
     def set_cause(self, task: Task, cause: str) -> bool:
         """Say why a task is where it is, without moving it; False if it moved meanwhile (say, cancelled)."""
         with self.session() as s, s.begin():
-            done = s.execute(update(Task).where(Task.id == task.id, Task.state == task.state).values(cause=cause))
+            done = _changed(
+                s.execute(update(Task).where(Task.id == task.id, Task.state == task.state).values(cause=cause))
+            )
         if done.rowcount != 1:
             return False
         task.cause = cause
@@ -247,8 +277,11 @@ class JobDB:
         if old == new and not fields:
             return True
         with self.session() as s, s.begin():
-            done = s.execute(update(Job).where(Job.id == job.id, Job.state == old)
-                             .values(state=new, cause=cause, **fields))
+            done = _changed(
+                s.execute(
+                    update(Job).where(Job.id == job.id, Job.state == old).values(state=new, cause=cause, **fields)
+                )
+            )
             if done.rowcount != 1:
                 return False
             if old != new:
@@ -262,3 +295,9 @@ class JobDB:
     def update_job(self, job_id: str, **fields: Any) -> None:
         with self.session() as s, s.begin():
             s.execute(update(Job).where(Job.id == job_id).values(**fields))
+
+
+def _changed(result: Result[Any]) -> CursorResult[Any]:
+    """An UPDATE's result, which tells how many rows it changed (``rowcount``)."""
+    assert isinstance(result, CursorResult)
+    return result

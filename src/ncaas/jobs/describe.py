@@ -26,23 +26,40 @@ def _read_json(storage, path: str) -> dict[str, Any]:
 
 def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
     """One row of a job list."""
-    return {"id": job.id, "group": job.group, "analysis": job.analysis, "state": job.state, "cause": job.cause,
-            "submission": job.submission, "created_ms": job.created_ms, "started_ms": job.started_ms,
-            "ended_ms": job.ended_ms, "datasets": n_tasks,
-            "finished": job.state in JOB_TERMINAL and bool(job.finalized), "results_dir": job.results_dir}
+    return {
+        "id": job.id,
+        "group": job.group,
+        "analysis": job.analysis,
+        "state": job.state,
+        "cause": job.cause,
+        "submission": job.submission,
+        "created_ms": job.created_ms,
+        "started_ms": job.started_ms,
+        "ended_ms": job.ended_ms,
+        "datasets": n_tasks,
+        "finished": job.state in JOB_TERMINAL and bool(job.finalized),
+        "results_dir": job.results_dir,
+    }
 
 
 def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
     """One dataset of a job; a queued task waiting for something (its environment) says what as its message."""
     status = _read_json(storage, f"{job.results_dir}/status/{task.dataset}.json")
     waiting = task.state == "queued" and task.cause.startswith("waiting")
-    return {"dataset": task.dataset, "input": task.dataset_rel, "state": task.state, "cause": task.cause,
-            "attempt": task.attempt,
-            "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
-            "message": task.cause if waiting else status.get("message", ""),
-            "started_ms": task.started_ms, "ended_ms": task.ended_ms,
-            "exit_code": task.exit_code, "cpu_seconds": task.cpu_seconds,
-            "peak_memory_bytes": task.peak_memory_bytes}
+    return {
+        "dataset": task.dataset,
+        "input": task.dataset_rel,
+        "state": task.state,
+        "cause": task.cause,
+        "attempt": task.attempt,
+        "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
+        "message": task.cause if waiting else status.get("message", ""),
+        "started_ms": task.started_ms,
+        "ended_ms": task.ended_ms,
+        "exit_code": task.exit_code,
+        "cpu_seconds": task.cpu_seconds,
+        "peak_memory_bytes": task.peak_memory_bytes,
+    }
 
 
 def rejection_problems(storage, job: Job) -> list[str]:
@@ -56,15 +73,23 @@ def job_detail(manager, job: Job) -> dict[str, Any]:
     job = manager.db.job(job.id) or job
     tasks = manager.db.tasks(job.id)
     out = job_summary(job, len(tasks))
-    out.update(config=job.config, config_name=job.config_name,
-               tasks=[task_row(manager.storage, job, t) for t in tasks],
-               error="\n".join(rejection_problems(manager.storage, job)) if job.state == "rejected" else None)
+    out.update(
+        config=job.config,
+        config_name=job.config_name,
+        tasks=[task_row(manager.storage, job, t) for t in tasks],
+        error="\n".join(rejection_problems(manager.storage, job)) if job.state == "rejected" else None,
+    )
     return out
 
 
 def event_row(event: Event) -> dict[str, Any]:
-    return {"at_ms": event.at_ms, "dataset": event.dataset, "from_state": event.from_state,
-            "to_state": event.to_state, "cause": event.cause}
+    return {
+        "at_ms": event.at_ms,
+        "dataset": event.dataset,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "cause": event.cause,
+    }
 
 
 def job_story(manager, job: Job) -> list[dict[str, Any]]:

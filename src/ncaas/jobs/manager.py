@@ -40,12 +40,21 @@ from ..executors.local import LocalExecutor
 from ..private import private_dir
 from ..signing import CertificateKeys
 from ..storage import KINDS, Storage
-from ..submission import (JobRequest, SubmitLimits, build_request, canonical_json, dataset_problem,
-                          parse_submit_file, too_large)
+from ..submission import (
+    JobRequest,
+    SubmitLimits,
+    build_request,
+    canonical_json,
+    dataset_problem,
+    parse_submit_file,
+    too_large,
+)
 from .db import Job, JobDB, Task, now_ms
-from .states import JOB_TERMINAL, JobState, TaskState, decide_exit, decide_lost, job_state
+from .diskspace import Reserve, is_disk_full, reserve_size
+from .states import JOB_TERMINAL, JobState, TaskState, decide_cut_short, decide_exit, decide_lost, job_state
 
 __all__ = ["Manager", "manager_lock", "new_job_id"]
+
 
 def manager_lock(storage: Storage) -> IO[str] | None:
     """Take the one-manager-per-storage lock (``<state dir>/manager.lock``); None when another holds it.
@@ -84,10 +93,19 @@ def _sha256(data: bytes) -> str:
 class Manager:
     """Turn submissions into jobs and jobs into tasks on an executor."""
 
-    def __init__(self, storage: Storage, db: JobDB, *, executor: LocalExecutor | None = None,
-                 registry: BlueprintRegistry | None = None, default_analysis: str | None = None,
-                 poll_interval: float = 0.05, notify: Callable[[str], None] | None = None,
-                 scan_interval: float = 0.0, limits: SubmitLimits | None = None):
+    def __init__(
+        self,
+        storage: Storage,
+        db: JobDB,
+        *,
+        executor: LocalExecutor | None = None,
+        registry: BlueprintRegistry | None = None,
+        default_analysis: str | None = None,
+        poll_interval: float = 0.05,
+        notify: Callable[[str], None] | None = None,
+        scan_interval: float = 0.0,
+        limits: SubmitLimits | None = None,
+    ):
         self.storage = storage
         self.limits = limits or SubmitLimits.from_env()
         self.db = db
@@ -96,6 +114,7 @@ class Manager:
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
         self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
+        self._configs: set[str] = set()  # jobs whose config.json is known to be written
         self.default_analysis = default_analysis
         self.poll_interval = poll_interval
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
@@ -115,6 +134,8 @@ class Manager:
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
         self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
         self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
+        self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
+        self._disk_full = False  # a step failed for lack of space and none has succeeded since
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -164,8 +185,13 @@ class Manager:
             existing = self.db.seen_submission(key)
             if existing is not None:
                 return existing, False
-            return self.reject(group, name, key, key, [
-                f"{name} is {KINDS[kind]}, not a file; write the submit file itself into {group}/submissions/"]), True
+            return self.reject(
+                group,
+                name,
+                key,
+                key,
+                [f"{name} is {KINDS[kind]}, not a file; write the submit file itself into {group}/submissions/"],
+            ), True
         limit = self.limits.max_bytes
         try:
             raw = self.storage.read_head(path, limit + 1)  # a file over the limit is never read whole
@@ -175,9 +201,20 @@ class Manager:
         except SpecialFileRefused as exc:  # swapped for a FIFO or link since it was looked at: never opened
             key = f"{group}/{name}:{exc.kind}"
             found = self.db.seen_submission(key)
-            return (found, False) if found is not None else \
-                (self.reject(group, name, key, key, [f"{name} is {exc.words}, not a regular file; "
-                                                          "write the submit file as a regular file"]), True)
+            return (
+                (found, False)
+                if found is not None
+                else (
+                    self.reject(
+                        group,
+                        name,
+                        key,
+                        key,
+                        [f"{name} is {exc.words}, not a regular file; write the submit file as a regular file"],
+                    ),
+                    True,
+                )
+            )
         key = f"{group}/{name}:{_sha256(raw)}" + (f":{size}" if size > limit else "")
         existing = self.db.seen_submission(key)
         if existing is not None:
@@ -195,11 +232,13 @@ class Manager:
             if twin is not None:
                 raise SubmissionRejected(
                     f"{name} is identical to {twin.submission} (job {twin.id}), which was already run; "
-                    "a submission runs once — change its timestamp to run it again")
+                    "a submission runs once — change its timestamp to run it again"
+                )
             if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
                 self._registry = BlueprintRegistry.discover()
-            request = build_request(self.storage, self.registry, group, submit,
-                                    default_analysis=self.default_analysis, limits=self.limits)
+            request = build_request(
+                self.storage, self.registry, group, submit, default_analysis=self.default_analysis, limits=self.limits
+            )
         except SubmissionRejected as exc:
             if young and not raw.rstrip().endswith(b"}"):
                 return None, False  # probably still being copied; look again at the next scan
@@ -210,16 +249,34 @@ class Manager:
         job_id = new_job_id()
         bp = request.blueprint
         self.archive.put(bp)  # the job's blueprint is read back from here, by its content hash
-        job = Job(id=job_id, group=request.group, analysis=bp.name, submission=submission,
-                  submission_key=key, content_key=content_key, state=JobState.QUEUED.value,
-                  blueprint_json=json.dumps({**bp.identity(), "content": bp.blueprint.model_dump(mode="json")}),
-                  config_json=json.dumps(request.config), config_name=request.config_name,
-                  submit_json=json.dumps(request.submit), results_dir=self.storage.results_dir(request.group, job_id),
-                  created_ms=now_ms())
+        job = Job(
+            id=job_id,
+            group=request.group,
+            analysis=bp.name,
+            submission=submission,
+            submission_key=key,
+            content_key=content_key,
+            state=JobState.QUEUED.value,
+            blueprint_json=json.dumps({**bp.identity(), "content": bp.blueprint.model_dump(mode="json")}),
+            config_json=json.dumps(request.config),
+            config_name=request.config_name,
+            submit_json=json.dumps(request.submit),
+            results_dir=self.storage.results_dir(request.group, job_id),
+            created_ms=now_ms(),
+        )
         res = bp.blueprint.resources
-        tasks = [Task(dataset=d.key, dataset_rel=d.rel, dataset_path=d.path, state=TaskState.QUEUED.value,
-                      max_retries=bp.blueprint.limits.max_retries, cpus=res.cpus, memory_bytes=res.memory)
-                 for d in request.datasets]
+        tasks = [
+            Task(
+                dataset=d.key,
+                dataset_rel=d.rel,
+                dataset_path=d.path,
+                state=TaskState.QUEUED.value,
+                max_retries=bp.blueprint.limits.max_retries,
+                cpus=res.cpus,
+                memory_bytes=res.memory,
+            )
+            for d in request.datasets
+        ]
         if not self.db.add_job(job, tasks, f"submitted as {submission}"):
             found = self.db.seen_submission(key)
             assert found is not None
@@ -233,50 +290,104 @@ class Manager:
     def reject(self, group: str, name: str, key: str, content_key: str, problems: list[str]) -> Job:
         job_id = new_job_id()
         results = self.storage.results_dir(group, job_id)
-        job = Job(id=job_id, group=group, analysis=None, submission=name, submission_key=key,
-                  content_key=content_key, state=JobState.REJECTED.value, cause="\n".join(problems),
-                  results_dir=results, created_ms=now_ms(), ended_ms=now_ms())
+        job = Job(
+            id=job_id,
+            group=group,
+            analysis=None,
+            submission=name,
+            submission_key=key,
+            content_key=content_key,
+            state=JobState.REJECTED.value,
+            cause="\n".join(problems),
+            results_dir=results,
+            created_ms=now_ms(),
+            ended_ms=now_ms(),
+        )
         if not self.db.add_job(job, [], "rejected: " + "; ".join(problems)):
             found = self.db.seen_submission(key)
             assert found is not None
             return found
-        text = f"Submission {group}/submissions/{name} was rejected; nothing ran.\n\n"
-        text += "".join(f"- {p}\n" for p in problems)
-        self.storage.write_text(f"{results}/error.txt", text)
-        self._write_end(job, [], errors=problems)
-        self.db.update_job(job_id, finalized=True)
+        self._finalize_rejection(job)
         self.notify(f"job {job_id}: rejected {group}/submissions/{name}:\n  " + "\n  ".join(problems))
         return job
 
+    def _finalize_rejection(self, job: Job) -> None:
+        """error.txt and end.json of a rejected submission; idempotent (redone if a kill or a full
+        disk stopped it halfway)."""
+        problems = job.cause.split("\n")
+        text = f"Submission {job.group}/submissions/{job.submission} was rejected; nothing ran.\n\n"
+        text += "".join(f"- {p}\n" for p in problems)
+        self.storage.write_text(f"{job.results_dir}/error.txt", text)
+        self._write_end(job, [], errors=problems)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
+
     # -- the loop ------------------------------------------------------------------------
-    def run(self, *, scan: bool = True, until: Callable[[], bool] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> None:
+    def run(
+        self,
+        *,
+        scan: bool = True,
+        until: Callable[[], bool] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         """Step until ``until()`` holds or ``should_stop()`` asks to stop.
 
         Watching storage (``scan=True``) is a service: a failing step (storage or
-        database unreachable for a moment) is reported and retried, not fatal.
+        database unreachable for a moment) is reported and retried, not fatal. A step
+        failing on a full disk gives up the disk reserve (:mod:`ncaas.jobs.diskspace`) and
+        is retried, so jobs end once their records fit; a service then waits for space.
         """
+        if self._reserve is None:
+            self._reserve = Reserve(self.state_dir, reserve_size())
+            self._reserve.hold()
         while True:
             try:
                 if scan and time.monotonic() - self._last_scan >= self.scan_interval:
                     self._last_scan = time.monotonic()
                     self.scan()
                 self.step()
+                self._reserve.hold()  # a stat while it is there; taken again once space returns
+                if self._disk_full:
+                    self._disk_full = False
+                    self.notify("[manager] steps succeed again on the disk that was full")
             except (NcaasError, OSError, SQLAlchemyError) as exc:
-                if not scan:
+                if is_disk_full(exc, self.state_dir):
+                    if not self._on_disk_full(exc) and not scan:
+                        raise  # embedded, and nothing left to give up: the caller says the disk is full
+                elif not scan:
                     raise
-                self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
+                else:
+                    self.notify(f"[manager] step failed, retrying in 1 s: {exc}")
                 time.sleep(1.0)
             if (until is not None and until()) or (should_stop is not None and should_stop()):
                 return
             if self._wake.wait(self.poll_interval):
                 self._wake.clear()
 
+    def _on_disk_full(self, exc: BaseException) -> int:
+        """Give up the reserve so the step can be retried (the bytes freed); say it once, not every second."""
+        assert self._reserve is not None
+        freed = self._reserve.release()
+        if freed:
+            self.notify(
+                f"[manager] the disk of {self.storage.root} is full; gave up the {freed / 1e6:.0f} MB "
+                "reserved for this so that jobs can end. Free space on it."
+            )
+        elif not self._disk_full:
+            self.notify(
+                f"[manager] the disk of {self.storage.root} is full ({str(exc).splitlines()[0]}); "
+                "retrying every second: jobs end when space is freed"
+            )
+        self._disk_full = True
+        return freed
+
     def run_job(self, job_id: str) -> Job:
         """Run embedded until ``job_id`` is over; returns the finished job."""
+
         def over() -> bool:
             job = self.db.job(job_id)
             return job is None or (job.state in JOB_TERMINAL and job.finalized)
+
         self.run(scan=False, until=over)
         job = self.db.job(job_id)
         assert job is not None
@@ -304,8 +415,7 @@ class Manager:
             job = self._job(jobs, task.job_id)
             handle = self._handle(task)
             if handle is None:
-                if now_ms() - (task.started_ms or 0) > LAUNCH_GRACE_MS:
-                    self._stopped(job, task, LOST)
+                self._unhandled(job, task)
                 continue
             record = self.executor.poll(handle)
             if record is None:
@@ -314,6 +424,45 @@ class Manager:
                 if record is LOST:
                     self.executor.kill(handle)
                 self._stopped(job, task, record)
+
+    def _unhandled(self, job: Job, task: Task) -> None:
+        """Settle a running task whose supervisor cannot be found (no handle recorded, none alive).
+
+        A manager killed after starting the supervisor but before recording its handle leaves
+        such a task; the supervisor may have finished since. Its exit record settles it: a task
+        that exited is never run again. Only with no record, no live supervisor and the launch
+        grace over is it lost; and if its command provably never started (the launch itself was
+        cut short), it is queued again as the same attempt, not counted as a retry. The record
+        is read after looking for the supervisor, which writes it before it exits, so a
+        supervisor ending in between is never taken for lost.
+        """
+        run_dir = Path(task.run_dir) if task.run_dir else None
+        record = self.executor.exit_record(run_dir) if run_dir else None
+        if record is not None:
+            self._stopped(job, task, record)
+        elif now_ms() - (task.started_ms or 0) <= LAUNCH_GRACE_MS:
+            return
+        elif run_dir is None or self.executor.started(run_dir):
+            self._stopped(job, task, LOST)
+        else:
+            self._cut_short(job, task, run_dir)
+
+    def _cut_short(self, job: Job, task: Task, run_dir: Path) -> None:
+        """Queue again, as the same attempt, a task whose launch the manager's stop cut short."""
+        decision = decide_cut_short(attempt=task.attempt)
+        self.executor.finish(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)  # the attempt starts again in a clean run folder
+        if self.db.move_task(
+            task,
+            decision.state,
+            decision.cause,
+            attempt=task.attempt - 1,
+            run_dir=None,
+            runner_pid=None,
+            runner_start=None,
+        ):
+            self._write_status(job, task)
+            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         if job.cancel_requested:
@@ -345,12 +494,15 @@ class Manager:
         if record is LOST:
             decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
         else:
-            decision = decide_exit(record, attempt=task.attempt, max_retries=task.max_retries,
-                                   memory_limit=task.memory_bytes)
-        fields: dict[str, Any] = {"ended_ms": record.get("end_ms") or now_ms(),
-                                  "exit_code": record.get("returncode"),
-                                  "cpu_seconds": record.get("cpu_seconds"),
-                                  "peak_memory_bytes": record.get("peak_memory_bytes")}
+            decision = decide_exit(
+                record, attempt=task.attempt, max_retries=task.max_retries, memory_limit=task.memory_bytes
+            )
+        fields: dict[str, Any] = {
+            "ended_ms": record.get("end_ms") or now_ms(),
+            "exit_code": record.get("returncode"),
+            "cpu_seconds": record.get("cpu_seconds"),
+            "peak_memory_bytes": record.get("peak_memory_bytes"),
+        }
         if isinstance(record.get("environment"), dict):  # what the node actually ran (ray executor)
             fields.update(environment_json=json.dumps(record["environment"]), argv_json=json.dumps(record["argv"]))
         if decision.state == TaskState.QUEUED:
@@ -398,8 +550,7 @@ class Manager:
         self._show_waiting(jobs, queued)
 
     def _cancel_queued(self, job: Job, task: Task) -> None:
-        if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started",
-                             ended_ms=now_ms()):
+        if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started", ended_ms=now_ms()):
             self._write_status(job, task)
 
     # -- environments ----------------------------------------------------------------------
@@ -427,8 +578,9 @@ class Manager:
         prep = self._preparing.get(key)
         if prep is None:
             prep = self._preparing[key] = _Preparation(key.name)
-            threading.Thread(target=self._prepare, args=(prep, loaded), name=f"ncaas-environment-{key.name}",
-                             daemon=True).start()  # daemon: stopping the manager never waits for a build
+            threading.Thread(
+                target=self._prepare, args=(prep, loaded), name=f"ncaas-environment-{key.name}", daemon=True
+            ).start()  # daemon: stopping the manager never waits for a build
         prep.waiters.add(task.id)
         return None
 
@@ -503,8 +655,15 @@ class Manager:
         attempt = task.attempt + 1
         run_dir = self.state_dir / "runs" / job.id / f"{task.dataset}.{attempt}"
         started = now_ms()
-        if not self.db.move_task(task, TaskState.RUNNING, f"attempt {attempt} started", attempt=attempt,
-                                 started_ms=started, run_dir=str(run_dir), ended_ms=None):
+        if not self.db.move_task(
+            task,
+            TaskState.RUNNING,
+            f"attempt {attempt} started",
+            attempt=attempt,
+            started_ms=started,
+            run_dir=str(run_dir),
+            ended_ms=None,
+        ):
             return False
         if job.state == JobState.QUEUED.value:
             self.db.move_job(job, JobState.RUNNING.value, "first task started", started_ms=started)
@@ -519,8 +678,9 @@ class Manager:
         except (ExecutorError, OSError) as exc:
             self._stopped(job, task, {"error": str(exc), "returncode": None, "end_ms": now_ms()})
             return False
-        self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time,
-                            argv_json=json.dumps(spec.argv))
+        self.db.update_task(
+            task.id, runner_pid=handle.pid, runner_start=handle.start_time, argv_json=json.dumps(spec.argv)
+        )
         return True
 
     def _input_problem(self, job: Job, task: Task) -> str | None:
@@ -537,13 +697,17 @@ class Manager:
     def _spec(self, job: Job, task: Task, run_dir: Path, env_info: EnvironmentInfo) -> TaskSpec:
         loaded = self.loaded_blueprint(job)
         bp = loaded.blueprint
+        self._ensure_config(job)
         results = self._task_path(job.results_dir)
         output = results / "outputs" / task.dataset
         if task.attempt > 1 and output.exists():
             shutil.rmtree(output)  # a retry starts from a clean output folder
-        values = {"{input}": str(self._task_path(task.dataset_path)),
-                  "{config}": str(results / "config.json"), "{output}": str(output),
-                  "{python}": env_info.python}
+        values = {
+            "{input}": str(self._task_path(task.dataset_path)),
+            "{config}": str(results / "config.json"),
+            "{output}": str(output),
+            "{python}": env_info.python,
+        }
         argv = []
         for arg in bp.command:
             for placeholder, value in values.items():
@@ -553,15 +717,43 @@ class Manager:
         self.db.update_task(task.id, argv_json=json.dumps(argv), environment_json=json.dumps(environment))
         scratch = run_dir / "scratch"
         threads = str(bp.resources.cpus)
-        env = {**_base_env(), "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch), "OMP_NUM_THREADS": threads,
-               "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NCAAS_JOB": job.id,
-               "NCAAS_DATASET": task.dataset, "NCAAS_ATTEMPT": str(task.attempt)}
-        return TaskSpec(argv=argv, env=env, cwd=scratch, inputs=[Path(values["{input}"]), Path(values["{config}"])],
-                        environment=Path(env_info.path) if env_info.path else None, output_dir=output,
-                        scratch_dir=scratch, memory_limit=bp.resources.memory, cpus=bp.resources.cpus,
-                        timeout=bp.resources.timeout, log_path=results / "logs" / f"{task.dataset}.log",
-                        status_path=results / "status" / f"{task.dataset}.json", run_dir=run_dir,
-                        status_fields=self._status_fields(job, task), blueprint=loaded)
+        env = {
+            **_base_env(),
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(scratch),
+            "OMP_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "NCAAS_JOB": job.id,
+            "NCAAS_DATASET": task.dataset,
+            "NCAAS_ATTEMPT": str(task.attempt),
+        }
+        return TaskSpec(
+            argv=argv,
+            env=env,
+            cwd=scratch,
+            inputs=[Path(values["{input}"]), Path(values["{config}"])],
+            environment=Path(env_info.path) if env_info.path else None,
+            output_dir=output,
+            scratch_dir=scratch,
+            memory_limit=bp.resources.memory,
+            cpus=bp.resources.cpus,
+            timeout=bp.resources.timeout,
+            log_path=results / "logs" / f"{task.dataset}.log",
+            status_path=results / "status" / f"{task.dataset}.json",
+            run_dir=run_dir,
+            status_fields=self._status_fields(job, task),
+            blueprint=loaded,
+        )
+
+    def _ensure_config(self, job: Job) -> None:
+        """Write the job's config.json if its creation was cut short (a kill, a full disk); once per job."""
+        if job.id in self._configs:
+            return
+        path = f"{job.results_dir}/config.json"
+        if not self.storage.exists(path):
+            self.storage.write_text(path, json.dumps(job.config, indent=2))
+        self._configs.add(job.id)
 
     def _task_path(self, path: str) -> Path:
         """Where a task finds a storage path: the local file, or the storage path itself for
@@ -583,10 +775,12 @@ class Manager:
             if loaded is None:
                 model = Blueprint.model_validate(info["content"])
                 if model.content_hash() != info["sha256"]:
-                    raise NcaasError(f"job {job.id}: its recorded blueprint does not match its sha256; "
-                                     "the job database was altered")
-                loaded = LoadedBlueprint(model, Path(info["path"]), info["sha256"], info.get("git_commit"),
-                                         bool(info.get("git_dirty")))
+                    raise NcaasError(
+                        f"job {job.id}: its recorded blueprint does not match its sha256; the job database was altered"
+                    )
+                loaded = LoadedBlueprint(
+                    model, Path(info["path"]), info["sha256"], info.get("git_commit"), bool(info.get("git_dirty"))
+                )
                 self.archive.put(loaded)
             self._blueprints[job.id] = loaded
         return self._blueprints[job.id]
@@ -606,7 +800,9 @@ class Manager:
                 ended = now_ms() if new in JOB_TERMINAL else None
                 if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
                     continue
-            if job.state in JOB_TERMINAL and not job.finalized:
+            if job.state == JobState.REJECTED.value and not job.finalized:
+                self._finalize_rejection(job)
+            elif job.state in JOB_TERMINAL and not job.finalized:
                 self._finalize_aside(job, tasks)
 
     def _finalize_aside(self, job: Job, tasks: list[Task]) -> None:
@@ -614,12 +810,13 @@ class Manager:
         sparse terabyte) never holds up the loop, so other groups' jobs go on and a stop is prompt."""
         running = self._certifying.get(job.id)
         if running is None:
-            self._certifying[job.id] = future = Future()
-            threading.Thread(target=self._certify, args=(future, job, tasks), name=f"ncaas-certificate-{job.id}",
-                             daemon=True).start()  # daemon: a restarted manager writes it again
-        elif running.done() and running.exception() is not None:
+            self._certifying[job.id] = future = Future[None]()
+            threading.Thread(
+                target=self._certify, args=(future, job, tasks), name=f"ncaas-certificate-{job.id}", daemon=True
+            ).start()  # daemon: a restarted manager writes it again
+        elif running.done() and (error := running.exception()) is not None:
             del self._certifying[job.id]  # failed: the loop reports it and the next step tries again
-            raise running.exception()
+            raise error
 
     def _certify(self, future: Future[None], job: Job, tasks: list[Task]) -> None:
         with self._certify_slots:
@@ -634,20 +831,29 @@ class Manager:
         """Final statuses, the certificate, then end.json last; idempotent."""
         for task in tasks:
             self._write_status(job, task)
-        cert = build_certificate(self.storage, job, tasks, self.db.events(job.id),
-                                 executor=self.executor.describe(), isolation=self.executor.isolation)
+        cert = build_certificate(
+            self.storage,
+            job,
+            tasks,
+            self.db.events(job.id),
+            executor=self.executor.describe(),
+            isolation=self.executor.isolation,
+        )
         cert = self.keys.sign(cert)
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
         self.storage.write_text(f"{job.results_dir}/certificate.txt", render_text(cert))
         self._write_end(job, tasks)
-        self.db.update_job(job.id, finalized=True)
-        job.finalized = True
-        self._blueprints.pop(job.id, None)
-        self._environment_keys.pop(job.id, None)
+        # the run folders go before the job is marked finalized: a manager killed in between
+        # finalizes it again (idempotent) rather than leaving run folders and sandboxes behind
         runs = self.state_dir / "runs" / job.id
         for run_dir in runs.iterdir() if runs.is_dir() else []:
             self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
         shutil.rmtree(runs, ignore_errors=True)
+        self.db.update_job(job.id, finalized=True)
+        job.finalized = True
+        self._blueprints.pop(job.id, None)
+        self._environment_keys.pop(job.id, None)
+        self._configs.discard(job.id)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
 
     def cancel(self, job_ref: str) -> Job:
@@ -673,8 +879,14 @@ class Manager:
 
     # -- files ---------------------------------------------------------------------------
     def _status_fields(self, job: Job, task: Task) -> dict[str, Any]:
-        return {"job": job.id, "dataset": task.dataset, "input": task.dataset_rel, "state": task.state,
-                "cause": task.cause, "attempt": task.attempt}
+        return {
+            "job": job.id,
+            "dataset": task.dataset,
+            "input": task.dataset_rel,
+            "state": task.state,
+            "cause": task.cause,
+            "attempt": task.attempt,
+        }
 
     def _write_status(self, job: Job, task: Task) -> None:
         path = f"{job.results_dir}/status/{task.dataset}.json"
@@ -684,10 +896,18 @@ class Manager:
                 previous = json.loads(self.storage.read_text(path))
             except (json.JSONDecodeError, FileNotFoundError):
                 previous = {}
-        status = {"progress": 0.0, "message": "", **previous, **self._status_fields(job, task),
-                  "start_ms": task.started_ms, "end_ms": task.ended_ms, "exit_code": task.exit_code,
-                  "cpu_seconds": task.cpu_seconds, "peak_memory_bytes": task.peak_memory_bytes,
-                  "updated_ms": now_ms()}
+        status = {
+            "progress": 0.0,
+            "message": "",
+            **previous,
+            **self._status_fields(job, task),
+            "start_ms": task.started_ms,
+            "end_ms": task.ended_ms,
+            "exit_code": task.exit_code,
+            "cpu_seconds": task.cpu_seconds,
+            "peak_memory_bytes": task.peak_memory_bytes,
+            "updated_ms": now_ms(),
+        }
         if task.state == TaskState.SUCCEEDED.value:
             status["progress"] = 1.0
         if task.state in (TaskState.QUEUED.value,):
@@ -695,9 +915,15 @@ class Manager:
         self.storage.write_text(path, json.dumps(status, indent=1))
 
     def _write_end(self, job: Job, tasks: list[Task], *, errors: list[str] | None = None) -> None:
-        end = {"job": job.id, "group": job.group, "analysis": job.analysis, "state": job.state,
-               "cause": job.cause, "ended_ms": job.ended_ms or now_ms(),
-               "tasks": {t.dataset: t.state for t in tasks}}
+        end: dict[str, Any] = {
+            "job": job.id,
+            "group": job.group,
+            "analysis": job.analysis,
+            "state": job.state,
+            "cause": job.cause,
+            "ended_ms": job.ended_ms or now_ms(),
+            "tasks": {t.dataset: t.state for t in tasks},
+        }
         if errors is not None:
             end["errors"] = errors
         else:
@@ -718,7 +944,10 @@ class _Preparation:
     def outcome(self) -> EnvironmentInfo | Exception:
         """The environment, or why it could not be prepared (once the future is done)."""
         error = self.future.exception()
-        return error if error is not None else self.future.result()
+        if error is None:
+            return self.future.result()
+        assert isinstance(error, Exception)  # _prepare hands over Exceptions only
+        return error
 
     def progress(self, fraction: float, message: str) -> None:
         """Called by the build: only a build, or a wait for another process' build, reports progress."""

@@ -21,6 +21,7 @@ __all__ = [
     "JobState",
     "TaskState",
     "check_transition",
+    "decide_cut_short",
     "decide_exit",
     "decide_lost",
     "job_state",
@@ -47,18 +48,21 @@ class JobState(StrEnum):
 
 
 TASK_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT})
-JOB_TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT,
-                          JobState.REJECTED})
+JOB_TERMINAL = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT, JobState.REJECTED}
+)
 
-TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
-    (TaskState.QUEUED, TaskState.RUNNING),
-    (TaskState.QUEUED, TaskState.CANCELLED),
-    (TaskState.RUNNING, TaskState.SUCCEEDED),
-    (TaskState.RUNNING, TaskState.FAILED),
-    (TaskState.RUNNING, TaskState.TIMED_OUT),
-    (TaskState.RUNNING, TaskState.CANCELLED),
-    (TaskState.RUNNING, TaskState.QUEUED),  # retry after a kill
-})
+TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
+    {
+        (TaskState.QUEUED, TaskState.RUNNING),
+        (TaskState.QUEUED, TaskState.CANCELLED),
+        (TaskState.RUNNING, TaskState.SUCCEEDED),
+        (TaskState.RUNNING, TaskState.FAILED),
+        (TaskState.RUNNING, TaskState.TIMED_OUT),
+        (TaskState.RUNNING, TaskState.CANCELLED),
+        (TaskState.RUNNING, TaskState.QUEUED),  # retry after a kill
+    }
+)
 
 
 class InvalidTransition(ValueError):
@@ -91,8 +95,7 @@ def _retry_or_fail(cause: str, attempt: int, max_retries: int) -> Decision:
     return Decision(TaskState.FAILED, f"{cause}; gave up after {attempt} attempts")
 
 
-def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
-                memory_limit: int | None = None) -> Decision:
+def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int, memory_limit: int | None = None) -> Decision:
     """Decide a running task's next state from its supervisor's exit record."""
     code = record.get("returncode")
     if record.get("cancelled"):
@@ -101,6 +104,14 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
         return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.get('timeout')} s")
     if record.get("error"):
         return Decision(TaskState.FAILED, f"could not start: {record['error']}")
+    if isinstance(record.get("disk_full"), dict):  # retrying would only fill the disk again
+        full = record["disk_full"]
+        return Decision(
+            TaskState.FAILED,
+            f"the disk is full: {full.get('path')} has no space left "
+            f"(wrote {(full.get('wrote_bytes') or 0) / 1e6:.0f} MB); "
+            "free space there and submit again",
+        )
     if record.get("stopped"):  # the sandbox stopped it, or it broke the sandbox's rules: no retry
         return Decision(TaskState.FAILED, record["stopped"])
     if code == 0:
@@ -110,13 +121,27 @@ def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int,
     cause = f"exited with code {code}"
     peak = record.get("peak_memory_bytes") or 0
     if memory_limit and peak >= 0.9 * memory_limit:
-        cause += f" after using {peak / 1e6:.0f} MB of its {memory_limit / 1e6:.0f} MB memory limit (likely out of memory)"
+        cause += (
+            f" after using {peak / 1e6:.0f} MB of its {memory_limit / 1e6:.0f} MB memory limit (likely out of memory)"
+        )
     return Decision(TaskState.FAILED, cause)
 
 
 def decide_lost(*, attempt: int, max_retries: int) -> Decision:
     """A running task whose supervisor vanished without an exit record."""
     return _retry_or_fail("its process vanished (killed with the manager or the machine)", attempt, max_retries)
+
+
+def decide_cut_short(*, attempt: int) -> Decision:
+    """A task whose launch the manager's own stop cut short, before its command started.
+
+    It never ran, so it starts again as the same attempt: a manager stopped again and again
+    while launching it does not spend its retries.
+    """
+    return Decision(
+        TaskState.QUEUED,
+        f"its launch was cut short when the manager stopped, before it started; starting attempt {attempt} again",
+    )
 
 
 def job_state(task_states: list[TaskState]) -> JobState:

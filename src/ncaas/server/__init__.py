@@ -24,8 +24,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
-          log_level: str = "info", forwarded_allow_ips: str | None = None) -> None:
+def serve(
+    settings: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    forwarded_allow_ips: str | None = None,
+) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM stop it cleanly, manager included).
 
     A client's address (what failed authentications are counted by) is the socket peer's, unless
@@ -45,13 +51,22 @@ def serve(settings: Any, *, host: str = "127.0.0.1", port: int = 8080,
     app = create_app(settings)
     # Idle keep-alive connections live longer than clients pause between polls, even on a busy
     # machine, so a client never reuses a connection the server is closing at that moment.
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=75,
-                            proxy_headers=forwarded_allow_ips is not None,
-                            forwarded_allow_ips=forwarded_allow_ips)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=75,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
     server = uvicorn.Server(config)
-    print(f"ncaas server on http://{host}:{port}/  (storage {settings.root}, "
-          f"database {_redact(settings.database_url)})", flush=True)
+    print(
+        f"ncaas server on http://{host}:{port}/  (storage {settings.root}, database {_redact(settings.database_url)})",
+        flush=True,
+    )
     server.run()
 
 

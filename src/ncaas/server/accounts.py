@@ -142,7 +142,7 @@ class Accounts:
             raise DatabaseUnavailable(f"cannot open the accounts database: {exc}") from exc
 
     @classmethod
-    def from_url(cls, url: str) -> "Accounts":
+    def from_url(cls, url: str) -> Accounts:
         return cls(open_engine(url))
 
     def add_group(self, name: str) -> None:
@@ -195,8 +195,7 @@ class Accounts:
             u, g = row
             token_id = secrets.token_hex(6)
             token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-            s.add(_Token(token_id=token_id, token_hash=hash_token(token), user_id=u.id,
-                         created_ms=_now_ms()))
+            s.add(_Token(token_id=token_id, token_hash=hash_token(token), user_id=u.id, created_ms=_now_ms()))
             return IssuedToken(token_id=token_id, token=token, user=u.name, group=g.name)
 
     def revoke_token(self, token_or_id: str) -> str:
@@ -215,12 +214,14 @@ class Accounts:
 
     def tokens(self) -> list[dict]:
         with self._session() as s:
-            rows = s.execute(
-                select(_Token, _User).join(_User, _Token.user_id == _User.id).order_by(_Token.id)
-            ).all()
+            rows = s.execute(select(_Token, _User).join(_User, _Token.user_id == _User.id).order_by(_Token.id)).all()
             return [
-                {"token_id": t.token_id, "user": u.name, "created_ms": t.created_ms,
-                 "revoked": t.revoked_ms is not None}
+                {
+                    "token_id": t.token_id,
+                    "user": u.name,
+                    "created_ms": t.created_ms,
+                    "revoked": t.revoked_ms is not None,
+                }
                 for t, u in rows
             ]
 

@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import posixpath
-import secrets
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
 
@@ -31,8 +31,8 @@ from starlette.background import BackgroundTask
 from .. import localtree
 from ..certificate import compare_outputs, load_certificate
 from ..exceptions import CertificateError, CertificateForged, PathRefused, SpecialFileRefused
-from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs import describe
+from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
 from ..storage import check_user_path
 from .accounts import Principal
@@ -60,8 +60,14 @@ class JobService:
         self.state = state
         url = state.settings.database_url or default_db_url(state.storage.root)
         self.db = JobDB(url)
-        self.manager = Manager(state.storage, self.db, registry=state.registry, limits=state.settings.submit_limits,
-                               poll_interval=0.1, notify=lambda message: log.info("%s", message))
+        self.manager = Manager(
+            state.storage,
+            self.db,
+            registry=state.registry,
+            limits=state.settings.submit_limits,
+            poll_interval=0.1,
+            notify=lambda message: log.info("%s", message),
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,10 +105,20 @@ class JobService:
     # -- views (the same dicts the CLI renders: ncaas.jobs.describe) -------------------
     def list_jobs(self, who: Principal, limit: int) -> list[dict[str, Any]]:
         with self.db.session() as s:
-            jobs = list(s.scalars(select(Job).where(Job.group == who.group)
-                                  .order_by(Job.created_ms.desc()).limit(limit)))
-            counts = dict(s.execute(select(Task.job_id, func.count()).where(Task.job_id.in_([j.id for j in jobs]))
-                                    .group_by(Task.job_id)).all()) if jobs else {}
+            jobs = list(
+                s.scalars(select(Job).where(Job.group == who.group).order_by(Job.created_ms.desc()).limit(limit))
+            )
+            counts = (
+                dict(
+                    s.execute(
+                        select(Task.job_id, func.count())
+                        .where(Task.job_id.in_([j.id for j in jobs]))
+                        .group_by(Task.job_id)
+                    ).all()
+                )
+                if jobs
+                else {}
+            )
         return [describe.job_summary(job, counts.get(job.id, 0)) for job in jobs]
 
     def detail(self, job: Job) -> dict[str, Any]:
@@ -128,8 +144,7 @@ class JobService:
             raise BadRequest(f"submission name {body.name!r} must be a plain name, without '/'")
         path = storage.resolve(who.group, "submissions", name)
         if storage.exists(path):
-            raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; "
-                           "choose another name")
+            raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; choose another name")
         storage.write_text(path, json.dumps(submit, indent=2))
         log.info("user %s of group %s submitted %s", who.user, who.group, name)
         job = self.manager.ingest_file(who.group, path)
@@ -139,7 +154,7 @@ class JobService:
 
 
 def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def jobs_of(request: Request) -> JobService:
@@ -165,8 +180,11 @@ def submit(body: SubmitRequest, who: Caller, jobs: Jobs) -> dict:
     job = jobs.submit(who, body)
     if job.state == "rejected":
         problems = jobs.rejection_problems(job)
-        raise BadRequest("submission rejected: " + "; ".join(problems), problems=problems,
-                         job={"id": job.id, "results_dir": job.results_dir})
+        raise BadRequest(
+            "submission rejected: " + "; ".join(problems),
+            problems=problems,
+            job={"id": job.id, "results_dir": job.results_dir},
+        )
     return jobs.detail(job)
 
 
@@ -200,16 +218,23 @@ def _read_from(path: Path, offset: int, limit: int = -1) -> bytes:
         return b""
 
 
-@router.get("/{job_id}/events", summary="Live status and logs as server-sent events",
-            response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "events `status` (job detail), `log` ({dataset, text}), "
-                                            "`end` (final job detail); the stream closes after `end`"}})
+@router.get(
+    "/{job_id}/events",
+    summary="Live status and logs as server-sent events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "events `status` (job detail), `log` ({dataset, text}), "
+            "`end` (final job detail); the stream closes after `end`",
+        }
+    },
+)
 async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> StreamingResponse:
     job = jobs.job_for(who, job_id)
     logs = jobs.results_path(job) / "logs"
 
-    async def stream():
+    async def stream() -> AsyncIterator[bytes]:
         offsets: dict[str, int] = {}
         decoders: dict[str, Any] = {}
         last_status = None
@@ -224,7 +249,8 @@ async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> Stre
                 name = task["dataset"]
                 while True:
                     data = await anyio.to_thread.run_sync(
-                        _read_from, logs / f"{name}.log", offsets.get(name, 0), LOG_EVENT_BYTES)
+                        _read_from, logs / f"{name}.log", offsets.get(name, 0), LOG_EVENT_BYTES
+                    )
                     if not data:
                         break
                     offsets[name] = offsets.get(name, 0) + len(data)
@@ -245,14 +271,15 @@ async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> Stre
                 return
             await asyncio.sleep(EVENT_POLL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
-@router.get("/{job_id}/logs/{dataset}", response_class=PlainTextResponse,
-            summary="A dataset's log so far (from byte ?offset=)")
-def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs,
-             offset: Annotated[int, Query(ge=0)] = 0) -> PlainTextResponse:
+@router.get(
+    "/{job_id}/logs/{dataset}", response_class=PlainTextResponse, summary="A dataset's log so far (from byte ?offset=)"
+)
+def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs, offset: Annotated[int, Query(ge=0)] = 0) -> Response:
     job = jobs.job_for(who, job_id)
     if dataset not in {t.dataset for t in jobs.db.tasks(job.id)}:
         raise NotFound(f"job {job.id} has no dataset {dataset!r}")
@@ -292,8 +319,7 @@ def files(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     return [{"path": f.rel, "size": f.stat.st_size} for f in list_files(base)] if base.is_dir() else []
 
 
-@router.get("/{job_id}/files/{path:path}", summary="One result file (streamed)",
-            response_class=FileResponse)
+@router.get("/{job_id}/files/{path:path}", summary="One result file (streamed)", response_class=FileResponse)
 def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
     job = jobs.job_for(who, job_id)
     handle = _result_file(jobs, who, job, path)
@@ -304,31 +330,44 @@ def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
     # An analysis wrote this file: it may be HTML or an SVG carrying script. Images are shown as images;
     # anything else is a download, never a page; and the sandboxing policy gives either, even opened in
     # a tab of its own, an origin of its own, so no script in it can reach the page's token or the API.
-    return FileResponse(found, media_type=media, filename=None if media else posixpath.basename(path),
-                        content_disposition_type="inline" if media else "attachment",
-                        headers={"Content-Security-Policy": FILE_POLICY},
-                        stat_result=os.fstat(handle.fileno()), background=done)
+    return FileResponse(
+        found,
+        media_type=media,
+        filename=None if media else posixpath.basename(path),
+        content_disposition_type="inline" if media else "attachment",
+        headers={"Content-Security-Policy": FILE_POLICY},
+        stat_result=os.fstat(handle.fileno()),
+        background=done,
+    )
 
 
-@router.get("/{job_id}/results.zip", summary="The whole results folder as a zip, streamed",
-            response_class=StreamingResponse,
-            responses={200: {"content": {"application/zip": {}}}})
+@router.get(
+    "/{job_id}/results.zip",
+    summary="The whole results folder as a zip, streamed",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
 def results_zip(job_id: str, who: Caller, jobs: Jobs) -> StreamingResponse:
     job = jobs.job_for(who, job_id)
     base = jobs.results_path(job)
     entries = list_files(base) if base.is_dir() else []
-    return StreamingResponse(iter_zip(entries), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="ncaas-{job.id}.zip"'})
+    return StreamingResponse(
+        iter_zip(entries),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="ncaas-{job.id}.zip"'},
+    )
 
 
 @router.get("/{job_id}/certificate", summary="The job's certificate (json, or readable text with ?format=txt)")
-def certificate(job_id: str, who: Caller, jobs: Jobs,
-                format: Annotated[str, Query(pattern="^(json|txt)$")] = "json"):
+def certificate(job_id: str, who: Caller, jobs: Jobs, format: Annotated[str, Query(pattern="^(json|txt)$")] = "json"):
     job = jobs.job_for(who, job_id)
     path = jobs.results_path(job) / f"certificate.{format}"
     if not path.is_file():
-        state = "was rejected, so it has no certificate" if job.state == "rejected" else \
-            "has no certificate yet; it is written when the job ends"
+        state = (
+            "was rejected, so it has no certificate"
+            if job.state == "rejected"
+            else "has no certificate yet; it is written when the job ends"
+        )
         raise NotFound(f"job {job.id} {state}")
     if format == "txt":
         return PlainTextResponse(path.read_text())
@@ -373,8 +412,11 @@ def _start_rerun(jobs: JobService, cert: dict[str, Any]) -> dict:
     return jobs.detail(job)
 
 
-@router.post("/{job_id}/rerun", status_code=201,
-             summary="Rerun a finished job: the same analysis version, config and inputs (checked by sha256)")
+@router.post(
+    "/{job_id}/rerun",
+    status_code=201,
+    summary="Rerun a finished job: the same analysis version, config and inputs (checked by sha256)",
+)
 def rerun_job(job_id: str, who: Caller, jobs: Jobs) -> dict:
     from ..rerun import certificate_of_job
 
@@ -388,8 +430,12 @@ def rerun_job(job_id: str, who: Caller, jobs: Jobs) -> dict:
     return _start_rerun(jobs, cert)
 
 
-@rerun_router.post("/rerun", tags=["jobs"], status_code=201,
-                   summary="Rerun the job of a certificate.json this server wrote and signed (body: the certificate)")
+@rerun_router.post(
+    "/rerun",
+    tags=["jobs"],
+    status_code=201,
+    summary="Rerun the job of a certificate.json this server wrote and signed (body: the certificate)",
+)
 def rerun(cert: Annotated[Any, Body()], who: Caller, jobs: Jobs) -> dict:
     from ..rerun import verified
 

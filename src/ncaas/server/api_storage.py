@@ -36,8 +36,9 @@ class TicketRequest(BaseModel):
     path: str = Field(description="URL path prefix the ticket opens, e.g. /api/jobs/<id>/")
 
 
-@router.post("/tickets", tags=["account"],
-             summary="A short-lived signed URL parameter for downloads opened by a browser")
+@router.post(
+    "/tickets", tags=["account"], summary="A short-lived signed URL parameter for downloads opened by a browser"
+)
 def ticket(body: TicketRequest, who: Caller, state: State) -> dict:
     if not body.path.startswith("/api/jobs/") or ".." in body.path:
         raise BadRequest("tickets are only issued for paths under /api/jobs/<id>/")
@@ -50,18 +51,27 @@ def ticket(body: TicketRequest, who: Caller, state: State) -> dict:
 def _describe(loaded) -> dict[str, Any]:
     bp = loaded.blueprint
     return {
-        "name": bp.name, "version": bp.version, "description": bp.description,
-        "config_schema": bp.config_schema, "default_config": bp.default_config,
+        "name": bp.name,
+        "version": bp.version,
+        "description": bp.description,
+        "config_schema": bp.config_schema,
+        "default_config": bp.default_config,
         "resources": bp.resources.model_dump(mode="json"),
-        "sha256": loaded.sha256, "git_commit": loaded.git_commit, "path": str(loaded.path),
+        "sha256": loaded.sha256,
+        "git_commit": loaded.git_commit,
+        "path": str(loaded.path),
     }
 
 
-@router.get("/analyses", tags=["analyses"],
-            summary="Analyses the caller's group may run, with config schema and defaults")
+@router.get(
+    "/analyses", tags=["analyses"], summary="Analyses the caller's group may run, with config schema and defaults"
+)
 def list_analyses(who: Caller, state: State) -> list[dict]:
-    return [_describe(state.registry.get(n)) for n in state.registry.names()
-            if state.registry.get(n).blueprint.access.allows(who.group)]
+    return [
+        _describe(bp)
+        for bp in (state.registry.blueprints[n] for n in state.registry.names())
+        if bp.blueprint.access.allows(who.group)
+    ]
 
 
 @router.get("/analyses/{name}", tags=["analyses"], summary="One analysis")
@@ -70,8 +80,7 @@ def get_analysis(name: str, who: Caller, state: State) -> dict:
 
 
 # -- datasets ----------------------------------------------------------------------------
-@router.get("/inputs", tags=["datasets"],
-            summary="Datasets in the group's inputs/ (each a file or a folder)")
+@router.get("/inputs", tags=["datasets"], summary="Datasets in the group's inputs/ (each a file or a folder)")
 def list_inputs(who: Caller, state: State) -> list[dict]:
     base = state.storage.area(who.group, "inputs")
     if not state.storage.isdir(base):
@@ -94,12 +103,20 @@ def list_inputs(who: Caller, state: State) -> list[dict]:
     return out
 
 
-@router.get("/inputs/{name:path}", tags=["datasets"],
-            summary="One dataset: kind, size, files (each with its size, and its SHA-256 on request), "
-                    "and the SHA-256 of a file")
-def input_info(name: str, who: Caller, state: State,
-               checksums: Annotated[bool, Query(description="give the SHA-256 of every file of a folder "
-                                                            "(reads the whole dataset)")] = False) -> dict:
+@router.get(
+    "/inputs/{name:path}",
+    tags=["datasets"],
+    summary="One dataset: kind, size, files (each with its size, and its SHA-256 on request), "
+    "and the SHA-256 of a file",
+)
+def input_info(
+    name: str,
+    who: Caller,
+    state: State,
+    checksums: Annotated[
+        bool, Query(description="give the SHA-256 of every file of a folder (reads the whole dataset)")
+    ] = False,
+) -> dict:
     path = state.storage.resolve(who.group, "inputs", name)
     if not state.storage.exists(path):
         raise NotFound(f"no dataset {name!r} in {who.group}/inputs/")
@@ -107,13 +124,24 @@ def input_info(name: str, who: Caller, state: State,
         if checksums:  # links and special files inside are listed as such, never followed or opened
             contents = state.storage.describe_tree(path)
         else:
-            contents = [{"path": posixpath.relpath(f, path), "size": state.storage.size(f)}
-                        for f in state.storage.files(path)]
-        return {"name": name, "kind": "folder", "files": len(contents),
-                "size": sum(e.get("size", 0) for e in contents), "contents": contents}
+            contents = [
+                {"path": posixpath.relpath(f, path), "size": state.storage.size(f)} for f in state.storage.files(path)
+            ]
+        return {
+            "name": name,
+            "kind": "folder",
+            "files": len(contents),
+            "size": sum(e.get("size", 0) for e in contents),
+            "contents": contents,
+        }
     try:
-        return {"name": name, "kind": "file", "files": 1, "size": state.storage.size(path),
-                "sha256": state.storage.sha256(path)}
+        return {
+            "name": name,
+            "kind": "file",
+            "files": 1,
+            "size": state.storage.size(path),
+            "sha256": state.storage.sha256(path),
+        }
     except SpecialFileRefused as exc:  # a FIFO or device: described, not opened
         return {"name": name, "kind": exc.kind, "files": 0, "size": 0}
 
@@ -123,17 +151,20 @@ class NewUpload(BaseModel):
 
     path: str = Field(description="where the file goes, relative to inputs/ (e.g. exp1/session2/movie.tif)")
     size: int = Field(description="total bytes of the file")
-    crc32c: str | None = Field(None, description="CRC-32C of the whole file (8 hexadecimal digits), "
-                               "checked on completion")
-    sha256: str | None = Field(None, description="SHA-256 of the whole file, computed while the bytes "
-                               "arrive and checked on completion")
+    crc32c: str | None = Field(
+        None, description="CRC-32C of the whole file (8 hexadecimal digits), checked on completion"
+    )
+    sha256: str | None = Field(
+        None, description="SHA-256 of the whole file, computed while the bytes arrive and checked on completion"
+    )
     overwrite: bool = False
 
 
 @router.post("/uploads", tags=["datasets"], status_code=201, summary="Start a resumable upload")
 def create_upload(body: NewUpload, who: Caller, state: State) -> dict:
-    return state.uploads.create(who, path=body.path, size=body.size, crc32c=body.crc32c,
-                                sha256=body.sha256, overwrite=body.overwrite).as_dict()
+    return state.uploads.create(
+        who, path=body.path, size=body.size, crc32c=body.crc32c, sha256=body.sha256, overwrite=body.overwrite
+    ).as_dict()
 
 
 @router.get("/uploads", tags=["datasets"], summary="Unfinished uploads of the group (to resume them)")
@@ -146,29 +177,48 @@ def get_upload(upload_id: str, who: Caller, state: State) -> dict:
     return state.uploads.get(who, upload_id).as_dict()
 
 
-_RAW_BODY = {"requestBody": {"required": True, "content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
-@router.put("/uploads/{upload_id}", tags=["datasets"], openapi_extra=_RAW_BODY,
-            summary="Append bytes at offset (streamed); resend from the returned offset after a failure")
-async def put_upload(upload_id: str, request: Request, who: Caller, state: State,
-                     offset: Annotated[int, Query(ge=0)] = 0,
-                     x_chunk_crc32c: Annotated[str | None, Header(
-                         description="CRC-32C of this request's bytes: a corrupted chunk is refused (422)")] = None,
-                     x_chunk_sha256: Annotated[str | None, Header(
-                         description="SHA-256 of this request's bytes, instead of the CRC-32C")] = None) -> dict:
+@router.put(
+    "/uploads/{upload_id}",
+    tags=["datasets"],
+    openapi_extra=_RAW_BODY,
+    summary="Append bytes at offset (streamed); resend from the returned offset after a failure",
+)
+async def put_upload(
+    upload_id: str,
+    request: Request,
+    who: Caller,
+    state: State,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    x_chunk_crc32c: Annotated[
+        str | None, Header(description="CRC-32C of this request's bytes: a corrupted chunk is refused (422)")
+    ] = None,
+    x_chunk_sha256: Annotated[
+        str | None, Header(description="SHA-256 of this request's bytes, instead of the CRC-32C")
+    ] = None,
+) -> dict:
     info = state.uploads.get(who, upload_id)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > info.size - offset >= 0:
-        raise TooLarge(f"upload {upload_id} expects {info.size - offset} more bytes from offset "
-                       f"{offset}; this request carries {length}")
+        raise TooLarge(
+            f"upload {upload_id} expects {info.size - offset} more bytes from offset "
+            f"{offset}; this request carries {length}"
+        )
     try:
-        result = await state.uploads.receive(who, upload_id, offset, request.stream(),
-                                             chunk_crc32c=x_chunk_crc32c, chunk_sha256=x_chunk_sha256)
+        result = await state.uploads.receive(
+            who, upload_id, offset, request.stream(), chunk_crc32c=x_chunk_crc32c, chunk_sha256=x_chunk_sha256
+        )
     except ClientDisconnect:
-        raise BadRequest("the connection dropped during the upload; ask GET /api/uploads/{id} "
-                         "for the offset and resume") from None
+        raise BadRequest(
+            "the connection dropped during the upload; ask GET /api/uploads/{id} for the offset and resume"
+        ) from None
     return result.as_dict()
 
 
@@ -176,14 +226,15 @@ class CompleteUpload(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
 
     crc32c: str | None = Field(None, description="CRC-32C of the whole file (8 hexadecimal digits)")
-    sha256: str | None = Field(None, description="SHA-256 of the whole file (costs the server a second "
-                               "read unless given on creation)")
+    sha256: str | None = Field(
+        None, description="SHA-256 of the whole file (costs the server a second read unless given on creation)"
+    )
 
 
-@router.post("/uploads/{upload_id}/complete", tags=["datasets"],
-             summary="Verify the checksums and move the file into inputs/")
-async def complete_upload(upload_id: str, who: Caller, state: State,
-                          body: CompleteUpload | None = None) -> dict:
+@router.post(
+    "/uploads/{upload_id}/complete", tags=["datasets"], summary="Verify the checksums and move the file into inputs/"
+)
+async def complete_upload(upload_id: str, who: Caller, state: State, body: CompleteUpload | None = None) -> dict:
     body = body or CompleteUpload()
     return (await state.uploads.complete(who, upload_id, crc32c=body.crc32c, sha256=body.sha256)).as_dict()
 
@@ -215,11 +266,14 @@ def get_config(name: str, who: Caller, state: State) -> dict:
     return yaml.safe_load(state.storage.read_text(path)) or {}
 
 
-@router.put("/configs/{name}", tags=["configs"],
-            summary="Save a config (JSON object); with ?analysis= it is checked against that schema first")
-def put_config(name: str, who: Caller, state: State,
-               config: Annotated[dict[str, Any], Body()],
-               analysis: str | None = None) -> dict:
+@router.put(
+    "/configs/{name}",
+    tags=["configs"],
+    summary="Save a config (JSON object); with ?analysis= it is checked against that schema first",
+)
+def put_config(
+    name: str, who: Caller, state: State, config: Annotated[dict[str, Any], Body()], analysis: str | None = None
+) -> dict:
     path = _config_path(state, who, name)
     if analysis is not None:
         bp = state.analysis_for(who, analysis).blueprint

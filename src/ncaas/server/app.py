@@ -15,8 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..blueprint import BlueprintRegistry
-from ..exceptions import (BlueprintError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, StorageError,
-                          SubmissionRejected)
+from ..exceptions import (
+    BlueprintError,
+    JobNotFound,
+    NcaasError,
+    PathRefused,
+    SpecialFileRefused,
+    StorageError,
+    SubmissionRejected,
+)
 from ..storage import Storage
 from .accounts import Accounts, open_engine
 from .auth import Authenticator
@@ -24,7 +31,7 @@ from .errors import ServerError
 from .headers import SECURITY_HEADERS, SecurityHeaders
 from .ratelimit import FailureLimiter
 from .space import Reserve
-from .state import ServerSettings, ServerState
+from .state import ServerSettings, ServerState, default_database_url
 from .uploads import Uploads
 
 __all__ = ["create_app"]
@@ -33,12 +40,21 @@ log = logging.getLogger("ncaas.server")
 STATIC = Path(__file__).parent / "static"
 JSON_BODY_LIMIT = 16 << 20
 
-_STATUS = [(ServerError, None), (PathRefused, 400), (SpecialFileRefused, 400), (SubmissionRejected, 400),
-           (JobNotFound, 404), (BlueprintError, 400), (StorageError, 500), (NcaasError, 400)]
+_STATUS = [
+    (ServerError, None),
+    (PathRefused, 400),
+    (SpecialFileRefused, 400),
+    (SubmissionRejected, 400),
+    (JobNotFound, 404),
+    (BlueprintError, 400),
+    (StorageError, 500),
+    (NcaasError, 400),
+]
 
 
 def _error_response(exc: NcaasError) -> JSONResponse:
-    status = next(code for kind, code in _STATUS if isinstance(exc, kind)) or exc.status
+    found = next(code for kind, code in _STATUS if isinstance(exc, kind))
+    status = found if found is not None else int(getattr(exc, "status", 500))
     body = {"error": getattr(exc, "message", None) or str(exc)}
     body.update(getattr(exc, "extra", {}))
     if isinstance(exc, SubmissionRejected):
@@ -88,16 +104,22 @@ class JsonBodyLimit:
         await self.app(scope, counted, guarded)
 
     async def _refuse(self, send):
-        body = json.dumps({"error": f"the request body is over {self.limit} bytes; upload data through "
-                                    "/api/uploads"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {"error": f"the request body is over {self.limit} bytes; upload data through /api/uploads"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
 def build_state(settings: ServerSettings) -> ServerState:
     storage = Storage(settings.root)
-    engine = open_engine(settings.database_url)
+    engine = open_engine(settings.database_url or default_database_url(settings.root))
     accounts = Accounts(engine)
     uploads = Uploads(
         engine,
@@ -107,9 +129,14 @@ def build_state(settings: ServerSettings) -> ServerState:
         reserve=Reserve.parse(settings.min_free),
         quota_of=accounts.quota,
     )
-    return ServerState(settings=settings, storage=storage, registry=BlueprintRegistry.discover(),
-                       accounts=accounts, uploads=uploads,
-                       auth=Authenticator(accounts, limiter=FailureLimiter(settings.auth_failures)))
+    return ServerState(
+        settings=settings,
+        storage=storage,
+        registry=BlueprintRegistry.discover(),
+        accounts=accounts,
+        uploads=uploads,
+        auth=Authenticator(accounts, limiter=FailureLimiter(settings.auth_failures)),
+    )
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -132,9 +159,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             jobs.stop()
 
     app = FastAPI(
-        title="ncaas", version=__version__, lifespan=lifespan,
+        title="ncaas",
+        version=__version__,
+        lifespan=lifespan,
         description="Neuroscience analysis as a service. Every /api call needs "
-                    "`Authorization: Bearer <token>`; tokens come from `ncaas admin issue-token`.",
+        "`Authorization: Bearer <token>`; tokens come from `ncaas admin issue-token`.",
     )
     app.state.ncaas = state
 
@@ -154,8 +183,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         # answered by the outermost middleware, outside SecurityHeaders: it carries them itself
-        return JSONResponse({"error": "internal server error; the administrator can find the details "
-                                      "in the server log"}, status_code=500, headers=SECURITY_HEADERS)
+        return JSONResponse(
+            {"error": "internal server error; the administrator can find the details in the server log"},
+            status_code=500,
+            headers=SECURITY_HEADERS,
+        )
 
     app.add_middleware(JsonBodyLimit, limit=JSON_BODY_LIMIT)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so it also covers JsonBodyLimit's answers

@@ -47,15 +47,26 @@ class Authenticator:
         self.limiter = limiter or FailureLimiter(0)
         if self.limiter.on_limit is None:
             self.limiter.on_limit = lambda address: log.warning(
-                "too many failed authentications from %s: refusing its failed attempts with 429 "
-                "(at most %d a %g s)", address, self.limiter.limit, self.limiter.window)
+                "too many failed authentications from %s: refusing its failed attempts with 429 (at most %d a %g s)",
+                address,
+                self.limiter.limit,
+                self.limiter.window,
+            )
         self._secret = secrets.token_bytes(32)
 
     def issue_ticket(self, principal: Principal, prefix: str) -> str:
-        body = _b64(json.dumps(
-            {"u": principal.user, "g": principal.group, "t": principal.token_id,
-             "p": prefix, "e": int(time.time()) + TICKET_SECONDS},
-            separators=(",", ":")).encode())
+        body = _b64(
+            json.dumps(
+                {
+                    "u": principal.user,
+                    "g": principal.group,
+                    "t": principal.token_id,
+                    "p": prefix,
+                    "e": int(time.time()) + TICKET_SECONDS,
+                },
+                separators=(",", ":"),
+            ).encode()
+        )
         sig = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
         return f"{body}.{sig}"
 
@@ -89,7 +100,9 @@ class Authenticator:
             raise TooManyFailures(
                 f"too many failed authentications from {address} (more than {self.limiter.limit} in "
                 f"{self.limiter.window:g} s); wait {wait:g} s, and check the token: it is mistyped, "
-                "revoked or expired", retry_after=int(wait)) from None
+                "revoked or expired",
+                retry_after=int(wait),
+            ) from None
 
     def _principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -99,11 +112,16 @@ class Authenticator:
                 raise Unauthorized("use the header 'Authorization: Bearer <token>'")
             who = self.accounts.authenticate(token.strip())
             if who is None:
-                raise Unauthorized("the token is unknown or revoked; ask an administrator for a new one "
-                                   "(`ncaas admin issue-token USER`)", guess=True)
+                raise Unauthorized(
+                    "the token is unknown or revoked; ask an administrator for a new one "
+                    "(`ncaas admin issue-token USER`)",
+                    guess=True,
+                )
             return who
         ticket = request.query_params.get("ticket")
         if ticket:
             return self._from_ticket(ticket, request.url.path)
-        raise Unauthorized("authentication required: send 'Authorization: Bearer <token>' "
-                           "(tokens come from `ncaas admin issue-token USER`)")
+        raise Unauthorized(
+            "authentication required: send 'Authorization: Bearer <token>' "
+            "(tokens come from `ncaas admin issue-token USER`)"
+        )

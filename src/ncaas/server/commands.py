@@ -22,10 +22,15 @@ from .space import DEFAULT_RESERVE
 __all__ = ["register"]
 
 RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
-DbOpt = Annotated[str | None, typer.Option(
-    "--db", envvar="NCAAS_DB",
-    help="SQLAlchemy URL of the job and account database, e.g. postgresql+psycopg://user@host/ncaas "
-         "[default: <root>/.ncaas/jobs.sqlite]")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="NCAAS_DB",
+        help="SQLAlchemy URL of the job and account database, e.g. postgresql+psycopg://user@host/ncaas "
+        "[default: <root>/.ncaas/jobs.sqlite]",
+    ),
+]
 
 
 def _accounts(root: str, db: str | None):
@@ -42,25 +47,46 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
     @app.command()
     @errors
-    def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-              port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
-              max_upload: Annotated[str, typer.Option(help="largest upload accepted, e.g. 500GB")] = "1TiB",
-              min_free: Annotated[str, typer.Option(
-                  help="free space uploads must leave on the storage disk: a size (e.g. 10GB) or a "
-                       "percentage of the disk (e.g. 5%)")] = DEFAULT_RESERVE,
-              manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
-              auth_failures: Annotated[int, typer.Option(
-                  min=0, help="failed authentications a client address may make in a minute before its "
-                              "failed attempts are answered 429 (0: no limit)")] = DEFAULT_AUTH_FAILURES,
-              forwarded_allow_ips: Annotated[str | None, typer.Option(
-                  help="addresses of reverse proxies whose X-Forwarded-For gives the client's address "
-                       "(comma-separated, or '*'); by default the socket peer is the client")] = None,
-              max_submit_size: Annotated[str | None, typer.Option(
-                  envvar="NCAAS_MAX_SUBMIT_SIZE",
-                  help="largest submit file accepted; larger ones are rejected unread (default 1MiB)")] = None,
-              max_datasets: Annotated[int | None, typer.Option(
-                  envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")] = None,
-              root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def serve(
+        host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+        max_upload: Annotated[str, typer.Option(help="largest upload accepted, e.g. 500GB")] = "1TiB",
+        min_free: Annotated[
+            str,
+            typer.Option(
+                help="free space uploads must leave on the storage disk: a size (e.g. 10GB) or a "
+                "percentage of the disk (e.g. 5%)"
+            ),
+        ] = DEFAULT_RESERVE,
+        manager: Annotated[bool, typer.Option(help="run the job manager in the server process")] = True,
+        auth_failures: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="failed authentications a client address may make in a minute before its "
+                "failed attempts are answered 429 (0: no limit)",
+            ),
+        ] = DEFAULT_AUTH_FAILURES,
+        forwarded_allow_ips: Annotated[
+            str | None,
+            typer.Option(
+                help="addresses of reverse proxies whose X-Forwarded-For gives the client's address "
+                "(comma-separated, or '*'); by default the socket peer is the client"
+            ),
+        ] = None,
+        max_submit_size: Annotated[
+            str | None,
+            typer.Option(
+                envvar="NCAAS_MAX_SUBMIT_SIZE",
+                help="largest submit file accepted; larger ones are rejected unread (default 1MiB)",
+            ),
+        ] = None,
+        max_datasets: Annotated[
+            int | None, typer.Option(envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")
+        ] = None,
+        root: RootOpt = default_root(),
+        db: DbOpt = None,
+    ) -> None:
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
         from ..private import use_private_umask
@@ -80,16 +106,23 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         except ValueError as exc:
             raise NcaasError(f"--min-free: {exc}") from None
         storage = Storage(root)
-        settings = ServerSettings(root=storage.root, database_url=db or default_database_url(storage.root),
-                                  max_upload_bytes=max_bytes, run_manager=manager, auth_failures=auth_failures,
-                                  min_free=min_free,
-                                  submit_limits=SubmitLimits.from_env(max_submit_size, max_datasets))
+        settings = ServerSettings(
+            root=storage.root,
+            database_url=db or default_database_url(storage.root),
+            max_upload_bytes=max_bytes,
+            run_manager=manager,
+            auth_failures=auth_failures,
+            min_free=min_free,
+            submit_limits=SubmitLimits.from_env(max_submit_size, max_datasets),
+        )
         lock = None
         if manager:
             lock = manager_lock(storage)
             if lock is None:
-                err.print("[yellow]another `ncaas manager` runs on this storage; the server submits jobs "
-                          "and that manager runs them[/yellow]")
+                err.print(
+                    "[yellow]another `ncaas manager` runs on this storage; the server submits jobs "
+                    "and that manager runs them[/yellow]"
+                )
                 settings.run_manager = False
         from .uploads import keep_freed_memory_for_streaming
 
@@ -102,17 +135,23 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
     @admin.command("add-group")
     @errors
-    def add_group(name: Annotated[str, typer.Argument(help="group name (letters, digits, . _ -)")],
-                  root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def add_group(
+        name: Annotated[str, typer.Argument(help="group name (letters, digits, . _ -)")],
+        root: RootOpt = default_root(),
+        db: DbOpt = None,
+    ) -> None:
         """Create a group: its members share one private storage area and its jobs."""
         _accounts(root, db).add_group(name)
         out.print(f"group {name} created")
 
     @admin.command("set-quota")
     @errors
-    def set_quota(group: Annotated[str, typer.Argument(help="group name")],
-                  size: Annotated[str, typer.Argument(help="what its storage may hold, e.g. 500GB; 'none' lifts it")],
-                  root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def set_quota(
+        group: Annotated[str, typer.Argument(help="group name")],
+        size: Annotated[str, typer.Argument(help="what its storage may hold, e.g. 500GB; 'none' lifts it")],
+        root: RootOpt = default_root(),
+        db: DbOpt = None,
+    ) -> None:
         """Limit a group's storage (inputs, configs, results): uploads that would go over are refused."""
         from ..blueprint import parse_bytes
 
@@ -128,27 +167,35 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
     @admin.command("add-user")
     @errors
-    def add_user(name: Annotated[str, typer.Argument(help="user name")],
-                 group: Annotated[str, typer.Option("--group", "-g", help="the user's group")],
-                 root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def add_user(
+        name: Annotated[str, typer.Argument(help="user name")],
+        group: Annotated[str, typer.Option("--group", "-g", help="the user's group")],
+        root: RootOpt = default_root(),
+        db: DbOpt = None,
+    ) -> None:
         """Create a user in a group."""
         _accounts(root, db).add_user(name, group)
         out.print(f"user {name} created in group {group}")
 
     @admin.command("issue-token")
     @errors
-    def issue_token(user: Annotated[str, typer.Argument(help="user name")],
-                    root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def issue_token(
+        user: Annotated[str, typer.Argument(help="user name")], root: RootOpt = default_root(), db: DbOpt = None
+    ) -> None:
         """Issue an API token for a user; it is printed once and only its hash is kept."""
         issued = _accounts(root, db).issue_token(user)
-        out.print(f"token {issued.token_id} for {issued.user} (group {issued.group}); "
-                  "store it now, it is not shown again:")
+        out.print(
+            f"token {issued.token_id} for {issued.user} (group {issued.group}); store it now, it is not shown again:"
+        )
         out.print(issued.token, markup=False, highlight=False, soft_wrap=True)
 
     @admin.command("revoke-token")
     @errors
-    def revoke_token(token: Annotated[str, typer.Argument(help="the token, or its id")],
-                     root: RootOpt = default_root(), db: DbOpt = None) -> None:
+    def revoke_token(
+        token: Annotated[str, typer.Argument(help="the token, or its id")],
+        root: RootOpt = default_root(),
+        db: DbOpt = None,
+    ) -> None:
         """Revoke a token: every later request with it is refused."""
         token_id = _accounts(root, db).revoke_token(token)
         out.print(f"token {token_id} revoked")
@@ -161,9 +208,12 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         import time
 
         for t in _accounts(root, db).tokens():
-            table.add_row(t["token_id"], t["user"],
-                          time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_ms"] / 1000)),
-                          "yes" if t["revoked"] else "no")
+            table.add_row(
+                t["token_id"],
+                t["user"],
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created_ms"] / 1000)),
+                "yes" if t["revoked"] else "no",
+            )
         out.print(table)
 
     @admin.command("keys")
@@ -188,8 +238,9 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
 
     @admin.command("retire-key")
     @errors
-    def retire_key(key_id: Annotated[str, typer.Argument(help="the key's id (`ncaas admin keys`)")],
-                   root: RootOpt = default_root()) -> None:
+    def retire_key(
+        key_id: Annotated[str, typer.Argument(help="the key's id (`ncaas admin keys`)")], root: RootOpt = default_root()
+    ) -> None:
         """Delete a (compromised) signing key: every certificate it signed is refused from now on."""
         from ..signing import CertificateKeys
 

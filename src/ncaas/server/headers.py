@@ -17,16 +17,20 @@ from __future__ import annotations
 
 __all__ = ["DOCS_POLICY", "FILE_POLICY", "PAGE_POLICY", "SECURITY_HEADERS", "SecurityHeaders"]
 
-PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-               "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 # A result file is shown only as what it is (an image), never as a page able to run script: ``sandbox``
 # gives it an origin of its own even when it is opened in a tab of its own.
 FILE_POLICY = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
 _CDN = "https://cdn.jsdelivr.net"
-DOCS_POLICY = (f"default-src 'self'; script-src 'self' 'unsafe-inline' {_CDN}; style-src 'self' 'unsafe-inline' "
-               f"{_CDN} https://fonts.googleapis.com; font-src 'self' https://fonts.gstatic.com; "
-               "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; worker-src 'self' blob:; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+DOCS_POLICY = (
+    f"default-src 'self'; script-src 'self' 'unsafe-inline' {_CDN}; style-src 'self' 'unsafe-inline' "
+    f"{_CDN} https://fonts.googleapis.com; font-src 'self' https://fonts.gstatic.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; worker-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 _DOCS_PATHS = ("/docs", "/redoc")
 
 SECURITY_HEADERS = {
@@ -39,8 +43,10 @@ SECURITY_HEADERS = {
 
 def _headers_for(path: str) -> list[tuple[bytes, bytes]]:
     policy = DOCS_POLICY if path.startswith(_DOCS_PATHS) else PAGE_POLICY
-    return [(name.lower().encode(), (policy if name == "Content-Security-Policy" else value).encode())
-            for name, value in SECURITY_HEADERS.items()]
+    return [
+        (name.lower().encode(), (policy if name == "Content-Security-Policy" else value).encode())
+        for name, value in SECURITY_HEADERS.items()
+    ]
 
 
 class SecurityHeaders:

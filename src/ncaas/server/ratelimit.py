@@ -29,8 +29,14 @@ class FailureLimiter:
     whose failures have all left the window are forgotten every ``window``.
     """
 
-    def __init__(self, limit: int, window: float = 60.0, *, clock: Callable[[], float] = time.monotonic,
-                 on_limit: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_limit: Callable[[str], None] | None = None,
+    ):
         self.limit, self.window, self.clock = limit, window, clock
         self.on_limit = on_limit  # called once when a key starts being refused (e.g. to log it)
         self._failures: dict[str, deque[float]] = {}

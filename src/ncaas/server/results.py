@@ -17,11 +17,32 @@ from ..exceptions import SpecialFileRefused
 
 __all__ = ["IMAGE_TYPES", "ResultFile", "iter_zip", "list_files"]
 
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-               ".svg": "image/svg+xml", ".webp": "image/webp"}
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".svg": "image/svg+xml",
+    ".webp": "image/webp",
+}
 # Already compressed: stored as they are, deflating them only burns CPU.
-_STORED = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".zip", ".gz", ".bz2", ".xz", ".zst", ".npz",
-           ".mp4", ".avi", ".h5", ".nwb"}
+_STORED = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".webp",
+    ".zip",
+    ".gz",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".npz",
+    ".mp4",
+    ".avi",
+    ".h5",
+    ".nwb",
+}
 _BLOCK = 1 << 20
 
 
@@ -61,7 +82,7 @@ class _Sink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data) -> int:
         self._parts.append(bytes(data))
         return len(data)
 
@@ -87,7 +108,7 @@ def iter_zip(files: list[ResultFile]) -> Iterator[bytes]:
             stored = entry.path.suffix.lower() in _STORED
             info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
             if not stored:
-                info._compresslevel = 1  # fast; results are mostly numbers and text
+                info._compresslevel = 1  # type: ignore[attr-defined]  # fast; results are mostly numbers and text
             with os.fdopen(fd, "rb") as src, zf.open(info, "w", force_zip64=entry.stat.st_size > (1 << 31)) as dst:
                 while block := src.read(_BLOCK):
                     dst.write(block)

@@ -92,7 +92,10 @@ def no_room_on_disk(path: str, size: int, free: int, reserve: int) -> StorageFul
         f"not enough free space on the server for {path!r}: it needs {human_size(size)} more, "
         f"{human_size(free)} is free and {human_size(reserve)} is kept free for jobs; ask the administrator "
         "to free space, then upload it (or resume it) again",
-        free=free, needed=size, reserve=reserve)
+        free=free,
+        needed=size,
+        reserve=reserve,
+    )
 
 
 def over_quota(group: str, path: str, size: int, used: int, quota: int) -> StorageFull:
@@ -100,4 +103,7 @@ def over_quota(group: str, path: str, size: int, used: int, quota: int) -> Stora
         f"group {group!r} would go over its quota of {human_size(quota)}: it uses {human_size(used)} "
         f"(inputs, configs, results and unfinished uploads) and {path!r} needs {human_size(size)} more; "
         f"delete data it no longer needs, or ask an administrator to raise it (`ncaas admin set-quota {group} SIZE`)",
-        quota=quota, used=used, needed=size)
+        quota=quota,
+        used=used,
+        needed=size,
+    )

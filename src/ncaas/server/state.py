@@ -66,8 +66,9 @@ class ServerState:
         """The blueprint ``name`` if the caller's group may use it."""
         loaded = self.registry.get(name)
         if loaded is None or not loaded.blueprint.access.allows(who.group):
-            raise NotFound(f"no analysis {name!r} available to group {who.group!r}; "
-                           "GET /api/analyses lists the ones you may use")
+            raise NotFound(
+                f"no analysis {name!r} available to group {who.group!r}; GET /api/analyses lists the ones you may use"
+            )
         return loaded
 
 
@@ -78,7 +79,6 @@ def get_state(request: Request) -> ServerState:
 _bearer = HTTPBearer(auto_error=False, description="A token from `ncaas admin issue-token USER`.")
 
 
-def caller(request: Request,
-           _creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+def caller(request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
     """The authenticated caller; every API route depends on this."""
     return get_state(request).auth.principal(request)

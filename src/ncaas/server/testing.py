@@ -46,8 +46,9 @@ class PostgresUnavailable(RuntimeError):
 
 
 def _pg_bindir() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if found:
         return found[-1].parent
     initdb = shutil.which("initdb")
@@ -73,20 +74,20 @@ class LocalPostgres:
 
     def database(self, name: str) -> str:
         """Create another empty database; returns its URL."""
-        done = self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                         "-U", "postgres", name)
+        assert self.bindir is not None, "start() first"
+        done = self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
         if done.returncode != 0:
             raise PostgresUnavailable(f"createdb {name} failed: {done.stderr.strip()}")
         return self.url.rsplit("/", 1)[0] + f"/{name}"
 
     def _run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([*self._as, *argv], capture_output=True, text=True, timeout=timeout,
-                              check=False, cwd="/")
+        return subprocess.run([*self._as, *argv], capture_output=True, text=True, timeout=timeout, check=False, cwd="/")
 
     def start(self) -> LocalPostgres:
         if self.bindir is None:
-            raise PostgresUnavailable("PostgreSQL is not installed (apt-get install postgresql; "
-                                      "`make system-deps` does it as root)")
+            raise PostgresUnavailable(
+                "PostgreSQL is not installed (apt-get install postgresql; `make system-deps` does it as root)"
+            )
         self.datadir = Path(tempfile.mkdtemp(prefix="ncaas-pg-"))
         if os.geteuid() == 0:
             try:
@@ -94,28 +95,51 @@ class LocalPostgres:
 
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise PostgresUnavailable("running as root and there is no `postgres` user to run "
-                                          "PostgreSQL as") from None
+                raise PostgresUnavailable(
+                    "running as root and there is no `postgres` user to run PostgreSQL as"
+                ) from None
             os.chown(self.datadir, pw.pw_uid, pw.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
-        done = self._run(str(self.bindir / "initdb"), "-D", str(self.datadir / "data"), "-A", "trust",
-                         "-U", "postgres", "-E", "UTF8", "--no-sync")
+        done = self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir / "data"),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         if done.returncode != 0:
             self.stop()
             raise PostgresUnavailable(f"initdb failed: {done.stderr.strip()[-500:]}")
         for _ in range(5):
             self.port = free_port()
-            done = self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-w", "-t", "60",
-                             "-l", str(self.datadir / "postgres.log"),
-                             "-o", f"-F -h 127.0.0.1 -p {self.port} -k {self.datadir}", "start", timeout=90)
+            done = self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir / "data"),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.datadir / "postgres.log"),
+                "-o",
+                f"-F -h 127.0.0.1 -p {self.port} -k {self.datadir}",
+                "start",
+                timeout=90,
+            )
             if done.returncode == 0:
                 break
         else:
             log = (self.datadir / "postgres.log").read_text()[-800:] if (self.datadir / "postgres.log").exists() else ""
             self.stop()
             raise PostgresUnavailable(f"PostgreSQL did not start: {done.stderr.strip()[-300:]} {log}")
-        done = self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
-                         "-U", "postgres", "ncaas")
+        done = self._run(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "ncaas"
+        )
         if done.returncode != 0:
             self.stop()
             raise PostgresUnavailable(f"createdb failed: {done.stderr.strip()}")
@@ -124,9 +148,8 @@ class LocalPostgres:
     def stop(self) -> None:
         if self.datadir is None:
             return
-        if (self.datadir / "data" / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-m", "immediate",
-                      "-w", "stop")
+        if self.bindir is not None and (self.datadir / "data" / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir / "data"), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.datadir, ignore_errors=True)
         self.datadir = None
 
@@ -140,8 +163,15 @@ class LocalPostgres:
 class ServerProcess:
     """``ncaas serve`` in a child process on a free loopback port."""
 
-    def __init__(self, root: str | os.PathLike[str], *, db: str | None = None, max_upload: str | None = None,
-                 env: dict[str, str] | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        db: str | None = None,
+        max_upload: str | None = None,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+    ):
         self.root = Path(root)
         self.db = db
         self.port = 0
@@ -164,11 +194,20 @@ class ServerProcess:
     def start(self, timeout: float = 60) -> ServerProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        argv = [*self.cli(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                *self.storage_args(), *self.argv_extra]
+        argv = [
+            *self.cli(),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.storage_args(),
+            *self.argv_extra,
+        ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -48,7 +48,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,13 +144,13 @@ def _checksum_prefix(path: Path, nbytes: int, *, sha256: bool) -> _Checksums:
     buf = bytearray(8 << 20)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
-        while state.offset < nbytes and (n := f.readinto(view[:min(len(buf), nbytes - state.offset)])):
+        while state.offset < nbytes and (n := f.readinto(view[: min(len(buf), nbytes - state.offset)])):
             _update(state.hashers, [view[:n]])
             state.offset += n
     return state
 
 
-def _update(hashers: list, pieces: list[bytes]) -> None:
+def _update(hashers: list, pieces: Sequence[bytes | memoryview]) -> None:
     """Feed ``pieces`` to every hasher (hashlib and crc32c release the GIL for large updates)."""
     for piece in pieces:
         for h in hashers:
@@ -221,9 +221,9 @@ class _BlockWriter:
                 head = min(len(view), -self.written % _ALIGN)
                 whole = (len(view) - head) // _ALIGN * _ALIGN
                 self._pwrite(self.fd, view[:head])
-                if whole and not self._write_direct(view[head:head + whole]):
-                    self._pwrite(self.fd, view[head:head + whole])
-                self._pwrite(self.fd, view[head + whole:])
+                if whole and not self._write_direct(view[head : head + whole]):
+                    self._pwrite(self.fd, view[head : head + whole])
+                self._pwrite(self.fd, view[head + whole :])
             else:
                 self._pwrite(self.fd, view)
                 if self.written - self.flushed >= _WRITEBACK:
@@ -240,6 +240,7 @@ class _BlockWriter:
 
     def _write_direct(self, view: memoryview) -> bool:
         """Write ``view`` with O_DIRECT; False (nothing written) if the disk wants another alignment."""
+        assert self.direct is not None  # called only while the O_DIRECT descriptor is open
         try:
             self._pwrite(self.direct, view)
         except OSError as exc:
@@ -303,8 +304,10 @@ def keep_freed_memory_for_streaming() -> bool:
 
 def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise StorageFull(f"the server's disk is full; upload {upload_id} keeps its first {offset} bytes: "
-                          "resume it once the administrator has freed space") from None
+        raise StorageFull(
+            f"the server's disk is full; upload {upload_id} keeps its first {offset} bytes: "
+            "resume it once the administrator has freed space"
+        ) from None
 
 
 def _fsync(path: Path) -> None:
@@ -336,9 +339,16 @@ class Uploads:
         group's storage (``scratch_dir``'s parent) over it is refused (507).
     """
 
-    def __init__(self, engine: Engine, *, resolve_input: Callable[[str, str], Path],
-                 scratch_dir: Callable[[str], Path], max_bytes: int, reserve: Reserve = Reserve(),
-                 quota_of: Callable[[str], int | None] = lambda group: None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        resolve_input: Callable[[str, str], Path],
+        scratch_dir: Callable[[str], Path],
+        max_bytes: int,
+        reserve: Reserve = Reserve(),
+        quota_of: Callable[[str], int | None] = lambda group: None,
+    ):
         self.engine = engine
         self.resolve_input = resolve_input
         self.scratch_dir = scratch_dir
@@ -368,17 +378,31 @@ class Uploads:
     def _info(self, up: _Upload) -> UploadInfo:
         part = self._part(up)
         offset = up.size if up.completed_ms else (part.stat().st_size if part.exists() else 0)
-        return UploadInfo(id=up.id, path=up.path, size=up.size, offset=offset,
-                          complete=up.completed_ms is not None,
-                          crc32c=up.final_crc32c, sha256=up.final_sha256, user=up.user)
+        return UploadInfo(
+            id=up.id,
+            path=up.path,
+            size=up.size,
+            offset=offset,
+            complete=up.completed_ms is not None,
+            crc32c=up.final_crc32c,
+            sha256=up.final_sha256,
+            user=up.user,
+        )
 
-    def create(self, who: Principal, *, path: str, size: int, sha256: str | None = None,
-               crc32c: str | None = None, overwrite: bool = False) -> UploadInfo:
+    def create(
+        self,
+        who: Principal,
+        *,
+        path: str,
+        size: int,
+        sha256: str | None = None,
+        crc32c: str | None = None,
+        overwrite: bool = False,
+    ) -> UploadInfo:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequest(f"size must be a non-negative integer number of bytes, got {size!r}")
         if size > self.max_bytes:
-            raise TooLarge(f"{path!r} is {size} bytes; this server accepts uploads up to "
-                           f"{self.max_bytes} bytes")
+            raise TooLarge(f"{path!r} is {size} bytes; this server accepts uploads up to {self.max_bytes} bytes")
         sha256 = check_digest(sha256, "sha256", "SHA-256")
         crc32c = check_digest(crc32c, "crc32c", "CRC-32C")
         path = check_user_path(path, "inputs")
@@ -387,10 +411,20 @@ class Uploads:
             raise Conflict(f"inputs/{path} is a folder; choose another name for the file")
         if target.exists() and not overwrite:
             raise Conflict(f"inputs/{path} already exists; upload with overwrite=true to replace it")
-        self._check_room(who.group, path, size=size, remaining=size, upload_id=None,
-                         replacing=target if overwrite else None)
-        up = _Upload(id=secrets.token_hex(16), group=who.group, user=who.user, path=path,
-                     size=size, sha256=sha256, crc32c=crc32c, overwrite=overwrite, created_ms=int(time.time() * 1000))
+        self._check_room(
+            who.group, path, size=size, remaining=size, upload_id=None, replacing=target if overwrite else None
+        )
+        up = _Upload(
+            id=secrets.token_hex(16),
+            group=who.group,
+            user=who.user,
+            path=path,
+            size=size,
+            sha256=sha256,
+            crc32c=crc32c,
+            overwrite=overwrite,
+            created_ms=int(time.time() * 1000),
+        )
         self._part(up).touch()
         with self._session() as s, s.begin():
             s.add(up)
@@ -401,9 +435,11 @@ class Uploads:
 
     def pending(self, who: Principal) -> list[UploadInfo]:
         with self._session() as s:
-            rows = s.scalars(select(_Upload).where(_Upload.group == who.group,
-                                                   _Upload.completed_ms.is_(None))
-                             .order_by(_Upload.created_ms)).all()
+            rows = s.scalars(
+                select(_Upload)
+                .where(_Upload.group == who.group, _Upload.completed_ms.is_(None))
+                .order_by(_Upload.created_ms)
+            ).all()
             return [self._info(u) for u in rows]
 
     def purge_stale(self, max_age_s: float) -> int:
@@ -447,12 +483,16 @@ class Uploads:
             self._stored[group] = seen
         stored = seen[1]
         with self._session() as s:
-            pending = s.scalars(select(_Upload.size).where(
-                _Upload.group == group, _Upload.completed_ms.is_(None), _Upload.id != (besides or ""))).all()
+            pending = s.scalars(
+                select(_Upload.size).where(
+                    _Upload.group == group, _Upload.completed_ms.is_(None), _Upload.id != (besides or "")
+                )
+            ).all()
         return stored + sum(pending)
 
-    def _check_room(self, group: str, path: str, *, size: int, remaining: int, upload_id: str | None,
-                    replacing: Path | None) -> None:
+    def _check_room(
+        self, group: str, path: str, *, size: int, remaining: int, upload_id: str | None, replacing: Path | None
+    ) -> None:
         """Refuse (507) an upload of ``size`` bytes, ``remaining`` of them still to arrive, that
         would leave the disk below its reserve or take the group over its quota."""
         self.scratch_dir(group).mkdir(parents=True, exist_ok=True)
@@ -471,14 +511,20 @@ class Uploads:
         """The running checksums of the first ``offset`` bytes (recomputed from the file if not known)."""
         state = self._sums.get(up.id)
         if state is None or state.offset != offset:
-            state = await anyio.to_thread.run_sync(
-                lambda: _checksum_prefix(part, offset, sha256=up.sha256 is not None))
+            state = await anyio.to_thread.run_sync(lambda: _checksum_prefix(part, offset, sha256=up.sha256 is not None))
             self._sums[up.id] = state
         return state
 
-    async def receive(self, who: Principal, upload_id: str, offset: int,
-                      body: AsyncIterator[bytes], *, chunk_crc32c: str | None = None,
-                      chunk_sha256: str | None = None) -> UploadInfo:
+    async def receive(
+        self,
+        who: Principal,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        *,
+        chunk_crc32c: str | None = None,
+        chunk_sha256: str | None = None,
+    ) -> UploadInfo:
         """Append the streamed ``body`` at ``offset``; returns the new state.
 
         The event loop copies the arriving pieces into 4 MiB blocks and updates
@@ -500,18 +546,25 @@ class Uploads:
             part = self._part(up)
             current = part.stat().st_size if part.exists() else 0
             if offset != current:
-                raise Conflict(f"upload {upload_id} has {current} bytes; send from offset={current}",
-                               offset=current)
+                raise Conflict(f"upload {upload_id} has {current} bytes; send from offset={current}", offset=current)
             target = self.resolve_input(up.group, up.path) if up.overwrite else None
-            await anyio.to_thread.run_sync(lambda: self._check_room(
-                up.group, up.path, size=up.size, remaining=up.size - offset, upload_id=up.id, replacing=target))
+            await anyio.to_thread.run_sync(
+                lambda: self._check_room(
+                    up.group, up.path, size=up.size, remaining=up.size - offset, upload_id=up.id, replacing=target
+                )
+            )
             state = await self._checksums(up, part, current)
             before = state.copy()
             room = up.size - offset
             # (checksum, its hasher, the value the client gave) of this request's bytes, if given
-            chunk = [(kind, hasher, expected) for kind, hasher, expected in (
-                ("CRC-32C", CRC32CHash(), chunk_crc32c), ("SHA-256", hashlib.sha256(), chunk_sha256))
-                if expected is not None]
+            chunk = [
+                (kind, hasher, expected)
+                for kind, hasher, expected in (
+                    ("CRC-32C", CRC32CHash(), chunk_crc32c),
+                    ("SHA-256", hashlib.sha256(), chunk_sha256),
+                )
+                if expected is not None
+            ]
             fast = [state.crc] + [h for kind, h, _ in chunk if kind == "CRC-32C"]
             slow = [h for h in (state.sha, *(h for kind, h, _ in chunk if kind == "SHA-256")) if h is not None]
             writer = _BlockWriter(part, offset)
@@ -524,8 +577,7 @@ class Uploads:
             # stack miss the cache, and cost the event loop 0.3 s more CPU per GB. One thread
             # writes the full blocks in order (another computes the SHA-256, if any); up to
             # _AHEAD blocks wait for it, so the socket is read on while the disk is busy.
-            workers = [ThreadPoolExecutor(1, thread_name_prefix="ncaas-upload")
-                       for _ in range(2 if slow else 1)]
+            workers = [ThreadPoolExecutor(1, thread_name_prefix="ncaas-upload") for _ in range(2 if slow else 1)]
             loop = asyncio.get_running_loop()
             in_flight: list[tuple[mmap.mmap, list[asyncio.Future]]] = []  # oldest first
             block, start = self._buffers.take(), offset % _ALIGN
@@ -554,8 +606,7 @@ class Uploads:
                 await settle(keep=_AHEAD - 1)
                 futures = [loop.run_in_executor(workers[0], writer.write, block, start, pos)]
                 if slow:
-                    futures.append(loop.run_in_executor(
-                        workers[1], _update, slow, [memoryview(block)[start:pos]]))
+                    futures.append(loop.run_in_executor(workers[1], _update, slow, [memoryview(block)[start:pos]]))
                 in_flight.append((block, futures))
                 fill.release()
                 block = self._buffers.take()
@@ -567,14 +618,16 @@ class Uploads:
                         if not piece:
                             continue
                         if accepted + len(piece) > up.size:
-                            raise TooLarge(f"upload {upload_id} is declared as {up.size} bytes; "
-                                           f"this request sends more than the {room} still expected")
+                            raise TooLarge(
+                                f"upload {upload_id} is declared as {up.size} bytes; "
+                                f"this request sends more than the {room} still expected"
+                            )
                         accepted += len(piece)
                         _update(fast, [piece])
                         view = memoryview(piece)
                         while view:
                             n = min(len(view), _BLOCK - pos)
-                            fill[pos:pos + n] = view[:n]
+                            fill[pos : pos + n] = view[:n]
                             pos += n
                             view = view[n:]
                             if pos == _BLOCK:
@@ -587,8 +640,12 @@ class Uploads:
                         worker.shutdown(wait=True)  # (a few blocks at most)
                     if in_flight:
                         await asyncio.wait([f for _, futures in in_flight for f in futures])
-                    if isinstance(exc, OSError | TooLarge | StorageFull) or chunk or broken or any(
-                            f.cancelled() or f.exception() for _, futures in in_flight for f in futures):
+                    if (
+                        isinstance(exc, OSError | TooLarge | StorageFull)
+                        or chunk
+                        or broken
+                        or any(f.cancelled() or f.exception() for _, futures in in_flight for f in futures)
+                    ):
                         raise
                     # Interrupted: keep what arrived so the client can resume from there.
                     writer.write(block, start, pos)
@@ -618,12 +675,14 @@ class Uploads:
                     self._sums[up.id] = before
                     raise ChecksumMismatch(
                         f"the chunk at offset {offset} arrived corrupted ({kind} "
-                        f"{hasher.hexdigest()} instead of {expected}); send it again")
+                        f"{hasher.hexdigest()} instead of {expected}); send it again"
+                    )
             state.offset = accepted
         return self.get(who, upload_id)
 
-    async def complete(self, who: Principal, upload_id: str, *, crc32c: str | None = None,
-                       sha256: str | None = None) -> UploadInfo:
+    async def complete(
+        self, who: Principal, upload_id: str, *, crc32c: str | None = None, sha256: str | None = None
+    ) -> UploadInfo:
         up = self._load(who, upload_id)
         crc32c = check_digest(crc32c, "crc32c", "CRC-32C")
         sha256 = check_digest(sha256, "sha256", "SHA-256")
@@ -632,19 +691,27 @@ class Uploads:
         part = self._part(up)
         have = part.stat().st_size if part.exists() else 0
         if have != up.size:
-            raise Conflict(f"upload {upload_id} is incomplete: {have} of {up.size} bytes received; "
-                           f"send the rest from offset={have}", offset=have)
+            raise Conflict(
+                f"upload {upload_id} is incomplete: {have} of {up.size} bytes received; "
+                f"send the rest from offset={have}",
+                offset=have,
+            )
         state = await self._checksums(up, part, have)
         if sha256 is not None and state.sha is None:  # asked for only now: a second read of the file
             state = await anyio.to_thread.run_sync(lambda: _checksum_prefix(part, have, sha256=True))
         digests = {"CRC-32C": state.crc.hexdigest(), "SHA-256": state.sha.hexdigest() if state.sha else None}
-        for name, expected in (("CRC-32C", crc32c), ("CRC-32C", up.crc32c),
-                               ("SHA-256", sha256), ("SHA-256", up.sha256)):
+        for name, expected in (
+            ("CRC-32C", crc32c),
+            ("CRC-32C", up.crc32c),
+            ("SHA-256", sha256),
+            ("SHA-256", up.sha256),
+        ):
             if expected is not None and expected != digests[name]:
                 self.abort(who, upload_id)
                 raise ChecksumMismatch(
                     f"{up.path}: the received bytes have {name} {digests[name]}, not {expected}; "
-                    "the upload was discarded, start it again")
+                    "the upload was discarded, start it again"
+                )
         target = self.resolve_input(up.group, up.path)
         if target.exists() and not up.overwrite:
             raise Conflict(f"inputs/{up.path} appeared meanwhile; upload with overwrite=true to replace it")
@@ -661,13 +728,15 @@ class Uploads:
             os.replace(part, target)
             await anyio.to_thread.run_sync(_fsync, target.parent)
         except (NotADirectoryError, FileExistsError) as exc:
-            raise Conflict(f"cannot place inputs/{up.path}: a file stands where a folder is needed "
-                           f"({exc.filename})") from None
+            raise Conflict(
+                f"cannot place inputs/{up.path}: a file stands where a folder is needed ({exc.filename})"
+            ) from None
         self._sums.pop(up.id, None)
         self._locks.pop(up.id, None)
         self._stored.pop(up.group, None)  # its bytes moved from an unfinished upload into its files
         with self._session() as s, s.begin():
             row = s.get(_Upload, up.id)
+            assert row is not None  # ``up`` was read from it under this upload's lock
             row.completed_ms = int(time.time() * 1000)
             row.final_crc32c = digests["CRC-32C"]
             row.final_sha256 = digests["SHA-256"]

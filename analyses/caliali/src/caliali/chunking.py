@@ -113,9 +113,7 @@ def _sessions(source: Source) -> list[tuple[str, list[Callable[[], VideoReader]]
     if isinstance(source, (str, Path)):
         source = load_experiment(source)
     sessions = source.sessions if isinstance(source, Experiment) else (source,)
-    return [
-        (s.id, [lambda p=path, d=s.dataset: open_video(p, dataset=d) for path in s.files]) for s in sessions
-    ]
+    return [(s.id, [lambda p=path, d=s.dataset: open_video(p, dataset=d) for path in s.files]) for s in sessions]
 
 
 def _frame_counts(openers: list[Callable[[], VideoReader]]) -> list[int]:
@@ -182,14 +180,23 @@ def iter_chunks(
                 for a in range(first, n, int(batch_frames)):
                     b = min(a + int(batch_frames), n)
                     yield Chunk(
-                        data=video.read(a, b), index=index, session=s, session_id=sid, file=video.path,
-                        start=offset + a, stop=offset + b, session_start=session_start + a,
-                        first_in_session=session_start + a == 0, last_in_session=session_start + b == session_total,
+                        data=video.read(a, b),
+                        index=index,
+                        session=s,
+                        session_id=sid,
+                        file=video.path,
+                        start=offset + a,
+                        stop=offset + b,
+                        session_start=session_start + a,
+                        first_in_session=session_start + a == 0,
+                        last_in_session=session_start + b == session_total,
                     )
                     index += 1
                     if progress is not None:
-                        progress((offset + b) / total, f"{label}: session {sid} ({s + 1}/{len(sessions)}), "
-                                                       f"frames {offset + b}/{total}")
+                        progress(
+                            (offset + b) / total,
+                            f"{label}: session {sid} ({s + 1}/{len(sessions)}), frames {offset + b}/{total}",
+                        )
             offset, session_start = offset + n, session_start + n
 
 
@@ -286,5 +293,6 @@ def _resumable(out: Path | str, params: dict[str, Any]) -> Any:
 def _create(out: Path | str, frame_shape: tuple[int, int], batch_frames: int, params: dict[str, Any]) -> Any:
     from caliali.store import FrameStore
 
-    return FrameStore.create(out, frame_shape, chunk_frames=aligned_chunk_frames(int(batch_frames), frame_shape),
-                             params=params)
+    return FrameStore.create(
+        out, frame_shape, chunk_frames=aligned_chunk_frames(int(batch_frames), frame_shape), params=params
+    )

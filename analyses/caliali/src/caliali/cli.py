@@ -34,7 +34,9 @@ def simulate(
     out: Annotated[Path, typer.Argument(help="Folder to write (manifest, videos, ground_truth/).")],
     sessions: Annotated[int, typer.Option(help="Number of sessions.")] = 3,
     frames: Annotated[int, typer.Option(help="Frames per session.")] = 1000,
-    neurons: Annotated[int | None, typer.Option(help="Neurons (default by variant: 100, sparse 20, dense 300).")] = None,
+    neurons: Annotated[
+        int | None, typer.Option(help="Neurons (default by variant: 100, sparse 20, dense 300).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
     variant: Annotated[str, typer.Option(help="ideal | remap | sparse | dense.")] = "ideal",
     within_motion: Annotated[bool, typer.Option("--within-motion", help="Add rigid motion within sessions.")] = False,
@@ -47,12 +49,22 @@ def simulate(
 ) -> None:
     """Simulate a multi-session experiment with ground truth."""
     from caliali.chunking import print_progress
-    from caliali.simulate import SimulationParams, simulate as run
+    from caliali.simulate import SimulationParams
+    from caliali.simulate import simulate as run
 
     params = SimulationParams(
-        sessions=sessions, frames=frames, neurons=neurons, seed=seed, variant=variant,
-        within_motion=within_motion, max_frames_per_file=max_frames_per_file, pnr=pnr,
-        format=format, height=height, width=width, fs=fs,
+        sessions=sessions,
+        frames=frames,
+        neurons=neurons,
+        seed=seed,
+        variant=variant,
+        within_motion=within_motion,
+        max_frames_per_file=max_frames_per_file,
+        pnr=pnr,
+        format=format,
+        height=height,
+        width=width,
+        fs=fs,
     )
     result = run(out, params, progress=print_progress)
     console.print(
@@ -84,7 +96,9 @@ def split(
 def score(
     result: Annotated[Path, typer.Argument(help="A caliali result folder (arrays/, alignment/).")],
     ground_truth: Annotated[Path, typer.Argument(help="ground_truth/ or the simulation folder holding it.")],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Where to write the scores (default RESULT/score.json).")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Where to write the scores (default RESULT/score.json).")
+    ] = None,
     trace_threshold: Annotated[float, typer.Option(help="Trace cosine a match needs.")] = 0.8,
 ) -> None:
     """Score a result against simulated ground truth: precision, recall, F1, alignment error."""
@@ -138,8 +152,10 @@ def run(
     input: Annotated[Path, typer.Option("--input", help="Experiment: folder of session videos, manifest, or video.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for results (arrays, NWB, QC, alignment).")],
     config: Annotated[Path | None, typer.Option("--config", help="YAML/JSON parameters (defaults if omitted).")] = None,
-    work: Annotated[Path | None, typer.Option(
-        help="Intermediates folder, also for extraction's temporary trace files (default <output>/work).")] = None,
+    work: Annotated[
+        Path | None,
+        typer.Option(help="Intermediates folder, also for extraction's temporary trace files (default <output>/work)."),
+    ] = None,
 ) -> None:
     """Run the whole pipeline: motion correction, projections, alignment, CNMF-E, outputs. Resumable."""
     from caliali.allocator import large_arrays_returned_on_free
@@ -152,8 +168,10 @@ def run(
     large_arrays_returned_on_free()
     result = run_pipeline(input, output, config=cfg, work=work, progress=print_progress)
     frames = ", ".join(f"{s}: {n}" for s, n in zip(result.sessions, result.session_frames))
-    console.print(f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
-                  f"({frames} frames) -> {result.out}")
+    console.print(
+        f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
+        f"({frames} frames) -> {result.out}"
+    )
     for name, info in result.stages.items():
         console.print(f"  {name:<12} {info['seconds']:8.1f} s   peak RSS {info['peak_rss_mb']:8.0f} MB")
 

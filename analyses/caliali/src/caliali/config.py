@@ -39,52 +39,66 @@ class CalialiConfig(BaseModel):
     # -- data ----------------------------------------------------------------
     fs: float = Field(10.0, gt=0, le=1000, description="Frame rate of the recording, Hz.")
     dataset: str = Field(
-        "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats.")
+        "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats."
+    )
     # -- resources -----------------------------------------------------------
     memory_budget: str = Field(
-        "1GB", pattern=_BUDGET_PATTERN,
+        "1GB",
+        pattern=_BUDGET_PATTERN,
         description="Memory the analysis may use for frames in flight, e.g. '1GB', '512MiB', or 'auto' "
-                    "(half the available memory). Sets how many frames are read at once; peak memory does "
-                    "not grow with the length or number of sessions.")
-    batch_frames: int = Field(
-        0, ge=0, le=100_000, description="Frames per chunk; 0 derives it from memory_budget.")
+        "(half the available memory). Sets how many frames are read at once; peak memory does "
+        "not grow with the length or number of sessions.",
+    )
+    batch_frames: int = Field(0, ge=0, le=100_000, description="Frames per chunk; 0 derives it from memory_budget.")
     # -- downsampling and neuron size ------------------------------------------
     spatial_ds: int = Field(1, ge=1, le=8, description="Spatial downsampling factor (area averaging).")
     temporal_ds: int = Field(1, ge=1, le=10, description="Temporal downsampling factor (frame averaging).")
     gSig: float = Field(
-        5.0, gt=0.5, le=50,
-        description="Neuron radius in pixels of the original movie (divided by spatial_ds internally).")
+        5.0,
+        gt=0.5,
+        le=50,
+        description="Neuron radius in pixels of the original movie (divided by spatial_ds internally).",
+    )
     # -- motion correction -----------------------------------------------------
     motion_correction: bool = Field(True, description="Correct rigid motion within each session.")
     max_shift: float = Field(20.0, ge=0, le=200, description="Largest motion within a session, px (original).")
     # -- alignment between sessions ----------------------------------------------
     alignment: bool = Field(True, description="Align sessions to each other (skipped with one session).")
     alignment_source: Literal["auto", "bv", "neuron"] = Field(
-        "auto", description="Images to align on: blood vessels (bv), neurons, or auto (bv when reliable).")
+        "auto", description="Images to align on: blood vessels (bv), neurons, or auto (bv when reliable)."
+    )
     reliability_threshold: float = Field(
-        2.7, ge=0, le=20, description="Blood-vessel reliability score below which neuron images are used.")
+        2.7, ge=0, le=20, description="Blood-vessel reliability score below which neuron images are used."
+    )
     max_translation: float = Field(
-        0.0, ge=0, le=500, description="Largest plausible translation between sessions, px (original); "
-                                       "0 for no limit.")
+        0.0, ge=0, le=500, description="Largest plausible translation between sessions, px (original); 0 for no limit."
+    )
     # -- CNMF-E ------------------------------------------------------------------
     min_corr: float = Field(0.1, ge=0, le=1, description="Seeds need local correlation Cn at least this.")
     min_pnr: float = Field(6.0, ge=0, le=100, description="Seeds need peak-to-noise ratio PNR at least this.")
     merge_thr: float = Field(
-        0.65, ge=0, le=1, description="Overlapping components whose traces correlate above this are merged.")
+        0.65, ge=0, le=1, description="Overlapping components whose traces correlate above this are merged."
+    )
     max_iter: int = Field(10, ge=1, le=50, description="Most rounds of background/spatial/temporal updates.")
     tol: float = Field(0.05, gt=0, le=1, description="Stop when footprints change less than this fraction.")
     bg_ssub: int = Field(2, ge=1, le=8, description="Spatial downsampling of the ring background model.")
     ring_factor: float = Field(1.5, ge=0.5, le=4, description="Ring radius of the background, in neuron diameters.")
     patch_size: int = Field(64, ge=16, le=1024, description="Spatial patch size of the initialisation, px.")
     patch_overlap: int = Field(32, ge=0, le=512, description="Overlap of neighbouring patches, px.")
-    min_snr: float = Field(3.0, ge=0, le=100, description="Components whose strongest calcium event, a run of "
-                                                           "two decay times, stays below this many noise standard "
-                                                           "deviations are removed.")
+    min_snr: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        description="Components whose strongest calcium event, a run of "
+        "two decay times, stays below this many noise standard "
+        "deviations are removed.",
+    )
     # -- outputs -----------------------------------------------------------------
     nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")
     qc: bool = Field(True, description="Write QC figures (qc/*.png).")
     keep_intermediates: bool = Field(
-        False, description="Keep the corrected and aligned videos (work/) after a successful run.")
+        False, description="Keep the corrected and aligned videos (work/) after a successful run."
+    )
 
     # What the stages are given: sizes at the downsampled resolution, 0 as "not set".
     @property
@@ -172,5 +186,4 @@ def default_config() -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintenance helper
-    print(yaml.safe_dump({"config_schema": config_schema(), "default_config": default_config()},
-                         sort_keys=False))
+    print(yaml.safe_dump({"config_schema": config_schema(), "default_config": default_config()}, sort_keys=False))

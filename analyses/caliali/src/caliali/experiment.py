@@ -108,7 +108,9 @@ class Experiment:
 
 def natural_key(name: str) -> tuple:
     """Sort key treating digit runs as numbers: ``day2`` < ``day10``."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part
+    )
 
 
 def group_files(paths: Iterable[Path], *, dataset: str | None = None) -> list[Session]:
@@ -146,9 +148,7 @@ def _session_entries(raw: Any, manifest: Path) -> list[tuple[str, Any]]:
                 raise ManifestError(f"{manifest}: sessions[{number - 1}] has no 'files' key")
             entries.append((str(entry.get("id", f"session{number}")), entry["files"]))
         return entries
-    raise ManifestError(
-        f"{manifest}: 'sessions' must be a list of {{id, files}} entries or a mapping id -> files"
-    )
+    raise ManifestError(f"{manifest}: 'sessions' must be a list of {{id, files}} entries or a mapping id -> files")
 
 
 def _from_manifest(manifest: Path, *, dataset: str | None) -> Experiment:
@@ -173,7 +173,9 @@ def _from_manifest(manifest: Path, *, dataset: str | None) -> Experiment:
             if not path.exists():
                 raise ManifestError(f"{manifest}: session {sid!r} lists {name!r}, which does not exist ({path})")
             if not is_video(path):
-                raise ManifestError(f"{manifest}: session {sid!r} lists {name!r}, not a video ({', '.join(VIDEO_SUFFIXES)})")
+                raise ManifestError(
+                    f"{manifest}: session {sid!r} lists {name!r}, not a video ({', '.join(VIDEO_SUFFIXES)})"
+                )
             paths.append(path)
         sessions.append(Session(id=sid, files=tuple(paths), dataset=dataset))
     fs = raw.get("fs")

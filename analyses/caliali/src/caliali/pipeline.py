@@ -40,7 +40,11 @@ Progress = Callable[[float, str], None]
 
 # Share of the run's progress bar per stage (measured proportions of the demo).
 STAGES: dict[str, float] = {
-    "motion": 0.30, "projections": 0.15, "alignment": 0.10, "apply": 0.10, "extraction": 0.35,
+    "motion": 0.30,
+    "projections": 0.15,
+    "alignment": 0.10,
+    "apply": 0.10,
+    "extraction": 0.35,
 }
 
 
@@ -73,8 +77,7 @@ def _peak_rss_mb() -> float:
 
 
 def _fingerprint(experiment: Experiment, config: CalialiConfig) -> str:
-    files = [[s.id, [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in s.files]]
-             for s in experiment.sessions]
+    files = [[s.id, [[str(p), p.stat().st_size, int(p.stat().st_mtime)] for p in s.files]] for s in experiment.sessions]
     text = json.dumps({"files": files, "config": config.model_dump(), "version": __version__}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -132,8 +135,9 @@ class _Reporter:
         return report
 
 
-def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _Reporter,
-            state: _State) -> list[dict[str, Any]]:
+def _motion(
+    experiment: Experiment, config: CalialiConfig, work: Path, report: _Reporter, state: _State
+) -> list[dict[str, Any]]:
     from caliali.motion import correct_session
     from caliali.store import FrameStore
 
@@ -148,24 +152,34 @@ def _motion(experiment: Experiment, config: CalialiConfig, work: Path, report: _
         progress = report.stage("motion", i / n, (i + 1) / n)
         if config.motion_correction:
             result = correct_session(
-                session, gSig=config.gsig_ds, out=store_path, batch_frames=config.chunk_frames,
-                memory_budget=config.memory_budget, spatial_ds=config.spatial_ds,
-                temporal_ds=config.temporal_ds, max_shift=config.max_shift_ds,
-                progress=lambda f, m, s=session.id, p=progress: p(f, f"session {s}: {m}"))
+                session,
+                gSig=config.gsig_ds,
+                out=store_path,
+                batch_frames=config.chunk_frames,
+                memory_budget=config.memory_budget,
+                spatial_ds=config.spatial_ds,
+                temporal_ds=config.temporal_ds,
+                max_shift=config.max_shift_ds,
+                progress=lambda f, m, s=session.id, p=progress: p(f, f"session {s}: {m}"),
+            )
             result.save(work, name=key)
             valid = result.valid_mask
         else:
             valid = _downsample_only(session, experiment, config, store_path, progress)
         np.save(work / f"{key}_valid_mask.npy", valid)
-        info = {"store": str(store_path), "valid_mask": str(work / f"{key}_valid_mask.npy"),
-                "frames": FrameStore.open(store_path).n_frames}
+        info = {
+            "store": str(store_path),
+            "valid_mask": str(work / f"{key}_valid_mask.npy"),
+            "frames": FrameStore.open(store_path).n_frames,
+        }
         state.mark(key, info)
         results.append(info)
     return results
 
 
-def _downsample_only(session: Any, experiment: Experiment, config: CalialiConfig, store_path: Path,
-                     progress: Progress) -> np.ndarray:
+def _downsample_only(
+    session: Any, experiment: Experiment, config: CalialiConfig, store_path: Path, progress: Progress
+) -> np.ndarray:
     """Motion correction switched off: the session downsampled into its store; every pixel valid."""
     from caliali.chunking import batch_frames_for
     from caliali.motion import session_chunks
@@ -174,8 +188,9 @@ def _downsample_only(session: Any, experiment: Experiment, config: CalialiConfig
     batch = config.chunk_frames or batch_frames_for(config.memory_budget, experiment.frame_shape(), copies=3)
     first = None
     store = None
-    for chunk in session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds,
-                                temporal_ds=config.temporal_ds, progress=progress):
+    for chunk in session_chunks(
+        session, batch_frames=batch, spatial_ds=config.spatial_ds, temporal_ds=config.temporal_ds, progress=progress
+    ):
         if store is None:
             store = FrameStore.create(store_path, chunk.shape[1:], params={"stage": "downsample"})
             first = chunk.shape[1:]
@@ -185,8 +200,15 @@ def _downsample_only(session: Any, experiment: Experiment, config: CalialiConfig
     return np.ones(first, dtype=bool)
 
 
-def _projections(experiment: Experiment, config: CalialiConfig, motion: list[dict[str, Any]], work: Path,
-                 out: Path, report: _Reporter, state: _State) -> list[Any]:
+def _projections(
+    experiment: Experiment,
+    config: CalialiConfig,
+    motion: list[dict[str, Any]],
+    work: Path,
+    out: Path,
+    report: _Reporter,
+    state: _State,
+) -> list[Any]:
     from caliali.projections import Projections, session_projections
     from caliali.store import FrameStore
 
@@ -200,9 +222,14 @@ def _projections(experiment: Experiment, config: CalialiConfig, motion: list[dic
             continue
         valid = np.load(motion[i]["valid_mask"])
         proj = session_projections(
-            FrameStore.open(motion[i]["store"]), gSig=config.gsig_ds, fs=config.fs_ds,
-            batch_frames=config.chunk_frames, memory_budget=config.memory_budget, valid_mask=valid,
-            progress=report.stage("projections", i / n, (i + 1) / n))
+            FrameStore.open(motion[i]["store"]),
+            gSig=config.gsig_ds,
+            fs=config.fs_ds,
+            batch_frames=config.chunk_frames,
+            memory_budget=config.memory_budget,
+            valid_mask=valid,
+            progress=report.stage("projections", i / n, (i + 1) / n),
+        )
         proj.save(path)
         if config.qc:
             _session_qc(out, work, f"motion_{i}", session.id, proj)
@@ -226,25 +253,39 @@ def _neuron_image(proj: Any) -> np.ndarray:
     return np.clip(image / top, 0, 1).astype(np.float32)
 
 
-def _alignment(experiment: Experiment, config: CalialiConfig, projections: list[Any], motion: list[dict],
-               out: Path, report: _Reporter, state: _State) -> Any:
+def _alignment(
+    experiment: Experiment,
+    config: CalialiConfig,
+    projections: list[Any],
+    motion: list[dict],
+    out: Path,
+    report: _Reporter,
+    state: _State,
+) -> Any:
     from caliali.registration import align_sessions, load_alignment, save_alignment
 
     if state.done("alignment"):
         return load_alignment(out)
     ids = [s.id for s in experiment.sessions]
     alignment = align_sessions(
-        [p.bv for p in projections], session_ids=ids, neuron_images=[_neuron_image(p) for p in projections],
-        valid_masks=[np.load(m["valid_mask"]) for m in motion], gSig=config.gsig_ds,
-        source=config.alignment_source, reliability_threshold=config.reliability_threshold,
-        max_shift=config.max_translation_ds, progress=report.stage("alignment"))
+        [p.bv for p in projections],
+        session_ids=ids,
+        neuron_images=[_neuron_image(p) for p in projections],
+        valid_masks=[np.load(m["valid_mask"]) for m in motion],
+        gSig=config.gsig_ds,
+        source=config.alignment_source,
+        reliability_threshold=config.reliability_threshold,
+        max_shift=config.max_translation_ds,
+        progress=report.stage("alignment"),
+    )
     save_alignment(alignment, out, figures=config.qc)
     state.mark("alignment", {"source": alignment.source, "reliability": alignment.reliability})
     return alignment
 
 
-def _apply(alignment: Any, config: CalialiConfig, motion: list[dict], work: Path, report: _Reporter,
-           state: _State) -> tuple[Path, np.ndarray, np.ndarray]:
+def _apply(
+    alignment: Any, config: CalialiConfig, motion: list[dict], work: Path, report: _Reporter, state: _State
+) -> tuple[Path, np.ndarray, np.ndarray]:
     from caliali.registration import apply_alignment
     from caliali.store import FrameStore
 
@@ -253,16 +294,26 @@ def _apply(alignment: Any, config: CalialiConfig, motion: list[dict], work: Path
         info = state.info("apply")
         return path, np.asarray(info["bounds"]), np.load(work / "aligned_valid_mask.npy")
     aligned = apply_alignment(
-        alignment, [FrameStore.open(m["store"]) for m in motion], path,
-        batch_frames=config.chunk_frames, memory_budget=config.memory_budget,
-        progress=report.stage("apply"))
+        alignment,
+        [FrameStore.open(m["store"]) for m in motion],
+        path,
+        batch_frames=config.chunk_frames,
+        memory_budget=config.memory_budget,
+        progress=report.stage("apply"),
+    )
     np.save(work / "aligned_valid_mask.npy", aligned.valid_mask)
     state.mark("apply", {"bounds": aligned.session_bounds.tolist()})
     return path, aligned.session_bounds, aligned.valid_mask
 
 
-def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict | str | Path | None = None,
-        work: str | Path | None = None, progress: Progress | None = None) -> RunResult:
+def run(
+    input: str | Path,
+    output: str | Path,
+    *,
+    config: CalialiConfig | dict | str | Path | None = None,
+    work: str | Path | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
     """Run the whole caliali pipeline on one experiment.
 
     Parameters
@@ -304,27 +355,43 @@ def run(input: str | Path, output: str | Path, *, config: CalialiConfig | dict |
     timings: dict[str, dict[str, float]] = {}
     ids = [s.id for s in experiment.sessions]
     motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
-    projections = _timed(timings, "projections",
-                         lambda: _projections(experiment, config, motion, work, out, report, state))
+    projections = _timed(
+        timings, "projections", lambda: _projections(experiment, config, motion, work, out, report, state)
+    )
     if len(ids) > 1 and config.alignment:
-        alignment = _timed(timings, "alignment",
-                           lambda: _alignment(experiment, config, projections, motion, out, report, state))
-        video, bounds, valid = _timed(timings, "apply", lambda: _apply(alignment, config, motion, work, report,
-                                                                       state))
+        alignment = _timed(
+            timings, "alignment", lambda: _alignment(experiment, config, projections, motion, out, report, state)
+        )
+        video, bounds, valid = _timed(timings, "apply", lambda: _apply(alignment, config, motion, work, report, state))
     else:
         video, bounds, valid = _unaligned(motion, config, work, report)
     paths = _timed(timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report))
     n_neurons = paths.pop("_n_neurons")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
-    _write_summary(out, {"caliali_version": __version__, "input": str(input), "sessions": ids,
-                         "session_frames": frames, "neurons": n_neurons, "config": config.model_dump(),
-                         "stages": timings})
+    _write_summary(
+        out,
+        {
+            "caliali_version": __version__,
+            "input": str(input),
+            "sessions": ids,
+            "session_frames": frames,
+            "neurons": n_neurons,
+            "config": config.model_dump(),
+            "stages": timings,
+        },
+    )
     if not config.keep_intermediates:
         shutil.rmtree(work, ignore_errors=True)
     if progress is not None:
         progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s)")
-    return RunResult(out=out, sessions=ids, session_frames=frames, n_neurons=n_neurons, stages=timings,
-                     paths={k: Path(v) for k, v in paths.items()})
+    return RunResult(
+        out=out,
+        sessions=ids,
+        session_frames=frames,
+        n_neurons=n_neurons,
+        stages=timings,
+        paths={k: Path(v) for k, v in paths.items()},
+    )
 
 
 def _timed(timings: dict[str, dict[str, float]], name: str, fn: Callable[[], Any]) -> Any:
@@ -335,8 +402,9 @@ def _timed(timings: dict[str, dict[str, float]], name: str, fn: Callable[[], Any
     return value
 
 
-def _unaligned(motion: list[dict[str, Any]], config: CalialiConfig, work: Path,
-               report: _Reporter) -> tuple[Path, np.ndarray, np.ndarray]:
+def _unaligned(
+    motion: list[dict[str, Any]], config: CalialiConfig, work: Path, report: _Reporter
+) -> tuple[Path, np.ndarray, np.ndarray]:
     """One session (or alignment switched off): sessions are concatenated as corrected."""
     from caliali.store import FrameStore
 
@@ -354,8 +422,11 @@ def _unaligned(motion: list[dict[str, Any]], config: CalialiConfig, work: Path,
 def _write_summary(out: Path, summary: dict[str, Any]) -> None:
     """``summary.json``: the run's facts, its peak memory and the alignment's QC (when sessions were aligned)."""
     alignment = out / "alignment" / "alignment.json"
-    summary = {**summary, "peak_rss_mb": round(_peak_rss_mb(), 1),
-               "alignment": json.loads(alignment.read_text()).get("qc") if alignment.exists() else None}
+    summary = {
+        **summary,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "alignment": json.loads(alignment.read_text()).get("qc") if alignment.exists() else None,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
 
@@ -373,18 +444,34 @@ def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
     return path
 
 
-def _extract(video: Path, bounds: np.ndarray, valid: np.ndarray, ids: list[str], config: CalialiConfig,
-             out: Path, work: Path, report: _Reporter) -> dict[str, Any]:
+def _extract(
+    video: Path,
+    bounds: np.ndarray,
+    valid: np.ndarray,
+    ids: list[str],
+    config: CalialiConfig,
+    out: Path,
+    work: Path,
+    report: _Reporter,
+) -> dict[str, Any]:
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
 
     progress = report.stage("extraction", 0.0, 0.95)
-    result = extract(str(video), ExtractionParams.from_config(config), session_bounds=bounds, valid_mask=valid,
-                     work_dir=work, progress=progress)  # traces on the run's disk
+    result = extract(
+        str(video),
+        ExtractionParams.from_config(config),
+        session_bounds=bounds,
+        valid_mask=valid,
+        work_dir=work,
+        progress=progress,
+    )  # traces on the run's disk
     report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
-    paths: dict[str, Any] = dict(write_outputs(
-        result, out, fs=config.fs_ds, session_ids=ids, spatial_ds=config.spatial_ds,
-        nwb=config.nwb, qc=config.qc))
+    paths: dict[str, Any] = dict(
+        write_outputs(
+            result, out, fs=config.fs_ds, session_ids=ids, spatial_ds=config.spatial_ds, nwb=config.nwb, qc=config.qc
+        )
+    )
     np.save(out / "arrays" / "valid_mask.npy", valid)
     paths["_n_neurons"] = int(result.A.shape[1])
     return paths

@@ -135,8 +135,11 @@ def score_neurons(
         fp, tr = cosine_matrix(a_est, a_true), cosine_matrix(c_est.T, c_true.T)
         similarity = fp * np.clip(tr, 0, None)
         rows, cols = linear_sum_assignment(similarity, maximize=True)
-        matches = [(int(i), int(j), float(fp[i, j]), float(tr[i, j])) for i, j in zip(rows, cols, strict=True)
-                   if fp[i, j] > 0 and tr[i, j] >= trace_threshold]
+        matches = [
+            (int(i), int(j), float(fp[i, j]), float(tr[i, j]))
+            for i, j in zip(rows, cols, strict=True)
+            if fp[i, j] > 0 and tr[i, j] >= trace_threshold
+        ]
     tp = len(matches)
     precision = tp / n_found if n_found else 0.0
     recall = tp / n_true if n_true else 0.0
@@ -159,14 +162,19 @@ def score_alignment(
         raise ScoreError(f"fields shaped {est.shape} and {true.shape}; both must be (n_sessions, 2, H, W)")
     mask = np.ones(est.shape[2:], dtype=bool) if valid_mask is None else np.asarray(valid_mask, dtype=bool)
     if mask.shape != est.shape[2:] or not mask.any():
-        raise ScoreError(f"valid mask shaped {mask.shape} with {int(mask.sum())} valid pixels does not fit fields {est.shape}")
+        raise ScoreError(
+            f"valid mask shaped {mask.shape} with {int(mask.sum())} valid pixels does not fit fields {est.shape}"
+        )
     est_c, true_c = est - est.mean(axis=0), true - true.mean(axis=0)
     error = np.sqrt(((est_c - true_c) ** 2).sum(axis=1))[:, mask]
     baseline = np.sqrt((true_c**2).sum(axis=1))[:, mask]
     return AlignmentScore(
-        median_px=float(np.median(error)), p95_px=float(np.percentile(error, 95)),
-        unaligned_median_px=float(np.median(baseline)), unaligned_p95_px=float(np.percentile(baseline, 95)),
-        per_session_median_px=[float(v) for v in np.median(error, axis=1)], n_pixels=int(mask.sum()),
+        median_px=float(np.median(error)),
+        p95_px=float(np.percentile(error, 95)),
+        unaligned_median_px=float(np.median(baseline)),
+        unaligned_p95_px=float(np.percentile(baseline, 95)),
+        per_session_median_px=[float(v) for v in np.median(error, axis=1)],
+        n_pixels=int(mask.sum()),
     )
 
 
@@ -229,8 +237,9 @@ def score(result: Path | str, ground_truth: Path | str, *, trace_threshold: floa
     res, gt = load_result(result), load_ground_truth(ground_truth)
     dims = res["dims"]
     a_true = _resize_footprints(gt["A"], dims)
-    neurons = score_neurons(res["A"], res["C"], a_true.reshape(len(a_true), -1).T, gt["C"],
-                            trace_threshold=trace_threshold)
+    neurons = score_neurons(
+        res["A"], res["C"], a_true.reshape(len(a_true), -1).T, gt["C"], trace_threshold=trace_threshold
+    )
     alignment = None
     if res["fields"] is not None and gt["fields"] is not None:
         alignment = score_alignment(res["fields"], _resize_fields(gt["fields"], dims), res["valid_mask"])

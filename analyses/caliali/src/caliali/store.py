@@ -95,13 +95,18 @@ class FrameStore(VideoReader):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         try:
             zarr.create_array(
-                str(path), shape=(0, *frame_shape), chunks=(chunk_frames, *frame_shape),
-                dtype="float32", compressors=None, fill_value=0.0,
+                str(path),
+                shape=(0, *frame_shape),
+                chunks=(chunk_frames, *frame_shape),
+                dtype="float32",
+                compressors=None,
+                fill_value=0.0,
             )
         except Exception as exc:
             raise StoreError(f"{path}: cannot create a zarr store here ({exc})") from exc
-        _write_progress(path, {"frames": 0, "source_frames": 0, "complete": False,
-                               "params": _canonical(params), "fs": fs})
+        _write_progress(
+            path, {"frames": 0, "source_frames": 0, "complete": False, "params": _canonical(params), "fs": fs}
+        )
         return cls(path, writable=True)
 
     @classmethod
@@ -146,7 +151,9 @@ class FrameStore(VideoReader):
             raise StoreError(f"{self.path}: opened read-only")
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.shape[1:] != self.frame_shape:
-            raise InputError(f"{self.path}: cannot append frames shaped {frames.shape} to a store of {self.frame_shape} frames")
+            raise InputError(
+                f"{self.path}: cannot append frames shaped {frames.shape} to a store of {self.frame_shape} frames"
+            )
         end = self.n_frames + len(frames)
         self._array.resize((end, *self.frame_shape))
         self._array[self.n_frames : end] = frames.astype(np.float32, copy=False)
@@ -160,8 +167,16 @@ class FrameStore(VideoReader):
         self._commit()
 
     def _commit(self) -> None:
-        _write_progress(self.path, {"frames": self.n_frames, "source_frames": self.source_frames,
-                                    "complete": self.complete, "params": self.params, "fs": self.fs})
+        _write_progress(
+            self.path,
+            {
+                "frames": self.n_frames,
+                "source_frames": self.source_frames,
+                "complete": self.complete,
+                "params": self.params,
+                "fs": self.fs,
+            },
+        )
 
     # -- reading (VideoReader) -------------------------------------------------
     def _read(self, start: int, stop: int) -> np.ndarray:

@@ -24,10 +24,21 @@ import numpy as np
 
 from .stats import STATS, frame_stats, iter_stacks
 
-DEFAULTS = {"stats": ["mean", "std", "min", "max"], "batch_frames": 64, "sleep_per_frame": 0.0,
-            "cpu_seconds": 0.0, "fail": False, "hang": False, "memory_mb": 0, "write_mb": 0,
-            "log_lines": 0, "kill_on_attempts": [], "leave_fifo": False, "leave_symlink": None,
-            "leave_sparse_gib": 0}
+DEFAULTS = {
+    "stats": ["mean", "std", "min", "max"],
+    "batch_frames": 64,
+    "sleep_per_frame": 0.0,
+    "cpu_seconds": 0.0,
+    "fail": False,
+    "hang": False,
+    "memory_mb": 0,
+    "write_mb": 0,
+    "log_lines": 0,
+    "kill_on_attempts": [],
+    "leave_fifo": False,
+    "leave_symlink": None,
+    "leave_sparse_gib": 0,
+}
 
 
 def progress(fraction: float, message: str) -> None:
@@ -95,8 +106,12 @@ def run(input_path: Path, config: dict, out: Path) -> None:
         header = "frame," + ",".join(config["stats"])
         lines = [header] + [f"{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(table)]
         (out / f"{stem}.stats.csv").write_text("\n".join(lines) + "\n")
-        summary[name] = {"frames": int(stack.shape[0]), "height": int(stack.shape[1]),
-                         "width": int(stack.shape[2]), "dtype": str(stack.dtype)}
+        summary[name] = {
+            "frames": int(stack.shape[0]),
+            "height": int(stack.shape[1]),
+            "width": int(stack.shape[2]),
+            "dtype": str(stack.dtype),
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
 
 

@@ -51,5 +51,5 @@ def frame_stats(stack: np.ndarray, *, stats: Iterable[str], batch_frames: int = 
     """
     names = list(stats)
     for start in range(0, stack.shape[0], batch_frames):
-        frames = np.asarray(stack[start:start + batch_frames], dtype=np.float64)
+        frames = np.asarray(stack[start : start + batch_frames], dtype=np.float64)
         yield np.stack([STATS[name](frames) for name in names], axis=1)

@@ -17,5 +17,14 @@ from ._seeds import find_seeds
 from ._summary import summary_images
 from .cnmfe import extract
 
-__all__ = ["extract", "Extraction", "ExtractionError", "ExtractionParams", "summary_images", "find_seeds", "plan_batches", "Batch",
-           "parse_memory_budget"]
+__all__ = [
+    "extract",
+    "Extraction",
+    "ExtractionError",
+    "ExtractionParams",
+    "summary_images",
+    "find_seeds",
+    "plan_batches",
+    "Batch",
+    "parse_memory_budget",
+]

@@ -68,7 +68,7 @@ def _reflect_index(n: int, r: int) -> np.ndarray:
 
 def _ring_kernels(radius: float, n_sectors: int) -> list[np.ndarray]:
     r = int(math.ceil(radius + 1))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     dist = np.hypot(yy, xx)
     ring = np.abs(dist - radius) <= 0.75
     sector = np.floor((np.arctan2(yy, xx) + np.pi) / (2 * np.pi / n_sectors)).astype(int) % n_sectors
@@ -132,9 +132,9 @@ class RingBackground:
             padded = _reflect_pad(residual_small[t0:t1], r)
             for (taps, weight), dst in zip(self._taps, out[:, t0:t1]):
                 (dy, dx), rest = taps[0], taps[1:]
-                np.copyto(dst, padded[:, dy:dy + h, dx:dx + w])
+                np.copyto(dst, padded[:, dy : dy + h, dx : dx + w])
                 for dy, dx in rest:
-                    dst += padded[:, dy:dy + h, dx:dx + w]
+                    dst += padded[:, dy : dy + h, dx : dx + w]
                 dst *= weight
         return list(out)
 
@@ -182,7 +182,7 @@ class RingBackground:
         small = np.empty((min(t, _FRAMES_PER_STEP), hs, ws), np.result_type(regressors[0], self.weights))
         for t0 in range(0, t, _FRAMES_PER_STEP):
             t1 = min(t0 + _FRAMES_PER_STEP, t)
-            step = small[:t1 - t0]
+            step = small[: t1 - t0]
             np.multiply(regressors[0][t0:t1], self.weights[0], out=step)
             for weight, x in zip(self.weights[1:], regressors[1:]):
                 step += x[t0:t1] * weight

@@ -12,8 +12,22 @@ from ._errors import ExtractionError
 
 __all__ = ["Batch", "parse_memory_budget", "plan_batches", "check_session_bounds"]
 
-_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
-          "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1e3,
+    "KB": 1e3,
+    "KIB": 2**10,
+    "M": 1e6,
+    "MB": 1e6,
+    "MIB": 2**20,
+    "G": 1e9,
+    "GB": 1e9,
+    "GIB": 2**30,
+    "T": 1e12,
+    "TB": 1e12,
+    "TIB": 2**40,
+}
 
 # Frame-sized float32 buffers alive at once in an iteration pass: the batch,
 # the model A C, the residual, the ring regressors (n_sectors at 1/bg_ssub^2),
@@ -60,9 +74,14 @@ def check_session_bounds(session_bounds, n_frames: int) -> np.ndarray:
     return bounds
 
 
-def plan_batches(session_bounds: np.ndarray, frame_shape: tuple[int, int], *,
-                 batch_frames: int | None = None, memory_budget: int | str | None = None,
-                 copies: int = BATCH_COPIES) -> list[Batch]:
+def plan_batches(
+    session_bounds: np.ndarray,
+    frame_shape: tuple[int, int],
+    *,
+    batch_frames: int | None = None,
+    memory_budget: int | str | None = None,
+    copies: int = BATCH_COPIES,
+) -> list[Batch]:
     """Split every session into near-equal batches of at most ``batch_frames`` frames.
 
     Without ``batch_frames``, it is the number of float32 frames of

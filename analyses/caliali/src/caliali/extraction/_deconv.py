@@ -69,5 +69,10 @@ def deconvolve_trace(y: np.ndarray, *, p: int = 1, sn: float | None = None) -> D
     if result is None:
         base = float(np.median(y64))
         return Deconvolved(np.maximum(y64 - base, 0).astype(np.float32), zeros, base, (0.0,), sn)
-    return Deconvolved(np.asarray(result.c, np.float32), np.asarray(result.s, np.float32),
-                       float(result.b), tuple(float(v) for v in np.atleast_1d(result.g)), sn)
+    return Deconvolved(
+        np.asarray(result.c, np.float32),
+        np.asarray(result.s, np.float32),
+        float(result.b),
+        tuple(float(v) for v in np.atleast_1d(result.g)),
+        sn,
+    )

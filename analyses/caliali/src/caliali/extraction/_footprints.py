@@ -70,7 +70,8 @@ class Footprints:
             return scipy.sparse.csc_array((self.dims[0] * self.dims[1], 0), dtype=np.float32)
         return scipy.sparse.csc_array(
             (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(self.dims[0] * self.dims[1], len(self)))
+            shape=(self.dims[0] * self.dims[1], len(self)),
+        )
 
     def normalized(self) -> tuple[Footprints, np.ndarray]:
         """Footprints scaled to unit L2 norm, and the norms they had (0 for empty ones)."""
@@ -95,8 +96,10 @@ class Footprints:
             cols.append(np.full(yy.size, k))
         if not rows:
             return np.zeros((0, 0), bool)
-        m = scipy.sparse.csc_array((np.ones(sum(r.size for r in rows), np.float32),
-                                    (np.concatenate(rows), np.concatenate(cols))), shape=(h * w, len(self)))
+        m = scipy.sparse.csc_array(
+            (np.ones(sum(r.size for r in rows), np.float32), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(h * w, len(self)),
+        )
         return (m.T @ m).toarray() > 0
 
     def gram(self) -> np.ndarray:
@@ -143,21 +146,20 @@ class Footprints:
         crops = []
         for k, (y0, y1, x0, x1) in todo:
             by, bx = self.boxes[k][0], self.boxes[k][2]
-            crops.append((k, y0, y1, x0, x1, self.images[k][y0 - by:y1 - by, x0 - bx:x1 - bx]))
+            crops.append((k, y0, y1, x0, x1, self.images[k][y0 - by : y1 - by, x0 - bx : x1 - bx]))
         side = max(max(c[2] - c[1], c[4] - c[3]) for c in crops)
         buffer = np.empty((min(t, _FRAMES_PER_STEP), side, side), np.result_type(scaled, np.float32))
         for t0 in range(0, t, _FRAMES_PER_STEP):
             t1 = min(t0 + _FRAMES_PER_STEP, t)
             block = frames[t0:t1]
             for k, y0, y1, x0, x1, image in crops:
-                product = buffer[:t1 - t0, :y1 - y0, :x1 - x0]
+                product = buffer[: t1 - t0, : y1 - y0, : x1 - x0]
                 np.multiply(scaled[k, t0:t1, None, None], image[None], out=product)
                 block[:, y0:y1, x0:x1] += product
 
     def correlate(self, frames: np.ndarray, traces: np.ndarray) -> list[np.ndarray]:
         """Y C^T restricted to each neuron's box: list of (box) images."""
-        return [np.tensordot(traces[k], frames[(slice(None), *self.slices(k))], axes=(0, 0))
-                for k in range(len(self))]
+        return [np.tensordot(traces[k], frames[(slice(None), *self.slices(k))], axes=(0, 0)) for k in range(len(self))]
 
     def overlap_neighbours(self) -> list[np.ndarray]:
         """For each neuron, the indices of neurons whose boxes intersect its box (itself included)."""
@@ -175,5 +177,7 @@ class Footprints:
         x0, x1 = max(bj[2], bk[2]), min(bj[3], bk[3])
         if y0 >= y1 or x0 >= x1:
             return None
-        return ((slice(y0 - bj[0], y1 - bj[0]), slice(x0 - bj[2], x1 - bj[2])),
-                (slice(y0 - bk[0], y1 - bk[0]), slice(x0 - bk[2], x1 - bk[2])))
+        return (
+            (slice(y0 - bj[0], y1 - bj[0]), slice(x0 - bj[2], x1 - bj[2])),
+            (slice(y0 - bk[0], y1 - bk[0]), slice(x0 - bk[2], x1 - bk[2])),
+        )

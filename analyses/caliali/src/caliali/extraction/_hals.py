@@ -50,8 +50,15 @@ def clean_footprint(image: np.ndarray, *, threshold: float = 0.1) -> np.ndarray:
     return np.where(keep, image, 0).astype(np.float32)
 
 
-def spatial_hals(footprints: Footprints, yct: list[np.ndarray], cct: np.ndarray, *, gSig: float,
-                 sweeps: int = 2, threshold: float = 0.1) -> Footprints:
+def spatial_hals(
+    footprints: Footprints,
+    yct: list[np.ndarray],
+    cct: np.ndarray,
+    *,
+    gSig: float,
+    sweeps: int = 2,
+    threshold: float = 0.1,
+) -> Footprints:
     """Footprints updated from Y C^T (per neuron box) and C C^T, searched near the current support.
 
     The sums run over every batch, so each footprint is the least-squares fit
@@ -73,6 +80,5 @@ def spatial_hals(footprints: Footprints, yct: list[np.ndarray], cct: np.ndarray,
                 ov = footprints.box_overlap(k, j)
                 if ov is not None:
                     num[ov[0]] -= cct[j, k] * images[j][ov[1]]
-            images[k] = clean_footprint(np.where(allowed[k], np.maximum(num / cct[k, k], 0), 0),
-                                        threshold=threshold)
+            images[k] = clean_footprint(np.where(allowed[k], np.maximum(num / cct[k, k], 0), 0), threshold=threshold)
     return Footprints(footprints.dims, footprints.boxes, images)

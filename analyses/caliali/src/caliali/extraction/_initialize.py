@@ -57,7 +57,7 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
     norms = np.sqrt(np.maximum(var, 0)) * np.sqrt(cc @ cc)
     corr = (cc @ hy) / np.where(norms > 0, norms, 1)
     near = np.zeros((y1 - y0, x1 - x0), bool)
-    near[max(0, ky - y0 - 1):ky - y0 + 2, max(0, kx - x0 - 1):kx - x0 + 2] = True
+    near[max(0, ky - y0 - 1) : ky - y0 + 2, max(0, kx - x0 - 1) : kx - x0 + 2] = True
     members = near.ravel() & (corr > 0.5)
     members[(ky - y0) * (x1 - x0) + kx - x0] = True
     trace = deconvolve_trace(hy[:, members].mean(axis=1), p=1)
@@ -78,14 +78,14 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
     # The footprint lives in the neuron's region: one connected blob around the seed.
     ry0, ry1, rx0, rx1 = box_around(ky, kx, region_radius, (h, w))
     region = np.zeros_like(a)
-    region[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0] = a[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0]
-    peak = region[max(0, ky - y0 - 1):ky - y0 + 2, max(0, kx - x0 - 1):kx - x0 + 2].max()
+    region[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = a[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
+    peak = region[max(0, ky - y0 - 1) : ky - y0 + 2, max(0, kx - x0 - 1) : kx - x0 + 2].max()
     if peak <= 0:
         return None
     labels, _ = ndimage.label(region >= 0.2 * peak)
     seed_label = labels[ky - y0, kx - x0]
     if seed_label == 0:
-        seed_label = labels[max(0, ky - y0 - 1):ky - y0 + 2, max(0, kx - x0 - 1):kx - x0 + 2].max()
+        seed_label = labels[max(0, ky - y0 - 1) : ky - y0 + 2, max(0, kx - x0 - 1) : kx - x0 + 2].max()
     region[labels != seed_label] = 0
     if np.count_nonzero(region) < 3:
         return None
@@ -93,13 +93,21 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
     yp[:, y0:y1, x0:x1] -= c[:, None, None] * region[None]
     ha = cv2.filter2D(region, cv2.CV_32F, kernel, borderType=cv2.BORDER_CONSTANT)
     hyp[:, y0:y1, x0:x1] -= c[:, None, None] * ha[None]
-    image = region[ry0 - y0:ry1 - y0, rx0 - x0:rx1 - x0]
+    image = region[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
     return (ry0, ry1, rx0, rx1), image, c
 
 
-def initialize_batch(frames: np.ndarray, seeds: np.ndarray, *, gSig: float, min_pnr: float,
-                     patch_size: int = 64, patch_overlap: int = 32, box_factor: float = 6.0,
-                     region_radius: int) -> list[SeedFit | None]:
+def initialize_batch(
+    frames: np.ndarray,
+    seeds: np.ndarray,
+    *,
+    gSig: float,
+    min_pnr: float,
+    patch_size: int = 64,
+    patch_overlap: int = 32,
+    box_factor: float = 6.0,
+    region_radius: int,
+) -> list[SeedFit | None]:
     """Fit every seed in one batch of frames (t, h, w); ``None`` where the seed is silent in this batch.
 
     References
@@ -126,9 +134,17 @@ def initialize_batch(frames: np.ndarray, seeds: np.ndarray, *, gSig: float, min_
             yp = frames[:, sy, sx].copy()
             hyp = high[:, sy, sx].copy()
             for k in mine:  # seeds arrive strongest first
-                fit = _fit_seed(yp, hyp, int(seeds[k, 0]) - py, int(seeds[k, 1]) - px, gSig=gSig,
-                                box_radius=box_radius, region_radius=region_radius, min_pnr=min_pnr,
-                                kernel=kernel)
+                fit = _fit_seed(
+                    yp,
+                    hyp,
+                    int(seeds[k, 0]) - py,
+                    int(seeds[k, 1]) - px,
+                    gSig=gSig,
+                    box_radius=box_radius,
+                    region_radius=region_radius,
+                    min_pnr=min_pnr,
+                    kernel=kernel,
+                )
                 if fit is not None:
                     (y0, y1, x0, x1), image, c = fit
                     fits[k] = SeedFit((y0 + py, y1 + py, x0 + px, x1 + px), image, c)

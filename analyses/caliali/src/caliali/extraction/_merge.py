@@ -26,8 +26,9 @@ def _blocks(n_frames: int, k: int, batch_frames: int | None) -> list[tuple[int, 
     return [(t0, min(t0 + step, n_frames)) for t0 in range(0, n_frames, step)]
 
 
-def pair_correlation(c: Traces, first: np.ndarray, second: np.ndarray, *,
-                     batch_frames: int | None = None) -> np.ndarray:
+def pair_correlation(
+    c: Traces, first: np.ndarray, second: np.ndarray, *, batch_frames: int | None = None
+) -> np.ndarray:
     """Pearson correlation of the traces ``c[first[p]]`` and ``c[second[p]]`` for every pair p.
 
     ``c`` (K, T) is an array or a `TraceFile`, read ``batch_frames`` frames
@@ -49,7 +50,7 @@ def pair_correlation(c: Traces, first: np.ndarray, second: np.ndarray, *,
         z = np.asarray(c[:, t0:t1], np.float64) - means[:, None]
         squares += np.einsum("kt,kt->k", z, z)
         for i in np.unique(first):
-            pairs = order[starts[i]:starts[i + 1]]
+            pairs = order[starts[i] : starts[i + 1]]
             products[pairs] += z[second[pairs]] @ z[i]
         del z
     norms = np.sqrt(squares)
@@ -79,9 +80,15 @@ def _merge_group(footprints: Footprints, members: np.ndarray, cg: np.ndarray):
     return (y0, y1, x0, x1), a.reshape(y1 - y0, x1 - x0), trace, ag.T @ a
 
 
-def merge_components(footprints: Footprints, c: Traces, c_raw: Traces | None = None, *, merge_thr: float = 0.65,
-                     batch_frames: int | None = None, directory=None
-                     ) -> tuple[Footprints, Traces, Traces | None, int]:
+def merge_components(
+    footprints: Footprints,
+    c: Traces,
+    c_raw: Traces | None = None,
+    *,
+    merge_thr: float = 0.65,
+    batch_frames: int | None = None,
+    directory=None,
+) -> tuple[Footprints, Traces, Traces | None, int]:
     """Merge groups of components whose footprints overlap or touch and whose traces correlate above ``merge_thr``.
 
     Each group becomes the rank-1 non-negative approximation of its summed

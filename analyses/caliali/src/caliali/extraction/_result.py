@@ -75,7 +75,7 @@ class Extraction:
             raise ValueError(f"unknown trace kind {name!r}; use 'C', 'C_raw' or 'S'")
         traces = getattr(self, name)
         b = self.session_bounds
-        return [traces[:, b[i]:b[i + 1]] for i in range(self.n_sessions)]
+        return [traces[:, b[i] : b[i + 1]] for i in range(self.n_sessions)]
 
     def footprint_images(self) -> np.ndarray:
         """Footprints as a dense (K, h, w) array (small data only)."""

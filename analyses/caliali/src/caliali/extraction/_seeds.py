@@ -11,8 +11,15 @@ from ._errors import ExtractionError
 __all__ = ["find_seeds"]
 
 
-def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, gSig: float, min_corr: float, min_pnr: float,
-               valid_mask: np.ndarray | None = None) -> np.ndarray:
+def find_seeds(
+    cn: np.ndarray,
+    pnr: np.ndarray,
+    *,
+    gSig: float,
+    min_corr: float,
+    min_pnr: float,
+    valid_mask: np.ndarray | None = None,
+) -> np.ndarray:
     """Seed pixels (n, 2) as (row, col), strongest Cn x PNR first.
 
     The images are the maximum over sessions, so a neuron active in any session
@@ -33,7 +40,8 @@ def find_seeds(cn: np.ndarray, pnr: np.ndarray, *, gSig: float, min_corr: float,
         allowed &= np.asarray(valid_mask, bool)
     if not allowed.any():
         return np.zeros((0, 2), np.int64)
-    peaks = peak_local_max(score, min_distance=max(1, int(round(gSig))), labels=allowed.astype(np.int32),
-                           exclude_border=False)
+    peaks = peak_local_max(
+        score, min_distance=max(1, int(round(gSig))), labels=allowed.astype(np.int32), exclude_border=False
+    )
     order = np.argsort(-score[peaks[:, 0], peaks[:, 1]], kind="stable")
     return peaks[order].astype(np.int64)

@@ -3,8 +3,8 @@
 The aligned, concatenated movie is a float32 time-chunked zarr array written by
 the alignment stage (a ``caliali.store.FrameStore``); extraction also accepts an
 in-memory array (tests), any array-like with ``shape`` and slicing, a video path
-(opened with ``caliali.io.open_video``), or any ``caliali.io`` ``VideoReader`` (anything with ``n_frames``, ``frame_shape`` and
-``read(start, stop)``). Frames are only ever read ``[start, stop)`` at a time.
+(opened with ``caliali.io.open_video``), or any ``caliali.io`` ``VideoReader`` (anything with
+``n_frames``, ``frame_shape`` and ``read(start, stop)``). Frames are only ever read ``[start, stop)`` at a time.
 """
 
 from __future__ import annotations
@@ -54,8 +54,14 @@ class FrameSource:
         modify the result.
         """
         block = self._read(start, stop)
-        owned = (isinstance(block, np.ndarray) and block.dtype == np.float32 and block.flags.owndata
-                 and block.flags.c_contiguous and block.flags.writeable and block is not self._video)
+        owned = (
+            isinstance(block, np.ndarray)
+            and block.dtype == np.float32
+            and block.flags.owndata
+            and block.flags.c_contiguous
+            and block.flags.writeable
+            and block is not self._video
+        )
         if not owned:
             block = np.array(block, dtype=np.float32, copy=True, order="C")
         if block.shape != (stop - start, *self.frame_shape):

@@ -78,8 +78,9 @@ def _local_correlation(z: np.ndarray) -> np.ndarray:
     return total / count
 
 
-def batch_summary(frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0,
-                  overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def batch_summary(
+    frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0, overwrite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(Cn, PNR) of one batch (t, h, w) of raw frames; ``overwrite`` works in ``frames`` (float32) itself."""
     hy = highpass(frames, highpass_kernel(gSig), out=frames if overwrite else None)
     hy -= np.median(hy[::5], axis=0)  # every 5th frame: as robust, 5x cheaper
@@ -93,9 +94,15 @@ def batch_summary(frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0,
     return _local_correlation(hy), pnr.astype(np.float32)
 
 
-def summary_images(video, *, session_bounds=None, gSig: float, batch_frames: int | None = None,
-                   memory_budget: int | str = "2GB",
-                   progress: Callable[[float, str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def summary_images(
+    video,
+    *,
+    session_bounds=None,
+    gSig: float,
+    batch_frames: int | None = None,
+    memory_budget: int | str = "2GB",
+    progress: Callable[[float, str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Local correlation image Cn and peak-to-noise ratio PNR, maximum over batches.
 
     Parameters
@@ -123,8 +130,7 @@ def summary_images(video, *, session_bounds=None, gSig: float, batch_frames: int
     """
     source = open_source(video)
     bounds = check_session_bounds(session_bounds, source.n_frames)
-    batches = plan_batches(bounds, source.frame_shape, batch_frames=batch_frames,
-                           memory_budget=memory_budget, copies=4)
+    batches = plan_batches(bounds, source.frame_shape, batch_frames=batch_frames, memory_budget=memory_budget, copies=4)
     cn = np.full(source.frame_shape, -1.0, np.float32)
     pnr = np.zeros(source.frame_shape, np.float32)
     for i, batch in enumerate(batches):

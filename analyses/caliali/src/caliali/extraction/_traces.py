@@ -62,7 +62,8 @@ class TraceFile:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ExtractionError(
                     f"no room for {nbytes / 1e6:.0f} MB of temporary traces in {os.fspath(where)!r}; "
-                    "free disk space there or give work_dir a folder with room") from exc
+                    "free disk space there or give work_dir a folder with room"
+                ) from exc
             raise ExtractionError(f"cannot make temporary trace files in {os.fspath(where)!r}: {exc}") from exc
 
     @classmethod

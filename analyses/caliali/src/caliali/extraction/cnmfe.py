@@ -55,8 +55,21 @@ def _report(progress: Progress, lo: float, hi: float, fraction: float, message: 
         progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
 
 
-def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, *,
-                gSig, min_pnr, patch_size, patch_overlap, box_factor, region_radius, progress, work_dir=None):
+def _initialize(
+    source: FrameSource,
+    batches: list[Batch],
+    seeds: np.ndarray,
+    bounds: np.ndarray,
+    *,
+    gSig,
+    min_pnr,
+    patch_size,
+    patch_overlap,
+    box_factor,
+    region_radius,
+    progress,
+    work_dir=None,
+):
     """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted).
 
     Returns the footprints, their traces (a `TraceFile`, K x T on disk), the
@@ -78,8 +91,16 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
         mean_frames[batch.session] += frames.sum(axis=0, dtype=np.float64)
-        fits = initialize_batch(frames, seeds, gSig=gSig, min_pnr=min_pnr, patch_size=patch_size,
-                                patch_overlap=patch_overlap, box_factor=box_factor, region_radius=region_radius)
+        fits = initialize_batch(
+            frames,
+            seeds,
+            gSig=gSig,
+            min_pnr=min_pnr,
+            patch_size=patch_size,
+            patch_overlap=patch_overlap,
+            box_factor=box_factor,
+            region_radius=region_radius,
+        )
         del frames
         fitted, batch_traces = [], []
         batch_units = np.zeros((sum(f is not None for f in fits), side, side), np.float32)
@@ -90,7 +111,7 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
             image = np.zeros_like(sums[j], dtype=np.float32)
             fy0, fy1, fx0, fx1 = fit.box
             iy0, iy1, ix0, ix1 = max(fy0, y0), min(fy1, y1), max(fx0, x0), min(fx1, x1)
-            image[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = fit.image[iy0 - fy0:iy1 - fy0, ix0 - fx0:ix1 - fx0]
+            image[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = fit.image[iy0 - fy0 : iy1 - fy0, ix0 - fx0 : ix1 - fx0]
             norm = float(np.sqrt((image.astype(np.float64) ** 2).sum()))
             if norm <= 0:
                 continue
@@ -98,27 +119,27 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
             weight = float(trace @ trace)  # activity of this neuron in this batch
             sums[j] += weight * image / norm
             weights[j] += weight
-            batch_units[len(fitted), :image.shape[0], :image.shape[1]] = image / norm
+            batch_units[len(fitted), : image.shape[0], : image.shape[1]] = image / norm
             fitted.append(j)
             batch_traces.append(trace)
         del fits
         if fitted:
-            traces[fitted, batch.start:batch.stop] = np.stack(batch_traces)
-            units[fitted, bi] = batch_units[:len(fitted)]
+            traces[fitted, batch.start : batch.stop] = np.stack(batch_traces)
+            units[fitted, bi] = batch_units[: len(fitted)]
         _report(progress, 0.1, 0.3, (bi + 1) / len(batches), f"initialisation, batch {bi + 1}/{len(batches)}")
     keep = np.nonzero(weights > 0)[0]
     images = []
     c = TraceFile((len(keep), source.n_frames), directory=work_dir)
     for i, j in enumerate(keep):
         a = (sums[j] / weights[j]).astype(np.float32)
-        a /= max(float(np.sqrt((a ** 2).sum())), 1e-12)
+        a /= max(float(np.sqrt((a**2).sum())), 1e-12)
         images.append(a)
         # Express each batch's trace on the combined footprint: its unit image's projection on it.
-        unit = units[j][:, :a.shape[0], :a.shape[1]]
+        unit = units[j][:, : a.shape[0], : a.shape[1]]
         factors = np.tensordot(unit, a, axes=([1, 2], [0, 1]))
         trace = traces[j]
         for bi, b in enumerate(batches):
-            trace[b.start:b.stop] *= factors[bi]
+            trace[b.start : b.stop] *= factors[bi]
         c[i] = trace
     traces.close()
     units.close()
@@ -127,13 +148,12 @@ def _initialize(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bo
     return Footprints(dims, [boxes[j] for j in keep], images), c, keep, mean_frames
 
 
-def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batches: list[Batch],
-                      bounds) -> np.ndarray:
+def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batches: list[Batch], bounds) -> np.ndarray:
     """b0 per session = mean frame minus the mean of A C over the session (C read a batch at a time)."""
     b0 = mean_frames.astype(np.float32).copy()
     sums = np.zeros((len(bounds) - 1, len(footprints)), np.float64)
     for batch in batches:
-        sums[batch.session] += c[:, batch.start:batch.stop].sum(axis=1, dtype=np.float64)
+        sums[batch.session] += c[:, batch.start : batch.stop].sum(axis=1, dtype=np.float64)
     for s in range(len(bounds) - 1):
         mean_c = sums[s] / (bounds[s + 1] - bounds[s])
         for k, im in enumerate(footprints.images):
@@ -141,8 +161,20 @@ def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batche
     return b0
 
 
-def _iteration_pass(source, batches, footprints: Footprints, c, background: RingBackground,
-                    *, spatial: bool, progress, lo, hi, label, work_dir=None):
+def _iteration_pass(
+    source,
+    batches,
+    footprints: Footprints,
+    c,
+    background: RingBackground,
+    *,
+    spatial: bool,
+    progress,
+    lo,
+    hi,
+    label,
+    work_dir=None,
+):
     """One pass over every batch: background sums, temporal HALS, spatial sums.
 
     ``c`` (K x T, an array or a `TraceFile`) is read one batch at a time; the
@@ -157,7 +189,7 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
     new_b0 = np.zeros_like(background.b0, dtype=np.float64)
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
-        cb = c[:, batch.start:batch.stop]
+        cb = c[:, batch.start : batch.stop]
         frames -= background.b0[batch.session]
         footprints.add_product(frames, cb, sign=-1.0)  # frames = Y - b0 - A C
         small = downsample(frames, background.ssub)
@@ -170,7 +202,7 @@ def _iteration_pass(source, batches, footprints: Footprints, c, background: Ring
         new_b0[batch.session] += frames.sum(axis=0, dtype=np.float64)
         del fluct
         footprints.add_product(frames, cb, sign=1.0)  # Y - b0 - B_f: the neural part
-        c_raw[:, batch.start:batch.stop] = temporal_hals(footprints.project(frames), ata, cb)
+        c_raw[:, batch.start : batch.stop] = temporal_hals(footprints.project(frames), ata, cb)
         if spatial:
             for j, v in enumerate(footprints.correlate(frames, cb)):
                 yct[j] += v
@@ -201,8 +233,15 @@ def _deconvolve_all(c_raw: TraceFile, bounds: np.ndarray, *, scale: np.ndarray |
     return c
 
 
-def _remove_false_positives(footprints: Footprints, c: np.ndarray | TraceFile, c_raw: np.ndarray | TraceFile, *,
-                            min_pixels: int, min_snr: float, bounds: np.ndarray | None = None) -> np.ndarray:
+def _remove_false_positives(
+    footprints: Footprints,
+    c: np.ndarray | TraceFile,
+    c_raw: np.ndarray | TraceFile,
+    *,
+    min_pixels: int,
+    min_snr: float,
+    bounds: np.ndarray | None = None,
+) -> np.ndarray:
     """Indices of components to keep: a footprint of a few pixels and a calcium event standing out of the noise.
 
     A component is kept if its footprint has at least ``min_pixels`` pixels
@@ -255,8 +294,9 @@ def _change(old: Footprints, new: Footprints) -> float:
     """
     if len(old) != len(new) or len(old) == 0:
         return math.inf
-    per = [float(np.sqrt(((a - b) ** 2).sum() / max(float((a ** 2).sum()), 1e-12)))
-           for a, b in zip(old.images, new.images)]
+    per = [
+        float(np.sqrt(((a - b) ** 2).sum() / max(float((a**2).sum()), 1e-12))) for a, b in zip(old.images, new.images)
+    ]
     return float(np.median(per))
 
 
@@ -265,9 +305,18 @@ def _stalled(history: list[dict]) -> bool:
     return len(history) >= 3 and history[-1]["change"] > 0.9 * history[-2]["change"]
 
 
-def extract(video, params: ExtractionParams | None = None, *, session_bounds=None, cn: np.ndarray | None = None,
-            pnr: np.ndarray | None = None, valid_mask: np.ndarray | None = None,
-            work_dir: str | os.PathLike | None = None, progress: Progress = None, **options) -> Extraction:
+def extract(
+    video,
+    params: ExtractionParams | None = None,
+    *,
+    session_bounds=None,
+    cn: np.ndarray | None = None,
+    pnr: np.ndarray | None = None,
+    valid_mask: np.ndarray | None = None,
+    work_dir: str | os.PathLike | None = None,
+    progress: Progress = None,
+    **options,
+) -> Extraction:
     """Extract neurons with one identity across sessions from the aligned, concatenated movie (CNMF-E).
 
     Parameters
@@ -336,69 +385,151 @@ def extract(video, params: ExtractionParams | None = None, *, session_bounds=Non
         raise ExtractionError(f"work_dir {os.fspath(work_dir)!r} is not a folder; create it or leave work_dir unset")
     source = open_source(video)
     bounds = check_session_bounds(session_bounds, source.n_frames)
-    batches = plan_batches(bounds, source.frame_shape, batch_frames=params.batch_frames,
-                           memory_budget=params.memory_budget if params.batch_frames is None else None)
+    batches = plan_batches(
+        bounds,
+        source.frame_shape,
+        batch_frames=params.batch_frames,
+        memory_budget=params.memory_budget if params.batch_frames is None else None,
+    )
     longest = max(b.stop - b.start for b in batches)
-    cn, pnr, seeds = _seed(source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask,
-                           progress=progress)
-    footprints, c, background = _start(source, batches, seeds, bounds, params, progress=progress,
-                                       work_dir=work_dir)
-    footprints, c, history = _iterate(source, batches, bounds, footprints, c, background, params,
-                                      longest=longest, progress=progress, work_dir=work_dir)
-    return _finish(source, batches, bounds, footprints, c, background, progress=progress, work_dir=work_dir,
-                   extras=dict(cn=cn, pnr=pnr, seeds=seeds, history=history,
-                               params=params.record(batch_frames=longest, n_batches=len(batches))))
+    cn, pnr, seeds = _seed(source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask, progress=progress)
+    footprints, c, background = _start(source, batches, seeds, bounds, params, progress=progress, work_dir=work_dir)
+    footprints, c, history = _iterate(
+        source,
+        batches,
+        bounds,
+        footprints,
+        c,
+        background,
+        params,
+        longest=longest,
+        progress=progress,
+        work_dir=work_dir,
+    )
+    return _finish(
+        source,
+        batches,
+        bounds,
+        footprints,
+        c,
+        background,
+        progress=progress,
+        work_dir=work_dir,
+        extras=dict(
+            cn=cn,
+            pnr=pnr,
+            seeds=seeds,
+            history=history,
+            params=params.record(batch_frames=longest, n_batches=len(batches)),
+        ),
+    )
 
 
-def _seed(source: FrameSource, bounds: np.ndarray, longest: int, params: ExtractionParams, *, cn, pnr,
-          valid_mask, progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _seed(
+    source: FrameSource,
+    bounds: np.ndarray,
+    longest: int,
+    params: ExtractionParams,
+    *,
+    cn,
+    pnr,
+    valid_mask,
+    progress: Progress,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The summary images (computed when not given) and the seeds that pass the thresholds."""
     dims, gSig = source.frame_shape, params.gSig
     if cn is None or pnr is None:
-        cn, pnr = summary_images(source, session_bounds=bounds, gSig=gSig,
-                                 batch_frames=longest,
-                                 progress=None if progress is None else lambda f, m: progress(0.1 * f, m))
+        cn, pnr = summary_images(
+            source,
+            session_bounds=bounds,
+            gSig=gSig,
+            batch_frames=longest,
+            progress=None if progress is None else lambda f, m: progress(0.1 * f, m),
+        )
     cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
     if cn.shape != dims or pnr.shape != dims:
         raise ExtractionError(f"cn and pnr must have the frame shape {dims}; got {cn.shape} and {pnr.shape}")
-    seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=params.min_corr, min_pnr=params.min_pnr,
-                       valid_mask=valid_mask)
+    seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=params.min_corr, min_pnr=params.min_pnr, valid_mask=valid_mask)
     if len(seeds) == 0:
         raise ExtractionError(
             f"no seed passes min_corr={params.min_corr} and min_pnr={params.min_pnr} "
             f"(max Cn {float(np.nanmax(cn)):.3f}, max PNR {float(np.nanmax(pnr)):.2f}); "
-            "lower the thresholds or check gSig")
+            "lower the thresholds or check gSig"
+        )
     return cn, pnr, seeds
 
 
-def _start(source: FrameSource, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray,
-           params: ExtractionParams, *, progress: Progress, work_dir) -> tuple[Footprints, TraceFile, RingBackground]:
+def _start(
+    source: FrameSource,
+    batches: list[Batch],
+    seeds: np.ndarray,
+    bounds: np.ndarray,
+    params: ExtractionParams,
+    *,
+    progress: Progress,
+    work_dir,
+) -> tuple[Footprints, TraceFile, RingBackground]:
     """Initial footprints and traces from the seeds, and the ring background with each session's constant."""
     gSig = params.gSig
     footprints, c, _, mean_frames = _initialize(
-        source, batches, seeds, bounds, gSig=gSig, min_pnr=params.min_pnr, patch_size=params.patch_size,
-        patch_overlap=params.patch_overlap, box_factor=params.box_factor,
-        region_radius=int(math.ceil(2.5 * gSig)) + 1, progress=progress, work_dir=work_dir)
+        source,
+        batches,
+        seeds,
+        bounds,
+        gSig=gSig,
+        min_pnr=params.min_pnr,
+        patch_size=params.patch_size,
+        patch_overlap=params.patch_overlap,
+        box_factor=params.box_factor,
+        region_radius=int(math.ceil(2.5 * gSig)) + 1,
+        progress=progress,
+        work_dir=work_dir,
+    )
     if len(footprints) == 0:
         raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
-    background = RingBackground(source.frame_shape, len(bounds) - 1, ring_radius=params.ring_factor * 4 * gSig,
-                                ssub=params.bg_ssub, n_sectors=params.n_sectors)
+    background = RingBackground(
+        source.frame_shape,
+        len(bounds) - 1,
+        ring_radius=params.ring_factor * 4 * gSig,
+        ssub=params.bg_ssub,
+        n_sectors=params.n_sectors,
+    )
     background.b0 = _session_constant(footprints, c, mean_frames, batches, bounds)
     return footprints, c, background
 
 
-def _iterate(source: FrameSource, batches: list[Batch], bounds: np.ndarray, footprints: Footprints, c,
-             background: RingBackground, params: ExtractionParams, *, longest: int, progress: Progress,
-             work_dir) -> tuple[Footprints, TraceFile, list[dict]]:
+def _iterate(
+    source: FrameSource,
+    batches: list[Batch],
+    bounds: np.ndarray,
+    footprints: Footprints,
+    c,
+    background: RingBackground,
+    params: ExtractionParams,
+    *,
+    longest: int,
+    progress: Progress,
+    work_dir,
+) -> tuple[Footprints, TraceFile, list[dict]]:
     """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
     history: list[dict] = []
     min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
     span = 0.55 / params.max_iter
     for it in range(params.max_iter):
         lo = 0.3 + span * it
-        c_raw, yct, cct, b0_sums = _iteration_pass(source, batches, footprints, c, background, spatial=True,
-                                                   progress=progress, lo=lo, hi=lo + span,
-                                                   label=f"iteration {it + 1}", work_dir=work_dir)
+        c_raw, yct, cct, b0_sums = _iteration_pass(
+            source,
+            batches,
+            footprints,
+            c,
+            background,
+            spatial=True,
+            progress=progress,
+            lo=lo,
+            hi=lo + span,
+            label=f"iteration {it + 1}",
+            work_dir=work_dir,
+        )
         _report(progress, lo, lo + span, 1.0, f"trace steps, iteration {it + 1}: OASIS, false positives, merges")
         background.refit()
         for s in range(len(bounds) - 1):
@@ -408,21 +539,22 @@ def _iterate(source: FrameSource, batches: list[Batch], bounds: np.ndarray, foot
         c.close()
         c = _deconvolve_all(c_raw, bounds, scale=carry)
         change = _change(footprints, updated)
-        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr,
-                                       bounds=bounds)
+        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr, bounds=bounds)
         c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
         footprints = updated.subset(keep)
         if removed:
             c, dropped = c.take(keep), c
             dropped.close()
-        footprints, merged, _, merges = merge_components(footprints, c, None, merge_thr=params.merge_thr,
-                                                         batch_frames=longest)
+        footprints, merged, _, merges = merge_components(
+            footprints, c, None, merge_thr=params.merge_thr, batch_frames=longest
+        )
         if merged is not c:
             c.close()
             c = merged
-        history.append({"iteration": it + 1, "neurons": len(footprints), "change": change,
-                        "removed": removed, "merged": merges})
+        history.append(
+            {"iteration": it + 1, "neurons": len(footprints), "change": change, "removed": removed, "merged": merges}
+        )
         if len(footprints) == 0:
             raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
         if removed == 0 and merges == 0 and (change < params.tol or _stalled(history)):
@@ -430,11 +562,32 @@ def _iterate(source: FrameSource, batches: list[Batch], bounds: np.ndarray, foot
     return footprints, c, history
 
 
-def _finish(source: FrameSource, batches: list[Batch], bounds: np.ndarray, footprints: Footprints, c,
-            background: RingBackground, *, progress: Progress, work_dir, extras: dict) -> Extraction:
+def _finish(
+    source: FrameSource,
+    batches: list[Batch],
+    bounds: np.ndarray,
+    footprints: Footprints,
+    c,
+    background: RingBackground,
+    *,
+    progress: Progress,
+    work_dir,
+    extras: dict,
+) -> Extraction:
     """Final traces on the converged footprints, post-processed and ordered by SNR, as the result."""
-    c_raw, _, _, _ = _iteration_pass(source, batches, footprints, c, background, spatial=False,
-                                     progress=progress, lo=0.85, hi=0.97, label="final traces", work_dir=work_dir)
+    c_raw, _, _, _ = _iteration_pass(
+        source,
+        batches,
+        footprints,
+        c,
+        background,
+        spatial=False,
+        progress=progress,
+        lo=0.85,
+        hi=0.97,
+        label="final traces",
+        work_dir=work_dir,
+    )
     _report(progress, 0.97, 0.97, 1.0, "post-processing: deconvolution, detrending, noise scaling, SNR order")
     c.close()
     c = _deconvolve_all(c_raw, bounds)
@@ -451,6 +604,15 @@ def _finish(source: FrameSource, batches: list[Batch], bounds: np.ndarray, footp
     images = [footprints.images[k] * scale[k] for k in order]
     final = Footprints(source.frame_shape, [footprints.boxes[k] for k in order], images)
     _report(progress, 0.97, 1.0, 1.0, f"extraction done: {len(final)} neurons")
-    return Extraction(A=final.to_sparse(), C_raw=c_raw_out, C=c_out, S=s_out, session_bounds=bounds,
-                      dims=source.frame_shape, snr=snr[order], noise=noise[order], centers=final.centers(),
-                      **extras)
+    return Extraction(
+        A=final.to_sparse(),
+        C_raw=c_raw_out,
+        C=c_out,
+        S=s_out,
+        session_bounds=bounds,
+        dims=source.frame_shape,
+        snr=snr[order],
+        noise=noise[order],
+        centers=final.centers(),
+        **extras,
+    )

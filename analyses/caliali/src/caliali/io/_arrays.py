@@ -95,9 +95,9 @@ def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
         stack.enter_context(handle)  # closed on leaving if the movie cannot be found, else handed to the reader
         found: dict[str, tuple[int, ...]] = {}
         handle.visititems(
-            lambda key, obj: found.__setitem__(key, obj.shape)
-            if isinstance(obj, h5py.Dataset) and _movie_like(obj.shape)
-            else None
+            lambda key, obj: (
+                found.__setitem__(key, obj.shape) if isinstance(obj, h5py.Dataset) and _movie_like(obj.shape) else None
+            )
         )
         if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in handle:
             found[dataset.strip("/")] = handle[dataset.strip("/")].shape

@@ -67,10 +67,7 @@ class VideoReader:
         """Return frames ``[start, stop)`` as a new float32 array (t, h, w)."""
         stop = self.n_frames if stop is None else stop
         if not 0 <= start <= stop <= self.n_frames:
-            raise InputError(
-                f"{self.path}: frames [{start}, {stop}) are outside the video's "
-                f"{self.n_frames} frames"
-            )
+            raise InputError(f"{self.path}: frames [{start}, {stop}) are outside the video's {self.n_frames} frames")
         if start == stop:
             return np.empty((0, *self.frame_shape), dtype=np.float32)
         block = self._read(start, stop)
@@ -82,9 +79,7 @@ class VideoReader:
             )
         return block
 
-    def iter_chunks(
-        self, batch_frames: int, *, start: int = 0, stop: int | None = None
-    ) -> Iterator[np.ndarray]:
+    def iter_chunks(self, batch_frames: int, *, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         """Yield float32 (t, h, w) chunks of at most ``batch_frames`` frames."""
         if int(batch_frames) < 1:
             raise InputError(f"batch_frames must be a positive integer, got {batch_frames!r}")

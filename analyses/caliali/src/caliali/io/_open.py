@@ -52,8 +52,7 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
         raise InputError(f"{path}: no such file")
     if suffix not in VIDEO_SUFFIXES:
         raise UnsupportedFormatError(
-            f"{path}: unsupported video format {suffix or '(no suffix)'!r}; caliali reads "
-            f"{', '.join(VIDEO_SUFFIXES)}"
+            f"{path}: unsupported video format {suffix or '(no suffix)'!r}; caliali reads {', '.join(VIDEO_SUFFIXES)}"
         )
     if path.is_dir() != (suffix == ".zarr"):
         raise UnsupportedFormatError(f"{path}: expected a {'directory' if suffix == '.zarr' else 'file'}")

@@ -79,8 +79,9 @@ def split_video(
             piece = out_dir / f"{path.stem}_b{index}{suffix}"
             if piece.resolve() == path.resolve():
                 raise InputError(f"{piece}: splitting would overwrite the input; choose another output folder")
-            with open_writer(piece, frame_shape=video.frame_shape, dtype=video.dtype,
-                             n_frames=size, fps=video.fs or 10.0) as writer:
+            with open_writer(
+                piece, frame_shape=video.frame_shape, dtype=video.dtype, n_frames=size, fps=video.fs or 10.0
+            ) as writer:
                 for chunk in video.iter_chunks(batch_frames, start=start, stop=start + size):
                     writer.write(chunk)
             pieces.append(piece)

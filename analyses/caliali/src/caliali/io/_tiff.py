@@ -77,8 +77,7 @@ class TiffReader(VideoReader):
                 block = self._series.asarray(key=range(start, stop))
         except Exception as exc:
             raise VideoReadError(
-                f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is "
-                "truncated or corrupt"
+                f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is truncated or corrupt"
             ) from exc
         block = block.reshape(stop - start, *self.frame_shape, *block.shape[-1:] if self._colour else ())
         return to_grey_float32(block, channel_order="rgb")

@@ -42,7 +42,9 @@ class VideoWriter:
         self.n_written = 0
         suffix = self.path.suffix.lower()
         if suffix not in WRITABLE_SUFFIXES:
-            raise UnsupportedFormatError(f"{self.path}: cannot write {suffix!r}; use one of {', '.join(WRITABLE_SUFFIXES)}")
+            raise UnsupportedFormatError(
+                f"{self.path}: cannot write {suffix!r}; use one of {', '.join(WRITABLE_SUFFIXES)}"
+            )
         self._kind = {".tiff": ".tif", ".hdf5": ".h5"}.get(suffix, suffix)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with ExitStack() as stack:  # what an opener opened is closed on leaving if it fails, else by close()
@@ -66,7 +68,9 @@ class VideoWriter:
         depth = cv2.CV_16U if self.dtype == np.uint16 else cv2.CV_8U
         params = [cv2.VIDEOWRITER_PROP_DEPTH, depth, cv2.VIDEOWRITER_PROP_IS_COLOR, 0]
         h, w = self.frame_shape
-        self._handle = cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h), params)
+        self._handle = cv2.VideoWriter(
+            str(self.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), fps, (w, h), params
+        )
         stack.callback(self._handle.release)
         if not self._handle.isOpened():
             raise VideoReadError(f"{self.path}: OpenCV cannot create an FFV1 AVI file here")
@@ -76,16 +80,24 @@ class VideoWriter:
 
         file = stack.enter_context(h5py.File(self.path, "w"))
         self._handle = file.create_dataset(
-            dataset, shape=(0, *self.frame_shape), maxshape=(None, *self.frame_shape),
-            dtype=self.dtype, chunks=(1, *self.frame_shape),
+            dataset,
+            shape=(0, *self.frame_shape),
+            maxshape=(None, *self.frame_shape),
+            dtype=self.dtype,
+            chunks=(1, *self.frame_shape),
         )
 
     def _open_zarr(self, stack: ExitStack, **_: Any) -> None:
         import zarr
 
         self._handle = zarr.create_array(
-            str(self.path), shape=(0, *self.frame_shape), chunks=(64, *self.frame_shape),
-            dtype=self.dtype, compressors=None, fill_value=0, overwrite=True,
+            str(self.path),
+            shape=(0, *self.frame_shape),
+            chunks=(64, *self.frame_shape),
+            dtype=self.dtype,
+            compressors=None,
+            fill_value=0,
+            overwrite=True,
         )
 
     # -- writing --------------------------------------------------------------

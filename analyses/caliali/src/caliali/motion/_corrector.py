@@ -65,7 +65,6 @@ class _GapFiller:
         return parts[0].astype(np.float32, copy=False) if parts else None
 
 
-
 class Corrector:
     """Register, shift and gap-fill one chunk at a time (see
     :func:`caliali.motion.correct_session` for the method)."""

@@ -166,6 +166,7 @@ def session_chunks(
     def raw() -> Iterator[np.ndarray]:
         skip = int(start)
         for i, part in enumerate(parts):
+
             def sub(fraction: float, message: str, i: int = i) -> None:
                 if progress is not None:
                     progress((i + fraction) / len(parts), message)
@@ -258,21 +259,38 @@ def correct_session(
         batch_frames = _batch_from_budget(memory_budget, shape)
     if int(batch_frames) < 1:
         raise MotionError(f"batch_frames must be a positive integer, got {batch_frames!r}")
+
     def chunks_from(start: int) -> Iterator[np.ndarray]:
-        return session_chunks(sources, batch_frames=int(batch_frames), spatial_ds=spatial_ds,
-                              temporal_ds=temporal_ds, progress=progress, start=start)
+        return session_chunks(
+            sources,
+            batch_frames=int(batch_frames),
+            spatial_ds=spatial_ds,
+            temporal_ds=temporal_ds,
+            progress=progress,
+            start=start,
+        )
 
     if isinstance(out, (str, Path)):
         from ._resume import correct_into_store
 
-        params = {"stage": "motion", "files": _identity(sources), "batch_frames": int(batch_frames),
-                  "spatial_ds": spatial_ds, "temporal_ds": temporal_ds, "gSig": gSig,
-                  "max_shift": max_shift, "border": border, "interpolation": interpolation}
+        params = {
+            "stage": "motion",
+            "files": _identity(sources),
+            "batch_frames": int(batch_frames),
+            "spatial_ds": spatial_ds,
+            "temporal_ds": temporal_ds,
+            "gSig": gSig,
+            "max_shift": max_shift,
+            "border": border,
+            "interpolation": interpolation,
+        }
         corrector = Corrector(gSig=gSig, max_shift=max_shift, border=border, interpolation=interpolation)
-        return correct_into_store(out, chunks_from, corrector, frame_shape=small, params=params,
-                                  temporal_ds=temporal_ds)
-    return correct_frames(chunks_from(0), gSig=gSig, out=out, max_shift=max_shift, border=border,
-                          interpolation=interpolation)
+        return correct_into_store(
+            out, chunks_from, corrector, frame_shape=small, params=params, temporal_ds=temporal_ds
+        )
+    return correct_frames(
+        chunks_from(0), gSig=gSig, out=out, max_shift=max_shift, border=border, interpolation=interpolation
+    )
 
 
 def _batch_from_budget(memory_budget: int | str | None, frame_shape: tuple[int, int]) -> int:
@@ -281,4 +299,3 @@ def _batch_from_budget(memory_budget: int | str | None, frame_shape: tuple[int, 
     from caliali.chunking import batch_frames_for
 
     return int(batch_frames_for(memory_budget, frame_shape, copies=CHUNK_COPIES))
-

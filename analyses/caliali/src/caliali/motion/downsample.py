@@ -102,9 +102,7 @@ def downsample_chunks(
             raise MotionError(f"chunks must be (t, h, w) arrays, got shape {small.shape}")
         if carry is not None and carry.shape[0]:
             if carry.shape[1:] != small.shape[1:]:
-                raise MotionError(
-                    f"chunk frame shape {small.shape[1:]} differs from the previous {carry.shape[1:]}"
-                )
+                raise MotionError(f"chunk frame shape {small.shape[1:]} differs from the previous {carry.shape[1:]}")
             small = np.concatenate([carry, small])
         full = (small.shape[0] // ft) * ft
         carry = small[full:].copy()

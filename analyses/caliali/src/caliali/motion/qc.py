@@ -46,8 +46,12 @@ def plot_session_qc(
     grid = fig.add_gridspec(rows, 4, height_ratios=[1.6, 1][:rows] if rows == 2 else [1])
     mask = motion.valid_mask if motion is not None else None
     if projections is not None:
-        panels = [("mean", projections.mean, "gray"), ("blood vessels", projections.bv, "gray"),
-                  ("Cn", projections.cn, "viridis"), ("PNR", projections.pnr, "magma")]
+        panels = [
+            ("mean", projections.mean, "gray"),
+            ("blood vessels", projections.bv, "gray"),
+            ("Cn", projections.cn, "viridis"),
+            ("PNR", projections.pnr, "magma"),
+        ]
         for col, (name, img, cmap) in enumerate(panels):
             ax = fig.add_subplot(grid[0, col])
             lo, hi = _robust_limits(img, mask)
@@ -66,8 +70,10 @@ def plot_session_qc(
         if motion.dropped.any():
             ax.plot(frames[motion.dropped], motion.shifts[motion.dropped, 0], "rx", ms=4, label="dropped (filled)")
         s = motion.summary()
-        ax.set_title(f"rigid motion: max {s['max_shift_px']:.2f} px, valid area {100 * s['valid_fraction']:.0f}%, "
-                     f"{s['n_dropped']} dropped frames")
+        ax.set_title(
+            f"rigid motion: max {s['max_shift_px']:.2f} px, valid area {100 * s['valid_fraction']:.0f}%, "
+            f"{s['n_dropped']} dropped frames"
+        )
         ax.set_xlabel("frame")
         ax.set_ylabel("shift (px)")
         ax.legend(loc="upper right", fontsize=8)

@@ -60,8 +60,14 @@ class MotionResult:
         }
         np.save(paths["shifts"], self.shifts)
         table = np.column_stack([np.arange(len(self.shifts)), self.shifts, self.dropped, self.peak])
-        np.savetxt(paths["shifts_csv"], table, delimiter=",", fmt=["%d", "%.4f", "%.4f", "%d", "%.4f"],
-                   header="frame,dy,dx,dropped,peak", comments="")
+        np.savetxt(
+            paths["shifts_csv"],
+            table,
+            delimiter=",",
+            fmt=["%d", "%.4f", "%.4f", "%d", "%.4f"],
+            header="frame,dy,dx,dropped,peak",
+            comments="",
+        )
         np.save(paths["valid_mask"], self.valid_mask)
         np.save(paths["template"], self.template)
         paths["summary"].write_text(json.dumps(self.summary(), indent=2))

@@ -24,9 +24,7 @@ def _check_interp(interpolation: str) -> int:
     try:
         return _INTERP[interpolation]
     except KeyError:
-        raise MotionError(
-            f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}"
-        ) from None
+        raise MotionError(f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}") from None
 
 
 def apply_shift(frame: np.ndarray, shift, *, interpolation: str = "cubic") -> np.ndarray:
@@ -62,9 +60,7 @@ def apply_shift(frame: np.ndarray, shift, *, interpolation: str = "cubic") -> np
     # With WARP_INVERSE_MAP, dst(x, y) = src(M @ (x, y, 1)) = src(x + dx, y + dy).
     matrix = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
     h, w = src.shape
-    return cv2.warpAffine(
-        src, matrix, (w, h), flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
-    )
+    return cv2.warpAffine(src, matrix, (w, h), flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
 
 
 def apply_shifts(frames: np.ndarray, shifts: np.ndarray, *, interpolation: str = "cubic") -> np.ndarray:
@@ -76,9 +72,7 @@ def apply_shifts(frames: np.ndarray, shifts: np.ndarray, *, interpolation: str =
     if arr.ndim != 3:
         raise MotionError(f"apply_shifts needs a (t, h, w) stack, got shape {arr.shape}")
     if sh.shape != (arr.shape[0], 2):
-        raise MotionError(
-            f"shifts must have shape (t, 2) = ({arr.shape[0]}, 2) to match the frames, got {sh.shape}"
-        )
+        raise MotionError(f"shifts must have shape (t, 2) = ({arr.shape[0]}, 2) to match the frames, got {sh.shape}")
     out = np.empty(arr.shape, dtype=np.float32)
     for i in range(arr.shape[0]):
         out[i] = apply_shift(arr[i], sh[i], interpolation=interpolation)

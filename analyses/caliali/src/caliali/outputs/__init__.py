@@ -27,14 +27,26 @@ from ._qc import plot_contours, plot_traces
 __all__ = ["write_outputs", "write_arrays", "write_nwb", "plot_contours", "plot_traces"]
 
 
-def write_outputs(extraction, out_dir: Path | str, *, fs: float = 10.0, session_ids=None, spatial_ds: int = 1,
-                  nwb: bool = True, qc: bool = True, extra_meta: dict | None = None) -> dict[str, Path]:
+def write_outputs(
+    extraction,
+    out_dir: Path | str,
+    *,
+    fs: float = 10.0,
+    session_ids=None,
+    spatial_ds: int = 1,
+    nwb: bool = True,
+    qc: bool = True,
+    extra_meta: dict | None = None,
+) -> dict[str, Path]:
     """Write every output of an extraction under ``out_dir``; returns the paths written by kind."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     session_names(extraction, session_ids)  # a wrong count fails before anything is written
-    paths = {"arrays": write_arrays(extraction, out, session_ids=session_ids, fs=fs, spatial_ds=spatial_ds,
-                                    extra_meta=extra_meta)}
+    paths = {
+        "arrays": write_arrays(
+            extraction, out, session_ids=session_ids, fs=fs, spatial_ds=spatial_ds, extra_meta=extra_meta
+        )
+    }
     if nwb:
         paths["nwb"] = write_nwb(extraction, out / "neurons.nwb", fs=fs, session_ids=session_ids)
     if qc:

@@ -24,8 +24,11 @@ def save_rows(path: Path | str, traces, *, dtype=np.float32, block_bytes: int = 
     copied (see `caliali.outputs._blocks`).
     """
     path = Path(path)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(int(n) for n in np.shape(traces))}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(n) for n in np.shape(traces)),
+    }
     with open(path, "wb") as file:
         np.lib.format.write_array_header_1_0(file, header)
         for block in row_blocks(traces, dtype=dtype, block_bytes=block_bytes):
@@ -33,8 +36,15 @@ def save_rows(path: Path | str, traces, *, dtype=np.float32, block_bytes: int = 
     return path
 
 
-def write_arrays(extraction, out_dir: Path | str, *, session_ids=None, fs: float | None = None,
-                 spatial_ds: int = 1, extra_meta: dict | None = None) -> Path:
+def write_arrays(
+    extraction,
+    out_dir: Path | str,
+    *,
+    session_ids=None,
+    fs: float | None = None,
+    spatial_ds: int = 1,
+    extra_meta: dict | None = None,
+) -> Path:
     """Write A.npz, C_raw.npy, C.npy, S.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
 
     ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels; traces

@@ -82,19 +82,20 @@ def row_blocks(traces, *, dtype=np.float32, block_bytes: int = BLOCK_BYTES) -> I
     buffer = np.empty((step, *np.shape(traces)[1:]), dtype)
     mapped = _shared_map(traces) is not None
     for start in range(0, k, step):
-        block = buffer[:min(step, k - start)]
+        block = buffer[: min(step, k - start)]
         if mapped:
             for i in range(len(block)):
                 row = traces[start + i]
                 np.copyto(block[i], row, casting="unsafe")
                 release(traces)
         else:
-            np.copyto(block, traces[start:start + step], casting="unsafe")
+            np.copyto(block, traces[start : start + step], casting="unsafe")
         yield block
 
 
-def frame_block(traces, frames: slice, neurons: slice = slice(None), *, out: np.ndarray | None = None,
-                dtype=np.float32) -> np.ndarray:
+def frame_block(
+    traces, frames: slice, neurons: slice = slice(None), *, out: np.ndarray | None = None, dtype=np.float32
+) -> np.ndarray:
     """``traces[neurons, frames]`` transposed to (frames, neurons), as a C-contiguous ``dtype`` copy.
 
     ``out``, when given, is a buffer of at least that many frames and
@@ -103,7 +104,7 @@ def frame_block(traces, frames: slice, neurons: slice = slice(None), *, out: np.
     """
     rows = range(*neurons.indices(np.shape(traces)[0]))
     n_frames = len(range(*frames.indices(np.shape(traces)[1])))
-    block = np.empty((n_frames, len(rows)), dtype) if out is None else out[:n_frames, :len(rows)]
+    block = np.empty((n_frames, len(rows)), dtype) if out is None else out[:n_frames, : len(rows)]
     if _shared_map(traces) is None:
         np.copyto(block, np.asarray(traces[neurons, frames]).T, casting="unsafe")
         return block

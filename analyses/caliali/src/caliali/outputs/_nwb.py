@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,15 @@ def _pixel_masks(extraction):
         yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
 
 
-def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=None,
-              session_start_time: datetime | None = None, description: str = "caliali source extraction") -> Path:
+def write_nwb(
+    extraction,
+    path: Path | str,
+    *,
+    fs: float = 10.0,
+    session_ids=None,
+    session_start_time: datetime | None = None,
+    description: str = "caliali source extraction",
+) -> Path:
     """Write ``extraction`` to an NWB file at ``path``.
 
     Contents: ``processing/ophys/ImageSegmentation/PlaneSegmentation`` (one
@@ -71,20 +78,31 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
     path.parent.mkdir(parents=True, exist_ok=True)
     bounds = np.asarray(extraction.session_bounds, np.int64)
     ids = session_names(extraction, session_ids)
-    nwb = NWBFile(session_description=description, identifier=str(uuid.uuid4()),
-                  session_start_time=session_start_time or datetime.now(timezone.utc))
+    nwb = NWBFile(
+        session_description=description,
+        identifier=str(uuid.uuid4()),
+        session_start_time=session_start_time or datetime.now(UTC),
+    )
     device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")
     channel = OpticalChannel(name="channel", description="green fluorescence", emission_lambda=520.0)
-    plane = nwb.create_imaging_plane(name="ImagingPlane", optical_channel=channel, device=device,
-                                     description="aligned field of view shared by all sessions",
-                                     excitation_lambda=470.0, indicator="GCaMP", location="unknown",
-                                     imaging_rate=float(fs))
+    plane = nwb.create_imaging_plane(
+        name="ImagingPlane",
+        optical_channel=channel,
+        device=device,
+        description="aligned field of view shared by all sessions",
+        excitation_lambda=470.0,
+        indicator="GCaMP",
+        location="unknown",
+        imaging_rate=float(fs),
+    )
     ophys = nwb.create_processing_module(name="ophys", description="caliali CNMF-E across sessions")
     segmentation = ImageSegmentation()
     ophys.add(segmentation)
     planes = segmentation.create_plane_segmentation(
-        name="PlaneSegmentation", description="CNMF-E footprints, one identity per neuron across sessions",
-        imaging_plane=plane)
+        name="PlaneSegmentation",
+        description="CNMF-E footprints, one identity per neuron across sessions",
+        imaging_plane=plane,
+    )
     planes.add_column(name="snr", description="peak of the denoised trace in noise units")
     for mask, snr in zip(_pixel_masks(extraction), extraction.snr):
         planes.add_roi(pixel_mask=mask, snr=float(snr))
@@ -93,19 +111,36 @@ def write_nwb(extraction, path: Path | str, *, fs: float = 10.0, session_ids=Non
     ophys.add(fluorescence)
     if extraction.n_neurons:
         rois = planes.create_roi_table_region(region=list(range(extraction.n_neurons)), description="all neurons")
-        for name, data, text in (("C", extraction.C, "denoised calcium (AR(2) OASIS)"),
-                                 ("C_raw", extraction.C_raw, "raw traces, detrended per session"),
-                                 ("S", extraction.S, "deconvolved activity")):
-            fluorescence.add_roi_response_series(RoiResponseSeries(
-                name=name, data=_frames_of(data), rois=rois, unit="noise std",
-                rate=float(fs), starting_time=0.0,
-                description=f"{text}, in noise units of each session; sessions concatenated: {sessions_text}"))
+        for name, data, text in (
+            ("C", extraction.C, "denoised calcium (AR(2) OASIS)"),
+            ("C_raw", extraction.C_raw, "raw traces, detrended per session"),
+            ("S", extraction.S, "deconvolved activity"),
+        ):
+            fluorescence.add_roi_response_series(
+                RoiResponseSeries(
+                    name=name,
+                    data=_frames_of(data),
+                    rois=rois,
+                    unit="noise std",
+                    rate=float(fs),
+                    starting_time=0.0,
+                    description=f"{text}, in noise units of each session; sessions concatenated: {sessions_text}",
+                )
+            )
     for sid, a, b in zip(ids, bounds[:-1], bounds[1:]):
         nwb.add_epoch(start_time=float(a) / fs, stop_time=float(b) / fs, tags=[str(sid)])
-    ophys.add(Images(name="SummaryImages", description="max-over-sessions neuron images", images=[
-        GrayscaleImage(name="Cn", data=np.asarray(extraction.cn, np.float32), description="local correlation"),
-        GrayscaleImage(name="PNR", data=np.asarray(extraction.pnr, np.float32), description="peak-to-noise ratio"),
-    ]))
+    ophys.add(
+        Images(
+            name="SummaryImages",
+            description="max-over-sessions neuron images",
+            images=[
+                GrayscaleImage(name="Cn", data=np.asarray(extraction.cn, np.float32), description="local correlation"),
+                GrayscaleImage(
+                    name="PNR", data=np.asarray(extraction.pnr, np.float32), description="peak-to-noise ratio"
+                ),
+            ],
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # h5py/hdmf internals, not our API use
         # no HDF5 chunk cache: whole chunks are written once each, and every open dataset's cache

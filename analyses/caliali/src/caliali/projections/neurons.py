@@ -17,6 +17,7 @@ _OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 def _pair_slices(dy: int, dx: int) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
     """Slices (a, b) so that ``img[a]`` and ``img[b]`` are pixel/neighbour pairs."""
+
     def span(d: int) -> tuple[slice, slice]:
         if d > 0:
             return slice(0, -d), slice(d, None)

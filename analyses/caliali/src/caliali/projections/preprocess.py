@@ -145,9 +145,7 @@ def noise_level(frames: np.ndarray, *, band: tuple[float, float] = (0.25, 0.5)) 
     return out
 
 
-def anisotropic_diffusion(
-    frames: np.ndarray, *, n_iter: int = 3, kappa: float = 2.0, step: float = 0.2
-) -> np.ndarray:
+def anisotropic_diffusion(frames: np.ndarray, *, n_iter: int = 3, kappa: float = 2.0, step: float = 0.2) -> np.ndarray:
     """Perona-Malik diffusion of each frame (4 neighbours, conduction
     ``1 / (1 + (grad / kappa)^2)``, zero flux across the frame border).
 

@@ -250,9 +250,7 @@ class ProjectionAccumulator:
         core = block[lo:hi]
         n = len(core)
         if len(block) < 8:
-            raise ProjectionError(
-                f"the session has only {len(block)} frames; projections need at least 8"
-            )
+            raise ProjectionError(f"the session has only {len(block)} frames; projections need at least 8")
         self._sum += core.sum(axis=0, dtype=np.float64)
         self._bv += n * bv_filter(_median_frame(core, max_frames=_BV_MEDIAN_FRAMES), gSig=self.gSig).astype(np.float64)
 

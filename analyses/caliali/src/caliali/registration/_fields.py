@@ -70,8 +70,11 @@ def warp_replicate(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     """Like :func:`warp` but extends the image by its border values."""
     map_x, map_y = _maps(np.asarray(field, dtype=np.float32))
     return cv2.remap(
-        np.ascontiguousarray(image, dtype=np.float32), map_x, map_y,
-        interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE,
+        np.ascontiguousarray(image, dtype=np.float32),
+        map_x,
+        map_y,
+        interpolation=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
     )
 
 
@@ -114,11 +117,12 @@ def smooth(field: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return field.astype(np.float32, copy=True)
     k = int(2 * np.ceil(3 * sigma) + 1)
-    return np.stack([
-        cv2.GaussianBlur(np.ascontiguousarray(c, dtype=np.float32), (k, k), sigma,
-                         borderType=cv2.BORDER_REFLECT)
-        for c in field
-    ])
+    return np.stack(
+        [
+            cv2.GaussianBlur(np.ascontiguousarray(c, dtype=np.float32), (k, k), sigma, borderType=cv2.BORDER_REFLECT)
+            for c in field
+        ]
+    )
 
 
 def resize_field(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -132,13 +136,19 @@ def resize_field(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if (h, w) == tuple(shape):
         return field.astype(np.float32, copy=True)
     sy, sx = shape[0] / h, shape[1] / w
-    out = [cv2.resize(np.ascontiguousarray(c, dtype=np.float32), (shape[1], shape[0]),
-                      interpolation=cv2.INTER_LINEAR) for c in field]
+    out = [
+        cv2.resize(np.ascontiguousarray(c, dtype=np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+        for c in field
+    ]
     return np.stack([out[0] * sy, out[1] * sx]).astype(np.float32)
 
 
 def random_smooth_field(
-    shape: tuple[int, int], *, magnitude: float, smoothness: float, rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    magnitude: float,
+    smoothness: float,
+    rng: np.random.Generator,
     norm: str = "max",
 ) -> np.ndarray:
     """A random smooth field: Gaussian-smoothed white noise, scaled so its

@@ -89,8 +89,9 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
 
 
-def _level_images(bv: list[np.ndarray], neuron: list[np.ndarray], level: Level,
-                  shape: tuple[int, int]) -> list[np.ndarray]:
+def _level_images(
+    bv: list[np.ndarray], neuron: list[np.ndarray], level: Level, shape: tuple[int, int]
+) -> list[np.ndarray]:
     out = []
     for b, n in zip(bv, neuron, strict=True):
         if level.source == "bv":
@@ -194,8 +195,15 @@ def groupwise_register(
             template = _template(warped, inside)
             grad_t = _gradient(template)
             for s in range(n):
-                velocity[s] = demons(images[s], template, velocity[s], offset=offsets[s],
-                                     iterations=step, params=lv.params, template_gradient=grad_t)
+                velocity[s] = demons(
+                    images[s],
+                    template,
+                    velocity[s],
+                    offset=offsets[s],
+                    iterations=step,
+                    params=lv.params,
+                    template_gradient=grad_t,
+                )
             velocity -= velocity.mean(axis=0, keepdims=True)
             remaining -= step
             done += step

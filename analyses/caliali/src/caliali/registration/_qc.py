@@ -42,8 +42,7 @@ def _mean_corr(images: list[np.ndarray], mask: np.ndarray) -> list[float]:
     return out
 
 
-def stage_images(images: list[np.ndarray], translations: np.ndarray,
-                 fields: np.ndarray) -> dict[str, list[np.ndarray]]:
+def stage_images(images: list[np.ndarray], translations: np.ndarray, fields: np.ndarray) -> dict[str, list[np.ndarray]]:
     """The projections before alignment, after translation, after non-rigid."""
     shape = images[0].shape
     const = [np.broadcast_to(np.asarray(t, np.float32).reshape(2, 1, 1), (2, *shape)) for t in translations]
@@ -54,8 +53,9 @@ def stage_images(images: list[np.ndarray], translations: np.ndarray,
     }
 
 
-def qc_metrics(images: list[np.ndarray], translations: np.ndarray, fields: np.ndarray,
-               mask: np.ndarray, *, gSig: float) -> dict:
+def qc_metrics(
+    images: list[np.ndarray], translations: np.ndarray, fields: np.ndarray, mask: np.ndarray, *, gSig: float
+) -> dict:
     """Per-session correlation with the mean image and crispness of the mean
     image at each stage; 95th percentile non-rigid displacement as a
     percentage of the neuron diameter (``2 * gSig``)."""
@@ -66,17 +66,23 @@ def qc_metrics(images: list[np.ndarray], translations: np.ndarray, fields: np.nd
     for name, imgs in stages.items():
         out["corr_with_mean"][name] = _mean_corr(imgs, mask)
         out["crispness"][name] = crispness(np.mean(imgs, axis=0), mask)
-        out["group_consistency"][name] = (
-            group_consistency(imgs, mask).tolist() if len(imgs) > 1 else [1.0]
-        )
+        out["group_consistency"][name] = group_consistency(imgs, mask).tolist() if len(imgs) > 1 else [1.0]
     out["displacement_p95_px"] = p95
     out["displacement_p95_pct_neuron"] = [100.0 * p / (2.0 * gSig) for p in p95]
     out["valid_fraction"] = float(mask.mean())
     return out
 
 
-def write_qc_figures(images: list[np.ndarray], translations: np.ndarray, fields: np.ndarray,
-                     mask: np.ndarray, qc: dict, out_dir: Path, *, labels: list[str]) -> list[Path]:
+def write_qc_figures(
+    images: list[np.ndarray],
+    translations: np.ndarray,
+    fields: np.ndarray,
+    mask: np.ndarray,
+    qc: dict,
+    out_dir: Path,
+    *,
+    labels: list[str],
+) -> list[Path]:
     """PNGs: every session's projection before and after alignment, and the
     mean image and correlations at each stage. Returns the written paths."""
     # The object-oriented API renders with Agg and never touches pyplot's

@@ -33,7 +33,12 @@ def group_consistency(images: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
 
 
 def reliability_score(
-    aligned: list[np.ndarray], mask: np.ndarray, *, gSig: float, n_null: int = 20, seed: int = 0,
+    aligned: list[np.ndarray],
+    mask: np.ndarray,
+    *,
+    gSig: float,
+    n_null: int = 20,
+    seed: int = 0,
 ) -> float:
     """Blood-vessel reliability: z-score of the aligned images' agreement
     against a null of random smooth deformations.
@@ -77,8 +82,7 @@ def reliability_score(
     null = np.empty((n_null, len(aligned)))
     for k in range(n_null):
         moved = [
-            warp_replicate(im, random_smooth_field(shape, magnitude=gSig, smoothness=2 * gSig, rng=rng,
-                                                  norm="rms"))
+            warp_replicate(im, random_smooth_field(shape, magnitude=gSig, smoothness=2 * gSig, rng=rng, norm="rms"))
             for im in aligned
         ]
         null[k] = group_consistency(moved, mask)

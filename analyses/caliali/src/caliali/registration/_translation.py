@@ -12,7 +12,10 @@ __all__ = ["estimate_translations"]
 
 
 def estimate_translations(
-    images: list[np.ndarray], *, max_shift: float | None = None, upsample: int = 20,
+    images: list[np.ndarray],
+    *,
+    max_shift: float | None = None,
+    upsample: int = 20,
 ) -> np.ndarray:
     """Backward translation of every session relative to the first, mean removed.
 
@@ -46,8 +49,7 @@ def estimate_translations(
     ref = images[0] * win
     shifts = np.zeros((len(images), 2))
     for i, img in enumerate(images[1:], start=1):
-        shift, _, _ = phase_cross_correlation(ref, img * win, upsample_factor=upsample,
-                                              normalization=None)
+        shift, _, _ = phase_cross_correlation(ref, img * win, upsample_factor=upsample, normalization=None)
         # phase_cross_correlation returns s with ndi.shift(img, s) ~= ref, i.e.
         # ref[p] = img[p - s]: the backward translation is -s.
         shifts[i] = -np.asarray(shift, dtype=float)

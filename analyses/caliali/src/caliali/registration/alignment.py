@@ -98,13 +98,16 @@ def _validate(images: Sequence[np.ndarray], what: str, shape: tuple[int, int] | 
     for i, im in enumerate(images):
         arr = np.asarray(im)
         if arr.ndim != 2:
-            raise AlignmentError(f"{what}[{i}] has shape {arr.shape}; "
-                                 "pass one 2-D projection (H, W) per file or session.")
+            raise AlignmentError(
+                f"{what}[{i}] has shape {arr.shape}; pass one 2-D projection (H, W) per file or session."
+            )
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise AlignmentError(f"{what}[{i}] has dtype {arr.dtype}; pass real-valued images.")
         if shape is not None and arr.shape != shape:
-            raise AlignmentError(f"{what}[{i}] has shape {arr.shape} but {what}[0] has {shape}; "
-                                 "all projections must share one frame size.")
+            raise AlignmentError(
+                f"{what}[{i}] has shape {arr.shape} but {what}[0] has {shape}; "
+                "all projections must share one frame size."
+            )
         if min(arr.shape) < 16:
             raise AlignmentError(f"{what}[{i}] is {arr.shape}: at least 16x16 px is needed to align.")
         shape = arr.shape
@@ -116,8 +119,9 @@ def _group(session_ids: Sequence[Hashable] | None, n: int) -> tuple[list[str], n
     if session_ids is None:
         return [str(i) for i in range(n)], np.arange(n)
     if len(session_ids) != n:
-        raise AlignmentError(f"session_ids has {len(session_ids)} entries for {n} images; "
-                             "give one session id per image.")
+        raise AlignmentError(
+            f"session_ids has {len(session_ids)} entries for {n} images; give one session id per image."
+        )
     order: list[str] = []
     index = np.empty(n, dtype=int)
     for i, sid in enumerate(session_ids):
@@ -128,8 +132,9 @@ def _group(session_ids: Sequence[Hashable] | None, n: int) -> tuple[list[str], n
     return order, index
 
 
-def _combine(images: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray, n: int,
-             how: str) -> list[np.ndarray]:
+def _combine(
+    images: list[np.ndarray], masks: list[np.ndarray], index: np.ndarray, n: int, how: str
+) -> list[np.ndarray]:
     """One projection per session from its pieces (mean, or pixelwise max)."""
     out = []
     for s in range(n):
@@ -145,14 +150,20 @@ def _combine(images: list[np.ndarray], masks: list[np.ndarray], index: np.ndarra
     return out
 
 
-def _pipeline(primary: list[np.ndarray], secondary: list[np.ndarray], *, max_shift, pyramid,
-              template_every, progress) -> tuple[np.ndarray, np.ndarray]:
+def _pipeline(
+    primary: list[np.ndarray], secondary: list[np.ndarray], *, max_shift, pyramid, template_every, progress
+) -> tuple[np.ndarray, np.ndarray]:
     translations = estimate_translations([normalise(p) for p in primary], max_shift=max_shift)
     if progress is not None:
         progress(0.05, "translation between sessions")
-    fields = groupwise_register(primary, secondary, translations, pyramid=pyramid,
-                                template_every=template_every,
-                                progress=None if progress is None else (lambda f, m: progress(0.05 + 0.8 * f, m)))
+    fields = groupwise_register(
+        primary,
+        secondary,
+        translations,
+        pyramid=pyramid,
+        template_every=template_every,
+        progress=None if progress is None else (lambda f, m: progress(0.05 + 0.8 * f, m)),
+    )
     return translations, fields
 
 
@@ -281,11 +292,24 @@ def align_sessions(
     bv_s = _combine(bv, masks, index, n, "mean")
     neu_s = _combine(neuron, masks, index, n, "max") if neuron is not None else bv_s
     mask_s = [np.logical_or.reduce([masks[i] for i in np.flatnonzero(index == s)]) for s in range(n)]
-    params = {"gSig": gSig, "source": source, "reliability_threshold": reliability_threshold,
-              "max_shift": max_shift, "template_every": template_every, "seed": seed,
-              "pyramid": [{"factor": lv.factor, "source": lv.source, "iterations": lv.iterations,
-                           "fluid_sigma": lv.params.fluid_sigma, "diffusion_sigma": lv.params.diffusion_sigma}
-                          for lv in pyramid]}
+    params = {
+        "gSig": gSig,
+        "source": source,
+        "reliability_threshold": reliability_threshold,
+        "max_shift": max_shift,
+        "template_every": template_every,
+        "seed": seed,
+        "pyramid": [
+            {
+                "factor": lv.factor,
+                "source": lv.source,
+                "iterations": lv.iterations,
+                "fluid_sigma": lv.params.fluid_sigma,
+                "diffusion_sigma": lv.params.diffusion_sigma,
+            }
+            for lv in pyramid
+        ],
+    }
 
     if n == 1:
         translations = np.zeros((1, 2))
@@ -294,22 +318,35 @@ def align_sessions(
     else:
         chosen = "neuron" if source == "neuron" else "bv"
         primary = neu_s if chosen == "neuron" else bv_s
-        translations, fields = _pipeline(primary, primary if chosen == "neuron" else neu_s,
-                                         max_shift=max_shift, pyramid=pyramid,
-                                         template_every=template_every, progress=progress)
+        translations, fields = _pipeline(
+            primary,
+            primary if chosen == "neuron" else neu_s,
+            max_shift=max_shift,
+            pyramid=pyramid,
+            template_every=template_every,
+            progress=progress,
+        )
         mask = _valid_mask(translations, fields, mask_s, shape)
-        score = reliability_score(stage_images([normalise(b) for b in bv_s], translations, fields)["nonrigid"],
-                                  mask, gSig=gSig, seed=seed) if mask.sum() > 100 else float("nan")
+        score = (
+            reliability_score(
+                stage_images([normalise(b) for b in bv_s], translations, fields)["nonrigid"], mask, gSig=gSig, seed=seed
+            )
+            if mask.sum() > 100
+            else float("nan")
+        )
         if source == "auto" and neuron is not None and not score >= reliability_threshold:
-            log.warning("blood-vessel reliability %.2f < %.2f: aligning on neuron images instead",
-                        score, reliability_threshold)
+            log.warning(
+                "blood-vessel reliability %.2f < %.2f: aligning on neuron images instead", score, reliability_threshold
+            )
             chosen = "neuron"
-            translations, fields = _pipeline(neu_s, neu_s, max_shift=max_shift, pyramid=pyramid,
-                                             template_every=template_every, progress=progress)
+            translations, fields = _pipeline(
+                neu_s, neu_s, max_shift=max_shift, pyramid=pyramid, template_every=template_every, progress=progress
+            )
         elif chosen == "bv" and not score >= reliability_threshold:
             why = "source='bv' was asked for" if source == "bv" else "no neuron images were given to fall back to"
-            log.warning("blood-vessel reliability %.2f < %.2f but %s: check the alignment QC",
-                        score, reliability_threshold, why)
+            log.warning(
+                "blood-vessel reliability %.2f < %.2f but %s: check the alignment QC", score, reliability_threshold, why
+            )
         else:
             log.info("aligning on %s images (blood-vessel reliability %.2f)", chosen, score)
     mask = _valid_mask(translations, fields, mask_s, shape)
@@ -317,6 +354,15 @@ def align_sessions(
     qc = qc_metrics(used, translations, fields, mask, gSig=gSig)
     if progress is not None:
         progress(1.0, f"alignment done on {chosen} images")
-    return Alignment(sessions=sessions, input_sessions=index, translations=np.asarray(translations, float),
-                     fields=fields.astype(np.float32), valid_mask=mask, source=chosen,
-                     reliability=float(score), qc=qc, images=np.stack(used).astype(np.float32), params=params)
+    return Alignment(
+        sessions=sessions,
+        input_sessions=index,
+        translations=np.asarray(translations, float),
+        fields=fields.astype(np.float32),
+        valid_mask=mask,
+        source=chosen,
+        reliability=float(score),
+        qc=qc,
+        images=np.stack(used).astype(np.float32),
+        params=params,
+    )

@@ -40,8 +40,12 @@ class FrameWarper:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         out = np.empty(frames.shape, dtype=np.float32)
         for i, frame in enumerate(frames):
-            out[i] = cv2.remap(np.ascontiguousarray(frame, dtype=np.float32), *self._maps,
-                               interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            out[i] = cv2.remap(
+                np.ascontiguousarray(frame, dtype=np.float32),
+                *self._maps,
+                interpolation=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
         out[:, self._outside] = self.fill
         return out
 
@@ -101,8 +105,10 @@ def _session_index(alignment: Alignment, session_id: str, position: int, n_sourc
         return alignment.sessions.index(session_id)
     if n_source == len(alignment.sessions):
         return position
-    raise AlignmentError(f"session {session_id!r} of the videos is not among the aligned sessions "
-                         f"{alignment.sessions}; align the same sessions you apply the alignment to.")
+    raise AlignmentError(
+        f"session {session_id!r} of the videos is not among the aligned sessions "
+        f"{alignment.sessions}; align the same sessions you apply the alignment to."
+    )
 
 
 def apply_alignment(
@@ -160,8 +166,10 @@ def apply_alignment(
 
 def _check_shape(shape_seen: tuple[int, int], shape: tuple[int, int], what: str) -> None:
     if tuple(shape_seen) != tuple(shape):
-        raise AlignmentError(f"{what} has frames {tuple(shape_seen)} but the alignment is {tuple(shape)}; "
-                             "use the same spatial downsampling for projections and videos.")
+        raise AlignmentError(
+            f"{what} has frames {tuple(shape_seen)} but the alignment is {tuple(shape)}; "
+            "use the same spatial downsampling for projections and videos."
+        )
 
 
 def _apply_experiment(alignment, experiment, out, batch_frames, params, fill, progress) -> AlignedVideo:
@@ -169,11 +177,15 @@ def _apply_experiment(alignment, experiment, out, batch_frames, params, fill, pr
     n = len(experiment.sessions)
     index = [_session_index(alignment, s.id, k, n) for k, s in enumerate(experiment.sessions)]
     if sorted(index) != list(range(len(alignment.sessions))):
-        raise AlignmentError(f"the experiment's sessions {experiment.session_ids} do not match the aligned "
-                             f"sessions {alignment.sessions} one to one.")
+        raise AlignmentError(
+            f"the experiment's sessions {experiment.session_ids} do not match the aligned "
+            f"sessions {alignment.sessions} one to one."
+        )
     if index != sorted(index):
-        raise AlignmentError("the experiment lists the sessions in another order than the alignment; "
-                             "apply the alignment to the experiment it was computed on.")
+        raise AlignmentError(
+            "the experiment lists the sessions in another order than the alignment; "
+            "apply the alignment to the experiment it was computed on."
+        )
     warpers: dict[int, FrameWarper] = {}
 
     def warp_chunk(chunk):
@@ -183,8 +195,15 @@ def _apply_experiment(alignment, experiment, out, batch_frames, params, fill, pr
             warpers[s] = FrameWarper(alignment.total_field(s), fill=fill)
         return warpers[s](chunk.data)
 
-    store = run_chunks(experiment, warp_chunk, batch_frames=batch_frames, out=out, params=params,
-                       progress=progress, label="applying alignment")
+    store = run_chunks(
+        experiment,
+        warp_chunk,
+        batch_frames=batch_frames,
+        out=out,
+        params=params,
+        progress=progress,
+        label="applying alignment",
+    )
     frames = experiment.session_frames()
     bounds = np.concatenate([[0], np.cumsum(frames)]).astype(np.int64)
     return _finish(alignment, store, bounds)
@@ -192,8 +211,10 @@ def _apply_experiment(alignment, experiment, out, batch_frames, params, fill, pr
 
 def _apply_inputs(alignment, videos, out, batch_frames, params, fill, progress) -> AlignedVideo:
     if len(videos) != len(alignment.input_sessions):
-        raise AlignmentError(f"{len(videos)} videos given but the alignment was computed from "
-                             f"{len(alignment.input_sessions)} inputs; pass one video per input, in the same order.")
+        raise AlignmentError(
+            f"{len(videos)} videos given but the alignment was computed from "
+            f"{len(alignment.input_sessions)} inputs; pass one video per input, in the same order."
+        )
     order = sorted(range(len(videos)), key=lambda i: (int(alignment.input_sessions[i]), i))
     bounds = np.zeros(len(alignment.sessions) + 1, dtype=np.int64)
     with ExitStack() as stack:
@@ -211,7 +232,7 @@ def _apply_inputs(alignment, videos, out, batch_frames, params, fill, progress) 
         store = FrameStore.resume(out, alignment.shape, params=params)
         if store.complete:
             for i in order:
-                bounds[int(alignment.input_sessions[i]) + 1:] += readers[i].n_frames
+                bounds[int(alignment.input_sessions[i]) + 1 :] += readers[i].n_frames
             return _finish(alignment, store, bounds)
         done_before, written = store.source_frames, 0
         warper: FrameWarper | None = None
@@ -229,7 +250,7 @@ def _apply_inputs(alignment, videos, out, batch_frames, params, fill, progress) 
                     if progress is not None:
                         progress((written + b) / total, f"applying alignment: session {alignment.sessions[s]}")
             written += n
-            bounds[s + 1:] = written
+            bounds[s + 1 :] = written
         store.mark_complete()
     return _finish(alignment, store, bounds)
 

@@ -52,13 +52,21 @@ def save_alignment(alignment: Alignment, out: str | Path, *, figures: bool = Tru
         "reliability": None if math.isnan(alignment.reliability) else alignment.reliability,
         "qc": alignment.qc,
         "params": alignment.params,
-        "convention": ("backward: aligned[y, x] = session[y + dy[y, x], x + dx[y, x]]; "
-                       "fields.npy includes the translation"),
+        "convention": (
+            "backward: aligned[y, x] = session[y + dy[y, x], x + dx[y, x]]; fields.npy includes the translation"
+        ),
     }
     (folder / "alignment.json").write_text(json.dumps(meta, indent=2))
     if figures:
-        write_qc_figures(list(alignment.images), alignment.translations, alignment.fields,
-                         alignment.valid_mask, alignment.qc, folder, labels=alignment.sessions)
+        write_qc_figures(
+            list(alignment.images),
+            alignment.translations,
+            alignment.fields,
+            alignment.valid_mask,
+            alignment.qc,
+            folder,
+            labels=alignment.sessions,
+        )
     return folder
 
 
@@ -67,8 +75,10 @@ def load_alignment(out: str | Path) -> Alignment:
     folder = _alignment_dir(out)
     missing = [name for name in _FILES if not (folder / name).is_file()]
     if missing:
-        raise AlignmentError(f"{folder} is not a saved alignment: missing {', '.join(missing)}; "
-                             "run the alignment stage again to write it.")
+        raise AlignmentError(
+            f"{folder} is not a saved alignment: missing {', '.join(missing)}; "
+            "run the alignment stage again to write it."
+        )
     try:
         meta = json.loads((folder / "alignment.json").read_text())
         total = np.load(folder / "fields.npy")
@@ -76,17 +86,26 @@ def load_alignment(out: str | Path) -> Alignment:
         mask = np.load(folder / "valid_mask.npy")
         images = np.load(folder / "projections.npy")
     except (ValueError, OSError) as exc:
-        raise AlignmentError(f"{folder}: saved alignment is unreadable ({exc}); "
-                             "run the alignment stage again.") from exc
+        raise AlignmentError(
+            f"{folder}: saved alignment is unreadable ({exc}); run the alignment stage again."
+        ) from exc
     n = len(meta["sessions"])
     if total.shape[:2] != (n, 2) or translations.shape != (n, 2) or mask.shape != total.shape[2:]:
-        raise AlignmentError(f"{folder}: fields {total.shape}, translations {translations.shape} and mask "
-                             f"{mask.shape} disagree with {n} sessions; run the alignment stage again.")
+        raise AlignmentError(
+            f"{folder}: fields {total.shape}, translations {translations.shape} and mask "
+            f"{mask.shape} disagree with {n} sessions; run the alignment stage again."
+        )
     fields = (total - translations.astype(np.float32)[:, :, None, None]).astype(np.float32)
     reliability = meta.get("reliability")
     return Alignment(
-        sessions=list(meta["sessions"]), input_sessions=np.asarray(meta["input_sessions"], dtype=int),
-        translations=translations, fields=fields, valid_mask=mask.astype(bool), source=meta["source"],
-        reliability=float("nan") if reliability is None else float(reliability), qc=meta["qc"],
-        images=images, params=meta.get("params", {}),
+        sessions=list(meta["sessions"]),
+        input_sessions=np.asarray(meta["input_sessions"], dtype=int),
+        translations=translations,
+        fields=fields,
+        valid_mask=mask.astype(bool),
+        source=meta["source"],
+        reliability=float("nan") if reliability is None else float(reliability),
+        qc=meta["qc"],
+        images=images,
+        params=meta.get("params", {}),
     )

@@ -13,9 +13,7 @@ def spike_rates(rng: np.random.Generator, n: int, *, median: float = 0.007, log_
     return np.clip(median * np.exp(log_sigma * rng.standard_normal(n)), 1e-5, 0.5)
 
 
-def spikes(
-    rng: np.random.Generator, rates: np.ndarray, session_frames: list[int], active: np.ndarray
-) -> np.ndarray:
+def spikes(rng: np.random.Generator, rates: np.ndarray, session_frames: list[int], active: np.ndarray) -> np.ndarray:
     """Bernoulli spikes (K, T_total) float32, session by session.
 
     A neuron active in a session spikes at least once there (one spike is
@@ -38,9 +36,7 @@ def kernel(tau_rise: float, tau_decay: float) -> np.ndarray:
     return h / h.max()
 
 
-def calcium(
-    s: np.ndarray, session_frames: list[int], tau_rise: np.ndarray, tau_decay: np.ndarray
-) -> np.ndarray:
+def calcium(s: np.ndarray, session_frames: list[int], tau_rise: np.ndarray, tau_decay: np.ndarray) -> np.ndarray:
     """Calcium traces (K, T_total) float32: spikes convolved with each neuron's kernel.
 
     Convolution restarts at every session start (separate recordings).

@@ -57,8 +57,14 @@ class SimulationParams:
             raise InputError(f"variant {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.format not in VIDEO_FORMATS:
             raise InputError(f"format {self.format!r} is not one of {', '.join(VIDEO_FORMATS)}")
-        positive = {"sessions": self.sessions, "frames": self.frames, "height": self.height,
-                    "width": self.width, "pnr": self.pnr, "fs": self.fs}
+        positive = {
+            "sessions": self.sessions,
+            "frames": self.frames,
+            "height": self.height,
+            "width": self.width,
+            "pnr": self.pnr,
+            "fs": self.fs,
+        }
         if self.neurons is not None:
             positive["neurons"] = self.neurons
         if self.max_frames_per_file is not None:

@@ -70,7 +70,12 @@ def _vessel_paths(rng: np.random.Generator, shape: tuple[int, int], n: int) -> l
     paths = []
     for _ in range(n):
         side = rng.integers(4)
-        start = [(0, rng.uniform(0, w)), (h - 1, rng.uniform(0, w)), (rng.uniform(0, h), 0), (rng.uniform(0, h), w - 1)][side]
+        start = [
+            (0, rng.uniform(0, w)),
+            (h - 1, rng.uniform(0, w)),
+            (rng.uniform(0, h), 0),
+            (rng.uniform(0, h), w - 1),
+        ][side]
         heading = [np.pi / 2, -np.pi / 2, 0.0, np.pi][side] + rng.normal(0, 0.4)
         turn, points = 0.0, [start]
         y, x = start

@@ -53,8 +53,10 @@ class _SessionRenderer:
         self.a = sparse.csr_matrix((values, (pix, k_idx)), shape=(hf * wf, len(warped)))  # (pixels, K)
         coarse = (wf // _HALO_STEP, hf // _HALO_STEP)
         # blur on the coarse grid: the halo (sigma 10 px) is far smoother than the grid step
-        halos = [cv2.GaussianBlur(cv2.resize(a, coarse, interpolation=cv2.INTER_AREA), (0, 0), p.halo_sigma / _HALO_STEP)
-                 for a in warped]
+        halos = [
+            cv2.GaussianBlur(cv2.resize(a, coarse, interpolation=cv2.INTER_AREA), (0, 0), p.halo_sigma / _HALO_STEP)
+            for a in warped
+        ]
         self.halos = np.stack(halos).reshape(len(halos), -1)  # (K, coarse pixels), values per pixel
         self.coarse = coarse
         self.bg = 0.8 * _warp(bg_full, maps)
@@ -67,7 +69,9 @@ class _SessionRenderer:
         halo = (c.T @ self.halos).reshape(-1, self.coarse[1], self.coarse[0]).astype(np.float32)
         frames = np.empty((c.shape[1], hf, wf), dtype=np.float32)
         for i in range(c.shape[1]):
-            frames[i] = self.bg + self.gain * (signal[i] + cv2.resize(halo[i], (wf, hf), interpolation=cv2.INTER_LINEAR))
+            frames[i] = self.bg + self.gain * (
+                signal[i] + cv2.resize(halo[i], (wf, hf), interpolation=cv2.INTER_LINEAR)
+            )
         return frames
 
 
@@ -77,8 +81,9 @@ def _shift_frames(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     h, w = frames.shape[1:]
     for i, (dy, dx) in enumerate(shifts):
         matrix = np.array([[1, 0, -dx], [0, 1, -dy]], dtype=np.float64)
-        out[i] = cv2.warpAffine(frames[i], matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_REFLECT)
+        out[i] = cv2.warpAffine(
+            frames[i], matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
     return out
 
 
@@ -145,17 +150,27 @@ def simulate(
     scene = _Scene.draw(p, np.random.default_rng(seeds[0]))
     activity = _Activity.draw(p, np.random.default_rng(seeds[1]))
     rendered = [
-        _render_session(p, ses, scene, activity, [np.random.default_rng(x) for x in seeds[2 + 3 * ses : 5 + 3 * ses]],
-                        out, progress)
+        _render_session(
+            p, ses, scene, activity, [np.random.default_rng(x) for x in seeds[2 + 3 * ses : 5 + 3 * ses]], out, progress
+        )
         for ses in range(p.sessions)
     ]
     meta = _meta(p, scene, activity, rendered)
     m, h, w = p.margin, p.height, p.width
-    _write_ground_truth(gt_dir, scene.a_full[:, m : m + h, m : m + w], activity.c, activity.s,
-                        np.stack([r.field for r in rendered]), scene.bg_full[m : m + h, m : m + w],
-                        scene.vessels[m : m + h, m : m + w],
-                        np.concatenate([r.shifts for r in rendered]) if p.within_motion else None, meta)
-    manifest = write_manifest([r.session for r in rendered], out / "manifest.yaml", fs=p.fs, ground_truth="ground_truth")
+    _write_ground_truth(
+        gt_dir,
+        scene.a_full[:, m : m + h, m : m + w],
+        activity.c,
+        activity.s,
+        np.stack([r.field for r in rendered]),
+        scene.bg_full[m : m + h, m : m + w],
+        scene.vessels[m : m + h, m : m + w],
+        np.concatenate([r.shifts for r in rendered]) if p.within_motion else None,
+        meta,
+    )
+    manifest = write_manifest(
+        [r.session for r in rendered], out / "manifest.yaml", fs=p.fs, ground_truth="ground_truth"
+    )
     return Simulation(out=out, manifest=manifest, ground_truth=gt_dir, meta=meta)
 
 
@@ -232,8 +247,11 @@ def _render_session(
     translation = rng_deform.uniform(-p.translation_px, p.translation_px, 2)
     d += translation[:, None, None]
     u, residual = invert_field(d)
-    shifts = (within_session_shifts(rng_motion, p.frames, sd=p.motion_px) if p.within_motion
-              else np.zeros((p.frames, 2), dtype=np.float32))
+    shifts = (
+        within_session_shifts(rng_motion, p.frames, sd=p.motion_px)
+        if p.within_motion
+        else np.zeros((p.frames, 2), dtype=np.float32)
+    )
     renderer = _SessionRenderer(p, scene.a_full, scene.bg_full, u)
     first, files, t0 = ses * p.frames, [], 0
     for name, n in _file_names(p, ses):
@@ -250,21 +268,31 @@ def _render_session(
                 video = (frames + p.video_offset) * p.video_scale
                 writer.write(video if p.format == "tif" else np.clip(np.rint(video), 0, 65535))
                 if progress is not None:
-                    progress((first + b) / (p.sessions * p.frames),
-                             f"simulating session {ses + 1}/{p.sessions}, frame {b}/{p.frames}")
+                    progress(
+                        (first + b) / (p.sessions * p.frames),
+                        f"simulating session {ses + 1}/{p.sessions}, frame {b}/{p.frames}",
+                    )
         files.append(path)
         t0 += n
-    return _Rendered(Session(id=f"ses{ses + 1:02d}", files=tuple(files)), d[:, m : m + h, m : m + w].astype(np.float32),
-                     translation.tolist(), shifts, residual)
+    return _Rendered(
+        Session(id=f"ses{ses + 1:02d}", files=tuple(files)),
+        d[:, m : m + h, m : m + w].astype(np.float32),
+        translation.tolist(),
+        shifts,
+        residual,
+    )
 
 
 def _meta(p: SimulationParams, scene: _Scene, activity: _Activity, rendered: list[_Rendered]) -> dict[str, Any]:
     return {
         **p.as_dict(),
         "frame_formula": "0.8*background + 0.2*signal*pnr/(pnr+1) + 0.2*noise/(pnr+1)",
-        "video_encoding": {"dtype": "float32" if p.format == "tif" else "uint16",
-                           "model_value": "video / video_scale - video_offset",
-                           "video_scale": p.video_scale, "video_offset": p.video_offset},
+        "video_encoding": {
+            "dtype": "float32" if p.format == "tif" else "uint16",
+            "model_value": "video / video_scale - video_offset",
+            "video_scale": p.video_scale,
+            "video_offset": p.video_offset,
+        },
         "session_ids": [r.session.id for r in rendered],
         "session_frames": [p.frames] * p.sessions,
         "active": activity.active.tolist(),
@@ -279,8 +307,17 @@ def _meta(p: SimulationParams, scene: _Scene, activity: _Activity, rendered: lis
     }
 
 
-def _write_ground_truth(gt_dir: Path, a: np.ndarray, c: np.ndarray, s: np.ndarray, fields: np.ndarray,
-                        bg: np.ndarray, vessels: np.ndarray, shifts: np.ndarray | None, meta: dict[str, Any]) -> None:
+def _write_ground_truth(
+    gt_dir: Path,
+    a: np.ndarray,
+    c: np.ndarray,
+    s: np.ndarray,
+    fields: np.ndarray,
+    bg: np.ndarray,
+    vessels: np.ndarray,
+    shifts: np.ndarray | None,
+    meta: dict[str, Any],
+) -> None:
     np.save(gt_dir / "A.npy", a.astype(np.float32))
     np.save(gt_dir / "C.npy", c.astype(np.float32))
     np.save(gt_dir / "S.npy", s.astype(np.float32))
