@@ -54,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ncaas.client import Client
-from ncaas.server.testing import ServerProcess, storage_with_user
+from ncaas.testing.servers import ServerProcess, storage_with_user
 
 STARTED = re.compile(r"attempt (\d+) started")
 EVENT = re.compile(r"^\[ncaas\] (?:attempt (\d+): |(?:exited|timed out|cancelled) with code (-?\d+)$)", re.M)

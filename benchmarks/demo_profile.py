@@ -80,8 +80,8 @@ def _simulate(work: Path, sessions: int, frames: int, neurons: int) -> tuple[Pat
 
 def _environment(cold: bool, work: Path) -> dict[str, Any]:
     """Build (cold, into a fresh cache) and/or verify caliali's environment, timed."""
-    from ncaas import environments
     from ncaas.blueprint import BlueprintRegistry
+    from ncaas.isolation import environments
 
     if cold:
         os.environ["NCAAS_ENVS"] = str(work / "envs")  # inherited by the ncaas commands below
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         if args.cold and env is not None:
-            from ncaas import environments
+            from ncaas.isolation import environments
 
             environments.remove(env["env"])  # its files are read-only
             shutil.rmtree(work / "envs", ignore_errors=True)

@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="one-task jobs timed per path")
     args = parser.parse_args()
 
-    from ncaas.localcluster import LocalRayCluster, LocalS3Server
+    from ncaas.testing.ray_cluster import LocalRayCluster, LocalS3Server
 
     scratch = Path(tempfile.mkdtemp(prefix="ncaas-bench-"))
     os.environ["NCAAS_STATE"] = str(scratch / "state")

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ncaas import environments, sandbox
+from ncaas.isolation import environments, sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 

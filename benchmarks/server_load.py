@@ -46,7 +46,7 @@ import psutil
 
 from ncaas.blueprint import parse_bytes
 from ncaas.client import Client
-from ncaas.server.testing import ServerProcess, free_port, storage_with_user
+from ncaas.testing.servers import ServerProcess, free_port, storage_with_user
 
 
 def _write_big(path: Path, size: int) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ncaas.localcluster import LocalClusterError, LocalRayCluster, LocalS3Server
+from ncaas.testing.ray_cluster import LocalClusterError, LocalRayCluster, LocalS3Server
 
 HEAD_IP = "127.0.0.2"
 WORKER_IP = "127.0.0.3"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ncaas import cli
-from ncaas.server.testing import ServerProcess, free_port
+from ncaas.testing.servers import ServerProcess, free_port
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
 ENV.pop("NCAAS_SERVER", None)

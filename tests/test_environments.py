@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ncaas import environments
-from ncaas.environments import EnvironmentBroken, EnvironmentBuildError, EnvironmentSpec
+from ncaas.isolation import environments
+from ncaas.isolation.environments import EnvironmentBroken, EnvironmentBuildError, EnvironmentSpec
 
 PYPROJECT = """\
 [build-system]

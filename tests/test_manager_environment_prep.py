@@ -1,7 +1,7 @@
 """Environments are prepared off the manager's loop: a build in progress holds back only its own tasks.
 
 The framestats environment is made slow for real: another process holds its build lock
-(the file lock ``ncaas.environments.ensure`` takes), as a second manager or an
+(the file lock ``ncaas.isolation.environments.ensure`` takes), as a second manager or an
 ``ncaas env build`` would, while the manager runs in a thread and watches storage.
 The environment cache is a fresh folder, so the build after the lock is released is a real one.
 """
@@ -21,9 +21,9 @@ import yaml
 from ncaas_clirunner import cli, flat
 from ncaas_testutil import FRAMESTATS, REPO, read_json, submit, wait_for
 
-from ncaas import environments
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.executors.local import LocalExecutor
+from ncaas.isolation import environments
 from ncaas.jobs.db import Job, JobDB, default_db_url
 from ncaas.jobs.describe import job_detail
 from ncaas.jobs.manager import Manager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ncaas.localcluster import LocalS3Server
+from ncaas.testing.ray_cluster import LocalS3Server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ncaas import environments, sandbox
-from ncaas.sandbox import SandboxSpec, SandboxUnavailable
+from ncaas.isolation import environments, sandbox
+from ncaas.isolation.sandbox import SandboxSpec, SandboxUnavailable
 
 MiB = 2**20
 
@@ -366,7 +366,7 @@ def test_a_job_runs_sandboxed_in_its_environment_and_the_certificate_says_so(pla
 
 def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(platform):
     from ncaas.exceptions import CertificateError
-    from ncaas.rerun import rerun
+    from ncaas.provenance.rerun import rerun
 
     manager, analysis, root = platform
     job, results = _submit_and_run(manager, root)

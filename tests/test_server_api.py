@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, text
 from ncaas.client import Client
 from ncaas.server.accounts import Accounts
 from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess, storage_with_user
+from ncaas.testing.servers import ServerProcess, storage_with_user
 
 BLUEPRINTS = Path(__file__).parent / "server_blueprints"
 MAX_UPLOAD = 1_000_000

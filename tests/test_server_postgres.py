@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from ncaas.client import Client, ServerRequestError
 from ncaas.server.accounts import Accounts
 from ncaas.server.errors import AccountError
-from ncaas.server.testing import LocalPostgres, PostgresUnavailable, ServerProcess
+from ncaas.testing.servers import LocalPostgres, PostgresUnavailable, ServerProcess
 
 
 @pytest.fixture(scope="module")

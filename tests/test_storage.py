@@ -125,8 +125,8 @@ def test_reading_a_fifo_or_a_device_is_refused_not_attempted(storage, odd_folder
 
 
 def test_a_file_replaced_after_it_was_listed_is_not_read(odd_folder):
-    from ncaas import localtree
     from ncaas.exceptions import SpecialFileRefused
+    from ncaas.storage import localtree
 
     [(path, listed)] = localtree.regular_files(str(odd_folder))
     (odd_folder / "b.npy").write_bytes(b"another file under the same name")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from crc32c import crc32c
 
-from ncaas.server.testing import ServerProcess, storage_with_user
+from ncaas.testing.servers import ServerProcess, storage_with_user
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -82,7 +82,7 @@ class _Strict(BaseModel):
 
 
 class Environment(_Strict):
-    """Where the analysis environment comes from (consumed by ncaas.environments)."""
+    """Where the analysis environment comes from (consumed by ncaas.isolation.environments)."""
 
     lock: str | None = Field(None, description="hashed requirements lock, relative to the blueprint")
     source: str | None = Field(None, description="the analysis package to install, relative to the blueprint")

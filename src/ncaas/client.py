@@ -24,7 +24,7 @@ import httpx
 from crc32c import CRC32CHash
 
 from .exceptions import JobNotFound, NcaasError, SubmissionRejected
-from .localfolder import folder_files
+from .storage.localfolder import folder_files
 
 __all__ = ["Client", "ServerRequestError"]
 
@@ -343,7 +343,7 @@ class Client:
         """Upload a file or a whole folder as one dataset; returns its name in inputs/.
 
         Hidden files and system clutter found in a folder (``.DS_Store``, ``._*``, ``.git/``,
-        ``Thumbs.db``, see :mod:`ncaas.localfolder`) stay behind; ``left_out`` is called with
+        ``Thumbs.db``, see :mod:`ncaas.storage.localfolder`) stay behind; ``left_out`` is called with
         their paths relative to the folder before the upload starts, when there are any.
         """
         local = Path(local)

@@ -20,7 +20,7 @@ from rich.console import Console
 from .blueprint import BlueprintRegistry
 from .jobs.db import JobDB, default_db_url
 from .jobs.manager import Manager
-from .rerun import rerun as rerun_job
+from .provenance.rerun import rerun as rerun_job
 from .storage import Storage
 
 __all__ = ["main"]

@@ -13,8 +13,18 @@ The tree::
     └── CertificateError           a certificate is unreadable or cannot be rerun
         └── CertificateForged      a certificate this platform did not sign as it is (exit 5)
 
+Where a module has errors of its own, it defines them beside its code, under
+the same root: ``EnvironmentBuildError`` and ``EnvironmentBroken`` (exit 3) in
+:mod:`ncaas.isolation.environments`, ``SandboxError`` in
+:mod:`ncaas.isolation.sandbox`, ``ServerRequestError`` in :mod:`ncaas.client`,
+and the server's ``ServerError`` tree, each with its HTTP status, in
+:mod:`ncaas.server.errors`.
+
 Every message is written for the scientist who reads it: what is wrong and
-how to fix it. The CLI renders them in one place; nothing else prints them.
+how to fix it. Two places render them, each in one place: the CLI
+(:func:`ncaas.cli.app._errors`: the message and the exit code) and the API
+(one exception handler in :mod:`ncaas.server.app`: ``{"error": message}`` and
+the HTTP status); no traceback reaches either.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import pytest
 from ncaas.client import Client
 from ncaas.server.accounts import Accounts
 from ncaas.server.state import default_database_url
-from ncaas.server.testing import ServerProcess
+from ncaas.testing.servers import ServerProcess
 
 SERVER_BLUEPRINTS = Path(__file__).resolve().parents[1] / "server_blueprints"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from ncaas import sandbox
-from ncaas.environments import uv_binary
+from ncaas.isolation import sandbox
+from ncaas.isolation.environments import uv_binary
 
 
 def _security_conftest():

@@ -25,8 +25,8 @@ from ncaas.blueprint import BlueprintRegistry
 from ncaas.exceptions import CertificateError, CertificateForged
 from ncaas.jobs.db import JobDB, default_db_url
 from ncaas.jobs.manager import Manager
-from ncaas.rerun import rerun
-from ncaas.signing import CertificateKeys
+from ncaas.provenance.rerun import rerun
+from ncaas.provenance.signing import CertificateKeys
 from ncaas.storage import Storage
 
 from .conftest import finished

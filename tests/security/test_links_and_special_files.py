@@ -25,7 +25,7 @@ import httpx
 import pytest
 from ncaas_testutil import make_blueprint, read_json, start_manager, submit, wait_for, write_stack
 
-from ncaas.sandbox import SandboxSpec, run
+from ncaas.isolation.sandbox import SandboxSpec, run
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -26,8 +26,8 @@ from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
 from ..jobs.states import JOB_TERMINAL
-from ..localfolder import left_out_note
 from ..storage import Storage, default_root
+from ..storage.localfolder import left_out_note
 from ..submission import SubmitLimits
 from .backend import Backend, Embedded, Remote, submission_name
 from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
@@ -371,7 +371,7 @@ def run_manager(
 
 
 def _server_commands() -> None:
-    from ..server.commands import register  # `ncaas serve` and `ncaas admin ...`
+    from .server import register  # `ncaas serve` and `ncaas admin ...`
 
     register(app, errors=_errors, out=out, err=err)
 
@@ -380,7 +380,7 @@ _server_commands()
 
 
 def _environment_commands() -> None:
-    from ..environment_commands import register  # `ncaas env build|verify|lock`
+    from .environments import register  # `ncaas env build|verify|lock`
 
     register(app, errors=_errors, out=out, err=err)
 

@@ -20,15 +20,15 @@ from typing import Any, Protocol
 import yaml
 
 from ..blueprint import BlueprintRegistry
-from ..certificate import compare_outputs, load_certificate
 from ..client import Client
 from ..exceptions import JobNotFound, NcaasError, StorageError, SubmissionRejected
 from ..jobs.db import JobDB
 from ..jobs.describe import job_detail, job_story, job_summary
 from ..jobs.manager import Manager
 from ..jobs.states import JOB_TERMINAL
-from ..localfolder import folder_files
+from ..provenance.certificate import compare_outputs, load_certificate
 from ..storage import Storage, check_group
+from ..storage.localfolder import folder_files
 
 __all__ = ["Backend", "Embedded", "LeftOut", "Remote", "describe_folder", "submission_name"]
 
@@ -252,7 +252,7 @@ class Embedded:
         self.storage.get(self.manager.find(job_id).results_dir + "/", str(to))
 
     def rerun(self, ref: str, *, notify: Callable[[str], None]) -> tuple[str, dict[str, Any]]:
-        from ..rerun import environment_note, resolve, start_rerun
+        from ..provenance.rerun import environment_note, resolve, start_rerun
 
         cert = resolve(self.manager, ref)
         notify(f"rerunning job {cert['job']['id']} ({cert['blueprint'].get('name')}) ...")

@@ -5,7 +5,7 @@ paths (``bucket/prefix/<group>/...`` on S3). On the node this module
 
 1. unpacks the analysis bundle (blueprint, lock, source) after checking every file's
    sha256, and has the local executor build or verify the environment from it
-   (``ncaas.environments``: content-addressed, read-only, verified by hash);
+   (``ncaas.isolation.environments``: content-addressed, read-only, verified by hash);
 2. downloads the dataset and config from storage into a private work folder;
 3. runs the task through :class:`~ncaas.executors.local.LocalExecutor` — the same
    supervisor (``_runner.py``), sandbox, timeout and exit record as on one machine;

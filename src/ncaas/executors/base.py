@@ -55,7 +55,7 @@ class TaskHandle:
 
 @dataclass(frozen=True)
 class EnvironmentInfo:
-    """The analysis environment a task runs in (filled by ncaas.environments)."""
+    """The analysis environment a task runs in (filled by ncaas.isolation.environments)."""
 
     python: str
     lock_hash: str | None = None

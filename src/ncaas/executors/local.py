@@ -2,9 +2,9 @@
 
 Two seams, kept small on purpose:
 
-- :meth:`LocalExecutor.ensure_environment` — where ncaas.environments builds or
+- :meth:`LocalExecutor.ensure_environment` — where ncaas.isolation.environments builds or
   verifies the blueprint's immutable environment and returns its python and hashes;
-- :meth:`LocalExecutor.prepare` — where ncaas.sandbox wraps the task's argv
+- :meth:`LocalExecutor.prepare` — where ncaas.isolation.sandbox wraps the task's argv
   (bubblewrap, cgroup) and names the isolation it applied (``isolation``), with
   :meth:`LocalExecutor.finish` to dissolve it when the task has stopped. While a task
   runs, :meth:`LocalExecutor.poll` stops it when it reaches a sandbox limit, and adds
@@ -31,9 +31,9 @@ from typing import Any
 
 import psutil
 
-from .. import environments
-from .. import sandbox as sandboxes
 from ..exceptions import ExecutorError, NcaasError
+from ..isolation import environments
+from ..isolation import sandbox as sandboxes
 from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 
 __all__ = ["LocalExecutor"]
@@ -105,7 +105,7 @@ class LocalExecutor:
 
     @property
     def isolation(self) -> str:
-        """The sandbox every task gets here (see ncaas.sandbox), in one line."""
+        """The sandbox every task gets here (see ncaas.isolation.sandbox), in one line."""
         return sandboxes.describe_isolation()
 
     # -- seams ---------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class LocalExecutor:
 
         A blueprint without ``environment`` runs with the platform's own python.
         ``progress`` also receives the build's progress. Safe to call from several
-        threads (ncaas.environments builds each environment once, under a file lock).
+        threads (ncaas.isolation.environments builds each environment once, under a file lock).
         """
         try:
             spec = environments.spec_for_blueprint(blueprint)

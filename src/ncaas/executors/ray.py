@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import environments
 from ..blueprint import LoadedBlueprint
 from ..exceptions import ExecutorError, NcaasError
+from ..isolation import environments
 from ..storage import Storage
-from ..storage_s3 import ENDPOINT_ENV
+from ..storage.s3 import ENDPOINT_ENV
 from ._ray_node import NodeTask, pack_bundle, run_node_task
 from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 

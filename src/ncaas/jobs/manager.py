@@ -30,15 +30,15 @@ from typing import IO, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import environments
-from ..archive import BlueprintArchive
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
-from ..certificate import build_certificate, render_text
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
+from ..isolation import environments
 from ..private import private_dir
-from ..signing import CertificateKeys
+from ..provenance.archive import BlueprintArchive
+from ..provenance.certificate import build_certificate, render_text
+from ..provenance.signing import CertificateKeys
 from ..storage import KINDS, Storage
 from ..submission import (
     JobRequest,
@@ -951,7 +951,7 @@ class _Preparation:
 
     def progress(self, fraction: float, message: str) -> None:
         """Called by the build: only a build, or a wait for another process' build, reports progress."""
-        if message.startswith("waiting: "):  # ncaas.environments: another process holds the build lock
+        if message.startswith("waiting: "):  # ncaas.isolation.environments: another process holds the build lock
             self.phase = message.removeprefix("waiting: ")
         elif fraction < 1.0:
             self.phase = f"building {self.label} (first use)"

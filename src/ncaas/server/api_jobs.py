@@ -28,13 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from starlette.background import BackgroundTask
 
-from .. import localtree
-from ..certificate import compare_outputs, load_certificate
 from ..exceptions import CertificateError, CertificateForged, PathRefused, SpecialFileRefused
 from ..jobs import describe
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
-from ..storage import check_user_path
+from ..provenance.certificate import compare_outputs, load_certificate
+from ..storage import check_user_path, localtree
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .headers import FILE_POLICY
@@ -403,7 +402,7 @@ def _certificate_of_group(who: Principal, cert: Any) -> dict[str, Any]:
 
 
 def _start_rerun(jobs: JobService, cert: dict[str, Any]) -> dict:
-    from ..rerun import start_rerun
+    from ..provenance.rerun import start_rerun
 
     try:
         job = start_rerun(jobs.manager, cert)
@@ -418,7 +417,7 @@ def _start_rerun(jobs: JobService, cert: dict[str, Any]) -> dict:
     summary="Rerun a finished job: the same analysis version, config and inputs (checked by sha256)",
 )
 def rerun_job(job_id: str, who: Caller, jobs: Jobs) -> dict:
-    from ..rerun import certificate_of_job
+    from ..provenance.rerun import certificate_of_job
 
     job = jobs.job_for(who, job_id)
     try:
@@ -437,7 +436,7 @@ def rerun_job(job_id: str, who: Caller, jobs: Jobs) -> dict:
     summary="Rerun the job of a certificate.json this server wrote and signed (body: the certificate)",
 )
 def rerun(cert: Annotated[Any, Body()], who: Caller, jobs: Jobs) -> dict:
-    from ..rerun import verified
+    from ..provenance.rerun import verified
 
     try:
         cert = verified(jobs.manager, cert, where="the posted certificate")

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import localtree
 from ..exceptions import SpecialFileRefused
+from ..storage import localtree
 
 __all__ = ["IMAGE_TYPES", "ResultFile", "iter_zip", "list_files"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..blueprint import parse_bytes
-from ..sandbox_verdict import human_size
+from ..isolation.verdict import human_size
 from .errors import ServerError
 
 __all__ = ["DEFAULT_RESERVE", "Reserve", "StorageFull", "free_bytes", "no_room_on_disk", "over_quota", "tree_size"]

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .exceptions import CertificateError
-from .storage import Storage
+from .. import __version__
+from ..exceptions import CertificateError
+from ..storage import Storage
 
 __all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_text"]
 

@@ -10,7 +10,7 @@ Layout (compatible with NeuroCAAS' bucket layout)::
 Every path a user supplies goes through :meth:`Storage.resolve`, which refuses
 absolute paths, ``..``, control characters and symlinks leading out of the group.
 On a local root, what lies inside a folder is read without following links and
-special files (FIFOs, devices, sockets) are never opened (:mod:`ncaas.localtree`).
+special files (FIFOs, devices, sockets) are never opened (:mod:`ncaas.storage.localtree`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from . import localtree, storage_s3
-from .exceptions import PathRefused, SpecialFileRefused, StorageError
+from ..exceptions import PathRefused, SpecialFileRefused, StorageError
+from . import localtree
+from . import s3 as storage_s3
 
 __all__ = ["AREAS", "KINDS", "Storage", "check_group", "check_user_path", "default_root", "skipped_note"]
 

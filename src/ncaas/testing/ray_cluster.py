@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from .exceptions import NcaasError
+from ..exceptions import NcaasError
 
 __all__ = ["LocalClusterError", "LocalRayCluster", "LocalS3Server", "free_port"]
 

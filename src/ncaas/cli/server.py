@@ -15,9 +15,9 @@ from rich.table import Table
 
 from ..exceptions import NcaasError
 from ..jobs.manager import manager_lock
+from ..server.ratelimit import DEFAULT_AUTH_FAILURES
+from ..server.space import DEFAULT_RESERVE
 from ..storage import Storage, default_root
-from .ratelimit import DEFAULT_AUTH_FAILURES
-from .space import DEFAULT_RESERVE
 
 __all__ = ["register"]
 
@@ -34,8 +34,8 @@ DbOpt = Annotated[
 
 
 def _accounts(root: str, db: str | None):
-    from .accounts import Accounts
-    from .state import default_database_url
+    from ..server.accounts import Accounts
+    from ..server.state import default_database_url
 
     return Accounts.from_url(db or default_database_url(Storage(root).root))
 
@@ -90,10 +90,10 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         """Serve the API and the web page (job manager included) until Ctrl-C."""
         from ..blueprint import parse_bytes
         from ..private import use_private_umask
+        from ..server import serve as run_server
+        from ..server.space import Reserve
+        from ..server.state import ServerSettings, default_database_url
         from ..submission import SubmitLimits
-        from . import serve as run_server
-        from .space import Reserve
-        from .state import ServerSettings, default_database_url
 
         use_private_umask()  # uploads, results and the platform's state: readable by this user only
 
@@ -124,7 +124,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
                     "and that manager runs them[/yellow]"
                 )
                 settings.run_manager = False
-        from .uploads import keep_freed_memory_for_streaming
+        from ..server.uploads import keep_freed_memory_for_streaming
 
         keep_freed_memory_for_streaming()
         try:
@@ -220,7 +220,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
     @errors
     def keys(root: RootOpt = default_root()) -> None:
         """List the keys that verify certificates (the current one signs new certificates)."""
-        from ..signing import CertificateKeys
+        from ..provenance.signing import CertificateKeys
 
         store = CertificateKeys(Storage(root).state_dir())
         current = store.current_id()
@@ -231,7 +231,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
     @errors
     def rotate_key(root: RootOpt = default_root()) -> None:
         """Make a new certificate signing key; certificates signed before still verify until retired."""
-        from ..signing import CertificateKeys
+        from ..provenance.signing import CertificateKeys
 
         key_id = CertificateKeys(Storage(root).state_dir()).rotate()
         out.print(f"key {key_id} now signs new certificates; the older keys still verify what they signed")
@@ -242,7 +242,7 @@ def register(app: typer.Typer, *, errors: Callable, out: Console, err: Console) 
         key_id: Annotated[str, typer.Argument(help="the key's id (`ncaas admin keys`)")], root: RootOpt = default_root()
     ) -> None:
         """Delete a (compromised) signing key: every certificate it signed is refused from now on."""
-        from ..signing import CertificateKeys
+        from ..provenance.signing import CertificateKeys
 
         CertificateKeys(Storage(root).state_dir()).retire(key_id)
         out.print(f"key {key_id} retired")

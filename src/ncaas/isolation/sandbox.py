@@ -22,7 +22,7 @@ the scratch folder are removed. Where bubblewrap cannot run, :class:`Sandbox`
 refuses unless ``NCAAS_SANDBOX=off`` says to run unsandboxed; the isolation
 actually used is in :meth:`Sandbox.isolation`, for the certificate.
 
-Environment builds run in the same sandbox (:mod:`ncaas.environment_sandbox`); a
+Environment builds run in the same sandbox (:mod:`ncaas.isolation.build`); a
 build step's spec may also share the host's network (to fetch packages) and show a
 folder copy-on-write (uv's cache: what the step changes there is dropped).
 """
@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..exceptions import NcaasError
 from . import cgroups
-from .exceptions import NcaasError
-from .sandbox_verdict import Verdict, explain_exit, human_size
+from .verdict import Verdict, explain_exit, human_size
 
 __all__ = [
     "MODE_VARIABLE",

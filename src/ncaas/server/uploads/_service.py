@@ -1,46 +1,8 @@
-"""Resumable, streamed, checksummed uploads into a group's ``inputs/``.
-
-The protocol (all calls authenticated, all uploads private to the group):
-
-``POST /api/uploads`` ``{"path", "size", "crc32c"?, "sha256"?, "overwrite"?}``
-    announce a file; answers its ``id`` and ``offset`` 0.
-``PUT /api/uploads/{id}?offset=N`` (raw body, optional ``X-Chunk-CRC32C`` or ``X-Chunk-SHA256``)
-    append bytes at ``N``, which must equal the bytes received so far (else
-    409 with the right offset). The body is streamed to disk as it arrives;
-    a dropped connection keeps what arrived (unless a chunk checksum was
-    given, then the unverified chunk is dropped), so the client asks
-    ``GET /api/uploads/{id}`` for the offset and goes on from there.
-``POST /api/uploads/{id}/complete`` ``{"crc32c"?, "sha256"?}``
-    once all bytes are in: the server's checksums of the whole file are checked
-    against the ones given (on create or here), the file is flushed to disk and
-    moved into ``inputs/<path>`` atomically. The answer carries the file's
-    ``crc32c`` (and its ``sha256`` when one was asked for).
-
-The end-to-end check is a CRC-32C of the whole file (8 hexadecimal digits, as
-``crc32c`` computes it; the checksum S3 and Google Cloud Storage use for the
-same job). It is computed with the CPU's CRC instructions at about 25 GB/s,
-against 1.2 GB/s for SHA-256, and both the uploader and the server compute it,
-on a machine whose cpus they share: with SHA-256 on both sides the checksums
-alone took 1.2 of the 2.6 CPU seconds a 1 GB upload cost
-(``benchmarks/server_load.py``). A SHA-256 is computed too, while streaming,
-when the upload declares one on creation; given only on completion, it costs a
-second read of the file. Datasets get their SHA-256 anyway when a job uses them
-(the certificate) and from ``GET /api/inputs/{name}``.
-
-Both running checksums are kept per upload in memory (after a server restart
-they are recomputed from the partial file), so completing a 1 GB upload costs no
-second read. Whole disk blocks are written with ``O_DIRECT`` where the file
-system allows it (``NCAAS_UPLOAD_DIRECT_IO=0`` turns that off): on the
-development machine this cut the server's CPU time per uploaded GB by about a
-third (2.6-2.7 s to 1.7-1.9 s) and the upload's wall time as much, and the final
-fsync has almost nothing left to write.
-"""
+"""The upload protocol: announce, append at an offset, resume, complete, abort; room and quotas."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import mmap
@@ -48,258 +10,26 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from crc32c import CRC32CHash
-from sqlalchemy import BigInteger, Boolean, String, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-from ..schema import create_or_update
-from ..storage import check_user_path
-from .accounts import Principal
-from .errors import BadRequest, ChecksumMismatch, Conflict, NotFound, TooLarge
-from .space import Reserve, StorageFull, free_bytes, no_room_on_disk, over_quota, tree_size
-
-__all__ = ["StorageFull", "UploadInfo", "Uploads", "keep_freed_memory_for_streaming"]
-
-_DIGITS = {"SHA-256": 64, "CRC-32C": 8}  # hexadecimal digits of each checksum
-_BLOCK = 4 << 20  # hand received bytes to the writer and hasher in 4 MiB blocks: bounded memory
-_AHEAD = 4  # blocks waiting for the disk per request (16 MiB): bounded memory, no stall at each block
-_WRITEBACK = 32 << 20  # start writing to the disk every 32 MiB instead of all at the final fsync
-_ALIGN = 4096  # O_DIRECT writes whole disk blocks (512 or 4096 bytes) at block offsets
-USAGE_CACHE_S = 5.0  # a group's files are summed at most this often for its quota (a walk of its storage)
-_DIRECT_IO = hasattr(os, "O_DIRECT") and os.environ.get("NCAAS_UPLOAD_DIRECT_IO", "1") != "0"
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class _Upload(_Base):
-    __tablename__ = "server_uploads"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    group: Mapped[str] = mapped_column(String(64), index=True)
-    user: Mapped[str] = mapped_column(String(64))
-    path: Mapped[str] = mapped_column(String(1024))
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    crc32c: Mapped[str | None] = mapped_column(String(8), nullable=True)
-    overwrite: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_ms: Mapped[int] = mapped_column(BigInteger)
-    completed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    final_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    final_crc32c: Mapped[str | None] = mapped_column(String(8), nullable=True)
-
-
-@dataclass(frozen=True)
-class UploadInfo:
-    id: str
-    path: str
-    size: int
-    offset: int
-    complete: bool
-    crc32c: str | None
-    sha256: str | None
-    user: str
-
-    def as_dict(self) -> dict:
-        return self.__dict__.copy()
-
-
-def check_digest(value: str | None, what: str, kind: str) -> str | None:
-    """``value`` as lowercase hexadecimal if it is a well-formed ``kind`` ("SHA-256" or "CRC-32C")."""
-    if value is None:
-        return None
-    value = value.strip().lower()
-    if not re.fullmatch(f"[0-9a-f]{{{_DIGITS[kind]}}}", value):
-        raise BadRequest(f"{what} must be {_DIGITS[kind]} hexadecimal characters (a {kind}), got {value[:80]!r}")
-    return value
-
-
-class _Checksums:
-    """The running CRC-32C (and, when asked for, SHA-256) of the first ``offset`` bytes of a file."""
-
-    def __init__(self, offset: int = 0, *, sha256: bool = False):
-        self.offset = offset
-        self.crc = CRC32CHash()
-        self.sha = hashlib.sha256() if sha256 else None
-
-    @property
-    def hashers(self) -> list:
-        return [self.crc] + ([self.sha] if self.sha is not None else [])
-
-    def copy(self) -> _Checksums:
-        other = _Checksums(self.offset)
-        other.crc, other.sha = self.crc.copy(), self.sha.copy() if self.sha is not None else None
-        return other
-
-
-def _checksum_prefix(path: Path, nbytes: int, *, sha256: bool) -> _Checksums:
-    state = _Checksums(sha256=sha256)
-    buf = bytearray(8 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while state.offset < nbytes and (n := f.readinto(view[: min(len(buf), nbytes - state.offset)])):
-            _update(state.hashers, [view[:n]])
-            state.offset += n
-    return state
-
-
-def _update(hashers: list, pieces: Sequence[bytes | memoryview]) -> None:
-    """Feed ``pieces`` to every hasher (hashlib and crc32c release the GIL for large updates)."""
-    for piece in pieces:
-        for h in hashers:
-            h.update(piece)
-
-
-def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None  # not Linux: the kernel flushes on its own schedule, the final fsync does the rest
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    write_only = 2  # SYNC_FILE_RANGE_WRITE: start writeback of the range, do not wait for it
-
-    def start(fd: int, offset: int, nbytes: int) -> None:
-        fn(fd, offset, nbytes, write_only)  # advisory: an error only means the fsync does it all
-
-    return start
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Ask the kernel to start writing ``nbytes`` at ``offset`` to the disk now, without waiting.
-
-    Without it, the dirty pages of a large upload sit in memory until the final
-    fsync writes them all at once, and writers are throttled while the machine
-    holds many dirty pages: writing 1 GB in 4 MiB blocks and fsyncing took a
-    median 3.9 s (4 runs) on the busy 2-cpu development machine, 0.9 s (8 runs)
-    with writeback started every 32 MiB, and the fsync itself 0.3 s against 0.02 s.
-    """
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, nbytes)
-
-
-class _BlockWriter:
-    """Writes the blocks of one request at the end of a partial file, in order.
-
-    The event loop fills page-aligned 4 MiB buffers (:class:`_Buffers`); a block
-    at file offset ``o`` starts at ``o % _ALIGN`` in its buffer, so memory and
-    file agree on disk-block boundaries. Where the file system allows it, whole
-    disk blocks go to the disk directly (``O_DIRECT``): no copy into the page
-    cache and nothing left for the final fsync. A partial disk block at either
-    end goes through the page cache. Elsewhere all writes go through the page
-    cache, with writeback started as they go (:func:`_start_writeback`).
-    """
-
-    def __init__(self, path: Path, offset: int):
-        self.fd = os.open(path, os.O_WRONLY)
-        self.written = offset  # bytes on file
-        self.flushed = offset
-        self.closed = False
-        self.direct: int | None = None
-        if _DIRECT_IO:
-            try:
-                self.direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            except OSError:
-                self.direct = None  # this file system does not do O_DIRECT (tmpfs, ...)
-
-    def write(self, buffer: mmap.mmap, start: int, end: int) -> None:
-        """Write ``buffer[start:end]`` at the end of the file (``start`` is the file offset modulo _ALIGN)."""
-        view = memoryview(buffer)[start:end]
-        try:
-            if self.direct is not None:
-                head = min(len(view), -self.written % _ALIGN)
-                whole = (len(view) - head) // _ALIGN * _ALIGN
-                self._pwrite(self.fd, view[:head])
-                if whole and not self._write_direct(view[head : head + whole]):
-                    self._pwrite(self.fd, view[head : head + whole])
-                self._pwrite(self.fd, view[head + whole :])
-            else:
-                self._pwrite(self.fd, view)
-                if self.written - self.flushed >= _WRITEBACK:
-                    _start_writeback(self.fd, self.flushed, self.written - self.flushed)
-                    self.flushed = self.written
-        finally:
-            view.release()
-
-    def _pwrite(self, fd: int, view: memoryview) -> None:
-        while view:
-            n = os.pwrite(fd, view, self.written)
-            self.written += n
-            view = view[n:]
-
-    def _write_direct(self, view: memoryview) -> bool:
-        """Write ``view`` with O_DIRECT; False (nothing written) if the disk wants another alignment."""
-        assert self.direct is not None  # called only while the O_DIRECT descriptor is open
-        try:
-            self._pwrite(self.direct, view)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            os.close(self.direct)
-            self.direct = None  # go on through the page cache
-            return False
-        return True
-
-    def close(self, *, truncate: int | None = None) -> None:
-        try:
-            if truncate is not None:
-                os.ftruncate(self.fd, truncate)
-                self.written = truncate
-        finally:
-            os.close(self.fd)
-            if self.direct is not None:
-                os.close(self.direct)
-            self.closed = True
-
-
-class _Buffers:
-    """Page-aligned 4 MiB buffers (as ``O_DIRECT`` wants), reused from request to request.
-
-    Reused buffers are already mapped, so a request does not fault in fresh
-    pages; at most ``keep`` idle ones are kept.
-    """
-
-    def __init__(self, keep: int = 4 * (_AHEAD + 1)):
-        self.idle: list[mmap.mmap] = []
-        self.keep = keep
-
-    def take(self) -> mmap.mmap:
-        return self.idle.pop() if self.idle else mmap.mmap(-1, _BLOCK)
-
-    def give(self, buffer: mmap.mmap) -> None:
-        if len(self.idle) < self.keep:
-            self.idle.append(buffer)
-
-
-def keep_freed_memory_for_streaming() -> bool:
-    """Have glibc keep freed memory for reuse instead of handing it back to the system at once.
-
-    Streaming an upload allocates and frees a 256 KiB buffer per socket read in
-    the HTTP stack; with glibc's defaults each one comes from fresh pages (mmap,
-    or the heap top just trimmed), so a 1 GB upload took about 63,000 page faults
-    in the server, and none with these settings; the event loop thread's CPU time
-    per GB dropped by about a fifth (1.0-1.2 s to 0.8-1.0 s, 4 runs each, on a
-    busy 2-cpu machine). Freed memory kept this way stays below 128 MiB. Returns
-    whether the C library took the settings (not glibc: nothing changes).
-    """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 128 << 20))
+from ...schema import create_or_update
+from ...storage import check_user_path
+from ..accounts import Principal
+from ..errors import BadRequest, ChecksumMismatch, Conflict, NotFound, TooLarge
+from ..space import Reserve, StorageFull, free_bytes, no_room_on_disk, over_quota, tree_size
+from ._buffers import _Buffers
+from ._checksums import _checksum_prefix, _Checksums, _update
+from ._constants import _AHEAD, _ALIGN, _BLOCK, USAGE_CACHE_S
+from ._model import UploadInfo, _Base, _Upload, check_digest
+from ._writer import _BlockWriter, _fsync
 
 
 def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None:
@@ -308,14 +38,6 @@ def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None
             f"the server's disk is full; upload {upload_id} keeps its first {offset} bytes: "
             "resume it once the administrator has freed space"
         ) from None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Uploads:

@@ -7,7 +7,7 @@ An analysis' environment is a virtual environment built by uv from
 * the analysis' own source, built into a wheel and installed non-editable.
 
 Every uv step of a build runs third-party code, so each runs in the build sandbox
-(:mod:`ncaas.environment_sandbox`: bubblewrap, an unprivileged uid, none of the
+(:mod:`ncaas.isolation.build`: bubblewrap, an unprivileged uid, none of the
 platform's files); only fetching packages missing from uv's cache gets the network.
 
 Environments live in a content-addressed cache: the directory name carries the
@@ -49,8 +49,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .environment_sandbox import BuildBox
-from .exceptions import NcaasError
+from ..exceptions import NcaasError
+from .build import BuildBox
 from .sandbox import SandboxError
 
 __all__ = [

@@ -4,7 +4,7 @@ Building an environment runs code the platform did not write: the analysis' buil
 backend and its hooks (``uv build``), the build of any locked source distribution,
 and the new environment's interpreter with whatever ``.pth`` files its packages
 brought (``--compile-bytecode``). So every uv call of a build runs in
-:mod:`ncaas.sandbox`'s bubblewrap sandbox, as uid 65534 of its own user namespace,
+:mod:`ncaas.isolation.sandbox`'s bubblewrap sandbox, as uid 65534 of its own user namespace,
 seeing only
 
 * read-only: the system (``/usr``, ``/etc`` with its secrets masked), the base
@@ -19,7 +19,7 @@ seeing only
 The storage root, its state folder and job database, the other environments and the
 home folder do not exist in it. Steps have no network: each runs first against uv's
 cache alone; when the cache lacks packages, a fetching step downloads them with the
-host's network, and the step runs again offline (see :mod:`ncaas.environments`).
+host's network, and the step runs again offline (see :mod:`ncaas.isolation.environments`).
 ``NCAAS_SANDBOX=off`` runs the steps unsandboxed, as it does tasks, and the build log
 says so.
 """
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ..exceptions import NcaasError
 from . import sandbox as sandboxes
-from .exceptions import NcaasError
 
 __all__ = ["BuildBox", "uv_cache_dir"]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .blueprint import Blueprint, LoadedBlueprint
-from .exceptions import BlueprintError
+from ..blueprint import Blueprint, LoadedBlueprint
+from ..exceptions import BlueprintError
 
 __all__ = ["BlueprintArchive"]
 

@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .exceptions import CertificateError, CertificateForged
+from ..exceptions import CertificateError, CertificateForged
 
 __all__ = ["SIGNATURE_FIELD", "CertificateKeys", "canonical_bytes"]
 

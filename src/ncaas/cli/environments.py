@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import environments
-from .blueprint import BlueprintRegistry
-from .environments import EnvironmentBuildError, EnvironmentSpec
+from ..blueprint import BlueprintRegistry
+from ..isolation import environments
+from ..isolation.environments import EnvironmentBuildError, EnvironmentSpec
 
 __all__ = ["register"]
 

@@ -23,8 +23,8 @@ __all__ = ["LocalPostgres", "PostgresUnavailable", "ServerProcess", "free_port"]
 
 def storage_with_user(root: Path, *, group: str = "lab", user: str = "ann") -> str:
     """Create ``root`` with one group and one user in its account database; returns the user's token."""
-    from .accounts import Accounts
-    from .state import default_database_url
+    from ..server.accounts import Accounts
+    from ..server.state import default_database_url
 
     root.mkdir(parents=True, exist_ok=True)
     accounts = Accounts.from_url(default_database_url(str(root)))

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .exceptions import NcaasError
+from ..exceptions import NcaasError
 
 __all__ = ["FolderFiles", "folder_files", "is_hidden", "left_out_note"]
 

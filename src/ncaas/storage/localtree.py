@@ -29,7 +29,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
-from .exceptions import SpecialFileRefused
+from ..exceptions import SpecialFileRefused
 
 __all__ = [
     "KIND_WORDS",

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .blueprint import LoadedBlueprint
+from ..blueprint import LoadedBlueprint
+from ..exceptions import CertificateError, NcaasError, PathRefused
+from ..isolation.environments import rerun_mismatch, spec_for_blueprint
+from ..jobs.db import Job
+from ..jobs.manager import Manager
+from ..storage import check_user_path
+from ..submission import Dataset, JobRequest, config_problems
 from .certificate import compare_outputs, describe_input, load_certificate
-from .environments import rerun_mismatch, spec_for_blueprint
-from .exceptions import CertificateError, NcaasError, PathRefused
-from .jobs.db import Job
-from .jobs.manager import Manager
-from .storage import check_user_path
-from .submission import Dataset, JobRequest, config_problems
 
 __all__ = ["certificate_of_job", "environment_note", "rerun", "resolve", "start_rerun", "verified"]
 
