@@ -135,3 +135,20 @@ def test_logs_stream_while_the_task_runs(manager, root):
     wait_for(lambda: 0.25 <= read_json(status).get("progress", 0) < 1, what="progress in status")
     runner.join(timeout=30)
     assert manager.db.job(job.id).state == JobState.SUCCEEDED
+
+
+def test_other_threads_hand_their_work_to_the_running_loop(manager):
+    """A server's request threads never touch the manager while its loop runs: the loop runs their work."""
+    stop = threading.Event()
+    loop = threading.Thread(target=manager.run, kwargs={"scan": False, "should_stop": stop.is_set})
+    loop.start()
+    try:
+        wait_for(lambda: manager._loop_thread is loop, what="the loop to start")
+        assert manager.call(threading.current_thread) is loop
+        with pytest.raises(ZeroDivisionError):  # a failure is the caller's, raised on its own thread
+            manager.call(lambda: 1 / 0)
+        assert loop.is_alive()
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    assert manager.call(threading.current_thread) is threading.current_thread()  # no loop: at once

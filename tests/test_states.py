@@ -2,6 +2,7 @@
 
 import pytest
 
+from ncaas.executors.base import ExitRecord
 from ncaas.jobs.states import (
     TASK_TRANSITIONS,
     InvalidTransition,
@@ -43,14 +44,14 @@ def test_terminal_states_have_no_way_out():
     ],
 )
 def test_decide_exit(record, attempt, expected, cause):
-    decision = decide_exit(record, attempt=attempt, max_retries=2)
+    decision = decide_exit(ExitRecord.from_json(record), attempt=attempt, max_retries=2)
     assert decision.state == expected
     assert decision.cause == cause
 
 
 def test_decide_exit_names_memory_when_near_the_limit():
     decision = decide_exit(
-        {"returncode": 1, "peak_memory_bytes": 390_000_000}, attempt=1, max_retries=2, memory_limit=400_000_000
+        ExitRecord(returncode=1, peak_memory_bytes=390_000_000), attempt=1, max_retries=2, memory_limit=400_000_000
     )
     assert decision.state == F
     assert "likely out of memory" in decision.cause
@@ -76,3 +77,10 @@ def test_lost_tasks_are_retried_then_failed():
 )
 def test_job_state_from_tasks(states, expected):
     assert job_state(states) == expected
+
+
+def test_exit_records_keep_what_the_executor_added():
+    written = {"returncode": 0, "end_ms": 5, "node": "10.0.0.2", "node_timings": {"stage_s": 1.5}}
+    record = ExitRecord.from_json(written)
+    assert record.returncode == 0 and record.extra == {"node": "10.0.0.2", "node_timings": {"stage_s": 1.5}}
+    assert {k: v for k, v in record.to_json().items() if v is not None and v is not False} == written

@@ -39,7 +39,7 @@ import psutil
 from ..blueprint import LoadedBlueprint
 from ..exceptions import NcaasError
 from ..storage import Storage
-from .base import LOST, TaskSpec
+from .base import ExitRecord, Lost, TaskSpec
 from .local import LocalExecutor
 
 __all__ = ["NodeTask", "pack_bundle", "run_node_task"]
@@ -300,7 +300,7 @@ class _NodeRun:
         pairs = [(spec.status_path, str(self.spec.status_path)), (spec.log_path, str(self.spec.log_path))]
         streamer = _Streamer(self.storage, pairs)
         handle = self.local.launch(spec)
-        record: dict[str, Any] | None = None
+        record: ExitRecord | Lost | None = None
         with streamer:
             while record is None:
                 try:
@@ -316,7 +316,7 @@ class _NodeRun:
             self.storage.put(spec.output_dir, str(self.spec.output_dir))
         self.timings["upload_s"] = time.monotonic() - started
         self._final_status(spec.status_path)
-        return dict(LOST) if record is LOST else record
+        return {"lost": True} if isinstance(record, Lost) else record.to_json()
 
     def _final_status(self, local_status: Path) -> None:
         """The last status, with where the node spent its time (the manager keeps these fields)."""

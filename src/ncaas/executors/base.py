@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["LOST", "EnvironmentInfo", "Executor", "TaskHandle", "TaskSpec"]
+__all__ = ["LOST", "EnvironmentInfo", "Executor", "ExitRecord", "Lost", "TaskHandle", "TaskSpec"]
 
-LOST: dict[str, Any] = {"lost": True}
+
+@dataclass(frozen=True)
+class ExitRecord:
+    """How a task ended: written by its supervisor (``exit.json``), a Ray node, or the manager.
+
+    The fields the manager decides on are named; whatever else an executor recorded (the
+    node, its timings, the sandbox's isolation) is kept in ``extra``.
+    """
+
+    returncode: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    cpu_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    cancelled: bool = False
+    timed_out: bool = False
+    timeout: float | None = None  # the limit a timed-out task exceeded (s)
+    error: str | None = None  # the task could not start
+    stopped: str | None = None  # the sandbox stopped it, or it broke the sandbox's rules
+    disk_full: dict[str, Any] | None = None  # {"path", "wrote_bytes"}: it failed for lack of space
+    environment: dict[str, Any] | None = None  # the environment a remote node actually ran
+    argv: list[str] | None = None  # the command a remote node actually ran
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExitRecord:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        for flag in ("cancelled", "timed_out"):
+            known[flag] = bool(known.get(flag))
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {**self.extra, **out}
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A task whose supervisor vanished without an exit record (killed with its machine or worker)."""
+
+
+LOST = Lost()
 """Returned by :meth:`Executor.poll` when a task's supervisor vanished without an exit record."""
 
 
@@ -66,7 +108,20 @@ class EnvironmentInfo:
 
 
 class Executor(Protocol):
+    """What the manager asks of where tasks run; it never reaches past this."""
+
     name: str
+    stages_storage: bool  # True: tasks get storage paths and fetch and upload their data themselves
+
+    @property
+    def cpus(self) -> int:
+        """CPUs tasks may use at once."""
+        ...
+
+    @property
+    def isolation(self) -> str:
+        """The isolation tasks get, in one line (for certificates)."""
+        ...
 
     def ensure_environment(self, blueprint: Any, *, progress: Any = None) -> EnvironmentInfo:
         """The blueprint's environment, built or verified; called from a background thread."""
@@ -74,7 +129,9 @@ class Executor(Protocol):
 
     def launch(self, spec: TaskSpec) -> TaskHandle: ...
 
-    def poll(self, handle: TaskHandle) -> dict[str, Any] | None: ...
+    def poll(self, handle: TaskHandle) -> ExitRecord | Lost | None:
+        """How the task ended; None while it runs; LOST when its supervisor vanished without a record."""
+        ...
 
     def cancel(self, handle: TaskHandle) -> None: ...
 
@@ -84,7 +141,7 @@ class Executor(Protocol):
 
     def find(self, run_dir: Path) -> TaskHandle | None: ...
 
-    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+    def exit_record(self, run_dir: Path) -> ExitRecord | None:
         """The exit record a task's supervisor left, found without a handle (after a manager crash)."""
         ...
 
@@ -95,3 +152,7 @@ class Executor(Protocol):
     def capacity(self) -> tuple[int, int]: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None:
+        """Let go of what the executor holds (a Ray connection); tasks it owns stop with it."""
+        ...

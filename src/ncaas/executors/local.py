@@ -34,7 +34,7 @@ import psutil
 from ..exceptions import ExecutorError, NcaasError
 from ..isolation import environments
 from ..isolation import sandbox as sandboxes
-from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
+from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 
 __all__ = ["LocalExecutor"]
 
@@ -97,6 +97,7 @@ class LocalExecutor:
     """Run tasks as subprocesses, bounded by this machine's cores and memory."""
 
     name = "local"
+    stages_storage = False  # tasks read and write the storage root's files where they are
 
     def __init__(self, *, cpus: int | None = None, memory: int | None = None):
         self.cpus = cpus or _cpu_count()
@@ -189,7 +190,7 @@ class LocalExecutor:
         self._children[spec.run_dir] = proc
         return TaskHandle(spec.run_dir, proc.pid, start)
 
-    def poll(self, handle: TaskHandle) -> dict[str, Any] | None:
+    def poll(self, handle: TaskHandle) -> ExitRecord | Lost | None:
         """The exit record once the task is over, None while it runs, LOST if it vanished."""
         exit_path = handle.run_dir / "exit.json"
         record = _read_json(exit_path)
@@ -198,14 +199,14 @@ class LocalExecutor:
             if own is not None:
                 own.wait()
                 del self._children[handle.run_dir]
-            return _explain(handle.run_dir, record)
+            return ExitRecord.from_json(_explain(handle.run_dir, record))
         running = own.poll() is None if own is not None else _alive(handle)
         if running:
             _check_limits(handle.run_dir)
             return None
         self._children.pop(handle.run_dir, None)
         record = _read_json(exit_path)
-        return LOST if record is None else _explain(handle.run_dir, record)
+        return LOST if record is None else ExitRecord.from_json(_explain(handle.run_dir, record))
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the supervisor to stop the task (it SIGTERMs, then SIGKILLs, the task's group)."""
@@ -239,10 +240,10 @@ class LocalExecutor:
             box.close()
         shutil.rmtree(run_dir / "scratch", ignore_errors=True)
 
-    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+    def exit_record(self, run_dir: Path) -> ExitRecord | None:
         """The exit record the task's supervisor wrote, if it wrote one (however long ago)."""
         record = _read_json(run_dir / "exit.json")
-        return None if record is None else _explain(run_dir, record)
+        return None if record is None else ExitRecord.from_json(_explain(run_dir, record))
 
     def started(self, run_dir: Path) -> bool:
         """Whether the task's command may have started: the supervisor writes child.json as
@@ -274,6 +275,9 @@ class LocalExecutor:
     # -- description ---------------------------------------------------------------------
     def capacity(self) -> tuple[int, int]:
         return self.cpus, self.memory
+
+    def close(self) -> None:
+        """Nothing to let go: tasks run on under their supervisors and are adopted at the next start."""
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -42,7 +42,7 @@ from ..isolation import environments
 from ..storage import Storage
 from ..storage.s3 import ENDPOINT_ENV
 from ._ray_node import NodeTask, pack_bundle, run_node_task
-from .base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
+from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 
 __all__ = ["PYTHON_ON_NODE", "RayExecutor"]
 
@@ -226,7 +226,7 @@ class RayExecutor:
             "whose autoscaler adds nodes"
         )
 
-    def poll(self, handle: TaskHandle) -> dict[str, Any] | None:
+    def poll(self, handle: TaskHandle) -> ExitRecord | Lost | None:
         """The exit record once the Ray task is over, None while it runs, LOST if its node was lost."""
         ref = self._refs.get(handle.run_dir)
         if ref is None:  # launched by an earlier manager: its Ray tasks ended with it, or before it
@@ -240,9 +240,9 @@ class RayExecutor:
         try:
             record = self.ray.get(ref)
         except exceptions.TaskCancelledError:
-            return {"cancelled": True, "returncode": None, "end_ms": int(time.time() * 1000)}
+            return ExitRecord(cancelled=True, end_ms=int(time.time() * 1000))
         except exceptions.RayTaskError as exc:
-            return {"error": f"the task's supervisor failed on its Ray node: {exc}", "returncode": None}
+            return ExitRecord(error=f"the task's supervisor failed on its Ray node: {exc}")
         except (
             exceptions.WorkerCrashedError,
             exceptions.NodeDiedError,
@@ -252,12 +252,12 @@ class RayExecutor:
         ):
             return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
         except exceptions.RayError as exc:
-            return {"error": f"Ray could not run the task: {exc}", "returncode": None}
+            return ExitRecord(error=f"Ray could not run the task: {exc}")
         if record.get("lost"):
             return LOST
         if record.get("node_isolation"):
             self._isolation.add(str(record["node_isolation"]))
-        return record
+        return ExitRecord.from_json(record)
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the node to stop the task (once; the manager may ask on every step)."""
@@ -278,7 +278,7 @@ class RayExecutor:
     def find(self, run_dir: Path) -> TaskHandle | None:
         return None  # Ray tasks do not outlive the manager that owns them
 
-    def exit_record(self, run_dir: Path) -> dict[str, Any] | None:
+    def exit_record(self, run_dir: Path) -> ExitRecord | None:
         """The record the node kept in storage, for a task whose manager was gone when it ended."""
         path = _stored_exit_path(run_dir)
         try:
@@ -287,7 +287,7 @@ class RayExecutor:
             return None
         if isinstance(record, dict) and record.get("node_isolation"):
             self._isolation.add(str(record["node_isolation"]))
-        return record if isinstance(record, dict) else None
+        return ExitRecord.from_json(record) if isinstance(record, dict) else None
 
     def started(self, run_dir: Path) -> bool:
         return True  # a Ray task leaves no trace of having started but its record: assume it may have

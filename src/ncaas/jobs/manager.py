@@ -19,6 +19,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import queue
 import secrets
 import shutil
 import threading
@@ -26,13 +27,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
-from ..executors.base import LOST, EnvironmentInfo, TaskHandle, TaskSpec
+from ..executors.base import LOST, EnvironmentInfo, Executor, ExitRecord, Lost, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..isolation import environments
 from ..private import private_dir
@@ -98,7 +99,7 @@ class Manager:
         storage: Storage,
         db: JobDB,
         *,
-        executor: LocalExecutor | None = None,
+        executor: Executor | None = None,
         registry: BlueprintRegistry | None = None,
         default_analysis: str | None = None,
         poll_interval: float = 0.05,
@@ -109,7 +110,7 @@ class Manager:
         self.storage = storage
         self.limits = limits or SubmitLimits.from_env()
         self.db = db
-        self.executor = executor or LocalExecutor()
+        self.executor: Executor = executor or LocalExecutor()
         self._registry = registry
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
         self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
@@ -132,6 +133,9 @@ class Manager:
         self._ended: dict[int, _Preparation] = {}  # task id -> the preparation it waited for, ended
         self._prepare_slots = threading.BoundedSemaphore(PREPARE_THREADS)
         self._wake = threading.Event()  # set when a preparation ends: the loop steps at once
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()  # work other threads hand to the loop
+        self._loop_thread: threading.Thread | None = None  # the thread in run(), while it runs
+        self._calls_lock = threading.Lock()  # a call is queued only while a loop will answer it
         self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
         self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
         self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
@@ -340,7 +344,48 @@ class Manager:
         if self._reserve is None:
             self._reserve = Reserve(self.state_dir, reserve_size())
             self._reserve.hold()
+        with self._calls_lock:
+            self._loop_thread = threading.current_thread()
+        try:
+            self._run(scan, until, should_stop)
+        finally:
+            with self._calls_lock:
+                self._loop_thread = None
+            self._answer_calls()  # handed over as the loop stopped: answered here, never left waiting
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the loop's thread, between two steps, and return what it returns.
+
+        Another thread (a server's request) must not change the manager's state while its loop
+        runs (the loop reloads the registry, caches blueprints and environments): it hands the
+        work over here and waits for the answer. With no loop running, ``fn`` runs at once.
+        """
+        call = _Call(fn, args, kwargs)
+        with self._calls_lock:
+            loop = self._loop_thread
+            queued = loop is not None and loop is not threading.current_thread()
+            if queued:
+                self._calls.put(call)
+        if not queued:
+            return fn(*args, **kwargs)
+        self._wake.set()
+        return call.future.result()
+
+    def _answer_calls(self) -> None:
         while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                call.future.set_result(call.fn(*call.args, **call.kwargs))
+            except Exception as exc:  # noqa: BLE001 - the caller's to handle, on its own thread
+                call.future.set_exception(exc)
+
+    def _run(self, scan: bool, until: Callable[[], bool] | None, should_stop: Callable[[], bool] | None) -> None:
+        assert self._reserve is not None  # taken by run()
+        while True:
+            self._answer_calls()
             try:
                 if scan and time.monotonic() - self._last_scan >= self.scan_interval:
                     self._last_scan = time.monotonic()
@@ -471,13 +516,13 @@ class Manager:
             if time.monotonic() - asked > CANCEL_GRACE_S:  # the polite stop was lost or ignored
                 self._cancel_asked.pop(task.id, None)
                 self.executor.kill(handle)
-                self._stopped(job, task, {"cancelled": True, "returncode": None, "end_ms": now_ms()})
+                self._stopped(job, task, ExitRecord(cancelled=True, end_ms=now_ms()))
                 return
         elapsed = (now_ms() - (task.started_ms or now_ms())) / 1000
         timeout = self.loaded_blueprint(job).blueprint.resources.timeout
         if elapsed > timeout + TIMEOUT_BACKSTOP_S:
             self.executor.kill(handle)
-            self._stopped(job, task, {"timed_out": True, "timeout": timeout, "returncode": None})
+            self._stopped(job, task, ExitRecord(timed_out=True, timeout=timeout))
 
     def _handle(self, task: Task) -> TaskHandle | None:
         if task.run_dir is None:
@@ -489,22 +534,23 @@ class Manager:
             self.db.update_task(task.id, runner_pid=handle.pid, runner_start=handle.start_time)
         return handle
 
-    def _stopped(self, job: Job, task: Task, record: dict[str, Any]) -> None:
+    def _stopped(self, job: Job, task: Task, record: ExitRecord | Lost) -> None:
         self._cancel_asked.pop(task.id, None)
-        if record is LOST:
+        if isinstance(record, Lost):
             decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
+            record = ExitRecord()
         else:
             decision = decide_exit(
                 record, attempt=task.attempt, max_retries=task.max_retries, memory_limit=task.memory_bytes
             )
         fields: dict[str, Any] = {
-            "ended_ms": record.get("end_ms") or now_ms(),
-            "exit_code": record.get("returncode"),
-            "cpu_seconds": record.get("cpu_seconds"),
-            "peak_memory_bytes": record.get("peak_memory_bytes"),
+            "ended_ms": record.end_ms or now_ms(),
+            "exit_code": record.returncode,
+            "cpu_seconds": record.cpu_seconds,
+            "peak_memory_bytes": record.peak_memory_bytes,
         }
-        if isinstance(record.get("environment"), dict):  # what the node actually ran (ray executor)
-            fields.update(environment_json=json.dumps(record["environment"]), argv_json=json.dumps(record["argv"]))
+        if isinstance(record.environment, dict):  # what the node actually ran (ray executor)
+            fields.update(environment_json=json.dumps(record.environment), argv_json=json.dumps(record.argv))
         if decision.state == TaskState.QUEUED:
             fields.update(runner_pid=None, runner_start=None, run_dir=None)
         if self.db.move_task(task, decision.state, decision.cause, **fields):
@@ -676,7 +722,7 @@ class Manager:
             spec = self._spec(job, task, run_dir, environment)
             handle = self.executor.launch(spec)
         except (ExecutorError, OSError) as exc:
-            self._stopped(job, task, {"error": str(exc), "returncode": None, "end_ms": now_ms()})
+            self._stopped(job, task, ExitRecord(error=str(exc), end_ms=now_ms()))
             return False
         self.db.update_task(
             task.id, runner_pid=handle.pid, runner_start=handle.start_time, argv_json=json.dumps(spec.argv)
@@ -758,7 +804,7 @@ class Manager:
     def _task_path(self, path: str) -> Path:
         """Where a task finds a storage path: the local file, or the storage path itself for
         executors that fetch and upload data on their nodes (ray)."""
-        if getattr(self.executor, "stages_storage", False) and not self.storage.is_local:
+        if self.executor.stages_storage and not self.storage.is_local:
             return Path(path)
         return self.storage.local_path(path)
 
@@ -929,6 +975,19 @@ class Manager:
         else:
             end["certificate"] = "certificate.json"
         self.storage.write_text(f"{job.results_dir}/end.json", json.dumps(end, indent=2))
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class _Call:
+    """Work another thread hands to the loop, and where its answer goes."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    future: Future[Any] = dataclasses.field(default_factory=Future)
 
 
 class _Preparation:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..executors.base import ExitRecord
 
 __all__ = [
     "JOB_TERMINAL",
@@ -95,31 +98,31 @@ def _retry_or_fail(cause: str, attempt: int, max_retries: int) -> Decision:
     return Decision(TaskState.FAILED, f"{cause}; gave up after {attempt} attempts")
 
 
-def decide_exit(record: dict[str, Any], *, attempt: int, max_retries: int, memory_limit: int | None = None) -> Decision:
+def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_limit: int | None = None) -> Decision:
     """Decide a running task's next state from its supervisor's exit record."""
-    code = record.get("returncode")
-    if record.get("cancelled"):
+    code = record.returncode
+    if record.cancelled:
         return Decision(TaskState.CANCELLED, "cancelled by request")
-    if record.get("timed_out"):
-        return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.get('timeout')} s")
-    if record.get("error"):
-        return Decision(TaskState.FAILED, f"could not start: {record['error']}")
-    if isinstance(record.get("disk_full"), dict):  # retrying would only fill the disk again
-        full = record["disk_full"]
+    if record.timed_out:
+        return Decision(TaskState.TIMED_OUT, f"exceeded its time limit of {record.timeout} s")
+    if record.error:
+        return Decision(TaskState.FAILED, f"could not start: {record.error}")
+    if isinstance(record.disk_full, dict):  # retrying would only fill the disk again
+        full = record.disk_full
         return Decision(
             TaskState.FAILED,
             f"the disk is full: {full.get('path')} has no space left "
             f"(wrote {(full.get('wrote_bytes') or 0) / 1e6:.0f} MB); "
             "free space there and submit again",
         )
-    if record.get("stopped"):  # the sandbox stopped it, or it broke the sandbox's rules: no retry
-        return Decision(TaskState.FAILED, record["stopped"])
+    if record.stopped:  # the sandbox stopped it, or it broke the sandbox's rules: no retry
+        return Decision(TaskState.FAILED, record.stopped)
     if code == 0:
         return Decision(TaskState.SUCCEEDED, "exited with code 0")
     if code is not None and code < 0:
         return _retry_or_fail(f"killed by {_signal_name(-code)}", attempt, max_retries)
     cause = f"exited with code {code}"
-    peak = record.get("peak_memory_bytes") or 0
+    peak = record.peak_memory_bytes or 0
     if memory_limit and peak >= 0.9 * memory_limit:
         cause += (
             f" after using {peak / 1e6:.0f} MB of its {memory_limit / 1e6:.0f} MB memory limit (likely out of memory)"

@@ -146,7 +146,7 @@ class JobService:
             raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; choose another name")
         storage.write_text(path, json.dumps(submit, indent=2))
         log.info("user %s of group %s submitted %s", who.user, who.group, name)
-        job = self.manager.ingest_file(who.group, path)
+        job = self.manager.call(self.manager.ingest_file, who.group, path)
         if job is None:  # pragma: no cover - the file was removed under us
             raise NotFound(f"the submission {name} vanished before it was read")
         return job
@@ -200,7 +200,7 @@ def job_detail(job_id: str, who: Caller, jobs: Jobs) -> dict:
 @router.post("/{job_id}/cancel", summary="Cancel: queued tasks never start, running ones are stopped")
 def cancel(job_id: str, who: Caller, jobs: Jobs) -> dict:
     job = jobs.job_for(who, job_id)
-    jobs.manager.cancel(job.id)
+    jobs.manager.call(jobs.manager.cancel, job.id)
     return jobs.detail(job)
 
 
@@ -405,7 +405,7 @@ def _start_rerun(jobs: JobService, cert: dict[str, Any]) -> dict:
     from ..provenance.rerun import start_rerun
 
     try:
-        job = start_rerun(jobs.manager, cert)
+        job = jobs.manager.call(start_rerun, jobs.manager, cert)
     except CertificateError as exc:
         raise Conflict(str(exc)) from None
     return jobs.detail(job)
