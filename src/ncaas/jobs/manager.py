@@ -113,7 +113,7 @@ class Manager:
         self.executor: Executor = executor or LocalExecutor()
         self._registry = registry
         self._rediscover = registry is None  # a manager that found blueprints itself looks again for new ones
-        self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: parsing one costs ~30-50 ms
+        self._blueprints: dict[str, LoadedBlueprint] = {}  # per job: too costly to parse at every step
         self._environment_keys: dict[str, environments.EnvironmentSpec | None] = {}  # per job
         self._configs: set[str] = set()  # jobs whose config.json is known to be written
         self.default_analysis = default_analysis

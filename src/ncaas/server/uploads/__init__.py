@@ -18,11 +18,9 @@ The protocol (all calls authenticated, all uploads private to the group):
 
 The end-to-end check is a CRC-32C of the whole file (8 hexadecimal digits, as
 ``crc32c`` computes it; the checksum S3 and Google Cloud Storage use for the
-same job). It is computed with the CPU's CRC instructions at about 25 GB/s,
-against 1.2 GB/s for SHA-256, and both the uploader and the server compute it,
-on a machine whose cpus they share: with SHA-256 on both sides the checksums
-alone took 1.2 of the 2.6 CPU seconds a 1 GB upload cost
-(``benchmarks/server_load.py``). A SHA-256 is computed too, while streaming,
+same job), computed with the CPU's CRC instructions, many times faster than
+SHA-256, by the uploader and the server, which may share a machine's cpus. A
+SHA-256 is computed too, while streaming,
 when the upload declares one on creation; given only on completion, it costs a
 second read of the file. Datasets get their SHA-256 anyway when a job uses them
 (the certificate) and from ``GET /api/inputs/{name}``.
@@ -30,10 +28,9 @@ second read of the file. Datasets get their SHA-256 anyway when a job uses them
 Both running checksums are kept per upload in memory (after a server restart
 they are recomputed from the partial file), so completing a 1 GB upload costs no
 second read. Whole disk blocks are written with ``O_DIRECT`` where the file
-system allows it (``NCAAS_UPLOAD_DIRECT_IO=0`` turns that off): on the
-development machine this cut the server's CPU time per uploaded GB by about a
-third (2.6-2.7 s to 1.7-1.9 s) and the upload's wall time as much, and the final
-fsync has almost nothing left to write.
+system allows it (``NCAAS_UPLOAD_DIRECT_IO=0`` turns that off): no copy into the
+page cache, and the final fsync has almost nothing left to write. The figures
+behind these choices are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

@@ -32,13 +32,11 @@ class _Buffers:
 def keep_freed_memory_for_streaming() -> bool:
     """Have glibc keep freed memory for reuse instead of handing it back to the system at once.
 
-    Streaming an upload allocates and frees a 256 KiB buffer per socket read in
-    the HTTP stack; with glibc's defaults each one comes from fresh pages (mmap,
-    or the heap top just trimmed), so a 1 GB upload took about 63,000 page faults
-    in the server, and none with these settings; the event loop thread's CPU time
-    per GB dropped by about a fifth (1.0-1.2 s to 0.8-1.0 s, 4 runs each, on a
-    busy 2-cpu machine). Freed memory kept this way stays below 128 MiB. Returns
-    whether the C library took the settings (not glibc: nothing changes).
+    Streaming an upload allocates and frees a buffer per socket read in the HTTP
+    stack; with glibc's defaults each one comes from fresh pages (mmap, or the heap
+    top just trimmed), a page fault each (measured in ``benchmarks/README.md``).
+    Freed memory kept this way stays bounded. Returns whether the C library took
+    the settings (not glibc: nothing changes).
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt

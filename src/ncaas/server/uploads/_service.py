@@ -296,7 +296,7 @@ class Uploads:
             # The event loop copies each arriving piece, while it is still in the CPU's cache,
             # into a 4 MiB block and updates the CRC-32C, and lets the piece go at once: holding
             # received pieces until a worker thread copied them made every copy in the HTTP
-            # stack miss the cache, and cost the event loop 0.3 s more CPU per GB. One thread
+            # stack miss the cache (benchmarks/README.md). One thread
             # writes the full blocks in order (another computes the SHA-256, if any); up to
             # _AHEAD blocks wait for it, so the socket is read on while the disk is busy.
             workers = [ThreadPoolExecutor(1, thread_name_prefix="ncaas-upload") for _ in range(2 if slow else 1)]

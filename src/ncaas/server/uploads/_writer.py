@@ -38,9 +38,7 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
     Without it, the dirty pages of a large upload sit in memory until the final
     fsync writes them all at once, and writers are throttled while the machine
-    holds many dirty pages: writing 1 GB in 4 MiB blocks and fsyncing took a
-    median 3.9 s (4 runs) on the busy 2-cpu development machine, 0.9 s (8 runs)
-    with writeback started every 32 MiB, and the fsync itself 0.3 s against 0.02 s.
+    holds many dirty pages (measured in ``benchmarks/README.md``).
     """
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes)
