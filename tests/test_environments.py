@@ -140,7 +140,7 @@ def test_an_added_file_fails_verification(analysis, envs):
 def test_concurrent_builds_of_the_same_environment_build_it_once(analysis, envs):
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from ncaas import environments as e
+        from ncaas.isolation import environments as e
         env, built = e.ensure(e.EnvironmentSpec("tinyana", Path({str(analysis / "requirements.lock")!r}),
                                                 Path({str(analysis)!r})))
         print(built, env.manifest_sha256)

@@ -458,13 +458,17 @@ class Client:
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self.http.stream("GET", f"/api/jobs/{job_id}/files/{quote(path)}") as resp:
-            if not resp.is_success:
-                resp.read()
-                self._raise_for(resp)
-            with open(dest, "wb") as f:
-                for block in resp.iter_bytes(_BLOCK):
-                    f.write(block)
+            self._save(resp, dest)
         return dest
+
+    def _save(self, resp: httpx.Response, dest: Path) -> None:
+        """Stream a download's body into ``dest`` (or raise the server's error)."""
+        if not resp.is_success:
+            resp.read()
+            self._raise_for(resp)
+        with open(dest, "wb") as f:
+            for block in resp.iter_bytes(_BLOCK):
+                f.write(block)
 
     def download_zip(self, job_id: str, dest: str | os.PathLike[str]) -> Path:
         """The job's whole results folder as one zip, streamed to ``dest``."""
@@ -473,12 +477,7 @@ class Client:
             with self.http.stream(
                 "GET", f"/api/jobs/{job_id}/results.zip", timeout=httpx.Timeout(600.0, connect=10.0)
             ) as resp:
-                if not resp.is_success:
-                    resp.read()
-                    self._raise_for(resp)
-                with open(dest, "wb") as f:
-                    for block in resp.iter_bytes(_BLOCK):
-                        f.write(block)
+                self._save(resp, dest)
         except httpx.TransportError as exc:
             raise ServerRequestError(f"downloading the results of {job_id} failed: {exc}") from exc
         return dest

