@@ -191,9 +191,9 @@ def test_a_ray_task_that_ended_unseen_by_its_manager_is_settled_from_the_record_
         )
         [job] = wait_for(first.scan, what="the submission")
         first.run(scan=False, until=lambda: db.tasks(job.id)[0].runner_pid is not None)  # launched
-        status = f"{job.results_dir}/status/a.npy.json"
+        progress = f"{job.results_dir}/.progress/a.npy.json"  # the node's own report, which it writes last
         wait_for(
-            lambda: storage.exists(status) and "node_timings" in json.loads(storage.read_text(status)),
+            lambda: storage.exists(progress) and "node_timings" in json.loads(storage.read_text(progress)),
             timeout=120,
             what="the node to finish the task",
         )  # its last write before it returns

@@ -238,7 +238,7 @@ class _NodeRun:
 
     def _status(self, message: str) -> None:
         data = {**self.status_fields, "progress": 0.0, "message": message, "updated_ms": int(time.time() * 1000)}
-        self.storage.write_text(str(self.spec.status_path), json.dumps(data, indent=1))
+        self.storage.write_text(str(self.spec.progress_path), json.dumps(data, indent=1))
 
     def prepare(self) -> tuple[TaskSpec, dict[str, Any]]:
         started = time.monotonic()
@@ -287,7 +287,7 @@ class _NodeRun:
             output_dir=output,
             scratch_dir=run_dir / "scratch",
             log_path=log,
-            status_path=self.work / "status" / spec.status_path.name,
+            progress_path=self.work / "status" / spec.progress_path.name,
             run_dir=run_dir,
             status_fields=self.status_fields,
             environment=Path(env_info.path) if env_info.path else None,
@@ -297,7 +297,7 @@ class _NodeRun:
 
     def execute(self, spec: TaskSpec) -> dict[str, Any]:
         spec.output_dir.mkdir(parents=True, exist_ok=True)
-        pairs = [(spec.status_path, str(self.spec.status_path)), (spec.log_path, str(self.spec.log_path))]
+        pairs = [(spec.progress_path, str(self.spec.progress_path)), (spec.log_path, str(self.spec.log_path))]
         streamer = _Streamer(self.storage, pairs)
         handle = self.local.launch(spec)
         record: ExitRecord | Lost | None = None
@@ -315,7 +315,7 @@ class _NodeRun:
         if any(spec.output_dir.iterdir()):
             self.storage.put(spec.output_dir, str(self.spec.output_dir))
         self.timings["upload_s"] = time.monotonic() - started
-        self._final_status(spec.status_path)
+        self._final_status(spec.progress_path)
         return {"lost": True} if isinstance(record, Lost) else record.to_json()
 
     def _final_status(self, local_status: Path) -> None:
@@ -325,7 +325,7 @@ class _NodeRun:
         except (OSError, ValueError):
             data = dict(self.status_fields)
         data["node_timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        self.storage.write_text(str(self.spec.status_path), json.dumps(data, indent=1))
+        self.storage.write_text(str(self.spec.progress_path), json.dumps(data, indent=1))
 
     def close(self) -> None:
         self.local.finish(self.work / "run")

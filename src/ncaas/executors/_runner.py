@@ -214,7 +214,7 @@ def main(spec_path):
     reserve = os.path.join(run_dir, "reserve")
     hold_reserve(reserve)
     disk = Disk()
-    status = Status(spec["status_path"], spec.get("status_fields", {}), disk)
+    status = Status(spec["progress_path"], spec.get("status_fields", {}), disk)
     record = {"timeout": spec["timeout"], "timed_out": False, "cancelled": False, "start_ms": now_ms()}
     os.makedirs(os.path.dirname(spec["log_path"]), exist_ok=True)
     with open(spec["log_path"], "ab", buffering=0) as fh:

@@ -69,9 +69,11 @@ class TaskSpec:
     cpus: int
     timeout: float  # seconds
     log_path: Path
-    status_path: Path
+    progress_path: (
+        Path  # the task's live progress, written by its supervisor alone (the manager copies it into status/)
+    )
     run_dir: Path  # executor bookkeeping: spec.json, runner.pid, exit.json
-    status_fields: dict[str, Any] = field(default_factory=dict)  # copied into every status write
+    status_fields: dict[str, Any] = field(default_factory=dict)  # who the task is (job, dataset, attempt)
     environment: Path | None = None  # the analysis environment (bound read-only); None: the platform's python
     blueprint: Any = None  # the LoadedBlueprint; executors that ship the analysis to other machines need it
 

@@ -93,6 +93,12 @@ def _alive(handle: TaskHandle) -> bool:
         return False
 
 
+_SUPERVISORS: dict[Path, subprocess.Popen[bytes]] = {}
+"""Supervisors this process started, by run folder, until reaped. Kept per process, not per executor:
+a task outlives the executor (and the manager) that started it, and whichever executor of this
+process settles it reaps its supervisor; one dropped with its executor would be a zombie."""
+
+
 class LocalExecutor:
     """Run tasks as subprocesses, bounded by this machine's cores and memory."""
 
@@ -102,7 +108,7 @@ class LocalExecutor:
     def __init__(self, *, cpus: int | None = None, memory: int | None = None):
         self.cpus = cpus or _cpu_count()
         self.memory = memory or psutil.virtual_memory().total
-        self._children: dict[Path, subprocess.Popen[bytes]] = {}
+        self._children = _SUPERVISORS  # of this process, whichever executor started them
 
     @property
     def isolation(self) -> str:
@@ -162,7 +168,13 @@ class LocalExecutor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
-        for folder in (spec.run_dir, spec.output_dir, spec.scratch_dir, spec.log_path.parent, spec.status_path.parent):
+        for folder in (
+            spec.run_dir,
+            spec.output_dir,
+            spec.scratch_dir,
+            spec.log_path.parent,
+            spec.progress_path.parent,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         payload = spec.to_json()
         payload["argv"], payload["env"] = self.prepare(spec)
@@ -235,6 +247,9 @@ class LocalExecutor:
 
     def finish(self, run_dir: Path) -> None:
         """Dissolve what a stopped task used: any process left, its cgroups, its scratch."""
+        own = self._children.get(run_dir)
+        if own is not None and own.poll() is not None:  # reaped: no zombie left behind
+            del self._children[run_dir]
         box = _sandbox(run_dir)
         if box is not None:
             box.close()

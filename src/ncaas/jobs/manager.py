@@ -75,6 +75,8 @@ def manager_lock(storage: Storage) -> IO[str] | None:
 
 LAUNCH_GRACE_MS = 10_000  # a running task with no handle yet is only declared lost after this
 TIMEOUT_BACKSTOP_S = 30.0
+PROGRESS_POLL_S = 1.0  # a progress file in remote storage is read at most this often
+PROGRESS_KEYS = ("progress", "message", "pid", "node", "node_timings")  # what a supervisor reports
 CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is killed
 WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written
 PREPARE_THREADS = 2  # environments prepared at once (each preparation is one environment)
@@ -121,6 +123,7 @@ class Manager:
         self.scan_interval = scan_interval  # seconds between listings of submissions (S3: each costs requests)
         self._last_scan = -float("inf")
         self._cancel_asked: dict[int, float] = {}  # task id -> when its cancel was first sent
+        self._progress_seen: dict[int, tuple[Any, float]] = {}  # task id -> (progress file stamp, when read)
         self.notify = notify or (lambda message: None)
         self.state_dir = private_dir(storage.state_dir())  # run folders and locks: the platform's own
         self.archive = BlueprintArchive(self.state_dir)  # every blueprint version a job used
@@ -510,6 +513,7 @@ class Manager:
             self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
+        self._take_progress(job, task)
         if job.cancel_requested:
             asked = self._cancel_asked.setdefault(task.id, time.monotonic())
             self.executor.cancel(handle)
@@ -536,6 +540,9 @@ class Manager:
 
     def _stopped(self, job: Job, task: Task, record: ExitRecord | Lost) -> None:
         self._cancel_asked.pop(task.id, None)
+        if not isinstance(record, Lost):
+            self._take_progress(job, task, final=True)  # its last words (final progress and message)
+        self._progress_seen.pop(task.id, None)
         if isinstance(record, Lost):
             decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
             record = ExitRecord()
@@ -786,11 +793,50 @@ class Manager:
             cpus=bp.resources.cpus,
             timeout=bp.resources.timeout,
             log_path=results / "logs" / f"{task.dataset}.log",
-            status_path=results / "status" / f"{task.dataset}.json",
+            progress_path=self._progress_path(job, task, run_dir),
             run_dir=run_dir,
             status_fields=self._status_fields(job, task),
             blueprint=loaded,
         )
+
+    def _progress_remote(self) -> bool:
+        """Whether tasks report progress through storage (they run on other machines)."""
+        return self.executor.stages_storage and not self.storage.is_local
+
+    def _progress_path(self, job: Job, task: Task, run_dir: Path) -> Path:
+        """Where a task's supervisor writes its progress: its run folder here; storage for
+        executors whose tasks run on other machines (the manager reads it from there)."""
+        if self._progress_remote():
+            return Path(f"{job.results_dir}/.progress/{task.dataset}.json")
+        return run_dir / "progress.json"
+
+    def _take_progress(self, job: Job, task: Task, *, final: bool = False) -> None:
+        """Copy a running task's progress (what its supervisor last wrote) into its status file.
+
+        The manager alone writes ``status/<key>.json``; the supervisor writes only its own
+        progress file. Copied when it changed; from storage at most every PROGRESS_POLL_S.
+        """
+        if task.run_dir is None:
+            return
+        path = self._progress_path(job, task, Path(task.run_dir))
+        seen, read_at = self._progress_seen.get(task.id, (None, -float("inf")))
+        try:
+            if self._progress_remote():
+                if not final and time.monotonic() - read_at < PROGRESS_POLL_S:
+                    return
+                text = self.storage.read_text(str(path))
+                stamp: Any = text
+            else:
+                stamp = path.stat().st_mtime_ns
+                if stamp == seen:
+                    return
+                text = path.read_text()
+            data = json.loads(text)
+        except (OSError, ValueError, NcaasError):
+            return  # not written yet, or being replaced: the next step looks again
+        self._progress_seen[task.id] = (stamp, time.monotonic())
+        if isinstance(data, dict) and stamp != seen:
+            self._write_status(job, task, progress={k: data[k] for k in PROGRESS_KEYS if k in data})
 
     def _ensure_config(self, job: Job) -> None:
         """Write the job's config.json if its creation was cut short (a kill, a full disk); once per job."""
@@ -891,6 +937,8 @@ class Manager:
         self._write_end(job, tasks)
         # the run folders go before the job is marked finalized: a manager killed in between
         # finalizes it again (idempotent) rather than leaving run folders and sandboxes behind
+        if self._progress_remote():
+            self.storage.remove(f"{job.results_dir}/.progress")  # what the nodes reported, all copied
         runs = self.state_dir / "runs" / job.id
         for run_dir in runs.iterdir() if runs.is_dir() else []:
             self.executor.finish(run_dir)  # idempotent; covers a manager killed before it dissolved one
@@ -934,7 +982,8 @@ class Manager:
             "attempt": task.attempt,
         }
 
-    def _write_status(self, job: Job, task: Task) -> None:
+    def _write_status(self, job: Job, task: Task, *, progress: dict[str, Any] | None = None) -> None:
+        """Write ``status/<key>.json`` (only the manager does), with the task's latest ``progress``."""
         path = f"{job.results_dir}/status/{task.dataset}.json"
         previous: dict[str, Any] = {}
         if self.storage.exists(path):
@@ -946,6 +995,7 @@ class Manager:
             "progress": 0.0,
             "message": "",
             **previous,
+            **(progress or {}),
             **self._status_fields(job, task),
             "start_ms": task.started_ms,
             "end_ms": task.ended_ms,
