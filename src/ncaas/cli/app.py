@@ -2,26 +2,24 @@
 
 Each command that acts on jobs is written once against :class:`ncaas.cli.backend.Backend`:
 embedded (a storage root on this machine) or, with ``--server URL --token T``, a server.
-Errors are :class:`ncaas.exceptions.NcaasError`; :func:`_errors` is the one place that
+Errors are :class:`ncaas.exceptions.NcaasError`; :func:`ncaas.cli.console.errors` is the one place that
 turns them into a message and an exit code — never a traceback.
 """
 
 from __future__ import annotations
 
-import functools
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
-from ..exceptions import NcaasError, SubmissionRejected
+from ..exceptions import NcaasError
 from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
@@ -29,7 +27,10 @@ from ..jobs.states import JOB_TERMINAL
 from ..storage import Storage, default_root
 from ..storage.localfolder import left_out_note
 from ..submission import SubmitLimits
+from . import environments as environment_commands
+from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
+from .console import err, errors, out
 from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
 
 __all__ = ["app", "main"]
@@ -42,9 +43,6 @@ app = typer.Typer(
 )
 blueprint_app = typer.Typer(help="Work with blueprint files.", no_args_is_help=True)
 app.add_typer(blueprint_app, name="blueprint")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-F = TypeVar("F", bound=Callable[..., Any])
 
 RootOpt = Annotated[str, typer.Option("--root", envvar="NCAAS_ROOT", help="storage root (dir or URL)")]
 DbOpt = Annotated[
@@ -63,25 +61,6 @@ MaxDatasetsOpt = Annotated[
     int | None,
     typer.Option("--max-datasets", envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)"),
 ]
-
-
-def _errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SubmissionRejected as exc:
-            job = exc.job
-            where = f" (job {job['id']}; details in {job['results_dir']}/error.txt)" if job else ""
-            err.print(f"[red]submission rejected[/red]{where}:")
-            for problem in exc.problems:
-                err.print(f"  - {problem}")
-            raise typer.Exit(exc.exit_code) from None
-        except NcaasError as exc:
-            err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(exc.exit_code) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 _SERVER: dict[str, str | None] = {}  # --server / --token of this invocation
@@ -144,7 +123,7 @@ def _watch(backend: Backend, detail: dict[str, Any]) -> dict[str, Any]:
 
 # -- commands -------------------------------------------------------------------------------
 @app.command()
-@_errors
+@errors
 def analyses(root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """List the analyses that can be run."""
     with _backend(root, db) as backend:
@@ -155,7 +134,7 @@ def analyses(root: RootOpt = default_root(), db: DbOpt = None) -> None:
 
 
 @blueprint_app.command("validate")
-@_errors
+@errors
 def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml to check")]) -> None:
     """Validate a blueprint file, explaining every error with its location."""
     model, problems = validate_blueprint_file(file)
@@ -170,7 +149,7 @@ def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml
 
 
 @app.command()
-@_errors
+@errors
 def submit(
     analysis: Annotated[str, typer.Argument(help="analysis name (see `ncaas analyses`)")],
     data: Annotated[list[str], typer.Argument(help="local files/folders to upload, or names in inputs/")],
@@ -204,7 +183,7 @@ def submit(
 
 
 @app.command()
-@_errors
+@errors
 def status(
     job_id: Annotated[str | None, typer.Argument(help="job id (or unique prefix)")] = None,
     limit: Annotated[int, typer.Option(help="jobs listed")] = 20,
@@ -223,7 +202,7 @@ def status(
 
 
 @app.command()
-@_errors
+@errors
 def logs(
     job_id: JobArg,
     dataset: Annotated[str | None, typer.Argument(help="only this dataset (its name in inputs/, or its key)")] = None,
@@ -254,7 +233,7 @@ def logs(
 
 
 @app.command()
-@_errors
+@errors
 def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """Cancel a job: queued tasks never start, running ones are stopped within seconds."""
     with _backend(root, db) as backend:
@@ -266,7 +245,7 @@ def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> 
 
 
 @app.command()
-@_errors
+@errors
 def results(
     job_id: JobArg,
     to: Annotated[Path | None, typer.Option("--to", help="copy the results folder here")] = None,
@@ -286,7 +265,7 @@ def results(
 
 
 @app.command()
-@_errors
+@errors
 def rerun(
     job: Annotated[
         str,
@@ -307,7 +286,7 @@ def rerun(
 
 
 @app.command("manager")
-@_errors
+@errors
 def run_manager(
     analysis: Annotated[str | None, typer.Option(help="analysis for NeuroCAAS-style submit files naming none")] = None,
     interval: Annotated[float, typer.Option(help="seconds between polls of storage and tasks")] = 0.05,
@@ -370,22 +349,9 @@ def run_manager(
     lock.close()
 
 
-def _server_commands() -> None:
-    from .server import register  # `ncaas serve` and `ncaas admin ...`
-
-    register(app, errors=_errors, out=out, err=err)
-
-
-_server_commands()
-
-
-def _environment_commands() -> None:
-    from .environments import register  # `ncaas env build|verify|lock`
-
-    register(app, errors=_errors, out=out, err=err)
-
-
-_environment_commands()
+app.command()(server_commands.serve)
+app.add_typer(server_commands.admin, name="admin")
+app.add_typer(environment_commands.env_app, name="env")
 
 
 def main() -> None:
