@@ -122,7 +122,10 @@ def test_progress_and_log_stream_into_s3_while_running(ray_manager: Manager) -> 
             status = json.loads(storage.read_text(path))
             if status.get("state") == "running" and 0 < status.get("progress", 0) < 1:
                 seen.append(status["progress"])
-                log_while_running = storage.read_text(f"{job.results_dir}/logs/a.npy.log")
+                if (
+                    not log_while_running
+                ):  # the first look: the status (copied by the manager) lags the log by up to 1 s
+                    log_while_running = storage.read_text(f"{job.results_dir}/logs/a.npy.log")
         return ray_manager.db.job(job.id).finalized
 
     ray_manager.run(scan=False, until=watch)
