@@ -229,3 +229,24 @@ def test_writing_memory_mapped_traces_takes_far_less_memory_than_one_copy_and_re
             data = nwb[f"processing/ophys/Fluorescence/{name}/data"]
             assert data.dtype == np.float32 and data.shape == (t, k)
             np.testing.assert_array_equal(data[()], expected.T)
+
+
+def test_the_nwb_identity_comes_from_its_content_and_its_start_from_the_recording(tmp_path):
+    """Two writes of one result carry the same identifier and start time (never a random id or the
+    run's clock); another result gets another identifier; a given start time is kept."""
+    import datetime
+
+    from pynwb import NWBHDF5IO
+
+    def identity(ex, folder, **options):
+        path = write_outputs(ex, tmp_path / folder, fs=20.0, session_ids=["a", "b"], qc=False, **options)["nwb"]
+        with NWBHDF5IO(str(path), mode="r") as io:
+            nwb = io.read()
+            return nwb.identifier, nwb.session_start_time
+
+    first, again = identity(_extraction(), "one"), identity(_extraction(), "two")
+    assert first == again
+    assert first[0].startswith("caliali-") and first[1] == datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    assert identity(_extraction(k=2), "other")[0] != first[0]
+    recorded = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    assert identity(_extraction(), "dated", session_start_time=recorded)[1] == recorded

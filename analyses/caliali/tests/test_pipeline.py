@@ -220,3 +220,11 @@ def test_real_miniscope_recording(tmp_path):
     assert np.isfinite(c).all()
     for rel in ["neurons.nwb", "qc/contours.png", "qc/traces.png", "qc/sessions/session_session1_qc.png"]:
         assert (out / rel).stat().st_size > 0, rel
+
+
+def test_session_start_time_is_read_as_a_time_with_its_offset():
+    assert CalialiConfig().start_time.isoformat() == "1970-01-01T00:00:00+00:00"
+    assert CalialiConfig(session_start_time="2024-05-01T09:30").start_time.isoformat() == "2024-05-01T09:30:00+00:00"
+    assert CalialiConfig(session_start_time="2024-05-01T09:30:00Z").start_time.utcoffset().total_seconds() == 0
+    with pytest.raises(ConfigError, match="is not a date and time; write e.g. 2024-05-01T09:30:00"):
+        load_config({"session_start_time": "2024-13-01T00:00"})

@@ -13,11 +13,12 @@ are refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from caliali.exceptions import InputError
 
@@ -40,6 +41,13 @@ class CalialiConfig(BaseModel):
     fs: float = Field(10.0, gt=0, le=1000, description="Frame rate of the recording, Hz.")
     dataset: str = Field(
         "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats."
+    )
+    session_start_time: str = Field(
+        "1970-01-01T00:00:00+00:00",
+        pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+        description="When the first session was recorded (ISO 8601; UTC when no offset is given), written as the "
+        "NWB session_start_time. The default is a fixed date, never the time of the run, so that runs of the same "
+        "data give the same file.",
     )
     # -- resources -----------------------------------------------------------
     memory_budget: str = Field(
@@ -99,6 +107,17 @@ class CalialiConfig(BaseModel):
     keep_intermediates: bool = Field(
         False, description="Keep the corrected and aligned videos (work/) after a successful run."
     )
+
+    @field_validator("session_start_time")
+    @classmethod
+    def _a_real_time(cls, value: str) -> str:
+        _start_time(value)  # 2024-13-01 matches the pattern but is no date
+        return value
+
+    @property
+    def start_time(self) -> datetime:
+        """``session_start_time`` as a time with its offset (UTC when none was given)."""
+        return _start_time(self.session_start_time)
 
     # What the stages are given: sizes at the downsampled resolution, 0 as "not set".
     @property
@@ -167,6 +186,14 @@ def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
     except ValidationError as exc:
         problems = "; ".join(_describe(e) for e in exc.errors())
         raise ConfigError(f"invalid config: {problems}") from exc
+
+
+def _start_time(value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date and time; write e.g. 2024-05-01T09:30:00+02:00") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def config_schema() -> dict[str, Any]:

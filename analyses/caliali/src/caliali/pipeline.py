@@ -469,7 +469,14 @@ def _extract(
     report.stage("extraction", 0.95, 1.0)(0.0, "writing outputs")
     paths: dict[str, Any] = dict(
         write_outputs(
-            result, out, fs=config.fs_ds, session_ids=ids, spatial_ds=config.spatial_ds, nwb=config.nwb, qc=config.qc
+            result,
+            out,
+            fs=config.fs_ds,
+            session_ids=ids,
+            spatial_ds=config.spatial_ds,
+            nwb=config.nwb,
+            qc=config.qc,
+            session_start_time=config.start_time,
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)

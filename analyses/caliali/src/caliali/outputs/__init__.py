@@ -17,11 +17,12 @@ length.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from ._arrays import write_arrays
 from ._common import session_names
-from ._nwb import write_nwb
+from ._nwb import EPOCH, write_nwb
 from ._qc import plot_contours, plot_traces
 
 __all__ = ["write_outputs", "write_arrays", "write_nwb", "plot_contours", "plot_traces"]
@@ -37,6 +38,7 @@ def write_outputs(
     nwb: bool = True,
     qc: bool = True,
     extra_meta: dict | None = None,
+    session_start_time: datetime = EPOCH,
 ) -> dict[str, Path]:
     """Write every output of an extraction under ``out_dir``; returns the paths written by kind."""
     out = Path(out_dir)
@@ -48,7 +50,9 @@ def write_outputs(
         )
     }
     if nwb:
-        paths["nwb"] = write_nwb(extraction, out / "neurons.nwb", fs=fs, session_ids=session_ids)
+        paths["nwb"] = write_nwb(
+            extraction, out / "neurons.nwb", fs=fs, session_ids=session_ids, session_start_time=session_start_time
+        )
     if qc:
         (out / "qc").mkdir(exist_ok=True)
         paths["contours"] = plot_contours(extraction, out / "qc" / "contours.png")

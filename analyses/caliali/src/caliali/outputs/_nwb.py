@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,13 +43,30 @@ def _pixel_masks(extraction):
         yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""The session start written when none is known: a fixed date, never the time of the run."""
+
+
+def content_identifier(extraction, *, fs: float, session_ids) -> str:
+    """An NWB identifier from what the file holds (footprints, session bounds, frame rate, session
+    names): the same result gives the same identifier, a different one another."""
+    a = extraction.A.tocsc()
+    digest = hashlib.sha256()
+    for part in (a.shape, np.asarray(extraction.session_bounds, np.int64).tolist(), float(fs), list(session_ids)):
+        digest.update(repr(part).encode())
+    for array in (a.indptr, a.indices, a.data):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return f"caliali-{digest.hexdigest()[:32]}"
+
+
 def write_nwb(
     extraction,
     path: Path | str,
     *,
     fs: float = 10.0,
     session_ids=None,
-    session_start_time: datetime | None = None,
+    session_start_time: datetime = EPOCH,
+    identifier: str | None = None,
     description: str = "caliali source extraction",
 ) -> Path:
     """Write ``extraction`` to an NWB file at ``path``.
@@ -80,8 +97,8 @@ def write_nwb(
     ids = session_names(extraction, session_ids)
     nwb = NWBFile(
         session_description=description,
-        identifier=str(uuid.uuid4()),
-        session_start_time=session_start_time or datetime.now(UTC),
+        identifier=identifier or content_identifier(extraction, fs=fs, session_ids=ids),
+        session_start_time=session_start_time,
     )
     device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")
     channel = OpticalChannel(name="channel", description="green fluorescence", emission_lambda=520.0)
