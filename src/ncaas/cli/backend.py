@@ -9,6 +9,7 @@ the API returns as JSON, so a command prints the same thing whichever answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -127,9 +128,16 @@ class Embedded:
     """A storage root and job database on this machine."""
 
     def __init__(self, root: str, db: str | None):
-        storage = Storage(root)
-        self.manager = Manager(storage, JobDB(db or f"sqlite:///{storage.state_dir() / 'jobs.sqlite'}"))
-        self.storage = storage
+        self.root, self.db = root, db
+
+    @functools.cached_property
+    def storage(self) -> Storage:
+        return Storage(self.root)
+
+    @functools.cached_property
+    def manager(self) -> Manager:
+        """Opened on first use: listing analyses creates no state folder or database."""
+        return Manager(self.storage, JobDB(self.db or f"sqlite:///{self.storage.state_dir() / 'jobs.sqlite'}"))
 
     def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         registry = BlueprintRegistry.discover()

@@ -37,6 +37,8 @@ class BlueprintArchive:
 
     def put(self, loaded: LoadedBlueprint) -> str:
         """Keep ``loaded`` (from the registry) under its content hash; returns the hash."""
+        if self._cache.get(loaded.sha256) is loaded:
+            return loaded.sha256
         sha = loaded.blueprint.content_hash()
         if sha != loaded.sha256:
             raise BlueprintError(f"blueprint {loaded.name}: its recorded sha256 is not its content's")

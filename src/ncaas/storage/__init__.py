@@ -20,7 +20,6 @@ import hashlib
 import os
 import posixpath
 import re
-import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,21 +219,10 @@ class Storage:
         if not self.is_local:
             return "file" if self.exists(path) and not self.isdir(path) else "folder" if self.isdir(path) else "missing"
         try:
-            mode = (os.stat if follow else os.lstat)(path).st_mode
+            kind = self._call(localtree.kind, path, follow=follow)
         except FileNotFoundError:
             return "missing"
-        except OSError as exc:
-            raise StorageError(f"cannot look at {path}: {exc}") from exc
-        for test, name in (
-            (stat.S_ISREG, "file"),
-            (stat.S_ISDIR, "folder"),
-            (stat.S_ISLNK, "link"),
-            (stat.S_ISFIFO, "fifo"),
-            (stat.S_ISSOCK, "socket"),
-        ):
-            if test(mode):
-                return name
-        return "device"
+        return _ENTRY_KINDS.get(kind, "device")
 
     def size(self, path: str) -> int:
         return int(self._call(self.fs.size, path))
@@ -383,6 +371,7 @@ def skipped_note(folder: str) -> str:
     )
 
 
+_ENTRY_KINDS = {"file": "file", "folder": "folder", "symlink": "link", "fifo": "fifo", "socket": "socket"}
 KINDS = {
     "file": "a file",
     "folder": "a folder",
