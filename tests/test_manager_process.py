@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 from ncaas_clirunner import cli, flat
-from ncaas_testutil import ncaas, read_json, start_manager, submit, wait_for
+from ncaas_testutil import ncaas, read_json, start_manager, stop, submit, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -15,12 +15,6 @@ pytestmark = pytest.mark.timeout(120)
 def _results(root, group="lab"):
     folder = root / group / "results"
     return sorted(folder.iterdir()) if folder.exists() else []
-
-
-def _stop(proc, sig=signal.SIGTERM):
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        proc.wait(timeout=20)
 
 
 def test_plain_copy_runs_parallel_tasks_with_status_certificate_and_rerun_match(root, tmp_path):
@@ -46,7 +40,7 @@ def test_plain_copy_runs_parallel_tasks_with_status_certificate_and_rerun_match(
             lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60, what="end.json"
         )
     finally:
-        _stop(manager)
+        stop(manager)
     assert end["state"] == "succeeded", (tmp_path / "manager.log").read_text()
     status = [read_json(s) for s in statuses]
     for s in status:
@@ -125,7 +119,7 @@ def test_manager_killed_mid_job_and_restarted_completes_it(root, tmp_path):
         )
         assert read_json(second[0] / "end.json")["state"] == "succeeded"
     finally:
-        _stop(manager)
+        stop(manager)
     assert read_json(a)["attempt"] == 1  # adopted, not rerun
     assert read_json(b)["attempt"] == 2  # lost with the manager, retried
     assert read_json(c)["state"] == "succeeded"
@@ -144,4 +138,4 @@ def test_second_manager_on_same_root_is_refused(root, tmp_path):
         assert done.exit_code == 1
         assert "another `ncaas manager` is already running" in flat(done.stderr)
     finally:
-        _stop(manager)
+        stop(manager)

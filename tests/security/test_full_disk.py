@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ncaas_clirunner import cli, flat
-from ncaas_testutil import read_json, start_manager, submit, wait_for, write_stack
+from ncaas_testutil import read_json, small_tmpfs, start_manager, stop, submit, wait_for, write_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,23 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs, unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "24m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
 
 
 def _fill(disk: Path) -> Path:
@@ -79,7 +63,7 @@ def test_a_task_that_fills_the_disk_fails_with_that_reason_and_is_not_retried(di
         )
         assert manager.poll() is None, "the manager died"
     finally:
-        _stop(manager)
+        stop(manager)
     log = (tmp_path / "manager.log").read_text()
     story = flat(cli("status", job_dir.name, "--root", str(root)).stdout)
     assert end["state"] == "failed", story + log
@@ -132,7 +116,7 @@ def test_the_manager_survives_a_full_disk_and_ends_the_job(disk: Path, tmp_path:
         assert manager.poll() is None, log.read_text()
     finally:
         manager.send_signal(signal.SIGCONT)
-        _stop(manager)
+        stop(manager)
     text = log.read_text()
     assert end["state"] == "succeeded", text
     assert read_json(status)["attempt"] == 1

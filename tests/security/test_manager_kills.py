@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 from ncaas_clirunner import cli, flat
-from ncaas_testutil import make_blueprint, read_json, start_manager, submit, wait_for, write_stack
+from ncaas_testutil import make_blueprint, read_json, start_manager, stop, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.executors.ray import RayExecutor
@@ -37,12 +36,6 @@ from ncaas.jobs.states import TaskState
 from ncaas.storage import Storage
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        proc.wait(timeout=20)
 
 
 def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -> Path:
@@ -60,7 +53,7 @@ def _killed_before_handle(root: Path, log: Path, *, supervisor_survives: bool) -
         status = job_dir / "status" / "a.npy.json"
         wait_for(lambda: status.exists() and read_json(status).get("pid"), what="the task running")
     finally:
-        _stop(manager, signal.SIGKILL)
+        stop(manager, signal.SIGKILL)
     run_dir = root / ".ncaas" / "runs" / job_dir.name / "a.npy.1"
     if supervisor_survives:
         wait_for(lambda: (run_dir / "exit.json").exists(), what="the supervisor's exit record")
@@ -90,7 +83,7 @@ def _restart_until_end(root: Path, log: Path, job_dir: Path) -> dict:
             what="end.json after the restart",
         )
     finally:
-        _stop(manager)
+        stop(manager)
 
 
 def _runs(job_dir: Path) -> int:
@@ -142,7 +135,7 @@ def test_a_live_supervisor_is_adopted_when_the_clock_moved_while_the_manager_was
         status = job_dir / "status" / "a.npy.json"
         wait_for(lambda: status.exists() and read_json(status).get("pid"), what="the task running")
     finally:
-        _stop(manager, signal.SIGKILL)
+        stop(manager, signal.SIGKILL)
     db = JobDB(default_db_url(str(root)))
     try:
         [task] = db.tasks(job_dir.name)

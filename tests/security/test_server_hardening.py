@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from crc32c import crc32c
+from ncaas_testutil import small_tmpfs
 
 from .conftest import Site, start_site
 
@@ -341,17 +342,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB file system of its own (tmpfs), so free space is exact whatever else the machine does."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "64m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_space_taken_while_an_upload_streams_stops_it_keeping_nothing_half_written(small_disk: Path):
