@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from caliali._cv2 import cv2
 from caliali.exceptions import ScoreError
 
 __all__ = [

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
+
+from caliali._cv2 import cv2
 
 __all__ = ["RingBackground", "downsample"]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -17,6 +19,24 @@ class Deconvolved(NamedTuple):
     baseline: float
     g: tuple  # AR coefficients
     sn: float  # noise std
+
+
+@contextmanager
+def _fixed_global_rng(seed: int = 0) -> Iterator[None]:
+    """NumPy's global random state seeded with ``seed`` inside, restored after.
+
+    OASIS's AR estimate draws from the global state (``np.random.normal``) when a
+    fitted root falls outside (0, 1), so an unseeded process deconvolved the same
+    trace differently from run to run. A fixed seed per trace keeps each result
+    independent of the run and of the traces deconvolved before it; restoring
+    the state leaves the caller's random numbers alone.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _stable_ar2(g) -> bool:
@@ -45,7 +65,7 @@ def deconvolve_trace(y: np.ndarray, *, p: int = 1, sn: float | None = None) -> D
     zeros = np.zeros(n, np.float32)
     if n < 10 or np.ptp(y64) <= 1e-12 * max(1.0, float(np.abs(y64).max())):
         return Deconvolved(zeros, zeros.copy(), float(y64.mean()) if n else 0.0, (0.0,), 0.0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _fixed_global_rng():
         # OASIS warns about its own numerical regularisation; those are not our users' concern.
         warnings.simplefilter("ignore")
         if sn is None:

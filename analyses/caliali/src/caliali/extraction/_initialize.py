@@ -8,9 +8,10 @@ memory is the batch, its high-passed copy and one patch.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from scipy import ndimage
+
+from caliali._cv2 import cv2
 
 from ._deconv import deconvolve_trace
 from ._footprints import box_around

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import cv2
 import numpy as np
+
+from caliali._cv2 import cv2
 
 from ._batches import check_session_bounds, plan_batches
 from ._source import open_source

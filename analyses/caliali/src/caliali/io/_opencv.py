@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from caliali._cv2 import cv2
 from caliali.exceptions import VideoReadError
 from caliali.io._base import VideoReader
 

@@ -6,9 +6,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from caliali._cv2 import cv2
 from caliali.exceptions import InputError, UnsupportedFormatError, VideoReadError
 
 __all__ = ["VideoWriter", "open_writer", "WRITABLE_SUFFIXES"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
+
+from caliali._cv2 import cv2
 
 from ._errors import MotionError
 

@@ -8,10 +8,11 @@ All functions take a float32 ``(t, h, w)`` block and return new arrays.
 from __future__ import annotations
 
 import bottleneck as bn
-import cv2
 import numpy as np
 import scipy.fft
 import scipy.ndimage as ndi
+
+from caliali._cv2 import cv2
 
 from ._errors import ProjectionError
 

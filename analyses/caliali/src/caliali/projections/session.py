@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import bottleneck as bn
-import cv2
 import numpy as np
 import scipy.ndimage as ndi
+
+from caliali._cv2 import cv2
 
 from ._errors import ProjectionError
 from .neurons import CorrelationAccumulator

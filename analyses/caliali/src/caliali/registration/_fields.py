@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import cv2
 import numpy as np
+
+from caliali._cv2 import cv2
 
 __all__ = [
     "compose",

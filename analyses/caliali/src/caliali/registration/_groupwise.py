@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from caliali._cv2 import cv2
 from caliali.registration._demons import DemonsParams, _gradient, demons
 from caliali.registration._fields import exp_field, in_bounds, resize_field, warp_replicate
 

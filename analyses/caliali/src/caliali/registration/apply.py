@@ -9,9 +9,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from caliali._cv2 import cv2
 from caliali.chunking import batch_frames_for, run_chunks
 from caliali.experiment import Experiment, load_experiment
 from caliali.io import VideoReader, open_video

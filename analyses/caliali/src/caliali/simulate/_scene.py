@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from scipy import ndimage
+
+from caliali._cv2 import cv2
 
 __all__ = ["place_neurons", "footprints", "background"]
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from scipy import sparse
 
+from caliali._cv2 import cv2
 from caliali.experiment import Session, write_manifest
 from caliali.io import open_writer, split_sizes
 from caliali.simulate._activity import calcium, spike_rates, spikes
