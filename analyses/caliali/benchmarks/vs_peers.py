@@ -11,7 +11,7 @@ Usage (from the repository root)::
         [--frames 2000 8000] [--neurons 120] [--pnr 2] [--seed 0]
         [--memory-budget 1GB] [--workdir /tmp/caliali-vs-peers]
         [--minian-venv /tmp/minian-venv] [--minian-frames 2000] [--no-minian]
-        [--profile]
+        [--profile] [--baseline GIT_REF]
 
 What it does:
 
@@ -47,7 +47,12 @@ What it does:
    before its timing starts.
 4. Prints CaImAn's and minian's published figures as reference rows: CaImAn
    is not on PyPI (the ``caiman`` name there is another project).
-5. With ``--profile``, runs caliali once more on the shortest movie under
+5. With ``--baseline GIT_REF``, also runs caliali as it was at that commit
+   (its ``analyses/caliali/src`` exported with ``git archive`` into
+   ``--workdir`` and put first on ``PYTHONPATH``) on the same movies, each
+   length right before the current code, measured the same way: a before /
+   after comparison from one run, under the same load.
+6. With ``--profile``, runs caliali once more on the shortest movie under
    cProfile and prints the functions with the most cumulative time.
 
 The machine is shared with other heavy jobs: wall times are inflated by
@@ -220,21 +225,46 @@ def caliali_config(args: argparse.Namespace, sim: Path) -> dict[str, Any]:
     return {"gSig": gsig, "min_corr": 0.2, "min_pnr": 4.0, "memory_budget": args.memory_budget}
 
 
-def run_caliali(sim: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+def export_baseline(ref: str, workdir: Path) -> tuple[str, Path]:
+    """caliali's source as of git ``ref``, exported into ``workdir``: (short commit, folder to put on PYTHONPATH)."""
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short=10", f"{ref}^{{commit}}"], capture_output=True, text=True
+    )
+    if commit.returncode != 0:
+        raise SystemExit(f"--baseline {ref}: not a commit of {REPO} ({commit.stderr.strip()})")
+    sha = commit.stdout.strip()
+    dest = workdir / f"baseline-{sha}"
+    if not (dest / "analyses" / "caliali" / "src" / "caliali").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", sha, "analyses/caliali/src"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return sha, dest / "analyses" / "caliali" / "src"
+
+
+def run_caliali(
+    sim: Path, workdir: Path, args: argparse.Namespace, *, source: tuple[str, Path] | None = None
+) -> dict[str, Any]:
+    """``caliali run`` on ``sim``, measured; ``source`` (commit, src folder) runs that version instead."""
     frames = json.loads((sim / "ground_truth" / "meta.json").read_text())["frames"]
-    out = workdir / f"caliali_{frames}f"
+    name = "caliali" if source is None else f"caliali @ {source[0]}"
+    tag = f"{frames}f" if source is None else f"{frames}f_{source[0]}"
+    out = workdir / f"caliali_{tag}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    config = out.parent / f"caliali_{frames}f_config.json"
+    config = out.parent / f"caliali_{tag}_config.json"
     config.write_text(json.dumps(caliali_config(args, sim)))
-    print(f"  caliali run on {frames} frames ...", flush=True)
+    print(f"  {name} run on {frames} frames ...", flush=True)
     env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source[1]), env.get("PYTHONPATH")]))
     m = measure(
         [sys.executable, "-m", "caliali", "run", "--input", str(sim), "--output", str(out), "--config", str(config)],
-        log=workdir / f"caliali_{frames}f.log",
+        log=workdir / f"caliali_{tag}.log",
         env=env,
     )
-    m.update(name="caliali", frames=frames)
+    m.update(name=name, frames=frames)
     if m["returncode"] != 0:
         m["error"] = f"caliali run exited {m['returncode']}:\n{tail(m['log'])}"
         return m
@@ -598,6 +628,9 @@ def main() -> None:
     parser.add_argument("--minian-mem", default="4GB", help="dask memory limit per worker.")
     parser.add_argument("--no-minian", action="store_true", help="Skip the minian run (reference rows only).")
     parser.add_argument("--profile", action="store_true", help="Also profile caliali with cProfile.")
+    parser.add_argument(
+        "--baseline", metavar="GIT_REF", help="Also run caliali as of this commit, side by side (before / after)."
+    )
     parser.add_argument("--minian-worker", nargs=2, metavar=("MOVIE_DIR", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.minian_worker:
@@ -611,9 +644,11 @@ def main() -> None:
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine: wall times are noisy)"
     )
     sims = {frames: simulate(args.workdir, frames, args) for frames in sorted(set(args.frames))}
+    baseline = export_baseline(args.baseline, args.workdir) if args.baseline else None
     rows: list[dict[str, Any]] = []
-    for sim in sims.values():
-        row = run_caliali(sim, args.workdir, args)
+    runs = [(sim, source) for sim in sims.values() for source in ([baseline] if baseline else []) + [None]]
+    for sim, source in runs:
+        row = run_caliali(sim, args.workdir, args, source=source)
         rows.append(row)
         print(
             f"    -> wall {row['wall_s']:.0f} s, CPU {row['cpu_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} MB"
@@ -654,6 +689,17 @@ def main() -> None:
             f"{long['peak_rss_mb'] / short['peak_rss_mb']:.2f}x for {long['frames'] / short['frames']:.0f}x "
             f"the frames (target ~1.0)"
         )
+    if baseline is not None:
+        for before in (r for r in rows if r["name"] == f"caliali @ {baseline[0]}" and "error" not in r):
+            after = next((r for r in ok if r["frames"] == before["frames"]), None)
+            if after is None:
+                continue
+            print(
+                f"caliali {before['frames']} frames, {baseline[0]} -> now: wall {before['wall_s']:.0f} -> "
+                f"{after['wall_s']:.0f} s, CPU {before['cpu_s']:.0f} -> {after['cpu_s']:.0f} s, peak RSS "
+                f"{before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MB, F1 {before.get('f1', float('nan')):.3f} "
+                f"-> {after.get('f1', float('nan')):.3f}"
+            )
     tag = "_".join(str(f) for f in sorted(set(args.frames))) or "none"
     figures = args.workdir / f"vs_peers_{tag}{'' if args.no_minian else '_minian'}.json"
     figures.write_text(json.dumps(rows, indent=2, default=str))
