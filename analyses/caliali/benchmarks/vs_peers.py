@@ -697,8 +697,8 @@ def main() -> None:
             print(
                 f"caliali {before['frames']} frames, {baseline[0]} -> now: wall {before['wall_s']:.0f} -> "
                 f"{after['wall_s']:.0f} s, CPU {before['cpu_s']:.0f} -> {after['cpu_s']:.0f} s, peak RSS "
-                f"{before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MB, F1 {before.get('f1', float('nan')):.3f} "
-                f"-> {after.get('f1', float('nan')):.3f}"
+                f"{before['peak_rss_mb']:.0f} -> {after['peak_rss_mb']:.0f} MB, "
+                f"F1 {before.get('f1', float('nan')):.3f} -> {after.get('f1', float('nan')):.3f}"
             )
     tag = "_".join(str(f) for f in sorted(set(args.frames))) or "none"
     figures = args.workdir / f"vs_peers_{tag}{'' if args.no_minian else '_minian'}.json"
