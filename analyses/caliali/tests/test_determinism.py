@@ -9,12 +9,15 @@ processes, where those differences showed.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 BV_SCRIPT = textwrap.dedent(
     """
@@ -93,3 +96,83 @@ def test_deconvolution_does_not_depend_on_or_change_the_global_random_state():
     assert np.array_equal(np.random.get_state()[1], before), "deconvolution changed the caller's random state"
     for a, b in zip(first, second):
         assert np.array_equal(a.c, b.c) and np.array_equal(a.s, b.s) and a.g == b.g
+
+
+# -- whole runs ---------------------------------------------------------------------------------------
+
+REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
+REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "memory_budget": "256MB"}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _differing(a: Path, b: Path) -> list[str]:
+    fa, fb = _files(a), _files(b)
+    assert sorted(fa) == sorted(fb), "the two runs wrote different files"
+    return [name for name in fa if fa[name] != fb[name]]
+
+
+def _start_run(movie: Path, config: dict, out: Path) -> subprocess.Popen:
+    cfg = out.parent / f"{out.name}.json"
+    cfg.write_text(json.dumps(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "caliali", "run", "--input", str(movie), "--config", str(cfg), "--output", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    output, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, output[-3000:]
+
+
+@pytest.fixture(scope="module")
+def real_movie(tmp_path_factory) -> Path:
+    """The raw top-left quadrant of minian's demo movie, as a TIFF."""
+    import tifffile
+
+    from caliali._cv2 import cv2
+
+    if not REAL_MOVIE.exists():
+        pytest.skip(f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository)")
+    capture = cv2.VideoCapture(str(REAL_MOVIE))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
+    capture.release()
+    movie = tmp_path_factory.mktemp("real") / "movie"
+    movie.mkdir()
+    tifffile.imwrite(movie / "session1.tif", np.stack(frames))
+    return movie
+
+
+@pytest.mark.slow
+def test_two_runs_of_a_real_recording_at_once_write_the_same_bytes(real_movie, tmp_path):
+    """Run side by side (each loads the machine for the other): every output file byte for byte."""
+    runs = [_start_run(real_movie, REAL, tmp_path / f"run{i}") for i in (1, 2)]
+    for proc in runs:
+        _finish(proc)
+    assert _differing(tmp_path / "run1", tmp_path / "run2") == []
+
+
+@pytest.mark.slow
+def test_memory_budget_with_fixed_batch_frames_changes_no_output(real_movie, tmp_path):
+    """memory_budget only sizes the chunks: with batch_frames set, only its own record in meta.json differs."""
+    fixed = {**REAL, "batch_frames": 250}
+    runs = [
+        _start_run(real_movie, {**fixed, "memory_budget": budget}, tmp_path / name)
+        for name, budget in (("small", "64MB"), ("large", "1GB"))
+    ]
+    for proc in runs:
+        _finish(proc)
+    assert _differing(tmp_path / "small", tmp_path / "large") == ["arrays/meta.json"]
+    small, large = (json.loads((tmp_path / n / "arrays" / "meta.json").read_text()) for n in ("small", "large"))
+    assert small["params"].pop("memory_budget") != large["params"].pop("memory_budget")
+    assert small == large
