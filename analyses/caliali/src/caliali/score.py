@@ -34,6 +34,10 @@ from caliali.exceptions import ScoreError
 
 __all__ = [
     "AlignmentScore",
+    "MaskScore",
+    "footprint_masks",
+    "iou_matrix",
+    "match_masks",
     "NeuronScore",
     "Score",
     "cosine_matrix",
@@ -57,6 +61,22 @@ class NeuronScore:
     f1: float
     trace_threshold: float
     matches: list[tuple[int, int, float, float]]
+
+
+@dataclass(frozen=True)
+class MaskScore:
+    """Footprints matched one to one by mask IoU; ``matches`` rows are (estimated, true, IoU)."""
+
+    n_true: int
+    n_found: int
+    n_matched: int
+    precision: float
+    recall: float
+    f1: float
+    iou_threshold: float
+    mask_fraction: float
+    median_iou: float
+    matches: list[tuple[int, int, float]]
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,66 @@ def score_neurons(
     recall = tp / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return NeuronScore(n_true, n_found, tp, precision, recall, f1, trace_threshold, matches)
+
+
+def footprint_masks(a: np.ndarray | sparse.spmatrix, *, fraction: float = 0.2) -> sparse.csc_array:
+    """Boolean masks (P, K) of footprints ``a`` (P, K): the pixels at or above ``fraction`` x their footprint's max.
+
+    The thresholded masks CaImAn's ``register_ROIs`` compares (its ``thr`` of 0.2 of each component's max).
+    """
+    m = sparse.csc_array(a, dtype=np.float64)
+    m.eliminate_zeros()
+    if m.shape[1] == 0:
+        return sparse.csc_array(m.shape, dtype=bool)
+    top = m.max(axis=0).toarray().ravel()
+    cols = np.repeat(np.arange(m.shape[1]), np.diff(m.indptr))
+    keep = (m.data >= fraction * top[cols]) & (m.data > 0)
+    return sparse.csc_array((np.ones(int(keep.sum()), bool), (m.indices[keep], cols[keep])), shape=m.shape)
+
+
+def iou_matrix(x: sparse.spmatrix | np.ndarray, y: sparse.spmatrix | np.ndarray) -> np.ndarray:
+    """Intersection over union (Jaccard index) of the boolean masks in the columns of ``x`` (P, a) and ``y`` (P, b)."""
+    xs, ys = sparse.csc_array(x, dtype=np.float64), sparse.csc_array(y, dtype=np.float64)
+    inter = np.asarray((xs.T @ ys).toarray(), dtype=np.float64)
+    area_x = np.asarray(xs.sum(axis=0)).ravel()
+    area_y = np.asarray(ys.sum(axis=0)).ravel()
+    union = area_x[:, None] + area_y[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def match_masks(
+    a_est: np.ndarray | sparse.spmatrix,
+    a_true: np.ndarray | sparse.spmatrix,
+    *,
+    iou_threshold: float = 0.3,
+    fraction: float = 0.2,
+) -> MaskScore:
+    """Match footprints one to one by the IoU of their thresholded masks (Hungarian assignment on IoU).
+
+    A pair counts when its IoU is at least ``iou_threshold``: CaImAn's ``register_ROIs`` criterion (Jaccard
+    distance below 0.7), so a trace on a wrong footprint is never a match.
+
+    References
+    ----------
+    .. [1] Giovannucci, A. et al. CaImAn: an open source tool for scalable calcium imaging data analysis.
+       eLife 8, e38173 (2019) (``register_ROIs``).
+    """
+    if a_est.shape[0] != a_true.shape[0]:
+        raise ScoreError(f"footprints cover {a_est.shape[0]} and {a_true.shape[0]} pixels; resize to one grid first")
+    m_est, m_true = footprint_masks(a_est, fraction=fraction), footprint_masks(a_true, fraction=fraction)
+    n_found, n_true = m_est.shape[1], m_true.shape[1]
+    matches: list[tuple[int, int, float]] = []
+    if n_found and n_true:
+        iou = iou_matrix(m_est, m_true)
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        matches = [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if iou[i, j] >= iou_threshold]
+    tp = len(matches)
+    precision = tp / n_found if n_found else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    median = float(np.median([m[2] for m in matches])) if matches else 0.0
+    return MaskScore(n_true, n_found, tp, precision, recall, f1, iou_threshold, fraction, median, matches)
 
 
 def score_alignment(
