@@ -240,7 +240,7 @@ def run_caliali(sim: Path, workdir: Path, args: argparse.Namespace) -> dict[str,
         return m
     m.update(score_result(out, sim))
     summary = json.loads((out / "summary.json").read_text())
-    m["stages"] = summary.get("stages", {})
+    m["stages"] = summary["run"]["stages"]  # timings live in the run section
     return m
 
 

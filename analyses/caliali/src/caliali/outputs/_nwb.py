@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 import warnings
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from caliali.provenance import EPOCH
 
 from ._blocks import BLOCK_BYTES
 from ._common import session_names
@@ -45,10 +47,6 @@ def _pixel_masks(extraction):
         lo, hi = a.indptr[k], a.indptr[k + 1]
         pix, val = a.indices[lo:hi], a.data[lo:hi]
         yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-"""The session start written when none is known: a fixed date, never the time of the run."""
 
 
 def content_identifier(extraction, *, fs: float, session_ids) -> str:
