@@ -64,3 +64,15 @@ def test_the_dataset_is_described_once_before_launch_and_the_certificate_keeps_t
     assert task["input"]["sha256"] == before
     told = read_json(root / "lab" / "results" / job.id / "outputs" / "b.npy" / "hashes.json")
     assert told["NCAAS_INPUT_SHA256"] == before
+
+
+def test_tasks_cancelled_while_their_datasets_are_hashed_hold_up_no_later_task(manager, root):
+    path = submit(root, "gone", {"analysis": "framestats", "dataname": ["a.npy", "b.npy", "c.npy"]})
+    job = manager.ingest_file("lab", str(path))
+    manager.step()  # their datasets are being described beside the loop
+    assert manager._describing, "no dataset was being described"
+    manager.cancel(job.id)
+    later, results = _run(manager, root, {"record_hashes": True}, ["folder"], name="later")
+    assert later.state == JobState.SUCCEEDED, later.cause
+    told = read_json(results / "outputs" / "folder" / "hashes.json")
+    assert told["NCAAS_INPUT_SHA256"] == read_json(results / "certificate.json")["tasks"][0]["input"]["sha256"]

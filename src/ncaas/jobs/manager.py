@@ -570,6 +570,9 @@ class Manager:
 
     def _schedule(self, jobs: dict[str, Job]) -> None:
         queued = self.db.tasks(states=[TaskState.QUEUED.value])
+        waiting = {t.id for t in queued}
+        for task_id in [k for k, f in self._describing.items() if f.done() and k not in waiting]:
+            del self._describing[task_id]  # described for a task cancelled meanwhile
         if not queued:
             return
         running = self.db.tasks(states=[TaskState.RUNNING.value])
@@ -617,7 +620,7 @@ class Manager:
             return True
         future = self._describing.get(task.id)
         if future is None:
-            if len(self._describing) < DESCRIBE_THREADS:
+            if sum(not f.done() for f in self._describing.values()) < DESCRIBE_THREADS:
                 self._describing[task.id] = future = Future()
                 threading.Thread(
                     target=self._describe, args=(future, task), name=f"ncaas-describe-{task.id}", daemon=True
