@@ -167,7 +167,7 @@ def report(
     summary = _read(results / "outputs" / dataset / "summary.json")
     status = _read(results / "status" / f"{dataset}.json")
     cert = _read(results / "certificate.json")
-    stages = summary["stages"]
+    stages = summary["run"]["stages"]
     analysis_s = sum(s["seconds"] for s in stages.values())
     task_s = (status["end_ms"] - status["start_ms"]) / 1000
     before_s = status["start_ms"] / 1000 - submitted
@@ -192,7 +192,7 @@ def report(
         (name, f"{s['seconds']:.1f}", f"{100 * s['seconds'] / analysis_s:.0f}%", f"{s['peak_rss_mb']:.0f}")
         for name, s in stages.items()
     ]
-    rows.append(("analysis total (stages)", f"{analysis_s:.1f}", "100%", f"{summary['peak_rss_mb']:.0f}"))
+    rows.append(("analysis total (stages)", f"{analysis_s:.1f}", "100%", f"{summary['run']['peak_rss_mb']:.0f}"))
     out.append(_table(rows, ("stage", "wall s", "share", "peak RSS MB so far")))
     out.append(
         f"task as measured by the platform: wall {task_s:.1f} s, CPU {status['cpu_seconds']:.1f} s, "
@@ -224,7 +224,7 @@ def report(
     if bare_s is not None:
         out.append("")
         bare = _read(bare_out / "summary.json")
-        bare_stages = sum(s["seconds"] for s in bare["stages"].values())
+        bare_stages = sum(s["seconds"] for s in bare["run"]["stages"].values())
         out.append(
             _table(
                 [

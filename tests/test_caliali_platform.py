@@ -259,6 +259,45 @@ def test_the_certificate_lists_every_output_and_the_environment(simulated_job):
     _check_certificate(simulated_job)
 
 
+def test_the_nwb_identifier_derives_from_the_certificates_hashes(simulated_job, simulated):
+    """caliali names its NWB file by the content hashes the platform gave it, which are the ones the
+    certificate records; run alone, caliali hashes the same dataset and config to the same values."""
+    from pynwb import NWBHDF5IO
+
+    cert = simulated_job.certificate
+    [task] = cert["tasks"]
+    hashes = {
+        "blueprint": cert["blueprint"]["sha256"],
+        "config": cert["config"]["sha256"],
+        "input": task["input"]["sha256"],
+        "lock": cert["environment"]["lock_hash"],
+    }
+    rule = "".join(f"{name}={value}\n" for name, value in sorted(hashes.items()))
+    expected = "caliali-" + hashlib.sha256(rule.encode()).hexdigest()
+    with NWBHDF5IO(str(simulated_job.outputs / "neurons.nwb"), "r") as io:
+        assert io.read().identifier == expected
+    summary = json.loads((simulated_job.outputs / "summary.json").read_text())["nwb"]
+    assert summary["identifier"] == expected and summary["from"] == hashes and summary["hashes_by"] == "ncaas"
+    assert summary["session_start_time_from"] == "default"  # simulated TIFFs say no time; the config neither
+    experiment, _ = simulated
+    config = simulated_job.results.parent.parent.parent.parent / f"{experiment.name}-config.yaml"
+    alone = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from caliali.config import config_mapping; "
+            "from caliali.provenance import config_sha256, input_sha256; "
+            "print(json.dumps([input_sha256(sys.argv[1]), config_sha256(config_mapping(sys.argv[2]))]))",
+            str(experiment),
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(alone.stdout) == [hashes["input"], hashes["config"]]
+
+
 def test_a_wrong_config_is_refused_before_anything_runs_naming_the_field(simulated, tmp_path):
     experiment, _ = simulated
     root = tmp_path / "root"

@@ -270,7 +270,7 @@ def run_caliali(
         return m
     m.update(score_result(out, sim))
     summary = json.loads((out / "summary.json").read_text())
-    m["stages"] = summary.get("stages", {})
+    m["stages"] = summary["run"]["stages"]  # timings live in the run section
     return m
 
 

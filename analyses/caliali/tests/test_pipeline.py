@@ -223,7 +223,7 @@ def test_real_miniscope_recording(tmp_path):
 
 
 def test_session_start_time_is_read_as_a_time_with_its_offset():
-    assert CalialiConfig().start_time.isoformat() == "1970-01-01T00:00:00+00:00"
+    assert CalialiConfig().start_time is None  # unset: the recording's own time, else the epoch
     assert CalialiConfig(session_start_time="2024-05-01T09:30").start_time.isoformat() == "2024-05-01T09:30:00+00:00"
     assert CalialiConfig(session_start_time="2024-05-01T09:30:00Z").start_time.utcoffset().total_seconds() == 0
     with pytest.raises(ConfigError, match="is not a date and time; write e.g. 2024-05-01T09:30:00"):

@@ -102,6 +102,7 @@ class Task(Base):
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     argv_json: Mapped[str] = mapped_column(Text, default="[]")
     environment_json: Mapped[str] = mapped_column(Text, default="{}")
+    input_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # the dataset, described before launch
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 

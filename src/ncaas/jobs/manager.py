@@ -38,7 +38,7 @@ from ..executors.local import LocalExecutor
 from ..isolation import environments
 from ..private import private_dir
 from ..provenance.archive import BlueprintArchive
-from ..provenance.certificate import build_certificate, render_text
+from ..provenance.certificate import build_certificate, describe_dataset, render_text, task_hash_environment
 from ..provenance.signing import CertificateKeys
 from ..storage import KINDS, Storage
 from ..submission import (
@@ -81,6 +81,7 @@ CANCEL_GRACE_S = 10.0  # a task still running this long after its cancel is kill
 WRITE_GRACE_S = 2.0  # a malformed submit file this young may still be being written
 PREPARE_THREADS = 2  # environments prepared at once (each preparation is one environment)
 CERTIFY_THREADS = 2  # certificates written at once (each hashes a job's inputs and outputs)
+DESCRIBE_THREADS = 2  # datasets hashed at once before their tasks start
 WAIT_SHOWN_AFTER_S = 1.0  # a preparation this old is named in its tasks' cause (quick checks are not)
 WAITING_FOR_ENVIRONMENT = "waiting for its environment"
 
@@ -141,6 +142,7 @@ class Manager:
         self._calls_lock = threading.Lock()  # a call is queued only while a loop will answer it
         self._certifying: dict[str, Future[None]] = {}  # job id -> its certificate, being written
         self._certify_slots = threading.BoundedSemaphore(CERTIFY_THREADS)
+        self._describing: dict[int, Future[dict[str, Any]]] = {}  # task id -> its dataset, being hashed
         self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
         self._disk_full = False  # a step failed for lack of space and none has succeeded since
 
@@ -568,6 +570,9 @@ class Manager:
 
     def _schedule(self, jobs: dict[str, Job]) -> None:
         queued = self.db.tasks(states=[TaskState.QUEUED.value])
+        waiting = {t.id for t in queued}
+        for task_id in [k for k, f in self._describing.items() if f.done() and k not in waiting]:
+            del self._describing[task_id]  # described for a task cancelled meanwhile
         if not queued:
             return
         running = self.db.tasks(states=[TaskState.RUNNING.value])
@@ -594,13 +599,47 @@ class Manager:
             if not fits and used_cpus > 0:
                 continue
             environment = self._environment(job, task)
-            if environment is None:  # being prepared in the background; the task stays queued
+            described = self._described(task)
+            if environment is None or not described:  # being prepared beside the loop; the task stays queued
                 continue
             if self._start(job, task, environment):
                 used_cpus += task.cpus
                 used_mem += task.memory_bytes
                 per_analysis[job.analysis or ""] = per_analysis.get(job.analysis or "", 0) + 1
         self._show_waiting(jobs, queued)
+
+    def _described(self, task: Task) -> bool:
+        """Whether the task's dataset has been described (size, sha256; a folder's tree digest).
+
+        Once per task, on a thread beside the loop (a dataset may be terabytes): the task is
+        told the hash (`task_hash_environment`) and its certificate records this description,
+        never a second hashing. A dataset that cannot be read is not described: the task
+        starts without its hash and finds the problem itself; the certificate describes it then.
+        """
+        if task.input_json is not None:
+            return True
+        future = self._describing.get(task.id)
+        if future is None:
+            if sum(not f.done() for f in self._describing.values()) < DESCRIBE_THREADS:
+                self._describing[task.id] = future = Future()
+                threading.Thread(
+                    target=self._describe, args=(future, task), name=f"ncaas-describe-{task.id}", daemon=True
+                ).start()  # daemon: stopping the manager never waits for a hash
+            return False
+        if not future.done():
+            return False
+        del self._describing[task.id]
+        if future.exception() is None:
+            task.input_json = json.dumps(future.result())
+            self.db.update_task(task.id, input_json=task.input_json)
+        return True
+
+    def _describe(self, future: Future[dict[str, Any]], task: Task) -> None:
+        try:
+            future.set_result(describe_dataset(self.storage, task.dataset_path, task.dataset_rel))
+        except Exception as exc:  # noqa: BLE001 - an unreadable dataset: the task says what is wrong
+            future.set_exception(exc)
+        self._wake.set()
 
     def _cancel_queued(self, job: Job, task: Task) -> None:
         if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started", ended_ms=now_ms()):
@@ -780,6 +819,12 @@ class Manager:
             "NCAAS_JOB": job.id,
             "NCAAS_DATASET": task.dataset,
             "NCAAS_ATTEMPT": str(task.attempt),
+            **task_hash_environment(
+                input_description=json.loads(task.input_json) if task.input_json else None,
+                config=job.config,
+                blueprint_sha256=job.blueprint["sha256"],
+                lock_hash=env_info.lock_hash,
+            ),
         }
         return TaskSpec(
             argv=argv,

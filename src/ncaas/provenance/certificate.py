@@ -9,6 +9,11 @@ Links and special files among inputs and outputs are recorded as what they are
 (``{"path", "kind": "symlink", "target"}``, ``{"path", "kind": "fifo"}``, ...):
 never followed, never opened.
 ``certificate.txt`` says the same for a human.
+
+A task is told the content hashes its certificate will record before it starts, in
+environment variables (`TASK_HASH_VARIABLES`), so that what it writes can name the
+run it came from without any clock or random id: its dataset is described once,
+before launch, and that description is the one the certificate records.
 """
 
 from __future__ import annotations
@@ -24,9 +29,26 @@ from .. import __version__
 from ..exceptions import CertificateError
 from ..storage import Storage
 
-__all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_text"]
+__all__ = [
+    "TASK_HASH_VARIABLES",
+    "build_certificate",
+    "compare_outputs",
+    "config_sha256",
+    "describe_dataset",
+    "load_certificate",
+    "render_text",
+    "task_hash_environment",
+]
 
 CERTIFICATE_VERSION = 1
+
+TASK_HASH_VARIABLES = {
+    "NCAAS_INPUT_SHA256": "tasks[].input.sha256: the dataset (a file's sha256, a folder's tree digest)",
+    "NCAAS_CONFIG_SHA256": "config.sha256: sha256 of the job's config as canonical JSON",
+    "NCAAS_BLUEPRINT_SHA256": "blueprint.sha256: the blueprint's content hash",
+    "NCAAS_LOCK_SHA256": "environment.lock_hash: sha256 of the environment's lock file (absent without one)",
+}
+"""The variables every task's environment holds, and the certificate field each equals."""
 
 
 def fingerprint(entry: dict[str, Any]) -> str:
@@ -62,6 +84,32 @@ def describe_input(storage: Storage, path: str, rel: str) -> dict[str, Any]:
     return {**entry, "path": rel, "kind": entry.get("kind", "file")}
 
 
+def describe_dataset(storage: Storage, path: str, rel: str) -> dict[str, Any]:
+    """`describe_input`, or ``{"path", "missing": True}`` when the dataset is gone."""
+    if not storage.exists(path):
+        return {"path": rel, "missing": True}
+    return describe_input(storage, path, rel)
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The config's hash as certificates record it: sha256 of its canonical JSON."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def task_hash_environment(
+    *, input_description: dict[str, Any] | None, config: dict[str, Any], blueprint_sha256: str, lock_hash: str | None
+) -> dict[str, str]:
+    """The `TASK_HASH_VARIABLES` of one task; a hash not known (a dataset gone, no lock) is left out."""
+    values = {
+        "NCAAS_INPUT_SHA256": (input_description or {}).get("sha256"),
+        "NCAAS_CONFIG_SHA256": config_sha256(config),
+        "NCAAS_BLUEPRINT_SHA256": blueprint_sha256,
+        "NCAAS_LOCK_SHA256": lock_hash,
+    }
+    return {name: value for name, value in values.items() if value}
+
+
 def _outputs(storage: Storage, folder: str) -> list[dict[str, Any]]:
     """Every entry a task left in its output folder; links and special files as such, unread."""
     try:
@@ -79,14 +127,12 @@ def build_certificate(
     environment: dict[str, Any] = {"python": None, "lock_hash": None, "manifest_hash": None}
     blueprint = job.blueprint
     config = job.config
-    config_text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     out_tasks = []
     for task in tasks:
         outputs_dir = f"{job.results_dir}/outputs/{task.dataset}"
+        described = getattr(task, "input_json", None)  # described before launch; a task never started was not
         input_info = (
-            describe_input(storage, task.dataset_path, task.dataset_rel)
-            if storage.exists(task.dataset_path)
-            else {"path": task.dataset_rel, "missing": True}
+            json.loads(described) if described else describe_dataset(storage, task.dataset_path, task.dataset_rel)
         )
         task_env = json.loads(task.environment_json or "{}")
         if task_env.get("python"):
@@ -129,7 +175,7 @@ def build_certificate(
         "config": {
             "name": job.config_name,
             "content": config,
-            "sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+            "sha256": config_sha256(config),
         },
         "command": blueprint.get("content", {}).get("command"),
         "tasks": out_tasks,

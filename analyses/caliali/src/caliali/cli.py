@@ -163,10 +163,11 @@ def run(
     from caliali.config import load_config
     from caliali.pipeline import run as run_pipeline
 
-    cfg = load_config(config)  # refused before anything runs, naming the field
+    load_config(config)  # refused before anything runs, naming the field
     # This process is the run's own: freed long traces must not leave glibc's heaps keeping batch temporaries.
     large_arrays_returned_on_free()
-    result = run_pipeline(input, output, config=cfg, work=work, progress=print_progress)
+    # the file itself, not its parsed values: its hash is taken as written (fs: 25 stays 25), as ncaas does
+    result = run_pipeline(input, output, config=config, work=work, progress=print_progress)
     frames = ", ".join(f"{s}: {n}" for s, n in zip(result.sessions, result.session_frames))
     console.print(
         f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from caliali.exceptions import InputError
 
-__all__ = ["CalialiConfig", "ConfigError", "load_config", "config_schema"]
+__all__ = ["CalialiConfig", "ConfigError", "config_mapping", "config_schema", "load_config"]
 
 
 class ConfigError(InputError):
@@ -43,11 +43,11 @@ class CalialiConfig(BaseModel):
         "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats."
     )
     session_start_time: str = Field(
-        "1970-01-01T00:00:00+00:00",
-        pattern=r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+        "",
+        pattern=r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$",
         description="When the first session was recorded (ISO 8601; UTC when no offset is given), written as the "
-        "NWB session_start_time. The default is a fixed date, never the time of the run, so that runs of the same "
-        "data give the same file.",
+        "NWB session_start_time when the recording's own metadata does not say it. Empty: the recording's time, "
+        "else 1970-01-01T00:00:00Z; never the time of the run, so that runs of the same data give the same file.",
     )
     # -- resources -----------------------------------------------------------
     memory_budget: str = Field(
@@ -111,13 +111,14 @@ class CalialiConfig(BaseModel):
     @field_validator("session_start_time")
     @classmethod
     def _a_real_time(cls, value: str) -> str:
-        _start_time(value)  # 2024-13-01 matches the pattern but is no date
+        if value:
+            _start_time(value)  # 2024-13-01 matches the pattern but is no date
         return value
 
     @property
-    def start_time(self) -> datetime:
-        """``session_start_time`` as a time with its offset (UTC when none was given)."""
-        return _start_time(self.session_start_time)
+    def start_time(self) -> datetime | None:
+        """``session_start_time`` as a time with its offset (UTC when none was given); None when unset."""
+        return _start_time(self.session_start_time) if self.session_start_time else None
 
     # What the stages are given: sizes at the downsampled resolution, 0 as "not set".
     @property
@@ -164,8 +165,29 @@ def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
         Unreadable file, or values out of range; the message names every
         offending field and what is allowed.
     """
+    raw = _read(source)
+    try:
+        return CalialiConfig(**raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"invalid config: {problems}") from exc
+
+
+def config_mapping(source: CalialiConfig | str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """Every parameter with its value as given (defaults filled in): what ncaas hashes as a job's config.
+
+    Values keep the form the file gives them (``fs: 25`` stays an integer), so a config file
+    hashes here as the platform hashes the same file merged over the blueprint's defaults.
+    """
+    if isinstance(source, CalialiConfig):
+        return source.model_dump()
+    return {**default_config(), **_read(source)}
+
+
+def _read(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
+    """The mapping a config source holds, unvalidated."""
     if source is None:
-        return CalialiConfig()
+        return {}
     if isinstance(source, dict):
         raw: Any = source
     else:
@@ -181,11 +203,7 @@ def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
         raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"the config must be a mapping of parameter names to values, got {type(raw).__name__}")
-    try:
-        return CalialiConfig(**raw)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"invalid config: {problems}") from exc
+    return raw
 
 
 def _start_time(value: str) -> datetime:

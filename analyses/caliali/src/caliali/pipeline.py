@@ -9,6 +9,12 @@ chunk size, not by the recording's length)::
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
 
+``summary.json`` holds the run's results (sessions, frames, neurons, config, alignment
+QC, the NWB file's identifier and session start with where each came from), the same
+for every run of the same input, config and environment, written with sorted keys;
+and, in its ``run`` section alone, what differs from run to run (input and output
+paths, host, process, start time, per-stage seconds and peak memory).
+
 A stage records its completion in ``work/state.json``; running again with the
 same inputs and config skips completed stages and resumes an interrupted one
 from its last committed chunk. A changed config or input starts afresh.
@@ -19,18 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from caliali import __version__
-from caliali.config import CalialiConfig, load_config
+from caliali.config import CalialiConfig, config_mapping, load_config
 from caliali.exceptions import InputError
 from caliali.experiment import Experiment, load_experiment
 
@@ -343,6 +352,8 @@ def run(
     caliali.exceptions.CalialiError
         Unusable input or config, with a message saying what to change.
     """
+    started = time.time()
+    mapping = config_mapping(config)
     config = config if isinstance(config, CalialiConfig) else load_config(config)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -351,6 +362,7 @@ def run(
     if not experiment.sessions:
         raise InputError(f"{input}: no sessions found; give a folder of videos, a manifest or a video file")
     state = _State(work, _fingerprint(experiment, config))
+    origin = _origin(input, mapping, experiment, config)
     report = _Reporter(progress)
     timings: dict[str, dict[str, float]] = {}
     ids = [s.id for s in experiment.sessions]
@@ -365,18 +377,28 @@ def run(
         video, bounds, valid = _timed(timings, "apply", lambda: _apply(alignment, config, motion, work, report, state))
     else:
         video, bounds, valid = _unaligned(motion, config, work, report)
-    paths = _timed(timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report))
+    paths = _timed(
+        timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin)
+    )
     n_neurons = paths.pop("_n_neurons")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     _write_summary(
         out,
         {
             "caliali_version": __version__,
-            "input": str(input),
             "sessions": ids,
             "session_frames": frames,
             "neurons": n_neurons,
             "config": config.model_dump(),
+            "nwb": origin.describe() if config.nwb else None,
+        },
+        run={
+            "input": str(Path(input).resolve()),
+            "output": str(out.resolve()),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
+            "seconds": round(time.time() - started, 3),
             "stages": timings,
         },
     )
@@ -419,15 +441,46 @@ def _unaligned(
     return video, bounds, valid
 
 
-def _write_summary(out: Path, summary: dict[str, Any]) -> None:
-    """``summary.json``: the run's facts, its peak memory and the alignment's QC (when sessions were aligned)."""
+@dataclass(frozen=True)
+class _Origin:
+    """Where the NWB file says it comes from: its identifier and session start, and their sources."""
+
+    hashes: Any  # caliali.provenance.RunHashes
+    start: datetime
+    start_from: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.hashes.describe(),
+            "session_start_time": self.start.isoformat(),
+            "session_start_time_from": self.start_from,
+        }
+
+
+def _origin(input: str | Path, mapping: dict[str, Any], experiment: Experiment, config: CalialiConfig) -> _Origin:
+    from caliali.provenance import run_hashes, session_start
+
+    first = experiment.sessions[0]
+    start, start_from = session_start(
+        first.files[0], dataset=first.dataset or config.dataset or None, configured=config.start_time
+    )
+    return _Origin(run_hashes(input, mapping), start, start_from)
+
+
+def _write_summary(out: Path, summary: dict[str, Any], *, run: dict[str, Any]) -> None:
+    """``summary.json``: the results, the alignment's QC (when sessions were aligned), then under
+    ``run`` alone what differs between two runs of the same input (paths, host, times, memory).
+
+    Keys sorted and floats written by `repr` (the shortest text that reads back equal), so the
+    same results give the same text.
+    """
     alignment = out / "alignment" / "alignment.json"
     summary = {
         **summary,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
         "alignment": json.loads(alignment.read_text()).get("qc") if alignment.exists() else None,
+        "run": {**run, "peak_rss_mb": round(_peak_rss_mb(), 1)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def _concatenate(stores: list[Any], path: Path, config: CalialiConfig) -> Path:
@@ -453,6 +506,7 @@ def _extract(
     out: Path,
     work: Path,
     report: _Reporter,
+    origin: _Origin,
 ) -> dict[str, Any]:
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
@@ -476,7 +530,8 @@ def _extract(
             spatial_ds=config.spatial_ds,
             nwb=config.nwb,
             qc=config.qc,
-            session_start_time=config.start_time,
+            session_start_time=origin.start,
+            identifier=origin.hashes.identifier,
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)

@@ -7,7 +7,8 @@ CPU), ``sleep_per_frame``, ``kill_on_attempts`` (SIGKILL itself on those attempt
 read from ``NCAAS_ATTEMPT``), ``leave_fifo`` / ``leave_symlink`` (leave a FIFO
 ``outputs/pipe.fifo``, or a link ``outputs/link`` to the given path, among its outputs)
 and ``leave_sparse_gib`` (leave ``outputs/sparse.bin``, that many GiB of zeros taking no
-disk space).
+disk space). ``record_hashes`` writes the content hashes the platform gave the task
+(``NCAAS_*_SHA256``) to ``outputs/hashes.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DEFAULTS = {
     "leave_fifo": False,
     "leave_symlink": None,
     "leave_sparse_gib": 0,
+    "record_hashes": False,
 }
 
 
@@ -89,6 +91,9 @@ def misbehave(config: dict, out: Path) -> None:
 def run(input_path: Path, config: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     misbehave(config, out)
+    if config["record_hashes"]:
+        hashes = {k: v for k, v in os.environ.items() if k.startswith("NCAAS_") and k.endswith("_SHA256")}
+        (out / "hashes.json").write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n")
     stacks = list(iter_stacks(input_path))
     total = sum(s.shape[0] for _, s in stacks)
     done = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from caliali.exceptions import UnsupportedFormatError, VideoReadError
 from caliali.io._base import VideoReader, to_grey_float32
+from caliali.io._recorded import from_attributes
 
 __all__ = ["ArrayReader", "open_hdf5", "open_nwb", "open_zarr"]
 
@@ -54,8 +56,10 @@ class ArrayReader(VideoReader):
         name: str,
         closer: Callable[[], None] = lambda: None,
         fs: float | None = None,
+        recorded_at: datetime | None = None,
     ) -> None:
         self.path, self.name, self._array, self._closer, self.fs = Path(path), name, array, closer, fs
+        self.recorded_at = recorded_at
         shape = tuple(int(n) for n in array.shape)
         if not _movie_like(shape):
             closer()
@@ -83,6 +87,14 @@ class ArrayReader(VideoReader):
         self._closer = lambda: None
 
 
+def _attribute_chain(root: Any, key: str) -> list[Any]:
+    """The attributes of array ``key`` under ``root`` (an HDF5 file or zarr group), then of each
+    group holding it, up to ``root``'s own: where a recording's start time may be written."""
+    parts = key.strip("/").split("/")
+    places = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    return [root[place].attrs for place in places] + [root.attrs]
+
+
 def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
     """Open a movie dataset in an HDF5 file (``dataset`` is its path inside)."""
     import h5py
@@ -102,7 +114,8 @@ def open_hdf5(path: Path, *, dataset: str | None = None) -> ArrayReader:
         if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in handle:
             found[dataset.strip("/")] = handle[dataset.strip("/")].shape
         key = _choose(path, found, dataset, "dataset")
-        return ArrayReader(path, handle[key], name=key, closer=stack.pop_all().close)
+        recorded = from_attributes(_attribute_chain(handle, key))
+        return ArrayReader(path, handle[key], name=key, closer=stack.pop_all().close, recorded_at=recorded)
 
 
 def open_zarr(path: Path, *, dataset: str | None = None) -> ArrayReader:
@@ -116,12 +129,12 @@ def open_zarr(path: Path, *, dataset: str | None = None) -> ArrayReader:
     if isinstance(node, zarr.Array):
         if dataset is not None:
             raise VideoReadError(f"{path}: is a single zarr array; remove dataset={dataset!r}")
-        return ArrayReader(path, node, name=Path(path).name)
+        return ArrayReader(path, node, name=Path(path).name, recorded_at=from_attributes([node.attrs]))
     found = {key: tuple(arr.shape) for key, arr in node.arrays() if _movie_like(arr.shape)}
     if dataset is not None and dataset.strip("/") not in found and dataset.strip("/") in node:
         found[dataset.strip("/")] = tuple(node[dataset.strip("/")].shape)
     key = _choose(path, found, dataset, "array")
-    return ArrayReader(path, node[key], name=key)
+    return ArrayReader(path, node[key], name=key, recorded_at=from_attributes(_attribute_chain(node, key)))
 
 
 def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
@@ -152,4 +165,11 @@ def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
                 f"{list(chosen.external_file[:])}; open those files directly"
             )
         rate = chosen.rate
-        return ArrayReader(path, chosen.data, name=key, closer=stack.pop_all().close, fs=float(rate) if rate else None)
+        return ArrayReader(
+            path,
+            chosen.data,
+            name=key,
+            closer=stack.pop_all().close,
+            fs=float(rate) if rate else None,
+            recorded_at=nwbfile.session_start_time,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ class VideoReader:
     Subclasses set ``path``, ``n_frames``, ``frame_shape`` and ``dtype`` (the
     dtype on disk) and implement :meth:`_read` and :meth:`_close`. Frames are
     never all loaded: :meth:`iter_chunks` reads ``batch_frames`` at a time.
+    ``fs`` and ``recorded_at`` (when the recording started, an aware time) are
+    set when the file's own metadata says them, else None.
     """
 
     path: Path
@@ -54,6 +57,7 @@ class VideoReader:
     frame_shape: tuple[int, int]
     dtype: np.dtype
     fs: float | None = None
+    recorded_at: datetime | None = None
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         """Return frames [start, stop) as float32 (t, h, w)."""

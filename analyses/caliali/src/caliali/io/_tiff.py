@@ -11,6 +11,7 @@ import tifffile
 
 from caliali.exceptions import UnsupportedFormatError, VideoReadError
 from caliali.io._base import VideoReader, to_grey_float32
+from caliali.io._recorded import from_tiff
 
 __all__ = ["TiffReader"]
 
@@ -54,6 +55,7 @@ class TiffReader(VideoReader):
         self.n_frames = int(np.prod(shape[: -3 if self._colour else -2], dtype=np.int64))
         self.dtype = np.dtype(series.dtype)
         self._series = series
+        self.recorded_at = from_tiff(self._tif)
         # Uncompressed contiguous data (what tifffile, ImageJ and our writer produce) is read
         # straight from its offset: parsing every page header cost more than reading the pixels.
         self._offset = series.dataoffset

@@ -10,6 +10,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from caliali.figures import save_png
+
 from ._errors import MotionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,6 +111,6 @@ def save_session_qc(
         written["projections"] = projections.save(folder / f"{name}_projections.npz")
     fig = plot_session_qc(motion, projections, title=name)
     png = folder / f"{name}_qc.png"
-    fig.savefig(png)
+    save_png(fig, png)
     written["qc_png"] = png
     return written

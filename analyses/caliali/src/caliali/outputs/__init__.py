@@ -39,8 +39,12 @@ def write_outputs(
     qc: bool = True,
     extra_meta: dict | None = None,
     session_start_time: datetime = EPOCH,
+    identifier: str | None = None,
 ) -> dict[str, Path]:
-    """Write every output of an extraction under ``out_dir``; returns the paths written by kind."""
+    """Write every output of an extraction under ``out_dir``; returns the paths written by kind.
+
+    The same arguments give the same bytes in every file, whenever written (see `write_nwb`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     session_names(extraction, session_ids)  # a wrong count fails before anything is written
@@ -51,7 +55,12 @@ def write_outputs(
     }
     if nwb:
         paths["nwb"] = write_nwb(
-            extraction, out / "neurons.nwb", fs=fs, session_ids=session_ids, session_start_time=session_start_time
+            extraction,
+            out / "neurons.nwb",
+            fs=fs,
+            session_ids=session_ids,
+            session_start_time=session_start_time,
+            identifier=identifier,
         )
     if qc:
         (out / "qc").mkdir(exist_ok=True)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 import warnings
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from caliali.provenance import EPOCH
+
 from ._blocks import BLOCK_BYTES
 from ._common import session_names
 
-__all__ = ["write_nwb"]
+__all__ = ["EPOCH", "content_identifier", "write_nwb"]
 
 CHUNK_BYTES = 2**20  # HDF5 chunks of about 1 MiB: whole frames (all neurons) each
+# The file format written whatever the HDF5 library's version: readable from HDF5 1.10 on, and
+# the same bytes after a library upgrade that would otherwise pick newer object layouts.
+LIBVER = ("earliest", "v110")
 
 
 def _frames_of(traces):
@@ -43,13 +49,10 @@ def _pixel_masks(extraction):
         yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-"""The session start written when none is known: a fixed date, never the time of the run."""
-
-
 def content_identifier(extraction, *, fs: float, session_ids) -> str:
     """An NWB identifier from what the file holds (footprints, session bounds, frame rate, session
-    names): the same result gives the same identifier, a different one another."""
+    names): the same result gives the same identifier, a different one another. Used when the
+    caller gives none (the pipeline gives one from its input and config hashes)."""
     a = extraction.A.tocsc()
     digest = hashlib.sha256()
     for part in (a.shape, np.asarray(extraction.session_bounds, np.int64).tolist(), float(fs), list(session_ids)):
@@ -57,6 +60,23 @@ def content_identifier(extraction, *, fs: float, session_ids) -> str:
     for array in (a.indptr, a.indices, a.data):
         digest.update(np.ascontiguousarray(array).tobytes())
     return f"caliali-{digest.hexdigest()[:32]}"
+
+
+def _stable_object_ids(nwb) -> None:
+    """Give every object of ``nwb`` an ``object_id`` derived from the file's identifier and the
+    object's place in the file, instead of the random UUID hdmf draws for each.
+
+    The same identifier and contents then give the same ids (and bytes); other files keep
+    other ids, as NWB asks. hdmf offers no public way to choose an id when an object is
+    created, only its private field, which ``object_id`` returns: set here, before anything
+    is built. The byte-identity test fails loudly should hdmf rename it.
+    """
+    namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"nwb:{nwb.identifier}")
+    for container in nwb.all_children():
+        if not hasattr(container, "_AbstractContainer__object_id"):
+            raise RuntimeError(f"hdmf has no object id field on {type(container).__name__}; pin hdmf<7")
+        place = "/".join(reversed([c.name for c in (container, *container.get_ancestors())]))
+        container._AbstractContainer__object_id = str(uuid.uuid5(namespace, place))
 
 
 def write_nwb(
@@ -80,6 +100,13 @@ def write_nwb(
     chunked in whole frames and written a buffer of frames at a time, so the
     traces (e.g. memory maps) are never read whole.
 
+    The same arguments give the same bytes, whenever and wherever written:
+    ``identifier`` (default: `content_identifier`) also seeds every object's
+    ``object_id``; ``file_create_date`` is ``session_start_time`` (what the file
+    holds does not depend on when it was written; the run's time is in
+    ``summary.json``'s ``run`` section); HDF5 stores no object times
+    (``track_times=False``) and a fixed file format (`LIBVER`).
+
     References
     ----------
     Rübel, O. et al. The Neurodata Without Borders ecosystem for neurophysiological
@@ -99,6 +126,7 @@ def write_nwb(
         session_description=description,
         identifier=identifier or content_identifier(extraction, fs=fs, session_ids=ids),
         session_start_time=session_start_time,
+        file_create_date=session_start_time,  # pynwb's default is the clock
     )
     device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")
     channel = OpticalChannel(name="channel", description="green fluorescence", emission_lambda=520.0)
@@ -158,10 +186,15 @@ def write_nwb(
             ],
         )
     )
+    _stable_object_ids(nwb)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # h5py/hdmf internals, not our API use
         # no HDF5 chunk cache: whole chunks are written once each, and every open dataset's cache
         # (8 MiB by default) would otherwise fill with chunks of traces until the file is closed
-        with h5py.File(path, "w", rdcc_nbytes=0) as file, NWBHDF5IO(mode="w", file=file) as io:
+        # no object times: h5py >= 3.15 creates groups and datasets without them, the root group as asked
+        with (
+            h5py.File(path, "w", rdcc_nbytes=0, track_times=False, libver=LIBVER) as file,
+            NWBHDF5IO(mode="w", file=file) as io,
+        ):
             io.write(nwb)
     return path

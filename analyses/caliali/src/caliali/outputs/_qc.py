@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from caliali.figures import save_png
+
 from ._blocks import release
 from ._common import session_names
 
@@ -46,8 +48,7 @@ def plot_contours(extraction, path: Path | str, *, level: float = 0.3) -> Path:
     ax.set_title(f"{a.shape[1]} neurons on the max-over-sessions Cn image")
     ax.set_axis_off()
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_png(fig, path)
 
 
 _TRACE_COLUMNS = 1200  # the traces figure's width in pixels (12 in at 100 dpi)
@@ -102,5 +103,4 @@ def plot_traces(extraction, path: Path | str, *, n: int = 10, fs: float = 10.0, 
     ax.set_xlabel("time (s), sessions concatenated")
     ax.set_title(f"{n} strongest neurons (grey raw, blue denoised)")
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_png(fig, path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caliali.figures import save_png
 from caliali.registration._fields import warp_replicate
 from caliali.registration._reliability import group_consistency
 
@@ -108,7 +109,7 @@ def write_qc_figures(
         fig.suptitle(f"projections {'before' if key == 'before' else 'after'} alignment")
         fig.tight_layout()
         path = out_dir / name
-        fig.savefig(path, dpi=80)
+        save_png(fig, path, dpi=80)
         written.append(path)
     fig = Figure(figsize=(14, 3.2))
     axes = fig.subplots(1, 4)
@@ -124,6 +125,6 @@ def write_qc_figures(
     axes[3].legend(fontsize=7)
     fig.tight_layout()
     path = out_dir / "alignment_qc.png"
-    fig.savefig(path, dpi=80)
+    save_png(fig, path, dpi=80)
     written.append(path)
     return written
