@@ -1,4 +1,4 @@
-"""Certificates: the provenance of a job, enough to reproduce it, and their comparison.
+"""Certificates: the provenance of a job, enough to reproduce it.
 
 ``certificate.json`` records the blueprint (name, version, sha256, git commit and its
 full content), the environment (lock and manifest hashes once environments exist),
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from .. import __version__
 from ..exceptions import CertificateError
 from ..storage import Storage
 
-__all__ = ["build_certificate", "compare_outputs", "load_certificate", "render_text"]
+__all__ = ["build_certificate", "fingerprint", "load_certificate", "render_text"]
 
 CERTIFICATE_VERSION = 1
 
@@ -212,22 +211,3 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
     if not isinstance(cert, dict) or not needed <= set(cert):
         raise CertificateError(f"{path} is not an ncaas certificate; it lacks {sorted(needed - set(cert or {}))}")
     return cert
-
-
-def compare_outputs(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
-    """File-by-file comparison of two certificates' outputs: match, differ, missing, extra."""
-    rows = []
-    after_tasks = {t["dataset"]: t for t in after["tasks"]}
-    for task in before["tasks"]:
-        old = {o["path"]: fingerprint(o) for o in task["outputs"]}
-        new_task = after_tasks.get(task["dataset"])
-        new = {o["path"]: fingerprint(o) for o in new_task["outputs"]} if new_task else {}
-        for path in sorted(set(old) | set(new)):
-            if path not in new:
-                verdict = "missing"
-            elif path not in old:
-                verdict = "extra"
-            else:
-                verdict = "match" if old[path] == new[path] else "differ"
-            rows.append({"dataset": task["dataset"], "path": posixpath.join(task["dataset"], path), "verdict": verdict})
-    return rows
