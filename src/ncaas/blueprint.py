@@ -151,6 +151,13 @@ class CompareRule(_Strict):
         description="nwb: HDF5 paths (/identifier, /general/x); json: keys or paths (run, stats.seconds)",
     )
 
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, kind: Any) -> Any:
+        if kind not in COMPARE_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(COMPARE_KINDS)}")
+        return kind
+
     @field_validator("pattern")
     @classmethod
     def _relative(cls, pattern: str) -> str:

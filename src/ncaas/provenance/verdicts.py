@@ -33,7 +33,7 @@ from ..isolation import sandbox
 from ..storage import Storage
 from .certificate import fingerprint
 
-__all__ = ["BAD", "LABELS", "compare_certificates", "summary_line", "verdicts_ok"]
+__all__ = ["BAD", "LABELS", "compare_certificates", "compare_in_sandbox", "summary_line", "verdicts_ok"]
 
 VERDICT_VERSION = 1  # part of the cache key: better comparators are not answered by old verdicts
 COMPARE_MEMORY = 2 << 30
@@ -117,26 +117,35 @@ class _Comparison:
                 problem = self._fetch(side, dataset, entry, folder / "ab"[side])
                 if problem is not None:
                     return None, problem
-            return _sandboxed(folder, posixpath.basename(a["path"]), rule)
+            name = posixpath.basename(a["path"])
+            return compare_in_sandbox(folder / "a" / name, folder / "b" / name, rule)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sandboxed(folder: Path, name: str, rule: CompareRule) -> tuple[bool | None, str]:
+def compare_in_sandbox(a: Path, b: Path, rule: CompareRule, *, timeout: float | None = None) -> tuple[bool | None, str]:
+    """Compare two local files by ``rule`` in the platform's sandbox: (equal, detail).
+
+    ``equal`` is None when no comparison could be made (a malformed file, the memory limit or
+    the timeout reached); ``detail`` then says why.
+    """
     request = {
-        "a": str(folder / "a" / name),
-        "b": str(folder / "b" / name),
+        "a": str(a.absolute()),
+        "b": str(b.absolute()),
         "kind": rule.kind,
         "rtol": rule.rtol,
         "atol": rule.atol,
         "ignore": list(rule.ignore),
     }
     spec = sandbox.SandboxSpec(
-        readonly=[folder, *sandbox.platform_python_paths()], memory=COMPARE_MEMORY, cpus=1, processes=64
+        readonly=[a.parent.absolute(), b.parent.absolute(), *sandbox.platform_python_paths()],
+        memory=COMPARE_MEMORY,
+        cpus=1,
+        processes=64,
     )
     argv = [sys.executable, "-I", "-m", "ncaas.provenance.compare", json.dumps(request)]
     try:
-        result = sandbox.run(argv, spec, timeout=COMPARE_TIMEOUT)
+        result = sandbox.run(argv, spec, timeout=timeout or COMPARE_TIMEOUT)
     except NcaasError as exc:
         return None, str(exc)
     if not result.verdict.ok:
