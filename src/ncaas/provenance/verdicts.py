@@ -178,11 +178,10 @@ def _compare(storage: Storage, before: dict[str, Any], after: dict[str, Any], sc
             if path not in old:
                 rows.append(_row(dataset, path, "extra", detail="only in the rerun"))
                 continue
-            a, b = old[path], new[path]
+            a, b, rule = old[path], new[path], rule_for(rules, path)
             if fingerprint(a) == fingerprint(b):
-                rows.append(_row(dataset, path, "identical"))
+                rows.append(_row(dataset, path, "identical", rule.kind))
                 continue
-            rule = rule_for(rules, path)
             if rule.kind == "exact" or "sha256" not in a or "sha256" not in b:
                 rows.append(_row(dataset, path, "different", rule.kind, _exact_detail(a, b)))
                 continue
