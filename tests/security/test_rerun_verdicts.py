@@ -18,14 +18,16 @@ import os
 import re
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
 from ncaas_testutil import ncaas
 from PIL import Image
 
+from ncaas.blueprint import CompareRule
 from ncaas.provenance.compare import Rule, compare_files
-from ncaas.provenance.verdicts import summary_line
+from ncaas.provenance.verdicts import compare_in_sandbox, summary_line
 
 from .conftest import SERVER_BLUEPRINTS, finished, start_site
 
@@ -173,6 +175,26 @@ def test_hostile_files_are_refused_in_process_too(tmp_path):
     bomb.write_bytes(_bomb_png())
     with pytest.raises(Image.DecompressionBombError):
         compare_files(png, bomb, Rule("image"))
+
+
+def test_a_comparison_past_its_timeout_is_stopped_and_says_so(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text("[1]")
+    b.write_text("[2]")
+    rule = CompareRule(pattern="*", kind="json")
+    assert compare_in_sandbox(a, b, rule, timeout=0.01) == (None, "the comparison took longer than its 0.01 s")
+
+
+def test_hdf5_data_kept_in_other_files_is_not_read(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"s3cret!!" * 4)
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    with h5py.File(a, "w") as f:
+        f.create_dataset("x", data=np.zeros(32, np.uint8))
+    with h5py.File(b, "w") as f:  # the rerun's file points its dataset at a file of the host
+        f.create_dataset("x", shape=(32,), dtype=np.uint8, external=[(str(secret), 0, 32)])
+    with pytest.raises(ValueError, match="/x keeps its data in other files"):
+        compare_files(a, b, Rule("nwb"))
 
 
 def test_an_output_changed_in_storage_after_its_certificate_is_not_compared(verdict_site):

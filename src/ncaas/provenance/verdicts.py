@@ -10,7 +10,8 @@ code: no network, read-only files, a memory limit and a timeout. A comparison th
 so as that file's verdict.
 
 Verdicts are kept in the platform's state folder (never in group storage, which the group
-can write), keyed by the two certificates' hashes, so each pair is compared once.
+can write), keyed by the two certificates' hashes, so each pair is compared once (a verdict
+with a file that could not be compared is not kept: that may pass).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..blueprint import CompareRule, rule_for
 from ..exceptions import NcaasError
 from ..isolation import sandbox
+from ..isolation.verdict import human_size
 from ..storage import Storage
 from .certificate import fingerprint
 
@@ -148,8 +150,12 @@ def compare_in_sandbox(a: Path, b: Path, rule: CompareRule, *, timeout: float | 
         result = sandbox.run(argv, spec, timeout=timeout or COMPARE_TIMEOUT)
     except NcaasError as exc:
         return None, str(exc)
+    if result.verdict.reason == "timeout":
+        return None, f"the comparison took longer than its {timeout or COMPARE_TIMEOUT:g} s"
+    if result.verdict.reason == "memory":
+        return None, f"the comparison needed more than its {human_size(COMPARE_MEMORY)} of memory"
     if not result.verdict.ok:
-        return None, f"the comparison {result.verdict.message.removeprefix('stopped: it ')}"
+        return None, f"the comparison ended early: {result.verdict.message}"
     for line in reversed(result.output.splitlines()):
         try:
             answer = json.loads(line)
@@ -211,6 +217,8 @@ def compare_certificates(storage: Storage, before: dict[str, Any], after: dict[s
         rows = _compare(storage, before, after, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if any(r["verdict"] == "not_compared" for r in rows):
+        return rows  # perhaps passing (a timeout under load, no sandbox): asked again, compared again
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")
     partial.write_text(json.dumps(rows))

@@ -16,6 +16,7 @@ from . import Rule, compare_files
 def main(argv: list[str]) -> int:
     request = json.loads(argv[0])
     rule = Rule(request["kind"], request.get("rtol", 0.0), request.get("atol", 0.0), tuple(request.get("ignore", ())))
+    answer: dict[str, object]
     warnings.simplefilter("error")  # a decompression-bomb warning, say, stops the comparison
     try:
         outcome = compare_files(Path(request["a"]), Path(request["b"]), rule)

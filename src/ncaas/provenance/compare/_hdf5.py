@@ -3,7 +3,8 @@
 Declared volatile paths are left out (``/file_create_date``: that object and everything in
 it; ``/general@created``: one attribute; ``@object_id``: that attribute everywhere).
 Datasets are compared as arrays with the rule's tolerance; links are compared by what they
-say, never followed (an external link could name any file).
+say, never followed (an external link could name any file), and a dataset whose data lives in
+other files (external storage, a virtual dataset) is refused.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def _diff_values(a: Any, b: Any, rule: Rule) -> ArrayDiff:
 
 
 def _diff_dataset(a: h5py.Dataset, b: h5py.Dataset, rule: Rule) -> ArrayDiff:
+    for ds in (a, b):  # their data would be read from other files, named by the file itself
+        if ds.external or ds.is_virtual:
+            raise ValueError(f"{ds.name} keeps its data in other files; such datasets are not read")
     refs = h5py.check_dtype(ref=a.dtype) or h5py.check_dtype(ref=b.dtype)
     if refs is not None:
         return _diff_values(_plain(a[()], a.file), _plain(b[()], b.file), rule)
