@@ -6,6 +6,7 @@ a known key); the end-to-end tests run real jobs and the real `ncaas` command.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from ncaas.blueprint import BlueprintRegistry, CompareRule, rule_for, validate_b
 from ncaas.jobs.db import JobDB, default_db_url
 from ncaas.jobs.manager import Manager
 from ncaas.provenance.compare import Rule, compare_files
-from ncaas.provenance.verdicts import compare_in_sandbox, summary_line, verdicts_ok
+from ncaas.provenance.verdicts import compare_certificates, compare_in_sandbox, summary_line, verdicts_ok
 from ncaas.storage import Storage
 
 pytestmark = pytest.mark.timeout(180)
@@ -337,3 +338,35 @@ def test_summary_and_exit_status_words():
         summary_line(rows) == "19 identical, 1 equal within tolerance, 0 different, 1 missing, 1 could not be compared"
     )
     assert not verdicts_ok(rows)
+
+
+# -- storage: local or S3 ------------------------------------------------------------------------
+def _certificate(storage: Storage, job_id: str, files: dict[str, bytes], rules: list[dict]) -> dict:
+    """The parts of a certificate a comparison reads; the files are stored where the job's outputs live."""
+    outputs = []
+    for path, data in files.items():
+        storage.write_bytes(f"{storage.results_dir('lab', job_id)}/outputs/d/{path}", data)
+        outputs.append({"path": path, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return {
+        "job": {"id": job_id, "group": "lab"},
+        "blueprint": {"content": {"compare": rules}},
+        "tasks": [{"dataset": "d", "outputs": outputs}],
+    }
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_only_files_whose_hashes_differ_are_fetched_from_local_or_s3_storage(backend, request, tmp_path, monkeypatch):
+    monkeypatch.setenv("NCAAS_STATE", str(tmp_path / "state"))  # the state folder of an S3 root
+    storage = Storage(tmp_path / "root" if backend == "local" else request.getfixturevalue("s3_root"))
+    rules = [{"pattern": "*.json", "kind": "json"}]
+    same = b'{"n": 1}'
+    before = _certificate(storage, "job-a", {"same.json": same, "summary.json": b'{"neurons": 185}'}, rules)
+    after = _certificate(storage, "job-b", {"same.json": same, "summary.json": b'{"neurons": 180}'}, rules)
+    storage.remove(f"{storage.results_dir('lab', 'job-a')}/outputs/d/same.json")  # never read: identical
+    rows = compare_certificates(storage, before, after)
+    assert [(r["path"], r["verdict"], r["detail"]) for r in rows] == [
+        ("d/same.json", "identical", ""),
+        ("d/summary.json", "different", "neurons: 185 vs 180"),
+    ]
+    assert list((storage.state_dir() / "verdicts").glob("v1-*.json"))
+    assert not list((storage.state_dir() / "tmp").iterdir())  # the fetched copies are gone
