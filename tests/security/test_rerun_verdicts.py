@@ -203,7 +203,9 @@ def test_an_output_changed_in_storage_after_its_certificate_is_not_compared(verd
     np.save(stored, np.zeros((185, 50), np.float32))  # the group can write its results
     rows = _by_path(site.clients["lab"].compare_jobs(jobs["rerun"]["id"], jobs["fewer"]["id"]))
     assert rows["d/traces.npy"]["verdict"] == "not_compared"
-    assert rows["d/traces.npy"]["detail"] == "traces.npy changed in storage since its certificate was written"
+    assert rows["d/traces.npy"]["detail"] == (
+        f"the stored traces.npy of job {jobs['fewer']['id']} changed since its certificate was written"
+    )
     assert rows["d/summary.json"]["detail"] == "neurons: 185 vs 180"
     # verdicts are kept in the platform's state folder, where the group cannot write
     assert list((site.root / ".ncaas" / "verdicts").glob("v1-*.json"))

@@ -90,6 +90,7 @@ class _Comparison:
 
     def __init__(self, storage: Storage, before: dict[str, Any], after: dict[str, Any], scratch: Path):
         self.storage, self.scratch, self.count = storage, scratch, 0
+        self.jobs = [str(c["job"]["id"]) for c in (before, after)]
         self.dirs = [storage.results_dir(c["job"]["group"], c["job"]["id"]) for c in (before, after)]
 
     def _fetch(self, side: int, dataset: str, entry: dict[str, Any], into: Path) -> str | None:
@@ -102,11 +103,11 @@ class _Comparison:
         except (OSError, NcaasError) as exc:
             return f"the stored file cannot be read ({exc})"
         if not target.is_file():
-            return "the stored file is gone or no longer a regular file"
+            return f"the stored {entry['path']} of job {self.jobs[side]} is gone or no longer a regular file"
         with open(target, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if digest != entry["sha256"]:
-            return f"{entry['path']} changed in storage since its certificate was written"
+            return f"the stored {entry['path']} of job {self.jobs[side]} changed since its certificate was written"
         return None
 
     def run(self, dataset: str, a: dict[str, Any], b: dict[str, Any], rule: CompareRule) -> tuple[bool | None, str]:
