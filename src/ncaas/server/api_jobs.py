@@ -481,7 +481,8 @@ def compare(job_id: str, cert: Annotated[dict[str, Any], Body()], who: Caller, j
     summary="The verdict, file by file, of this job's outputs against another job's of the group",
 )
 def compare_jobs(job_id: str, original_id: str, who: Caller, jobs: Jobs) -> list[dict]:
-    original, job = jobs.job_for(who, original_id), jobs.job_for(who, job_id)
+    job = jobs.job_for(who, job_id)
+    original = jobs.job_for(who, original_id)
     return _verdicts(jobs, _signed_certificate(jobs, original), _signed_certificate(jobs, job))
 
 
