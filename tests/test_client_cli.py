@@ -157,7 +157,7 @@ def test_every_other_command_prints_the_same_embedded_and_remote(served):
         assert run.exit_code == 0, run.stdout + run.stderr
         assert run.stdout.startswith(f"rerunning job {job_id} (framestats) ...\n  job ")
     r, e = (_same_shape(_tail(run.stdout, "rerun as job")) for run in reruns)
-    assert r == e and "2 of 2 output files match" in r
+    assert r == e and "2 identical, 0 equal within tolerance, 0 different" in r
 
 
 def test_remote_results_download_and_rerun(served):
@@ -173,7 +173,7 @@ def test_remote_results_download_and_rerun(served):
         if f.is_file():
             assert (base / "fetched" / f.relative_to(stored)).read_bytes() == f.read_bytes()
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
-    assert "2 of 2 output files match" in rerun.stdout
+    assert "2 identical, 0 equal within tolerance, 0 different" in rerun.stdout
 
 
 def test_remote_errors_are_messages_with_exit_codes(served):

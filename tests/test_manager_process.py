@@ -62,8 +62,8 @@ def test_plain_copy_runs_parallel_tasks_with_status_certificate_and_rerun_match(
 
     done = ncaas("rerun", str(job_dir / "certificate.json"), "--root", str(root))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 of 6 output files match" in done.stdout
-    assert "a.npy/a.stats.csv" in done.stdout and "match" in done.stdout
+    assert "6 identical, 0 equal within tolerance, 0 different" in done.stdout
+    assert "a.npy/a.stats.csv" in done.stdout and "identical" in done.stdout
 
 
 def test_rerun_reports_changed_inputs(root, manager):

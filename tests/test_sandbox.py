@@ -385,7 +385,7 @@ def test_rerun_refuses_a_changed_lock_and_accepts_a_rebuild_from_the_same_lock(p
     notes: list[str] = []
     rerun_job, rows = rerun(manager, str(certificate), notify=notes.append)
     assert rerun_job.state == "succeeded"
-    assert rows and all(r["verdict"] == "match" for r in rows)
+    assert rows and all(r["verdict"] == "identical" for r in rows)
 
 
 def test_a_job_is_refused_without_bubblewrap_unless_the_operator_allows_it(platform, monkeypatch, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -226,6 +227,28 @@ def test_qc_images_are_shown(site, page):
     tab = opened.value
     tab.wait_for_function("() => document.images.length && document.images[0].naturalWidth > 0")
     tab.close()
+
+
+def test_a_reruns_page_shows_its_verdict_file_by_file(site, page):
+    done = next(j for j in _api(site, "/api/jobs") if j["analysis"] == "qcimage" and j["state"] == "succeeded")
+    resp = httpx.post(
+        f"{site['server'].url}/api/jobs/{done['id']}/rerun",
+        headers={"Authorization": f"Bearer {site['token']}"},
+        timeout=30,
+    )
+    assert resp.status_code == 201, resp.text
+    rerun = resp.json()["id"]
+    page.click("#refresh-jobs")
+    page.click(f"#jobs tr[data-job='{rerun}']")
+    page.wait_for_selector("#verdict-summary.ok", timeout=120_000)
+    assert page.inner_text("#verdict-original") == done["id"]
+    summary = page.inner_text("#verdict-summary")
+    assert re.fullmatch(r"\d+ identical, 0 equal within tolerance, 0 different", summary), summary
+    cells = page.locator("#verdict tbody tr").first.locator("td").all_inner_texts()
+    assert cells[0].startswith("a.npy/") and cells[1] == "identical", cells
+    page.screenshot(path=str(SHOTS / "web-rerun-verdict.png"), full_page=True)
+    page.click(f"#jobs tr[data-job='{done['id']}']")  # the original is no rerun: no verdict shown
+    page.wait_for_selector("#verdict-panel", state="hidden")
 
 
 # -- drag and drop from the file system ----------------------------------------------------

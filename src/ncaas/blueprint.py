@@ -2,21 +2,25 @@
 
 A blueprint names an analysis, how to run it (``command``), what it needs
 (``resources``), what config it accepts (``config_schema`` + ``default_config``),
-who may run it (``access``) and how much at once (``limits``). Its identity is
+who may run it (``access``), how much at once (``limits``) and how a rerun's outputs
+are compared with the original's (``compare``). Its identity is
 the sha256 of its canonical JSON form, plus the git commit of the repository
 holding the file when there is one.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import yaml
@@ -28,6 +32,8 @@ __all__ = [
     "PLACEHOLDERS",
     "Blueprint",
     "BlueprintRegistry",
+    "CompareRule",
+    "rule_for",
     "LoadedBlueprint",
     "blueprint_dirs",
     "load_blueprint",
@@ -123,6 +129,80 @@ class Limits(_Strict):
     budget: float | None = Field(None, ge=0)
 
 
+COMPARE_KINDS = ("exact", "numeric", "nwb", "image", "json")
+_TOLERANT = ("numeric", "nwb")
+_IGNORING = ("nwb", "json")
+
+
+class CompareRule(_Strict):
+    """How outputs matching ``pattern`` are compared when a rerun's bytes differ from the original's.
+
+    ``pattern`` is an fnmatch pattern on the output's path relative to its dataset folder
+    (``*.npy``, ``qc/*.png``); the first rule that matches a file applies, and a file no rule
+    matches is compared ``exact`` (its sha256).
+    """
+
+    pattern: str = Field(min_length=1, description="fnmatch pattern on the path under the dataset's outputs")
+    kind: Literal["exact", "numeric", "nwb", "image", "json"] = "exact"
+    rtol: float = Field(0.0, description="numeric, nwb: largest relative difference still equal")
+    atol: float = Field(0.0, description="numeric, nwb: largest absolute difference still equal")
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="nwb: HDF5 paths (/identifier, /general/x); json: keys or paths (run, stats.seconds)",
+    )
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, kind: Any) -> Any:
+        if kind not in COMPARE_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(COMPARE_KINDS)}")
+        return kind
+
+    @field_validator("pattern")
+    @classmethod
+    def _relative(cls, pattern: str) -> str:
+        if pattern.startswith("/") or ".." in pattern.split("/"):
+            raise ValueError(
+                f"pattern {pattern!r} must be relative to the dataset's outputs, e.g. '*.npy' or 'qc/*.png'"
+            )
+        return pattern
+
+    @field_validator("rtol", "atol")
+    @classmethod
+    def _tolerance(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value} is not a tolerance; give a finite number >= 0, e.g. 1e-6 (0: equal values)")
+        return value
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignored(cls, ignore: list[str]) -> list[str]:
+        for item in ignore:
+            if not item.strip("/") or item != item.strip():
+                raise ValueError(f"{item!r} is not a key or path to ignore; write e.g. run or /file_create_date")
+        return ignore
+
+    @model_validator(mode="after")
+    def _options_fit_kind(self) -> CompareRule:
+        if (self.rtol or self.atol) and self.kind not in _TOLERANT:
+            raise ValueError(
+                f"rtol/atol apply to kinds {' and '.join(_TOLERANT)}, not {self.kind!r}; remove them or change the kind"
+            )
+        if self.ignore and self.kind not in _IGNORING:
+            raise ValueError(
+                f"ignore applies to kinds {' and '.join(_IGNORING)}, not {self.kind!r}; remove it or change the kind"
+            )
+        return self
+
+    def matches(self, path: str) -> bool:
+        return fnmatch.fnmatchcase(path, self.pattern)
+
+
+def rule_for(rules: list[CompareRule], path: str) -> CompareRule:
+    """The first rule whose pattern matches ``path``; else the default, ``exact``."""
+    return next((r for r in rules if r.matches(path)), CompareRule(pattern="*"))
+
+
 class Blueprint(_Strict):
     """The validated content of a blueprint file."""
 
@@ -137,6 +217,21 @@ class Blueprint(_Strict):
     access: Access = Field(default_factory=Access)
     limits: Limits = Field(default_factory=Limits)
     pricing: dict[str, Any] | None = None
+    compare: list[CompareRule] = Field(
+        default_factory=list, description="how reruns compare outputs, per pattern; the first match wins"
+    )
+
+    @field_validator("compare")
+    @classmethod
+    def _patterns_once(cls, rules: list[CompareRule]) -> list[CompareRule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.pattern in seen:
+                raise ValueError(
+                    f"pattern {rule.pattern!r} is declared twice; the first rule wins, so remove the second"
+                )
+            seen.add(rule.pattern)
+        return rules
 
     @field_validator("command")
     @classmethod
@@ -172,7 +267,9 @@ class Blueprint(_Strict):
         return self
 
     def canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # A blueprint declaring no comparators keeps the identity it had before ``compare`` existed.
+        data = self.model_dump(mode="json", exclude={"compare"} if not self.compare else None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
@@ -283,6 +380,7 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     for key in loc[:-1]:
         ann = model.model_fields.get(str(key))
         sub = getattr(ann, "annotation", None) if ann else None
+        sub = next(iter(typing.get_args(sub)), sub)  # list[CompareRule]: its items' fields
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             model = sub
     return list(model.model_fields)

@@ -399,8 +399,16 @@ class Client:
         return self._json("POST", "/api/rerun", json=certificate)
 
     def compare(self, job_id: str, certificate: dict) -> list[dict]:
-        """File-by-file verdicts of job ``job_id``'s outputs against ``certificate``'s."""
+        """File-by-file verdicts of job ``job_id``'s outputs against ``certificate``'s (one the server signed)."""
         return self._json("POST", f"/api/jobs/{job_id}/compare", json=certificate)
+
+    def compare_jobs(self, original_id: str, job_id: str) -> list[dict]:
+        """File-by-file verdicts of job ``job_id``'s outputs against job ``original_id``'s."""
+        return self._json("GET", f"/api/jobs/{job_id}/compare/{original_id}")
+
+    def verdict(self, job_id: str) -> dict:
+        """A rerun's verdict against the job it reruns: ``original``, ``rows``, ``summary`` and ``ok``."""
+        return self._json("GET", f"/api/jobs/{job_id}/verdict")
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}")

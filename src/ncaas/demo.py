@@ -21,6 +21,7 @@ from .blueprint import BlueprintRegistry
 from .jobs.db import JobDB, default_db_url
 from .jobs.manager import Manager
 from .provenance.rerun import rerun as rerun_job
+from .provenance.verdicts import summary_line, verdicts_ok
 from .storage import Storage
 
 __all__ = ["main"]
@@ -79,8 +80,8 @@ def main(root: str | os.PathLike[str] = "demo-data") -> int:
     out.print(f"job {job.id}: [bold]{job.state}[/bold]")
     out.print("rerunning it (same analysis version, config and inputs, from its signed certificate) ...")
     rerun, rows = rerun_job(manager, job.id)
-    matched = sum(r["verdict"] == "match" for r in rows)
-    out.print(f"rerun {rerun.id}: {matched} of {len(rows)} output files match")
+    same = verdicts_ok(rows)
+    out.print(f"rerun {rerun.id}: {summary_line(rows)}")
     out.print()
     out.print(f"results:      {results}")
     out.print(f"  outputs:    {results / 'outputs'}")
@@ -89,7 +90,7 @@ def main(root: str | os.PathLike[str] = "demo-data") -> int:
     out.print(f"certificate:  {results / 'certificate.txt'} (and certificate.json)")
     out.print(f"try:          .venv/bin/ncaas status {job.id} --root {root}")
     db.close()
-    ok = job.state == "succeeded" and rerun.state == "succeeded" and matched == len(rows)
+    ok = job.state == "succeeded" and rerun.state == "succeeded" and same
     return 0 if ok else 1
 
 

@@ -199,7 +199,7 @@ def test_genuine_reruns_work_by_job_and_from_the_signed_file(site, lab_job):
     for new in (by_id, from_file):
         assert new["state"] == "succeeded", new
         rows = lab.compare(new["id"], cert)
-        assert rows and all(r["verdict"] == "match" for r in rows), rows
+        assert rows and all(r["verdict"] == "identical" for r in rows), rows
     with site.http("other") as http:  # another group: neither its job nor its certificate
         assert http.post(f"/api/jobs/{job['id']}/rerun").status_code == 404
         assert http.post("/api/rerun", json=cert).status_code == 403
@@ -242,7 +242,7 @@ def test_the_cli_reruns_by_job_and_refuses_a_forged_file(embedded, tmp_path):
     env = {"NCAAS_BLUEPRINTS": str(folder)}
     done = ncaas("rerun", job.id, "--root", str(root), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 of 2 output files match" in done.stdout, done.stdout
+    assert "2 identical, 0 equal within tolerance, 0 different" in done.stdout, done.stdout
     cert = json.loads((Path(job.results_dir) / "certificate.json").read_text())
     cert["config"]["content"]["fail"] = True
     forged = tmp_path / "forged.json"
@@ -262,7 +262,7 @@ def test_an_upgraded_analysis_reruns_its_archived_version(embedded):
     path.write_text(yaml.safe_dump(data))
     upgraded = Manager(manager.storage, manager.db, registry=BlueprintRegistry.discover([folder]))
     new, rows = rerun(upgraded, job.id)
-    assert new.state == "succeeded" and all(r["verdict"] == "match" for r in rows)
+    assert new.state == "succeeded" and all(r["verdict"] == "identical" for r in rows)
     assert new.blueprint["sha256"] == job.blueprint["sha256"]  # the version that ran, not the installed one
     assert upgraded.loaded_blueprint(new).blueprint.description == "version one"
 

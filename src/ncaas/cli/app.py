@@ -31,7 +31,7 @@ from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .console import err, errors, out
-from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, styled
+from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, print_verdict, styled
 
 __all__ = ["app", "main"]
 
@@ -282,6 +282,23 @@ def rerun(
         out.print(f"  job {detail['id']} started; results in {detail['results_dir']}")
         detail = _watch(backend, detail)
         ok = print_rerun(out, detail, backend.compare(detail["id"], original))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+@errors
+def compare(
+    original: Annotated[str, typer.Argument(help="the job compared against: its id (a unique prefix is enough)")],
+    job: Annotated[str, typer.Argument(help="the job whose outputs are judged, e.g. one run with a changed config")],
+    root: RootOpt = default_root(),
+    db: DbOpt = None,
+) -> None:
+    """Compare two finished jobs' outputs file by file, by the comparators the analysis declares."""
+    with _backend(root, db) as backend:
+        first, second = backend.job(original), backend.job(job)
+        ok = print_verdict(
+            out, backend.compare(second["id"], first["id"]), f"job {second['id']} against job {first['id']}"
+        )
     raise typer.Exit(0 if ok else 1)
 
 

@@ -27,7 +27,7 @@ from ..jobs.db import JobDB
 from ..jobs.describe import job_detail, job_story, job_summary
 from ..jobs.manager import Manager
 from ..jobs.states import JOB_TERMINAL
-from ..provenance.certificate import compare_outputs, load_certificate
+from ..provenance.certificate import load_certificate
 from ..storage import Storage, check_group
 from ..storage.localfolder import folder_files
 
@@ -89,7 +89,7 @@ class Backend(Protocol):
         """Start a rerun of a job (id, or a certificate file the platform signed): (original id, new detail)."""
 
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
-        """File-by-file verdicts of a job's outputs against another job's."""
+        """File-by-file verdicts of a job's outputs against another job's (see ncaas.provenance.verdicts)."""
 
 
 def submission_name(analysis: str) -> str:
@@ -271,10 +271,9 @@ class Embedded:
         return cert["job"]["id"], job_detail(self.manager, job)
 
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
-        def certificate(ref: str) -> dict[str, Any]:
-            return json.loads(self.storage.read_text(f"{self.manager.find(ref).results_dir}/certificate.json"))
+        from ..provenance.rerun import compare_jobs
 
-        return compare_outputs(certificate(original_id), certificate(job_id))
+        return compare_jobs(self.manager, self.manager.find(original_id), self.manager.find(job_id))
 
 
 # -- against a server -------------------------------------------------------------------------
@@ -402,9 +401,11 @@ class Remote:
         return detail["id"], self.client.rerun(detail["id"])
 
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
-        certificate = self.client.certificate(original_id)
-        assert isinstance(certificate, dict)  # asked as JSON
-        return self.client.compare(job_id, certificate)
+        with self._known(original_id):
+            original = self.client.job(original_id)["id"]
+        with self._known(job_id):
+            job = self.client.job(job_id)["id"]
+        return self.client.compare_jobs(original, job)
 
     def close(self) -> None:
         self.client.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "jobs_table",
     "print_job",
     "print_rerun",
+    "print_verdict",
     "styled",
     "task_table",
 ]
@@ -120,17 +122,32 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
         )
 
 
-def print_rerun(out: Console, job: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
-    """The file-by-file verdict of a rerun; True when the rerun succeeded and every output matches."""
-    table = Table("output", "verdict", title=f"rerun as job {job['id']}: {styled(job['state'])}", title_justify="left")
+_VERDICT_STYLE = {"identical": "green", "within_tolerance": "green", "missing": "red", "extra": "red"}
+
+
+def print_verdict(out: Console, rows: list[dict[str, Any]], title: str) -> bool:
+    """The file-by-file verdict and its one-line summary; True when nothing differs, is missing or extra."""
+    from ..provenance.verdicts import LABELS, summary_line, verdicts_ok
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("output", overflow="fold")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("detail", overflow="fold")
     for row in rows:
-        style = "green" if row["verdict"] == "match" else "red"
-        table.add_row(row["path"], f"[{style}]{row['verdict']}[/]")
+        style = _VERDICT_STYLE.get(row["verdict"], "red")
+        label = LABELS.get(row["verdict"], row["verdict"])
+        table.add_row(escape(row["path"]), f"[{style}]{label}[/]", row.get("kind", ""), escape(row.get("detail", "")))
     out.print(table)
-    matched = sum(r["verdict"] == "match" for r in rows)
-    ok = job["state"] == "succeeded" and matched == len(rows)
-    out.print(f"[{'green' if ok else 'red'}]{matched} of {len(rows)} output files match[/]")
+    ok = verdicts_ok(rows)
+    out.print(f"[{'green' if ok else 'red'}]{summary_line(rows)}[/]")
     return ok
+
+
+def print_rerun(out: Console, job: dict[str, Any], rows: list[dict[str, Any]]) -> bool:
+    """The file-by-file verdict of a rerun; True when the rerun succeeded and nothing differs."""
+    ok = print_verdict(out, rows, f"rerun as job {job['id']}: {styled(job['state'])}")
+    return job["state"] == "succeeded" and ok
 
 
 class Watch:

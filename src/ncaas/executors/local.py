@@ -149,7 +149,7 @@ class LocalExecutor:
         """
         readonly = list(spec.inputs)
         if spec.environment is None:  # the platform's own interpreter and import path, read-only
-            readonly += _platform_python_paths()
+            readonly += sandboxes.platform_python_paths()
         box_spec = sandboxes.SandboxSpec(
             readonly=readonly,
             writable=[spec.output_dir],
@@ -306,12 +306,6 @@ class LocalExecutor:
 
 
 # -- the sandbox around each task --------------------------------------------------------
-def _platform_python_paths() -> list[Path]:
-    paths = {Path(sys.prefix), Path(sys.base_prefix)}
-    paths |= {Path(p) for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)}
-    return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
-
-
 def _sandbox(run_dir: Path) -> sandboxes.Sandbox | None:
     state = _read_json(run_dir / "sandbox.json")
     return sandboxes.Sandbox.restore(state) if state else None

@@ -38,6 +38,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,7 @@ __all__ = [
     "bwrap_binary",
     "describe_isolation",
     "overlay_supported",
+    "platform_python_paths",
     "run",
     "sandbox_mode",
 ]
@@ -189,6 +191,13 @@ def _resolver_args() -> list[str]:
     if target.startswith("/etc/") or not os.path.isfile(target):
         return []
     return ["--ro-bind", target, target]
+
+
+def platform_python_paths() -> list[Path]:
+    """The platform's own interpreter and import path: what a sandbox shows, read-only, to run platform code."""
+    paths = {Path(sys.prefix), Path(sys.base_prefix)}
+    paths |= {Path(p) for p in sys.path if p and os.path.isabs(p) and os.path.isdir(p)}
+    return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
 
 
 def _python_home(environment: Path) -> Path | None:

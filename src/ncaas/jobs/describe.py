@@ -13,7 +13,7 @@ from typing import Any
 from .db import Event, Job, Task
 from .states import JOB_TERMINAL
 
-__all__ = ["job_detail", "job_story", "job_summary", "rejection_problems"]
+__all__ = ["job_detail", "job_story", "job_summary", "rejection_problems", "rerun_of"]
 
 
 def _read_json(storage, path: str) -> dict[str, Any]:
@@ -68,6 +68,16 @@ def rejection_problems(storage, job: Job) -> list[str]:
     return list(errors) if errors else [job.cause]
 
 
+def rerun_of(job: Job) -> str | None:
+    """The id of the job ``job`` reruns, when it is a rerun."""
+    try:
+        submit = json.loads(job.submit_json or "{}")
+    except ValueError:
+        return None
+    found = submit.get("rerun_of") if isinstance(submit, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def job_detail(manager, job: Job) -> dict[str, Any]:
     """The job with one row per dataset (state, progress, message, attempt, resources)."""
     job = manager.db.job(job.id) or job
@@ -76,6 +86,7 @@ def job_detail(manager, job: Job) -> dict[str, Any]:
     out.update(
         config=job.config,
         config_name=job.config_name,
+        rerun_of=rerun_of(job),
         tasks=[task_row(manager.storage, job, t) for t in tasks],
         error="\n".join(rejection_problems(manager.storage, job)) if job.state == "rejected" else None,
     )

@@ -1,4 +1,4 @@
-"""Certificates: the provenance of a job, enough to reproduce it, and their comparison.
+"""Certificates: the provenance of a job, enough to reproduce it.
 
 ``certificate.json`` records the blueprint (name, version, sha256, git commit and its
 full content), the environment (lock and manifest hashes once environments exist),
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ from ..storage import Storage
 __all__ = [
     "TASK_HASH_VARIABLES",
     "build_certificate",
-    "compare_outputs",
     "config_sha256",
     "describe_dataset",
+    "fingerprint",
     "load_certificate",
     "render_text",
     "task_hash_environment",
@@ -258,22 +257,3 @@ def load_certificate(path: str | Path) -> dict[str, Any]:
     if not isinstance(cert, dict) or not needed <= set(cert):
         raise CertificateError(f"{path} is not an ncaas certificate; it lacks {sorted(needed - set(cert or {}))}")
     return cert
-
-
-def compare_outputs(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, str]]:
-    """File-by-file comparison of two certificates' outputs: match, differ, missing, extra."""
-    rows = []
-    after_tasks = {t["dataset"]: t for t in after["tasks"]}
-    for task in before["tasks"]:
-        old = {o["path"]: fingerprint(o) for o in task["outputs"]}
-        new_task = after_tasks.get(task["dataset"])
-        new = {o["path"]: fingerprint(o) for o in new_task["outputs"]} if new_task else {}
-        for path in sorted(set(old) | set(new)):
-            if path not in new:
-                verdict = "missing"
-            elif path not in old:
-                verdict = "extra"
-            else:
-                verdict = "match" if old[path] == new[path] else "differ"
-            rows.append({"dataset": task["dataset"], "path": posixpath.join(task["dataset"], path), "verdict": verdict})
-    return rows

@@ -1,4 +1,5 @@
-"""Rerun a job: the same blueprint version, config and inputs (checked by sha256), then compare.
+"""Rerun a job: the same blueprint version, config and inputs (checked by sha256), then compare
+(:mod:`.verdicts`).
 
 A rerun is asked for by job. The platform reads the certificate it wrote for that job and
 checks its signature (group storage is writable by its group, so even a stored certificate
@@ -25,9 +26,18 @@ from ..jobs.db import Job
 from ..jobs.manager import Manager
 from ..storage import check_user_path
 from ..submission import Dataset, JobRequest, config_problems
-from .certificate import compare_outputs, describe_input, load_certificate
+from .certificate import describe_input, load_certificate
+from .verdicts import compare_certificates
 
-__all__ = ["certificate_of_job", "environment_note", "rerun", "resolve", "start_rerun", "verified"]
+__all__ = [
+    "certificate_of_job",
+    "compare_jobs",
+    "environment_note",
+    "rerun",
+    "resolve",
+    "start_rerun",
+    "verified",
+]
 
 
 def verified(manager: Manager, cert: Any, *, where: str = "the certificate") -> dict[str, Any]:
@@ -185,5 +195,11 @@ def rerun(
         if note is not None:
             notify(note)
     job = manager.run_job(job.id)
-    new_cert = json.loads(manager.storage.read_text(f"{job.results_dir}/certificate.json"))
-    return job, compare_outputs(cert, new_cert)
+    return job, compare_certificates(manager.storage, cert, certificate_of_job(manager, job))
+
+
+def compare_jobs(manager: Manager, original: Job, job: Job) -> list[dict[str, str]]:
+    """Verdicts of ``job``'s outputs against ``original``'s, from the certificates the platform signed."""
+    return compare_certificates(
+        manager.storage, certificate_of_job(manager, original), certificate_of_job(manager, job)
+    )

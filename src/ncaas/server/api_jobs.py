@@ -32,7 +32,6 @@ from ..exceptions import CertificateError, CertificateForged, PathRefused, Speci
 from ..jobs import describe
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
-from ..provenance.certificate import compare_outputs, load_certificate
 from ..storage import check_user_path, localtree
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
@@ -445,15 +444,56 @@ def rerun(cert: Annotated[Any, Body()], who: Caller, jobs: Jobs) -> dict:
     return _start_rerun(jobs, _certificate_of_group(who, cert))
 
 
-@router.post("/{job_id}/compare", summary="Compare this job's outputs, file by file, with a certificate's")
-def compare(job_id: str, cert: Annotated[dict[str, Any], Body()], who: Caller, jobs: Jobs) -> list[dict]:
-    job = jobs.job_for(who, job_id)
-    cert = _certificate_of_group(who, cert)
+def _signed_certificate(jobs: JobService, job: Job) -> dict[str, Any]:
+    from ..provenance.rerun import certificate_of_job
+
     try:
-        mine = load_certificate(jobs.results_path(job))
+        return certificate_of_job(jobs.manager, job)
+    except CertificateForged as exc:
+        raise Forbidden(str(exc)) from None
     except CertificateError as exc:
-        raise NotFound(f"job {job.id} has no certificate yet ({exc}); compare once it has ended") from None
+        raise Conflict(f"cannot compare: {exc}") from None
+
+
+def _verdicts(jobs: JobService, before: dict[str, Any], after: dict[str, Any]) -> list[dict]:
+    from ..provenance.verdicts import compare_certificates
+
     try:
-        return compare_outputs(cert, mine)
+        return compare_certificates(jobs.state.storage, before, after)
     except (KeyError, TypeError, AttributeError):
-        raise BadRequest("the body is not a certificate: its tasks and their outputs cannot be read") from None
+        raise BadRequest("the certificate's tasks and their outputs cannot be read") from None
+
+
+@router.post("/{job_id}/compare", summary="Compare this job's outputs, file by file, with a signed certificate's")
+def compare(job_id: str, cert: Annotated[dict[str, Any], Body()], who: Caller, jobs: Jobs) -> list[dict]:
+    from ..provenance.rerun import verified
+
+    job = jobs.job_for(who, job_id)
+    try:
+        cert = verified(jobs.manager, cert, where="the posted certificate")
+    except CertificateForged as exc:
+        raise Forbidden(str(exc)) from None
+    return _verdicts(jobs, _certificate_of_group(who, cert), _signed_certificate(jobs, job))
+
+
+@router.get(
+    "/{job_id}/compare/{original_id}",
+    summary="The verdict, file by file, of this job's outputs against another job's of the group",
+)
+def compare_jobs(job_id: str, original_id: str, who: Caller, jobs: Jobs) -> list[dict]:
+    job = jobs.job_for(who, job_id)
+    original = jobs.job_for(who, original_id)
+    return _verdicts(jobs, _signed_certificate(jobs, original), _signed_certificate(jobs, job))
+
+
+@router.get("/{job_id}/verdict", summary="A rerun's verdict, file by file, against the job it reruns")
+def verdict(job_id: str, who: Caller, jobs: Jobs) -> dict:
+    """``{"original", "rows", "summary", "ok"}``: the rows of compare, and the line the CLI prints under them."""
+    from ..provenance.verdicts import summary_line, verdicts_ok
+
+    job = jobs.job_for(who, job_id)
+    original_id = describe.rerun_of(job)
+    if original_id is None:
+        raise NotFound(f"job {job.id} is not a rerun; GET /api/jobs/{job.id}/compare/OTHER compares it with another")
+    rows = compare_jobs(job.id, original_id, who, jobs)
+    return {"original": original_id, "rows": rows, "summary": summary_line(rows), "ok": verdicts_ok(rows)}

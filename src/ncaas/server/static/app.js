@@ -562,6 +562,35 @@ async function renderQc(jobId) {
   if (!images.length) $("#qc").append(el("span", { class: "muted", text: "none" }));
 }
 
+// A rerun's verdict, file by file, against the job it reruns (computed once by the server, then kept).
+const VERDICT_LABELS = {
+  identical: "identical", within_tolerance: "equal within tolerance", different: "different",
+  missing: "missing", extra: "extra", not_compared: "could not compare",
+};
+
+async function renderVerdict(job) {
+  const panel = $("#verdict-panel");
+  panel.hidden = !(job.rerun_of && job.finished);
+  if (panel.hidden) return;
+  $("#verdict-original").textContent = job.rerun_of;
+  $("#verdict tbody").replaceChildren();
+  $("#verdict-summary").className = "muted";
+  $("#verdict-summary").textContent = "comparing outputs ...";
+  let verdict;
+  try {
+    verdict = await api(`/api/jobs/${job.id}/verdict`);
+  } catch (err) {
+    $("#verdict-summary").className = "error";
+    $("#verdict-summary").textContent = err.message;
+    return;
+  }
+  $("#verdict tbody").replaceChildren(...verdict.rows.map((r) => el("tr", { class: `verdict ${r.verdict}` },
+    el("td", {}, el("code", { text: r.path })), el("td", { text: VERDICT_LABELS[r.verdict] || r.verdict }),
+    el("td", { text: r.kind || "" }), el("td", { text: r.detail || "" }))));
+  $("#verdict-summary").className = verdict.ok ? "ok" : "error";
+  $("#verdict-summary").textContent = verdict.summary;
+}
+
 // Server-sent events over fetch (EventSource cannot send the Authorization header).
 async function followJob(jobId, signal) {
   const resp = await fetch(`/api/jobs/${jobId}/events`, { headers: { Authorization: `Bearer ${state.token}` }, signal });
@@ -591,7 +620,7 @@ async function followJob(jobId, signal) {
 }
 
 async function finishJob(jobId) {
-  await Promise.all([renderQc(jobId), loadJobs()]);
+  await Promise.all([renderQc(jobId), loadJobs(), api(`/api/jobs/${jobId}`).then(renderVerdict)]);
   const url = await ticketed(jobId);
   $("#download-zip").href = url("results.zip");
   $("#download-cert").href = url("certificate?format=txt");
@@ -605,6 +634,7 @@ async function showJob(jobId) {
   $("#job-id").textContent = jobId;
   $("#tasks").replaceChildren();
   $("#qc").replaceChildren(el("span", { class: "muted", text: "none yet" }));
+  $("#verdict-panel").hidden = true;
   const url = await ticketed(jobId);
   $("#download-zip").href = url("results.zip");
   $("#download-cert").href = url("certificate?format=txt");
