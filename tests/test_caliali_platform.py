@@ -18,9 +18,11 @@ A wrong caliali config is refused by the platform before anything runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -320,9 +322,25 @@ def test_a_wrong_config_is_refused_before_anything_runs_naming_the_field(simulat
 # -- the real recording -----------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine")
-def test_a_real_miniscope_recording_runs_through_the_platform(tmp_path):
-    """minian's demo movie is a 2x2 montage; its top-left quadrant is the raw one-photon recording."""
+@contextlib.contextmanager
+def _busy_cpu():
+    """A busy-loop process beside the work: the machine is loaded while it runs."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+@pytest.fixture(scope="module")
+def real_job(tmp_path_factory) -> tuple[Path, Job]:
+    """minian's demo movie is a 2x2 montage; its top-left quadrant is the raw one-photon recording.
+
+    Submitted with a busy-loop process running beside it.
+    """
+    if not REAL_MOVIE.exists():
+        pytest.skip(f"real recording {REAL_MOVIE} is not on this machine")
     import cv2
     import tifffile
 
@@ -335,11 +353,52 @@ def test_a_real_miniscope_recording_runs_through_the_platform(tmp_path):
         frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
     capture.release()
     assert len(frames) == 500
-    dataset = tmp_path / "minian"
+    base = tmp_path_factory.mktemp("real")
+    dataset = base / "minian"
     dataset.mkdir()
     tifffile.imwrite(dataset / "session1.tif", np.stack(frames))
-    job = _submit(tmp_path / "root", dataset, REAL)
+    with _busy_cpu():
+        job = _submit(base / "root", dataset, REAL)
+    return base / "root", job
+
+
+def test_a_real_miniscope_recording_runs_through_the_platform(real_job):
+    _, job = real_job
     read = _check_outputs(job, sessions=["session1"], frames=500, alignment=False)
     assert read["arrays/meta.json"]["dims"] == [120, 188]  # spatial_ds 2
     assert read["summary.json"]["neurons"] >= 3, "no neurons found in the real recording"
     _check_certificate(job)
+
+
+def _rerun(root: Path, job: Job) -> subprocess.CompletedProcess[str]:
+    return ncaas("rerun", job.certificate["job"]["id"], "--root", str(root), timeout=JOB_TIMEOUT)
+
+
+def _verdicts(run: subprocess.CompletedProcess[str], job: Job) -> None:
+    """Every output file is reported identical, in the table and the summary line."""
+    n = len(job.certificate["tasks"][0]["outputs"])
+    said = " ".join(run.stdout.split())
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"{n} identical, 0 equal within tolerance, 0 different" in said, run.stdout[-3000:]
+
+
+def test_a_real_recording_reruns_identically_under_cpu_load(real_job):
+    """Same input, config and environment, a busy machine both times: every output byte for byte."""
+    root, job = real_job
+    with _busy_cpu():
+        run = _rerun(root, job)
+    _verdicts(run, job)
+
+
+def test_a_rerun_after_the_environment_is_rebuilt_from_the_same_lock_is_identical(real_job):
+    root, job = real_job
+    env = Path(job.certificate["environment"]["path"])
+    assert env.is_dir()
+    for folder, dirs, _ in os.walk(env):  # environments are made read-only once built
+        os.chmod(folder, 0o700)
+        for d in dirs:
+            os.chmod(os.path.join(folder, d), 0o700)
+    shutil.rmtree(env)
+    run = _rerun(root, job)
+    assert env.is_dir(), "the rerun did not rebuild the environment"
+    _verdicts(run, job)
