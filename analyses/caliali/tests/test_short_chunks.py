@@ -186,13 +186,28 @@ def test_motion_correction_of_a_session_shorter_than_one_chunk(n):
 
 @pytest.mark.parametrize("first", [1, 2, 5])
 def test_a_tiny_first_chunk_seeds_the_template_on_more_frames(first):
-    """A first chunk of a frame or two waits for the next: the shifts equal those of an even cut."""
+    """A first chunk of a few frames waits for the next, so the template is not one noisy frame.
+
+    On this noisy movie a template seeded on 2 frames gave shift errors up to twice those of an
+    even cut (RMS 0.37 px against 0.18 px)."""
     n = 3 * MOTION_BATCH
     truth = _wobble(n)
     movie = _movie(n, seed=3, shifts=truth)
-    cuts = [0, first, *range(first + MOTION_BATCH, n, MOTION_BATCH), n]
-    uneven = correct_frames((movie[a:b] for a, b in zip(cuts[:-1], cuts[1:])), gSig=2)
-    np.testing.assert_allclose(uneven.shifts - uneven.shifts[0], truth[0] - truth, atol=0.5)
+    movie += 12 * np.random.default_rng(11).standard_normal(movie.shape).astype(np.float32)
+
+    def shifts(cuts: list[int]) -> np.ndarray:
+        return correct_frames((movie[a:b] for a, b in zip(cuts[:-1], cuts[1:])), gSig=2).shifts
+
+    tiny = shifts([0, first, *range(first + MOTION_BATCH, n, MOTION_BATCH), n])
+    joined = shifts([0, *range(first + MOTION_BATCH, n, MOTION_BATCH), n])
+    np.testing.assert_array_equal(tiny, joined)
+    even = shifts([*range(0, n, MOTION_BATCH), n])
+
+    def rms(est: np.ndarray) -> float:
+        err = est + truth
+        return float(np.sqrt(np.mean((err - np.median(err, axis=0)) ** 2)))
+
+    assert rms(tiny) <= rms(even) + 0.03
 
 
 @pytest.mark.parametrize("temporal_ds", [2, 3, 4])
