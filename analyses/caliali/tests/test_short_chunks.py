@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from caliali.chunking import run_chunks
+from caliali.experiment import Session
 from caliali.extraction import plan_batches
 from caliali.extraction._summary import batch_summary, noise_level, summary_images
 from caliali.io import open_video, open_writer
@@ -238,6 +239,32 @@ def test_correct_session_with_a_downsampled_short_tail_writes_every_group(tmp_pa
     assert store.complete and store.n_frames == groups == len(result.shifts)
     assert store.source_frames == groups  # every downsampled frame is accounted for
     assert store.frame_shape == (SHAPE[0] // spatial_ds, SHAPE[1] // spatial_ds)
+
+
+@pytest.mark.parametrize("pieces", [(100, 1, 60), (1, 100, 60), (80, 2, 2, 77)])
+def test_a_session_cut_into_files_of_one_or_two_frames(tmp_path, pieces):
+    """Chunks never span files, so a 1-frame file makes a 1-frame chunk mid-session."""
+    n, edges = sum(pieces), np.cumsum([0, *pieces])
+
+    def files(movie: np.ndarray, name: str) -> Session:
+        paths = [
+            _write(tmp_path / f"{name}_b{k + 1}.tif", movie[a:b]) for k, (a, b) in enumerate(zip(edges, edges[1:]))
+        ]
+        return Session(id=name, files=tuple(paths))
+
+    truth = _wobble(n)
+    moving = files(_movie(n, seed=12, shifts=truth), "moving")
+    result = correct_session(moving, gSig=2, batch_frames=50, out=tmp_path / "c.zarr")
+    np.testing.assert_allclose(result.shifts - result.shifts[0], truth[0] - truth, atol=0.5)
+    store = FrameStore.open(tmp_path / "c.zarr")
+    assert store.n_frames == store.source_frames == n
+    still = _movie(n, seed=13)
+    p = session_projections(files(still, "still"), gSig=2, fs=FS, batch_frames=50)
+    whole = session_projections(still, gSig=2, fs=FS, batch_frames=n)
+    np.testing.assert_allclose(p.mean, whole.mean, rtol=1e-5)
+    for cy, cx in CELLS:
+        assert p.pnr[cy, cx] == pytest.approx(whole.pnr[cy, cx], rel=0.2)
+        assert p.cn[cy, cx] == pytest.approx(whole.cn[cy, cx], abs=0.05)
 
 
 # -- the shared chunk loop and its store ---------------------------------------------------------
