@@ -393,6 +393,22 @@ def test_pipeline_with_one_and_two_frame_last_chunks(simulation, tmp_path):
     assert np.load(out / "arrays" / "C.npy").shape == (summary["neurons"], 123)
 
 
+@pytest.mark.parametrize(("frames", "temporal_ds"), [(5, 1), (1, 1), (50, 8)])
+def test_a_session_too_short_for_noise_levels_is_refused_up_front(tmp_path, frames, temporal_ds):
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    _write(experiment / "long.tif", _movie(80))
+    _write(experiment / "short.tif", _movie(frames))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"gSig": 2, "fs": FS, "temporal_ds": temporal_ds}))
+    r = _caliali("run", "--input", str(experiment), "--config", str(config), "--output", str(tmp_path / "out"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "session short has" in lines[0] and "at least 8" in lines[0], r.stderr
+    assert ("temporal_ds" in lines[0]) == (temporal_ds > 1)
+    assert not (tmp_path / "out" / "work").exists()  # refused before any work
+
+
 def test_an_unexpected_failure_is_one_line_with_the_traceback_saved(tmp_path):
     """A fault outside caliali's own errors still reaches the user as one line naming the saved traceback."""
     (tmp_path / "taken").write_text("a file where the output folder should go")

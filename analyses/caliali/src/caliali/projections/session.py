@@ -21,6 +21,7 @@ from .preprocess import detrend, detrend_windows, enhance_neurons, moving_median
 from .vessels import bv_filter
 
 __all__ = [
+    "MIN_SESSION_FRAMES",
     "PROJECTION_COPIES",
     "ProjectionAccumulator",
     "Projections",
@@ -38,6 +39,8 @@ PROJECTION_COPIES = 7
 # a chunk: the BV image of a chunk's median frame, and the per-pixel baseline
 # removed from the enhanced movie.
 _BV_MEDIAN_FRAMES = 200
+# Fewest frames a session needs: its noise levels are spectra over time.
+MIN_SESSION_FRAMES = 8
 _BASELINE_FRAMES = 64
 
 
@@ -260,8 +263,10 @@ class ProjectionAccumulator:
     def _process(self, block: np.ndarray, lo: int, hi: int) -> None:
         core = block[lo:hi]
         n = len(core)
-        if len(block) < 8:
-            raise ProjectionError(f"the session has only {len(block)} frames; projections need at least 8")
+        if len(block) < MIN_SESSION_FRAMES:
+            raise ProjectionError(
+                f"the session has only {len(block)} frames; projections need at least {MIN_SESSION_FRAMES}"
+            )
         self._sum += core.sum(axis=0, dtype=np.float64)
         self._bv += n * bv_filter(_median_frame(core, max_frames=_BV_MEDIAN_FRAMES), gSig=self.gSig).astype(np.float64)
 
