@@ -1,13 +1,19 @@
 """The ``caliali`` command line: parse, call the library, print.
 
 Errors derived from :class:`caliali.exceptions.CalialiError` are rendered in
-one place (:func:`main`) with their exit code, never as a traceback. Add a
-command by importing its library function inside a small ``@app.command()``.
+one place (:func:`main`) with their exit code, never as a traceback; any other
+exception is a fault of caliali's, also said in one line, its traceback saved
+to a file the line names (``traceback.txt`` in the output folder of ``run``).
+Add a command by importing its library function inside a small
+``@app.command()``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +33,8 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+# Where an unexpected error's traceback goes: the output folder once `run` knows it.
+_traceback_dir: Path | None = None
 
 
 @app.command()
@@ -163,7 +171,9 @@ def run(
     from caliali.config import load_config
     from caliali.pipeline import run as run_pipeline
 
+    global _traceback_dir
     load_config(config)  # refused before anything runs, naming the field
+    _traceback_dir = output
     # This process is the run's own: freed long traces must not leave glibc's heaps keeping batch temporaries.
     large_arrays_returned_on_free()
     # the file itself, not its parsed values: its hash is taken as written (fs: 25 stays 25), as ncaas does
@@ -184,3 +194,30 @@ def main() -> None:
     except CalialiError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a fault of caliali's, not of the input: still one line
+        where = _save_traceback()
+        message = " ".join(str(exc).split()) or "no message"
+        errors.print(
+            f"[red]error:[/red] caliali failed unexpectedly ({type(exc).__name__}: {message}); "
+            f"this is a bug in caliali, please report it with the traceback in {where}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+def _save_traceback() -> Path:
+    """Write the exception being handled to ``traceback.txt`` (output folder, else a temporary file)."""
+    text = traceback.format_exc()
+    if _traceback_dir is not None:
+        try:
+            _traceback_dir.mkdir(parents=True, exist_ok=True)
+            path = _traceback_dir / "traceback.txt"
+            path.write_text(text)
+            return path
+        except OSError:
+            pass
+    handle, name = tempfile.mkstemp(prefix="caliali-traceback-", suffix=".txt")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    return Path(name)

@@ -361,6 +361,7 @@ def run(
     experiment = load_experiment(input, dataset=config.dataset or None)
     if not experiment.sessions:
         raise InputError(f"{input}: no sessions found; give a folder of videos, a manifest or a video file")
+    _check_session_lengths(experiment, config)
     state = _State(work, _fingerprint(experiment, config))
     origin = _origin(input, mapping, experiment, config)
     report = _Reporter(progress)
@@ -414,6 +415,21 @@ def run(
         stages=timings,
         paths={k: Path(v) for k, v in paths.items()},
     )
+
+
+def _check_session_lengths(experiment: Experiment, config: CalialiConfig) -> None:
+    """Refuse, before any work, a session too short for its noise levels (headers only)."""
+    from caliali.projections import MIN_SESSION_FRAMES
+
+    for session in experiment.sessions:
+        frames = -(-session.n_frames() // config.temporal_ds)
+        if frames < MIN_SESSION_FRAMES:
+            after = f" after temporal_ds={config.temporal_ds}" if config.temporal_ds > 1 else ""
+            raise InputError(
+                f"session {session.id} has {frames} frames{after}; caliali needs at least {MIN_SESSION_FRAMES} "
+                "per session (noise levels are estimated over time): leave it out"
+                + (" or lower temporal_ds" if config.temporal_ds > 1 else "")
+            )
 
 
 def _timed(timings: dict[str, dict[str, float]], name: str, fn: Callable[[], Any]) -> Any:

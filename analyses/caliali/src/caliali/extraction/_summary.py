@@ -19,6 +19,10 @@ from ._source import open_source
 
 __all__ = ["summary_images", "highpass_kernel", "highpass", "noise_level"]
 
+# Frames a batch needs for its noise level (the median of a handful of
+# differences), as the projections' PSD estimate does.
+_MIN_FRAMES = 8
+
 
 def highpass_kernel(gSig: float) -> np.ndarray:
     """Zero-mean Gaussian kernel that keeps neuron-sized blobs and removes smooth background.
@@ -54,7 +58,10 @@ def noise_level(traces: np.ndarray, axis: int = 0) -> np.ndarray:
 
     Calcium transients are slow, so the differences of consecutive frames are
     dominated by noise: sigma = median|d - median d| / 0.6745 / sqrt(2).
+    Fewer than 2 samples have no difference: their noise is 0 (unknown).
     """
+    if traces.shape[axis] < 2:
+        return np.zeros(tuple(np.delete(traces.shape, axis)), np.float32)
     d = np.diff(traces, axis=axis)  # the only copy: the rest works in place
     # Reordering d along ``axis`` (overwrite_input) changes neither median.
     d -= np.median(d, axis=axis, keepdims=True, overwrite_input=True)
@@ -82,7 +89,14 @@ def _local_correlation(z: np.ndarray) -> np.ndarray:
 def batch_summary(
     frames: np.ndarray, *, gSig: float, noise_thr: float = 3.0, overwrite: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(Cn, PNR) of one batch (t, h, w) of raw frames; ``overwrite`` works in ``frames`` (float32) itself."""
+    """(Cn, PNR) of one batch (t, h, w) of raw frames; ``overwrite`` works in ``frames`` (float32) itself.
+
+    A batch of fewer than ``_MIN_FRAMES`` frames (only a session that short:
+    batches split a session evenly) has no usable noise estimate, so it gives
+    zeros rather than a PNR over a noise of almost nothing.
+    """
+    if len(frames) < _MIN_FRAMES:
+        return np.zeros(frames.shape[1:], np.float32), np.zeros(frames.shape[1:], np.float32)
     hy = highpass(frames, highpass_kernel(gSig), out=frames if overwrite else None)
     hy -= np.median(hy[::5], axis=0)  # every 5th frame: as robust, 5x cheaper
     sn = noise_level(hy[:1000])  # the noise is stationary; 1000 frames estimate it within a few percent
@@ -135,9 +149,10 @@ def summary_images(
     cn = np.full(source.frame_shape, -1.0, np.float32)
     pnr = np.zeros(source.frame_shape, np.float32)
     for i, batch in enumerate(batches):
-        c, p = batch_summary(source.read(batch.start, batch.stop), gSig=gSig, overwrite=True)  # a fresh copy
-        np.maximum(cn, c, out=cn)
-        np.maximum(pnr, p, out=pnr)
+        if batch.stop - batch.start >= _MIN_FRAMES:  # shorter only in a session that short: nothing to measure
+            c, p = batch_summary(source.read(batch.start, batch.stop), gSig=gSig, overwrite=True)  # a fresh copy
+            np.maximum(cn, c, out=cn)
+            np.maximum(pnr, p, out=pnr)
         if progress is not None:
             progress((i + 1) / len(batches), f"summary images, batch {i + 1}/{len(batches)}")
     return cn, pnr

@@ -16,6 +16,11 @@ from .shifts import apply_shifts, valid_mask_from_shifts
 
 __all__ = ["Corrector"]
 
+# The template is seeded on at least this many frames (or the whole session
+# when it is shorter): a first chunk of a frame or two (a tiny batch_frames, a
+# temporal_ds group boundary) would otherwise seed it with one frame's noise.
+SEED_FRAMES = 32
+
 
 class _GapFiller:
     """Streams corrected frames out in order, filling runs of dropped frames
@@ -67,7 +72,12 @@ class _GapFiller:
 
 class Corrector:
     """Register, shift and gap-fill one chunk at a time (see
-    :func:`caliali.motion.correct_session` for the method)."""
+    :func:`caliali.motion.correct_session` for the method).
+
+    Chunks may have any length: until the template is seeded, chunks are held
+    back until :data:`SEED_FRAMES` frames (or the end of the session) have come.
+    Held frames are not part of :meth:`state`; a resumed run reads them again.
+    """
 
     def __init__(self, *, gSig: float, max_shift: float = 20, border: float = 0.1, interpolation: str = "cubic"):
         if not gSig > 0:
@@ -80,18 +90,28 @@ class Corrector:
         self.peak: list[np.ndarray] = []
         self.shape: tuple[int, int] | None = None
         self.done = 0
+        self._held: list[np.ndarray] = []  # first chunks, until the seed is long enough
 
     def process(self, chunk: np.ndarray) -> np.ndarray | None:
         """Correct the next chunk; return the frames ready to write, in order."""
         frames = np.asarray(chunk, dtype=np.float32)
         if frames.ndim != 3 or frames.shape[0] == 0:
             raise MotionError(f"chunks must be non-empty (t, h, w) arrays, got shape {frames.shape}")
+        first = self.done + sum(len(h) for h in self._held)
         if not np.all(np.isfinite(frames)):
-            raise MotionError(f"frames {self.done}..{self.done + len(frames)} contain NaN or infinite values")
+            raise MotionError(f"frames {first}..{first + len(frames)} contain NaN or infinite values")
         if self.shape is None:
             self.shape = frames.shape[1:]
         elif frames.shape[1:] != self.shape:
-            raise MotionError(f"frame shape changed from {self.shape} to {frames.shape[1:]} at frame {self.done}")
+            raise MotionError(f"frame shape changed from {self.shape} to {frames.shape[1:]} at frame {first}")
+        if self.done == 0:
+            self._held.append(frames)
+            if first + len(frames) < SEED_FRAMES:
+                return None
+            frames, self._held = np.concatenate(self._held), []
+        return self._correct(frames)
+
+    def _correct(self, frames: np.ndarray) -> np.ndarray | None:
         dropped = ~frames.reshape(len(frames), -1).any(axis=1)
         shifts = np.full((len(frames), 2), np.nan)
         peak = np.full(len(frames), np.nan)
@@ -115,7 +135,13 @@ class Corrector:
         """Frames still held back (a trailing run of dropped frames)."""
         if self.shape is None:
             raise MotionError("the session has no frames")
-        return self.filler.finish()
+        ready = None
+        if self._held:  # a session shorter than the seed: the template is seeded on all of it
+            frames, self._held = np.concatenate(self._held), []
+            ready = self._correct(frames)
+        tail = self.filler.finish()
+        parts = [p for p in (ready, tail) if p is not None]
+        return np.concatenate(parts) if parts else None
 
     def result(self) -> MotionResult:
         """The :class:`~caliali.motion.MotionResult` of everything processed."""

@@ -67,14 +67,17 @@ def correct_into_store(
             return corrector.result()
     # Downsampling groups start at multiples of temporal_ds from the session
     # start, so whole processed groups map back to raw frames exactly.
+    unwritten = 0  # chunk frames whose output the corrector still holds (seed, gaps)
     for chunk in chunks_from(corrector.done * int(temporal_ds)):
         ready = corrector.process(chunk)
+        unwritten += len(chunk)
         if ready is not None:
-            store.append(ready, source_frames=len(chunk))
+            store.append(ready, source_frames=unwritten)
+            unwritten = 0
         _save_state(store, corrector)
     tail = corrector.flush()
     if tail is not None:
-        store.append(tail, source_frames=0)
+        store.append(tail, source_frames=unwritten)
     store.mark_complete()
     _save_state(store, corrector)
     return corrector.result()

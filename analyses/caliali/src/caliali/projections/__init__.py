@@ -22,10 +22,18 @@ from .preprocess import (
     noise_level,
     tophat_disk,
 )
-from .session import PROJECTION_COPIES, ProjectionAccumulator, Projections, combine_projections, session_projections
+from .session import (
+    MIN_SESSION_FRAMES,
+    PROJECTION_COPIES,
+    ProjectionAccumulator,
+    Projections,
+    combine_projections,
+    session_projections,
+)
 from .vessels import bv_filter, bv_scales, remove_vignetting
 
 __all__ = [
+    "MIN_SESSION_FRAMES",
     "PROJECTION_COPIES",
     "CorrelationAccumulator",
     "ProjectionAccumulator",

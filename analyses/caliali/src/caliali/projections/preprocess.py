@@ -40,7 +40,9 @@ def moving_median(frames: np.ndarray, window: int) -> np.ndarray:
     The window around frame ``i`` is ``[i - window // 2, i + (window - 1) // 2]``
     (MATLAB's ``movmedian`` convention), clipped to the movie. Computed with
     ``bottleneck.move_median`` (a double-heap running median), several times
-    faster than ``scipy.ndimage.median_filter``.
+    faster than ``scipy.ndimage.median_filter``; a movie shorter than the
+    window (bottleneck refuses it, e.g. the last chunk of a session) has
+    every clipped window computed directly.
     """
     arr = _check_movie(frames)
     w = int(window)
@@ -50,6 +52,10 @@ def moving_median(frames: np.ndarray, window: int) -> np.ndarray:
         return arr.copy()
     ahead = (w - 1) // 2
     t = len(arr)
+    if w > t:
+        return np.stack([np.median(arr[max(0, i - w // 2) : i + ahead + 1], axis=0) for i in range(t)]).astype(
+            np.float32, copy=False
+        )
     # The trailing window ending at i + ahead is the centred window of i;
     # the last ``ahead`` frames have windows that shrink at the end.
     trail = bn.move_median(arr, window=w, axis=0, min_count=1)

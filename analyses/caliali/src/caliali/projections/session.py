@@ -21,6 +21,7 @@ from .preprocess import detrend, detrend_windows, enhance_neurons, moving_median
 from .vessels import bv_filter
 
 __all__ = [
+    "MIN_SESSION_FRAMES",
     "PROJECTION_COPIES",
     "ProjectionAccumulator",
     "Projections",
@@ -38,6 +39,8 @@ PROJECTION_COPIES = 7
 # a chunk: the BV image of a chunk's median frame, and the per-pixel baseline
 # removed from the enhanced movie.
 _BV_MEDIAN_FRAMES = 200
+# Fewest frames a session needs: its noise levels are spectra over time.
+MIN_SESSION_FRAMES = 8
 _BASELINE_FRAMES = 64
 
 
@@ -131,6 +134,9 @@ class ProjectionAccumulator:
     processed once enough of the next has arrived, with a halo of
     neighbouring frames; the result does not depend on how the movie was
     cut, except for the per-chunk noise estimates and BV median frames.
+    Those need enough frames, so no piece shorter than ``min_piece`` frames
+    (or the halo, if longer) is processed on its own: short chunks wait for
+    the next, and the frames left at the end are processed with the last piece.
 
     Per processed chunk: the mean and the BV image of its median frame
     (estimated from at most 200 evenly spaced frames) are accumulated
@@ -159,6 +165,8 @@ class ProjectionAccumulator:
         outside it (filled borders would otherwise correlate perfectly).
     bin_frames, pnr_window, threshold, median_s, minimum_s :
         Method constants (defaults: 3000 frames, 10 frames, 3 sigma, 1 s, 5 s).
+    min_piece : int
+        Fewest frames processed at once (default 64), unless the session is shorter.
     """
 
     def __init__(
@@ -174,6 +182,7 @@ class ProjectionAccumulator:
         threshold: float = 3.0,
         median_s: float = 1.0,
         minimum_s: float = 5.0,
+        min_piece: int = 64,
     ):
         if not gSig > 0:
             raise ProjectionError(f"gSig (neuron radius, px) must be > 0, got {gSig}")
@@ -185,6 +194,8 @@ class ProjectionAccumulator:
         w_med, w_min = detrend_windows(fs, median_s=median_s, minimum_s=minimum_s)
         self.pnr_window, self.threshold = int(pnr_window), float(threshold)
         self.halo = w_med // 2 + w_min // 2 + self.pnr_window // 2 + 2
+        # Shortest piece processed alone; its noise estimates need the frames (see _process).
+        self.piece = max(self.halo, int(min_piece))
         if valid_mask is not None:
             valid_mask = np.asarray(valid_mask, dtype=bool)
             if valid_mask.shape != self.frame_shape:
@@ -224,10 +235,12 @@ class ProjectionAccumulator:
             raise ProjectionError(f"frames {self._seen}.. contain NaN or infinite values")
         if self._core is None:
             self._core = x
+        elif len(self._core) < self.piece and not self._ahead:
+            self._core = np.concatenate([self._core, x])  # a short first piece waits for more frames
         else:
             self._ahead.append(x)
             self._n_ahead += len(x)
-        while self._core is not None and self._n_ahead >= self.halo:
+        while self._core is not None and self._n_ahead >= self.piece:
             self._emit()
 
     __call__ = append
@@ -250,8 +263,10 @@ class ProjectionAccumulator:
     def _process(self, block: np.ndarray, lo: int, hi: int) -> None:
         core = block[lo:hi]
         n = len(core)
-        if len(block) < 8:
-            raise ProjectionError(f"the session has only {len(block)} frames; projections need at least 8")
+        if len(block) < MIN_SESSION_FRAMES:
+            raise ProjectionError(
+                f"the session has only {len(block)} frames; projections need at least {MIN_SESSION_FRAMES}"
+            )
         self._sum += core.sum(axis=0, dtype=np.float64)
         self._bv += n * bv_filter(_median_frame(core, max_frames=_BV_MEDIAN_FRAMES), gSig=self.gSig).astype(np.float64)
 
@@ -265,6 +280,10 @@ class ProjectionAccumulator:
         enh = enhance_neurons(norm, gSig=self.gSig)
         del norm
         enh -= _median_frame(enh, max_frames=_BASELINE_FRAMES)[None]
+        # Every piece but a whole session shorter than ``piece`` has at least
+        # ``piece`` frames (see append and result): the noise maps of a piece of
+        # a few frames would be estimated on a handful of frequencies and, as
+        # PNR is a maximum over pieces, one low estimate would inflate it.
         sd_e = self._enhanced_noise(enh)
         peak = moving_median(enh, self.pnr_window)[lo - a : hi - a].max(axis=0)
         np.maximum(self._pnr, peak / np.where(sd_e > 0, sd_e, np.inf), out=self._pnr)
@@ -280,8 +299,6 @@ class ProjectionAccumulator:
         active pixels, the more so the shorter the chunk, which would deflate
         exactly the PNR of active neurons; the median is immune to a
         neuron-sized patch."""
-        if len(enh) < 8:
-            return np.ones(self.frame_shape, np.float32)
         sd = noise_level(enh)
         # The median runs on a map area-averaged by ~gSig (then interpolated
         # back): 5x5 there spans ~4 gSig, at a fraction of the cost of a
@@ -322,6 +339,13 @@ class ProjectionAccumulator:
     def result(self) -> Projections:
         """Flush the buffered frames and return the session's projections."""
         if not self._done:
+            if self._core is not None and self._ahead:
+                # Fewer than ``piece`` frames follow the last piece (more would have
+                # been processed on arrival): they join it rather than being processed
+                # alone, where a tail of a few frames would give a noise estimate of a
+                # few frames. The block is no longer than a piece with its look-ahead.
+                self._core = np.concatenate([self._core, *self._ahead])
+                self._ahead, self._n_ahead = [], 0
             while self._core is not None:
                 self._emit()
             self._close_bin()
