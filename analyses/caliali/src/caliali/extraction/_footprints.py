@@ -1,16 +1,21 @@
 """Sparse spatial footprints stored as small dense images in per-neuron boxes.
 
-Every neuron lives inside a fixed box around its centre (a few gSig wide), so
-all products with a batch of frames touch only those boxes: memory and time
-scale with the number of neurons, not with the field of view.
+Every neuron's image covers the bounding box of its support, so all products
+with a batch of frames touch only those boxes: memory and time scale with the
+number of neurons, not with the field of view. The boxes follow the cells: each
+spatial update searches a dilation of the current support (:meth:`Footprints.grown`)
+and keeps the box of what it found, so a footprint grows and shrinks with the cell.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse
+from scipy import ndimage
 
-__all__ = ["Footprints", "box_around"]
+__all__ = ["Footprints", "box_around", "box_intersection", "image_dot"]
+
+Box = tuple[int, int, int, int]
 
 _FRAMES_PER_STEP = 64  # frames per step of add_product: the update of one footprint stays in cache
 
@@ -18,6 +23,35 @@ _FRAMES_PER_STEP = 64  # frames per step of add_product: the update of one footp
 def box_around(cy: int, cx: int, radius: int, dims: tuple[int, int]) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the square of half-width ``radius`` around (cy, cx), clipped to ``dims``."""
     return (max(0, cy - radius), min(dims[0], cy + radius + 1), max(0, cx - radius), min(dims[1], cx + radius + 1))
+
+
+def box_intersection(a: Box, b: Box) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Slices into an image on box ``a`` and one on box ``b`` covering the boxes' intersection, or None."""
+    y0, y1 = max(a[0], b[0]), min(a[1], b[1])
+    x0, x1 = max(a[2], b[2]), min(a[3], b[3])
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return (
+        (slice(y0 - a[0], y1 - a[0]), slice(x0 - a[2], x1 - a[2])),
+        (slice(y0 - b[0], y1 - b[0]), slice(x0 - b[2], x1 - b[2])),
+    )
+
+
+def image_dot(a: np.ndarray, box_a: Box, b: np.ndarray, box_b: Box) -> float:
+    """Inner product of two images placed on their boxes of one frame (float64)."""
+    ov = box_intersection(box_a, box_b)
+    if ov is None:
+        return 0.0
+    return float((a[ov[0]].astype(np.float64) * b[ov[1]]).sum())
+
+
+def tight_box(image: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
+    """``image`` (on ``box``) cropped to the bounding box of its nonzero pixels; unchanged when all zero."""
+    rows, cols = np.flatnonzero(image.any(axis=1)), np.flatnonzero(image.any(axis=0))
+    if rows.size == 0:
+        return image, box
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return image[r0:r1, c0:c1], (box[0] + r0, box[0] + r1, box[2] + c0, box[2] + c1)
 
 
 class Footprints:
@@ -157,13 +191,40 @@ class Footprints:
                 np.multiply(scaled[k, t0:t1, None, None], image[None], out=product)
                 block[:, y0:y1, x0:x1] += product
 
-    def correlate(self, frames: np.ndarray, traces: np.ndarray) -> list[np.ndarray]:
-        """Y C^T restricted to each neuron's box: list of (box) images."""
-        return [np.tensordot(traces[k], frames[(slice(None), *self.slices(k))], axes=(0, 0)) for k in range(len(self))]
+    def correlate(self, frames: np.ndarray, traces: np.ndarray, boxes: list[Box] | None = None) -> list[np.ndarray]:
+        """Y C^T restricted to each neuron's box (or to ``boxes``): list of (box) images."""
+        boxes = self.boxes if boxes is None else boxes
+        return [
+            np.tensordot(traces[k], frames[:, y0:y1, x0:x1], axes=(0, 0)) for k, (y0, y1, x0, x1) in enumerate(boxes)
+        ]
 
-    def overlap_neighbours(self) -> list[np.ndarray]:
-        """For each neuron, the indices of neurons whose boxes intersect its box (itself included)."""
-        b = np.array(self.boxes, dtype=np.int64).reshape(-1, 4)
+    def grown(self, grow: int) -> tuple[list[Box], list[np.ndarray]]:
+        """Each support dilated by ``grow`` px (4-connected steps), clipped to the frame: (boxes, masks).
+
+        Where the spatial update looks for each neuron's pixels: the current
+        support and a rim around it, so a footprint can spread to the cell's
+        edge over a few rounds but never jump to another cell. An empty
+        footprint keeps its box with an empty mask.
+        """
+        step = ndimage.generate_binary_structure(2, 1)
+        h, w = self.dims
+        boxes, masks = [], []
+        for (y0, _, x0, _), im in zip(self.boxes, self.images):
+            support = np.pad(im > 0, grow)
+            if grow and support.any():
+                support = ndimage.binary_dilation(support, step, iterations=grow)
+            oy, ox = y0 - grow, x0 - grow  # frame position of the padded image's corner
+            cy0, cx0 = max(0, oy), max(0, ox)
+            cy1, cx1 = min(h, oy + support.shape[0]), min(w, ox + support.shape[1])
+            support = support[cy0 - oy : cy1 - oy, cx0 - ox : cx1 - ox]
+            mask, box = tight_box(support, (cy0, cy1, cx0, cx1))
+            boxes.append(box)
+            masks.append(mask)
+        return boxes, masks
+
+    def overlap_neighbours(self, boxes: list[Box] | None = None) -> list[np.ndarray]:
+        """For each neuron, the indices of neurons whose boxes (or ``boxes``) intersect its box (itself included)."""
+        b = np.array(self.boxes if boxes is None else boxes, dtype=np.int64).reshape(-1, 4)
         out = []
         for k in range(len(self)):
             hit = (b[:, 0] < b[k, 1]) & (b[k, 0] < b[:, 1]) & (b[:, 2] < b[k, 3]) & (b[k, 2] < b[:, 3])
@@ -172,12 +233,4 @@ class Footprints:
 
     def box_overlap(self, j: int, k: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
         """Slices into images j and k covering the intersection of their boxes, or None."""
-        bj, bk = self.boxes[j], self.boxes[k]
-        y0, y1 = max(bj[0], bk[0]), min(bj[1], bk[1])
-        x0, x1 = max(bj[2], bk[2]), min(bj[3], bk[3])
-        if y0 >= y1 or x0 >= x1:
-            return None
-        return (
-            (slice(y0 - bj[0], y1 - bj[0]), slice(x0 - bj[2], x1 - bj[2])),
-            (slice(y0 - bk[0], y1 - bk[0]), slice(x0 - bk[2], x1 - bk[2])),
-        )
+        return box_intersection(self.boxes[j], self.boxes[k])

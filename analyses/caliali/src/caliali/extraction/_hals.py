@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ._footprints import Footprints
+from ._footprints import Footprints, box_intersection, tight_box
 
 __all__ = ["temporal_hals", "spatial_hals", "clean_footprint"]
 
@@ -39,36 +39,59 @@ def temporal_hals(aty: np.ndarray, ata: np.ndarray, c0: np.ndarray, *, sweeps: i
     return raw
 
 
-def clean_footprint(image: np.ndarray, *, threshold: float = 0.1) -> np.ndarray:
-    """Zero values below ``threshold`` x max and keep the connected blob holding the maximum."""
-    peak = image.max()
+def clean_footprint(
+    values: np.ndarray, mask: np.ndarray | None = None, *, threshold: float = 0.1, noise_sigmas: float = 2.0
+) -> np.ndarray:
+    """The connected blob of ``values`` holding the maximum, above both ``threshold`` x max and the noise.
+
+    ``values`` are a footprint's unconstrained least-squares values over its
+    search region ``mask`` (default: everywhere). A neuron adds only positive
+    values, so the negative ones measure the fit's noise: pixels below
+    ``noise_sigmas`` times their root mean square are noise, whatever the
+    neuron's brightness. Without that floor, noise around a dim neuron stays
+    connected to it and the blob spreads over its whole search region. The
+    blob is found on a 3 x 3 median of the values (single noisy pixels neither
+    join nor split it); the values kept are the fit's own.
+    """
+    region = np.ones(values.shape, bool) if mask is None else mask
+    inside = np.where(region, values, 0).astype(np.float32)
+    peak = float(inside.max()) if inside.size else 0.0
     if peak <= 0:
-        return np.zeros_like(image)
-    mask = image >= threshold * peak
-    labels, _ = ndimage.label(mask)
-    keep = labels == labels[np.unravel_index(np.argmax(image), image.shape)]
-    return np.where(keep, image, 0).astype(np.float32)
+        return np.zeros(values.shape, np.float32)
+    negative = inside[region & (inside < 0)]
+    noise = float(np.sqrt(np.mean(np.square(negative, dtype=np.float64)))) if negative.size >= 8 else 0.0
+    level = max(threshold * peak, noise_sigmas * noise)
+    smooth = ndimage.median_filter(inside, size=3, mode="nearest") if min(inside.shape) >= 3 else inside
+    labels, _ = ndimage.label((smooth >= level) & region)
+    at_peak = labels[np.unravel_index(np.argmax(np.where(labels > 0, smooth, -np.inf)), values.shape)]
+    if at_peak == 0:
+        return np.zeros(values.shape, np.float32)
+    # the blob holding the strongest (smoothed) pixel; holes inside a cell are filled from the fit
+    blob = ndimage.binary_fill_holes(labels == at_peak)
+    return np.where(blob, np.maximum(inside, 0), 0).astype(np.float32)
 
 
 def spatial_hals(
     footprints: Footprints,
     yct: list[np.ndarray],
     cct: np.ndarray,
+    search: tuple[list, list[np.ndarray]],
     *,
-    gSig: float,
     sweeps: int = 2,
     threshold: float = 0.1,
 ) -> Footprints:
-    """Footprints updated from Y C^T (per neuron box) and C C^T, searched near the current support.
+    """Footprints updated from Y C^T over each neuron's search region and C C^T; boxes follow the new supports.
 
-    The sums run over every batch, so each footprint is the least-squares fit
-    weighted by the neuron's activity: batches where it is silent contribute nothing.
+    ``search`` is (boxes, masks) from :meth:`Footprints.grown`, and ``yct[k]``
+    covers ``search[0][k]``. The sums run over every batch, so each footprint is
+    the least-squares fit weighted by the neuron's activity: batches where it is
+    silent contribute nothing. Each new footprint is cut to the box of its own
+    support, so it can shrink as well as grow.
     """
+    search_boxes, masks = search
+    boxes = list(footprints.boxes)
     images = [im.copy() for im in footprints.images]
-    grow = ndimage.generate_binary_structure(2, 1)
-    n_grow = max(1, int(round(gSig / 2)))
-    neighbours = footprints.overlap_neighbours()
-    allowed = [ndimage.binary_dilation(im > 0, grow, iterations=n_grow) for im in images]
+    neighbours = footprints.overlap_neighbours(search_boxes)  # any neighbour's footprint stays in its search box
     for _ in range(sweeps):
         for k in range(len(images)):
             if cct[k, k] <= 0:
@@ -77,8 +100,12 @@ def spatial_hals(
             for j in neighbours[k]:
                 if j == k or cct[j, k] == 0:
                     continue
-                ov = footprints.box_overlap(k, j)
+                ov = box_intersection(search_boxes[k], boxes[j])
                 if ov is not None:
                     num[ov[0]] -= cct[j, k] * images[j][ov[1]]
-            images[k] = clean_footprint(np.where(allowed[k], np.maximum(num / cct[k, k], 0), 0), threshold=threshold)
-    return Footprints(footprints.dims, footprints.boxes, images)
+            image = clean_footprint(num / cct[k, k], masks[k], threshold=threshold)
+            if image.any():
+                images[k], boxes[k] = tight_box(image, search_boxes[k])
+            else:
+                images[k] = np.zeros_like(images[k])
+    return Footprints(footprints.dims, boxes, images)

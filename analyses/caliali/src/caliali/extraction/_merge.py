@@ -60,13 +60,14 @@ def pair_correlation(
 
 def _merge_group(footprints: Footprints, members: np.ndarray, cg: np.ndarray):
     """Rank-1 non-negative fit of a group's summed activity: (box, unit-norm image, trace, projection) or None."""
-    energy = [footprints.images[m].sum() * cg[i].max() for i, m in enumerate(members)]
-    lead = members[int(np.argmax(energy))]
-    y0, y1, x0, x1 = footprints.boxes[lead]
+    # The merged footprint covers every member's box: one cell found as two halves stays whole.
+    member_boxes = np.array([footprints.boxes[m] for m in members])
+    y0, x0 = member_boxes[:, [0, 2]].min(axis=0)
+    y1, x1 = member_boxes[:, [1, 3]].max(axis=0)
     stack = np.zeros((members.size, y1 - y0, x1 - x0), np.float32)
     for i, m in enumerate(members):
-        dense = footprints.dense(m)
-        stack[i] = dense[y0:y1, x0:x1]
+        by0, by1, bx0, bx1 = footprints.boxes[m]
+        stack[i, by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] = footprints.images[m]
     ag = stack.reshape(members.size, -1).T  # (pixels, m)
     trace = (ag.sum(axis=0)[:, None] * cg).sum(axis=0)
     for _ in range(10):
@@ -77,7 +78,7 @@ def _merge_group(footprints: Footprints, members: np.ndarray, cg: np.ndarray):
         return None  # the group's activity cancels out: nothing left to keep
     a /= norm  # unit-norm footprints, like every other component: A C is unchanged
     trace *= norm
-    return (y0, y1, x0, x1), a.reshape(y1 - y0, x1 - x0), trace, ag.T @ a
+    return (int(y0), int(y1), int(x0), int(x1)), a.reshape(y1 - y0, x1 - x0), trace, ag.T @ a
 
 
 def merge_components(

@@ -33,7 +33,7 @@ from ._background import RingBackground, downsample
 from ._batches import Batch, check_session_bounds, plan_batches
 from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
-from ._footprints import Footprints, box_around
+from ._footprints import Footprints, box_around, image_dot
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import initialize_batch
 from ._merge import merge_components
@@ -168,7 +168,7 @@ def _iteration_pass(
     c,
     background: RingBackground,
     *,
-    spatial: bool,
+    spatial: list | None,
     progress,
     lo,
     hi,
@@ -178,13 +178,15 @@ def _iteration_pass(
     """One pass over every batch: background sums, temporal HALS, spatial sums.
 
     ``c`` (K x T, an array or a `TraceFile`) is read one batch at a time; the
-    new raw traces are written to a `TraceFile`, returned as it is.
+    new raw traces are written to a `TraceFile`, returned as it is. ``spatial``
+    (each neuron's search box) asks for the sums of the spatial update, Y C^T
+    over those boxes and C C^T; None skips them.
     """
     k = len(footprints)
     release_freed_memory()  # what the whole-trace work since the last pass freed: not kept beside the frames
     c_raw = TraceFile((k, source.n_frames), directory=work_dir)
     ata = footprints.gram()
-    yct = [np.zeros(im.shape, np.float64) for im in footprints.images] if spatial else None
+    yct = [np.zeros((y1 - y0, x1 - x0), np.float64) for y0, y1, x0, x1 in spatial] if spatial is not None else None
     cct = np.zeros((k, k), np.float64)
     new_b0 = np.zeros_like(background.b0, dtype=np.float64)
     for bi, batch in enumerate(batches):
@@ -203,8 +205,8 @@ def _iteration_pass(
         del fluct
         footprints.add_product(frames, cb, sign=1.0)  # Y - b0 - B_f: the neural part
         c_raw[:, batch.start : batch.stop] = temporal_hals(footprints.project(frames), ata, cb)
-        if spatial:
-            for j, v in enumerate(footprints.correlate(frames, cb)):
+        if spatial is not None:
+            for j, v in enumerate(footprints.correlate(frames, cb, spatial)):
                 yct[j] += v
             cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
         del frames, cb
@@ -281,8 +283,8 @@ def _carry_over(old: Footprints, new: Footprints) -> np.ndarray:
     recordings that made traces and ring background feed each other and diverge.
     """
     out = np.zeros(len(new), np.float32)
-    for k, (a, b) in enumerate(zip(old.images, new.images)):
-        out[k] = max(float((a.astype(np.float64) * b).sum()), 0.0)
+    for k in range(len(new)):
+        out[k] = max(image_dot(old.images[k], old.boxes[k], new.images[k], new.boxes[k]), 0.0)
     return out
 
 
@@ -294,9 +296,12 @@ def _change(old: Footprints, new: Footprints) -> float:
     """
     if len(old) != len(new) or len(old) == 0:
         return math.inf
-    per = [
-        float(np.sqrt(((a - b) ** 2).sum() / max(float((a**2).sum()), 1e-12))) for a, b in zip(old.images, new.images)
-    ]
+    per = []
+    for k in range(len(old)):
+        a, b = old.images[k], new.images[k]
+        aa, bb = float((a.astype(np.float64) ** 2).sum()), float((b.astype(np.float64) ** 2).sum())
+        ab = image_dot(a, old.boxes[k], b, new.boxes[k])  # the footprints may sit on different boxes
+        per.append(float(np.sqrt(max(aa + bb - 2 * ab, 0.0) / max(aa, 1e-12))))
     return float(np.median(per))
 
 
@@ -514,16 +519,18 @@ def _iterate(
     """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
     history: list[dict] = []
     min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
+    grow = max(1, int(round(params.gSig / 2)))  # px a support may spread per round
     span = 0.55 / params.max_iter
     for it in range(params.max_iter):
         lo = 0.3 + span * it
+        search = footprints.grown(grow)
         c_raw, yct, cct, b0_sums = _iteration_pass(
             source,
             batches,
             footprints,
             c,
             background,
-            spatial=True,
+            spatial=search[0],
             progress=progress,
             lo=lo,
             hi=lo + span,
@@ -534,7 +541,7 @@ def _iterate(
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), gSig=params.gSig).normalized()
+        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
         c = _deconvolve_all(c_raw, bounds, scale=carry)
@@ -581,7 +588,7 @@ def _finish(
         footprints,
         c,
         background,
-        spatial=False,
+        spatial=None,
         progress=progress,
         lo=0.85,
         hi=0.97,

@@ -1,0 +1,86 @@
+"""Footprints follow the cell: an elongated cell and a large cell each come out whole, not cut to a box.
+
+Each spatial update searches a dilation of the current support and keeps the box
+of what it found, so a footprint can outgrow the box it was seeded in; a cell
+seeded twice merges into one component covering both boxes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from caliali.extraction import extract
+from caliali.score import footprint_masks, iou_matrix
+
+GSIG = 3.0
+DIMS = (72, 96)
+
+
+def _cell(dims, centre, radii, angle=0.0):
+    """A soft-edged elliptic cell (radii in px along its axes, rotated by ``angle`` radians)."""
+    yy, xx = np.mgrid[: dims[0], : dims[1]].astype(np.float64)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u = dy * np.cos(angle) + dx * np.sin(angle)
+    v = -dy * np.sin(angle) + dx * np.cos(angle)
+    r = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2)
+    return np.clip(1.5 - r, 0, 1) ** 1.5  # flat-topped, falls to 0 over a third of the radius beyond the edge
+
+
+def _movie(cells, *, frames=1000, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.array([_cell(DIMS, *cell) for cell in cells], np.float32)
+    spikes = (rng.random((len(cells), frames)) < 0.03).astype(np.float32)
+    kernel = np.exp(-np.arange(50) / 6.0) - np.exp(-np.arange(50) / 1.2)
+    c = np.array([np.convolve(s, kernel / kernel.max())[:frames] for s in spikes], np.float32)
+    yy, xx = np.mgrid[: DIMS[0], : DIMS[1]]
+    background = 1.0 + 0.3 * np.exp(-((yy - 30) ** 2 + (xx - 40) ** 2) / (2 * 25.0**2))
+    y = background[None] + 0.6 * np.tensordot(c, a, axes=(0, 0)) + noise * rng.standard_normal((frames, *DIMS))
+    return y.astype(np.float32), a
+
+
+CELLS = {
+    # an elongated cell: 3.5 x 16 px half-axes (longer than the seed box of 2 * (ceil(2.5 gSig) + 1) + 1 = 19 px)
+    "elongated": ((36, 30), (3.5, 16.0), 0.5),
+    # a large cell: radius 12 px = 4 gSig
+    "large": ((30, 72), (12.0, 12.0), 0.0),
+}
+OTHERS = [((60, 60), (4.0, 4.0), 0.0), ((14, 12), (4.0, 4.0), 0.0)]
+
+
+@pytest.fixture(scope="module")
+def result():
+    y, a = _movie([*CELLS.values(), *OTHERS])
+    out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=500)
+    return out, a
+
+
+def _edge_run(mask_box: np.ndarray) -> float:
+    """Longest straight run of mask pixels along any edge of ``mask_box``, as a fraction of that side."""
+    best = 0.0
+    for edge in (mask_box[0], mask_box[-1], mask_box[:, 0], mask_box[:, -1]):
+        run = longest = 0
+        for v in edge:
+            run = run + 1 if v else 0
+            longest = max(longest, run)
+        best = max(best, longest / max(len(edge), 1))
+    return best
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_a_big_or_elongated_cell_is_one_whole_component(result, name):
+    out, a = result
+    k = list(CELLS).index(name)
+    truth = a[k].reshape(-1, 1)
+    masks_true = footprint_masks(truth)
+    masks_est = footprint_masks(out.A)
+    iou = iou_matrix(masks_est, masks_true)[:, 0]
+    best = int(np.argmax(iou))
+    assert iou[best] >= 0.7, f"the {name} cell's best component has IoU {iou[best]:.2f} with it"
+    overlapping = np.flatnonzero(iou > 0.1)
+    assert overlapping.tolist() == [best], f"the {name} cell is split into components {overlapping.tolist()}"
+    # The outline follows the cell, not a box: the support's box is not filled to its edges.
+    support = out.A[:, [best]].toarray().reshape(DIMS) > 0
+    rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
+    mask = masks_est[:, [best]].toarray().reshape(DIMS)[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    assert _edge_run(mask) <= 0.5, f"the {name} cell's outline runs along its box edge"
