@@ -402,3 +402,26 @@ def test_a_rerun_after_the_environment_is_rebuilt_from_the_same_lock_is_identica
     run = _rerun(root, job)
     assert env.is_dir(), "the rerun did not rebuild the environment"
     _verdicts(run, job)
+
+
+def test_a_changed_config_is_reported_with_the_numbers_that_differ(real_job, tmp_path):
+    """The same recording with a stricter seed threshold: `ncaas compare` says how many neurons each found."""
+    root, job = real_job
+    cfg = tmp_path / "stricter.yaml"
+    cfg.write_text(yaml.safe_dump({**REAL, "min_pnr": 10}))
+    dataset = Path(job.certificate["tasks"][0]["input"]["path"]).name
+    before = set((root / GROUP / "results").iterdir())
+    run = ncaas(
+        "submit", "caliali", str(root.parent / dataset), "--config", str(cfg), "--group", GROUP, "--root",
+        str(root), "--wait", timeout=JOB_TIMEOUT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [results] = set((root / GROUP / "results").iterdir()) - before
+    changed = json.loads((results / "certificate.json").read_text())
+    compared = ncaas("compare", job.certificate["job"]["id"], changed["job"]["id"], "--root", str(root), timeout=600)
+    said = " ".join(compared.stdout.split())
+    assert compared.returncode == 1, compared.stdout[-3000:] + compared.stderr[-3000:]
+    mine = json.loads((job.outputs / "summary.json").read_text())["neurons"]
+    theirs = json.loads((results / "outputs" / dataset / "summary.json").read_text())["neurons"]
+    assert mine != theirs
+    assert f"neurons: {mine} vs {theirs}" in said, compared.stdout[-3000:]
