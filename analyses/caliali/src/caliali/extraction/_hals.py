@@ -40,7 +40,7 @@ def temporal_hals(aty: np.ndarray, ata: np.ndarray, c0: np.ndarray, *, sweeps: i
 
 
 def clean_footprint(
-    values: np.ndarray, mask: np.ndarray | None = None, *, threshold: float = 0.1, noise_sigmas: float = 2.0
+    values: np.ndarray, mask: np.ndarray | None = None, *, threshold: float = 0.1, noise_sigmas: float = 3.0
 ) -> np.ndarray:
     """The connected blob of ``values`` holding the maximum, above both ``threshold`` x max and the noise.
 
