@@ -159,7 +159,7 @@ def test_the_sandboxed_comparison_gives_the_same_verdict(tmp_path):
     a, b = _pair(tmp_path, "summary.json")
     a.write_text(json.dumps({"neurons": 185}))
     b.write_text(json.dumps({"neurons": 180}))
-    assert compare_in_sandbox(a, b, CompareRule(pattern="*", kind="json")) == (False, "neurons: 185 vs 180")
+    assert compare_in_sandbox(a, b, CompareRule(pattern="*", kind="json")) == ("different", "neurons: 185 vs 180")
 
 
 # -- blueprint rules -----------------------------------------------------------------------------
@@ -316,9 +316,10 @@ def test_a_changed_config_is_reported_with_the_differing_numbers(counts, root):
     text = _cells(done.stdout)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "a.npy/traces.npy identical" in text and "a.npy/qc.png identical" in text, text
-    assert re.search(r"a\.npy/summary\.json equal within tolerance json same values apart from run", text), text
-    assert re.search(r"a\.npy/neurons\.nwb equal within tolerance nwb same values", text), text
-    assert "2 identical, 2 equal within tolerance, 0 different" in text
+    # the same values once the rule's ignored fields are left out: identical, and the detail says why
+    assert re.search(r"a\.npy/summary\.json identical json same values apart from run", text), text
+    assert re.search(r"a\.npy/neurons\.nwb identical nwb same values", text), text
+    assert "4 identical, 0 equal within tolerance, 0 different" in text
 
     done = ncaas("compare", first.id, fewer.id, "--root", str(root), env=env)
     text = _cells(done.stdout)

@@ -105,7 +105,13 @@ REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "me
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every output file's bytes; summary.json without its ``run`` section (this run's timings and host)."""
+    out = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    summary = json.loads(out["summary.json"])
+    assert set(summary["run"]) >= {"seconds", "stages"}, "summary.json keeps its run facts in its run section"
+    del summary["run"]
+    out["summary.json"] = json.dumps(summary, sort_keys=True).encode()
+    return out
 
 
 def _differing(a: Path, b: Path) -> list[str]:
@@ -162,9 +168,32 @@ def test_two_runs_of_a_real_recording_at_once_write_the_same_bytes(real_movie, t
     assert _differing(tmp_path / "run1", tmp_path / "run2") == []
 
 
+def _h5_tree(path: Path) -> dict[str, object]:
+    """Every dataset's values and every attribute of an HDF5 file, by path."""
+    import h5py
+
+    out: dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            for key, value in obj.attrs.items():
+                # an object reference is its target's path (comparing references compares addresses)
+                plain = f[value].name if isinstance(value, h5py.Reference) else np.asarray(value).tolist()
+                out[f"{name}@{key}"] = plain
+            if isinstance(obj, h5py.Dataset):
+                out[name] = np.asarray(obj[()]).tolist()
+
+        f.visititems(visit)
+    return out
+
+
 @pytest.mark.slow
-def test_memory_budget_with_fixed_batch_frames_changes_no_output(real_movie, tmp_path):
-    """memory_budget only sizes the chunks: with batch_frames set, only its own record in meta.json differs."""
+def test_memory_budget_with_fixed_batch_frames_changes_only_what_records_the_config(real_movie, tmp_path):
+    """memory_budget only sizes the chunks: with batch_frames set, the arrays and figures are the same bytes.
+
+    What differs records the config itself: meta.json's memory_budget, and the NWB identifier (and the
+    object ids made from it), which derive from the config's hash, as summary.json says.
+    """
     fixed = {**REAL, "batch_frames": 250}
     runs = [
         _start_run(real_movie, {**fixed, "memory_budget": budget}, tmp_path / name)
@@ -172,7 +201,16 @@ def test_memory_budget_with_fixed_batch_frames_changes_no_output(real_movie, tmp
     ]
     for proc in runs:
         _finish(proc)
-    assert _differing(tmp_path / "small", tmp_path / "large") == ["arrays/meta.json"]
-    small, large = (json.loads((tmp_path / n / "arrays" / "meta.json").read_text()) for n in ("small", "large"))
-    assert small["params"].pop("memory_budget") != large["params"].pop("memory_budget")
-    assert small == large
+    small, large = tmp_path / "small", tmp_path / "large"
+    assert _differing(small, large) == ["arrays/meta.json", "neurons.nwb", "summary.json"]
+    meta = [json.loads((d / "arrays" / "meta.json").read_text()) for d in (small, large)]
+    assert meta[0]["params"].pop("memory_budget") != meta[1]["params"].pop("memory_budget")
+    assert meta[0] == meta[1]
+    summary = [json.loads((d / "summary.json").read_text()) for d in (small, large)]
+    for s in summary:
+        del s["run"], s["nwb"]["identifier"], s["nwb"]["from"]["config"]
+        s["config"].pop("memory_budget")
+    assert summary[0] == summary[1]
+    trees = [_h5_tree(d / "neurons.nwb") for d in (small, large)]
+    differ = sorted(k for k in trees[0] if trees[0][k] != trees[1].get(k)) + sorted(set(trees[1]) - set(trees[0]))
+    assert {k.split("@")[-1] if "@" in k else k for k in differ} <= {"identifier", "object_id"}, differ

@@ -1,7 +1,8 @@
 """The verdict of a rerun, file by file: identical, equal within tolerance, or what differs.
 
 Two certificates are compared output by output. A file with the same sha256 is *identical*
-and is never read. A file whose bytes differ is compared by the kind its analysis declares
+and is never read; so is one whose content is the same value for value once the fields its rule
+ignores are left out (a summary's ``run`` section of timings, say), the detail saying so. A file whose bytes differ is compared by the kind its analysis declares
 for it in the blueprint's ``compare`` rules (the original job's blueprint; the first pattern
 that matches wins; ``exact`` by default): the two files are fetched from storage (local or
 S3) into a private folder, checked against their certified sha256, and compared by
@@ -110,8 +111,8 @@ class _Comparison:
             return f"the stored {entry['path']} of job {self.jobs[side]} changed since its certificate was written"
         return None
 
-    def run(self, dataset: str, a: dict[str, Any], b: dict[str, Any], rule: CompareRule) -> tuple[bool | None, str]:
-        """(equal, detail); ``equal`` is None when the comparison could not be made."""
+    def run(self, dataset: str, a: dict[str, Any], b: dict[str, Any], rule: CompareRule) -> tuple[str, str]:
+        """(verdict, detail), as :func:`compare_in_sandbox` gives them."""
         self.count += 1
         folder = self.scratch / str(self.count)
         folder.mkdir()
@@ -119,18 +120,20 @@ class _Comparison:
             for side, entry in enumerate((a, b)):
                 problem = self._fetch(side, dataset, entry, folder / "ab"[side])
                 if problem is not None:
-                    return None, problem
+                    return "not_compared", problem
             name = posixpath.basename(a["path"])
             return compare_in_sandbox(folder / "a" / name, folder / "b" / name, rule)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def compare_in_sandbox(a: Path, b: Path, rule: CompareRule, *, timeout: float | None = None) -> tuple[bool | None, str]:
-    """Compare two local files by ``rule`` in the platform's sandbox: (equal, detail).
+def compare_in_sandbox(a: Path, b: Path, rule: CompareRule, *, timeout: float | None = None) -> tuple[str, str]:
+    """Compare two local files by ``rule`` in the platform's sandbox: (verdict, detail).
 
-    ``equal`` is None when no comparison could be made (a malformed file, the memory limit or
-    the timeout reached); ``detail`` then says why.
+    The verdict is ``identical`` (the same values, no tolerance used: the bytes differ only in
+    layout, metadata or ignored fields), ``within_tolerance``, ``different``, or
+    ``not_compared`` when no comparison could be made (a malformed file, the memory limit or the
+    timeout reached); ``detail`` says how close, what differs, or why.
     """
     request = {
         "a": str(a.absolute()),
@@ -150,23 +153,24 @@ def compare_in_sandbox(a: Path, b: Path, rule: CompareRule, *, timeout: float | 
     try:
         result = sandbox.run(argv, spec, timeout=timeout or COMPARE_TIMEOUT)
     except NcaasError as exc:
-        return None, str(exc)
+        return "not_compared", str(exc)
     if result.verdict.reason == "timeout":
-        return None, f"the comparison took longer than its {timeout or COMPARE_TIMEOUT:g} s"
+        return "not_compared", f"the comparison took longer than its {timeout or COMPARE_TIMEOUT:g} s"
     if result.verdict.reason == "memory":
-        return None, f"the comparison needed more than its {human_size(COMPARE_MEMORY)} of memory"
+        return "not_compared", f"the comparison needed more than its {human_size(COMPARE_MEMORY)} of memory"
     if not result.verdict.ok:
-        return None, f"the comparison ended early: {result.verdict.message}"
+        return "not_compared", f"the comparison ended early: {result.verdict.message}"
     for line in reversed(result.output.splitlines()):
         try:
             answer = json.loads(line)
         except ValueError:
             continue
         if isinstance(answer, dict) and "error" in answer:
-            return None, str(answer["error"])
+            return "not_compared", str(answer["error"])
         if isinstance(answer, dict) and "equal" in answer:
-            return bool(answer["equal"]), str(answer.get("detail", ""))
-    return None, "the comparison gave no answer"
+            verdict = "identical" if answer.get("exact") else "within_tolerance" if answer["equal"] else "different"
+            return verdict, str(answer.get("detail", ""))
+    return "not_compared", "the comparison gave no answer"
 
 
 def _compare(storage: Storage, before: dict[str, Any], after: dict[str, Any], scratch: Path) -> list[dict[str, str]]:
@@ -192,8 +196,7 @@ def _compare(storage: Storage, before: dict[str, Any], after: dict[str, Any], sc
             if rule.kind == "exact" or "sha256" not in a or "sha256" not in b:
                 rows.append(_row(dataset, path, "different", rule.kind, _exact_detail(a, b)))
                 continue
-            equal, detail = comparison.run(dataset, a, b, rule)
-            verdict = "not_compared" if equal is None else "within_tolerance" if equal else "different"
+            verdict, detail = comparison.run(dataset, a, b, rule)
             rows.append(_row(dataset, path, verdict, rule.kind, detail))
     for dataset, task in after_tasks.items():
         rows += [_row(dataset, o["path"], "extra", detail="only in the rerun") for o in task["outputs"]]

@@ -28,10 +28,15 @@ class Rule:
 
 @dataclass(frozen=True)
 class Outcome:
-    """``equal``: the content is the same within the rule; ``detail`` says how close, or what differs."""
+    """``equal``: the content is the same within the rule; ``detail`` says how close, or what differs.
+
+    ``exact``: the same values with no tolerance used (the bytes differ only in layout, metadata or
+    the fields the rule ignores), so the verdict is *identical*, not *equal within tolerance*.
+    """
 
     equal: bool
     detail: str
+    exact: bool = False
 
 
 def compare_files(a: Path, b: Path, rule: Rule) -> Outcome:

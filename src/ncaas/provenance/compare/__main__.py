@@ -1,7 +1,7 @@
 """``python -m ncaas.provenance.compare REQUEST``: one comparison, in the platform's sandbox.
 
 REQUEST is JSON: ``{"a": path, "b": path, "kind": ..., "rtol": ..., "atol": ..., "ignore": [...]}``.
-The answer is one line of JSON on stdout: ``{"equal": bool, "detail": str}``; a file that
+The answer is one line of JSON on stdout: ``{"equal": bool, "exact": bool, "detail": str}``; a file that
 cannot be read gives ``{"error": "..."}`` (in words, never a traceback).
 """
 
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - whatever a malformed file raises becomes its verdict
         answer = {"error": _reason(exc)}
     else:
-        answer = {"equal": outcome.equal, "detail": outcome.detail}
+        answer = {"equal": outcome.equal, "exact": outcome.exact, "detail": outcome.detail}
     print(json.dumps(answer), flush=True)
     return 0
 

@@ -127,7 +127,7 @@ def outcome(diff: ArrayDiff, rule: Rule) -> Outcome:
     if diff.problem is not None:
         return Outcome(False, diff.problem)
     if diff.max_abs == 0:
-        return Outcome(True, "same values (the files differ only in how they are stored)")
+        return Outcome(True, "same values (the files differ only in how they are stored)", exact=True)
     return Outcome(
         True, f"largest difference {fmt(diff.max_abs)} (relative {fmt(diff.max_rel)}), within {_tolerance(rule)}"
     )

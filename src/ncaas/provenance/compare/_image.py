@@ -42,4 +42,4 @@ def compare_images(a: Path, b: Path) -> Outcome:
             d = d.max(axis=2)
         frame = f" in frame {n + 1}" if len(fa) > 1 else ""
         return Outcome(False, f"{np.count_nonzero(d):,} of {d.size:,} pixels differ{frame}, largest {int(d.max())}")
-    return Outcome(True, "same pixels (the files differ in metadata or encoding)")
+    return Outcome(True, "same pixels (the files differ in metadata or encoding)", exact=True)

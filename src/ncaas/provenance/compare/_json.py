@@ -70,5 +70,5 @@ def compare_json(a: Path, b: Path, rule: Rule) -> Outcome:
         more = f" (and {len(found) - _SHOWN} more)" if len(found) > _SHOWN else ""
         return Outcome(False, "; ".join(found[:_SHOWN]) + more)
     if rule.ignore:
-        return Outcome(True, f"same values apart from {', '.join(rule.ignore)} (ignored)")
-    return Outcome(True, "same values (the files differ only in layout: spacing or key order)")
+        return Outcome(True, f"same values apart from {', '.join(rule.ignore)} (ignored)", exact=True)
+    return Outcome(True, "same values (the files differ only in layout: spacing or key order)", exact=True)
