@@ -182,7 +182,10 @@ def test_a_comparison_past_its_timeout_is_stopped_and_says_so(tmp_path):
     a.write_text("[1]")
     b.write_text("[2]")
     rule = CompareRule(pattern="*", kind="json")
-    assert compare_in_sandbox(a, b, rule, timeout=0.01) == ("not_compared", "the comparison took longer than its 0.01 s")
+    assert compare_in_sandbox(a, b, rule, timeout=0.01) == (
+        "not_compared",
+        "the comparison took longer than its 0.01 s",
+    )
 
 
 def test_hdf5_data_kept_in_other_files_is_not_read(tmp_path):
