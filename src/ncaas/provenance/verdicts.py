@@ -1,14 +1,14 @@
 """The verdict of a rerun, file by file: identical, equal within tolerance, or what differs.
 
 Two certificates are compared output by output. A file with the same sha256 is *identical*
-and is never read; so is one whose content is the same value for value once the fields its rule
-ignores are left out (a summary's ``run`` section of timings, say), the detail saying so. A file whose bytes differ is compared by the kind its analysis declares
+and is never read. A file whose bytes differ is compared by the kind its analysis declares
 for it in the blueprint's ``compare`` rules (the original job's blueprint; the first pattern
 that matches wins; ``exact`` by default): the two files are fetched from storage (local or
 S3) into a private folder, checked against their certified sha256, and compared by
 :mod:`ncaas.provenance.compare` in the platform's sandbox, since outputs are written by user
 code: no network, read-only files, a memory limit and a timeout. A comparison that fails says
-so as that file's verdict.
+so as that file's verdict. One that finds the same values once the fields its rule ignores are
+left out (a summary's ``run`` section of timings, say) is *identical* too, its detail saying so.
 
 Verdicts are kept in the platform's state folder (never in group storage, which the group
 can write), keyed by the two certificates' hashes, so each pair is compared once (a verdict
