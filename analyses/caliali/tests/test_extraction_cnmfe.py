@@ -245,3 +245,23 @@ def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
     fp = Footprints((20, 20), [(2, 5, 2, 5), (10, 13, 10, 13)], [image, image])
     keep = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
     assert keep.tolist() == [0]
+
+
+def test_the_automatic_seed_threshold_comes_from_the_pnr_image_and_is_recorded():
+    from caliali.extraction import auto_min_pnr
+
+    rng = np.random.default_rng(0)
+    pnr = 3.0 + 0.5 * rng.standard_normal((60, 80))
+    pnr[10:13, 10:13] = 12.0  # a neuron's centre: far above the bulk, and does not move the threshold
+    level, how = auto_min_pnr(pnr)
+    assert 3.8 < level < 4.2 and how.startswith("auto: median 2.99 + 2 x robust sd 0.51")
+    mask = np.zeros(pnr.shape, bool)
+    mask[:, :40] = True
+    assert auto_min_pnr(pnr, mask)[0] == pytest.approx(auto_min_pnr(pnr[:, :40])[0])
+
+    y, a, c, bounds = _movie([(20, 24)])
+    result = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, batch_frames=400)
+    assert result.n_neurons == 1
+    assert isinstance(result.params["min_pnr"], float) and result.params["min_pnr_from"].startswith("auto: median")
+    fixed = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    assert fixed.params["min_pnr"] == 5 and fixed.params["min_pnr_from"] == "set"

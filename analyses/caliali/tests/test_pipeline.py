@@ -74,7 +74,10 @@ def test_unknown_key_is_refused_naming_the_known_ones():
 
 
 def test_out_of_range_value_names_the_field():
-    with pytest.raises(ConfigError, match=r"min_pnr: .*greater than or equal to 0.*got -1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"min_pnr: must be a number greater than or equal to 0 and at most 100, or .auto. \(got -1\)$",
+    ):
         load_config({"min_pnr": -1})
 
 
@@ -100,7 +103,7 @@ def test_cli_names_a_missing_input(tmp_path):
 
 def test_defaults_are_the_methods():
     c = CalialiConfig()
-    assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == (5, 0.1, 6, 0.65, 20, 2)
+    assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == (5, 0.1, "auto", 0.65, 20, 2)
 
 
 def test_run_finds_the_neurons_and_writes_every_output(result, experiment):

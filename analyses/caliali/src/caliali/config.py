@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,7 +83,12 @@ class CalialiConfig(BaseModel):
     )
     # -- CNMF-E ------------------------------------------------------------------
     min_corr: float = Field(0.1, ge=0, le=1, description="Seeds need local correlation Cn at least this.")
-    min_pnr: float = Field(6.0, ge=0, le=100, description="Seeds need peak-to-noise ratio PNR at least this.")
+    min_pnr: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = Field(
+        "auto",
+        description="Seeds need peak-to-noise ratio PNR at least this; 'auto' chooses it from the recording: "
+        "2 robust standard deviations above the median of its PNR image (most pixels are not a neuron's centre), "
+        "reported in summary.json.",
+    )
     merge_thr: float = Field(
         0.65, ge=0, le=1, description="Overlapping components whose traces correlate above this are merged."
     )
@@ -147,6 +152,10 @@ class CalialiConfig(BaseModel):
         return self.batch_frames or None
 
 
+# Fields that take a number or a word: what is allowed, said once.
+_EITHER = {"min_pnr": "must be a number greater than or equal to 0 and at most 100, or 'auto'"}
+
+
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(config)"
     if error["type"] == "extra_forbidden":
@@ -169,8 +178,15 @@ def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
     try:
         return CalialiConfig(**raw)
     except ValidationError as exc:
-        problems = "; ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"invalid config: {problems}") from exc
+        problems, seen = [], set()
+        for error in exc.errors():
+            if len(error["loc"]) > 1 and error["loc"][0] in _EITHER:  # a number or a word: one message, not two
+                if error["loc"][0] not in seen:
+                    seen.add(error["loc"][0])
+                    problems.append(f"{error['loc'][0]}: {_EITHER[error['loc'][0]]} (got {error.get('input')!r})")
+                continue
+            problems.append(_describe(error))
+        raise ConfigError(f"invalid config: {'; '.join(problems)}") from exc
 
 
 def config_mapping(source: CalialiConfig | str | Path | dict[str, Any] | None) -> dict[str, Any]:

@@ -382,6 +382,7 @@ def run(
         timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin)
     )
     n_neurons = paths.pop("_n_neurons")
+    seeds = paths.pop("_seed_thresholds")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     _write_summary(
         out,
@@ -390,6 +391,7 @@ def run(
             "sessions": ids,
             "session_frames": frames,
             "neurons": n_neurons,
+            "seed_thresholds": seeds,
             "config": config.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
         },
@@ -552,4 +554,6 @@ def _extract(
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)
     paths["_n_neurons"] = int(result.A.shape[1])
+    used = result.params or {}
+    paths["_seed_thresholds"] = {k: used.get(k) for k in ("min_corr", "min_pnr", "min_pnr_from")}
     return paths

@@ -11,7 +11,7 @@ plan_batches(session_bounds, frame_shape, *, batch_frames, memory_budget) -> lis
 
 from ._batches import Batch, parse_memory_budget, plan_batches
 from ._errors import ExtractionError
-from ._params import ExtractionParams
+from ._params import ExtractionParams, auto_min_pnr
 from ._result import Extraction
 from ._seeds import find_seeds
 from ._summary import summary_images
@@ -22,6 +22,7 @@ __all__ = [
     "Extraction",
     "ExtractionError",
     "ExtractionParams",
+    "auto_min_pnr",
     "summary_images",
     "find_seeds",
     "plan_batches",

@@ -8,7 +8,10 @@ from typing import Any
 from ._batches import parse_memory_budget
 from ._errors import ExtractionError
 
-__all__ = ["ExtractionParams"]
+__all__ = ["AUTO_PNR_SIGMAS", "ExtractionParams", "auto_min_pnr"]
+
+# How far above the bulk of the PNR image a seed must stand, in robust standard deviations.
+AUTO_PNR_SIGMAS = 2.0
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,10 @@ class ExtractionParams:
     gSig : float
         Neuron radius in pixels (gSiz = 4 gSig is the neuron diameter bound).
     min_corr, min_pnr : float
-        Seed thresholds on Cn and PNR (method defaults 0.1 and 6; demo 0.2 and 4).
+        Seed thresholds on Cn and PNR (defaults 0.1 and ``"auto"``). ``min_pnr="auto"`` takes it from
+        the recording (:func:`auto_min_pnr`): a fixed PNR threshold suits only one recording length
+        and noise (the PNR of pure noise grows with the number of frames), and CNMF-E's own default
+        of 6 kept about 1 in 8 of the cells minian found in its 100-frame test movie.
     batch_frames : int, optional
         Frames per temporal batch; default derived from ``memory_budget``.
     memory_budget : int or str
@@ -60,7 +66,7 @@ class ExtractionParams:
 
     gSig: float = 3.0
     min_corr: float = 0.1
-    min_pnr: float = 6.0
+    min_pnr: float | str = "auto"
     merge_thr: float = 0.65
     max_iter: int = 10
     tol: float = 0.05
@@ -80,8 +86,8 @@ class ExtractionParams:
             raise ExtractionError(f"gSig (neuron radius in pixels) must be a number between 0.5 and 50, got {gSig!r}")
         if not -1 <= self.min_corr <= 1:
             raise ExtractionError(f"min_corr must lie in [-1, 1], got {self.min_corr!r}")
-        if self.min_pnr < 0:
-            raise ExtractionError(f"min_pnr must be >= 0, got {self.min_pnr!r}")
+        if self.min_pnr != "auto" and not (isinstance(self.min_pnr, (int, float)) and self.min_pnr >= 0):
+            raise ExtractionError(f"min_pnr must be a number >= 0 or 'auto', got {self.min_pnr!r}")
         if not 0 < self.merge_thr <= 1:
             raise ExtractionError(f"merge_thr must lie in (0, 1], got {self.merge_thr!r}")
         if int(self.max_iter) < 1:
@@ -116,3 +122,24 @@ class ExtractionParams:
         options = {k: v for k, v in asdict(self).items() if k not in ("batch_frames", "memory_budget")}
         budget = None if self.memory_budget is None else parse_memory_budget(self.memory_budget)
         return {**options, "batch_frames": int(batch_frames), "n_batches": n_batches, "memory_budget": budget}
+
+
+def auto_min_pnr(pnr: Any, valid_mask: Any = None) -> tuple[float, str]:
+    """The seed threshold on PNR chosen from a recording's PNR image, and how it was chosen (in words).
+
+    Most pixels are not a neuron's centre, so the bulk of the PNR image is what noise and background
+    reach over this recording: its median plus ``AUTO_PNR_SIGMAS`` robust standard deviations
+    (1.4826 x the median absolute deviation) over the valid pixels.
+    """
+    import numpy as np
+
+    values = np.asarray(pnr, np.float64)
+    if valid_mask is not None:
+        values = values[np.asarray(valid_mask, bool)]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, "auto: no valid pixel, so no threshold"
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median)))
+    level = median + AUTO_PNR_SIGMAS * spread
+    return level, f"auto: median {median:.2f} + {AUTO_PNR_SIGMAS:g} x robust sd {spread:.2f} of the PNR image"

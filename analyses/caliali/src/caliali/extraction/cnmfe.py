@@ -37,7 +37,7 @@ from ._footprints import Footprints, box_around, image_dot
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import initialize_batch
 from ._merge import merge_components
-from ._params import ExtractionParams
+from ._params import ExtractionParams, auto_min_pnr
 from ._postprocess import finalize_traces
 from ._result import Extraction
 from ._seeds import find_seeds
@@ -397,7 +397,9 @@ def extract(
         memory_budget=params.memory_budget if params.batch_frames is None else None,
     )
     longest = max(b.stop - b.start for b in batches)
-    cn, pnr, seeds = _seed(source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask, progress=progress)
+    cn, pnr, seeds, params, chosen = _seed(
+        source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask, progress=progress
+    )
     footprints, c, background = _start(source, batches, seeds, bounds, params, progress=progress, work_dir=work_dir)
     footprints, c, history = _iterate(
         source,
@@ -425,7 +427,7 @@ def extract(
             pnr=pnr,
             seeds=seeds,
             history=history,
-            params=params.record(batch_frames=longest, n_batches=len(batches)),
+            params={**params.record(batch_frames=longest, n_batches=len(batches)), "min_pnr_from": chosen},
         ),
     )
 
@@ -440,8 +442,9 @@ def _seed(
     pnr,
     valid_mask,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The summary images (computed when not given) and the seeds that pass the thresholds."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ExtractionParams, str]:
+    """The summary images (computed when not given), the seeds that pass the thresholds, the params with
+    ``min_pnr`` resolved (``"auto"``: from the PNR image) and how it was chosen."""
     dims, gSig = source.frame_shape, params.gSig
     if cn is None or pnr is None:
         cn, pnr = summary_images(
@@ -454,6 +457,12 @@ def _seed(
     cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
     if cn.shape != dims or pnr.shape != dims:
         raise ExtractionError(f"cn and pnr must have the frame shape {dims}; got {cn.shape} and {pnr.shape}")
+    chosen = "set"
+    if params.min_pnr == "auto":
+        level, chosen = auto_min_pnr(pnr, valid_mask)
+        params = params.with_options(min_pnr=round(level, 3))
+        if progress is not None:
+            progress(0.1, f"seed threshold min_pnr {params.min_pnr:g} ({chosen})")
     seeds = find_seeds(cn, pnr, gSig=gSig, min_corr=params.min_corr, min_pnr=params.min_pnr, valid_mask=valid_mask)
     if len(seeds) == 0:
         raise ExtractionError(
@@ -461,7 +470,7 @@ def _seed(
             f"(max Cn {float(np.nanmax(cn)):.3f}, max PNR {float(np.nanmax(pnr)):.2f}); "
             "lower the thresholds or check gSig"
         )
-    return cn, pnr, seeds
+    return cn, pnr, seeds, params, chosen
 
 
 def _start(
