@@ -21,7 +21,8 @@ and for minian's units as the reference:
 - the median mask area (px) of each;
 - box-clipped outlines: components whose mask runs straight along the edge of the footprint's
   support box (the bounding box of its nonzero pixels) for more than half that side — a
-  footprint cut off by the box it was allowed to live in rather than by the cell's edge;
+  footprint cut off by the box it was allowed to live in rather than by the cell's edge (box
+  edges on the frame's border are left out: there the field of view cuts the cell);
 - bright-maxima coverage: local maxima of the Gaussian-smoothed (sigma gSig) max projection
   that stand above median + 8 MAD of it (maxima of a (2 gSig + 1)-px square), and how many of them fall
   inside a mask of each;
@@ -90,8 +91,14 @@ def box_clipped(a: sparse.csc_array, dims: tuple[int, int]) -> int:
         m[my, mx] = True
         box = m[y0 : y1 + 1, x0 : x1 + 1]
         h, w = box.shape
-        edges = [(box[0], w), (box[-1], w), (box[:, 0], h), (box[:, -1], h)]
-        if any(_longest_run(edge) > side / 2 for edge, side in edges if side >= 4):
+        # an edge on the frame's border is the field of view cutting a cell, not a box
+        edges = [
+            (box[0], w, y0 > 0),
+            (box[-1], w, y1 < dims[0] - 1),
+            (box[:, 0], h, x0 > 0),
+            (box[:, -1], h, x1 < dims[1] - 1),
+        ]
+        if any(_longest_run(edge) > side / 2 for edge, side, inside in edges if inside and side >= 4):
             count += 1
     return count
 
