@@ -224,6 +224,11 @@ def main() -> None:
         )
     ratio = rows[0]["median_mask_area_px"] / max(rows[1]["median_mask_area_px"], 1)
     print(f"median mask area caliali / minian: {ratio:.2f}")
+    if agreement.matches:  # the same cells found by both: is the shape or the population different?
+        ours_area, theirs_area = mask_areas(ours), mask_areas(theirs)
+        pair = np.median([ours_area[i] / max(theirs_area[j], 1) for i, j, _ in agreement.matches])
+        rows[0]["matched_area_ratio"] = round(float(pair), 2)
+        print(f"median area ratio caliali / minian over the {len(agreement.matches)} matched pairs: {pair:.2f}")
     (args.workdir / "figures.json").write_text(json.dumps({"config": config, "rows": rows}, indent=2))
     print(f"overlay: {args.workdir / 'overlay.png'}; figures: {args.workdir / 'figures.json'}")
 
