@@ -110,8 +110,8 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     for t in detail["tasks"]:  # an escaped or cut key (ncaas.submission.dataset_key): which dataset it is
         if "%" in t["dataset"]:
             out.print(f"{t['dataset']} is dataset {t['input']}", highlight=False, markup=False)
-    for t in detail["tasks"]:  # the table cuts messages short; what a queued task waits for is said in full
-        if t["state"] == "queued" and t["message"] and t["message"] == t["cause"]:
+    for t in detail["tasks"]:  # the table cuts messages short: what a task waits for, or why it failed, in full
+        if t["state"] in ("queued", "failed", "timed_out") and t["message"] and t["message"] == t["cause"]:
             out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
