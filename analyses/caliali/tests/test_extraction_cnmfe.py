@@ -245,3 +245,16 @@ def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
     fp = Footprints((20, 20), [(2, 5, 2, 5), (10, 13, 10, 13)], [image, image])
     keep = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
     assert keep.tolist() == [0]
+
+
+def test_how_the_rounds_ended_is_recorded():
+    y, _, _, bounds = _movie([(20, 24)])
+    done = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    record, last = done.convergence, done.history[-1]
+    assert record["converged"] and record["stop"] == last["stop"] in ("tol", "stalled")
+    assert record["rounds"] == len(done.history) and record["change"] == last["change"]
+    assert record["why"].startswith("converged: ") and f"after {len(done.history)} round" in record["why"]
+    cut = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400, max_iter=1, tol=1e-9)
+    assert cut.convergence["stop"] == "max_iter" and not cut.convergence["converged"]
+    assert cut.convergence["why"].startswith("not converged after 1 round (max_iter): change ")
+    assert "stop" not in cut.history[-1]

@@ -185,6 +185,8 @@ def run(
         f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
         f"({frames} frames) -> {result.out}"
     )
+    if result.convergence:
+        console.print(f"  extraction {result.convergence['why']}", highlight=False)
     for name, info in result.stages.items():
         console.print(f"  {name:<12} {info['seconds']:8.1f} s   peak RSS {info['peak_rss_mb']:8.0f} MB")
 

@@ -9,7 +9,8 @@ chunk size, not by the recording's length)::
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
 
-``summary.json`` holds the run's results (sessions, frames, neurons, config, alignment
+``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
+(``convergence``: whether, and why it stopped), config, alignment
 QC, the NWB file's identifier and session start with where each came from), the same
 for every run of the same input, config and environment, written with sorted keys;
 and, in its ``run`` section alone, what differs from run to run (input and output
@@ -66,6 +67,7 @@ class RunResult:
     session_frames: list[int]
     n_neurons: int
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    convergence: dict[str, Any] = field(default_factory=dict)  # how extraction's rounds ended (summary.json)
     paths: dict[str, Path] = field(default_factory=dict)
 
 
@@ -382,6 +384,7 @@ def run(
         timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin)
     )
     n_neurons = paths.pop("_n_neurons")
+    convergence = paths.pop("_convergence")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     _write_summary(
         out,
@@ -390,6 +393,7 @@ def run(
             "sessions": ids,
             "session_frames": frames,
             "neurons": n_neurons,
+            "convergence": convergence,
             "config": config.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
         },
@@ -406,13 +410,15 @@ def run(
     if not config.keep_intermediates:
         shutil.rmtree(work, ignore_errors=True)
     if progress is not None:
-        progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s)")
+        # the last message is what the platform shows: a fit that did not converge says so there
+        progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s); {convergence.get('why', '')}".rstrip("; "))
     return RunResult(
         out=out,
         sessions=ids,
         session_frames=frames,
         n_neurons=n_neurons,
         stages=timings,
+        convergence=convergence,
         paths={k: Path(v) for k, v in paths.items()},
     )
 
@@ -552,4 +558,5 @@ def _extract(
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)
     paths["_n_neurons"] = int(result.A.shape[1])
+    paths["_convergence"] = dict(result.convergence)
     return paths
