@@ -28,14 +28,12 @@ def convergence_record(history: list[dict], *, tol: float, max_iter: int) -> dic
     if stop == "tol":
         why = f"converged: footprint change {change:.3g} < tol {tol:g} {after}"
     elif stop == "stalled":
-        why = (
-            f"converged: stalled at footprint change {change:.3g} (the estimates' noise floor; "
-            f"tol {tol:g}) {after}"
-        )
+        why = f"converged: stalled at footprint change {change:.3g} (the estimates' noise floor; tol {tol:g}) {after}"
     else:
         stop = "max_iter"
-        still = [f"{last[k]} {word}" for k, word in (("removed", "removed"), ("merged", "merged")) if last.get(k)]
+        still = [f"{last[k]} {k}" for k in ("removed", "merged") if last.get(k)]
         compared = f"change {change:.3g} {'>=' if change >= tol else '<'} tol {tol:g}"
-        why = f"not converged {after} (max_iter): {compared}" + (f", {' and '.join(still)} in the last round" if still else "")
+        why = f"not converged {after} (max_iter): {compared}" + (
+            f", {' and '.join(still)} in the last round" if still else ""
+        )
     return {**record, "converged": stop != "max_iter", "stop": stop, "why": why}
-

@@ -30,8 +30,8 @@ import numpy as np
 from caliali.allocator import release_freed_memory
 
 from ._background import RingBackground, downsample
-from ._convergence import convergence_record
 from ._batches import Batch, check_session_bounds, plan_batches
+from ._convergence import convergence_record
 from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
 from ._footprints import Footprints, box_around, image_dot
