@@ -166,8 +166,8 @@ def clean_reason(raw):
 
 
 def read_reason_file(path):
-    """What the task wrote to its reason file: a regular file only, never followed through a
-    link (the task could point it at a file it cannot read itself), read in part."""
+    """What the task wrote to its reason file: a regular file of its own only, never followed
+    through a link (the task could point it at a file it cannot read itself), read in part."""
     if not path:
         return None
     try:
@@ -175,7 +175,8 @@ def read_reason_file(path):
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link too may lead elsewhere
             return None
         return clean_reason(os.read(fd, REASON_READ))
     except OSError:

@@ -10,7 +10,9 @@ and ``leave_sparse_gib`` (leave ``outputs/sparse.bin``, that many GiB of zeros t
 disk space). ``record_hashes`` writes the content hashes the platform gave the task
 (``NCAAS_*_SHA256``) to ``outputs/hashes.json``. ``fail_reason`` exits with code 3 after
 telling the platform that reason, the way any analysis may: written to the file
-``NCAAS_ERROR_FILE`` names, or (``fail_reason_line``) printed as an ``NCAAS_ERROR`` line.
+``NCAAS_ERROR_FILE`` names, or (``fail_reason_line``) printed as an ``NCAAS_ERROR`` line;
+``fail_reason_link`` makes that file a link to the given path instead (which the platform must
+not follow).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ DEFAULTS = {
     "record_hashes": False,
     "fail_reason": None,
     "fail_reason_line": False,
+    "fail_reason_link": None,
 }
 
 
@@ -95,6 +98,9 @@ def misbehave(config: dict, out: Path) -> None:
         print("hanging as configured (hang: true)", flush=True)
         while True:
             time.sleep(3600)
+    if config["fail_reason_link"] is not None:
+        os.symlink(config["fail_reason_link"], os.environ["NCAAS_ERROR_FILE"])
+        sys.exit(3)
     if config["fail_reason"] is not None:
         tell_failure(config["fail_reason"], line=config["fail_reason_line"])
         sys.exit(3)

@@ -1,0 +1,42 @@
+"""A task's failure reason is read by the platform, outside the sandbox: it must never be a way
+to read what the task cannot.
+
+The supervisor reads the file ``NCAAS_ERROR_FILE`` names after the task ends, with the
+platform's rights. A task that makes that file a link to one of the platform's files (here
+another group's input, which the task's sandbox does not show) would otherwise have that
+file's text shown as its failure reason, in the API, the status files and the certificate.
+(A supervisor that opened the reason file with a plain ``open`` fails this test.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+
+from .conftest import finished
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "other group's unpublished result: 42 place cells"
+
+
+def test_a_reason_file_linked_to_another_groups_input_is_not_read(site):
+    secret = site.root / "other" / "inputs" / "secret.txt"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(SECRET)
+    client = site.clients["lab"]
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 6, 6), np.float32))
+    (site.base / "a.npy").write_bytes(buf.getvalue())
+    client.upload_dataset(site.base / "a.npy")
+    job = finished(client, client.submit("framestats", ["a.npy"], config={"fail_reason_link": str(secret)}))
+    assert job["state"] == "failed", job
+    [task] = client.job(job["id"])["tasks"]
+    assert task["cause"] == "exited with code 3" and task["reason"] is None
+    results = site.root / "lab" / "results" / job["id"]
+    shown = [json.dumps(client.job(job["id"])), json.dumps(client.certificate(job["id"]))]
+    shown += [p.read_text() for p in results.rglob("*.json")] + [client.log(job["id"], "a.npy")]
+    assert not [text for text in shown if "place cells" in text]
