@@ -29,6 +29,7 @@ __all__ = [
     "task_table",
 ]
 
+MESSAGE_WIDTH = 30  # characters of a task's message the job table shows
 STATE_STYLE = {
     "queued": "yellow",
     "running": "cyan",
@@ -81,7 +82,7 @@ def task_table(detail: dict[str, Any]) -> Table:
     table.add_column("dataset", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("progress", no_wrap=True)
-    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=30)
+    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=MESSAGE_WIDTH)
     for col in ("try", "started", "CPU s", "peak MB"):
         table.add_column(col, no_wrap=True, justify="right")
     for t in detail["tasks"]:
@@ -113,6 +114,8 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     for t in detail["tasks"]:  # the table cuts messages short: what a task waits for, or why it failed, in full
         if t["state"] in ("queued", "failed", "timed_out") and t["message"] and t["message"] == t["cause"]:
             out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
+        elif t["state"] == "succeeded" and len(str(t["message"])) > MESSAGE_WIDTH:  # its last word (converged?)
+            out.print(f"{t['dataset']}: {t['message']}", highlight=False, markup=False)
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
     for event in story:
