@@ -6,6 +6,9 @@ platform's rights. A task that makes that file a link to one of the platform's f
 another group's input, which the task's sandbox does not show) would otherwise have that
 file's text shown as its failure reason, in the API, the status files and the certificate.
 (A supervisor that opened the reason file with a plain ``open`` fails this test.)
+
+What a task says (its reason, its progress messages) is shown by ``ncaas status`` too: rich
+markup in it (``[/x]``) once stopped the command with a MarkupError for every job listed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 
 import numpy as np
 import pytest
+from ncaas_clirunner import cli, flat
 
 from .conftest import finished
 
@@ -40,3 +44,18 @@ def test_a_reason_file_linked_to_another_groups_input_is_not_read(site):
     shown = [json.dumps(client.job(job["id"])), json.dumps(client.certificate(job["id"]))]
     shown += [p.read_text() for p in results.rglob("*.json")] + [client.log(job["id"], "a.npy")]
     assert not [text for text in shown if "place cells" in text]
+
+
+def test_markup_in_a_tasks_words_is_shown_as_text_by_ncaas_status(site):
+    client = site.clients["lab"]
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 6, 6), np.float32))
+    (site.base / "b.npy").write_bytes(buf.getvalue())
+    client.upload_dataset(site.base / "b.npy")
+    said = "[/x] [bold red]not bold[/] [link=file:///etc]x[/link]"
+    job = finished(client, client.submit("framestats", ["b.npy"], config={"fail_reason": said}))
+    assert job["state"] == "failed", job
+    shown = cli("status", job["id"], "--root", str(site.root))
+    assert shown.exit_code == 0, shown.output
+    assert f"b.npy: exited with code 3: {said}" in flat(shown.stdout)
+    assert f"running -> failed (exited with code 3: {said})" in flat(shown.stdout)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "STATE_STYLE",
@@ -71,7 +72,7 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
             job["analysis"] or "-",
             styled(job["state"]),
             clock(job["created_ms"]),
-            job["cause"][:80],
+            Text(job["cause"][:80]),  # may quote a submitter's config: never read as markup
         )
     return table
 
@@ -91,7 +92,7 @@ def task_table(detail: dict[str, Any]) -> Table:
             t["dataset"],
             styled(t["state"]),
             f"{t['progress']:4.0%}",
-            str(t["message"]),
+            Text(str(t["message"])),  # the task's own words: never read as markup
             str(t["attempt"]),
             clock(t["started_ms"]),
             f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
@@ -121,7 +122,8 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     for event in story:
         who = event["dataset"] or "job"
         out.print(
-            f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} ({event['cause']})"
+            f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} ({event['cause']})",
+            markup=False,  # a cause may quote what a task said
         )
 
 
