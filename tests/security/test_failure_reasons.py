@@ -8,7 +8,8 @@ file's text shown as its failure reason, in the API, the status files and the ce
 (A supervisor that opened the reason file with a plain ``open`` fails this test.)
 
 What a task says (its reason, its progress messages) is shown by ``ncaas status`` too: rich
-markup in it (``[/x]``) once stopped the command with a MarkupError for every job listed.
+markup in it (``[/x]``) once stopped the command with a MarkupError, and `ncaas manager`, which
+prints every task's end with its cause, with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import numpy as np
 import pytest
 from ncaas_clirunner import cli, flat
+from ncaas_testutil import start_manager, stop, submit, wait_for, write_stack
 
 from .conftest import finished
 
@@ -59,3 +61,21 @@ def test_markup_in_a_tasks_words_is_shown_as_text_by_ncaas_status(site):
     assert shown.exit_code == 0, shown.output
     assert f"b.npy: exited with code 3: {said}" in flat(shown.stdout)
     assert f"running -> failed (exited with code 3: {said})" in flat(shown.stdout)
+
+
+def test_markup_in_a_tasks_reason_does_not_stop_ncaas_manager(tmp_path):
+    """`ncaas manager` prints every task's end with its cause; a reason with `[/x]` once raised there."""
+    root = tmp_path / "root"
+    write_stack(root / "lab" / "inputs" / "a.npy")
+    log = tmp_path / "manager.log"
+    manager = start_manager(root, log)
+    try:
+        said = "[/x] closes nothing"
+        submit(root, "first", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"fail_reason": said})
+        wait_for(lambda: list((root / "lab" / "results").glob("*/end.json")), timeout=60, what="the first job")
+        submit(root, "second", {"analysis": "framestats", "dataname": ["a.npy"]})
+        wait_for(lambda: len(list((root / "lab" / "results").glob("*/end.json"))) == 2, timeout=60, what="the next")
+        assert manager.poll() is None, log.read_text()
+        assert f"a.npy failed (exited with code 3: {said})" in " ".join(log.read_text().split())
+    finally:
+        stop(manager)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
@@ -340,7 +341,7 @@ def run_manager(
         executor=runner,
         scan_interval=scan_interval,
         limits=SubmitLimits.from_env(max_submit_size, max_datasets),
-        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {escape(m)}"),  # m may quote a task
     )
     lock = manager_lock(manager.storage)
     if lock is None:
