@@ -122,13 +122,13 @@ def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_li
     if code is not None and code < 0:
         return _retry_or_fail(f"killed by {_signal_name(-code)}", attempt, max_retries)
     cause = f"exited with code {code}"
-    if record.reason:  # the task's own words (the supervisor cleaned and capped them)
-        cause += f": {record.reason}"
     peak = record.peak_memory_bytes or 0
     if memory_limit and peak >= 0.9 * memory_limit:
         cause += (
             f" after using {peak / 1e6:.0f} MB of its {memory_limit / 1e6:.0f} MB memory limit (likely out of memory)"
         )
+    if record.reason:  # the task's own words (its supervisor cleaned and capped them)
+        cause += f": {record.reason}"
     return Decision(TaskState.FAILED, cause)
 
 
