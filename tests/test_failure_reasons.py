@@ -130,3 +130,14 @@ def test_a_task_that_succeeds_has_no_reason(tmp_path):
     script = "import os; open(os.environ['NCAAS_ERROR_FILE'], 'w').write('stale')"
     record = _supervise(tmp_path, script)
     assert record["returncode"] == 0 and "reason" not in record
+
+
+def test_submit_wait_ends_with_the_reason(tmp_path):
+    data = tmp_path / "a.npy"
+    np.save(data, np.zeros((4, 6, 6), np.float32))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"fail_reason: '{REASON}'\n")
+    env = {"NCAAS_ROOT": str(tmp_path / "root")}
+    done = cli("submit", "framestats", str(data), "--config", str(config), "--group", "lab", "--wait", env=env)
+    assert done.exit_code == 1
+    assert f"a.npy: exited with code 3: {REASON} failed: results in" in flat(done.stdout)

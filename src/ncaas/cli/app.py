@@ -32,7 +32,7 @@ from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .console import err, errors, out
-from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, print_verdict, styled
+from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
 
 __all__ = ["app", "main"]
 
@@ -179,6 +179,7 @@ def submit(
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
         detail = _watch(backend, detail)
+        print_messages(out, detail)
     out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
 

@@ -101,6 +101,16 @@ def task_table(detail: dict[str, Any]) -> Table:
     return table
 
 
+def print_messages(out: Console, detail: dict[str, Any]) -> None:
+    """What the task table cuts short, in full: what a task waits for, why it failed, or a
+    finished task's long last message (caliali's says whether its fit converged)."""
+    for t in detail["tasks"]:
+        if t["state"] in ("queued", "failed", "timed_out") and t["message"] and t["message"] == t["cause"]:
+            out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
+        elif t["state"] == "succeeded" and len(str(t["message"])) > MESSAGE_WIDTH:
+            out.print(f"{t['dataset']}: {t['message']}", highlight=False, markup=False)
+
+
 def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, Any]]) -> None:
     """``ncaas status JOB``: the task table, where the results are, and the job's story."""
     if detail["state"] == "rejected":
@@ -112,11 +122,7 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     for t in detail["tasks"]:  # an escaped or cut key (ncaas.submission.dataset_key): which dataset it is
         if "%" in t["dataset"]:
             out.print(f"{t['dataset']} is dataset {t['input']}", highlight=False, markup=False)
-    for t in detail["tasks"]:  # the table cuts messages short: what a task waits for, or why it failed, in full
-        if t["state"] in ("queued", "failed", "timed_out") and t["message"] and t["message"] == t["cause"]:
-            out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
-        elif t["state"] == "succeeded" and len(str(t["message"])) > MESSAGE_WIDTH:  # its last word (converged?)
-            out.print(f"{t['dataset']}: {t['message']}", highlight=False, markup=False)
+    print_messages(out, detail)
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
     for event in story:
