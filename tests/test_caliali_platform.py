@@ -13,7 +13,8 @@ sandbox. Two experiments go through it:
   top-left quadrant), skipped when that folder is absent: neurons are found
   and every output is present and readable.
 
-A wrong caliali config is refused by the platform before anything runs.
+A wrong caliali config is refused by the platform before anything runs; a zero-byte
+recording fails with caliali's one-line reason as the task's cause.
 """
 
 from __future__ import annotations
@@ -316,6 +317,22 @@ def test_a_wrong_config_is_refused_before_anything_runs_naming_the_field(simulat
     assert sorted(p.name for p in results.iterdir()) == ["end.json", "error.txt"]  # no outputs, no logs
     assert json.loads((results / "end.json").read_text())["state"] == "rejected"
     assert not (root / ".ncaas" / "runs").exists()  # no task was ever started
+
+
+def test_a_zero_byte_recording_fails_with_one_line_naming_it(tmp_path):
+    """caliali tells the platform why it failed (NCAAS_ERROR_FILE): the task's cause says it."""
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    root = tmp_path / "root"
+    run = ncaas("submit", "caliali", str(empty), "--group", GROUP, "--root", str(root), "--wait", timeout=JOB_TIMEOUT)
+    assert run.returncode != 0 and "Traceback" not in run.stdout + run.stderr
+    [results] = (root / GROUP / "results").iterdir()
+    status = json.loads((results / "status" / "empty.tif.json").read_text())
+    inside = root / GROUP / "inputs" / "empty.tif"
+    reason = f"{inside}: input empty.tif is empty (0 bytes); upload it again"
+    assert (status["reason"], status["cause"]) == (reason, f"exited with code 2: {reason}")
+    shown = " ".join(ncaas("status", results.name, "--root", str(root)).stdout.split())
+    assert f"empty.tif: exited with code 2: {reason}" in shown
 
 
 # -- the real recording -----------------------------------------------------------------

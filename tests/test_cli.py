@@ -101,3 +101,29 @@ def test_cancel_a_job_run_by_the_manager(root, tmp_path):
         manager.send_signal(signal.SIGTERM)
         manager.wait(timeout=20)
     assert "manager stopped" in flat((tmp_path / "m.log").read_text())
+
+
+def test_a_long_last_message_of_a_finished_task_is_printed_in_full():
+    """The job table cuts messages short; a run's last word (caliali: whether its fit converged) is not lost."""
+    from rich.console import Console
+
+    from ncaas.cli.display import print_job
+
+    last = "done: 185 neurons in 1 session(s); not converged after 10 rounds (max_iter): change 0.3 >= tol 0.05"
+    task = {
+        "dataset": "exp1",
+        "input": "exp1",
+        "state": "succeeded",
+        "cause": "exited with code 0",
+        "attempt": 1,
+        "progress": 1.0,
+        "message": last,
+        "started_ms": 1,
+        "ended_ms": 2,
+        "exit_code": 0,
+        "cpu_seconds": 1.0,
+        "peak_memory_bytes": 10**8,
+    }
+    out = Console(width=200, record=True)
+    print_job(out, {"id": "j", "analysis": "caliali", "state": "succeeded", "tasks": [task], "results_dir": "/r"}, [])
+    assert f"exp1: {last}" in out.export_text()

@@ -168,6 +168,17 @@ def test_timeout_on_a_node_is_enforced_as_locally(ray_manager: Manager) -> None:
     assert task.cause == "exceeded its time limit of 3.0 s"
 
 
+def test_the_reason_a_task_gives_on_a_node_comes_back_as_locally(ray_manager: Manager) -> None:
+    storage = ray_manager.storage
+    _submit(storage, "said", "fs-ray", ["d.npy"], {"fail_reason": "d.npy: no frames; upload it again"})
+    job = ray_manager.run_job(_one_job(ray_manager).id)
+    assert job.state == JobState.FAILED, _why(ray_manager, job)
+    cause = "exited with code 3: d.npy: no frames; upload it again"
+    assert ray_manager.db.tasks(job.id)[0].cause == cause  # carried back in the node's exit record
+    status = _status(storage, job, "d.npy")
+    assert (status["cause"], status["reason"]) == (cause, "d.npy: no frames; upload it again")
+
+
 def test_task_killed_by_a_signal_is_retried(ray_manager: Manager) -> None:
     storage = ray_manager.storage
     _submit(storage, "killed", "fs-ray", ["c.npy"], {"kill_on_attempts": [1]})

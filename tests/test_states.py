@@ -41,6 +41,9 @@ def test_terminal_states_have_no_way_out():
         ({"returncode": -15, "cancelled": True}, 1, C, "cancelled by request"),
         ({"returncode": -15, "timed_out": True, "timeout": 2.0}, 1, T, "exceeded its time limit of 2.0 s"),
         ({"returncode": None, "error": "no such file"}, 1, F, "could not start: no such file"),
+        ({"returncode": 2, "reason": "m.tif is empty"}, 1, F, "exited with code 2: m.tif is empty"),
+        ({"returncode": 0, "reason": "left over"}, 1, OK, "exited with code 0"),
+        ({"returncode": -9, "reason": "said, then killed"}, 1, Q, "killed by SIGKILL; retrying (attempt 2 of 3)"),
     ],
 )
 def test_decide_exit(record, attempt, expected, cause):
@@ -55,6 +58,13 @@ def test_decide_exit_names_memory_when_near_the_limit():
     )
     assert decision.state == F
     assert "likely out of memory" in decision.cause
+    said = decide_exit(
+        ExitRecord(returncode=1, peak_memory_bytes=390_000_000, reason="MemoryError"),
+        attempt=1,
+        max_retries=2,
+        memory_limit=400_000_000,
+    )
+    assert said.cause.startswith("exited with code 1 after using 390 MB") and said.cause.endswith(": MemoryError")
 
 
 def test_lost_tasks_are_retried_then_failed():

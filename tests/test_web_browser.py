@@ -229,6 +229,19 @@ def test_qc_images_are_shown(site, page):
     tab.close()
 
 
+def test_a_failed_task_shows_the_reason_it_gave(site, page):
+    page.select_option("#analysis", "framestats")
+    for box in page.query_selector_all("#inputs input:checked"):
+        box.uncheck()
+    page.check("#inputs input[value='a.npy']")
+    page.fill("#cfg-fail_reason", "a.npy holds no frames: upload the recording again")
+    page.click("#submit")
+    page.wait_for_selector("#job-state.failed", timeout=60_000)
+    message = page.locator(".task[data-dataset='a.npy'] .message").inner_text()
+    assert message == "exited with code 3: a.npy holds no frames: upload the recording again"
+    assert "error" in page.get_attribute(".task[data-dataset='a.npy'] .message", "class").split()
+
+
 def test_a_reruns_page_shows_its_verdict_file_by_file(site, page):
     done = next(j for j in _api(site, "/api/jobs") if j["analysis"] == "qcimage" and j["state"] == "succeeded")
     resp = httpx.post(

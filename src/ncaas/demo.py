@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from .blueprint import BlueprintRegistry
 from .jobs.db import JobDB, default_db_url
@@ -61,7 +62,7 @@ def main(root: str | os.PathLike[str] = "demo-data") -> int:
         storage,
         db,
         registry=BlueprintRegistry.discover(),
-        notify=lambda m: out.print(f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+        notify=lambda m: out.print(f"  [dim]{time.strftime('%H:%M:%S')}[/dim] {escape(m)}"),  # m may quote a task
     )
     submission = root / GROUP / "submissions" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.submit.json"
     submission.parent.mkdir(parents=True, exist_ok=True)

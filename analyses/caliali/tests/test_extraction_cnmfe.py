@@ -265,3 +265,16 @@ def test_the_automatic_seed_threshold_comes_from_the_pnr_image_and_is_recorded()
     assert isinstance(result.params["min_pnr"], float) and result.params["min_pnr_from"].startswith("auto: median")
     fixed = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
     assert fixed.params["min_pnr"] == 5 and fixed.params["min_pnr_from"] == "set"
+
+
+def test_how_the_rounds_ended_is_recorded():
+    y, _, _, bounds = _movie([(20, 24)])
+    done = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
+    record, last = done.convergence, done.history[-1]
+    assert record["converged"] and record["stop"] == last["stop"] in ("tol", "stalled")
+    assert record["rounds"] == len(done.history) and record["change"] == last["change"]
+    assert record["why"].startswith("converged: ") and f"after {len(done.history)} round" in record["why"]
+    cut = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400, max_iter=1, tol=1e-9)
+    assert cut.convergence["stop"] == "max_iter" and not cut.convergence["converged"]
+    assert cut.convergence["why"].startswith("not converged after 1 round (max_iter): change ")
+    assert "stop" not in cut.history[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -146,3 +147,24 @@ def test_cli_reports_bad_file_without_traceback(tmp_path):
     )
     assert run.returncode == 2
     assert "broken.avi" in run.stderr and "Traceback" not in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize("name,content", [("empty.tif", b""), ("garbage.avi", b"RIFF" + bytes(range(256)) * 20)])
+def test_a_run_on_a_bad_input_tells_the_platform_why_in_one_line(tmp_path, name, content):
+    """The reason goes to NCAAS_ERROR_FILE too (ncaas shows it as the task's failure reason)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    reason_file = tmp_path / "scratch" / "reason"
+    reason_file.parent.mkdir()
+    env = {**os.environ, "NCAAS_ERROR_FILE": str(reason_file)}
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "run", "--input", str(path), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr + run.stdout
+    [reason] = reason_file.read_text().splitlines()
+    assert str(path) in reason and reason in " ".join(run.stderr.split())
+    assert ("empty (0 bytes)" if not content else "cannot open this file as a video") in reason

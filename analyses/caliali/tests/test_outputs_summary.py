@@ -95,7 +95,17 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
     assert (
         set(a)
         == set(b)
-        == {"alignment", "caliali_version", "config", "neurons", "nwb", "run", "session_frames", "sessions"}
+        == {
+            "alignment",
+            "caliali_version",
+            "config",
+            "convergence",
+            "neurons",
+            "nwb",
+            "run",
+            "session_frames",
+            "sessions",
+        }
     )
     assert set(a["run"]) == {"input", "output", "host", "pid", "started", "seconds", "stages", "peak_rss_mb"}
     assert a["run"]["output"] != b["run"]["output"] and set(a["run"]["stages"]) >= {"motion", "extraction"}

@@ -10,6 +10,7 @@ import scipy.sparse
 
 from caliali.exceptions import InputError
 from caliali.extraction import Extraction
+from caliali.extraction._convergence import convergence_record
 from caliali.outputs import write_outputs
 from caliali.score import load_result, score_neurons
 
@@ -39,7 +40,11 @@ def _extraction(k: int = 3, dims=(20, 30), bounds=(0, 50, 120)) -> Extraction:
         noise=np.ones((k, len(bounds) - 1)),
         centers=np.array([[5 + 4 * i, 6 + 8 * i] for i in range(k)], float),
         seeds=np.zeros((k, 2), int),
-        history=[{"iteration": 1, "neurons": k}],
+        history=[
+            {"iteration": 1, "neurons": k + 1, "change": 0.4, "removed": 1, "merged": 0},
+            {"iteration": 2, "neurons": k, "change": 0.03, "removed": 0, "merged": 0, "stop": "tol"},
+        ],
+        convergence=convergence_record([{"change": 0.03, "stop": "tol"}] * 2, tol=0.05, max_iter=10),
         params={"gSig": 3.0},
     )
 
@@ -83,11 +88,14 @@ def test_nwb_reopens_with_footprints_traces_and_sessions(tmp_path):
         epochs = nwb.epochs.to_dataframe()
         assert list(epochs["start_time"]) == [0.0, 2.5] and list(epochs["stop_time"]) == [2.5, 6.0]
         assert [list(t) for t in epochs["tags"]] == [["a"], ["b"]]
+        assert ophys.description == (
+            "caliali CNMF-E across sessions; converged: footprint change 0.03 < tol 0.05 after 2 rounds"
+        )
 
 
 def test_qc_figures_are_png(tmp_path):
     paths = write_outputs(_extraction(), tmp_path, nwb=False)
-    for kind in ("contours", "traces"):
+    for kind in ("contours", "traces", "convergence"):
         assert paths[kind].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert paths[kind].stat().st_size > 5000
 
@@ -163,6 +171,7 @@ _WRITE_MAPPED_TRACES = """
 import json, sys
 import numpy as np, scipy.sparse
 from caliali.extraction import Extraction
+from caliali.extraction._convergence import convergence_record
 from caliali.extraction._traces import TraceFile
 from caliali.outputs import write_outputs
 import pynwb  # imported before the baseline: the measure is the writer's memory, not its imports

@@ -140,6 +140,12 @@ def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     for stage in ["motion", "projections", "alignment", "apply", "extraction"]:
         assert any(f" {stage}:" in line for line in progress), stage
+    convergence = summary["convergence"]  # outside `run`: the same for every run of this input
+    meta = json.loads((out / "arrays" / "meta.json").read_text())
+    assert meta["convergence"] == convergence and convergence["rounds"] == len(meta["history"])
+    assert convergence["converged"] == (convergence["stop"] in ("tol", "stalled"))
+    assert progress[-1].endswith(f"; {convergence['why']}")  # the status message the platform shows last
+    assert (out / "qc" / "convergence.png").is_file()
     s = score(out, experiment.parent / "sim" / "ground_truth")
     assert s.neurons.f1 >= 0.8, s
     assert s.alignment is not None and s.alignment.median_px <= 0.6
@@ -152,6 +158,8 @@ def test_nwb_output_opens_with_pynwb(result):
     with NWBHDF5IO(str(out / "neurons.nwb"), "r") as io:
         nwb = io.read()
         assert len(nwb.processing["ophys"]["ImageSegmentation"].plane_segmentations) == 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert nwb.processing["ophys"].description.endswith(f"; {summary['convergence']['why']}")
 
 
 def test_an_interrupted_run_resumes_from_its_last_stage(tmp_path, experiment):

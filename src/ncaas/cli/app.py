@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
@@ -31,7 +32,7 @@ from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .console import err, errors, out
-from .display import Watch, analyses_table, jobs_table, print_job, print_rerun, print_verdict, styled
+from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
 
 __all__ = ["app", "main"]
 
@@ -178,6 +179,7 @@ def submit(
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
         detail = _watch(backend, detail)
+        print_messages(out, detail)
     out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
 
@@ -340,7 +342,7 @@ def run_manager(
         executor=runner,
         scan_interval=scan_interval,
         limits=SubmitLimits.from_env(max_submit_size, max_datasets),
-        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+        notify=lambda m: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {escape(m)}"),  # m may quote a task
     )
     lock = manager_lock(manager.storage)
     if lock is None:

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 __all__ = [
     "STATE_STYLE",
@@ -29,6 +30,7 @@ __all__ = [
     "task_table",
 ]
 
+MESSAGE_WIDTH = 30  # characters of a task's message the job table shows
 STATE_STYLE = {
     "queued": "yellow",
     "running": "cyan",
@@ -70,7 +72,7 @@ def jobs_table(jobs: Iterable[dict[str, Any]]) -> Table:
             job["analysis"] or "-",
             styled(job["state"]),
             clock(job["created_ms"]),
-            job["cause"][:80],
+            Text(job["cause"][:80]),  # may quote a submitter's config: never read as markup
         )
     return table
 
@@ -81,7 +83,7 @@ def task_table(detail: dict[str, Any]) -> Table:
     table.add_column("dataset", no_wrap=True)
     table.add_column("state", no_wrap=True)
     table.add_column("progress", no_wrap=True)
-    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=30)
+    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=MESSAGE_WIDTH)
     for col in ("try", "started", "CPU s", "peak MB"):
         table.add_column(col, no_wrap=True, justify="right")
     for t in detail["tasks"]:
@@ -90,13 +92,23 @@ def task_table(detail: dict[str, Any]) -> Table:
             t["dataset"],
             styled(t["state"]),
             f"{t['progress']:4.0%}",
-            str(t["message"]),
+            Text(str(t["message"])),  # the task's own words: never read as markup
             str(t["attempt"]),
             clock(t["started_ms"]),
             f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
             f"{peak / 1e6:.0f}" if peak else "-",
         )
     return table
+
+
+def print_messages(out: Console, detail: dict[str, Any]) -> None:
+    """What the task table cuts short, in full: what a task waits for, why it failed, or a
+    finished task's long last message (caliali's says whether its fit converged)."""
+    for t in detail["tasks"]:
+        if t["state"] in ("queued", "failed", "timed_out") and t["message"] and t["message"] == t["cause"]:
+            out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
+        elif t["state"] == "succeeded" and len(str(t["message"])) > MESSAGE_WIDTH:
+            out.print(f"{t['dataset']}: {t['message']}", highlight=False, markup=False)
 
 
 def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, Any]]) -> None:
@@ -110,15 +122,14 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
     for t in detail["tasks"]:  # an escaped or cut key (ncaas.submission.dataset_key): which dataset it is
         if "%" in t["dataset"]:
             out.print(f"{t['dataset']} is dataset {t['input']}", highlight=False, markup=False)
-    for t in detail["tasks"]:  # the table cuts messages short; what a queued task waits for is said in full
-        if t["state"] == "queued" and t["message"] and t["message"] == t["cause"]:
-            out.print(f"{t['dataset']}: {t['cause']}", highlight=False, markup=False)
+    print_messages(out, detail)
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
     for event in story:
         who = event["dataset"] or "job"
         out.print(
-            f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} ({event['cause']})"
+            f"  {clock(event['at_ms'])} {who}: {event['from_state'] or '-'} -> {event['to_state']} ({event['cause']})",
+            markup=False,  # a cause may quote what a task said
         )
 
 

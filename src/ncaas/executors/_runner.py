@@ -4,7 +4,9 @@
 group, streams its stdout/stderr into the log as it comes, turns ``NCAAS_PROGRESS
 <fraction> <message>`` lines into ``status`` writes, enforces the timeout, stops the
 task on SIGTERM (cancel), and finally writes ``exit.json`` (returncode, CPU seconds,
-peak memory, timings) atomically. It runs in its own session, so it outlives the
+peak memory, timings, and the task's own account of why it failed: ``reason``, read from
+the file ``NCAAS_ERROR_FILE`` names or else its last ``NCAAS_ERROR <message>`` line)
+atomically. It runs in its own session, so it outlives the
 manager; a restarted manager reads ``exit.json`` or adopts it while it still runs.
 
 A full disk does not stop it: log and status writes that find no space are dropped, and
@@ -18,6 +20,7 @@ import json
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -28,6 +31,8 @@ STATUS_EVERY = 0.25
 RESERVE_BYTES = 256 * 1024  # held in the run folder, given up to write the exit record on a full disk
 FULL_BELOW = 1 << 20  # bytes free under which a failed task's disk counts as full
 NO_SPACE_SIGNS = (b"No space left on device", b"[Errno 28]", b"ENOSPC")
+REASON_CHARS = 500  # a task's failure reason is kept this long at most (it is shown in one line)
+REASON_READ = 16384  # bytes read of the reason file: a huge one is not read whole
 
 
 def now_ms():
@@ -146,6 +151,51 @@ class Status:
         self.dirty = False
 
 
+def clean_reason(raw):
+    """A task's failure reason made safe to show: untrusted text, never interpreted.
+
+    Control and format characters (escape sequences, bidi overrides) become spaces,
+    lines are joined, runs of blanks collapse, and it is cut at REASON_CHARS.
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    text = " ".join(text.split())
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 1].rstrip() + "\u2026"
+    return text or None
+
+
+def read_reason_file(path):
+    """What the task wrote to its reason file: a regular file of its own only, never followed
+    through a link (the task could point it at a file it cannot read itself), read in part."""
+    if not path:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link too may lead elsewhere
+            return None
+        return clean_reason(os.read(fd, REASON_READ))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+class Reason:
+    """The task's last ``NCAAS_ERROR <message>`` line on its output."""
+
+    def __init__(self):
+        self.said = None
+
+    def read(self, line):
+        if line.split(None, 1)[0] == b"NCAAS_ERROR":
+            self.said = clean_reason(line[len(b"NCAAS_ERROR") :]) or self.said
+
+
 def parse_progress(line, status):
     parts = line.split(None, 2)
     if len(parts) < 2 or parts[0] != "NCAAS_PROGRESS":
@@ -157,7 +207,7 @@ def parse_progress(line, status):
     status.update(progress=fraction, message=parts[2].strip() if len(parts) > 2 else "")
 
 
-def pump(fd, log, status):
+def pump(fd, log, status, reason):
     pending = b""
     while True:
         try:
@@ -173,9 +223,13 @@ def pump(fd, log, status):
             pending = b""
         for line in lines:
             status.disk.read(line)
-            if line.startswith(b"NCAAS_PROGRESS"):
+            if line.startswith(b"NCAAS_ERROR"):
+                reason.read(line)
+            elif line.startswith(b"NCAAS_PROGRESS"):
                 parse_progress(line.decode("utf-8", "replace"), status)
-    if pending.startswith(b"NCAAS_PROGRESS"):
+    if pending.startswith(b"NCAAS_ERROR"):
+        reason.read(pending)
+    elif pending.startswith(b"NCAAS_PROGRESS"):
         parse_progress(pending.decode("utf-8", "replace"), status)
 
 
@@ -248,7 +302,8 @@ def main(spec_path):
         except OSError as exc:  # no space: the sandbox's cgroup still reaches every process of the task
             disk.saw(exc)
         status.update(force=True, state="running", start_ms=record["start_ms"], pid=proc.pid, progress=0.0)
-        reader = threading.Thread(target=pump, args=(proc.stdout.fileno(), log, status), daemon=True)
+        said = Reason()
+        reader = threading.Thread(target=pump, args=(proc.stdout.fileno(), log, status, said), daemon=True)
         reader.start()
         deadline = time.monotonic() + spec["timeout"]
         while proc.poll() is None:
@@ -274,6 +329,11 @@ def main(spec_path):
             cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3),
             peak_memory_bytes=usage.ru_maxrss * 1024,
         )
+        if proc.returncode != 0:  # the file first: it is the contract's primary way
+            reason = read_reason_file(spec.get("error_file")) or said.said
+            if reason:
+                record["reason"] = reason
+                log.write(f"[ncaas] the task's reason: {reason}\n".encode())
         full = None
         if proc.returncode != 0 and not record["timed_out"] and not record["cancelled"]:
             full = disk_full(spec, disk)

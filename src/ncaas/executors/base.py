@@ -29,6 +29,7 @@ class ExitRecord:
     error: str | None = None  # the task could not start
     stopped: str | None = None  # the sandbox stopped it, or it broke the sandbox's rules
     disk_full: dict[str, Any] | None = None  # {"path", "wrote_bytes"}: it failed for lack of space
+    reason: str | None = None  # why the task says it failed (NCAAS_ERROR_FILE or an NCAAS_ERROR line), cleaned
     environment: dict[str, Any] | None = None  # the environment a remote node actually ran
     argv: list[str] | None = None  # the command a remote node actually ran
     extra: dict[str, Any] = field(default_factory=dict)

@@ -39,6 +39,7 @@ from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 __all__ = ["LocalExecutor"]
 
 _RUNNER = Path(__file__).with_name("_runner.py")
+ERROR_FILE = ".ncaas-error"  # in the task's scratch: where it may write why it failed (NCAAS_ERROR_FILE)
 VERIFY_EVERY = 30.0  # seconds: an environment is re-hashed in full at most this often per manager
 _LIMIT_REASONS = {
     "process_limit",
@@ -164,7 +165,10 @@ class LocalExecutor:
         except NcaasError as exc:
             raise ExecutorError(str(exc)) from exc
         (spec.run_dir / "sandbox.json").write_text(json.dumps(box.state()))
-        return box.command(spec.argv), box.environ
+        environ = box.environ
+        # the scratch as the task sees it (its /tmp under bubblewrap); the supervisor reads it at the host path
+        environ["NCAAS_ERROR_FILE"] = str(Path(environ["TMPDIR"]) / ERROR_FILE)
+        return box.command(spec.argv), environ
 
     # -- lifecycle -----------------------------------------------------------------------
     def launch(self, spec: TaskSpec) -> TaskHandle:
@@ -179,6 +183,7 @@ class LocalExecutor:
         payload = spec.to_json()
         payload["argv"], payload["env"] = self.prepare(spec)
         payload["command"] = list(spec.argv)  # what the log shows: the task's own command
+        payload["error_file"] = str(spec.scratch_dir / ERROR_FILE)
         payload["memory_limit"] = None  # the sandbox enforces it (cgroup, else its own RLIMIT_AS)
         spec_path = spec.run_dir / "spec.json"
         spec_path.write_text(json.dumps(payload, indent=1))

@@ -46,6 +46,7 @@ def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
     """One dataset of a job; a queued task waiting for something (its environment) says what as its message."""
     status = _read_json(storage, f"{job.results_dir}/status/{task.dataset}.json")
     waiting = task.state == "queued" and task.cause.startswith("waiting")
+    ended_badly = task.state in ("failed", "timed_out")  # why says more than its last progress message
     return {
         "dataset": task.dataset,
         "input": task.dataset_rel,
@@ -53,7 +54,8 @@ def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
         "cause": task.cause,
         "attempt": task.attempt,
         "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
-        "message": task.cause if waiting else status.get("message", ""),
+        "message": task.cause if waiting or ended_badly else status.get("message", ""),
+        "reason": status.get("reason"),  # the task's own account of its failure, when it gave one
         "started_ms": task.started_ms,
         "ended_ms": task.ended_ms,
         "exit_code": task.exit_code,

@@ -563,7 +563,8 @@ class Manager:
         if decision.state == TaskState.QUEUED:
             fields.update(runner_pid=None, runner_start=None, run_dir=None)
         if self.db.move_task(task, decision.state, decision.cause, **fields):
-            self._write_status(job, task)
+            said = record.reason if decision.state == TaskState.FAILED and record.reason else None
+            self._write_status(job, task, progress={"reason": said} if said else None)
             if task.run_dir:
                 self.executor.finish(Path(task.run_dir))
             self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")

@@ -127,6 +127,8 @@ def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_li
         cause += (
             f" after using {peak / 1e6:.0f} MB of its {memory_limit / 1e6:.0f} MB memory limit (likely out of memory)"
         )
+    if record.reason:  # the task's own words (its supervisor cleaned and capped them)
+        cause += f": {record.reason}"
     return Decision(TaskState.FAILED, cause)
 
 

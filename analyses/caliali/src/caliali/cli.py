@@ -4,6 +4,8 @@ Errors derived from :class:`caliali.exceptions.CalialiError` are rendered in
 one place (:func:`main`) with their exit code, never as a traceback; any other
 exception is a fault of caliali's, also said in one line, its traceback saved
 to a file the line names (``traceback.txt`` in the output folder of ``run``).
+Under ncaas the same line is also written to the file ``NCAAS_ERROR_FILE`` names, so the
+platform shows it as the run's failure reason (ncaas's README: "Telling why a task failed").
 Add a command by importing its library function inside a small
 ``@app.command()``.
 """
@@ -183,6 +185,8 @@ def run(
         f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
         f"({frames} frames) -> {result.out}"
     )
+    if result.convergence:
+        console.print(f"  extraction {result.convergence['why']}", highlight=False)
     for name, info in result.stages.items():
         console.print(f"  {name:<12} {info['seconds']:8.1f} s   peak RSS {info['peak_rss_mb']:8.0f} MB")
 
@@ -192,18 +196,34 @@ def main() -> None:
     try:
         app()
     except CalialiError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except Exception as exc:  # a fault of caliali's, not of the input: still one line
         where = _save_traceback()
         message = " ".join(str(exc).split()) or "no message"
-        errors.print(
-            f"[red]error:[/red] caliali failed unexpectedly ({type(exc).__name__}: {message}); "
+        _fail(
+            f"caliali failed unexpectedly ({type(exc).__name__}: {message}); "
             f"this is a bug in caliali, please report it with the traceback in {where}",
-            highlight=False,
-            soft_wrap=True,
+            1,
         )
-        sys.exit(1)
+
+
+def _fail(message: str, code: int) -> None:
+    """Say why the run failed, on stderr and to the platform, and exit with ``code``."""
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    tell_platform(message)
+    sys.exit(code)
+
+
+def tell_platform(message: str) -> None:
+    """Write the one-line reason to ``NCAAS_ERROR_FILE`` when a platform gave one (best effort:
+    failing to tell it never hides the error itself)."""
+    path = os.environ.get("NCAAS_ERROR_FILE")
+    if not path:
+        return
+    try:
+        Path(path).write_text(" ".join(message.split()) + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 def _save_traceback() -> Path:

@@ -9,7 +9,8 @@ chunk size, not by the recording's length)::
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
 
-``summary.json`` holds the run's results (sessions, frames, neurons, config, alignment
+``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
+(``convergence``: whether, and why it stopped), config, alignment
 QC, the NWB file's identifier and session start with where each came from), the same
 for every run of the same input, config and environment, written with sorted keys;
 and, in its ``run`` section alone, what differs from run to run (input and output
@@ -66,6 +67,7 @@ class RunResult:
     session_frames: list[int]
     n_neurons: int
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    convergence: dict[str, Any] = field(default_factory=dict)  # how extraction's rounds ended (summary.json)
     paths: dict[str, Path] = field(default_factory=dict)
 
 
@@ -383,6 +385,7 @@ def run(
     )
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
+    convergence = paths.pop("_convergence")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     _write_summary(
         out,
@@ -392,6 +395,7 @@ def run(
             "session_frames": frames,
             "neurons": n_neurons,
             "seed_thresholds": seeds,
+            "convergence": convergence,
             "config": config.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
         },
@@ -408,13 +412,15 @@ def run(
     if not config.keep_intermediates:
         shutil.rmtree(work, ignore_errors=True)
     if progress is not None:
-        progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s)")
+        # the last message is what the platform shows: a fit that did not converge says so there
+        progress(1.0, f"done: {n_neurons} neurons in {len(ids)} session(s); {convergence.get('why', '')}".rstrip("; "))
     return RunResult(
         out=out,
         sessions=ids,
         session_frames=frames,
         n_neurons=n_neurons,
         stages=timings,
+        convergence=convergence,
         paths={k: Path(v) for k, v in paths.items()},
     )
 
@@ -556,4 +562,5 @@ def _extract(
     paths["_n_neurons"] = int(result.A.shape[1])
     used = result.params or {}
     paths["_seed_thresholds"] = {k: used.get(k) for k in ("min_corr", "min_pnr", "min_pnr_from")}
+    paths["_convergence"] = dict(result.convergence)
     return paths

@@ -8,7 +8,11 @@ read from ``NCAAS_ATTEMPT``), ``leave_fifo`` / ``leave_symlink`` (leave a FIFO
 ``outputs/pipe.fifo``, or a link ``outputs/link`` to the given path, among its outputs)
 and ``leave_sparse_gib`` (leave ``outputs/sparse.bin``, that many GiB of zeros taking no
 disk space). ``record_hashes`` writes the content hashes the platform gave the task
-(``NCAAS_*_SHA256``) to ``outputs/hashes.json``.
+(``NCAAS_*_SHA256``) to ``outputs/hashes.json``. ``fail_reason`` exits with code 3 after
+telling the platform that reason, the way any analysis may: written to the file
+``NCAAS_ERROR_FILE`` names, or (``fail_reason_line``) printed as an ``NCAAS_ERROR`` line;
+``fail_reason_link`` makes that file a link to the given path instead (which the platform must
+not follow).
 """
 
 from __future__ import annotations
@@ -40,11 +44,22 @@ DEFAULTS = {
     "leave_symlink": None,
     "leave_sparse_gib": 0,
     "record_hashes": False,
+    "fail_reason": None,
+    "fail_reason_line": False,
+    "fail_reason_link": None,
 }
 
 
 def progress(fraction: float, message: str) -> None:
     print(f"NCAAS_PROGRESS {fraction:.3f} {message}", flush=True)
+
+
+def tell_failure(reason: str, *, line: bool) -> None:
+    """Say why the run fails, through the platform's contract (README: "Writing an analysis")."""
+    if line:
+        print(f"NCAAS_ERROR {reason}", file=sys.stderr, flush=True)
+    else:
+        Path(os.environ["NCAAS_ERROR_FILE"]).write_text(reason)
 
 
 def burn(seconds: float) -> None:
@@ -83,6 +98,12 @@ def misbehave(config: dict, out: Path) -> None:
         print("hanging as configured (hang: true)", flush=True)
         while True:
             time.sleep(3600)
+    if config["fail_reason_link"] is not None:
+        os.symlink(config["fail_reason_link"], os.environ["NCAAS_ERROR_FILE"])
+        sys.exit(3)
+    if config["fail_reason"] is not None:
+        tell_failure(config["fail_reason"], line=config["fail_reason_line"])
+        sys.exit(3)
     if config["fail"]:
         print("failing as configured (fail: true)", file=sys.stderr, flush=True)
         sys.exit(3)

@@ -539,7 +539,9 @@ function renderTasks(job) {
     st.textContent = t.state;
     st.className = `state ${t.state}`;
     box.querySelector("progress").value = t.progress ?? 0;
-    box.querySelector(".message").textContent = t.message || "";
+    const message = box.querySelector(".message");
+    message.textContent = t.message || "";  // a failed task's message is why it failed (the API's cause)
+    message.className = ["failed", "timed_out"].includes(t.state) ? "message error" : "message muted";
   }
 }
 

@@ -41,7 +41,11 @@ class Extraction:
     seeds : ndarray (n, 2)
         All seed pixels (row, col) considered.
     history : list of dict
-        Per iteration: number of neurons, relative footprint change, merges, removals.
+        Per iteration: number of neurons, relative footprint change, merges, removals; the
+        round the loop stopped at says why (``stop``: ``"tol"`` or ``"stalled"``).
+    convergence : dict
+        How the rounds ended: ``converged``, ``stop`` (tol, stalled, max_iter), ``rounds``,
+        ``tol``, the last ``change``, and ``why`` in one sentence.
     params : dict
         The parameters the extraction ran with.
     """
@@ -59,6 +63,7 @@ class Extraction:
     centers: np.ndarray
     seeds: np.ndarray
     history: list = field(default_factory=list)
+    convergence: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
 
     @property

@@ -31,6 +31,7 @@ from caliali.allocator import release_freed_memory
 
 from ._background import RingBackground, downsample
 from ._batches import Batch, check_session_bounds, plan_batches
+from ._convergence import convergence_record
 from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
 from ._footprints import Footprints, box_around, image_dot
@@ -427,6 +428,7 @@ def extract(
             pnr=pnr,
             seeds=seeds,
             history=history,
+            convergence=convergence_record(history, tol=params.tol, max_iter=params.max_iter),
             params={**params.record(batch_frames=longest, n_batches=len(batches)), "min_pnr_from": chosen},
         ),
     )
@@ -574,6 +576,7 @@ def _iterate(
         if len(footprints) == 0:
             raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
         if removed == 0 and merges == 0 and (change < params.tol or _stalled(history)):
+            history[-1]["stop"] = "tol" if change < params.tol else "stalled"  # how it ended (_convergence)
             break
     return footprints, c, history
 

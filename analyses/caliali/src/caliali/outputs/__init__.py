@@ -6,7 +6,7 @@
   session_bounds.npy, meta.json (read by ``caliali score``);
 - ``<out>/neurons.nwb``: PlaneSegmentation, RoiResponseSeries C / C_raw / S,
   one epoch per session;
-- ``<out>/qc/contours.png`` and ``<out>/qc/traces.png``.
+- ``<out>/qc/contours.png``, ``<out>/qc/traces.png`` and ``<out>/qc/convergence.png``.
 
 Traces (K, T) are read a block at a time (``_blocks``): the .npy files and the
 NWB datasets are written without a whole copy of them in memory, and pages of
@@ -23,9 +23,9 @@ from pathlib import Path
 from ._arrays import write_arrays
 from ._common import session_names
 from ._nwb import EPOCH, write_nwb
-from ._qc import plot_contours, plot_traces
+from ._qc import plot_contours, plot_convergence, plot_traces
 
-__all__ = ["write_outputs", "write_arrays", "write_nwb", "plot_contours", "plot_traces"]
+__all__ = ["write_outputs", "write_arrays", "write_nwb", "plot_contours", "plot_convergence", "plot_traces"]
 
 
 def write_outputs(
@@ -66,4 +66,5 @@ def write_outputs(
         (out / "qc").mkdir(exist_ok=True)
         paths["contours"] = plot_contours(extraction, out / "qc" / "contours.png")
         paths["traces"] = plot_traces(extraction, out / "qc" / "traces.png", fs=fs, session_ids=session_ids)
+        paths["convergence"] = plot_convergence(extraction, out / "qc" / "convergence.png")
     return paths

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse
 
 from ._blocks import BLOCK_BYTES, row_blocks
-from ._common import session_names
+from ._common import convergence_of, session_names
 
 __all__ = ["write_arrays", "save_rows"]
 
@@ -75,6 +75,7 @@ def write_arrays(
         "noise": np.asarray(extraction.noise, float).tolist(),
         "params": extraction.params,
         "history": extraction.history,
+        "convergence": convergence_of(extraction) or None,
         **(extra_meta or {}),
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=float))

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from caliali.exceptions import InputError
 
-__all__ = ["session_names"]
+__all__ = ["convergence_of", "convergence_sentence", "session_names"]
+
+
+def convergence_of(extraction) -> dict:
+    """The extraction's convergence record (``Extraction.convergence``); empty when it has none."""
+    return dict(getattr(extraction, "convergence", None) or {})
+
+
+def convergence_sentence(extraction) -> str:
+    """How the extraction's rounds ended, in one sentence (the record's ``why``)."""
+    return str(convergence_of(extraction).get("why") or "convergence not recorded")
 
 
 def session_names(extraction, session_ids=None) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 from caliali.provenance import EPOCH
 
 from ._blocks import BLOCK_BYTES
-from ._common import session_names
+from ._common import convergence_sentence, session_names
 
 __all__ = ["EPOCH", "content_identifier", "write_nwb"]
 
@@ -140,7 +140,10 @@ def write_nwb(
         location="unknown",
         imaging_rate=float(fs),
     )
-    ophys = nwb.create_processing_module(name="ophys", description="caliali CNMF-E across sessions")
+    ophys = nwb.create_processing_module(
+        name="ophys",
+        description=f"caliali CNMF-E across sessions; {convergence_sentence(extraction)}",
+    )
     segmentation = ImageSegmentation()
     ophys.add(segmentation)
     planes = segmentation.create_plane_segmentation(

@@ -1,4 +1,5 @@
-"""QC figures: footprint contours with IDs on Cn, and the strongest neurons' traces across sessions."""
+"""QC figures: footprint contours with IDs on Cn, the strongest neurons' traces across sessions, and
+how extraction's refinement rounds converged."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import numpy as np
 from caliali.figures import save_png
 
 from ._blocks import release
-from ._common import session_names
+from ._common import convergence_of, convergence_sentence, session_names
 
-__all__ = ["envelope", "plot_contours", "plot_traces"]
+__all__ = ["envelope", "plot_contours", "plot_convergence", "plot_traces"]
 
 
 def _figure(size):
@@ -102,5 +103,32 @@ def plot_traces(extraction, path: Path | str, *, n: int = 10, fs: float = 10.0, 
     ax.set_yticks([])
     ax.set_xlabel("time (s), sessions concatenated")
     ax.set_title(f"{n} strongest neurons (grey raw, blue denoised)")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_convergence(extraction, path: Path | str) -> Path:
+    """Footprint change per refinement round against ``tol`` (log scale), rounds that removed or
+    merged components marked, and the record's sentence as the title: converged or not, and why."""
+    history = [h for h in getattr(extraction, "history", None) or [] if "change" in h and "iteration" in h]
+    record = convergence_of(extraction)
+    fig = _figure((7, 3.6))
+    ax = fig.add_subplot()
+    rounds = [int(h["iteration"]) for h in history]
+    changes = [max(float(h["change"]), 1e-6) for h in history]
+    ax.plot(rounds, changes, "o-", color="tab:blue", lw=1.2, label="median footprint change")
+    busy = [(r, c) for r, c, h in zip(rounds, changes, history) if h.get("removed") or h.get("merged")]
+    if busy:
+        ax.plot(*zip(*busy), "s", mfc="none", color="tab:red", ms=9, label="components removed or merged")
+    if record.get("tol"):
+        ax.axhline(float(record["tol"]), color="tab:green", ls="--", lw=1.0, label=f"tol {float(record['tol']):g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("refinement round")
+    ax.set_ylabel("footprint change")
+    if rounds:
+        ax.set_xticks(rounds)
+    ax.legend(fontsize=7, loc="upper right")
+    color = "black" if record.get("converged") else "tab:red"
+    ax.set_title(convergence_sentence(extraction), fontsize=8, color=color, wrap=True)
     fig.tight_layout()
     return save_png(fig, path)
