@@ -198,3 +198,20 @@ def test_dataset_keys_are_unique_reversible_and_safe_file_names():
         assert keys.setdefault(key, name) == name, f"{name!r} and {keys[key]!r} share the key {key!r}"
         assert dataset_name(key) in (name, None)
         assert dataset_name(key) == name or len(name.encode()) > KEY_MAX_BYTES // 3
+
+
+def test_a_field_taking_a_number_or_a_word_says_both_in_words():
+    from ncaas.submission import config_problems
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "min_pnr": {
+                "anyOf": [{"type": "number", "minimum": 0, "maximum": 100}, {"type": "string", "const": "auto"}]
+            }
+        },
+    }
+    assert config_problems({"min_pnr": "auto"}, schema) == [] and config_problems({"min_pnr": 4}, schema) == []
+    assert config_problems({"min_pnr": -1}, schema) == [
+        "config field 'min_pnr': -1 is not allowed; allowed: number >= 0 and <= 100 or \"auto\""
+    ]

@@ -319,6 +319,11 @@ def dataset_problem(storage: Storage, raw: str, path: str) -> str | None:
 
 
 def _allowed(schema: dict[str, Any]) -> str:
+    for key in ("anyOf", "oneOf"):  # a number or a word, say: each alternative in words
+        if isinstance(schema.get(key), list):
+            return " or ".join(_allowed(s) for s in schema[key] if isinstance(s, dict))
+    if "const" in schema:
+        return json.dumps(schema["const"])
     if "enum" in schema:
         return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
     kind = schema.get("type", "any value")
@@ -346,7 +351,9 @@ def config_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
             problems.append(f"config {'' if field == '(top)' else field + ' '}: {err.message}".replace(" :", ":"))
         else:
             allowed = _allowed(err.schema) if isinstance(err.schema, dict) else ""
-            problems.append(f"config field '{field}': {err.message}; allowed: {allowed}")
+            # jsonschema's words for a failed anyOf ("not valid under any of the given schemas") say nothing
+            said = f"{json.dumps(err.instance)} is not allowed" if err.validator in ("anyOf", "oneOf") else err.message
+            problems.append(f"config field '{field}': {said}; allowed: {allowed}")
     return problems
 
 
