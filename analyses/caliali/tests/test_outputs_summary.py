@@ -103,6 +103,7 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "neurons",
             "nwb",
             "run",
+            "seed_thresholds",
             "session_frames",
             "sessions",
         }

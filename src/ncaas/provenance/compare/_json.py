@@ -29,7 +29,8 @@ def _ignored(path: list[str], patterns: list[list[str]]) -> bool:
     return any(len(p) == len(path) and all(fnmatch.fnmatchcase(k, q) for k, q in zip(path, p)) for p in patterns)
 
 
-def _differences(a: Any, b: Any, path: list[str], patterns: list[list[str]], out: list[str]) -> None:
+def _differences(a: Any, b: Any, path: list[str], patterns: list[list[str]], out: list[tuple[int, str]]) -> None:
+    """Append (depth, words) for every difference; the depth puts a document's headline keys first."""
     if path and _ignored(path, patterns):
         return
     where = ".".join(path) or "(the whole document)"
@@ -38,20 +39,20 @@ def _differences(a: Any, b: Any, path: list[str], patterns: list[list[str]], out
             if key not in b or key not in a:
                 if not _ignored([*path, str(key)], patterns):
                     side = "original" if key in a else "rerun"
-                    out.append(f"{'.'.join([*path, str(key)])} only in the {side}")
+                    out.append((len(path) + 1, f"{'.'.join([*path, str(key)])} only in the {side}"))
                 continue
             _differences(a[key], b[key], [*path, str(key)], patterns, out)
         return
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
-            out.append(f"{where}: {len(a)} vs {len(b)} items")
+            out.append((len(path), f"{where}: {len(a)} vs {len(b)} items"))
             return
         for i, (x, y) in enumerate(zip(a, b)):
             _differences(x, y, [*path, str(i)], patterns, out)
         return
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
     if (a != b) if numbers else (type(a) is not type(b) or a != b):
-        out.append(f"{where}: {_show(a)} vs {_show(b)}")
+        out.append((len(path), f"{where}: {_show(a)} vs {_show(b)}"))
 
 
 def _load(path: Path) -> Any:
@@ -62,10 +63,12 @@ def _load(path: Path) -> Any:
 
 
 def compare_json(a: Path, b: Path, rule: Rule) -> Outcome:
-    """The first differing keys with both values, or equal (ignored keys aside)."""
+    """The differing keys with both values, top-level keys first (``neurons: 185 vs 180`` before the
+    details nested below), or equal (ignored keys aside)."""
     patterns = [p.split(".") for p in rule.ignore]
-    found: list[str] = []
-    _differences(_load(a), _load(b), [], patterns, found)
+    differences: list[tuple[int, str]] = []
+    _differences(_load(a), _load(b), [], patterns, differences)
+    found = [words for _, words in sorted(differences, key=lambda d: d[0])]  # stable: document order within a depth
     if found:
         more = f" (and {len(found) - _SHOWN} more)" if len(found) > _SHOWN else ""
         return Outcome(False, "; ".join(found[:_SHOWN]) + more)
