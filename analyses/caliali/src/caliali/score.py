@@ -3,17 +3,22 @@
 Neurons, strict (the headline): footprints are matched one to one by the
 Hungarian assignment on the IoU (Jaccard index) of their masks, each mask the
 pixels at or above 0.2 x its footprint's max; a pair counts when its IoU is at
-least 0.3 (CaImAn ``register_ROIs``'s criterion) AND the Pearson correlation
-of its traces is at least 0.8, so a right trace on a wrong footprint is not a
-match, nor a wrong trace on a right one. The mask match alone (IoU F1, median
-IoU of its matches) is reported beside it.
+least 0.3 (CaImAn ``register_ROIs``'s criterion, Jaccard distance below 0.7)
+AND the Pearson correlation of its traces is at least 0.8, so a right trace on
+a wrong footprint is not a match, nor a wrong trace on a right one. The mask
+match alone (IoU F1, median IoU of its matches) is reported beside it.
 
-Frames of reference: a result's field can sit a few px off the simulator's
-(motion correction registers to a template that is itself offset), which is
-not a footprint error. One global integer offset is estimated by phase
-correlation of the summed footprint images, kept only when it raises the
-total IoU of the mask match, applied to the ground truth before mask matching,
-and reported (with the sub-pixel estimate).
+Frames of reference: a result's field can sit a few px off the truth's (the
+simulator displaces each session's movie from the truth's frame by its own
+field, and motion correction registers to a template of the movie), which is
+not a footprint error. One global whole-px offset is estimated by phase
+correlation of the summed footprint images, refined on and kept only when it
+raises the total IoU of the mask match, applied to the ground truth before
+mask matching, and reported (with the sub-pixel estimate). CaImAn's
+``register_ROIs`` with ``align_flag`` registers the two sessions'
+motion-correction templates and moves one set of footprints by that field;
+ground truth has no template in the movie's frame, so the summed footprints
+stand in for it, and the move is a whole-field translation only.
 
 Neurons, lenient (as before, for comparison with older figures): estimated and
 true neurons are matched one to one by the Hungarian assignment on (footprint
@@ -237,7 +242,9 @@ def score_neurons(
 def footprint_masks(a: np.ndarray | sparse.spmatrix, *, fraction: float = 0.2) -> sparse.csc_array:
     """Boolean masks (P, K) of footprints ``a`` (P, K): the pixels at or above ``fraction`` x their footprint's max.
 
-    The thresholded masks CaImAn's ``register_ROIs`` compares (its ``thr`` of 0.2 of each component's max).
+    CaImAn's ``register_ROIs`` binarises at ``max_thr`` x each component's max with ``max_thr`` 0 by default,
+    i.e. every non-zero pixel; the simulator's footprints are Gaussians with tails over the whole field, so
+    that would make every true mask huge. 0.2 keeps each cell's body.
     """
     m = sparse.csc_array(a, dtype=np.float64)
     m.eliminate_zeros()
@@ -269,8 +276,10 @@ def match_masks(
 ) -> MaskScore:
     """Match footprints one to one by the IoU of their thresholded masks (Hungarian assignment on IoU).
 
-    A pair counts when its IoU is at least ``iou_threshold``: CaImAn's ``register_ROIs`` criterion (Jaccard
-    distance below 0.7), so a trace on a wrong footprint is never a match.
+    A pair counts when its IoU is at least ``iou_threshold``: CaImAn's ``register_ROIs`` criterion (its
+    ``thresh_cost`` 0.7 on the Jaccard distance 1 - IoU), so a trace on a wrong footprint is never a match.
+    Unlike ``register_ROIs`` no centroid-distance cap (its ``max_dist`` 10 px) is applied: pairs that far apart
+    have IoU 0 anyway.
 
     References
     ----------
