@@ -216,6 +216,21 @@ def test_global_offset_is_found_applied_and_reported(tmp_path, truth, shift):
         assert (plain.offset.dy, plain.offset.dx) == (0, 0) and plain.masks.median_iou < 0.7  # 1 px off costs IoU
 
 
+def test_chance_overlaps_do_not_make_an_offset(truth):
+    _, a, c, _ = truth
+    # Three footprints of the result, 7 px off their cells: moving the truth by (7, -5) lines them up again.
+    stray = shift_footprints(a[:3], 7, -5).reshape(3, -1).T
+    found, masks = estimate_offset(stray, a, traces=(c[:3], c))
+    assert (found.dy, found.dx, found.pairs_shifted) == (7, -5, 3) and masks.n_matched == 3
+    # With traces that are none of those cells', the same overlaps are chance: no offset.
+    noise = np.random.default_rng(6).random((3, c.shape[1]))
+    found, masks = estimate_offset(stray, a, traces=(noise, c))
+    assert (found.dy, found.dx) == (0, 0) and found.pairs_shifted == 0 and masks.n_matched == 0
+    # Fewer confirmed pairs than min_pairs cannot tell an offset from chance either.
+    found, _ = estimate_offset(stray[:, :2], a, traces=(c[:2], c))
+    assert (found.dy, found.dx) == (0, 0) and found.pairs_shifted == 2
+
+
 def test_cli_score_reports_strict_offset_and_lenient(tmp_path, truth):
     sim, a, c, _ = truth
     result = _write_result(tmp_path / "r", shift_footprints(a, 2, -3), c)

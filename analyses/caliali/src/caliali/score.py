@@ -124,15 +124,18 @@ class StrictScore:
 class FrameOffset:
     """The global offset (px, y and x) the ground truth was moved by before mask matching.
 
-    ``dy``/``dx`` are applied (integer px; 0 when moving did not raise the total IoU);
-    ``estimate_dy``/``estimate_dx`` are the sub-pixel phase-correlation estimate;
-    ``total_iou_unshifted``/``total_iou_shifted`` the summed IoU of the mask matches either way.
+    ``dy``/``dx`` are applied (whole px; 0 unless the move was confirmed, see :func:`estimate_offset`);
+    ``estimate_dy``/``estimate_dx`` are the sub-pixel phase-correlation estimate; ``pairs_*`` and
+    ``total_iou_*`` count the confirmed pairs (mask IoU >= threshold and, given traces, trace r >= threshold)
+    and sum their IoU without the move and at the best offset tried.
     """
 
     dy: int
     dx: int
     estimate_dy: float
     estimate_dx: float
+    pairs_unshifted: int
+    pairs_shifted: int
     total_iou_unshifted: float
     total_iou_shifted: float
 
@@ -372,49 +375,61 @@ def estimate_offset(
     a_est: np.ndarray | sparse.spmatrix,
     a_true: np.ndarray,
     *,
+    traces: tuple[np.ndarray, np.ndarray] | None = None,
     iou_threshold: float = 0.3,
+    trace_threshold: float = 0.8,
     fraction: float = 0.2,
+    min_pairs: int = 3,
     max_steps: int = 10,
 ) -> tuple[FrameOffset, MaskScore]:
     """The global offset that moves the true footprints (K, H, W) onto the result's frame, and the mask match there.
 
     Phase correlation of the summed footprint images (each scaled to max 1, Hann-windowed) gives a sub-pixel
     estimate; rounded to whole px (so masks keep their shape), it seeds a hill climb over the 8 neighbouring
-    offsets on the mask match's total IoU (phase correlation alone is biased by cells cut at the border). The
-    offset found is kept only when its total IoU beats no offset's, so a result already in the truth's frame gets 0.
+    offsets (phase correlation alone is biased by cells cut at the border). An offset is scored by its confirmed
+    pairs: mask-matched pairs whose traces (``traces`` = (estimated (K_est, T), true (K_true, T))) also correlate
+    at least ``trace_threshold``, all mask-matched pairs when no traces are given. It is kept only with at least
+    ``min_pairs`` confirmed pairs and more total IoU over them than no move has: a few stray footprints shifted
+    far enough overlap some true cell by chance, and those chance pairs neither carry the cell's trace nor come
+    in numbers. A result already in the truth's frame gets 0.
     """
     dims = a_true.shape[1:]
     flat_true = a_true.reshape(len(a_true), -1).T
+    z_est, z_true = (_zscore(np.asarray(t, dtype=np.float64)) for t in traces) if traces else (None, None)
 
-    def match_at(dy: int, dx: int) -> tuple[float, MaskScore]:
+    def match_at(dy: int, dx: int) -> tuple[tuple[float, int], MaskScore]:
         moved = shift_footprints(a_true, dy, dx).reshape(len(a_true), -1).T if (dy, dx) != (0, 0) else flat_true
         m = match_masks(a_est, moved, iou_threshold=iou_threshold, fraction=fraction)
-        return float(sum(row[2] for row in m.matches)), m
+        pairs = m.matches
+        if z_est is not None and z_true is not None and pairs:
+            r = np.mean(z_est[[p[0] for p in pairs]] * z_true[[p[1] for p in pairs]], axis=1)
+            pairs = [p for p, rr in zip(pairs, r, strict=True) if rr >= trace_threshold]
+        return (float(sum(p[2] for p in pairs)), len(pairs)), m
 
-    total_zero, at_zero = match_at(0, 0)
+    zero, at_zero = match_at(0, 0)
     est_dy = est_dx = 0.0
     if a_est.shape[1] and len(a_true):
         img_est, img_true = _summed_image(a_est, dims), _summed_image(flat_true, dims)
         window = cv2.createHanningWindow(dims[::-1], cv2.CV_64F)
         (est_dx, est_dy), _ = cv2.phaseCorrelate(img_true, img_est, window)
     best = (int(round(est_dy)), int(round(est_dx)))
-    if best == (0, 0):
-        return FrameOffset(0, 0, float(est_dy), float(est_dx), total_zero, total_zero), at_zero
-    seen = {(0, 0): (total_zero, at_zero)}
-    seen[best] = match_at(*best)
-    for _ in range(max_steps):
-        around = [(best[0] + i, best[1] + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
-        for o in around:
-            if o not in seen:
-                seen[o] = match_at(*o)
-        step = max(around, key=lambda o: seen[o][0])
-        if step == best:
-            break
-        best = step
-    total, masks = seen[best]
-    if total > total_zero:
-        return FrameOffset(best[0], best[1], float(est_dy), float(est_dx), total_zero, total), masks
-    return FrameOffset(0, 0, float(est_dy), float(est_dx), total_zero, total), at_zero
+    seen = {(0, 0): (zero, at_zero)}
+    if best != (0, 0):
+        seen[best] = match_at(*best)
+        for _ in range(max_steps):
+            around = [(best[0] + i, best[1] + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+            for o in around:
+                if o not in seen:
+                    seen[o] = match_at(*o)
+            step = max(around, key=lambda o: seen[o][0][0])
+            if seen[step][0][0] <= seen[best][0][0]:  # no neighbour does better (ties stay put)
+                break
+            best = step
+    (total, pairs), masks = seen[best]
+    keep = best != (0, 0) and pairs >= min_pairs and total > zero[0]
+    offset = best if keep else (0, 0)
+    found = FrameOffset(*offset, float(est_dy), float(est_dx), zero[1], pairs, zero[0], total)
+    return found, masks if keep else at_zero
 
 
 def score_alignment(
@@ -520,11 +535,13 @@ def score(
     flat_true = a_true.reshape(len(a_true), -1).T
     neurons = score_neurons(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold)
     if align:
-        offset, masks = estimate_offset(res["A"], a_true, iou_threshold=iou_threshold)
+        offset, masks = estimate_offset(
+            res["A"], a_true, traces=(res["C"], gt["C"]), iou_threshold=iou_threshold, trace_threshold=trace_threshold
+        )
     else:
         masks = match_masks(res["A"], flat_true, iou_threshold=iou_threshold)
         total = float(sum(m[2] for m in masks.matches))
-        offset = FrameOffset(0, 0, 0.0, 0.0, total, total)
+        offset = FrameOffset(0, 0, 0.0, 0.0, masks.n_matched, masks.n_matched, total, total)
     strict = score_strict(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold, masks=masks)
     alignment = None
     if res["fields"] is not None and gt["fields"] is not None:
