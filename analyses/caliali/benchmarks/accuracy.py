@@ -103,7 +103,6 @@ def simulated_shift(sim: Path) -> list[float]:
 
 def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Namespace) -> dict[str, Any]:
     """``caliali run`` with the default config plus the simulation's fs and gSig x ``factor``, scored."""
-    from caliali.score import score
 
     meta = json.loads((sim / "ground_truth" / "meta.json").read_text())
     gsig = round(meta["gSig"] * factor, 2)
@@ -137,8 +136,16 @@ def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Na
     if proc.returncode != 0:
         row["error"] = failure(proc.returncode, out.parent / f"{out.name}.log")
         return row
+    row.update(score_row(out, sim))
+    return row
+
+
+def score_row(out: Path, sim: Path) -> dict[str, Any]:
+    """The figures of one run's table row."""
+    from caliali.score import score
+
     s = score(out, sim)
-    row.update(
+    return dict(
         strict_f1=s.strict.f1,
         iou_f1=s.masks.f1,
         lenient_f1=s.neurons.f1,
@@ -151,7 +158,6 @@ def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Na
         n_found=s.strict.n_found,
         offset=[s.offset.dy, s.offset.dx],
     )
-    return row
 
 
 HEADER = (
@@ -173,22 +179,33 @@ def format_row(r: dict[str, Any]) -> str:
 
 
 def summary(rows: list[dict[str, Any]]) -> list[str]:
-    """Mean strict / IoU / lenient F1 over seeds, per variant and gSig factor."""
+    """Mean strict / IoU / lenient F1 over seeds, per variant and gSig factor; failed runs counted, not averaged."""
     lines = [
-        "| variant | gSig x | runs | mean strict F1 | mean IoU F1 | mean lenient F1 |",
+        "| variant | gSig x | runs (failed) | mean strict F1 | mean IoU F1 | mean lenient F1 |",
         "|---|---|---|---|---|---|",
     ]
     keys = sorted({(r["variant"], r["factor"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for variant, factor in keys:
-        ok = [r for r in rows if (r["variant"], r["factor"]) == (variant, factor) and "error" not in r]
+        group = [r for r in rows if (r["variant"], r["factor"]) == (variant, factor)]
+        ok = [r for r in group if "error" not in r]
+        head = f"| {variant} | {factor:g} | {len(group)} ({len(group) - len(ok)}) |"
         if not ok:
+            lines.append(f"{head} - | - | - |")
             continue
         mean = {k: statistics.fmean(r[k] for r in ok) for k in ("strict_f1", "iou_f1", "lenient_f1")}
-        lines.append(
-            f"| {variant} | {factor:g} | {len(ok)} | {mean['strict_f1']:.3f} | {mean['iou_f1']:.3f} "
-            f"| {mean['lenient_f1']:.3f} |"
-        )
+        lines.append(f"{head} {mean['strict_f1']:.3f} | {mean['iou_f1']:.3f} | {mean['lenient_f1']:.3f} |")
     return lines
+
+
+def rescore(args: argparse.Namespace) -> None:
+    """Score every finished run of <workdir>/accuracy.json again with the current scorer (wall times kept)."""
+    path = args.workdir / "accuracy.json"
+    rows = json.loads(path.read_text())
+    for r in rows:
+        if "error" not in r:
+            sim = sim_folder(r["variant"], r["seed"], args)
+            r.update(score_row(args.workdir / f"run_{sim.name}_g{r['factor']:g}", sim))
+    path.write_text(json.dumps(rows, indent=1))
 
 
 def report(workdir: Path) -> None:
@@ -212,8 +229,13 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=40)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/caliali-accuracy"))
     parser.add_argument("--report", action="store_true", help="Only print the tables of <workdir>/accuracy.json.")
+    parser.add_argument(
+        "--rescore", action="store_true", help="Score the runs in <workdir>/accuracy.json again (same outputs), print."
+    )
     args = parser.parse_args()
-    if args.report:
+    if args.rescore:
+        rescore(args)
+    if args.report or args.rescore:
         report(args.workdir)
         return
     for v in args.variants:

@@ -386,7 +386,9 @@ def estimate_offset(
 
     Phase correlation of the summed footprint images (each scaled to max 1, Hann-windowed) gives a sub-pixel
     estimate; rounded to whole px (so masks keep their shape), it seeds a hill climb over the 8 neighbouring
-    offsets (phase correlation alone is biased by cells cut at the border). An offset is scored by its confirmed
+    offsets (phase correlation alone is biased by cells cut at the border). Given traces, the median centroid
+    displacement of the pairs their traces name seeds a second climb (a result that found few of the cells
+    swamps phase correlation); the better end wins. An offset is scored by its confirmed
     pairs: mask-matched pairs whose traces (``traces`` = (estimated (K_est, T), true (K_true, T))) also correlate
     at least ``trace_threshold``, all mask-matched pairs when no traces are given. It is kept only with at least
     ``min_pairs`` confirmed pairs and more total IoU over them than no move has: a few stray footprints shifted
@@ -408,28 +410,74 @@ def estimate_offset(
 
     zero, at_zero = match_at(0, 0)
     est_dy = est_dx = 0.0
+    starts = []
     if a_est.shape[1] and len(a_true):
         img_est, img_true = _summed_image(a_est, dims), _summed_image(flat_true, dims)
         window = cv2.createHanningWindow(dims[::-1], cv2.CV_64F)
         (est_dx, est_dy), _ = cv2.phaseCorrelate(img_true, img_est, window)
-    best = (int(round(est_dy)), int(round(est_dx)))
+        starts.append((int(round(est_dy)), int(round(est_dx))))
+        if z_est is not None and z_true is not None:
+            starts += _trace_offsets(a_est, flat_true, z_est, z_true, dims, trace_threshold)
     seen = {(0, 0): (zero, at_zero)}
-    if best != (0, 0):
-        seen[best] = match_at(*best)
-        for _ in range(max_steps):
-            around = [(best[0] + i, best[1] + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
-            for o in around:
-                if o not in seen:
-                    seen[o] = match_at(*o)
-            step = max(around, key=lambda o: seen[o][0][0])
-            if seen[step][0][0] <= seen[best][0][0]:  # no neighbour does better (ties stay put)
-                break
-            best = step
+    best = (0, 0)
+    for start in dict.fromkeys(starts):  # each start climbs; the best end wins
+        end = _climb(start, seen, match_at, max_steps)
+        if seen[end][0][0] > seen[best][0][0]:
+            best = end
     (total, pairs), masks = seen[best]
     keep = best != (0, 0) and pairs >= min_pairs and total > zero[0]
     offset = best if keep else (0, 0)
     found = FrameOffset(*offset, float(est_dy), float(est_dx), zero[1], pairs, zero[0], total)
     return found, masks if keep else at_zero
+
+
+def _climb(start: tuple[int, int], seen: dict, match_at: Any, max_steps: int) -> tuple[int, int]:
+    """Hill climb over whole-px offsets from ``start`` on the score ``match_at`` gives; ``seen`` caches scores."""
+    best = start
+    if best not in seen:
+        seen[best] = match_at(*best)
+    for _ in range(max_steps):
+        around = [(best[0] + i, best[1] + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+        for o in around:
+            if o not in seen:
+                seen[o] = match_at(*o)
+        step = max(around, key=lambda o: seen[o][0][0])
+        if seen[step][0][0] <= seen[best][0][0]:  # no neighbour does better (ties stay put)
+            break
+        best = step
+    return best
+
+
+def _trace_offsets(
+    a_est: np.ndarray | sparse.spmatrix,
+    flat_true: np.ndarray,
+    z_est: np.ndarray,
+    z_true: np.ndarray,
+    dims: tuple[int, ...],
+    trace_threshold: float,
+) -> list[tuple[int, int]]:
+    """The median centroid displacement over pairs named by their traces alone (best correlation >= threshold).
+
+    Traces do not depend on the frame, so they pair a few footprints even where phase correlation of the summed
+    images is swamped by the cells the result missed.
+    """
+    r = z_est @ z_true.T / z_est.shape[1]
+    est_idx = np.flatnonzero(r.max(axis=1) >= trace_threshold)
+    if not len(est_idx):
+        return []
+    true_idx = r[est_idx].argmax(axis=1)
+    d = _centroids(flat_true[:, true_idx], dims) - _centroids(a_est[:, est_idx], dims)
+    move = np.median(-d, axis=0)  # the truth moves onto the result
+    return [(int(round(move[0])), int(round(move[1])))]
+
+
+def _centroids(a: np.ndarray | sparse.spmatrix, dims: tuple[int, ...]) -> np.ndarray:
+    """(K, 2) centres of mass (y, x) of footprints ``a`` (P, K)."""
+    m = sparse.csc_array(a, dtype=np.float64)
+    yy, xx = np.indices(dims)
+    w = np.asarray(m.sum(axis=0)).ravel()
+    w[w == 0] = 1.0
+    return np.stack([(m.T @ yy.ravel()) / w, (m.T @ xx.ravel()) / w], axis=1)
 
 
 def score_alignment(
