@@ -116,11 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     if r.returncode:
         return r.returncode
     score = json.loads((work / "score.json").read_text())
-    f1 = score["neurons"]["f1"]
+    strict, lenient, offset = score["strict"], score["neurons"], score["offset"]
     console.rule("[bold]done")
     console.print(
-        f"F1 against the ground truth: [bold]{f1:.3f}[/bold] "
-        f"(precision {score['neurons']['precision']:.3f}, recall {score['neurons']['recall']:.3f})"
+        f"strict F1 against the ground truth (mask IoU >= 0.3 and trace r >= 0.8): [bold]{strict['f1']:.3f}[/bold] "
+        f"(precision {strict['precision']:.3f}, recall {strict['recall']:.3f}; "
+        f"frame offset {offset['dy']}, {offset['dx']} px); lenient F1 {lenient['f1']:.3f}"
     )
     if score.get("alignment"):
         a = score["alignment"]

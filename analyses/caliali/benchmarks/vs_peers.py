@@ -23,8 +23,9 @@ What it does:
    ``getrusage(RUSAGE_CHILDREN)`` around the run) and the peak resident
    memory of the whole process tree (sum of RSS over the child and all its
    descendants, polled every 0.1 s with psutil); then scores the neurons
-   with ``caliali.score`` (Hungarian matching on footprint x trace cosine, a
-   match needs trace cosine >= 0.8) and prints the peak-RSS ratio of the
+   with ``caliali.score`` (F1 is the strict score: masks matched by IoU >= 0.3
+   after the global frame offset, traces correlating >= 0.8; the lenient F1,
+   footprint x trace cosine, is printed beside it) and prints the peak-RSS ratio of the
    longest to the shortest movie (should be ~1: memory is set by the chunk
    size, not by the recording's length).
 3. Runs minian 2.0.2 (PyPI) side by side on the ``--minian-frames`` movie,
@@ -212,8 +213,19 @@ def simulate(workdir: Path, frames: int, args: argparse.Namespace) -> Path:
 def score_result(result: Path, sim: Path) -> dict[str, Any]:
     from caliali.score import score
 
-    s = score(result, sim).neurons
-    return {"f1": s.f1, "precision": s.precision, "recall": s.recall, "n_found": s.n_found, "n_true": s.n_true}
+    s = score(result, sim)
+    st = s.strict
+    return {
+        "f1": st.f1,
+        "precision": st.precision,
+        "recall": st.recall,
+        "n_found": st.n_found,
+        "n_true": st.n_true,
+        "iou_f1": s.masks.f1,
+        "median_iou": s.masks.median_iou,
+        "offset": [s.offset.dy, s.offset.dx],
+        "lenient_f1": s.neurons.f1,
+    }
 
 
 # -- caliali --------------------------------------------------------------------------------------
@@ -588,7 +600,7 @@ def minian_worker(movie_dir: str, out: str, n_workers: int, memory_limit: str) -
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         f"\n{'run':34s} {'frames':>6s} {'wall s':>8s} {'CPU s':>8s} {'peak RSS':>9s} {'F1':>5s} {'P':>5s} "
-        f"{'R':>5s} {'found/true':>10s}"
+        f"{'R':>5s} {'found/true':>10s} {'lenient F1':>10s} {'offset':>8s}"
     )
     for r in rows:
         name = f"{r['name']}"
@@ -602,7 +614,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             continue
         print(
             f"{name:34s} {r['frames']:>6d} {r['wall_s']:>8.0f} {r['cpu_s']:>8.0f} {rss:>9s} {r['f1']:>5.2f} "
-            f"{r['precision']:>5.2f} {r['recall']:>5.2f} {r['n_found']:>4d}/{r['n_true']:<5d}"
+            f"{r['precision']:>5.2f} {r['recall']:>5.2f} {r['n_found']:>4d}/{r['n_true']:<5d} "
+            f"{r['lenient_f1']:>10.2f} {str(tuple(r['offset'])):>8s}"
         )
 
 

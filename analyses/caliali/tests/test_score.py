@@ -12,7 +12,16 @@ import pytest
 from scipy import sparse
 
 from caliali.exceptions import ScoreError
-from caliali.score import cosine_matrix, score, score_alignment, score_neurons
+from caliali.score import (
+    cosine_matrix,
+    estimate_offset,
+    match_masks,
+    score,
+    score_alignment,
+    score_neurons,
+    score_strict,
+    shift_footprints,
+)
 
 
 def _write_result(root, a, c, *, fields=None, mask=None):
@@ -137,9 +146,11 @@ def test_cli_score_prints_table_and_writes_json(tmp_path, truth):
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    assert "F1" in run.stdout and "1.000" in run.stdout
+    assert "strict F1" in run.stdout and "lenient F1" in run.stdout and "1.000" in run.stdout
     saved = json.loads((result / "score.json").read_text())
     assert saved["neurons"]["f1"] == 1.0 and saved["alignment"]["median_px"] == pytest.approx(0, abs=1e-5)
+    assert saved["strict"]["f1"] == 1.0 and saved["masks"]["median_iou"] == 1.0
+    assert (saved["offset"]["dy"], saved["offset"]["dx"]) == (0, 0)
     bad = subprocess.run(
         [sys.executable, "-m", "caliali", "score", str(tmp_path), str(sim.out)],
         capture_output=True,
@@ -147,3 +158,101 @@ def test_cli_score_prints_table_and_writes_json(tmp_path, truth):
         timeout=120,
     )
     assert bad.returncode == 2 and "missing" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _discs(centres, shape=(60, 60), radius=4.0):
+    """Flat-topped disc footprints (K, H, W) at ``centres``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.stack([((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2).astype(np.float64) for cy, cx in centres])
+
+
+def test_mask_match_needs_iou_03():
+    true = _discs([(15, 15), (15, 45), (45, 30)])
+    flat = true.reshape(3, -1).T
+    near = shift_footprints(true, 0, 2).reshape(3, -1).T  # discs of radius 4 moved 2 px: IoU 0.51
+    far = shift_footprints(true, 0, 5).reshape(3, -1).T  # moved 5 px: IoU 0.14, overlapping but not the cell
+    got_near, got_far = match_masks(near, flat), match_masks(far, flat)
+    assert got_near.n_matched == 3 and 0.4 < got_near.median_iou < 0.6
+    assert got_far.n_matched == 0 and got_far.f1 == 0.0
+    assert match_masks(flat, flat).median_iou == 1.0
+
+
+def test_right_trace_on_wrong_footprint_is_not_a_strict_match():
+    rng = np.random.default_rng(5)
+    centres = [(12, 12), (12, 46), (46, 12), (46, 46)]
+    true = _discs(centres)
+    c = rng.random((4, 300)) ** 8
+    flat = true.reshape(4, -1).T
+    # Each footprint moved 5 px a different way: it still overlaps its cell (cosine > 0) but its IoU is 0.14.
+    moved = np.stack(
+        [shift_footprints(true[k : k + 1], dy, dx)[0] for k, (dy, dx) in enumerate([(5, 0), (-5, 0), (0, 5), (0, -5)])]
+    )
+    flat_moved = moved.reshape(4, -1).T
+    assert score_neurons(flat_moved, c, flat, c).n_matched == 4  # the lenient score takes them
+    assert score_strict(flat_moved, c, flat, c).n_matched == 0
+    # A sprawling footprint centred on its cell (radius 12 for a cell of radius 4: IoU 0.12) with the cell's trace.
+    sprawl = _discs(centres, radius=12.0).reshape(4, -1).T
+    assert score_neurons(sprawl, c, flat, c).n_matched == 4
+    offset, masks = estimate_offset(sprawl, true)
+    assert (offset.dy, offset.dx) == (0, 0) and masks.n_matched == 0
+    assert score_strict(sprawl, c, flat, c, masks=masks).f1 == 0.0
+    # ... and a wrong trace on a right footprint is not a match either
+    swapped = score_strict(flat, c[[1, 0, 3, 2]], flat, c)
+    assert swapped.n_matched == 0 and match_masks(flat, flat).n_matched == 4
+    right = score_strict(flat, c, flat, c)
+    assert (right.n_matched, right.f1) == (4, 1.0) and all(m[3] == pytest.approx(1.0) for m in right.matches)
+
+
+@pytest.mark.parametrize("shift", [(2, -3), (-1, 2), (0, 0)])
+def test_global_offset_is_found_applied_and_reported(tmp_path, truth, shift):
+    sim, a, c, _ = truth
+    moved = shift_footprints(a, *shift)
+    result = _write_result(tmp_path / "r", moved, c)
+    scores = score(result, sim.out)
+    assert (scores.offset.dy, scores.offset.dx) == shift
+    assert scores.strict.f1 > 0.95 and scores.masks.median_iou == 1.0
+    if shift != (0, 0):
+        plain = score(result, sim.out, align=False)
+        assert (plain.offset.dy, plain.offset.dx) == (0, 0) and plain.masks.median_iou < 0.7  # 1 px off costs IoU
+
+
+def test_chance_overlaps_do_not_make_an_offset(truth):
+    _, a, c, _ = truth
+    # Three footprints of the result, 7 px off their cells: moving the truth by (7, -5) lines them up again.
+    stray = shift_footprints(a[:3], 7, -5).reshape(3, -1).T
+    found, masks = estimate_offset(stray, a, traces=(c[:3], c))
+    assert (found.dy, found.dx, found.pairs_shifted) == (7, -5, 3) and masks.n_matched == 3
+    # With traces that are none of those cells', the same overlaps are chance: no offset.
+    noise = np.random.default_rng(6).random((3, c.shape[1]))
+    found, masks = estimate_offset(stray, a, traces=(noise, c))
+    assert (found.dy, found.dx) == (0, 0) and found.pairs_shifted == 0 and masks.n_matched == 0
+    # Fewer confirmed pairs than min_pairs cannot tell an offset from chance either.
+    found, _ = estimate_offset(stray[:, :2], a, traces=(c[:2], c))
+    assert (found.dy, found.dx) == (0, 0) and found.pairs_shifted == 2
+
+
+def test_cli_score_reports_strict_offset_and_lenient(tmp_path, truth):
+    sim, a, c, _ = truth
+    result = _write_result(tmp_path / "r", shift_footprints(a, 2, -3), c)
+    out = tmp_path / "scores.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "score", str(result), str(sim.out), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "strict F1" in run.stdout and "2, -3" in run.stdout
+    saved = json.loads(out.read_text())
+    assert (saved["offset"]["dy"], saved["offset"]["dx"]) == (2, -3)
+    assert saved["strict"]["f1"] > 0.95 and saved["strict"]["iou_threshold"] == 0.3
+    assert saved["strict"]["trace_threshold"] == 0.8 and saved["masks"]["mask_fraction"] == 0.2
+    assert not (result / "score.json").exists()
+    unaligned = subprocess.run(
+        [sys.executable, "-m", "caliali", "score", str(result), str(sim.out), "--json", str(out), "--no-align"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unaligned.returncode == 0, unaligned.stderr
+    assert json.loads(out.read_text())["strict"]["f1"] < 0.5

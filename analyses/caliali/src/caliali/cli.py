@@ -109,24 +109,45 @@ def score(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Where to write the scores (default RESULT/score.json).")
     ] = None,
-    trace_threshold: Annotated[float, typer.Option(help="Trace cosine a match needs.")] = 0.8,
+    trace_threshold: Annotated[
+        float, typer.Option(help="Trace correlation (strict) / cosine (lenient) a match needs.")
+    ] = 0.8,
+    iou_threshold: Annotated[float, typer.Option(help="Mask IoU a match needs.")] = 0.3,
+    align: Annotated[
+        bool, typer.Option(help="Move the ground truth by the global offset between the two frames before matching.")
+    ] = True,
 ) -> None:
-    """Score a result against simulated ground truth: precision, recall, F1, alignment error."""
+    """Score a result against simulated ground truth: strict F1 (mask IoU and trace), IoU F1, lenient F1, alignment."""
     import json
 
     from rich.table import Table
 
     from caliali.score import score as run
 
-    scores = run(result, ground_truth, trace_threshold=trace_threshold)
-    n, a = scores.neurons, scores.alignment
+    scores = run(result, ground_truth, trace_threshold=trace_threshold, iou_threshold=iou_threshold, align=align)
+    n, m, st, off, a = scores.neurons, scores.masks, scores.strict, scores.offset, scores.alignment
     table = Table("score", "value", title=f"{result} vs {ground_truth}")
-    table.add_row("true neurons", str(n.n_true))
-    table.add_row("found neurons", str(n.n_found))
-    table.add_row(f"matched (trace cos >= {n.trace_threshold:g})", str(n.n_matched))
-    table.add_row("precision", f"{n.precision:.3f}")
-    table.add_row("recall", f"{n.recall:.3f}")
-    table.add_row("F1", f"{n.f1:.3f}")
+    table.add_row("true neurons", str(st.n_true))
+    table.add_row("found neurons", str(st.n_found))
+    table.add_row(
+        f"[bold]strict F1[/bold] (mask IoU >= {st.iou_threshold:g} and trace r >= {st.trace_threshold:g})",
+        f"[bold]{st.f1:.3f}[/bold]",
+    )
+    table.add_row("  matched / precision / recall", f"{st.n_matched} / {st.precision:.3f} / {st.recall:.3f}")
+    table.add_row(
+        f"IoU F1 (masks at {m.mask_fraction:g} x max, IoU >= {m.iou_threshold:g})",
+        f"{m.f1:.3f}",
+    )
+    table.add_row("  matched / precision / recall", f"{m.n_matched} / {m.precision:.3f} / {m.recall:.3f}")
+    table.add_row("  median IoU of matches", f"{m.median_iou:.3f}")
+    table.add_row(
+        "frame offset applied to ground truth (dy, dx px)",
+        f"{off.dy}, {off.dx} (estimate {off.estimate_dy:.2f}, {off.estimate_dx:.2f})" if align else "0, 0 (--no-align)",
+    )
+    table.add_row(
+        f"lenient F1 (footprint x trace cosine, trace cos >= {n.trace_threshold:g})",
+        f"{n.f1:.3f} ({n.n_matched} matched, precision {n.precision:.3f}, recall {n.recall:.3f})",
+    )
     if a is not None:
         table.add_row("alignment error median / 95% (px)", f"{a.median_px:.2f} / {a.p95_px:.2f}")
         table.add_row("unaligned median / 95% (px)", f"{a.unaligned_median_px:.2f} / {a.unaligned_p95_px:.2f}")

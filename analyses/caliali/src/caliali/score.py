@@ -1,9 +1,30 @@
 """Score a caliali result against simulated ground truth.
 
-Neurons: estimated and true neurons are matched one to one by the Hungarian
-assignment on (footprint cosine) x (trace cosine); a match counts when its
-trace cosine is at least 0.8 (as in the CaliAli paper); precision, recall
-and F1 follow. Alignment: the estimated backward fields are compared with
+Neurons, strict (the headline): footprints are matched one to one by the
+Hungarian assignment on the IoU (Jaccard index) of their masks, each mask the
+pixels at or above 0.2 x its footprint's max; a pair counts when its IoU is at
+least 0.3 (CaImAn ``register_ROIs``'s criterion, Jaccard distance below 0.7)
+AND the Pearson correlation of its traces is at least 0.8, so a right trace on
+a wrong footprint is not a match, nor a wrong trace on a right one. The mask
+match alone (IoU F1, median IoU of its matches) is reported beside it.
+
+Frames of reference: a result's field can sit a few px off the truth's (the
+simulator displaces each session's movie from the truth's frame by its own
+field, and motion correction registers to a template of the movie), which is
+not a footprint error. One global whole-px offset is estimated by phase
+correlation of the summed footprint images, refined on and kept only when it
+raises the total IoU of the mask match, applied to the ground truth before
+mask matching, and reported (with the sub-pixel estimate). CaImAn's
+``register_ROIs`` with ``align_flag`` registers the two sessions'
+motion-correction templates and moves one set of footprints by that field;
+ground truth has no template in the movie's frame, so the summed footprints
+stand in for it, and the move is a whole-field translation only.
+
+Neurons, lenient (as before, for comparison with older figures): estimated and
+true neurons are matched one to one by the Hungarian assignment on (footprint
+cosine) x (trace cosine), in the truth's own frame; a match counts when its
+trace cosine is at least 0.8 (as in the CaliAli paper); precision, recall and
+F1 follow. Alignment: the estimated backward fields are compared with
 the true ones inside the result's valid mask, after removing from both the
 per-pixel mean over sessions (alignment is defined up to a common
 deformation); the error's median and 95th percentile are reported in px.
@@ -34,7 +55,12 @@ from caliali.exceptions import ScoreError
 
 __all__ = [
     "AlignmentScore",
+    "FrameOffset",
     "MaskScore",
+    "StrictScore",
+    "estimate_offset",
+    "score_strict",
+    "shift_footprints",
     "footprint_masks",
     "iou_matrix",
     "match_masks",
@@ -80,6 +106,41 @@ class MaskScore:
 
 
 @dataclass(frozen=True)
+class StrictScore:
+    """Mask-IoU pairs that also pass the trace test; ``matches`` rows are (estimated, true, IoU, trace r)."""
+
+    n_true: int
+    n_found: int
+    n_matched: int
+    precision: float
+    recall: float
+    f1: float
+    iou_threshold: float
+    trace_threshold: float
+    matches: list[tuple[int, int, float, float]]
+
+
+@dataclass(frozen=True)
+class FrameOffset:
+    """The global offset (px, y and x) the ground truth was moved by before mask matching.
+
+    ``dy``/``dx`` are applied (whole px; 0 unless the move was confirmed, see :func:`estimate_offset`);
+    ``estimate_dy``/``estimate_dx`` are the sub-pixel phase-correlation estimate; ``pairs_*`` and
+    ``total_iou_*`` count the confirmed pairs (mask IoU >= threshold and, given traces, trace r >= threshold)
+    and sum their IoU without the move and at the best offset tried.
+    """
+
+    dy: int
+    dx: int
+    estimate_dy: float
+    estimate_dx: float
+    pairs_unshifted: int
+    pairs_shifted: int
+    total_iou_unshifted: float
+    total_iou_shifted: float
+
+
+@dataclass(frozen=True)
 class AlignmentScore:
     """Displacement error (px) inside the valid mask, after removing the common deformation."""
 
@@ -93,11 +154,25 @@ class AlignmentScore:
 
 @dataclass(frozen=True)
 class Score:
+    """``strict`` is the headline; ``masks`` the IoU match alone; ``neurons`` the lenient score."""
+
     neurons: NeuronScore
     alignment: AlignmentScore | None
+    masks: MaskScore | None = None
+    strict: StrictScore | None = None
+    offset: FrameOffset | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"neurons": asdict(self.neurons), "alignment": asdict(self.alignment) if self.alignment else None}
+        def part(x: Any) -> Any:
+            return asdict(x) if x is not None else None
+
+        return {
+            "strict": part(self.strict),
+            "masks": part(self.masks),
+            "offset": part(self.offset),
+            "neurons": part(self.neurons),
+            "alignment": part(self.alignment),
+        }
 
 
 def cosine_matrix(x: np.ndarray | sparse.spmatrix, y: np.ndarray) -> np.ndarray:
@@ -170,7 +245,9 @@ def score_neurons(
 def footprint_masks(a: np.ndarray | sparse.spmatrix, *, fraction: float = 0.2) -> sparse.csc_array:
     """Boolean masks (P, K) of footprints ``a`` (P, K): the pixels at or above ``fraction`` x their footprint's max.
 
-    The thresholded masks CaImAn's ``register_ROIs`` compares (its ``thr`` of 0.2 of each component's max).
+    CaImAn's ``register_ROIs`` binarises at ``max_thr`` x each component's max with ``max_thr`` 0 by default,
+    i.e. every non-zero pixel; the simulator's footprints are Gaussians with tails over the whole field, so
+    that would make every true mask huge. 0.2 keeps each cell's body.
     """
     m = sparse.csc_array(a, dtype=np.float64)
     m.eliminate_zeros()
@@ -202,8 +279,10 @@ def match_masks(
 ) -> MaskScore:
     """Match footprints one to one by the IoU of their thresholded masks (Hungarian assignment on IoU).
 
-    A pair counts when its IoU is at least ``iou_threshold``: CaImAn's ``register_ROIs`` criterion (Jaccard
-    distance below 0.7), so a trace on a wrong footprint is never a match.
+    A pair counts when its IoU is at least ``iou_threshold``: CaImAn's ``register_ROIs`` criterion (its
+    ``thresh_cost`` 0.7 on the Jaccard distance 1 - IoU), so a trace on a wrong footprint is never a match.
+    Unlike ``register_ROIs`` no centroid-distance cap (its ``max_dist`` 10 px) is applied: pairs that far apart
+    have IoU 0 anyway.
 
     References
     ----------
@@ -225,6 +304,180 @@ def match_masks(
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     median = float(np.median([m[2] for m in matches])) if matches else 0.0
     return MaskScore(n_true, n_found, tp, precision, recall, f1, iou_threshold, fraction, median, matches)
+
+
+def score_strict(
+    a_est: np.ndarray | sparse.spmatrix,
+    c_est: np.ndarray,
+    a_true: np.ndarray | sparse.spmatrix,
+    c_true: np.ndarray,
+    *,
+    iou_threshold: float = 0.3,
+    trace_threshold: float = 0.8,
+    fraction: float = 0.2,
+    masks: MaskScore | None = None,
+) -> StrictScore:
+    """The pairs of the mask-IoU match (:func:`match_masks`) whose traces also correlate >= ``trace_threshold``.
+
+    One assignment (by IoU), two criteria: a pair counts only when its IoU is at least ``iou_threshold`` and the
+    Pearson correlation of its traces at least ``trace_threshold``. ``masks`` reuses a match already made on these
+    footprints.
+    """
+    c_est, c_true = np.asarray(c_est, dtype=np.float64), np.asarray(c_true, dtype=np.float64)
+    if c_est.shape[1] != c_true.shape[1]:
+        raise ScoreError(f"traces have {c_est.shape[1]} and {c_true.shape[1]} frames; they must cover the same frames")
+    if a_est.shape[1] != c_est.shape[0] or a_true.shape[1] != c_true.shape[0]:
+        raise ScoreError("footprints and traces disagree on the number of neurons")
+    if masks is None:
+        masks = match_masks(a_est, a_true, iou_threshold=iou_threshold, fraction=fraction)
+    matches: list[tuple[int, int, float, float]] = []
+    if masks.matches:
+        est = [m[0] for m in masks.matches]
+        true = [m[1] for m in masks.matches]
+        r = np.sum(_zscore(c_est[est]) * _zscore(c_true[true]), axis=1) / c_est.shape[1]
+        matches = [(i, j, iou, float(rr)) for (i, j, iou), rr in zip(masks.matches, r, strict=True)]
+        matches = [m for m in matches if m[3] >= trace_threshold]
+    tp = len(matches)
+    n_found, n_true = c_est.shape[0], c_true.shape[0]
+    precision = tp / n_found if n_found else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return StrictScore(n_true, n_found, tp, precision, recall, f1, masks.iou_threshold, trace_threshold, matches)
+
+
+def _zscore(c: np.ndarray) -> np.ndarray:
+    centred = c - c.mean(axis=1, keepdims=True)
+    sd = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, sd, out=np.zeros_like(centred), where=sd > 0)
+
+
+def shift_footprints(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Footprints (K, H, W) moved by whole px (``dy`` down, ``dx`` right); what leaves the field is dropped."""
+    out = np.zeros_like(a)
+    h, w = a.shape[1:]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src_y, dst_y = slice(max(-dy, 0), h - max(dy, 0)), slice(max(dy, 0), h - max(-dy, 0))
+    src_x, dst_x = slice(max(-dx, 0), w - max(dx, 0)), slice(max(dx, 0), w - max(-dx, 0))
+    out[:, dst_y, dst_x] = a[:, src_y, src_x]
+    return out
+
+
+def _summed_image(a: np.ndarray | sparse.spmatrix, dims: tuple[int, int]) -> np.ndarray:
+    """Each footprint scaled to a max of 1, summed over footprints: (H, W), so bright cells do not dominate."""
+    m = sparse.csc_array(a, dtype=np.float64)
+    top = m.max(axis=0).toarray().ravel() if m.shape[1] else np.zeros(0)
+    scale = np.divide(1.0, top, out=np.zeros_like(top), where=top > 0)
+    return np.asarray(m @ scale).reshape(dims)
+
+
+def estimate_offset(
+    a_est: np.ndarray | sparse.spmatrix,
+    a_true: np.ndarray,
+    *,
+    traces: tuple[np.ndarray, np.ndarray] | None = None,
+    iou_threshold: float = 0.3,
+    trace_threshold: float = 0.8,
+    fraction: float = 0.2,
+    min_pairs: int = 3,
+    max_steps: int = 10,
+) -> tuple[FrameOffset, MaskScore]:
+    """The global offset that moves the true footprints (K, H, W) onto the result's frame, and the mask match there.
+
+    Phase correlation of the summed footprint images (each scaled to max 1, Hann-windowed) gives a sub-pixel
+    estimate; rounded to whole px (so masks keep their shape), it seeds a hill climb over the 8 neighbouring
+    offsets (phase correlation alone is biased by cells cut at the border). Given traces, the median centroid
+    displacement of the pairs their traces name seeds a second climb (a result that found few of the cells
+    swamps phase correlation); the better end wins. An offset is scored by its confirmed
+    pairs: mask-matched pairs whose traces (``traces`` = (estimated (K_est, T), true (K_true, T))) also correlate
+    at least ``trace_threshold``, all mask-matched pairs when no traces are given. It is kept only with at least
+    ``min_pairs`` confirmed pairs and more total IoU over them than no move has: a few stray footprints shifted
+    far enough overlap some true cell by chance, and those chance pairs neither carry the cell's trace nor come
+    in numbers. A result already in the truth's frame gets 0.
+    """
+    dims = a_true.shape[1:]
+    flat_true = a_true.reshape(len(a_true), -1).T
+    z_est, z_true = (_zscore(np.asarray(t, dtype=np.float64)) for t in traces) if traces else (None, None)
+
+    def match_at(dy: int, dx: int) -> tuple[tuple[float, int], MaskScore]:
+        moved = shift_footprints(a_true, dy, dx).reshape(len(a_true), -1).T if (dy, dx) != (0, 0) else flat_true
+        m = match_masks(a_est, moved, iou_threshold=iou_threshold, fraction=fraction)
+        pairs = m.matches
+        if z_est is not None and z_true is not None and pairs:
+            r = np.mean(z_est[[p[0] for p in pairs]] * z_true[[p[1] for p in pairs]], axis=1)
+            pairs = [p for p, rr in zip(pairs, r, strict=True) if rr >= trace_threshold]
+        return (float(sum(p[2] for p in pairs)), len(pairs)), m
+
+    zero, at_zero = match_at(0, 0)
+    est_dy = est_dx = 0.0
+    starts = []
+    if a_est.shape[1] and len(a_true):
+        img_est, img_true = _summed_image(a_est, dims), _summed_image(flat_true, dims)
+        window = cv2.createHanningWindow(dims[::-1], cv2.CV_64F)
+        (est_dx, est_dy), _ = cv2.phaseCorrelate(img_true, img_est, window)
+        starts.append((int(round(est_dy)), int(round(est_dx))))
+        if z_est is not None and z_true is not None:
+            starts += _trace_offsets(a_est, flat_true, z_est, z_true, dims, trace_threshold)
+    seen = {(0, 0): (zero, at_zero)}
+    best = (0, 0)
+    for start in dict.fromkeys(starts):  # each start climbs; the best end wins
+        end = _climb(start, seen, match_at, max_steps)
+        if seen[end][0][0] > seen[best][0][0]:
+            best = end
+    (total, pairs), masks = seen[best]
+    keep = best != (0, 0) and pairs >= min_pairs and total > zero[0]
+    offset = best if keep else (0, 0)
+    found = FrameOffset(*offset, float(est_dy), float(est_dx), zero[1], pairs, zero[0], total)
+    return found, masks if keep else at_zero
+
+
+def _climb(start: tuple[int, int], seen: dict, match_at: Any, max_steps: int) -> tuple[int, int]:
+    """Hill climb over whole-px offsets from ``start`` on the score ``match_at`` gives; ``seen`` caches scores."""
+    best = start
+    if best not in seen:
+        seen[best] = match_at(*best)
+    for _ in range(max_steps):
+        around = [(best[0] + i, best[1] + j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+        for o in around:
+            if o not in seen:
+                seen[o] = match_at(*o)
+        step = max(around, key=lambda o: seen[o][0][0])
+        if seen[step][0][0] <= seen[best][0][0]:  # no neighbour does better (ties stay put)
+            break
+        best = step
+    return best
+
+
+def _trace_offsets(
+    a_est: np.ndarray | sparse.spmatrix,
+    flat_true: np.ndarray,
+    z_est: np.ndarray,
+    z_true: np.ndarray,
+    dims: tuple[int, ...],
+    trace_threshold: float,
+) -> list[tuple[int, int]]:
+    """The median centroid displacement over pairs named by their traces alone (best correlation >= threshold).
+
+    Traces do not depend on the frame, so they pair a few footprints even where phase correlation of the summed
+    images is swamped by the cells the result missed.
+    """
+    r = z_est @ z_true.T / z_est.shape[1]
+    est_idx = np.flatnonzero(r.max(axis=1) >= trace_threshold)
+    if not len(est_idx):
+        return []
+    true_idx = r[est_idx].argmax(axis=1)
+    d = _centroids(flat_true[:, true_idx], dims) - _centroids(a_est[:, est_idx], dims)
+    move = np.median(-d, axis=0)  # the truth moves onto the result
+    return [(int(round(move[0])), int(round(move[1])))]
+
+
+def _centroids(a: np.ndarray | sparse.spmatrix, dims: tuple[int, ...]) -> np.ndarray:
+    """(K, 2) centres of mass (y, x) of footprints ``a`` (P, K)."""
+    m = sparse.csc_array(a, dtype=np.float64)
+    yy, xx = np.indices(dims)
+    w = np.asarray(m.sum(axis=0)).ravel()
+    w[w == 0] = 1.0
+    return np.stack([(m.T @ yy.ravel()) / w, (m.T @ xx.ravel()) / w], axis=1)
 
 
 def score_alignment(
@@ -312,15 +565,33 @@ def _resize_fields(fields: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def score(result: Path | str, ground_truth: Path | str, *, trace_threshold: float = 0.8) -> Score:
-    """Score a result folder against a ground-truth folder (see the module docstring)."""
+def score(
+    result: Path | str,
+    ground_truth: Path | str,
+    *,
+    trace_threshold: float = 0.8,
+    iou_threshold: float = 0.3,
+    align: bool = True,
+) -> Score:
+    """Score a result folder against a ground-truth folder (see the module docstring).
+
+    ``align=False`` matches masks in the truth's own frame (the offset is then reported as 0).
+    """
     res, gt = load_result(result), load_ground_truth(ground_truth)
     dims = res["dims"]
     a_true = _resize_footprints(gt["A"], dims)
-    neurons = score_neurons(
-        res["A"], res["C"], a_true.reshape(len(a_true), -1).T, gt["C"], trace_threshold=trace_threshold
-    )
+    flat_true = a_true.reshape(len(a_true), -1).T
+    neurons = score_neurons(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold)
+    if align:
+        offset, masks = estimate_offset(
+            res["A"], a_true, traces=(res["C"], gt["C"]), iou_threshold=iou_threshold, trace_threshold=trace_threshold
+        )
+    else:
+        masks = match_masks(res["A"], flat_true, iou_threshold=iou_threshold)
+        total = float(sum(m[2] for m in masks.matches))
+        offset = FrameOffset(0, 0, 0.0, 0.0, masks.n_matched, masks.n_matched, total, total)
+    strict = score_strict(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold, masks=masks)
     alignment = None
     if res["fields"] is not None and gt["fields"] is not None:
         alignment = score_alignment(res["fields"], _resize_fields(gt["fields"], dims), res["valid_mask"])
-    return Score(neurons, alignment)
+    return Score(neurons, alignment, masks, strict, offset)
