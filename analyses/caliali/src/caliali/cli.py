@@ -142,7 +142,9 @@ def score(
     table.add_row("  median IoU of matches", f"{m.median_iou:.3f}")
     table.add_row(
         "frame offset applied to ground truth (dy, dx px)",
-        f"{off.dy}, {off.dx} (estimate {off.estimate_dy:.2f}, {off.estimate_dx:.2f})" if align else "0, 0 (--no-align)",
+        f"{off.dy:g}, {off.dx:g} (estimate {off.estimate_dy:.2f}, {off.estimate_dx:.2f})"
+        if align
+        else "0, 0 (--no-align)",
     )
     table.add_row(
         f"lenient F1 (footprint x trace cosine, trace cos >= {n.trace_threshold:g})",
