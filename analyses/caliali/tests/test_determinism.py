@@ -100,7 +100,6 @@ def test_deconvolution_does_not_depend_on_or_change_the_global_random_state():
 
 # -- whole runs ---------------------------------------------------------------------------------------
 
-REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "memory_budget": "256MB"}
 
 
@@ -137,25 +136,13 @@ def _finish(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def real_movie(tmp_path_factory) -> Path:
+def real_movie(minian_demo_quadrant, tmp_path_factory) -> Path:
     """The raw top-left quadrant of minian's demo movie, as a TIFF."""
     import tifffile
 
-    from caliali._cv2 import cv2
-
-    if not REAL_MOVIE.exists():
-        pytest.skip(f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository)")
-    capture = cv2.VideoCapture(str(REAL_MOVIE))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
-    capture.release()
     movie = tmp_path_factory.mktemp("real") / "movie"
     movie.mkdir()
-    tifffile.imwrite(movie / "session1.tif", np.stack(frames))
+    tifffile.imwrite(movie / "session1.tif", minian_demo_quadrant)
     return movie
 
 

@@ -9,44 +9,28 @@ neurons, and give compact, single-blob footprints near their seeds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from caliali.extraction import extract
 
-REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 GSIG = 3.0
 
-pytestmark = pytest.mark.skipif(
-    not REAL_MOVIE.exists(),
-    reason=f"real recording {REAL_MOVIE} is not on this machine (../shared/data beside the repository is absent)",
-)
 
+def _real_crop(quadrant: np.ndarray, n_frames: int = 300) -> np.ndarray:
+    """The raw quadrant's first frames as float32, area-downsampled 2x, then cropped."""
+    from caliali._cv2 import cv2
 
-def _real_crop(n_frames: int = 300) -> np.ndarray:
-    """Raw quadrant (rows 0-239, cols 0-375) of the montage, gray, area-downsampled 2x, then cropped."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(REAL_MOVIE))
-    frames = []
-    try:
-        while len(frames) < n_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            gray = cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY).astype(np.float32)
-            frames.append(cv2.resize(gray, (188, 120), interpolation=cv2.INTER_AREA)[20:80, 50:130])
-    finally:
-        cap.release()
-    assert len(frames) == n_frames, f"{REAL_MOVIE} has fewer than {n_frames} frames"
+    frames = [
+        cv2.resize(gray.astype(np.float32), (188, 120), interpolation=cv2.INTER_AREA)[20:80, 50:130]
+        for gray in quadrant[:n_frames]
+    ]
     return np.ascontiguousarray(np.stack(frames))
 
 
 @pytest.fixture(scope="module")
-def real_result():
-    movie = _real_crop()
+def real_result(minian_demo_quadrant):
+    movie = _real_crop(minian_demo_quadrant)
     before = movie.copy()
     result = extract(movie, gSig=GSIG, min_corr=0.5, min_pnr=6, batch_frames=len(movie))
     assert np.array_equal(movie, before), "extract modified its input"

@@ -19,7 +19,6 @@ from caliali.score import score
 from caliali.simulate import SimulationParams, simulate
 
 BLUEPRINT = Path(__file__).resolve().parents[1] / "blueprint.yaml"
-REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_demo" / "minian_demo.mp4"
 SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
 
 
@@ -197,23 +196,14 @@ def test_an_interrupted_run_resumes_from_its_last_stage(tmp_path, experiment):
     assert (out / "arrays" / "A.npz").is_file()
 
 
-@pytest.mark.skipif(not REAL_MOVIE.exists(), reason=f"real recording {REAL_MOVIE} is not on this machine")
-def test_real_miniscope_recording(tmp_path):
+def test_real_miniscope_recording(tmp_path, minian_demo_quadrant):
     """minian's demo movie: its top-left quadrant is the raw one-photon recording."""
-    import cv2
     import tifffile
 
-    cap = cv2.VideoCapture(str(REAL_MOVIE))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
-    cap.release()
+    frames = minian_demo_quadrant
     movie = tmp_path / "movie"
     movie.mkdir()
-    tifffile.imwrite(movie / "session1.tif", np.stack(frames))
+    tifffile.imwrite(movie / "session1.tif", frames)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         yaml.safe_dump({"gSig": 6, "spatial_ds": 2, "min_corr": 0.5, "min_pnr": 6, "fs": 25, "memory_budget": "256MB"})
