@@ -152,8 +152,13 @@ class CalialiConfig(BaseModel):
         return self.batch_frames or None
 
 
-# Fields that take a number or a word: what is allowed, said once.
-_EITHER = {"min_pnr": "must be a number greater than or equal to 0 and at most 100, or 'auto'"}
+def _alternative(schema: dict[str, Any]) -> str:
+    """One branch of a field that takes either a number or a word, in words."""
+    if "const" in schema:
+        return repr(schema["const"])
+    words = {"minimum": "greater than or equal to", "maximum": "at most"}
+    bounds = [f"{words[key]} {schema[key]:g}" for key in words if key in schema]
+    return f"a {schema.get('type', 'value')}" + (f" {' and '.join(bounds)}" if bounds else "")
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -178,12 +183,16 @@ def load_config(source: str | Path | dict[str, Any] | None) -> CalialiConfig:
     try:
         return CalialiConfig(**raw)
     except ValidationError as exc:
+        fields = config_schema()["properties"]
         problems, seen = [], set()
         for error in exc.errors():
-            if len(error["loc"]) > 1 and error["loc"][0] in _EITHER:  # a number or a word: one message, not two
-                if error["loc"][0] not in seen:
-                    seen.add(error["loc"][0])
-                    problems.append(f"{error['loc'][0]}: {_EITHER[error['loc'][0]]} (got {error.get('input')!r})")
+            name = error["loc"][0] if error["loc"] else None
+            either = fields.get(name, {}).get("anyOf") if isinstance(name, str) else None
+            if either and len(error["loc"]) > 1:  # pydantic says why each branch failed: say once what is allowed
+                if name not in seen:
+                    seen.add(name)
+                    allowed = ", or ".join(_alternative(branch) for branch in either)
+                    problems.append(f"{name}: must be {allowed} (got {error.get('input')!r})")
                 continue
             problems.append(_describe(error))
         raise ConfigError(f"invalid config: {'; '.join(problems)}") from exc
