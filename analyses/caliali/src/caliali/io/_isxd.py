@@ -90,9 +90,10 @@ class IsxdReader(VideoReader):
 
     ``fs`` is one over the movie's sampling period and ``recorded_at`` its
     start time. Frames the movie marks invalid (dropped during acquisition,
-    cropped or blank in processing) are stored without pixels; isx returns them
-    as zeros, which would read as a sudden loss of all fluorescence, so each is
-    read as the nearest valid frame before it (after it for leading ones). The
+    cropped or blank in processing) hold no recording: isx returns a dropped
+    one as zeros (it is stored without pixels), which would read as a sudden
+    loss of all fluorescence, so each is read as the nearest valid frame
+    before it (after it for leading ones). The
     frame count and the time axis stay the recording's. ``invalid_frames``
     lists their indices.
     """
