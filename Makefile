@@ -13,7 +13,7 @@ $(UV):
 
 $(VENV)/.installed: $(UV) pyproject.toml analyses/caliali/pyproject.toml analyses/framestats/pyproject.toml
 	$(UV) venv --quiet --allow-existing $(VENV) --python $(PYTHON)
-	$(UV) pip install --quiet --python $(PY) -e '.[test]' -e 'analyses/caliali[bench]' -e analyses/framestats
+	$(UV) pip install --quiet --python $(PY) -e '.[test]' -e 'analyses/caliali[bench,isxd]' -e analyses/framestats
 	touch $@
 
 setup: $(VENV)/.installed

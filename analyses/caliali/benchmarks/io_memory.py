@@ -4,12 +4,16 @@ Simulates a 300 x 300 video of 3,000 and of 30,000 frames, then, each in a
 fresh subprocess (so peak RSS is the stage's own):
 
 - ``plain``: a plain sequential read of the file with the format's own
-  library (tifffile page by page / OpenCV ``read``), nothing else: the floor;
+  library (tifffile page by page / OpenCV ``read`` / isx ``get_frame_data``),
+  nothing else: the floor;
 - ``reader``: ``caliali.io.open_video(...).iter_chunks(batch_frames)``;
 - ``stream``: the shared chunk loop ``caliali.chunking.run_chunks`` from the
   reader into a resumable float32 zarr ``FrameStore`` (the real intermediate path);
 - ``copy`` (TIFF only): the plain read plus writing the same frames as raw
   float32 bytes with ``ndarray.tofile``: what the disk allows any writer.
+
+``--format isxd`` converts the simulated TIFF to an Inscopix movie with isx
+(the ``caliali[isxd]`` extra) before measuring.
 
 Prints peak RSS (MiB) and frames per second for each, the RSS growth from
 3k to 30k frames (target < 10%) and stream fps as a fraction of the plain
@@ -17,7 +21,7 @@ read (target >= 70%). Figures are noisy on a shared machine.
 
 Usage::
 
-    .venv/bin/python analyses/caliali/benchmarks/io_memory.py [--format tif|avi]
+    .venv/bin/python analyses/caliali/benchmarks/io_memory.py [--format tif|avi|isxd]
         [--frames 3000 30000] [--memory-budget 256MB] [--workdir DIR] [--keep]
 """
 
@@ -45,6 +49,13 @@ def _child(mode: str, video: Path, out: Path, batch_frames: int) -> dict[str, fl
             for page in tif.pages:
                 page.asarray()
                 frames += 1
+    elif mode == "plain" and video.suffix == ".isxd":
+        import isx
+
+        movie = isx.Movie.read(str(video))
+        for index in range(movie.timing.num_samples):
+            movie.get_frame_data(index)
+            frames += 1
     elif mode == "plain":
         import cv2
 
@@ -136,9 +147,41 @@ def _simulate(workdir: Path, frames: int, fmt: str) -> Path:
     return video
 
 
+def _to_isxd(tif: Path) -> Path:
+    """The same frames as an Inscopix float32 movie, written by isx's own library.
+
+    ``isx.Movie.set_frame_data`` copies each frame through a Python argument
+    list (about 100 times slower than the library call it makes), so the frames
+    go to that same call with a pointer to the numpy buffer.
+    """
+
+    import isx
+    import numpy as np
+    import tifffile
+
+    out = tif.with_suffix(".isxd")
+    if out.exists():
+        return out
+    t0 = time.perf_counter()
+    with tifffile.TiffFile(tif) as handle:
+        pages = handle.pages
+        shape = pages[0].shape
+        timing = isx.Timing(num_samples=len(pages), period=isx.Duration.from_msecs(100))
+        movie = isx.Movie.write(str(out), timing, isx.Spacing(num_pixels=shape), np.float32)
+        for index, page in enumerate(pages):
+            frame = np.ascontiguousarray(page.asarray(), dtype=np.float32)
+            isx._internal.c_api.isx_movie_write_frame_f32(
+                movie._ptr, index, frame.ctypes.data_as(isx._internal.FloatPtr)
+            )
+        movie.flush()
+        del movie
+    print(f"  wrote {out} with isx in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", choices=["tif", "avi"], default="tif")
+    parser.add_argument("--format", choices=["tif", "avi", "isxd"], default="tif")
     parser.add_argument("--frames", type=int, nargs="+", default=[3000, 30000])
     parser.add_argument("--memory-budget", default="256MB")
     parser.add_argument("--workdir", type=Path, default=None)
@@ -159,7 +202,9 @@ def main() -> None:
     rows = {}
     try:
         for frames in args.frames:
-            video = _simulate(workdir, frames, args.format)
+            video = _simulate(workdir, frames, "tif" if args.format == "isxd" else args.format)
+            if args.format == "isxd":
+                video = _to_isxd(video)
             # plain first: it also warms the page cache equally for the two that follow
             modes = ("plain", "reader", "stream") + (("copy",) if args.format == "tif" else ())
             rows[frames] = {mode: _measure(mode, video, workdir / f"out_{frames}.zarr", batch) for mode in modes}

@@ -168,3 +168,13 @@ def test_a_run_on_a_bad_input_tells_the_platform_why_in_one_line(tmp_path, name,
     [reason] = reason_file.read_text().splitlines()
     assert str(path) in reason and reason in " ".join(run.stderr.split())
     assert ("empty (0 bytes)" if not content else "cannot open this file as a video") in reason
+
+
+def test_cli_error_keeps_square_brackets(tmp_path):
+    """A message is printed as text: a file named ``day[a1].avi`` is not eaten as console markup."""
+    path = tmp_path / "day[a1].avi"
+    path.write_bytes(b"not a video at all")
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "info", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "day[a1].avi" in run.stderr

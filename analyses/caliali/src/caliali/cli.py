@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from caliali.exceptions import CalialiError
 
@@ -232,7 +233,7 @@ def main() -> None:
 
 def _fail(message: str, code: int) -> None:
     """Say why the run failed, on stderr and to the platform, and exit with ``code``."""
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # brackets are text
     tell_platform(message)
     sys.exit(code)
 

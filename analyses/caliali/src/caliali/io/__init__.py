@@ -11,8 +11,9 @@ loading the whole file::
 Formats: ``.avi``/``.mp4``/``.mov``/``.mkv`` (OpenCV/FFmpeg), ``.tif``/``.tiff``
 (tifffile; multi-page, BigTIFF, ImageJ, OME), ``.h5``/``.hdf5`` (h5py;
 ``dataset=`` selects the array), ``.zarr`` (v2 or v3; ``dataset=`` inside a
-group) and ``.nwb`` (OnePhotonSeries / TwoPhotonSeries; ``dataset=`` is the
-series name).
+group), ``.nwb`` (OnePhotonSeries / TwoPhotonSeries; ``dataset=`` is the
+series name) and ``.isxd`` (Inscopix movies, through the optional ``isx``
+package: ``pip install 'caliali[isxd]'``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 from caliali.exceptions import InputError, UnsupportedFormatError, VideoReadError
 from caliali.io._arrays import open_hdf5, open_nwb, open_zarr
 from caliali.io._base import VideoReader
+from caliali.io._isxd import IsxdReader
 from caliali.io._opencv import OpenCVReader
 from caliali.io._tiff import TiffReader
 
@@ -15,7 +16,7 @@ __all__ = ["VIDEO_SUFFIXES", "is_video", "open_video"]
 _OPENCV = (".avi", ".mp4", ".mov", ".mkv", ".m4v")
 _TIFF = (".tif", ".tiff")
 _HDF5 = (".h5", ".hdf5", ".hdf")
-VIDEO_SUFFIXES = (*_OPENCV, *_TIFF, *_HDF5, ".zarr", ".nwb")
+VIDEO_SUFFIXES = (*_OPENCV, *_TIFF, *_HDF5, ".zarr", ".nwb", ".isxd")
 
 
 def is_video(path: Path | str) -> bool:
@@ -66,4 +67,6 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
         return open_nwb(path, dataset=dataset)
     if dataset is not None:
         raise InputError(f"{path}: dataset={dataset!r} applies only to HDF5, zarr and NWB files")
+    if suffix == ".isxd":
+        return IsxdReader(path)
     return TiffReader(path) if suffix in _TIFF else OpenCVReader(path)
