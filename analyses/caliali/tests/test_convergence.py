@@ -19,18 +19,47 @@ def test_below_tol():
         "max_iter": 10,
         "tol": 0.05,
         "change": 0.03,
+        "interior": None,
+        "noise": None,
         "why": "converged: footprint change 0.03 < tol 0.05 after 3 rounds",
     }
 
 
-def test_stalled_at_the_noise_floor():
-    history = [_round(i + 1, c) for i, c in enumerate([0.6, 0.4, 0.33, 0.32, 0.31])]
+def test_stopped_falling_within_the_estimates_noise_is_converged():
+    history = [_round(i + 1, c, noise=0.02, interior=0.03) for i, c in enumerate([0.6, 0.4, 0.33, 0.32, 0.31])]
+    history[-1]["stop"] = "noise"
+    record = convergence_record(history, tol=0.05, max_iter=10)
+    assert record["converged"] and record["stop"] == "noise" and record["noise"] == 0.02
+    assert record["why"] == (
+        "converged: footprint change 0.31 stopped falling within the estimates' noise "
+        "(0.03 inside the supports, standard error 0.02) after 5 rounds"
+    )
+
+
+def test_stopped_falling_far_above_the_noise_is_not_converged():
+    history = [_round(i + 1, c, noise=0.037, interior=0.16) for i, c in enumerate([0.3, 0.34, 0.3, 0.32])]
     history[-1]["stop"] = "stalled"
     record = convergence_record(history, tol=0.05, max_iter=10)
-    assert record["converged"] and record["stop"] == "stalled"
+    assert not record["converged"] and record["stop"] == "stalled"
     assert record["why"] == (
-        "converged: stalled at footprint change 0.31 (the estimates' noise floor; tol 0.05) after 5 rounds"
+        "not converged: footprint change stopped falling at 0.32 (tol 0.05), the values still moving beyond "
+        "the estimates' noise (0.16 inside the supports, standard error 0.037) after 4 rounds"
     )
+
+
+def test_the_loop_stops_by_tol_noise_or_stall_only_in_a_quiet_round():
+    from caliali.extraction.cnmfe import _stop
+
+    def rounds(changes, noise, interior=0.03, **last):
+        out = [_round(i + 1, c, noise=noise, interior=interior) for i, c in enumerate(changes)]
+        out[-1].update(last)
+        return out
+
+    assert _stop(rounds([0.4, 0.03], 0.2), 0.05) == "tol"
+    assert _stop(rounds([0.4, 0.03], 0.2, merged=1), 0.05) is None  # something still moved
+    assert _stop(rounds([0.5, 0.33, 0.32], 0.02), 0.05) == "noise"  # inside 0.03 <= 2 x 0.02: the edge moves
+    assert _stop(rounds([0.5, 0.33, 0.32], 0.01), 0.05) == "stalled"  # inside 0.03 > 2 x 0.01
+    assert _stop(rounds([0.5, 0.4, 0.3], 0.01), 0.05) is None  # still falling by 25%: go on
 
 
 def test_out_of_rounds_is_not_converged_and_says_what_was_still_moving():

@@ -142,7 +142,7 @@ def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
     convergence = summary["convergence"]  # outside `run`: the same for every run of this input
     meta = json.loads((out / "arrays" / "meta.json").read_text())
     assert meta["convergence"] == convergence and convergence["rounds"] == len(meta["history"])
-    assert convergence["converged"] == (convergence["stop"] in ("tol", "stalled"))
+    assert convergence["converged"] == (convergence["stop"] in ("tol", "noise"))
     assert progress[-1].endswith(f"; {convergence['why']}")  # the status message the platform shows last
     assert (out / "qc" / "convergence.png").is_file()
     s = score(out, experiment.parent / "sim" / "ground_truth")

@@ -36,8 +36,9 @@ class ExtractionParams:
     max_iter, tol : int, float
         At most ``max_iter`` rounds; stop when no component was merged or
         removed and the median relative footprint change is below ``tol``, or
-        has stopped falling (less than 10% below the previous round: the
-        noise floor of the estimates).
+        has stopped falling (less than 10% below the previous round): within
+        twice the footprints' standard error that is convergence as far as
+        the data can tell, above it a fit that is not converging.
     bg_ssub : int
         Spatial downsampling of the ring background grid.
     ring_factor : float

@@ -42,9 +42,9 @@ class Extraction:
         All seed pixels (row, col) considered.
     history : list of dict
         Per iteration: number of neurons, relative footprint change, merges, removals; the
-        round the loop stopped at says why (``stop``: ``"tol"`` or ``"stalled"``).
+        round the loop stopped at says why (``stop``: ``"tol"``, ``"noise"`` or ``"stalled"``).
     convergence : dict
-        How the rounds ended: ``converged``, ``stop`` (tol, stalled, max_iter), ``rounds``,
+        How the rounds ended: ``converged``, ``stop`` (tol, noise, stalled, max_iter), ``rounds``,
         ``tol``, the last ``change``, and ``why`` in one sentence.
     params : dict
         The parameters the extraction ran with.

@@ -34,7 +34,7 @@ from ._batches import Batch, check_session_bounds, plan_batches
 from ._convergence import convergence_record
 from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
-from ._footprints import Footprints, box_around, image_dot
+from ._footprints import Footprints, box_around, box_intersection, image_dot
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import initialize_batch
 from ._merge import merge_components
@@ -190,6 +190,7 @@ def _iteration_pass(
     yct = [np.zeros((y1 - y0, x1 - x0), np.float64) for y0, y1, x0, x1 in spatial] if spatial is not None else None
     cct = np.zeros((k, k), np.float64)
     new_b0 = np.zeros_like(background.b0, dtype=np.float64)
+    residual_sq = np.zeros(source.frame_shape, np.float64) if spatial is not None else None
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
         cb = c[:, batch.start : batch.stop]
@@ -203,6 +204,8 @@ def _iteration_pass(
         del regressors
         frames -= fluct  # Y - b0 - A C - B_f: residual
         new_b0[batch.session] += frames.sum(axis=0, dtype=np.float64)
+        if residual_sq is not None:
+            residual_sq += np.einsum("tij,tij->ij", frames, frames, dtype=np.float64)
         del fluct
         footprints.add_product(frames, cb, sign=1.0)  # Y - b0 - B_f: the neural part
         c_raw[:, batch.start : batch.stop] = temporal_hals(footprints.project(frames), ata, cb)
@@ -212,7 +215,28 @@ def _iteration_pass(
             cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
         del frames, cb
         _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
-    return c_raw, yct, cct, new_b0
+    if residual_sq is not None:
+        residual_sq /= source.n_frames  # each pixel's mean squared residual: the noise the fit sees
+    return c_raw, yct, cct, new_b0, residual_sq
+
+
+def _footprint_noise(fitted: Footprints, norms: np.ndarray, cct: np.ndarray, residual_var: np.ndarray) -> float:
+    """Median over neurons of the relative standard error of each fitted footprint.
+
+    The spatial update fits pixel p of footprint k as (Y C^T)_pk / (C C^T)_kk: its standard
+    error is sigma_p / ||c_k||, with sigma_p^2 the pixel's mean squared residual (noise and
+    what the model does not explain). Over the footprint's support, relative to the norm the
+    fit had, that is how much two fits from equally good data would differ: a round-to-round
+    change of that size is the estimates' own noise, not a fit still moving.
+    """
+    out = []
+    for k, (box, image) in enumerate(zip(fitted.boxes, fitted.images)):
+        if cct[k, k] <= 0 or norms[k] <= 0 or not image.any():
+            continue
+        y0, y1, x0, x1 = box
+        var = float(residual_var[y0:y1, x0:x1][image > 0].sum())
+        out.append(float(np.sqrt(var / cct[k, k])) / float(norms[k]))
+    return float(np.median(out)) if out else math.inf
 
 
 def _deconvolve_all(c_raw: TraceFile, bounds: np.ndarray, *, scale: np.ndarray | None = None) -> TraceFile:
@@ -306,9 +330,56 @@ def _change(old: Footprints, new: Footprints) -> float:
     return float(np.median(per))
 
 
+def _interior_change(old: Footprints, new: Footprints) -> float:
+    """Median over neurons of the relative change of each (unit-norm) footprint over the pixels in both supports.
+
+    The part of `_change` that is the footprints' values moving; the rest is pixels at the edge
+    crossing the threshold that cuts a footprint off (``clean_footprint``), in or out with the
+    smallest change of the fit.
+    """
+    if len(old) != len(new) or len(old) == 0:
+        return math.inf
+    per = []
+    for k in range(len(old)):
+        ov = box_intersection(old.boxes[k], new.boxes[k])
+        if ov is None:
+            per.append(1.0)
+            continue
+        a, b = old.images[k][ov[0]].astype(np.float64), new.images[k][ov[1]].astype(np.float64)
+        both = (a > 0) & (b > 0)
+        aa = float((a[both] ** 2).sum())
+        per.append(float(np.sqrt(((a[both] - b[both]) ** 2).sum() / aa)) if aa > 0 else 1.0)
+    return float(np.median(per))
+
+
 def _stalled(history: list[dict]) -> bool:
-    """The footprint change has stopped falling (its noise floor): less than 10% below the previous one."""
+    """The footprint change has stopped falling: less than 10% below the previous round's."""
     return len(history) >= 3 and history[-1]["change"] > 0.9 * history[-2]["change"]
+
+
+# A round-to-round change of up to this many times the footprints' standard error is noise: two fits
+# with independent errors of sigma differ by sqrt(2) sigma on average.
+NOISE_FACTOR = 2.0
+
+
+def _stop(history: list[dict], tol: float) -> str | None:
+    """How the rounds end after the last one, or None to go on.
+
+    ``"tol"``: the change fell below ``tol``; ``"noise"``: it stopped falling, and inside the
+    supports (`_interior_change`) it is within `NOISE_FACTOR` x the footprints' standard error
+    (converged as far as the data can tell; what still moves is edge pixels crossing the
+    threshold); ``"stalled"``: it stopped falling with the values themselves still moving by more
+    than that — the fit is not converging, and more rounds would not change that (reported as
+    not converged).
+    """
+    last = history[-1]
+    if last["removed"] or last["merged"]:
+        return None
+    if last["change"] < tol:
+        return "tol"
+    if _stalled(history):
+        return "noise" if last["interior"] <= NOISE_FACTOR * last["noise"] else "stalled"
+    return None
 
 
 def extract(
@@ -535,7 +606,7 @@ def _iterate(
     for it in range(params.max_iter):
         lo = 0.3 + span * it
         search = footprints.grown(grow)
-        c_raw, yct, cct, b0_sums = _iteration_pass(
+        c_raw, yct, cct, b0_sums, residual_var = _iteration_pass(
             source,
             batches,
             footprints,
@@ -552,11 +623,12 @@ def _iterate(
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        updated, _ = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
+        updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
+        noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
         c = _deconvolve_all(c_raw, bounds, scale=carry)
-        change = _change(footprints, updated)
+        change, interior = _change(footprints, updated), _interior_change(footprints, updated)
         keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr, bounds=bounds)
         c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
@@ -571,12 +643,21 @@ def _iterate(
             c.close()
             c = merged
         history.append(
-            {"iteration": it + 1, "neurons": len(footprints), "change": change, "removed": removed, "merged": merges}
+            {
+                "iteration": it + 1,
+                "neurons": len(footprints),
+                "change": change,
+                "interior": interior,
+                "noise": noise,
+                "removed": removed,
+                "merged": merges,
+            }
         )
         if len(footprints) == 0:
             raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
-        if removed == 0 and merges == 0 and (change < params.tol or _stalled(history)):
-            history[-1]["stop"] = "tol" if change < params.tol else "stalled"  # how it ended (_convergence)
+        stop = _stop(history, params.tol)
+        if stop is not None:
+            history[-1]["stop"] = stop  # how it ended (_convergence)
             break
     return footprints, c, history
 
@@ -594,7 +675,7 @@ def _finish(
     extras: dict,
 ) -> Extraction:
     """Final traces on the converged footprints, post-processed and ordered by SNR, as the result."""
-    c_raw, _, _, _ = _iteration_pass(
+    c_raw, _, _, _, _ = _iteration_pass(
         source,
         batches,
         footprints,
