@@ -40,10 +40,15 @@ from caliali.registration._fields import in_bounds, warp_replicate
 
 __all__ = ["MIN_GAIN", "HeldOutSplit", "judge", "split"]
 
-MIN_GAIN = 0.002
+MIN_GAIN = 0.005
 # Largest variance of bilinear interpolation along one axis (at half a pixel):
 # every candidate is blurred up to it before it is scored.
 _BILINEAR_MAX_VAR = 0.25
+# Smoothing of every image before it is scored, px. On noisy views of one scene a
+# half-pixel resampling raised the held-out correlation by +0.07 without it,
+# +0.002 with 1 px, ~0 with 1.5 px; 1.5 px also blunted real gains enough to reject
+# two of twelve deformed simulated sessions (benchmarks/README.md), 1 px none.
+_PRESMOOTH_PX = 1.0
 
 
 class HeldOutSplit:
@@ -89,10 +94,17 @@ def split(shape: tuple[int, int], *, gSig: float) -> HeldOutSplit:
 
 
 def _equalise_blur(image: np.ndarray, field: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Warp ``image`` by ``field`` and blur it so that, along each axis, its mean
-    interpolation variance over ``mask`` plus the added Gaussian variance is the
-    bilinear maximum: every candidate ends equally blurred."""
-    warped = warp_replicate(image, field)
+    """Warp ``image`` by ``field`` so that no candidate is blurred more than another.
+
+    Bilinear resampling averages neighbouring pixels, which removes
+    independent noise and so raises a correlation without aligning anything
+    better. The image is first smoothed over ``_PRESMOOTH_PX`` (its noise is
+    then correlated across neighbours, so averaging them removes little), and
+    after warping each axis is blurred up to the same total variance: the
+    mean interpolation variance of this field over ``mask`` plus an added
+    Gaussian makes the bilinear maximum.
+    """
+    warped = warp_replicate(gaussian_filter(image, _PRESMOOTH_PX, mode="nearest"), field)
     frac = field[:, mask] - np.floor(field[:, mask])
     var = (frac * (1.0 - frac)).mean(axis=1) if mask.any() else np.zeros(2)
     sigma = np.sqrt(np.maximum(_BILINEAR_MAX_VAR - var, 0.0))
