@@ -124,7 +124,8 @@ def _template(warped: list[np.ndarray], inside: list[np.ndarray], fit: np.ndarra
     if n > 2:
         for s in range(n):
             rest = (total - stack[s] * masks[s]) / np.maximum(count - masks[s], 1)
-            weights[s] = max(_corr(stack[s], rest, inside[s] if fit is None else inside[s] & fit), 0.05)
+            mask = inside[s] if fit is None else inside[s] & fit
+            weights[s] = max(_corr(stack[s], rest, mask if mask.sum() > 1 else inside[s]), 0.05)
     w = weights.reshape(-1, 1, 1)
     num = (stack * masks * w).sum(axis=0)
     den = (masks * w).sum(axis=0)
