@@ -15,9 +15,9 @@ fitted on one part of the image and judged on the other:
    session is scored twice: its correlation with the mean of the other
    sessions, block by block and averaged over the blocks, when all are
    translated, and when all are translated and warped by their fitted fields
-   (:func:`judge`). Both candidates are blurred to the
-   same interpolation variance first (:func:`_equalise_blur`), so the blur of
-   a sub-pixel resampling cannot win the comparison.
+   (:func:`judge`). Both candidates are smoothed and blurred to the same
+   interpolation variance first (:func:`_equalise_blur`), so the blur of a
+   sub-pixel resampling cannot win the comparison.
 3. A session keeps its non-rigid field only when its held-out gain (the mean
    over blocks of the block-wise gain) exceeds a margin above noise: twice
    the standard error of that mean, and at least ``min_gain``. Blocks are
@@ -27,8 +27,16 @@ fitted on one part of the image and judged on the other:
 The fields a session keeps are not the half-image fits themselves: the
 finest pyramid level is run once more on the whole image, starting from them
 (:func:`caliali.registration.alignment.align_sessions`). That recovers the
-accuracy the held-out half costs at the price of one level; swapping the
-halves instead would cost a second full fit.
+accuracy the held-out half costs at the price of one level, and sessions that
+lost keep a zero field whatever the refit finds; swapping the halves instead
+would cost a second half-image fit. The choice is the half-image fit's, so it
+is conservative where that fit recovers much less than the whole-image one.
+
+The halves are disjoint at full resolution, where the scores are computed; at
+the coarsest pyramid levels a pixel averages fitted and held-out pixels, so
+the coarse fit sees a blurred trace of the held-out structure. Building those
+levels from the fitted blocks alone was measured and not taken
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -44,10 +52,9 @@ MIN_GAIN = 0.005
 # Largest variance of bilinear interpolation along one axis (at half a pixel):
 # every candidate is blurred up to it before it is scored.
 _BILINEAR_MAX_VAR = 0.25
-# Smoothing of every image before it is scored, px. On noisy views of one scene a
-# half-pixel resampling raised the held-out correlation by +0.07 without it,
-# +0.002 with 1 px, ~0 with 1.5 px; 1.5 px also blunted real gains enough to reject
-# two of twelve deformed simulated sessions (benchmarks/README.md), 1 px none.
+# Smoothing of every image before it is scored, px: enough that a half-pixel
+# resampling of noisy views of one scene no longer raises their correlation, not
+# so much that real gains are blunted (benchmarks/README.md, alignment_heldout.py).
 _PRESMOOTH_PX = 1.0
 
 
@@ -87,8 +94,8 @@ def split(shape: tuple[int, int], *, gSig: float) -> HeldOutSplit:
     A block holds whole neurons, and is much narrower than the distance over
     which a deformation between days changes (tens of px), so the fitted blocks
     pin the field down on the held-out ones. Narrower blocks mean more of them,
-    hence a smaller noise margin: on simulated sessions blocks of 8 * gSig
-    rejected a real deformation that 6 * gSig kept (benchmarks/README.md).
+    hence a smaller noise margin (measured against 5 and 8 * gSig in
+    benchmarks/README.md).
     """
     return HeldOutSplit(shape, block=max(12, int(round(6 * gSig))), guard=float(gSig))
 
