@@ -37,7 +37,8 @@ class Alignment:
     translations : ndarray (n_sessions, 2) float64
         Rigid backward translation (dy, dx), mean over sessions zero.
     fields : ndarray (n_sessions, 2, H, W) float32
-        Non-rigid backward field, applied after the translation.
+        Non-rigid backward field, applied after the translation; zero for a
+        session whose field did not beat translation on held-out structure.
     valid_mask : ndarray (H, W) bool
         Common-frame pixels that fall inside every session's image (and inside
         every session's own valid mask when one was given).
@@ -47,7 +48,10 @@ class Alignment:
         Blood-vessel reliability score (nan when it could not be computed:
         fewer than 2 sessions, or no vessel images).
     qc : dict
-        Quality numbers, see :func:`caliali.registration._qc.qc_metrics`.
+        Quality numbers, see :func:`caliali.registration._qc.qc_metrics`, and
+        ``heldout``: per session, the held-out scores with translation only
+        and with the non-rigid field, whether the field was kept and why
+        (:func:`caliali.registration._heldout.judge`); None for one session.
     images : ndarray (n_sessions, H, W) float32
         The per-session (combined) projections the alignment was computed on,
         normalised; kept for QC pictures.
@@ -240,10 +244,10 @@ def align_sessions(
        template on a pyramid (1/8 and 1/4 on vessels, 1/2 on the maximum of
        vessel and neuron images, full resolution on that maximum too: vessels keep constraining
        the field where no neuron is active), fitted on half the image (a
-       checkerboard of blocks four neuron diameters wide).
+       checkerboard of blocks three neuron diameters wide).
     4. Each session keeps its non-rigid field only when, on the other half,
-       it correlates better with the other sessions than with translation
-       alone, by a margin above noise (:mod:`caliali.registration._heldout`);
+       it correlates better with the other sessions with its field than with
+       translation alone, by a margin above noise (:mod:`caliali.registration._heldout`);
        otherwise its field is zero. When any session keeps its field, the
        finest level is refitted on the whole image from the half-image
        fields. Both held-out scores, the choice and why are in
@@ -319,6 +323,8 @@ def align_sessions(
     """
     if source not in ("auto", "bv", "neuron"):
         raise AlignmentError(f"source={source!r}; use 'auto', 'bv' or 'neuron'.")
+    if not (np.isfinite(min_gain) and min_gain >= 0):
+        raise AlignmentError(f"min_gain={min_gain!r}; give a held-out correlation gain >= 0 (default {MIN_GAIN}).")
     if len(images) == 0:
         raise AlignmentError("no images given; pass one 2-D projection per file or session.")
     bv = _validate(images, "images", None)
