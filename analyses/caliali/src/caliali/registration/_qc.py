@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def _heldout_panel(ax, heldout: dict | None) -> None:
     rows = [] if heldout is None else [r for r in heldout["sessions"] if r["translation"] is not None]
     if not rows:
         why = "one session" if heldout is None else heldout["sessions"][0]["why"]
-        ax.text(0.5, 0.5, f"not judged:\n{why}", ha="center", va="center", fontsize=7, wrap=True)
+        ax.text(0.5, 0.5, "not judged:\n" + textwrap.fill(why, 40), ha="center", va="center", fontsize=7)
         ax.set_axis_off()
         return
     x = np.arange(len(rows))
