@@ -210,7 +210,7 @@ def judge(
     nonrigid_b = _scores(images, totals, mask, heldout.blocks, ids)
     trans, nonrigid, gain_b = trans_b.mean(axis=1), nonrigid_b.mean(axis=1), nonrigid_b - trans_b
     for s, sid in enumerate(sessions):
-        needs = max(min_gain, 2.0 * float(gain_b[s].std(ddof=1)) / np.sqrt(len(ids)))
+        needs = float(max(min_gain, 2.0 * float(gain_b[s].std(ddof=1)) / np.sqrt(len(ids))))
         gain = float(nonrigid[s] - trans[s])
         used = bool(gain > needs)
         record["sessions"].append(
