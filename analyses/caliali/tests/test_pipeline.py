@@ -133,6 +133,9 @@ def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sessions"] == ["ses01", "ses02"]  # the two pieces form one session
     assert summary["session_frames"] == [400, 400]
+    for row in summary["alignment"]["heldout"]["sessions"]:  # whether each session kept its non-rigid field, and why
+        assert isinstance(row["nonrigid_used"], bool) and row["why"].startswith("held-out score"), row
+    assert [row["session"] for row in summary["alignment"]["heldout"]["sessions"]] == ["ses01", "ses02"]
     assert np.load(out / "arrays" / "session_bounds.npy").tolist() == [0, 400, 800]
     progress = [line for line in run.stdout.splitlines() if line.startswith("NCAAS_PROGRESS")]
     fractions = [float(line.split()[1]) for line in progress]

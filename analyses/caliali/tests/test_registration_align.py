@@ -165,6 +165,7 @@ def test_one_session_is_the_identity():
         ({"images": [np.zeros((40, 40))] * 2, "neuron_images": [np.zeros((40, 40))]}, "one per image"),
         ({"images": [np.zeros((40, 40))] * 2, "source": "vessels"}, "'auto', 'bv' or 'neuron'"),
         ({"images": [np.zeros((40, 40))] * 2, "source": "neuron"}, "needs neuron_images"),
+        ({"images": [np.zeros((40, 40))] * 2, "min_gain": -0.1}, "held-out correlation gain >= 0"),
     ],
 )
 def test_bad_input_is_named(kwargs, message):

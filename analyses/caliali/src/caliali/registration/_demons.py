@@ -84,6 +84,7 @@ def demons(
     iterations: int,
     params: DemonsParams,
     template_gradient: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Refine ``velocity`` so that ``moving`` warped by ``offset + exp(velocity)``
     matches ``template``.
@@ -102,6 +103,11 @@ def demons(
         Regularisation.
     template_gradient : ndarray (2, H, W), optional
         Precomputed gradient of ``template``.
+    weight : ndarray (H, W) float32, optional
+        Weight of each template pixel in [0, 1]; pixels of weight 0 exert no
+        force and, with ``params.confidence``, take the field of their
+        weighted neighbours. Used to fit on one part of the image and judge
+        the field on the rest (:mod:`caliali.registration._heldout`).
 
     Returns
     -------
@@ -121,12 +127,14 @@ def demons(
         denom = (j**2).sum(axis=0) + diff**2 / norm
         ok = inside & (denom > 1e-9)
         scale = np.where(ok, diff / np.where(ok, denom, 1.0), 0.0).astype(np.float32)
+        if weight is not None:
+            scale *= weight
         update = smooth(j * scale, params.fluid_sigma)
         if params.confidence:
             # Normalised convolution: pixels with image structure set the
             # field, structureless ones take their neighbours' values
             # instead of being pulled towards zero.
-            w = (j**2).sum(axis=0) * inside + params.confidence_floor
+            w = (j**2).sum(axis=0) * (inside if weight is None else inside * weight) + params.confidence_floor
             w = smooth(w[None], params.fluid_sigma)[0]
             v = smooth((v + update) * w, params.diffusion_sigma) / smooth(w[None], params.diffusion_sigma)
         else:

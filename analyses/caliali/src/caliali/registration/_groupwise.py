@@ -33,7 +33,7 @@ from caliali._cv2 import cv2
 from caliali.registration._demons import DemonsParams, _gradient, demons
 from caliali.registration._fields import exp_field, in_bounds, resize_field, warp_replicate
 
-__all__ = ["Level", "DEFAULT_PYRAMID", "groupwise_register", "normalise"]
+__all__ = ["Level", "DEFAULT_PYRAMID", "groupwise_register", "groupwise_velocities", "normalise"]
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,10 @@ def _corr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 0 else 0.0
 
 
-def _template(warped: list[np.ndarray], inside: list[np.ndarray]) -> np.ndarray:
+def _template(warped: list[np.ndarray], inside: list[np.ndarray], fit: np.ndarray | None = None) -> np.ndarray:
     """Similarity-weighted mean of the warped sessions (weights: correlation of
-    each session with the mean of the others, floored at a small positive value)."""
+    each session with the mean of the others inside ``fit``, floored at a small
+    positive value)."""
     stack = np.stack(warped)
     masks = np.stack(inside).astype(np.float32)
     total = (stack * masks).sum(axis=0)
@@ -123,7 +124,8 @@ def _template(warped: list[np.ndarray], inside: list[np.ndarray]) -> np.ndarray:
     if n > 2:
         for s in range(n):
             rest = (total - stack[s] * masks[s]) / np.maximum(count - masks[s], 1)
-            weights[s] = max(_corr(stack[s], rest, inside[s]), 0.05)
+            mask = inside[s] if fit is None else inside[s] & fit
+            weights[s] = max(_corr(stack[s], rest, mask if mask.sum() > 1 else inside[s]), 0.05)
     w = weights.reshape(-1, 1, 1)
     num = (stack * masks * w).sum(axis=0)
     den = (masks * w).sum(axis=0)
@@ -146,6 +148,7 @@ def groupwise_register(
     *,
     pyramid: tuple[Level, ...] = DEFAULT_PYRAMID,
     template_every: int = 10,
+    weight: np.ndarray | None = None,
     progress: Callable[[float, str], None] | None = None,
 ) -> np.ndarray:
     """Groupwise log-domain demons; returns full-resolution backward fields.
@@ -161,6 +164,10 @@ def groupwise_register(
         Coarse to fine.
     template_every : int
         Demons iterations between template updates.
+    weight : ndarray (H, W), optional
+        Weight in [0, 1] of each common-frame pixel in the fit (area-averaged
+        to every level); pixels of weight 0 exert no force and do not enter
+        the template's session weights. Default: every pixel counts fully.
     progress : callable, optional
         ``progress(fraction, message)``.
 
@@ -170,16 +177,42 @@ def groupwise_register(
         Non-rigid backward fields (translation NOT included), centred so the
         velocity fields average to zero over sessions.
     """
+    velocity = groupwise_velocities(
+        bv, neuron, translations, pyramid=pyramid, template_every=template_every, weight=weight, progress=progress
+    )
+    return np.stack([exp_field(v) for v in velocity]).astype(np.float32)
+
+
+def groupwise_velocities(
+    bv: list[np.ndarray],
+    neuron: list[np.ndarray],
+    translations: np.ndarray,
+    *,
+    pyramid: tuple[Level, ...] = DEFAULT_PYRAMID,
+    template_every: int = 10,
+    weight: np.ndarray | None = None,
+    initial: np.ndarray | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> np.ndarray:
+    """The stationary velocity fields behind :func:`groupwise_register`,
+    (n, 2, H, W) float32 at full resolution, centred over sessions.
+
+    ``initial`` (n, 2, h, w), on any grid, is resampled to the first level
+    and refined from there instead of starting from zero: a fit on part of
+    the image can be continued on all of it (:mod:`caliali.registration._heldout`).
+    The other parameters are those of :func:`groupwise_register`.
+    """
     n = len(bv)
     shape = bv[0].shape
     shapes = level_shapes(shape, pyramid)
-    velocity = None
+    velocity = None if initial is None else np.asarray(initial, dtype=np.float32)
     done = 0
     total = sum(lv.iterations for lv, s in zip(pyramid, shapes, strict=True) if s is not None)
     for lv, lshape in zip(pyramid, shapes, strict=True):
         if lshape is None:
             continue
         images = _level_images(bv, neuron, lv, lshape)
+        lweight = None if weight is None else np.clip(_resize(weight.astype(np.float32), lshape), 0.0, 1.0)
         scale = np.array([lshape[0] / shape[0], lshape[1] / shape[1]], dtype=np.float32)
         offsets = [np.asarray(t, dtype=np.float32) * scale for t in translations]
         if velocity is None:
@@ -192,7 +225,7 @@ def groupwise_register(
             fields = [exp_field(v) + o.reshape(2, 1, 1) for v, o in zip(velocity, offsets, strict=True)]
             warped = [warp_replicate(im, f) for im, f in zip(images, fields, strict=True)]
             inside = [in_bounds(f, lshape) for f in fields]
-            template = _template(warped, inside)
+            template = _template(warped, inside, None if lweight is None else lweight > 0.5)
             grad_t = _gradient(template)
             for s in range(n):
                 velocity[s] = demons(
@@ -203,6 +236,7 @@ def groupwise_register(
                     iterations=step,
                     params=lv.params,
                     template_gradient=grad_t,
+                    weight=lweight,
                 )
             velocity -= velocity.mean(axis=0, keepdims=True)
             remaining -= step
@@ -212,4 +246,4 @@ def groupwise_register(
     assert velocity is not None
     if velocity.shape[1:] != shape:
         velocity = np.stack([resize_field(v, shape) for v in velocity])
-    return np.stack([exp_field(v) for v in velocity]).astype(np.float32)
+    return velocity.astype(np.float32)

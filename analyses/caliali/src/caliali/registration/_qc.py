@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,38 @@ def qc_metrics(
     return out
 
 
+def _heldout_panel(ax, heldout: dict | None) -> None:
+    """Bars of each session's held-out score with translation only and with
+    its non-rigid field; the kept candidate is drawn solid, the other hatched."""
+    ax.set_title("held-out score (fit on the other half)", fontsize=8)
+    rows = [] if heldout is None else [r for r in heldout["sessions"] if r["translation"] is not None]
+    if not rows:
+        why = "one session" if heldout is None else heldout["sessions"][0]["why"]
+        ax.text(0.5, 0.5, "not judged:\n" + textwrap.fill(why, 40), ha="center", va="center", fontsize=7)
+        ax.set_axis_off()
+        return
+    x = np.arange(len(rows))
+    for k, (key, colour) in enumerate((("translation", "tab:orange"), ("nonrigid", "tab:green"))):
+        for i, r in enumerate(rows):
+            kept = r["nonrigid_used"] == (key == "nonrigid")
+            ax.bar(
+                x[i] + (k - 0.5) * 0.4,
+                r[key],
+                width=0.4,
+                color=colour if kept else "none",
+                edgecolor=colour,
+                hatch=None if kept else "//",
+            )
+    from matplotlib.patches import Patch
+
+    ax.set_xticks(x, [r["session"] for r in rows], fontsize=7, rotation=45)
+    ax.set_ylabel("corr. with the others, held-out blocks", fontsize=7)
+    top = max(max(r["translation"], r["nonrigid"]) for r in rows)
+    ax.set_ylim(min(0.0, min(min(r["translation"], r["nonrigid"]) for r in rows)), 1.35 * max(top, 1e-3))
+    handles = [Patch(color="tab:orange", label="translation"), Patch(color="tab:green", label="non-rigid")]
+    ax.legend(handles=handles, fontsize=7, ncols=2, loc="upper center", title="hatched: not used", title_fontsize=7)
+
+
 def write_qc_figures(
     images: list[np.ndarray],
     translations: np.ndarray,
@@ -85,7 +118,8 @@ def write_qc_figures(
     labels: list[str],
 ) -> list[Path]:
     """PNGs: every session's projection before and after alignment, and the
-    mean image and correlations at each stage. Returns the written paths."""
+    mean image and correlations at each stage, and the held-out scores that
+    decided which sessions keep their non-rigid field. Returns the written paths."""
     # The object-oriented API renders with Agg and never touches pyplot's
     # global backend state.
     from matplotlib.figure import Figure
@@ -111,8 +145,8 @@ def write_qc_figures(
         path = out_dir / name
         save_png(fig, path, dpi=80)
         written.append(path)
-    fig = Figure(figsize=(14, 3.2))
-    axes = fig.subplots(1, 4)
+    fig = Figure(figsize=(17.5, 3.2))
+    axes = fig.subplots(1, 5)
     for ax, key in zip(axes[:3], STAGES, strict=True):
         ax.imshow(np.mean(stages[key], axis=0), cmap="gray", vmin=lo, vmax=hi)
         ax.set_title(f"mean, {key}: crispness {qc['crispness'][key]:.3f}", fontsize=8)
@@ -123,6 +157,7 @@ def write_qc_figures(
     axes[3].set_xticks(x, labels, fontsize=7, rotation=45)
     axes[3].set_ylabel("corr. with mean")
     axes[3].legend(fontsize=7)
+    _heldout_panel(axes[4], qc.get("heldout"))
     fig.tight_layout()
     path = out_dir / "alignment_qc.png"
     save_png(fig, path, dpi=80)

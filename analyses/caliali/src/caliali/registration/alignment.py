@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from caliali.registration._errors import AlignmentError
-from caliali.registration._fields import in_bounds, warp
-from caliali.registration._groupwise import DEFAULT_PYRAMID, Level, groupwise_register, normalise
+from caliali.registration._fields import exp_field, in_bounds, warp
+from caliali.registration._groupwise import DEFAULT_PYRAMID, Level, _level_images, groupwise_velocities, normalise
+from caliali.registration._heldout import MIN_GAIN, judge, split
 from caliali.registration._qc import qc_metrics, stage_images
 from caliali.registration._reliability import RELIABILITY_THRESHOLD, reliability_score
 from caliali.registration._translation import estimate_translations
@@ -36,7 +37,8 @@ class Alignment:
     translations : ndarray (n_sessions, 2) float64
         Rigid backward translation (dy, dx), mean over sessions zero.
     fields : ndarray (n_sessions, 2, H, W) float32
-        Non-rigid backward field, applied after the translation.
+        Non-rigid backward field, applied after the translation; zero for a
+        session whose field did not beat translation on held-out structure.
     valid_mask : ndarray (H, W) bool
         Common-frame pixels that fall inside every session's image (and inside
         every session's own valid mask when one was given).
@@ -46,7 +48,10 @@ class Alignment:
         Blood-vessel reliability score (nan when it could not be computed:
         fewer than 2 sessions, or no vessel images).
     qc : dict
-        Quality numbers, see :func:`caliali.registration._qc.qc_metrics`.
+        Quality numbers, see :func:`caliali.registration._qc.qc_metrics`, and
+        ``heldout``: per session, the held-out scores with translation only
+        and with the non-rigid field, whether the field was kept and why
+        (:func:`caliali.registration._heldout.judge`); None for one session.
     images : ndarray (n_sessions, H, W) float32
         The per-session (combined) projections the alignment was computed on,
         normalised; kept for QC pictures.
@@ -151,20 +156,55 @@ def _combine(
 
 
 def _pipeline(
-    primary: list[np.ndarray], secondary: list[np.ndarray], *, max_shift, pyramid, template_every, progress
-) -> tuple[np.ndarray, np.ndarray]:
+    primary: list[np.ndarray],
+    secondary: list[np.ndarray],
+    *,
+    max_shift,
+    pyramid,
+    template_every,
+    gSig,
+    sessions,
+    min_gain,
+    progress,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Translation, the non-rigid fit on half the image judged on the other half,
+    the finest level refitted on the whole image, and the fields that lost zeroed."""
     translations = estimate_translations([normalise(p) for p in primary], max_shift=max_shift)
     if progress is not None:
         progress(0.05, "translation between sessions")
-    fields = groupwise_register(
+    shape = primary[0].shape
+    heldout = split(shape, gSig=gSig)
+    velocity = groupwise_velocities(
         primary,
         secondary,
         translations,
         pyramid=pyramid,
         template_every=template_every,
-        progress=None if progress is None else (lambda f, m: progress(0.05 + 0.8 * f, m)),
+        weight=heldout.fit,
+        progress=None if progress is None else (lambda f, m: progress(0.05 + 0.7 * f, m + ", half the image")),
     )
-    return translations, fields
+    finest = Level(1, pyramid[-1].source, 0, pyramid[-1].params)
+    scored = _level_images(primary, secondary, finest, shape)
+    record = judge(scored, translations, _exp(velocity), heldout, sessions=sessions, min_gain=min_gain)
+    used = np.array([s["nonrigid_used"] for s in record["sessions"]])
+    if not used.any():
+        return translations, np.zeros((len(primary), 2, *shape), dtype=np.float32), record
+    velocity = groupwise_velocities(
+        primary,
+        secondary,
+        translations,
+        pyramid=pyramid[-1:],
+        template_every=template_every,
+        initial=velocity,
+        progress=None if progress is None else (lambda f, m: progress(0.75 + 0.1 * f, m + ", whole image")),
+    )
+    fields = _exp(velocity)
+    fields[~used] = 0.0
+    return translations, fields, record
+
+
+def _exp(velocity: np.ndarray) -> np.ndarray:
+    return np.stack([exp_field(v) for v in velocity]).astype(np.float32)
 
 
 def _valid_mask(translations, fields, masks_per_session, shape) -> np.ndarray:
@@ -189,6 +229,7 @@ def align_sessions(
     max_shift: float | None = None,
     pyramid: tuple[Level, ...] = DEFAULT_PYRAMID,
     template_every: int = 10,
+    min_gain: float = MIN_GAIN,
     seed: int = 0,
     progress: Callable[[float, str], None] | None = None,
 ) -> Alignment:
@@ -202,8 +243,16 @@ def align_sessions(
     3. Groupwise log-domain diffeomorphic demons to an evolving consensus
        template on a pyramid (1/8 and 1/4 on vessels, 1/2 on the maximum of
        vessel and neuron images, full resolution on that maximum too: vessels keep constraining
-       the field where no neuron is active).
-    4. With ``source="auto"`` the vessel reliability score is computed on the
+       the field where no neuron is active), fitted on half the image (a
+       checkerboard of blocks three neuron diameters wide).
+    4. Each session keeps its non-rigid field only when, on the other half,
+       it correlates better with the other sessions with its field than with
+       translation alone, by a margin above noise (:mod:`caliali.registration._heldout`);
+       otherwise its field is zero. When any session keeps its field, the
+       finest level is refitted on the whole image from the half-image
+       fields. Both held-out scores, the choice and why are in
+       ``qc["heldout"]``.
+    5. With ``source="auto"`` the vessel reliability score is computed on the
        aligned vessel images; below ``reliability_threshold`` the alignment
        is redone on neuron images only. The choice is logged and stored.
 
@@ -231,6 +280,10 @@ def align_sessions(
         Demons pyramid, coarse to fine.
     template_every : int
         Demons iterations between consensus-template updates.
+    min_gain : float
+        Smallest held-out correlation gain over translation for which a
+        session keeps its non-rigid field (the margin is also at least twice
+        the gain's standard error over the held-out blocks).
     seed : int
         Seed of the reliability null.
     progress : callable, optional
@@ -270,6 +323,8 @@ def align_sessions(
     """
     if source not in ("auto", "bv", "neuron"):
         raise AlignmentError(f"source={source!r}; use 'auto', 'bv' or 'neuron'.")
+    if not (np.isfinite(min_gain) and min_gain >= 0):
+        raise AlignmentError(f"min_gain={min_gain!r}; give a held-out correlation gain >= 0 (default {MIN_GAIN}).")
     if len(images) == 0:
         raise AlignmentError("no images given; pass one 2-D projection per file or session.")
     bv = _validate(images, "images", None)
@@ -298,6 +353,7 @@ def align_sessions(
         "reliability_threshold": reliability_threshold,
         "max_shift": max_shift,
         "template_every": template_every,
+        "min_gain": min_gain,
         "seed": seed,
         "pyramid": [
             {
@@ -315,17 +371,20 @@ def align_sessions(
         translations = np.zeros((1, 2))
         fields = np.zeros((1, 2, *shape), dtype=np.float32)
         chosen, score = ("neuron" if source == "neuron" else "bv"), float("nan")
+        heldout = None
     else:
         chosen = "neuron" if source == "neuron" else "bv"
         primary = neu_s if chosen == "neuron" else bv_s
-        translations, fields = _pipeline(
-            primary,
-            primary if chosen == "neuron" else neu_s,
-            max_shift=max_shift,
-            pyramid=pyramid,
-            template_every=template_every,
-            progress=progress,
-        )
+        common = {
+            "max_shift": max_shift,
+            "pyramid": pyramid,
+            "template_every": template_every,
+            "gSig": gSig,
+            "sessions": sessions,
+            "min_gain": min_gain,
+            "progress": progress,
+        }
+        translations, fields, heldout = _pipeline(primary, primary if chosen == "neuron" else neu_s, **common)
         mask = _valid_mask(translations, fields, mask_s, shape)
         score = (
             reliability_score(
@@ -339,9 +398,7 @@ def align_sessions(
                 "blood-vessel reliability %.2f < %.2f: aligning on neuron images instead", score, reliability_threshold
             )
             chosen = "neuron"
-            translations, fields = _pipeline(
-                neu_s, neu_s, max_shift=max_shift, pyramid=pyramid, template_every=template_every, progress=progress
-            )
+            translations, fields, heldout = _pipeline(neu_s, neu_s, **common)
         elif chosen == "bv" and not score >= reliability_threshold:
             why = "source='bv' was asked for" if source == "bv" else "no neuron images were given to fall back to"
             log.warning(
@@ -352,6 +409,7 @@ def align_sessions(
     mask = _valid_mask(translations, fields, mask_s, shape)
     used = [normalise(im) for im in (neu_s if chosen == "neuron" else bv_s)]
     qc = qc_metrics(used, translations, fields, mask, gSig=gSig)
+    qc["heldout"] = heldout
     if progress is not None:
         progress(1.0, f"alignment done on {chosen} images")
     return Alignment(
