@@ -220,6 +220,7 @@ class _Streamer:
 # -- the task ----------------------------------------------------------------------------
 class _NodeRun:
     def __init__(self, task: NodeTask, bundle: bytes):
+        self.started_ms = int(time.time() * 1000)  # the task waited in Ray's queue until now
         self.task = task
         self.bundle = bundle
         self.spec = task.spec
@@ -234,7 +235,12 @@ class _NodeRun:
         self.storage = Storage(task.storage_url)
         self.node_ip = _node_ip()
         self.timings: dict[str, float] = {}
-        self.status_fields = {**self.spec.status_fields, "state": "running", "node": self.node_ip}
+        self.status_fields = {
+            **self.spec.status_fields,
+            "state": "running",
+            "node": self.node_ip,
+            "node_started_ms": self.started_ms,
+        }
 
     def _status(self, message: str) -> None:
         data = {**self.status_fields, "progress": 0.0, "message": message, "updated_ms": int(time.time() * 1000)}

@@ -44,7 +44,7 @@ from ..storage.s3 import ENDPOINT_ENV
 from ._ray_node import NodeTask, pack_bundle, run_node_task
 from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 
-__all__ = ["PYTHON_ON_NODE", "RayExecutor"]
+__all__ = ["PYTHON_ON_NODE", "RAY_MESSAGES", "RayExecutor", "infeasible"]
 
 PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
@@ -67,7 +67,61 @@ def _import_ray() -> Any:
         raise ExecutorError(
             "the ray executor needs Ray; install ncaas with its scale extra: pip install 'ncaas[scale]'"
         ) from exc
+    _cluster_messages_to_debug()
     return ray
+
+
+RAY_MESSAGES = logging.getLogger("ncaas.ray")
+"""Where Ray's own messages to its driver go (debug level): a node marked dead, a worker killed."""
+
+
+def _to_debug(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    for line in data.get("lines") or []:
+        RAY_MESSAGES.debug("(%s) %s", data.get("pid"), line)
+
+
+def _cluster_messages_to_debug() -> None:
+    """Keep Ray's account of the cluster's troubles out of the manager's output.
+
+    A Ray driver prints every error the cluster publishes (a node declared dead is tens of
+    lines) from a thread of its own, through ``ray._private.worker.print_to_stdstream``;
+    the manager says in one line what such an event meant for its tasks, so those lines go
+    to the ``ncaas.ray`` logger at debug level (Ray also keeps them in its session logs).
+    """
+    try:
+        from ray._private import worker
+    except ImportError:  # another Ray layout: its messages are printed as Ray prints them
+        return
+    if hasattr(worker, "print_to_stdstream"):
+        worker.print_to_stdstream = _to_debug
+
+
+def _amount(resource: str, value: float) -> str:
+    """One of Ray's resources in words: ``2 cpus``, ``6.0 GiB``, ``1 gpu``, ``1 highmem``."""
+    if resource == "memory":
+        return f"{value / 2**30:.1f} GiB"
+    if resource in ("CPU", "GPU"):
+        unit = resource.lower()
+        return f"{value:g} {unit}" + ("" if value == 1 else "s")
+    return f"{value:g} {resource}"
+
+
+def _words(amounts: list[str]) -> str:
+    return " and ".join(amounts) if len(amounts) < 3 else ", ".join(amounts[:-1]) + " and " + amounts[-1]
+
+
+def infeasible(wanted: dict[str, float], nodes: list[dict[str, float]]) -> str:
+    """Why no node can hold a task: what it needs, and what the largest node has, in human units.
+
+    ``wanted`` and each node are Ray resources (``CPU``, ``memory`` in bytes, ``GPU``, custom).
+    """
+    asked = [k for k, v in wanted.items() if v]
+    needs = _words([_amount(k, wanted[k]) for k in asked])
+    if not nodes:
+        return f"it needs {needs}; the cluster has no live node"
+    largest = max(nodes, key=lambda have: tuple(have.get(k, 0) for k in asked))
+    has = _words([_amount(k, largest.get(k, 0)) for k in asked])
+    return f"it needs {needs}; the largest node has {has}"
 
 
 class RayExecutor:
@@ -75,6 +129,7 @@ class RayExecutor:
 
     name = "ray"
     stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
+    queues = True  # a launched task waits in Ray's queue for a node with room; the node says when it starts
 
     def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None, namespace: str = "ncaas"):
         self.address = address
@@ -219,10 +274,9 @@ class RayExecutor:
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
         if any(all(have.get(k, 0) >= v for k, v in wanted.items() if v) for have in nodes):
             return
-        needs = ", ".join(f"{k}={v:g}" for k, v in wanted.items() if v)
         raise ExecutorError(
-            f"no node of the Ray cluster at {self.address} offers {needs}; lower the "
-            "blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
+            f"no node of the Ray cluster at {self.address} can hold this task: {infeasible(wanted, nodes)}. "
+            "Lower the blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
             "whose autoscaler adds nodes"
         )
 
@@ -243,14 +297,12 @@ class RayExecutor:
             return ExitRecord(cancelled=True, end_ms=int(time.time() * 1000))
         except exceptions.RayTaskError as exc:
             return ExitRecord(error=f"the task's supervisor failed on its Ray node: {exc}")
-        except (
-            exceptions.WorkerCrashedError,
-            exceptions.NodeDiedError,
-            exceptions.LocalRayletDiedError,
-            exceptions.ObjectLostError,
-            exceptions.OutOfMemoryError,
-        ):
-            return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
+        except (exceptions.NodeDiedError, exceptions.LocalRayletDiedError, exceptions.ObjectLostError):
+            return Lost("its Ray node was lost")  # the manager's retry policy runs it again on a live node
+        except exceptions.OutOfMemoryError:
+            return Lost("Ray's memory monitor killed its worker (the node ran short of memory)")
+        except exceptions.WorkerCrashedError:
+            return Lost("its Ray worker died (killed, or its node was lost)")
         except exceptions.RayError as exc:
             return ExitRecord(error=f"Ray could not run the task: {exc}")
         if record.get("lost"):
@@ -326,9 +378,12 @@ class RayExecutor:
     def describe(self) -> dict[str, Any]:
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         cpus, memory = self.capacity()
+        address = self.address
+        with contextlib.suppress(Exception):  # 'auto' or a ray:// address: name the cluster's own
+            address = self.ray.get_runtime_context().gcs_address or address
         return {
             "name": self.name,
-            "address": self.address,
+            "address": address,
             "ray_version": self.ray.__version__,
             "host": socket.gethostname(),
             "nodes": sorted(n["NodeManagerAddress"] for n in nodes),
