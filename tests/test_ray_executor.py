@@ -338,3 +338,9 @@ def test_a_task_waiting_for_a_node_is_shown_queued_and_its_clock_starts_on_the_n
     assert status["state"] == "succeeded" and status["node"] == attempts[waited][0]["node"]
     events = [e.cause for e in manager.db.events(job.id) if e.dataset == waited]
     assert "waiting for a node with 1 cpu and 0.3 GiB (attempt 1)" in events, events
+
+
+def test_the_manager_starts_a_worker_on_every_node_before_tasks_need_one(ray_cluster, s3_storage: Storage) -> None:
+    # A first task on a node would otherwise wait seconds for Ray to start a worker and import ncaas there.
+    executor = RayExecutor(ray_cluster.address, storage=s3_storage)
+    wait_for(lambda: executor.warm() == {HEAD_IP, WORKER_IP}, timeout=60, what="a warm worker on both nodes")

@@ -42,7 +42,7 @@ from ..storage import Storage
 from .base import ExitRecord, Lost, TaskSpec
 from .local import LocalExecutor
 
-__all__ = ["NodeTask", "pack_bundle", "run_node_task"]
+__all__ = ["NodeTask", "pack_bundle", "run_node_task", "warm_up"]
 
 SYNC_EVERY = 1.0  # seconds between copies of status and log into storage
 BIG_LOG = 8 << 20  # logs larger than this are copied every SYNC_EVERY_BIG seconds only
@@ -345,6 +345,15 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - outside Ray (tests of this module), the host name will do
         return socket.gethostname()
+
+
+def warm_up() -> str:
+    """Run once on each node as the manager joins (or the node does): it starts the Ray worker
+    that the manager's tasks then reuse, with this module and what it imports loaded, so the
+    first task on a node does not wait seconds for a worker process to start. Returns the node."""
+    from ..storage import s3  # noqa: F401 - loaded now, not by the first task that needs it
+
+    return _node_ip()
 
 
 def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:

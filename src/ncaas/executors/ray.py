@@ -41,7 +41,7 @@ from ..exceptions import ExecutorError, NcaasError
 from ..isolation import environments
 from ..storage import Storage
 from ..storage.s3 import ENDPOINT_ENV
-from ._ray_node import NodeTask, pack_bundle, run_node_task
+from ._ray_node import NodeTask, pack_bundle, run_node_task, warm_up
 from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 
 __all__ = ["PYTHON_ON_NODE", "RAY_MESSAGES", "RayExecutor", "infeasible"]
@@ -96,6 +96,10 @@ def _cluster_messages_to_debug() -> None:
         worker.print_to_stdstream = _to_debug
 
 
+def _fits(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> bool:
+    return any(all(n["Resources"].get(k, 0) >= v for k, v in wanted.items() if v) for n in nodes)
+
+
 def _amount(resource: str, value: float) -> str:
     """One of Ray's resources in words: ``2 cpus``, ``6.0 GiB``, ``1 gpu``, ``1 highmem``."""
     if resource == "memory":
@@ -138,6 +142,8 @@ class RayExecutor:
         self.ray = _import_ray()
         self._connect(namespace)
         self._remote = self.ray.remote(run_node_task)
+        self._warm_up = self.ray.remote(warm_up)
+        self._warming: dict[str, Any] = {}  # node id -> its warm-up task
         self._refs: dict[Path, Any] = {}
         self._cancel_sent: set[Path] = set()
         # the analysis packed for the nodes (by any thread), then put in Ray's object store (by the loop)
@@ -145,6 +151,8 @@ class RayExecutor:
         self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str, dict[str, str]]] = {}
         self._isolation: set[str] = set()
         self._capacity: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+        self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._warm_nodes()
 
     def _connect(self, namespace: str) -> None:
         if self.ray.is_initialized():
@@ -175,6 +183,38 @@ class RayExecutor:
                 f"(now {mode}) and the cluster's token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
                 "~/.ray/auth_token)"
             ) from None
+
+    def _live_nodes(self, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The cluster's live nodes (Ray's ``nodes()`` entries), read again when ``fresh`` or stale."""
+        when, nodes = self._nodes
+        if fresh or time.monotonic() - when > CAPACITY_TTL:
+            nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+            self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def _warm_nodes(self) -> None:
+        """Start a worker of this manager on every live node not warmed yet (see ``warm_up``).
+
+        Without it the first task on each node (and on each node that joins) waits for Ray to
+        start a worker process and import ncaas there: seconds, counted in the task's time.
+        The warm-up asks for no CPU, so it never holds a task back.
+        """
+        strategy = self.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        for node in self._live_nodes(fresh=True):
+            if node["NodeID"] not in self._warming:
+                self._warming[node["NodeID"]] = self._warm_up.options(
+                    num_cpus=0, max_retries=0, scheduling_strategy=strategy(node["NodeID"], soft=False)
+                ).remote()
+
+    def warm(self) -> set[str]:
+        """The nodes whose warm-up ended: a worker of this manager waits there for tasks."""
+        refs = list(self._warming.values())
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        done = set()
+        for ref in ready:
+            with contextlib.suppress(Exception):  # a node lost meanwhile
+                done.add(str(self.ray.get(ref)))
+        return done
 
     # -- environments --------------------------------------------------------------------
     def _pack(self, loaded: LoadedBlueprint) -> tuple[tuple[str, ...], EnvironmentInfo]:
@@ -271,9 +311,10 @@ class RayExecutor:
             "GPU": options.get("num_gpus", 0),
             **options.get("resources", {}),
         }
-        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        if any(all(have.get(k, 0) >= v for k, v in wanted.items() if v) for have in nodes):
+        # the cluster as last read (one call to Ray less per launch); refused only on a fresh reading
+        if _fits(wanted, self._live_nodes()) or _fits(wanted, self._live_nodes(fresh=True)):
             return
+        nodes = [n["Resources"] for n in self._live_nodes()]
         raise ExecutorError(
             f"no node of the Ray cluster at {self.address} can hold this task: {infeasible(wanted, nodes)}. "
             "Lower the blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
@@ -356,6 +397,7 @@ class RayExecutor:
         """CPUs and memory of the cluster's live nodes (or ``max_cpus`` for a cluster that grows)."""
         when, value = self._capacity
         if time.monotonic() - when > CAPACITY_TTL:
+            self._warm_nodes()  # nodes that joined since (an autoscaler's, a restarted one)
             total = self.ray.cluster_resources()
             cpus = int(total.get("CPU", 0))
             memory = int(total.get("memory", 0))
@@ -376,7 +418,7 @@ class RayExecutor:
         return "; ".join(sorted(self._isolation)) or "chosen on each Ray node (see each task)"
 
     def describe(self) -> dict[str, Any]:
-        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        nodes = self._live_nodes(fresh=True)
         cpus, memory = self.capacity()
         address = self.address
         with contextlib.suppress(Exception):  # 'auto' or a ray:// address: name the cluster's own
