@@ -3,8 +3,10 @@
 ``certificate.json`` records the blueprint (name, version, sha256, git commit and its
 full content), the environment (lock and manifest hashes once environments exist),
 the isolation applied, the platform version, every input's size and sha256, the exact
-config and its hash, the command, executor and host, per-task timings (ms), exit
-status, CPU seconds, peak memory, and the sha256 of every output file.
+config and its hash, the command, executor and host (a cluster: its address and nodes),
+per-task timings (ms), the node each task ran on and every attempt (where it ran, when
+it started and why it ended), exit status, CPU seconds, peak memory, and the sha256 of
+every output file.
 Links and special files among inputs and outputs are recorded as what they are
 (``{"path", "kind": "symlink", "target"}``, ``{"path", "kind": "fifo"}``, ...):
 never followed, never opened.
