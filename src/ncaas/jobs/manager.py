@@ -1090,14 +1090,13 @@ class Manager:
             "attempts": [a.to_json() for a in load_attempts(task.attempts_json)],
             "updated_ms": now_ms(),
         }
-        if _waiting_for_node(task):  # an earlier attempt's node and progress are in its attempts
+        if _waiting_for_node(task):
             status.update(progress=0.0, message=task.cause)
-            for key in ("node", "node_timings", "pid"):
-                status.pop(key, None)
         if task.state == TaskState.SUCCEEDED.value:
             status["progress"] = 1.0
-        if task.state in (TaskState.QUEUED.value,):
-            status.pop("pid", None)
+        if status["state"] == TaskState.QUEUED.value:  # an earlier attempt's node is in its attempts
+            for key in ("node", "node_timings", "pid"):
+                status.pop(key, None)
         self.storage.write_text(path, json.dumps(status, indent=1))
 
     def _write_end(self, job: Job, tasks: list[Task], *, errors: list[str] | None = None) -> None:
