@@ -11,10 +11,12 @@ runs twice:
 Each path first runs a one-dataset warm-up job (so environments are built and Ray
 workers started), then ``--repeats`` one-dataset jobs of a task doing nothing: the
 difference of their median wall times (submission to ``end.json``) is the Ray path's
-per-task overhead, printed with the node's own breakdown (environment verification,
-fetching inputs, uploading outputs) from the status files. Then the 8-dataset job:
-wall time from submission to ``end.json`` next to the ideal ``ceil(8 / cores) * task``,
-and the median span of a task from its launch to the manager recording its end.
+cost per job of one task. Then the 8-dataset job on each path, in the same run:
+submit-to-end time (submission to ``end.json``) next to the ideal ``ceil(8 / cores) * task``,
+and each task's overhead: its wall time (from its launch to the manager recording its
+end) minus the CPU seconds its command used. For Ray, where that overhead goes, per task
+(medians): waiting in Ray's queue, the node's environment check, fetching inputs, the
+command itself, uploading outputs, and the manager noticing the end.
 
 Usage: ``.venv/bin/python benchmarks/ray_scaleout.py [--datasets 8] [--cpu-seconds 10]``.
 The machine is shared by other work: the figures are noisy, and the Ray processes
@@ -75,11 +77,30 @@ def _spans(manager, job) -> list[float]:
     return [(ended[d] - launched[d]) / 1000 for d in ended]
 
 
-def _node_timings(storage, job, datasets: list[str]) -> dict[str, float]:
+def _overheads(manager, job) -> list[float]:
+    """Per task: its wall time (launch to the manager recording its end) minus its command's CPU seconds."""
+    spans = dict(zip([e.dataset for e in manager.db.events(job.id) if e.to_state == "succeeded"], _spans(manager, job)))
+    return [spans[t.dataset] - (t.cpu_seconds or 0.0) for t in manager.db.tasks(job.id)]
+
+
+def _node_timings(manager, storage, job, datasets: list[str]) -> dict[str, float]:
+    """Where a Ray task's time went (medians over the job's tasks)."""
+    recorded = {e.dataset: e.at_ms for e in manager.db.events(job.id) if e.to_state == "succeeded"}
     keys: dict[str, list[float]] = {}
     for dataset in datasets:
         status = json.loads(storage.read_text(f"{job.results_dir}/status/{dataset}.json"))
-        for key, value in status.get("node_timings", {}).items():
+        [attempt] = status["attempts"]
+        node = status.get("node_timings", {})
+        on_node = (status["end_ms"] - attempt["started_ms"]) / 1000  # until its command ended
+        timings = {
+            "queue_s": (attempt["started_ms"] - attempt["launched_ms"]) / 1000,
+            "environment_s": node.get("environment_s", 0.0),
+            "stage_s": node.get("stage_s", 0.0),
+            "command_s": on_node - node.get("environment_s", 0.0) - node.get("stage_s", 0.0),
+            "upload_s": node.get("upload_s", 0.0),
+            "end_to_recorded_s": (recorded[dataset] - status["end_ms"]) / 1000,  # upload included
+        }
+        for key, value in timings.items():
             keys.setdefault(key, []).append(value)
     return {k: statistics.median(v) for k, v in keys.items()}
 
@@ -92,7 +113,16 @@ def _measure(label: str, manager, storage, datasets: list[str], cpu_seconds: flo
         for i in range(repeats)
     ]
     wall, job = _run_job(manager, storage, f"{label}-main", datasets, {"cpu_seconds": cpu_seconds})
-    return {"warmup": warm, "trivial": trivial, "wall": wall, "spans": _spans(manager, job), "job": job}
+    cpu = statistics.median(t.cpu_seconds or 0.0 for t in manager.db.tasks(job.id))
+    return {
+        "warmup": warm,
+        "trivial": trivial,
+        "wall": wall,
+        "spans": _spans(manager, job),
+        "overheads": _overheads(manager, job),
+        "cpu": cpu,
+        "job": job,
+    }
 
 
 def main() -> None:
@@ -149,7 +179,7 @@ def main() -> None:
                 for d in datasets
             }
         )
-        breakdown = _node_timings(s3_storage, ray_run["job"], datasets)
+        breakdown = _node_timings(ray_manager, s3_storage, ray_run["job"], datasets)
     finally:
         import ray
 
@@ -160,24 +190,31 @@ def main() -> None:
     ideal = math.ceil(args.datasets / cores) * args.cpu_seconds
     print(
         f"ray_scaleout: {args.datasets} datasets x {args.cpu_seconds:g} s CPU task (framestats), "
-        f"{cores} cores; S3 server up in {s3_up:.1f} s, 2-node Ray cluster up in {ray_up:.1f} s"
+        f"{cores} cores (load average at the end: {os.getloadavg()[0]:.1f}: other work on the machine "
+        f"slows tasks down on both paths alike); S3 server up in {s3_up:.1f} s, 2-node Ray cluster up in {ray_up:.1f} s"
     )
+    n = args.datasets
     print(
-        f"{'path':<8}{'1-task job, no work (median)':>30}{'8-task job wall':>17}{'ideal':>9}"
-        f"{'efficiency':>12}{'median task span':>18}"
+        f"{'path':<8}{f'{n}-task job submit-to-end':>26}{'ideal':>9}{'efficiency':>12}"
+        f"{'task wall (median)':>20}{'task CPU (median)':>19}{'per-task overhead, median (min-max)':>38}"
+        f"{'1-task job, no work':>21}"
     )
     for label, run in (("local", local), ("ray", ray_run)):
+        over = run["overheads"]
         print(
-            f"{label:<8}{statistics.median(run['trivial']):>28.2f} s{run['wall']:>15.2f} s{ideal:>7.1f} s"
-            f"{ideal / run['wall']:>11.0%}{statistics.median(run['spans']):>16.2f} s"
+            f"{label:<8}{run['wall']:>24.2f} s{ideal:>7.1f} s{ideal / run['wall']:>11.0%}"
+            f"{statistics.median(run['spans']):>18.2f} s{run['cpu']:>17.2f} s"
+            f"{statistics.median(over):>22.2f} s ({min(over):.2f}-{max(over):.2f} s)"
+            f"{statistics.median(run['trivial']):>19.2f} s"
         )
-    per_task = statistics.median(ray_run["trivial"]) - statistics.median(local["trivial"])
+    per_task = statistics.median(ray_run["overheads"]) - statistics.median(local["overheads"])
+    one_task = statistics.median(ray_run["trivial"]) - statistics.median(local["trivial"])
     print(
-        f"ray path per-task overhead (1-task job, ray - local, medians of {args.repeats}): {per_task:+.2f} s; "
-        f"the 8-task job ran on nodes {nodes}"
+        f"ray - local: per-task overhead {per_task:+.2f} s (the {n}-task job), 1-task job {one_task:+.2f} s "
+        f"(medians of {args.repeats}); the {n}-task job ran on nodes {nodes}"
     )
     print(
-        "  spent on the node per task (median): "
+        "  where a ray task's time went (median): "
         + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in breakdown.items())
     )
     print(

@@ -107,6 +107,26 @@ def test_same_inputs_reuse_the_environment_and_a_source_change_gets_a_new_one(tm
     assert out.stdout.strip() == "2"
 
 
+def test_the_same_lock_built_under_two_folders_has_one_manifest_hash(analysis, tmp_path, monkeypatch):
+    built = {}
+    for folder in ("envs", "a-much-longer-folder-for-environments"):
+        monkeypatch.setenv("NCAAS_ENVS", str(tmp_path / folder))
+        built[folder], _ = environments.ensure(spec_for(analysis))
+    first, second = built.values()
+    assert first.path != second.path and environments.verify(first).ok and environments.verify(second).ok
+    # The files do name their folder (scripts' #! lines, bytecode, where the wheel came from) ...
+    differ = {p for p, entry in first.manifest["files"].items() if second.manifest["files"].get(p) != entry}
+    assert any(p.startswith("bin/") for p in differ) and any(p.endswith(".pyc") for p in differ)
+    assert any(p.endswith("direct_url.json") for p in differ)
+    # ... yet the manifest hash names the content, wherever it was installed.
+    assert first.manifest_sha256 == second.manifest_sha256
+    # and the content only: another lock's environment has another hash.
+    other = make_analysis(tmp_path / "other", [])
+    environments.lock(other)
+    third, _ = environments.ensure(spec_for(other))
+    assert third.manifest_sha256 != first.manifest_sha256
+
+
 def test_a_changed_environment_fails_verification_and_is_not_used(analysis, envs):
     env, _ = environments.ensure(spec_for(analysis))
     target = next(env.path.rglob("tinyana/__init__.py"))

@@ -76,7 +76,19 @@ def test_task_killed_by_a_signal_is_retried(manager, root):
     assert "killed by SIGKILL; retrying (attempt 2 of 3)" in causes
     log = (results / "logs" / "a.npy.log").read_text()
     assert "[ncaas] attempt 1" in log and "[ncaas] attempt 2" in log
-    assert read_json(results / "certificate.json")["tasks"][0]["attempts"] == 2
+    cert_task = read_json(results / "certificate.json")["tasks"][0]
+    assert cert_task["attempts"] == 2
+    # Both attempts are kept, with how each ended, in the status file and the certificate.
+    first, second = read_json(results / "status" / "a.npy.json")["attempts"]
+    assert (first["number"], first["outcome"], first["cause"]) == (
+        1,
+        "queued",
+        "killed by SIGKILL; retrying (attempt 2 of 3)",
+    )
+    assert (second["number"], second["outcome"]) == (2, "succeeded")
+    assert first["launched_ms"] <= first["ended_ms"] <= second["launched_ms"] <= second["ended_ms"]
+    assert cert_task["attempt_history"] == [first, second]
+    assert "  attempt 1  " in (results / "certificate.txt").read_text()
 
 
 def test_retries_are_bounded(manager, root):

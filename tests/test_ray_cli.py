@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from ncaas_testutil import REPO, ncaas, wait_for, write_stack
+from ray_fixtures import WORKER_IP
 
 from ncaas.storage import Storage
 
@@ -122,3 +123,45 @@ def test_example_cluster_config_is_valid_and_scales_from_zero() -> None:
     assert "~/.ray/auth_token" in config["file_mounts"]
     done = ncaas("manager", "--help", timeout=60)  # the documented options exist
     assert done.returncode == 0 and "--ray-address" in done.stdout and "--scan-interval" in done.stdout
+
+
+def test_a_lost_node_is_one_line_in_the_manager_log(ray_cluster, s3_root: str, tmp_path: Path) -> None:
+    """Ray's own account of a node's death (tens of lines) stays out of the manager's log."""
+    storage = Storage(s3_root)
+    log = tmp_path / "manager.log"
+    env = {**os.environ, "NCAAS_STATE": str(tmp_path / "state"), "COLUMNS": "200"}
+    args = ["--executor", "ray", "--ray-address", ray_cluster.address, "--root", s3_root, "--scan-interval", "0.5"]
+    with open(log, "wb") as out:
+        manager = subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "manager", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    try:
+        wait_for(lambda: "ncaas manager on" in log.read_text(), timeout=60, what="the manager to start")
+        for name in ("p.npy", "q.npy"):
+            storage.put(write_stack(tmp_path / name, frames=20, seed=3), storage.resolve("lab", "inputs", name))
+        storage.write_text(storage.join("lab", "configs", "slow.json"), json.dumps({"sleep_per_frame": 0.3}))
+        body = {"analysis": "framestats", "dataname": ["p.npy", "q.npy"], "configname": "slow.json"}
+        storage.write_text(storage.join("lab", "submissions", "lost.submit.json"), json.dumps(body))
+
+        def on_worker() -> str | None:
+            for path in storage.glob("lab/results/*/status/*.json"):
+                status = json.loads(storage.read_text(path))
+                if status.get("node") == WORKER_IP and status.get("state") == "running":
+                    return str(status["dataset"])
+            return None
+
+        lost = wait_for(on_worker, timeout=120, what=f"a task on the worker; manager log:\n{log.read_text()}")
+        before = len(log.read_text().splitlines())
+        ray_cluster.kill_node(WORKER_IP)
+        try:
+            end = wait_for(lambda: storage.glob("lab/results/*/end.json"), timeout=150, what="the job's end")
+        finally:
+            ray_cluster.add_node(WORKER_IP)
+        assert json.loads(storage.read_text(end[0]))["state"] == "succeeded"
+    finally:
+        manager.send_signal(signal.SIGTERM)
+        manager.wait(timeout=60)
+    after = log.read_text().splitlines()[before:]
+    said = [line for line in after if WORKER_IP in line]
+    assert len(said) == 1 and lost in said[0] and "retry" in said[0], after
+    assert not [line for line in after if "(raylet)" in line or "heartbeats" in line or ".cc:" in line], after

@@ -16,8 +16,9 @@ from ncaas_testutil import make_blueprint, ncaas, wait_for, write_stack
 from ray_fixtures import HEAD_IP, WORKER_IP
 
 from ncaas.blueprint import BlueprintRegistry
-from ncaas.executors.ray import RayExecutor
+from ncaas.executors.ray import RayExecutor, infeasible
 from ncaas.jobs.db import JobDB
+from ncaas.jobs.describe import job_detail
 from ncaas.jobs.manager import Manager
 from ncaas.jobs.states import JobState
 from ncaas.storage import Storage
@@ -106,6 +107,18 @@ def test_four_datasets_run_on_both_nodes_with_results_in_s3(ray_manager: Manager
         assert task["environment"]["manifest_hash"] and task["outputs"]
         assert task["argv"][0].endswith("/bin/python") and "{python}" not in task["argv"]
     assert "bubblewrap" in cert["isolation"] or "none" in cert["isolation"]
+    # The text names the cluster and, per task, the node it ran on.
+    text = storage.read_text(f"{job.results_dir}/certificate.txt")
+    executor = next(line for line in text.splitlines() if line.startswith("executor:"))
+    assert f"cluster at {ray_manager.executor.address}: 2 nodes ({HEAD_IP}, {WORKER_IP})" in executor, executor
+    assert "None" not in executor
+    for task in cert["tasks"]:
+        assert task["node"] == task["environment"]["node"] == _status(storage, job, task["dataset"])["node"]
+        [attempt] = task["attempt_history"]
+        assert attempt["node"] == task["node"] and attempt["outcome"] == "succeeded"
+    assert sorted(line.split()[-1] for line in text.splitlines() if line.startswith("  node ")) == sorted(
+        t["node"] for t in cert["tasks"]
+    )
 
 
 def test_progress_and_log_stream_into_s3_while_running(ray_manager: Manager) -> None:
@@ -196,7 +209,22 @@ def test_a_task_no_node_can_hold_is_refused_with_a_reason(ray_manager: Manager) 
     job = ray_manager.run_job(_one_job(ray_manager).id)
     assert job.state == JobState.FAILED
     cause = ray_manager.db.tasks(job.id)[0].cause
-    assert "no node of the Ray cluster" in cause and "memory=6.4e+10" in cause
+    assert cause == (
+        f"could not start: no node of the Ray cluster at {ray_manager.executor.address} can hold this task: "
+        "it needs 1 cpu and 59.6 GiB; the largest node has 1 cpu and 3.0 GiB. Lower the blueprint's resources, "
+        "add such a node, or pass --ray-max-cpus for a cluster whose autoscaler adds nodes"
+    )
+
+
+def test_a_refusal_names_what_the_task_needs_and_the_largest_node_in_human_units() -> None:
+    caliali = {"CPU": 2, "memory": 6 * 2**30, "GPU": 0}
+    nodes = [{"CPU": 1.0, "memory": 4.0 * 2**30}, {"CPU": 1.0, "memory": 2.0 * 2**30, "object_store_memory": 1e8}]
+    assert infeasible(caliali, nodes) == "it needs 2 cpus and 6.0 GiB; the largest node has 1 cpu and 4.0 GiB"
+    wanted = {"CPU": 1, "memory": 2**30, "GPU": 1, "highmem": 1}
+    assert infeasible(wanted, nodes[:1]) == (
+        "it needs 1 cpu, 1.0 GiB, 1 gpu and 1 highmem; the largest node has 1 cpu, 4.0 GiB, 0 gpus and 0 highmem"
+    )
+    assert infeasible(caliali, []) == "it needs 2 cpus and 6.0 GiB; the cluster has no live node"
 
 
 def test_worker_node_lost_mid_task_is_retried_on_the_other_node(ray_cluster, ray_manager: Manager) -> None:
@@ -227,7 +255,17 @@ def test_worker_node_lost_mid_task_is_retried_on_the_other_node(ray_cluster, ray
     status = _status(storage, job, lost)
     assert status["node"] == HEAD_IP and status["attempt"] == 2
     events = [e.cause for e in ray_manager.db.events(job.id) if e.dataset == lost]
-    assert any("vanished" in cause and "retrying" in cause for cause in events), events
+    assert any(f"on node {WORKER_IP}; retrying" in cause for cause in events), events
+    # Each attempt is recorded with the node it ran on and why it ended: in the status and the certificate.
+    first, second = status["attempts"]
+    assert (first["number"], first["node"], first["outcome"]) == (1, WORKER_IP, "queued")
+    assert first["cause"].startswith("its Ray") and first["ended_ms"] <= second["launched_ms"]
+    assert (second["number"], second["node"], second["outcome"]) == (2, HEAD_IP, "succeeded")
+    cert = json.loads(storage.read_text(f"{job.results_dir}/certificate.json"))
+    [task] = [t for t in cert["tasks"] if t["dataset"] == lost]
+    assert task["attempt_history"] == status["attempts"] and task["node"] == HEAD_IP
+    text = storage.read_text(f"{job.results_dir}/certificate.txt")
+    assert f"  attempt 1 on {WORKER_IP}" in text and f"  attempt 2 on {HEAD_IP}" in text
     assert storage.files(f"{job.results_dir}/outputs/{lost}")
     # The retry swept what the killed node's task left in the machine's node folder; nothing remains.
     work = Path(ray_cluster.extra_env["NCAAS_NODE_DIR"]) / "work"
@@ -256,3 +294,53 @@ def test_manager_with_the_wrong_token_says_so_without_a_traceback(ray_cluster, t
         in " ".join(done.stderr.split())
     )
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_task_waiting_for_a_node_is_shown_queued_and_its_clock_starts_on_the_node(
+    ray_cluster, s3_storage: Storage, ray_registry: BlueprintRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cluster that may grow (max_cpus) gets more tasks than its two 1-cpu nodes hold: the third waits in Ray.
+    monkeypatch.setenv("NCAAS_STATE", str(tmp_path / "state"))
+    executor = RayExecutor(ray_cluster.address, storage=s3_storage, max_cpus=3)
+    manager = Manager(
+        s3_storage,
+        JobDB(f"sqlite:///{tmp_path / 'jobs.sqlite'}"),
+        executor=executor,
+        registry=ray_registry,
+        poll_interval=0.1,
+        scan_interval=0.5,
+    )
+    datasets = ["a.npy", "b.npy", "c.npy"]
+    _submit(s3_storage, "wait", "fs-ray", datasets, {"sleep_per_frame": 0.15, "batch_frames": 1})
+    job = _one_job(manager)
+    seen: dict[str, dict] = {}
+
+    def watch() -> bool:
+        for row in job_detail(manager, job)["tasks"]:
+            if row["message"].startswith("waiting for a node with 1 cpu and 0.3 GiB"):
+                seen.setdefault(row["dataset"], row)
+        return manager.db.job(job.id).finalized
+
+    manager.run(scan=False, until=watch)
+    manager.db.close()
+    assert manager.db.job(job.id).state == JobState.SUCCEEDED, _why(manager, job)
+    # Each task waited until its node took it (a moment, for two of them); one waited for an earlier task to end.
+    attempts = {d: _status(s3_storage, job, d)["attempts"] for d in datasets}
+    waits = {d: (a[0]["started_ms"] - a[0]["launched_ms"]) / 1000 for d, a in attempts.items()}
+    waited = max(waits, key=lambda d: waits[d])
+    assert sorted(waits.values())[1] + 1.5 < waits[waited], waits
+    row = seen[waited]  # while it waited: queued, no start time, no progress
+    assert row["state"] == "queued" and row["started_ms"] is None and row["progress"] == 0.0, row
+    # Its clock started when a node took it, after an earlier task ended, not when it was handed to Ray.
+    status = _status(s3_storage, job, waited)
+    ended_first = min(_status(s3_storage, job, d)["end_ms"] for d in datasets if d != waited)
+    assert status["start_ms"] == attempts[waited][0]["started_ms"] >= ended_first - 1000
+    assert status["state"] == "succeeded" and status["node"] == attempts[waited][0]["node"]
+    events = [e.cause for e in manager.db.events(job.id) if e.dataset == waited]
+    assert "waiting for a node with 1 cpu and 0.3 GiB (attempt 1)" in events, events
+
+
+def test_the_manager_starts_a_worker_on_every_node_before_tasks_need_one(ray_cluster, s3_storage: Storage) -> None:
+    # A first task on a node would otherwise wait seconds for Ray to start a worker and import ncaas there.
+    executor = RayExecutor(ray_cluster.address, storage=s3_storage)
+    wait_for(lambda: executor.warm() == {HEAD_IP, WORKER_IP}, timeout=60, what="a warm worker on both nodes")

@@ -42,7 +42,7 @@ from ..storage import Storage
 from .base import ExitRecord, Lost, TaskSpec
 from .local import LocalExecutor
 
-__all__ = ["NodeTask", "pack_bundle", "run_node_task"]
+__all__ = ["NodeTask", "pack_bundle", "run_node_task", "warm_up"]
 
 SYNC_EVERY = 1.0  # seconds between copies of status and log into storage
 BIG_LOG = 8 << 20  # logs larger than this are copied every SYNC_EVERY_BIG seconds only
@@ -220,6 +220,7 @@ class _Streamer:
 # -- the task ----------------------------------------------------------------------------
 class _NodeRun:
     def __init__(self, task: NodeTask, bundle: bytes):
+        self.started_ms = int(time.time() * 1000)  # the task waited in Ray's queue until now
         self.task = task
         self.bundle = bundle
         self.spec = task.spec
@@ -234,7 +235,12 @@ class _NodeRun:
         self.storage = Storage(task.storage_url)
         self.node_ip = _node_ip()
         self.timings: dict[str, float] = {}
-        self.status_fields = {**self.spec.status_fields, "state": "running", "node": self.node_ip}
+        self.status_fields = {
+            **self.spec.status_fields,
+            "state": "running",
+            "node": self.node_ip,
+            "node_started_ms": self.started_ms,
+        }
 
     def _status(self, message: str) -> None:
         data = {**self.status_fields, "progress": 0.0, "message": message, "updated_ms": int(time.time() * 1000)}
@@ -339,6 +345,15 @@ def _node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # noqa: BLE001 - outside Ray (tests of this module), the host name will do
         return socket.gethostname()
+
+
+def warm_up() -> str:
+    """Run once on each node as the manager joins (or the node does): it starts the Ray worker
+    that the manager's tasks then reuse, with this module and what it imports loaded, so the
+    first task on a node does not wait seconds for a worker process to start. Returns the node."""
+    from ..storage import s3  # noqa: F401 - loaded now, not by the first task that needs it
+
+    return _node_ip()
 
 
 def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:

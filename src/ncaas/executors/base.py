@@ -51,6 +51,8 @@ class ExitRecord:
 class Lost:
     """A task whose supervisor vanished without an exit record (killed with its machine or worker)."""
 
+    why: str | None = None  # what the executor knows of it ("its Ray node was lost"); None: nothing
+
 
 LOST = Lost()
 """Returned by :meth:`Executor.poll` when a task's supervisor vanished without an exit record."""
@@ -115,6 +117,7 @@ class Executor(Protocol):
 
     name: str
     stages_storage: bool  # True: tasks get storage paths and fetch and upload their data themselves
+    queues: bool  # True: a launched task may wait for a node; its progress says when it started (node_started_ms)
 
     @property
     def cpus(self) -> int:

@@ -105,6 +105,7 @@ class LocalExecutor:
 
     name = "local"
     stages_storage = False  # tasks read and write the storage root's files where they are
+    queues = False  # a launched task starts at once
 
     def __init__(self, *, cpus: int | None = None, memory: int | None = None):
         self.cpus = cpus or _cpu_count()

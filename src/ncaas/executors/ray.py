@@ -41,10 +41,10 @@ from ..exceptions import ExecutorError, NcaasError
 from ..isolation import environments
 from ..storage import Storage
 from ..storage.s3 import ENDPOINT_ENV
-from ._ray_node import NodeTask, pack_bundle, run_node_task
+from ._ray_node import NodeTask, pack_bundle, run_node_task, warm_up
 from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
 
-__all__ = ["PYTHON_ON_NODE", "RayExecutor"]
+__all__ = ["PYTHON_ON_NODE", "RAY_MESSAGES", "RayExecutor", "infeasible"]
 
 PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
@@ -67,7 +67,65 @@ def _import_ray() -> Any:
         raise ExecutorError(
             "the ray executor needs Ray; install ncaas with its scale extra: pip install 'ncaas[scale]'"
         ) from exc
+    _cluster_messages_to_debug()
     return ray
+
+
+RAY_MESSAGES = logging.getLogger("ncaas.ray")
+"""Where Ray's own messages to its driver go (debug level): a node marked dead, a worker killed."""
+
+
+def _to_debug(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+    for line in data.get("lines") or []:
+        RAY_MESSAGES.debug("(%s) %s", data.get("pid"), line)
+
+
+def _cluster_messages_to_debug() -> None:
+    """Keep Ray's account of the cluster's troubles out of the manager's output.
+
+    A Ray driver prints every error the cluster publishes (a node declared dead is tens of
+    lines) from a thread of its own, through ``ray._private.worker.print_to_stdstream``;
+    the manager says in one line what such an event meant for its tasks, so those lines go
+    to the ``ncaas.ray`` logger at debug level (Ray also keeps them in its session logs).
+    """
+    try:
+        from ray._private import worker
+    except ImportError:  # another Ray layout: its messages are printed as Ray prints them
+        return
+    if hasattr(worker, "print_to_stdstream"):
+        worker.print_to_stdstream = _to_debug
+
+
+def _fits(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> bool:
+    return any(all(n["Resources"].get(k, 0) >= v for k, v in wanted.items() if v) for n in nodes)
+
+
+def _amount(resource: str, value: float) -> str:
+    """One of Ray's resources in words: ``2 cpus``, ``6.0 GiB``, ``1 gpu``, ``1 highmem``."""
+    if resource == "memory":
+        return f"{value / 2**30:.1f} GiB"
+    if resource in ("CPU", "GPU"):
+        unit = resource.lower()
+        return f"{value:g} {unit}" + ("" if value == 1 else "s")
+    return f"{value:g} {resource}"
+
+
+def _words(amounts: list[str]) -> str:
+    return " and ".join(amounts) if len(amounts) < 3 else ", ".join(amounts[:-1]) + " and " + amounts[-1]
+
+
+def infeasible(wanted: dict[str, float], nodes: list[dict[str, float]]) -> str:
+    """Why no node can hold a task: what it needs, and what the largest node has, in human units.
+
+    ``wanted`` and each node are Ray resources (``CPU``, ``memory`` in bytes, ``GPU``, custom).
+    """
+    asked = [k for k, v in wanted.items() if v]
+    needs = _words([_amount(k, wanted[k]) for k in asked])
+    if not nodes:
+        return f"it needs {needs}; the cluster has no live node"
+    largest = max(nodes, key=lambda have: tuple(have.get(k, 0) for k in asked))
+    has = _words([_amount(k, largest.get(k, 0)) for k in asked])
+    return f"it needs {needs}; the largest node has {has}"
 
 
 class RayExecutor:
@@ -75,6 +133,7 @@ class RayExecutor:
 
     name = "ray"
     stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
+    queues = True  # a launched task waits in Ray's queue for a node with room; the node says when it starts
 
     def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None, namespace: str = "ncaas"):
         self.address = address
@@ -83,6 +142,8 @@ class RayExecutor:
         self.ray = _import_ray()
         self._connect(namespace)
         self._remote = self.ray.remote(run_node_task)
+        self._warm_up = self.ray.remote(warm_up)
+        self._warming: dict[str, Any] = {}  # node id -> its warm-up task
         self._refs: dict[Path, Any] = {}
         self._cancel_sent: set[Path] = set()
         # the analysis packed for the nodes (by any thread), then put in Ray's object store (by the loop)
@@ -90,6 +151,8 @@ class RayExecutor:
         self._bundles: dict[tuple[str, ...], tuple[Any, dict[str, str], str, dict[str, str]]] = {}
         self._isolation: set[str] = set()
         self._capacity: tuple[float, tuple[int, int]] = (0.0, (0, 0))
+        self._nodes: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._warm_nodes()
 
     def _connect(self, namespace: str) -> None:
         if self.ray.is_initialized():
@@ -120,6 +183,38 @@ class RayExecutor:
                 f"(now {mode}) and the cluster's token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
                 "~/.ray/auth_token)"
             ) from None
+
+    def _live_nodes(self, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The cluster's live nodes (Ray's ``nodes()`` entries), read again when ``fresh`` or stale."""
+        when, nodes = self._nodes
+        if fresh or time.monotonic() - when > CAPACITY_TTL:
+            nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+            self._nodes = (time.monotonic(), nodes)
+        return nodes
+
+    def _warm_nodes(self) -> None:
+        """Start a worker of this manager on every live node not warmed yet (see ``warm_up``).
+
+        Without it the first task on each node (and on each node that joins) waits for Ray to
+        start a worker process and import ncaas there: seconds, counted in the task's time.
+        The warm-up asks for no CPU, so it never holds a task back.
+        """
+        strategy = self.ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy
+        for node in self._live_nodes(fresh=True):
+            if node["NodeID"] not in self._warming:
+                self._warming[node["NodeID"]] = self._warm_up.options(
+                    num_cpus=0, max_retries=0, scheduling_strategy=strategy(node["NodeID"], soft=False)
+                ).remote()
+
+    def warm(self) -> set[str]:
+        """The nodes whose warm-up ended: a worker of this manager waits there for tasks."""
+        refs = list(self._warming.values())
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        done = set()
+        for ref in ready:
+            with contextlib.suppress(Exception):  # a node lost meanwhile
+                done.add(str(self.ray.get(ref)))
+        return done
 
     # -- environments --------------------------------------------------------------------
     def _pack(self, loaded: LoadedBlueprint) -> tuple[tuple[str, ...], EnvironmentInfo]:
@@ -216,13 +311,13 @@ class RayExecutor:
             "GPU": options.get("num_gpus", 0),
             **options.get("resources", {}),
         }
-        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        if any(all(have.get(k, 0) >= v for k, v in wanted.items() if v) for have in nodes):
+        # the cluster as last read (one call to Ray less per launch); refused only on a fresh reading
+        if _fits(wanted, self._live_nodes()) or _fits(wanted, self._live_nodes(fresh=True)):
             return
-        needs = ", ".join(f"{k}={v:g}" for k, v in wanted.items() if v)
+        nodes = [n["Resources"] for n in self._live_nodes()]
         raise ExecutorError(
-            f"no node of the Ray cluster at {self.address} offers {needs}; lower the "
-            "blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
+            f"no node of the Ray cluster at {self.address} can hold this task: {infeasible(wanted, nodes)}. "
+            "Lower the blueprint's resources, add such a node, or pass --ray-max-cpus for a cluster "
             "whose autoscaler adds nodes"
         )
 
@@ -243,14 +338,12 @@ class RayExecutor:
             return ExitRecord(cancelled=True, end_ms=int(time.time() * 1000))
         except exceptions.RayTaskError as exc:
             return ExitRecord(error=f"the task's supervisor failed on its Ray node: {exc}")
-        except (
-            exceptions.WorkerCrashedError,
-            exceptions.NodeDiedError,
-            exceptions.LocalRayletDiedError,
-            exceptions.ObjectLostError,
-            exceptions.OutOfMemoryError,
-        ):
-            return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
+        except (exceptions.NodeDiedError, exceptions.LocalRayletDiedError, exceptions.ObjectLostError):
+            return Lost("its Ray node was lost")  # the manager's retry policy runs it again on a live node
+        except exceptions.OutOfMemoryError:
+            return Lost("Ray's memory monitor killed its worker (the node ran short of memory)")
+        except exceptions.WorkerCrashedError:
+            return Lost("its Ray worker died (killed, or its node was lost)")
         except exceptions.RayError as exc:
             return ExitRecord(error=f"Ray could not run the task: {exc}")
         if record.get("lost"):
@@ -304,6 +397,7 @@ class RayExecutor:
         """CPUs and memory of the cluster's live nodes (or ``max_cpus`` for a cluster that grows)."""
         when, value = self._capacity
         if time.monotonic() - when > CAPACITY_TTL:
+            self._warm_nodes()  # nodes that joined since (an autoscaler's, a restarted one)
             total = self.ray.cluster_resources()
             cpus = int(total.get("CPU", 0))
             memory = int(total.get("memory", 0))
@@ -324,11 +418,14 @@ class RayExecutor:
         return "; ".join(sorted(self._isolation)) or "chosen on each Ray node (see each task)"
 
     def describe(self) -> dict[str, Any]:
-        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        nodes = self._live_nodes(fresh=True)
         cpus, memory = self.capacity()
+        address = self.address
+        with contextlib.suppress(Exception):  # 'auto' or a ray:// address: name the cluster's own
+            address = self.ray.get_runtime_context().gcs_address or address
         return {
             "name": self.name,
-            "address": self.address,
+            "address": address,
             "ray_version": self.ray.__version__,
             "host": socket.gethostname(),
             "nodes": sorted(n["NodeManagerAddress"] for n in nodes),

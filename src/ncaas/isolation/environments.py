@@ -24,7 +24,14 @@ Layout of the cache::
     <envs>/<name>-<key>.build.log  uv's output of the last build
 
 A manifest is written last, so an environment without one is an interrupted
-build and is rebuilt. :func:`verify` re-hashes every file and reports each
+build and is rebuilt. Its per-file entries are what :func:`verify` checks on this
+machine; its ``manifest_sha256`` names the installed content wherever it was
+installed, so two machines that built the same lock under different folders report
+the same hash: the environment's own folder is read as a placeholder (scripts'
+``#!`` lines, ``activate``), bytecode caches count by name (they embed the folder
+and derive from the hashed ``.py`` files), an installer's ``RECORD`` by the files it
+lists (each of them is hashed on its own), and uv's install time stamp
+(``uv_cache.json``) by name. :func:`verify` re-hashes every file and reports each
 difference; :func:`ensure` refuses an environment that fails it.
 """
 
@@ -40,7 +47,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -331,6 +337,60 @@ def _manifest_sha256(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+_HERE = b"<environment>"  # what the environment's own folder reads as in its portable entries
+
+
+def _located_entry(path: Path, here: bytes) -> tuple[str, str | None]:
+    """``_entry``, and the entry with the environment's folder ``here`` read as a placeholder
+    (None when the file or link does not name that folder)."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(path)
+        named = here.decode() in target
+        return "link:" + target, "link:" + target.replace(here.decode(), _HERE.decode()) if named else None
+    if stat.S_ISDIR(info.st_mode):
+        return "dir", None
+    digest = hashlib.sha256()
+    carry, named = b"", False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            named = named or here in carry + chunk
+            carry = chunk[1 - len(here) :]
+    if not named:
+        return "sha256:" + digest.hexdigest(), None
+    return "sha256:" + digest.hexdigest(), "sha256:" + hashlib.sha256(
+        path.read_bytes().replace(here, _HERE)
+    ).hexdigest()
+
+
+def _portable(rel: str, entry: str, located: str | None, root: Path) -> str:
+    """The entry ``manifest_sha256`` counts: the same for the same lock wherever it was installed."""
+    if rel.endswith(".pyc"):
+        return "bytecode"  # compiled from the hashed .py beside it; embeds the folder it was compiled in
+    if rel.endswith(".dist-info/uv_cache.json"):
+        return "installer-stamp"  # when uv installed a local wheel, for its own cache
+    if rel.endswith(".dist-info/RECORD"):
+        listed = sorted(line.split(",")[0] for line in (root / rel).read_text().splitlines() if line)
+        return "record:" + hashlib.sha256("\n".join(listed).encode()).hexdigest()
+    return located or entry
+
+
+def _build_inventory(root: Path) -> tuple[dict[str, str], str]:
+    """The manifest's files (relative path -> entry) and its install-path-independent ``manifest_sha256``."""
+    paths = list(_walk(root))
+    here = str(root).encode()
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        entries = list(pool.map(_located_entry, paths, [here] * len(paths), chunksize=64))
+    files: dict[str, str] = {}
+    portable: dict[str, str] = {}
+    for path, (entry, located) in zip(paths, entries):
+        rel = path.relative_to(root).as_posix()
+        files[rel] = entry
+        portable[rel] = _portable(rel, entry, located, root)
+    return files, _manifest_sha256(portable)
+
+
 def _writable(path: Path) -> list[str]:
     """Paths under ``path`` (itself included) that someone made writable again."""
     found = []
@@ -443,19 +503,26 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
             progress(fraction, message)
 
     base, installation = _base_python(str(spec.python))
-    with tempfile.TemporaryDirectory(prefix="ncaas-wheel-") as wheels:
+    # Beside the environment, not in a random folder: the installed analysis records where its
+    # wheel came from (direct_url.json), and that must name the same place on every machine.
+    wheels = path.with_name(path.name + ".wheels")
+    _remove_tree(wheels)
+    wheels.mkdir(parents=True)
+    try:
         box = BuildBox.for_build(
             uv_binary(),
             readonly=[*map(Path, installation), spec.lock_file],
-            writable=[path, Path(wheels)],
+            writable=[path, wheels],
             copy_on_write=[spec.source] if spec.source is not None else [],
         )
         path.mkdir(parents=True)  # the sandbox binds it, so it exists before uv fills it
         try:
             log.write(box.describe() + "\n")
-            _build_steps(spec, box, path, Path(wheels), base, log, step, progress)
+            _build_steps(spec, box, path, wheels, base, log, step, progress)
         except SandboxError as exc:
             raise EnvironmentBuildError(f"cannot build the {spec.name} environment: {exc}") from None
+    finally:
+        _remove_tree(wheels)
     step(0.92, "hashing every file and making the environment read-only")
     _set_readonly(path, readonly=True)
 
@@ -648,7 +715,7 @@ def ensure(
         except BaseException:
             _remove_tree(path)
             raise
-        files = _inventory(path)
+        files, manifest_sha256 = _build_inventory(path)
         manifest = {
             **key,
             "name": spec.name,
@@ -657,7 +724,7 @@ def ensure(
             "built_at": started,
             "build_seconds": round(time.time() - started, 3),
             "built_by_pid": os.getpid(),
-            "manifest_sha256": _manifest_sha256(files),
+            "manifest_sha256": manifest_sha256,
             "files": files,
         }
         partial = manifest_path.with_name(manifest_path.name + ".partial")

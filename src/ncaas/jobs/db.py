@@ -103,6 +103,7 @@ class Task(Base):
     argv_json: Mapped[str] = mapped_column(Text, default="[]")
     environment_json: Mapped[str] = mapped_column(Text, default="{}")
     input_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # the dataset, described before launch
+    attempts_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ncaas.jobs.attempts: every attempt
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .db import Event, Job, Task
-from .states import JOB_TERMINAL
+from .states import JOB_TERMINAL, WAITING_FOR_NODE
 
 __all__ = ["job_detail", "job_story", "job_summary", "rejection_problems", "rerun_of"]
 
@@ -45,18 +45,22 @@ def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
 def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
     """One dataset of a job; a queued task waiting for something (its environment) says what as its message."""
     status = _read_json(storage, f"{job.results_dir}/status/{task.dataset}.json")
-    waiting = task.state == "queued" and task.cause.startswith("waiting")
+    # launched on a cluster but no node has taken it yet: it is queued there, and its clock has not started
+    on_hold = task.state == "running" and task.cause.startswith(WAITING_FOR_NODE)
+    waiting = (task.state == "queued" and task.cause.startswith("waiting")) or on_hold
     ended_badly = task.state in ("failed", "timed_out")  # why says more than its last progress message
     return {
         "dataset": task.dataset,
         "input": task.dataset_rel,
-        "state": task.state,
+        "state": "queued" if on_hold else task.state,
         "cause": task.cause,
         "attempt": task.attempt,
-        "progress": 1.0 if task.state == "succeeded" else float(status.get("progress") or 0.0),
+        "progress": 1.0 if task.state == "succeeded" else 0.0 if on_hold else float(status.get("progress") or 0.0),
         "message": task.cause if waiting or ended_badly else status.get("message", ""),
         "reason": status.get("reason"),  # the task's own account of its failure, when it gave one
-        "started_ms": task.started_ms,
+        "node": status.get("node"),
+        "attempts": status.get("attempts") or [],
+        "started_ms": None if on_hold else task.started_ms,
         "ended_ms": task.ended_ms,
         "exit_code": task.exit_code,
         "cpu_seconds": task.cpu_seconds,

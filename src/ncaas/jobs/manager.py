@@ -50,9 +50,19 @@ from ..submission import (
     parse_submit_file,
     too_large,
 )
+from .attempts import close_attempt, drop_attempt, load_attempts, open_attempt, start_attempt
 from .db import Job, JobDB, Task, now_ms
 from .diskspace import Reserve, is_disk_full, reserve_size
-from .states import JOB_TERMINAL, JobState, TaskState, decide_cut_short, decide_exit, decide_lost, job_state
+from .states import (
+    JOB_TERMINAL,
+    WAITING_FOR_NODE,
+    JobState,
+    TaskState,
+    decide_cut_short,
+    decide_exit,
+    decide_lost,
+    job_state,
+)
 
 __all__ = ["Manager", "manager_lock", "new_job_id"]
 
@@ -471,7 +481,7 @@ class Manager:
             if record is None:
                 self._watch(job, task, handle)
             else:
-                if record is LOST:
+                if isinstance(record, Lost):
                     self.executor.kill(handle)
                 self._stopped(job, task, record)
 
@@ -507,6 +517,7 @@ class Manager:
             decision.state,
             decision.cause,
             attempt=task.attempt - 1,
+            attempts_json=drop_attempt(task.attempts_json, task.attempt),
             run_dir=None,
             runner_pid=None,
             runner_start=None,
@@ -524,6 +535,8 @@ class Manager:
                 self.executor.kill(handle)
                 self._stopped(job, task, ExitRecord(cancelled=True, end_ms=now_ms()))
                 return
+        if _waiting_for_node(task):
+            return  # its time limit counts from when it starts on a node
         elapsed = (now_ms() - (task.started_ms or now_ms())) / 1000
         timeout = self.loaded_blueprint(job).blueprint.resources.timeout
         if elapsed > timeout + TIMEOUT_BACKSTOP_S:
@@ -545,8 +558,10 @@ class Manager:
         if not isinstance(record, Lost):
             self._take_progress(job, task, final=True)  # its last words (final progress and message)
         self._progress_seen.pop(task.id, None)
+        node = _attempt_node(task)
         if isinstance(record, Lost):
-            decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
+            why = f"{record.why}, on node {node}" if record.why and node else record.why
+            decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries, why=why)
             record = ExitRecord()
         else:
             decision = decide_exit(
@@ -562,12 +577,22 @@ class Manager:
             fields.update(environment_json=json.dumps(record.environment), argv_json=json.dumps(record.argv))
         if decision.state == TaskState.QUEUED:
             fields.update(runner_pid=None, runner_start=None, run_dir=None)
+        node = record.extra.get("node") or node
+        fields["attempts_json"] = close_attempt(
+            task.attempts_json,
+            task.attempt,
+            ended_ms=fields["ended_ms"],
+            outcome=decision.state.value,
+            cause=decision.cause,
+            node=node if isinstance(node, str) else None,
+        )
+        where = f"; attempt {task.attempt} ran on node {node}" if node and node not in decision.cause else ""
         if self.db.move_task(task, decision.state, decision.cause, **fields):
             said = record.reason if decision.state == TaskState.FAILED and record.reason else None
             self._write_status(job, task, progress={"reason": said} if said else None)
             if task.run_dir:
                 self.executor.finish(Path(task.run_dir))
-            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause})")
+            self.notify(f"job {job.id}: {task.dataset} {decision.state} ({decision.cause}){where}")
 
     def _schedule(self, jobs: dict[str, Job]) -> None:
         queued = self.db.tasks(states=[TaskState.QUEUED.value])
@@ -748,14 +773,18 @@ class Manager:
         attempt = task.attempt + 1
         run_dir = self.state_dir / "runs" / job.id / f"{task.dataset}.{attempt}"
         started = now_ms()
+        cause = f"attempt {attempt} started"
+        if self.executor.queues:  # its clock starts when its node says it started (_take_progress)
+            cause = f"{WAITING_FOR_NODE} {_resources(task)} (attempt {attempt})"
         if not self.db.move_task(
             task,
             TaskState.RUNNING,
-            f"attempt {attempt} started",
+            cause,
             attempt=attempt,
             started_ms=started,
             run_dir=str(run_dir),
             ended_ms=None,
+            attempts_json=open_attempt(task.attempts_json, attempt, started),
         ):
             return False
         if job.state == JobState.QUEUED.value:
@@ -881,8 +910,18 @@ class Manager:
         except (OSError, ValueError, NcaasError):
             return  # not written yet, or being replaced: the next step looks again
         self._progress_seen[task.id] = (stamp, time.monotonic())
-        if isinstance(data, dict) and stamp != seen:
-            self._write_status(job, task, progress={k: data[k] for k in PROGRESS_KEYS if k in data})
+        if not isinstance(data, dict) or stamp == seen or data.get("attempt", task.attempt) != task.attempt:
+            return  # unchanged, or an earlier attempt's last words (one progress file serves every attempt)
+        if _waiting_for_node(task) and isinstance(data.get("node_started_ms"), int):
+            self._started_on_node(task, str(data.get("node")), data["node_started_ms"])
+        self._write_status(job, task, progress={k: data[k] for k in PROGRESS_KEYS if k in data})
+
+    def _started_on_node(self, task: Task, node: str, started_ms: int) -> None:
+        """A queued Ray task reached its node: its clock starts now, and the attempt names the node."""
+        attempts = start_attempt(task.attempts_json, task.attempt, node=node, started_ms=started_ms)
+        if self.db.set_cause(task, f"attempt {task.attempt} running on node {node}"):
+            self.db.update_task(task.id, started_ms=started_ms, attempts_json=attempts)
+            task.started_ms, task.attempts_json = started_ms, attempts
 
     def _ensure_config(self, job: Job) -> None:
         """Write the job's config.json if its creation was cut short (a kill, a full disk); once per job."""
@@ -1023,7 +1062,7 @@ class Manager:
             "job": job.id,
             "dataset": task.dataset,
             "input": task.dataset_rel,
-            "state": task.state,
+            "state": TaskState.QUEUED.value if _waiting_for_node(task) else task.state,
             "cause": task.cause,
             "attempt": task.attempt,
         }
@@ -1043,17 +1082,21 @@ class Manager:
             **previous,
             **(progress or {}),
             **self._status_fields(job, task),
-            "start_ms": task.started_ms,
+            "start_ms": None if _waiting_for_node(task) else task.started_ms,
             "end_ms": task.ended_ms,
             "exit_code": task.exit_code,
             "cpu_seconds": task.cpu_seconds,
             "peak_memory_bytes": task.peak_memory_bytes,
+            "attempts": [a.to_json() for a in load_attempts(task.attempts_json)],
             "updated_ms": now_ms(),
         }
+        if _waiting_for_node(task):
+            status.update(progress=0.0, message=task.cause)
         if task.state == TaskState.SUCCEEDED.value:
             status["progress"] = 1.0
-        if task.state in (TaskState.QUEUED.value,):
-            status.pop("pid", None)
+        if status["state"] == TaskState.QUEUED.value:  # an earlier attempt's node is in its attempts
+            for key in ("node", "node_timings", "pid"):
+                status.pop(key, None)
         self.storage.write_text(path, json.dumps(status, indent=1))
 
     def _write_end(self, job: Job, tasks: list[Task], *, errors: list[str] | None = None) -> None:
@@ -1110,6 +1153,21 @@ class _Preparation:
             self.phase = message.removeprefix("waiting: ")
         elif fraction < 1.0:
             self.phase = f"building {self.label} (first use)"
+
+
+def _waiting_for_node(task: Task) -> bool:
+    """Launched, but still in the executor's queue: no node has taken it yet."""
+    return task.state == TaskState.RUNNING.value and task.cause.startswith(WAITING_FOR_NODE)
+
+
+def _resources(task: Task) -> str:
+    cpus = f"{task.cpus} cpu" + ("" if task.cpus == 1 else "s")
+    return f"{cpus} and {task.memory_bytes / 2**30:.1f} GiB" if task.memory_bytes else cpus
+
+
+def _attempt_node(task: Task) -> str | None:
+    attempts = [a for a in load_attempts(task.attempts_json) if a.number == task.attempt]
+    return attempts[0].node if attempts else None
 
 
 def _job_cause(tasks: list[Task], state: JobState) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidTransition",
     "JobState",
     "TaskState",
+    "WAITING_FOR_NODE",
     "check_transition",
     "decide_cut_short",
     "decide_exit",
@@ -49,6 +50,10 @@ class JobState(StrEnum):
     TIMED_OUT = "timed_out"
     REJECTED = "rejected"
 
+
+WAITING_FOR_NODE = "waiting for a node with"
+"""How a running task's cause begins while it waits in a cluster's queue (Ray) for a node with
+room: launched, but not started; it is shown as queued, and its clock starts on its node."""
 
 TASK_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMED_OUT})
 JOB_TERMINAL = frozenset(
@@ -132,9 +137,9 @@ def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_li
     return Decision(TaskState.FAILED, cause)
 
 
-def decide_lost(*, attempt: int, max_retries: int) -> Decision:
-    """A running task whose supervisor vanished without an exit record."""
-    return _retry_or_fail("its process vanished (killed with the manager or the machine)", attempt, max_retries)
+def decide_lost(*, attempt: int, max_retries: int, why: str | None = None) -> Decision:
+    """A running task whose supervisor vanished without an exit record (``why``, when the executor knows)."""
+    return _retry_or_fail(why or "its process vanished (killed with the manager or the machine)", attempt, max_retries)
 
 
 def decide_cut_short(*, attempt: int) -> Decision:

@@ -3,8 +3,10 @@
 ``certificate.json`` records the blueprint (name, version, sha256, git commit and its
 full content), the environment (lock and manifest hashes once environments exist),
 the isolation applied, the platform version, every input's size and sha256, the exact
-config and its hash, the command, executor and host, per-task timings (ms), exit
-status, CPU seconds, peak memory, and the sha256 of every output file.
+config and its hash, the command, executor and host (a cluster: its address and nodes),
+per-task timings (ms), the node each task ran on and every attempt (where it ran, when
+it started and why it ended), exit status, CPU seconds, peak memory, and the sha256 of
+every output file.
 Links and special files among inputs and outputs are recorded as what they are
 (``{"path", "kind": "symlink", "target"}``, ``{"path", "kind": "fifo"}``, ...):
 never followed, never opened.
@@ -136,6 +138,7 @@ def build_certificate(
         task_env = json.loads(task.environment_json or "{}")
         if task_env.get("python"):
             environment = task_env
+        history = json.loads(getattr(task, "attempts_json", None) or "[]")  # ncaas.jobs.attempts
         out_tasks.append(
             {
                 "dataset": task.dataset,
@@ -145,6 +148,8 @@ def build_certificate(
                 "state": task.state,
                 "cause": task.cause,
                 "attempts": task.attempt,
+                "node": task_env.get("node") or next((a["node"] for a in reversed(history) if a.get("node")), None),
+                "attempt_history": history,
                 "start_ms": task.started_ms,
                 "end_ms": task.ended_ms,
                 "exit_code": task.exit_code,
@@ -210,8 +215,7 @@ def render_text(cert: dict[str, Any]) -> str:
         f"manifest {env['manifest_hash'] or 'none'}",
         f"isolation:    {cert['isolation']}",
         f"platform:     ncaas {cert['platform']['version']}",
-        f"executor:     {cert['executor'].get('name')} on {cert['executor'].get('host')} "
-        f"({cert['executor'].get('platform')})",
+        f"executor:     {_executor_line(cert['executor'])}",
         f"config:       {cert['config']['name'] or '(defaults)'} sha256 {cert['config']['sha256']}",
         f"              {json.dumps(cert['config']['content'], sort_keys=True)}",
         f"command:      {' '.join(cert['command'] or [])}",
@@ -227,12 +231,39 @@ def render_text(cert: dict[str, Any]) -> str:
             f"  run       {_when(task['start_ms'])} -> {_when(task['end_ms'])}, attempts {task['attempts']}, "
             f"exit code {task['exit_code']}",
             f"  usage     CPU {task['cpu_seconds']} s, peak memory {_mb(task['peak_memory_bytes'])}",
+            *([f"  node      {task['node']}"] if task.get("node") else []),
+            *[_attempt_line(a) for a in task.get("attempt_history", []) if len(task["attempt_history"]) > 1],
             f"  argv      {' '.join(task['argv'])}",
             "  outputs:",
         ]
         lines += [_output_line(o) for o in task["outputs"]] or ["    (none)"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _executor_line(executor: dict[str, Any]) -> str:
+    """Where the tasks ran: one machine (its platform), or a cluster (its address and nodes)."""
+    name, host = executor.get("name"), executor.get("host")
+    if executor.get("address"):  # a cluster: ray
+        nodes = executor.get("nodes") or []
+        version = f" {executor['ray_version']}" if executor.get("ray_version") else ""
+        memory = executor.get("memory_bytes")
+        size = f", {executor.get('cpus')} cpus" + (f", {memory / 2**30:.1f} GiB" if memory else "")
+        listed = f" ({', '.join(nodes)})" if nodes else ""
+        return (
+            f"{name}{version} cluster at {executor['address']}: {len(nodes)} node{'' if len(nodes) == 1 else 's'}"
+            f"{listed}{size}; manager on {host}"
+        )
+    return f"{name} on {host}" + (f" ({executor['platform']})" if executor.get("platform") else "")
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    where = f" on {attempt['node']}" if attempt.get("node") else ""
+    ended = f"{attempt.get('outcome')}: {attempt.get('cause')}" if attempt.get("outcome") else "did not end"
+    return (
+        f"  attempt {attempt.get('number')}{where}  {_when(attempt.get('started_ms') or attempt.get('launched_ms'))}"
+        f" -> {_when(attempt.get('ended_ms'))}, {ended}"
+    )
 
 
 def _output_line(entry: dict[str, Any]) -> str:
