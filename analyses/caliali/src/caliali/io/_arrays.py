@@ -74,7 +74,7 @@ class ArrayReader(VideoReader):
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         try:
-            block = np.asarray(self._array[start:stop])
+            block = np.asarray(self._array[(slice(start, stop), *self._window)])  # the rectangle alone is read
         except Exception as exc:
             raise VideoReadError(
                 f"{self.path}: cannot read frames {start}-{stop - 1} of {self.name!r} ({exc}); "
