@@ -81,6 +81,32 @@ def test_nwb_rate_is_read(tmp_path, movie, write_video):
         assert video.fs == 15.0
 
 
+def test_nwb_rate_of_a_series_given_by_timestamps(tmp_path, movie):
+    import datetime
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ophys import OnePhotonSeries, OpticalChannel
+
+    nwb = NWBFile("test", "t", datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC))
+    channel = OpticalChannel(name="green", description="GCaMP", emission_lambda=520.0)
+    plane = nwb.create_imaging_plane(
+        name="plane",
+        optical_channel=channel,
+        description="CA1",
+        device=nwb.create_device(name="Miniscope"),
+        excitation_lambda=470.0,
+        indicator="GCaMP6f",
+        location="CA1",
+    )
+    times = np.arange(len(movie)) / 20.0
+    times[10:] += 0.05  # one dropped frame does not move the rate
+    nwb.add_acquisition(OnePhotonSeries(name="raw", data=movie, imaging_plane=plane, timestamps=times, unit="n.a."))
+    with NWBHDF5IO(str(tmp_path / "t.nwb"), "w") as io:
+        io.write(nwb)
+    with open_video(tmp_path / "t.nwb") as video:
+        assert video.fs == pytest.approx(20.0)
+
+
 # -- fs: auto, set, disagreeing ----------------------------------------------------------------
 
 
