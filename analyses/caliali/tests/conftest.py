@@ -49,9 +49,15 @@ def minian_demo_quadrant() -> np.ndarray:
 
 
 def write_nwb(
-    path: Path, frames: np.ndarray, *, kind: str = "one", name: str = "raw", extra: str | None = None
+    path: Path,
+    frames: np.ndarray,
+    *,
+    kind: str = "one",
+    name: str = "raw",
+    extra: str | None = None,
+    rate: float = 10.0,
 ) -> Path:
-    """An NWB file with a OnePhotonSeries (``kind='one'``) or TwoPhotonSeries holding ``frames``."""
+    """An NWB file with a OnePhotonSeries (``kind='one'``) or TwoPhotonSeries holding ``frames`` at ``rate`` Hz."""
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ophys import OnePhotonSeries, OpticalChannel, TwoPhotonSeries
 
@@ -70,10 +76,10 @@ def write_nwb(
         excitation_lambda=470.0,
         indicator="GCaMP6f",
         location="CA1",
-        imaging_rate=10.0,
+        imaging_rate=rate,
     )
     cls = OnePhotonSeries if kind == "one" else TwoPhotonSeries
-    nwb.add_acquisition(cls(name=name, data=frames, imaging_plane=plane, rate=10.0, unit="n.a."))
+    nwb.add_acquisition(cls(name=name, data=frames, imaging_plane=plane, rate=rate, unit="n.a."))
     if extra is not None:
         nwb.add_acquisition(cls(name=extra, data=frames[:2], imaging_plane=plane, rate=10.0, unit="n.a."))
     with NWBHDF5IO(str(path), "w") as io:

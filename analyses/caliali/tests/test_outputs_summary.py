@@ -100,14 +100,22 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "caliali_version",
             "config",
             "convergence",
+            "crop",
+            "frame_shape_original",
+            "fs",
+            "fs_from",
+            "fs_note",
             "neurons",
             "nwb",
+            "roi_mask",
             "run",
             "seed_thresholds",
             "session_frames",
             "sessions",
         }
     )
+    for key in ("fs", "fs_from", "fs_note", "crop", "frame_shape_original", "roi_mask"):
+        assert a[key] == b[key], key
     assert set(a["run"]) == {"input", "output", "host", "pid", "started", "seconds", "stages", "peak_rss_mb"}
     assert a["run"]["output"] != b["run"]["output"] and set(a["run"]["stages"]) >= {"motion", "extraction"}
     outside = json.dumps({k: v for k, v in a.items() if k != "run"})

@@ -33,7 +33,7 @@ import numpy as np
 from caliali.budget import batch_frames_for, parse_memory_budget
 from caliali.exceptions import CalialiError, InputError
 from caliali.experiment import Experiment, Session, load_experiment
-from caliali.io import VideoReader, open_video
+from caliali.io import VideoReader
 
 __all__ = [
     "Chunk",
@@ -113,7 +113,7 @@ def _sessions(source: Source) -> list[tuple[str, list[Callable[[], VideoReader]]
     if isinstance(source, (str, Path)):
         source = load_experiment(source)
     sessions = source.sessions if isinstance(source, Experiment) else (source,)
-    return [(s.id, [lambda p=path, d=s.dataset: open_video(p, dataset=d) for path in s.files]) for s in sessions]
+    return [(s.id, [lambda p=path, s=s: s.open(p) for path in s.files]) for s in sessions]
 
 
 def _frame_counts(openers: list[Callable[[], VideoReader]]) -> list[int]:

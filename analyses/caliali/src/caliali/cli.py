@@ -209,6 +209,10 @@ def run(
         f"[green]done[/green]: {result.n_neurons} neurons across {len(result.sessions)} session(s) "
         f"({frames} frames) -> {result.out}"
     )
+    if result.fs:
+        console.print(f"  frame rate {result.fs['fs']:g} Hz, {result.fs['fs_from']}", highlight=False)
+        if result.fs.get("fs_note"):
+            console.print(f"  note: {result.fs['fs_note']}", highlight=False)
     if result.convergence:
         console.print(f"  extraction {result.convergence['why']}", highlight=False)
     for name, info in result.stages.items():

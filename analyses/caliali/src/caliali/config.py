@@ -38,7 +38,11 @@ class CalialiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # -- data ----------------------------------------------------------------
-    fs: float = Field(10.0, gt=0, le=1000, description="Frame rate of the recording, Hz.")
+    fs: Annotated[float, Field(gt=0, le=1000)] | Literal["auto"] = Field(
+        "auto",
+        description="Frame rate of the recording, Hz; 'auto' reads it from the files (AVI/MP4 frame rate, NWB rate, "
+        "ImageJ or OME-TIFF frame interval), else 10 Hz, the value used and its source reported in summary.json.",
+    )
     dataset: str = Field(
         "", description="Path of the movie inside HDF5, zarr or NWB files (e.g. /mov); empty for other formats."
     )
@@ -48,6 +52,19 @@ class CalialiConfig(BaseModel):
         description="When the first session was recorded (ISO 8601; UTC when no offset is given), written as the "
         "NWB session_start_time when the recording's own metadata does not say it. Empty: the recording's time, "
         "else 1970-01-01T00:00:00Z; never the time of the run, so that runs of the same data give the same file.",
+    )
+    crop: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
+        [],
+        max_length=4,
+        description="Rectangle of the frame to analyse, [top, bottom, left, right] in pixels of the original movie "
+        "(bottom and right excluded, as Python slices); applied as frames are read, the same in every session. "
+        "Empty: the whole frame.",
+    )
+    roi_mask: str = Field(
+        "",
+        description="File name, inside the input folder, of a mask image the size of the (cropped) frame: .npy "
+        "(boolean or 0/1) or PNG/TIFF (nonzero inside). Seeds outside are ignored and footprints stay inside. "
+        "Empty: no mask.",
     )
     # -- resources -----------------------------------------------------------
     memory_budget: str = Field(
@@ -113,6 +130,32 @@ class CalialiConfig(BaseModel):
         False, description="Keep the corrected and aligned videos (work/) after a successful run."
     )
 
+    @field_validator("crop")
+    @classmethod
+    def _a_rectangle(cls, value: list[int]) -> list[int]:
+        if value:
+            if len(value) != 4:
+                raise ValueError(f"crop {value} needs 4 numbers [top, bottom, left, right], or [] for the whole frame")
+            top, bottom, left, right = value
+            if top >= bottom or left >= right:
+                raise ValueError(
+                    f"crop {value} is empty: top must be below bottom and left below right "
+                    "([top, bottom, left, right], bottom and right excluded)"
+                )
+        return value
+
+    @field_validator("roi_mask")
+    @classmethod
+    def _inside_the_input(cls, value: str) -> str:
+        if value:
+            parts = value.replace("\\", "/").split("/")
+            if Path(value).is_absolute() or value.startswith(("/", "\\")) or ".." in parts:
+                raise ValueError(
+                    f"roi_mask {value!r} must name a file inside the input folder (e.g. mask.png), "
+                    "not an absolute path or one leaving the folder with '..'"
+                )
+        return value
+
     @field_validator("session_start_time")
     @classmethod
     def _a_real_time(cls, value: str) -> str:
@@ -133,8 +176,19 @@ class CalialiConfig(BaseModel):
 
     @property
     def fs_ds(self) -> float:
-        """Frame rate after temporal downsampling, Hz."""
+        """Frame rate after temporal downsampling, Hz; ``fs`` must be resolved first (see `with_fs`)."""
+        if self.fs == "auto":
+            raise ValueError("fs is 'auto': resolve it from the recording (caliali.framerate) before using fs_ds")
         return self.fs / self.temporal_ds
+
+    def with_fs(self, fs: float) -> CalialiConfig:
+        """This config with ``fs`` set to the rate a run uses (``auto`` resolved from the recording)."""
+        return self.model_copy(update={"fs": float(fs)})
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int] | None:
+        """``crop`` as (top, bottom, left, right), or None for the whole frame."""
+        return (self.crop[0], self.crop[1], self.crop[2], self.crop[3]) if self.crop else None
 
     @property
     def max_shift_ds(self) -> float:
@@ -156,7 +210,7 @@ def _alternative(schema: dict[str, Any]) -> str:
     """One branch of a field that takes either a number or a word, in words."""
     if "const" in schema:
         return repr(schema["const"])
-    words = {"minimum": "greater than or equal to", "maximum": "at most"}
+    words = {"exclusiveMinimum": "greater than", "minimum": "greater than or equal to", "maximum": "at most"}
     bounds = [f"{words[key]} {schema[key]:g}" for key in words if key in schema]
     return f"a {schema.get('type', 'value')}" + (f" {' and '.join(bounds)}" if bounds else "")
 
@@ -166,6 +220,8 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         known = ", ".join(sorted(CalialiConfig.model_fields))
         return f"{where}: unknown parameter; known parameters are: {known}"
+    if error["type"] == "value_error":  # our own validators' words say the value already
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     value = error.get("input")
     return f"{where}: {error['msg']} (got {value!r})"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,11 @@ class Session:
     id: str
     files: tuple[Path, ...]
     dataset: str | None = None
+    crop: tuple[int, int, int, int] | None = None  # the rectangle of every frame read (VideoReader.set_crop)
+
+    def open(self, path: Path) -> Any:
+        """One of the session's files as a `caliali.io.VideoReader`, cropped as the session is."""
+        return open_video(path, dataset=self.dataset, crop=self.crop)
 
     def n_frames(self) -> int:
         """Frames in all of the session's files (reads only the headers)."""
@@ -61,7 +66,7 @@ class Session:
         """Frames per file."""
         counts = []
         for path in self.files:
-            with open_video(path, dataset=self.dataset) as video:
+            with self.open(path) as video:
                 counts.append(video.n_frames)
         return counts
 
@@ -94,7 +99,14 @@ class Experiment:
         return [session.n_frames() for session in self.sessions]
 
     def frame_shape(self) -> tuple[int, int]:
-        """The common (h, w) of every file; error if files disagree."""
+        """The common (h, w) of every file, cropped as its session is; error if files disagree."""
+        return self._shape(cropped=True)
+
+    def full_shape(self) -> tuple[int, int]:
+        """The common (h, w) of every file before any crop; error if files disagree."""
+        return self._shape(cropped=False)
+
+    def _shape(self, *, cropped: bool) -> tuple[int, int]:
         shapes: dict[tuple[int, int], Path] = {}
         for session in self.sessions:
             for path in session.files:
@@ -103,7 +115,16 @@ class Experiment:
         if len(shapes) != 1:
             listing = "; ".join(f"{p.name}: {h}x{w}" for (h, w), p in shapes.items())
             raise ManifestError(f"the experiment's files have different frame sizes ({listing}); crop them to one size")
+        if cropped:
+            first = self.sessions[0]
+            with first.open(first.files[0]) as video:  # refuses a crop reaching past the frame
+                return video.frame_shape
         return next(iter(shapes))
+
+    def cropped(self, crop: tuple[int, int, int, int] | None) -> Experiment:
+        """The same experiment with every frame of every session read as ``crop`` (top, bottom, left, right)."""
+        sessions = tuple(replace(s, crop=crop) for s in self.sessions)
+        return replace(self, sessions=sessions)
 
 
 def natural_key(name: str) -> tuple:
@@ -128,11 +149,12 @@ def group_files(paths: Iterable[Path], *, dataset: str | None = None) -> list[Se
     return sessions
 
 
-def _from_folder(folder: Path, *, dataset: str | None) -> Experiment:
+def _from_folder(folder: Path, *, dataset: str | None, ignore: Sequence[str] = ()) -> Experiment:
     for name in MANIFEST_NAMES:
         if (folder / name).is_file():
             return _from_manifest(folder / name, dataset=dataset)
-    videos = [p for p in folder.iterdir() if is_video(p) and not p.name.startswith(".")]
+    skip = {(folder / name).resolve() for name in ignore}
+    videos = [p for p in folder.iterdir() if is_video(p) and not p.name.startswith(".") and p.resolve() not in skip]
     if not videos:
         raise ManifestError(f"{folder}: no videos here ({', '.join(VIDEO_SUFFIXES)}) and no manifest.yaml")
     return Experiment(sessions=tuple(group_files(videos, dataset=dataset)), source=folder)
@@ -183,7 +205,7 @@ def _from_manifest(manifest: Path, *, dataset: str | None) -> Experiment:
     return Experiment(sessions=tuple(sessions), source=manifest, fs=float(fs) if fs else None, extra=extra)
 
 
-def load_experiment(path: Path | str, *, dataset: str | None = None) -> Experiment:
+def load_experiment(path: Path | str, *, dataset: str | None = None, ignore: Sequence[str] = ()) -> Experiment:
     """Load an experiment from a manifest, a folder of videos, or one video.
 
     Parameters
@@ -193,6 +215,9 @@ def load_experiment(path: Path | str, *, dataset: str | None = None) -> Experime
         videos grouped by :func:`group_files`); or a single video file.
     dataset : str, optional
         Array inside HDF5/zarr/NWB files; overrides the manifest's ``dataset``.
+    ignore : sequence of str, optional
+        Names of files in a folder that are not videos of the experiment
+        (e.g. a region-of-interest mask saved as TIFF beside the videos).
 
     Raises
     ------
@@ -205,7 +230,7 @@ def load_experiment(path: Path | str, *, dataset: str | None = None) -> Experime
     if path.suffix.lower() in (".yaml", ".yml"):
         return _from_manifest(path, dataset=dataset)
     if path.is_dir() and path.suffix.lower() != ".zarr":
-        return _from_folder(path, dataset=dataset)
+        return _from_folder(path, dataset=dataset, ignore=ignore)
     if is_video(path):
         return Experiment(sessions=(Session(id=path.stem, files=(path,), dataset=dataset),), source=path)
     raise ManifestError(f"{path}: not a manifest (.yaml), a folder, or a video ({', '.join(VIDEO_SUFFIXES)})")

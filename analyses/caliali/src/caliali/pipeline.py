@@ -10,7 +10,9 @@ chunk size, not by the recording's length)::
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
 
 ``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
-(``convergence``: whether, and why it stopped), config, alignment
+(``convergence``: whether, and why it stopped), the frame rate used and where it came from
+(``fs``, ``fs_from``, ``fs_note``: see `caliali.framerate`), the region analysed (``crop``,
+``frame_shape_original``, ``roi_mask``: see `caliali.roi`), config, alignment
 QC, the NWB file's identifier and session start with where each came from), the same
 for every run of the same input, config and environment, written with sorted keys;
 and, in its ``run`` section alone, what differs from run to run (input and output
@@ -43,6 +45,7 @@ from caliali import __version__
 from caliali.config import CalialiConfig, config_mapping, load_config
 from caliali.exceptions import InputError
 from caliali.experiment import Experiment, load_experiment
+from caliali.framerate import resolve_fs
 
 __all__ = ["RunResult", "STAGES", "run"]
 
@@ -69,6 +72,7 @@ class RunResult:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     convergence: dict[str, Any] = field(default_factory=dict)  # how extraction's rounds ended (summary.json)
     paths: dict[str, Path] = field(default_factory=dict)
+    fs: dict[str, Any] = field(default_factory=dict)  # the frame rate used, its source and any note (summary.json)
 
 
 def _peak_rss_mb() -> float:
@@ -356,17 +360,25 @@ def run(
     """
     started = time.time()
     mapping = config_mapping(config)
-    config = config if isinstance(config, CalialiConfig) else load_config(config)
+    given = config if isinstance(config, CalialiConfig) else load_config(config)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work is not None else out / "work"
-    experiment = load_experiment(input, dataset=config.dataset or None)
+    experiment = load_experiment(
+        input, dataset=given.dataset or None, ignore=[given.roi_mask] if given.roi_mask else []
+    )
     if not experiment.sessions:
         raise InputError(f"{input}: no sessions found; give a folder of videos, a manifest or a video file")
+    experiment = experiment.cropped(given.crop_box)
+    region = _region(input, experiment, given)
+    rate = resolve_fs(experiment, given.fs)
+    config = given.with_fs(rate.fs)  # what every stage uses; summary.json keeps the config as given
     _check_session_lengths(experiment, config)
-    state = _State(work, _fingerprint(experiment, config))
+    state = _State(work, _fingerprint(experiment, given))
     origin = _origin(input, mapping, experiment, config)
     report = _Reporter(progress)
+    if progress is not None:
+        progress(0.0, f"frame rate {rate.fs:g} Hz, {rate.source}" + (f" (note: {rate.note})" if rate.note else ""))
     timings: dict[str, dict[str, float]] = {}
     ids = [s.id for s in experiment.sessions]
     motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
@@ -381,7 +393,9 @@ def run(
     else:
         video, bounds, valid = _unaligned(motion, config, work, report)
     paths = _timed(
-        timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin)
+        timings,
+        "extraction",
+        lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region),
     )
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
@@ -395,8 +409,10 @@ def run(
             "session_frames": frames,
             "neurons": n_neurons,
             "seed_thresholds": seeds,
+            **rate.describe(),
+            **region.describe(),
             "convergence": convergence,
-            "config": config.model_dump(),
+            "config": given.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
         },
         run={
@@ -422,7 +438,48 @@ def run(
         stages=timings,
         convergence=convergence,
         paths={k: Path(v) for k, v in paths.items()},
+        fs=rate.describe(),
     )
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The part of the frame a run analyses: the crop rectangle, and the mask inside it (cropped grid)."""
+
+    crop: tuple[int, int, int, int] | None
+    full_shape: tuple[int, int]
+    roi_name: str
+    roi: np.ndarray | None
+
+    def describe(self) -> dict[str, Any]:
+        """What ``summary.json`` and ``arrays/meta.json`` record: how to map footprints back."""
+        h, w = self.full_shape
+        return {
+            "crop": list(self.crop) if self.crop else [0, h, 0, w],
+            "frame_shape_original": [h, w],
+            "roi_mask": self.roi_name or None,
+        }
+
+    def sentence(self, spatial_ds: int) -> str:
+        """The region in words, for the NWB descriptions."""
+        h, w = self.full_shape
+        top, bottom, left, right = self.crop or (0, h, 0, w)
+        f = "" if spatial_ds == 1 else f"{spatial_ds}"
+        text = (
+            f"rows {top}-{bottom - 1}, columns {left}-{right - 1} of the original {h}x{w} px frame; "
+            f"footprint pixel (y, x) is original pixel ({top} + {f}y, {left} + {f}x)"
+        )
+        return text + (f"; footprints confined to roi_mask {self.roi_name}" if self.roi_name else "")
+
+
+def _region(input: str | Path, experiment: Experiment, config: CalialiConfig) -> _Region:
+    """Check the crop against the frame and read the roi_mask, before any work (one-line errors)."""
+    from caliali.roi import load_roi_mask
+
+    full = experiment.full_shape()
+    shape = experiment.frame_shape()  # refuses a crop reaching past the frame
+    roi = load_roi_mask(input, config.roi_mask, shape, config.crop) if config.roi_mask else None
+    return _Region(config.crop_box, full, config.roi_mask, roi)
 
 
 def _check_session_lengths(experiment: Experiment, config: CalialiConfig) -> None:
@@ -531,16 +588,29 @@ def _extract(
     work: Path,
     report: _Reporter,
     origin: _Origin,
+    rate: Any,
+    region: _Region,
 ) -> dict[str, Any]:
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
+    from caliali.roi import on_run_grid
 
     progress = report.stage("extraction", 0.0, 0.95)
+    inside = None
+    if region.roi is not None:
+        inside = on_run_grid(region.roi, config.spatial_ds)
+        if inside.shape != valid.shape:
+            raise InputError(
+                f"roi_mask {region.roi_name!r} is {inside.shape} at spatial_ds={config.spatial_ds}, the frames "
+                f"{valid.shape}; make the mask the size of the (cropped) frame"
+            )
+        valid = valid & inside
     result = extract(
         str(video),
         ExtractionParams.from_config(config),
         session_bounds=bounds,
         valid_mask=valid,
+        footprint_mask=inside,
         work_dir=work,
         progress=progress,
     )  # traces on the run's disk
@@ -556,6 +626,8 @@ def _extract(
             qc=config.qc,
             session_start_time=origin.start,
             identifier=origin.hashes.identifier,
+            extra_meta={"fs_from": rate.source, "fs_note": rate.note, **region.describe()},
+            field_of_view=region.sentence(config.spatial_ds) if region.crop or region.roi_name else "",
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)

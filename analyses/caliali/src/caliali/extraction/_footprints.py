@@ -198,13 +198,21 @@ class Footprints:
             np.tensordot(traces[k], frames[:, y0:y1, x0:x1], axes=(0, 0)) for k, (y0, y1, x0, x1) in enumerate(boxes)
         ]
 
-    def grown(self, grow: int) -> tuple[list[Box], list[np.ndarray]]:
+    def confined(self, allowed: np.ndarray | None) -> Footprints:
+        """These footprints with every pixel outside ``allowed`` ((h, w) bool) set to 0; None keeps them."""
+        if allowed is None:
+            return self
+        images = [im * allowed[y0:y1, x0:x1] for (y0, y1, x0, x1), im in zip(self.boxes, self.images)]
+        return Footprints(self.dims, self.boxes, images)
+
+    def grown(self, grow: int, allowed: np.ndarray | None = None) -> tuple[list[Box], list[np.ndarray]]:
         """Each support dilated by ``grow`` px (4-connected steps), clipped to the frame: (boxes, masks).
 
         Where the spatial update looks for each neuron's pixels: the current
         support and a rim around it, so a footprint can spread to the cell's
         edge over a few rounds but never jump to another cell. An empty
-        footprint keeps its box with an empty mask.
+        footprint keeps its box with an empty mask. ``allowed`` ((h, w) bool)
+        keeps every search inside it (a region of interest).
         """
         step = ndimage.generate_binary_structure(2, 1)
         h, w = self.dims
@@ -217,6 +225,8 @@ class Footprints:
             cy0, cx0 = max(0, oy), max(0, ox)
             cy1, cx1 = min(h, oy + support.shape[0]), min(w, ox + support.shape[1])
             support = support[cy0 - oy : cy1 - oy, cx0 - ox : cx1 - ox]
+            if allowed is not None:
+                support = support & allowed[cy0:cy1, cx0:cx1]
             mask, box = tight_box(support, (cy0, cy1, cx0, cx1))
             boxes.append(box)
             masks.append(mask)

@@ -390,6 +390,7 @@ def extract(
     cn: np.ndarray | None = None,
     pnr: np.ndarray | None = None,
     valid_mask: np.ndarray | None = None,
+    footprint_mask: np.ndarray | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: Progress = None,
     **options,
@@ -412,6 +413,9 @@ def extract(
         here (CNMF-E style, max over batches) when not given.
     valid_mask : ndarray (h, w) bool, optional
         Pixels valid in all sessions; seeds outside are ignored.
+    footprint_mask : ndarray (h, w) bool, optional
+        The region footprints may cover (e.g. a region of interest): every
+        footprint is confined to it from the first fit on. Default: the whole frame.
     work_dir : str or path, optional
         Folder for the temporary files holding the full-length traces
         (neurons x frames, float32), which every step reads a batch of
@@ -472,7 +476,15 @@ def extract(
     cn, pnr, seeds, params, chosen = _seed(
         source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask, progress=progress
     )
+    allowed = None
+    if footprint_mask is not None:
+        allowed = np.asarray(footprint_mask, bool)
+        if allowed.shape != source.frame_shape:
+            raise ExtractionError(
+                f"footprint_mask is shaped {allowed.shape}, the frames {source.frame_shape}; give one the frame's size"
+            )
     footprints, c, background = _start(source, batches, seeds, bounds, params, progress=progress, work_dir=work_dir)
+    footprints = footprints.confined(allowed)
     footprints, c, history = _iterate(
         source,
         batches,
@@ -484,6 +496,7 @@ def extract(
         longest=longest,
         progress=progress,
         work_dir=work_dir,
+        allowed=allowed,
     )
     return _finish(
         source,
@@ -597,6 +610,7 @@ def _iterate(
     longest: int,
     progress: Progress,
     work_dir,
+    allowed: np.ndarray | None = None,
 ) -> tuple[Footprints, TraceFile, list[dict]]:
     """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
     history: list[dict] = []
@@ -605,7 +619,7 @@ def _iterate(
     span = 0.55 / params.max_iter
     for it in range(params.max_iter):
         lo = 0.3 + span * it
-        search = footprints.grown(grow)
+        search = footprints.grown(grow, allowed)
         c_raw, yct, cct, b0_sums, residual_var = _iteration_pass(
             source,
             batches,

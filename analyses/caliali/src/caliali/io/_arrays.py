@@ -74,7 +74,7 @@ class ArrayReader(VideoReader):
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         try:
-            block = np.asarray(self._array[start:stop])
+            block = np.asarray(self._array[(slice(start, stop), *self._window)])  # the rectangle alone is read
         except Exception as exc:
             raise VideoReadError(
                 f"{self.path}: cannot read frames {start}-{stop - 1} of {self.name!r} ({exc}); "
@@ -137,8 +137,19 @@ def open_zarr(path: Path, *, dataset: str | None = None) -> ArrayReader:
     return ArrayReader(path, node[key], name=key, recorded_at=from_attributes(_attribute_chain(node, key)))
 
 
+def _rate_of_timestamps(timestamps: Any) -> float | None:
+    """Frames per second of a series given by ``timestamps`` (s) instead of a rate: the median step of
+    its first frames (a few dropped frames do not move it); None without two increasing times."""
+    if timestamps is None or len(timestamps) < 2:
+        return None
+    steps = np.diff(np.asarray(timestamps[:1001], np.float64))
+    step = float(np.median(steps)) if steps.size else 0.0
+    return round(1.0 / step, 6) if step > 0 and np.isfinite(step) else None
+
+
 def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
-    """Open a OnePhotonSeries or TwoPhotonSeries of an NWB file.
+    """Open a OnePhotonSeries or TwoPhotonSeries of an NWB file; ``fs`` is the series' ``rate``, else
+    the rate of its ``timestamps``.
 
     NWB stores imaging data as (frames, x, y); like CaImAn and suite2p we read
     the two image axes in the order stored, as (height, width).
@@ -164,7 +175,7 @@ def open_nwb(path: Path, *, dataset: str | None = None) -> ArrayReader:
                 f"{path}: series {key!r} keeps its frames in external files "
                 f"{list(chosen.external_file[:])}; open those files directly"
             )
-        rate = chosen.rate
+        rate = chosen.rate or _rate_of_timestamps(chosen.timestamps)
         return ArrayReader(
             path,
             chosen.data,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -50,6 +50,12 @@ class VideoReader:
     never all loaded: :meth:`iter_chunks` reads ``batch_frames`` at a time.
     ``fs`` and ``recorded_at`` (when the recording started, an aware time) are
     set when the file's own metadata says them, else None.
+
+    :meth:`set_crop` makes every read return one rectangle of the frame
+    (``frame_shape`` becomes its size, ``full_shape`` stays the file's). Readers
+    that can read the rectangle alone do so in ``_read`` (``_window``), so a
+    chunk's memory follows the cropped size; any other reader's full frames are
+    cut in :meth:`read`.
     """
 
     path: Path
@@ -58,9 +64,56 @@ class VideoReader:
     dtype: np.dtype
     fs: float | None = None
     recorded_at: datetime | None = None
+    crop: tuple[int, int, int, int] | None = None
+    _window: tuple[slice, slice] = (slice(None), slice(None))
+    _full_shape: tuple[int, int] | None = None
+
+    @property
+    def full_shape(self) -> tuple[int, int]:
+        """(h, w) of the file's frames, before any crop."""
+        return self._full_shape if self._full_shape is not None else self.frame_shape
+
+    def set_crop(self, crop: Sequence[int] | None) -> None:
+        """Read only rows ``top:bottom`` and columns ``left:right`` of every frame from now on.
+
+        ``crop`` is ``(top, bottom, left, right)`` in pixels of the file's frame (bottom and
+        right excluded, as Python slices), or None for the whole frame.
+
+        Raises
+        ------
+        InputError
+            The rectangle is empty or reaches past the frame; the message names the frame's size.
+        """
+        if crop is None:
+            return
+        if len(crop) != 4:
+            raise InputError(f"crop {list(crop)} needs 4 numbers [top, bottom, left, right]")
+        top, bottom, left, right = (int(v) for v in crop)
+        h, w = self.full_shape
+        name = f"{self.path.name} is {h}x{w} px"
+        if min(top, left) < 0 or top >= bottom or left >= right:
+            raise InputError(
+                f"crop {[top, bottom, left, right]} is not a rectangle of the frame ({name}); "
+                "give [top, bottom, left, right] with 0 <= top < bottom and 0 <= left < right"
+            )
+        if bottom > h:
+            raise InputError(
+                f"crop {[top, bottom, left, right]} reaches past the frame's {h} rows ({name}); "
+                f"set bottom to at most {h}"
+            )
+        if right > w:
+            raise InputError(
+                f"crop {[top, bottom, left, right]} reaches past the frame's {w} columns ({name}); "
+                f"set right to at most {w}"
+            )
+        self._full_shape = self.full_shape
+        self.crop = (top, bottom, left, right)
+        self.frame_shape = (bottom - top, right - left)
+        self._window = (slice(top, bottom), slice(left, right))
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames [start, stop) as float32 (t, h, w)."""
+        """Return frames [start, stop) as float32 (t, h, w): cropped to ``_window`` where the format
+        can read a rectangle alone, else whole (``read`` then cuts them)."""
         raise NotImplementedError
 
     def _close(self) -> None:
@@ -75,6 +128,8 @@ class VideoReader:
         if start == stop:
             return np.empty((0, *self.frame_shape), dtype=np.float32)
         block = self._read(start, stop)
+        if self.crop is not None and block.shape[1:] != self.frame_shape and block.shape[1:] == self.full_shape:
+            block = np.ascontiguousarray(block[:, self._window[0], self._window[1]])  # a reader that reads whole frames
         if block.shape != (stop - start, *self.frame_shape):
             raise VideoReadError(
                 f"{self.path}: expected {stop - start} frames of {self.frame_shape} from "

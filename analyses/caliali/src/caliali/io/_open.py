@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from caliali.exceptions import InputError, UnsupportedFormatError, VideoReadError
@@ -24,7 +25,7 @@ def is_video(path: Path | str) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
+def open_video(path: Path | str, *, dataset: str | None = None, crop: Sequence[int] | None = None) -> VideoReader:
     """Open a video file for chunked reading.
 
     Parameters
@@ -34,6 +35,8 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
     dataset : str, optional
         For HDF5 and zarr groups, the array holding the movie; for NWB, the
         name of the imaging series. Needed only when the file holds several.
+    crop : (top, bottom, left, right), optional
+        Read only this rectangle of every frame (see `VideoReader.set_crop`).
 
     Returns
     -------
@@ -59,6 +62,16 @@ def open_video(path: Path | str, *, dataset: str | None = None) -> VideoReader:
         raise UnsupportedFormatError(f"{path}: expected a {'directory' if suffix == '.zarr' else 'file'}")
     if not path.is_dir() and path.stat().st_size == 0:  # any format: say so before a reader fails on it
         raise VideoReadError(f"{path}: input {path.name} is empty (0 bytes); upload it again")
+    reader = _open(path, suffix, dataset)
+    try:
+        reader.set_crop(crop)
+    except InputError:
+        reader.close()
+        raise
+    return reader
+
+
+def _open(path: Path, suffix: str, dataset: str | None) -> VideoReader:
     if suffix == ".zarr":
         return open_zarr(path, dataset=dataset)
     if suffix in _HDF5:

@@ -109,12 +109,12 @@ class OpenCVReader(VideoReader):
                 self._truncated(self._pos)
             if frame.ndim == 3:
                 frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-            if frame.shape != self.frame_shape:
+            if frame.shape != self.full_shape:
                 raise VideoReadError(
                     f"{self.path}: frame {self._pos} decodes to shape {frame.shape}, not "
-                    f"{self.frame_shape}; the stream's pixel format is not supported"
+                    f"{self.full_shape}; the stream's pixel format is not supported"
                 )
-            out[i] = frame
+            out[i] = frame[self._window]
             self._pos += 1
         return out
 

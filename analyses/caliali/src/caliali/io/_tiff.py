@@ -11,7 +11,7 @@ import tifffile
 
 from caliali.exceptions import UnsupportedFormatError, VideoReadError
 from caliali.io._base import VideoReader, to_grey_float32
-from caliali.io._recorded import from_tiff
+from caliali.io._recorded import from_tiff, rate_from_tiff
 
 __all__ = ["TiffReader"]
 
@@ -56,6 +56,7 @@ class TiffReader(VideoReader):
         self.dtype = np.dtype(series.dtype)
         self._series = series
         self.recorded_at = from_tiff(self._tif)
+        self.fs = rate_from_tiff(self._tif)
         # Uncompressed contiguous data (what tifffile, ImageJ and our writer produce) is read
         # straight from its offset: parsing every page header cost more than reading the pixels.
         self._offset = series.dataoffset
@@ -81,11 +82,20 @@ class TiffReader(VideoReader):
             raise VideoReadError(
                 f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is truncated or corrupt"
             ) from exc
-        block = block.reshape(stop - start, *self.frame_shape, *block.shape[-1:] if self._colour else ())
-        return to_grey_float32(block, channel_order="rgb")
+        block = block.reshape(stop - start, *self.full_shape, *block.shape[-1:] if self._colour else ())
+        return np.ascontiguousarray(to_grey_float32(block[:, self._window[0], self._window[1]], channel_order="rgb"))
 
     def _read_contiguous(self, start: int, stop: int) -> np.ndarray:
-        per_frame = int(np.prod(self.frame_shape)) * (3 if self._colour else 1)
+        """Frames read straight from the file; with a crop, a few whole frames at a time (no more
+        bytes in flight than the cropped chunk holds), each cut to the rectangle."""
+        full = int(np.prod(self.full_shape))
+        step = max(1, (stop - start) * int(np.prod(self.frame_shape)) // full)
+        if step >= stop - start:
+            return self._frames_at(start, stop)
+        return np.concatenate([self._frames_at(a, min(a + step, stop)) for a in range(start, stop, step)])
+
+    def _frames_at(self, start: int, stop: int) -> np.ndarray:
+        per_frame = int(np.prod(self.full_shape)) * (3 if self._colour else 1)
         handle = self._tif.filehandle
         try:
             handle.seek(self._offset + start * per_frame * self._disk_dtype.itemsize)
@@ -94,8 +104,8 @@ class TiffReader(VideoReader):
             raise VideoReadError(
                 f"{self.path}: cannot read frames {start}-{stop - 1} ({exc}); the file is truncated or corrupt"
             ) from exc
-        block = block.reshape(stop - start, *self.frame_shape, *(3,) if self._colour else ())
-        return to_grey_float32(block, channel_order="rgb")
+        block = block.reshape(stop - start, *self.full_shape, *(3,) if self._colour else ())
+        return np.ascontiguousarray(to_grey_float32(block[:, self._window[0], self._window[1]], channel_order="rgb"))
 
     def _close(self) -> None:
         self._tif.close()

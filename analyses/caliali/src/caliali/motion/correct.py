@@ -16,7 +16,6 @@ import numpy as np
 
 from caliali.chunking import iter_chunks
 from caliali.experiment import Session
-from caliali.io import open_video
 
 from ._corrector import Corrector
 from ._errors import MotionError
@@ -129,7 +128,7 @@ def session_info(sources: Any) -> tuple[int, tuple[int, int]]:
     sequence of them; error if its files differ in frame size."""
     total, shape = 0, None
     for part in _parts(sources):
-        readers = [part] if hasattr(part, "iter_chunks") else [open_video(f, dataset=part.dataset) for f in part.files]
+        readers = [part] if hasattr(part, "iter_chunks") else [part.open(f) for f in part.files]
         for reader in readers:
             try:
                 if shape is not None and tuple(reader.frame_shape) != shape:

@@ -40,6 +40,7 @@ def write_outputs(
     extra_meta: dict | None = None,
     session_start_time: datetime = EPOCH,
     identifier: str | None = None,
+    field_of_view: str = "",
 ) -> dict[str, Path]:
     """Write every output of an extraction under ``out_dir``; returns the paths written by kind.
 
@@ -61,6 +62,7 @@ def write_outputs(
             session_ids=session_ids,
             session_start_time=session_start_time,
             identifier=identifier,
+            field_of_view=field_of_view,
         )
     if qc:
         (out / "qc").mkdir(exist_ok=True)

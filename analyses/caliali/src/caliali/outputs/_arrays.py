@@ -47,7 +47,9 @@ def write_arrays(
 ) -> Path:
     """Write A.npz, C_raw.npy, C.npy, S.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
 
-    ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels; traces
+    ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels of the run's grid (a run's
+    ``crop`` of the original frame, downsampled by ``spatial_ds``; ``extra_meta`` records the
+    crop and the original frame's shape to map footprints back); traces
     are (K, T) float32 in noise units of each session; ``session_bounds`` holds
     the first frame of each session followed by the total.
     """

@@ -88,6 +88,7 @@ def write_nwb(
     session_start_time: datetime = EPOCH,
     identifier: str | None = None,
     description: str = "caliali source extraction",
+    field_of_view: str = "",
 ) -> Path:
     """Write ``extraction`` to an NWB file at ``path``.
 
@@ -96,7 +97,9 @@ def write_nwb(
     with RoiResponseSeries ``C`` (denoised), ``C_raw`` and ``S`` (deconvolved
     activity) over all frames; one epoch per session marking its frames (tag =
     session id; also in each series' description); the Cn and PNR images in
-    ``processing/ophys/SummaryImages``. Trace datasets are (T, K) float32,
+    ``processing/ophys/SummaryImages``. ``field_of_view`` (e.g. the crop of the original
+    frame the footprints' grid is) is added to the imaging plane's and the plane
+    segmentation's descriptions. Trace datasets are (T, K) float32,
     chunked in whole frames and written a buffer of frames at a time, so the
     traces (e.g. memory maps) are never read whole.
 
@@ -134,7 +137,7 @@ def write_nwb(
         name="ImagingPlane",
         optical_channel=channel,
         device=device,
-        description="aligned field of view shared by all sessions",
+        description="aligned field of view shared by all sessions" + (f"; {field_of_view}" if field_of_view else ""),
         excitation_lambda=470.0,
         indicator="GCaMP",
         location="unknown",
@@ -148,7 +151,8 @@ def write_nwb(
     ophys.add(segmentation)
     planes = segmentation.create_plane_segmentation(
         name="PlaneSegmentation",
-        description="CNMF-E footprints, one identity per neuron across sessions",
+        description="CNMF-E footprints, one identity per neuron across sessions"
+        + (f"; {field_of_view}" if field_of_view else ""),
         imaging_plane=plane,
     )
     planes.add_column(name="snr", description="peak of the denoised trace in noise units")
