@@ -554,8 +554,10 @@ def _extract(
             spatial_ds=config.spatial_ds,
             nwb=config.nwb,
             qc=config.qc,
+            caiman=config.caiman_hdf5,
             session_start_time=origin.start,
             identifier=origin.hashes.identifier,
+            config=config,
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)
