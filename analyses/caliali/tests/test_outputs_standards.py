@@ -80,20 +80,24 @@ def test_nwb_passes_nwbinspector_at_dandis_level(written):
     bad = [
         f"{m.importance.name} {m.check_function_name}: {m.message}"
         for m in messages
-        if m.importance in (Importance.CRITICAL, Importance.BEST_PRACTICE_VIOLATION)
+        if m.importance.value >= Importance.BEST_PRACTICE_VIOLATION.value  # also errors and invalid NWB
     ]
     assert bad == []
 
 
 def test_nwb_without_subject_id_and_age_is_what_nwbinspector_reports(tmp_path, written):
-    """The defaults leave out what only the scientist knows, and DANDI's check says what is missing."""
+    """The defaults leave out what only the scientist knows, and DANDI's check names exactly that."""
     from nwbinspector import Importance, inspect_nwbfile, load_config
 
     result = written[4]
     path = write_outputs(result, tmp_path, fs=10.0, qc=False, caiman=False)["nwb"]
     messages = list(inspect_nwbfile(nwbfile_path=str(path), config=load_config("dandi")))
-    critical = {m.check_function_name for m in messages if m.importance == Importance.CRITICAL}
-    assert critical == {"check_subject_id_exists", "check_subject_age"}
+    found = {m.importance: set() for m in messages}
+    for m in messages:
+        found[m.importance].add(m.check_function_name)
+    assert found[Importance.CRITICAL] == {"check_subject_id_exists", "check_subject_age"}
+    assert found[Importance.BEST_PRACTICE_VIOLATION] == {"check_imaging_plane_location_allen_ccf"}  # 'unknown'
+    assert not {Importance.ERROR, Importance.PYNWB_VALIDATION} & set(found)
 
 
 def test_nwb_carries_the_configured_metadata(written):
