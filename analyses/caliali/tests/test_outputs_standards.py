@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from caliali.config import load_config
+from caliali.config import ConfigError, load_config
 from caliali.extraction import extract
 from caliali.outputs import write_outputs
 
@@ -206,3 +206,18 @@ def test_no_dff_where_the_resting_level_is_not_positive():
     trace = np.random.default_rng(0).standard_normal(200).astype(np.float32)
     dff = dff_row(trace, np.array([1.0, 1.0]), np.array([50.0, -3.0]), np.array([0, 100, 200]), window=50)
     assert np.isfinite(dff[:100]).all() and np.isnan(dff[100:]).all()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("experimenter", ["Jane Doe"], r"experimenter\.0: 'Jane Doe' is not of the form asked: .*'Last, First'"),
+        ("subject_age", "90 days", r"subject_age: '90 days' is not of the form asked: .*ISO 8601 duration"),
+        ("subject_age", "PT", r"'PT' is not an ISO 8601 duration; write e\.g\. P90D"),
+        ("species", "mouse", r"species: 'mouse' is not of the form asked: .*Latin binomial"),
+        ("subject_sex", "female", r"subject_sex: Input should be 'M', 'F', 'U' or 'O'"),
+    ],
+)
+def test_wrong_metadata_is_refused_saying_what_is_asked(field, value, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config({field: value})

@@ -234,6 +234,10 @@ def _describe(error: dict[str, Any]) -> str:
         known = ", ".join(sorted(CalialiConfig.model_fields))
         return f"{where}: unknown parameter; known parameters are: {known}"
     value = error.get("input")
+    if error["type"] == "string_pattern_mismatch" and error["loc"]:  # a regular expression tells a scientist little
+        field = CalialiConfig.model_fields.get(str(error["loc"][0]))
+        if field is not None and field.description:
+            return f"{where}: {value!r} is not of the form asked: {field.description}"
     return f"{where}: {error['msg']} (got {value!r})"
 
 
