@@ -33,6 +33,7 @@ gSig: 3           # neuron radius, px
 min_corr: 0.2     # seed thresholds used for simulated data
 min_pnr: 4
 memory_budget: 1GB
+dark_level: 1000  # the simulator's movies read 1000 where there is no light (its video_offset x video_scale)
 # what DANDI asks of an NWB file (the animal here is simulated: give your own)
 session_description: simulated one-photon recording of a head-fixed mouse, four sessions
 experimenter: ["Doe, Jane"]

@@ -221,3 +221,21 @@ def test_no_dff_where_the_resting_level_is_not_positive():
 def test_wrong_metadata_is_refused_saying_what_is_asked(field, value, says):
     with pytest.raises(ConfigError, match=says):
         load_config({field: value})
+
+
+def test_a_camera_offset_given_as_dark_level_leaves_dff_as_without_it(tmp_path, written):
+    """The same movie plus 1000 on every pixel (a black level) and dark_level 1000: the same ΔF/F."""
+    y, _, _, bounds, result, out = written
+    offset = extract(y + 1000.0, session_bounds=bounds, gSig=2.0, min_corr=0.3, min_pnr=5, batch_frames=400)
+    assert offset.n_neurons == result.n_neurons
+    plain = np.load(out / "arrays" / "dff.npy")
+    for dark, close in ((0.0, False), (1000.0, True)):
+        config = load_config({"dark_level": dark})
+        folder = write_outputs(offset, tmp_path / str(dark), fs=10.0, qc=False, nwb=False, caiman=False, config=config)
+        dff = np.load(folder["arrays"] / "dff.npy")
+        peaks = plain.max(axis=1)
+        if close:
+            np.testing.assert_allclose(dff.max(axis=1), peaks, rtol=0.02)
+            np.testing.assert_allclose(dff, plain, atol=0.02 * peaks.max())
+        else:
+            assert np.all(dff.max(axis=1) < 0.01 * peaks)  # the offset swamps the resting level

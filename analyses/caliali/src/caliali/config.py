@@ -120,6 +120,13 @@ class CalialiConfig(BaseModel):
         le=3600,
         description="Window of the running baseline of the dF/F traces (arrays/dff.npy, NWB DfOverF), seconds.",
     )
+    dark_level: float = Field(
+        0.0,
+        ge=0,
+        le=1e9,
+        description="What a pixel of the recording reads with no light (the camera's black level or offset), in "
+        "the recording's units: taken out of each neuron's resting fluorescence, the denominator of dF/F. 0: none.",
+    )
     # -- NWB metadata (what DANDI asks of a file; nwbinspector checks it) ---------
     session_description: str = Field(
         "one-photon calcium imaging, neurons extracted by caliali (CNMF-E across sessions)",

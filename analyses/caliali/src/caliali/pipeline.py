@@ -7,7 +7,7 @@ chunk size, not by the recording's length)::
     projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
     alignment     translation + groupwise demons across sessions    -> <out>/alignment/
     apply         every frame warped into the common frame          -> work/aligned.zarr
-    extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
+    extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, caiman.hdf5, qc/
 
 ``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
 (``convergence``: whether, and why it stopped), config, alignment

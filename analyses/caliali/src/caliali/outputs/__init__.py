@@ -78,6 +78,7 @@ def write_outputs(
             spatial_ds=spatial_ds,
             extra_meta=extra_meta,
             dff_window=cfg.dff_window,
+            dark_level=cfg.dark_level,
         )
     }
     dff_path = paths["arrays"] / "dff.npy"

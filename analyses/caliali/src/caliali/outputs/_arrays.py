@@ -46,6 +46,7 @@ def write_arrays(
     spatial_ds: int = 1,
     extra_meta: dict | None = None,
     dff_window: float = 30.0,
+    dark_level: float = 0.0,
 ) -> Path:
     """Write A.npz, C_raw.npy, C.npy, S.npy, dff.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
 
@@ -55,8 +56,9 @@ def write_arrays(
     ``spatial_ds``); traces are (K, T) float32 in noise units of each session;
     ``dff.npy`` (written when the extraction knows each neuron's resting level
     ``f0`` and ``fs`` is given) is ΔF/F (`caliali.outputs._dff`) with a running
-    baseline of ``dff_window`` seconds; ``session_bounds`` holds the first frame
-    of each session followed by the total.
+    baseline of ``dff_window`` seconds and ``dark_level`` taken out of the
+    resting level; ``session_bounds`` holds the first frame of each session
+    followed by the total.
     """
     folder = Path(out_dir) / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,11 +71,12 @@ def write_arrays(
     ids = session_names(extraction, session_ids)
     dff: dict = {"dff": None}
     if getattr(extraction, "f0", None) is not None and fs:
-        _, undefined = write_dff(extraction, folder / "dff.npy", fs=fs, window_s=dff_window)
+        _, undefined = write_dff(extraction, folder / "dff.npy", fs=fs, window_s=dff_window, dark_level=dark_level)
         dff = {
             "dff": "dF/F per session: (F - F_b) / (f0 + F_b), F the raw trace in movie units, F_b its running "
             f"percentile (at the trace's mode) over {dff_window:g} s, f0 the background under the footprint "
-            "plus the baseline removed from the trace",
+            "plus the baseline removed from the trace, less the dark level under it",
+            "dark_level": float(dark_level),
             "dff_window_s": float(dff_window),
             "dff_undefined": undefined,
             "f0": np.asarray(extraction.f0, float).tolist(),
