@@ -33,12 +33,42 @@ gSig: 3           # neuron radius, px
 min_corr: 0.2     # seed thresholds used for simulated data
 min_pnr: 4
 memory_budget: 1GB
+dark_level: 1000  # the simulator's movies read 1000 where there is no light (its video_offset x video_scale)
+# what DANDI asks of an NWB file (the animal here is simulated: give your own)
+session_description: simulated one-photon recording of a head-fixed mouse, four sessions
+experimenter: ["Doe, Jane"]
+institution: caliali demo
+keywords: [calcium imaging, one-photon, simulation]
+subject_id: sim-mouse-01
+species: Mus musculus
+subject_sex: U
+subject_age: P90D
+indicator: GCaMP6f
+imaging_location: CA1
+excitation_lambda: 470
+emission_lambda: 520
 """
 
 
 def _run(console: Console, args: list[str], **kw) -> subprocess.CompletedProcess:
     console.print(f"[dim]$ {' '.join(str(a) for a in args)}[/dim]")
     return subprocess.run([str(a) for a in args], **kw)
+
+
+def _inspect(nwb: Path) -> str:
+    """nwbinspector's verdict on ``nwb`` at DANDI's level, in a few words."""
+    try:
+        from nwbinspector import Importance, inspect_nwbfile, load_config
+    except ImportError:
+        return "nwbinspector not installed: pip install nwbinspector to check it against DANDI's rules"
+    messages = list(inspect_nwbfile(nwbfile_path=str(nwb), config=load_config("dandi")))
+    count = {level: sum(m.importance == level for m in messages) for level in Importance}
+    invalid = count[Importance.ERROR] + count[Importance.PYNWB_VALIDATION]
+    return (
+        f"nwbinspector, DANDI config: {invalid} errors, {count[Importance.CRITICAL]} critical, "
+        f"{count[Importance.BEST_PRACTICE_VIOLATION]} best-practice violations, "
+        f"{count[Importance.BEST_PRACTICE_SUGGESTION]} suggestions"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             f"alignment error: median {a['median_px']:.2f} px, 95th percentile {a['p95_px']:.2f} px "
             f"(before alignment {a['unaligned_median_px']:.2f} / {a['unaligned_p95_px']:.2f} px)"
         )
-    console.print(f"NWB file:     {outputs / 'neurons.nwb'}")
+    console.print(f"NWB file:     {outputs / 'neurons.nwb'}  ({_inspect(outputs / 'neurons.nwb')})")
+    console.print(f"CaImAn file:  {outputs / 'caiman.hdf5'}  (caiman's load_CNMF, or h5py)")
     console.print(f"QC figures:   {outputs / 'qc'}  (contours.png, traces.png, sessions/)")
     console.print(f"alignment QC: {outputs / 'alignment'}")
     console.print(f"certificate:  {job / 'certificate.txt'} (and certificate.json)")

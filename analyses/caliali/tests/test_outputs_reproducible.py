@@ -1,7 +1,8 @@
 """The same extraction written twice, in two processes seconds apart, gives the same bytes.
 
 Nothing of the moment or the process may reach a file: NWB's ``file_create_date`` and
-``object_id`` s, HDF5 object times and uninitialised bytes, PNG metadata.
+``object_id`` s, HDF5 object times (in the NWB and the CaImAn file) and uninitialised bytes,
+PNG metadata.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def test_two_writes_seconds_apart_in_two_processes_give_the_same_bytes(tmp_path)
     first = _write(tmp_path / "one")
     time.sleep(1.1)  # the clock's second has changed: a timestamp written anywhere would show
     again = _write(tmp_path / "two")
-    assert {"neurons.nwb", "qc/contours.png", "qc/traces.png", "arrays/A.npz"} <= set(first)
+    assert {"neurons.nwb", "caiman.hdf5", "arrays/dff.npy", "qc/contours.png", "qc/traces.png", "arrays/A.npz"} <= set(
+        first
+    )
     assert sorted(first) == sorted(again)
     differing = [name for name in first if first[name] != again[name]]
     assert differing == []

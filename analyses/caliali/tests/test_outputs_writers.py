@@ -46,6 +46,8 @@ def _extraction(k: int = 3, dims=(20, 30), bounds=(0, 50, 120)) -> Extraction:
         ],
         convergence=convergence_record([{"change": 0.03, "stop": "tol"}] * 2, tol=0.05, max_iter=10),
         params={"gSig": 3.0},
+        f0=np.full((k, len(bounds) - 1), 20.0, np.float32),
+        b0=np.full((len(bounds) - 1, *dims), 20.0, np.float32),
     )
 
 
@@ -187,7 +189,8 @@ a = scipy.sparse.csc_array(np.eye(20 * 30, k, dtype=np.float32))
 ex = Extraction(A=a, C_raw=traces[0].view(), C=traces[1].view(), S=traces[2].view(),
                 cn=np.ones((20, 30), np.float32), pnr=np.ones((20, 30), np.float32),
                 session_bounds=np.array([0, t // 3, t]), dims=(20, 30), snr=np.linspace(9, 1, k),
-                noise=np.ones((k, 2)), centers=np.zeros((k, 2)), seeds=np.zeros((k, 2), int))
+                noise=np.ones((k, 2)), centers=np.zeros((k, 2)), seeds=np.zeros((k, 2), int),
+                f0=np.full((k, 2), 100.0, np.float32))
 
 def kib(key):
     with open("/proc/self/status") as status:
@@ -209,7 +212,8 @@ def _peak_can_be_reset() -> bool:
 
 @pytest.mark.skipif(not _peak_can_be_reset(), reason="needs Linux /proc (VmHWM, clear_refs) to measure peak memory")
 def test_writing_memory_mapped_traces_takes_far_less_memory_than_one_copy_and_reads_back_equal(tmp_path):
-    """80 neurons x 200,000 frames (61 MiB per trace array): arrays and NWB written a block at a time."""
+    """80 neurons x 200,000 frames (61 MiB per trace array): arrays, ΔF/F, NWB and CaImAn's file written a
+    block at a time."""
     import subprocess
     import sys
 

@@ -13,6 +13,7 @@ are refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +30,8 @@ class ConfigError(InputError):
     """A config file is unreadable or a value is not allowed."""
 
 
+# An ISO 8601 duration: P, then years to days, then T and hours to seconds; at least one number.
+_ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 _BUDGET_PATTERN = r"^\s*(auto|\d+(\.\d*)?\s*([kKmMgGtT]i?[bB]?|[bB])?)\s*$"
 
 
@@ -125,6 +128,68 @@ class CalialiConfig(BaseModel):
     )
     # -- outputs -----------------------------------------------------------------
     nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")
+    caiman_hdf5: bool = Field(
+        True, description="Write the result in CaImAn's HDF5 layout (caiman.hdf5), readable by caiman's load_CNMF."
+    )
+    dff_window: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Window of the running baseline of the dF/F traces (arrays/dff.npy, NWB DfOverF), seconds.",
+    )
+    dark_level: float = Field(
+        0.0,
+        ge=0,
+        le=1e9,
+        description="What a pixel of the recording reads with no light (the camera's black level or offset), in "
+        "the recording's units: taken out of each neuron's resting fluorescence, the denominator of dF/F. 0: none.",
+    )
+    # -- NWB metadata (what DANDI asks of a file; nwbinspector checks it) ---------
+    session_description: str = Field(
+        "one-photon calcium imaging, neurons extracted by caliali (CNMF-E across sessions)",
+        min_length=1,
+        description="NWB session_description: what was recorded and done, in a sentence.",
+    )
+    experiment_description: str = Field("", description="NWB experiment_description; empty to leave it out.")
+    experimenter: list[Annotated[str, Field(pattern=r"^[^,]+, [^,]+$")]] = Field(
+        [],
+        description="Who recorded the data, each as 'Last, First' (e.g. ['Curie, Marie']); empty to leave it out.",
+    )
+    institution: str = Field("", description="NWB institution (e.g. 'University of Oxford'); empty to leave it out.")
+    lab: str = Field("", description="NWB lab; empty to leave it out.")
+    keywords: list[str] = Field(
+        [], description="NWB keywords (e.g. ['hippocampus', 'place cells']); empty to leave them out."
+    )
+    subject_id: str = Field(
+        "",
+        description="The animal's id (NWB Subject.subject_id). DANDI requires it: empty writes no id and "
+        "nwbinspector's DANDI check reports it.",
+    )
+    species: str = Field(
+        "Mus musculus",
+        pattern=r"^([A-Z][a-z]+ [a-z]+( [a-z]+)?|http://purl\.obolibrary\.org/obo/NCBITaxon_\d+)$",
+        description="The animal's species as a Latin binomial (e.g. 'Mus musculus', 'Rattus norvegicus') or an "
+        "NCBI taxonomy URL.",
+    )
+    subject_sex: Literal["M", "F", "U", "O"] = Field(
+        "U", description="The animal's sex: M, F, U (unknown) or O (other)."
+    )
+    subject_age: str = Field(
+        "",
+        pattern=r"^(P[0-9YMWDTHS]+(/(P[0-9YMWDTHS]+)?)?)?$",
+        description="The animal's age at the session as an ISO 8601 duration (e.g. 'P90D'; a range as 'P90D/P120D'). "
+        "DANDI requires it: empty writes no age and nwbinspector's DANDI check reports it.",
+    )
+    indicator: str = Field("unknown", min_length=1, description="Calcium indicator (e.g. 'GCaMP6f').")
+    imaging_location: str = Field(
+        "unknown", min_length=1, description="Brain region imaged (e.g. 'CA1'; NWB ImagingPlane.location)."
+    )
+    excitation_lambda: float = Field(
+        0.0, ge=0, le=2000, description="Excitation wavelength, nm (e.g. 470); 0 when unknown (NaN in the NWB file)."
+    )
+    emission_lambda: float = Field(
+        0.0, ge=0, le=2000, description="Emission wavelength, nm (e.g. 520); 0 when unknown (NaN in the NWB file)."
+    )
     qc: bool = Field(True, description="Write QC figures (qc/*.png).")
     keep_intermediates: bool = Field(
         False, description="Keep the corrected and aligned videos (work/) after a successful run."
@@ -161,6 +226,15 @@ class CalialiConfig(BaseModel):
     def _a_real_time(cls, value: str) -> str:
         if value:
             _start_time(value)  # 2024-13-01 matches the pattern but is no date
+        return value
+
+    @field_validator("subject_age")
+    @classmethod
+    def _an_iso_duration(cls, value: str) -> str:
+        if value and not all(_ISO_DURATION.match(part) for part in value.split("/") if part or "/" not in value):
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 duration; write e.g. P90D, P12W, P1Y2M, or a range P90D/P120D"
+            )
         return value
 
     @property
@@ -223,6 +297,10 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "value_error":  # our own validators' words say the value already
         return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     value = error.get("input")
+    if error["type"] == "string_pattern_mismatch" and error["loc"]:  # a regular expression tells a scientist little
+        field = CalialiConfig.model_fields.get(str(error["loc"][0]))
+        if field is not None and field.description:
+            return f"{where}: {value!r} is not of the form asked: {field.description}"
     return f"{where}: {error['msg']} (got {value!r})"
 
 

@@ -7,7 +7,7 @@ chunk size, not by the recording's length)::
     projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
     alignment     translation + groupwise demons across sessions    -> <out>/alignment/
     apply         every frame warped into the common frame          -> work/aligned.zarr
-    extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
+    extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, caiman.hdf5, qc/
 
 ``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
 (``convergence``: whether, and why it stopped), the frame rate used and where it came from
@@ -624,10 +624,12 @@ def _extract(
             spatial_ds=config.spatial_ds,
             nwb=config.nwb,
             qc=config.qc,
+            caiman=config.caiman_hdf5,
             session_start_time=origin.start,
             identifier=origin.hashes.identifier,
             extra_meta={"fs_from": rate.source, "fs_note": rate.note, **region.describe()},
             field_of_view=region.sentence(config.spatial_ds) if region.crop or region.roi_name else "",
+            config=config,
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)

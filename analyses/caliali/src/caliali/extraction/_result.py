@@ -48,6 +48,14 @@ class Extraction:
         ``tol``, the last ``change``, and ``why`` in one sentence.
     params : dict
         The parameters the extraction ran with.
+    f0 : ndarray (K, n_sessions) float32 or None
+        Each neuron's resting fluorescence per session, in the units of ``C_raw * noise`` (the raw
+        trace before noise scaling): the session's constant background (the ring model's ``b0``)
+        under its footprint plus the mean baseline detrending removed from its trace. The
+        denominator of ΔF/F (`caliali.outputs._dff`); None when not known.
+    b0 : ndarray (n_sessions, h, w) float32 or None
+        Each session's constant background image (the ring model's ``b0``, movie units); None when
+        not known.
     """
 
     A: scipy.sparse.csc_array
@@ -65,6 +73,8 @@ class Extraction:
     history: list = field(default_factory=list)
     convergence: dict = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    f0: np.ndarray | None = None
+    b0: np.ndarray | None = None
 
     @property
     def n_neurons(self) -> int:

@@ -162,6 +162,18 @@ def _session_constant(footprints: Footprints, c, mean_frames: np.ndarray, batche
     return b0
 
 
+def _background_under(footprints: Footprints, b0: np.ndarray) -> np.ndarray:
+    """(K, n_sessions): each session's constant background ``b0`` under each footprint, as the amplitude
+    of the footprint that fits it best (least squares), in the units of the footprint's raw trace."""
+    out = np.zeros((len(footprints), len(b0)), np.float64)
+    for k, im in enumerate(footprints.images):
+        norm = float((im.astype(np.float64) ** 2).sum())
+        if norm > 0:
+            for s in range(len(b0)):
+                out[k, s] = float((b0[s][footprints.slices(k)].astype(np.float64) * im).sum()) / norm
+    return out
+
+
 def _iteration_pass(
     source,
     batches,
@@ -705,7 +717,8 @@ def _finish(
     _report(progress, 0.97, 0.97, 1.0, "post-processing: deconvolution, detrending, noise scaling, SNR order")
     c.close()
     c = _deconvolve_all(c_raw, bounds)
-    scaled, denoised, spikes, noise, snr = finalize_traces(c_raw, c, bounds)
+    scaled, denoised, spikes, noise, snr, level = finalize_traces(c_raw, c, bounds)
+    f0 = level + _background_under(footprints, background.b0)
     c_raw.close()
     c.close()
     order = np.argsort(-snr, kind="stable")
@@ -728,5 +741,7 @@ def _finish(
         snr=snr[order],
         noise=noise[order],
         centers=final.centers(),
+        f0=f0[order].astype(np.float32),
+        b0=np.asarray(background.b0, np.float32).copy(),
         **extras,
     )

@@ -10,6 +10,7 @@ import scipy.sparse
 
 from ._blocks import BLOCK_BYTES, row_blocks
 from ._common import convergence_of, session_names
+from ._dff import write_dff
 
 __all__ = ["write_arrays", "save_rows"]
 
@@ -44,14 +45,21 @@ def write_arrays(
     fs: float | None = None,
     spatial_ds: int = 1,
     extra_meta: dict | None = None,
+    dff_window: float = 30.0,
+    dark_level: float = 0.0,
 ) -> Path:
-    """Write A.npz, C_raw.npy, C.npy, S.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
+    """Write A.npz, C_raw.npy, C.npy, S.npy, dff.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
 
-    ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels of the run's grid (a run's
-    ``crop`` of the original frame, downsampled by ``spatial_ds``; ``extra_meta`` records the
-    crop and the original frame's shape to map footprints back); traces
-    are (K, T) float32 in noise units of each session; ``session_bounds`` holds
-    the first frame of each session followed by the total.
+    ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels (row
+    ``y * width + x``, as ``meta.json`` 's ``pixel_order`` says) of the run's
+    grid (``dims``: a run's ``crop`` of the original frame, downsampled by
+    ``spatial_ds``; ``extra_meta`` records the crop and the original frame's
+    shape to map footprints back); traces are (K, T) float32 in noise units of
+    each session; ``dff.npy`` (written when the extraction knows each neuron's
+    resting level ``f0`` and ``fs`` is given) is ΔF/F (`caliali.outputs._dff`)
+    with a running baseline of ``dff_window`` seconds and ``dark_level`` taken
+    out of the resting level; ``session_bounds`` holds the first frame of each
+    session followed by the total.
     """
     folder = Path(out_dir) / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,9 +70,26 @@ def write_arrays(
         np.save(folder / f"{name}.npy", np.asarray(value, np.float32))
     np.save(folder / "session_bounds.npy", np.asarray(extraction.session_bounds, np.int64))
     ids = session_names(extraction, session_ids)
+    dff: dict = {"dff": None}
+    if getattr(extraction, "f0", None) is not None and fs:
+        _, undefined = write_dff(extraction, folder / "dff.npy", fs=fs, window_s=dff_window, dark_level=dark_level)
+        dff = {
+            "dff": "dF/F per session: (F - F_b) / (f0 + F_b), F the raw trace in movie units, F_b its running "
+            f"percentile (at the trace's mode) over {dff_window:g} s, f0 the background under the footprint "
+            "plus the baseline removed from the trace, less the dark level under it",
+            "dark_level": float(dark_level),
+            "dff_window_s": float(dff_window),
+            "dff_undefined": undefined,
+            "f0": np.asarray(extraction.f0, float).tolist(),
+        }
     meta = {
         "dims": [int(extraction.dims[0]), int(extraction.dims[1])],
+        "dims_order": "(height, width): rows then columns of the extraction's grid",
+        "pixel_order": "C (row-major): row p of A is the pixel (y, x) = divmod(p, width); "
+        "A[:, k].reshape(dims) is neuron k's footprint image",
         "spatial_ds": int(spatial_ds),
+        "grid": f"each pixel of dims covers spatial_ds x spatial_ds pixels of the recording, pixel (y, x) "
+        f"the block starting at (y * {int(spatial_ds)}, x * {int(spatial_ds)})",
         "n_neurons": extraction.n_neurons,
         "n_frames": int(extraction.session_bounds[-1]),
         "session_ids": ids,
@@ -78,6 +103,7 @@ def write_arrays(
         "params": extraction.params,
         "history": extraction.history,
         "convergence": convergence_of(extraction) or None,
+        **dff,
         **(extra_meta or {}),
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=float))

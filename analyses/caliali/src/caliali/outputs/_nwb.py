@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caliali.config import CalialiConfig
 from caliali.provenance import EPOCH
 
 from ._blocks import BLOCK_BYTES
@@ -40,13 +41,24 @@ def _frames_of(traces):
     return TraceFrames(traces, chunk_shape=(chunk, k), buffer_shape=(buffer, k))
 
 
-def _pixel_masks(extraction):
+def _pixel_masks(extraction, spatial_ds: int = 1):
+    """Each neuron's pixel mask [(x, y, weight), ...] on the recording's pixels: a pixel of the
+    extraction's grid (``spatial_ds`` x ``spatial_ds`` recording pixels averaged) gives its weight
+    to each of the recording pixels it averaged."""
     a = extraction.A.tocsc()
     w = extraction.dims[1]
+    f = int(spatial_ds)
+    dy, dx = (d.ravel() for d in np.mgrid[:f, :f])
     for k in range(a.shape[1]):
         lo, hi = a.indptr[k], a.indptr[k + 1]
-        pix, val = a.indices[lo:hi], a.data[lo:hi]
-        yield [(int(p % w), int(p // w), float(v)) for p, v in zip(pix, val)]
+        y, x = np.divmod(a.indices[lo:hi].astype(np.int64), w)
+        val = a.data[lo:hi]
+        yield [(int(xx * f + ex), int(yy * f + ey), float(v)) for yy, xx, v in zip(y, x, val) for ey, ex in zip(dy, dx)]
+
+
+def _nm(value: float) -> float:
+    """A wavelength for NWB: nm as configured, NaN for 0 (unknown)."""
+    return float(value) if value > 0 else float("nan")
 
 
 def content_identifier(extraction, *, fs: float, session_ids) -> str:
@@ -89,19 +101,33 @@ def write_nwb(
     identifier: str | None = None,
     description: str = "caliali source extraction",
     field_of_view: str = "",
+    spatial_ds: int = 1,
+    dff=None,
+    config: CalialiConfig | None = None,
 ) -> Path:
     """Write ``extraction`` to an NWB file at ``path``.
 
     Contents: ``processing/ophys/ImageSegmentation/PlaneSegmentation`` (one
-    ROI per neuron, pixel masks (x, y, weight)); ``processing/ophys/Fluorescence``
-    with RoiResponseSeries ``C`` (denoised), ``C_raw`` and ``S`` (deconvolved
-    activity) over all frames; one epoch per session marking its frames (tag =
-    session id; also in each series' description); the Cn and PNR images in
-    ``processing/ophys/SummaryImages``. ``field_of_view`` (e.g. the crop of the original
-    frame the footprints' grid is) is added to the imaging plane's and the plane
-    segmentation's descriptions. Trace datasets are (T, K) float32,
-    chunked in whole frames and written a buffer of frames at a time, so the
-    traces (e.g. memory maps) are never read whole.
+    ROI per neuron, pixel masks (x, y, weight) **on the recording's pixels**:
+    with ``spatial_ds`` > 1 each pixel of the extraction's grid is spread over
+    the ``spatial_ds`` x ``spatial_ds`` recording pixels it averaged, so masks
+    overlay the raw movie; the imaging plane's description says so);
+    ``processing/ophys/Fluorescence`` with RoiResponseSeries ``C`` (denoised),
+    ``C_raw`` and ``S`` (deconvolved activity) over all frames;
+    ``processing/ophys/DfOverF/dff`` (ΔF/F, `caliali.outputs._dff`) when
+    ``dff`` (K, T) is given; one epoch per session marking its frames (tag =
+    session id; also in each series' description); the Cn and PNR images (on
+    the extraction's grid) in ``processing/ophys/SummaryImages``. Trace
+    datasets are (T, K) float32, chunked in whole frames and written a buffer
+    of frames at a time, so the traces (e.g. memory maps) are never read whole.
+    ``field_of_view`` (e.g. the crop of the original frame the footprints' grid
+    is) is added to the imaging plane's and the plane segmentation's descriptions.
+
+    The session's description, experimenter, institution, lab, keywords, the
+    subject (id, species, sex, age) and the imaging plane's indicator,
+    location and wavelengths come from ``config`` (a `caliali.config.CalialiConfig`;
+    its defaults when None); empty fields are left out, an unknown wavelength
+    (0) is written as NaN. What DANDI requires is checked by ``nwbinspector``.
 
     The same arguments give the same bytes, whenever and wherever written:
     ``identifier`` (default: `content_identifier`) also seeds every object's
@@ -118,29 +144,52 @@ def write_nwb(
     import h5py
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.base import Images
+    from pynwb.file import Subject
     from pynwb.image import GrayscaleImage
-    from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
+    from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
 
+    cfg = config if config is not None else CalialiConfig()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bounds = np.asarray(extraction.session_bounds, np.int64)
     ids = session_names(extraction, session_ids)
+    optional = {
+        "experiment_description": cfg.experiment_description or None,
+        "experimenter": list(cfg.experimenter) or None,
+        "institution": cfg.institution or None,
+        "lab": cfg.lab or None,
+        "keywords": list(cfg.keywords) or None,
+    }
     nwb = NWBFile(
-        session_description=description,
+        session_description=cfg.session_description,
         identifier=identifier or content_identifier(extraction, fs=fs, session_ids=ids),
         session_start_time=session_start_time,
         file_create_date=session_start_time,  # pynwb's default is the clock
+        subject=Subject(
+            subject_id=cfg.subject_id or None,
+            species=cfg.species,
+            sex=cfg.subject_sex,
+            age=cfg.subject_age or None,
+            description="the animal imaged in every session",
+        ),
+        **{key: value for key, value in optional.items() if value is not None},
     )
     device = nwb.create_device(name="Miniscope", description="one-photon head-mounted microscope")
-    channel = OpticalChannel(name="channel", description="green fluorescence", emission_lambda=520.0)
+    channel = OpticalChannel(
+        name="channel", description="fluorescence of the calcium indicator", emission_lambda=_nm(cfg.emission_lambda)
+    )
+    height, width = (int(n) * int(spatial_ds) for n in extraction.dims)
     plane = nwb.create_imaging_plane(
         name="ImagingPlane",
         optical_channel=channel,
         device=device,
-        description="aligned field of view shared by all sessions" + (f"; {field_of_view}" if field_of_view else ""),
-        excitation_lambda=470.0,
-        indicator="GCaMP",
-        location="unknown",
+        description=f"aligned field of view shared by all sessions; pixel masks on the recording's pixels "
+        f"({height} x {width} covered), extraction on a grid downsampled {int(spatial_ds)}x (area averaging): "
+        f"its pixel (y, x) is the recording's block from (y*{int(spatial_ds)}, x*{int(spatial_ds)}); "
+        "SummaryImages are on that grid" + (f"; {field_of_view}" if field_of_view else ""),
+        excitation_lambda=_nm(cfg.excitation_lambda),
+        indicator=cfg.indicator,
+        location=cfg.imaging_location,
         imaging_rate=float(fs),
     )
     ophys = nwb.create_processing_module(
@@ -156,7 +205,7 @@ def write_nwb(
         imaging_plane=plane,
     )
     planes.add_column(name="snr", description="peak of the denoised trace in noise units")
-    for mask, snr in zip(_pixel_masks(extraction), extraction.snr):
+    for mask, snr in zip(_pixel_masks(extraction, spatial_ds), extraction.snr):
         planes.add_roi(pixel_mask=mask, snr=float(snr))
     sessions_text = "; ".join(f"{sid}: frames {int(a)}-{int(b) - 1}" for sid, a, b in zip(ids, bounds[:-1], bounds[1:]))
     fluorescence = Fluorescence(name="Fluorescence")
@@ -177,6 +226,23 @@ def write_nwb(
                     rate=float(fs),
                     starting_time=0.0,
                     description=f"{text}, in noise units of each session; sessions concatenated: {sessions_text}",
+                )
+            )
+        if dff is not None:
+            ophys.add(
+                DfOverF(
+                    name="DfOverF",
+                    roi_response_series=RoiResponseSeries(
+                        name="dff",
+                        data=_frames_of(dff),
+                        rois=rois,
+                        unit="n.a.",
+                        rate=float(fs),
+                        starting_time=0.0,
+                        description="dF/F of each session: (F - F_b) / (f0 + F_b), F the raw trace in movie units, "
+                        "F_b its running baseline, f0 the background under the footprint plus the baseline "
+                        f"removed from the trace (NaN where f0 + F_b is not positive); {sessions_text}",
+                    ),
                 )
             )
     for sid, a, b in zip(ids, bounds[:-1], bounds[1:]):
