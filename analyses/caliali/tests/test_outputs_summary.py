@@ -100,6 +100,8 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "caliali_version",
             "config",
             "convergence",
+            "gSig",
+            "gSig_from",
             "neurons",
             "nwb",
             "run",

@@ -135,6 +135,11 @@ class _Reporter:
             self.starts[name] = acc
             acc += weight
 
+    def note(self, message: str) -> None:
+        """A message before the first stage starts."""
+        if self.progress is not None:
+            self.progress(0.0, message)
+
     def stage(self, name: str, lo: float = 0.0, hi: float = 1.0) -> Progress:
         start, weight = self.starts[name], STAGES[name]
 
@@ -368,6 +373,9 @@ def run(
     origin = _origin(input, mapping, experiment, config)
     report = _Reporter(progress)
     timings: dict[str, dict[str, float]] = {}
+    given, gsig_from = config, "set"
+    if given.gSig == "auto":
+        config, gsig_from = _timed(timings, "gsig", lambda: _estimate_gsig(experiment, given, report))
     ids = [s.id for s in experiment.sessions]
     motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
     projections = _timed(
@@ -381,7 +389,9 @@ def run(
     else:
         video, bounds, valid = _unaligned(motion, config, work, report)
     paths = _timed(
-        timings, "extraction", lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin)
+        timings,
+        "extraction",
+        lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, gsig_from),
     )
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
@@ -395,8 +405,10 @@ def run(
             "session_frames": frames,
             "neurons": n_neurons,
             "seed_thresholds": seeds,
+            "gSig": config.gSig,
+            "gSig_from": gsig_from,
             "convergence": convergence,
-            "config": config.model_dump(),
+            "config": given.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
         },
         run={
@@ -423,6 +435,33 @@ def run(
         convergence=convergence,
         paths={k: Path(v) for k, v in paths.items()},
     )
+
+
+def _estimate_gsig(experiment: Experiment, config: CalialiConfig, report: _Reporter) -> tuple[CalialiConfig, str]:
+    """The config with gSig 'auto' replaced by its estimate, and how the estimate was obtained.
+
+    Estimated from the first frames of the first session as the stages see them (downsampled),
+    before motion correction, which needs it; reported in original pixels, rounded to 0.01 px.
+    """
+    from caliali.budget import batch_frames_for
+    from caliali.motion import session_chunks
+    from caliali.projections import GSIG_FRAMES, RADIUS_PER_SIGMA, estimate_gsig
+
+    session = experiment.sessions[0]
+    report.note(f"gSig: estimating the neuron radius from session {session.id}")
+    shape = experiment.frame_shape()
+    batch = config.chunk_frames or batch_frames_for(config.memory_budget, shape, copies=12, max_frames=GSIG_FRAMES)
+    chunks = session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds, temporal_ds=config.temporal_ds)
+    largest = 50.0 / RADIUS_PER_SIGMA / config.spatial_ds  # the config's bound on gSig, as a blob's sigma
+    try:
+        estimate = estimate_gsig(chunks, max_frames=GSIG_FRAMES, max_sigma=largest)
+    finally:
+        chunks.close()
+    gsig = round(estimate.gSig * config.spatial_ds, 2)
+    raw = min(session.n_frames(), estimate.frames * config.temporal_ds)
+    how = estimate.describe(spatial_ds=config.spatial_ds, where=f"frames 0-{raw - 1} of session {session.id}")
+    report.note(f"gSig: {gsig:g} px, {how}")
+    return config.model_copy(update={"gSig": gsig}), how
 
 
 def _check_session_lengths(experiment: Experiment, config: CalialiConfig) -> None:
@@ -531,6 +570,7 @@ def _extract(
     work: Path,
     report: _Reporter,
     origin: _Origin,
+    gsig_from: str,
 ) -> dict[str, Any]:
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
@@ -556,6 +596,7 @@ def _extract(
             qc=config.qc,
             session_start_time=origin.start,
             identifier=origin.hashes.identifier,
+            extra_meta={"gSig": config.gSig, "gSig_from": gsig_from},
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)
