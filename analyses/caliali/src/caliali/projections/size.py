@@ -30,6 +30,7 @@ References
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -133,6 +134,24 @@ def _scale_grid(shape: tuple[int, int], max_sigma: float | None) -> np.ndarray:
     return MIN_SIGMA * 2.0 ** (np.arange(n) / SCALES_PER_OCTAVE)
 
 
+@dataclass(frozen=True)
+class _Response:
+    """The scale-normalised negative LoG of an image at one scale, its median, robust sd and 3x3 maxima."""
+
+    values: np.ndarray
+    centre: float
+    spread: float
+    local_max: np.ndarray
+
+    @classmethod
+    def at(cls, image: np.ndarray, sigma: float) -> _Response:
+        values = -(sigma * sigma) * ndi.gaussian_laplace(image, sigma, mode="reflect")
+        centre = float(np.median(values))
+        spread = 1.4826 * float(np.median(np.abs(values - centre)))
+        spread = max(spread, float(np.finfo(np.float32).tiny))  # a flat image has no blobs, not a division by 0
+        return cls(values, centre, spread, ndi.maximum_filter(values, size=3, mode="nearest"))
+
+
 def blob_scales(image: np.ndarray, *, max_sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The blobs of ``image`` (h, w): their scales (Gaussian sigma, px) and strengths, strongest first.
 
@@ -145,21 +164,27 @@ def blob_scales(image: np.ndarray, *, max_sigma: float | None = None) -> tuple[n
     """
     img = np.nan_to_num(np.asarray(image, dtype=np.float32))
     sigmas = _scale_grid(img.shape, max_sigma)
-    stack = np.stack([-(s * s) * ndi.gaussian_laplace(img, s, mode="reflect") for s in sigmas])
-    centre = np.median(stack, axis=(1, 2), keepdims=True)
-    spread = 1.4826 * np.median(np.abs(stack - centre), axis=(1, 2), keepdims=True)
-    spread = np.maximum(spread, np.finfo(np.float32).tiny)  # a flat image has no blobs, not a division by 0
-    significant = stack > centre + BLOB_Z * spread
-    peaks = significant & (stack == ndi.maximum_filter(stack, size=3, mode="nearest"))
-    peaks[0] = peaks[-1] = False
-    k, y, x = np.nonzero(peaks)
-    strength = (stack[k, y, x] - centre[k, 0, 0]) / spread[k, 0, 0]
+    window: deque[_Response] = deque(maxlen=3)  # three neighbouring scales at a time: memory of a few images
+    found: list[tuple[np.ndarray, ...]] = []
+    for k, sigma in enumerate(sigmas):
+        window.append(_Response.at(img, float(sigma)))
+        if len(window) < 3:
+            continue
+        below, at, above = window
+        y, x = np.nonzero(
+            (at.values > at.centre + BLOB_Z * at.spread)
+            & (at.values >= below.local_max)
+            & (at.values >= at.local_max)
+            & (at.values >= above.local_max)
+        )
+        values = (below.values[y, x], at.values[y, x], above.values[y, x])
+        found.append((np.full(len(y), k - 1), (values[1] - at.centre) / at.spread, *values))
+    k, strength, below_v, at_v, above_v = (np.concatenate(column) for column in zip(*found, strict=True))
     order = np.argsort(-strength, kind="stable")
-    k, y, x, strength = k[order], y[order], x[order], strength[order]
-    below, at, above = stack[k - 1, y, x], stack[k, y, x], stack[k + 1, y, x]
-    curvature = below - 2 * at + above
-    offset = np.where(curvature < 0, 0.5 * (below - above) / np.where(curvature < 0, curvature, -1.0), 0.0)
-    scales = sigmas[k] * 2.0 ** (np.clip(offset, -0.5, 0.5) / SCALES_PER_OCTAVE)
+    k, strength, below_v, at_v, above_v = (a[order] for a in (k, strength, below_v, at_v, above_v))
+    curvature = below_v - 2 * at_v + above_v
+    offset = np.where(curvature < 0, 0.5 * (below_v - above_v) / np.where(curvature < 0, curvature, -1.0), 0.0)
+    scales = sigmas[k.astype(int)] * 2.0 ** (np.clip(offset, -0.5, 0.5) / SCALES_PER_OCTAVE)
     return scales, strength
 
 
