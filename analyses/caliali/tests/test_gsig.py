@@ -12,7 +12,13 @@ import pytest
 from caliali.config import ConfigError, load_config
 from caliali.experiment import load_experiment
 from caliali.motion import session_chunks
-from caliali.projections import ActivityAccumulator, NoCellsError, activity_image, estimate_gsig
+from caliali.projections import (
+    ActivityAccumulator,
+    NoCellsError,
+    activity_image,
+    estimate_gsig,
+    estimate_session_gsig,
+)
 
 TOLERANCE = 0.25  # the estimate is within 25% of the simulated radius
 
@@ -43,6 +49,14 @@ def test_the_estimate_recovers_the_simulated_radius(simulation, radius, size):
     estimate = estimate_gsig(session_chunks(session, batch_frames=150))
     assert abs(estimate.gSig / radius - 1) <= TOLERANCE, estimate
     assert estimate.frames == 400 and estimate.blobs >= 5
+
+
+def test_motion_is_corrected_before_the_estimate(simulation):
+    sim = _simulated(simulation, 3.0, 80, within_motion=True)
+    session = load_experiment(sim.out).sessions[0]
+    estimate = estimate_session_gsig(lambda: session_chunks(session, batch_frames=150))
+    assert abs(estimate.gSig / 3.0 - 1) <= TOLERANCE, estimate
+    assert estimate.corrected_with is not None and estimate.frames == 400
 
 
 def test_the_activity_image_is_the_same_in_any_number_of_chunks():
@@ -101,7 +115,8 @@ def test_run_without_gsig_estimates_and_records_it(simulation, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert abs(summary["gSig"] / 6.0 - 1) <= TOLERANCE, summary["gSig"]  # original pixels, not downsampled ones
     how = summary["gSig_from"]
-    assert how.startswith("auto: median LoG radius of ") and "frames 0-399 of session ses01 x spatial_ds 2" in how
+    assert how.startswith("auto: median LoG radius of ") and "of frames 0-399 of session ses01, motion-corrected" in how
+    assert how.endswith(", x spatial_ds 2")
     assert summary["config"]["gSig"] == "auto"  # the config as given; the value used is beside it
     meta = json.loads((out / "arrays" / "meta.json").read_text())
     assert (meta["gSig"], meta["gSig_from"]) == (summary["gSig"], how)

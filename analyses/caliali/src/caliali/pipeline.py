@@ -441,22 +441,24 @@ def _estimate_gsig(experiment: Experiment, config: CalialiConfig, report: _Repor
     """The config with gSig 'auto' replaced by its estimate, and how the estimate was obtained.
 
     Estimated from the first frames of the first session as the stages see them (downsampled),
-    before motion correction, which needs it; reported in original pixels, rounded to 0.01 px.
+    motion-corrected unless motion correction is off; reported in original pixels, rounded to 0.01 px.
     """
     from caliali.budget import batch_frames_for
     from caliali.motion import session_chunks
-    from caliali.projections import GSIG_FRAMES, RADIUS_PER_SIGMA, estimate_gsig
+    from caliali.projections import GSIG_FRAMES, RADIUS_PER_SIGMA, estimate_session_gsig
 
     session = experiment.sessions[0]
     report.note(f"gSig: estimating the neuron radius from session {session.id}")
     shape = experiment.frame_shape()
     batch = config.chunk_frames or batch_frames_for(config.memory_budget, shape, copies=12, max_frames=GSIG_FRAMES)
-    chunks = session_chunks(session, batch_frames=batch, spatial_ds=config.spatial_ds, temporal_ds=config.temporal_ds)
-    largest = 50.0 / RADIUS_PER_SIGMA / config.spatial_ds  # the config's bound on gSig, as a blob's sigma
-    try:
-        estimate = estimate_gsig(chunks, max_frames=GSIG_FRAMES, max_sigma=largest)
-    finally:
-        chunks.close()
+    estimate = estimate_session_gsig(
+        lambda: session_chunks(
+            session, batch_frames=batch, spatial_ds=config.spatial_ds, temporal_ds=config.temporal_ds
+        ),
+        motion_correction=config.motion_correction,
+        max_shift=config.max_shift_ds,
+        max_sigma=50.0 / RADIUS_PER_SIGMA / config.spatial_ds,  # the config's bound on gSig, as a blob's sigma
+    )
     gsig = round(estimate.gSig * config.spatial_ds, 2)
     raw = min(session.n_frames(), estimate.frames * config.temporal_ds)
     how = estimate.describe(spatial_ds=config.spatial_ds, where=f"frames 0-{raw - 1} of session {session.id}")

@@ -39,6 +39,8 @@ from .size import (
     activity_image,
     blob_scales,
     estimate_gsig,
+    estimate_session_gsig,
+    first_frames,
 )
 from .vessels import bv_filter, bv_scales, remove_vignetting
 
@@ -53,6 +55,8 @@ __all__ = [
     "activity_image",
     "blob_scales",
     "estimate_gsig",
+    "estimate_session_gsig",
+    "first_frames",
     "CorrelationAccumulator",
     "ProjectionAccumulator",
     "ProjectionError",

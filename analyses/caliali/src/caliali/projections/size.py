@@ -4,8 +4,10 @@ Where cells are: an *activity image*, every pixel's temporal autocovariance at l
 frames, summed. White noise does not correlate from one frame to the next, so it drops out in
 expectation (at any signal-to-noise ratio and number of frames), while a calcium transient lasts
 several frames; for one cell with footprint ``a`` the image is ``a^2`` times its trace's
-autocovariance. Only pairs of frames a few frames apart enter it, so slow drift of the field of
-view blurs it little, and it is computed before motion correction (which itself needs ``gSig``).
+autocovariance. Movement of the field of view correlates the background's edges from frame to
+frame as well, so ``caliali run`` takes it on motion-corrected frames; motion correction needs a
+radius itself, which a first estimate on the frames as they are provides
+(:func:`estimate_session_gsig`).
 (Its square root would be proportional to ``a``, but where the footprint's tail is weaker than
 the estimate's own noise the square root of a noisy value bends the profile and narrows it.)
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,8 @@ __all__ = [
     "activity_image",
     "blob_scales",
     "estimate_gsig",
+    "estimate_session_gsig",
+    "first_frames",
 ]
 
 GSIG_FRAMES = 1000  # frames read for the estimate: enough transients, bounded time
@@ -193,26 +197,48 @@ class SizeEstimate:
     """A neuron radius estimated from a movie, and from what.
 
     ``gSig`` is in pixels of the frames given (multiply by any spatial downsampling for the
-    original movie's pixels); ``blobs`` is how many blobs the median was taken over, ``frames``
-    how many frames were read.
+    original movie's pixels); ``sigma`` the median blob scale it comes from; ``blobs`` how many
+    blobs the median was taken over; ``frames`` how many frames were read; ``corrected_with`` the
+    first estimate the frames were rigidly motion-corrected with (None: not corrected).
     """
 
     gSig: float
     sigma: float
     blobs: int
     frames: int
+    frame_shape: tuple[int, int]
+    corrected_with: float | None = None
 
     def describe(self, *, spatial_ds: int = 1, where: str = "") -> str:
         """How the radius was obtained, in words (``where``: e.g. 'frames 0-999 of session day1')."""
-        scale = f" x spatial_ds {spatial_ds}" if spatial_ds > 1 else ""
-        place = f" in {where}" if where else f" in {self.frames} frames"
+        place = f" of {where}" if where else f" of {self.frames} frames"
+        if self.corrected_with is not None:
+            place += f", motion-corrected with a first estimate of {self.corrected_with * spatial_ds:.2f} px"
+        scale = f", x spatial_ds {spatial_ds}" if spatial_ds > 1 else ""
         return f"auto: median LoG radius of {self.blobs} blobs of the activity image{place}{scale}"
+
+
+def first_frames(chunks: Iterable[np.ndarray], max_frames: int) -> Iterator[np.ndarray]:
+    """The chunks of a movie up to ``max_frames`` frames in all; a generator given is closed after
+    (and with it the files it reads)."""
+    seen = 0
+    try:
+        for chunk in chunks:
+            part = np.asarray(chunk)[: max_frames - seen]
+            if len(part):
+                seen += len(part)
+                yield part
+            if seen >= max_frames:
+                return
+    finally:
+        if isinstance(chunks, Generator):
+            chunks.close()
 
 
 def estimate_gsig(
     chunks: Iterable[np.ndarray], *, max_frames: int = GSIG_FRAMES, max_sigma: float | None = None
 ) -> SizeEstimate:
-    """Estimate the neuron radius ``gSig`` from the first ``max_frames`` frames of ``chunks``.
+    """Estimate the neuron radius ``gSig`` from the first ``max_frames`` frames of ``chunks``, as they are.
 
     Parameters
     ----------
@@ -234,6 +260,10 @@ def estimate_gsig(
     NoCellsError
         Fewer than ``MIN_BLOBS`` blobs stand out: the message asks for ``gSig`` to be set.
 
+    See Also
+    --------
+    estimate_session_gsig : the same on motion-corrected frames, as ``caliali run`` does it.
+
     Examples
     --------
     Nine Gaussian cells of width 2 px (radius at 0.2 x peak 3.6 px), spiking at random, with
@@ -250,13 +280,53 @@ def estimate_gsig(
     True
     """
     acc: ActivityAccumulator | None = None
-    for chunk in chunks:
-        frames = np.asarray(chunk)[: max_frames - (acc.n if acc else 0)]
+    for frames in first_frames(chunks, max_frames):
         if acc is None:
             acc = ActivityAccumulator(frames.shape[1:3])
         acc.add(frames)
-        if acc.n >= max_frames:
-            break
+    return _from_activity(acc, max_sigma=max_sigma)
+
+
+def estimate_session_gsig(
+    frames: Callable[[], Iterable[np.ndarray]],
+    *,
+    motion_correction: bool = True,
+    max_shift: float = 20.0,
+    max_frames: int = GSIG_FRAMES,
+    max_sigma: float | None = None,
+) -> SizeEstimate:
+    """Estimate ``gSig`` from the first ``max_frames`` frames of a session, motion-corrected first.
+
+    Movement of the field of view within a few frames correlates the edges of the background's
+    structures (vessels) from frame to frame, and their blobs would outweigh the cells'. So the
+    frames are read twice: the estimate of the frames as they are (:func:`estimate_gsig`) sets
+    the rigid motion correction (:func:`caliali.motion.correct_frames`, which needs a radius) of
+    the same frames, and the estimate is taken again on the corrected frames.
+
+    Parameters
+    ----------
+    frames : callable returning an iterable of ndarray (t, h, w)
+        Each call gives the session's chunks afresh from its first frame.
+    motion_correction : bool
+        False: the frames as they are (a movie already corrected, or without motion).
+    max_shift : float
+        Largest motion searched by the correction, px.
+    max_frames, max_sigma
+        As for :func:`estimate_gsig`.
+    """
+    first = estimate_gsig(frames(), max_frames=max_frames, max_sigma=max_sigma)
+    if not motion_correction:
+        return first
+    from caliali.motion import correct_frames  # motion imports this package
+
+    acc = ActivityAccumulator(first.frame_shape)
+    correct_frames(first_frames(frames(), max_frames), gSig=first.gSig, out=acc.add, max_shift=max_shift)
+    return _from_activity(acc, max_sigma=max_sigma, corrected_with=first.gSig)
+
+
+def _from_activity(
+    acc: ActivityAccumulator | None, *, max_sigma: float | None, corrected_with: float | None = None
+) -> SizeEstimate:
     if acc is None or acc.n <= max(LAGS) + 1:
         raise NoCellsError(f"the neuron radius needs more than {max(LAGS) + 1} frames; set gSig in the config")
     scales, _ = blob_scales(acc.image(), max_sigma=max_sigma)
@@ -267,5 +337,10 @@ def estimate_gsig(
         )
     sigma = float(np.median(scales[:MAX_BLOBS]))
     return SizeEstimate(
-        gSig=sigma * RADIUS_PER_SIGMA, sigma=sigma, blobs=int(min(len(scales), MAX_BLOBS)), frames=int(acc.n)
+        gSig=sigma * RADIUS_PER_SIGMA,
+        sigma=sigma,
+        blobs=int(min(len(scales), MAX_BLOBS)),
+        frames=int(acc.n),
+        frame_shape=acc.frame_shape,
+        corrected_with=corrected_with,
     )
