@@ -86,9 +86,11 @@ def test_a_movie_without_cells_asks_for_gsig():
         estimate_gsig([_noise()])
 
 
-def test_too_few_frames_ask_for_gsig():
-    with pytest.raises(NoCellsError, match="set gSig"):
+def test_too_few_frames_or_pixels_ask_for_gsig():
+    with pytest.raises(NoCellsError, match="needs more than 4 frames; set gSig"):
         estimate_gsig([_noise(4)])
+    with pytest.raises(NoCellsError, match="frames of 6x40 px are too small .*; set gSig"):
+        estimate_gsig([_noise(100, (6, 40))])
 
 
 def test_gsig_takes_a_number_or_auto():

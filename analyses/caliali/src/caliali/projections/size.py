@@ -4,12 +4,11 @@ Where cells are: an *activity image*, every pixel's temporal autocovariance at l
 frames, summed. White noise does not correlate from one frame to the next, so it drops out in
 expectation (at any signal-to-noise ratio and number of frames), while a calcium transient lasts
 several frames; for one cell with footprint ``a`` the image is ``a^2`` times its trace's
-autocovariance. Movement of the field of view correlates the background's edges from frame to
-frame as well, so ``caliali run`` takes it on motion-corrected frames; motion correction needs a
-radius itself, which a first estimate on the frames as they are provides
-(:func:`estimate_session_gsig`).
-(Its square root would be proportional to ``a``, but where the footprint's tail is weaker than
-the estimate's own noise the square root of a noisy value bends the profile and narrows it.)
+autocovariance. (Its square root would be proportional to ``a``, but where the footprint's tail
+is weaker than the estimate's own noise the square root of a noisy value bends the profile and
+narrows it.) Movement of the field of view correlates the background's edges from frame to frame
+as well, so ``caliali run`` takes it on motion-corrected frames; motion correction needs a radius
+itself, which a first estimate on the frames as they are provides (:func:`estimate_session_gsig`).
 
 How big they are: blobs of the activity image in a scale-normalised Laplacian-of-Gaussian
 scale space [1]_ (local maxima over position and scale that stand ``BLOB_Z`` robust standard
@@ -133,7 +132,9 @@ def activity_image(frames: np.ndarray, *, lags: tuple[int, ...] = LAGS) -> np.nd
 def _scale_grid(shape: tuple[int, int], max_sigma: float | None) -> np.ndarray:
     top = min(shape) / 8.0 if max_sigma is None else min(max_sigma, min(shape) / 4.0)
     if top <= MIN_SIGMA * 2 ** (2 / SCALES_PER_OCTAVE):
-        raise ProjectionError(f"frames of {shape[0]}x{shape[1]} px are too small to measure a neuron's size")
+        raise NoCellsError(
+            f"frames of {shape[0]}x{shape[1]} px are too small to measure a neuron's size; set gSig in the config"
+        )
     n = int(math.floor(math.log2(top / MIN_SIGMA) * SCALES_PER_OCTAVE)) + 1
     return MIN_SIGMA * 2.0 ** (np.arange(n) / SCALES_PER_OCTAVE)
 
