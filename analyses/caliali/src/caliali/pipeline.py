@@ -3,13 +3,15 @@
 Stages (each streams its input chunk by chunk; peak memory is set by the
 chunk size, not by the recording's length)::
 
+    gsig          (gSig 'auto') the neuron radius from the first session's first frames -> summary.json
     motion        downsample + rigid motion correction per session -> work/motion_<i>.zarr
     projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
     alignment     translation + groupwise demons across sessions    -> <out>/alignment/
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, qc/
 
-``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
+``summary.json`` holds the run's results (sessions, frames, neurons, the gSig used and where it
+came from (``gSig_from``: 'set', or how it was estimated), how extraction converged
 (``convergence``: whether, and why it stopped), config, alignment
 QC, the NWB file's identifier and session start with where each came from), the same
 for every run of the same input, config and environment, written with sorted keys;
