@@ -9,7 +9,8 @@ Usage (from the repository root)::
 For every variant and seed it simulates a movie (``caliali simulate``; reused when already in
 ``--workdir`` with the same parameters), then runs ``caliali run`` in a fresh subprocess with the
 default config plus the simulation's ``fs`` and its ``gSig`` times each factor (1 is the right
-neuron radius, 0.6 and 1.6 deliberately wrong ones), and scores the result with ``caliali score``'s
+neuron radius, 0.6 and 1.6 deliberately wrong ones; 0 leaves gSig unset, for the run to estimate:
+``auto`` in the tables, with the estimate), and scores the result with ``caliali score``'s
 scorer: strict F1 (mask IoU >= 0.3 and trace correlation >= 0.8), the mask-IoU match alone (F1,
 precision, recall, median IoU), the lenient F1 (footprint x trace cosine), and the global offset
 between the result's and the truth's frames that the scorer found and applied. Prints one table row
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_VARIANTS = ["static", "motion", "sessions", "pnr1.5"]
+AUTO = 0.0  # the gSig factor that leaves gSig out of the config: the run estimates it
 
 
 def simulation_args(variant: str, args: argparse.Namespace) -> list[str]:
@@ -110,7 +112,7 @@ def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Na
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = out.parent / f"{out.name}_config.json"
-    config.write_text(json.dumps({"gSig": gsig, "fs": meta["fs"]}))
+    config.write_text(json.dumps({"gSig": gsig, "fs": meta["fs"]} if factor != AUTO else {"fs": meta["fs"]}))
     row: dict[str, Any] = {"variant": variant, "seed": seed, "factor": factor, "gSig": gsig}
     t0 = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "w") as log:
@@ -137,6 +139,8 @@ def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Na
         row["error"] = failure(proc.returncode, out.parent / f"{out.name}.log")
         return row
     row.update(score_row(out, sim))
+    if factor == AUTO:
+        row["gSig"] = json.loads((out / "summary.json").read_text())["gSig"]  # the run's estimate
     return row
 
 
@@ -166,8 +170,12 @@ HEADER = (
 )
 
 
+def factor_label(factor: float) -> str:
+    return "auto" if factor == AUTO else f"{factor:g}"
+
+
 def format_row(r: dict[str, Any]) -> str:
-    head = f"| {r['variant']} | {r['seed']} | {r['factor']:g} ({r['gSig']:g}) |"
+    head = f"| {r['variant']} | {r['seed']} | {factor_label(r['factor'])} ({r['gSig']:g}) |"
     if "error" in r:
         return f"{head} {r['error']} | | | | | | | | | {r['wall_s']:.0f} |"
     return (
@@ -188,7 +196,7 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     for variant, factor in keys:
         group = [r for r in rows if (r["variant"], r["factor"]) == (variant, factor)]
         ok = [r for r in group if "error" not in r]
-        head = f"| {variant} | {factor:g} | {len(group)} ({len(group) - len(ok)}) |"
+        head = f"| {variant} | {factor_label(factor)} | {len(group)} ({len(group) - len(ok)}) |"
         if not ok:
             lines.append(f"{head} - | - | - |")
             continue
@@ -223,7 +231,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--factors", nargs="+", type=float, default=[1.0, 0.6, 1.6], help="gSig multipliers.")
+    parser.add_argument(
+        "--factors",
+        nargs="+",
+        type=float,
+        default=[1.0, 0.6, 1.6],
+        help="gSig multipliers; 0 leaves gSig unset, for the run to estimate (shown as 'auto').",
+    )
     parser.add_argument("--size", type=int, default=128, help="Movie height and width, px.")
     parser.add_argument("--frames", type=int, default=1000, help="Frames per movie (split over sessions).")
     parser.add_argument("--neurons", type=int, default=40)

@@ -23,7 +23,8 @@ and for minian's units as the reference:
   support box (the bounding box of its nonzero pixels) for more than half that side — a
   footprint cut off by the box it was allowed to live in rather than by the cell's edge (box
   edges on the frame's border are left out: there the field of view cuts the cell);
-- bright-maxima coverage: local maxima of the Gaussian-smoothed (sigma gSig) max projection
+- bright-maxima coverage: local maxima of the Gaussian-smoothed (sigma gSig: the config's, else the
+  run's estimate) max projection
   that stand above median + 8 MAD of it (maxima of a (2 gSig + 1)-px square), and how many of them fall
   inside a mask of each;
 
@@ -181,7 +182,8 @@ def main() -> None:
         raise SystemExit(f"caliali's dims {meta['dims']} differ from the movie's {dims}: run with spatial_ds 1")
     ours = sparse.load_npz(out / "arrays" / "A.npz").tocsc()
     theirs, shift = minian_footprints(dims)
-    gsig = float(config.get("gSig", 5.0))
+    given = config.get("gSig", "auto")
+    gsig = float(meta["gSig"] if given == "auto" else given)  # the run's estimate when gSig is not set
     points = bright_maxima(maxproj, gsig)
     agreement = match_masks(ours, theirs, iou_threshold=IOU_THRESHOLD, fraction=MASK_FRACTION)
     rows: list[dict[str, Any]] = []

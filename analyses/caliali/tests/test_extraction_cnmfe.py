@@ -204,7 +204,7 @@ def test_params_refuse_bad_values_and_unknown_options_by_name():
 
 
 def test_params_from_a_run_config_share_its_names_and_defaults():
-    assert ExtractionParams.from_config(CalialiConfig()) == ExtractionParams(gSig=5.0, memory_budget="1GB")
+    assert ExtractionParams.from_config(CalialiConfig(gSig=5)) == ExtractionParams(gSig=5.0, memory_budget="1GB")
     config = CalialiConfig(gSig=6, spatial_ds=2, batch_frames=300, min_corr=0.2, min_snr=2.5)
     assert ExtractionParams.from_config(config) == ExtractionParams(
         gSig=3.0, batch_frames=300, min_corr=0.2, min_snr=2.5, memory_budget="1GB"

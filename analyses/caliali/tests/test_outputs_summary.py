@@ -105,6 +105,8 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "fs",
             "fs_from",
             "fs_note",
+            "gSig",
+            "gSig_from",
             "neurons",
             "nwb",
             "roi_mask",

@@ -102,7 +102,7 @@ def test_cli_names_a_missing_input(tmp_path):
 
 def test_defaults_are_the_methods():
     c = CalialiConfig()
-    assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == (5, 0.1, "auto", 0.65, 20, 2)
+    assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == ("auto", 0.1, "auto", 0.65, 20, 2)
 
 
 def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
@@ -136,6 +136,7 @@ def test_run_finds_the_neurons_and_writes_every_output(result, experiment):
     for row in summary["alignment"]["heldout"]["sessions"]:  # whether each session kept its non-rigid field, and why
         assert isinstance(row["nonrigid_used"], bool) and row["why"].startswith("held-out score"), row
     assert [row["session"] for row in summary["alignment"]["heldout"]["sessions"]] == ["ses01", "ses02"]
+    assert (summary["gSig"], summary["gSig_from"]) == (3, "set")  # a number given is used as given
     assert np.load(out / "arrays" / "session_bounds.npy").tolist() == [0, 400, 800]
     progress = [line for line in run.stdout.splitlines() if line.startswith("NCAAS_PROGRESS")]
     fractions = [float(line.split()[1]) for line in progress]

@@ -81,11 +81,12 @@ class CalialiConfig(BaseModel):
     # -- downsampling and neuron size ------------------------------------------
     spatial_ds: int = Field(1, ge=1, le=8, description="Spatial downsampling factor (area averaging).")
     temporal_ds: int = Field(1, ge=1, le=10, description="Temporal downsampling factor (frame averaging).")
-    gSig: float = Field(
-        5.0,
-        gt=0.5,
-        le=50,
-        description="Neuron radius in pixels of the original movie (divided by spatial_ds internally).",
+    gSig: Annotated[float, Field(gt=0.5, le=50)] | Literal["auto"] = Field(
+        "auto",
+        description="Neuron radius in pixels of the original movie (divided by spatial_ds internally): the radius "
+        "where a footprint falls to 0.2 of its peak. 'auto' estimates it from the first 1,000 frames of the first "
+        "session (the median size of the cells that stand out in them), reported in summary.json as gSig and "
+        "gSig_from.",
     )
     # -- motion correction -----------------------------------------------------
     motion_correction: bool = Field(True, description="Correct rigid motion within each session.")
@@ -245,7 +246,9 @@ class CalialiConfig(BaseModel):
     # What the stages are given: sizes at the downsampled resolution, 0 as "not set".
     @property
     def gsig_ds(self) -> float:
-        """Neuron radius at the downsampled resolution."""
+        """Neuron radius at the downsampled resolution (``gSig`` must be a number: 'auto' resolved first)."""
+        if self.gSig == "auto":
+            raise ConfigError("gSig is 'auto': estimate it first (caliali.pipeline resolves it at the start of a run)")
         return self.gSig / self.spatial_ds
 
     @property
@@ -284,7 +287,12 @@ def _alternative(schema: dict[str, Any]) -> str:
     """One branch of a field that takes either a number or a word, in words."""
     if "const" in schema:
         return repr(schema["const"])
-    words = {"exclusiveMinimum": "greater than", "minimum": "greater than or equal to", "maximum": "at most"}
+    words = {
+        "exclusiveMinimum": "greater than",
+        "minimum": "greater than or equal to",
+        "exclusiveMaximum": "less than",
+        "maximum": "at most",
+    }
     bounds = [f"{words[key]} {schema[key]:g}" for key in words if key in schema]
     return f"a {schema.get('type', 'value')}" + (f" {' and '.join(bounds)}" if bounds else "")
 

@@ -3,13 +3,15 @@
 Stages (each streams its input chunk by chunk; peak memory is set by the
 chunk size, not by the recording's length)::
 
+    gsig          (gSig 'auto') the neuron radius from the first session's first frames -> summary.json
     motion        downsample + rigid motion correction per session -> work/motion_<i>.zarr
     projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
     alignment     translation + groupwise demons across sessions    -> <out>/alignment/
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, caiman.hdf5, qc/
 
-``summary.json`` holds the run's results (sessions, frames, neurons, how extraction converged
+``summary.json`` holds the run's results (sessions, frames, neurons, the gSig used and where it
+came from (``gSig_from``: 'set', or how it was estimated), how extraction converged
 (``convergence``: whether, and why it stopped), the frame rate used and where it came from
 (``fs``, ``fs_from``, ``fs_note``: see `caliali.framerate`), the region analysed (``crop``,
 ``frame_shape_original``, ``roi_mask``: see `caliali.roi`), config, alignment
@@ -138,6 +140,11 @@ class _Reporter:
         for name, weight in STAGES.items():
             self.starts[name] = acc
             acc += weight
+
+    def note(self, message: str) -> None:
+        """A message before the first stage starts."""
+        if self.progress is not None:
+            self.progress(0.0, message)
 
     def stage(self, name: str, lo: float = 0.0, hi: float = 1.0) -> Progress:
         start, weight = self.starts[name], STAGES[name]
@@ -380,6 +387,10 @@ def run(
     if progress is not None:
         progress(0.0, f"frame rate {rate.fs:g} Hz, {rate.source}" + (f" (note: {rate.note})" if rate.note else ""))
     timings: dict[str, dict[str, float]] = {}
+    gsig_from = "set"
+    if config.gSig == "auto":
+        with_fs = config
+        config, gsig_from = _timed(timings, "gsig", lambda: _estimate_gsig(experiment, with_fs, report))
     ids = [s.id for s in experiment.sessions]
     motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
     projections = _timed(
@@ -395,7 +406,7 @@ def run(
     paths = _timed(
         timings,
         "extraction",
-        lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region),
+        lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region, gsig_from),
     )
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
@@ -411,6 +422,8 @@ def run(
             "seed_thresholds": seeds,
             **rate.describe(),
             **region.describe(),
+            "gSig": config.gSig,
+            "gSig_from": gsig_from,
             "convergence": convergence,
             "config": given.model_dump(),
             "nwb": origin.describe() if config.nwb else None,
@@ -480,6 +493,35 @@ def _region(input: str | Path, experiment: Experiment, config: CalialiConfig) ->
     shape = experiment.frame_shape()  # refuses a crop reaching past the frame
     roi = load_roi_mask(input, config.roi_mask, shape, config.crop) if config.roi_mask else None
     return _Region(config.crop_box, full, config.roi_mask, roi)
+
+
+def _estimate_gsig(experiment: Experiment, config: CalialiConfig, report: _Reporter) -> tuple[CalialiConfig, str]:
+    """The config with gSig 'auto' replaced by its estimate, and how the estimate was obtained.
+
+    Estimated from the first frames of the first session as the stages see them (downsampled),
+    motion-corrected unless motion correction is off; reported in original pixels, rounded to 0.01 px.
+    """
+    from caliali.budget import batch_frames_for
+    from caliali.motion import session_chunks
+    from caliali.projections import GSIG_FRAMES, RADIUS_PER_SIGMA, estimate_session_gsig
+
+    session = experiment.sessions[0]
+    report.note(f"gSig: estimating the neuron radius from session {session.id}")
+    shape = experiment.frame_shape()
+    batch = config.chunk_frames or batch_frames_for(config.memory_budget, shape, copies=12, max_frames=GSIG_FRAMES)
+    estimate = estimate_session_gsig(
+        lambda: session_chunks(
+            session, batch_frames=batch, spatial_ds=config.spatial_ds, temporal_ds=config.temporal_ds
+        ),
+        motion_correction=config.motion_correction,
+        max_shift=config.max_shift_ds,
+        max_sigma=50.0 / RADIUS_PER_SIGMA / config.spatial_ds,  # the config's bound on gSig, as a blob's sigma
+    )
+    gsig = round(estimate.gSig * config.spatial_ds, 2)
+    raw = min(session.n_frames(), estimate.frames * config.temporal_ds)
+    how = estimate.describe(spatial_ds=config.spatial_ds, where=f"frames 0-{raw - 1} of session {session.id}")
+    report.note(f"gSig: {gsig:g} px, {how}")
+    return config.model_copy(update={"gSig": gsig}), how
 
 
 def _check_session_lengths(experiment: Experiment, config: CalialiConfig) -> None:
@@ -590,6 +632,7 @@ def _extract(
     origin: _Origin,
     rate: Any,
     region: _Region,
+    gsig_from: str,
 ) -> dict[str, Any]:
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
@@ -627,7 +670,13 @@ def _extract(
             caiman=config.caiman_hdf5,
             session_start_time=origin.start,
             identifier=origin.hashes.identifier,
-            extra_meta={"fs_from": rate.source, "fs_note": rate.note, **region.describe()},
+            extra_meta={
+                "fs_from": rate.source,
+                "fs_note": rate.note,
+                **region.describe(),
+                "gSig": config.gSig,
+                "gSig_from": gsig_from,
+            },
             field_of_view=region.sentence(config.spatial_ds) if region.crop or region.roi_name else "",
             config=config,
         )

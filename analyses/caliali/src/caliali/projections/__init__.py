@@ -6,7 +6,7 @@ Entry point: :func:`session_projections` (or push chunks into a
 pieces of one session combine with :func:`combine_projections`. Building
 blocks: :func:`bv_filter`, :func:`remove_vignetting`, :func:`detrend`,
 :func:`noise_level`, :func:`enhance_neurons`, :func:`correlation_image`,
-:func:`peak_to_noise`.
+:func:`peak_to_noise`. The neuron radius: :func:`estimate_gsig`.
 """
 
 from __future__ import annotations
@@ -30,11 +30,33 @@ from .session import (
     combine_projections,
     session_projections,
 )
+from .size import (
+    GSIG_FRAMES,
+    RADIUS_PER_SIGMA,
+    ActivityAccumulator,
+    NoCellsError,
+    SizeEstimate,
+    activity_image,
+    blob_scales,
+    estimate_gsig,
+    estimate_session_gsig,
+    first_frames,
+)
 from .vessels import bv_filter, bv_scales, remove_vignetting
 
 __all__ = [
+    "GSIG_FRAMES",
     "MIN_SESSION_FRAMES",
     "PROJECTION_COPIES",
+    "RADIUS_PER_SIGMA",
+    "ActivityAccumulator",
+    "NoCellsError",
+    "SizeEstimate",
+    "activity_image",
+    "blob_scales",
+    "estimate_gsig",
+    "estimate_session_gsig",
+    "first_frames",
     "CorrelationAccumulator",
     "ProjectionAccumulator",
     "ProjectionError",
