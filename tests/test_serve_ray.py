@@ -235,6 +235,12 @@ def test_a_node_that_cannot_reach_storage_is_kept_out_and_its_task_runs_elsewher
         )
         assert done.returncode == 0, done.stdout + done.stderr
         job = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
+        other = _ncaas(
+            "status", "--root", s3_root, "--db", f"sqlite:///{tmp_path / 'other.sqlite'}", env=env, cwd=tmp_path
+        )
+        said = " ".join(other.stderr.split())
+        assert other.returncode == 1 and "uses the job database sqlite:///" in said and "pass the same --db" in said
+        assert f"--server http://127.0.0.1:{port}" in said and not (tmp_path / "other.sqlite").exists()
 
         def over() -> str | None:
             shown = _ncaas("status", job, "--root", s3_root, env=env, cwd=tmp_path)
@@ -254,3 +260,22 @@ def test_a_node_that_cannot_reach_storage_is_kept_out_and_its_task_runs_elsewher
         server.terminate()
         server.wait(timeout=60)
     assert server.returncode == 0, log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ray-s3-settings", "mine"], "--ray-s3-settings 'mine' is not known; use one of: server, node"),
+        (["--ray-s3-settings", "node"], "--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray"),
+        (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
+        (["--no-manager", "--executor", "ray"], "--executor and --ray-* choose where the job manager runs tasks"),
+        (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
+    ],
+)
+def test_serve_executor_options_are_checked_with_a_message(args: list[str], message: str, tmp_path: Path) -> None:
+    env = {**os.environ, "NCAAS_RAY_ADDRESS": "", "NCAAS_STATE": str(tmp_path / "state")}
+    full = ["serve", "--port", str(free_port()), *args]
+    done = _ncaas(*(full if "--root" in args else [*full, "--root", str(tmp_path)]), env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert message in " ".join(done.stderr.split()), done.stderr
+    assert "Traceback" not in done.stderr

@@ -146,11 +146,10 @@ def serve(
         from ..executors.pick import executor_for
         from ..jobs.owner import record_owner
 
-        record_owner(storage, str(settings.database_url), server=f"http://{host}:{port}")
-
         settings.executor = executor_for(
             executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus, ray_s3_settings=ray_s3_settings
         )
+        record_owner(storage, str(settings.database_url), server=f"http://{host}:{port}")
         # Joining Ray made SIGTERM exit with code 15; the server stops on it as it does on Ctrl-C
         # (uvicorn hands the signal on once it has shut down), then lets go of the cluster, exit 0.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
