@@ -21,6 +21,13 @@ Behaviour matches the local executor:
   settled from the exit record its node also keeps in the job's results
   (``.exit-records/``, removed once read), so it is never run again.
 
+Storage settings travel with each task: the manager's S3 endpoint and keys
+(:func:`ncaas.storage.s3.settings_env`, unless ``pass_s3_settings`` is off) are set in the
+Ray worker before it opens storage, never in the analysis' environment, and never as Ray's
+runtime environment (its agent logs that on every node). A node that cannot reach the
+storage root gives its task back unrun with the cause; it is kept out of new tasks for
+:data:`EXCLUDED_FOR_S` through Ray's ``ray.io/node-id`` label, and the task is retried.
+
 Ray reads ``RAY_AUTH_MODE`` when it is first imported: with token authentication,
 set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas.
 """
@@ -52,6 +59,7 @@ PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
 
 CAPACITY_TTL = 2.0  # seconds a reading of the cluster's resources is reused
+EXCLUDED_FOR_S = 300.0  # a node that could not reach storage gets no task for this long
 EXIT_RECORDS = ".exit-records"  # in a job's results: each task's exit record, until the manager took it
 
 
@@ -92,7 +100,7 @@ class RayExecutor:
         self.max_cpus = max_cpus
         # Read once, at the start: what the nodes are told does not change under running tasks.
         self.node_env = settings_env() if pass_s3_settings and not storage.is_local else {}
-        self.excluded: dict[str, str] = {}  # Ray node id -> why it cannot reach storage
+        self.excluded: dict[str, tuple[str, float]] = {}  # Ray node id -> (why it cannot reach storage, since)
         self.ray = _import_ray()
         self._connect(namespace)
         self._remote = self.ray.remote(run_node_task)
@@ -282,18 +290,20 @@ class RayExecutor:
     def _exclude(self, node_id: str, cause: str) -> None:
         """Keep a node that cannot reach storage out of the tasks launched from now on."""
         if node_id not in self.excluded:
-            log.warning("%s; no further task is sent to it", cause)
-        self.excluded[node_id] = cause
+            log.warning("%s; no task is sent to it for %g minutes", cause, EXCLUDED_FOR_S / 60)
+        self.excluded[node_id] = (cause, time.monotonic())
 
     def _placement(self) -> dict[str, str] | None:
         """The label selector keeping tasks off excluded nodes; refuses when no live node is left."""
+        now = time.monotonic()  # an outage passes: a node kept out is tried again after a while
+        self.excluded = {n: (why, t) for n, (why, t) in self.excluded.items() if now - t < EXCLUDED_FOR_S}
         if not self.excluded:
             return None
         alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
         if alive and alive <= set(self.excluded) and self.max_cpus is None:
             raise ExecutorError(
                 "no node of the Ray cluster can reach the storage: "
-                + "; ".join(self.excluded[n] for n in sorted(alive))
+                + "; ".join(self.excluded[n][0] for n in sorted(alive))
                 + ". Give the nodes the storage's endpoint and keys (see `--ray-s3-settings`)"
             )
         return {"ray.io/node-id": "!in(" + ",".join(sorted(self.excluded)) + ")"}
