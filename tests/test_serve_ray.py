@@ -231,9 +231,11 @@ def test_a_node_that_cannot_reach_storage_is_kept_out_and_its_task_runs_elsewher
         assert server.poll() is None, log.read_text()
         # The server's own machine runs the manager of this root: the embedded CLI may submit here.
         done = _ncaas(
-            "submit", "framestats", "n0.npy", "n1.npy", "--group", "lab", "--root", s3_root, env=env, cwd=tmp_path
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+            "submit", "framestats", "n0.npy", "n1.npy", "--group", "lab", "--root", s3_root, "--wait",
+            env=env, cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+        # --wait follows the job that the server's manager runs; it does not run the tasks itself
+        assert done.returncode == 0 and "succeeded: results in" in done.stdout, done.stdout + done.stderr
         job = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
         other = _ncaas(
             "status", "--root", s3_root, "--db", f"sqlite:///{tmp_path / 'other.sqlite'}", env=env, cwd=tmp_path
