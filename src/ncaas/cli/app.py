@@ -330,8 +330,8 @@ def run_manager(
         str | None,
         typer.Option(
             envvar="NCAAS_RAY_S3_SETTINGS",
-            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, through Ray's "
-            "runtime environment; the default) or node (each node's own: instance role, environment)",
+            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, sent with each "
+            "task; the default) or node (each node's own: instance role, environment)",
         ),
     ] = None,
     scan_interval: Annotated[
