@@ -52,14 +52,12 @@ class StoredInputs:
 
     def usage(self, group: str) -> int:
         """Bytes of every file in the group's storage."""
-        return sum(f.size for f in list_stored(self.storage, self.storage.group_dir(group)))
+        return sum(self.storage.file_sizes(self.storage.group_dir(group)).values())
 
 
 def list_stored(storage: Storage, base: str) -> list[StoredFile]:
-    """Every file under ``base`` (a folder in storage), sorted, with its size; [] when there is none."""
-    if not storage.isdir(base):
-        return []
-    return [StoredFile(posixpath.relpath(p, base), p, storage.size(p)) for p in storage.files(base)]
+    """Every file under ``base`` (a folder in storage), sorted, with its size, from one listing."""
+    return [StoredFile(posixpath.relpath(p, base), p, size) for p, size in storage.file_sizes(base).items()]
 
 
 def read_stored(storage: Storage, path: str, offset: int = 0, limit: int = -1) -> bytes:
