@@ -49,9 +49,13 @@ class ExitRecord:
 
 @dataclass(frozen=True)
 class Lost:
-    """A task whose supervisor vanished without an exit record (killed with its machine or worker)."""
+    """A task whose supervisor vanished without an exit record (killed with its machine or worker),
+    or that never started because its node could not do its part.
 
-    why: str | None = None  # what the executor knows of it ("its Ray node was lost"); None: nothing
+    ``why``: what the executor knows of it ("its Ray node was lost", "node X cannot reach
+    s3://..."); None: nothing."""
+
+    why: str | None = None
 
 
 LOST = Lost()

@@ -21,6 +21,13 @@ Behaviour matches the local executor:
   settled from the exit record its node also keeps in the job's results
   (``.exit-records/``, removed once read), so it is never run again.
 
+Storage settings travel with each task: the manager's S3 endpoint and keys
+(:func:`ncaas.storage.s3.settings_env`, unless ``pass_s3_settings`` is off) are set in the
+Ray worker before it opens storage, never in the analysis' environment, and never as Ray's
+runtime environment (its agent logs that on every node). A node that cannot reach the
+storage root gives its task back unrun with the cause; it is kept out of new tasks for
+:data:`EXCLUDED_FOR_S` through Ray's ``ray.io/node-id`` label, and the task is retried.
+
 Ray reads ``RAY_AUTH_MODE`` when it is first imported: with token authentication,
 set it (and ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``) before starting ncaas.
 """
@@ -40,9 +47,11 @@ from ..blueprint import LoadedBlueprint
 from ..exceptions import ExecutorError, NcaasError
 from ..isolation import environments
 from ..storage import Storage
-from ..storage.s3 import ENDPOINT_ENV
+from ..storage.s3 import ENDPOINT_ENV, settings_env
 from ._ray_node import NodeTask, pack_bundle, run_node_task, warm_up
 from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
+
+log = logging.getLogger("ncaas.executors.ray")
 
 __all__ = ["PYTHON_ON_NODE", "RAY_MESSAGES", "RayExecutor", "infeasible"]
 
@@ -50,6 +59,7 @@ PYTHON_ON_NODE = "{python}"
 """What ``{python}`` becomes in a task's argv: each node puts its own environment's python there."""
 
 CAPACITY_TTL = 2.0  # seconds a reading of the cluster's resources is reused
+EXCLUDED_FOR_S = 300.0  # a node that could not reach storage gets no task for this long
 EXIT_RECORDS = ".exit-records"  # in a job's results: each task's exit record, until the manager took it
 
 
@@ -135,10 +145,21 @@ class RayExecutor:
     stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
     queues = True  # a launched task waits in Ray's queue for a node with room; the node says when it starts
 
-    def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None, namespace: str = "ncaas"):
+    def __init__(
+        self,
+        address: str,
+        *,
+        storage: Storage,
+        max_cpus: int | None = None,
+        namespace: str = "ncaas",
+        pass_s3_settings: bool = True,
+    ):
         self.address = address
         self.storage = storage
         self.max_cpus = max_cpus
+        # Read once, at the start: what the nodes are told does not change under running tasks.
+        self.node_env = settings_env() if pass_s3_settings and not storage.is_local else {}
+        self.excluded: dict[str, tuple[str, float]] = {}  # Ray node id -> (why it cannot reach storage, since)
         self.ray = _import_ray()
         self._connect(namespace)
         self._remote = self.ray.remote(run_node_task)
@@ -278,6 +299,9 @@ class RayExecutor:
         custom = dict(getattr(resources, "custom", None) or {})
         if custom:
             options["resources"] = custom
+        placement = self._placement()
+        if placement is not None:
+            options["label_selector"] = placement
         self._check_feasible(options)
         results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
         exit_path = f"{results}/{EXIT_RECORDS}/{spec.run_dir.name}.json"
@@ -293,6 +317,7 @@ class RayExecutor:
             bundle_blueprint=rel,
             bundle_environment=environment,
             s3_endpoint=os.environ.get(ENDPOINT_ENV),
+            s3_settings=self.node_env,
             exit_path=exit_path,
         )
         try:
@@ -346,11 +371,35 @@ class RayExecutor:
             return Lost("its Ray worker died (killed, or its node was lost)")
         except exceptions.RayError as exc:
             return ExitRecord(error=f"Ray could not run the task: {exc}")
+        if record.get("lost") and record.get("unreachable"):
+            self._exclude(str(record.get("node_id")), str(record["unreachable"]))
+            return Lost(str(record["unreachable"]))
         if record.get("lost"):
             return LOST
         if record.get("node_isolation"):
             self._isolation.add(str(record["node_isolation"]))
         return ExitRecord.from_json(record)
+
+    def _exclude(self, node_id: str, cause: str) -> None:
+        """Keep a node that cannot reach storage out of the tasks launched from now on."""
+        if node_id not in self.excluded:
+            log.warning("%s; no task is sent to it for %g minutes", cause, EXCLUDED_FOR_S / 60)
+        self.excluded[node_id] = (cause, time.monotonic())
+
+    def _placement(self) -> dict[str, str] | None:
+        """The label selector keeping tasks off excluded nodes; refuses when no live node is left."""
+        now = time.monotonic()  # an outage passes: a node kept out is tried again after a while
+        self.excluded = {n: (why, t) for n, (why, t) in self.excluded.items() if now - t < EXCLUDED_FOR_S}
+        if not self.excluded:
+            return None
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        if alive and alive <= set(self.excluded) and self.max_cpus is None:
+            raise ExecutorError(
+                "no node of the Ray cluster can reach the storage: "
+                + "; ".join(self.excluded[n][0] for n in sorted(alive))
+                + ". Give the nodes the storage's endpoint and keys (see `--ray-s3-settings`)"
+            )
+        return {"ray.io/node-id": "!in(" + ",".join(sorted(self.excluded)) + ")"}
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the node to stop the task (once; the manager may ask on every step)."""

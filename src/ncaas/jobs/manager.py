@@ -560,7 +560,7 @@ class Manager:
         self._progress_seen.pop(task.id, None)
         node = _attempt_node(task)
         if isinstance(record, Lost):
-            why = f"{record.why}, on node {node}" if record.why and node else record.why
+            why = f"{record.why}, on node {node}" if record.why and node and node not in record.why else record.why
             decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries, why=why)
             record = ExitRecord()
         else:

@@ -143,6 +143,12 @@ class Storage:
             return self._call(localtree.read_regular, path, follow=False, limit=limit)
         return self._call(self.fs.cat_file, path, start=0, end=limit)
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """At most ``length`` bytes of ``path`` from ``offset`` (b"" past its end): a large file in blocks."""
+        if self.is_local:
+            return self._call(localtree.read_regular, path, offset, follow=False, limit=length)
+        return self._call(self.fs.cat_file, path, start=offset, end=offset + length)
+
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode("utf-8")
 
@@ -209,6 +215,21 @@ class Storage:
         if not self.isdir(path):
             return [path] if self.exists(path) else []
         return sorted(self._call(self.fs.find, path))
+
+    def file_sizes(self, path: str) -> dict[str, int]:
+        """Every file under the folder ``path`` with its size, from one listing ({} when there is none).
+
+        On a local root: regular files only; links found inside ``path`` are not followed.
+        """
+        if self.is_local:
+            try:
+                return {p: st.st_size for p, st in self._call(localtree.regular_files, path)}
+            except FileNotFoundError:
+                return {}
+        if not self.isdir(path):
+            return {}
+        found = self._call(self.fs.find, path, detail=True)
+        return {name: int(info.get("size") or 0) for name, info in sorted(found.items())}
 
     def entry_kind(self, path: str, *, follow: bool = False) -> str:
         """What ``path`` is: "file", "folder", "link", "fifo", "socket", "device" or "missing".
