@@ -94,7 +94,7 @@ def test_manager_watches_an_s3_prefix_and_runs_on_the_cluster(ray_cluster, s3_ro
     [
         (["--executor", "gpu"], "--executor 'gpu' is not known; use one of: local, ray"),
         (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
-        (["--ray-address", "127.0.0.1:1"], "--ray-address and --ray-max-cpus need --executor ray"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray"),
         (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
     ],
 )

@@ -24,6 +24,7 @@ from ..exceptions import NcaasError
 from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
+from ..jobs.owner import record_owner, require_owner_here
 from ..jobs.states import JOB_TERMINAL
 from ..storage import Storage, default_root
 from ..storage.localfolder import left_out_note
@@ -83,8 +84,12 @@ def _target(
 
 
 @contextmanager
-def _backend(root: str, db: str | None) -> Iterator[Backend]:
-    """The server named by ``--server``, else the storage root on this machine."""
+def _backend(root: str, db: str | None, command: str | None = None) -> Iterator[Backend]:
+    """The server named by ``--server``, else the storage root on this machine.
+
+    A job ``command`` run embedded on a root in object storage needs the manager of that root
+    on this machine (with the same job database); elsewhere it is refused, naming the server.
+    """
     if _SERVER.get("url"):
         remote = Remote(str(_SERVER["url"]), _SERVER.get("token"))
         try:
@@ -92,7 +97,10 @@ def _backend(root: str, db: str | None) -> Iterator[Backend]:
         finally:
             remote.close()
     else:
-        yield Embedded(root, db)
+        embedded = Embedded(root, db)
+        if command is not None:
+            require_owner_here(embedded.storage, embedded.db_url, command)
+        yield embedded
 
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
@@ -166,7 +174,7 @@ def submit(
     db: DbOpt = None,
 ) -> None:
     """Upload data and config into the group's storage and submit a job."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "submit") as backend:
         group = backend.group(group)
         datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
         configname = backend.put_config(config, group) if config is not None else None
@@ -193,7 +201,7 @@ def status(
     db: DbOpt = None,
 ) -> None:
     """List recent jobs, or show one job's tasks and story."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "status") as backend:
         if job_id is None:
             out.print(jobs_table(backend.jobs(limit)))
             for note in backend.notes():
@@ -213,7 +221,7 @@ def logs(
     db: DbOpt = None,
 ) -> None:
     """Print the analysis' logs of a job."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "logs") as backend:
         detail = backend.job(job_id)
         tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
         names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or [
@@ -238,7 +246,7 @@ def logs(
 @errors
 def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> None:
     """Cancel a job: queued tasks never start, running ones are stopped within seconds."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "cancel") as backend:
         detail = backend.cancel(job_id)
     if detail["state"] in JOB_TERMINAL:
         out.print(f"job {detail['id']} is already over ({styled(detail['state'])})")
@@ -255,7 +263,7 @@ def results(
     db: DbOpt = None,
 ) -> None:
     """List a job's result files, or copy them to a folder."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "results") as backend:
         detail = backend.job(job_id)
         if to is not None:
             backend.download(detail["id"], to)
@@ -279,7 +287,7 @@ def rerun(
     db: DbOpt = None,
 ) -> None:
     """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "rerun") as backend:
         original, detail = backend.rerun(job, notify=out.print)
         out.print(f"  job {detail['id']} started; results in {detail['results_dir']}")
         detail = _watch(backend, detail)
@@ -296,7 +304,7 @@ def compare(
     db: DbOpt = None,
 ) -> None:
     """Compare two finished jobs' outputs file by file, by the comparators the analysis declares."""
-    with _backend(root, db) as backend:
+    with _backend(root, db, "compare") as backend:
         first, second = backend.job(original), backend.job(job)
         ok = print_verdict(
             out, backend.compare(second["id"], first["id"]), f"job {second['id']} against job {first['id']}"
@@ -318,6 +326,14 @@ def run_manager(
         str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
     ] = None,
     ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
+    ray_s3_settings: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NCAAS_RAY_S3_SETTINGS",
+            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, through Ray's "
+            "runtime environment; the default) or node (each node's own: instance role, environment)",
+        ),
+    ] = None,
     scan_interval: Annotated[
         float | None, typer.Option(help="seconds between scans for new submit files [default: every poll; 2 on s3://]")
     ] = None,
@@ -331,7 +347,9 @@ def run_manager(
     _local_only("manager")
     use_private_umask()  # uploads, results and the platform's state: readable by this user only
     storage = Storage(root)
-    runner = executor_for(executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus)
+    runner = executor_for(
+        executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus, ray_s3_settings=ray_s3_settings
+    )
     if scan_interval is None:
         scan_interval = 0.0 if storage.is_local else 2.0
     manager = _manager(
@@ -347,6 +365,7 @@ def run_manager(
     lock = manager_lock(manager.storage)
     if lock is None:
         raise NcaasError(f"another `ncaas manager` is already running on {manager.storage.url}")
+    record_owner(manager.storage, manager.db.url)
     stopping = False
 
     def stop(*_: Any) -> None:

@@ -134,10 +134,14 @@ class Embedded:
     def storage(self) -> Storage:
         return Storage(self.root)
 
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{self.storage.state_dir() / 'jobs.sqlite'}"
+
     @functools.cached_property
     def manager(self) -> Manager:
         """Opened on first use: listing analyses creates no state folder or database."""
-        return Manager(self.storage, JobDB(self.db or f"sqlite:///{self.storage.state_dir() / 'jobs.sqlite'}"))
+        return Manager(self.storage, JobDB(self.db_url))
 
     def analyses(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
         registry = BlueprintRegistry.discover()
@@ -235,6 +239,8 @@ class Embedded:
     def wait(self, job_id: str, on_status: OnStatus) -> dict[str, Any]:
         manager = self.manager
         job = manager.find(job_id)
+        if not self.storage.is_local:  # run by the manager of this root (see ncaas.jobs.owner): follow it
+            return self._follow(job_id, on_status)
         last = -float("inf")
 
         def over() -> bool:
@@ -247,6 +253,14 @@ class Embedded:
 
         manager.run(scan=False, until=over)
         return job_detail(manager, job)
+
+    def _follow(self, job_id: str, on_status: OnStatus) -> dict[str, Any]:
+        while True:
+            detail = self.job(job_id)
+            on_status(detail)
+            if detail["finished"]:
+                return detail
+            time.sleep(0.5)
 
     def files(self, job_id: str) -> list[dict[str, Any]]:
         job = self.manager.find(job_id)

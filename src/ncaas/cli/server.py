@@ -6,6 +6,8 @@ FastAPI until ``serve`` runs, so the rest of the CLI starts fast.
 
 from __future__ import annotations
 
+import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -36,7 +38,7 @@ def _accounts(root: str, db: str | None):
     from ..server.accounts import Accounts
     from ..server.state import default_database_url
 
-    return Accounts.from_url(db or default_database_url(Storage(root).root))
+    return Accounts.from_url(db or default_database_url(Storage(root).url))
 
 
 admin = typer.Typer(
@@ -83,6 +85,21 @@ def serve(
     max_datasets: Annotated[
         int | None, typer.Option(envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")
     ] = None,
+    executor: Annotated[
+        str, typer.Option(help="where the job manager runs tasks: local (this machine) or ray (a Ray cluster)")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
+    ] = None,
+    ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
+    ray_s3_settings: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NCAAS_RAY_S3_SETTINGS",
+            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, through Ray's "
+            "runtime environment; the default) or node (each node's own: instance role, environment)",
+        ),
+    ] = None,
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
@@ -105,9 +122,11 @@ def serve(
     except ValueError as exc:
         raise NcaasError(f"--min-free: {exc}") from None
     storage = Storage(root)
+    if not manager and (executor != "local" or ray_address or ray_max_cpus or ray_s3_settings):
+        raise NcaasError("--executor and --ray-* choose where the job manager runs tasks; drop --no-manager")
     settings = ServerSettings(
-        root=storage.root,
-        database_url=db or default_database_url(storage.root),
+        root=storage.url,
+        database_url=db or default_database_url(storage.url),
         max_upload_bytes=max_bytes,
         run_manager=manager,
         auth_failures=auth_failures,
@@ -123,12 +142,25 @@ def serve(
                 "and that manager runs them[/yellow]"
             )
             settings.run_manager = False
+    if settings.run_manager:
+        from ..executors.pick import executor_for
+        from ..jobs.owner import record_owner
+
+        settings.executor = executor_for(
+            executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus, ray_s3_settings=ray_s3_settings
+        )
+        record_owner(storage, str(settings.database_url), server=f"http://{host}:{port}")
+        # Joining Ray made SIGTERM exit with code 15; the server stops on it as it does on Ctrl-C
+        # (uvicorn hands the signal on once it has shut down), then lets go of the cluster, exit 0.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from ..server.uploads import keep_freed_memory_for_streaming
 
     keep_freed_memory_for_streaming()
     try:
         run_server(settings, host=host, port=port, forwarded_allow_ips=forwarded_allow_ips)
     finally:
+        if settings.executor is not None:
+            settings.executor.close()  # Ray: the manager's tasks stop with it and are retried at its next start
         if lock is not None:
             lock.close()
 

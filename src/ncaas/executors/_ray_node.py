@@ -66,6 +66,10 @@ class NodeTask:
     bundle_blueprint: str  # the blueprint file's path inside the bundle
     bundle_environment: dict[str, str]  # the blueprint's environment paths, relative, inside the bundle
     s3_endpoint: str | None = None
+    # The manager's S3 endpoint and keys (``--ray-s3-settings server``): they travel with the task's
+    # arguments, never in Ray's runtime environment (whose agent logs it on every node), and are
+    # kept out of the analysis' own environment (see _node_env).
+    s3_settings: dict[str, str] = dataclasses.field(default_factory=dict)
     exit_path: str | None = None  # storage path where the exit record is kept for a restarted manager
 
 
@@ -341,6 +345,24 @@ def _node_ip() -> str:
         return socket.gethostname()
 
 
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (tests of this module)
+        return None
+
+
+def _unreachable(task: NodeTask) -> str | None:
+    """Why this node cannot reach the storage root (endpoint, credentials, permissions), or None."""
+    try:
+        Storage(task.storage_url).exists(task.config_path)
+    except (NcaasError, OSError, ImportError) as exc:
+        return f"node {_node_ip()} cannot reach {task.storage_url}: {exc}"
+    return None
+
+
 def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
     """Run one task on this node; always returns an exit record (see ncaas.jobs.states.decide_exit).
 
@@ -348,8 +370,13 @@ def run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
     manager that launched the task may be gone by then, and the one that replaces it reads
     it there, so a task that ran is never run again.
     """
-    if task.s3_endpoint and not os.environ.get("NCAAS_S3_ENDPOINT"):
+    if task.s3_settings:  # before any S3 client of this worker is made: the node's own settings lose
+        os.environ.update(task.s3_settings)
+    elif task.s3_endpoint and not os.environ.get("NCAAS_S3_ENDPOINT"):
         os.environ["NCAAS_S3_ENDPOINT"] = task.s3_endpoint
+    why = _unreachable(task)
+    if why is not None:  # nothing ran: the manager keeps this node out and runs the task elsewhere
+        return {"lost": True, "unreachable": why, "node_id": _node_id()}
     record = _run_node_task(task, bundle)
     if task.exit_path and not record.get("lost"):
         with contextlib.suppress(NcaasError, OSError):

@@ -49,7 +49,10 @@ class ExitRecord:
 
 @dataclass(frozen=True)
 class Lost:
-    """A task whose supervisor vanished without an exit record (killed with its machine or worker)."""
+    """A task whose supervisor vanished without an exit record (killed with its machine or worker),
+    or that never started because its node could not do its part (``cause`` says why)."""
+
+    cause: str | None = None
 
 
 LOST = Lost()

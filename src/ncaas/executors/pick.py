@@ -11,20 +11,32 @@ from .local import LocalExecutor
 if TYPE_CHECKING:
     from .ray import RayExecutor
 
-__all__ = ["EXECUTORS", "executor_for"]
+__all__ = ["EXECUTORS", "S3_SETTINGS", "executor_for"]
 
 EXECUTORS = ("local", "ray")
+S3_SETTINGS = ("server", "node")  # who gives a Ray task its S3 endpoint and keys
 
 
 def executor_for(
-    name: str, storage: Storage, *, ray_address: str | None = None, ray_max_cpus: int | None = None
+    name: str,
+    storage: Storage,
+    *,
+    ray_address: str | None = None,
+    ray_max_cpus: int | None = None,
+    ray_s3_settings: str | None = None,
 ) -> LocalExecutor | RayExecutor:
-    """``local`` (tasks on this machine) or ``ray`` (tasks on the Ray cluster at ``ray_address``)."""
+    """``local`` (tasks on this machine) or ``ray`` (tasks on the Ray cluster at ``ray_address``).
+
+    ``ray_s3_settings``: ``server`` (default) hands this process's S3 endpoint and keys to each
+    Ray task; ``node`` leaves each node to find its own (an instance role, its environment).
+    """
     if name not in EXECUTORS:
         raise NcaasError(f"--executor {name!r} is not known; use one of: {', '.join(EXECUTORS)}")
+    if ray_s3_settings not in (None, *S3_SETTINGS):
+        raise NcaasError(f"--ray-s3-settings {ray_s3_settings!r} is not known; use one of: {', '.join(S3_SETTINGS)}")
     if name == "local":
-        if ray_address or ray_max_cpus:
-            raise NcaasError("--ray-address and --ray-max-cpus need --executor ray")
+        if ray_address or ray_max_cpus or ray_s3_settings:
+            raise NcaasError("--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray")
         if not storage.is_local:
             raise NcaasError(
                 f"the local executor runs tasks on files of this machine, and {storage.url} is "
@@ -40,4 +52,4 @@ def executor_for(
         raise NcaasError(f"--ray-max-cpus must be at least 1, not {ray_max_cpus}")
     from .ray import RayExecutor  # imports Ray only when asked for
 
-    return RayExecutor(ray_address, storage=storage, max_cpus=ray_max_cpus)
+    return RayExecutor(ray_address, storage=storage, max_cpus=ray_max_cpus, pass_s3_settings=ray_s3_settings != "node")

@@ -40,9 +40,11 @@ from ..blueprint import LoadedBlueprint
 from ..exceptions import ExecutorError, NcaasError
 from ..isolation import environments
 from ..storage import Storage
-from ..storage.s3 import ENDPOINT_ENV
+from ..storage.s3 import ENDPOINT_ENV, settings_env
 from ._ray_node import NodeTask, pack_bundle, run_node_task
 from .base import LOST, EnvironmentInfo, ExitRecord, Lost, TaskHandle, TaskSpec
+
+log = logging.getLogger("ncaas.executors.ray")
 
 __all__ = ["PYTHON_ON_NODE", "RayExecutor"]
 
@@ -76,10 +78,21 @@ class RayExecutor:
     name = "ray"
     stages_storage = True  # tasks get storage paths and fetch/upload their data themselves
 
-    def __init__(self, address: str, *, storage: Storage, max_cpus: int | None = None, namespace: str = "ncaas"):
+    def __init__(
+        self,
+        address: str,
+        *,
+        storage: Storage,
+        max_cpus: int | None = None,
+        namespace: str = "ncaas",
+        pass_s3_settings: bool = True,
+    ):
         self.address = address
         self.storage = storage
         self.max_cpus = max_cpus
+        # Read once, at the start: what the nodes are told does not change under running tasks.
+        self.node_env = settings_env() if pass_s3_settings and not storage.is_local else {}
+        self.excluded: dict[str, str] = {}  # Ray node id -> why it cannot reach storage
         self.ray = _import_ray()
         self._connect(namespace)
         self._remote = self.ray.remote(run_node_task)
@@ -183,6 +196,9 @@ class RayExecutor:
         custom = dict(getattr(resources, "custom", None) or {})
         if custom:
             options["resources"] = custom
+        placement = self._placement()
+        if placement is not None:
+            options["label_selector"] = placement
         self._check_feasible(options)
         results = spec.output_dir.parent.parent  # <results>/outputs/<dataset>
         exit_path = f"{results}/{EXIT_RECORDS}/{spec.run_dir.name}.json"
@@ -198,6 +214,7 @@ class RayExecutor:
             bundle_blueprint=rel,
             bundle_environment=environment,
             s3_endpoint=os.environ.get(ENDPOINT_ENV),
+            s3_settings=self.node_env,
             exit_path=exit_path,
         )
         try:
@@ -253,11 +270,33 @@ class RayExecutor:
             return LOST  # its worker or node is gone: the manager's retry policy runs it again elsewhere
         except exceptions.RayError as exc:
             return ExitRecord(error=f"Ray could not run the task: {exc}")
+        if record.get("lost") and record.get("unreachable"):
+            self._exclude(str(record.get("node_id")), str(record["unreachable"]))
+            return Lost(str(record["unreachable"]))
         if record.get("lost"):
             return LOST
         if record.get("node_isolation"):
             self._isolation.add(str(record["node_isolation"]))
         return ExitRecord.from_json(record)
+
+    def _exclude(self, node_id: str, cause: str) -> None:
+        """Keep a node that cannot reach storage out of the tasks launched from now on."""
+        if node_id not in self.excluded:
+            log.warning("%s; no further task is sent to it", cause)
+        self.excluded[node_id] = cause
+
+    def _placement(self) -> dict[str, str] | None:
+        """The label selector keeping tasks off excluded nodes; refuses when no live node is left."""
+        if not self.excluded:
+            return None
+        alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+        if alive and alive <= set(self.excluded) and self.max_cpus is None:
+            raise ExecutorError(
+                "no node of the Ray cluster can reach the storage: "
+                + "; ".join(self.excluded[n] for n in sorted(alive))
+                + ". Give the nodes the storage's endpoint and keys (see `--ray-s3-settings`)"
+            )
+        return {"ray.io/node-id": "!in(" + ",".join(sorted(self.excluded)) + ")"}
 
     def cancel(self, handle: TaskHandle) -> None:
         """Ask the node to stop the task (once; the manager may ask on every step)."""

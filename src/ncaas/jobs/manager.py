@@ -546,7 +546,7 @@ class Manager:
             self._take_progress(job, task, final=True)  # its last words (final progress and message)
         self._progress_seen.pop(task.id, None)
         if isinstance(record, Lost):
-            decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries)
+            decision = decide_lost(attempt=task.attempt, max_retries=task.max_retries, cause=record.cause)
             record = ExitRecord()
         else:
             decision = decide_exit(

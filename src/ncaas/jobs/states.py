@@ -132,9 +132,11 @@ def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_li
     return Decision(TaskState.FAILED, cause)
 
 
-def decide_lost(*, attempt: int, max_retries: int) -> Decision:
-    """A running task whose supervisor vanished without an exit record."""
-    return _retry_or_fail("its process vanished (killed with the manager or the machine)", attempt, max_retries)
+def decide_lost(*, attempt: int, max_retries: int, cause: str | None = None) -> Decision:
+    """A running task whose supervisor vanished without an exit record (or gave ``cause`` up)."""
+    return _retry_or_fail(
+        cause or "its process vanished (killed with the manager or the machine)", attempt, max_retries
+    )
 
 
 def decide_cut_short(*, attempt: int) -> Decision:

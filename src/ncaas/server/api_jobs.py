@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -33,6 +34,7 @@ from ..jobs import describe
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
 from ..storage import check_user_path, localtree
+from . import stored
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
 from .headers import FILE_POLICY
@@ -63,6 +65,8 @@ class JobService:
             self.db,
             registry=state.registry,
             limits=state.settings.submit_limits,
+            executor=state.settings.executor,
+            scan_interval=0.0 if state.storage.is_local else 2.0,  # listing a bucket costs requests
             poll_interval=0.1,
             notify=lambda message: log.info("%s", message),
         )
@@ -99,6 +103,26 @@ class JobService:
 
     def results_path(self, job: Job) -> Path:
         return self.state.storage.local_path(job.results_dir)
+
+    @property
+    def local(self) -> bool:
+        """Results on this machine's disk (read through checked descriptors), else in object storage."""
+        return self.state.storage.is_local
+
+    def read_text(self, job: Job, name: str) -> str | None:
+        """A file at the top of the job's results folder (its certificate), or None while there is none."""
+        if self.local:
+            local = self.results_path(job) / name
+            return local.read_text() if local.is_file() else None
+        storage = self.state.storage
+        path = f"{job.results_dir}/{name}"
+        return storage.read_text(path) if storage.entry_kind(path) == "file" else None
+
+    def read_log(self, job: Job, dataset: str, offset: int, limit: int = -1) -> bytes:
+        """A dataset's log from byte ``offset`` (at most ``limit`` bytes); b"" before it exists."""
+        if self.local:
+            return _read_from(self.results_path(job) / "logs" / f"{dataset}.log", offset, limit)
+        return stored.read_stored(self.state.storage, f"{job.results_dir}/logs/{dataset}.log", offset, limit)
 
     # -- views (the same dicts the CLI renders: ncaas.jobs.describe) -------------------
     def list_jobs(self, who: Principal, limit: int) -> list[dict[str, Any]]:
@@ -230,7 +254,6 @@ def _read_from(path: Path, offset: int, limit: int = -1) -> bytes:
 )
 async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> StreamingResponse:
     job = jobs.job_for(who, job_id)
-    logs = jobs.results_path(job) / "logs"
 
     async def stream() -> AsyncIterator[bytes]:
         offsets: dict[str, int] = {}
@@ -247,7 +270,7 @@ async def events(job_id: str, request: Request, who: Caller, jobs: Jobs) -> Stre
                 name = task["dataset"]
                 while True:
                     data = await anyio.to_thread.run_sync(
-                        _read_from, logs / f"{name}.log", offsets.get(name, 0), LOG_EVENT_BYTES
+                        jobs.read_log, job, name, offsets.get(name, 0), LOG_EVENT_BYTES
                     )
                     if not data:
                         break
@@ -281,9 +304,7 @@ def log_text(job_id: str, dataset: str, who: Caller, jobs: Jobs, offset: Annotat
     job = jobs.job_for(who, job_id)
     if dataset not in {t.dataset for t in jobs.db.tasks(job.id)}:
         raise NotFound(f"job {job.id} has no dataset {dataset!r}")
-    path = jobs.results_path(job) / "logs" / f"{dataset}.log"
-    data = _read_from(path, offset)
-    return Response(data, media_type="text/plain; charset=utf-8")
+    return Response(jobs.read_log(job, dataset, offset), media_type="text/plain; charset=utf-8")
 
 
 def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> IO[bytes]:
@@ -313,18 +334,22 @@ def _result_file(jobs: JobService, who: Principal, job: Job, rel: str) -> IO[byt
 @router.get("/{job_id}/files", summary="Every file in the job's results folder")
 def files(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     job = jobs.job_for(who, job_id)
+    if not jobs.local:
+        return [{"path": f.rel, "size": f.size} for f in stored.list_stored(jobs.state.storage, job.results_dir)]
     base = jobs.results_path(job)
     return [{"path": f.rel, "size": f.stat.st_size} for f in list_files(base)] if base.is_dir() else []
 
 
 @router.get("/{job_id}/files/{path:path}", summary="One result file (streamed)", response_class=FileResponse)
-def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
+def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> Response:
     job = jobs.job_for(who, job_id)
+    media = IMAGE_TYPES.get(posixpath.splitext(path)[1].lower())
+    if not jobs.local:
+        return _stored_file(jobs, who, job, path, media)
     handle = _result_file(jobs, who, job, path)
     # Served from the descriptor opened and checked above (/proc/self/fd reopens that very file),
     # never from the path again; closed once sent (or with the response, if the client went away).
     found, done = f"/proc/self/fd/{handle.fileno()}", BackgroundTask(handle.close)
-    media = IMAGE_TYPES.get(posixpath.splitext(path)[1].lower())
     # An analysis wrote this file: it may be HTML or an SVG carrying script. Images are shown as images;
     # anything else is a download, never a page; and the sandboxing policy gives either, even opened in
     # a tab of its own, an origin of its own, so no script in it can reach the page's token or the API.
@@ -339,6 +364,29 @@ def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
     )
 
 
+def _stored_file(jobs: JobService, who: Principal, job: Job, rel: str, media: str | None) -> Response:
+    """A result file in object storage, streamed under the same headers as one on disk."""
+    storage = jobs.state.storage
+    try:
+        full = storage.resolve(who.group, "results", f"{job.id}/{rel}")
+    except PathRefused as exc:
+        raise BadRequest(str(exc)) from None
+    if storage.entry_kind(full) != "file":
+        raise NotFound(f"job {job.id} has no result file {rel!r}; GET /api/jobs/{job.id}/files lists them")
+    size = storage.size(full)
+    name = posixpath.basename(rel)
+    disposition = "inline" if media else f"attachment; filename*=utf-8''{quote(name)}"
+    return StreamingResponse(
+        stored.iter_stored(storage, full, size),
+        media_type=media or "application/octet-stream",
+        headers={
+            "Content-Security-Policy": FILE_POLICY,
+            "Content-Disposition": disposition,
+            "Content-Length": str(size),
+        },
+    )
+
+
 @router.get(
     "/{job_id}/results.zip",
     summary="The whole results folder as a zip, streamed",
@@ -347,10 +395,13 @@ def file(job_id: str, path: str, who: Caller, jobs: Jobs) -> FileResponse:
 )
 def results_zip(job_id: str, who: Caller, jobs: Jobs) -> StreamingResponse:
     job = jobs.job_for(who, job_id)
-    base = jobs.results_path(job)
-    entries = list_files(base) if base.is_dir() else []
+    if jobs.local:
+        base = jobs.results_path(job)
+        chunks = iter_zip(list_files(base) if base.is_dir() else [])
+    else:
+        chunks = stored.iter_stored_zip(jobs.state.storage, stored.list_stored(jobs.state.storage, job.results_dir))
     return StreamingResponse(
-        iter_zip(entries),
+        chunks,
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="ncaas-{job.id}.zip"'},
     )
@@ -359,8 +410,8 @@ def results_zip(job_id: str, who: Caller, jobs: Jobs) -> StreamingResponse:
 @router.get("/{job_id}/certificate", summary="The job's certificate (json, or readable text with ?format=txt)")
 def certificate(job_id: str, who: Caller, jobs: Jobs, format: Annotated[str, Query(pattern="^(json|txt)$")] = "json"):
     job = jobs.job_for(who, job_id)
-    path = jobs.results_path(job) / f"certificate.{format}"
-    if not path.is_file():
+    text = jobs.read_text(job, f"certificate.{format}")
+    if text is None:
         state = (
             "was rejected, so it has no certificate"
             if job.state == "rejected"
@@ -368,19 +419,23 @@ def certificate(job_id: str, who: Caller, jobs: Jobs, format: Annotated[str, Que
         )
         raise NotFound(f"job {job.id} {state}")
     if format == "txt":
-        return PlainTextResponse(path.read_text())
-    return json.loads(path.read_text())
+        return PlainTextResponse(text)
+    return json.loads(text)
 
 
 @router.get("/{job_id}/qc", summary="QC images the analysis wrote (png, jpg, svg, ...)")
 def qc_images(job_id: str, who: Caller, jobs: Jobs) -> list[dict]:
     job = jobs.job_for(who, job_id)
-    base = jobs.results_path(job)
-    out = []
-    for f in list_files(base / "outputs") if (base / "outputs").is_dir() else []:
-        if f.path.suffix.lower() in IMAGE_TYPES:
-            out.append({"path": f"outputs/{f.rel}", "dataset": f.rel.split("/", 1)[0], "size": f.stat.st_size})
-    return out
+    if jobs.local:
+        base = jobs.results_path(job) / "outputs"
+        found = [(f.rel, f.stat.st_size) for f in list_files(base)] if base.is_dir() else []
+    else:
+        found = [(f.rel, f.size) for f in stored.list_stored(jobs.state.storage, f"{job.results_dir}/outputs")]
+    return [
+        {"path": f"outputs/{rel}", "dataset": rel.split("/", 1)[0], "size": size}
+        for rel, size in found
+        if posixpath.splitext(rel)[1].lower() in IMAGE_TYPES
+    ]
 
 
 @router.get("/{job_id}/story", summary="Every state transition of the job and its tasks, with cause and time")

@@ -24,6 +24,7 @@ from ..exceptions import (
     StorageError,
     SubmissionRejected,
 )
+from ..private import private_dir
 from ..storage import Storage
 from .accounts import Accounts, open_engine
 from .auth import Authenticator
@@ -32,6 +33,7 @@ from .headers import SECURITY_HEADERS, SecurityHeaders
 from .ratelimit import FailureLimiter
 from .space import Reserve
 from .state import ServerSettings, ServerState, default_database_url
+from .stored import StoredInputs
 from .uploads import Uploads
 
 __all__ = ["create_app"]
@@ -121,10 +123,17 @@ def build_state(settings: ServerSettings) -> ServerState:
     storage = Storage(settings.root)
     engine = open_engine(settings.database_url or default_database_url(settings.root))
     accounts = Accounts(engine)
+    if storage.is_local:
+        store = None
+        scratch = lambda group: storage.local_path(storage.group_dir(group)) / ".uploads"  # noqa: E731
+    else:  # object storage: uploads arrive on this machine, then are copied into the group's inputs
+        store = StoredInputs(storage)
+        scratch = lambda group: private_dir(storage.state_dir() / "uploads") / group  # noqa: E731
     uploads = Uploads(
         engine,
         resolve_input=lambda group, path: storage.local_path(storage.resolve(group, "inputs", path)),
-        scratch_dir=lambda group: storage.local_path(storage.group_dir(group)) / ".uploads",
+        scratch_dir=scratch,
+        store=store,
         max_bytes=settings.max_upload_bytes,
         reserve=Reserve.parse(settings.min_free),
         quota_of=accounts.quota,

@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..blueprint import BlueprintRegistry, LoadedBlueprint
+from ..executors.base import Executor
 from ..jobs.db import default_db_url
+from ..private import private_dir
 from ..storage import Storage
 from ..submission import SubmitLimits
 from .accounts import Accounts, Principal
@@ -26,12 +28,13 @@ DEFAULT_MAX_UPLOAD = 1 << 40  # 1 TiB
 
 
 def default_database_url(root: str) -> str:
-    """``NCAAS_DB``, else the job database the embedded CLI uses for ``root``."""
+    """``NCAAS_DB``, else the job database the embedded CLI and ``ncaas manager`` use for ``root``
+    (``<root>/.ncaas/jobs.sqlite``; for a root in object storage, in its state folder on this machine)."""
     if os.environ.get("NCAAS_DB"):
         return os.environ["NCAAS_DB"]
-    if "://" in root:
-        raise ValueError(f"storage root {root} is not a local folder; give the server a --database-url")
-    return default_db_url(str(Path(root).resolve()))
+    if "://" not in root:
+        return default_db_url(str(Path(root).resolve()))
+    return f"sqlite:///{private_dir(Storage(root).state_dir()) / 'jobs.sqlite'}"
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ServerSettings:
     auth_failures: int = DEFAULT_AUTH_FAILURES  # failed authentications a client address may make a minute
     min_free: str = DEFAULT_RESERVE  # free space uploads leave on the disk: a size, or a percentage ("5%")
     submit_limits: SubmitLimits | None = None  # None: from the environment (NCAAS_MAX_SUBMIT_SIZE, ...)
+    executor: Executor | None = None  # where the manager runs tasks (None: this machine)
 
     def __post_init__(self) -> None:
         if self.database_url is None:

@@ -143,6 +143,12 @@ class Storage:
             return self._call(localtree.read_regular, path, follow=False, limit=limit)
         return self._call(self.fs.cat_file, path, start=0, end=limit)
 
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """At most ``length`` bytes of ``path`` from ``offset`` (b"" past its end): a large file in blocks."""
+        if self.is_local:
+            return self._call(localtree.read_regular, path, offset, follow=False, limit=length)
+        return self._call(self.fs.cat_file, path, start=offset, end=offset + length)
+
     def read_text(self, path: str) -> str:
         return self.read_bytes(path).decode("utf-8")
 

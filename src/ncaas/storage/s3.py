@@ -21,9 +21,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["ENDPOINT_ENV", "S3_ERRORS", "explain", "is_s3_url", "open_s3"]
+__all__ = ["ENDPOINT_ENV", "S3_ERRORS", "SETTINGS_ENV", "explain", "is_s3_url", "open_s3", "settings_env"]
 
 ENDPOINT_ENV = "NCAAS_S3_ENDPOINT"
+SETTINGS_ENV = (
+    ENDPOINT_ENV,
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
+"""The variables that say where an S3 client connects and who it is: what a manager hands its Ray tasks."""
 
 try:  # s3fs and botocore come with the `scale` extra
     from botocore.exceptions import BotoCoreError
@@ -38,6 +49,20 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 def is_s3_url(url: str) -> bool:
     return url.startswith(("s3://", "s3a://"))
+
+
+def settings_env() -> dict[str, str]:
+    """This process's S3 settings (:data:`SETTINGS_ENV` that are set), for the tasks it starts on other
+    machines; a key given without its secret, or the reverse, is not handed on half."""
+    found = {name: os.environ[name] for name in SETTINGS_ENV if os.environ.get(name)}
+    endpoint = endpoint_url() or found.get("AWS_ENDPOINT_URL_S3") or found.get("AWS_ENDPOINT_URL")
+    if endpoint:  # named where ncaas looks first, so a node's own NCAAS_S3_ENDPOINT cannot win
+        found[ENDPOINT_ENV] = endpoint
+    if ("AWS_ACCESS_KEY_ID" in found) != ("AWS_SECRET_ACCESS_KEY" in found):
+        found = {k: v for k, v in found.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    if "AWS_ACCESS_KEY_ID" not in found:
+        found.pop("AWS_SESSION_TOKEN", None)
+    return found
 
 
 def endpoint_url() -> str | None:

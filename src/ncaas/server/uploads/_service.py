@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from crc32c import CRC32CHash
@@ -30,6 +31,9 @@ from ._checksums import _checksum_prefix, _Checksums, _update
 from ._constants import _AHEAD, _ALIGN, _BLOCK, USAGE_CACHE_S
 from ._model import UploadInfo, _Base, _Upload, check_digest
 from ._writer import _BlockWriter, _fsync
+
+if TYPE_CHECKING:
+    from ..stored import StoredInputs
 
 
 def _raise_if_disk_full(exc: BaseException, upload_id: str, offset: int) -> None:
@@ -59,6 +63,10 @@ class Uploads:
     quota_of
         ``group -> bytes`` the group may hold (None: no quota); an upload that would take the
         group's storage (``scratch_dir``'s parent) over it is refused (507).
+    store
+        For a storage root in object storage: where completed uploads are placed (and the
+        group's usage read) instead of ``resolve_input``'s local path; ``scratch_dir`` is then a
+        folder of this machine.
     """
 
     def __init__(
@@ -70,6 +78,7 @@ class Uploads:
         max_bytes: int,
         reserve: Reserve = Reserve(),
         quota_of: Callable[[str], int | None] = lambda group: None,
+        store: StoredInputs | None = None,
     ):
         self.engine = engine
         self.resolve_input = resolve_input
@@ -77,12 +86,28 @@ class Uploads:
         self.max_bytes = max_bytes
         self.reserve = reserve
         self.quota_of = quota_of
+        self.store = store
         self._stored: dict[str, tuple[float, int]] = {}  # group -> (when, bytes its files held)
         self._sums: dict[str, _Checksums] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._buffers = _Buffers()
         self._session = sessionmaker(engine, expire_on_commit=False)
         create_or_update(_Base.metadata, engine)
+
+    # -- where a completed upload goes -----------------------------------
+    def _kind(self, group: str, path: str) -> str:
+        """What stands at ``inputs/<path>`` now: "file", "folder" or "missing"."""
+        if self.store is not None:
+            return self.store.kind(group, path)
+        target = self.resolve_input(group, path)
+        return "folder" if target.is_dir() else "file" if target.exists() else "missing"
+
+    def _size(self, group: str, path: str) -> int:
+        """Bytes of the file at ``inputs/<path>`` (0 if there is none)."""
+        if self.store is not None:
+            return self.store.size(group, path)
+        target = self.resolve_input(group, path)
+        return target.stat().st_size if target.is_file() else 0
 
     # -- bookkeeping ---------------------------------------------------
     def _part(self, up: _Upload) -> Path:
@@ -128,14 +153,12 @@ class Uploads:
         sha256 = check_digest(sha256, "sha256", "SHA-256")
         crc32c = check_digest(crc32c, "crc32c", "CRC-32C")
         path = check_user_path(path, "inputs")
-        target = self.resolve_input(who.group, path)
-        if target.is_dir():
+        kind = self._kind(who.group, path)
+        if kind == "folder":
             raise Conflict(f"inputs/{path} is a folder; choose another name for the file")
-        if target.exists() and not overwrite:
+        if kind != "missing" and not overwrite:
             raise Conflict(f"inputs/{path} already exists; upload with overwrite=true to replace it")
-        self._check_room(
-            who.group, path, size=size, remaining=size, upload_id=None, replacing=target if overwrite else None
-        )
+        self._check_room(who.group, path, size=size, remaining=size, upload_id=None, replacing=overwrite)
         up = _Upload(
             id=secrets.token_hex(16),
             group=who.group,
@@ -201,7 +224,11 @@ class Uploads:
         unfinished uploads other than ``besides``."""
         seen = self._stored.get(group)
         if seen is None or time.monotonic() - seen[0] > USAGE_CACHE_S:
-            seen = (time.monotonic(), tree_size(self.scratch_dir(group).parent, skip=(self.scratch_dir(group).name,)))
+            if self.store is not None:
+                stored = self.store.usage(group)
+            else:
+                stored = tree_size(self.scratch_dir(group).parent, skip=(self.scratch_dir(group).name,))
+            seen = (time.monotonic(), stored)
             self._stored[group] = seen
         stored = seen[1]
         with self._session() as s:
@@ -213,7 +240,7 @@ class Uploads:
         return stored + sum(pending)
 
     def _check_room(
-        self, group: str, path: str, *, size: int, remaining: int, upload_id: str | None, replacing: Path | None
+        self, group: str, path: str, *, size: int, remaining: int, upload_id: str | None, replacing: bool
     ) -> None:
         """Refuse (507) an upload of ``size`` bytes, ``remaining`` of them still to arrive, that
         would leave the disk below its reserve or take the group over its quota."""
@@ -223,8 +250,8 @@ class Uploads:
         if quota is None:
             return
         used = self._usage(group, besides=upload_id)
-        if replacing is not None and replacing.is_file():
-            used -= replacing.stat().st_size  # replaced on completion: its bytes are freed
+        if replacing:
+            used -= self._size(group, path)  # replaced on completion: its bytes are freed
         if used + size > quota:
             raise over_quota(group, path, size, used, quota)
 
@@ -269,10 +296,9 @@ class Uploads:
             current = part.stat().st_size if part.exists() else 0
             if offset != current:
                 raise Conflict(f"upload {upload_id} has {current} bytes; send from offset={current}", offset=current)
-            target = self.resolve_input(up.group, up.path) if up.overwrite else None
             await anyio.to_thread.run_sync(
                 lambda: self._check_room(
-                    up.group, up.path, size=up.size, remaining=up.size - offset, upload_id=up.id, replacing=target
+                    up.group, up.path, size=up.size, remaining=up.size - offset, upload_id=up.id, replacing=up.overwrite
                 )
             )
             state = await self._checksums(up, part, current)
@@ -434,10 +460,10 @@ class Uploads:
                     f"{up.path}: the received bytes have {name} {digests[name]}, not {expected}; "
                     "the upload was discarded, start it again"
                 )
-        target = self.resolve_input(up.group, up.path)
-        if target.exists() and not up.overwrite:
+        kind = await anyio.to_thread.run_sync(self._kind, up.group, up.path)
+        if kind != "missing" and not up.overwrite:
             raise Conflict(f"inputs/{up.path} appeared meanwhile; upload with overwrite=true to replace it")
-        if target.is_dir():
+        if kind == "folder":
             raise Conflict(f"inputs/{up.path} is a folder; choose another name")
         # Durable before acknowledged: a completed upload survives a crash of the machine.
         try:
@@ -446,9 +472,14 @@ class Uploads:
             _raise_if_disk_full(exc, upload_id, have)
             raise
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, target)
-            await anyio.to_thread.run_sync(_fsync, target.parent)
+            if self.store is not None:  # a copy into object storage, then the local part goes
+                await anyio.to_thread.run_sync(self.store.publish, up.group, up.path, part)
+                part.unlink()
+            else:
+                target = self.resolve_input(up.group, up.path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, target)
+                await anyio.to_thread.run_sync(_fsync, target.parent)
         except (NotADirectoryError, FileExistsError) as exc:
             raise Conflict(
                 f"cannot place inputs/{up.path}: a file stands where a folder is needed ({exc.filename})"
