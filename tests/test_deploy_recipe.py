@@ -32,23 +32,27 @@ def block(name: str) -> str:
     return found.group(1)
 
 
-def free_ports(count: int, *, consecutive: int = 1) -> list[int]:
-    """``count`` free loopback ports; with ``consecutive`` > 1, the first of a free run that long."""
-    ports: list[int] = []
-    for base in range(21000, 60000, 37):
-        run = range(base, base + consecutive)
-        if any(p in ports for p in run):
-            continue
-        try:
-            for p in run:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        ports.append(base)
-        if len(ports) == count:
-            return ports
-    pytest.fail("no free loopback ports")
+def free_ports(runs: list[int]) -> list[int]:
+    """For each length in ``runs``, the first port of that many consecutive free loopback ports, none shared."""
+    taken: set[int] = set()
+    found: list[int] = []
+    for length in runs:
+        for base in range(21000 + 97 * len(found), 60000, 37):
+            run = set(range(base, base + length))
+            if run & taken:
+                continue
+            try:
+                for p in run:
+                    with socket.socket() as s:
+                        s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            taken |= run
+            found.append(base)
+            break
+        else:
+            pytest.fail("no free loopback ports")
+    return found
 
 
 def test_the_one_machine_recipe_runs_as_written() -> None:
@@ -56,8 +60,7 @@ def test_the_one_machine_recipe_runs_as_written() -> None:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; `make system-deps` does it as root)")
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: the recipe cannot start PostgreSQL as its own user")
-    pg, s3, ray, server = free_ports(4)
-    (weed,) = free_ports(1, consecutive=9)
+    weed, pg, s3, ray, server = free_ports([9, 1, 1, 1, 1])
     deploy = Path(tempfile.mkdtemp(prefix="ncd-", dir="/tmp"))  # short: Ray's socket paths live under it
     home = Path(tempfile.mkdtemp(prefix="ncd-home-"))
     work = Path(tempfile.mkdtemp(prefix="ncd-user-"))
@@ -77,11 +80,18 @@ def test_the_one_machine_recipe_runs_as_written() -> None:
     script = "\n".join(
         [
             "set -euo pipefail",
-            f"cleanup() {{ set +e; {block('down')}\n}}",
+            f"cleanup() {{ set +e; cd /; {block('down')}\n}}",
             "trap cleanup EXIT",
             block("up"),
             f"cd {work}",
             f"{user_env} bash -euo pipefail -c {_quote(block('use'))}",
+            # the test's own look at what ran: the job's results, certificate included, through the server
+            f"{user_env} bash -euo pipefail -c "
+            + _quote(
+                "export NCAAS_SERVER=http://127.0.0.1:$SERVERPORT NCAAS_TOKEN=$TOKEN; "
+                "JOB=$(COLUMNS=200 ncaas status | grep -o '20[0-9]\\{6\\}-[0-9]\\{6\\}-[0-9a-f]\\{6\\}' | head -1); "
+                f'ncaas results "$JOB" --to {deploy}/fetched'
+            ),
             f"cd {REPO}",
         ]
     )
@@ -89,9 +99,13 @@ def test_the_one_machine_recipe_runs_as_written() -> None:
         done = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=840)
         log = deploy / "server.log"
         server_log = log.read_text(errors="replace") if log.exists() else "(no server log)"
-        assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\nserver log:\n{server_log[-3000:]}"
+        assert done.returncode == 0, (
+            f"{done.stderr[-3000:]}\n---\n{done.stdout[-2000:]}\nserver log:\n{server_log[-2000:]}"
+        )
         assert "succeeded" in done.stdout, done.stdout[-3000:]
-        assert "ray" in server_log.lower(), server_log[-2000:]
+        certificate = next((deploy / "fetched").rglob("certificate.txt")).read_text()
+        assert re.search(r"executor:\s+ray", certificate), certificate
+        assert "127.0.0.2" in certificate or "127.0.0.3" in certificate, certificate  # each task's node
         # the token was printed by the recipe and used by the user's shell; the server ran the job on Ray
         assert re.search(r"token for alice: ncaas_\S+", done.stdout)
         # everything the recipe started has stopped
