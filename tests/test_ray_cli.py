@@ -119,10 +119,74 @@ def test_example_cluster_config_is_valid_and_scales_from_zero() -> None:
     assert workers and all(v["min_workers"] == 0 and v["max_workers"] > 0 for v in workers.values())
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
     setup = " ".join(config["setup_commands"])
-    assert "ncaas[scale]" in setup and "RAY_AUTH_MODE=token" in setup
+    assert "ncaas[scale,server]" in setup and "RAY_AUTH_MODE=token" in setup
     assert "~/.ray/auth_token" in config["file_mounts"]
+    # ncaas needs Python >= 3.11; the image has 3.10: every node gets uv's 3.11, and Ray runs from it
+    assert "uv venv --allow-existing --python 3.11 ~/venv" in setup
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("~/venv/bin/ray" in c for c in starts if "ray " in c)
     done = ncaas("manager", "--help", timeout=60)  # the documented options exist
     assert done.returncode == 0 and "--ray-address" in done.stdout and "--scan-interval" in done.stdout
+
+
+AWS = REPO / "docs" / "aws"
+
+
+def test_aws_roles_let_the_head_scale_workers_and_workers_only_reach_the_bucket() -> None:
+    config = yaml.safe_load((REPO / "docs" / "ray-cluster-aws.yaml").read_text())
+    nodes = config["available_node_types"]
+    profiles = {name: node["node_config"]["IamInstanceProfile"]["Name"] for name, node in nodes.items()}
+    assert profiles == {"ray.head.default": "ncaas-head", "ray.worker.cpu": "ncaas-worker"}
+
+    def actions(policy: dict) -> set[str]:
+        out: set[str] = set()
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow"
+            acts = statement["Action"]
+            out |= {acts} if isinstance(acts, str) else set(acts)
+        return out
+
+    head = json.loads((AWS / "head-policy.json").read_text())
+    worker = json.loads((AWS / "worker-policy.json").read_text())
+    # the autoscaler launches and terminates workers and hands them their role
+    assert {"ec2:RunInstances", "ec2:TerminateInstances", "ec2:CreateTags", "ec2:DescribeInstances"} <= actions(head)
+    passrole = [st for st in head["Statement"] if st["Action"] == "iam:PassRole"]
+    assert passrole and all(st["Resource"].endswith(":role/ncaas-worker") for st in passrole)
+    assert {"ssm:GetParameter", "ec2:AttachVolume"} <= actions(head)  # its settings and its state volume
+    assert actions(worker) == {
+        "s3:ListBucket",
+        "s3:GetBucketLocation",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    }
+    trust = json.loads((AWS / "ec2-trust.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+def test_aws_server_runs_as_a_service_whose_options_exist_with_state_outside_the_head() -> None:
+    config = yaml.safe_load((REPO / "docs" / "ray-cluster-aws.yaml").read_text())
+    head_setup = " ".join(config["head_setup_commands"])
+    assert "ncaas-server.service" in head_setup and "systemctl" in head_setup
+    assert "/ncaas/server-env" in head_setup  # settings from SSM: never on a worker or in the checkout
+    assert not any("server.env" in str(k) for k in config["file_mounts"])
+    unit = (AWS / "ncaas-server.service").read_text()
+    assert "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit
+    assert "EnvironmentFile=/etc/ncaas/server.env" in unit
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    options = [word.split("=")[0] for word in exec_start.split() if word.startswith("--")]
+    assert options and "--executor" in options
+    done = ncaas("serve", "--help", timeout=60)
+    assert done.returncode == 0
+    listed = " ".join(done.stdout.split())
+    assert [o for o in options if o not in listed] == []  # every option the unit uses exists
+    settings = (AWS / "server.env.example").read_text()
+    # the database outside the cluster, the state (keys, blueprint archive) on its own volume
+    assert "NCAAS_DB=postgresql" in settings and "NCAAS_STATE=" in settings and "NCAAS_STATE_VOLUME=" in settings
+    script = AWS / "attach-state-volume.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    assert "mkfs" in script.read_text() and 'blkid "$device"' in script.read_text()  # never reformats state
 
 
 def test_a_lost_node_is_one_line_in_the_manager_log(ray_cluster, s3_root: str, tmp_path: Path) -> None:
