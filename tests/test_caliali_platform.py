@@ -57,6 +57,7 @@ OUTPUTS = [
     "arrays/session_bounds.npy",
     "arrays/meta.json",
     "arrays/valid_mask.npy",
+    "caiman.hdf5",
 ]
 ALIGNMENT = [
     "alignment/fields.npy",
@@ -144,6 +145,15 @@ def _read(path: Path) -> Any:
             ophys = nwb.processing["ophys"]
             [segmentation] = ophys["ImageSegmentation"].plane_segmentations.values()
             return {"rois": len(segmentation.id), "series": sorted(ophys.data_interfaces)}
+    if suffix == ".hdf5":  # CaImAn's layout: estimates/A as a sparse matrix, the traces beside it
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return {
+                "dims": f["estimates/dims"][()].tolist(),
+                "A_shape": f["estimates/A/shape"][()].tolist(),
+                "C_shape": list(f["estimates/C"].shape),
+            }
     raise AssertionError(f"unexpected output file {path}")
 
 
@@ -168,6 +178,7 @@ def _check_outputs(job: Job, *, sessions: list[str], frames: int, alignment: boo
     assert read["arrays/session_bounds.npy"][[0, -1]].tolist() == [0, frames]
     assert len(read["arrays/session_bounds.npy"]) == len(sessions) + 1
     assert read["neurons.nwb"]["rois"] == k
+    assert read["caiman.hdf5"] == {"dims": [h, w], "A_shape": [h * w, k], "C_shape": [k, frames]}
     summary = read["summary.json"]
     assert summary["sessions"] == sessions and summary["neurons"] == k
     if alignment:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -108,9 +109,17 @@ def test_the_one_machine_recipe_runs_as_written() -> None:
         assert "127.0.0.2" in certificate or "127.0.0.3" in certificate, certificate  # each task's node
         # the token was printed by the recipe and used by the user's shell; the server ran the job on Ray
         assert re.search(r"token for alice: ncaas_\S+", done.stdout)
+
         # everything the recipe started has stopped
-        left = subprocess.run(["pgrep", "-f", str(deploy)], capture_output=True, text=True).stdout.split()
-        assert left == [], f"processes left running: {left}"
+        def left() -> list[str]:
+            found = subprocess.run(["pgrep", "-a", "-f", str(deploy)], capture_output=True, text=True).stdout
+            return found.splitlines()
+
+        for _ in range(40):  # a killed process is gone once the kernel has reaped it
+            if not left():
+                break
+            time.sleep(0.25)
+        assert left() == [], f"processes left running: {left()}"
     finally:
         subprocess.run(["pkill", "-KILL", "-f", str(deploy)], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
