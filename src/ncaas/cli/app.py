@@ -34,6 +34,7 @@ from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .console import err, errors, out
 from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
+from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt
 
 __all__ = ["app", "main"]
 
@@ -319,21 +320,10 @@ def run_manager(
     interval: Annotated[float, typer.Option(help="seconds between polls of storage and tasks")] = 0.05,
     root: RootOpt = default_root(),
     db: DbOpt = None,
-    executor: Annotated[
-        str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")
-    ] = "local",
-    ray_address: Annotated[
-        str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
-    ] = None,
-    ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
-    ray_s3_settings: Annotated[
-        str | None,
-        typer.Option(
-            envvar="NCAAS_RAY_S3_SETTINGS",
-            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, sent with each "
-            "task; the default) or node (each node's own: instance role, environment)",
-        ),
-    ] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_max_cpus: RayMaxCpusOpt = None,
+    ray_s3_settings: RayS3SettingsOpt = None,
     scan_interval: Annotated[
         float | None, typer.Option(help="seconds between scans for new submit files [default: every poll; 2 on s3://]")
     ] = None,

@@ -33,6 +33,21 @@ DbOpt = Annotated[
     ),
 ]
 
+# Where a job manager runs its tasks: the same options on `ncaas manager` and `ncaas serve`.
+ExecutorOpt = Annotated[str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")]
+RayAddressOpt = Annotated[
+    str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
+]
+RayMaxCpusOpt = Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")]
+RayS3SettingsOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="NCAAS_RAY_S3_SETTINGS",
+        help="who gives Ray tasks their S3 endpoint and keys: server (this process's, sent with each "
+        "task; the default) or node (each node's own: instance role, environment)",
+    ),
+]
+
 
 def _accounts(root: str, db: str | None):
     from ..server.accounts import Accounts
@@ -85,21 +100,10 @@ def serve(
     max_datasets: Annotated[
         int | None, typer.Option(envvar="NCAAS_MAX_DATASETS", help="most datasets one job may have (default 10000)")
     ] = None,
-    executor: Annotated[
-        str, typer.Option(help="where the job manager runs tasks: local (this machine) or ray (a Ray cluster)")
-    ] = "local",
-    ray_address: Annotated[
-        str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
-    ] = None,
-    ray_max_cpus: Annotated[int | None, typer.Option(help="CPUs an autoscaling Ray cluster may grow to")] = None,
-    ray_s3_settings: Annotated[
-        str | None,
-        typer.Option(
-            envvar="NCAAS_RAY_S3_SETTINGS",
-            help="who gives Ray tasks their S3 endpoint and keys: server (this process's, sent with each "
-            "task; the default) or node (each node's own: instance role, environment)",
-        ),
-    ] = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_max_cpus: RayMaxCpusOpt = None,
+    ray_s3_settings: RayS3SettingsOpt = None,
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
