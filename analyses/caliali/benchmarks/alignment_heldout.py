@@ -185,20 +185,13 @@ REAL_MOVIE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "m
 
 def _real_quarters() -> list[np.ndarray] | None:
     from caliali._cv2 import cv2
+    from caliali.io import open_video
 
     if not REAL_MOVIE.exists():
         return None
-    capture = cv2.VideoCapture(str(REAL_MOVIE))
-    frames = []
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            grey = cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY).astype(np.float32)
-            frames.append(cv2.resize(grey, (188, 120), interpolation=cv2.INTER_AREA))
-    finally:
-        capture.release()
+    with open_video(REAL_MOVIE, crop=(0, 240, 0, 376)) as reader:
+        grey = reader.read()  # float32 grey of the raw quadrant
+    frames = [cv2.resize(frame, (188, 120), interpolation=cv2.INTER_AREA) for frame in grey]
     movie = np.stack(frames)
     return [movie[i : i + 125] for i in range(0, 500, 125)]
 

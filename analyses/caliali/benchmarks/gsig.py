@@ -92,19 +92,10 @@ def measure(frames: Callable[[], Any]) -> dict[str, Any]:
 
 def demo_quadrant() -> np.ndarray:
     """The raw recording of minian's demo movie: the grey top-left quadrant of its 2x2 montage."""
-    from caliali._cv2 import cv2
+    from caliali.io import open_video
 
-    capture = cv2.VideoCapture(str(DEMO))
-    frames = []
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
-    finally:
-        capture.release()
-    return np.stack(frames)
+    with open_video(DEMO, crop=(0, 240, 0, 376)) as reader:
+        return reader.read().astype(np.uint8)
 
 
 def row(name: str, truth: float | str, figures: dict[str, Any]) -> dict[str, Any]:

@@ -28,22 +28,13 @@ MINIAN_DEMO = REAL_DATA / "minian_demo" / "minian_demo.mp4"
 def minian_demo_quadrant() -> np.ndarray:
     """The raw one-photon recording of minian's demo movie: the top-left quadrant (rows 0-239, cols 0-375)
     of its 2x2 montage, grey, uint8 (500, 240, 376). Skips when ../shared/data is not beside the repository."""
-    from caliali._cv2 import cv2
+    from caliali.io import open_video
 
     if not MINIAN_DEMO.exists():
         pytest.skip(f"real recording {MINIAN_DEMO} is not on this machine (../shared/data beside the repository)")
-    capture = cv2.VideoCapture(str(MINIAN_DEMO))
-    frames = []
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame[:240, :376], cv2.COLOR_BGR2GRAY))
-    finally:
-        capture.release()
-    assert len(frames) == 500, f"{MINIAN_DEMO} has {len(frames)} frames, not 500"
-    movie = np.stack(frames)
+    with open_video(MINIAN_DEMO, crop=(0, 240, 0, 376)) as reader:
+        movie = reader.read().astype(np.uint8)  # the reader's grey of the decoded frames: whole values
+    assert len(movie) == 500, f"{MINIAN_DEMO} has {len(movie)} frames, not 500"
     movie.flags.writeable = False  # shared by every test of the session
     return movie
 
