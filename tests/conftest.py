@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ncaas_testutil import REPO, make_blueprint, write_stack  # noqa: E402
 from ray_fixtures import ray_cluster, s3_root, s3_server  # noqa: E402,F401  (Ray + S3, started once)
+from slurm_fixtures import slurm_cluster  # noqa: E402,F401  (Slurm, started once)
 
 from ncaas.blueprint import BlueprintRegistry  # noqa: E402
 from ncaas.executors.local import LocalExecutor  # noqa: E402

@@ -21,7 +21,6 @@ from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
 from ..exceptions import NcaasError
-from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
 from ..jobs.owner import record_owner, require_owner_here
@@ -34,7 +33,7 @@ from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .console import err, errors, out
 from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
-from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt
+from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt, SlurmProfileOpt
 
 __all__ = ["app", "main"]
 
@@ -324,6 +323,7 @@ def run_manager(
     ray_address: RayAddressOpt = None,
     ray_max_cpus: RayMaxCpusOpt = None,
     ray_s3_settings: RayS3SettingsOpt = None,
+    slurm_profile: SlurmProfileOpt = None,
     scan_interval: Annotated[
         float | None, typer.Option(help="seconds between scans for new submit files [default: every poll; 2 on s3://]")
     ] = None,
@@ -338,7 +338,12 @@ def run_manager(
     use_private_umask()  # uploads, results and the platform's state: readable by this user only
     storage = Storage(root)
     runner = executor_for(
-        executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus, ray_s3_settings=ray_s3_settings
+        executor,
+        storage,
+        ray_address=ray_address,
+        ray_max_cpus=ray_max_cpus,
+        ray_s3_settings=ray_s3_settings,
+        slurm_profile=slurm_profile,
     )
     if scan_interval is None:
         scan_interval = 0.0 if storage.is_local else 2.0
@@ -369,10 +374,11 @@ def run_manager(
         f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it"
     )
     manager.run(should_stop=lambda: stopping)
-    if not isinstance(runner, LocalExecutor):  # Ray: its tasks belong to this manager
+    if runner.name == "ray":  # Ray: its tasks belong to this manager
         runner.close()
         out.print("manager stopped; its Ray tasks stopped with it and are retried at the next start")
     else:
+        runner.close()  # local and Slurm tasks run on without the manager
         out.print("manager stopped; running tasks continue and are adopted at the next start")
     lock.close()
 

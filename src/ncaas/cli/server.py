@@ -34,7 +34,9 @@ DbOpt = Annotated[
 ]
 
 # Where a job manager runs its tasks: the same options on `ncaas manager` and `ncaas serve`.
-ExecutorOpt = Annotated[str, typer.Option(help="where tasks run: local (this machine) or ray (a Ray cluster)")]
+ExecutorOpt = Annotated[
+    str, typer.Option(help="where tasks run: local (this machine), ray (a Ray cluster) or slurm (a Slurm cluster)")
+]
 RayAddressOpt = Annotated[
     str | None, typer.Option(envvar="NCAAS_RAY_ADDRESS", help="Ray cluster to join: HEAD:PORT, or auto on a node")
 ]
@@ -45,6 +47,16 @@ RayS3SettingsOpt = Annotated[
         envvar="NCAAS_RAY_S3_SETTINGS",
         help="who gives Ray tasks their S3 endpoint and keys: server (this process's, sent with each "
         "task; the default) or node (each node's own: instance role, environment)",
+    ),
+]
+
+
+SlurmProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="NCAAS_SLURM_PROFILE",
+        help="Slurm site profile (YAML or JSON): partition, account, qos, margins, sandbox, shared "
+        "environment folder, pricing; see the README's Slurm section",
     ),
 ]
 
@@ -104,6 +116,7 @@ def serve(
     ray_address: RayAddressOpt = None,
     ray_max_cpus: RayMaxCpusOpt = None,
     ray_s3_settings: RayS3SettingsOpt = None,
+    slurm_profile: SlurmProfileOpt = None,
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
@@ -126,8 +139,10 @@ def serve(
     except ValueError as exc:
         raise NcaasError(f"--min-free: {exc}") from None
     storage = Storage(root)
-    if not manager and (executor != "local" or ray_address or ray_max_cpus or ray_s3_settings):
-        raise NcaasError("--executor and --ray-* choose where the job manager runs tasks; drop --no-manager")
+    if not manager and (executor != "local" or ray_address or ray_max_cpus or ray_s3_settings or slurm_profile):
+        raise NcaasError(
+            "--executor, --ray-* and --slurm-profile choose where the job manager runs tasks; drop --no-manager"
+        )
     settings = ServerSettings(
         root=storage.url,
         database_url=db or default_database_url(storage.url),
@@ -151,7 +166,12 @@ def serve(
         from ..jobs.owner import record_owner
 
         settings.executor = executor_for(
-            executor, storage, ray_address=ray_address, ray_max_cpus=ray_max_cpus, ray_s3_settings=ray_s3_settings
+            executor,
+            storage,
+            ray_address=ray_address,
+            ray_max_cpus=ray_max_cpus,
+            ray_s3_settings=ray_s3_settings,
+            slurm_profile=slurm_profile,
         )
         record_owner(storage, str(settings.database_url), server=f"http://{host}:{port}")
         # Joining Ray made SIGTERM exit with code 15; the server stops on it as it does on Ctrl-C

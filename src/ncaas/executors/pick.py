@@ -10,10 +10,11 @@ from .local import LocalExecutor
 
 if TYPE_CHECKING:
     from .ray import RayExecutor
+    from .slurm import SlurmExecutor
 
 __all__ = ["EXECUTORS", "S3_SETTINGS", "executor_for"]
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 S3_SETTINGS = ("server", "node")  # who gives a Ray task its S3 endpoint and keys
 
 
@@ -24,8 +25,10 @@ def executor_for(
     ray_address: str | None = None,
     ray_max_cpus: int | None = None,
     ray_s3_settings: str | None = None,
-) -> LocalExecutor | RayExecutor:
-    """``local`` (tasks on this machine) or ``ray`` (tasks on the Ray cluster at ``ray_address``).
+    slurm_profile: str | None = None,
+) -> LocalExecutor | RayExecutor | SlurmExecutor:
+    """``local`` (tasks on this machine), ``ray`` (tasks on the Ray cluster at ``ray_address``) or
+    ``slurm`` (sbatch jobs on the cluster whose commands work here, placed by ``slurm_profile``).
 
     ``ray_s3_settings``: ``server`` (default) hands this process's S3 endpoint and keys to each
     Ray task; ``node`` leaves each node to find its own (an instance role, its environment).
@@ -34,6 +37,10 @@ def executor_for(
         raise NcaasError(f"--executor {name!r} is not known; use one of: {', '.join(EXECUTORS)}")
     if ray_s3_settings not in (None, *S3_SETTINGS):
         raise NcaasError(f"--ray-s3-settings {ray_s3_settings!r} is not known; use one of: {', '.join(S3_SETTINGS)}")
+    if slurm_profile and name != "slurm":
+        raise NcaasError("--slurm-profile needs --executor slurm")
+    if name == "slurm":
+        return _slurm_executor(storage, slurm_profile, ray_address or ray_max_cpus or ray_s3_settings)
     if name == "local":
         if ray_address or ray_max_cpus or ray_s3_settings:
             raise NcaasError("--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray")
@@ -53,3 +60,17 @@ def executor_for(
     from .ray import RayExecutor  # imports Ray only when asked for
 
     return RayExecutor(ray_address, storage=storage, max_cpus=ray_max_cpus, pass_s3_settings=ray_s3_settings != "node")
+
+
+def _slurm_executor(storage: Storage, profile_path: str | None, ray_options: object) -> SlurmExecutor:
+    import os
+
+    from .slurm import SlurmExecutor
+    from .slurm_profile import load_profile
+
+    if ray_options:
+        raise NcaasError("--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray")
+    profile = load_profile(profile_path)
+    if profile.environments is not None:  # built here, verified on the nodes: one shared cache
+        os.environ["NCAAS_ENVS"] = str(profile.environments)
+    return SlurmExecutor(storage, profile)

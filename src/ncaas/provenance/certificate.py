@@ -156,6 +156,7 @@ def build_certificate(
                 "cpu_seconds": task.cpu_seconds,
                 "peak_memory_bytes": task.peak_memory_bytes,
                 "outputs": _outputs(storage, outputs_dir),
+                **({"slurm": task_env["slurm"]} if task_env.get("slurm") else {}),  # its job and sacct's usage
             }
         )
     return {
@@ -232,6 +233,7 @@ def render_text(cert: dict[str, Any]) -> str:
             f"exit code {task['exit_code']}",
             f"  usage     CPU {task['cpu_seconds']} s, peak memory {_mb(task['peak_memory_bytes'])}",
             *([f"  node      {task['node']}"] if task.get("node") else []),
+            *([_slurm_line(task["slurm"])] if task.get("slurm") else []),
             *[_attempt_line(a) for a in task.get("attempt_history", []) if len(task["attempt_history"]) > 1],
             f"  argv      {' '.join(task['argv'])}",
             "  outputs:",
@@ -246,7 +248,8 @@ def _executor_line(executor: dict[str, Any]) -> str:
     name, host = executor.get("name"), executor.get("host")
     if executor.get("address"):  # a cluster: ray
         nodes = executor.get("nodes") or []
-        version = f" {executor['ray_version']}" if executor.get("ray_version") else ""
+        version = executor.get("ray_version") or executor.get("slurm_version")
+        version = f" {version}" if version else ""
         memory = executor.get("memory_bytes")
         size = f", {executor.get('cpus')} cpus" + (f", {memory / 2**30:.1f} GiB" if memory else "")
         listed = f" ({', '.join(nodes)})" if nodes else ""
@@ -255,6 +258,20 @@ def _executor_line(executor: dict[str, Any]) -> str:
             f"{listed}{size}; manager on {host}"
         )
     return f"{name} on {host}" + (f" ({executor['platform']})" if executor.get("platform") else "")
+
+
+def _slurm_line(slurm: dict[str, Any]) -> str:
+    """A task's Slurm job and its measured usage, in one line."""
+
+    def amount(value: Any, unit: str) -> str:
+        return "-" if value is None else f"{value:g} {unit}"
+
+    rss = slurm.get("max_rss_bytes")
+    return (
+        f"  slurm     job {slurm.get('job_id')} on {slurm.get('node')}: {slurm.get('state')}, "
+        f"elapsed {amount(slurm.get('elapsed_s'), 's')}, CPU {amount(slurm.get('cpu_seconds'), 's')}, "
+        f"max RSS {_mb(rss)} (from {slurm.get('source')})"
+    )
 
 
 def _attempt_line(attempt: dict[str, Any]) -> str:
