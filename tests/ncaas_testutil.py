@@ -86,11 +86,13 @@ def ncaas(
     return done
 
 
-def start_manager(root: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_manager(
+    root: Path, log: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "ncaas", "manager", "--root", str(root)],
+            [sys.executable, "-m", "ncaas", "manager", "--root", str(root), *(args or [])],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=full_env,

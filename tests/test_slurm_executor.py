@@ -7,11 +7,12 @@ adopting running jobs, and what Slurm's states mean.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
-from ncaas_testutil import make_blueprint, ncaas, submit, wait_for, write_stack
+from ncaas_testutil import make_blueprint, ncaas, read_json, start_manager, stop, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.executors._slurm import outcome, parse_duration, parse_size, sbatch_time
@@ -155,6 +156,34 @@ def test_a_restarted_manager_adopts_the_jobs_still_running(
     for task in cert["tasks"]:
         assert task["attempts"] == 1  # adopted, not run again
         assert int(task["slurm"]["job_id"]) == submitted[task["dataset"]]
+
+
+def test_ncaas_manager_killed_and_started_again_adopts_its_slurm_jobs(slurm_cluster, slurm_root: Path, tmp_path):
+    profile = tmp_path / "site.yaml"
+    profile.write_text("partition: debug\ntime_margin: 60\nmemory_margin: 128MiB\n")
+    args = ["--executor", "slurm", "--slurm-profile", str(profile)]
+    log = tmp_path / "manager.log"
+    submit(slurm_root, "cli", {"analysis": "framestats", "dataname": ["a.npy"]}, config={"sleep_per_frame": 0.25})
+    status = slurm_root / "lab" / "results"
+    manager = start_manager(slurm_root, log, args=args)
+    try:
+        running = wait_for(
+            lambda: [read_json(p) for p in status.glob("*/status/a.npy.json") if read_json(p).get("progress", 0) > 0],
+            timeout=60,
+            what="the task running on a node",
+        )
+        [submitted] = [read_json(p)["job_id"] for p in (slurm_root / ".ncaas" / "runs").glob("*/a.npy.1/slurm.json")]
+        stop(manager, signal.SIGKILL)  # the manager dies; the Slurm job runs on
+        manager = start_manager(slurm_root, log, args=args)
+        job_dir = next(status.iterdir())
+        end = wait_for(lambda: (job_dir / "end.json").exists() and read_json(job_dir / "end.json"), timeout=60)
+    finally:
+        stop(manager)
+    assert end["state"] == "succeeded", log.read_text()
+    [task] = read_json(job_dir / "certificate.json")["tasks"]
+    assert task["attempts"] == 1 and task["node"] == running[0]["node"] == task["slurm"]["node"]
+    assert task["slurm"]["job_id"] == submitted  # the job the first manager submitted
+    assert log.read_text().count("slurm executor, 4 cpus") == 2
 
 
 def test_sandbox_off_says_so_in_the_certificate(slurm_cluster, slurm_root: Path, slurm_registry: BlueprintRegistry):
