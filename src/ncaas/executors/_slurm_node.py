@@ -29,7 +29,7 @@ from typing import Any
 
 from ..exceptions import NcaasError
 from ..isolation import environments
-from ..isolation.sandbox import MODE_VARIABLE
+from ..isolation.sandbox import MODE_VARIABLE, SandboxUnavailable, bwrap_binary
 from .base import Lost, TaskSpec
 from .local import LocalExecutor
 
@@ -88,11 +88,26 @@ def _progress(spec: TaskSpec, message: str) -> None:
     _write_json(spec.progress_path, data)
 
 
+def _check_bubblewrap(node: str) -> None:
+    """Refuse, in words for the cluster's administrator, a node where bubblewrap cannot run."""
+    try:
+        bwrap_binary()
+    except SandboxUnavailable as exc:
+        why = str(exc).split(", but ", 1)[-1].split(". Run ", 1)[0]
+        raise NcaasError(
+            f"tasks run in a bubblewrap sandbox, and it cannot run on Slurm node {node}: {why}. Where the "
+            "cluster does not allow it (no user namespaces on its nodes), set `sandbox: off` in the Slurm "
+            "site profile: tasks then run without a sandbox, and their certificates say so"
+        ) from None
+
+
 def _run(task: dict[str, Any], spec: TaskSpec, node: str, stop: threading.Event) -> dict[str, Any]:
     _progress(spec, f"verifying its environment on node {node}")
     environment = {**verify_environment(task.get("environment")), "node": node}
     if stop.is_set():
         return {"cancelled": True, "end_ms": _now_ms(), "environment": environment, "argv": spec.argv}
+    if task.get("sandbox", True):
+        _check_bubblewrap(node)
     local = LocalExecutor(cpus=spec.cpus)
     handle = local.launch(spec)
     asked = False
