@@ -44,12 +44,13 @@ locks: setup
 	$(VENV)/bin/ncaas env lock analyses/caliali
 
 # Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15; the Slurm
-# executor's tests: Slurm 22.05 (slurmctld, slurmd, its commands) and munge.
+# executor's tests: Slurm 22.05 (slurmctld, slurmd, its commands, slurmdbd for sacct), munge, MariaDB.
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
-	 for p in slurmctld slurmd munged sbatch; do [ -x /usr/sbin/$$p ] || [ -x /usr/bin/$$p ] || \
-	   missing="$$missing $$(echo $$p | sed 's/munged/munge/; s/sbatch/slurm-client/')"; done; \
+	 for p in slurmctld slurmd slurmdbd munged sbatch mariadbd; do [ -x /usr/sbin/$$p ] || [ -x /usr/bin/$$p ] || \
+	   missing="$$missing $$(echo $$p | sed 's/munged/munge/; s/sbatch/slurm-client/; s/mariadbd/mariadb-server/')"; \
+	 done; \
 	 if [ -z "$$missing" ]; then :; \
 	 elif [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
 	   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \

@@ -2,8 +2,8 @@
 
 A two-node Slurm cluster is started here (:class:`ncaas.testing.slurm_cluster.LocalSlurmCluster`:
 munged, slurmctld, slurmd ``n1`` and ``n2`` on loopback, one CPU each, so both together own
-this machine's two cores), with the storage root in a local folder standing for the
-cluster's shared filesystem. The same framestats jobs run on each path, in one run:
+this machine's two cores, and slurmdbd on MariaDB for sacct), with the storage root in a
+local folder standing for the cluster's shared filesystem. The same framestats jobs run on each path, in one run:
 
 - a one-dataset warm-up job (the environment is built once, on the manager's side);
 - ``--repeats`` one-dataset jobs of a task doing nothing, one after the other: their median
@@ -17,7 +17,8 @@ command under its supervisor, and from the command's end to the manager recordin
 job leaving Slurm's queue, the accounting read); and the job's elapsed time as Slurm counts it.
 
 Usage: ``.venv/bin/python benchmarks/slurm_overhead.py [--datasets 4] [--cpu-seconds 2] [--repeats 5]``.
-Needs root and Debian's slurmctld, slurmd, slurm-client and munge (``make system-deps``).
+Needs root and Debian's slurmctld, slurmd, slurmdbd, slurm-client, munge and mariadb-server
+(``make system-deps``).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="ncaas-bench-"))
     t0 = time.monotonic()
-    cluster = LocalSlurmCluster(cpus=1, memory=3 * 2**30).start()
+    cluster = LocalSlurmCluster(cpus=1, memory=3 * 2**30, accounting=True).start()
     slurm_up = time.monotonic() - t0
     os.environ.update(cluster.env())
     registry = BlueprintRegistry.discover([REPO / "analyses"])

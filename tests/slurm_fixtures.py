@@ -1,5 +1,5 @@
 """Session fixture for the Slurm tests: a two-node Slurm cluster on loopback (munged, slurmctld,
-two slurmd's), started once and stopped at the end of the session.
+two slurmd's, and slurmdbd on MariaDB for sacct), started once and stopped at the end of the session.
 
 Skipped, with the reason, only where Debian's Slurm packages are not installed (or the tests
 do not run as root, which the daemons need).
@@ -18,7 +18,7 @@ from ncaas.testing.slurm_cluster import LocalSlurmCluster
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[LocalSlurmCluster]:
-    cluster = LocalSlurmCluster(cpus=2, memory=2 * 2**30)
+    cluster = LocalSlurmCluster(cpus=2, memory=2 * 2**30, accounting=True)
     try:
         cluster.start()
     except LocalClusterError as exc:

@@ -94,7 +94,7 @@ def test_datasets_spread_over_both_nodes_with_slurm_accounting(slurm_manager: Ma
         slurm = task["slurm"]
         job_ids.add(slurm["job_id"])
         assert task["node"] == slurm["node"] == statuses[task["dataset"]]["node"]
-        assert slurm["state"] == "COMPLETED" and 1 <= slurm["elapsed_s"] < 60
+        assert slurm["source"] == "sacct" and slurm["state"] == "COMPLETED" and 1 <= slurm["elapsed_s"] < 60
         assert slurm["cpu_seconds"] > 0 and slurm["max_rss_bytes"] > 10**6
         assert task["environment"]["manifest_hash"] and task["environment"]["verified_files"] > 100
     assert len(job_ids) == 4
@@ -194,6 +194,20 @@ def test_sandbox_off_says_so_in_the_certificate(slurm_cluster, slurm_root: Path,
     assert job.state == JobState.SUCCEEDED, _why(manager, job)
     cert = json.loads((Path(job.results_dir) / "certificate.json").read_text())
     assert cert["isolation"].startswith("none: NCAAS_SANDBOX=off, tasks ran without a sandbox"), cert["isolation"]
+
+
+def test_without_sacct_the_certificate_has_slurmctlds_account_and_the_supervisors_usage(
+    slurm_cluster, slurm_manager: Manager, slurm_root: Path
+) -> None:
+    with slurm_cluster.accounting_down():  # sacct fails, as on a cluster that keeps no accounting
+        job = _one_job(slurm_manager, slurm_root, "fs-slurm", ["b.npy"], {"cpu_seconds": 0.5})
+        job = slurm_manager.run_job(job.id)
+    assert job.state == JobState.SUCCEEDED, _why(slurm_manager, job)
+    [task] = json.loads((Path(job.results_dir) / "certificate.json").read_text())["tasks"]
+    slurm = task["slurm"]
+    assert slurm["source"] == "scontrol and ncaas' supervisor (the cluster keeps no sacct accounting)"
+    assert slurm["state"] == "COMPLETED" and slurm["node"] == task["node"] and slurm["elapsed_s"] >= 1
+    assert slurm["cpu_seconds"] == task["cpu_seconds"] >= 0.5 and slurm["max_rss_bytes"] == task["peak_memory_bytes"]
 
 
 def test_slurm_states_mean_what_they_mean_locally() -> None:

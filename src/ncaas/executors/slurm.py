@@ -46,6 +46,8 @@ from .slurm_profile import SiteProfile
 __all__ = ["SlurmExecutor"]
 
 LISTING_TTL = 0.5  # seconds a reading of squeue is reused for every task's poll
+ACCOUNTING_EVERY = 0.5  # seconds between sacct reads of a job whose end slurmdbd has not recorded yet
+_NOT_YET = object()
 RECORD_GRACE_S = 10.0  # a job still listed this long after its node's record is settled from the record
 NODES_TTL = 30.0  # seconds a reading of sinfo is reused
 JOB_FILE = "slurm.json"
@@ -92,6 +94,7 @@ class SlurmExecutor:
         self._nodes: tuple[float, list[dict[str, Any]]] = (-1e9, [])
         self._isolation: set[str] = set()
         self._cancel_sent: set[Path] = set()
+        self._accounting_asked: dict[str, float] = {}
         self.version = (_slurm.run("sinfo", "--version").split() or ["?"])[-1]  # "slurm 22.05.8" or "slurm-wlm 22.05.8"
         self.cluster = self._cluster_name()
         if not self._live_nodes(fresh=True):
@@ -181,16 +184,30 @@ class SlurmExecutor:
             return self.exit_record(handle.run_dir) or LOST
         left = self._left_node(handle.run_dir)
         info = self._jobs().get(job["job_id"])
-        if info is not None and info.state in _slurm.ACTIVE:
-            # The node writes its record just before its job ends: Slurm's account of the job
-            # (state, elapsed, usage) is final once the job has left the queue, moments later.
-            if left is not None and time.time() - left > RECORD_GRACE_S:
-                return self.exit_record(handle.run_dir)
+        # The node writes its record just before its job ends: Slurm's account of the job
+        # (state, elapsed, usage) is final once the job has left the queue, moments later.
+        late = left is not None and time.time() - left > RECORD_GRACE_S
+        if info is not None and info.state in _slurm.ACTIVE and not late:
             return None
-        record = self.exit_record(handle.run_dir)  # written just before the job left the queue
-        if record is not None:
-            return record
-        return self._without_record(handle.run_dir, job, info)
+        data = _read_json(handle.run_dir / EXIT_FILE)
+        if data is None or data.get("lost"):
+            return self._without_record(handle.run_dir, job, info)
+        usage = self._final_accounting(job["job_id"], wait=not late)
+        if usage is _NOT_YET:
+            return None
+        return self._with_record(data, job, usage)
+
+    def _final_accounting(self, job_id: str, *, wait: bool) -> dict[str, Any] | None | object:
+        """sacct's account of an ended job; _NOT_YET while slurmdbd has not heard of its end."""
+        last = self._accounting_asked.get(job_id, 0.0)
+        if wait and time.monotonic() - last < ACCOUNTING_EVERY:
+            return _NOT_YET
+        self._accounting_asked[job_id] = time.monotonic()
+        usage = _slurm.accounting(job_id)
+        if wait and usage is not None and (usage.get("state") in _slurm.ACTIVE or "max_rss_bytes" not in usage):
+            return _NOT_YET
+        self._accounting_asked.pop(job_id, None)
+        return usage
 
     def _left_node(self, run_dir: Path) -> float | None:
         """When the node wrote its exit record (None: not yet)."""
@@ -203,7 +220,10 @@ class SlurmExecutor:
         job_id = job["job_id"]
         usage = _slurm.accounting(job_id)
         fields = _slurm.job_info(job_id) if usage is None else {}
-        state = (usage or {}).get("state") or (info.state if info else None) or fields.get("JobState") or "UNKNOWN"
+        said = (usage or {}).get("state")
+        if said in _slurm.ACTIVE:  # slurmdbd has not heard of the end yet: slurmctld's word
+            said = None
+        state = said or (info.state if info else None) or fields.get("JobState") or "UNKNOWN"
         node = (usage or {}).get("node") or (info.node if info else None) or fields.get("NodeList")
         node = None if node in ("", "None assigned", "(null)") else node
         decided = _slurm.outcome(
@@ -254,14 +274,18 @@ class SlurmExecutor:
         data = _read_json(run_dir / EXIT_FILE)
         if data is None or data.get("lost"):
             return None
-        if data.get("node_isolation"):
-            self._isolation.add(str(data["node_isolation"]))
         job = _read_json(run_dir / JOB_FILE) or {}
         job_id = str(data.get("slurm_job") or job.get("job_id") or "")
+        return self._with_record(data, job, _slurm.accounting(job_id) if job_id else None)
+
+    def _with_record(self, data: dict[str, Any], job: dict[str, Any], usage: Any) -> ExitRecord:
+        """The node's record, with the job's accounting added to the environment it reports."""
+        if data.get("node_isolation"):
+            self._isolation.add(str(data["node_isolation"]))
+        job_id = str(data.get("slurm_job") or job.get("job_id") or "")
         if job_id and isinstance(data.get("environment"), dict):
-            record = ExitRecord.from_json(data)
-            usage = _slurm.accounting(job_id)
             fields = _slurm.job_info(job_id) if usage is None else {}
+            record = ExitRecord.from_json(data)
             data["environment"]["slurm"] = self._usage(job_id, usage, fields, node=data.get("node"), record=record)
         elif job:
             data.setdefault("environment", job.get("environment") or {})

@@ -9,12 +9,15 @@ temporary folder so that path can be tried, tested and benchmarked on one machin
 - two slurmd's, ``n1`` and ``n2``, both on ``localhost`` with their own ports and spool
   folders (``slurmd -N NAME``), each declared with ``cpus`` CPUs and ``memory`` bytes.
 
+- with ``accounting=True``, MariaDB (a fresh data folder, on a free loopback port) and
+  slurmdbd, so that ``sacct`` reports each job's state and measured usage as on a
+  production cluster; without it, ``sacct`` says accounting is disabled.
+
 The partition places each job on the least loaded node (``LLN``), so a few jobs spread over
 both nodes. Process tracking is ``proctrack/linuxproc`` and job accounting
-``jobacct_gather/linux`` with ``OverMemoryKill`` (no cgroup setup needed); there is no
-slurmdbd, so ``sacct`` says accounting is disabled and the executor falls back to
-slurmctld's times. Every daemon runs in the foreground in its own session and is stopped
-(SIGTERM, then SIGKILL) on :meth:`stop`, after the jobs left are cancelled.
+``jobacct_gather/linux`` with ``OverMemoryKill`` (no cgroup setup needed). Every daemon runs
+in the foreground in its own session and is stopped (SIGTERM, then SIGKILL) on :meth:`stop`,
+after the jobs left are cancelled.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .ray_cluster import LocalClusterError, _die_with_parent, _kill_group, _tail, free_port
@@ -33,6 +37,7 @@ from .ray_cluster import LocalClusterError, _die_with_parent, _kill_group, _tail
 __all__ = ["DAEMONS", "LocalSlurmCluster"]
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
+ACCOUNTING = ("slurmdbd", "mariadbd", "mariadb-install-db", "mariadb", "sacctmgr")
 NODES = ("n1", "n2")
 
 
@@ -52,11 +57,13 @@ def _find(name: str) -> str:
 class LocalSlurmCluster:
     """A two-node Slurm cluster on loopback, run from a temporary folder (a context manager)."""
 
-    def __init__(self, *, cpus: int = 2, memory: int = 2 * 2**30, workdir: str | None = None):
+    def __init__(self, *, cpus: int = 2, memory: int = 2 * 2**30, accounting: bool = False, workdir: str | None = None):
         self.cpus = cpus
         self.memory = memory
+        self.accounting = accounting
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="ncaas-slurm-"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._db_password = secrets.token_hex(16)
         self.partition = "debug"
 
     @property
@@ -70,11 +77,35 @@ class LocalSlurmCluster:
     def _write_config(self) -> None:
         used: set[int] = set()
         ports = {}
-        for name in ("ctld", *NODES):
+        for name in ("ctld", "dbd", "db", *NODES):
             ports[name] = free_port(avoid=used)
             used.add(ports[name])
         d = self.dir
+        self.ports = ports
         mem_mb = self.memory // 2**20
+        storage = "AccountingStorageType=accounting_storage/none"
+        if self.accounting:
+            storage = "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\n"
+            storage += f"AccountingStoragePort={ports['dbd']}\nAccountingStoragePass={d}/munge/sock"
+            dbd = d / "slurmdbd.conf"
+            dbd.write_text(
+                f"""AuthType=auth/munge
+AuthInfo=socket={d}/munge/sock
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={ports["dbd"]}
+SlurmUser=root
+LogFile={d}/log/slurmdbd.log
+PidFile={d}/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={ports["db"]}
+StorageUser=slurm
+StoragePass={self._db_password}
+StorageLoc=slurm_acct_db
+"""
+            )
+            os.chmod(dbd, 0o600)
         nodes = "\n".join(
             f"NodeName={n} NodeHostname=localhost NodeAddr=127.0.0.1 Port={ports[n]} CPUs={self.cpus} "
             f"RealMemory={mem_mb} State=UNKNOWN"
@@ -102,7 +133,7 @@ SelectTypeParameters=CR_Core_Memory
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=1
 JobAcctGatherParams=OverMemoryKill
-AccountingStorageType=accounting_storage/none
+{storage}
 JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
@@ -146,7 +177,8 @@ PartitionName={self.partition} Nodes={",".join(NODES)} Default=YES LLN=YES MaxTi
         raise LocalClusterError(f"{what} did not become ready within {timeout:.0f} s:\n{self._logs(proc)}")
 
     def _logs(self, proc: str) -> str:
-        name = {"slurmctld": "slurmctld.log", "munged": "munged.log"}.get(proc, f"slurmd-{proc[-2:]}.log")
+        known = {"slurmctld": "slurmctld.log", "munged": "munged.log", "slurmdbd": "slurmdbd.log"}
+        name = {**known, "mariadbd": "mariadbd.log"}.get(proc, f"slurmd-{proc[-2:]}.log")
         return _tail(self.dir / "log" / name) + "\n" + _tail(self.dir / "log" / f"{proc}.out")
 
     def start(self, *, timeout: float = 60.0) -> LocalSlurmCluster:
@@ -176,6 +208,8 @@ PartitionName={self.partition} Nodes={",".join(NODES)} Default=YES LLN=YES MaxTi
                 ],
             )
             self._wait("munged", lambda: (m / "sock").exists(), timeout=timeout, proc="munged")
+            if self.accounting:
+                self._start_accounting(timeout)
             self._start("slurmctld", [binaries["slurmctld"], "-D", "-i", "-f", str(self.conf)])
             self._wait("slurmctld", lambda: bool(self._run("sinfo", "-h")), timeout=timeout, proc="slurmctld")
             for node in NODES:
@@ -185,6 +219,61 @@ PartitionName={self.partition} Nodes={",".join(NODES)} Default=YES LLN=YES MaxTi
             self.stop()
             raise
         return self
+
+    def _start_accounting(self, timeout: float) -> None:
+        """MariaDB with a user for slurmdbd, slurmdbd, and this cluster registered in it."""
+        tools = {name: _find(name) for name in ACCOUNTING}
+        data, sock = self.dir / "mysql", self.dir / "mysql.sock"
+        done = subprocess.run(
+            [tools["mariadb-install-db"], "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise LocalClusterError(f"mariadb-install-db failed: {(done.stderr or done.stdout)[-500:]}")
+        self._start(
+            "mariadbd",
+            [
+                tools["mariadbd"],
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                f"--port={self.ports['db']}",
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=16M",
+                f"--log-error={self.dir}/log/mariadbd.log",
+            ],
+        )
+        self._wait("mariadbd", sock.exists, timeout=timeout, proc="mariadbd")
+        grant = (
+            f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{self._db_password}'; "
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+        )
+        deadline = time.monotonic() + timeout
+        while subprocess.run([tools["mariadb"], "-S", str(sock), "-u", "root", "-e", grant]).returncode != 0:
+            if time.monotonic() > deadline:
+                raise LocalClusterError(f"MariaDB did not take slurmdbd's user:\n{self._logs('mariadbd')}")
+            time.sleep(0.3)
+        self._start("slurmdbd", [tools["slurmdbd"], "-D"])  # reads slurmdbd.conf beside $SLURM_CONF
+        add = [tools["sacctmgr"], "-i", "add", "cluster", "ncaastest"]
+        self._wait(
+            "slurmdbd",
+            lambda: subprocess.run(add, capture_output=True, env={**os.environ, **self.env()}).returncode == 0,
+            timeout=timeout,
+            proc="slurmdbd",
+        )
+
+    @contextlib.contextmanager
+    def accounting_down(self) -> Iterator[None]:
+        """Stop slurmdbd for a while (sacct then fails, as on a cluster without accounting); start it again."""
+        proc = self.procs.pop("slurmdbd")
+        _kill_group(proc)
+        try:
+            yield
+        finally:
+            self._start("slurmdbd", [_find("slurmdbd"), "-D"])
 
     def _nodes_idle(self) -> bool:
         states = self._run("sinfo", "-h", "-N", "-o", "%N %t").split()
@@ -197,7 +286,12 @@ PartitionName={self.partition} Nodes={",".join(NODES)} Default=YES LLN=YES MaxTi
             deadline = time.monotonic() + 15
             while self._run("squeue", "-h") and time.monotonic() < deadline:
                 time.sleep(0.2)
-        for name in [n for n in self.procs if n.startswith("slurmd")] + ["slurmctld", "munged"]:
+        for name in [n for n in self.procs if n.startswith("slurmd-")] + [
+            "slurmctld",
+            "slurmdbd",
+            "mariadbd",
+            "munged",
+        ]:
             proc = self.procs.pop(name, None)
             if proc is not None:
                 _kill_group(proc)
