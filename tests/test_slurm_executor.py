@@ -145,7 +145,12 @@ def test_a_restarted_manager_adopts_the_jobs_still_running(
         return all(s.get("node") and s.get("progress", 0) > 0 for s in seen)
 
     first.run(scan=False, until=both_running)
-    submitted = {t.dataset: t.runner_pid for t in first.db.tasks(job.id)}
+    tasks = first.db.tasks(job.id)
+    submitted = {t.dataset: t.runner_pid for t in tasks}
+    # b.npy: as if the manager had stopped right after sbatch, before it wrote the job id down
+    [b] = [t for t in tasks if t.dataset == "b.npy"]
+    (Path(b.run_dir) / "slurm.json").unlink()
+    first.db.update_task(b.id, runner_pid=None, runner_start=None)
     first.executor.close()
     first.db.close()  # the manager is gone; its Slurm jobs run on
     second = _manager(slurm_root, slurm_registry)
@@ -154,7 +159,7 @@ def test_a_restarted_manager_adopts_the_jobs_still_running(
     assert job.state == JobState.SUCCEEDED, _why(second, job)
     cert = json.loads((Path(job.results_dir) / "certificate.json").read_text())
     for task in cert["tasks"]:
-        assert task["attempts"] == 1  # adopted, not run again
+        assert task["attempts"] == 1  # adopted (b.npy's job found by its name), not run again
         assert int(task["slurm"]["job_id"]) == submitted[task["dataset"]]
 
 

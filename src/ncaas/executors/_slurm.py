@@ -121,17 +121,18 @@ class JobInfo:
     state: str
     node: str | None = None
     reason: str | None = None
+    name: str | None = None
 
 
 def listing(user: str) -> dict[str, JobInfo]:
     """Every job of ``user`` that slurmctld still holds, by id (finished ones for MinJobAge)."""
-    text = run("squeue", "-h", "-t", "all", "-u", user, "-o", "%i|%T|%N|%r")
+    text = run("squeue", "-h", "-t", "all", "-u", user, "-o", "%i|%T|%N|%r|%j")
     jobs = {}
     for line in text.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 4:
-            job_id, state, node, reason = parts
-            jobs[job_id] = JobInfo(job_id, state, node or None, None if reason in ("None", "") else reason)
+        parts = line.strip().split("|", 4)
+        if len(parts) == 5:
+            job_id, state, node, reason, name = parts
+            jobs[job_id] = JobInfo(job_id, state, node or None, None if reason in ("None", "") else reason, name)
     return jobs
 
 

@@ -51,6 +51,7 @@ _NOT_YET = object()
 RECORD_GRACE_S = 10.0  # a job still listed this long after its node's record is settled from the record
 NODES_TTL = 30.0  # seconds a reading of sinfo is reused
 JOB_FILE = "slurm.json"
+SUBMIT_FILE = "slurm-submit.json"
 CANCEL_FILE = "slurm-cancel"
 _TASK_ENV = ("PYTHONUNBUFFERED", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -61,6 +62,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _job_name(run_dir: Path) -> str:
+    """The Slurm job name of a task's attempt: ``ncaas-<job id>-<dataset>.<attempt>``, unique."""
+    return f"ncaas-{run_dir.parent.name}-{run_dir.name}"
 
 
 def _tail(path: Path, size: int = 4096) -> str:
@@ -115,12 +121,12 @@ class SlurmExecutor:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _sbatch_argv(self, spec: TaskSpec, script: Path) -> list[str]:
-        profile, fields = self.profile, spec.status_fields
+        profile = self.profile
         memory = (spec.memory_limit or 0) + profile.memory_margin
         argv = [
             "sbatch",
             "--parsable",
-            f"--job-name=ncaas-{fields.get('job')}-{fields.get('dataset')}",
+            f"--job-name={_job_name(spec.run_dir)}",
             f"--chdir={spec.run_dir}",
             f"--output={spec.run_dir}/slurm-%j.out",
             "--export=NIL",  # nothing of the manager's environment (keys, database URL) reaches the node
@@ -158,14 +164,20 @@ class SlurmExecutor:
         (spec.run_dir / TASK_FILE).write_text(json.dumps(task, indent=1))
         script = spec.run_dir / "slurm.sh"
         script.write_text(f"#!/bin/sh\nexec {self.python} -m ncaas.executors._slurm_node {spec.run_dir}\n")
+        job = {
+            "name": _job_name(spec.run_dir),
+            "environment": environment,
+            "argv": spec.argv,
+            "time_limit_s": _slurm.parse_duration(_slurm.sbatch_time(spec.timeout + self.profile.time_margin)),
+            "memory_bytes": (spec.memory_limit or 0) + self.profile.memory_margin,
+        }
+        # Written before sbatch: a manager stopped between sbatch and slurm.json finds the job by name
+        (spec.run_dir / SUBMIT_FILE).write_text(json.dumps(job))
         job_id = _slurm.run(*self._sbatch_argv(spec, script)).strip().split(";")[0]
         if not job_id.isdigit():
             raise ExecutorError(f"sbatch answered {job_id!r}, not a job id")
         submitted = time.time()
-        job = {"job_id": job_id, "submitted": submitted, "environment": environment, "argv": spec.argv}
-        job["time_limit_s"] = _slurm.parse_duration(_slurm.sbatch_time(spec.timeout + self.profile.time_margin))
-        job["memory_bytes"] = (spec.memory_limit or 0) + self.profile.memory_margin
-        (spec.run_dir / JOB_FILE).write_text(json.dumps(job))
+        (spec.run_dir / JOB_FILE).write_text(json.dumps({**job, "job_id": job_id, "submitted": submitted}))
         self._listing = (-1e9, {})  # the next poll reads squeue again: the new job is in it
         return TaskHandle(spec.run_dir, int(job_id), submitted)
 
@@ -325,15 +337,27 @@ class SlurmExecutor:
         self._cancel_sent.discard(run_dir)
 
     def find(self, run_dir: Path) -> TaskHandle | None:
-        """The job of a run folder, from its Slurm job id (after a manager restart)."""
-        job = _read_json(run_dir / JOB_FILE)
+        """The job of a run folder, from its Slurm job id (after a manager restart); a job submitted
+        by a manager stopped before it wrote the id down is found by its name."""
+        job = _read_json(run_dir / JOB_FILE) or self._found_by_name(run_dir)
         if job is None:
             return None
         return TaskHandle(run_dir, int(job["job_id"]), float(job.get("submitted") or 0.0))
 
+    def _found_by_name(self, run_dir: Path) -> dict[str, Any] | None:
+        job = _read_json(run_dir / SUBMIT_FILE)
+        if job is None:
+            return None
+        found = [i.job_id for i in _slurm.listing(self.user).values() if i.name == job["name"]]
+        if not found:
+            return None
+        job.update(job_id=found[0], submitted=(run_dir / SUBMIT_FILE).stat().st_mtime)
+        (run_dir / JOB_FILE).write_text(json.dumps(job))
+        return job
+
     def started(self, run_dir: Path) -> bool:
         """A task whose job was never submitted did not start; a submitted one may have."""
-        return (run_dir / JOB_FILE).exists()
+        return (run_dir / JOB_FILE).exists() or self._found_by_name(run_dir) is not None
 
     # -- description ---------------------------------------------------------------------
     def _live_nodes(self, *, fresh: bool = False) -> list[dict[str, Any]]:
