@@ -163,6 +163,35 @@ def test_a_restarted_manager_adopts_the_jobs_still_running(
         assert int(task["slurm"]["job_id"]) == submitted[task["dataset"]]
 
 
+def test_a_node_lost_mid_task_is_retried_on_the_other_node(slurm_cluster, slurm_manager: Manager, slurm_root: Path):
+    job = _one_job(
+        slurm_manager, slurm_root, "fs-slurm", ["a.npy", "b.npy"], {"sleep_per_frame": 0.3, "batch_frames": 1}
+    )
+    results = Path(job.results_dir)
+
+    def running_on_n2() -> str | None:
+        for dataset in ("a.npy", "b.npy"):
+            path = results / "status" / f"{dataset}.json"
+            status = json.loads(path.read_text()) if path.exists() else {}
+            if status.get("node") == "n2" and status.get("progress", 0) > 0:
+                return dataset
+        return None
+
+    victim: list[str | None] = []
+    slurm_manager.run(scan=False, until=lambda: bool(victim.append(running_on_n2()) or victim[-1]))
+    try:
+        slurm_cluster.kill_node("n2")
+        job = slurm_manager.run_job(job.id)
+    finally:
+        slurm_cluster.start_node("n2")
+    assert job.state == JobState.SUCCEEDED, _why(slurm_manager, job)
+    lost = victim[-1]
+    first, second = json.loads((results / "status" / f"{lost}.json").read_text())["attempts"]
+    assert (first["node"], first["outcome"]) == ("n2", "queued")
+    assert first["cause"] == "its Slurm node failed (NODE_FAIL) on node n2; retrying (attempt 2 of 3)"
+    assert (second["node"], second["outcome"]) == ("n1", "succeeded")
+
+
 def test_ncaas_manager_killed_and_started_again_adopts_its_slurm_jobs(slurm_cluster, slurm_root: Path, tmp_path):
     profile = tmp_path / "site.yaml"
     profile.write_text("partition: debug\ntime_margin: 60\nmemory_margin: 128MiB\n")

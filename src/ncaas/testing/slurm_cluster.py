@@ -32,7 +32,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .ray_cluster import LocalClusterError, _die_with_parent, _kill_group, _tail, free_port
+import psutil
+
+from .ray_cluster import LocalClusterError, _die_with_parent, _kill_group, _kill_now, _tail, free_port
 
 __all__ = ["DAEMONS", "LocalSlurmCluster"]
 
@@ -264,6 +266,34 @@ PartitionName={self.partition} Nodes={",".join(NODES)} Default=YES LLN=YES MaxTi
             timeout=timeout,
             proc="slurmdbd",
         )
+
+    def kill_node(self, node: str) -> None:
+        """SIGKILL a slurmd and its jobs' processes (each job's slurmstepd and all it started): a node lost."""
+        jobs = self._run("squeue", "-h", "-w", node, "-o", "%i").split()
+        doomed = []
+        for proc in psutil.process_iter(["cmdline"]):
+            line = " ".join(proc.info["cmdline"] or [])
+            if line.startswith("slurmstepd") and any(f"[{job}." in line for job in jobs):
+                with contextlib.suppress(psutil.Error):
+                    doomed += [proc, *proc.children(recursive=True)]
+        _kill_now(self.procs.pop(f"slurmd-{node}"))
+        for proc in doomed:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(doomed, timeout=10)
+        # As a node health check would: slurmctld itself notices a silent node only after its
+        # next ping cycle (tens of seconds)
+        self._run("scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=lost")
+
+    def start_node(self, node: str, *, timeout: float = 60.0) -> None:
+        """Start a node's slurmd again and wait until Slurm takes it back (ReturnToService=2)."""
+        self._start(f"slurmd-{node}", [_find("slurmd"), "-D", "-N", node, "-f", str(self.conf)])
+
+        def back() -> bool:
+            self._run("scontrol", "update", f"NodeName={node}", "State=RESUME")
+            return self._nodes_idle()
+
+        self._wait(f"slurmd {node}", back, timeout=timeout, proc=f"slurmd-{node}")
 
     @contextlib.contextmanager
     def accounting_down(self) -> Iterator[None]:
