@@ -133,6 +133,31 @@ def test_a_task_out_of_memory_fails_with_its_cause_and_is_not_retried(slurm_mana
     assert task.cause.startswith("stopped: it needed more than its memory limit of 286.1 MiB"), task.cause
 
 
+def test_a_job_slurm_stops_for_memory_fails_with_slurms_cause(slurm_cluster, slurm_root, slurm_registry) -> None:
+    # No margin: the task stays under its own limit, but with the supervisor the job goes over
+    # its --mem, and slurmstepd stops it (OverMemoryKill)
+    manager = _manager(slurm_root, slurm_registry, memory_margin=0)
+    job = _one_job(manager, slurm_root, "fs-slurm", ["a.npy"], {"memory_mb": 220, "hang": True})
+    job = manager.run_job(job.id)
+    manager.db.close()
+    assert job.state == JobState.FAILED, _why(manager, job)
+    [task] = manager.db.tasks(job.id)
+    assert task.attempt == 1 and task.cause.startswith("out of memory: Slurm stopped its job "), task.cause
+    assert "when it used more than the 286 MiB it was given (the blueprint's memory plus the site's " in task.cause
+
+
+def test_a_wrong_python_on_the_nodes_fails_with_the_jobs_own_words(slurm_cluster, slurm_root, slurm_registry):
+    manager = _manager(slurm_root, slurm_registry, python=Path("/shared/nowhere/bin/python"))
+    job = _one_job(manager, slurm_root, "fs-slurm", ["a.npy"], {})
+    job = manager.run_job(job.id)
+    manager.db.close()
+    assert job.state == JobState.FAILED, _why(manager, job)
+    [task] = manager.db.tasks(job.id)
+    assert task.attempt == 1 and task.cause.startswith("could not start: its Slurm job "), task.cause
+    assert "before ncaas' supervisor wrote a record: " in task.cause
+    assert task.cause.endswith("/shared/nowhere/bin/python: not found"), task.cause
+
+
 def test_a_restarted_manager_adopts_the_jobs_still_running(
     slurm_cluster, slurm_root: Path, slurm_registry: BlueprintRegistry
 ) -> None:

@@ -59,7 +59,10 @@ class SiteProfile(BaseModel):
     @field_validator("memory_margin", mode="before")
     @classmethod
     def _memory(cls, value: Any) -> int:
-        return _bytes(value)
+        amount = _bytes(value)
+        if amount < 0:
+            raise ValueError("must be a size of 0 or more, e.g. 256MiB")
+        return amount
 
     @field_validator("sbatch_args")
     @classmethod
@@ -94,4 +97,7 @@ def load_profile(path: str | Path | None) -> SiteProfile:
         key = ".".join(str(p) for p in first["loc"]) or "(profile)"
         allowed = ", ".join(SiteProfile.model_fields)
         hint = f"; known keys: {allowed}" if first["type"] == "extra_forbidden" else ""
-        raise ExecutorError(f"Slurm site profile {path}: {key}: {first['msg']}{hint}") from None
+        if first["type"] == "bool_parsing":
+            hint = " (on or off)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ExecutorError(f"Slurm site profile {path}: {key}: {message}{hint}") from None
