@@ -7,7 +7,10 @@ adopting running jobs, and what Slurm's states mean.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,14 +18,17 @@ import pytest
 from ncaas_testutil import make_blueprint, ncaas, read_json, start_manager, stop, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
+from ncaas.exceptions import NcaasError
 from ncaas.executors._slurm import outcome, parse_duration, parse_size, sbatch_time
 from ncaas.executors.base import ExitRecord, Lost
+from ncaas.executors.pick import executor_for
 from ncaas.executors.slurm import SlurmExecutor
 from ncaas.executors.slurm_profile import load_profile
 from ncaas.jobs.db import JobDB
 from ncaas.jobs.manager import Manager
 from ncaas.jobs.states import JobState
 from ncaas.storage import Storage
+from ncaas.testing.ray_cluster import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -245,6 +251,36 @@ def test_ncaas_manager_killed_and_started_again_adopts_its_slurm_jobs(slurm_clus
     assert log.read_text().count("slurm executor, 4 cpus") == 2
 
 
+def test_ncaas_serve_runs_a_users_job_on_slurm(slurm_cluster, slurm_root: Path, tmp_path: Path) -> None:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full = {**os.environ, "COLUMNS": "200", **(env or {})}
+        return subprocess.run([sys.executable, "-m", "ncaas", *args], capture_output=True, text=True, env=full)
+
+    root = ["--root", str(slurm_root)]
+    assert run("admin", "add-group", "lab", *root).returncode == 0
+    assert run("admin", "add-user", "ann", "--group", "lab", *root).returncode == 0
+    token = run("admin", "issue-token", "ann", *root).stdout.strip().splitlines()[-1]
+    port, log = free_port(), tmp_path / "server.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ncaas", "serve", "--port", str(port), *root, "--executor", "slurm"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "ncaas server on" in log.read_text() or server.poll() is not None, timeout=60)
+        client = {"NCAAS_SERVER": f"http://127.0.0.1:{port}", "NCAAS_TOKEN": token}
+        data = write_stack(tmp_path / "mine.npy", seed=9)
+        done = run("submit", "framestats", str(data), "--wait", env=client)
+        assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout + done.stderr + log.read_text()
+        job = done.stdout.split("job ", 1)[1].split(":", 1)[0].strip()
+        assert run("results", job, "--to", str(tmp_path / "out"), env=client).returncode == 0
+    finally:
+        stop(server)
+    [task] = read_json(tmp_path / "out" / "certificate.json")["tasks"]
+    assert task["node"] in ("n1", "n2") and task["slurm"]["source"] == "sacct" and task["slurm"]["job_id"]
+
+
 def test_sandbox_off_says_so_in_the_certificate(slurm_cluster, slurm_root: Path, slurm_registry: BlueprintRegistry):
     manager = _manager(slurm_root, slurm_registry, sandbox=False)
     job = _one_job(manager, slurm_root, "fs-slurm", ["d.npy"], {})
@@ -307,5 +343,5 @@ def test_bad_slurm_options_are_refused_in_one_line(tmp_path: Path) -> None:
     assert f"Slurm site profile {profile}: memory_margn: Extra inputs are not permitted; known keys:" in " ".join(
         done.stderr.split()
     )
-    done = ncaas("manager", "--slurm-profile", str(profile), "--root", str(tmp_path))
-    assert "--slurm-profile needs --executor slurm" in done.stderr
+    with pytest.raises(NcaasError, match="^--slurm-profile needs --executor slurm$"):
+        executor_for("local", Storage(tmp_path), slurm_profile=str(profile))
