@@ -49,6 +49,7 @@ def slurm_registry(tmp_path: Path) -> BlueprintRegistry:
     folder.mkdir()
     make_blueprint(folder, "fs-slurm", resources={"memory": "300MB"})
     make_blueprint(folder, "fs-slurm-short", resources={"memory": "300MB", "timeout": 3})
+    make_blueprint(folder, "fs-slurm-huge", resources={"memory": "64GB"})
     return BlueprintRegistry.discover([folder])
 
 
@@ -162,6 +163,13 @@ def test_a_wrong_python_on_the_nodes_fails_with_the_jobs_own_words(slurm_cluster
     assert task.attempt == 1 and task.cause.startswith("could not start: its Slurm job "), task.cause
     assert "before ncaas' supervisor wrote a record: " in task.cause
     assert task.cause.endswith("/shared/nowhere/bin/python: not found"), task.cause
+
+
+def test_a_task_no_node_can_hold_fails_with_slurms_refusal(slurm_manager: Manager, slurm_root: Path) -> None:
+    job = slurm_manager.run_job(_one_job(slurm_manager, slurm_root, "fs-slurm-huge", ["a.npy"], {}).id)
+    assert job.state == JobState.FAILED
+    cause = slurm_manager.db.tasks(job.id)[0].cause
+    assert cause.startswith("could not start: sbatch refused: sbatch: error: Memory specification can not be"), cause
 
 
 def test_a_restarted_manager_adopts_the_jobs_still_running(

@@ -138,9 +138,9 @@ class SlurmExecutor:
             f"--time={_slurm.sbatch_time(spec.timeout + profile.time_margin)}",
         ]
         argv += [f"--{key}={value}" for key in ("partition", "account", "qos") if (value := getattr(profile, key))]
-        gpus = getattr(getattr(spec.blueprint, "blueprint", None), "resources", None)
-        if gpus is not None and gpus.gpus:
-            argv.append(f"--gres=gpu:{gpus.gpus}")
+        gpus = spec.blueprint.blueprint.resources.gpus if spec.blueprint is not None else 0
+        if gpus:
+            argv.append(f"--gres=gpu:{gpus}")
         return [*argv, *profile.sbatch_args, str(script)]
 
     def launch(self, spec: TaskSpec) -> TaskHandle:
