@@ -21,6 +21,7 @@ from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
 from ..exceptions import NcaasError
+from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
 from ..jobs.owner import record_owner, require_owner_here
@@ -374,12 +375,11 @@ def run_manager(
         f"{executor} executor, {manager.executor.cpus} cpus; Ctrl-C stops it"
     )
     manager.run(should_stop=lambda: stopping)
-    if runner.name == "ray":  # Ray: its tasks belong to this manager
+    if isinstance(runner, LocalExecutor) or runner.name == "slurm":  # tasks run on without the manager
+        out.print("manager stopped; running tasks continue and are adopted at the next start")
+    else:  # Ray: its tasks belong to this manager
         runner.close()
         out.print("manager stopped; its Ray tasks stopped with it and are retried at the next start")
-    else:
-        runner.close()  # local and Slurm tasks run on without the manager
-        out.print("manager stopped; running tasks continue and are adopted at the next start")
     lock.close()
 
 
