@@ -105,6 +105,24 @@ def test_datasets_spread_over_both_nodes_with_slurm_accounting(slurm_manager: Ma
         assert slurm["cpu_seconds"] > 0 and slurm["max_rss_bytes"] > 10**6
         assert task["environment"]["manifest_hash"] and task["environment"]["verified_files"] > 100
     assert len(job_ids) == 4
+    # What Slurm was asked for: the blueprint's resources plus the profile's margins
+    asked = subprocess.run(
+        [
+            "sacct",
+            "-n",
+            "-P",
+            "-X",
+            "-j",
+            ",".join(sorted(job_ids)),
+            "-o",
+            "JobName,Partition,ReqCPUS,ReqMem,Timelimit",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    names = {f"ncaas-{job.id}-{d}.1|debug|1|543M|00:11:00" for d in DATASETS}  # 300 MB + 256 MiB; 10 min + 60 s
+    assert set(asked) == names, asked
     text = (results / "certificate.txt").read_text()
     executor = next(line for line in text.splitlines() if line.startswith("executor:"))
     assert "slurm 22.05" in executor and "cluster at ncaastest: 2 nodes (n1, n2)" in executor, executor
