@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import queue
@@ -36,6 +37,7 @@ from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, Sp
 from ..executors.base import LOST, EnvironmentInfo, Executor, ExitRecord, Lost, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..isolation import environments
+from ..pipelines.runner import Chains
 from ..private import private_dir
 from ..provenance.archive import BlueprintArchive
 from ..provenance.certificate import build_certificate, describe_dataset, render_text, task_hash_environment
@@ -156,6 +158,11 @@ class Manager:
         self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
         self._disk_full = False  # a step failed for lack of space and none has succeeded since
 
+    @functools.cached_property
+    def chains(self) -> Chains:
+        """The chains this manager drives (:mod:`ncaas.pipelines`)."""
+        return Chains(self)
+
     @property
     def registry(self) -> BlueprintRegistry:
         if self._registry is None:
@@ -238,6 +245,11 @@ class Manager:
         existing = self.db.seen_submission(key)
         if existing is not None:
             return existing, False
+        chain = self.db.seen_chain(key)
+        if chain is not None:
+            made = self.db.chain_jobs(chain.id)
+            if made:
+                return made[0], False
         content_key = _sha256(raw)
         young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
         if size > limit:
@@ -253,6 +265,10 @@ class Manager:
                     f"{name} is identical to {twin.submission} (job {twin.id}), which was already run; "
                     "a submission runs once — change its timestamp to run it again"
                 )
+            if submit.pipeline is not None:
+                if self._rediscover:
+                    self._registry = BlueprintRegistry.discover()
+                return self.chains.ingest(group, name, key, content_key, submit), True
             if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
                 self._registry = BlueprintRegistry.discover()
             request = build_request(
@@ -264,7 +280,16 @@ class Manager:
             return self.reject(group, name, key, content_key, exc.problems), True
         return self.create_job(request, submission=name, key=key, content_key=content_key), True
 
-    def create_job(self, request: JobRequest, *, submission: str, key: str, content_key: str) -> Job:
+    def create_job(
+        self,
+        request: JobRequest,
+        *,
+        submission: str,
+        key: str,
+        content_key: str,
+        chain: dict[str, Any] | None = None,
+    ) -> Job:
+        """Queue a job; ``chain`` holds its place in a chain (``Job.chain_*``, ``input_area``, ``upstream_json``)."""
         job_id = new_job_id()
         bp = request.blueprint
         self.archive.put(bp)  # the job's blueprint is read back from here, by its content hash
@@ -282,6 +307,7 @@ class Manager:
             submit_json=json.dumps(request.submit),
             results_dir=self.storage.results_dir(request.group, job_id),
             created_ms=now_ms(),
+            **(chain or {}),
         )
         res = bp.blueprint.resources
         tasks = [
@@ -461,6 +487,7 @@ class Manager:
         self._prepared.clear()
         self._ended.clear()
         self._settle(jobs)
+        self.chains.advance()
 
     # -- tasks ---------------------------------------------------------------------------
     def _job(self, jobs: dict[str, Job], job_id: str) -> Job:
@@ -809,7 +836,7 @@ class Manager:
         """The dataset checked again just before it is shown to the task: one changed since it was
         submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
         try:
-            self.storage.resolve(job.group, "inputs", task.dataset_rel)
+            self.storage.resolve(job.group, job.input_area or "inputs", task.dataset_rel)
             return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
         except PathRefused as exc:
             return str(exc)

@@ -188,7 +188,14 @@ def build_certificate(
             for e in events
         ],
         "cost": None,
+        **_upstream(job),
     }
+
+
+def _upstream(job: Any) -> dict[str, Any]:
+    """A chain's step names the job it read and that job's certificate (by sha256); others nothing."""
+    text = getattr(job, "upstream_json", None)
+    return {"upstream": json.loads(text)} if text else {}
 
 
 def _when(ms: int | None) -> str:
@@ -219,6 +226,7 @@ def render_text(cert: dict[str, Any]) -> str:
         f"config:       {cert['config']['name'] or '(defaults)'} sha256 {cert['config']['sha256']}",
         f"              {json.dumps(cert['config']['content'], sort_keys=True)}",
         f"command:      {' '.join(cert['command'] or [])}",
+        *_upstream_lines(cert.get("upstream")),
         f"created:      {_when(job['created_ms'])}   started: {_when(job['started_ms'])}   "
         f"ended: {_when(job['ended_ms'])}",
         "",
@@ -239,6 +247,16 @@ def render_text(cert: dict[str, Any]) -> str:
         lines += [_output_line(o) for o in task["outputs"]] or ["    (none)"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _upstream_lines(up: dict[str, Any] | None) -> list[str]:
+    if not up:
+        return []
+    return [
+        f"upstream:     step {up.get('step')} of chain {up.get('chain')}: job {up.get('job')} ({up.get('analysis')})",
+        f"              its certificate {up.get('certificate')} sha256 {up.get('certificate_sha256')}",
+        f"              input read from its results: {up.get('outputs')}",
+    ]
 
 
 def _executor_line(executor: dict[str, Any]) -> str:

@@ -122,6 +122,12 @@ def _datasets(manager: Manager, cert: dict[str, Any], group: str) -> list[Datase
 
 
 def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
+    upstream = cert.get("upstream")
+    if isinstance(upstream, dict):  # its input is another job's outputs: the chain reruns both
+        raise CertificateError(
+            f"job {cert['job'].get('id')} is a later step of chain {upstream.get('chain')} (it reads the outputs of "
+            f"job {upstream.get('job')}); rerun the chain: ncaas rerun {upstream.get('chain')}"
+        )
     try:
         group = cert["job"]["group"]
         loaded = _blueprint(manager, cert, group)
