@@ -148,7 +148,7 @@ class Client:
         message = body.get("error") or f"HTTP {resp.status_code}"
         if resp.status_code == 400 and body.get("problems"):
             raise SubmissionRejected(body["problems"], job=body.get("job"))
-        if resp.status_code == 404 and "/api/jobs/" in resp.request.url.path:
+        if resp.status_code == 404 and resp.request.url.path.startswith(("/api/jobs/", "/api/chains/")):
             raise JobNotFound(message)
         raise ServerRequestError(
             f"the server refused {resp.request.method} {resp.request.url.path}: {message}",
@@ -412,6 +412,31 @@ class Client:
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}")
+
+    # -- chains ----------------------------------------------------------------------------
+    def submit_pipeline(
+        self,
+        datasets: list[str],
+        *,
+        pipeline: str | None = None,
+        pipeline_yaml: str | None = None,
+        name: str | None = None,
+    ) -> dict:
+        """Submit a chain: a pipeline saved in configs/ (or its YAML text) on datasets; returns the chain."""
+        body = {"datasets": datasets, "pipeline": pipeline, "pipeline_yaml": pipeline_yaml, "name": name}
+        return self._json("POST", "/api/chains", json={k: v for k, v in body.items() if v is not None})
+
+    def chains(self, *, limit: int = 50) -> list[dict]:
+        return self._json("GET", "/api/chains", params={"limit": limit})
+
+    def chain(self, chain_id: str) -> dict:
+        return self._json("GET", f"/api/chains/{chain_id}")
+
+    def cancel_chain(self, chain_id: str) -> dict:
+        return self._json("POST", f"/api/chains/{chain_id}/cancel")
+
+    def rerun_chain(self, chain_id: str) -> dict:
+        return self._json("POST", f"/api/chains/{chain_id}/rerun")
 
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
-from ..exceptions import NcaasError
+from ..exceptions import JobNotFound, NcaasError
 from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
@@ -32,6 +32,7 @@ from ..submission import SubmitLimits
 from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
+from .chains import ChainWatch, chains_table, print_chain
 from .console import err, errors, out
 from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
 from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt
@@ -66,6 +67,7 @@ MaxDatasetsOpt = Annotated[
 ]
 
 
+CHAIN_PREFIX = "chain-"  # a chain's id; a job's begins with its date
 _SERVER: dict[str, str | None] = {}  # --server / --token of this invocation
 
 
@@ -102,6 +104,58 @@ def _backend(root: str, db: str | None, command: str | None = None) -> Iterator[
         if command is not None:
             require_owner_here(embedded.storage, embedded.db_url, command)
         yield embedded
+
+
+def _chain(backend: Backend, ref: str) -> dict[str, Any]:
+    detail = backend.chain(ref)
+    if detail is None:
+        raise JobNotFound(f"no chain {ref!r}; `ncaas status` lists the chains")
+    return detail
+
+
+def _chain_logs(backend: Backend, ref: str, dataset: str | None) -> None:
+    detail = _chain(backend, ref)
+    rows = [r for r in detail["datasets"] if dataset in (None, r["input"], r["dataset"])]
+    if not rows:
+        raise NcaasError(f"chain {detail['id']} has no dataset {dataset!r}")
+    for row in rows:
+        for cell in row["steps"]:
+            head = f"== {row['input']} · {cell['step']} ({cell['state']}"
+            out.print(Text(head + (f", job {cell['job']}) ==" if cell["job"] else ") ==")), style="bold")
+            if cell["job"] is None:
+                out.print(Text(cell["reason"] or "not started"))
+                continue
+            for line in backend.log_bytes(cell["job"], row["dataset"], 0).decode("utf-8", "replace").splitlines():
+                out.print(Text(line), highlight=False, soft_wrap=True)
+
+
+def _rerun_chain(backend: Backend, ref: str) -> bool:
+    original = _chain(backend, ref)
+    out.print(f"rerunning chain {original['id']} ({original['pipeline']}) ...")
+    started = backend.rerun_chain(original["id"])
+    out.print(f"  chain {started['id']} started; results in {started['results_dir']}")
+    watch = ChainWatch(out)
+    detail = backend.wait_chain(started["id"], watch.update)
+    print_chain(out, detail)
+    ok = detail["state"] == original["state"]
+    before = {(r["dataset"], c["step"]): c for r in original["datasets"] for c in r["steps"]}
+    for row in detail["datasets"]:
+        for cell in row["steps"]:
+            was = before.get((row["dataset"], cell["step"]))
+            title = f"{row['input']} · {cell['step']}"
+            if was is None or was["job"] is None or cell["job"] is None:
+                same = (was or {}).get("state") == cell["state"]
+                ok = ok and same
+                out.print(f"{title}: {cell['state']} (was {(was or {}).get('state')}){'' if same else ' — differs'}")
+                continue
+            ok = (
+                print_verdict(
+                    out, backend.compare(cell["job"], was["job"]), f"{title}: job {cell['job']} against {was['job']}"
+                )
+                and ok
+            )
+    out.print("[green]the chain's rerun matches[/green]" if ok else "[red]the chain's rerun differs[/red]")
+    return ok
 
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
@@ -158,10 +212,39 @@ def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml
     )
 
 
+def _is_pipeline(name: str) -> bool:
+    """A submit of a pipeline file (``*.yaml``/``*.yml``, local or in configs/) rather than of an analysis."""
+    return name.endswith((".yaml", ".yml"))
+
+
+def _submit_chain(backend: Backend, group: str, pipeline: str, data: list[str], name: str | None, wait: bool) -> None:
+    datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
+    stored = backend.put_config(pipeline, group)  # a pipeline lives in configs/, as configs do
+    detail = backend.submit_pipeline(group, stored, datanames, name or submission_name(Path(stored).stem))
+    steps = " -> ".join(s["name"] for s in detail["steps"])
+    out.print(
+        f"chain [bold]{detail['id']}[/bold]: {detail['pipeline']} ({steps}) on {len(datanames)} dataset(s); "
+        f"results in {detail['results_dir']}"
+    )
+    if not wait:
+        out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
+        return
+    watch = ChainWatch(out)
+    detail = backend.wait_chain(detail["id"], watch.update)
+    watch.update(detail)
+    print_chain(out, detail)
+    raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
+
+
 @app.command()
 @errors
 def submit(
-    analysis: Annotated[str, typer.Argument(help="analysis name (see `ncaas analyses`)")],
+    analysis: Annotated[
+        str,
+        typer.Argument(
+            help="analysis name (see `ncaas analyses`), or a pipeline file (*.yaml: local, or a name in configs/)"
+        ),
+    ],
     data: Annotated[list[str], typer.Argument(help="local files/folders to upload, or names in inputs/")],
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="local config file, or a name in configs/")
@@ -174,9 +257,14 @@ def submit(
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Upload data and config into the group's storage and submit a job."""
+    """Upload data and config into the group's storage and submit a job (or a chain, given a pipeline file)."""
     with _backend(root, db, "submit") as backend:
         group = backend.group(group)
+        if _is_pipeline(analysis):
+            if config is not None:
+                raise NcaasError("a pipeline gives each step its config; drop --config")
+            _submit_chain(backend, group, analysis, data, name, wait)
+            return
         datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
         configname = backend.put_config(config, group) if config is not None else None
         detail = backend.submit(group, analysis, datanames, configname, name or submission_name(analysis))
@@ -205,8 +293,14 @@ def status(
     with _backend(root, db, "status") as backend:
         if job_id is None:
             out.print(jobs_table(backend.jobs(limit)))
+            chains = backend.chains(limit)
+            if chains:
+                out.print(chains_table(chains))
             for note in backend.notes():
                 out.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
+            return
+        if job_id.startswith(CHAIN_PREFIX):
+            print_chain(out, _chain(backend, job_id))
             return
         detail = backend.job(job_id)
         print_job(out, detail, backend.story(detail["id"]) if detail["state"] != "rejected" else [])
@@ -221,8 +315,11 @@ def logs(
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Print the analysis' logs of a job."""
+    """Print the analysis' logs of a job (of a chain: every step's, dataset by dataset)."""
     with _backend(root, db, "logs") as backend:
+        if job_id.startswith(CHAIN_PREFIX):
+            _chain_logs(backend, job_id, dataset)
+            return
         detail = backend.job(job_id)
         tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
         names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or [
@@ -246,8 +343,12 @@ def logs(
 @app.command()
 @errors
 def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> None:
-    """Cancel a job: queued tasks never start, running ones are stopped within seconds."""
+    """Cancel a job (or a chain): queued tasks never start, running ones are stopped within seconds."""
     with _backend(root, db, "cancel") as backend:
+        if job_id.startswith(CHAIN_PREFIX):
+            chain = backend.cancel_chain(job_id)
+            out.print(f"chain {chain['id']}: {styled(chain['state'])}; no further step starts")
+            return
         detail = backend.cancel(job_id)
     if detail["state"] in JOB_TERMINAL:
         out.print(f"job {detail['id']} is already over ({styled(detail['state'])})")
@@ -287,8 +388,14 @@ def rerun(
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
+    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file.
+
+    A chain (``chain-...``) reruns as a whole: its first steps from their certificates, each later
+    step on the rerun's own outputs; every step's outputs are compared with the original's.
+    """
     with _backend(root, db, "rerun") as backend:
+        if job.startswith(CHAIN_PREFIX):
+            raise typer.Exit(0 if _rerun_chain(backend, job) else 1)
         original, detail = backend.rerun(job, notify=out.print)
         out.print(f"  job {detail['id']} started; results in {detail['results_dir']}")
         detail = _watch(backend, detail)

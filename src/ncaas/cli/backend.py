@@ -91,6 +91,24 @@ class Backend(Protocol):
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
         """File-by-file verdicts of a job's outputs against another job's (see ncaas.provenance.verdicts)."""
 
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        """Submit a chain (a pipeline in configs/ on datasets); its detail (ncaas.pipelines.runner.chain_detail)."""
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        """Recent chains, newest first."""
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        """One chain's detail (a unique id prefix is enough); None when ``ref`` names no chain."""
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        """Until the chain is over (embedded: run it here); its final detail."""
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        """Stop a chain: no further step starts, running ones are cancelled."""
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        """Start a rerun of a finished chain; its detail."""
+
 
 def submission_name(analysis: str) -> str:
     return f"{analysis}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
@@ -289,6 +307,59 @@ class Embedded:
 
         return compare_jobs(self.manager, self.manager.find(original_id), self.manager.find(job_id))
 
+    # -- chains ----------------------------------------------------------------------------------
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime())}
+        path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
+        self.storage.write_text(path, json.dumps(body, indent=2))
+        job = self.manager.ingest_file(group, path)
+        if job is None:
+            raise NcaasError(f"{path} vanished before it was read; submit again")
+        if job.state == "rejected" and job.chain_id is None:
+            raise SubmissionRejected(job.cause.splitlines(), job={"id": job.id, "results_dir": job.results_dir})
+        assert job.chain_id is not None
+        return self._chain_detail(job.chain_id)
+
+    def _chain_detail(self, chain_id: str) -> dict[str, Any]:
+        from ..pipelines.runner import chain_detail
+
+        return chain_detail(self.manager, self.manager.chains.find(chain_id))
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        from ..pipelines.runner import chain_detail
+
+        return [chain_detail(self.manager, c) for c in self.manager.db.chains(limit=limit)]
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        found = self.manager.db.find_chain(ref)
+        return None if found is None else self._chain_detail(found.id)
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        manager = self.manager
+        if not self.storage.is_local:
+            while not (detail := self._chain_detail(chain_id))["finished"]:
+                on_status(detail)
+                time.sleep(0.5)
+            return detail
+        last = -float("inf")
+
+        def over() -> bool:
+            nonlocal last
+            chain = manager.db.chain(chain_id)
+            if time.monotonic() - last >= 0.25:
+                last = time.monotonic()
+                on_status(self._chain_detail(chain_id))
+            return chain is None or chain.state != "running"
+
+        manager.run(scan=False, until=over)
+        return self._chain_detail(chain_id)
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        return self._chain_detail(self.manager.chains.cancel(ref).id)
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        return self._chain_detail(self.manager.chains.rerun(ref).id)
+
 
 # -- against a server -------------------------------------------------------------------------
 class Remote:
@@ -420,6 +491,30 @@ class Remote:
         with self._known(job_id):
             job = self.client.job(job_id)["id"]
         return self.client.compare_jobs(original, job)
+
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        return self.client.submit_pipeline(datasets, pipeline=pipeline, name=name)
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        return self.client.chains(limit=limit)
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return self.client.chain(ref)
+        except JobNotFound:
+            return None
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        while not (detail := self.client.chain(chain_id))["finished"]:
+            on_status(detail)
+            time.sleep(0.5)
+        return detail
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        return self.client.cancel_chain(ref)
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        return self.client.rerun_chain(ref)
 
     def close(self) -> None:
         self.client.close()

@@ -7,7 +7,7 @@ before extraction. Outputs in ``OUT``:
 - ``aligned/<session>.tif`` (or ``.npy`` with ``movie_format: npy``): each session's frames,
   motion-corrected and warped into the common frame, float32 (t, h, w), in the order of the
   experiment; pixels outside the valid mask are 0.
-- ``aligned/valid_mask.npy``: pixels valid in every session after alignment.
+- ``valid_mask.npy``: pixels valid in every session after alignment.
 - ``alignment/`` (fields, QC figures, ``alignment.json``) when there are several sessions.
 - ``summary.json``: sessions, frames, the gSig used and its source, alignment source and
   reliability, the config (sorted keys; the same for every run of the same input and config).
@@ -122,7 +122,7 @@ def _write_movies(
 
     store = FrameStore.open(video)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "valid_mask.npy", valid)
+    np.save(folder.parent / "valid_mask.npy", valid)  # beside aligned/, which holds movies only
     names = []
     for sid, start, stop in zip(ids, bounds[:-1], bounds[1:]):
         path = folder / f"{sid}.{movie_format}"
