@@ -29,6 +29,7 @@ from ..jobs.states import JOB_TERMINAL
 from ..storage import Storage, default_root
 from ..storage.localfolder import left_out_note
 from ..submission import SubmitLimits
+from . import dev as dev_commands
 from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
@@ -487,6 +488,7 @@ def run_manager(
 app.command()(server_commands.serve)
 app.add_typer(server_commands.admin, name="admin")
 app.add_typer(environment_commands.env_app, name="env")
+app.add_typer(dev_commands.dev_app, name="dev")
 
 
 def main() -> None:
