@@ -123,6 +123,8 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
         if "%" in t["dataset"]:
             out.print(f"{t['dataset']} is dataset {t['input']}", highlight=False, markup=False)
     print_messages(out, detail)
+    if detail.get("chain"):
+        out.print(f"a step of chain {detail['chain']} (`ncaas status {detail['chain']}` shows the whole chain)")
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
     for event in story:

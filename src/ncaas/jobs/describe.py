@@ -39,6 +39,7 @@ def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
         "datasets": n_tasks,
         "finished": job.state in JOB_TERMINAL and bool(job.finalized),
         "results_dir": job.results_dir,
+        "chain": getattr(job, "chain_id", None),  # a step of a chain (ncaas.pipelines), else None
     }
 
 

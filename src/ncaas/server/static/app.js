@@ -13,7 +13,7 @@ const el = (tag, attrs = {}, ...kids) => {
   return node;
 };
 
-const state = { token: null, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
+const state = { token: null, pipeline: false, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
 
 // ---------------------------------------------------------------- API
 class ApiError extends Error {
@@ -43,7 +43,7 @@ async function signIn(token) {
   $("#whoami").hidden = $("#signout").hidden = false;
   $("#signin-panel").hidden = true;
   $("#app").hidden = false;
-  await Promise.all([loadAnalyses(), loadInputs(), loadJobs()]);
+  await Promise.all([loadAnalyses(), loadInputs(), loadJobs(), loadChains()]);
 }
 
 function signOut() {
@@ -191,16 +191,16 @@ function selectedDatasets() {
 }
 
 function updateSubmit() {
-  const invalid = state.fields.filter((f) => !checkField(f)).map((f) => f.name);
+  const invalid = state.pipeline ? [] : state.fields.filter((f) => !checkField(f)).map((f) => f.name);
   const datasets = selectedDatasets();
   let hint = "";
-  if (!state.analysis) hint = "pick an analysis";
+  if (!state.analysis && !state.pipeline) hint = "pick an analysis";
   else if (invalid.length) hint = `fix: ${invalid.join(", ")}`;
   else if (state.uploading) hint = "waiting for uploads to finish";
   else if (!datasets.length) hint = "drop or tick at least one dataset";
   else hint = `${datasets.length} dataset(s) selected`;
   $("#submit-hint").textContent = hint;
-  $("#submit").disabled = !state.analysis || invalid.length > 0 || state.uploading > 0 || !datasets.length;
+  $("#submit").disabled = (!state.analysis && !state.pipeline) || invalid.length > 0 || state.uploading > 0 || !datasets.length;
 }
 
 // ---------------------------------------------------------------- datasets
@@ -486,6 +486,7 @@ async function submit() {
   $("#submit-error").textContent = "";
   $("#submit").disabled = true;
   try {
+    if (state.pipeline) return await submitChain();  // chains.js
     const name = `web-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
     await api(`/api/configs/${name}?analysis=${encodeURIComponent(state.analysis.name)}`,
       { method: "PUT", json: collectConfig() });
