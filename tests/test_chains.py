@@ -73,6 +73,30 @@ def test_a_failed_first_step_stops_each_datasets_chain_with_its_reason(manager: 
         }
 
 
+def test_a_cancelled_chain_stops_its_running_step_and_starts_no_other(manager: Manager, root: Path):
+    pipeline = _pipeline(
+        root,
+        "hang",
+        {
+            "name": "hang",
+            "steps": [
+                {"name": "first", "analysis": "framestats", "config": {"hang": True}},
+                {"name": "second", "analysis": "framestats"},
+            ],
+        },
+    )
+    submit(root, "s", {"pipeline": pipeline, "dataname": ["a.npy"]})
+    (job,) = manager.scan()
+    manager.run(scan=False, until=lambda: manager.db.job(job.id).state == "running")
+    manager.chains.cancel(job.chain_id)
+    manager.run(scan=False, until=lambda: manager.db.chain(job.chain_id).state != "running")
+    chain = manager.db.chain(job.chain_id)
+    assert chain.state == "cancelled"
+    assert [(j.chain_step, j.state) for j in manager.db.chain_jobs(chain.id)] == [(0, "cancelled")]
+    shown = json.loads((Path(chain.results_dir) / "chain.json").read_text())
+    assert shown["datasets"][0]["steps"][1]["reason"] == "not run: the chain was cancelled"
+
+
 def test_a_chain_naming_what_it_may_not_is_rejected_before_anything_runs(manager: Manager, root: Path):
     pipeline = _pipeline(
         root,
@@ -241,3 +265,23 @@ def test_caliali_align_takes_caliali_s_own_options_for_its_stages():
             assert schema == whole["config_schema"]["properties"][key], key
             assert align["default_config"][key] == whole["default_config"][key], key
     assert align["environment"] == {"lock": "../caliali/requirements.lock", "source": "../caliali"}
+
+
+def test_the_shipped_pipelines_are_valid_and_need_only_their_analyses():
+    from ncaas_testutil import REPO
+
+    from ncaas.blueprint import BlueprintRegistry
+    from ncaas.pipelines import check_pipeline, parse_pipeline
+
+    registry = BlueprintRegistry.discover([REPO / "analyses"])
+    files = sorted((REPO / "pipelines").glob("*.yaml"))
+    assert [f.name for f in files] == ["align-stats.yaml", "caliali-minian.yaml", "caliali-suite2p.yaml"]
+    for file in files:
+        pipeline, problems = parse_pipeline(yaml.safe_load(file.read_text()), name=file.name)
+        assert pipeline is not None, problems
+        _, problems = check_pipeline(pipeline, registry, GROUP)
+        extractor = pipeline.steps[-1].analysis
+        if extractor in registry.names():
+            assert problems == [], problems
+        else:  # hosted by its own analysis folder; without it the chain is refused, naming it
+            assert len(problems) == 1 and problems[0].startswith(f"step 'extract': unknown analysis '{extractor}'")

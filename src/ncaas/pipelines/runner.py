@@ -121,9 +121,15 @@ class Chains:
             if job.chain_step is None or job.chain_dataset is None:
                 continue
             views[job.chain_step, job.chain_dataset] = JobView(job.id, job.state, bool(job.finalized), _why(self, job))
-        plan = plan_chain([s["name"] for s in steps], [s["source"] for s in steps], keys, views)
+        plan = plan_chain(
+            [s["name"] for s in steps],
+            [s["source"] for s in steps],
+            keys,
+            views,
+            cancel_requested=bool(chain.cancel_requested),
+        )
         for cell in plan.cells:
-            if cell.job is None and steps[cell.step]["source"] is None:
+            if cell.job is None and steps[cell.step]["source"] is None and not chain.cancel_requested:
                 key, rel, path = next(d for d in chain.datasets if d[0] == cell.dataset)
                 self._create(chain, 0, Dataset(key, rel, path), "inputs", None)
         return plan
@@ -217,12 +223,11 @@ class Chains:
         chain = self.find(ref)
         if chain.state != "running":
             return chain
-        self.db.update_chain(chain.id, state="cancelled", cause="cancelled by the user", ended_ms=now_ms())
+        self.db.update_chain(chain.id, cancel_requested=True)  # no further step starts
         for job in self.db.chain_jobs(chain.id):
             self.manager.cancel(job.id)
-        chain = self.find(chain.id)
-        self._write(chain)
-        return chain
+        self.advance(only=chain.id)  # over once its cancelled jobs are
+        return self.find(chain.id)
 
     def rerun(self, ref: str) -> Chain:
         """Rerun a finished chain: its first steps from their certificates (same inputs, analysis versions
@@ -297,6 +302,7 @@ def chain_detail(manager: Manager, chain: Chain) -> dict[str, Any]:
         [s["source"] for s in steps],
         [d[0] for d in chain.datasets],
         views,  # type: ignore[arg-type]
+        cancel_requested=bool(chain.cancel_requested),
     )
     cells = {(c.step, c.dataset): c for c in plan.cells}
     rows = []
