@@ -56,6 +56,11 @@ def test_an_empty_folder_to_a_published_analysis(tmp_path: Path):
     assert cert["blueprint"]["name"] == "spike-count" and cert["environment"]["manifest_hash"]
     assert json.loads((results / "outputs" / "sample" / "summary.json").read_text()) == {"files": 2, "bytes": 31}
 
+    # edited between runs, the sample config is run as it is now
+    (folder / "config.yaml").write_text("count_lines: false\nmax_files: 1\n")
+    again = _ok(ncaas("dev", "run", str(folder), str(folder / "sample"), "-c", str(folder / "config.yaml"), env=env))
+    assert "done: 1 file(s)" in again
+
     installed = tmp_path / "installed"
     first = _ok(ncaas("dev", "publish", str(folder), "--into", str(installed), env=env))
     assert "new analysis spike-count 0.1.0" in first

@@ -80,6 +80,10 @@ def dev_run(
     registry = BlueprintRegistry.discover([folder])  # this folder's blueprint only, as it is now
     manager = Manager(backend.storage, JobDB(backend.db_url), registry=registry)
     backend.__dict__["manager"] = manager  # the embedded backend, on the analysis' own registry
+    for item, area in [*((d, "inputs") for d in data), *([(config, "configs")] if config is not None else [])]:
+        stored = backend.storage.resolve(GROUP, area, item.resolve().name)
+        if item.exists() and backend.storage.exists(stored) and not backend._same(stored, item):
+            backend.storage.remove(stored)  # the development copy is edited between runs: the new one is run
     datanames = [backend.put_input(str(d), GROUP, left_out=lambda *_: None) for d in data]
     configname = backend.put_config(str(config), GROUP) if config is not None else None
     detail = backend.submit(GROUP, name, datanames, configname, submission_name(name))

@@ -34,7 +34,7 @@ class Chains:
 
     def __init__(self, manager: Manager):
         self.manager = manager
-        self._written: dict[str, str] = {}  # chain id -> the chain.json last written
+        self._written: dict[str, str] = {}  # chain id -> the cells chain.json last showed
 
     @property
     def db(self) -> Any:
@@ -97,7 +97,11 @@ class Chains:
 
     # -- the loop ------------------------------------------------------------------------------
     def advance(self, *, only: str | None = None) -> None:
-        """Start every cell whose source has succeeded; stop those whose source failed; end chains."""
+        """Start every cell whose source has succeeded; stop those whose source failed; end chains.
+
+        Runs at every step of the manager: one query per running chain; ``chain.json`` is rewritten
+        only when a cell changed.
+        """
         chains = [self.db.chain(only)] if only else self.db.chains(states=["running"])
         for chain in chains:
             if chain is None or chain.state != "running":
@@ -111,11 +115,16 @@ class Chains:
                 self.db.update_chain(chain.id, state=plan.state, cause=plan.cause, ended_ms=now_ms())
                 chain = self.db.chain(chain.id) or chain
                 self.manager.notify(f"chain {chain.id}: {plan.state}; {plan.cause}")
-            self._write(chain)
+            signature = f"{chain.state}:{plan.cells!r}"
+            if self._written.get(chain.id) != signature:
+                self._write(chain)
+                self._written[chain.id] = signature
+            if chain.state != "running":
+                self._written.pop(chain.id, None)
 
     def _plan(self, chain: Chain) -> ChainPlan:
         steps = chain.pipeline["steps"]
-        keys = [d[0] for d in chain.datasets]
+        datasets = chain.datasets
         views = {}
         for job in self.db.chain_jobs(chain.id):
             if job.chain_step is None or job.chain_dataset is None:
@@ -124,13 +133,14 @@ class Chains:
         plan = plan_chain(
             [s["name"] for s in steps],
             [s["source"] for s in steps],
-            keys,
+            [d[0] for d in datasets],
             views,
             cancel_requested=bool(chain.cancel_requested),
         )
+        by_key = {d[0]: d for d in datasets}
         for cell in plan.cells:
             if cell.job is None and steps[cell.step]["source"] is None and not chain.cancel_requested:
-                key, rel, path = next(d for d in chain.datasets if d[0] == cell.dataset)
+                key, rel, path = by_key[cell.dataset]
                 self._create(chain, 0, Dataset(key, rel, path), "inputs", None)
         return plan
 
@@ -206,11 +216,7 @@ class Chains:
 
     def _write(self, chain: Chain) -> None:
         text = json.dumps(chain_detail(self.manager, chain), indent=1)
-        if self._written.get(chain.id) != text:
-            self.manager.storage.write_text(f"{chain.results_dir}/chain.json", text)
-            self._written[chain.id] = text
-        if chain.state != "running":
-            self._written.pop(chain.id, None)
+        self.manager.storage.write_text(f"{chain.results_dir}/chain.json", text)
 
     # -- users ---------------------------------------------------------------------------------
     def find(self, ref: str) -> Chain:
@@ -233,13 +239,15 @@ class Chains:
         """Rerun a finished chain: its first steps from their certificates (same inputs, analysis versions
         and configs, checked), the later ones on the rerun's own outputs."""
         from ..jobs.manager import new_job_id
-        from ..provenance.rerun import certificate_of_job, start_rerun
+        from ..provenance.rerun import certificate_of_job, rerun_request, start_rerun
 
         original = self.find(ref)
         if original.state == "running":
             raise CertificateError(f"chain {original.id} is still running; rerun it once it has ended")
         firsts = [j for j in self.db.chain_jobs(original.id) if j.chain_step == 0]
-        certs = [(job, certificate_of_job(self.manager, job)) for job in firsts]  # every one checked first
+        certs = [(job, certificate_of_job(self.manager, job)) for job in firsts]
+        for _, cert in certs:  # every first step checked (signature, inputs, versions) before anything starts
+            rerun_request(self.manager, cert)
         chain_id = "chain-" + new_job_id()
         chain = Chain(
             id=chain_id,
@@ -282,6 +290,9 @@ def _key(chain: Chain, step: int, dataset: str) -> str:
 
 
 def _why(chains: Chains, job: Job) -> str:
+    """Why a job's cell did not succeed (its task's cause); nothing to say of one running or done well."""
+    if job.state in ("queued", "running", "succeeded"):
+        return ""
     if job.state == "rejected":
         return job.cause
     tasks = chains.db.tasks(job.id)

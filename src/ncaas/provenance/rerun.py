@@ -34,6 +34,7 @@ __all__ = [
     "compare_jobs",
     "environment_note",
     "rerun",
+    "rerun_request",
     "resolve",
     "start_rerun",
     "verified",
@@ -143,6 +144,12 @@ def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
     if problems:
         raise CertificateError("the certified config no longer fits the analysis:\n  " + "\n  ".join(problems))
     return JobRequest(group, loaded, datasets, config, cert["config"].get("name"), {"rerun_of": cert["job"]["id"]})
+
+
+def rerun_request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
+    """The job a verified certificate's rerun would make, checked (inputs unchanged, version archived,
+    access, config); raises CertificateError saying what stands in the way. Nothing is started."""
+    return _request(manager, cert)
 
 
 def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
