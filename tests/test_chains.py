@@ -285,3 +285,39 @@ def test_the_shipped_pipelines_are_valid_and_need_only_their_analyses():
             assert problems == [], problems
         else:  # hosted by its own analysis folder; without it the chain is refused, naming it
             assert len(problems) == 1 and problems[0].startswith(f"step 'extract': unknown analysis '{extractor}'")
+
+
+def test_a_chain_through_a_server_from_the_command_line(tmp_path: Path):
+    from ncaas.testing.servers import ServerProcess, storage_with_user
+
+    root = tmp_path / "root"
+    token = storage_with_user(root)
+    write_stack(tmp_path / "a.npy")
+    pipeline = tmp_path / "twice.yaml"
+    pipeline.write_text(
+        yaml.safe_dump(
+            {
+                "name": "twice",
+                "steps": [
+                    {"name": "first", "analysis": "framestats", "config": {"fail_reason": "no frames"}},
+                    {"name": "second", "analysis": "framestats"},
+                ],
+            }
+        )
+    )
+    with ServerProcess(root) as server:
+        env = {"NCAAS_SERVER": server.url, "NCAAS_TOKEN": token}
+        done = ncaas("submit", str(pipeline), str(tmp_path / "a.npy"), "--wait", env=env)
+        assert done.returncode == 1, done.stdout + done.stderr  # the chain failed, as its first step did
+        assert "a.npy · first: failed" in done.stdout
+        assert "a.npy · second: stopped: not run: step 'first' failed (exited with code 3: no frames)" in done.stdout
+        chain_id = done.stdout.split()[1].rstrip(":")
+        status = ncaas("status", chain_id, env=env)
+        assert status.returncode == 0 and "state failed: 1 failed, 1 stopped" in status.stdout
+        logs = ncaas("logs", chain_id, env=env)
+        assert "== a.npy · first (failed, job " in logs.stdout and "no frames" in logs.stdout
+        listed = ncaas("status", env=env)
+        assert chain_id in listed.stdout
+        unknown = ncaas("status", "chain-nosuch", env=env)
+        assert unknown.returncode != 0 and "no chain 'chain-nosuch'" in unknown.stdout + unknown.stderr
+        assert (root / "lab" / "configs" / "twice.yaml").is_file()  # the pipeline is kept in configs/
