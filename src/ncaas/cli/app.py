@@ -114,20 +114,35 @@ def _chain(backend: Backend, ref: str) -> dict[str, Any]:
     return detail
 
 
-def _chain_logs(backend: Backend, ref: str, dataset: str | None) -> None:
+def _chain_logs(backend: Backend, ref: str, dataset: str | None, follow: bool) -> None:
+    """Every step's log, dataset by dataset; with ``follow``, new lines as they come until the chain ends."""
     detail = _chain(backend, ref)
-    rows = [r for r in detail["datasets"] if dataset in (None, r["input"], r["dataset"])]
-    if not rows:
+    if not [r for r in detail["datasets"] if dataset in (None, r["input"], r["dataset"])]:
         raise NcaasError(f"chain {detail['id']} has no dataset {dataset!r}")
-    for row in rows:
-        for cell in row["steps"]:
-            head = f"== {row['input']} · {cell['step']} ({cell['state']}"
-            out.print(Text(head + (f", job {cell['job']}) ==" if cell["job"] else ") ==")), style="bold")
-            if cell["job"] is None:
-                out.print(Text(cell["reason"] or "not started"))
+    offsets: dict[tuple[str, str], int] = {}
+    while True:
+        for row in detail["datasets"]:
+            if dataset not in (None, row["input"], row["dataset"]):
                 continue
-            for line in backend.log_bytes(cell["job"], row["dataset"], 0).decode("utf-8", "replace").splitlines():
-                out.print(Text(line), highlight=False, soft_wrap=True)
+            for cell in row["steps"]:
+                if cell["job"] is None:
+                    if not follow:
+                        out.print(Text(f"== {row['input']} · {cell['step']} ({cell['state']}) =="), style="bold")
+                        out.print(Text(cell["reason"] or "not started"))
+                    continue
+                key = (cell["job"], row["dataset"])
+                if key not in offsets:
+                    head = f"== {row['input']} · {cell['step']} ({cell['state']}, job {cell['job']}) =="
+                    out.print(Text(head), style="bold")
+                    offsets[key] = 0
+                chunk = backend.log_bytes(cell["job"], row["dataset"], offsets[key])
+                offsets[key] += len(chunk)
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    out.print(Text(line), highlight=False, soft_wrap=True)
+        if not follow or detail["finished"]:
+            return
+        time.sleep(0.5)
+        detail = _chain(backend, ref)
 
 
 def _rerun_chain(backend: Backend, ref: str) -> bool:
@@ -319,7 +334,7 @@ def logs(
     """Print the analysis' logs of a job (of a chain: every step's, dataset by dataset)."""
     with _backend(root, db, "logs") as backend:
         if job_id.startswith(CHAIN_PREFIX):
-            _chain_logs(backend, job_id, dataset)
+            _chain_logs(backend, job_id, dataset, follow)
             return
         detail = backend.job(job_id)
         tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
