@@ -288,6 +288,9 @@ def test_the_shipped_pipelines_are_valid_and_need_only_their_analyses():
 
 
 def test_a_chain_through_a_server_from_the_command_line(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ncaas import cli
     from ncaas.testing.servers import ServerProcess, storage_with_user
 
     root = tmp_path / "root"
@@ -306,18 +309,69 @@ def test_a_chain_through_a_server_from_the_command_line(tmp_path: Path):
         )
     )
     with ServerProcess(root) as server:
-        env = {"NCAAS_SERVER": server.url, "NCAAS_TOKEN": token}
-        done = ncaas("submit", str(pipeline), str(tmp_path / "a.npy"), "--wait", env=env)
-        assert done.returncode == 1, done.stdout + done.stderr  # the chain failed, as its first step did
-        assert "a.npy · first: failed" in done.stdout
-        assert "a.npy · second: stopped: not run: step 'first' failed (exited with code 3: no frames)" in done.stdout
-        chain_id = done.stdout.split()[1].rstrip(":")
-        status = ncaas("status", chain_id, env=env)
-        assert status.returncode == 0 and "state failed: 1 failed, 1 stopped" in status.stdout
-        logs = ncaas("logs", chain_id, env=env)
-        assert "== a.npy · first (failed, job " in logs.stdout and "no frames" in logs.stdout
-        listed = ncaas("status", env=env)
-        assert chain_id in listed.stdout
-        unknown = ncaas("status", "chain-nosuch", env=env)
-        assert unknown.returncode != 0 and "no chain 'chain-nosuch'" in unknown.stdout + unknown.stderr
+        env = {"NCAAS_SERVER": server.url, "NCAAS_TOKEN": token, "NCAAS_ROOT": None, "COLUMNS": "200"}
+
+        def run(*args: str):  # the CLI in this process: start-up is most of a command's time
+            return CliRunner().invoke(cli.app, list(args), env=env)
+
+        done = run("submit", str(pipeline), str(tmp_path / "a.npy"), "--wait")
+        assert done.exit_code == 1, done.output  # the chain failed, as its first step did
+        assert "a.npy · first: failed" in done.output
+        assert "a.npy · second: stopped: not run: step 'first' failed (exited with code 3: no frames)" in done.output
+        chain_id = done.output.split()[1].rstrip(":")
+        status = run("status", chain_id)
+        assert status.exit_code == 0 and "state failed: 1 failed, 1 stopped" in status.output
+        logs = run("logs", chain_id)
+        assert "== a.npy · first (failed, job " in logs.output and "no frames" in logs.output
+        assert chain_id in run("status").output
+        unknown = run("status", "chain-nosuch")
+        assert unknown.exit_code != 0 and "no chain 'chain-nosuch'" in unknown.output
         assert (root / "lab" / "configs" / "twice.yaml").is_file()  # the pipeline is kept in configs/
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_chain_runs_on_ray_with_its_storage_in_s3(ray_cluster, s3_root: str, tmp_path: Path, monkeypatch):
+    """The second step reads the first step's outputs where they lie, in S3, on a Ray node."""
+    from ncaas_testutil import wait_for
+
+    from ncaas.blueprint import BlueprintRegistry
+    from ncaas.executors.ray import RayExecutor
+    from ncaas.jobs.db import JobDB
+    from ncaas.storage import Storage
+
+    monkeypatch.setenv("NCAAS_STATE", str(tmp_path / "state"))
+    storage = Storage(s3_root)
+    for seed, name in enumerate(("a.npy", "b.npy"), start=1):
+        storage.put(write_stack(tmp_path / "data" / name, frames=12, seed=seed), storage.resolve(GROUP, "inputs", name))
+    pipeline = {
+        "name": "frames",
+        "steps": [
+            {"name": "keep", "analysis": "framestats", "config": {"keep_frames": True}},
+            {"name": "again", "analysis": "framestats", "config": {"stats": ["mean"]}, "input": {"path": "frames"}},
+        ],
+    }
+    storage.write_text(storage.join(GROUP, "configs", "frames.yaml"), yaml.safe_dump(pipeline))
+    body = {"pipeline": "frames.yaml", "dataname": ["a.npy", "b.npy"]}
+    storage.write_text(storage.join(GROUP, "submissions", "s.submit.json"), json.dumps(body))
+    db = JobDB(f"sqlite:///{tmp_path / 'jobs.sqlite'}")
+    from ncaas_testutil import REPO
+
+    manager = Manager(
+        storage,
+        db,
+        executor=RayExecutor(ray_cluster.address, storage=storage),
+        registry=BlueprintRegistry.discover([REPO / "analyses"]),
+        poll_interval=0.1,
+    )
+    (job,) = wait_for(manager.scan, timeout=30, what="the chain's submission to be read from S3")
+    manager.run(scan=False, until=lambda: manager.db.chain(job.chain_id).state != "running")
+    chain = manager.db.chain(job.chain_id)
+    jobs = manager.db.chain_jobs(chain.id)
+    assert chain.state == "succeeded", [(j.id, j.state, j.cause) for j in jobs]
+    second = [j for j in jobs if j.chain_step == 1 and j.chain_dataset == "a.npy"][0]
+    cert = json.loads(storage.read_text(f"{second.results_dir}/certificate.json"))
+    assert cert["upstream"]["step"] == "keep" and cert["tasks"][0]["input"]["path"].endswith("/outputs/a.npy/frames")
+    summary = json.loads(storage.read_text(f"{second.results_dir}/outputs/a.npy/summary.json"))
+    assert summary == {"a.npy": {"frames": 12, "height": 8, "width": 8, "dtype": "float32"}}
+    db.close()
