@@ -75,6 +75,9 @@ def dev_run(
     outputs and certificate."""
     file = _valid(folder)
     name = load_blueprint(file).name
+    for item in [*data, *([config] if config is not None else [])]:
+        if not item.exists():
+            raise NcaasError(f"{item} does not exist; give a local file or folder (e.g. {folder / 'sample'})")
     backend = Embedded(str(folder / DEV_ROOT), None)
     backend.storage.makedirs(backend.storage.group_dir(GROUP))
     registry = BlueprintRegistry.discover([folder])  # this folder's blueprint only, as it is now

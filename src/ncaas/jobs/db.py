@@ -135,7 +135,7 @@ class Chain(Base):
     cause: Mapped[str] = mapped_column(Text, default="")
     results_dir: Mapped[str] = mapped_column(Text)
     rerun_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool | None] = mapped_column(Boolean, default=False, nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     ended_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
