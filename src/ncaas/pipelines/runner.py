@@ -85,6 +85,7 @@ class Chains:
             jobs = self.db.chain_jobs(found.id) if found is not None else []
             if jobs:
                 return jobs[0]
+            assert found is not None  # add_chain refused it as already recorded
             chain = found
         manager.notify(
             f"chain {chain.id}: {pipeline.name} ({' -> '.join(s.name for s in steps)}) on {len(datasets)} "
