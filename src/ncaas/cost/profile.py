@@ -144,12 +144,12 @@ def _parse(text: str, where: str) -> PricingProfile:
     try:
         return PricingProfile.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        at = ".".join(str(p) for p in first["loc"]) or "(top)"
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise PricingError(f"{where}: {at}: {msg}; see `ncaas pricing default` for a valid profile") from None
+        problems = []
+        for err in exc.errors()[:5]:
+            at = ".".join(str(p) for p in err["loc"]) or "(top)"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{at}: {msg}")
+        raise PricingError(f"{where}: {'; '.join(problems)}; see `ncaas pricing default` for a valid profile") from None
 
 
 def default_profile() -> PricingProfile:
