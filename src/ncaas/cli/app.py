@@ -221,9 +221,9 @@ def submit(
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
         detail = _watch(backend, detail)
-        print_messages(out, detail)
         for line in cost_lines(detail)[:1]:
             out.print(line, highlight=False, markup=False)
+        print_messages(out, detail)
     out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
 
