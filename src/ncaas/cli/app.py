@@ -215,8 +215,6 @@ def submit(
         out.print(
             f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); results in {results_dir}"
         )
-        for line in cost_lines(detail):
-            out.print(line, highlight=False, markup=False)
         if not wait:
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return

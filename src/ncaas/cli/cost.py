@@ -310,7 +310,7 @@ def tco(
         table.add_row(
             f"{r.lifetime:g} y",
             r.option,
-            f"{r.cost_per_dataset:.2f}",
+            f"{r.cost_per_dataset:.2f}" if r.cost_per_dataset >= 0.01 else f"{r.cost_per_dataset:.2g}",
             f"{r.eac:.2f}",
             f"{r.lcc:.2f}",
             f"{r.luc:.2f}",
