@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from ncaas.server.state import default_database_url
 from ncaas.testing.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,37 @@ def test_the_tco_figure_is_served(site):
         timeout=60,
     )
     assert bad.status_code == 400 and "standard" in json.dumps(bad.json())
+
+
+def test_the_web_page_shows_estimate_cost_budget_and_tco(site):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (`make system-deps` installs it)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"], headless=True)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.set_default_timeout(60_000)
+        page.goto(site.server.url + "/")
+        page.fill("#token", site.ann)
+        page.click("#signin-form button")
+        expect = sync_api.expect
+        expect(page.locator("#budget")).to_contain_text("Budget for")
+        assert "of 5.00 USD" in page.text_content("#budget")
+        expect(page.locator("#spend tbody tr")).to_have_count(1)
+        page.select_option("#analysis", "caliali")
+        page.check("#inputs input[value='a.npy']")
+        expect(page.locator("#estimate")).to_contain_text("no estimate: caliali has no finished run")
+        page.select_option("#analysis", "framestats")
+        page.check("#inputs input[value='a.npy']")
+        expect(page.locator("#estimate")).to_contain_text("estimate (standard) for framestats on 1 dataset(s)")
+        page.select_option("#pricing", "save")
+        expect(page.locator("#estimate")).to_contain_text("estimate (save)")
+        page.click(f"#jobs tr[data-job='{site.job['id']}']")
+        expect(page.locator("#job-cost")).to_contain_text("at the save price")
+        page.click("#tco-form button")
+        expect(page.locator("#tco-figure")).to_be_visible()
+        assert page.locator("#tco-figure").evaluate("img => img.naturalWidth") > 0
+        browser.close()
+    assert not errors, errors
