@@ -206,3 +206,20 @@ def test_a_save_task_interrupted_is_retried_and_its_lost_time_charged(site):
     assert cost["compute"] == pytest.approx(cost["seconds"] / 3600 * SAVE_HOURLY)
     standard = ncaas("reclaim", site.job.id, "--root", str(site.root))
     assert standard.returncode == 1 and "only Save jobs" in standard.stdout + standard.stderr
+
+
+def test_a_rerun_shows_the_originals_cost_beside_its_own(site):
+    from ncaas.jobs.describe import job_detail
+    from ncaas.provenance.rerun import certificate_of_job, start_rerun
+
+    rerun = start_rerun(site.manager, certificate_of_job(site.manager, site.job))
+    rerun = site.manager.run_job(rerun.id)
+    assert rerun.state == "succeeded", rerun.cause
+    detail = job_detail(site.manager, rerun)
+    original = json.loads(site.db.tasks(site.job.id)[0].cost_json)
+    assert detail["rerun_of"] == site.job.id
+    assert detail["original_cost"]["total"] == pytest.approx(original["total"])
+    assert detail["cost"]["final"] and detail["cost"]["total"] > 0
+    from ncaas.cli.display import cost_lines
+
+    assert cost_lines(detail)[-1].startswith(f"the original job {site.job.id} cost: ")
