@@ -101,7 +101,7 @@ def figure_png(rows: list[Crossover], *, currency: str = "USD", title: str = "")
                 fontsize=8,
             )
     seen_options: dict[str, float] = {}
-    for r in rows:
+    for i, r in enumerate(rows):
         if r.option not in seen_options:
             seen_options[r.option] = r.cost_per_dataset
             ax.plot([0, top], [0, top * r.cost_per_dataset], lw=1.5, label=f"ncaas {r.option}")
@@ -110,7 +110,7 @@ def figure_png(rows: list[Crossover], *, currency: str = "USD", title: str = "")
             f"LCC {r.lcc:.1f}/wk, LUC {r.luc:.1f} %",
             (r.lcc, r.eac / WEEKS_PER_YEAR),
             textcoords="offset points",
-            xytext=(5, -12),
+            xytext=(5, -12 if i % 2 == 0 else 5),  # neighbours alternate below and above the line
             fontsize=8,
         )
     ax.axvline(capacity, color="red", lw=1, ls=":", label=f"local capacity ({capacity:.0f} datasets/week)")
