@@ -79,10 +79,7 @@ def figure_png(rows: list[Crossover], *, currency: str = "USD", title: str = "")
     """Cost per week against datasets per week: the local machine's flat EAC/52 (one line per
     lifetime), the platform's rising lines, the crossovers (LCC, with LUC) and where the local
     machine's capacity ends."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no backend or global state is touched
 
     capacity = SECONDS_PER_WEEK / rows[0].local_seconds
     top = max(max(r.lcc for r in rows), capacity) * 1.3
