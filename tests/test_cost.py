@@ -8,7 +8,7 @@ import json
 import threading
 
 import pytest
-from ncaas_testutil import ncaas, read_json, submit, wait_for, write_stack
+from ncaas_testutil import REPO, make_blueprint, ncaas, read_json, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
 from ncaas.cost.budgets import set_budget
@@ -84,7 +84,12 @@ def site(tmp_path_factory):
         write_stack(root / group / "inputs" / "a.npy", frames=20)
     storage = Storage(root)
     db = JobDB(default_db_url(storage.root))
-    manager = Manager(storage, db, registry=BlueprintRegistry.discover(), executor=LocalExecutor(cpus=2))
+    folder = root.parent / "blueprints"
+    folder.mkdir()
+    make_blueprint(folder, "fs-large", pricing={"instance": "cpu-large"})  # books a whole node type
+    make_blueprint(folder, "fs-gpu", pricing={"instance": "gpu-huge"})  # one the profile does not price
+    registry = BlueprintRegistry.discover([folder, REPO / "analyses"])
+    manager = Manager(storage, db, registry=registry, executor=LocalExecutor(cpus=2))
     path = submit(root, "priced", {"analysis": "framestats", "dataname": "a.npy"}, config={"cpu_seconds": 0.3})
     job = manager.run_job(manager.ingest_file("lab", str(path), user="ann").id)
     assert job.state == "succeeded", job.cause
@@ -223,3 +228,18 @@ def test_a_rerun_shows_the_originals_cost_beside_its_own(site):
     from ncaas.cli.display import cost_lines
 
     assert cost_lines(detail)[-1].startswith(f"the original job {site.job.id} cost: ")
+
+
+def test_a_blueprint_books_the_instance_shape_it_names(site):
+    path = submit(site.root, "large", {"analysis": "fs-large", "dataname": "a.npy"})
+    job = site.manager.run_job(site.manager.ingest_file("lab", str(path)).id)
+    assert job.state == "succeeded", job.cause
+    cost = json.loads(site.db.tasks(job.id)[0].cost_json)
+    large = PROFILE.node_types["cpu-large"]
+    assert cost["node_type"] == "cpu-large"
+    assert cost["hourly"] == pytest.approx(16 * large.vcpu_hour.standard + 64 * large.gib_hour.standard)
+    path = submit(site.root, "gpu", {"analysis": "fs-gpu", "dataname": "a.npy"})
+    refused = site.manager.ingest_file("lab", str(path))
+    assert refused.state == "rejected"
+    assert "needs instance shape 'gpu-huge', which this deployment's pricing profile (default)" in refused.cause
+    assert "its node types: cpu-small, cpu-large" in refused.cause
