@@ -11,7 +11,7 @@ import pytest
 from ncaas_testutil import REPO, make_blueprint, ncaas, read_json, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
-from ncaas.cost.budgets import set_budget
+from ncaas.cost.budgets import budget_status, remove_budget, set_budget
 from ncaas.cost.profile import DEFAULT_PROFILE_YAML, PricingError, default_profile, install_profile, load_profile
 from ncaas.cost.report import spend_rows
 from ncaas.cost.tco import LocalMachine, crossover, eac, figure_png
@@ -80,7 +80,7 @@ def test_profiles_install_and_refuse_bad_ones(tmp_path):
 def site(tmp_path_factory):
     """A storage root and manager; one priced framestats job already run (the history estimates use)."""
     root = tmp_path_factory.mktemp("cost") / "root"
-    for group in ("lab", "poor", "capped", "spot"):
+    for group in ("lab", "spot"):
         write_stack(root / group / "inputs" / "a.npy", frames=20)
     storage = Storage(root)
     db = JobDB(default_db_url(storage.root))
@@ -138,8 +138,8 @@ def test_estimate_from_past_runs_and_no_history_said_plainly(site, tmp_path):
     assert "estimate (standard) for framestats on 1 dataset(s)" in said.stdout
     assert "from 1 past run(s), by input size in bytes" in said.stdout
     assert not (site.root / "lab" / "inputs" / "big.npy").exists()  # an estimate uploads and submits nothing
-    save = site.manager.estimate("framestats", "save", [big.stat().st_size])
-    standard = site.manager.estimate("framestats", "standard", [big.stat().st_size])
+    save = site.manager.estimate("lab", "framestats", "save", [big.stat().st_size])
+    standard = site.manager.estimate("lab", "framestats", "standard", [big.stat().st_size])
     assert 0 < save["cost"] < standard["cost"] and save["seconds"] == standard["seconds"]
     assert standard["cost_low"] <= standard["cost"] <= standard["cost_high"]
     none = ncaas("submit", "fs-new", "x.npy", "--estimate", "--root", str(site.root), env=_blueprint_env(tmp_path))
@@ -157,25 +157,38 @@ def _blueprint_env(tmp_path):
 
 
 def test_a_job_over_the_budget_left_is_refused_before_it_runs(site):
-    estimate = site.manager.estimate("framestats", "standard", [site.storage.size(f"{site.root}/poor/inputs/a.npy")])
-    set_budget(site.db, "poor", estimate["cost"] / 2)
-    path = submit(site.root, "over", {"analysis": "framestats", "dataname": "a.npy"}, group="poor")
-    job = site.manager.ingest_file("poor", str(path))
-    assert job.state == "rejected"
-    assert "this job is estimated at" in job.cause and "left: group poor has" in job.cause
-    assert "budget for" in job.cause and "raise the budget" in job.cause
-    assert not (site.root / "poor" / "results" / job.id / "outputs").exists()
-    shown = ncaas("budget", "show", "poor", "--root", str(site.root), check=True).stdout
-    assert "budget of group poor" in shown and "spent 0.00 USD" in shown
+    size = site.storage.size(f"{site.root}/lab/inputs/a.npy")
+    estimate = site.manager.estimate("lab", "framestats", "standard", [size])
+    # estimates come from the group's own runs: another group's jobs never move them
+    assert site.manager.estimate("poor", "framestats", "standard", [size])["estimate"] is None
+    set_budget(site.db, "lab", 1.0)
+    spent = budget_status(site.db, "lab").spent
+    assert spent > 0
+    set_budget(site.db, "lab", spent + estimate["cost"] / 2)
+    try:
+        path = submit(site.root, "over", {"analysis": "framestats", "dataname": "a.npy"})
+        job = site.manager.ingest_file("lab", str(path))
+        assert job.state == "rejected"
+        assert f"this job is estimated at {estimate['cost']:.6f} USD" in job.cause
+        assert f"more than the {estimate['cost'] / 2:.6f} USD left: group lab has" in job.cause
+        assert f"(spent {spent:.6f} USD)" in job.cause and "raise the budget" in job.cause
+        assert not (site.root / "lab" / "results" / job.id / "outputs").exists()
+        shown = ncaas("budget", "show", "lab", "--root", str(site.root), check=True).stdout
+        assert "budget of group lab" in shown and f"spent {spent:.6f} USD" in shown
+    finally:
+        remove_budget(site.db, "lab")
 
 
 def test_a_running_job_past_its_hard_cap_is_stopped_with_that_reason(site):
-    set_budget(site.db, "capped", 10.0, hard_cap=2.0)
-    config = {"sleep_per_frame": 1.0}  # 20 s, where its estimate (from the quick run) is under 1 s
-    path = submit(site.root, "slow", {"analysis": "framestats", "dataname": "a.npy"}, group="capped", config=config)
-    job = site.manager.ingest_file("capped", str(path))
-    assert job.state == "queued" and job.cost_cap == pytest.approx(json.loads(job.estimate_json)["cost"] * 2)
-    job = site.manager.run_job(job.id)
+    set_budget(site.db, "lab", 10.0, hard_cap=2.0)
+    try:
+        config = {"sleep_per_frame": 1.0}  # 20 s, where its estimate (from the quick run) is about 1 s
+        path = submit(site.root, "slow", {"analysis": "framestats", "dataname": "a.npy"}, config=config)
+        job = site.manager.ingest_file("lab", str(path))
+        assert job.state == "queued" and job.cost_cap == pytest.approx(json.loads(job.estimate_json)["cost"] * 2)
+        job = site.manager.run_job(job.id)
+    finally:
+        remove_budget(site.db, "lab")
     assert job.state == "cancelled"
     assert job.cause.startswith("stopped by the budget: it had cost")
     assert "its group's hard cap on its estimate" in job.cause

@@ -252,7 +252,7 @@ class Embedded:
     ) -> dict[str, Any]:
         storage = self.storage
         stored = [dataset_bytes(storage, storage.resolve(group, "inputs", d)) for d in datasets]
-        return self.manager.estimate(analysis, pricing, stored + sizes)
+        return self.manager.estimate(group, analysis, pricing, stored + sizes)
 
     def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
         return spend_rows(self.manager.db, by=by, period=period, group=group, since_ms=since_ms)

@@ -69,12 +69,16 @@ class CostAccounting:
     def job_cost(self, tasks: list[Task]) -> dict[str, Any] | None:
         return job_cost([json.loads(t.cost_json) if t.cost_json else None for t in tasks])
 
-    def estimate(self, analysis: str, blueprint: Any, option: str, sizes: list[int]) -> Estimate | NoHistory:
+    def estimate(
+        self, group: str, analysis: str, blueprint: Any, option: str, sizes: list[int]
+    ) -> Estimate | NoHistory:
+        """From ``group``'s own past runs of the analysis."""
         shape = shape_of(blueprint, self.profile)
-        return estimate_job(self.profile, shape, _option(option), analysis, history(self.db, analysis), sizes)
+        runs = history(self.db, analysis, group=group)
+        return estimate_job(self.profile, shape, _option(option), analysis, runs, sizes)
 
     def admit(self, group: str, analysis: str, blueprint: Any, option: str, sizes: list[int]) -> Admission:
-        estimate = self.estimate(analysis, blueprint, option, sizes)
+        estimate = self.estimate(group, analysis, blueprint, option, sizes)
         status = budget_status(self.db, group, currency=self.profile.currency)
         refused, cap = admission(status, estimate)
         return Admission(estimate, refused, cap)

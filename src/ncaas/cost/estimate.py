@@ -1,5 +1,8 @@
 """What a job will take and cost, from past runs of the same analysis, before it starts.
 
+A group's estimates come from its own runs only, so no other group's jobs can move what its
+jobs are expected to cost (nor get them refused under its budget).
+
 The model is per dataset, against its **input size in bytes**: wall seconds = a + b x bytes,
 fitted by least squares over the analysis' past succeeded tasks (a mean when the sizes seen do
 not differ), and output bytes = the mean output/input ratio x bytes. The range is the model
@@ -41,7 +44,7 @@ class NoHistory:
 
     @property
     def message(self) -> str:
-        return f"no estimate: {self.analysis} has no finished run on this platform yet to base one on"
+        return f"no estimate: {self.analysis} has no finished run of your group here yet to base one on"
 
     def to_json(self) -> dict[str, Any]:
         return {"analysis": self.analysis, "estimate": None, "message": self.message}
@@ -83,16 +86,17 @@ def _money(value: float, currency: str) -> str:
     return money(value, currency)
 
 
-def history(db: JobDB, analysis: str, *, limit: int = HISTORY_LIMIT) -> list[Run]:
-    """The analysis' most recent succeeded, priced tasks."""
+def history(db: JobDB, analysis: str, *, group: str | None = None, limit: int = HISTORY_LIMIT) -> list[Run]:
+    """The analysis' most recent succeeded, priced tasks (of ``group`` only, when given)."""
+    q = (
+        select(Task.input_json, Task.cost_json)
+        .join(Job, Job.id == Task.job_id)
+        .where(Job.analysis == analysis, Task.state == "succeeded", Task.cost_json.is_not(None))
+    )
+    if group is not None:
+        q = q.where(Job.group == group)
     with db.session() as s:
-        rows = s.execute(
-            select(Task.input_json, Task.cost_json)
-            .join(Job, Job.id == Task.job_id)
-            .where(Job.analysis == analysis, Task.state == "succeeded", Task.cost_json.is_not(None))
-            .order_by(Task.id.desc())
-            .limit(limit)
-        ).all()
+        rows = s.execute(q.order_by(Task.id.desc()).limit(limit)).all()
     runs = []
     for input_json, cost_json in rows:
         try:

@@ -293,12 +293,12 @@ class Manager:
         admission = self.costs.admit(request.group, bp.name, bp.blueprint, option, sizes)
         return admission, [admission.refused] if admission.refused else []
 
-    def estimate(self, analysis: str, option: str, sizes: list[int]) -> dict[str, Any]:
-        """What a job of ``analysis`` on datasets of ``sizes`` bytes is expected to take and cost."""
+    def estimate(self, group: str, analysis: str, option: str, sizes: list[int]) -> dict[str, Any]:
+        """What ``group``'s job of ``analysis`` on datasets of ``sizes`` bytes is expected to take and cost."""
         loaded = self.registry.get(analysis)
         if loaded is None:
             raise NcaasError(f"unknown analysis {analysis!r}; available: {', '.join(self.registry.names()) or 'none'}")
-        return self.costs.estimate(analysis, loaded.blueprint, option, sizes).to_json()
+        return self.costs.estimate(group, analysis, loaded.blueprint, option, sizes).to_json()
 
     def create_job(
         self,

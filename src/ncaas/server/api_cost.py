@@ -41,7 +41,7 @@ def estimate(body: EstimateRequest, who: Caller, jobs: Jobs) -> dict:
     sizes = [dataset_bytes(storage, storage.resolve(who.group, "inputs", d)) for d in body.datasets] + body.sizes
     if not sizes:
         raise BadRequest("give datasets (names in inputs/) or sizes (bytes) to estimate")
-    return jobs.manager.call(jobs.manager.estimate, body.analysis, body.pricing, sizes)
+    return jobs.manager.call(jobs.manager.estimate, who.group, body.analysis, body.pricing, sizes)
 
 
 @router.get("/cost", summary="The group's spend per analysis, user and period, with the breakdown")
