@@ -379,9 +379,38 @@ class Client:
         configname: str | None = None,
         config: dict | None = None,
         name: str | None = None,
+        pricing: str | None = None,
     ) -> dict:
-        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config, "name": name}
+        body = {
+            "analysis": analysis,
+            "datasets": datasets,
+            "configname": configname,
+            "config": config,
+            "name": name,
+            "pricing": pricing,
+        }
         return self._json("POST", "/api/jobs", json={k: v for k, v in body.items() if v is not None})
+
+    # -- cost ------------------------------------------------------------------------------
+    def estimate(
+        self,
+        analysis: str,
+        *,
+        datasets: list[str] | None = None,
+        sizes: list[int] | None = None,
+        pricing: str = "standard",
+    ) -> dict:
+        body = {"analysis": analysis, "datasets": datasets or [], "sizes": sizes or [], "pricing": pricing}
+        return self._json("POST", "/api/estimate", json=body)
+
+    def spend(self, *, by: list[str], period: str = "month", since_ms: int | None = None) -> list[dict]:
+        params: dict[str, Any] = {"by": ",".join(by), "period": period}
+        if since_ms is not None:
+            params["since_ms"] = since_ms
+        return self._json("GET", "/api/cost", params=params)
+
+    def budget(self) -> dict | None:
+        return self._json("GET", "/api/budget").get("budget")
 
     def jobs(self, *, limit: int = 200) -> list[dict]:
         return self._json("GET", "/api/jobs", params={"limit": limit})

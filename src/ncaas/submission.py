@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import jsonschema
@@ -53,6 +53,7 @@ class SubmitFile(BaseModel):
     dataname: list[str]
     configname: str | None = None
     timestamp: str | int | float | None = None
+    pricing: Literal["standard", "save"] | None = None  # save: cheaper, may be interrupted (ncaas.cost)
 
     @field_validator("dataname", mode="before")
     @classmethod

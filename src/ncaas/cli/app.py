@@ -29,13 +29,25 @@ from ..jobs.states import JOB_TERMINAL
 from ..storage import Storage, default_root
 from ..storage.localfolder import left_out_note
 from ..submission import SubmitLimits
+from . import cost as cost_commands
 from . import dev as dev_commands
 from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
 from .chains import ChainWatch, chains_table, print_chain
 from .console import err, errors, out
-from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
+from .cost import local_bytes
+from .display import (
+    Watch,
+    analyses_table,
+    cost_lines,
+    jobs_table,
+    print_job,
+    print_messages,
+    print_rerun,
+    print_verdict,
+    styled,
+)
 from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt
 
 __all__ = ["app", "main"]
@@ -270,20 +282,44 @@ def submit(
         bool, typer.Option("--wait", "-w", help="follow the job to its end (embedded: run it now)")
     ] = False,
     name: Annotated[str | None, typer.Option(help="submission name [default: analysis-time]")] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save", help="the Save price: cheaper, but a task may be interrupted and retried (lost time is charged)"
+        ),
+    ] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="only say what the job would take and cost, from past runs; submit nothing"),
+    ] = False,
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
     """Upload data and config into the group's storage and submit a job (or a chain, given a pipeline file)."""
+    pricing = "save" if save else "standard"
     with _backend(root, db, "submit") as backend:
         group = backend.group(group)
         if _is_pipeline(analysis):
             if config is not None:
                 raise NcaasError("a pipeline gives each step its config; drop --config")
+            if estimate or save:
+                raise NcaasError(
+                    "--estimate and --save apply to one analysis' job; submit a pipeline without them "
+                    "(its steps run at the standard price)"
+                )
             _submit_chain(backend, group, analysis, data, name, wait)
+            return
+        if estimate:
+            local = [item for item in data if Path(item).exists()]
+            sizes = [local_bytes(Path(item)) for item in local]
+            found = backend.estimate(group, analysis, [d for d in data if d not in local], sizes, pricing)
+            out.print(found["message"], highlight=False, markup=False)
             return
         datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
         configname = backend.put_config(config, group) if config is not None else None
-        detail = backend.submit(group, analysis, datanames, configname, name or submission_name(analysis))
+        detail = backend.submit(
+            group, analysis, datanames, configname, name or submission_name(analysis), pricing=pricing
+        )
         results_dir = detail["results_dir"]
         out.print(
             f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); results in {results_dir}"
@@ -292,6 +328,8 @@ def submit(
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
         detail = _watch(backend, detail)
+        for line in cost_lines(detail)[:1]:
+            out.print(line, highlight=False, markup=False)
         print_messages(out, detail)
     out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
@@ -501,6 +539,7 @@ def run_manager(
 
 
 app.command()(server_commands.serve)
+cost_commands.register(app)
 app.add_typer(server_commands.admin, name="admin")
 app.add_typer(environment_commands.env_app, name="env")
 app.add_typer(dev_commands.dev_app, name="dev")

@@ -10,6 +10,7 @@ the API returns as JSON, so a command prints the same thing whichever answers.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import secrets
 import time
@@ -22,6 +23,9 @@ import yaml
 
 from ..blueprint import BlueprintRegistry
 from ..client import Client
+from ..cost.accounting import dataset_bytes
+from ..cost.budgets import budget_status
+from ..cost.report import spend_rows
 from ..exceptions import JobNotFound, NcaasError, StorageError, SubmissionRejected
 from ..jobs.db import JobDB
 from ..jobs.describe import job_detail, job_story, job_summary
@@ -54,9 +58,27 @@ class Backend(Protocol):
         """Copy a local config into the group's configs (unless the same is there); its name."""
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
         """Submit a job; its detail. A rejection raises SubmissionRejected with ``job`` (id, results_dir)."""
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        """What a job would take and cost (``estimate`` None: no history), for stored datasets and sizes in bytes."""
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        """Spend rows (ncaas.cost.report); a server answers for the caller's group only."""
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        """The group's budget for this period, with its spend; None without one."""
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         """Recent jobs, newest first."""
@@ -215,17 +237,25 @@ class Embedded:
         return self._copy_in(item, group, "configs", None)
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
         body = {
             "analysis": analysis,
             "dataname": datasets,
             "configname": configname,
             "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+            "pricing": pricing if pricing != "standard" else None,
         }
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
         self.storage.write_text(path, json.dumps({k: v for k, v in body.items() if v is not None}, indent=2))
-        job = self.manager.ingest_file(group, path)
+        job = self.manager.ingest_file(group, path, user=getpass.getuser())
         if job is None:
             raise NcaasError(f"{path} vanished before it was read; submit again")
         if job.state == "rejected":
@@ -234,6 +264,20 @@ class Embedded:
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return [job_summary(job, 0) for job in self.manager.db.jobs(limit=limit)]
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        storage = self.storage
+        stored = [dataset_bytes(storage, storage.resolve(group, "inputs", d)) for d in datasets]
+        return self.manager.estimate(group, analysis, pricing, stored + sizes)
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        return spend_rows(self.manager.db, by=by, period=period, group=group, since_ms=since_ms)
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        status = budget_status(self.manager.db, group, currency=self.manager.costs.profile.currency)
+        return status.to_json() if status else None
 
     def notes(self) -> list[str]:
         return list(self.storage.skipped_folders().values())
@@ -431,9 +475,29 @@ class Remote:
         return name
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
-        return self.client.submit(analysis, datasets, configname=configname, name=name)
+        return self.client.submit(
+            analysis, datasets, configname=configname, name=name, pricing=pricing if pricing != "standard" else None
+        )
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        return self.client.estimate(analysis, datasets=datasets, sizes=sizes, pricing=pricing)
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        return self.client.spend(by=by, period=period, since_ms=since_ms)
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        return self.client.budget()
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.client.jobs(limit=limit)

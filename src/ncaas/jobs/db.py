@@ -34,7 +34,7 @@ from ..private import private_sqlite
 from ..schema import create_or_update
 from .states import TaskState, check_transition
 
-__all__ = ["Chain", "Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
+__all__ = ["Budget", "Chain", "Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
 
 
 def now_ms() -> int:
@@ -82,6 +82,19 @@ class Job(Base):
     def upstream(self) -> dict[str, Any] | None:
         return json.loads(self.upstream_json) if self.upstream_json else None
 
+    # ncaas.cost: who submitted it (when known), at which price, what it was expected to cost, and
+    # the cost at which it is stopped (a budget's hard cap); why it was stopped, when it was
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pricing_option: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    estimate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def option(self) -> str:
+        """The price it runs at: ``standard`` (on demand) or ``save`` (interruptible)."""
+        return self.pricing_option or "standard"
+
     @property
     def blueprint(self) -> dict[str, Any]:
         return json.loads(self.blueprint_json)
@@ -117,6 +130,21 @@ class Task(Base):
     attempts_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ncaas.jobs.attempts: every attempt
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ncaas.cost: priced when it ended
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reclaim_requested: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # a Save task to interrupt
+
+
+class Budget(Base):
+    """A group's budget per period (ncaas.cost.budgets)."""
+
+    __tablename__ = "budgets"
+
+    group: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[float] = mapped_column(Float)
+    period: Mapped[str] = mapped_column(String(16), default="month")
+    hard_cap: Mapped[float] = mapped_column(Float, default=1.5)  # a running job stops past this x its estimate
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class Chain(Base):

@@ -122,7 +122,14 @@ def _outputs(storage: Storage, folder: str) -> list[dict[str, Any]]:
 
 
 def build_certificate(
-    storage: Storage, job: Any, tasks: list[Any], events: list[Any], *, executor: dict[str, Any], isolation: str
+    storage: Storage,
+    job: Any,
+    tasks: list[Any],
+    events: list[Any],
+    *,
+    executor: dict[str, Any],
+    isolation: str,
+    cost: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The certificate of a finished job, from its database rows and its files."""
     environment: dict[str, Any] = {"python": None, "lock_hash": None, "manifest_hash": None}
@@ -155,6 +162,7 @@ def build_certificate(
                 "exit_code": task.exit_code,
                 "cpu_seconds": task.cpu_seconds,
                 "peak_memory_bytes": task.peak_memory_bytes,
+                "cost": json.loads(task.cost_json) if getattr(task, "cost_json", None) else None,
                 "outputs": _outputs(storage, outputs_dir),
             }
         )
@@ -187,7 +195,7 @@ def build_certificate(
             {"at_ms": e.at_ms, "dataset": e.dataset, "from": e.from_state, "to": e.to_state, "cause": e.cause}
             for e in events
         ],
-        "cost": None,
+        "cost": cost,
         **_upstream(job),
     }
 
@@ -229,6 +237,7 @@ def render_text(cert: dict[str, Any]) -> str:
         *_upstream_lines(cert.get("upstream")),
         f"created:      {_when(job['created_ms'])}   started: {_when(job['started_ms'])}   "
         f"ended: {_when(job['ended_ms'])}",
+        *_cost_lines(cert.get("cost")),
         "",
     ]
     for task in cert["tasks"]:
@@ -239,6 +248,7 @@ def render_text(cert: dict[str, Any]) -> str:
             f"  run       {_when(task['start_ms'])} -> {_when(task['end_ms'])}, attempts {task['attempts']}, "
             f"exit code {task['exit_code']}",
             f"  usage     CPU {task['cpu_seconds']} s, peak memory {_mb(task['peak_memory_bytes'])}",
+            *([f"  cost      {_breakdown(task['cost'])}"] if task.get("cost") else []),
             *([f"  node      {task['node']}"] if task.get("node") else []),
             *[_attempt_line(a) for a in task.get("attempt_history", []) if len(task["attempt_history"]) > 1],
             f"  argv      {' '.join(task['argv'])}",
@@ -256,6 +266,28 @@ def _upstream_lines(up: dict[str, Any] | None) -> list[str]:
         f"upstream:     step {up.get('step')} of chain {up.get('chain')}: job {up.get('job')} ({up.get('analysis')})",
         f"              its certificate {up.get('certificate')} sha256 {up.get('certificate_sha256')}",
         f"              input read from its results: {up.get('outputs')}",
+    ]
+
+
+def _breakdown(cost: dict[str, Any]) -> str:
+    from ..cost.report import money
+
+    c = cost.get("currency", "USD")
+    lost = f" (of which lost {money(cost['lost'], c)})" if cost.get("lost") else ""
+    return (
+        f"{money(cost['total'], c)} {cost.get('option')}: compute {money(cost['compute'], c)}{lost}, "
+        f"transfer {money(cost['transfer'], c)}, workflow {money(cost['workflow'], c)}"
+    )
+
+
+def _cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    if not cost:
+        return []
+    profile = cost.get("profile") or {}
+    total = _breakdown(cost["job"]) if cost.get("job") else "nothing ran"
+    return [
+        f"cost:         {total}",
+        f"              pricing profile {profile.get('name')} sha256 {profile.get('sha256')}",
     ]
 
 
