@@ -78,6 +78,8 @@ def ray_cluster(s3_server: LocalS3Server, tmp_path_factory: pytest.TempPathFacto
         object_store_memory=80 * 1024**2,
         resources={"ncaas_test": 4},
         env={**s3_server.env(), **health, "NCAAS_NODE_DIR": str(tmp_path_factory.mktemp("ray-node"))},
+        # node types of the default pricing profile (ncaas.cost): each node's tasks are priced at its rates
+        labels={HEAD_IP: {"ncaas-node-type": "cpu-small"}, WORKER_IP: {"ncaas-node-type": "cpu-large"}},
     )
     try:
         cluster.start()

@@ -101,7 +101,7 @@ def test_config_not_matching_schema(manager, root):
         (b'{"dataname": []}', "s.submit.json: field 'dataname': lists no dataset"),
         (
             b'{"dataname": "a.npy", "extra": 1}',
-            "s.submit.json: field 'extra': unknown field; allowed: analysis, dataname, configname, timestamp",
+            "s.submit.json: field 'extra': unknown field; allowed: analysis, pipeline, dataname, configname, timestamp",
         ),
         (b"\xff\xfe", "s.submit.json is not UTF-8 text"),
     ],

@@ -242,6 +242,34 @@ def test_a_failed_task_shows_the_reason_it_gave(site, page):
     assert "error" in page.get_attribute(".task[data-dataset='a.npy'] .message", "class").split()
 
 
+def test_a_pipeline_submitted_from_the_page_shows_its_chain_and_why_it_stopped(site, page):
+    page.check("#use-pipeline")
+    page.fill(
+        "#pipeline-yaml",
+        "name: twice\nsteps:\n"
+        "  - {name: first, analysis: framestats, config: {fail_reason: 'frame 3 is empty'}}\n"
+        "  - {name: second, analysis: framestats}\n",
+    )
+    for box in page.query_selector_all("#inputs input:checked"):
+        box.uncheck()
+    page.check("#inputs input[value='a.npy']")
+    page.click("#submit")
+    page.wait_for_selector("#chain-state.failed", timeout=60_000)
+    row = page.locator("#chain-grid tr[data-dataset='a.npy']")
+    assert row.locator(".state").all_inner_texts() == ["failed", "stopped"]
+    reasons = row.locator(".reason").all_inner_texts()
+    assert reasons == [
+        "exited with code 3: frame 3 is empty",
+        "not run: step 'first' failed (exited with code 3: frame 3 is empty)",
+    ]
+    assert page.locator("#chains tbody tr").count() >= 1
+    row.locator("button.link").first.click()  # the step's job: its tasks and log
+    page.wait_for_selector("#job-state.failed")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "web-chain.png"), full_page=True)
+    page.uncheck("#use-pipeline")
+
+
 def test_a_reruns_page_shows_its_verdict_file_by_file(site, page):
     done = next(j for j in _api(site, "/api/jobs") if j["analysis"] == "qcimage" and j["state"] == "succeeded")
     resp = httpx.post(

@@ -35,6 +35,7 @@ __all__ = [
     "CompareRule",
     "rule_for",
     "LoadedBlueprint",
+    "Pricing",
     "blueprint_dirs",
     "load_blueprint",
     "parse_bytes",
@@ -129,6 +130,13 @@ class Limits(_Strict):
     budget: float | None = Field(None, ge=0)
 
 
+class Pricing(_Strict):
+    """How the analysis is priced (see ncaas.cost): the instance shape it needs, named in the
+    deployment's pricing profile (``node_types``); without one, its ``resources`` are priced."""
+
+    instance: str | None = Field(None, min_length=1, description="a node type of the pricing profile")
+
+
 COMPARE_KINDS = ("exact", "numeric", "nwb", "image", "json")
 _TOLERANT = ("numeric", "nwb")
 _IGNORING = ("nwb", "json")
@@ -216,7 +224,7 @@ class Blueprint(_Strict):
     default_config: dict[str, Any] = Field(default_factory=dict)
     access: Access = Field(default_factory=Access)
     limits: Limits = Field(default_factory=Limits)
-    pricing: dict[str, Any] | None = None
+    pricing: Pricing | None = None
     compare: list[CompareRule] = Field(
         default_factory=list, description="how reruns compare outputs, per pattern; the first match wins"
     )

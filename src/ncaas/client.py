@@ -148,7 +148,7 @@ class Client:
         message = body.get("error") or f"HTTP {resp.status_code}"
         if resp.status_code == 400 and body.get("problems"):
             raise SubmissionRejected(body["problems"], job=body.get("job"))
-        if resp.status_code == 404 and "/api/jobs/" in resp.request.url.path:
+        if resp.status_code == 404 and resp.request.url.path.startswith(("/api/jobs/", "/api/chains/")):
             raise JobNotFound(message)
         raise ServerRequestError(
             f"the server refused {resp.request.method} {resp.request.url.path}: {message}",
@@ -379,9 +379,38 @@ class Client:
         configname: str | None = None,
         config: dict | None = None,
         name: str | None = None,
+        pricing: str | None = None,
     ) -> dict:
-        body = {"analysis": analysis, "datasets": datasets, "configname": configname, "config": config, "name": name}
+        body = {
+            "analysis": analysis,
+            "datasets": datasets,
+            "configname": configname,
+            "config": config,
+            "name": name,
+            "pricing": pricing,
+        }
         return self._json("POST", "/api/jobs", json={k: v for k, v in body.items() if v is not None})
+
+    # -- cost ------------------------------------------------------------------------------
+    def estimate(
+        self,
+        analysis: str,
+        *,
+        datasets: list[str] | None = None,
+        sizes: list[int] | None = None,
+        pricing: str = "standard",
+    ) -> dict:
+        body = {"analysis": analysis, "datasets": datasets or [], "sizes": sizes or [], "pricing": pricing}
+        return self._json("POST", "/api/estimate", json=body)
+
+    def spend(self, *, by: list[str], period: str = "month", since_ms: int | None = None) -> list[dict]:
+        params: dict[str, Any] = {"by": ",".join(by), "period": period}
+        if since_ms is not None:
+            params["since_ms"] = since_ms
+        return self._json("GET", "/api/cost", params=params)
+
+    def budget(self) -> dict | None:
+        return self._json("GET", "/api/budget").get("budget")
 
     def jobs(self, *, limit: int = 200) -> list[dict]:
         return self._json("GET", "/api/jobs", params={"limit": limit})
@@ -412,6 +441,31 @@ class Client:
 
     def job(self, job_id: str) -> dict:
         return self._json("GET", f"/api/jobs/{job_id}")
+
+    # -- chains ----------------------------------------------------------------------------
+    def submit_pipeline(
+        self,
+        datasets: list[str],
+        *,
+        pipeline: str | None = None,
+        pipeline_yaml: str | None = None,
+        name: str | None = None,
+    ) -> dict:
+        """Submit a chain: a pipeline saved in configs/ (or its YAML text) on datasets; returns the chain."""
+        body = {"datasets": datasets, "pipeline": pipeline, "pipeline_yaml": pipeline_yaml, "name": name}
+        return self._json("POST", "/api/chains", json={k: v for k, v in body.items() if v is not None})
+
+    def chains(self, *, limit: int = 50) -> list[dict]:
+        return self._json("GET", "/api/chains", params={"limit": limit})
+
+    def chain(self, chain_id: str) -> dict:
+        return self._json("GET", f"/api/chains/{chain_id}")
+
+    def cancel_chain(self, chain_id: str) -> dict:
+        return self._json("POST", f"/api/chains/{chain_id}/cancel")
+
+    def rerun_chain(self, chain_id: str) -> dict:
+        return self._json("POST", f"/api/chains/{chain_id}/rerun")
 
     def cancel(self, job_id: str) -> dict:
         return self._json("POST", f"/api/jobs/{job_id}/cancel")

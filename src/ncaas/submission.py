@@ -14,7 +14,7 @@ import json
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import jsonschema
@@ -31,6 +31,7 @@ __all__ = [
     "SubmitFile",
     "SubmitLimits",
     "build_request",
+    "chain_inputs",
     "dataset_key",
     "dataset_name",
     "parse_submit_file",
@@ -48,9 +49,11 @@ class SubmitFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     analysis: str | None = None
+    pipeline: str | None = None  # a pipeline file in configs/ (ncaas.pipelines): a chain, not a job
     dataname: list[str]
     configname: str | None = None
     timestamp: str | int | float | None = None
+    pricing: Literal["standard", "save"] | None = None  # save: cheaper, may be interrupted (ncaas.cost)
 
     @field_validator("dataname", mode="before")
     @classmethod
@@ -201,7 +204,7 @@ def parse_submit_file(raw: bytes, *, name: str = "submit file", limits: SubmitLi
             field = ".".join(str(p) for p in err["loc"]) or "(top)"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown field; allowed: analysis, dataname, configname, timestamp"
+                msg = "unknown field; allowed: analysis, pipeline, dataname, configname, timestamp"
             elif err["type"] == "missing":
                 msg = "missing; name the dataset(s) to analyse (a string or a list)" if field == "dataname" else msg
             where = [str(p) for p in err["loc"] if not isinstance(p, int)]  # dataname.0, dataname.1: one kind
@@ -417,6 +420,28 @@ def _datasets(storage: Storage, group: str, names: list[str], problems: _Problem
                 )
             datasets[rel] = Dataset(key, rel, path)
     return list(datasets.values())
+
+
+def chain_inputs(
+    storage: Storage, group: str, submit: SubmitFile, *, limits: SubmitLimits | None = None
+) -> tuple[Any, list[Dataset]]:
+    """A chain's submission checked as a job's is: its pipeline file (read from ``configs/`` as a config
+    is) and its datasets. Raises SubmissionRejected with every problem."""
+    limits = limits or SubmitLimits()
+    _check_count(len(submit.dataname), limits)
+    problems = _Problems()
+    if submit.analysis is not None or submit.configname is not None:
+        problems.add(
+            "a submit file naming a pipeline names no analysis or configname: each step of the pipeline names its own"
+        )
+    datasets = _datasets(storage, group, submit.dataname, problems)
+    found: list[str] = []
+    data = _load_config(storage, group, submit.pipeline or "", found, limits.max_bytes)
+    for problem in found:
+        problems.add(problem.replace("config ", "pipeline ", 1))
+    if problems:
+        raise SubmissionRejected(problems.lines())
+    return data, datasets
 
 
 def build_request(

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from ..blueprint import validate_blueprint_file
-from ..exceptions import NcaasError
+from ..exceptions import JobNotFound, NcaasError
 from ..executors.local import LocalExecutor
 from ..jobs.db import JobDB
 from ..jobs.manager import Manager, manager_lock
@@ -29,11 +29,25 @@ from ..jobs.states import JOB_TERMINAL
 from ..storage import Storage, default_root
 from ..storage.localfolder import left_out_note
 from ..submission import SubmitLimits
+from . import cost as cost_commands
+from . import dev as dev_commands
 from . import environments as environment_commands
 from . import server as server_commands
 from .backend import Backend, Embedded, Remote, submission_name
+from .chains import ChainWatch, chains_table, print_chain
 from .console import err, errors, out
-from .display import Watch, analyses_table, jobs_table, print_job, print_messages, print_rerun, print_verdict, styled
+from .cost import local_bytes
+from .display import (
+    Watch,
+    analyses_table,
+    cost_lines,
+    jobs_table,
+    print_job,
+    print_messages,
+    print_rerun,
+    print_verdict,
+    styled,
+)
 from .server import ExecutorOpt, RayAddressOpt, RayMaxCpusOpt, RayS3SettingsOpt, SlurmProfileOpt
 
 __all__ = ["app", "main"]
@@ -66,6 +80,7 @@ MaxDatasetsOpt = Annotated[
 ]
 
 
+CHAIN_PREFIX = "chain-"  # a chain's id; a job's begins with its date
 _SERVER: dict[str, str | None] = {}  # --server / --token of this invocation
 
 
@@ -102,6 +117,73 @@ def _backend(root: str, db: str | None, command: str | None = None) -> Iterator[
         if command is not None:
             require_owner_here(embedded.storage, embedded.db_url, command)
         yield embedded
+
+
+def _chain(backend: Backend, ref: str) -> dict[str, Any]:
+    detail = backend.chain(ref)
+    if detail is None:
+        raise JobNotFound(f"no chain {ref!r}; `ncaas status` lists the chains")
+    return detail
+
+
+def _chain_logs(backend: Backend, ref: str, dataset: str | None, follow: bool) -> None:
+    """Every step's log, dataset by dataset; with ``follow``, new lines as they come until the chain ends."""
+    detail = _chain(backend, ref)
+    if not [r for r in detail["datasets"] if dataset in (None, r["input"], r["dataset"])]:
+        raise NcaasError(f"chain {detail['id']} has no dataset {dataset!r}")
+    offsets: dict[tuple[str, str], int] = {}
+    while True:
+        for row in detail["datasets"]:
+            if dataset not in (None, row["input"], row["dataset"]):
+                continue
+            for cell in row["steps"]:
+                if cell["job"] is None:
+                    if not follow:
+                        out.print(Text(f"== {row['input']} · {cell['step']} ({cell['state']}) =="), style="bold")
+                        out.print(Text(cell["reason"] or "not started"))
+                    continue
+                key = (cell["job"], row["dataset"])
+                if key not in offsets:
+                    head = f"== {row['input']} · {cell['step']} ({cell['state']}, job {cell['job']}) =="
+                    out.print(Text(head), style="bold")
+                    offsets[key] = 0
+                chunk = backend.log_bytes(cell["job"], row["dataset"], offsets[key])
+                offsets[key] += len(chunk)
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    out.print(Text(line), highlight=False, soft_wrap=True)
+        if not follow or detail["finished"]:
+            return
+        time.sleep(0.5)
+        detail = _chain(backend, ref)
+
+
+def _rerun_chain(backend: Backend, ref: str) -> bool:
+    original = _chain(backend, ref)
+    out.print(f"rerunning chain {original['id']} ({original['pipeline']}) ...")
+    started = backend.rerun_chain(original["id"])
+    out.print(f"  chain {started['id']} started; results in {started['results_dir']}")
+    watch = ChainWatch(out)
+    detail = backend.wait_chain(started["id"], watch.update)
+    print_chain(out, detail)
+    ok = detail["state"] == original["state"]
+    before = {(r["dataset"], c["step"]): c for r in original["datasets"] for c in r["steps"]}
+    for row in detail["datasets"]:
+        for cell in row["steps"]:
+            was = before.get((row["dataset"], cell["step"]))
+            title = f"{row['input']} · {cell['step']}"
+            if was is None or was["job"] is None or cell["job"] is None:
+                same = (was or {}).get("state") == cell["state"]
+                ok = ok and same
+                out.print(f"{title}: {cell['state']} (was {(was or {}).get('state')}){'' if same else ' — differs'}")
+                continue
+            ok = (
+                print_verdict(
+                    out, backend.compare(cell["job"], was["job"]), f"{title}: job {cell['job']} against {was['job']}"
+                )
+                and ok
+            )
+    out.print("[green]the chain's rerun matches[/green]" if ok else "[red]the chain's rerun differs[/red]")
+    return ok
 
 
 def _manager(root: str, db: str | None, **kwargs: Any) -> Manager:
@@ -158,10 +240,39 @@ def blueprint_validate(file: Annotated[Path, typer.Argument(help="blueprint.yaml
     )
 
 
+def _is_pipeline(name: str) -> bool:
+    """A submit of a pipeline file (``*.yaml``/``*.yml``, local or in configs/) rather than of an analysis."""
+    return name.endswith((".yaml", ".yml"))
+
+
+def _submit_chain(backend: Backend, group: str, pipeline: str, data: list[str], name: str | None, wait: bool) -> None:
+    datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
+    stored = backend.put_config(pipeline, group)  # a pipeline lives in configs/, as configs do
+    detail = backend.submit_pipeline(group, stored, datanames, name or submission_name(Path(stored).stem))
+    steps = " -> ".join(s["name"] for s in detail["steps"])
+    out.print(
+        f"chain [bold]{detail['id']}[/bold]: {detail['pipeline']} ({steps}) on {len(datanames)} dataset(s); "
+        f"results in {detail['results_dir']}"
+    )
+    if not wait:
+        out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
+        return
+    watch = ChainWatch(out)
+    detail = backend.wait_chain(detail["id"], watch.update)
+    watch.update(detail)
+    print_chain(out, detail)
+    raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
+
+
 @app.command()
 @errors
 def submit(
-    analysis: Annotated[str, typer.Argument(help="analysis name (see `ncaas analyses`)")],
+    analysis: Annotated[
+        str,
+        typer.Argument(
+            help="analysis name (see `ncaas analyses`), or a pipeline file (*.yaml: local, or a name in configs/)"
+        ),
+    ],
     data: Annotated[list[str], typer.Argument(help="local files/folders to upload, or names in inputs/")],
     config: Annotated[
         str | None, typer.Option("--config", "-c", help="local config file, or a name in configs/")
@@ -171,15 +282,44 @@ def submit(
         bool, typer.Option("--wait", "-w", help="follow the job to its end (embedded: run it now)")
     ] = False,
     name: Annotated[str | None, typer.Option(help="submission name [default: analysis-time]")] = None,
+    save: Annotated[
+        bool,
+        typer.Option(
+            "--save", help="the Save price: cheaper, but a task may be interrupted and retried (lost time is charged)"
+        ),
+    ] = False,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="only say what the job would take and cost, from past runs; submit nothing"),
+    ] = False,
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Upload data and config into the group's storage and submit a job."""
+    """Upload data and config into the group's storage and submit a job (or a chain, given a pipeline file)."""
+    pricing = "save" if save else "standard"
     with _backend(root, db, "submit") as backend:
         group = backend.group(group)
+        if _is_pipeline(analysis):
+            if config is not None:
+                raise NcaasError("a pipeline gives each step its config; drop --config")
+            if estimate or save:
+                raise NcaasError(
+                    "--estimate and --save apply to one analysis' job; submit a pipeline without them "
+                    "(its steps run at the standard price)"
+                )
+            _submit_chain(backend, group, analysis, data, name, wait)
+            return
+        if estimate:
+            local = [item for item in data if Path(item).exists()]
+            sizes = [local_bytes(Path(item)) for item in local]
+            found = backend.estimate(group, analysis, [d for d in data if d not in local], sizes, pricing)
+            out.print(found["message"], highlight=False, markup=False)
+            return
         datanames = [backend.put_input(item, group, left_out=print_left_out) for item in data]
         configname = backend.put_config(config, group) if config is not None else None
-        detail = backend.submit(group, analysis, datanames, configname, name or submission_name(analysis))
+        detail = backend.submit(
+            group, analysis, datanames, configname, name or submission_name(analysis), pricing=pricing
+        )
         results_dir = detail["results_dir"]
         out.print(
             f"job [bold]{detail['id']}[/bold]: {analysis} on {len(datanames)} dataset(s); results in {results_dir}"
@@ -188,6 +328,8 @@ def submit(
             out.print("a running `ncaas manager` will run it; follow with `ncaas status " + detail["id"] + "`")
             return
         detail = _watch(backend, detail)
+        for line in cost_lines(detail)[:1]:
+            out.print(line, highlight=False, markup=False)
         print_messages(out, detail)
     out.print(f"{styled(detail['state'])}: results in {results_dir}, certificate {results_dir}/certificate.txt")
     raise typer.Exit(0 if detail["state"] == "succeeded" else 1)
@@ -205,8 +347,14 @@ def status(
     with _backend(root, db, "status") as backend:
         if job_id is None:
             out.print(jobs_table(backend.jobs(limit)))
+            chains = backend.chains(limit)
+            if chains:
+                out.print(chains_table(chains))
             for note in backend.notes():
                 out.print(Text.assemble(("note: ", "yellow"), note), soft_wrap=True)
+            return
+        if job_id.startswith(CHAIN_PREFIX):
+            print_chain(out, _chain(backend, job_id))
             return
         detail = backend.job(job_id)
         print_job(out, detail, backend.story(detail["id"]) if detail["state"] != "rejected" else [])
@@ -221,8 +369,11 @@ def logs(
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Print the analysis' logs of a job."""
+    """Print the analysis' logs of a job (of a chain: every step's, dataset by dataset)."""
     with _backend(root, db, "logs") as backend:
+        if job_id.startswith(CHAIN_PREFIX):
+            _chain_logs(backend, job_id, dataset, follow)
+            return
         detail = backend.job(job_id)
         tasks = detail["tasks"]  # a dataset by its name in inputs/, else by its key
         names = [t["dataset"] for t in tasks if dataset in (None, t["input"])] or [
@@ -246,8 +397,12 @@ def logs(
 @app.command()
 @errors
 def cancel(job_id: JobArg, root: RootOpt = default_root(), db: DbOpt = None) -> None:
-    """Cancel a job: queued tasks never start, running ones are stopped within seconds."""
+    """Cancel a job (or a chain): queued tasks never start, running ones are stopped within seconds."""
     with _backend(root, db, "cancel") as backend:
+        if job_id.startswith(CHAIN_PREFIX):
+            chain = backend.cancel_chain(job_id)
+            out.print(f"chain {chain['id']}: {styled(chain['state'])}; no further step starts")
+            return
         detail = backend.cancel(job_id)
     if detail["state"] in JOB_TERMINAL:
         out.print(f"job {detail['id']} is already over ({styled(detail['state'])})")
@@ -287,8 +442,14 @@ def rerun(
     root: RootOpt = default_root(),
     db: DbOpt = None,
 ) -> None:
-    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file."""
+    """Rerun a job on the same inputs with the same analysis version and config; compare outputs file by file.
+
+    A chain (``chain-...``) reruns as a whole: its first steps from their certificates, each later
+    step on the rerun's own outputs; every step's outputs are compared with the original's.
+    """
     with _backend(root, db, "rerun") as backend:
+        if job.startswith(CHAIN_PREFIX):
+            raise typer.Exit(0 if _rerun_chain(backend, job) else 1)
         original, detail = backend.rerun(job, notify=out.print)
         out.print(f"  job {detail['id']} started; results in {detail['results_dir']}")
         detail = _watch(backend, detail)
@@ -384,8 +545,10 @@ def run_manager(
 
 
 app.command()(server_commands.serve)
+cost_commands.register(app)
 app.add_typer(server_commands.admin, name="admin")
 app.add_typer(environment_commands.env_app, name="env")
+app.add_typer(dev_commands.dev_app, name="dev")
 
 
 def main() -> None:

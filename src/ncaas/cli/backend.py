@@ -10,6 +10,7 @@ the API returns as JSON, so a command prints the same thing whichever answers.
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import secrets
 import time
@@ -22,6 +23,9 @@ import yaml
 
 from ..blueprint import BlueprintRegistry
 from ..client import Client
+from ..cost.accounting import dataset_bytes
+from ..cost.budgets import budget_status
+from ..cost.report import spend_rows
 from ..exceptions import JobNotFound, NcaasError, StorageError, SubmissionRejected
 from ..jobs.db import JobDB
 from ..jobs.describe import job_detail, job_story, job_summary
@@ -54,9 +58,27 @@ class Backend(Protocol):
         """Copy a local config into the group's configs (unless the same is there); its name."""
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
         """Submit a job; its detail. A rejection raises SubmissionRejected with ``job`` (id, results_dir)."""
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        """What a job would take and cost (``estimate`` None: no history), for stored datasets and sizes in bytes."""
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        """Spend rows (ncaas.cost.report); a server answers for the caller's group only."""
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        """The group's budget for this period, with its spend; None without one."""
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         """Recent jobs, newest first."""
@@ -90,6 +112,24 @@ class Backend(Protocol):
 
     def compare(self, job_id: str, original_id: str) -> list[dict[str, str]]:
         """File-by-file verdicts of a job's outputs against another job's (see ncaas.provenance.verdicts)."""
+
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        """Submit a chain (a pipeline in configs/ on datasets); its detail (ncaas.pipelines.runner.chain_detail)."""
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        """Recent chains, newest first."""
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        """One chain's detail (a unique id prefix is enough); None when ``ref`` names no chain."""
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        """Until the chain is over (embedded: run it here); its final detail."""
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        """Stop a chain: no further step starts, running ones are cancelled."""
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        """Start a rerun of a finished chain; its detail."""
 
 
 def submission_name(analysis: str) -> str:
@@ -197,17 +237,25 @@ class Embedded:
         return self._copy_in(item, group, "configs", None)
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
         body = {
             "analysis": analysis,
             "dataname": datasets,
             "configname": configname,
             "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+            "pricing": pricing if pricing != "standard" else None,
         }
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
         self.storage.write_text(path, json.dumps({k: v for k, v in body.items() if v is not None}, indent=2))
-        job = self.manager.ingest_file(group, path)
+        job = self.manager.ingest_file(group, path, user=getpass.getuser())
         if job is None:
             raise NcaasError(f"{path} vanished before it was read; submit again")
         if job.state == "rejected":
@@ -216,6 +264,20 @@ class Embedded:
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return [job_summary(job, 0) for job in self.manager.db.jobs(limit=limit)]
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        storage = self.storage
+        stored = [dataset_bytes(storage, storage.resolve(group, "inputs", d)) for d in datasets]
+        return self.manager.estimate(group, analysis, pricing, stored + sizes)
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        return spend_rows(self.manager.db, by=by, period=period, group=group, since_ms=since_ms)
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        status = budget_status(self.manager.db, group, currency=self.manager.costs.profile.currency)
+        return status.to_json() if status else None
 
     def notes(self) -> list[str]:
         return list(self.storage.skipped_folders().values())
@@ -289,6 +351,59 @@ class Embedded:
 
         return compare_jobs(self.manager, self.manager.find(original_id), self.manager.find(job_id))
 
+    # -- chains ----------------------------------------------------------------------------------
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime())}
+        path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
+        self.storage.write_text(path, json.dumps(body, indent=2))
+        job = self.manager.ingest_file(group, path)
+        if job is None:
+            raise NcaasError(f"{path} vanished before it was read; submit again")
+        if job.state == "rejected" and job.chain_id is None:
+            raise SubmissionRejected(job.cause.splitlines(), job={"id": job.id, "results_dir": job.results_dir})
+        assert job.chain_id is not None
+        return self._chain_detail(job.chain_id)
+
+    def _chain_detail(self, chain_id: str) -> dict[str, Any]:
+        from ..pipelines.runner import chain_detail
+
+        return chain_detail(self.manager, self.manager.chains.find(chain_id))
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        from ..pipelines.runner import chain_detail
+
+        return [chain_detail(self.manager, c) for c in self.manager.db.chains(limit=limit)]
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        found = self.manager.db.find_chain(ref)
+        return None if found is None else self._chain_detail(found.id)
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        manager = self.manager
+        if not self.storage.is_local:
+            while not (detail := self._chain_detail(chain_id))["finished"]:
+                on_status(detail)
+                time.sleep(0.5)
+            return detail
+        last = -float("inf")
+
+        def over() -> bool:
+            nonlocal last
+            chain = manager.db.chain(chain_id)
+            if time.monotonic() - last >= 0.25:
+                last = time.monotonic()
+                on_status(self._chain_detail(chain_id))
+            return chain is None or chain.state != "running"
+
+        manager.run(scan=False, until=over)
+        return self._chain_detail(chain_id)
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        return self._chain_detail(self.manager.chains.cancel(ref).id)
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        return self._chain_detail(self.manager.chains.rerun(ref).id)
+
 
 # -- against a server -------------------------------------------------------------------------
 class Remote:
@@ -360,9 +475,29 @@ class Remote:
         return name
 
     def submit(
-        self, group: str, analysis: str, datasets: list[str], configname: str | None, name: str
+        self,
+        group: str,
+        analysis: str,
+        datasets: list[str],
+        configname: str | None,
+        name: str,
+        *,
+        pricing: str = "standard",
     ) -> dict[str, Any]:
-        return self.client.submit(analysis, datasets, configname=configname, name=name)
+        return self.client.submit(
+            analysis, datasets, configname=configname, name=name, pricing=pricing if pricing != "standard" else None
+        )
+
+    def estimate(
+        self, group: str, analysis: str, datasets: list[str], sizes: list[int], pricing: str
+    ) -> dict[str, Any]:
+        return self.client.estimate(analysis, datasets=datasets, sizes=sizes, pricing=pricing)
+
+    def spend(self, by: list[str], period: str, since_ms: int | None, group: str | None) -> list[dict[str, Any]]:
+        return self.client.spend(by=by, period=period, since_ms=since_ms)
+
+    def budget(self, group: str) -> dict[str, Any] | None:
+        return self.client.budget()
 
     def jobs(self, limit: int) -> list[dict[str, Any]]:
         return self.client.jobs(limit=limit)
@@ -420,6 +555,30 @@ class Remote:
         with self._known(job_id):
             job = self.client.job(job_id)["id"]
         return self.client.compare_jobs(original, job)
+
+    def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
+        return self.client.submit_pipeline(datasets, pipeline=pipeline, name=name)
+
+    def chains(self, limit: int) -> list[dict[str, Any]]:
+        return self.client.chains(limit=limit)
+
+    def chain(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return self.client.chain(ref)
+        except JobNotFound:
+            return None
+
+    def wait_chain(self, chain_id: str, on_status: OnStatus) -> dict[str, Any]:
+        while not (detail := self.client.chain(chain_id))["finished"]:
+            on_status(detail)
+            time.sleep(0.5)
+        return detail
+
+    def cancel_chain(self, ref: str) -> dict[str, Any]:
+        return self.client.cancel_chain(ref)
+
+    def rerun_chain(self, ref: str) -> dict[str, Any]:
+        return self.client.rerun_chain(ref)
 
     def close(self) -> None:
         self.client.close()

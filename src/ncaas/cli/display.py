@@ -17,11 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..cost.report import money
+
 __all__ = [
     "STATE_STYLE",
     "Watch",
     "analyses_table",
     "clock",
+    "cost_lines",
     "jobs_table",
     "print_job",
     "print_rerun",
@@ -84,10 +87,11 @@ def task_table(detail: dict[str, Any]) -> Table:
     table.add_column("state", no_wrap=True)
     table.add_column("progress", no_wrap=True)
     table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=MESSAGE_WIDTH)
-    for col in ("try", "started", "CPU s", "peak MB"):
+    for col in ("try", "started", "CPU s", "peak MB", "cost"):
         table.add_column(col, no_wrap=True, justify="right")
     for t in detail["tasks"]:
         peak = t["peak_memory_bytes"]
+        cost = t.get("cost")
         table.add_row(
             t["dataset"],
             styled(t["state"]),
@@ -97,8 +101,37 @@ def task_table(detail: dict[str, Any]) -> Table:
             clock(t["started_ms"]),
             f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-",
             f"{peak / 1e6:.0f}" if peak else "-",
+            money(cost["total"], cost["currency"]) if cost else "-",
         )
     return table
+
+
+def _breakdown(cost: dict[str, Any]) -> str:
+    c = cost["currency"]
+    lost = f", of which lost to interruptions {money(cost['lost'], c)} ({cost['lost_seconds']:.1f} s)"
+    return (
+        f"{money(cost['total'], c)} at the {cost['option']} price: compute {money(cost['compute'], c)} "
+        f"({cost['seconds']:.1f} task-seconds{lost if cost.get('lost') else ''}), "
+        f"transfer {money(cost['transfer'], c)}, workflow {money(cost['workflow'], c)}"
+        + ("" if cost.get("final") else " (so far)")
+    )
+
+
+def cost_lines(detail: dict[str, Any]) -> list[str]:
+    """The job's cost with its breakdown, its estimate, and for a rerun the original's cost."""
+    lines = []
+    if detail.get("cost"):
+        lines.append(f"cost: {_breakdown(detail['cost'])}")
+    estimate = detail.get("estimate")
+    if estimate:
+        lines.append(
+            f"estimated: {money(estimate['cost'], estimate['currency'])} "
+            f"(range {money(estimate['cost_low'], estimate['currency'])} - "
+            f"{money(estimate['cost_high'], estimate['currency'])}, from {estimate['runs']} past run(s))"
+        )
+    if detail.get("original_cost"):
+        lines.append(f"the original job {detail['rerun_of']} cost: {_breakdown(detail['original_cost'])}")
+    return lines
 
 
 def print_messages(out: Console, detail: dict[str, Any]) -> None:
@@ -123,6 +156,10 @@ def print_job(out: Console, detail: dict[str, Any], story: Iterable[dict[str, An
         if "%" in t["dataset"]:
             out.print(f"{t['dataset']} is dataset {t['input']}", highlight=False, markup=False)
     print_messages(out, detail)
+    if detail.get("chain"):
+        out.print(f"a step of chain {detail['chain']} (`ncaas status {detail['chain']}` shows the whole chain)")
+    for line in cost_lines(detail):
+        out.print(line, highlight=False, markup=False)
     out.print(f"results: {detail['results_dir']}")
     out.print("story:")
     for event in story:

@@ -360,6 +360,23 @@ def warm_up() -> str:
     return _node_ip()
 
 
+NODE_TYPE_LABEL = "ncaas-node-type"
+"""The Ray node label naming a node's type in the pricing profile (``ray start --labels ncaas-node-type=NAME``)."""
+
+
+def _node_type() -> str | None:
+    try:
+        import ray
+
+        labels = ray.get_runtime_context().get_node_labels()
+    except Exception:  # noqa: BLE001 - outside Ray, or a Ray without node labels: the blueprint's shape prices it
+        return None
+    found: object = labels.get(NODE_TYPE_LABEL) if isinstance(labels, dict) else None
+    if isinstance(found, list):
+        found = found[0] if found else None
+    return found if isinstance(found, str) else None
+
+
 def _node_id() -> str | None:
     try:
         import ray
@@ -413,6 +430,9 @@ def _run_node_task(task: NodeTask, bundle: bytes) -> dict[str, Any]:
             node_timings={k: round(v, 3) for k, v in run.timings.items()},
         )
         record["node_isolation"] = run.local.isolation  # one line, as the local executor describes it
+        node_type = _node_type()
+        if node_type is not None:
+            record["node_type"] = node_type  # prices the attempt (ncaas.cost: the profile's node_types)
         return record
     except KeyboardInterrupt:
         return {"cancelled": True, "returncode": None, "start_ms": started_ms, "end_ms": int(time.time() * 1000)}

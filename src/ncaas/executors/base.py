@@ -25,6 +25,7 @@ class ExitRecord:
     peak_memory_bytes: int | None = None
     cancelled: bool = False
     timed_out: bool = False
+    reclaimed: bool = False  # a Save task interrupted as a spot instance is (ncaas reclaim): retried
     timeout: float | None = None  # the limit a timed-out task exceeded (s)
     error: str | None = None  # the task could not start
     stopped: str | None = None  # the sandbox stopped it, or it broke the sandbox's rules
@@ -38,7 +39,7 @@ class ExitRecord:
     def from_json(cls, data: dict[str, Any]) -> ExitRecord:
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
-        for flag in ("cancelled", "timed_out"):
+        for flag in ("cancelled", "timed_out", "reclaimed"):
             known[flag] = bool(known.get(flag))
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 

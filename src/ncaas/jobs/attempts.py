@@ -21,6 +21,7 @@ class Attempt:
     number: int
     launched_ms: int  # handed to the executor
     node: str | None = None  # where it ran (an executor with nodes)
+    node_type: str | None = None  # the node's type, which prices it (ncaas.cost)
     started_ms: int | None = None  # when it really started there
     ended_ms: int | None = None
     outcome: str | None = None  # the task's state after it: queued again (a retry), succeeded, failed, ...
@@ -61,11 +62,27 @@ def start_attempt(text: str | None, number: int, *, node: str | None, started_ms
     )
 
 
-def close_attempt(text: str | None, number: int, *, ended_ms: int, outcome: str, cause: str, node: str | None) -> str:
+def close_attempt(
+    text: str | None,
+    number: int,
+    *,
+    ended_ms: int,
+    outcome: str,
+    cause: str,
+    node: str | None,
+    node_type: str | None = None,
+) -> str:
     """The list with attempt ``number`` ended (its node filled in when only its exit record named it)."""
     out = []
     for a in load_attempts(text):
         if a.number == number:
-            a = replace(a, ended_ms=ended_ms, outcome=outcome, cause=cause, node=a.node or node)
+            a = replace(
+                a,
+                ended_ms=ended_ms,
+                outcome=outcome,
+                cause=cause,
+                node=a.node or node,
+                node_type=a.node_type or node_type,
+            )
         out.append(a)
     return _dump(out)

@@ -34,7 +34,7 @@ from ..private import private_sqlite
 from ..schema import create_or_update
 from .states import TaskState, check_transition
 
-__all__ = ["Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
+__all__ = ["Budget", "Chain", "Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
 
 
 def now_ms() -> int:
@@ -70,6 +70,30 @@ class Job(Base):
     ended_ms: Mapped[int | None] = mapped_column(BigInteger)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     finalized: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a step of a chain (ncaas.pipelines): the chain, the step's index, where its dataset lives
+    # ("inputs", or "results" for an earlier step's outputs) and the upstream job's certificate
+    chain_id: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    chain_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    chain_dataset: Mapped[str | None] = mapped_column(String(512), nullable=True)  # the dataset's key
+    input_area: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    upstream_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def upstream(self) -> dict[str, Any] | None:
+        return json.loads(self.upstream_json) if self.upstream_json else None
+
+    # ncaas.cost: who submitted it (when known), at which price, what it was expected to cost, and
+    # the cost at which it is stopped (a budget's hard cap); why it was stopped, when it was
+    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pricing_option: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    estimate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def option(self) -> str:
+        """The price it runs at: ``standard`` (on demand) or ``save`` (interruptible)."""
+        return self.pricing_option or "standard"
 
     @property
     def blueprint(self) -> dict[str, Any]:
@@ -106,6 +130,50 @@ class Task(Base):
     attempts_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ncaas.jobs.attempts: every attempt
     cpus: Mapped[int] = mapped_column(Integer, default=1)
     memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # ncaas.cost: priced when it ended
+    output_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reclaim_requested: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # a Save task to interrupt
+
+
+class Budget(Base):
+    """A group's budget per period (ncaas.cost.budgets)."""
+
+    __tablename__ = "budgets"
+
+    group: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[float] = mapped_column(Float)
+    period: Mapped[str] = mapped_column(String(16), default="month")
+    hard_cap: Mapped[float] = mapped_column(Float, default=1.5)  # a running job stops past this x its estimate
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Chain(Base):
+    """A pipeline submitted on datasets: its steps run as jobs (``Job.chain_id``), one per dataset and step."""
+
+    __tablename__ = "chains"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    submission: Mapped[str] = mapped_column(String(512))
+    submission_key: Mapped[str] = mapped_column(String(700), unique=True)
+    pipeline_json: Mapped[str] = mapped_column(Text)  # the steps as validated: analysis, blueprint sha256, config
+    datasets_json: Mapped[str] = mapped_column(Text)  # [[key, rel, path], ...]
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    cause: Mapped[str] = mapped_column(Text, default="")
+    results_dir: Mapped[str] = mapped_column(Text)
+    rerun_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cancel_requested: Mapped[bool | None] = mapped_column(Boolean, default=False, nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    ended_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        return json.loads(self.pipeline_json)
+
+    @property
+    def datasets(self) -> list[list[str]]:
+        return json.loads(self.datasets_json)
 
 
 class Event(Base):
@@ -205,7 +273,52 @@ class JobDB:
                 select(Job).where(Job.group == group, Job.content_key == content_key).order_by(Job.created_ms)
             ).first()
 
+    def chain(self, chain_id: str) -> Chain | None:
+        with self.session() as s:
+            return s.get(Chain, chain_id)
+
+    def find_chain(self, prefix: str) -> Chain | None:
+        """A chain by id or unique id prefix."""
+        with self.session() as s:
+            exact = s.get(Chain, prefix)
+            if exact is not None:
+                return exact
+            found = s.scalars(select(Chain).where(Chain.id.startswith(prefix, autoescape=True)).limit(2)).all()
+            return found[0] if len(found) == 1 else None
+
+    def chains(self, *, states: list[str] | None = None, limit: int | None = None) -> list[Chain]:
+        with self.session() as s:
+            q = select(Chain).order_by(Chain.created_ms.desc())
+            if states is not None:
+                q = q.where(Chain.state.in_(states))
+            if limit:
+                q = q.limit(limit)
+            return list(s.scalars(q))
+
+    def chain_jobs(self, chain_id: str) -> list[Job]:
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.chain_id == chain_id).order_by(Job.created_ms)))
+
+    def seen_chain(self, key: str) -> Chain | None:
+        with self.session() as s:
+            return s.scalars(select(Chain).where(Chain.submission_key == key)).first()
+
     # -- writes --------------------------------------------------------------------------
+    def add_chain(self, chain: Chain) -> bool:
+        """Insert a chain; False when its submission was already recorded."""
+        try:
+            with self.session() as s, s.begin():
+                s.add(chain)
+        except SQLAlchemyError as exc:
+            if self.seen_chain(chain.submission_key) is not None:
+                return False
+            raise NcaasError(f"cannot record chain {chain.id}: {exc}") from exc
+        return True
+
+    def update_chain(self, chain_id: str, **fields: Any) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(Chain).where(Chain.id == chain_id).values(**fields))
+
     def add_job(self, job: Job, tasks: list[Task], cause: str) -> bool:
         """Insert a job and its tasks; False when its submission was already recorded."""
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..cost.pricing import job_cost
 from .db import Event, Job, Task
 from .states import JOB_TERMINAL, WAITING_FOR_NODE
 
@@ -39,6 +40,9 @@ def job_summary(job: Job, n_tasks: int) -> dict[str, Any]:
         "datasets": n_tasks,
         "finished": job.state in JOB_TERMINAL and bool(job.finalized),
         "results_dir": job.results_dir,
+        "chain": getattr(job, "chain_id", None),  # a step of a chain (ncaas.pipelines), else None
+        "user": job.user,
+        "pricing": job.option,
     }
 
 
@@ -65,6 +69,7 @@ def task_row(storage, job: Job, task: Task) -> dict[str, Any]:
         "exit_code": task.exit_code,
         "cpu_seconds": task.cpu_seconds,
         "peak_memory_bytes": task.peak_memory_bytes,
+        "cost": json.loads(task.cost_json) if task.cost_json else status.get("cost"),  # final, else so far
     }
 
 
@@ -89,14 +94,30 @@ def job_detail(manager, job: Job) -> dict[str, Any]:
     job = manager.db.job(job.id) or job
     tasks = manager.db.tasks(job.id)
     out = job_summary(job, len(tasks))
+    rows = [task_row(manager.storage, job, t) for t in tasks]
+    original = rerun_of(job)
     out.update(
         config=job.config,
         config_name=job.config_name,
-        rerun_of=rerun_of(job),
-        tasks=[task_row(manager.storage, job, t) for t in tasks],
+        rerun_of=original,
+        tasks=rows,
         error="\n".join(rejection_problems(manager.storage, job)) if job.state == "rejected" else None,
+        user=job.user,
+        pricing=job.option,
+        cost=job_cost([r["cost"] for r in rows]),
+        estimate=json.loads(job.estimate_json) if job.estimate_json else None,
+        cost_cap=job.cost_cap,
+        original_cost=_original_cost(manager, original, job.group) if original else None,
     )
     return out
+
+
+def _original_cost(manager, job_id: str, group: str) -> dict[str, Any] | None:
+    """What the job a rerun reruns cost (of the same group only)."""
+    original = manager.db.job(job_id)
+    if original is None or original.group != group:
+        return None
+    return job_cost([json.loads(t.cost_json) if t.cost_json else None for t in manager.db.tasks(original.id)])
 
 
 def event_row(event: Event) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import queue
@@ -32,10 +33,15 @@ from typing import IO, Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..blueprint import Blueprint, BlueprintRegistry, LoadedBlueprint
+from ..cost.accounting import Admission, CostAccounting, dataset_bytes
+from ..cost.estimate import Estimate
+from ..cost.profile import PricingProfile, load_profile
+from ..cost.report import money
 from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
 from ..executors.base import LOST, EnvironmentInfo, Executor, ExitRecord, Lost, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..isolation import environments
+from ..pipelines.runner import Chains
 from ..private import private_dir
 from ..provenance.archive import BlueprintArchive
 from ..provenance.certificate import build_certificate, describe_dataset, render_text, task_hash_environment
@@ -56,6 +62,7 @@ from .diskspace import Reserve, is_disk_full, reserve_size
 from .states import (
     JOB_TERMINAL,
     WAITING_FOR_NODE,
+    Decision,
     JobState,
     TaskState,
     decide_cut_short,
@@ -119,6 +126,7 @@ class Manager:
         notify: Callable[[str], None] | None = None,
         scan_interval: float = 0.0,
         limits: SubmitLimits | None = None,
+        pricing: PricingProfile | None = None,
     ):
         self.storage = storage
         self.limits = limits or SubmitLimits.from_env()
@@ -139,6 +147,9 @@ class Manager:
         self.state_dir = private_dir(storage.state_dir())  # run folders and locks: the platform's own
         self.archive = BlueprintArchive(self.state_dir)  # every blueprint version a job used
         self.keys = CertificateKeys(self.state_dir)  # signs the certificates this manager writes
+        # prices every task (the profile installed in the state folder, else the defaults)
+        self.costs = CostAccounting(pricing or load_profile(self.state_dir), db)
+        self._caps_checked: dict[str, float] = {}  # job id -> when its cost was last held against its cap
         self._seen: dict[str, tuple[Any, ...]] = {}
         self._skipped_told: set[str] = set()  # folders skipped as no group, already said in the log
         self._unreadable: dict[str, str] = {}  # submit file -> why it could not be read (said once)
@@ -155,6 +166,11 @@ class Manager:
         self._describing: dict[int, Future[dict[str, Any]]] = {}  # task id -> its dataset, being hashed
         self._reserve: Reserve | None = None  # taken when the loop starts (see ncaas.jobs.diskspace)
         self._disk_full = False  # a step failed for lack of space and none has succeeded since
+
+    @functools.cached_property
+    def chains(self) -> Chains:
+        """The chains this manager drives (:mod:`ncaas.pipelines`)."""
+        return Chains(self)
 
     @property
     def registry(self) -> BlueprintRegistry:
@@ -187,14 +203,17 @@ class Manager:
             self.notify(f"[manager] skipped {self.storage.url}/{folder}/: {skipped[folder]}")
         return jobs
 
-    def ingest_file(self, group: str, path: str) -> Job | None:
+    def ingest_file(self, group: str, path: str, *, user: str | None = None) -> Job | None:
         """Turn one submit file into a job (queued, or rejected with its reasons).
 
         A submit file already ingested returns its job; a vanished one returns None.
+        ``user``: who submitted it, when the caller knows (the server, the CLI).
         """
-        return self._ingest(group, path)[0]
+        return self._ingest(group, path, user=user)[0]
 
-    def _ingest(self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None) -> tuple[Job | None, bool]:
+    def _ingest(
+        self, group: str, path: str, *, stamp: tuple[Any, ...] | None = None, user: str | None = None
+    ) -> tuple[Job | None, bool]:
         name = path.rsplit("/", 1)[-1]
         kind = self.storage.entry_kind(path)
         if kind == "missing":
@@ -238,6 +257,11 @@ class Manager:
         existing = self.db.seen_submission(key)
         if existing is not None:
             return existing, False
+        chain = self.db.seen_chain(key)
+        if chain is not None:
+            made = self.db.chain_jobs(chain.id)
+            if made:
+                return made[0], False
         content_key = _sha256(raw)
         young = stamp is not None and isinstance(stamp[1], float) and time.time() - stamp[1] < WRITE_GRACE_S
         if size > limit:
@@ -253,6 +277,10 @@ class Manager:
                     f"{name} is identical to {twin.submission} (job {twin.id}), which was already run; "
                     "a submission runs once — change its timestamp to run it again"
                 )
+            if submit.pipeline is not None:
+                if self._rediscover:
+                    self._registry = BlueprintRegistry.discover()
+                return self.chains.ingest(group, name, key, content_key, submit), True
             if self._rediscover and (submit.analysis or self.default_analysis) not in self.registry.blueprints:
                 self._registry = BlueprintRegistry.discover()
             request = build_request(
@@ -262,9 +290,44 @@ class Manager:
             if young and not raw.rstrip().endswith(b"}"):
                 return None, False  # probably still being copied; look again at the next scan
             return self.reject(group, name, key, content_key, exc.problems), True
-        return self.create_job(request, submission=name, key=key, content_key=content_key), True
+        admission, problems = self._admission(request)
+        if problems:  # nothing runs: the blueprint cannot be priced here, or the budget would not hold
+            return self.reject(group, name, key, content_key, problems), True
+        job = self.create_job(
+            request, submission=name, key=key, content_key=content_key, user=user, admission=admission
+        )
+        return job, True
 
-    def create_job(self, request: JobRequest, *, submission: str, key: str, content_key: str) -> Job:
+    def _admission(self, request: JobRequest) -> tuple[Admission | None, list[str]]:
+        """The job's estimate and cost cap under its group's budget, or why it may not run."""
+        bp = request.blueprint
+        unknown = self.costs.unknown_instance(bp.blueprint)
+        if unknown is not None:
+            return None, [unknown]
+        sizes = [dataset_bytes(self.storage, d.path) for d in request.datasets]
+        option = str(request.submit.get("pricing") or "standard")
+        admission = self.costs.admit(request.group, bp.name, bp.blueprint, option, sizes)
+        return admission, [admission.refused] if admission.refused else []
+
+    def estimate(self, group: str, analysis: str, option: str, sizes: list[int]) -> dict[str, Any]:
+        """What ``group``'s job of ``analysis`` on datasets of ``sizes`` bytes is expected to take and cost."""
+        loaded = self.registry.get(analysis)
+        if loaded is None:
+            raise NcaasError(f"unknown analysis {analysis!r}; available: {', '.join(self.registry.names()) or 'none'}")
+        return self.costs.estimate(group, analysis, loaded.blueprint, option, sizes).to_json()
+
+    def create_job(
+        self,
+        request: JobRequest,
+        *,
+        submission: str,
+        key: str,
+        content_key: str,
+        chain: dict[str, Any] | None = None,
+        user: str | None = None,
+        admission: Admission | None = None,
+    ) -> Job:
+        """Queue a job; ``chain`` holds its place in a chain (``Job.chain_*``, ``input_area``, ``upstream_json``)."""
         job_id = new_job_id()
         bp = request.blueprint
         self.archive.put(bp)  # the job's blueprint is read back from here, by its content hash
@@ -282,6 +345,15 @@ class Manager:
             submit_json=json.dumps(request.submit),
             results_dir=self.storage.results_dir(request.group, job_id),
             created_ms=now_ms(),
+            **(chain or {}),
+            user=user,
+            pricing_option=str(request.submit.get("pricing") or "standard"),
+            estimate_json=(
+                json.dumps(admission.estimate.to_json())
+                if admission is not None and isinstance(admission.estimate, Estimate)
+                else None
+            ),
+            cost_cap=admission.cap if admission is not None else None,
         )
         res = bp.blueprint.resources
         tasks = [
@@ -456,11 +528,13 @@ class Manager:
     def step(self) -> None:
         jobs = {j.id: j for j in self.db.jobs(states=[JobState.QUEUED.value, JobState.RUNNING.value])}
         self._reap(jobs)
+        self._enforce_caps(jobs)
         self._collect_preparations()
         self._schedule(jobs)
         self._prepared.clear()
         self._ended.clear()
         self._settle(jobs)
+        self.chains.advance()
 
     # -- tasks ---------------------------------------------------------------------------
     def _job(self, jobs: dict[str, Job], job_id: str) -> Job:
@@ -527,6 +601,10 @@ class Manager:
 
     def _watch(self, job: Job, task: Task, handle: TaskHandle) -> None:
         self._take_progress(job, task)
+        if task.reclaim_requested:  # a Save task's capacity taken back, like a spot instance: retried
+            self.executor.kill(handle)
+            self._stopped(job, task, ExitRecord(reclaimed=True, end_ms=now_ms()))
+            return
         if job.cancel_requested:
             asked = self._cancel_asked.setdefault(task.id, time.monotonic())
             self.executor.cancel(handle)
@@ -567,12 +645,17 @@ class Manager:
             decision = decide_exit(
                 record, attempt=task.attempt, max_retries=task.max_retries, memory_limit=task.memory_bytes
             )
+        if decision.state == TaskState.CANCELLED and job.stop_reason:
+            decision = Decision(TaskState.CANCELLED, job.stop_reason)
         fields: dict[str, Any] = {
             "ended_ms": record.end_ms or now_ms(),
             "exit_code": record.returncode,
             "cpu_seconds": record.cpu_seconds,
             "peak_memory_bytes": record.peak_memory_bytes,
+            "reclaim_requested": None,
         }
+        if decision.state != TaskState.QUEUED:  # its outputs are what goes back to the user (transfer)
+            fields["output_bytes"] = dataset_bytes(self.storage, f"{job.results_dir}/outputs/{task.dataset}")
         if isinstance(record.environment, dict):  # what the node actually ran (ray executor)
             fields.update(environment_json=json.dumps(record.environment), argv_json=json.dumps(record.argv))
         if decision.state == TaskState.QUEUED:
@@ -585,9 +668,12 @@ class Manager:
             outcome=decision.state.value,
             cause=decision.cause,
             node=node if isinstance(node, str) else None,
+            node_type=record.extra.get("node_type") if isinstance(record.extra.get("node_type"), str) else None,
         )
         where = f"; attempt {task.attempt} ran on node {node}" if node and node not in decision.cause else ""
         if self.db.move_task(task, decision.state, decision.cause, **fields):
+            if decision.state != TaskState.QUEUED:
+                self._price_final(job, task)
             said = record.reason if decision.state == TaskState.FAILED and record.reason else None
             self._write_status(job, task, progress={"reason": said} if said else None)
             if task.run_dir:
@@ -668,8 +754,70 @@ class Manager:
         self._wake.set()
 
     def _cancel_queued(self, job: Job, task: Task) -> None:
-        if self.db.move_task(task, TaskState.CANCELLED, "cancelled by request before it started", ended_ms=now_ms()):
+        cause = job.stop_reason or "cancelled by request before it started"
+        if self.db.move_task(task, TaskState.CANCELLED, cause, ended_ms=now_ms()):
+            self._price_final(job, task)
             self._write_status(job, task)
+
+    # -- cost ------------------------------------------------------------------------------
+    def _price_final(self, job: Job, task: Task) -> None:
+        """Price a task that ended, once: its cost no longer moves (a later profile never re-prices it)."""
+        cost = self.costs.task_cost(job, task, self.loaded_blueprint(job).blueprint, final=True)
+        if cost is not None:
+            task.cost_json = json.dumps(cost)
+            self.db.update_task(task.id, cost_json=task.cost_json)
+
+    def _task_cost(self, job: Job, task: Task) -> dict[str, Any] | None:
+        try:
+            blueprint = self.loaded_blueprint(job).blueprint
+        except NcaasError:
+            return None
+        return self.costs.task_cost(job, task, blueprint)
+
+    def _enforce_caps(self, jobs: dict[str, Job]) -> None:
+        """Stop a running job whose cost passed its cap (its group's budget), saying so; once a second per job."""
+        for job in jobs.values():
+            if job.cost_cap is None or job.cancel_requested or job.state in JOB_TERMINAL:
+                continue
+            if time.monotonic() - self._caps_checked.get(job.id, -float("inf")) < 1.0:
+                continue
+            self._caps_checked[job.id] = time.monotonic()
+            spent = sum((self._task_cost(job, t) or {}).get("total", 0.0) for t in self.db.tasks(job.id))
+            if spent <= job.cost_cap:
+                continue
+            estimate = json.loads(job.estimate_json).get("cost") if job.estimate_json else None
+            currency = self.costs.profile.currency
+            basis = (
+                f"its group's hard cap on its estimate of {money(estimate, currency)}"
+                if estimate is not None
+                else "what was left of its group's budget when it started"
+            )
+            reason = (
+                f"stopped by the budget: it had cost {money(spent, currency)}, past {money(job.cost_cap, currency)} "
+                f"({basis})"
+            )
+            self.db.update_job(job.id, cancel_requested=True, stop_reason=reason)
+            job.cancel_requested, job.stop_reason = True, reason
+            self.notify(f"job {job.id}: {reason}")
+            self.cancel(job.id)
+
+    def reclaim(self, job_ref: str, dataset: str | None = None) -> list[str]:
+        """Interrupt a Save job's running tasks (or one), as a spot reclaim would: each is killed,
+        retried, and the time it lost is charged. Returns the datasets interrupted."""
+        job = self.find(job_ref)
+        if job.option != "save":
+            raise NcaasError(
+                f"job {job.id} runs at the standard price, which is never interrupted; only Save jobs "
+                "(submitted with --save) can be"
+            )
+        running = self.db.tasks(job.id, states=[TaskState.RUNNING.value])
+        chosen = [t for t in running if dataset in (None, t.dataset, t.dataset_rel)]
+        if not chosen:
+            what = f"dataset {dataset!r} of job {job.id}" if dataset else f"job {job.id}"
+            raise NcaasError(f"{what} has no running task to interrupt; `ncaas status {job.id}` shows its tasks")
+        for task in chosen:
+            self.db.update_task(task.id, reclaim_requested=True)
+        return [t.dataset for t in chosen]
 
     # -- environments ----------------------------------------------------------------------
     def _environment(self, job: Job, task: Task) -> EnvironmentInfo | Exception | None:
@@ -809,7 +957,7 @@ class Manager:
         """The dataset checked again just before it is shown to the task: one changed since it was
         submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
         try:
-            self.storage.resolve(job.group, "inputs", task.dataset_rel)
+            self.storage.resolve(job.group, job.input_area or "inputs", task.dataset_rel)
             return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
         except PathRefused as exc:
             return str(exc)
@@ -975,7 +1123,10 @@ class Manager:
                 new = JobState.RUNNING
             if new.value != job.state and job.state not in JOB_TERMINAL:
                 ended = now_ms() if new in JOB_TERMINAL else None
-                if not self.db.move_job(job, new.value, _job_cause(tasks, new), ended_ms=ended):
+                cause = _job_cause(tasks, new)
+                if job.stop_reason and new in JOB_TERMINAL:
+                    cause = f"{job.stop_reason}; {cause}"
+                if not self.db.move_job(job, new.value, cause, ended_ms=ended):
                     continue
             if job.state == JobState.REJECTED.value and not job.finalized:
                 self._finalize_rejection(job)
@@ -1015,6 +1166,7 @@ class Manager:
             self.db.events(job.id),
             executor=self.executor.describe(),
             isolation=self.executor.isolation,
+            cost=self._cost_record(job, tasks),
         )
         cert = self.keys.sign(cert)
         self.storage.write_text(f"{job.results_dir}/certificate.json", json.dumps(cert, indent=2))
@@ -1034,6 +1186,16 @@ class Manager:
         self._environment_keys.pop(job.id, None)
         self._configs.discard(job.id)
         self.notify(f"job {job.id}: {job.state}; results in {job.results_dir}")
+
+    def _cost_record(self, job: Job, tasks: list[Task]) -> dict[str, Any]:
+        """The job's cost as its certificate and end.json record it: the profile, the total, the estimate."""
+        return {
+            "profile": self.costs.profile.identity(),
+            "option": job.option,
+            "job": self.costs.job_cost(tasks),
+            "estimate": json.loads(job.estimate_json) if job.estimate_json else None,
+            "cap": job.cost_cap,
+        }
 
     def cancel(self, job_ref: str) -> Job:
         """Request cancellation: queued tasks never start, running ones are stopped."""
@@ -1088,6 +1250,7 @@ class Manager:
             "cpu_seconds": task.cpu_seconds,
             "peak_memory_bytes": task.peak_memory_bytes,
             "attempts": [a.to_json() for a in load_attempts(task.attempts_json)],
+            "cost": self._task_cost(job, task),
             "updated_ms": now_ms(),
         }
         if _waiting_for_node(task):
@@ -1109,6 +1272,8 @@ class Manager:
             "ended_ms": job.ended_ms or now_ms(),
             "tasks": {t.dataset: t.state for t in tasks},
         }
+        if errors is None:
+            end["cost"] = self.costs.job_cost(tasks)
         if errors is not None:
             end["errors"] = errors
         else:

@@ -106,6 +106,10 @@ def _retry_or_fail(cause: str, attempt: int, max_retries: int) -> Decision:
 def decide_exit(record: ExitRecord, *, attempt: int, max_retries: int, memory_limit: int | None = None) -> Decision:
     """Decide a running task's next state from its supervisor's exit record."""
     code = record.returncode
+    if record.reclaimed:
+        return _retry_or_fail(
+            "interrupted: its Save capacity was reclaimed (its lost time is charged)", attempt, max_retries
+        )
     if record.cancelled:
         return Decision(TaskState.CANCELLED, "cancelled by request")
     if record.timed_out:

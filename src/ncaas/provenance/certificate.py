@@ -122,7 +122,14 @@ def _outputs(storage: Storage, folder: str) -> list[dict[str, Any]]:
 
 
 def build_certificate(
-    storage: Storage, job: Any, tasks: list[Any], events: list[Any], *, executor: dict[str, Any], isolation: str
+    storage: Storage,
+    job: Any,
+    tasks: list[Any],
+    events: list[Any],
+    *,
+    executor: dict[str, Any],
+    isolation: str,
+    cost: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The certificate of a finished job, from its database rows and its files."""
     environment: dict[str, Any] = {"python": None, "lock_hash": None, "manifest_hash": None}
@@ -155,6 +162,7 @@ def build_certificate(
                 "exit_code": task.exit_code,
                 "cpu_seconds": task.cpu_seconds,
                 "peak_memory_bytes": task.peak_memory_bytes,
+                "cost": json.loads(task.cost_json) if getattr(task, "cost_json", None) else None,
                 "outputs": _outputs(storage, outputs_dir),
                 **({"slurm": task_env["slurm"]} if task_env.get("slurm") else {}),  # its job and sacct's usage
             }
@@ -188,8 +196,15 @@ def build_certificate(
             {"at_ms": e.at_ms, "dataset": e.dataset, "from": e.from_state, "to": e.to_state, "cause": e.cause}
             for e in events
         ],
-        "cost": None,
+        "cost": cost,
+        **_upstream(job),
     }
+
+
+def _upstream(job: Any) -> dict[str, Any]:
+    """A chain's step names the job it read and that job's certificate (by sha256); others nothing."""
+    text = getattr(job, "upstream_json", None)
+    return {"upstream": json.loads(text)} if text else {}
 
 
 def _when(ms: int | None) -> str:
@@ -220,8 +235,10 @@ def render_text(cert: dict[str, Any]) -> str:
         f"config:       {cert['config']['name'] or '(defaults)'} sha256 {cert['config']['sha256']}",
         f"              {json.dumps(cert['config']['content'], sort_keys=True)}",
         f"command:      {' '.join(cert['command'] or [])}",
+        *_upstream_lines(cert.get("upstream")),
         f"created:      {_when(job['created_ms'])}   started: {_when(job['started_ms'])}   "
         f"ended: {_when(job['ended_ms'])}",
+        *_cost_lines(cert.get("cost")),
         "",
     ]
     for task in cert["tasks"]:
@@ -232,6 +249,7 @@ def render_text(cert: dict[str, Any]) -> str:
             f"  run       {_when(task['start_ms'])} -> {_when(task['end_ms'])}, attempts {task['attempts']}, "
             f"exit code {task['exit_code']}",
             f"  usage     CPU {task['cpu_seconds']} s, peak memory {_mb(task['peak_memory_bytes'])}",
+            *([f"  cost      {_breakdown(task['cost'])}"] if task.get("cost") else []),
             *([f"  node      {task['node']}"] if task.get("node") else []),
             *([_slurm_line(task["slurm"])] if task.get("slurm") else []),
             *[_attempt_line(a) for a in task.get("attempt_history", []) if len(task["attempt_history"]) > 1],
@@ -241,6 +259,38 @@ def render_text(cert: dict[str, Any]) -> str:
         lines += [_output_line(o) for o in task["outputs"]] or ["    (none)"]
         lines.append("")
     return "\n".join(lines)
+
+
+def _upstream_lines(up: dict[str, Any] | None) -> list[str]:
+    if not up:
+        return []
+    return [
+        f"upstream:     step {up.get('step')} of chain {up.get('chain')}: job {up.get('job')} ({up.get('analysis')})",
+        f"              its certificate {up.get('certificate')} sha256 {up.get('certificate_sha256')}",
+        f"              input read from its results: {up.get('outputs')}",
+    ]
+
+
+def _breakdown(cost: dict[str, Any]) -> str:
+    from ..cost.report import money
+
+    c = cost.get("currency", "USD")
+    lost = f" (of which lost {money(cost['lost'], c)})" if cost.get("lost") else ""
+    return (
+        f"{money(cost['total'], c)} {cost.get('option')}: compute {money(cost['compute'], c)}{lost}, "
+        f"transfer {money(cost['transfer'], c)}, workflow {money(cost['workflow'], c)}"
+    )
+
+
+def _cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    if not cost:
+        return []
+    profile = cost.get("profile") or {}
+    total = _breakdown(cost["job"]) if cost.get("job") else "nothing ran"
+    return [
+        f"cost:         {total}",
+        f"              pricing profile {profile.get('name')} sha256 {profile.get('sha256')}",
+    ]
 
 
 def _executor_line(executor: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "compare_jobs",
     "environment_note",
     "rerun",
+    "rerun_request",
     "resolve",
     "start_rerun",
     "verified",
@@ -122,6 +123,12 @@ def _datasets(manager: Manager, cert: dict[str, Any], group: str) -> list[Datase
 
 
 def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
+    upstream = cert.get("upstream")
+    if isinstance(upstream, dict):  # its input is another job's outputs: the chain reruns both
+        raise CertificateError(
+            f"job {cert['job'].get('id')} is a later step of chain {upstream.get('chain')} (it reads the outputs of "
+            f"job {upstream.get('job')}); rerun the chain: ncaas rerun {upstream.get('chain')}"
+        )
     try:
         group = cert["job"]["group"]
         loaded = _blueprint(manager, cert, group)
@@ -137,6 +144,12 @@ def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
     if problems:
         raise CertificateError("the certified config no longer fits the analysis:\n  " + "\n  ".join(problems))
     return JobRequest(group, loaded, datasets, config, cert["config"].get("name"), {"rerun_of": cert["job"]["id"]})
+
+
+def rerun_request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
+    """The job a verified certificate's rerun would make, checked (inputs unchanged, version archived,
+    access, config); raises CertificateError saying what stands in the way. Nothing is started."""
+    return _request(manager, cert)
 
 
 def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:

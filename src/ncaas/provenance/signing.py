@@ -57,7 +57,7 @@ class CertificateKeys:
         fd = os.open(self.dir / f"{key_id}.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key)
-        current = self.dir / "current.tmp"
+        current = self.dir / f"current.{key_id}.tmp"  # two certificates signed at once each make their own
         current.write_text(key_id + "\n")
         os.chmod(current, 0o600)
         os.replace(current, self.dir / "current")

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio
@@ -161,6 +161,8 @@ class JobService:
         submit = {"analysis": body.analysis, "dataname": body.datasets, "timestamp": _stamp()}
         if configname is not None:
             submit["configname"] = configname
+        if body.pricing != "standard":
+            submit["pricing"] = body.pricing
         name = f"{body.name or 'api-' + _stamp() + '-' + who.user}.submit.json"
         if "/" in check_user_path(name, "submissions"):
             raise BadRequest(f"submission name {body.name!r} must be a plain name, without '/'")
@@ -169,7 +171,7 @@ class JobService:
             raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; choose another name")
         storage.write_text(path, json.dumps(submit, indent=2))
         log.info("user %s of group %s submitted %s", who.user, who.group, name)
-        job = self.manager.call(self.manager.ingest_file, who.group, path)
+        job = self.manager.call(self.manager.ingest_file, who.group, path, user=who.user)
         if job is None:  # pragma: no cover - the file was removed under us
             raise NotFound(f"the submission {name} vanished before it was read")
         return job
@@ -194,6 +196,9 @@ class SubmitRequest(BaseModel):
     configname: str | None = Field(None, description="a config saved in configs/ (PUT /api/configs/{name})")
     config: dict[str, Any] | None = Field(None, description="config values, saved for you (instead of configname)")
     name: str | None = Field(None, description="submission name (the submit file is <name>.submit.json)")
+    pricing: Literal["standard", "save"] = Field(
+        "standard", description="standard (on demand) or save (cheaper; may be interrupted and retried)"
+    )
 
 
 @router.post("", status_code=201, summary="Submit an analysis on datasets (one task per dataset)")

@@ -150,7 +150,7 @@ def build_state(settings: ServerSettings) -> ServerState:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ncaas server for ``settings``; the job manager runs inside it when asked."""
-    from . import api_jobs, api_storage
+    from . import api_chains, api_cost, api_jobs, api_storage
 
     state = build_state(settings)
     jobs = api_jobs.JobService(state)
@@ -203,6 +203,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(api_storage.router)
     app.include_router(api_jobs.router)
     app.include_router(api_jobs.rerun_router)
+    app.include_router(api_chains.router)
+    app.include_router(api_cost.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 __all__ = ["DOCS_POLICY", "FILE_POLICY", "PAGE_POLICY", "SECURITY_HEADERS", "SecurityHeaders"]
 
+# img-src blob: shows images the page fetched itself with the caller's token (the TCO figure)
 PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 # A result file is shown only as what it is (an image), never as a page able to run script: ``sandbox``

@@ -302,6 +302,7 @@ class LocalRayCluster:
         object_store_memory: int = 100 * 1024**2,
         resources: dict[str, float] | None = None,
         env: dict[str, str] | None = None,
+        labels: dict[str, dict[str, str]] | None = None,
     ):
         self.head_ip = head_ip
         self.worker_ips = tuple(worker_ips)
@@ -309,6 +310,7 @@ class LocalRayCluster:
         self.memory = memory
         self.object_store_memory = object_store_memory
         self.resources = resources or {}
+        self.labels = labels or {}  # per node IP: Ray node labels (ncaas-node-type prices its tasks)
         self.extra_env = dict(env or {})
         self.port = 0
         self.tmp: Path | None = None
@@ -366,6 +368,8 @@ class LocalRayCluster:
         ]
         if self.resources:
             args.append(f"--resources={json.dumps(self.resources)}")
+        if self.labels.get(ip):
+            args.append("--labels=" + ",".join(f"{k}={v}" for k, v in self.labels[ip].items()))
         if head:
             args += ["--head", f"--port={self.port}", "--include-dashboard=false"]
         else:

@@ -47,6 +47,7 @@ DEFAULTS = {
     "fail_reason": None,
     "fail_reason_line": False,
     "fail_reason_link": None,
+    "keep_frames": False,
 }
 
 
@@ -132,6 +133,9 @@ def run(input_path: Path, config: dict, out: Path) -> None:
         header = "frame," + ",".join(config["stats"])
         lines = [header] + [f"{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(table)]
         (out / f"{stem}.stats.csv").write_text("\n".join(lines) + "\n")
+        if config["keep_frames"]:  # the stack itself, for a next step of a chain to read
+            (out / "frames").mkdir(exist_ok=True)
+            np.save(out / "frames" / f"{stem}.npy", stack)
         summary[name] = {
             "frames": int(stack.shape[0]),
             "height": int(stack.shape[1]),

@@ -13,7 +13,7 @@ const el = (tag, attrs = {}, ...kids) => {
   return node;
 };
 
-const state = { token: null, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
+const state = { token: null, pipeline: false, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
 
 // ---------------------------------------------------------------- API
 class ApiError extends Error {
@@ -43,7 +43,7 @@ async function signIn(token) {
   $("#whoami").hidden = $("#signout").hidden = false;
   $("#signin-panel").hidden = true;
   $("#app").hidden = false;
-  await Promise.all([loadAnalyses(), loadInputs(), loadJobs()]);
+  await Promise.all([loadAnalyses(), loadInputs(), loadJobs(), loadChains(), loadCost()]);
 }
 
 function signOut() {
@@ -191,16 +191,80 @@ function selectedDatasets() {
 }
 
 function updateSubmit() {
-  const invalid = state.fields.filter((f) => !checkField(f)).map((f) => f.name);
+  const invalid = state.pipeline ? [] : state.fields.filter((f) => !checkField(f)).map((f) => f.name);
   const datasets = selectedDatasets();
   let hint = "";
-  if (!state.analysis) hint = "pick an analysis";
+  if (!state.analysis && !state.pipeline) hint = "pick an analysis";
   else if (invalid.length) hint = `fix: ${invalid.join(", ")}`;
   else if (state.uploading) hint = "waiting for uploads to finish";
   else if (!datasets.length) hint = "drop or tick at least one dataset";
   else hint = `${datasets.length} dataset(s) selected`;
   $("#submit-hint").textContent = hint;
-  $("#submit").disabled = !state.analysis || invalid.length > 0 || state.uploading > 0 || !datasets.length;
+  $("#submit").disabled = (!state.analysis && !state.pipeline) || invalid.length > 0 || state.uploading > 0 || !datasets.length;
+  showEstimate(datasets);
+}
+
+// ---------------------------------------------------------------- cost
+const money = (v, c = "USD") => `${Math.abs(v) >= 1 || v === 0 ? v.toFixed(2) : v.toFixed(6)} ${c}`;
+
+function breakdown(cost) {
+  const lost = cost.lost ? `, of which lost to interruptions ${money(cost.lost, cost.currency)}` : "";
+  return `${money(cost.total, cost.currency)} at the ${cost.option} price: compute ${money(cost.compute, cost.currency)}` +
+    `${lost}, transfer ${money(cost.transfer, cost.currency)}, workflow ${money(cost.workflow, cost.currency)}` +
+    (cost.final ? "" : " (so far)");
+}
+
+let estimateAsked = 0;
+async function showEstimate(datasets) {
+  const asked = ++estimateAsked;
+  if (!state.analysis || !datasets.length) { $("#estimate").textContent = ""; return; }
+  try {
+    const found = await api("/api/estimate", { method: "POST",
+      json: { analysis: state.analysis.name, datasets, pricing: $("#pricing").value } });
+    if (asked === estimateAsked) $("#estimate").textContent = found.message;
+  } catch (err) {
+    if (asked === estimateAsked) $("#estimate").textContent = `no estimate: ${err.message}`;
+  }
+}
+
+function renderCost(job) {
+  const lines = [];
+  if (job.cost) lines.push(`Cost: ${breakdown(job.cost)}`);
+  if (job.estimate) lines.push(`Estimated: ${money(job.estimate.cost, job.estimate.currency)} ` +
+    `(range ${money(job.estimate.cost_low, job.estimate.currency)} – ${money(job.estimate.cost_high, job.estimate.currency)})`);
+  if (job.original_cost) lines.push(`The original job ${job.rerun_of} cost: ${breakdown(job.original_cost)}`);
+  $("#job-cost").replaceChildren(...lines.map((l) => el("div", { text: l })));
+}
+
+async function loadCost() {
+  const [{ budget }, rows] = await Promise.all([api("/api/budget"), api("/api/cost?by=period,analysis,user")]);
+  if (budget) {
+    const share = budget.amount ? (budget.spent / budget.amount) * 100 : 100;
+    $("#budget").textContent = `Budget for ${budget.label}: spent ${money(budget.spent, budget.currency)} of ` +
+      `${money(budget.amount, budget.currency)} (${share.toFixed(1)} %); ${money(budget.committed, budget.currency)} ` +
+      `expected by running jobs; ${money(Math.max(budget.left, 0), budget.currency)} left.`;
+  } else {
+    $("#budget").textContent = "Your group has no budget set.";
+  }
+  $("#spend tbody").replaceChildren(...rows.map((r) => el("tr", {},
+    ...[r.period, r.analysis, r.user, String(r.jobs)].map((t) => el("td", { text: t })),
+    ...["compute", "transfer", "workflow", "total"].map((k) => el("td", { text: money(r[k], r.currency) })))));
+}
+
+async function drawTco(form) {
+  $("#tco-error").textContent = "";
+  const params = new URLSearchParams();
+  for (const [k, v] of new FormData(form)) if (v !== "") params.append(k, v);
+  try {
+    const resp = await fetch(`/api/tco.png?${params}`, { headers: { Authorization: `Bearer ${state.token}` } });
+    if (!resp.ok) throw new Error((await resp.json()).error || `HTTP ${resp.status}`);
+    const img = $("#tco-figure");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(await resp.blob());
+    img.hidden = false;
+  } catch (err) {
+    $("#tco-error").textContent = err.message;
+  }
 }
 
 // ---------------------------------------------------------------- datasets
@@ -486,11 +550,12 @@ async function submit() {
   $("#submit-error").textContent = "";
   $("#submit").disabled = true;
   try {
+    if (state.pipeline) return await submitChain();  // chains.js
     const name = `web-${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
     await api(`/api/configs/${name}?analysis=${encodeURIComponent(state.analysis.name)}`,
       { method: "PUT", json: collectConfig() });
     const job = await api("/api/jobs", { method: "POST",
-      json: { analysis: state.analysis.name, datasets: selectedDatasets(), configname: name } });
+      json: { analysis: state.analysis.name, datasets: selectedDatasets(), configname: name, pricing: $("#pricing").value } });
     await loadJobs();
     showJob(job.id);
   } catch (err) {
@@ -524,6 +589,7 @@ function renderTasks(job) {
   $("#job-state").className = `state ${job.state}`;
   $("#job-error").textContent = job.error || "";
   $("#cancel-job").disabled = job.finished;
+  renderCost(job);
   for (const t of job.tasks) {
     let box = document.querySelector(`.task[data-dataset="${CSS.escape(t.dataset)}"]`);
     if (!box) {
@@ -531,7 +597,7 @@ function renderTasks(job) {
         // an escaped key (x%5F%5Fy.npy) is shown as the dataset's name in inputs/
         el("header", {}, el("strong", { text: t.dataset.includes("%") ? t.input : t.dataset, title: t.dataset }),
           el("span", { class: "state" }),
-          el("progress", { max: "1", value: "0" }), el("span", { class: "message muted" })),
+          el("progress", { max: "1", value: "0" }), el("span", { class: "message muted" }), el("span", { class: "cost muted" })),
         el("pre", { class: "log" }));
       $("#tasks").append(box);
     }
@@ -542,6 +608,7 @@ function renderTasks(job) {
     const message = box.querySelector(".message");
     message.textContent = t.message || "";  // a failed task's message is why it failed (the API's cause)
     message.className = ["failed", "timed_out"].includes(t.state) ? "message error" : "message muted";
+    box.querySelector(".cost").textContent = t.cost ? money(t.cost.total, t.cost.currency) : "";
   }
 }
 
@@ -622,7 +689,8 @@ async function followJob(jobId, signal) {
 }
 
 async function finishJob(jobId) {
-  await Promise.all([renderQc(jobId), loadJobs(), api(`/api/jobs/${jobId}`).then(renderVerdict)]);
+  await Promise.all([renderQc(jobId), loadJobs(), loadCost(),
+    api(`/api/jobs/${jobId}`).then((job) => { renderCost(job); return renderVerdict(job); })]);
   const url = await ticketed(jobId);
   $("#download-zip").href = url("results.zip");
   $("#download-cert").href = url("certificate?format=txt");
@@ -658,6 +726,9 @@ window.addEventListener("DOMContentLoaded", () => {
   $("#analysis").addEventListener("change", pickAnalysis);
   $("#submit").addEventListener("click", submit);
   $("#refresh-jobs").addEventListener("click", loadJobs);
+  $("#refresh-cost").addEventListener("click", loadCost);
+  $("#pricing").addEventListener("change", () => showEstimate(selectedDatasets()));
+  $("#tco-form").addEventListener("submit", (e) => { e.preventDefault(); drawTco(e.target); });
   $("#cancel-job").addEventListener("click", async () => {
     try { await api(`/api/jobs/${state.jobId}/cancel`, { method: "POST" }); }
     catch (err) { $("#job-error").textContent = err.message; }
