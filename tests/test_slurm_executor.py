@@ -18,6 +18,7 @@ import pytest
 from ncaas_testutil import make_blueprint, ncaas, read_json, start_manager, stop, submit, wait_for, write_stack
 
 from ncaas.blueprint import BlueprintRegistry
+from ncaas.cost.profile import default_profile
 from ncaas.exceptions import NcaasError
 from ncaas.executors._slurm import outcome, parse_duration, parse_size, sbatch_time
 from ncaas.executors.base import ExitRecord, Lost
@@ -33,6 +34,7 @@ from ncaas.testing.ray_cluster import free_port
 pytestmark = pytest.mark.timeout(240)
 
 DATASETS = ["a.npy", "b.npy", "c.npy", "d.npy"]
+NODE_TYPES = {"n1": "cpu-small", "n2": "cpu-large"}  # node types of the default pricing profile
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def _manager(root: Path, registry: BlueprintRegistry, **profile: object) -> Mana
 
 @pytest.fixture
 def slurm_manager(slurm_cluster, slurm_root: Path, slurm_registry: BlueprintRegistry):
-    manager = _manager(slurm_root, slurm_registry)
+    manager = _manager(slurm_root, slurm_registry, node_types=NODE_TYPES)
     yield manager
     manager.db.close()
 
@@ -105,6 +107,13 @@ def test_datasets_spread_over_both_nodes_with_slurm_accounting(slurm_manager: Ma
         assert slurm["cpu_seconds"] > 0 and slurm["max_rss_bytes"] > 10**6
         assert task["environment"]["manifest_hash"] and task["environment"]["verified_files"] > 100
     assert len(job_ids) == 4
+    # Each attempt is priced at the rates of its node's type, as the site profile gives it
+    for status in statuses.values():
+        [attempt] = status["attempts"]
+        assert attempt["node_type"] == status["cost"]["node_type"] == NODE_TYPES[status["node"]]
+        rates = default_profile().node_types[NODE_TYPES[status["node"]]]
+        hourly = rates.vcpu_hour.standard + 300e6 / 2**30 * rates.gib_hour.standard  # 1 cpu, 300 MB
+        assert status["cost"]["hourly"] == pytest.approx(hourly) and status["cost"]["compute"] > 0
     # What Slurm was asked for: the blueprint's resources plus the profile's margins
     asked = subprocess.run(
         [
@@ -369,5 +378,8 @@ def test_bad_slurm_options_are_refused_in_one_line(tmp_path: Path) -> None:
     assert f"Slurm site profile {profile}: memory_margn: Extra inputs are not permitted; known keys:" in " ".join(
         done.stderr.split()
     )
+    profile.write_text("node_type: cpu-huge\n")
+    with pytest.raises(NcaasError, match="prices nodes as cpu-huge, which the pricing profile \\(default\\) does not"):
+        executor_for("slurm", Storage(tmp_path), slurm_profile=str(profile))
     with pytest.raises(NcaasError, match="^--slurm-profile needs --executor slurm$"):
         executor_for("local", Storage(tmp_path), slurm_profile=str(profile))

@@ -11,6 +11,7 @@ from .local import LocalExecutor
 if TYPE_CHECKING:
     from .ray import RayExecutor
     from .slurm import SlurmExecutor
+    from .slurm_profile import SiteProfile as SlurmSiteProfile
 
 __all__ = ["EXECUTORS", "S3_SETTINGS", "executor_for"]
 
@@ -71,6 +72,25 @@ def _slurm_executor(storage: Storage, profile_path: str | None, ray_options: obj
     if ray_options:
         raise NcaasError("--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray")
     profile = load_profile(profile_path)
+    _check_node_types(profile, storage)
     if profile.environments is not None:  # built here, verified on the nodes: one shared cache
         os.environ["NCAAS_ENVS"] = str(profile.environments)
     return SlurmExecutor(storage, profile)
+
+
+def _check_node_types(profile: SlurmSiteProfile, storage: Storage) -> None:
+    """Refuse a site profile naming node types the deployment's pricing profile does not price."""
+    from ..cost.profile import load_profile as load_pricing
+
+    named = {t for t in (profile.node_type, *profile.node_types.values()) if t}
+    if not named:
+        return
+    pricing = load_pricing(storage.state_dir())
+    unknown = sorted(named - set(pricing.node_types))
+    if unknown:
+        known = ", ".join(pricing.node_types) or "none"
+        raise NcaasError(
+            f"the Slurm site profile prices nodes as {', '.join(unknown)}, which the pricing profile "
+            f"({pricing.name}) does not know; its node types: {known}. Fix node_type/node_types, or add "
+            "the type to the pricing profile (`ncaas pricing install FILE`)"
+        )

@@ -252,7 +252,7 @@ class SlurmExecutor:
             return decided
         slurm = self._usage(job_id, usage, fields, state=state, node=node)
         environment = {**(job.get("environment") or {}), "node": node, "slurm": slurm}
-        extra = {**decided.extra, "node": node} if node else decided.extra
+        extra = {**decided.extra, "node": node, "node_type": self.profile.node_type_of(node)} if node else decided.extra
         return ExitRecord.from_json(
             {**decided.to_json(), **extra, "environment": environment, "argv": job.get("argv") or []}
         )
@@ -294,6 +294,7 @@ class SlurmExecutor:
         """The node's record, with the job's accounting added to the environment it reports."""
         if data.get("node_isolation"):
             self._isolation.add(str(data["node_isolation"]))
+        data["node_type"] = self.profile.node_type_of(data.get("node"))  # prices the attempt (ncaas.cost)
         job_id = str(data.get("slurm_job") or job.get("job_id") or "")
         if job_id and isinstance(data.get("environment"), dict):
             fields = _slurm.job_info(job_id) if usage is None else {}

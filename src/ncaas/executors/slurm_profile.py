@@ -14,7 +14,8 @@ timeout); the profile says where it runs and how it is accounted::
     environments: /shared/ncaas/envs   # built here, on the manager's machine; verified on each node
     python: /shared/ncaas/.venv/bin/python   # runs ncaas on the nodes [default: the manager's]
     max_cpus: 64                # CPUs ncaas may use at once [default: the partition's]
-    pricing: {cpu_hour: 0.02, memory_gib_hour: 0.005}   # for cost accounting
+    node_type: cpu-small        # the pricing profile's node type that prices these nodes
+    node_types: {gpu01: gpu-large}   # per node, where they differ
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class SiteProfile(BaseModel):
     environments: Path | None = None
     python: Path | None = None
     max_cpus: int | None = Field(default=None, ge=1)
-    pricing: dict[str, float] = Field(default_factory=dict)
+    node_type: str | None = None
+    node_types: dict[str, str] = Field(default_factory=dict)
+
+    def node_type_of(self, node: str | None) -> str | None:
+        """The pricing profile's node type that prices ``node`` (None: the machine's rates)."""
+        return self.node_types.get(node or "", self.node_type)
 
     @field_validator("memory_margin", mode="before")
     @classmethod
