@@ -29,6 +29,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -163,7 +164,8 @@ class SlurmExecutor:
         task = {"spec": payload, "environment": environment, "sandbox": self.profile.sandbox}
         (spec.run_dir / TASK_FILE).write_text(json.dumps(task, indent=1))
         script = spec.run_dir / "slurm.sh"
-        script.write_text(f"#!/bin/sh\nexec {self.python} -m ncaas.executors._slurm_node {spec.run_dir}\n")
+        command = shlex.join([self.python, "-m", "ncaas.executors._slurm_node", str(spec.run_dir)])
+        script.write_text(f"#!/bin/sh\nexec {command}\n")
         job = {
             "name": _job_name(spec.run_dir),
             "environment": environment,
