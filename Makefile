@@ -42,11 +42,15 @@ clean:
 locks: setup
 	$(VENV)/bin/ncaas env lock analyses/framestats
 	$(VENV)/bin/ncaas env lock analyses/caliali
+	$(VENV)/bin/ncaas env lock suite2p
+	$(VENV)/bin/ncaas env lock minian
 
-# Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15.
+# Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15; FFmpeg, which
+# the hosted minian declares (its blueprint's environment.system).
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 if [ -z "$$missing" ]; then :; \
 	 elif [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
 	   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
