@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -77,13 +78,20 @@ def _certified_outputs(job: Job) -> set[str]:
     return {p.relative_to(job.outputs).as_posix() for p in job.outputs.rglob("*") if p.is_file() and p.name in text}
 
 
-def _schema_in_step(job: Job, tool: str) -> None:
+def _schema_in_step(job: Job, tool: str, tmp: Path) -> None:
     """The blueprint's config schema and defaults are what the entry derives from the tool, in its environment."""
     environment = job.certificate["environment"]
     lock = REPO / "analyses" / tool / "requirements.lock"
     assert environment["lock_hash"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+    # Outside the sandbox the environment is not mounted read-only, and a root test would write into it:
+    # numba's caches and bytecode go to a scratch folder instead (the next job verifies the environment).
+    scratch = {"NUMBA_CACHE_DIR": str(tmp / "numba"), "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": str(tmp / "mpl")}
     printed = subprocess.run(
-        [environment["python"], "-m", f"run_{tool}", "--schema"], capture_output=True, text=True, timeout=600
+        [environment["python"], "-m", f"run_{tool}", "--schema"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **scratch, "HOME": str(tmp)},
     )
     assert printed.returncode == 0, printed.stderr[-2000:]
     derived = json.loads(printed.stdout)
@@ -132,7 +140,7 @@ def test_suite2p_runs_on_a_real_two_photon_movie(tmp_path):
     assert summary["planes"]["plane0"]["rois"] == len(F) and summary["version"] == "1.1.0"
     assert {"suite2p/ophys.nwb", "suite2p/plane0/F.npy", "qc/images.png"} <= _certified_outputs(job)
     assert job.status["peak_memory_bytes"] > 0
-    _schema_in_step(job, "suite2p")
+    _schema_in_step(job, "suite2p", tmp_path)
 
 
 def test_minian_runs_on_a_crop_of_a_real_one_photon_movie(tmp_path):
@@ -163,7 +171,7 @@ def test_minian_runs_on_a_crop_of_a_real_one_photon_movie(tmp_path):
     for picture in ("footprints.png", "traces.png", "motion.png"):
         assert (job.outputs / "qc" / picture).stat().st_size > 5000
     assert {"minian.nwb", "qc/footprints.png", "summary.json"} <= _certified_outputs(job)
-    _schema_in_step(job, "minian")
+    _schema_in_step(job, "minian", tmp_path)
 
 
 def test_a_mistyped_tool_option_is_refused_before_anything_runs(tmp_path):
