@@ -42,12 +42,16 @@ clean:
 locks: setup
 	$(VENV)/bin/ncaas env lock analyses/framestats
 	$(VENV)/bin/ncaas env lock analyses/caliali
+	$(VENV)/bin/ncaas env lock suite2p
+	$(VENV)/bin/ncaas env lock minian
 
 # Debian packages the server tests use: Chromium (browser test) and PostgreSQL 15; the Slurm
-# executor's tests: Slurm 22.05 (slurmctld, slurmd, its commands, slurmdbd for sacct), munge, MariaDB.
+# executor's tests: Slurm 22.05 (slurmctld, slurmd, its commands, slurmdbd for sacct), munge, MariaDB;
+# FFmpeg, which the hosted minian declares (its blueprint's environment.system).
 system-deps:
 	@missing=""; command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	 for p in slurmctld slurmd slurmdbd munged sbatch mariadbd; do [ -x /usr/sbin/$$p ] || [ -x /usr/bin/$$p ] || \
 	   missing="$$missing $$(echo $$p | sed 's/munged/munge/; s/sbatch/slurm-client/; s/mariadbd/mariadb-server/')"; \
 	 done; \

@@ -88,11 +88,77 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_MODULE_RE = re.compile(r"^(?:[A-Za-z0-9_.-]+/)*[A-Za-z_][A-Za-z0-9_]*\.py$")
+_DEBIAN_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+
+
 class Environment(_Strict):
-    """Where the analysis environment comes from (consumed by ncaas.isolation.environments)."""
+    """Where the analysis environment comes from (consumed by ncaas.isolation.environments).
+
+    Besides an analysis package (``source``), an environment may be made of PyPI packages
+    alone: ``requirements`` (locked into ``lock`` by ``ncaas env lock``), wheels found in
+    local folders (``find_links``), thin entry scripts installed as top-level modules
+    (``modules``), and Debian packages of the host that the analysis uses (``system``).
+    """
 
     lock: str | None = Field(None, description="hashed requirements lock, relative to the blueprint")
     source: str | None = Field(None, description="the analysis package to install, relative to the blueprint")
+    requirements: list[str] = Field(
+        default_factory=list,
+        description="PEP 508 requirements that `ncaas env lock` pins into the lock (with the source's, if any)",
+    )
+    find_links: list[str] = Field(
+        default_factory=list,
+        description="folders of wheels looked in before the package index, when locking and building "
+        "(absolute, or relative to the blueprint; a missing folder is skipped: the lock's hashes decide)",
+    )
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Python files beside the blueprint installed into the environment as top-level "
+        "modules (run with `{python} -m NAME`); part of the environment's identity",
+    )
+    system: list[str] = Field(
+        default_factory=list,
+        description="Debian packages the analysis uses from the host (its sandbox shows the host's /usr); "
+        "a job is refused, naming them, where one is not installed",
+    )
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, requirements: list[str]) -> list[str]:
+        for item in requirements:
+            if not item.strip() or item.strip().startswith("-") or "\n" in item:
+                raise ValueError(
+                    f"{item!r} is not a requirement; write one PEP 508 requirement per item, e.g. 'suite2p==1.1.0'"
+                )
+        return requirements
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, modules: list[str]) -> list[str]:
+        names: set[str] = set()
+        for item in modules:
+            if not _MODULE_RE.fullmatch(item) or ".." in item.split("/"):
+                raise ValueError(
+                    f"{item!r} is not a module file; give a .py file beside the blueprint whose name is a "
+                    "Python identifier, e.g. run_tool.py"
+                )
+            name = item.rsplit("/", 1)[-1][:-3]
+            if name in names:
+                raise ValueError(f"two modules are named {name!r}; rename one")
+            names.add(name)
+        return modules
+
+    @field_validator("system")
+    @classmethod
+    def _system(cls, packages: list[str]) -> list[str]:
+        for item in packages:
+            if not _DEBIAN_RE.fullmatch(item):
+                raise ValueError(f"{item!r} is not a Debian package name; write e.g. ffmpeg or libgl1")
+        return packages
+
+
+_ENVIRONMENT_ADDED = ("requirements", "find_links", "modules", "system")
 
 
 class Resources(_Strict):
@@ -277,6 +343,9 @@ class Blueprint(_Strict):
     def canonical(self) -> str:
         # A blueprint declaring no comparators keeps the identity it had before ``compare`` existed.
         data = self.model_dump(mode="json", exclude={"compare"} if not self.compare else None)
+        for key in _ENVIRONMENT_ADDED:  # likewise, an environment using none of the later fields
+            if not data["environment"][key]:
+                del data["environment"][key]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def content_hash(self) -> str:

@@ -105,10 +105,18 @@ def env_verify(analysis: Analysis) -> None:
 @env_app.command("lock")
 @errors
 def env_lock(analysis: Analysis) -> None:
-    """(Re)generate an analysis' hashed lock from its pyproject.toml (uv pip compile)."""
+    """(Re)generate an analysis' hashed lock from its pyproject.toml and/or its blueprint's requirements."""
     spec = _spec(analysis)
-    if spec.source is None:
-        raise EnvironmentBuildError(f"{analysis} names no environment.source to lock from")
-    path = environments.lock(spec.source, lock_file=spec.lock_file, name=spec.name)
+    if spec.source is None and not spec.requirements:
+        raise EnvironmentBuildError(
+            f"{analysis} names neither environment.source nor environment.requirements to lock from"
+        )
+    path = environments.lock(
+        spec.source,
+        lock_file=spec.lock_file,
+        name=spec.name,
+        requirements=spec.requirements,
+        find_links=spec.wheel_folders(),
+    )
     pins = environments.pinned_packages(path)
     out.print(f"[green]locked[/green] {pins} packages with their sha256 hashes into {path}")

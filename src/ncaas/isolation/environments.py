@@ -47,6 +47,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -67,6 +68,7 @@ __all__ = [
     "EnvironmentSpec",
     "Progress",
     "Verification",
+    "check_system",
     "ensure",
     "envs_dir",
     "find",
@@ -207,12 +209,28 @@ class EnvironmentSpec:
         non-editable; ``None`` for an environment of locked packages only.
     python
         The base interpreter; defaults to the one running ncaas.
+    requirements
+        Requirements locked with (or, without a source, instead of) the source's.
+    find_links
+        Folders of wheels uv looks in before the package index, when locking and building.
+    modules
+        Python files installed into the environment's ``site-packages`` as top-level modules.
+    system
+        Debian packages of the host the analysis uses (checked by :func:`check_system`).
     """
 
     name: str
     lock_file: Path
     source: Path | None = None
     python: Path = field(default_factory=lambda: Path(sys.executable))
+    requirements: tuple[str, ...] = ()
+    find_links: tuple[Path, ...] = ()
+    modules: tuple[Path, ...] = ()
+    system: tuple[str, ...] = ()
+
+    def wheel_folders(self) -> list[Path]:
+        """The ``find_links`` folders that exist here (the others are skipped: the lock's hashes decide)."""
+        return [folder for folder in self.find_links if folder.is_dir()]
 
     def lock_sha256(self) -> str:
         if not self.lock_file.is_file():
@@ -223,17 +241,27 @@ class EnvironmentSpec:
         return _sha256_file(self.lock_file)
 
     def source_sha256(self) -> str:
-        if self.source is None:
+        """The analysis' own code: its package's files, then its modules (``""`` when it has neither)."""
+        if self.source is None and not self.modules:
             return ""
-        if not (self.source / "pyproject.toml").is_file():
-            raise EnvironmentBuildError(
-                f"the source of analysis {self.name!r}, {self.source}, has no pyproject.toml; "
-                "point the blueprint's environment.source at the analysis package folder"
-            )
         digest = hashlib.sha256()
-        for path in _source_files(self.source):
-            digest.update(path.relative_to(self.source).as_posix().encode() + b"\0")
-            digest.update(_sha256_file(path).encode() + b"\n")
+        if self.source is not None:
+            if not (self.source / "pyproject.toml").is_file():
+                raise EnvironmentBuildError(
+                    f"the source of analysis {self.name!r}, {self.source}, has no pyproject.toml; "
+                    "point the blueprint's environment.source at the analysis package folder"
+                )
+            for path in _source_files(self.source):
+                digest.update(path.relative_to(self.source).as_posix().encode() + b"\0")
+                digest.update(_sha256_file(path).encode() + b"\n")
+        for module in self.modules:
+            if not module.is_file():
+                raise EnvironmentBuildError(
+                    f"the module {module} of analysis {self.name!r} does not exist; "
+                    "fix the blueprint's environment.modules (files beside the blueprint)"
+                )
+            digest.update(b"module:" + module.name.encode() + b"\0")
+            digest.update(_sha256_file(module).encode() + b"\n")
         return digest.hexdigest()
 
     def python_id(self) -> str:
@@ -511,7 +539,7 @@ def _build(spec: EnvironmentSpec, key: dict[str, str], path: Path, log, progress
     try:
         box = BuildBox.for_build(
             uv_binary(),
-            readonly=[*map(Path, installation), spec.lock_file],
+            readonly=[*map(Path, installation), spec.lock_file, *spec.wheel_folders()],
             writable=[path, wheels],
             copy_on_write=[spec.source] if spec.source is not None else [],
         )
@@ -539,6 +567,10 @@ def _build_steps(
 ) -> None:
     """Create the environment, install the lock, build and install the analysis: each step sandboxed."""
     python = path / "bin" / "python"
+    links = [arg for folder in spec.wheel_folders() for arg in ("--find-links", str(folder))]
+    for folder in spec.find_links:
+        if folder not in spec.wheel_folders():
+            log.write(f"# find_links: {folder} is not on this machine; its wheels come from the index\n")
     step(0.02, f"creating the {spec.name} environment at {path}")
     _run_uv(box, ["venv", "--no-config", "--quiet", "--python", base, str(path)], log, None, (0, 0))
     n_packages = pinned_packages(spec.lock_file)
@@ -552,13 +584,16 @@ def _build_steps(
         "--require-hashes",
         "--link-mode=copy",
         "--compile-bytecode",
+        *links,
         "-r",
         str(spec.lock_file),
     ]
     try:
         _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages)
     except EnvironmentBuildError:  # uv's cache lacks some: fetch the locked packages, then install offline
-        fetched = _fetch(box, ["--require-hashes", "-r", str(spec.lock_file)], wheels, base, log, "the locked packages")
+        fetched = _fetch(
+            box, ["--require-hashes", *links, "-r", str(spec.lock_file)], wheels, base, log, "the locked packages"
+        )
         if not fetched:  # a locked source distribution: it is built as it is installed, with the network
             log.write("# some locked packages have no wheel for this platform: installing with the network on\n")
         _run_uv(box, install, log, progress, (0.05, 0.8), expect=n_packages, network=not fetched)
@@ -584,6 +619,9 @@ def _build_steps(
             None,
             (0, 0),
         )
+    if spec.modules:
+        step(0.9, f"installing the modules {', '.join(m.name for m in spec.modules)}")
+        _install_modules(spec, path, log)
     try:
         _run_uv(box, ["pip", "check", "--no-config", "--python", str(python)], log, None, (0, 0))
     except EnvironmentBuildError as exc:
@@ -591,6 +629,45 @@ def _build_steps(
             f"the lock file {spec.lock_file} does not satisfy {spec.name}'s dependencies ({exc}); "
             f"regenerate it with `ncaas env lock {spec.name}` (or `make locks`)"
         ) from None
+
+
+def _install_modules(spec: EnvironmentSpec, path: Path, log) -> None:
+    """Copy the analysis' modules into the environment's ``site-packages`` (plain files: nothing runs)."""
+    found = sorted(path.glob("lib/python*/site-packages"))
+    if len(found) != 1:
+        raise EnvironmentBuildError(f"cannot find the site-packages folder of the {spec.name} environment at {path}")
+    for module in spec.modules:
+        target = found[0] / module.name
+        if target.exists():
+            raise EnvironmentBuildError(
+                f"the module {module.name} of analysis {spec.name!r} would replace {target.name}, which a locked "
+                "package installed; rename the module"
+            )
+        shutil.copyfile(module, target)
+        log.write(f"# installed the module {module} as {target}\n")
+
+
+def check_system(spec: EnvironmentSpec) -> None:
+    """Refuse, naming them, the Debian packages ``spec.system`` names that this host lacks.
+
+    Tasks see the host's ``/usr`` read-only, so a program or library an analysis uses from
+    the system must be installed on every machine that runs it. A host without ``dpkg-query``
+    (not Debian-based) is not checked.
+    """
+    if not spec.system or shutil.which("dpkg-query") is None:
+        return
+    missing = []
+    for package in spec.system:
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${db:Status-Status}", package], capture_output=True, text=True, check=False
+        )
+        if out.returncode != 0 or out.stdout.strip() != "installed":
+            missing.append(package)
+    if missing:
+        raise EnvironmentBuildError(
+            f"analysis {spec.name!r} needs the Debian packages {', '.join(missing)} on this machine (its tasks use "
+            f"them from the host's /usr); install them: apt-get install {' '.join(missing)}"
+        )
 
 
 def _fetch(box: BuildBox, requirements: list[str], wheels: Path, base: str, log, what: str) -> bool:
@@ -690,6 +767,7 @@ def ensure(
         The lock or source is missing, or uv failed.
     """
     key = spec.key()
+    check_system(spec)
     path, manifest_path, lock_path, log_path = _paths(spec.name, key["env_sha256"])
     with _file_lock(lock_path, progress, spec.name):
         if manifest_path.is_file() and not rebuild:
@@ -752,36 +830,71 @@ def _python_version_floor(pyproject: Path) -> str:
     return match.group(1) if match else f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def lock(source: Path, *, lock_file: Path | None = None, name: str | None = None) -> Path:
-    """(Re)generate the hashed lock of an analysis from its ``pyproject.toml``.
+def lock(
+    source: Path | None,
+    *,
+    lock_file: Path | None = None,
+    name: str | None = None,
+    requirements: tuple[str, ...] | list[str] = (),
+    find_links: tuple[Path, ...] | list[Path] = (),
+) -> Path:
+    """(Re)generate the hashed lock of an analysis from its ``pyproject.toml`` and/or ``requirements``.
 
     The lock is universal (valid on every platform) for the analysis'
-    minimum Python, pins every package to one version and lists the sha256
-    of every distribution file, so installs are reproducible and tamper-evident.
+    minimum Python (the running one's, without a pyproject), pins every package to one
+    version and lists the sha256 of every distribution file, so installs are reproducible
+    and tamper-evident. Wheels in ``find_links`` folders are considered beside the index;
+    their hashes are pinned like the index's.
     """
-    source = source.absolute()
-    pyproject = source / "pyproject.toml"
-    if not pyproject.is_file():
-        raise EnvironmentBuildError(f"{source} has no pyproject.toml to lock; give the analysis package folder")
-    lock_file = (lock_file or source / LOCK_NAME).absolute()
-    label = name or source.name
-    command = [
-        uv_binary(),
-        "pip",
-        "compile",
-        "--no-config",
-        "--quiet",
-        "pyproject.toml",
-        "--generate-hashes",
-        "--universal",
-        "--python-version",
-        _python_version_floor(pyproject),
-        "--custom-compile-command",
-        f"ncaas env lock {label}",
-        "-o",
-        os.path.relpath(lock_file, source),
-    ]
-    out = subprocess.run(command, cwd=source, capture_output=True, text=True, check=False)
+    inputs: list[str] = []
+    if source is not None:
+        source = source.absolute()
+        if not (source / "pyproject.toml").is_file():
+            raise EnvironmentBuildError(f"{source} has no pyproject.toml to lock; give the analysis package folder")
+        inputs.append("pyproject.toml")
+    if source is None and not requirements:
+        raise EnvironmentBuildError(
+            f"{name or 'the analysis'} names nothing to lock; give its blueprint environment.source "
+            "(a package folder) or environment.requirements"
+        )
+    if lock_file is None:
+        if source is None:
+            raise EnvironmentBuildError("a lock of requirements alone needs the lock file's path")
+        lock_file = source / LOCK_NAME
+    lock_file = lock_file.absolute()
+    label = name or (source.name if source is not None else lock_file.parent.name)
+    floor = (
+        _python_version_floor(source / "pyproject.toml")
+        if source is not None
+        else f"{sys.version_info.major}.{sys.version_info.minor}"
+    )
+    links = [arg for folder in find_links if Path(folder).is_dir() for arg in ("--find-links", str(folder))]
+    with tempfile.TemporaryDirectory(prefix="ncaas-lock-") as scratch:
+        cwd = source if source is not None else Path(scratch)
+        if requirements:
+            listed = Path(scratch) / "requirements.in"
+            listed.write_text("".join(f"{item.strip()}\n" for item in requirements))
+            # named relative to the folder uv runs in, so the lock's annotations name no scratch folder
+            inputs.append(os.path.relpath(listed, cwd) if source is None else str(listed))
+        command = [
+            uv_binary(),
+            "pip",
+            "compile",
+            "--no-config",
+            "--quiet",
+            *inputs,
+            *links,
+            "--generate-hashes",
+            *(["--no-annotate"] if source is not None and requirements else []),
+            "--universal",
+            "--python-version",
+            floor,
+            "--custom-compile-command",
+            f"ncaas env lock {label}",
+            "-o",
+            os.path.relpath(lock_file, cwd),
+        ]
+        out = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise EnvironmentBuildError(f"could not lock {label}: {out.stderr.strip()[-800:]}")
     return lock_file
@@ -796,7 +909,7 @@ def spec_for_blueprint(loaded) -> EnvironmentSpec | None:
     platform's own interpreter (and its certificate records no lock).
     """
     wanted = loaded.blueprint.environment
-    if wanted.lock is None and wanted.source is None:
+    if wanted.lock is None and wanted.source is None and not wanted.requirements:
         return None
     base = Path(loaded.path).parent
     source = (base / wanted.source).resolve() if wanted.source else None
@@ -809,10 +922,18 @@ def spec_for_blueprint(loaded) -> EnvironmentSpec | None:
         lock_file = (base / wanted.lock).resolve()
     elif source is not None:
         lock_file = source / LOCK_NAME
-    else:  # checked above: an environment names a source, a lock, or both
-        raise EnvironmentBuildError(f"blueprint {loaded.path}: environment names neither a source nor a lock")
+    else:  # requirements alone: their lock lies beside the blueprint
+        lock_file = base / LOCK_NAME
     label = source.name if source is not None else loaded.blueprint.name
-    return EnvironmentSpec(label, lock_file, source)
+    return EnvironmentSpec(
+        label,
+        lock_file,
+        source,
+        requirements=tuple(wanted.requirements),
+        find_links=tuple((base / os.path.expandvars(folder)).resolve() for folder in wanted.find_links),
+        modules=tuple(base / module for module in wanted.modules),
+        system=tuple(wanted.system),
+    )
 
 
 def refuse_sources_in(spec: EnvironmentSpec, places: dict[str, Path]) -> None:
