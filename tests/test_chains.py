@@ -375,3 +375,19 @@ def test_a_chain_runs_on_ray_with_its_storage_in_s3(ray_cluster, s3_root: str, t
     summary = json.loads(storage.read_text(f"{second.results_dir}/outputs/a.npy/summary.json"))
     assert summary == {"a.npy": {"frames": 12, "height": 8, "width": 8, "dtype": "float32"}}
     db.close()
+
+
+def test_a_step_whose_source_succeeded_waits_for_its_certificate_and_is_never_shown_stopped():
+    from ncaas.pipelines.plan import JobView, plan_chain
+
+    names, sources = ["align", "extract"], [None, 0]
+    writing = {(0, "d"): JobView("j1", "succeeded", finalized=False, reason="")}
+    plan = plan_chain(names, sources, ["d"], writing)
+    second = [c for c in plan.cells if c.step == 1][0]
+    assert (second.state, second.reason) == ("waiting", "waiting for 'align''s certificate")
+    assert not plan.over and plan.start == []
+    certified = {(0, "d"): JobView("j1", "succeeded", finalized=True, reason="")}
+    assert plan_chain(names, sources, ["d"], certified).start == [(1, "d", "j1")]
+    failed = {(0, "d"): JobView("j1", "failed", finalized=True, reason="exited with code 2")}
+    stopped = [c for c in plan_chain(names, sources, ["d"], failed).cells if c.step == 1][0]
+    assert stopped.state == "stopped" and "exited with code 2" in stopped.reason

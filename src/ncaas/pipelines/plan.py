@@ -73,6 +73,10 @@ def plan_chain(
             elif up.state == JobState.SUCCEEDED and up.job is not None and jobs[source, dataset].finalized:
                 start.append((index, dataset, up.job))
                 cells[index, dataset] = Cell(index, dataset, WAITING, None, f"starting after {step_names[source]}")
+            elif up.state == JobState.SUCCEEDED:  # its certificate is still being written
+                cells[index, dataset] = Cell(
+                    index, dataset, WAITING, None, f"waiting for {step_names[source]!r}'s certificate"
+                )
             elif up.state in JOB_TERMINAL or up.state == STOPPED:
                 why = f"not run: step {step_names[source]!r} {_past(up.state)}"
                 why += f" ({up.reason})" if up.reason and up.state != STOPPED else ""
