@@ -40,12 +40,7 @@ def temporal_hals(aty: np.ndarray, ata: np.ndarray, c0: np.ndarray, *, sweeps: i
 
 
 def clean_footprint(
-    values: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    threshold: float = 0.1,
-    noise_sigmas: float = 3.0,
-    stderr: np.ndarray | None = None,
+    values: np.ndarray, mask: np.ndarray | None = None, *, threshold: float = 0.1, noise_sigmas: float = 3.0
 ) -> np.ndarray:
     """The connected blob of ``values`` holding the maximum, above both ``threshold`` x max and the noise.
 
@@ -57,24 +52,15 @@ def clean_footprint(
     connected to it and the blob spreads over its whole search region. The
     blob is found on a 3 x 3 median of the values (single noisy pixels neither
     join nor split it); the values kept are the fit's own.
-
-    ``stderr`` (the shape of ``values``), when known, is each value's own
-    standard error: the floor is then ``noise_sigmas`` times it, pixel by
-    pixel, which does not depend on how much of the search region lies
-    outside the cell (a search confined to the footprint's support has few
-    noise-only pixels to measure the noise on).
     """
     region = np.ones(values.shape, bool) if mask is None else mask
     inside = np.where(region, values, 0).astype(np.float32)
     peak = float(inside.max()) if inside.size else 0.0
     if peak <= 0:
         return np.zeros(values.shape, np.float32)
-    if stderr is not None:
-        level = np.maximum(threshold * peak, noise_sigmas * stderr)
-    else:
-        negative = inside[region & (inside < 0)]
-        noise = float(np.sqrt(np.mean(np.square(negative, dtype=np.float64)))) if negative.size >= 8 else 0.0
-        level = max(threshold * peak, noise_sigmas * noise)
+    negative = inside[region & (inside < 0)]
+    noise = float(np.sqrt(np.mean(np.square(negative, dtype=np.float64)))) if negative.size >= 8 else 0.0
+    level = max(threshold * peak, noise_sigmas * noise)
     smooth = ndimage.median_filter(inside, size=3, mode="nearest") if min(inside.shape) >= 3 else inside
     labels, _ = ndimage.label((smooth >= level) & region)
     at_peak = labels[np.unravel_index(np.argmax(np.where(labels > 0, smooth, -np.inf)), values.shape)]
@@ -89,21 +75,21 @@ def spatial_hals(
     footprints: Footprints,
     yct: list[np.ndarray],
     cct: np.ndarray,
-    search: tuple[list, list[np.ndarray]],
+    search: tuple[list, list[np.ndarray], list[np.ndarray]],
     *,
     sweeps: int = 2,
     threshold: float = 0.1,
-    pixel_var: np.ndarray | None = None,
 ) -> Footprints:
     """Footprints updated from Y C^T over each neuron's search region and C C^T; boxes follow the new supports.
 
-    ``search`` is (boxes, masks) from :meth:`Footprints.grown`, and ``yct[k]``
+    ``search`` is (boxes, masks, rims) from :meth:`Footprints.grown`, and ``yct[k]``
     covers ``search[0][k]``. The sums run over every batch, so each footprint is
     the least-squares fit weighted by the neuron's activity: batches where it is
     silent contribute nothing. Each new footprint is cut to the box of its own
-    support, so it can shrink as well as grow. ``pixel_var`` ((h, w): each
-    pixel's mean squared residual per frame) gives every fitted value its
-    standard error, sqrt(var / (C C^T)_kk), the noise floor of `clean_footprint`.
+    support, so it can shrink as well as grow. A footprint that reaches the
+    outer rim of its search stays `spreading` (the search, not the cell, cut
+    it off); one that stays inside stops spreading for good: its edge is the
+    cell's, and letting it wander in and out kept the fit from converging.
     """
     search_boxes, masks, rims = search
     boxes = list(footprints.boxes)
@@ -120,11 +106,7 @@ def spatial_hals(
                 ov = box_intersection(search_boxes[k], boxes[j])
                 if ov is not None:
                     num[ov[0]] -= cct[j, k] * images[j][ov[1]]
-            stderr = None
-            if pixel_var is not None:
-                y0, y1, x0, x1 = search_boxes[k]
-                stderr = np.sqrt(pixel_var[y0:y1, x0:x1] / cct[k, k]).astype(np.float32)
-            image = clean_footprint(num / cct[k, k], masks[k], threshold=threshold, stderr=stderr)
+            image = clean_footprint(num / cct[k, k], masks[k], threshold=threshold)
             if image.any():
                 images[k], boxes[k] = tight_box(image, search_boxes[k])
             else:

@@ -681,9 +681,7 @@ def _iterate(
         background.refit()
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
-        updated, norms = spatial_hals(
-            footprints, yct, cct.astype(np.float32), search, pixel_var=residual_var
-        ).normalized()
+        updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
         noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
