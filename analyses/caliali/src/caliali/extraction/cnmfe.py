@@ -682,6 +682,10 @@ def _iterate(
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
+        if it == 0:
+            # the first update fits the traces of the initialisation, replaced only in this round: a support
+            # that ends inside its search now is not yet the cell's edge, so every footprint spreads once more
+            updated.spreading[:] = True
         noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
