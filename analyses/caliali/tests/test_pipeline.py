@@ -225,6 +225,26 @@ def test_real_miniscope_recording(tmp_path, minian_demo_quadrant):
     assert np.isfinite(c).all()
     for rel in ["neurons.nwb", "qc/contours.png", "qc/traces.png", "qc/sessions/session_session1_qc.png"]:
         assert (out / rel).stat().st_size > 0, rel
+    assert meta["convergence"]["converged"], meta["history"]
+
+
+def test_real_miniscope_recording_converges_with_only_its_frame_rate(tmp_path, minian_demo_quadrant):
+    """The raw quadrant with nothing but ``fs`` set: gSig and the seed thresholds come from the data, and the
+    refinement rounds converge."""
+    import tifffile
+
+    movie = tmp_path / "movie"
+    movie.mkdir()
+    tifffile.imwrite(movie / "session1.tif", minian_demo_quadrant)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"fs": 25}))
+    out = tmp_path / "out"
+    r = _caliali("run", "--input", str(movie), "--config", str(cfg), "--output", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    meta = json.loads((out / "arrays" / "meta.json").read_text())
+    assert meta["convergence"]["converged"], meta["history"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["convergence"]["why"].startswith("converged: footprint change")
 
 
 def test_session_start_time_is_read_as_a_time_with_its_offset():

@@ -113,7 +113,7 @@ class CalialiConfig(BaseModel):
     merge_thr: float = Field(
         0.65, ge=0, le=1, description="Overlapping components whose traces correlate above this are merged."
     )
-    max_iter: int = Field(10, ge=1, le=50, description="Most rounds of background/spatial/temporal updates.")
+    max_iter: int = Field(20, ge=1, le=50, description="Most rounds of background/spatial/temporal updates.")
     tol: float = Field(0.05, gt=0, le=1, description="Stop when footprints change less than this fraction.")
     bg_ssub: int = Field(2, ge=1, le=8, description="Spatial downsampling of the ring background model.")
     ring_factor: float = Field(1.5, ge=0.5, le=4, description="Ring radius of the background, in neuron diameters.")

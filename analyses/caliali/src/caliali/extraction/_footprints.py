@@ -55,19 +55,32 @@ def tight_box(image: np.ndarray, box: Box) -> tuple[np.ndarray, Box]:
 
 
 class Footprints:
-    """K footprints on a (h, w) grid; ``images[k]`` covers ``boxes[k]`` = (y0, y1, x0, x1)."""
+    """K footprints on a (h, w) grid; ``images[k]`` covers ``boxes[k]`` = (y0, y1, x0, x1).
 
-    def __init__(self, dims: tuple[int, int], boxes: list[tuple[int, int, int, int]], images: list[np.ndarray]):
+    ``spreading[k]`` says whether footprint k may still spread beyond its support at the next
+    spatial update (`grown`): true for a new footprint, and after an update that enlarged it.
+    """
+
+    def __init__(
+        self,
+        dims: tuple[int, int],
+        boxes: list[tuple[int, int, int, int]],
+        images: list[np.ndarray],
+        spreading: np.ndarray | None = None,
+    ):
         self.dims = (int(dims[0]), int(dims[1]))
         self.boxes = [tuple(int(v) for v in b) for b in boxes]
         self.images = [np.asarray(im, np.float32) for im in images]
+        self.spreading = np.ones(len(self.images), bool) if spreading is None else np.asarray(spreading, bool).copy()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, keep) -> Footprints:
         keep = list(keep)
-        return Footprints(self.dims, [self.boxes[k] for k in keep], [self.images[k] for k in keep])
+        return Footprints(
+            self.dims, [self.boxes[k] for k in keep], [self.images[k] for k in keep], self.spreading[keep]
+        )
 
     def slices(self, k: int) -> tuple[slice, slice]:
         y0, y1, x0, x1 = self.boxes[k]
@@ -111,7 +124,7 @@ class Footprints:
         """Footprints scaled to unit L2 norm, and the norms they had (0 for empty ones)."""
         norms = np.array([float(np.sqrt((im.astype(np.float64) ** 2).sum())) for im in self.images])
         images = [im / n if n > 0 else im for im, n in zip(self.images, norms)]
-        return Footprints(self.dims, self.boxes, images), norms.astype(np.float32)
+        return Footprints(self.dims, self.boxes, images, self.spreading), norms.astype(np.float32)
 
     def touching(self, grow: int = 1) -> np.ndarray:
         """(K, K) bool: supports overlap or touch (after growing each by ``grow`` px)."""
@@ -203,34 +216,47 @@ class Footprints:
         if allowed is None:
             return self
         images = [im * allowed[y0:y1, x0:x1] for (y0, y1, x0, x1), im in zip(self.boxes, self.images)]
-        return Footprints(self.dims, self.boxes, images)
+        return Footprints(self.dims, self.boxes, images, self.spreading)
 
-    def grown(self, grow: int, allowed: np.ndarray | None = None) -> tuple[list[Box], list[np.ndarray]]:
-        """Each support dilated by ``grow`` px (4-connected steps), clipped to the frame: (boxes, masks).
+    def grown(
+        self, grow: int, allowed: np.ndarray | None = None
+    ) -> tuple[list[Box], list[np.ndarray], list[np.ndarray]]:
+        """Each support dilated by ``grow`` px (4-connected steps), clipped to the frame: (boxes, masks, rims).
 
         Where the spatial update looks for each neuron's pixels: the current
         support and a rim around it, so a footprint can spread to the cell's
-        edge over a few rounds but never jump to another cell. An empty
+        edge over a few rounds but never jump to another cell. ``rims[k]`` is
+        the outermost layer of that search (on ``boxes[k]``): a footprint that
+        reaches it was stopped by the search, not by the cell's edge. An empty
         footprint keeps its box with an empty mask. ``allowed`` ((h, w) bool)
-        keeps every search inside it (a region of interest).
+        keeps every search inside it (a region of interest). A footprint that
+        is no longer `spreading` is searched over its support only (and has no
+        rim): it can still shrink and its values still move, but its edge no
+        longer wanders in and out from round to round.
         """
         step = ndimage.generate_binary_structure(2, 1)
         h, w = self.dims
-        boxes, masks = [], []
-        for (y0, _, x0, _), im in zip(self.boxes, self.images):
+        boxes, masks, rims = [], [], []
+        for k, ((y0, _, x0, _), im) in enumerate(zip(self.boxes, self.images)):
             support = np.pad(im > 0, grow)
-            if grow and support.any():
-                support = ndimage.binary_dilation(support, step, iterations=grow)
+            inner = support
+            if grow and support.any() and self.spreading[k]:
+                inner = ndimage.binary_dilation(support, step, iterations=grow - 1) if grow > 1 else support
+                support = ndimage.binary_dilation(inner, step)
+            rim = support & ~inner
             oy, ox = y0 - grow, x0 - grow  # frame position of the padded image's corner
             cy0, cx0 = max(0, oy), max(0, ox)
             cy1, cx1 = min(h, oy + support.shape[0]), min(w, ox + support.shape[1])
-            support = support[cy0 - oy : cy1 - oy, cx0 - ox : cx1 - ox]
+            crop = (slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
+            support, rim = support[crop], rim[crop]
             if allowed is not None:
                 support = support & allowed[cy0:cy1, cx0:cx1]
             mask, box = tight_box(support, (cy0, cy1, cx0, cx1))
+            ry, rx = box[0] - cy0, box[2] - cx0
             boxes.append(box)
             masks.append(mask)
-        return boxes, masks
+            rims.append(rim[ry : ry + mask.shape[0], rx : rx + mask.shape[1]] & mask)
+        return boxes, masks, rims
 
     def overlap_neighbours(self, boxes: list[Box] | None = None) -> list[np.ndarray]:
         """For each neuron, the indices of neurons whose boxes (or ``boxes``) intersect its box (itself included)."""

@@ -75,20 +75,23 @@ def spatial_hals(
     footprints: Footprints,
     yct: list[np.ndarray],
     cct: np.ndarray,
-    search: tuple[list, list[np.ndarray]],
+    search: tuple[list, list[np.ndarray], list[np.ndarray]],
     *,
     sweeps: int = 2,
     threshold: float = 0.1,
 ) -> Footprints:
     """Footprints updated from Y C^T over each neuron's search region and C C^T; boxes follow the new supports.
 
-    ``search`` is (boxes, masks) from :meth:`Footprints.grown`, and ``yct[k]``
+    ``search`` is (boxes, masks, rims) from :meth:`Footprints.grown`, and ``yct[k]``
     covers ``search[0][k]``. The sums run over every batch, so each footprint is
     the least-squares fit weighted by the neuron's activity: batches where it is
     silent contribute nothing. Each new footprint is cut to the box of its own
-    support, so it can shrink as well as grow.
+    support, so it can shrink as well as grow. A footprint that reaches the
+    outer rim of its search stays `spreading` (the search, not the cell, cut
+    it off); one that stays inside stops spreading for good: its edge is the
+    cell's, and letting it wander in and out kept the fit from converging.
     """
-    search_boxes, masks = search
+    search_boxes, masks, rims = search
     boxes = list(footprints.boxes)
     images = [im.copy() for im in footprints.images]
     neighbours = footprints.overlap_neighbours(search_boxes)  # any neighbour's footprint stays in its search box
@@ -108,4 +111,10 @@ def spatial_hals(
                 images[k], boxes[k] = tight_box(image, search_boxes[k])
             else:
                 images[k] = np.zeros_like(images[k])
-    return Footprints(footprints.dims, boxes, images)
+    # a footprint goes on spreading while its search's outer rim cuts it off
+    cut = np.zeros(len(images), bool)
+    for k, (image, box) in enumerate(zip(images, boxes)):
+        ov = box_intersection(box, search_boxes[k])
+        if ov is not None and image.any():
+            cut[k] = bool((image[ov[0]] > 0)[rims[k][ov[1]]].any())
+    return Footprints(footprints.dims, boxes, images, footprints.spreading & cut)

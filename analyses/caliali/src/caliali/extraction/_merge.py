@@ -124,7 +124,7 @@ def merge_components(
         directory = getattr(c, "directory", None)
     new_c = TraceFile((n_groups, c.shape[1]), directory=directory)
     new_raw = None if c_raw is None else TraceFile((n_groups, c.shape[1]), directory=directory)
-    boxes, images = [], []
+    boxes, images, spreading = [], [], []
     merges = 0
     for g in range(n_groups):
         members = np.nonzero(labels == g)[0]
@@ -132,6 +132,7 @@ def merge_components(
         if members.size == 1:
             m = members[0]
             boxes.append(footprints.boxes[m]), images.append(footprints.images[m])
+            spreading.append(bool(footprints.spreading[m]))
             new_c[row] = c[m]
             if new_raw is not None:
                 new_raw[row] = c_raw[m]
@@ -142,10 +143,11 @@ def merge_components(
             continue
         box, image, trace, weights = fit
         boxes.append(box), images.append(image)
+        spreading.append(True)  # a new footprint: it may spread over the merged cell
         new_c[row] = trace
         if new_raw is not None:
             new_raw[row] = np.asarray(c_raw[members], np.float32).T @ weights
     if len(boxes) < n_groups:  # groups whose activity cancelled out leave no row
         new_c = new_c.take(range(len(boxes)))
         new_raw = None if new_raw is None else new_raw.take(range(len(boxes)))
-    return Footprints(footprints.dims, boxes, images), new_c, new_raw, merges
+    return Footprints(footprints.dims, boxes, images, np.array(spreading, bool)), new_c, new_raw, merges

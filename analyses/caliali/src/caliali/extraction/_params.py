@@ -69,7 +69,7 @@ class ExtractionParams:
     min_corr: float = 0.1
     min_pnr: float | str = "auto"
     merge_thr: float = 0.65
-    max_iter: int = 10
+    max_iter: int = 20
     tol: float = 0.05
     bg_ssub: int = 2
     ring_factor: float = 1.5

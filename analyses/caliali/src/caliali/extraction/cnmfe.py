@@ -203,6 +203,9 @@ def _iteration_pass(
     cct = np.zeros((k, k), np.float64)
     new_b0 = np.zeros_like(background.b0, dtype=np.float64)
     residual_sq = np.zeros(source.frame_shape, np.float64) if spatial is not None else None
+    n_sessions = len(background.b0)
+    trace_sums = np.zeros((n_sessions, k), np.float64)
+    session_frames = np.zeros(n_sessions, np.int64)
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
         cb = c[:, batch.start : batch.stop]
@@ -225,11 +228,40 @@ def _iteration_pass(
             for j, v in enumerate(footprints.correlate(frames, cb, spatial)):
                 yct[j] += v
             cct += cb.astype(np.float64) @ cb.T.astype(np.float64)
+            trace_sums[batch.session] += np.asarray(cb, np.float64).sum(axis=1)
+            session_frames[batch.session] += batch.stop - batch.start
         del frames, cb
         _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
     if residual_sq is not None:
         residual_sq /= source.n_frames  # each pixel's mean squared residual: the noise the fit sees
+    if spatial is not None:
+        _centre(yct, cct, spatial, footprints, new_b0, trace_sums, session_frames)
     return c_raw, yct, cct, new_b0, residual_sq
+
+
+def _centre(yct, cct, boxes, footprints: Footprints, residual_sums, trace_sums, session_frames) -> None:
+    """Y C^T and C C^T of each session's deviations from its mean, in place: footprints fitted with a free constant.
+
+    The spatial update then fits every pixel's footprint value together with a
+    constant per pixel and session (least squares of the neural part on the
+    trace and a constant), so a footprint does not depend on the session
+    constant ``b0`` of the previous round. Fitted one after the other, the
+    two trade a footprint's halo against ``b0`` a little each round and
+    converge only slowly (at the rate (sum c)^2 / (T sum c^2) per round).
+    A session's sum of the neural part is its sum of residuals plus A times
+    its sum of C, built one session at a time.
+    """
+    for s, n in enumerate(session_frames):
+        if n == 0:
+            continue
+        mean_c = trace_sums[s] / n
+        neural_sum = residual_sums[s].copy()
+        for k, image in enumerate(footprints.images):
+            neural_sum[footprints.slices(k)] += trace_sums[s, k] * image
+        for j, (y0, y1, x0, x1) in enumerate(boxes):
+            if mean_c[j] != 0:
+                yct[j] -= neural_sum[y0:y1, x0:x1] * mean_c[j]
+        cct -= n * np.outer(mean_c, mean_c)
 
 
 def _footprint_noise(fitted: Footprints, norms: np.ndarray, cct: np.ndarray, residual_var: np.ndarray) -> float:
@@ -650,6 +682,10 @@ def _iterate(
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
+        if it == 0:
+            # the first update fits the traces of the initialisation, replaced only in this round: a support
+            # that ends inside its search now is not yet the cell's edge, so every footprint spreads once more
+            updated.spreading[:] = True
         noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
         c.close()
