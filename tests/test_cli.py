@@ -127,3 +127,17 @@ def test_a_long_last_message_of_a_finished_task_is_printed_in_full():
     out = Console(width=200, record=True)
     print_job(out, {"id": "j", "analysis": "caliali", "state": "succeeded", "tasks": [task], "results_dir": "/r"}, [])
     assert f"exp1: {last}" in out.export_text()
+
+
+def test_the_same_data_submitted_twice_in_one_second_makes_two_jobs(tmp_path):
+    """A copied submission file runs once, but two `ncaas submit` of the same data are two runs."""
+    import numpy as np
+
+    from ncaas.cli.backend import Embedded
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 8, 8), np.float32))
+    backend = Embedded(str(tmp_path / "root"), None)
+    (name,) = [backend.put_input(str(tmp_path / "a.npy"), "lab", left_out=lambda *_: None)]
+    first = backend.submit("lab", "framestats", [name], None, "one")
+    second = backend.submit("lab", "framestats", [name], None, "two")
+    assert first["id"] != second["id"]

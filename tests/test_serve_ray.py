@@ -270,7 +270,10 @@ def test_a_node_that_cannot_reach_storage_is_kept_out_and_its_task_runs_elsewher
         (["--ray-s3-settings", "mine"], "--ray-s3-settings 'mine' is not known; use one of: server, node"),
         (["--ray-s3-settings", "node"], "--ray-address, --ray-max-cpus and --ray-s3-settings need --executor ray"),
         (["--executor", "ray"], "--executor ray needs the cluster: --ray-address HEAD:PORT"),
-        (["--no-manager", "--executor", "ray"], "--executor and --ray-* choose where the job manager runs tasks"),
+        (
+            ["--no-manager", "--executor", "ray"],
+            "--executor, --ray-* and --slurm-profile choose where the job manager runs tasks",
+        ),
         (["--root", "s3://somewhere/x"], "the local executor runs tasks on files of this machine"),
     ],
 )

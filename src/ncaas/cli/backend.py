@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -130,6 +131,15 @@ class Backend(Protocol):
 
     def rerun_chain(self, ref: str) -> dict[str, Any]:
         """Start a rerun of a finished chain; its detail."""
+
+
+def _timestamp() -> str:
+    """When a submission was made, to the microsecond: two made in the same second are two jobs.
+
+    A submission whose content repeats one already run is refused (a copied file runs once); the
+    timestamp is what tells a deliberate second run of the same data and config from a copy.
+    """
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S.%f")
 
 
 def submission_name(analysis: str) -> str:
@@ -250,7 +260,7 @@ class Embedded:
             "analysis": analysis,
             "dataname": datasets,
             "configname": configname,
-            "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime()),
+            "timestamp": _timestamp(),
             "pricing": pricing if pricing != "standard" else None,
         }
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
@@ -353,7 +363,7 @@ class Embedded:
 
     # -- chains ----------------------------------------------------------------------------------
     def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
-        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": time.strftime("%Y%m%d-%H%M%S", time.gmtime())}
+        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": _timestamp()}
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
         self.storage.write_text(path, json.dumps(body, indent=2))
         job = self.manager.ingest_file(group, path)
