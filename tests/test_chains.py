@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from ncaas_testutil import ncaas, submit, write_stack
@@ -391,3 +392,44 @@ def test_a_step_whose_source_succeeded_waits_for_its_certificate_and_is_never_sh
     failed = {(0, "d"): JobView("j1", "failed", finalized=True, reason="exited with code 2")}
     stopped = [c for c in plan_chain(names, sources, ["d"], failed).cells if c.step == 1][0]
     assert stopped.state == "stopped" and "exited with code 2" in stopped.reason
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.filterwarnings("ignore:The 'manufacturer' field is deprecated:DeprecationWarning")
+def test_the_shipped_caliali_then_suite2p_chain_runs_as_shipped(tmp_path: Path):
+    """pipelines/caliali-suite2p.yaml as shipped: caliali's alignment, then suite2p on the aligned sessions.
+
+    The simulator's default field (its default neurons) over two sessions of 200 frames: enough cells
+    for caliali-align to estimate their radius, as the shipped pipeline leaves it to.
+    """
+    made = subprocess.run(
+        [sys.executable, "-m", "caliali", "simulate", str(tmp_path / "sim"), "--sessions", "2", "--frames", "200"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert made.returncode == 0, made.stderr
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    for name in ("ses01.tif", "ses02.tif"):
+        (tmp_path / "sim" / name).rename(experiment / name)
+    root = tmp_path / "root"
+    shipped = Path(__file__).resolve().parents[1] / "pipelines" / "caliali-suite2p.yaml"
+    env = {"NCAAS_ROOT": str(root)}
+    done = ncaas("submit", str(shipped), str(experiment), "--group", GROUP, "--wait", env=env, timeout=2300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    chain_id = done.stdout.split()[1].rstrip(":")
+    shown = json.loads((root / GROUP / "results" / chain_id / "chain.json").read_text())
+    assert shown["state"] == "succeeded"
+    (row,) = shown["datasets"]
+    align, extract = row["steps"]
+    aligned = Path(align["results_dir"]) / "outputs" / "exp" / "aligned"
+    assert sorted(p.name for p in aligned.iterdir()) == ["ses01.tif", "ses02.tif"]
+    outputs = Path(extract["results_dir"]) / "outputs" / "exp"
+    assert (outputs / "suite2p" / "plane0" / "stat.npy").is_file() and (outputs / "suite2p" / "ophys.nwb").is_file()
+    cert = json.loads((Path(extract["results_dir"]) / "certificate.json").read_text())
+    assert cert["blueprint"]["name"] == "suite2p" and cert["upstream"]["job"] == align["job"]
+    # suite2p read both aligned sessions as one recording, in the order of their names
+    ops = np.load(outputs / "suite2p" / "plane0" / "ops.npy", allow_pickle=True).item()
+    assert ops["nframes"] == 400, ops["nframes"]
