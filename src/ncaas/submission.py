@@ -38,6 +38,18 @@ __all__ = [
     "too_large",
 ]
 
+
+def submission_timestamp() -> str:
+    """When a submission was made, to the microsecond (UTC): two made in the same second are two jobs.
+
+    A submission whose content repeats one already run is refused (a copied file runs once); the
+    timestamp tells a deliberate second run of the same data and config from a copy.
+    """
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 KEY_MAX_BYTES = 200  # the longest name made of a key, ".<key>.json.<8 hex>.tmp", stays within 255 bytes
 MAX_PROBLEM_LINES = 20  # a rejection lists at most this many distinct problems
 MAX_PROBLEM_CHARS = 1000  # and each in at most this many characters

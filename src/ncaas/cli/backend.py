@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +34,7 @@ from ..jobs.states import JOB_TERMINAL
 from ..provenance.certificate import load_certificate
 from ..storage import Storage, check_group
 from ..storage.localfolder import folder_files
+from ..submission import submission_timestamp
 
 __all__ = ["Backend", "Embedded", "LeftOut", "Remote", "describe_folder", "submission_name"]
 
@@ -131,15 +131,6 @@ class Backend(Protocol):
 
     def rerun_chain(self, ref: str) -> dict[str, Any]:
         """Start a rerun of a finished chain; its detail."""
-
-
-def _timestamp() -> str:
-    """When a submission was made, to the microsecond: two made in the same second are two jobs.
-
-    A submission whose content repeats one already run is refused (a copied file runs once); the
-    timestamp is what tells a deliberate second run of the same data and config from a copy.
-    """
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S.%f")
 
 
 def submission_name(analysis: str) -> str:
@@ -260,7 +251,7 @@ class Embedded:
             "analysis": analysis,
             "dataname": datasets,
             "configname": configname,
-            "timestamp": _timestamp(),
+            "timestamp": submission_timestamp(),
             "pricing": pricing if pricing != "standard" else None,
         }
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
@@ -363,7 +354,7 @@ class Embedded:
 
     # -- chains ----------------------------------------------------------------------------------
     def submit_pipeline(self, group: str, pipeline: str, datasets: list[str], name: str) -> dict[str, Any]:
-        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": _timestamp()}
+        body = {"pipeline": pipeline, "dataname": datasets, "timestamp": submission_timestamp()}
         path = self.storage.resolve(group, "submissions", f"{name}.submit.json")
         self.storage.write_text(path, json.dumps(body, indent=2))
         job = self.manager.ingest_file(group, path)

@@ -19,8 +19,9 @@ from ..exceptions import JobNotFound
 from ..jobs.db import Chain
 from ..pipelines.runner import chain_detail
 from ..storage import check_user_path
+from ..submission import submission_timestamp
 from .accounts import Principal
-from .api_jobs import Jobs, JobService, _stamp
+from .api_jobs import Jobs, JobService
 from .errors import BadRequest, Conflict, NotFound
 from .state import caller
 
@@ -57,16 +58,17 @@ def submit_chain(body: ChainRequest, who: Caller, jobs: Jobs) -> dict:
             data = yaml.safe_load(body.pipeline_yaml)
         except yaml.YAMLError as exc:
             raise BadRequest(f"pipeline_yaml is not valid YAML: {exc}") from None
-        pipeline = f"pipeline-{_stamp()}.yaml"
+        pipeline = f"pipeline-{submission_timestamp()}.yaml"
         storage.write_text(storage.resolve(who.group, "configs", pipeline), yaml.safe_dump(data, sort_keys=False))
     assert pipeline is not None
-    name = f"{body.name or 'chain-' + _stamp() + '-' + who.user}.submit.json"
+    name = f"{body.name or 'chain-' + submission_timestamp() + '-' + who.user}.submit.json"
     if "/" in check_user_path(name, "submissions"):
         raise BadRequest(f"submission name {body.name!r} must be a plain name, without '/'")
     path = storage.resolve(who.group, "submissions", name)
     if storage.exists(path):
         raise Conflict(f"a submission named {name} already exists in {who.group}/submissions/; choose another name")
-    storage.write_text(path, json.dumps({"pipeline": pipeline, "dataname": body.datasets, "timestamp": _stamp()}))
+    submit = {"pipeline": pipeline, "dataname": body.datasets, "timestamp": submission_timestamp()}
+    storage.write_text(path, json.dumps(submit))
     job = jobs.manager.call(jobs.manager.ingest_file, who.group, path)
     if job is None:  # pragma: no cover - the file was removed under us
         raise NotFound(f"the submission {posixpath.basename(path)} vanished before it was read")

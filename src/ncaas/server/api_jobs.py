@@ -17,7 +17,6 @@ import posixpath
 import threading
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 from urllib.parse import quote
@@ -34,6 +33,7 @@ from ..jobs import describe
 from ..jobs.db import Job, JobDB, Task, default_db_url
 from ..jobs.manager import Manager
 from ..storage import check_user_path, localtree
+from ..submission import submission_timestamp
 from . import stored
 from .accounts import Principal
 from .errors import BadRequest, Conflict, Forbidden, NotFound
@@ -156,14 +156,14 @@ class JobService:
         if body.config is not None:
             if configname is not None:
                 raise BadRequest("give either configname (a saved config) or config (the values), not both")
-            configname = f"api-{_stamp()}.json"
+            configname = f"api-{submission_timestamp()}.json"
             storage.write_text(storage.resolve(who.group, "configs", configname), json.dumps(body.config, indent=2))
-        submit = {"analysis": body.analysis, "dataname": body.datasets, "timestamp": _stamp()}
+        submit = {"analysis": body.analysis, "dataname": body.datasets, "timestamp": submission_timestamp()}
         if configname is not None:
             submit["configname"] = configname
         if body.pricing != "standard":
             submit["pricing"] = body.pricing
-        name = f"{body.name or 'api-' + _stamp() + '-' + who.user}.submit.json"
+        name = f"{body.name or 'api-' + submission_timestamp() + '-' + who.user}.submit.json"
         if "/" in check_user_path(name, "submissions"):
             raise BadRequest(f"submission name {body.name!r} must be a plain name, without '/'")
         path = storage.resolve(who.group, "submissions", name)
@@ -175,10 +175,6 @@ class JobService:
         if job is None:  # pragma: no cover - the file was removed under us
             raise NotFound(f"the submission {name} vanished before it was read")
         return job
-
-
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 def jobs_of(request: Request) -> JobService:
