@@ -124,9 +124,7 @@ def check(n_neurons: int, log: list[Entry], entry: Entry) -> None:
             raise DecisionRefused("nothing to undo")
         last = state.in_effect[-1]
         if entry.undoes != last:
-            raise DecisionRefused(
-                f"the latest decision is now #{last}, made since you looked; reload and undo again"
-            )
+            raise DecisionRefused(f"the latest decision is now #{last}, made since you looked; reload and undo again")
         return
     _apply(state, entry)
 
