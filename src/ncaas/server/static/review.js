@@ -394,6 +394,7 @@ async function start() {
     takeDecisions(decisions);
     drawField();
     if (R.info.images.length) await loadImage($("#background").value);
+    R.timings.image = performance.now();
     document.body.dataset.ready = "1";
     setInterval(poll, 2000);  // other reviewers' decisions
   } catch (err) { showError(err); }
