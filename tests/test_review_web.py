@@ -73,8 +73,9 @@ def _http(site, user: str) -> httpx.Client:
     )
 
 
-def _open(browser, site, user: str, url: str):
-    """A browser context of ``user`` showing the review page at ``url``; and the errors it logs."""
+def _open(browser, site, user: str, url: str, *, via_job: str | None = None):
+    """A browser context of ``user`` showing the review page at ``url`` (reached from the job's
+    Review link in the main page when ``via_job`` names it); and the errors it logs."""
     context = browser.new_context(viewport={"width": 1300, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
@@ -83,7 +84,14 @@ def _open(browser, site, user: str, url: str):
     page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(site["server"].url + "/")
     page.evaluate("token => sessionStorage.setItem('ncaas-token', token)", site["tokens"][user])
-    page.goto(url)
+    if via_job is None:
+        page.goto(url)
+    else:
+        page.goto(site["server"].url + "/")  # signed in from the saved token
+        page.click(f"#jobs tr[data-job='{via_job}']")
+        link = page.locator(".task[data-dataset='exp'] a.review")
+        assert site["server"].url + link.get_attribute("href") == url
+        link.click()
     page.wait_for_selector("body[data-ready='1']")
     return context, page, errors
 
@@ -98,6 +106,14 @@ def _click_neuron(page, k: int) -> None:
 
 def _status(page, k: int) -> str:
     return page.locator(f"#table-body tr[data-neuron='{k}'] td").last.inner_text()
+
+
+def test_ncaas_review_needs_a_server():
+    done = subprocess.run([sys.executable, "-m", "ncaas", "review", "JOB"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "the review page is a page of an ncaas server: give --server URL --token TOKEN" in " ".join(
+        (done.stdout + done.stderr).split()
+    )
 
 
 def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
@@ -118,7 +134,7 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
 
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        one, page, errors = _open(browser, site, "ann", url)
+        one, page, errors = _open(browser, site, "ann", url, via_job=job["id"])
         assert page.evaluate("document.body.dataset.contours") == str(k_before)  # every neuron outlined
         _click_neuron(page, rejected)  # select by clicking the image
         page.wait_for_selector(f"body[data-shown='{rejected}']")

@@ -292,6 +292,7 @@ function next(delta) {
 // ---------------------------------------------------------------- finish: the curation job
 async function finish() {
   showError(null);
+  $("#finish").disabled = true;  // one curation at a time from this page
   try {
     const job = await api(`${base()}/finish`, { method: "POST" });
     R.curation = job.id;
@@ -299,7 +300,7 @@ async function finish() {
     $("#curation-link").textContent = job.id;
     $("#curation-link").href = "/";
     watchCuration();
-  } catch (err) { showError(err); }
+  } catch (err) { showError(err); $("#finish").disabled = false; }
 }
 
 async function watchCuration() {
@@ -311,7 +312,8 @@ async function watchCuration() {
   $("#curation-message").textContent = task.message || job.error || "";
   document.body.dataset.curation = job.finished ? job.state : "running";
   if (!job.finished) setTimeout(() => watchCuration().catch(showError), 1000);
-  else if (job.state === "succeeded") {
+  else $("#finish").disabled = false;
+  if (job.finished && job.state === "succeeded") {
     const url = `/review?job=${encodeURIComponent(job.id)}&dataset=${encodeURIComponent(R.dataset)}`;
     $("#curation-message").replaceChildren("Curated result ready: ", el("a", { href: url, text: "review it" }));
   }
