@@ -238,3 +238,16 @@ def test_the_review_api_serves_a_result_and_refuses_what_cannot_be_reviewed(tmp_
             curation = client.wait(http.post(f"{base}/finish").json()["id"])
             assert curation["state"] == "failed"
             assert "neurons-synthetic has no curation" in curation["tasks"][0]["message"]
+
+
+def test_declaring_review_leaves_the_environment_as_it_was():
+    from ncaas.blueprint import load_blueprint
+    from ncaas.isolation.environments import spec_for_blueprint
+
+    loaded = load_blueprint(Path(__file__).parents[1] / "analyses" / "caliali" / "blueprint.yaml")
+    assert loaded.blueprint.review is not None
+    bare = type(loaded)(loaded.blueprint.model_copy(update={"review": None}), loaded.path, "", None, False)
+    with_review, without = spec_for_blueprint(loaded), spec_for_blueprint(bare)
+    assert with_review is not None and without is not None
+    assert with_review.key() == without.key()  # the curation runs in the analysis' own environment
+    assert loaded.blueprint.content_hash() != bare.blueprint.content_hash()  # a new blueprint version

@@ -142,6 +142,15 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
         page.keyboard.press("r")
         page.wait_for_selector("body[data-version='1']")
         assert _status(page, rejected) == "rejected"
+        page.wait_for_selector(f"body[data-shown='{rejected + 1}']")  # a decision moves on to the next neuron
+        page.keyboard.press("k")
+        page.wait_for_selector(f"body[data-shown='{rejected}']")
+        page.keyboard.press("ArrowDown")
+        page.wait_for_selector(f"body[data-shown='{rejected + 1}']")
+        page.click("#table-head th[data-key='snr']")  # sorted by SNR, highest first
+        best = max(table, key=lambda r: r["snr"])["id"]
+        assert page.locator("#table-body tr").first.get_attribute("data-neuron") == str(best)
+        page.click("#table-head th[data-key='id']")
 
         page.click(f"#table-body tr[data-neuron='{pair[0]}']")  # select by the table, then add its neighbour
         page.wait_for_selector(f"body[data-shown='{pair[0]}']")
@@ -163,11 +172,11 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
         two, other, errors2 = _open(browser, site, "cat", url)  # a second reviewer of the group
         assert other.evaluate("document.body.dataset.version") == "4"
         assert _status(other, rejected) == "rejected" and _status(other, pair[1]) == "merged"
-        page.click(f"#table-body tr[data-neuron='{late}']")
-        page.wait_for_selector(f"body[data-shown='{late}']")
-        page.keyboard.press("r")
-        other.wait_for_selector("body[data-version='5']", timeout=10_000)  # seen by polling
-        assert _status(other, late) == "rejected"
+        other.click(f"#table-body tr[data-neuron='{late}']")  # the second reviewer decides too
+        other.wait_for_selector(f"body[data-shown='{late}']")
+        other.keyboard.press("r")
+        page.wait_for_selector("body[data-version='5']", timeout=10_000)  # the first sees it by polling
+        assert _status(page, late) == "rejected"
 
         other.click("#finish")  # the second reviewer finishes
         other.wait_for_selector("body[data-curation='succeeded']", timeout=600_000)
@@ -202,7 +211,8 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
     assert review["decisions"]["sha256"] == curation["decisions_sha256"]
     assert decisions["final"] == {"accepted": [], "rejected": sorted([rejected, late]), "merges": [pair]}
     assert [e["action"] for e in decisions["log"]] == ["reject", "merge", "accept", "undo", "reject"]
-    assert {r["user"] for r in review["decisions"]["reviewers"]} == {"ann"}
+    assert [r["user"] for r in review["decisions"]["reviewers"]] == ["ann", "cat"]
+    assert [r["actions"] for r in review["decisions"]["reviewers"]] == [4, 1]
     assert cert["tasks"][0]["argv"][2:4] == ["caliali", "curate"]
 
     rerun = subprocess.run([*cli, "rerun", curation_id], capture_output=True, text=True, timeout=900)
