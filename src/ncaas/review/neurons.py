@@ -8,7 +8,7 @@ import numpy as np
 
 from .layout import Layout, png
 
-__all__ = ["contours", "footprint_png", "neighbours", "table"]
+__all__ = ["contours", "footprint_box", "footprint_png", "neighbours", "table"]
 
 CONTOUR_LEVEL = 0.2  # a footprint's outline: where it falls to this fraction of its peak
 _PAD = 1
@@ -35,7 +35,13 @@ def _centres(layout: Layout) -> np.ndarray:
 
 def table(layout: Layout) -> list[dict[str, Any]]:
     """One row per neuron: id, snr, size (pixels above CONTOUR_LEVEL of its peak), centre, activity."""
+    return layout._memo("table", lambda: _table(layout))
+
+
+def _table(layout: Layout) -> list[dict[str, Any]]:
     snr = layout.meta.get("snr") if isinstance(layout.meta.get("snr"), list) else None
+    if snr is not None and len(snr) != layout.n_neurons:
+        snr = None  # a meta.json disagreeing with itself: no SNR shown rather than the wrong one
     centres = _centres(layout)
     activity = layout.activity()
     rows = []
@@ -86,6 +92,12 @@ def contours(layout: Layout) -> list[list[list[list[float]]]]:
         return out
 
     return layout._memo("contours", build)
+
+
+def footprint_box(layout: Layout, k: int, *, margin: int = 6) -> list[int]:
+    """The box [y0, x0, height, width] :func:`footprint_png` shows of neuron ``k``."""
+    patch, y0, x0 = _box(layout, k, margin)
+    return [y0, x0, *patch.shape]
 
 
 def footprint_png(layout: Layout, k: int, *, margin: int = 6) -> tuple[bytes, list[int]]:

@@ -8,6 +8,8 @@ lets other browsers see them. Only the job's group reaches any of it (``JobServi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -76,8 +78,6 @@ class Reviewed:
 
 
 def _entry(row: ReviewAction) -> Entry:
-    import json
-
     return Entry(row.seq, row.action, tuple(json.loads(row.neurons_json)), row.user, row.at, row.undoes)
 
 
@@ -166,10 +166,9 @@ def neuron(k: int, review: Review, points: Annotated[int, Query(ge=10, le=20000)
         if trace is not None:
             traces[name] = decimate(trace, points)
     row = _layout_call(views.table, layout)[k]
-    _, box = _layout_call(views.footprint_png, layout, k)
     return {
         **row,
-        "box": box,
+        "box": _layout_call(views.footprint_box, layout, k),
         "traces": traces,
         "session_bounds": layout.session_bounds(),
         "session_ids": layout.session_ids(),
@@ -212,8 +211,6 @@ def _now() -> str:
 
 @router.post("/decisions", status_code=201, summary="Record a decision: accept, reject, merge, or undo the latest")
 def decide(body: Decision, review: Review, who: Caller) -> dict:
-    import json
-
     neurons = tuple(sorted(set(body.neurons)))
     with _write_lock:  # one writer here; the unique (job, dataset, seq) guards against other servers
         for _ in range(3):
@@ -254,8 +251,6 @@ async def finish(review: Review, who: Caller, request: Request) -> dict:
     certificate = jobs.read_text(review.job, "certificate.json")
     if certificate is None:
         raise Conflict(f"job {review.job.id} has no certificate yet; finish the review once it is written")
-    import hashlib
-
     document = decisions_document(
         job=review.job.id,
         dataset=review.dataset,
