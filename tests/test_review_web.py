@@ -218,6 +218,12 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
     rerun = subprocess.run([*cli, "rerun", curation_id], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert " 0 different" in " ".join(rerun.stdout.split()), rerun.stdout[-2000:]
+    decisions_file.write_bytes(decisions_file.read_bytes() + b" ")  # the group's storage is the group's to change
+    refused = subprocess.run([*cli, "rerun", curation_id], capture_output=True, text=True, timeout=300)
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode != 0 and "Traceback" not in said
+    assert "cannot rerun the curation on the same result and decisions: the decisions file" in said, said
+    assert "changed since the review was finished" in said, said
 
     # another group reaches none of it: not the page's data, not the decisions, not finish
     with _http(site, "bob") as http:

@@ -958,6 +958,12 @@ class Manager:
         submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
         try:
             self.storage.resolve(job.group, job.input_area or "inputs", task.dataset_rel)
+            if job.review is not None:  # a curation job (ncaas.review) runs on the decisions it certifies
+                from ..review.curation import decisions_problem
+
+                problem = decisions_problem(self.storage, job.group, job.review)
+                if problem is not None:
+                    return problem
             return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
         except PathRefused as exc:
             return str(exc)

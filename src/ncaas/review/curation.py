@@ -16,15 +16,16 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..blueprint import LoadedBlueprint
-from ..exceptions import CertificateError, NcaasError
+from ..exceptions import CertificateError, NcaasError, PathRefused
 from ..jobs.db import Job
+from ..storage import Storage
 from ..submission import Dataset, JobRequest, submission_timestamp
 from .decisions import Entry
 
 if TYPE_CHECKING:
     from ..jobs.manager import Manager
 
-__all__ = ["reviewable", "review_request", "start_curation"]
+__all__ = ["decisions_problem", "review_request", "reviewable", "start_curation"]
 
 
 def reviewable(manager: Manager, job: Job) -> LoadedBlueprint:
@@ -38,6 +39,33 @@ def reviewable(manager: Manager, job: Job) -> LoadedBlueprint:
             "its results cannot be reviewed in the web page"
         )
     return loaded
+
+
+def _decisions_path(storage: Storage, group: str, review: dict[str, Any]) -> str:
+    """The decisions file's storage path, refused unless it lies in ``group``'s results."""
+    rel = str(review["decisions"]["path"])
+    prefix = f"{group}/results/"
+    if not rel.startswith(prefix):
+        raise PathRefused(f"the decisions file {rel} is not in {prefix}")
+    return storage.resolve(group, "results", rel[len(prefix) :])
+
+
+def decisions_problem(storage: Storage, group: str, review: dict[str, Any]) -> str | None:
+    """Why a curation job may not run on its decisions file (missing, or changed since it was
+    written), or None."""
+    try:
+        path = _decisions_path(storage, group, review)
+        now = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+    except FileNotFoundError:
+        return f"the decisions file {review['decisions']['path']} is gone; finish the review again"
+    except PathRefused as exc:
+        return str(exc)
+    if now != review["decisions"]["sha256"]:
+        return (
+            f"the decisions file {review['decisions']['path']} changed since the review was finished "
+            f"(sha256 {review['decisions']['sha256'][:12]}… then, {now[:12]}… now); finish the review again"
+        )
+    return None
 
 
 def _reviewers(log: list[Entry]) -> list[dict[str, Any]]:
@@ -104,17 +132,19 @@ def review_request(manager: Manager, cert: dict[str, Any], loaded: LoadedBluepri
     review = cert["review"]
     group = cert["job"]["group"]
     problems = []
-    for what, path, sha in (
-        ("the reviewed job's certificate", review["certificate"], review["certificate_sha256"]),
-        ("the decisions file", review["decisions"]["path"], review["decisions"]["sha256"]),
-    ):
-        try:
-            now = hashlib.sha256(storage.read_bytes(storage.join(path))).hexdigest()
-        except FileNotFoundError:
-            problems.append(f"{what} {path} no longer exists")
-            continue
-        if now != sha:
-            problems.append(f"{what} {path} changed since the curation ran (sha256 {sha[:12]}… then, {now[:12]}… now)")
+    decisions = decisions_problem(storage, group, review)
+    if decisions is not None:
+        problems.append(decisions)
+    certificate = f"{storage.results_dir(group, review['job'])}/certificate.json"
+    try:
+        now = hashlib.sha256(storage.read_bytes(certificate)).hexdigest()
+        if now != review["certificate_sha256"]:
+            problems.append(
+                f"the reviewed job's certificate {storage.relative(certificate)} changed since the curation ran "
+                f"(sha256 {review['certificate_sha256'][:12]}… then, {now[:12]}… now)"
+            )
+    except FileNotFoundError:
+        problems.append(f"the reviewed job's certificate {storage.relative(certificate)} no longer exists")
     rel = review["outputs"]
     path = storage.resolve(group, "results", rel)
     if not storage.exists(path):
