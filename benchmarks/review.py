@@ -59,7 +59,7 @@ def _api(http: httpx.Client, base: str, neurons: list[int]) -> None:
     _line("one neuron: footprint PNG", prints)
 
 
-def _browser(url: str, token: str, neurons: list[int]) -> None:
+def _browser(url: str, token: str, neurons: list[int], screenshot: str | None) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -88,6 +88,8 @@ def _browser(url: str, token: str, neurons: list[int]) -> None:
             inside.append(page.evaluate("window.reviewState.timings.neuron"))
         _line("switch neuron: click -> footprint + traces drawn", switches)
         _line("  of which in the page (fetch + draw)", inside)
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=False)
         browser.close()
 
 
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=600)
     parser.add_argument("--switches", type=int, default=20)
+    parser.add_argument("--screenshot", help="save the page as it was at the end (PNG)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ncaas-review-bench-") as tmp:
         root = Path(tmp) / "root"
@@ -122,7 +125,7 @@ def main() -> None:
             url = f"{server.url}/review?job={job['id']}&dataset=session.txt"
             step = max(1, args.neurons // args.switches)
             neurons = list(range(0, args.neurons, step))[: args.switches]
-            _browser(url, token, neurons)
+            _browser(url, token, neurons, args.screenshot)
             with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
                 _api(http, f"{server.url}/api/jobs/{job['id']}/review/session.txt", neurons)
 

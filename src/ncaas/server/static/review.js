@@ -241,7 +241,16 @@ function markRows() {
   for (const tr of document.querySelectorAll("#table-body tr")) {
     const on = chosen.has(Number(tr.dataset.neuron));
     tr.classList.toggle("selected", on);
-    if (on && Number(tr.dataset.neuron) === R.current) tr.scrollIntoView({ block: "nearest" });
+    if (on && Number(tr.dataset.neuron) === R.current) showRow(tr);
+  }
+}
+
+// Scroll the table (only the table, never the page) so that the current row is in view.
+function showRow(tr) {
+  const box = $("#table-box");
+  const head = $("#table-head").offsetHeight;
+  if (tr.offsetTop - head < box.scrollTop || tr.offsetTop + tr.offsetHeight > box.scrollTop + box.clientHeight) {
+    box.scrollTop = tr.offsetTop - head - box.clientHeight / 3;
   }
 }
 
