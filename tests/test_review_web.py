@@ -96,12 +96,12 @@ def _open(browser, site, user: str, url: str, *, via_job: str | None = None):
     return context, page, errors
 
 
-def _click_neuron(page, k: int) -> None:
-    """Click the image at neuron ``k``'s centre."""
+def _at_neuron(page, k: int) -> tuple[float, float]:
+    """Where neuron ``k``'s centre is on the screen."""
     y, x = page.evaluate(f"window.reviewState.rows[{k}].center")
     h, w = page.evaluate("window.reviewState.info.dims")
     box = page.locator("#field").bounding_box()
-    page.mouse.click(box["x"] + (x + 0.5) / w * box["width"], box["y"] + (y + 0.5) / h * box["height"])
+    return box["x"] + (x + 0.5) / w * box["width"], box["y"] + (y + 0.5) / h * box["height"]
 
 
 def _status(page, k: int) -> str:
@@ -136,7 +136,10 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         one, page, errors = _open(browser, site, "ann", url, via_job=job["id"])
         assert page.evaluate("document.body.dataset.contours") == str(k_before)  # every neuron outlined
-        _click_neuron(page, rejected)  # select by clicking the image
+        page.mouse.move(*_at_neuron(page, rejected))  # hovering names the neuron and its SNR
+        snr = next(r["snr"] for r in table if r["id"] == rejected)
+        page.wait_for_selector(f"#hover:has-text('#{rejected} · SNR {snr}')")
+        page.mouse.click(*_at_neuron(page, rejected))  # select by clicking the image
         page.wait_for_selector(f"body[data-shown='{rejected}']")
         assert page.locator("#neuron-title").inner_text().startswith(f"Neuron {rejected}")
         page.keyboard.press("r")

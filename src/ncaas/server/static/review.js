@@ -98,10 +98,23 @@ function drawField() {
     ctx.strokeStyle = COLOURS[R.status[k] || "unreviewed"];
     ctx.stroke(R.paths[k]);
   }
+  if (R.hover !== null) {  // the hovered neuron's id and SNR, written beside it on the image
+    const [cy, cx] = R.rows[R.hover].center;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.font = "bold 13px system-ui, sans-serif";
+    const text = hoverText(R.hover);
+    const x = Math.min(cx * scale + 10, canvas.width - ctx.measureText(text).width - 6), y = Math.max(cy * scale - 10, 16);
+    ctx.fillStyle = "rgba(0, 0, 0, .75)";
+    ctx.fillRect(x - 4, y - 13, ctx.measureText(text).width + 8, 18);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(text, x, y);
+  }
   R.scale = scale;
   if (!R.timings.contours) R.timings.contours = performance.now();
   document.body.dataset.contours = String(R.paths.length);
 }
+
+const hoverText = (k) => `#${k} · SNR ${R.rows[k].snr ?? "?"}`;
 
 function neuronAt(event) {
   const canvas = $("#field");
@@ -141,9 +154,9 @@ async function select(k, { add = false } = {}) {
   ]);
   if (R.current !== k) return;  // another neuron was chosen meanwhile
   const img = $("#footprint");
-  const old = img.src;
-  img.src = URL.createObjectURL(footprint);
-  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  if (R.footprintUrl) URL.revokeObjectURL(R.footprintUrl);
+  R.footprintUrl = URL.createObjectURL(footprint);
+  img.src = R.footprintUrl;
   await img.decode().catch(() => {});
   showNeuron(detail);
   R.timings.neuron = performance.now() - started;
@@ -335,19 +348,10 @@ function wire() {
     const k = neuronAt(e);
     if (k === R.hover) return;
     R.hover = k;
-    const tip = $("#hover");
-    tip.hidden = k === null;
-    if (k !== null) {
-      const row = R.rows[k];
-      tip.textContent = `#${k} · SNR ${row.snr ?? "?"}`;
-      const rect = field.getBoundingClientRect(), parent = field.parentElement.getBoundingClientRect();
-      tip.style.left = `${e.clientX - parent.left + 12}px`;
-      tip.style.top = `${e.clientY - parent.top + 12}px`;
-      void rect;
-    }
+    $("#hover").textContent = k === null ? "" : hoverText(k);
     drawField();
   });
-  field.addEventListener("mouseleave", () => { R.hover = null; $("#hover").hidden = true; drawField(); });
+  field.addEventListener("mouseleave", () => { R.hover = null; $("#hover").textContent = ""; drawField(); });
   field.addEventListener("click", (e) => {
     const k = neuronAt(e);
     if (k !== null) select(k, { add: e.shiftKey || e.ctrlKey || e.metaKey }).catch(showError);
