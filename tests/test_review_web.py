@@ -221,6 +221,11 @@ def test_a_review_in_the_browser_makes_a_certified_curated_result(site):
     rerun = subprocess.run([*cli, "rerun", curation_id], capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert " 0 different" in " ".join(rerun.stdout.split()), rerun.stdout[-2000:]
+    with _http(site, "ann") as http:  # byte for byte: every output identical, none merely within tolerance
+        again = next(j for j in http.get("/api/jobs").json() if client.job(j["id"]).get("rerun_of") == curation_id)
+        verdict = http.get(f"/api/jobs/{again['id']}/verdict").json()
+    assert verdict["ok"] and {r["verdict"] for r in verdict["rows"]} == {"identical"}, verdict["summary"]
+    assert {"exp/curation.json", "exp/arrays/A.npz", "exp/neurons.nwb"} <= {r["path"] for r in verdict["rows"]}
     decisions_file.write_bytes(decisions_file.read_bytes() + b" ")  # the group's storage is the group's to change
     refused = subprocess.run([*cli, "rerun", curation_id], capture_output=True, text=True, timeout=300)
     said = " ".join((refused.stdout + refused.stderr).split())
