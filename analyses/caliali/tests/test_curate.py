@@ -1,7 +1,8 @@
 """`caliali curate`: a review's decisions applied to a run's result, as a new result in the same layout.
 
 A small simulated two-session experiment is run once; one of its well-found neurons is then split in
-two (its footprint cut down the middle, each half with the neuron's trace and noise of its own), as
+two (its footprint cut down the middle, each half with the neuron's raw trace plus noise of its own,
+deconvolved on its own), as
 an extraction with too small a gSig would find it, and the review merges the halves back: the merged
 neuron must again match the simulated neuron, footprint and trace.
 """
@@ -21,6 +22,7 @@ import pytest
 import scipy.sparse
 import yaml
 
+from caliali.extraction._deconv import deconvolve_trace
 from caliali.score import footprint_masks, iou_matrix
 
 SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
@@ -78,14 +80,20 @@ def split(run, tmp_path_factory) -> dict:
     columns[k] = left
     columns.append(right)
     scipy.sparse.save_npz(arrays / "A.npz", scipy.sparse.csc_matrix(np.stack(columns, axis=1), dtype=np.float32))
+    # each half sees its own pixels' noise, and is deconvolved from it as the extraction does (AR(2), per session)
     rng = np.random.default_rng(1)
+    raw = np.load(arrays / "C_raw.npy")
+    halves = {"C_raw": raw[[k, k]] + rng.standard_normal((2, raw.shape[1])).astype(np.float32)}
+    halves["C"], halves["S"] = np.zeros_like(halves["C_raw"]), np.zeros_like(halves["C_raw"])
+    bounds = np.load(arrays / "session_bounds.npy")
+    for h in range(2):
+        for s0, s1 in zip(bounds[:-1], bounds[1:]):
+            fit = deconvolve_trace(halves["C_raw"][h, s0:s1], p=2, sn=1.0)
+            halves["C"][h, s0:s1], halves["S"][h, s0:s1] = fit.c, fit.s
     for name in ("C_raw", "C", "S"):
         traces = np.load(arrays / f"{name}.npy")
-        halves = traces[[k, k]].copy()
-        if name == "C_raw":  # each half sees its own pixels' noise
-            halves += rng.standard_normal(halves.shape).astype(np.float32)
-        traces[k] = halves[0]
-        np.save(arrays / f"{name}.npy", np.concatenate([traces, halves[1:]]))
+        traces[k] = halves[name][0]
+        np.save(arrays / f"{name}.npy", np.concatenate([traces, halves[name][1:]]))
     meta["n_neurons"] = n + 1
     for key in ("snr", "centers", "noise", "f0"):
         meta[key].append(meta[key][k])

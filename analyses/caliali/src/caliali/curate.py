@@ -368,6 +368,7 @@ def curate(result: Path | str, decisions_path: Path | str, output: Path | str) -
     from caliali.extraction import Extraction
     from caliali.extraction._traces import TraceFile
     from caliali.outputs import write_outputs
+    from caliali.outputs._blocks import release
 
     result, output = Path(result), Path(output)
     res = _open_result(result)
@@ -405,6 +406,8 @@ def curate(result: Path | str, decisions_path: Path | str, output: Path | str) -
                 f0[row] = res.f0[i]
         for file, values in zip(traces, rows):
             file[row] = values
+        for mapped in (res.C_raw, res.C, res.S):
+            release(mapped)  # pages of the run's memory-mapped traces go as they are copied (outputs._blocks)
     a = _sparse(columns, dims)
     extraction = Extraction(
         A=a,
