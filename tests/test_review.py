@@ -20,6 +20,7 @@ from ncaas.jobs.db import JobDB, ReviewAction
 from ncaas.review.decisions import DecisionRefused, Entry, check, decisions_document, fold
 from ncaas.review.layout import Layout, LayoutError, decimate
 from ncaas.review.neurons import contours, neighbours, table
+from ncaas.server.accounts import Accounts
 from ncaas.storage import Storage
 from ncaas.testing.neurons import write_layout
 from ncaas.testing.servers import LocalPostgres, PostgresUnavailable, ServerProcess, storage_with_user
@@ -202,13 +203,23 @@ def test_a_decision_number_is_taken_once(kind, tmp_path, request):
 
 
 # -- the API on a real server -------------------------------------------------------------------------
-def test_the_review_api_serves_a_result_and_refuses_what_cannot_be_reviewed(tmp_path):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_review_api_serves_a_result_and_refuses_what_cannot_be_reviewed(kind, tmp_path, request):
     root = tmp_path / "root"
-    token = storage_with_user(root)
+    db = None if kind == "sqlite" else request.getfixturevalue("postgres").database(f"api_{tmp_path.name[-12:]}")
+    if db is not None:
+        root.mkdir()
+        accounts = Accounts.from_url(db)
+        accounts.add_group("lab")
+        accounts.add_user("ann", "lab")
+        token = accounts.issue_token("ann").token
+        accounts.engine.dispose()
+    else:
+        token = storage_with_user(root)
     (root / "lab" / "inputs").mkdir(parents=True)
     (root / "lab" / "inputs" / "s.npy").write_bytes(b"x")
     env = {"NCAAS_BLUEPRINTS": str(REVIEW_BLUEPRINTS)}
-    with ServerProcess(root, env=env) as server, Client(server.url, token) as client:
+    with ServerProcess(root, db=db, env=env) as server, Client(server.url, token) as client:
         job = client.wait(client.submit("neurons-synthetic", ["s.npy"], config={"frames": 5000})["id"])
         assert job["state"] == "succeeded", job
         arrays = root / "lab" / "results" / job["id"] / "outputs" / "s.npy" / "arrays"
