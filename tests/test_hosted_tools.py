@@ -9,8 +9,10 @@ sandbox. Data: ../shared/data beside the repository (skipped, saying so, when ab
 * minian on a crop of ``minian_demo/minian_demo.mp4``'s raw quadrant: 200 frames of
   80 x 100 pixels, read with caliali's reader and written as a TIFF stack.
 
-Each returns its native outputs, an NWB file that pynwb reads back, and QC pictures; each
-blueprint's config schema is the one its entry derives from the tool in that environment.
+Each returns its native outputs, an NWB file that pynwb reads back, QC pictures, and its neurons
+in ncaas's "neurons" layout (``neurons/``), which the entry's ``curate`` subcommand curates from a
+review's decisions; each blueprint's config schema is the one its entry derives from the tool in
+that environment.
 """
 
 from __future__ import annotations
@@ -101,6 +103,102 @@ def _schema_in_step(job: Job, tool: str, tmp: Path) -> None:
     assert blueprint["default_config"] == derived["default_config"]
 
 
+def _tool(job: Job, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The tool's entry run by its environment's Python (outside the sandbox, as `_schema_in_step`)."""
+    scratch = {"NUMBA_CACHE_DIR": str(tmp / "numba"), "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": str(tmp / "mpl")}
+    return subprocess.run(
+        [job.certificate["environment"]["python"], *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **scratch, "HOME": str(tmp)},
+    )
+
+
+def _check_layout(outputs: Path, kinds: set[str]) -> dict[str, Any]:
+    """The neurons layout of a result: shapes, meta.json and images as ncaas's review contract says."""
+    import scipy.sparse
+
+    folder = outputs / "neurons"
+    meta = json.loads((folder / "meta.json").read_text())
+    k, t, dims = meta["n_neurons"], meta["n_frames"], tuple(meta["dims"])
+    a = scipy.sparse.load_npz(folder / "A.npz")
+    assert a.shape == (dims[0] * dims[1], k) and a.dtype == np.float32 and a.format == "csc"
+    for name in ("C_raw", "C", "S"):
+        if (folder / f"{name}.npy").is_file():
+            traces = np.load(folder / f"{name}.npy")
+            assert traces.shape == (k, t) and traces.dtype == np.float32 and np.isfinite(traces).all(), name
+    bounds = np.load(folder / "session_bounds.npy")
+    assert bounds.dtype == np.int64 and bounds[0] == 0 and bounds[-1] == t
+    assert len(meta["session_ids"]) == len(bounds) - 1 and meta["fs"] > 0
+    assert len(meta["snr"]) == len(meta["centers"]) == k
+    assert {image["kind"] for image in meta["images"]} == kinds
+    for image in meta["images"]:
+        pixels = np.load(folder / image["file"])
+        assert pixels.dtype == np.float32 and pixels.shape == dims and image["session"] is None
+    return meta
+
+
+def _nearest_pair(meta: dict[str, Any]) -> list[int]:
+    centers = np.asarray(meta["centers"])
+    distance = ((centers[:, None] - centers[None]) ** 2).sum(axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    return sorted(int(i) for i in np.unravel_index(np.argmin(distance), distance.shape))
+
+
+def _check_curate(job: Job, tool: str, result: Path, meta: dict[str, Any], tmp: Path) -> None:
+    """A review's decisions (accept one, reject one, merge the two nearest neurons) curated twice by the
+    tool's ``curate``: the same bytes, the layout, curation.json, the merged footprint; and a bad file refused."""
+    import scipy.sparse
+
+    k = meta["n_neurons"]
+    assert k >= 4, f"{tool}: {k} neurons are too few to review"
+    pair = _nearest_pair(meta)
+    rest = [i for i in range(k) if i not in pair]
+    final = {"accepted": rest[:1], "rejected": rest[1:2], "merges": [pair]}
+    decisions = tmp / "decisions.json"
+    decisions.write_text(
+        json.dumps(
+            {"format": "ncaas-review/1", "job": "j", "dataset": "d", "certificate_sha256": "c" * 64,
+             "n_neurons": k, "final": final, "log": []},
+            sort_keys=True,
+        )
+    )  # fmt: skip
+    outs = [tmp / f"curated-{n}" for n in (1, 2)]
+    for out in outs:
+        done = _tool(job, tmp, "-m", f"run_{tool}", "curate", "--result", str(result), "--decisions", str(decisions),
+                     "--output", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*") if p.is_file())
+    for name in files:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), f"{name} differs between two curations"
+    curated = _check_layout(outs[0], {image["kind"] for image in meta["images"]})
+    assert curated["n_neurons"] == k - 2
+    curation = json.loads((outs[0] / "curation.json").read_text())
+    froms = {tuple(n["from"]): n for n in curation["neurons"]}
+    assert froms[tuple(pair)]["status"] == "merged" and froms[(rest[0],)]["status"] == "accepted"
+    assert (rest[1],) not in froms and [n["id"] for n in curation["neurons"]] == list(range(k - 2))
+    assert [n["from"][0] for n in curation["neurons"]] == sorted(n["from"][0] for n in curation["neurons"])
+    before = scipy.sparse.load_npz(result / "neurons" / "A.npz").tocsc()
+    after = scipy.sparse.load_npz(outs[0] / "neurons" / "A.npz").tocsc()
+    merged = after[:, [froms[tuple(pair)]["id"]]]
+    union = set(before[:, pair].indices.tolist())
+    assert merged.nnz > 0 and set(merged.indices.tolist()) <= union and (merged.data >= 0).all()
+    raw = np.load(result / "neurons" / "C_raw.npy")
+    kept = froms[(rest[0],)]["id"]
+    assert np.array_equal(np.load(outs[0] / "neurons" / "C_raw.npy")[kept], raw[rest[0]])
+    bad = tmp / "bad.json"
+    bad.write_text(
+        json.dumps({"format": "ncaas-review/1", "n_neurons": k, "final": {"rejected": [pair[0]], "merges": [pair]}})
+    )
+    refused = _tool(job, tmp, "-m", f"run_{tool}", "curate", "--result", str(result), "--decisions", str(bad),
+                    "--output", str(tmp / "refused"))  # fmt: skip
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 3 and lines == [f"NCAAS_ERROR decisions: neuron {pair[0]} is rejected and in a merge"]
+    assert not (tmp / "refused").exists()
+
+
 def _read_nwb(path: Path) -> dict[str, Any]:
     from pynwb import NWBHDF5IO
 
@@ -143,6 +241,23 @@ def test_suite2p_runs_on_a_real_two_photon_movie(tmp_path):
     assert job.status["peak_memory_bytes"] > 0
     _schema_in_step(job, "suite2p", tmp_path)
 
+    meta = _check_layout(job.outputs, {"mean", "max", "Cn"})
+    assert meta["n_neurons"] == int(iscell[:, 0].sum()) and meta["dims"] == [128, 256]
+    assert meta["session_ids"] == ["example"] and meta["n_frames"] == 20
+    # 20 frames leave suite2p's classifier unsure of every ROI: relabel them as a user does in its GUI
+    # (iscell.npy), the layout written again from them by the entry's own function
+    edited = tmp_path / "edited"
+    shutil.copytree(job.outputs, edited)
+    plane0 = edited / "suite2p" / "plane0"
+    np.save(plane0 / "iscell.npy", np.stack([(iscell[:, 1] >= np.sort(iscell[:, 1])[-8]), iscell[:, 1]], axis=1))
+    shutil.rmtree(edited / "neurons")
+    done = _tool(job, tmp_path, "-c", f"import run_suite2p, pathlib; run_suite2p.write_neurons("
+                 f"pathlib.Path({str(plane0)!r}), pathlib.Path({str(edited)!r}))")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = _check_layout(edited, {"mean", "max", "Cn"})
+    assert meta["n_neurons"] >= 8
+    _check_curate(job, "suite2p", edited, meta, tmp_path)
+
 
 def test_minian_runs_on_a_crop_of_a_real_one_photon_movie(tmp_path):
     if not MINIAN_DEMO.exists():
@@ -175,6 +290,11 @@ def test_minian_runs_on_a_crop_of_a_real_one_photon_movie(tmp_path):
         assert (job.outputs / "qc" / picture).stat().st_size > 5000
     assert {"minian.nwb", "qc/footprints.png", "summary.json"} <= _certified_outputs(job)
     _schema_in_step(job, "minian", tmp_path)
+
+    meta = _check_layout(job.outputs, {"max", "mean"})
+    assert meta["n_neurons"] == summary["units"] and meta["session_ids"] == ["session1"]
+    assert np.allclose(np.load(job.outputs / "neurons" / "C.npy"), nwb["series"]["C"].T, rtol=1e-5, atol=1e-6)
+    _check_curate(job, "minian", job.outputs, meta, tmp_path)
 
 
 def test_a_mistyped_tool_option_is_refused_before_anything_runs(tmp_path):

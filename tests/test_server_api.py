@@ -107,7 +107,7 @@ def _routes(site) -> list[tuple[str, str]]:
 
 
 def _fill(route: str, **values: str) -> str:
-    defaults = {"job_id": "nojob", "upload_id": "0" * 32, "name": "x.json", "dataset": "a.npy", "path": "x"}
+    defaults = {"job_id": "nojob", "upload_id": "0" * 32, "name": "x.json", "dataset": "a.npy", "path": "x", "k": "0"}
     defaults.update(values)
     for key, value in defaults.items():
         route = route.replace("{" + key + "}", value)
@@ -130,6 +130,15 @@ def test_openapi_documents_every_part_of_the_api(site):
         "/api/jobs/{job_id}/files/{path}",
         "/api/jobs/{job_id}/certificate",
         "/api/jobs/{job_id}/qc",
+        # the review page (docs/review.md)
+        "/api/jobs/{job_id}/review/{dataset}",
+        "/api/jobs/{job_id}/review/{dataset}/neurons",
+        "/api/jobs/{job_id}/review/{dataset}/contours",
+        "/api/jobs/{job_id}/review/{dataset}/image.png",
+        "/api/jobs/{job_id}/review/{dataset}/neurons/{k}",
+        "/api/jobs/{job_id}/review/{dataset}/neurons/{k}/footprint.png",
+        "/api/jobs/{job_id}/review/{dataset}/decisions",
+        "/api/jobs/{job_id}/review/{dataset}/finish",
     ):
         assert needed in paths
     spec = httpx.get(f"{site.server.url}/openapi.json").json()

@@ -17,7 +17,16 @@ folder, or one file) matching ``load_videos.pattern`` and writes into OUTPUT
 * ``minian.nwb``: footprints, denoised traces (C) and deconvolved activity (S), the maximum
   projection and the motion, written with pynwb;
 * ``qc/``: ``footprints.png``, ``traces.png``, ``motion.png``;
+* ``neurons/``: the units in ncaas's "neurons" layout, what a review reads (`write_neurons`):
+  ``A.npz`` from A, ``C.npy`` = C, ``C_raw.npy`` = YrA of the last temporal update (minian's
+  raw trace of each unit: C plus the residual projected on its footprint), ``S.npy`` = S, the
+  videos as one session, and the images ``max_proj`` (max) and the mean of the processed video;
 * ``summary.json``: frames, units, run time.
+
+``python -m run_minian curate --result DIR --decisions FILE --output DIR`` applies a review's
+decisions to the ``neurons/`` of a run (`curate_layout`). minian's own merge (``unit_merge``)
+merges by correlation and distance thresholds, not named units: a merged neuron here is the
+rank-1 non-negative fit of its members' A C_raw, its C_raw, C and S the members' projected on it.
 
 The config has one section per step (the notebook's ``param_<step>`` dict, defaults as the
 notebook sets them), ``cluster`` (the notebook's dask cluster settings) and ``nwb_rate``.
@@ -263,8 +272,9 @@ def _params(config: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str
     return steps, cluster, float(config.get("nwb_rate", _NWB_RATE))
 
 
-def pipeline(folder: Path, out: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The notebook's calls, in its order, with its save points (intermediates in scratch)."""
+def pipeline(folder: Path, out: Path, config: dict[str, Any], *, session: str | None = None) -> dict[str, Any]:
+    """The notebook's calls, in its order, with its save points (intermediates in scratch); ``session``
+    names the recording in the neurons layout (default: the folder's name)."""
     started = time.time()
     steps, cluster_settings, rate = _params(config)
     scratch = Path(tempfile.mkdtemp(prefix="minian-", dir=os.environ.get("TMPDIR")))
@@ -323,6 +333,7 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any]) -> dict[str, Any]:
             chunks={"frame": -1, "height": chk["height"], "width": chk["width"]},
         )
         max_proj = save_minian(Y_fm_chk.max("frame").rename("max_proj"), dpath, overwrite=True).compute()
+        mean_proj = Y_fm_chk.mean("frame").compute()  # the neurons layout's mean image (not saved by the notebook)
         _progress(0.35, "initialization: seeds")
         seeds = seeds_init(Y_fm_chk, **steps["seeds_init"])
         seeds, _pnr, _gmm = pnr_refine(Y_hw_chk, seeds, **steps["pnr_refine"])
@@ -369,6 +380,8 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any]) -> dict[str, Any]:
             C_chk = save_minian(C_chk_new.rename("C_chk"), intpath, overwrite=True)
             return A, C, C_chk, b, f
 
+        last: dict[str, Any] = {}
+
         def temporal(A, C, C_chk, b, f, params, fraction):
             _progress(fraction, f"CNMF temporal update of {A.sizes['unit_id']} units")
             YrA = save_minian(
@@ -391,6 +404,7 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any]) -> dict[str, Any]:
             b0 = save_minian(b0_new.rename("b0").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
             c0 = save_minian(c0_new.rename("c0").chunk({"unit_id": 1, "frame": -1}), intpath, overwrite=True)
             A = A.sel(unit_id=C.coords["unit_id"].values)
+            last["YrA"] = YrA.sel(unit_id=C.coords["unit_id"].values)  # the kept units' raw traces
             return A, C, C_chk, S, b0, c0
 
         A, C, C_chk, b, f = spatial(A, C, C_chk, steps["first_spatial"], 0.55)
@@ -419,10 +433,307 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any]) -> dict[str, Any]:
     arrays = {k: v.compute().values for k, v in results.items()}
     arrays["max_proj"] = max_proj.values
     arrays["motion"] = motion.compute().values
+    arrays["YrA"] = last["YrA"].compute().values
+    arrays["mean_proj"] = mean_proj.values
+    write_neurons(out, arrays, rate, session=session or folder.name)
     _write_nwb(out / "minian.nwb", arrays, rate)
     _qc(out / "qc", arrays)
     shutil.rmtree(scratch, ignore_errors=True)
     return {"frames": frames, "units": int(arrays["A"].shape[0]), "seconds": round(time.time() - started, 3)}
+
+
+# The "neurons" layout (ncaas's review contract): footprints, traces, background images and meta.json
+# in a folder of the outputs, and the curation of a result from a review's decisions.
+# run_suite2p.py and run_minian.py each hold a copy of this block: each runs in its own environment,
+# where the other's module is not installed.
+
+LAYOUT = "neurons"
+DECISIONS_FORMAT = "ncaas-review/1"
+
+
+def _noise_snr(c_raw: Any) -> Any:
+    """Each trace's peak above its median, in units of its noise (MAD of the frame-to-frame differences)."""
+    import numpy as np
+
+    c_raw = np.asarray(c_raw, np.float64)
+    if c_raw.shape[1] < 2:
+        return np.zeros(len(c_raw))
+    d = np.diff(c_raw, axis=1)
+    sigma = np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1) / (0.6745 * np.sqrt(2))
+    peak = c_raw.max(axis=1) - np.median(c_raw, axis=1)
+    return np.where(sigma > 0, peak / np.where(sigma > 0, sigma, 1), 0.0)
+
+
+def _centers(a: Any, dims: tuple[int, int]) -> list[list[float]]:
+    """Each footprint's weighted centre [y, x]; ``a`` is (pixels, K) sparse, pixels in C order."""
+    import numpy as np
+    import scipy.sparse
+
+    a = scipy.sparse.csc_matrix(a)
+    out = []
+    for k in range(a.shape[1]):
+        lo, hi = a.indptr[k], a.indptr[k + 1]
+        y, x = np.divmod(a.indices[lo:hi].astype(np.int64), dims[1])
+        w = np.abs(a.data[lo:hi].astype(np.float64))
+        total = float(w.sum()) or 1.0
+        out.append([float((y * w).sum() / total), float((x * w).sum() / total)])
+    return out
+
+
+def write_layout(
+    folder: Path,
+    *,
+    a: Any,
+    dims: tuple[int, int],
+    traces: dict[str, Any],
+    bounds: list[int],
+    session_ids: list[str],
+    fs: float,
+    images: list[tuple[str, Any]],
+    extra: dict[str, Any],
+    snr: Any = None,
+) -> Path:
+    """Write the neurons layout into ``folder``: A.npz (pixels x K, float32 CSC, pixels in C order),
+    ``traces`` (``C_raw`` and optionally ``C`` and ``S``, (K, T) float32), session_bounds.npy,
+    ``images`` ((kind, image) pairs of the whole recording, float32 on the footprints' grid, in
+    images/) and meta.json (dims, n_neurons, n_frames, session_ids, fs, snr, centers, images, and
+    ``extra``). ``snr`` defaults to `_noise_snr` of C_raw. The same arrays give the same bytes."""
+    import numpy as np
+    import scipy.sparse
+
+    folder.mkdir(parents=True, exist_ok=True)
+    a = scipy.sparse.csc_matrix(a, dtype=np.float32)
+    a.sort_indices()
+    scipy.sparse.save_npz(folder / "A.npz", a, compressed=True)
+    for name, value in traces.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(value, dtype=np.float32))
+    np.save(folder / "session_bounds.npy", np.asarray(bounds, np.int64))
+    (folder / "images").mkdir(exist_ok=True)
+    listed = []
+    for kind, image in images:
+        name = f"images/{kind}.npy"
+        np.save(folder / name, np.asarray(image, np.float32))
+        listed.append({"kind": kind, "session": None, "file": name})
+    c_raw = traces["C_raw"]
+    meta = {
+        "dims": [int(dims[0]), int(dims[1])],
+        "pixel_order": "C (row-major): row p of A is the pixel (y, x) = divmod(p, width)",
+        "n_neurons": int(a.shape[1]),
+        "n_frames": int(np.shape(c_raw)[1]),
+        "session_ids": list(session_ids),
+        "session_bounds": [int(b) for b in bounds],
+        "fs": float(fs),
+        "snr": [float(v) for v in (_noise_snr(c_raw) if snr is None else snr)],
+        "snr_definition": "peak of C_raw above its median over the noise (MAD of frame-to-frame differences)",
+        "centers": _centers(a, dims),
+        "images": listed,
+        **extra,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return folder
+
+
+def _decision_ids(value: Any, where: str, k: int) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        _fail(f"decisions: {where} must be a list of neuron ids (whole numbers)")
+    wrong = [v for v in value if not 0 <= v < k]
+    if wrong:
+        _fail(f"decisions: {where} names neuron {wrong[0]}, but the result has neurons 0-{k - 1}")
+    if len(set(value)) != len(value):
+        _fail(f"decisions: {where} lists a neuron twice; list each neuron once")
+    return list(value)
+
+
+def read_decisions(path: Path, k: int) -> tuple[dict[str, Any], str]:
+    """The checked ``final`` of a decisions file for a result of ``k`` neurons, and the file's sha256;
+    anything wrong ends the run with one line saying what (`_fail`)."""
+    import hashlib
+
+    try:
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(f"the decisions file {path.name} cannot be read as JSON ({exc})")
+    if not isinstance(data, dict) or data.get("format") != DECISIONS_FORMAT:
+        _fail(f"the decisions file {path.name} is not {DECISIONS_FORMAT!r}; give the file a review wrote")
+    if data.get("n_neurons") != k:
+        _fail(f"the decisions are for {data.get('n_neurons')!r} neurons but the result has {k}")
+    final = data.get("final")
+    if not isinstance(final, dict):
+        _fail("decisions: 'final' is missing or not an object with accepted, rejected and merges")
+    accepted = _decision_ids(final.get("accepted", []), "final.accepted", k)
+    rejected = _decision_ids(final.get("rejected", []), "final.rejected", k)
+    groups = final.get("merges", [])
+    if not isinstance(groups, list):
+        _fail("decisions: final.merges must be a list of groups of ids")
+    merges, seen = [], set()
+    for g, group in enumerate(groups):
+        ids = _decision_ids(group, f"final.merges[{g}]", k)
+        if len(ids) < 2:
+            _fail(f"decisions: final.merges[{g}] has {len(ids)} neuron; a merge needs two or more")
+        if seen & set(ids):
+            _fail(f"decisions: neuron {min(seen & set(ids))} is in two merges; merge overlapping groups into one")
+        seen |= set(ids)
+        merges.append(sorted(ids))
+    if set(accepted) & set(rejected):
+        _fail(f"decisions: neuron {min(set(accepted) & set(rejected))} is both accepted and rejected")
+    if set(rejected) & seen:
+        _fail(f"decisions: neuron {min(set(rejected) & seen)} is rejected and in a merge")
+    source = {key: data.get(key) for key in ("job", "dataset", "certificate_sha256")}
+    final = {"accepted": set(accepted), "rejected": set(rejected), "merges": sorted(merges), "source": source}
+    return final, hashlib.sha256(raw).hexdigest()
+
+
+def _rank1(a_group: Any, c_group: Any, iterations: int = 10) -> tuple[Any, Any]:
+    """Rank-1 fit ``a t`` of ``sum_k a_k c_k`` (footprints non-negative), never forming the product:
+    alternating least squares; returns (a, projection) with t = projection @ c_group."""
+    import numpy as np
+
+    ag = np.asarray(a_group, np.float64)  # (pixels, m)
+    cg = np.asarray(c_group, np.float64)  # (m, T)
+    a = ag.sum(axis=1)
+    for _ in range(iterations):
+        t = cg.T @ (ag.T @ a) / max(float(a @ a), 1e-12)
+        a = np.maximum(ag @ (cg @ t), 0) / max(float(t @ t), 1e-12)
+    scale = max(float(np.linalg.norm(ag, axis=0).max()), 1e-12) / max(float(np.linalg.norm(a)), 1e-12)
+    a *= scale  # the members' footprint scale: the traces keep theirs
+    return a, (ag.T @ a) / max(float(a @ a), 1e-12)
+
+
+def curate_layout(result: Path, decisions: Path, output: Path, *, tool: str, merge: str) -> dict[str, Any]:
+    """Apply a review's decisions to the neurons layout of ``result`` (read only) and write the curated
+    layout, curation.json and summary.json into ``output``: rejected neurons go, accepted and
+    unreviewed ones stay as they are, in their order, and each merge becomes one neuron in the place
+    of its lowest id: `_rank1` of the members' A C_raw, its C_raw, C and S the members' projected on
+    the merged footprint. ``merge`` says so in curation.json."""
+    import shutil
+
+    import numpy as np
+    import scipy.sparse
+
+    source = result / LAYOUT
+    try:
+        meta = json.loads((source / "meta.json").read_text())
+        a = scipy.sparse.csc_matrix(scipy.sparse.load_npz(source / "A.npz"))
+        names = [n for n in ("C_raw", "C", "S") if (source / f"{n}.npy").is_file()]
+        traces = {n: np.load(source / f"{n}.npy", mmap_mode="r") for n in names}
+        bounds = np.load(source / "session_bounds.npy")
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"{result} holds no readable {LAYOUT}/ layout ({exc}); give the outputs of a {tool} run")
+    k = int(meta["n_neurons"])
+    final, sha = read_decisions(decisions, k)
+    group_of = {m: tuple(g) for g in final["merges"] for m in g}
+    plan = []
+    for i in range(k):
+        if i in final["rejected"] or (i in group_of and group_of[i][0] != i):
+            continue
+        if i in group_of:
+            plan.append((list(group_of[i]), "merged"))
+        else:
+            plan.append(([i], "accepted" if i in final["accepted"] else "unreviewed"))
+    columns, rows, snr = [], {n: [] for n in names}, []
+    old_snr = meta.get("snr") or [0.0] * k
+    for ids, status in plan:
+        if status != "merged":
+            columns.append(a[:, ids[0]])
+            for n in names:
+                rows[n].append(np.asarray(traces[n][ids[0]], np.float32))
+            snr.append(float(old_snr[ids[0]]))
+            continue
+        members = a[:, ids]
+        pixels = np.unique(members.indices)
+        fitted, projection = _rank1(members[pixels].toarray(), traces["C_raw"][ids])
+        column = np.zeros(a.shape[0], np.float32)
+        column[pixels] = fitted
+        columns.append(scipy.sparse.csc_matrix(column[:, None]))
+        for n in names:
+            rows[n].append((projection @ np.asarray(traces[n][ids], np.float64)).astype(np.float32))
+        snr.append(float(_noise_snr(rows["C_raw"][-1][None])[0]))
+    dims = (int(meta["dims"][0]), int(meta["dims"][1]))
+    new_a = scipy.sparse.hstack(columns, format="csc") if columns else scipy.sparse.csc_matrix((a.shape[0], 0))
+    t = int(meta["n_frames"])
+    folder = output / LAYOUT
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in meta.get("images") or []:
+        (folder / entry["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / entry["file"], folder / entry["file"])
+    written = {"dims", "pixel_order", "n_neurons", "n_frames", "session_ids", "session_bounds", "fs", "snr"}
+    extra = {key: value for key, value in meta.items() if key not in written | {"centers", "images"}}
+    for key in [key for key, value in extra.items() if isinstance(value, list) and len(value) == k]:
+        extra.pop(key)  # per-neuron lists of the original (e.g. the tool's own ROI numbers) no longer apply
+    extra["curated_from"] = [ids for ids, _ in plan]
+    write_layout(
+        folder,
+        a=new_a,
+        dims=dims,
+        traces={n: np.stack(rows[n]) if rows[n] else np.zeros((0, t), np.float32) for n in names},
+        bounds=[int(b) for b in bounds],
+        session_ids=meta["session_ids"],
+        fs=meta["fs"],
+        images=[],
+        extra=extra,
+        snr=snr,
+    )
+    curated = json.loads((folder / "meta.json").read_text())
+    curated["images"] = meta.get("images") or []
+    (folder / "meta.json").write_text(json.dumps(curated, indent=1, sort_keys=True))
+    curation = {
+        "decisions_sha256": sha,
+        "source": final["source"],
+        "neurons": [{"id": new, "from": ids, "status": status} for new, (ids, status) in enumerate(plan)],
+        "merge": merge,
+    }
+    (output / "curation.json").write_text(json.dumps(curation, indent=1, sort_keys=True) + "\n")
+    summary = {
+        "tool": tool,
+        "curated_from": {**final["source"], "decisions_sha256": sha},
+        "neurons": len(plan),
+        "neurons_before": k,
+        "rejected": len(final["rejected"]),
+        "merged": sum(status == "merged" for _, status in plan),
+    }
+    (output / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return curation
+
+
+def curate_main(argv: list[str], *, tool: str, merge: str) -> None:
+    """``curate --result DIR --decisions FILE --output DIR``: `curate_layout`, as the blueprint's review runs it."""
+    parser = argparse.ArgumentParser(prog=f"run_{tool} curate", description=curate_layout.__doc__.splitlines()[0])
+    parser.add_argument("--result", type=Path, required=True, help="outputs of a run (read only)")
+    parser.add_argument("--decisions", type=Path, required=True, help="a review's decisions file")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the curated result")
+    args = parser.parse_args(argv)
+    curation = curate_layout(args.result, args.decisions, args.output, tool=tool, merge=merge)
+    print(f"curated: {len(curation['neurons'])} neurons -> {args.output}", flush=True)
+
+
+MERGE = (
+    "rank-1 non-negative fit of the members' A C_raw (alternating least squares); C_raw, C and S the "
+    "members' projected on the merged footprint (minian's unit_merge merges by thresholds, not named units)"
+)
+
+
+def write_neurons(out: Path, arrays: dict[str, Any], rate: float, *, session: str) -> dict[str, Any]:
+    """minian's units in the neurons layout, in ``out / LAYOUT`` (``arrays``: A, C, S, YrA, max_proj,
+    mean_proj as computed numpy arrays, units in minian's order)."""
+    import numpy as np
+    import scipy.sparse
+
+    a = np.asarray(arrays["A"], np.float32)
+    k, height, width = a.shape
+    frames = int(np.shape(arrays["C"])[1])
+    write_layout(
+        out / LAYOUT,
+        a=scipy.sparse.csc_matrix(a.reshape(k, height * width).T),
+        dims=(height, width),
+        traces={"C_raw": arrays["YrA"], "C": arrays["C"], "S": arrays["S"]},
+        bounds=[0, frames],
+        session_ids=[session],
+        fs=rate,
+        images=[("max", arrays["max_proj"]), ("mean", arrays["mean_proj"])],
+        extra={"tool": "minian", "trace_units": "minian's: C_raw = YrA (C plus residual), C, S"},
+    )
+    return {"neurons": k, "folder": LAYOUT}
 
 
 def _write_nwb(path: Path, arrays: dict[str, Any], rate: float) -> None:
@@ -540,6 +851,10 @@ def _qc(folder: Path, arrays: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["curate"]:
+        curate_main(argv[1:], tool="minian", merge=MERGE)
+        return
     parser = argparse.ArgumentParser(prog="run_minian", description=__doc__.splitlines()[0])
     parser.add_argument("input", nargs="?", type=Path, help="a folder of videos, or one video file")
     parser.add_argument("--config", type=Path, help="JSON config: one section per pipeline step")
@@ -567,7 +882,7 @@ def main(argv: list[str] | None = None) -> None:
             f"no video in {args.input} matches load_videos.pattern {pattern!r}; "
             "set load_videos.pattern in the config (e.g. '.*\\.avi$' or '.*\\.tif$')"
         )
-    summary = pipeline(folder, args.out, config)
+    summary = pipeline(folder, args.out, config, session=args.input.stem if args.input.is_file() else args.input.name)
     summary = {"tool": "minian", "version": metadata.version("minian"), "nwb": "minian.nwb", **summary}
     summary["run"] = {"seconds": summary.pop("seconds")}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))

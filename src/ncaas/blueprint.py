@@ -2,8 +2,9 @@
 
 A blueprint names an analysis, how to run it (``command``), what it needs
 (``resources``), what config it accepts (``config_schema`` + ``default_config``),
-who may run it (``access``), how much at once (``limits``) and how a rerun's outputs
-are compared with the original's (``compare``). Its identity is
+who may run it (``access``), how much at once (``limits``), how a rerun's outputs
+are compared with the original's (``compare``) and, optionally, how its neurons are
+reviewed in the web page and curated (``review``). Its identity is
 the sha256 of its canonical JSON form, plus the git commit of the repository
 holding the file when there is one.
 """
@@ -36,6 +37,7 @@ __all__ = [
     "rule_for",
     "LoadedBlueprint",
     "Pricing",
+    "Review",
     "blueprint_dirs",
     "load_blueprint",
     "parse_bytes",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 PLACEHOLDERS = ("{input}", "{config}", "{output}", "{python}")
+CURATE_PLACEHOLDERS = ("{python}", "{result}", "{decisions}", "{output}")
 _PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
 _UNITS = {
     "": 1,
@@ -277,6 +280,41 @@ def rule_for(rules: list[CompareRule], path: str) -> CompareRule:
     return next((r for r in rules if r.matches(path)), CompareRule(pattern="*"))
 
 
+class Review(_Strict):
+    """Neurons reviewed in the web page, then curated by the analysis (docs/review.md)."""
+
+    neurons: str = Field(
+        min_length=1,
+        description="folder, inside each dataset's outputs, holding the neurons layout (A.npz, meta.json...)",
+    )
+    curate: list[str] = Field(
+        min_length=1,
+        description="the curation command: {python}, {result} (the reviewed dataset's outputs, read-only), "
+        "{decisions} (the decisions file) and {output}",
+    )
+
+    @field_validator("neurons")
+    @classmethod
+    def _relative_folder(cls, neurons: str) -> str:
+        parts = neurons.split("/")
+        if neurons.startswith("/") or "\\" in neurons or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"{neurons!r} must be a plain relative folder such as 'arrays' (no '..', no leading '/')")
+        return neurons
+
+    @field_validator("curate")
+    @classmethod
+    def _curate_placeholders(cls, curate: list[str]) -> list[str]:
+        for arg in curate:
+            for token in _PLACEHOLDER_RE.findall(arg):
+                if token not in CURATE_PLACEHOLDERS:
+                    raise ValueError(f"unknown placeholder {token}; allowed: {', '.join(CURATE_PLACEHOLDERS)}")
+        joined = " ".join(curate)
+        for needed in ("{result}", "{decisions}", "{output}"):
+            if needed not in joined:
+                raise ValueError(f"the curate command must contain {needed}")
+        return curate
+
+
 class Blueprint(_Strict):
     """The validated content of a blueprint file."""
 
@@ -294,6 +332,7 @@ class Blueprint(_Strict):
     compare: list[CompareRule] = Field(
         default_factory=list, description="how reruns compare outputs, per pattern; the first match wins"
     )
+    review: Review | None = Field(None, description="neurons reviewed in the web page and curated (docs/review.md)")
 
     @field_validator("compare")
     @classmethod
@@ -342,7 +381,9 @@ class Blueprint(_Strict):
 
     def canonical(self) -> str:
         # A blueprint declaring no comparators keeps the identity it had before ``compare`` existed.
-        data = self.model_dump(mode="json", exclude={"compare"} if not self.compare else None)
+        # Likewise without ``review``: only the analyses that declare it have a new identity.
+        left_out = {"compare"} if not self.compare else set()
+        data = self.model_dump(mode="json", exclude=left_out | ({"review"} if self.review is None else set()))
         for key in _ENVIRONMENT_ADDED:  # likewise, an environment using none of the later fields
             if not data["environment"][key]:
                 del data["environment"][key]

@@ -159,6 +159,7 @@ def test_every_kind_of_response_carries_security_headers(site: Site):
     with site.http("lab") as http, site.http(None) as anonymous:
         answers = {
             "page": anonymous.get("/"),
+            "review page": anonymous.get("/review"),
             "static script": anonymous.get("/static/app.js"),
             "static style": anonymous.get("/static/style.css"),
             "missing static file": anonymous.get("/static/nope.js"),
@@ -175,6 +176,7 @@ def test_every_kind_of_response_carries_security_headers(site: Site):
         }
     expected = {
         "page": 200,
+        "review page": 200,
         "static script": 200,
         "static style": 200,
         "missing static file": 404,
@@ -196,15 +198,16 @@ def test_every_kind_of_response_carries_security_headers(site: Site):
     assert "unsafe-inline" not in page_policy and "unsafe-eval" not in page_policy
 
 
-def test_the_page_has_no_inline_script_or_style_its_policy_would_block():
+@pytest.mark.parametrize("page, script", [("index.html", "app.js"), ("review.html", "review.js")])
+def test_the_page_has_no_inline_script_or_style_its_policy_would_block(page: str, script: str):
     static = Path(__file__).resolve().parents[2] / "src" / "ncaas" / "server" / "static"
-    html = (static / "index.html").read_text()
+    html = (static / page).read_text()
     assert "<style" not in html and " style=" not in html
     assert all("src=" in tag for tag in html.split("<script")[1:])  # scripts only from files
     assert not re.search(r"\son[a-z]+\s*=", html, re.IGNORECASE)  # no inline event handler
-    script = (static / "app.js").read_text()
+    code = (static / script).read_text()
     for risky in ("eval(", "new Function", "innerHTML", ".style.", 'setAttribute("style"', "blob:", "data:image"):
-        assert risky not in script, risky
+        assert risky not in code, risky
 
 
 # -- what an analysis wrote ------------------------------------------------------------------

@@ -21,7 +21,7 @@ import yaml
 from caliali.chunking import run_chunks
 from caliali.experiment import Session
 from caliali.extraction import plan_batches
-from caliali.extraction._summary import batch_summary, noise_level, summary_images
+from caliali.extraction._summary import batch_summary, noise_level, session_images, summary_images
 from caliali.io import open_video, open_writer
 from caliali.motion import correct_frames, correct_session, downsample_chunks, downsample_temporal
 from caliali.motion._corrector import SEED_FRAMES
@@ -438,3 +438,24 @@ def test_the_real_recording_whose_last_chunk_was_two_frames_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["session_frames"] == [100] and summary["neurons"] > 0
+
+
+def test_each_sessions_images_come_from_the_same_pass_as_cn_and_pnr():
+    """Per-session mean and max are the session's frames' own; Cn and PNR per session are what the
+    session alone gives, and their maximum over sessions is `summary_images` ' result, bit for bit."""
+    rng = np.random.default_rng(4)
+    movie = rng.normal(100, 5, (150, 20, 24)).astype(np.float32)
+    movie[100:, 5:9, 5:9] += 40 * rng.random((50, 1, 1)).astype(np.float32)  # a cell active in session 2 only
+    bounds = [0, 90, 150]
+    images = session_images(movie, session_bounds=bounds, gSig=2, batch_frames=40)
+    for s, (s0, s1) in enumerate(zip(bounds[:-1], bounds[1:])):
+        np.testing.assert_allclose(images.mean[s], movie[s0:s1].mean(axis=0), rtol=1e-6)
+        assert np.array_equal(images.max[s], movie[s0:s1].max(axis=0))
+        alone = session_images(movie[s0:s1], gSig=2, batch_frames=40)
+        assert np.array_equal(images.cn[s], alone.cn[0]) and np.array_equal(images.pnr[s], alone.pnr[0])
+    whole = images.whole()
+    cn, pnr = summary_images(movie, session_bounds=bounds, gSig=2, batch_frames=40)
+    assert np.array_equal(whole["Cn"], cn) and np.array_equal(whole["PNR"], pnr)
+    np.testing.assert_allclose(whole["mean"], movie.mean(axis=0), rtol=1e-6)
+    assert np.array_equal(whole["max"], movie.max(axis=0))
+    assert images.pnr[1][6, 6] > images.pnr[0][6, 6], "the cell active in session 2 does not stand out there"

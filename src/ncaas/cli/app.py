@@ -459,6 +459,34 @@ def rerun(
 
 @app.command()
 @errors
+def review(
+    job: JobArg,
+    dataset: Annotated[str | None, typer.Argument(help="one dataset of the job (default: every succeeded one)")] = None,
+) -> None:
+    """Print the address of the web page reviewing a job's neurons (needs --server; docs/review.md)."""
+    from .review import review_urls
+
+    if not _SERVER.get("url"):
+        raise NcaasError(
+            "the review page is a page of an ncaas server: give --server URL --token TOKEN "
+            "(or set NCAAS_SERVER and NCAAS_TOKEN), e.g. ncaas --server http://host:8000 --token T review JOB"
+        )
+    remote = Remote(str(_SERVER["url"]), _SERVER.get("token"))
+    try:
+        detail = remote.job(job)
+        analyses = {a["name"]: a for a in remote.client.analyses()}
+    finally:
+        remote.close()
+    if not analyses.get(detail.get("analysis") or "", {}).get("review"):
+        raise NcaasError(
+            f"analysis {detail.get('analysis')} of job {detail['id']} declares no review; nothing to review"
+        )
+    for url in review_urls(str(_SERVER["url"]), detail, dataset):
+        out.print(url, soft_wrap=True)
+
+
+@app.command()
+@errors
 def compare(
     original: Annotated[str, typer.Argument(help="the job compared against: its id (a unique prefix is enough)")],
     job: Annotated[str, typer.Argument(help="the job whose outputs are judged, e.g. one run with a changed config")],

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     select,
@@ -34,7 +35,7 @@ from ..private import private_sqlite
 from ..schema import create_or_update
 from .states import TaskState, check_transition
 
-__all__ = ["Budget", "Chain", "Event", "Job", "JobDB", "Task", "default_db_url", "now_ms"]
+__all__ = ["Budget", "Chain", "Event", "Job", "JobDB", "ReviewAction", "Task", "default_db_url", "now_ms"]
 
 
 def now_ms() -> int:
@@ -78,9 +79,16 @@ class Job(Base):
     input_area: Mapped[str | None] = mapped_column(String(16), nullable=True)
     upstream_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
+    # a curation job (ncaas.review): the reviewed job's certificate, its dataset and the decisions file
+    review_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
     @property
     def upstream(self) -> dict[str, Any] | None:
         return json.loads(self.upstream_json) if self.upstream_json else None
+
+    @property
+    def review(self) -> dict[str, Any] | None:
+        return json.loads(self.review_json) if self.review_json else None
 
     # ncaas.cost: who submitted it (when known), at which price, what it was expected to cost, and
     # the cost at which it is stopped (a budget's hard cap); why it was stopped, when it was
@@ -174,6 +182,23 @@ class Chain(Base):
     @property
     def datasets(self) -> list[list[str]]:
         return json.loads(self.datasets_json)
+
+
+class ReviewAction(Base):
+    """One decision of a review of a job's dataset (ncaas.review): numbered per dataset, never changed."""
+
+    __tablename__ = "review_actions"
+    __table_args__ = (UniqueConstraint("job_id", "dataset", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str] = mapped_column(String(512))
+    seq: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # accept, reject, merge, undo
+    neurons_json: Mapped[str] = mapped_column(Text, default="[]")
+    undoes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    user: Mapped[str] = mapped_column(String(64))
+    at: Mapped[str] = mapped_column(String(40))  # ISO 8601 UTC, to the microsecond
 
 
 class Event(Base):

@@ -958,6 +958,12 @@ class Manager:
         submitted into (or to hold) a link leading out of it, a FIFO or a device is refused."""
         try:
             self.storage.resolve(job.group, job.input_area or "inputs", task.dataset_rel)
+            if job.review is not None:  # a curation job (ncaas.review) runs on the decisions it certifies
+                from ..review.curation import decisions_problem
+
+                problem = decisions_problem(self.storage, job.group, job.review)
+                if problem is not None:
+                    return problem
             return dataset_problem(self.storage, task.dataset_rel, task.dataset_path)
         except PathRefused as exc:
             return str(exc)
@@ -978,8 +984,14 @@ class Manager:
             "{output}": str(output),
             "{python}": env_info.python,
         }
+        command, extra_inputs = bp.command, []
+        review = job.review
+        if review is not None and bp.review is not None:  # a curation job (ncaas.review): the curate command
+            values["{result}"] = values["{input}"]
+            values["{decisions}"] = str(self._task_path(self.storage.join(review["decisions"]["path"])))
+            command, extra_inputs = bp.review.curate, [Path(values["{decisions}"])]
         argv = []
-        for arg in bp.command:
+        for arg in command:
             for placeholder, value in values.items():
                 arg = arg.replace(placeholder, value)
             argv.append(arg)
@@ -1008,7 +1020,7 @@ class Manager:
             argv=argv,
             env=env,
             cwd=scratch,
-            inputs=[Path(values["{input}"]), Path(values["{config}"])],
+            inputs=[Path(values["{input}"]), Path(values["{config}"]), *extra_inputs],
             environment=Path(env_info.path) if env_info.path else None,
             output_dir=output,
             scratch_dir=scratch,

@@ -198,6 +198,7 @@ def build_certificate(
         ],
         "cost": cost,
         **_upstream(job),
+        **_review(job),
     }
 
 
@@ -205,6 +206,12 @@ def _upstream(job: Any) -> dict[str, Any]:
     """A chain's step names the job it read and that job's certificate (by sha256); others nothing."""
     text = getattr(job, "upstream_json", None)
     return {"upstream": json.loads(text)} if text else {}
+
+
+def _review(job: Any) -> dict[str, Any]:
+    """A curation job (ncaas.review) names the reviewed job's certificate and the decisions file (by sha256)."""
+    text = getattr(job, "review_json", None)
+    return {"review": json.loads(text)} if text else {}
 
 
 def _when(ms: int | None) -> str:
@@ -236,6 +243,7 @@ def render_text(cert: dict[str, Any]) -> str:
         f"              {json.dumps(cert['config']['content'], sort_keys=True)}",
         f"command:      {' '.join(cert['command'] or [])}",
         *_upstream_lines(cert.get("upstream")),
+        *_review_lines(cert.get("review")),
         f"created:      {_when(job['created_ms'])}   started: {_when(job['started_ms'])}   "
         f"ended: {_when(job['ended_ms'])}",
         *_cost_lines(cert.get("cost")),
@@ -268,6 +276,23 @@ def _upstream_lines(up: dict[str, Any] | None) -> list[str]:
         f"upstream:     step {up.get('step')} of chain {up.get('chain')}: job {up.get('job')} ({up.get('analysis')})",
         f"              its certificate {up.get('certificate')} sha256 {up.get('certificate_sha256')}",
         f"              input read from its results: {up.get('outputs')}",
+    ]
+
+
+def _review_lines(review: dict[str, Any] | None) -> list[str]:
+    if not review:
+        return []
+    decisions = review.get("decisions") or {}
+    who = ", ".join(
+        f"{r.get('user')} ({r.get('actions')} actions, {r.get('first')} to {r.get('last')})"
+        for r in decisions.get("reviewers") or []
+    )
+    return [
+        f"review:       curation of dataset {review.get('dataset')} of job {review.get('job')}"
+        f" ({review.get('analysis')})",
+        f"              its certificate {review.get('certificate')} sha256 {review.get('certificate_sha256')}",
+        f"              decisions {decisions.get('path')} sha256 {decisions.get('sha256')}",
+        f"              reviewers: {who or 'none'}",
     ]
 
 

@@ -146,15 +146,28 @@ def _request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
     return JobRequest(group, loaded, datasets, config, cert["config"].get("name"), {"rerun_of": cert["job"]["id"]})
 
 
+def _placed_request(manager: Manager, cert: dict[str, Any]) -> tuple[JobRequest, dict[str, Any] | None]:
+    """The rerun's request, and where its dataset lives when not in inputs (a curation job: ncaas.review)."""
+    if isinstance(cert.get("review"), dict):
+        from ..review.curation import review_request
+
+        try:
+            loaded = _blueprint(manager, cert, cert["job"]["group"])
+            return review_request(manager, cert, loaded)
+        except (KeyError, TypeError) as exc:
+            raise CertificateError(f"the certificate lacks {exc}; it cannot be rerun") from None
+    return _request(manager, cert), None
+
+
 def rerun_request(manager: Manager, cert: dict[str, Any]) -> JobRequest:
     """The job a verified certificate's rerun would make, checked (inputs unchanged, version archived,
     access, config); raises CertificateError saying what stands in the way. Nothing is started."""
-    return _request(manager, cert)
+    return _placed_request(manager, cert)[0]
 
 
 def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
     """Queue a rerun of a verified certificate's job; the manager runs it like any job."""
-    request = _request(manager, cert)
+    request, place = _placed_request(manager, cert)
     # The environment must be the certified one: same lock and analysis source, checked
     # before anything is built (a rerun of an upgraded analysis is refused here).
     spec = spec_for_blueprint(request.blueprint)
@@ -171,6 +184,7 @@ def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
         submission=f"rerun of {cert['job']['id']}",
         key=f"rerun:{cert['job']['id']}:{token}",
         content_key=f"rerun:{token}",
+        chain=place,
     )
 
 

@@ -60,6 +60,7 @@ def _describe(loaded) -> dict[str, Any]:
         "sha256": loaded.sha256,
         "git_commit": loaded.git_commit,
         "path": str(loaded.path),
+        "review": bp.review is not None,  # its results open in the review page (docs/review.md)
     }
 
 

@@ -150,7 +150,7 @@ def build_state(settings: ServerSettings) -> ServerState:
 
 def create_app(settings: ServerSettings) -> FastAPI:
     """The ncaas server for ``settings``; the job manager runs inside it when asked."""
-    from . import api_chains, api_cost, api_jobs, api_storage
+    from . import api_chains, api_cost, api_jobs, api_review, api_storage
 
     state = build_state(settings)
     jobs = api_jobs.JobService(state)
@@ -205,10 +205,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(api_jobs.rerun_router)
     app.include_router(api_chains.router)
     app.include_router(api_cost.router)
+    app.include_router(api_review.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/review", include_in_schema=False)
+    def review_page() -> FileResponse:
+        return FileResponse(STATIC / "review.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

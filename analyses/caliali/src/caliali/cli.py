@@ -219,6 +219,26 @@ def run(
         console.print(f"  {name:<12} {info['seconds']:8.1f} s   peak RSS {info['peak_rss_mb']:8.0f} MB")
 
 
+@app.command()
+def curate(
+    result: Annotated[Path, typer.Option("--result", help="Outputs folder of a caliali run (read only).")],
+    decisions: Annotated[Path, typer.Option("--decisions", help="Decisions file of a review (ncaas-review/1).")],
+    output: Annotated[Path, typer.Option("--output", help="Folder for the curated result.")],
+) -> None:
+    """Apply a review's decisions (reject, accept, merge) to a run's result: a new result, same layout."""
+    from caliali.curate import curate as run_curate
+
+    global _traceback_dir
+    _traceback_dir = output
+    curation = run_curate(result, decisions, output)
+    statuses = [n["status"] for n in curation["neurons"]]
+    console.print(
+        f"[green]curated[/green]: {len(statuses)} neurons ({statuses.count('accepted')} accepted, "
+        f"{statuses.count('unreviewed')} unreviewed, {statuses.count('merged')} merged) -> {output}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     """Entry point: run the app, rendering caliali errors as one-line messages."""
     try:

@@ -609,6 +609,12 @@ function renderTasks(job) {
     message.textContent = t.message || "";  // a failed task's message is why it failed (the API's cause)
     message.className = ["failed", "timed_out"].includes(t.state) ? "message error" : "message muted";
     box.querySelector(".cost").textContent = t.cost ? money(t.cost.total, t.cost.currency) : "";
+    // a succeeded dataset of an analysis declaring review opens in the review page (review.js)
+    const reviewable = state.analyses.find((a) => a.name === job.analysis)?.review;
+    if (reviewable && t.state === "succeeded" && job.finished && !box.querySelector("a.review")) {
+      const href = `/review?job=${encodeURIComponent(job.id)}&dataset=${encodeURIComponent(t.dataset)}`;
+      box.querySelector("header").append(el("a", { class: "review button", href, text: "Review" }));
+    }
   }
 }
 

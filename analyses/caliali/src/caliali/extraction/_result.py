@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -56,6 +57,9 @@ class Extraction:
     b0 : ndarray (n_sessions, h, w) float32 or None
         Each session's constant background image (the ring model's ``b0``, movie units); None when
         not known.
+    images : `caliali.extraction._summary.SessionImages` or None
+        Each session's Cn, PNR, mean and maximum frame on the extraction's grid (the background
+        images of a review); None when the caller gave ``cn`` and ``pnr``.
     """
 
     A: scipy.sparse.csc_array
@@ -75,6 +79,7 @@ class Extraction:
     params: dict = field(default_factory=dict)
     f0: np.ndarray | None = None
     b0: np.ndarray | None = None
+    images: Any = None
 
     @property
     def n_neurons(self) -> int:

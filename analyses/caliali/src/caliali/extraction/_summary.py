@@ -1,14 +1,16 @@
 """Neuron summary images: peak-to-noise ratio and local correlation, max over batches.
 
-A fallback for callers that do not bring their own (the pipeline passes the
-max-over-sessions images of the projection stage). Computed batch by batch on the
-spatially high-passed movie, as in CNMF-E, and combined by maximum, so a neuron
-active in a single session still stands out.
+Computed batch by batch on the spatially high-passed movie, as in CNMF-E, and
+combined by maximum, so a neuron active in a single session still stands out.
+The same pass over the frames also gives each session's mean and maximum frame
+(`SessionImages`): the background images a reviewer draws contours on, on the
+grid of the footprints, at the cost of a sum and a maximum per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,7 +19,7 @@ from caliali._cv2 import cv2
 from ._batches import check_session_bounds, plan_batches
 from ._source import open_source
 
-__all__ = ["summary_images", "highpass_kernel", "highpass", "noise_level"]
+__all__ = ["SessionImages", "session_images", "summary_images", "highpass_kernel", "highpass", "noise_level"]
 
 # Frames a batch needs for its noise level (the median of a handful of
 # differences), as the projections' PSD estimate does.
@@ -109,6 +111,78 @@ def batch_summary(
     return _local_correlation(hy), pnr.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class SessionImages:
+    """Per-session summary images of a movie, each (n_sessions, h, w) float32, on the movie's grid.
+
+    ``cn`` and ``pnr``: the maximum over the session's batches (-1 and 0 where no batch of the
+    session was long enough to measure); ``mean`` and ``max``: the session's mean and maximum
+    frame; ``frames``: each session's number of frames.
+    """
+
+    cn: np.ndarray
+    pnr: np.ndarray
+    mean: np.ndarray
+    max: np.ndarray
+    frames: np.ndarray
+
+    def whole(self) -> dict[str, np.ndarray]:
+        """The images over the whole recording (h, w) float32 by kind (``Cn``, ``PNR``, ``mean``,
+        ``max``): maxima over sessions, the mean weighted by each session's frames."""
+        weights = self.frames.astype(np.float64) / max(int(self.frames.sum()), 1)
+        mean = np.tensordot(weights, self.mean.astype(np.float64), axes=1)
+        return {
+            "Cn": self.cn.max(axis=0),
+            "PNR": self.pnr.max(axis=0),
+            "mean": mean.astype(np.float32),
+            "max": self.max.max(axis=0),
+        }
+
+    def session(self, i: int) -> dict[str, np.ndarray]:
+        """Session ``i`` 's images (h, w) float32 by kind."""
+        return {"Cn": self.cn[i], "PNR": self.pnr[i], "mean": self.mean[i], "max": self.max[i]}
+
+
+def session_images(
+    video,
+    *,
+    session_bounds=None,
+    gSig: float,
+    batch_frames: int | None = None,
+    memory_budget: int | str = "2GB",
+    progress: Callable[[float, str], None] | None = None,
+) -> SessionImages:
+    """Cn, PNR, mean and maximum of every session of ``video``, one pass over its frames in batches.
+
+    Arguments as `summary_images`. Each batch is read once: its mean and maximum are taken from the
+    raw frames before the high-pass filter of `batch_summary` works on them in place.
+    """
+    source = open_source(video)
+    bounds = check_session_bounds(session_bounds, source.n_frames)
+    batches = plan_batches(bounds, source.frame_shape, batch_frames=batch_frames, memory_budget=memory_budget, copies=4)
+    n_sessions = len(bounds) - 1
+    shape = (n_sessions, *source.frame_shape)
+    cn = np.full(shape, -1.0, np.float32)
+    pnr = np.zeros(shape, np.float32)
+    sums = np.zeros(shape, np.float64)
+    peak = np.full(shape, -np.inf, np.float32)
+    for i, batch in enumerate(batches):
+        frames = source.read(batch.start, batch.stop)  # a fresh copy
+        sums[batch.session] += frames.sum(axis=0, dtype=np.float64)
+        np.maximum(peak[batch.session], frames.max(axis=0), out=peak[batch.session])
+        if batch.stop - batch.start >= _MIN_FRAMES:  # shorter only in a session that short: nothing to measure
+            c, p = batch_summary(frames, gSig=gSig, overwrite=True)
+            np.maximum(cn[batch.session], c, out=cn[batch.session])
+            np.maximum(pnr[batch.session], p, out=pnr[batch.session])
+        del frames
+        if progress is not None:
+            progress((i + 1) / len(batches), f"summary images, batch {i + 1}/{len(batches)}")
+    frames_per_session = np.diff(bounds).astype(np.int64)
+    mean = (sums / np.maximum(frames_per_session, 1)[:, None, None]).astype(np.float32)
+    peak[~np.isfinite(peak)] = 0.0  # an empty session has no frame
+    return SessionImages(cn=cn, pnr=pnr, mean=mean, max=peak, frames=frames_per_session)
+
+
 def summary_images(
     video,
     *,
@@ -143,16 +217,13 @@ def summary_images(
     Zhou, P. et al. eLife 7, e28728 (2018) — Cn and PNR on the high-passed movie
     with values below 3 sigma set to zero.
     """
-    source = open_source(video)
-    bounds = check_session_bounds(session_bounds, source.n_frames)
-    batches = plan_batches(bounds, source.frame_shape, batch_frames=batch_frames, memory_budget=memory_budget, copies=4)
-    cn = np.full(source.frame_shape, -1.0, np.float32)
-    pnr = np.zeros(source.frame_shape, np.float32)
-    for i, batch in enumerate(batches):
-        if batch.stop - batch.start >= _MIN_FRAMES:  # shorter only in a session that short: nothing to measure
-            c, p = batch_summary(source.read(batch.start, batch.stop), gSig=gSig, overwrite=True)  # a fresh copy
-            np.maximum(cn, c, out=cn)
-            np.maximum(pnr, p, out=pnr)
-        if progress is not None:
-            progress((i + 1) / len(batches), f"summary images, batch {i + 1}/{len(batches)}")
-    return cn, pnr
+    images = session_images(
+        video,
+        session_bounds=session_bounds,
+        gSig=gSig,
+        batch_frames=batch_frames,
+        memory_budget=memory_budget,
+        progress=progress,
+    )
+    whole = images.whole()
+    return whole["Cn"], whole["PNR"]

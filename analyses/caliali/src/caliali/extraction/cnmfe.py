@@ -43,7 +43,7 @@ from ._postprocess import finalize_traces
 from ._result import Extraction
 from ._seeds import find_seeds
 from ._source import FrameSource, open_source
-from ._summary import summary_images
+from ._summary import SessionImages, session_images
 from ._traces import TraceFile
 
 __all__ = ["extract"]
@@ -517,7 +517,7 @@ def extract(
         memory_budget=params.memory_budget if params.batch_frames is None else None,
     )
     longest = max(b.stop - b.start for b in batches)
-    cn, pnr, seeds, params, chosen = _seed(
+    cn, pnr, images, seeds, params, chosen = _seed(
         source, bounds, longest, params, cn=cn, pnr=pnr, valid_mask=valid_mask, progress=progress
     )
     allowed = None
@@ -554,6 +554,7 @@ def extract(
         extras=dict(
             cn=cn,
             pnr=pnr,
+            images=images,
             seeds=seeds,
             history=history,
             convergence=convergence_record(history, tol=params.tol, max_iter=params.max_iter),
@@ -572,18 +573,22 @@ def _seed(
     pnr,
     valid_mask,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, ExtractionParams, str]:
-    """The summary images (computed when not given), the seeds that pass the thresholds, the params with
-    ``min_pnr`` resolved (``"auto"``: from the PNR image) and how it was chosen."""
+) -> tuple[np.ndarray, np.ndarray, SessionImages | None, np.ndarray, ExtractionParams, str]:
+    """The summary images (computed when not given, with each session's images: None when given),
+    the seeds that pass the thresholds, the params with ``min_pnr`` resolved (``"auto"``: from the
+    PNR image) and how it was chosen."""
     dims, gSig = source.frame_shape, params.gSig
+    images = None
     if cn is None or pnr is None:
-        cn, pnr = summary_images(
+        images = session_images(
             source,
             session_bounds=bounds,
             gSig=gSig,
             batch_frames=longest,
             progress=None if progress is None else lambda f, m: progress(0.1 * f, m),
         )
+        whole = images.whole()
+        cn, pnr = whole["Cn"], whole["PNR"]
     cn, pnr = np.asarray(cn, np.float32), np.asarray(pnr, np.float32)
     if cn.shape != dims or pnr.shape != dims:
         raise ExtractionError(f"cn and pnr must have the frame shape {dims}; got {cn.shape} and {pnr.shape}")
@@ -600,7 +605,7 @@ def _seed(
             f"(max Cn {float(np.nanmax(cn)):.3f}, max PNR {float(np.nanmax(pnr)):.2f}); "
             "lower the thresholds or check gSig"
         )
-    return cn, pnr, seeds, params, chosen
+    return cn, pnr, images, seeds, params, chosen
 
 
 def _start(

@@ -3,8 +3,9 @@
 ``write_outputs(extraction, out_dir, *, fs, session_ids)`` writes
 
 - ``<out>/arrays/``: A.npz, C_raw.npy, C.npy, S.npy, dff.npy (ΔF/F, `_dff`),
-  Cn.npy, PNR.npy, session_bounds.npy, meta.json (read by ``caliali score``;
-  it states the pixel order of A);
+  Cn.npy, PNR.npy, session_bounds.npy, images/ (each session's Cn, PNR, mean
+  and max), b0.npy, meta.json (read by ``caliali score`` and a review; it
+  states the pixel order of A and lists the images): the "neurons" layout;
 - ``<out>/neurons.nwb``: PlaneSegmentation (masks on the recording's pixels),
   RoiResponseSeries C / C_raw / S, DfOverF, one epoch per session, subject and
   session metadata from the config (what DANDI requires);

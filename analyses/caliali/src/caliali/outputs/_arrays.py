@@ -12,7 +12,36 @@ from ._blocks import BLOCK_BYTES, row_blocks
 from ._common import convergence_of, session_names
 from ._dff import write_dff
 
-__all__ = ["write_arrays", "save_rows"]
+__all__ = ["write_arrays", "write_images", "save_rows"]
+
+IMAGE_KINDS = ("Cn", "PNR", "mean", "max")
+
+
+def write_images(extraction, folder: Path, session_ids: list[str]) -> list[dict]:
+    """Write the background images of a review under ``folder``; returns ``meta.json`` 's ``images``.
+
+    ``Cn.npy`` and ``PNR.npy`` (the whole recording's, where they always were) are listed as they
+    are; with the extraction's per-session images (`caliali.extraction.Extraction.images`) the
+    whole recording's mean and maximum frame go to ``images/mean.npy`` and ``images/max.npy`` and,
+    with more than one session, each session's four images to ``images/session<i>_<kind>.npy``
+    (``session`` names it by id). Every image is float32 on the footprints' grid.
+    """
+    listed = [{"kind": kind, "session": None, "file": f"{kind}.npy"} for kind in ("Cn", "PNR")]
+    images = getattr(extraction, "images", None)
+    if images is None:
+        return listed
+    (folder / "images").mkdir(exist_ok=True)
+    whole = images.whole()
+    for kind in ("mean", "max"):
+        np.save(folder / "images" / f"{kind}.npy", np.asarray(whole[kind], np.float32))
+        listed.append({"kind": kind, "session": None, "file": f"images/{kind}.npy"})
+    if len(session_ids) > 1:
+        for i, sid in enumerate(session_ids):
+            for kind, image in images.session(i).items():
+                name = f"images/session{i}_{kind}.npy"
+                np.save(folder / name, np.asarray(image, np.float32))
+                listed.append({"kind": kind, "session": sid, "file": name})
+    return listed
 
 
 def save_rows(path: Path | str, traces, *, dtype=np.float32, block_bytes: int = BLOCK_BYTES) -> Path:
@@ -48,7 +77,7 @@ def write_arrays(
     dff_window: float = 30.0,
     dark_level: float = 0.0,
 ) -> Path:
-    """Write A.npz, C_raw.npy, C.npy, S.npy, dff.npy, Cn.npy, PNR.npy, session_bounds.npy and meta.json.
+    """Write the neurons layout: A.npz, C_raw, C, S, dff, Cn, PNR, session_bounds (.npy), images/, b0.npy, meta.json.
 
     ``A.npz`` is a scipy.sparse (h*w, K) matrix with C-order pixels (row
     ``y * width + x``, as ``meta.json`` 's ``pixel_order`` says) of the run's
@@ -59,7 +88,9 @@ def write_arrays(
     resting level ``f0`` and ``fs`` is given) is ΔF/F (`caliali.outputs._dff`)
     with a running baseline of ``dff_window`` seconds and ``dark_level`` taken
     out of the resting level; ``session_bounds`` holds the first frame of each
-    session followed by the total.
+    session followed by the total; ``images/`` and ``meta.json`` 's ``images``
+    the background images of a review (`write_images`); ``b0.npy`` each
+    session's constant background, when the extraction knows it.
     """
     folder = Path(out_dir) / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,6 +101,14 @@ def write_arrays(
         np.save(folder / f"{name}.npy", np.asarray(value, np.float32))
     np.save(folder / "session_bounds.npy", np.asarray(extraction.session_bounds, np.int64))
     ids = session_names(extraction, session_ids)
+    images = write_images(extraction, folder, ids)
+    background: dict = {}
+    if getattr(extraction, "b0", None) is not None:
+        np.save(folder / "b0.npy", np.asarray(extraction.b0, np.float32))
+        background = {
+            "b0": "b0.npy: each session's constant background (n_sessions, h, w), movie units: what a merge of "
+            "neurons needs for the merged neuron's resting level (caliali curate)"
+        }
     dff: dict = {"dff": None}
     if getattr(extraction, "f0", None) is not None and fs:
         _, undefined = write_dff(extraction, folder / "dff.npy", fs=fs, window_s=dff_window, dark_level=dark_level)
@@ -103,6 +142,8 @@ def write_arrays(
         "params": extraction.params,
         "history": extraction.history,
         "convergence": convergence_of(extraction) or None,
+        "images": images,
+        **background,
         **dff,
         **(extra_meta or {}),
     }

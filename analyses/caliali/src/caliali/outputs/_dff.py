@@ -86,6 +86,8 @@ def dark_under(extraction, dark_level: float) -> np.ndarray:
     a = scipy.sparse.csc_matrix(extraction.A)
     sums = np.asarray(a.sum(axis=0), np.float64).ravel()
     squares = np.asarray(a.multiply(a).sum(axis=0), np.float64).ravel()
+    if len(sums) == 0:  # no neuron (e.g. a curation that rejected every one)
+        return np.zeros(0)
     scale = np.asarray(extraction.noise, np.float64).reshape(len(sums), -1).mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_unit = np.where(squares > 0, scale * sums / squares, 0.0)

@@ -196,17 +196,18 @@ def write_nwb(
         name="ophys",
         description=f"caliali CNMF-E across sessions; {convergence_sentence(extraction)}",
     )
-    segmentation = ImageSegmentation()
-    ophys.add(segmentation)
-    planes = segmentation.create_plane_segmentation(
-        name="PlaneSegmentation",
-        description="CNMF-E footprints, one identity per neuron across sessions"
-        + (f"; {field_of_view}" if field_of_view else ""),
-        imaging_plane=plane,
-    )
-    planes.add_column(name="snr", description="peak of the denoised trace in noise units")
-    for mask, snr in zip(_pixel_masks(extraction, spatial_ds), extraction.snr):
-        planes.add_roi(pixel_mask=mask, snr=float(snr))
+    if extraction.n_neurons:  # a PlaneSegmentation without a mask column does not read back: none without neurons
+        segmentation = ImageSegmentation()
+        ophys.add(segmentation)
+        planes = segmentation.create_plane_segmentation(
+            name="PlaneSegmentation",
+            description="CNMF-E footprints, one identity per neuron across sessions"
+            + (f"; {field_of_view}" if field_of_view else ""),
+            imaging_plane=plane,
+        )
+        planes.add_column(name="snr", description="peak of the denoised trace in noise units")
+        for mask, snr in zip(_pixel_masks(extraction, spatial_ds), extraction.snr):
+            planes.add_roi(pixel_mask=mask, snr=float(snr))
     sessions_text = "; ".join(f"{sid}: frames {int(a)}-{int(b) - 1}" for sid, a, b in zip(ids, bounds[:-1], bounds[1:]))
     fluorescence = Fluorescence(name="Fluorescence")
     ophys.add(fluorescence)

@@ -1,0 +1,1 @@
+"""Reviewing an analysis' neurons (docs/review.md): the layout read, decisions kept, the curation job."""
