@@ -232,6 +232,12 @@ def test_the_curated_nwb_passes_nwbinspector_as_the_runs_does_and_holds_the_cura
         assert len(planes) == meta["n_neurons"]
         series = nwb.processing["ophys"]["Fluorescence"]["C"]
         assert series.data.shape == (meta["n_frames"], meta["n_neurons"])
+        described, identifier = planes.description, nwb.identifier
+    with NWBHDF5IO(str(curated["result"] / "neurons.nwb"), "r") as io:
+        run = io.read()
+        assert described == run.processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"].description
+        sha = json.loads((curated["outs"][0] / "curation.json").read_text())["decisions_sha256"]
+        assert identifier == f"{run.identifier}-curated-{sha[:16]}"
 
 
 def test_the_same_result_and_decisions_give_the_same_bytes(curated):
@@ -293,3 +299,19 @@ def test_a_file_that_is_not_json_and_a_folder_that_is_no_result_are_refused(spli
     good = _decisions(tmp_path / "d.json", 3, {"accepted": [], "rejected": [], "merges": []})
     r = _caliali("curate", "--result", str(tmp_path), "--decisions", str(good), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "has no arrays/meta.json" in r.stderr, r.stderr
+
+
+def test_rejecting_every_neuron_gives_an_empty_result_that_reads_back(split, tmp_path):
+    from pynwb import NWBHDF5IO
+
+    k = split["n_neurons"]
+    path = _decisions(tmp_path / "decisions.json", k, {"accepted": [], "rejected": list(range(k)), "merges": []})
+    out = tmp_path / "out"
+    r = _caliali("curate", "--result", str(split["result"]), "--decisions", str(path), "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((out / "arrays" / "meta.json").read_text())
+    assert meta["n_neurons"] == 0 and np.load(out / "arrays" / "C_raw.npy").shape == (0, meta["n_frames"])
+    assert json.loads((out / "curation.json").read_text())["neurons"] == []
+    with NWBHDF5IO(str(out / "neurons.nwb"), "r") as io:
+        ophys = io.read().processing["ophys"]
+        assert "ImageSegmentation" not in ophys.data_interfaces and "Fluorescence" in ophys.data_interfaces

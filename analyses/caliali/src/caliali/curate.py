@@ -461,7 +461,7 @@ def curate(result: Path | str, decisions_path: Path | str, output: Path | str) -
         extra_meta=extra,
         session_start_time=datetime.fromisoformat(start) if start else _epoch(),
         identifier=identifier,
-        field_of_view=_field_of_view(res.meta),
+        field_of_view=_field_of_view(res.meta, bool(cfg.crop)),
         config=cfg,
     )
     arrays = output / "arrays"
@@ -495,11 +495,12 @@ def _epoch() -> datetime:
     return EPOCH
 
 
-def _field_of_view(meta: dict[str, Any]) -> str:
-    """The NWB field-of-view sentence of the run (as `caliali.pipeline` words it), from meta.json's region."""
+def _field_of_view(meta: dict[str, Any], cropped: bool) -> str:
+    """The NWB field-of-view sentence of the run (as `caliali.pipeline` words it), from meta.json's region;
+    none, as for the run, when its config cropped nothing and named no roi_mask."""
     crop, full = meta.get("crop"), meta.get("frame_shape_original")
     roi = meta.get("roi_mask") or ""
-    if not crop and not roi:
+    if not cropped and not roi:
         return ""
     h, w = (int(n) for n in (full or meta["dims"]))
     top, bottom, left, right = crop or (0, h, 0, w)
