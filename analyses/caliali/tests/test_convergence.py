@@ -71,3 +71,22 @@ def test_out_of_rounds_is_not_converged_and_says_what_was_still_moving():
     )
     quiet = convergence_record([_round(1, 0.2)], tol=0.05, max_iter=1)
     assert quiet["why"] == "not converged after 1 round (max_iter): change 0.2 >= tol 0.05"
+
+
+def test_a_change_still_falling_or_after_a_round_that_grew_or_merged_is_not_a_stall():
+    from caliali.extraction.cnmfe import _stalled
+
+    def rounds(changes, **per_round):
+        out = [_round(i + 1, c) for i, c in enumerate(changes)]
+        for i, extra in per_round.items():
+            out[int(i[1:])].update(extra)
+        return out
+
+    # falling by 9% a round: slowly, but falling (the demo quadrant's rounds 11-12 did this)
+    assert not _stalled(rounds([0.3, 0.0758, 0.0688]))
+    assert _stalled(rounds([0.3, 0.0758, 0.0740]))  # under 5% below the lowest before: stopped falling
+    assert _stalled(rounds([0.3, 0.06, 0.08, 0.07]))  # up and back down, still above the lowest quiet round
+    # a round that spread, removed or merged starts the count afresh: the change after it may rise
+    assert not _stalled(rounds([0.5, 0.128, 0.146], r1={"spreading": 2}))
+    assert not _stalled(rounds([0.5, 0.128, 0.146], r1={"merged": 1}))
+    assert _stalled(rounds([0.5, 0.128, 0.146, 0.15], r1={"spreading": 2}))

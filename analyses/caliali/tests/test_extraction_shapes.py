@@ -84,3 +84,37 @@ def test_a_big_or_elongated_cell_is_one_whole_component(result, name):
     rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
     mask = masks_est[:, [best]].toarray().reshape(DIMS)[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     assert _edge_run(mask) <= 0.5, f"the {name} cell's outline runs along its box edge"
+
+
+def test_a_seed_region_stops_at_the_valley_to_a_touching_cell():
+    """The first fit of a seed keeps its own cell, cut from a touching one along the valley between them."""
+    from caliali.extraction._initialize import _seed_region
+
+    dims = (49, 49)
+    own, other = _cell(dims, (24, 20), (5.0, 5.0)), _cell(dims, (24, 31), (5.0, 5.0))
+    fitted = (own + 0.8 * other).astype(np.float32)  # what a rank-1 fit around the seed sees
+    region = _seed_region(fitted, 24, 20, gSig=GSIG, region_radius=int(np.ceil(2.5 * GSIG)) + 1) > 0
+    assert region[24, 20] and not region[24, 31]
+    assert not (region & (other > own)).any(), "the region reaches into the touching cell"
+    cols = np.flatnonzero(region.any(axis=0))
+    # the side facing the neighbour is the valley (x 25-26), not the square's edge (x 29)
+    assert cols[-1] <= 26, cols
+
+
+def test_touching_cells_come_out_whole_and_apart():
+    cells = [((36, 40), (6.0, 6.0), 0.0), ((36, 52), (6.0, 6.0), 0.0)]  # 12 px apart, radius 6: they touch
+    y, a = _movie(cells, seed=1)
+    out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=500)
+    iou = iou_matrix(footprint_masks(out.A), footprint_masks(a.reshape(len(a), -1).T))
+    assert (iou.max(axis=0) >= 0.7).all(), iou.max(axis=0)
+    for k in iou.argmax(axis=0):
+        support = out.A[:, [k]].toarray().reshape(DIMS) > 0
+        rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
+        mask = footprint_masks(out.A[:, [k]]).toarray().reshape(DIMS)[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        assert _edge_run(mask) <= 0.5, f"component {k}'s outline runs along its box edge"
+    assert out.convergence["converged"], out.history
+
+
+def test_the_large_cells_rounds_converge(result):
+    out, _ = result
+    assert out.convergence["converged"], out.history

@@ -161,6 +161,13 @@ class RingBackground:
         self.weights = w.T.reshape(n, *self.small).astype(np.float32)
         self._reset_sums()
 
+    def predict_small(self, regressors: list[np.ndarray]) -> np.ndarray:
+        """Predicted fluctuating background on the downsampled grid (t, hs, ws)."""
+        small = regressors[0] * self.weights[0]
+        for w, x in zip(self.weights[1:], regressors[1:]):
+            small += x * w
+        return small.astype(np.float32)
+
     def fluctuation(self, regressors: list[np.ndarray]) -> np.ndarray:
         """Predicted fluctuating background at full resolution (t, h, w).
 

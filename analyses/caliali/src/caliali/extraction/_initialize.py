@@ -2,14 +2,17 @@
 
 The batch is high-passed once, then processed patch by patch (square spatial
 patches with overlap): each seed belongs to the patch whose centre is nearest,
-and its fit and peeling use only a copy of that patch's pixels, so the working
-memory is the batch, its high-passed copy and one patch.
+and its fit and peeling use only a copy of that patch's window (the patch and a
+margin of the seed region's radius around it), so the working memory is the
+batch, its high-passed copy and one window.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
 
 from caliali._cv2 import cv2
 
@@ -41,6 +44,45 @@ def patch_grid(length: int, size: int, overlap: int) -> list[int]:
     if starts[-1] + size < length:
         starts.append(length - size)
     return starts
+
+
+def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius: int) -> np.ndarray | None:
+    """The seed's own part of a fitted image ``a`` (on the fit's box), or None when too small.
+
+    The part is the seed's basin of the image at or above 0.2 x its peak near the seed, within
+    the square of half-width ``region_radius`` around the seed: a watershed of the (lightly
+    smoothed) image from its maxima, so a neighbouring cell that touches this one is cut off
+    along the valley between them. Cut along the square instead, touching cells kept a straight
+    edge between them that the spatial updates never moved; a cell larger than the square is
+    cut by it here and grows beyond it in the spatial updates.
+    """
+    y0, y1, x0, x1 = box_around(cy, cx, region_radius, a.shape)
+    square = np.zeros(a.shape, bool)
+    square[y0:y1, x0:x1] = True
+    smooth = ndimage.gaussian_filter(a, max(0.5, gSig / 4), mode="constant") * square
+    near = smooth[max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2]
+    peak = float(near.max())
+    if peak <= 0:
+        return None
+    above = smooth >= 0.2 * peak
+    if not above[cy, cx]:  # a seed beside its peak: start the basin at the peak
+        dy, dx = np.unravel_index(int(np.argmax(near)), near.shape)
+        cy, cx = max(0, cy - 1) + int(dy), max(0, cx - 1) + int(dx)
+    # markers: the seed, and every other maximum standing 0.2 x peak above the saddle that joins it
+    # to higher ground (a neighbour's peak, not a bump of noise on a broad cell's flat top)
+    tops, n_tops = ndimage.label(h_maxima(smooth, 0.2 * peak) & above)
+    markers = np.zeros(a.shape, np.int32)
+    if n_tops:
+        centres = np.array(ndimage.center_of_mass(above, tops, range(1, n_tops + 1))).reshape(-1, 2)
+        far = np.hypot(centres[:, 0] - cy, centres[:, 1] - cx) > gSig
+        for label in np.nonzero(far)[0] + 1:
+            markers[tops == label] = label + 1
+    markers[cy, cx] = 1  # the seed itself: a maximum within gSig of it is the same cell
+    basins = watershed(-smooth, markers, mask=above)
+    region = np.where(basins == 1, a, 0).astype(np.float32)
+    if np.count_nonzero(region) < 3:
+        return None
+    return region
 
 
 def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kernel):
@@ -76,20 +118,10 @@ def _fit_seed(yp, hyp, ky, kx, *, gSig, box_radius, region_radius, min_pnr, kern
     gram += 1e-9 * np.trace(gram) * np.eye(x.shape[1])
     coef = np.linalg.solve(gram, (x.T @ raw).astype(np.float64))
     a = np.maximum(coef[0], 0).reshape(y1 - y0, x1 - x0).astype(np.float32)
-    # The footprint lives in the neuron's region: one connected blob around the seed.
+    region = _seed_region(a, ky - y0, kx - x0, gSig=gSig, region_radius=region_radius)
+    if region is None:
+        return None
     ry0, ry1, rx0, rx1 = box_around(ky, kx, region_radius, (h, w))
-    region = np.zeros_like(a)
-    region[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0] = a[ry0 - y0 : ry1 - y0, rx0 - x0 : rx1 - x0]
-    peak = region[max(0, ky - y0 - 1) : ky - y0 + 2, max(0, kx - x0 - 1) : kx - x0 + 2].max()
-    if peak <= 0:
-        return None
-    labels, _ = ndimage.label(region >= 0.2 * peak)
-    seed_label = labels[ky - y0, kx - x0]
-    if seed_label == 0:
-        seed_label = labels[max(0, ky - y0 - 1) : ky - y0 + 2, max(0, kx - x0 - 1) : kx - x0 + 2].max()
-    region[labels != seed_label] = 0
-    if np.count_nonzero(region) < 3:
-        return None
     # Peel the fitted neuron off the raw and high-passed patch.
     yp[:, y0:y1, x0:x1] -= c[:, None, None] * region[None]
     ha = cv2.filter2D(region, cv2.CV_32F, kernel, borderType=cv2.BORDER_CONSTANT)
@@ -131,15 +163,19 @@ def initialize_batch(
             mine = np.nonzero((owner_y == iy) & (owner_x == ix))[0]
             if mine.size == 0:
                 continue
-            sy, sx = slice(py, min(h, py + patch_size)), slice(px, min(w, px + patch_size))
+            # the patch's window reaches region_radius beyond it: a seed near the patch's edge
+            # is fitted whole, not cut straight along the edge
+            wy, wx = max(0, py - region_radius), max(0, px - region_radius)
+            sy = slice(wy, min(h, py + patch_size + region_radius))
+            sx = slice(wx, min(w, px + patch_size + region_radius))
             yp = frames[:, sy, sx].copy()
             hyp = high[:, sy, sx].copy()
             for k in mine:  # seeds arrive strongest first
                 fit = _fit_seed(
                     yp,
                     hyp,
-                    int(seeds[k, 0]) - py,
-                    int(seeds[k, 1]) - px,
+                    int(seeds[k, 0]) - wy,
+                    int(seeds[k, 1]) - wx,
                     gSig=gSig,
                     box_radius=box_radius,
                     region_radius=region_radius,
@@ -148,5 +184,5 @@ def initialize_batch(
                 )
                 if fit is not None:
                     (y0, y1, x0, x1), image, c = fit
-                    fits[k] = SeedFit((y0 + py, y1 + py, x0 + px, x1 + px), image, c)
+                    fits[k] = SeedFit((y0 + wy, y1 + wy, x0 + wx, x1 + wx), image, c)
     return fits

@@ -213,6 +213,8 @@ def _iteration_pass(
         footprints.add_product(frames, cb, sign=-1.0)  # frames = Y - b0 - A C
         small = downsample(frames, background.ssub)
         regressors = background.regressors(small)
+        small = _without_outliers(small, background.predict_small(regressors))
+        regressors = background.regressors(small)
         background.accumulate(regressors, small)
         del small
         fluct = background.fluctuation(regressors)
@@ -237,6 +239,25 @@ def _iteration_pass(
     if spatial is not None:
         _centre(yct, cct, spatial, footprints, new_b0, trace_sums, session_frames)
     return c_raw, yct, cct, new_b0, residual_sq
+
+
+# Residual values this many robust standard deviations above the background's prediction are activity
+# the neurons do not explain yet (CNMF-E's thresh_outlier), not background.
+OUTLIER_SIGMAS = 3.0
+
+
+def _without_outliers(residual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The residual (t, h, w) with values far above the predicted background brought down to it plus the limit.
+
+    The ring model learns each pixel's background from its residual; where a footprint does not
+    yet cover all of a cell (a large cell's tail), the cell's own transients stay in that residual
+    and the model would learn to predict them from the ring, taking the cell's edge away from
+    its footprint round after round. Each pixel's spread is the median absolute deviation of
+    residual minus prediction over the batch's frames.
+    """
+    excess = residual - predicted
+    spread = 1.4826 * np.median(np.abs(excess), axis=0)
+    return np.minimum(residual, predicted + OUTLIER_SIGMAS * spread)
 
 
 def _centre(yct, cct, boxes, footprints: Footprints, residual_sums, trace_sums, session_frames) -> None:
@@ -397,8 +418,18 @@ def _interior_change(old: Footprints, new: Footprints) -> float:
 
 
 def _stalled(history: list[dict]) -> bool:
-    """The footprint change has stopped falling: less than 10% below the previous round's."""
-    return len(history) >= 3 and history[-1]["change"] > 0.9 * history[-2]["change"]
+    """The footprint change has stopped falling: not 5% below the lowest of the quiet rounds before.
+
+    Only the trailing quiet rounds count (nothing removed or merged, no support spreading): a
+    round that removed, merged or grew components moves footprints for a reason, and the change
+    after it is measured afresh. A change still falling steadily, however slowly, is not stalled.
+    """
+    quiet: list[float] = []
+    for h in reversed(history):
+        if h["removed"] or h["merged"] or h.get("spreading"):
+            break
+        quiet.append(h["change"])
+    return len(history) >= 3 and len(quiet) >= 2 and quiet[0] > 0.95 * min(quiet[1:])
 
 
 # A round-to-round change of up to this many times the footprints' standard error is noise: two fits
@@ -409,6 +440,7 @@ NOISE_FACTOR = 2.0
 def _stop(history: list[dict], tol: float) -> str | None:
     """How the rounds end after the last one, or None to go on.
 
+    Only a quiet round (nothing removed or merged) can end them.
     ``"tol"``: the change fell below ``tol``; ``"noise"``: it stopped falling, and inside the
     supports (`_interior_change`) it is within `NOISE_FACTOR` x the footprints' standard error
     (converged as far as the data can tell; what still moves is edge pixels crossing the
@@ -687,9 +719,12 @@ def _iterate(
         for s in range(len(bounds) - 1):
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
-        if it == 0:
-            # the first update fits the traces of the initialisation, replaced only in this round: a support
-            # that ends inside its search now is not yet the cell's edge, so every footprint spreads once more
+        spreading = int(updated.spreading.sum())  # supports the search cut off: still growing
+        if it < 2:
+            # the first update fits the traces of the initialisation, replaced only in this round, and the
+            # first two rounds remove most false positives, whose edges a neighbour's update may have
+            # followed: a support that ends inside its search then is not yet the cell's edge, so every
+            # footprint spreads through the first two rounds
             updated.spreading[:] = True
         noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
@@ -718,6 +753,7 @@ def _iterate(
                 "noise": noise,
                 "removed": removed,
                 "merged": merges,
+                "spreading": spreading,
             }
         )
         if len(footprints) == 0:
