@@ -132,3 +132,21 @@ def test_run_on_a_movie_without_cells_says_to_set_gsig(tmp_path, write_video):
     assert r.returncode == 2, r.stderr
     assert "no cells stand out" in r.stderr and "set gSig" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_finds_nothing_with_a_gsig_far_too_small_says_the_cells_size(simulation, tmp_path):
+    """The failure names the radius the cells have when the gSig set is far from it."""
+    sim = simulation(sessions=1, frames=400, neurons=20, height=80, width=80)  # cells of gSig 3
+    config = tmp_path / "config.json"
+    config.write_text('{"gSig": 1.8, "fs": 10, "motion_correction": false}')
+    run = subprocess.run(
+        [sys.executable, "-m", "caliali", "run", "--input", str(sim.out), "--config", str(config)]
+        + ["--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert "set: 1.8); set gSig to about that, or to 'auto'" in last, last
+    size = float(last.split("look larger than gSig says: about ")[1].split(" px")[0])
+    assert abs(size / 3.0 - 1) <= TOLERANCE, last

@@ -403,11 +403,18 @@ def run(
         video, bounds, valid = _timed(timings, "apply", lambda: _apply(alignment, config, motion, work, report, state))
     else:
         video, bounds, valid = _unaligned(motion, config, work, report)
-    paths = _timed(
-        timings,
-        "extraction",
-        lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region, gsig_from),
-    )
+    from caliali.extraction import ExtractionError
+
+    try:
+        paths = _timed(
+            timings,
+            "extraction",
+            lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region, gsig_from),
+        )
+    except ExtractionError as error:
+        if gsig_from != "set":
+            raise
+        raise ExtractionError(f"{error}{_gsig_hint(experiment, config, report)}") from None
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
     convergence = paths.pop("_convergence")
@@ -522,6 +529,29 @@ def _estimate_gsig(experiment: Experiment, config: CalialiConfig, report: _Repor
     how = estimate.describe(spatial_ds=config.spatial_ds, where=f"frames 0-{raw - 1} of session {session.id}")
     report.note(f"gSig: {gsig:g} px, {how}")
     return config.model_copy(update={"gSig": gsig}), how
+
+
+def _gsig_hint(experiment: Experiment, config: CalialiConfig, report: _Reporter) -> str:
+    """When extraction found nothing with a gSig that was set: the radius the recording's cells have, if far off.
+
+    A gSig well below the cells' size is the commonest reason for a run that finds nothing (the
+    seeds' local fits cover part of each cell, and what they find is removed as noise), and the
+    message of what failed cannot say so by itself. Estimated as for ``gSig: auto``, only after
+    such a failure; nothing when the estimate cannot be made or is within 30% of the value set.
+    """
+    from caliali.projections import NoCellsError
+
+    try:
+        estimated, _ = _estimate_gsig(experiment, config.model_copy(update={"gSig": "auto"}), report)
+    except NoCellsError:
+        return ""
+    ratio = float(estimated.gSig) / float(config.gSig)
+    if 1 / 1.3 <= ratio <= 1.3:
+        return ""
+    return (
+        f"; the cells of this recording look {'larger' if ratio > 1 else 'smaller'} than gSig says: about "
+        f"{float(estimated.gSig):g} px (set: {float(config.gSig):g}); set gSig to about that, or to 'auto'"
+    )
 
 
 def _check_session_lengths(experiment: Experiment, config: CalialiConfig) -> None:
