@@ -32,7 +32,7 @@ def _line(label: str, values: list[float]) -> None:
     print(f"  {label:<44} median {statistics.median(values):7.0f} ms   max {max(values):7.0f} ms   (n={len(values)})")
 
 
-def _api(http: httpx.Client, base: str, neurons: list[int]) -> None:
+def _api(http: httpx.Client, base: str, neurons: list[int], frames: int) -> None:
     print("API alone (httpx, server caches warm):")
     for name, path in (
         ("summary", ""),
@@ -55,7 +55,7 @@ def _api(http: httpx.Client, base: str, neurons: list[int]) -> None:
         t = time.perf_counter()
         http.get(f"{base}/neurons/{k}/footprint.png").raise_for_status()
         prints.append((time.perf_counter() - t) * 1000)
-    _line("one neuron: traces (3 × 100k frames) + facts", traces)
+    _line(f"one neuron: traces (3 × {frames:,} frames) + facts", traces)
     _line("one neuron: footprint PNG", prints)
 
 
@@ -127,7 +127,7 @@ def main() -> None:
             neurons = list(range(0, args.neurons, step))[: args.switches]
             _browser(url, token, neurons, args.screenshot)
             with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
-                _api(http, f"{server.url}/api/jobs/{job['id']}/review/session.txt", neurons)
+                _api(http, f"{server.url}/api/jobs/{job['id']}/review/session.txt", neurons, args.frames)
 
 
 if __name__ == "__main__":
