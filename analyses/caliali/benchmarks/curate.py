@@ -25,47 +25,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from outputs import synthetic_extraction  # noqa: E402  (a sibling script: the same synthetic result)
 
 
 def _result(k: int, t: int, folder: Path) -> Path:
-    from caliali.extraction import Extraction
-    from caliali.extraction._traces import TraceFile
     from caliali.outputs import write_outputs
 
-    h, w = 200, 300
-    rng = np.random.default_rng(0)
-    traces = []
-    for kind in range(3):
-        f = TraceFile((k, t), directory=folder)
-        for row in range(k):
-            values = rng.standard_normal(t, dtype=np.float32)
-            f[row] = np.abs(values) if kind else values  # C and S non-negative, as deconvolved traces are
-        traces.append(f)
-    yy, xx = np.mgrid[:h, :w]
-    images, centers = [], []
-    for _ in range(k):
-        cy, cx = rng.uniform(10, h - 10), rng.uniform(10, w - 10)
-        im = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).astype(np.float32)
-        im[im < 0.05] = 0
-        images.append(im.ravel())
-        centers.append((cy, cx))
-    extraction = Extraction(
-        A=scipy.sparse.csc_array(np.stack(images, axis=1)),
-        C_raw=traces[0].view(),
-        C=traces[1].view(),
-        S=traces[2].view(),
-        cn=np.ones((h, w), np.float32),
-        pnr=np.ones((h, w), np.float32),
-        session_bounds=np.array([0, t // 2, t]),
-        dims=(h, w),
-        snr=np.linspace(9, 1, k),
-        noise=np.ones((k, 2)),
-        centers=np.array(centers),
-        seeds=np.zeros((k, 2), int),
-        f0=np.full((k, 2), 100.0, np.float32),
-        b0=np.full((2, h, w), 100.0, np.float32),
-    )
+    extraction = synthetic_extraction(k, t, folder, non_negative=True)
     out = folder / "result"
     write_outputs(extraction, out, fs=20.0, identifier="caliali-benchmark-curate")
     (out / "summary.json").write_text(json.dumps({"config": {"fs": 20.0}, "nwb": {"identifier": "bench"}}))

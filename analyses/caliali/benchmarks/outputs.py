@@ -24,25 +24,32 @@ import numpy as np
 import scipy.sparse
 
 
-def _extraction(k: int, t: int, folder: Path):
+def synthetic_extraction(k: int, t: int, folder: Path, *, non_negative: bool = False):
+    """K Gaussian footprints at random centres on a 200 x 300 grid, random traces of T frames, two sessions.
+
+    The traces are memory-mapped in ``folder``, as `caliali.extraction.extract` returns them;
+    ``non_negative`` makes C and S non-negative, as deconvolved traces are.
+    """
     from caliali.extraction import Extraction
     from caliali.extraction._traces import TraceFile
 
     h, w = 200, 300
     rng = np.random.default_rng(0)
     traces = []
-    for _ in range(3):
+    for kind in range(3):
         f = TraceFile((k, t), directory=folder)
         for row in range(k):
-            f[row] = rng.standard_normal(t, dtype=np.float32)
+            values = rng.standard_normal(t, dtype=np.float32)
+            f[row] = np.abs(values) if non_negative and kind else values
         traces.append(f)
     yy, xx = np.mgrid[:h, :w]
-    images = []
+    images, centers = [], []
     for _ in range(k):
         cy, cx = rng.uniform(10, h - 10), rng.uniform(10, w - 10)
         im = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0).astype(np.float32)
         im[im < 0.05] = 0
         images.append(im.ravel())
+        centers.append((cy, cx))
     return Extraction(
         A=scipy.sparse.csc_array(np.stack(images, axis=1)),
         C_raw=traces[0].view(),
@@ -54,7 +61,7 @@ def _extraction(k: int, t: int, folder: Path):
         dims=(h, w),
         snr=np.linspace(9, 1, k),
         noise=np.ones((k, 2)),
-        centers=np.zeros((k, 2)),
+        centers=np.array(centers),
         seeds=np.zeros((k, 2), int),
         f0=np.full((k, 2), 100.0, np.float32),
         b0=np.full((2, h, w), 100.0, np.float32),
@@ -72,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ex = _extraction(args.neurons, args.frames, folder)
+        ex = synthetic_extraction(args.neurons, args.frames, folder)
         timings = {}
         start = time.process_time()
         write_arrays(dataclasses.replace(ex, f0=None), folder / "out", fs=args.fs)  # no f0: no dF/F
