@@ -19,6 +19,7 @@ from ncaas.executors.local import LocalExecutor  # noqa: E402
 from ncaas.jobs.db import JobDB, default_db_url  # noqa: E402
 from ncaas.jobs.manager import Manager  # noqa: E402
 from ncaas.storage import Storage  # noqa: E402
+from ncaas.testing.servers import LocalPostgres, PostgresUnavailable  # noqa: E402
 
 
 @pytest.fixture
@@ -54,3 +55,15 @@ def manager(root: Path, registry: BlueprintRegistry) -> Iterator[Manager]:
     db = JobDB(default_db_url(storage.root))
     yield Manager(storage, db, registry=registry, executor=LocalExecutor(cpus=4))
     db.close()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of the test module's own (skipped where one cannot be started)."""
+    pg = LocalPostgres()
+    try:
+        pg.start()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
+    yield pg
+    pg.stop()

@@ -23,7 +23,7 @@ from ncaas.review.neurons import contours, neighbours, table
 from ncaas.server.accounts import Accounts
 from ncaas.storage import Storage
 from ncaas.testing.neurons import write_layout
-from ncaas.testing.servers import LocalPostgres, PostgresUnavailable, ServerProcess, storage_with_user
+from ncaas.testing.servers import ServerProcess, storage_with_user
 
 REVIEW_BLUEPRINTS = Path(__file__).parent / "review_blueprints"
 
@@ -173,17 +173,6 @@ def test_the_review_block_is_validated_with_clear_messages():
 
 
 # -- the decisions table on both databases ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def postgres():
-    pg = LocalPostgres()
-    try:
-        pg.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-    yield pg
-    pg.stop()
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_a_decision_number_is_taken_once(kind, tmp_path, request):
     url = (

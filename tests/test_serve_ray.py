@@ -23,7 +23,7 @@ from ncaas_testutil import wait_for, write_stack
 
 from ncaas.storage import Storage
 from ncaas.testing.ray_cluster import LocalClusterError, LocalRayCluster, LocalS3Server, free_port
-from ncaas.testing.servers import LocalPostgres, PostgresUnavailable
+from ncaas.testing.servers import LocalPostgres
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -34,17 +34,6 @@ WRONG_S3 = {
     "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
     "NCAAS_S3_ENDPOINT": "http://127.0.0.1:9",
 }
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[LocalPostgres]:
-    pg = LocalPostgres()
-    try:
-        pg.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-    yield pg
-    pg.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,18 +19,7 @@ from sqlalchemy import create_engine, text
 from ncaas.client import Client, ServerRequestError
 from ncaas.server.accounts import Accounts
 from ncaas.server.errors import AccountError
-from ncaas.testing.servers import LocalPostgres, PostgresUnavailable, ServerProcess
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = LocalPostgres()
-    try:
-        pg.start()
-    except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL cannot be started here: {exc}")
-    yield pg
-    pg.stop()
+from ncaas.testing.servers import ServerProcess
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
