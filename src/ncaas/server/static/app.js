@@ -2,16 +2,6 @@
 "use strict";
 
 const CHUNK = 8 * 1024 * 1024;          // upload chunk: progress granularity and resume unit
-const $ = (sel) => document.querySelector(sel);
-const el = (tag, attrs = {}, ...kids) => {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  for (const kid of kids) node.append(kid);
-  return node;
-};
 
 const state = { token: null, pipeline: false, analyses: [], analysis: null, fields: [], uploading: 0, jobStream: null, jobId: null };
 

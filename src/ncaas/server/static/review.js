@@ -2,17 +2,6 @@
 // the table, and the decisions (saved on the server as they are made). Plain JavaScript, no build step.
 "use strict";
 
-const $ = (sel) => document.querySelector(sel);
-const el = (tag, attrs = {}, ...kids) => {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v);
-  }
-  for (const kid of kids) node.append(kid);
-  return node;
-};
-
 const params = new URLSearchParams(location.search);
 const R = {
   token: sessionStorage.getItem("ncaas-token"),
