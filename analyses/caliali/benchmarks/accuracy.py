@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python analyses/caliali/benchmarks/accuracy.py
         [--variants static motion sessions pnr1.5] [--seeds 0 1 2] [--factors 1 0.6 1.6]
         [--size 128] [--frames 1000] [--neurons 40] [--workdir /tmp/caliali-accuracy]
+        [--config '{"residual_seeds": true}']
 
 For every variant and seed it simulates a movie (``caliali simulate``; reused when already in
 ``--workdir`` with the same parameters), then runs ``caliali run`` in a fresh subprocess with the
@@ -112,7 +113,8 @@ def run_one(sim: Path, variant: str, seed: int, factor: float, args: argparse.Na
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     config = out.parent / f"{out.name}_config.json"
-    config.write_text(json.dumps({"gSig": gsig, "fs": meta["fs"]} if factor != AUTO else {"fs": meta["fs"]}))
+    options = {"gSig": gsig, "fs": meta["fs"]} if factor != AUTO else {"fs": meta["fs"]}
+    config.write_text(json.dumps({**options, **json.loads(args.config)}))
     row: dict[str, Any] = {"variant": variant, "seed": seed, "factor": factor, "gSig": gsig}
     t0 = time.perf_counter()
     with open(out.parent / f"{out.name}.log", "w") as log:
@@ -242,6 +244,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1000, help="Frames per movie (split over sessions).")
     parser.add_argument("--neurons", type=int, default=40)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/caliali-accuracy"))
+    parser.add_argument(
+        "--config", default="{}", help="More caliali options for every run (JSON), e.g. '{\"residual_seeds\": true}'."
+    )
     parser.add_argument("--report", action="store_true", help="Only print the tables of <workdir>/accuracy.json.")
     parser.add_argument(
         "--rescore", action="store_true", help="Score the runs in <workdir>/accuracy.json again (same outputs), print."

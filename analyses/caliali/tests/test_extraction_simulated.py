@@ -1,4 +1,6 @@
-"""End-to-end accuracy of CNMF-E extraction on the simulator's ideal variant (issue size: 4 x 2000 frames).
+"""End-to-end accuracy of CNMF-E extraction on the simulator's ideal variant, four sessions.
+
+The same at 4 x 2,000 frames, and every other variant, is measured by ``benchmarks/accuracy.py``.
 
 The aligned movie is built by warping each simulated session with its true
 backward field, so the score measures extraction alone; the full pipeline's
@@ -18,6 +20,8 @@ from caliali.extraction import extract
 from caliali.io import open_video
 from caliali.score import score_neurons
 from caliali.store import FrameStore
+
+FRAMES = 600  # per session
 
 
 def _aligned_store(sim, path) -> tuple[FrameStore, np.ndarray]:
@@ -47,11 +51,11 @@ def _aligned_store(sim, path) -> tuple[FrameStore, np.ndarray]:
 
 @pytest.mark.slow
 def test_f1_on_the_ideal_simulation_reaches_0_85(simulation, tmp_path):
-    sim = simulation(sessions=4, frames=2000, neurons=100, height=180, width=260, variant="ideal", pnr=2.0)
+    sim = simulation(sessions=4, frames=FRAMES, neurons=100, height=180, width=260, variant="ideal", pnr=2.0)
     store, bounds = _aligned_store(sim, tmp_path / "aligned.zarr")
     result = extract(store, session_bounds=bounds, gSig=3.0, min_corr=0.2, min_pnr=4.0, memory_budget="1GB")
     a_true = np.load(sim.ground_truth / "A.npy")
     c_true = np.load(sim.ground_truth / "C.npy")
     score = score_neurons(result.A, result.C, a_true.reshape(len(a_true), -1).T, c_true)
     assert score.f1 >= 0.85, (score.precision, score.recall, score.f1)
-    assert [part.shape[1] for part in result.by_session("C")] == [2000] * 4
+    assert [part.shape[1] for part in result.by_session("C")] == [FRAMES] * 4

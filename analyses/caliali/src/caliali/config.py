@@ -127,6 +127,12 @@ class CalialiConfig(BaseModel):
         "two decay times, stays below this many noise standard "
         "deviations are removed.",
     )
+    residual_seeds: bool = Field(
+        False,
+        description="After the second round, also seed neurons in the residual next to the components found "
+        "(CNMF-E's pick from the residual): more dim neurons beside bright ones, about a third more "
+        "extraction time.",
+    )
     # -- outputs -----------------------------------------------------------------
     nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")
     caiman_hdf5: bool = Field(

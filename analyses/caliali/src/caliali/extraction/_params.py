@@ -53,6 +53,11 @@ class ExtractionParams:
         Components whose strongest calcium event (the least probable run of
         two decay times of frames of the raw trace, best session) is less
         exceptional than ``min_snr`` x noise in every frame are removed.
+    residual_seeds : bool
+        After the second round, look for the neurons the seeds missed in the residual (the movie
+        less the model), next to the components found, and fit them too (CNMF-E's "pick neurons
+        from the residual"): more of the dim neurons beside bright ones, at about a third more
+        extraction time (figures in the caliali benchmarks README). Default off.
 
     Raises
     ------
@@ -78,6 +83,7 @@ class ExtractionParams:
     patch_overlap: int = 32
     box_factor: float = 6.0
     min_snr: float = 3.0
+    residual_seeds: bool = False
     batch_frames: int | None = None
     memory_budget: int | str | None = "2GB"
 

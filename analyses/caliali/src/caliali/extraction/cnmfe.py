@@ -420,13 +420,13 @@ def _interior_change(old: Footprints, new: Footprints) -> float:
 def _stalled(history: list[dict]) -> bool:
     """The footprint change has stopped falling: not 5% below the lowest of the quiet rounds before.
 
-    Only the trailing quiet rounds count (nothing removed or merged, no support spreading): a
-    round that removed, merged or grew components moves footprints for a reason, and the change
-    after it is measured afresh. A change still falling steadily, however slowly, is not stalled.
+    Only the trailing quiet rounds count (nothing removed, merged or added, no support spreading):
+    a round that removed, merged, added or grew components moves footprints for a reason, and the
+    change after it is measured afresh. A change still falling steadily, however slowly, is not stalled.
     """
     quiet: list[float] = []
     for h in reversed(history):
-        if h["removed"] or h["merged"] or h.get("spreading"):
+        if h["removed"] or h["merged"] or h.get("spreading") or h.get("added"):
             break
         quiet.append(h["change"])
     return len(history) >= 3 and len(quiet) >= 2 and quiet[0] > 0.95 * min(quiet[1:])
@@ -440,7 +440,7 @@ NOISE_FACTOR = 2.0
 def _stop(history: list[dict], tol: float) -> str | None:
     """How the rounds end after the last one, or None to go on.
 
-    Only a quiet round (nothing removed or merged) can end them.
+    Only a quiet round (nothing removed, merged or added) can end them.
     ``"tol"``: the change fell below ``tol``; ``"noise"``: it stopped falling, and inside the
     supports (`_interior_change`) it is within `NOISE_FACTOR` x the footprints' standard error
     (converged as far as the data can tell; what still moves is edge pixels crossing the
@@ -449,7 +449,7 @@ def _stop(history: list[dict], tol: float) -> str | None:
     not converged).
     """
     last = history[-1]
-    if last["removed"] or last["merged"]:
+    if last["removed"] or last["merged"] or last.get("added"):
         return None
     if last["change"] < tol:
         return "tol"
@@ -720,11 +720,12 @@ def _iterate(
             background.b0[s] += (b0_sums[s] / (bounds[s + 1] - bounds[s])).astype(np.float32)
         updated, norms = spatial_hals(footprints, yct, cct.astype(np.float32), search).normalized()
         spreading = int(updated.spreading.sum())  # supports the search cut off: still growing
-        if it < 2:
+        if it < 2 or (params.residual_seeds and RESIDUAL_ROUND <= it < RESIDUAL_ROUND + 2):
             # the first update fits the traces of the initialisation, replaced only in this round, and the
             # first two rounds remove most false positives, whose edges a neighbour's update may have
             # followed: a support that ends inside its search then is not yet the cell's edge, so every
-            # footprint spreads through the first two rounds
+            # footprint spreads through the first two rounds, and again through the two after the
+            # components seeded in the residual joined
             updated.spreading[:] = True
         noise = _footprint_noise(updated, norms, cct, residual_var)
         carry = _carry_over(footprints, updated)  # the new traces, expressed on the new footprints
@@ -744,6 +745,15 @@ def _iterate(
         if merged is not c:
             c.close()
             c = merged
+        if len(footprints) == 0:
+            raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
+        added = 0
+        if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
+            _report(progress, lo, lo + span, 1.0, f"iteration {it + 1}: seeds in the residual")
+            footprints, c, added = _seed_residual(
+                source, batches, bounds, footprints, c, background, params, longest=longest, work_dir=work_dir
+            )
+            footprints = footprints.confined(allowed)
         history.append(
             {
                 "iteration": it + 1,
@@ -754,15 +764,121 @@ def _iterate(
                 "removed": removed,
                 "merged": merges,
                 "spreading": spreading,
+                "added": added,
             }
         )
-        if len(footprints) == 0:
-            raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
         stop = _stop(history, params.tol)
         if stop is not None:
             history[-1]["stop"] = stop  # how it ended (_convergence)
             break
     return footprints, c, history
+
+
+# With ``residual_seeds``, after this many rounds the neurons the seeds missed are looked for in the
+# residual, once (CNMF-E's "pick neurons from the residual"): by then most false positives are gone and
+# the background fits.
+RESIDUAL_ROUND = 2
+
+
+class _Residual:
+    """The movie less what the model explains, Y - b0 - A C - B_f, read like the movie one batch at a time.
+
+    The background's fluctuation is predicted as in a round (`_iteration_pass`), without refitting it.
+    """
+
+    def __init__(self, source: FrameSource, bounds: np.ndarray, footprints: Footprints, c, background):
+        self.n_frames, self.frame_shape = source.n_frames, source.frame_shape
+        self._source, self._bounds, self._footprints, self._c, self._background = (
+            source,
+            bounds,
+            footprints,
+            c,
+            background,
+        )
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        session = int(np.searchsorted(self._bounds, start, side="right")) - 1
+        background = self._background
+        frames = self._source.read(start, stop)
+        frames -= background.b0[session]
+        self._footprints.add_product(frames, self._c[:, start:stop], sign=-1.0)
+        small = downsample(frames, background.ssub)
+        regressors = background.regressors(small)
+        small = _without_outliers(small, background.predict_small(regressors))
+        regressors = background.regressors(small)
+        del small
+        frames -= background.fluctuation(regressors)
+        return frames
+
+
+def _seed_residual(
+    source: FrameSource,
+    batches: list[Batch],
+    bounds: np.ndarray,
+    footprints: Footprints,
+    c,
+    background: RingBackground,
+    params: ExtractionParams,
+    *,
+    longest: int,
+    work_dir,
+) -> tuple[Footprints, TraceFile, int]:
+    """The components with new ones fitted at the seeds of the residual; their traces; how many were added.
+
+    The residual's Cn and PNR are computed as the movie's were and seeded with the same thresholds:
+    a neuron next to a brighter one, whose seed the brighter one's peak suppressed, or that a
+    neighbour's first fit took with it, stands out there. A seed inside the core (half the maximum)
+    of a component is that component's misfit, not a new neuron, and is skipped. Seeds on noise are
+    fitted too, as in the first seeding, and removed by the event SNR at the next round: that and
+    the two passes over the movie are the time this costs.
+
+    References
+    ----------
+    Zhou, P. et al. eLife 7, e28728 (2018): CNMF-E picks neurons from the residual
+    (``initComponents_residual``) after the first updates.
+    """
+    residual = _Residual(source, bounds, footprints, c, background)
+    whole = session_images(residual, session_bounds=bounds, gSig=params.gSig, batch_frames=longest).whole()
+    seeds = find_seeds(whole["Cn"], whole["PNR"], gSig=params.gSig, min_corr=params.min_corr, min_pnr=params.min_pnr)
+    if len(seeds):
+        core = np.zeros(source.frame_shape, bool)
+        for k, image in enumerate(footprints.images):
+            if image.size and image.max() > 0:
+                core[footprints.slices(k)] |= image >= 0.5 * image.max()
+        seeds = seeds[~core[seeds[:, 0], seeds[:, 1]]]
+    if len(seeds) == 0:
+        return footprints, c, 0
+    new, new_c, _, _ = _initialize(
+        residual,
+        batches,
+        seeds,
+        bounds,
+        gSig=params.gSig,
+        min_pnr=params.min_pnr,
+        patch_size=params.patch_size,
+        patch_overlap=params.patch_overlap,
+        box_factor=params.box_factor,
+        region_radius=int(math.ceil(2.5 * params.gSig)) + 1,
+        progress=None,
+        work_dir=work_dir,
+    )
+    if len(new) == 0:
+        new_c.close()
+        return footprints, c, 0
+    both = Footprints(
+        footprints.dims,
+        footprints.boxes + new.boxes,
+        footprints.images + new.images,
+        np.concatenate([footprints.spreading, np.ones(len(new), bool)]),
+    )
+    traces = TraceFile((len(both), source.n_frames), directory=work_dir)
+    for k in range(len(footprints)):
+        traces[k] = c[k]
+    for j in range(len(new)):
+        traces[len(footprints) + j] = new_c[j]
+    c.close()
+    new_c.close()
+    return both, traces, len(new)
 
 
 def _finish(

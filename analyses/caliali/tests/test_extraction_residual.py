@@ -1,0 +1,78 @@
+"""Neurons the seeds missed are found in the residual (``residual_seeds``), next to the ones found.
+
+CNMF-E picks neurons from the residual after its first updates; caliali does so once, after the
+second round, when ``residual_seeds`` is on. The residual is the movie less the model: a cell the
+model lacks stands out there, and a cell it has leaves only its misfit, which is not seeded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from caliali.extraction import ExtractionParams, extract
+from caliali.extraction._background import RingBackground
+from caliali.extraction._batches import plan_batches
+from caliali.extraction._footprints import Footprints, box_around
+from caliali.extraction._source import open_source
+from caliali.extraction._traces import TraceFile
+from caliali.extraction.cnmfe import _seed_residual
+from caliali.score import footprint_masks, iou_matrix
+
+GSIG = 3.0
+DIMS = (60, 80)
+BRIGHT, DIM = (30, 36), (30, 45)  # touching cells, 9 px apart
+
+
+def _cell(centre, radius=4.0):
+    yy, xx = np.mgrid[: DIMS[0], : DIMS[1]].astype(np.float64)
+    r = np.hypot(yy - centre[0], xx - centre[1]) / radius
+    return (np.clip(1.5 - r, 0, 1) ** 1.5).astype(np.float32)
+
+
+def _movie(frames=800, seed=3):
+    rng = np.random.default_rng(seed)
+    a = np.stack([_cell(BRIGHT), _cell(DIM)])
+    spikes = (rng.random((2, frames)) < 0.03).astype(np.float32)
+    kernel = np.exp(-np.arange(50) / 6.0) - np.exp(-np.arange(50) / 1.2)
+    c = np.array([np.convolve(s, kernel / kernel.max())[:frames] for s in spikes], np.float32)
+    c *= np.array([[1.5], [0.5]], np.float32)
+    y = 1.0 + np.tensordot(c, a, axes=(0, 0)) + 0.05 * rng.standard_normal((frames, *DIMS))
+    return y.astype(np.float32), a, c
+
+
+def test_a_cell_the_model_lacks_is_seeded_in_the_residual_and_the_one_it_has_is_not(tmp_path):
+    y, a, c = _movie()
+    bounds = np.array([0, len(y)])
+    source = open_source(y)
+    batches = plan_batches(bounds, DIMS, batch_frames=400)
+    box = box_around(*BRIGHT, 8, DIMS)
+    image = a[0][box[0] : box[1], box[2] : box[3]]
+    norm = float(np.sqrt((image.astype(np.float64) ** 2).sum()))
+    model = Footprints(DIMS, [box], [image / norm])  # the bright cell only
+    traces = TraceFile.from_array(c[:1] * norm, directory=tmp_path)
+    background = RingBackground(DIMS, 1, ring_radius=1.5 * 4 * GSIG)
+    background.b0[0] = 1.0
+    params = ExtractionParams(gSig=GSIG, min_corr=0.4, min_pnr=6, residual_seeds=True)
+    both, c_both, added = _seed_residual(
+        source, batches, bounds, model, traces, background, params, longest=400, work_dir=tmp_path
+    )
+    assert added >= 1 and len(both) == 1 + added and c_both.shape == (len(both), len(y))
+    assert np.array_equal(both.images[0], model.images[0]), "the components found are kept as they were"
+    new = [both.dense(k) for k in range(1, len(both))]
+    covers = [im[DIM] >= 0.5 * im.max() for im in new]
+    assert any(covers), "no new component covers the dim cell"
+    for im in new:
+        peak = np.unravel_index(int(np.argmax(im)), DIMS)
+        assert np.hypot(peak[0] - BRIGHT[0], peak[1] - BRIGHT[1]) > 3, "the bright cell was seeded again"
+    k = 1 + int(np.argmax(covers))
+    assert np.corrcoef(c_both[k], c[1])[0, 1] > 0.8, "the new component's trace is not the dim cell's"
+
+
+def test_extraction_with_residual_seeds_records_what_it_added_and_finds_both_cells():
+    y, a, _ = _movie()
+    out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, residual_seeds=True)
+    assert "added" in out.history[1] and out.params["residual_seeds"] is True
+    iou = iou_matrix(footprint_masks(out.A), footprint_masks(a.reshape(2, -1).T))
+    assert iou.max(axis=0).min() >= 0.5, iou.max(axis=0)
+    default = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400)
+    assert all(h["added"] == 0 for h in default.history), "residual seeds are off by default"
