@@ -98,6 +98,39 @@ def test_a_cancelled_chain_stops_its_running_step_and_starts_no_other(manager: M
     assert shown["datasets"][0]["steps"][1]["reason"] == "not run: the chain was cancelled"
 
 
+def test_steps_and_reruns_of_a_chain_are_refused_when_the_group_s_budget_is_spent(manager: Manager, root: Path):
+    from ncaas.cost.budgets import set_budget
+
+    pipeline = _pipeline(
+        root,
+        "budgeted",
+        {
+            "name": "budgeted",
+            "steps": [{"name": "first", "analysis": "framestats"}, {"name": "second", "analysis": "framestats"}],
+        },
+    )
+    submit(root, "s", {"pipeline": pipeline, "dataname": ["a.npy"]})
+    (job,) = manager.scan()  # the first step is queued before the budget is set
+    set_budget(manager.db, GROUP, 0.0)  # then nothing is left: the first step's cost is more
+    manager.run(scan=False, until=lambda: manager.db.chain(job.chain_id).state != "running")
+    chain = manager.db.chain(job.chain_id)
+    assert chain.state == "failed"
+    first, second = manager.db.chain_jobs(chain.id)
+    assert (first.chain_step, first.state) == (0, "succeeded")
+    assert (second.chain_step, second.state) == (1, "rejected")
+    assert second.cause.startswith("step 'second' for dataset 'a.npy' was not started: group lab has")
+    assert "nothing is left" in second.cause
+    shown = json.loads((Path(chain.results_dir) / "chain.json").read_text())
+    assert shown["datasets"][0]["steps"][1]["state"] == "rejected"
+    # a rerun of the chain: its first step is refused the same way, and nothing runs
+    again = manager.chains.rerun(chain.id)
+    manager.run(scan=False, until=lambda: manager.db.chain(again.id).state != "running")
+    [refused] = manager.db.chain_jobs(again.id)
+    assert refused.state == "rejected" and refused.chain_step == 0
+    assert refused.cause.startswith(f"the rerun of job {first.id} was not started: group lab has")
+    assert manager.db.chain(again.id).state == "failed"
+
+
 def test_a_chain_naming_what_it_may_not_is_rejected_before_anything_runs(manager: Manager, root: Path):
     pipeline = _pipeline(
         root,

@@ -179,6 +179,23 @@ def test_a_job_over_the_budget_left_is_refused_before_it_runs(site):
         remove_budget(site.db, "lab")
 
 
+def test_a_rerun_is_refused_like_a_submission_when_the_budget_is_spent(site):
+    from ncaas.exceptions import AdmissionRefused
+    from ncaas.provenance.rerun import certificate_of_job, start_rerun
+
+    before = len(site.db.jobs())
+    set_budget(site.db, "lab", 0.0)  # whatever lab has spent is more than this
+    try:
+        with pytest.raises(AdmissionRefused, match=f"the rerun of job {site.job.id} was not started: group lab has"):
+            start_rerun(site.manager, certificate_of_job(site.manager, site.job))
+        said = ncaas("rerun", site.job.id, "--root", str(site.root))
+        assert said.returncode == 2 and "Traceback" not in said.stderr
+        assert "nothing is left: ask your administrator to raise" in " ".join((said.stdout + said.stderr).split())
+    finally:
+        remove_budget(site.db, "lab")
+    assert len(site.db.jobs()) == before, "a refused rerun makes no job"
+
+
 def test_a_running_job_past_its_hard_cap_is_stopped_with_that_reason(site):
     set_budget(site.db, "lab", 10.0, hard_cap=2.0)
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from ncaas_testutil import ncaas
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
@@ -234,6 +235,16 @@ def test_the_review_api_serves_a_result_and_refuses_what_cannot_be_reviewed(kind
             assert http.get(f"{base}/decisions", params={"since": 1}).json() == {"version": 1, "unchanged": True}
             resp = http.get(f"/api/jobs/{job['id']}/review/nope")
             assert resp.status_code == 404 and "has no dataset 'nope'" in resp.json()["error"]
+            if kind == "sqlite":  # a curation is a job like any: a group whose budget is spent cannot start one
+                reviews = root / "lab" / "results" / job["id"] / "reviews"
+                ncaas("budget", "set", "lab", "0", "--root", str(root), check=True)
+                resp = http.post(f"{base}/finish")
+                assert resp.status_code == 400, resp.text
+                said = resp.json()["error"]
+                assert said.startswith(f"the curation of job {job['id']} [s.npy] was not started: group lab has")
+                assert not reviews.exists(), "a refused curation writes no decisions file"
+                assert http.get(f"{base}/decisions").json()["version"] == 1, "the review itself stays as it was"
+                ncaas("budget", "remove", "lab", "--root", str(root), check=True)
             # finishing runs the analysis' curate command as a job: this one refuses, saying why
             curation = client.wait(http.post(f"{base}/finish").json()["id"])
             assert curation["state"] == "failed"

@@ -97,6 +97,13 @@ class SubmissionRejected(NcaasError):
         super().__init__("; ".join(self.problems))
 
 
+class AdmissionRefused(NcaasError):
+    """A job the platform would make for a user (a rerun, a chain step, a curation) may not run:
+    its group's budget would not hold it, or the pricing profile cannot price it."""
+
+    exit_code = 2
+
+
 class JobNotFound(NcaasError):
     """No job with the given id exists in the job database."""
 

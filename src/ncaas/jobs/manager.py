@@ -37,7 +37,15 @@ from ..cost.accounting import Admission, CostAccounting, dataset_bytes
 from ..cost.estimate import Estimate
 from ..cost.profile import PricingProfile, load_profile
 from ..cost.report import money
-from ..exceptions import ExecutorError, JobNotFound, NcaasError, PathRefused, SpecialFileRefused, SubmissionRejected
+from ..exceptions import (
+    AdmissionRefused,
+    ExecutorError,
+    JobNotFound,
+    NcaasError,
+    PathRefused,
+    SpecialFileRefused,
+    SubmissionRejected,
+)
 from ..executors.base import LOST, EnvironmentInfo, Executor, ExitRecord, Lost, TaskHandle, TaskSpec
 from ..executors.local import LocalExecutor
 from ..isolation import environments
@@ -308,6 +316,15 @@ class Manager:
         option = str(request.submit.get("pricing") or "standard")
         admission = self.costs.admit(request.group, bp.name, bp.blueprint, option, sizes)
         return admission, [admission.refused] if admission.refused else []
+
+    def admit(self, request: JobRequest, what: str) -> Admission | None:
+        """The admission of a job made for a user rather than from a submission file (a rerun, a chain
+        step, a curation): the same estimate, budget check and cost cap as a submission gets. Raises
+        AdmissionRefused saying ``what`` was refused and why."""
+        admission, problems = self._admission(request)
+        if problems:
+            raise AdmissionRefused(f"{what} was not started: " + "; ".join(problems))
+        return admission
 
     def estimate(self, group: str, analysis: str, option: str, sizes: list[int]) -> dict[str, Any]:
         """What ``group``'s job of ``analysis`` on datasets of ``sizes`` bytes is expected to take and cost."""

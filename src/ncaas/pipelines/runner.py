@@ -17,7 +17,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..blueprint import LoadedBlueprint
-from ..exceptions import CertificateError, JobNotFound, NcaasError, SubmissionRejected
+from ..exceptions import AdmissionRefused, CertificateError, JobNotFound, NcaasError, SubmissionRejected
 from ..jobs.db import Chain, Job, now_ms
 from ..submission import Dataset, JobRequest, SubmitFile, chain_inputs
 from .plan import ChainPlan, JobView, plan_chain
@@ -192,11 +192,17 @@ class Chains:
             None,
             {"chain": chain.id, "step": record["name"], "pipeline": chain.pipeline["file"]},
         )
+        submission = f"{chain.submission} [{record['name']}]"
+        try:  # each step's job is admitted under its group's budget when it starts, as any job
+            admission = self.manager.admit(request, f"step {record['name']!r} for dataset {dataset.key!r}")
+        except AdmissionRefused as exc:
+            return self._refused(chain, step, dataset.key, submission, str(exc))
         return self.manager.create_job(
             request,
-            submission=f"{chain.submission} [{record['name']}]",
+            submission=submission,
             key=_key(chain, step, dataset.key),
             content_key=_key(chain, step, dataset.key),
+            admission=admission,
             chain={
                 "chain_id": chain.id,
                 "chain_step": step,
@@ -205,6 +211,14 @@ class Chains:
                 "upstream_json": json.dumps(upstream) if upstream else None,
             },
         )
+
+    def _refused(self, chain: Chain, step: int, dataset: str, submission: str, why: str) -> Job:
+        """A rejected job in the chain's cell (``step``, ``dataset``), saying why it did not start."""
+        job = self.manager.reject(
+            chain.group, submission, _key(chain, step, dataset), _key(chain, step, dataset), [why]
+        )
+        self.db.update_job(job.id, chain_id=chain.id, chain_step=step, chain_dataset=dataset)
+        return job
 
     def _blueprint(self, record: dict[str, Any]) -> LoadedBlueprint:
         loaded = self.manager.archive.get(record["blueprint_sha256"])
@@ -266,7 +280,12 @@ class Chains:
         )
         self.db.add_chain(chain)
         for job, cert in certs:
-            new = start_rerun(self.manager, cert)
+            try:
+                new = start_rerun(self.manager, cert)
+            except AdmissionRefused as exc:  # the group's budget: this cell is refused, the others run
+                record = chain.pipeline["steps"][0]
+                self._refused(chain, 0, str(job.chain_dataset), f"{chain.submission} [{record['name']}]", str(exc))
+                continue
             self.db.update_job(new.id, chain_id=chain.id, chain_step=0, chain_dataset=job.chain_dataset)
         self.advance(only=chain.id)
         return self.find(chain.id)

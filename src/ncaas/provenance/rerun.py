@@ -178,6 +178,7 @@ def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
     )
     if problem is not None:
         raise CertificateError(f"cannot rerun job {cert['job']['id']}: {problem}")
+    admission = manager.admit(request, f"the rerun of job {cert['job']['id']}")  # the group's budget, as for any job
     token = secrets.token_hex(4)
     return manager.create_job(
         request,
@@ -185,6 +186,7 @@ def start_rerun(manager: Manager, cert: dict[str, Any]) -> Job:
         key=f"rerun:{cert['job']['id']}:{token}",
         content_key=f"rerun:{token}",
         chain=place,
+        admission=admission,
     )
 
 

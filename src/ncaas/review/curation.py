@@ -90,6 +90,16 @@ def start_curation(manager: Manager, job: Job, dataset: str, *, user: str, docum
     decisions = f"{job.results_dir}/reviews/{dataset}/decisions-{seq:05d}-{submission_timestamp()}.json"
     if storage.exists(decisions):
         raise NcaasError(f"{storage.relative(decisions)} already exists; finish the review again in a moment")
+    request = JobRequest(
+        job.group,
+        loaded,
+        [Dataset(dataset, rel, storage.resolve(job.group, "results", rel))],
+        job.config,
+        job.config_name,
+        {"review_of": job.id, "dataset": dataset},
+    )
+    # the group's budget, as for any job; refused, the review stays as it is (its decisions are in the database)
+    admission = manager.admit(request, f"the curation of job {job.id} [{dataset}]")
     storage.write_bytes(decisions, document)
     review = {
         "job": job.id,
@@ -106,14 +116,6 @@ def start_curation(manager: Manager, job: Job, dataset: str, *, user: str, docum
             "reviewers": _reviewers(log),
         },
     }
-    request = JobRequest(
-        job.group,
-        loaded,
-        [Dataset(dataset, rel, storage.resolve(job.group, "results", rel))],
-        job.config,
-        job.config_name,
-        {"review_of": job.id, "dataset": dataset},
-    )
     token = secrets.token_hex(4)
     return manager.create_job(
         request,
@@ -122,6 +124,7 @@ def start_curation(manager: Manager, job: Job, dataset: str, *, user: str, docum
         content_key=f"review:{token}",
         chain={"input_area": "results", "review_json": json.dumps(review)},
         user=user,
+        admission=admission,
     )
 
 

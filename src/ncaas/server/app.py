@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..blueprint import BlueprintRegistry
 from ..exceptions import (
+    AdmissionRefused,
     BlueprintError,
     JobNotFound,
     NcaasError,
@@ -47,6 +48,7 @@ _STATUS = [
     (PathRefused, 400),
     (SpecialFileRefused, 400),
     (SubmissionRejected, 400),
+    (AdmissionRefused, 409),
     (JobNotFound, 404),
     (BlueprintError, 400),
     (StorageError, 500),
