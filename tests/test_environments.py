@@ -147,6 +147,39 @@ def test_a_changed_environment_fails_verification_and_is_not_used(analysis, envs
     assert built and environments.verify(rebuilt).ok
 
 
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["process", "sandboxed task"])
+def test_a_rebuild_is_refused_while_a_process_runs_from_the_environment(analysis, envs, tmp_path, sandboxed):
+    import time
+
+    from ncaas.isolation.environments import EnvironmentInUse
+    from ncaas.isolation.sandbox import Sandbox, SandboxSpec
+
+    env, _ = environments.ensure(spec_for(analysis))
+    argv = [str(env.python), "-c", "import time, tinyana; time.sleep(120)"]
+    box = Sandbox(SandboxSpec(environment=env.path, writable=[tmp_path])) if sandboxed else None
+    if box is not None:
+        box.__enter__()
+    proc = box.start(argv) if box is not None else subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 20
+        while not environments.users(env.path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        running = environments.users(env.path)
+        assert running, "the process running from the environment is not seen"
+        with pytest.raises(EnvironmentInUse, match=r"in use by \d+ process\(es\).*once they have ended"):
+            environments.ensure(spec_for(analysis), rebuild=True)
+        assert environments.verify(env).ok, "a refused rebuild leaves the environment as it was"
+        assert proc.poll() is None, "the running process was not disturbed"
+    finally:
+        proc.kill()
+        proc.wait()
+        if box is not None:
+            box.__exit__(None, None, None)
+    assert environments.users(env.path) == []
+    rebuilt, built = environments.ensure(spec_for(analysis), rebuild=True)
+    assert built and environments.verify(rebuilt).ok
+
+
 def test_an_added_file_fails_verification(analysis, envs):
     env, _ = environments.ensure(spec_for(analysis))
     site = next(env.path.rglob("site-packages"))

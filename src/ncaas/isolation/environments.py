@@ -64,6 +64,7 @@ __all__ = [
     "LOCK_NAME",
     "Environment",
     "EnvironmentBroken",
+    "EnvironmentInUse",
     "EnvironmentBuildError",
     "EnvironmentSpec",
     "Progress",
@@ -73,6 +74,7 @@ __all__ = [
     "envs_dir",
     "find",
     "lock",
+    "users",
     "pinned_packages",
     "refuse_sources_in",
     "remove",
@@ -93,6 +95,12 @@ Progress = Callable[[float, str], None]
 
 class EnvironmentBuildError(NcaasError):
     """An environment could not be locked or built."""
+
+
+class EnvironmentInUse(NcaasError):
+    """An environment would be rebuilt while processes run from it."""
+
+    exit_code = 4
 
 
 class EnvironmentBroken(NcaasError):
@@ -465,6 +473,30 @@ def _file_lock(path: Path, progress: Progress | None, name: str) -> Iterator[Non
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def users(path: Path) -> list[int]:
+    """Pids of the processes running from the environment at ``path``: started by its python or one
+    of its scripts, or with one of its files mapped (a compiled module). Read from ``/proc``; tasks
+    in their sandboxes see the environment at the same path, so they are found too. A process this
+    user may not inspect is not seen (run as the platform's user)."""
+    inside = str(path) + "/"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+            if any(arg.decode(errors="replace").startswith(inside) for arg in argv[:2]):
+                found.append(int(entry.name))
+                continue
+            with open(f"/proc/{entry.name}/maps", errors="replace") as handle:
+                if any(inside in line for line in handle):
+                    found.append(int(entry.name))
+        except OSError:  # gone, or not ours to inspect
+            continue
+    return sorted(found)
+
+
 def find(spec: EnvironmentSpec) -> Environment | None:
     """The built environment for ``spec``, or ``None`` when it has not been built."""
     key = spec.key()
@@ -765,6 +797,8 @@ def ensure(
         rebuild it with ``rebuild=True`` / ``ncaas env build NAME --force``).
     EnvironmentBuildError
         The lock or source is missing, or uv failed.
+    EnvironmentInUse
+        A rebuild was asked while processes run from the environment (see `users`).
     """
     key = spec.key()
     check_system(spec)
@@ -784,6 +818,14 @@ def ensure(
                     )
                 _VERIFIED[str(path)] = time.monotonic()
             return env, False
+        busy = users(path) if path.exists() else []
+        if busy:
+            shown = ", ".join(map(str, busy[:8])) + (", ..." if len(busy) > 8 else "")
+            raise EnvironmentInUse(
+                f"the {spec.name} environment at {path} is in use by {len(busy)} process(es) (pid {shown}): "
+                "rebuilding it now would take it away from the tasks running in it. Rebuild it once they "
+                "have ended (`ncaas status` lists running jobs; `ncaas cancel JOB` stops one)"
+            )
         _remove_tree(manifest_path)
         _remove_tree(path)
         started = time.time()
