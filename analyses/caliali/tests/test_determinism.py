@@ -1,9 +1,11 @@
 """The same input gives the same bits, in any process.
 
-Two sources of run-to-run differences were found on a real recording and
+Three sources of run-to-run differences were found on real recordings and
 removed: OpenCV's IPP kernels (``cv2.magnitude`` in the blood-vessel filter gave
-different bits in different processes) and OASIS's AR estimate, which draws from
-NumPy's unseeded global random state. Each test runs the code in fresh
+different bits in different processes), OpenCV's threads (a DFT-based
+``cv2.filter2D`` from kernels of 11 x 11 up gave different bits from call to
+call) and OASIS's AR estimate, which draws from NumPy's unseeded global random
+state. Each test runs the code in fresh
 processes, where those differences showed.
 """
 
@@ -57,6 +59,22 @@ def test_opencv_is_used_without_ipp_wherever_caliali_imports_it():
         if p.name != "_cv2.py" and any(line.strip() == "import cv2" for line in p.read_text().splitlines())
     ]
     assert direct == [], f"import cv2 through caliali._cv2 (IPP off), not directly: {direct}"
+
+
+@pytest.mark.parametrize("gsig", [4, 6])
+def test_the_high_pass_filter_gives_the_same_bits_every_call_with_a_large_kernel(gsig):
+    """From gSig 4 the kernel is 13 x 13 or more, which OpenCV filters through a DFT; with OpenCV's
+    threads on, its parallel parts summed in a changing order (5 different results in 6 calls)."""
+    from caliali._cv2 import cv2
+    from caliali.extraction._summary import highpass, highpass_kernel
+
+    assert cv2.getNumThreads() == 1
+    rng = np.random.default_rng(2)
+    frames = (100 + 20 * rng.standard_normal((2, 480, 752))).astype(np.float32)
+    kernel = highpass_kernel(gsig)
+    assert kernel.shape[0] >= 11
+    digests = {highpass(frames, kernel).tobytes() for _ in range(6)}
+    assert len(digests) == 1, f"the high-pass gave {len(digests)} different results for one input in 6 calls"
 
 
 def _noise_traces(n: int = 40, t: int = 300) -> np.ndarray:

@@ -211,10 +211,7 @@ def _iteration_pass(
         cb = c[:, batch.start : batch.stop]
         frames -= background.b0[batch.session]
         footprints.add_product(frames, cb, sign=-1.0)  # frames = Y - b0 - A C
-        small = downsample(frames, background.ssub)
-        regressors = background.regressors(small)
-        small = _without_outliers(small, background.predict_small(regressors))
-        regressors = background.regressors(small)
+        regressors, small = _ring_regressors(background, frames)
         background.accumulate(regressors, small)
         del small
         fluct = background.fluctuation(regressors)
@@ -244,6 +241,15 @@ def _iteration_pass(
 # Residual values this many robust standard deviations above the background's prediction are activity
 # the neurons do not explain yet (CNMF-E's thresh_outlier), not background.
 OUTLIER_SIGMAS = 3.0
+
+
+def _ring_regressors(background: RingBackground, frames: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The ring model's regressors for a batch's residual ``frames`` (t, h, w), and the downsampled
+    residual they are fitted to, with the values far above the model's prediction brought down."""
+    small = downsample(frames, background.ssub)
+    regressors = background.regressors(small)
+    small = _without_outliers(small, background.predict_small(regressors))
+    return background.regressors(small), small
 
 
 def _without_outliers(residual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -802,11 +808,7 @@ class _Residual:
         frames = self._source.read(start, stop)
         frames -= background.b0[session]
         self._footprints.add_product(frames, self._c[:, start:stop], sign=-1.0)
-        small = downsample(frames, background.ssub)
-        regressors = background.regressors(small)
-        small = _without_outliers(small, background.predict_small(regressors))
-        regressors = background.regressors(small)
-        del small
+        regressors, _ = _ring_regressors(background, frames)
         frames -= background.fluctuation(regressors)
         return frames
 
