@@ -157,17 +157,13 @@ class Chains:
         source = chain.pipeline["steps"][record["source"]]["name"]
         if not storage.exists(path):
             what = f"'{record['path']}'" if record["path"] else "any output"
-            job = self.manager.reject(
-                chain.group,
-                f"{chain.submission} [{record['name']}]",
-                _key(chain, step, dataset),
-                _key(chain, step, dataset),
-                [
-                    f"step {source!r} (job {upstream.id}) wrote no {what} for dataset {dataset!r}, which step "
-                    f"{record['name']!r} reads; check the pipeline's input.path against that step's outputs"
-                ],
+            self._refused(
+                chain,
+                step,
+                dataset,
+                f"step {source!r} (job {upstream.id}) wrote no {what} for dataset {dataset!r}, which step "
+                f"{record['name']!r} reads; check the pipeline's input.path against that step's outputs",
             )
-            self.db.update_job(job.id, chain_id=chain.id, chain_step=step, chain_dataset=dataset)
             return
         certificate = storage.read_bytes(cert_path)
         upstream_info = {
@@ -192,14 +188,13 @@ class Chains:
             None,
             {"chain": chain.id, "step": record["name"], "pipeline": chain.pipeline["file"]},
         )
-        submission = f"{chain.submission} [{record['name']}]"
         try:  # each step's job is admitted under its group's budget when it starts, as any job
             admission = self.manager.admit(request, f"step {record['name']!r} for dataset {dataset.key!r}")
         except AdmissionRefused as exc:
-            return self._refused(chain, step, dataset.key, submission, str(exc))
+            return self._refused(chain, step, dataset.key, str(exc))
         return self.manager.create_job(
             request,
-            submission=submission,
+            submission=_submission(chain, step),
             key=_key(chain, step, dataset.key),
             content_key=_key(chain, step, dataset.key),
             admission=admission,
@@ -212,11 +207,10 @@ class Chains:
             },
         )
 
-    def _refused(self, chain: Chain, step: int, dataset: str, submission: str, why: str) -> Job:
+    def _refused(self, chain: Chain, step: int, dataset: str, why: str) -> Job:
         """A rejected job in the chain's cell (``step``, ``dataset``), saying why it did not start."""
-        job = self.manager.reject(
-            chain.group, submission, _key(chain, step, dataset), _key(chain, step, dataset), [why]
-        )
+        key = _key(chain, step, dataset)
+        job = self.manager.reject(chain.group, _submission(chain, step), key, key, [why])
         self.db.update_job(job.id, chain_id=chain.id, chain_step=step, chain_dataset=dataset)
         return job
 
@@ -283,8 +277,7 @@ class Chains:
             try:
                 new = start_rerun(self.manager, cert)
             except AdmissionRefused as exc:  # the group's budget: this cell is refused, the others run
-                record = chain.pipeline["steps"][0]
-                self._refused(chain, 0, str(job.chain_dataset), f"{chain.submission} [{record['name']}]", str(exc))
+                self._refused(chain, 0, str(job.chain_dataset), str(exc))
                 continue
             self.db.update_job(new.id, chain_id=chain.id, chain_step=0, chain_dataset=job.chain_dataset)
         self.advance(only=chain.id)
@@ -303,6 +296,11 @@ class Chains:
             for key, _, _ in chain.datasets
             for i in range(len(names))
         ]
+
+
+def _submission(chain: Chain, step: int) -> str:
+    """The name a step's job goes by: the chain's submission and the step's name."""
+    return f"{chain.submission} [{chain.pipeline['steps'][step]['name']}]"
 
 
 def _key(chain: Chain, step: int, dataset: str) -> str:

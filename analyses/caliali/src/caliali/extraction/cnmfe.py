@@ -646,6 +646,27 @@ def _seed(
     return cn, pnr, images, seeds, params, chosen
 
 
+def _fit_seeds(
+    source, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, params: ExtractionParams, *, progress, work_dir
+) -> tuple[Footprints, TraceFile, np.ndarray]:
+    """Footprints and traces fitted at ``seeds`` in every batch of ``source``, and each session's mean frame."""
+    footprints, c, _, mean_frames = _initialize(
+        source,
+        batches,
+        seeds,
+        bounds,
+        gSig=params.gSig,
+        min_pnr=params.min_pnr,
+        patch_size=params.patch_size,
+        patch_overlap=params.patch_overlap,
+        box_factor=params.box_factor,
+        region_radius=int(math.ceil(2.5 * params.gSig)) + 1,
+        progress=progress,
+        work_dir=work_dir,
+    )
+    return footprints, c, mean_frames
+
+
 def _start(
     source: FrameSource,
     batches: list[Batch],
@@ -658,19 +679,8 @@ def _start(
 ) -> tuple[Footprints, TraceFile, RingBackground]:
     """Initial footprints and traces from the seeds, and the ring background with each session's constant."""
     gSig = params.gSig
-    footprints, c, _, mean_frames = _initialize(
-        source,
-        batches,
-        seeds,
-        bounds,
-        gSig=gSig,
-        min_pnr=params.min_pnr,
-        patch_size=params.patch_size,
-        patch_overlap=params.patch_overlap,
-        box_factor=params.box_factor,
-        region_radius=int(math.ceil(2.5 * gSig)) + 1,
-        progress=progress,
-        work_dir=work_dir,
+    footprints, c, mean_frames = _fit_seeds(
+        source, batches, seeds, bounds, params, progress=progress, work_dir=work_dir
     )
     if len(footprints) == 0:
         raise ExtractionError(f"none of the {len(seeds)} seeds could be fitted; check gSig and min_pnr")
@@ -794,13 +804,8 @@ class _Residual:
 
     def __init__(self, source: FrameSource, bounds: np.ndarray, footprints: Footprints, c, background):
         self.n_frames, self.frame_shape = source.n_frames, source.frame_shape
-        self._source, self._bounds, self._footprints, self._c, self._background = (
-            source,
-            bounds,
-            footprints,
-            c,
-            background,
-        )
+        self._source, self._bounds = source, bounds
+        self._footprints, self._c, self._background = footprints, c, background
 
     def read(self, start: int, stop: int) -> np.ndarray:
         session = int(np.searchsorted(self._bounds, start, side="right")) - 1
@@ -850,20 +855,7 @@ def _seed_residual(
         seeds = seeds[~core[seeds[:, 0], seeds[:, 1]]]
     if len(seeds) == 0:
         return footprints, c, 0
-    new, new_c, _, _ = _initialize(
-        residual,
-        batches,
-        seeds,
-        bounds,
-        gSig=params.gSig,
-        min_pnr=params.min_pnr,
-        patch_size=params.patch_size,
-        patch_overlap=params.patch_overlap,
-        box_factor=params.box_factor,
-        region_radius=int(math.ceil(2.5 * params.gSig)) + 1,
-        progress=None,
-        work_dir=work_dir,
-    )
+    new, new_c, _ = _fit_seeds(residual, batches, seeds, bounds, params, progress=None, work_dir=work_dir)
     if len(new) == 0:
         new_c.close()
         return footprints, c, 0
