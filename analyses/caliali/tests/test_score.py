@@ -9,7 +9,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from scipy import sparse
+from scipy import ndimage, sparse
 
 from caliali.exceptions import ScoreError
 from caliali.score import (
@@ -21,6 +21,7 @@ from caliali.score import (
     score_neurons,
     score_strict,
     shift_footprints,
+    truth_in_result_frame,
 )
 
 
@@ -244,7 +245,7 @@ def test_cli_score_reports_strict_offset_and_lenient(tmp_path, truth):
     assert run.returncode == 0, run.stderr
     assert "strict F1" in run.stdout and "2, -3" in run.stdout
     saved = json.loads(out.read_text())
-    assert (saved["offset"]["dy"], saved["offset"]["dx"]) == (2, -3)
+    assert (saved["offset"]["dy"], saved["offset"]["dx"]) == (2, -3) and saved["frame"] == "truth"  # 2 sessions
     assert saved["strict"]["f1"] > 0.95 and saved["strict"]["iou_threshold"] == 0.3
     assert saved["strict"]["trace_threshold"] == 0.8 and saved["masks"]["mask_fraction"] == 0.2
     assert not (result / "score.json").exists()
@@ -256,3 +257,57 @@ def test_cli_score_reports_strict_offset_and_lenient(tmp_path, truth):
     )
     assert unaligned.returncode == 0, unaligned.stderr
     assert json.loads(out.read_text())["strict"]["f1"] < 0.5
+
+
+def _centroids(a):
+    yy, xx = np.indices(a.shape[1:])
+    w = a.sum(axis=(1, 2))
+    return np.stack([(a * yy).sum(axis=(1, 2)) / w, (a * xx).sum(axis=(1, 2)) / w], axis=1)
+
+
+def test_one_session_is_scored_in_the_frame_its_movie_shows(tmp_path, simulation):
+    """A one-session movie shows the truth through the session's deformation: the truth is matched there."""
+    sim = simulation(sessions=1, frames=100, neurons=30, height=96, width=128, deform_px=3.0, translation_px=0.0)
+    gt = sim.ground_truth
+    a, c, d = np.load(gt / "A.npy"), np.load(gt / "C.npy"), np.load(gt / "fields.npy")
+    moved, frame = truth_in_result_frame(a, d, None)
+    assert frame == "session"
+    # a cell at p in the truth's frame sits at p + d(p) in the session (d backward from the truth's frame)
+    centres = _centroids(a)
+    ends = centres + np.stack([ndimage.map_coordinates(d[0, i], centres.T, order=1) for i in range(2)], axis=1)
+    inside = (ends.min(axis=1) > 6) & (ends[:, 0] < 90) & (ends[:, 1] < 122)  # cells the crop does not cut
+    assert np.abs(_centroids(moved)[inside] - ends[inside]).max() < 0.2
+    assert np.abs(centres - ends)[inside].max() > 1.0  # the deformation moves cells by more than a px
+    # footprints as the session shows them score 1 ...
+    result = _write_result(tmp_path / "r", moved, c)
+    scores = score(result, sim.out)
+    assert (scores.frame, scores.offset.dy, scores.offset.dx) == ("session", 0, 0)
+    assert scores.masks.f1 == 1.0 and scores.masks.median_iou > 0.99
+    assert scores.strict.n_matched == int((c.std(axis=1) > 0).sum())  # a silent cell's trace correlates with none
+    assert json.loads((tmp_path / "r" / "arrays" / "meta.json").read_text())["dims"] == [96, 128]
+    # ... which the truth's own frame under one global offset does not reach
+    in_truth = match_masks(moved.reshape(len(a), -1).T, a.reshape(len(a), -1).T)
+    assert in_truth.median_iou < scores.masks.median_iou - 0.1
+
+
+def test_an_aligned_result_is_scored_through_its_own_and_the_true_fields(tmp_path, truth):
+    """Each aligned pixel is followed into every session by the result's field, back by the truth's: the mean."""
+    sim, a, c, fields = truth
+    n, (h, w) = len(fields), a.shape[1:]
+    translations = np.zeros((n, 2, h, w), np.float32)
+    translations[:, 0], translations[1, 1] = 3.0, -2.0  # sessions seen through translations only
+    aligned_off = np.array([1.0, -2.0])  # the result's aligned frame sits (1, -2) px from the truth's
+    result_fields = translations + aligned_off[None, :, None, None]
+    moved, frame = truth_in_result_frame(a, translations, result_fields)
+    assert frame == "aligned"
+    np.testing.assert_allclose(moved, shift_footprints(a, -1, 2), atol=1e-5)  # the truth sampled at y + (1, -2)
+    # a session whose alignment is 4 px off moves the truth by a fraction (1 / n sessions) of it
+    off = result_fields.copy()
+    off[0, 1] += 4.0
+    half, _ = truth_in_result_frame(a, translations, off)
+    np.testing.assert_allclose(half, shift_footprints(shift_footprints(a, -1, 2), 0, -4 / n), atol=1e-5)
+    # aligned exactly as the simulation's own fields say: the truth's frame, whatever the deformations
+    scores = score(_write_result(tmp_path / "r", a, c, fields=fields), sim.out)
+    assert (scores.frame, scores.offset.dy, scores.offset.dx) == ("aligned", 0, 0)
+    assert scores.strict.f1 == 1.0 and scores.masks.median_iou > 0.99
+    assert truth_in_result_frame(a, fields, None) == (a, "truth")  # sessions not aligned: the truth's frame

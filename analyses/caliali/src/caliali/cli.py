@@ -141,8 +141,14 @@ def score(
     )
     table.add_row("  matched / precision / recall", f"{m.n_matched} / {m.precision:.3f} / {m.recall:.3f}")
     table.add_row("  median IoU of matches", f"{m.median_iou:.3f}")
+    frames = {
+        "session": "the session's (the simulation's deformation)",
+        "aligned": "the result's aligned frame (its fields and the simulation's)",
+        "truth": "its own",
+    }
+    table.add_row("ground truth matched in the frame", frames[scores.frame] if align else "its own (--no-align)")
     table.add_row(
-        "frame offset applied to ground truth (dy, dx px)",
+        "then moved by the frame offset (dy, dx px)",
         f"{off.dy:g}, {off.dx:g} (estimate {off.estimate_dy:.2f}, {off.estimate_dx:.2f})"
         if align
         else "0, 0 (--no-align)",

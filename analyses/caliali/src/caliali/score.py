@@ -8,18 +8,25 @@ AND the Pearson correlation of its traces is at least 0.8, so a right trace on
 a wrong footprint is not a match, nor a wrong trace on a right one. The mask
 match alone (IoU F1, median IoU of its matches) is reported beside it.
 
-Frames of reference: a result's field can sit a few px off the truth's (the
-simulator displaces each session's movie from the truth's frame by its own
-field, and motion correction registers to a template of the movie), which is
-not a footprint error. One global offset is estimated by phase correlation of
-the summed footprint images, refined (whole px, then a quarter-px grid) on the
-total IoU of the mask match and kept only when it raises it, applied to the
+Frames of reference: a result's field is not the truth's. The simulator shows
+each session's movie through its own smooth deformation (up to a few px,
+``fields.npy``), and motion correction registers to a template of the movie;
+neither is a footprint error. So the ground truth is first brought into the
+result's frame (:func:`truth_in_result_frame`): for a one-session result, the
+truth as that session's movie shows it (the simulator's own warp); for an
+aligned multi-session result, each pixel of the aligned frame is followed into
+every session by the result's alignment fields and back into the truth by the
+simulator's, and the truth is sampled at the mean of those points; otherwise
+(no fields) the truth stays in its own frame. Then one global offset (what is
+left, e.g. the motion-correction template's) is estimated by phase correlation
+of the summed footprint images, refined (whole px, then a quarter-px grid) on
+the total IoU of the mask match and kept only when it raises it, applied to the
 ground truth before mask matching, and reported (with the phase-correlation
-estimate): a move a fraction of a px off costs small masks much of their IoU. CaImAn's
-``register_ROIs`` with ``align_flag`` registers the two sessions'
+estimate): a move a fraction of a px off costs small masks much of their IoU.
+CaImAn's ``register_ROIs`` with ``align_flag`` registers the two sessions'
 motion-correction templates and moves one set of footprints by that field;
 ground truth has no template in the movie's frame, so the summed footprints
-stand in for it, and the move is a whole-field translation only.
+stand in for it.
 
 Neurons, lenient (as before, for comparison with older figures): estimated and
 true neurons are matched one to one by the Hungarian assignment on (footprint
@@ -62,6 +69,7 @@ __all__ = [
     "estimate_offset",
     "score_strict",
     "shift_footprints",
+    "truth_in_result_frame",
     "footprint_masks",
     "iou_matrix",
     "match_masks",
@@ -155,13 +163,18 @@ class AlignmentScore:
 
 @dataclass(frozen=True)
 class Score:
-    """``strict`` is the headline; ``masks`` the IoU match alone; ``neurons`` the lenient score."""
+    """``strict`` is the headline; ``masks`` the IoU match alone; ``neurons`` the lenient score.
+
+    ``frame`` says which frame the truth was matched in before the global ``offset`` (see
+    :func:`truth_in_result_frame`): ``"session"``, ``"aligned"`` or ``"truth"``.
+    """
 
     neurons: NeuronScore
     alignment: AlignmentScore | None
     masks: MaskScore | None = None
     strict: StrictScore | None = None
     offset: FrameOffset | None = None
+    frame: str = "truth"
 
     def as_dict(self) -> dict[str, Any]:
         def part(x: Any) -> Any:
@@ -170,6 +183,7 @@ class Score:
         return {
             "strict": part(self.strict),
             "masks": part(self.masks),
+            "frame": self.frame,
             "offset": part(self.offset),
             "neurons": part(self.neurons),
             "alignment": part(self.alignment),
@@ -598,7 +612,11 @@ def score(
     a_true = _resize_footprints(gt["A"], dims)
     flat_true = a_true.reshape(len(a_true), -1).T
     neurons = score_neurons(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold)
+    true_fields = _resize_fields(gt["fields"], dims) if gt["fields"] is not None else None
+    frame = "truth"
     if align:
+        a_true, frame = truth_in_result_frame(a_true, true_fields, res["fields"])
+        flat_true = a_true.reshape(len(a_true), -1).T
         offset, masks = estimate_offset(
             res["A"], a_true, traces=(res["C"], gt["C"]), iou_threshold=iou_threshold, trace_threshold=trace_threshold
         )
@@ -608,6 +626,45 @@ def score(
         offset = FrameOffset(0, 0, 0.0, 0.0, masks.n_matched, masks.n_matched, total, total)
     strict = score_strict(res["A"], res["C"], flat_true, gt["C"], trace_threshold=trace_threshold, masks=masks)
     alignment = None
-    if res["fields"] is not None and gt["fields"] is not None:
-        alignment = score_alignment(res["fields"], _resize_fields(gt["fields"], dims), res["valid_mask"])
-    return Score(neurons, alignment, masks, strict, offset)
+    if res["fields"] is not None and true_fields is not None:
+        alignment = score_alignment(res["fields"], true_fields, res["valid_mask"])
+    return Score(neurons, alignment, masks, strict, offset, frame)
+
+
+def truth_in_result_frame(
+    a_true: np.ndarray, true_fields: np.ndarray | None, result_fields: np.ndarray | None
+) -> tuple[np.ndarray, str]:
+    """The true footprints (K, H, W) moved into the frame the result's footprints are in, and which frame that is.
+
+    Both field stacks are backward, (n_sessions, 2, H, W): ``aligned[y, x] = session[y + dy, x + dx]``, the
+    true ones from the truth's frame, the result's from its own aligned frame. ``"session"``: one session and
+    no result fields: the truth as the session's movie shows it (sampled where the inverse of the true field
+    points, the simulator's own warp). ``"aligned"``: the result's fields for every session: each pixel of the
+    aligned frame is followed into each session (the result's field) and back into the truth (the inverse of
+    that session's true field); the truth is sampled at the mean of those points, so one session's alignment
+    error moves a footprint by a fraction, as it blurs the pooled movie. ``"truth"``: neither (no true fields,
+    or sessions left unaligned): unchanged. Linear interpolation; what falls outside is 0.
+    """
+    if true_fields is None:
+        return a_true, "truth"
+    from caliali.simulate import invert_field
+
+    n = true_fields.shape[0]
+    dims = a_true.shape[1:]
+    grid = np.mgrid[0 : dims[0], 0 : dims[1]].astype(np.float64)
+    if result_fields is not None and result_fields.shape == true_fields.shape:
+        points, frame = np.zeros_like(grid), "aligned"
+        for s in range(n):
+            inverse, _ = invert_field(true_fields[s].astype(np.float64))
+            inside = grid + result_fields[s]  # where the aligned frame's pixels are in session s
+            back = np.stack([ndimage.map_coordinates(inverse[i], inside, order=1, mode="nearest") for i in range(2)])
+            points += (inside + back) / n
+    elif n == 1 and result_fields is None:
+        inverse, _ = invert_field(true_fields[0].astype(np.float64))
+        points, frame = grid + inverse, "session"
+    else:
+        return a_true, "truth"
+    warped = np.stack(
+        [ndimage.map_coordinates(f, points, order=1, mode="constant", cval=0.0) for f in a_true.astype(np.float64)]
+    )
+    return warped.astype(a_true.dtype, copy=False), frame

@@ -15,7 +15,8 @@
   session, spike rates, video encoding)
 """
 
+from caliali.simulate._deform import invert_field
 from caliali.simulate._params import VARIANTS, VIDEO_FORMATS, SimulationParams
 from caliali.simulate._simulate import Simulation, simulate
 
-__all__ = ["VARIANTS", "VIDEO_FORMATS", "Simulation", "SimulationParams", "simulate"]
+__all__ = ["VARIANTS", "VIDEO_FORMATS", "Simulation", "SimulationParams", "invert_field", "simulate"]
