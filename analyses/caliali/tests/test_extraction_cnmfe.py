@@ -199,6 +199,8 @@ def test_options_as_params_or_keywords_give_the_same_extraction():
 def test_params_refuse_bad_values_and_unknown_options_by_name():
     with pytest.raises(ExtractionError, match="merge_thr must lie in"):
         ExtractionParams(merge_thr=0)
+    with pytest.raises(ExtractionError, match="min_snr must be a number >= 0 or 'auto', got 'high'"):
+        ExtractionParams(min_snr="high")
     with pytest.raises(ExtractionError, match="unknown extraction option.*gsig.*known options are: gSig"):
         extract(np.zeros((10, 8, 8), np.float32), gsig=3)
 
@@ -243,7 +245,7 @@ def test_components_fitted_to_noise_are_removed_and_weak_neurons_kept():
     assert c[1].max() / (np.median(np.abs(resid - np.median(resid))) / 0.6745) > 3  # its peak alone passes 3 sd
     image = np.ones((3, 3), np.float32) / 3
     fp = Footprints((20, 20), [(2, 5, 2, 5), (10, 13, 10, 13)], [image, image])
-    keep = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
+    keep, _ = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
     assert keep.tolist() == [0]
 
 
@@ -278,3 +280,40 @@ def test_how_the_rounds_ended_is_recorded():
     assert cut.convergence["stop"] == "max_iter" and not cut.convergence["converged"]
     assert cut.convergence["why"].startswith("not converged after 1 round (max_iter): change ")
     assert "stop" not in cut.history[-1]
+
+
+def test_automatic_min_snr_is_the_noise_record_up_to_3():
+    """``min_snr="auto"``: a weak neuron whose event rises above every trace's deepest dip is kept (3 would drop
+    it), about one of many components fitted to noise passes too, and a trace that dips beyond 3 caps it at 3."""
+    from caliali.extraction._deconv import deconvolve_trace
+    from caliali.extraction._quality import event_frames, event_snr, noise_record
+    from caliali.extraction.cnmfe import _remove_false_positives
+
+    rng = np.random.default_rng(0)
+    frames, bounds = 2000, np.array([0, 2000])
+    t = np.arange(60)
+    kernel = np.exp(-t / 5.8) - np.exp(-t / 1.25)
+    kernel /= kernel.max()
+    raws = []
+    for amplitude in [8.0] * 10 + [1.6]:  # ten clear neurons, then a weak one (index 10)
+        spikes = np.zeros(frames)
+        spikes[rng.choice(frames - 60, 4, replace=False)] = amplitude
+        raws.append(np.convolve(spikes, kernel)[:frames] + rng.standard_normal(frames))
+    raws += [rng.standard_normal(frames) for _ in range(80)]  # components fitted to noise
+    c_raw = np.stack(raws).astype(np.float32)
+    c = np.stack([deconvolve_trace(r, p=1).c for r in raws]).astype(np.float32)
+    n = event_frames(c, c_raw)
+    weak, record = event_snr(c_raw[10], c[10], bounds, n), noise_record(c, c_raw, bounds, n)
+    assert record < weak < 3.0
+    image = np.ones((3, 3), np.float32) / 3
+    fp = Footprints((20, 20), [(2, 5, 2, 5)] * len(raws), [image] * len(raws))
+    keep, level = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr="auto", bounds=bounds)
+    assert level == record and set(range(11)) <= set(keep.tolist())
+    # about 1 in K + 1 of the noise passes: 2 of 80 here; 1.25 on average over 20 draws of this set-up
+    assert len(set(keep.tolist()) - set(range(11))) == 2
+    keep, level = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr=3.0, bounds=bounds)
+    assert level == 3.0 and keep.tolist() == list(range(10))
+    # one neuron's trace dipping 4 noise sd for 15 frames: the noise reaches beyond 3, so 'auto' asks 3
+    c_raw[0, 500:515] -= 4.0
+    keep, level = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr="auto", bounds=bounds)
+    assert noise_record(c, c_raw, bounds, n) > 3.0 and level == 3.0 and keep.tolist() == list(range(10))

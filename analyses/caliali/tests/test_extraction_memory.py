@@ -181,7 +181,7 @@ def test_false_positive_removal_and_merging_hold_a_few_traces_in_memory_not_all_
     c = _deconvolve_all(raw, bounds, scale=np.ones(k, np.float32))
     tracemalloc.start()
     try:
-        keep = _remove_false_positives(footprints, c, raw, min_pixels=3, min_snr=3.0, bounds=bounds)
+        keep, _ = _remove_false_positives(footprints, c, raw, min_pixels=3, min_snr=3.0, bounds=bounds)
         merged, c, raw, merges = merge_components(
             footprints.subset(keep), c.take(keep), raw.take(keep), batch_frames=500
         )

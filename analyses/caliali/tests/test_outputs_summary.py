@@ -107,6 +107,7 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "fs_note",
             "gSig",
             "gSig_from",
+            "min_snr",
             "neurons",
             "nwb",
             "roi_mask",
@@ -116,8 +117,13 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
             "sessions",
         }
     )
-    for key in ("fs", "fs_from", "fs_note", "crop", "frame_shape_original", "roi_mask"):
+    for key in ("fs", "fs_from", "fs_note", "crop", "frame_shape_original", "roi_mask", "min_snr"):
         assert a[key] == b[key], key
+    # the event SNR each round asked of a component: 3 at most, the noise's own record where it is lower
+    assert a["min_snr"]["set"] == "auto" and a["min_snr"]["from"].startswith("auto: 3, or the furthest")
+    assert len(set(a["min_snr"]["per_round"])) == 1  # settled in the first round, held
+    assert len(a["min_snr"]["per_round"]) == a["convergence"]["rounds"]
+    assert all(0 < level <= 3.0 for level in a["min_snr"]["per_round"])
     assert set(a["run"]) == {"input", "output", "host", "pid", "started", "seconds", "stages", "peak_rss_mb"}
     assert a["run"]["output"] != b["run"]["output"] and set(a["run"]["stages"]) >= {"motion", "extraction"}
     outside = json.dumps({k: v for k, v in a.items() if k != "run"})

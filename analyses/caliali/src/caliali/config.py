@@ -119,13 +119,11 @@ class CalialiConfig(BaseModel):
     ring_factor: float = Field(1.5, ge=0.5, le=4, description="Ring radius of the background, in neuron diameters.")
     patch_size: int = Field(64, ge=16, le=1024, description="Spatial patch size of the initialisation, px.")
     patch_overlap: int = Field(32, ge=0, le=512, description="Overlap of neighbouring patches, px.")
-    min_snr: float = Field(
-        3.0,
-        ge=0,
-        le=100,
-        description="Components whose strongest calcium event, a run of "
-        "two decay times, stays below this many noise standard "
-        "deviations are removed.",
+    min_snr: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = Field(
+        "auto",
+        description="Components whose strongest calcium event, a run of two decay times, stays below this many "
+        "noise standard deviations are removed; 'auto': 3, or less where no component's trace in the first "
+        "round dips below its baseline as far (the noise's own record), reported in summary.json.",
     )
     residual_seeds: bool = Field(
         False,

@@ -418,6 +418,7 @@ def run(
     n_neurons = paths.pop("_n_neurons")
     seeds = paths.pop("_seed_thresholds")
     convergence = paths.pop("_convergence")
+    min_snr = paths.pop("_min_snr")
     frames = [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
     _write_summary(
         out,
@@ -427,6 +428,7 @@ def run(
             "session_frames": frames,
             "neurons": n_neurons,
             "seed_thresholds": seeds,
+            "min_snr": min_snr,
             **rate.describe(),
             **region.describe(),
             "gSig": config.gSig,
@@ -716,4 +718,12 @@ def _extract(
     used = result.params or {}
     paths["_seed_thresholds"] = {k: used.get(k) for k in ("min_corr", "min_pnr", "min_pnr_from")}
     paths["_convergence"] = dict(result.convergence)
+    paths["_min_snr"] = {
+        "set": config.min_snr,
+        "per_round": [round(float(h["min_snr"]), 3) for h in result.history if "min_snr" in h],
+        "from": "auto: 3, or the furthest any component's trace dipped below its baseline in the first round, "
+        "if less"
+        if config.min_snr == "auto"
+        else "config",
+    }
     return paths

@@ -49,10 +49,14 @@ class ExtractionParams:
         Spatial patches of the initialisation.
     box_factor : float
         Half-width of the initialisation box in units of gSig.
-    min_snr : float
+    min_snr : float or "auto"
         Components whose strongest calcium event (the least probable run of
         two decay times of frames of the raw trace, best session) is less
         exceptional than ``min_snr`` x noise in every frame are removed.
+        ``"auto"`` (default): 3, or less where no component's trace of the
+        first round (the most components, the fits to noise among them) dips
+        below its baseline as far (the noise's own record: an event rising
+        further is not noise), held for every round; recorded in the history.
     residual_seeds : bool
         After the second round, look for the neurons the seeds missed in the residual (the movie
         less the model), next to the components found, and fit them too (CNMF-E's "pick neurons
@@ -82,7 +86,7 @@ class ExtractionParams:
     patch_size: int = 64
     patch_overlap: int = 32
     box_factor: float = 6.0
-    min_snr: float = 3.0
+    min_snr: float | str = "auto"
     residual_seeds: bool = False
     batch_frames: int | None = None
     memory_budget: int | str | None = "2GB"
@@ -95,6 +99,8 @@ class ExtractionParams:
             raise ExtractionError(f"min_corr must lie in [-1, 1], got {self.min_corr!r}")
         if self.min_pnr != "auto" and not (isinstance(self.min_pnr, (int, float)) and self.min_pnr >= 0):
             raise ExtractionError(f"min_pnr must be a number >= 0 or 'auto', got {self.min_pnr!r}")
+        if self.min_snr != "auto" and not (isinstance(self.min_snr, (int, float)) and self.min_snr >= 0):
+            raise ExtractionError(f"min_snr must be a number >= 0 or 'auto', got {self.min_snr!r}")
         if not 0 < self.merge_thr <= 1:
             raise ExtractionError(f"merge_thr must lie in (0, 1], got {self.merge_thr!r}")
         if int(self.max_iter) < 1:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
-__all__ = ["decay_frames", "event_frames", "event_snr"]
+__all__ = ["AUTO_SNR_CAP", "decay_frames", "event_frames", "event_snr", "noise_record"]
+
+# ``min_snr="auto"`` never asks more than this of a component (the fixed default before it)
+AUTO_SNR_CAP = 3.0
 
 
 def decay_frames(c: np.ndarray) -> float:
@@ -62,7 +65,7 @@ def event_frames(c: np.ndarray, c_raw: np.ndarray, *, strongest: int = 10) -> in
     return 3 if not np.isfinite(tau) else int(np.clip(round(2 * tau), 3, 10))
 
 
-def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int) -> float:
+def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int, *, dips: bool = False) -> float:
     """Event SNR of one component: its most exceptional run of ``n`` consecutive frames, best session.
 
     Per session, the noise is the robust standard deviation of ``c_raw - c``
@@ -72,6 +75,8 @@ def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int) -> f
     the z-level each of its frames would need: ``-Phi^-1(exp(mean log p))``.
     The best session counts, so a neuron active in one session only keeps its
     score. ``-inf`` when no session is long enough or has any noise.
+    ``dips=True`` scores the runs below the baseline instead: calcium only
+    rises, so how far a trace dips is what its noise alone reaches (`noise_record`).
 
     References
     ----------
@@ -90,7 +95,27 @@ def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int) -> f
         sn = float(np.median(np.abs(resid - base))) / 0.6745
         if not sn > 0:
             continue
-        logp = log_ndtr(-(raw - base) / sn)  # log P(noise >= value)
+        z = (raw - base) / sn
+        logp = log_ndtr(z if dips else -z)  # log P(noise <= value) for a dip, log P(noise >= value) for an event
         window = np.convolve(logp, np.full(n, 1.0 / n), mode="valid").min()
         best = max(best, float(-ndtri_exp(window)))
     return best
+
+
+def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
+    """The largest dip SNR (`event_snr` with ``dips``) over the components with a nonzero trace: how
+    exceptional a run of ``n`` frames the noise of these traces reaches, in the event SNR's units.
+
+    Noise is as likely to rise as to dip, so a component fitted to noise rises above the record of K
+    components' dips with a chance of about 1 / (K + 1): about one such component in a round passes a
+    threshold at the record, whatever the recording's length, frame rate or noise level (a little
+    more than that: the baseline, the median of raw minus denoised trace, sits slightly below a noise
+    trace's centre, which favours rises). ``-inf`` when no trace can be scored. ``c`` and ``c_raw``
+    (K, T) are arrays or `TraceFile` s, read one neuron at a time.
+    """
+    record = -np.inf
+    for k in range(len(c)):
+        trace = np.asarray(c[k])
+        if trace.max() > 0:
+            record = max(record, event_snr(c_raw[k], trace, bounds, n, dips=True))
+    return float(record)

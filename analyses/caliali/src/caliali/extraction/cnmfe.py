@@ -337,10 +337,11 @@ def _remove_false_positives(
     c_raw: np.ndarray | TraceFile,
     *,
     min_pixels: int,
-    min_snr: float,
+    min_snr: float | str,
     bounds: np.ndarray | None = None,
-) -> np.ndarray:
-    """Indices of components to keep: a footprint of a few pixels and a calcium event standing out of the noise.
+) -> tuple[np.ndarray, float]:
+    """Indices of components to keep (a footprint of a few pixels and a calcium event standing out of the
+    noise), and the event SNR they needed.
 
     A component is kept if its footprint has at least ``min_pixels`` pixels
     and its event SNR (`event_snr`: the least probable run of consecutive
@@ -348,22 +349,27 @@ def _remove_false_positives(
     reaches ``min_snr``. The peak of the denoised trace alone does not tell
     noise from neurons: over thousands of frames, components fitted to noise
     reach 3-4 noise units in single frames, but do not stay up for two decay times.
+    ``min_snr="auto"``: `AUTO_SNR_CAP` (3), or less where no trace dips that far
+    (`noise_record`: the furthest the traces' noise reaches below their baselines,
+    over all components): an event that rises further than any noise dips is not noise
+    (the rounds resolve it once, in the first, and pass the level on).
     ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
-    from ._quality import event_frames, event_snr
+    from ._quality import AUTO_SNR_CAP, event_frames, event_snr, noise_record
 
     if bounds is None:
         bounds = np.array([0, c.shape[1]])
     n = event_frames(c, c_raw)
+    level = float(min_snr) if min_snr != "auto" else min(AUTO_SNR_CAP, noise_record(c, c_raw, bounds, n))
     keep = []
     for k in range(len(footprints)):
         if np.count_nonzero(footprints.images[k]) < min_pixels:
             continue
         trace = c[k]
-        if trace.max() <= 0 or event_snr(c_raw[k], trace, bounds, n) < min_snr:
+        if trace.max() <= 0 or event_snr(c_raw[k], trace, bounds, n) < level:
             continue
         keep.append(k)
-    return np.array(keep, dtype=np.int64)
+    return np.array(keep, dtype=np.int64), level
 
 
 def _carry_over(old: Footprints, new: Footprints) -> np.ndarray:
@@ -714,6 +720,7 @@ def _iterate(
     min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
     grow = max(1, int(round(params.gSig / 2)))  # px a support may spread per round
     span = 0.55 / params.max_iter
+    level = None  # the event SNR a component needs (min_snr, resolved in the first round)
     for it in range(params.max_iter):
         lo = 0.3 + span * it
         search = footprints.grown(grow, allowed)
@@ -748,7 +755,11 @@ def _iterate(
         c.close()
         c = _deconvolve_all(c_raw, bounds, scale=carry)
         change, interior = _change(footprints, updated), _interior_change(footprints, updated)
-        keep = _remove_false_positives(updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr, bounds=bounds)
+        # "auto" is settled in the first round, on the most components (the fits to noise among them) and
+        # held: a record over the few components of a later round is a noisier estimate of the same noise
+        keep, level = _remove_false_positives(
+            updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr if level is None else level, bounds=bounds
+        )
         c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
         footprints = updated.subset(keep)
@@ -781,6 +792,7 @@ def _iterate(
                 "merged": merges,
                 "spreading": spreading,
                 "added": added,
+                "min_snr": level,
             }
         )
         stop = _stop(history, params.tol)
