@@ -317,3 +317,6 @@ def test_automatic_min_snr_is_the_noise_record_up_to_3():
     c_raw[0, 500:515] -= 4.0
     keep, level = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr="auto", bounds=bounds)
     assert noise_record(c, c_raw, bounds, n) > 3.0 and level == 3.0 and keep.tolist() == list(range(10))
+    # traces too short to score a run (2 frames): no record, so the cap; every event scores -inf
+    keep, level = _remove_false_positives(fp, c[:, :2], c_raw[:, :2], min_pixels=3, min_snr="auto", bounds=[0, 2])
+    assert level == 3.0 and keep.size == 0

@@ -361,6 +361,8 @@ def _remove_false_positives(
         bounds = np.array([0, c.shape[1]])
     n = event_frames(c, c_raw)
     level = float(min_snr) if min_snr != "auto" else min(AUTO_SNR_CAP, noise_record(c, c_raw, bounds, n))
+    if not np.isfinite(level):  # no trace long enough to score: the cap
+        level = AUTO_SNR_CAP
     keep = []
     for k in range(len(footprints)):
         if np.count_nonzero(footprints.images[k]) < min_pixels:
