@@ -18,7 +18,7 @@ import yaml
 from caliali.config import config_mapping
 from caliali.provenance import config_sha256, input_sha256
 
-CONFIG = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "64MB", "fs": 10}
+CONFIG = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "min_snr": "auto", "memory_budget": "64MB", "fs": 10}
 RECORDED = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.UTC)
 
 
@@ -119,7 +119,8 @@ def test_two_runs_differ_in_nothing_of_the_moment(runs):
     )
     for key in ("fs", "fs_from", "fs_note", "crop", "frame_shape_original", "roi_mask", "min_snr"):
         assert a[key] == b[key], key
-    # the event SNR each round asked of a component: 3 at most, the noise's own record where it is lower
+    # min_snr 'auto' (reproducible too): the event SNR each round asked of a component, 3 at most, the
+    # noise's own record where it is lower
     assert a["min_snr"]["set"] == "auto" and a["min_snr"]["from"].startswith("auto: 3, or the furthest")
     assert len(set(a["min_snr"]["per_round"])) == 1  # settled in the first round, held
     assert len(a["min_snr"]["per_round"]) == a["convergence"]["rounds"]

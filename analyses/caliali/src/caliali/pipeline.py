@@ -723,6 +723,6 @@ def _extract(
         "per_round": [round(float(h["min_snr"]), 3) for h in result.history if "min_snr" in h],
         "from": "auto: 3, or the furthest any component's trace dipped below its baseline in the first round, if less"
         if config.min_snr == "auto"
-        else "config",
+        else "fixed",
     }
     return paths
