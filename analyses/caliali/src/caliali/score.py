@@ -650,20 +650,20 @@ def truth_in_result_frame(
     from caliali.simulate import invert_field
 
     n = true_fields.shape[0]
-    dims = a_true.shape[1:]
-    grid = np.mgrid[0 : dims[0], 0 : dims[1]].astype(np.float64)
-    if result_fields is not None and result_fields.shape == true_fields.shape:
-        points, frame = np.zeros_like(grid), "aligned"
-        for s in range(n):
-            inverse, _ = invert_field(true_fields[s].astype(np.float64))
-            inside = grid + result_fields[s]  # where the aligned frame's pixels are in session s
-            back = np.stack([ndimage.map_coordinates(inverse[i], inside, order=1, mode="nearest") for i in range(2)])
-            points += (inside + back) / n
-    elif n == 1 and result_fields is None:
-        inverse, _ = invert_field(true_fields[0].astype(np.float64))
-        points, frame = grid + inverse, "session"
+    if result_fields is None and n == 1:  # a one-session run is in its session's own frame: zero fields
+        result_fields, frame = np.zeros_like(true_fields), "session"
+    elif result_fields is not None and result_fields.shape == true_fields.shape:
+        frame = "aligned"
     else:
         return a_true, "truth"
+    dims = a_true.shape[1:]
+    grid = np.mgrid[0 : dims[0], 0 : dims[1]].astype(np.float64)
+    points = np.zeros_like(grid)
+    for s in range(n):
+        inverse, _ = invert_field(true_fields[s].astype(np.float64))
+        inside = grid + result_fields[s]  # where the aligned frame's pixels are in session s
+        back = np.stack([ndimage.map_coordinates(inverse[i], inside, order=1, mode="nearest") for i in range(2)])
+        points += (inside + back) / n
     warped = np.stack(
         [ndimage.map_coordinates(f, points, order=1, mode="constant", cval=0.0) for f in a_true.astype(np.float64)]
     )
