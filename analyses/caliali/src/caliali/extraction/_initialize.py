@@ -46,6 +46,19 @@ def patch_grid(length: int, size: int, overlap: int) -> list[int]:
     return starts
 
 
+def _climb(image: np.ndarray, y: int, x: int) -> tuple[int, int]:
+    """The local maximum of ``image`` reached from (y, x) by steps to the highest of the 8 neighbours."""
+    h, w = image.shape
+    while True:
+        y0, x0 = max(0, y - 1), max(0, x - 1)
+        near = image[y0 : y + 2, x0 : x + 2]
+        dy, dx = np.unravel_index(int(np.argmax(near)), near.shape)
+        ny, nx = y0 + int(dy), x0 + int(dx)
+        if near[dy, dx] <= image[y, x]:
+            return y, x
+        y, x = ny, nx
+
+
 def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius: int) -> np.ndarray | None:
     """The seed's own part of a fitted image ``a`` (on the fit's box), or None when too small.
 
@@ -60,24 +73,28 @@ def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius:
     square = np.zeros(a.shape, bool)
     square[y0:y1, x0:x1] = True
     smooth = ndimage.gaussian_filter(a, max(0.5, gSig / 4), mode="constant") * square
-    near = smooth[max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2]
-    peak = float(near.max())
-    if peak <= 0:
+    cy, cx = _climb(smooth, cy, cx)  # a seed on the flank of its cell: the basin starts at the cell's top
+    if smooth[cy, cx] <= 0:
         return None
+    # the seed's hill: what it reaches without descending more than a fifth of its height; a maximum
+    # on it (the top of a broad cell whose flank or noisy flat top the seed sat on) is the same cell
+    reach, _ = ndimage.label(smooth >= 0.8 * smooth[cy, cx])
+    hill = reach == reach[cy, cx]
+    peak = float(smooth[hill].max())
     above = smooth >= 0.2 * peak
-    if not above[cy, cx]:  # a seed beside its peak: start the basin at the peak
-        dy, dx = np.unravel_index(int(np.argmax(near)), near.shape)
-        cy, cx = max(0, cy - 1) + int(dy), max(0, cx - 1) + int(dx)
     # markers: the seed, and every other maximum standing 0.2 x peak above the saddle that joins it
     # to higher ground (a neighbour's peak, not a bump of noise on a broad cell's flat top)
     tops, n_tops = ndimage.label(h_maxima(smooth, 0.2 * peak) & above)
     markers = np.zeros(a.shape, np.int32)
-    if n_tops:
-        centres = np.array(ndimage.center_of_mass(above, tops, range(1, n_tops + 1))).reshape(-1, 2)
-        far = np.hypot(centres[:, 0] - cy, centres[:, 1] - cx) > gSig
-        for label in np.nonzero(far)[0] + 1:
-            markers[tops == label] = label + 1
-    markers[cy, cx] = 1  # the seed itself: a maximum within gSig of it is the same cell
+    for label in range(1, n_tops + 1):
+        top = tops == label
+        if top[hill].any():
+            markers[top] = 1
+            continue
+        centre = ndimage.center_of_mass(top)
+        if np.hypot(centre[0] - cy, centre[1] - cx) > gSig:  # a maximum within gSig of it is the same cell
+            markers[top] = label + 1
+    markers[cy, cx] = 1
     basins = watershed(-smooth, markers, mask=above)
     region = np.where(basins == 1, a, 0).astype(np.float32)
     if np.count_nonzero(region) < 3:

@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from caliali._cv2 import cv2
+from caliali._noise import psd_noise
 
 from ._batches import check_session_bounds, plan_batches
 from ._source import open_source
 
 __all__ = ["SessionImages", "session_images", "summary_images", "highpass_kernel", "highpass", "noise_level"]
 
-# Frames a batch needs for its noise level (the median of a handful of
-# differences), as the projections' PSD estimate does.
+# Frames a batch needs for its noise level (a few frequencies of its spectrum),
+# as the projections ask.
 _MIN_FRAMES = 8
 
 
@@ -56,19 +57,11 @@ def highpass(frames: np.ndarray, kernel: np.ndarray, *, out: np.ndarray | None =
 
 
 def noise_level(traces: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Robust white-noise std from first differences (median absolute deviation).
+    """White-noise std of every series along ``axis``: the PSD estimate (`caliali._noise.psd_noise`).
 
-    Calcium transients are slow, so the differences of consecutive frames are
-    dominated by noise: sigma = median|d - median d| / 0.6745 / sqrt(2).
-    Fewer than 2 samples have no difference: their noise is 0 (unknown).
+    Fewer than 2 samples have no frequency to measure it by: their noise is 0 (unknown).
     """
-    if traces.shape[axis] < 2:
-        return np.zeros(tuple(np.delete(traces.shape, axis)), np.float32)
-    d = np.diff(traces, axis=axis)  # the only copy: the rest works in place
-    # Reordering d along ``axis`` (overwrite_input) changes neither median.
-    d -= np.median(d, axis=axis, keepdims=True, overwrite_input=True)
-    np.abs(d, out=d)
-    return (np.median(d, axis=axis, overwrite_input=True) / (0.6745 * np.sqrt(2))).astype(np.float32)
+    return psd_noise(np.moveaxis(np.asarray(traces), axis, 0))
 
 
 def _local_correlation(z: np.ndarray) -> np.ndarray:

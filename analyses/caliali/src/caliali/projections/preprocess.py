@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import bottleneck as bn
 import numpy as np
-import scipy.fft
 import scipy.ndimage as ndi
 
 from caliali._cv2 import cv2
+from caliali._noise import psd_noise
 
 from ._errors import ProjectionError
 
@@ -138,18 +138,9 @@ def noise_level(frames: np.ndarray, *, band: tuple[float, float] = (0.25, 0.5)) 
     t = arr.shape[0]
     if t < 8:
         raise ProjectionError(f"noise_level needs at least 8 frames, got {t}; use longer chunks (batch_frames)")
-    freqs = np.fft.rfftfreq(t)
-    sel = np.flatnonzero((freqs > band[0]) & (freqs <= band[1]))
-    if len(sel) == 0:
+    if not np.any((np.fft.rfftfreq(t) > band[0]) & (np.fft.rfftfreq(t) <= band[1])):
         raise ProjectionError(f"no frequencies in band {band} for {t} frames")
-    h, w = arr.shape[1:]
-    out = np.empty((h, w), dtype=np.float32)
-    # Row bands bound the spectrum's temporaries to ~8 MB whatever the movie.
-    rows = max(1, (2 * 2**20) // max(1, t * w))
-    for y in range(0, h, rows):
-        spec = scipy.fft.rfft(arr[:, y : y + rows], axis=0, workers=-1)[sel]
-        out[y : y + rows] = np.sqrt((spec.real**2 + spec.imag**2).mean(axis=0) / t)
-    return out
+    return psd_noise(arr, band=band)
 
 
 def anisotropic_diffusion(frames: np.ndarray, *, n_iter: int = 3, kappa: float = 2.0, step: float = 0.2) -> np.ndarray:
