@@ -101,14 +101,18 @@ def test_a_cell_wider_than_the_ring_is_whole_with_a_ring_that_clears_it(seed):
     assert iou[best] >= 0.7 and np.flatnonzero(iou > 0.1).tolist() == [best], iou
 
 
-def test_a_seed_on_the_flank_of_a_broad_cell_starts_from_the_whole_cell():
-    """A broad, flat-topped cell has seeds anywhere on it: one on its flank climbs to the cell's top and
-    takes the cell (cut by its square), not the sliver between itself and the top."""
+@pytest.mark.parametrize("shape", ["dome", "flat top"])
+def test_a_seed_on_the_flank_of_a_broad_cell_starts_from_the_whole_cell(shape):
+    """A broad cell has seeds on its flank too: such a seed climbs to the cell's top and takes the cell
+    (cut by its square), not the sliver between itself and the top (2% of it, before)."""
     from caliali.extraction._initialize import _seed_region
 
     dims, radius = (41, 41), int(np.ceil(2.5 * GSIG)) + 1
-    rng = np.random.default_rng(0)
-    cell = _cell(dims, (20, 20), (9.0, 9.0)) + 0.02 * rng.standard_normal(dims)
+    yy, xx = np.mgrid[: dims[0], : dims[1]]
+    if shape == "dome":
+        cell = np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / (2 * 6.0**2))
+    else:
+        cell = _cell(dims, (20, 20), (9.0, 9.0))  # flat for 4.5 px around the centre
     region = _seed_region(cell.astype(np.float32), 20, 13, gSig=GSIG, region_radius=radius) > 0
     square = np.zeros(dims, bool)
     square[20 - radius : 20 + radius + 1, 13 - radius : 13 + radius + 1] = True

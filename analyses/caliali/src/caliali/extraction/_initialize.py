@@ -62,7 +62,9 @@ def _climb(image: np.ndarray, y: int, x: int) -> tuple[int, int]:
 def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius: int) -> np.ndarray | None:
     """The seed's own part of a fitted image ``a`` (on the fit's box), or None when too small.
 
-    The part is the seed's basin of the image at or above 0.2 x its peak near the seed, within
+    The part is the seed's basin of the image at or above 0.2 x the top of the hill the seed sits
+    on (reached by steepest ascent: a broad cell has seeds on its flank, whose basin measured from
+    the seed itself was the sliver between seed and top), within
     the square of half-width ``region_radius`` around the seed: a watershed of the (lightly
     smoothed) image from its maxima, so a neighbouring cell that touches this one is cut off
     along the valley between them. Cut along the square instead, touching cells kept a straight
@@ -76,25 +78,22 @@ def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius:
     cy, cx = _climb(smooth, cy, cx)  # a seed on the flank of its cell: the basin starts at the cell's top
     if smooth[cy, cx] <= 0:
         return None
-    # the seed's hill: what it reaches without descending more than a fifth of its height; a maximum
-    # on it (the top of a broad cell whose flank or noisy flat top the seed sat on) is the same cell
-    reach, _ = ndimage.label(smooth >= 0.8 * smooth[cy, cx])
-    hill = reach == reach[cy, cx]
-    peak = float(smooth[hill].max())
+    peak = float(smooth[cy, cx])
     above = smooth >= 0.2 * peak
     # markers: the seed, and every other maximum standing 0.2 x peak above the saddle that joins it
     # to higher ground (a neighbour's peak, not a bump of noise on a broad cell's flat top)
     tops, n_tops = ndimage.label(h_maxima(smooth, 0.2 * peak) & above)
     markers = np.zeros(a.shape, np.int32)
-    for label in range(1, n_tops + 1):
-        top = tops == label
-        if top[hill].any():
-            markers[top] = 1
-            continue
-        centre = ndimage.center_of_mass(top)
-        if np.hypot(centre[0] - cy, centre[1] - cx) > gSig:  # a maximum within gSig of it is the same cell
-            markers[top] = label + 1
-    markers[cy, cx] = 1
+    if n_tops:
+        centres = np.array(ndimage.center_of_mass(above, tops, range(1, n_tops + 1))).reshape(-1, 2)
+        far = np.hypot(centres[:, 0] - cy, centres[:, 1] - cx) > gSig
+        own = int(tops[cy, cx])  # the top the seed climbed onto, flat and wide as it may be
+        if own:
+            far[own - 1] = False
+            markers[tops == own] = 1
+        for label in np.nonzero(far)[0] + 1:
+            markers[tops == label] = label + 1
+    markers[cy, cx] = 1  # the seed's top: a maximum within gSig of it is the same cell
     basins = watershed(-smooth, markers, mask=above)
     region = np.where(basins == 1, a, 0).astype(np.float32)
     if np.count_nonzero(region) < 3:
