@@ -48,15 +48,13 @@ def patch_grid(length: int, size: int, overlap: int) -> list[int]:
 
 def _climb(image: np.ndarray, y: int, x: int) -> tuple[int, int]:
     """The local maximum of ``image`` reached from (y, x) by steps to the highest of the 8 neighbours."""
-    h, w = image.shape
     while True:
         y0, x0 = max(0, y - 1), max(0, x - 1)
         near = image[y0 : y + 2, x0 : x + 2]
         dy, dx = np.unravel_index(int(np.argmax(near)), near.shape)
-        ny, nx = y0 + int(dy), x0 + int(dx)
         if near[dy, dx] <= image[y, x]:
             return y, x
-        y, x = ny, nx
+        y, x = y0 + int(dy), x0 + int(dx)
 
 
 def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius: int) -> np.ndarray | None:
@@ -76,9 +74,9 @@ def _seed_region(a: np.ndarray, cy: int, cx: int, *, gSig: float, region_radius:
     square[y0:y1, x0:x1] = True
     smooth = ndimage.gaussian_filter(a, max(0.5, gSig / 4), mode="constant") * square
     cy, cx = _climb(smooth, cy, cx)  # a seed on the flank of its cell: the basin starts at the cell's top
-    if smooth[cy, cx] <= 0:
-        return None
     peak = float(smooth[cy, cx])
+    if peak <= 0:
+        return None
     above = smooth >= 0.2 * peak
     # markers: the seed, and every other maximum standing 0.2 x peak above the saddle that joins it
     # to higher ground (a neighbour's peak, not a bump of noise on a broad cell's flat top)

@@ -138,7 +138,8 @@ def noise_level(frames: np.ndarray, *, band: tuple[float, float] = (0.25, 0.5)) 
     t = arr.shape[0]
     if t < 8:
         raise ProjectionError(f"noise_level needs at least 8 frames, got {t}; use longer chunks (batch_frames)")
-    if not np.any((np.fft.rfftfreq(t) > band[0]) & (np.fft.rfftfreq(t) <= band[1])):
+    freqs = np.fft.rfftfreq(t)
+    if not np.any((freqs > band[0]) & (freqs <= band[1])):
         raise ProjectionError(f"no frequencies in band {band} for {t} frames")
     return psd_noise(arr, band=band)
 
