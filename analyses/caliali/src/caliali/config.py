@@ -120,11 +120,11 @@ class CalialiConfig(BaseModel):
     patch_size: int = Field(64, ge=16, le=1024, description="Spatial patch size of the initialisation, px.")
     patch_overlap: int = Field(32, ge=0, le=512, description="Overlap of neighbouring patches, px.")
     min_snr: Annotated[float, Field(ge=0, le=100)] | Literal["auto"] = Field(
-        3.0,
+        "auto",
         description="Components whose strongest calcium event, a run of two decay times, stays below this many "
-        "noise standard deviations are removed; 'auto': 3, or less where no component's trace in the first "
-        "round dips below its baseline as far (the noise's own record; more dim neurons, about one component "
-        "fitted to noise per run), reported in summary.json.",
+        "noise standard deviations are removed; 'auto' (default): 3, or lower where the traces' noise stays further "
+        "below it: the level a run expects 0.05 components fitted to noise to pass, from how far the first round's "
+        "traces dip below their baselines (calcium only rises); the level used is reported in summary.json.",
     )
     residual_seeds: bool = Field(
         False,

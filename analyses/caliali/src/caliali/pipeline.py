@@ -721,7 +721,8 @@ def _extract(
     paths["_min_snr"] = {
         "set": config.min_snr,
         "per_round": [round(float(h["min_snr"]), 3) for h in result.history if "min_snr" in h],
-        "from": "auto: 3, or the furthest any component's trace dipped below its baseline in the first round, if less"
+        "from": "auto: 3, or, if less, the level a run expects 0.05 components fitted to noise to pass, from how far "
+        "the first round's traces dipped below their baselines"
         if config.min_snr == "auto"
         else "fixed",
     }

@@ -53,12 +53,13 @@ class ExtractionParams:
         Components whose strongest calcium event (the least probable run of
         two decay times of frames of the raw trace, best session) is less
         exceptional than ``min_snr`` x noise in every frame are removed.
-        Default 3. ``"auto"``: 3, or less where no component's trace of the
-        first round (the most components, the fits to noise among them) dips
-        below its baseline as far (the noise's own record: an event rising
-        further is not noise), held for every round; recorded in the history.
-        It finds more dim neurons on low-PNR data and lets about one component
-        fitted to noise through per run (figures in the caliali benchmarks README).
+        Default ``"auto"``: 3, or less where the traces' own noise cannot
+        reach it: the first round's traces (the most components, the fits to
+        noise among them) show by how far they dip below their baselines how
+        far noise rises, and the level is where the dips' upper tail puts
+        0.05 of those components (`false_alarm_level`): about one component
+        fitted to noise in 10-20 runs. Held for every round; recorded in the
+        history. On real recordings the traces dip beyond 3, so it is 3.
     residual_seeds : bool
         After the second round, look for the neurons the seeds missed in the residual (the movie
         less the model), next to the components found, and fit them too (CNMF-E's "pick neurons
@@ -88,7 +89,7 @@ class ExtractionParams:
     patch_size: int = 64
     patch_overlap: int = 32
     box_factor: float = 6.0
-    min_snr: float | str = 3.0
+    min_snr: float | str = "auto"
     residual_seeds: bool = False
     batch_frames: int | None = None
     memory_budget: int | str | None = "2GB"

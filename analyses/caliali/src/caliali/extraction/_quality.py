@@ -14,10 +14,23 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_ndtr, ndtri_exp
 
-__all__ = ["AUTO_SNR_CAP", "decay_frames", "event_frames", "event_snr", "noise_record"]
+__all__ = [
+    "AUTO_FALSE_ALARMS",
+    "AUTO_SNR_CAP",
+    "decay_frames",
+    "dip_snrs",
+    "event_frames",
+    "event_snr",
+    "false_alarm_level",
+    "noise_record",
+]
 
 # ``min_snr="auto"`` never asks more than this of a component (the fixed default before it)
 AUTO_SNR_CAP = 3.0
+# ``min_snr="auto"``: how many components fitted to noise a run may expect to let through
+AUTO_FALSE_ALARMS = 0.05
+# the dips' upper tail the level is extrapolated from: this fraction of them, and at least this many
+_TAIL_FRACTION, _TAIL_MIN = 0.1, 5
 
 
 def decay_frames(c: np.ndarray) -> float:
@@ -102,6 +115,39 @@ def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int, *, d
     return best
 
 
+def dip_snrs(c, c_raw, bounds: np.ndarray, n: int) -> np.ndarray:
+    """The dip SNR (`event_snr` with ``dips``) of every component with a nonzero trace that can be scored:
+    how exceptional a run of ``n`` frames below its baseline its noise reaches. ``c`` and ``c_raw`` (K, T)
+    are arrays or `TraceFile` s, read one neuron at a time."""
+    out = []
+    for k in range(len(c)):
+        trace = np.asarray(c[k])
+        if trace.max() > 0:
+            out.append(event_snr(c_raw[k], trace, bounds, n, dips=True))
+    dips = np.array(out, np.float64)
+    return dips[np.isfinite(dips)]
+
+
+def false_alarm_level(dips: np.ndarray, expected: float = AUTO_FALSE_ALARMS) -> float:
+    """The event SNR that noise like these ``dips`` would rise above in ``expected`` of their traces.
+
+    Noise is as likely to rise as to dip, so the dips of K traces show how high K traces of noise
+    rise. The deepest dip is where about one of them would; the level where only ``expected`` (of
+    all K) would lies beyond it, found from the dips' upper tail: a best run's score over many
+    windows is an extreme value, whose tail falls exponentially, so over the deepest m dips (a tenth,
+    at least 5) the count above a level L is m exp(-(L - u) / beta), u the (m+1)-th deepest and
+    beta the mean excess over it (its maximum-likelihood scale). Never below the deepest dip;
+    ``inf`` when fewer than 2 m dips can be scored (too few to tell a tail).
+    """
+    d = np.sort(np.asarray(dips, np.float64)[np.isfinite(dips)])[::-1]
+    m = max(_TAIL_MIN, int(np.ceil(_TAIL_FRACTION * d.size)))
+    if d.size < 2 * m:
+        return float("inf")
+    u = float(d[m])
+    beta = float(np.mean(d[:m] - u))
+    return max(float(d[0]), u + beta * float(np.log(m / expected)))
+
+
 def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
     """The largest dip SNR (`event_snr` with ``dips``) over the components with a nonzero trace: how
     exceptional a run of ``n`` frames the noise of these traces reaches, in the event SNR's units.
@@ -113,9 +159,5 @@ def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
     trace's centre, which favours rises). ``-inf`` when no trace can be scored. ``c`` and ``c_raw``
     (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
-    record = -np.inf
-    for k in range(len(c)):
-        trace = np.asarray(c[k])
-        if trace.max() > 0:
-            record = max(record, event_snr(c_raw[k], trace, bounds, n, dips=True))
-    return float(record)
+    dips = dip_snrs(c, c_raw, bounds, n)
+    return float(dips.max()) if dips.size else -np.inf

@@ -355,12 +355,12 @@ def _remove_false_positives(
     (the rounds resolve it once, in the first, and pass the level on).
     ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
-    from ._quality import AUTO_SNR_CAP, event_frames, event_snr, noise_record
+    from ._quality import AUTO_SNR_CAP, dip_snrs, event_frames, event_snr, false_alarm_level
 
     if bounds is None:
         bounds = np.array([0, c.shape[1]])
     n = event_frames(c, c_raw)
-    level = float(min_snr) if min_snr != "auto" else min(AUTO_SNR_CAP, noise_record(c, c_raw, bounds, n))
+    level = float(min_snr) if min_snr != "auto" else min(AUTO_SNR_CAP, false_alarm_level(dip_snrs(c, c_raw, bounds, n)))
     if not np.isfinite(level):  # no trace long enough to score: the cap
         level = AUTO_SNR_CAP
     keep = []
@@ -719,6 +719,7 @@ def _iterate(
 ) -> tuple[Footprints, TraceFile, list[dict]]:
     """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
     history: list[dict] = []
+    started = len(footprints)
     min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
     grow = max(1, int(round(params.gSig / 2)))  # px a support may spread per round
     span = 0.55 / params.max_iter
@@ -775,7 +776,12 @@ def _iterate(
             c.close()
             c = merged
         if len(footprints) == 0:
-            raise ExtractionError("every component was removed as a false positive; lower min_snr or min_pnr")
+            raise ExtractionError(
+                f"every component was removed as a false positive (round {it + 1}: the last {removed} had an event "
+                f"SNR below {level:.2f} or fewer than {min_pixels} px; the seeds gave {started}): check gSig "
+                f"({params.gSig:g} px: a radius well below the cells' keeps few seeds and cuts their footprints; "
+                "leave gSig unset to estimate it), else lower min_snr, min_pnr or min_corr"
+            )
         added = 0
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
             _report(progress, lo, lo + span, 1.0, f"iteration {it + 1}: seeds in the residual")
