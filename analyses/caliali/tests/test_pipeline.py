@@ -100,6 +100,38 @@ def test_cli_names_a_missing_input(tmp_path):
     assert "nothing" in r.stderr
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only): a disk that fills up during a run; unmounted after the test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_named_as_such_and_the_run_resumes_once_there_is_room(tmp_path, experiment, small_disk):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    out, told = small_disk / "out", tmp_path / "reason.txt"
+    cmd = ["run", "--input", str(experiment), "--config", str(cfg), "--output", str(out)]
+    r = _caliali(*cmd, env={**os.environ, "NCAAS_ERROR_FILE": str(told)})
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "bug in caliali" not in r.stderr
+    reason = told.read_text()
+    # the file it was writing when the file system says so, else the run's output folder
+    assert reason.startswith("no space left on the disk writing ") and str(out) in reason.splitlines()[0], reason
+    assert "give --output and --work folders on a disk with room, and run again" in reason
+    assert " ".join(r.stderr.split()).startswith("error: no space left on the disk writing")
+    subprocess.run(["mount", "-o", "remount,size=400m", str(small_disk)], check=True)
+    again = _caliali(*cmd)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "arrays" / "A.npz").is_file()
+
+
 def test_defaults_are_the_methods():
     c = CalialiConfig()
     assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == ("auto", 0.1, "auto", 0.65, 20, 2)

@@ -12,6 +12,7 @@ Add a command by importing its library function inside a small
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -252,6 +253,18 @@ def main() -> None:
     except CalialiError as exc:
         _fail(str(exc), exc.exit_code)
     except Exception as exc:  # a fault of caliali's, not of the input: still one line
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # the machine's, not caliali's
+            if exc.filename:
+                writing = f" writing {exc.filename}"
+            else:
+                writing = " writing the run's outputs or intermediates" + (
+                    f" (output {_traceback_dir})" if _traceback_dir is not None else ""
+                )
+            _fail(
+                f"no space left on the disk{writing}: free space there, or give --output and --work folders "
+                "on a disk with room, and run again (the stages already done are kept and not redone)",
+                1,
+            )
         where = _save_traceback()
         message = " ".join(str(exc).split()) or "no message"
         _fail(
@@ -259,6 +272,9 @@ def main() -> None:
             f"this is a bug in caliali, please report it with the traceback in {where}",
             1,
         )
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
 
 
 def _fail(message: str, code: int) -> None:
