@@ -275,8 +275,8 @@ def test_a_run_that_removes_every_component_says_what_to_check():
         extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400, min_snr=50)
     message = str(caught.value)
     assert message.startswith("every component was removed as a false positive (round 1: the last ")
-    assert "event SNR below 50.00" in message and f"check gSig ({GSIG:g} px" in message
-    assert "leave gSig unset to estimate it), else lower min_snr, min_pnr or min_corr" in message
+    assert "scored an event SNR below 50.00" in message and f"check gSig ({GSIG:g} px; a radius well below" in message
+    assert message.endswith("else lower min_snr, min_pnr or min_corr")
 
 
 def test_how_the_rounds_ended_is_recorded():

@@ -777,10 +777,10 @@ def _iterate(
             c = merged
         if len(footprints) == 0:
             raise ExtractionError(
-                f"every component was removed as a false positive (round {it + 1}: the last {removed} had an event "
-                f"SNR below {level:.2f} or fewer than {min_pixels} px; the seeds gave {started}): check gSig "
-                f"({params.gSig:g} px: a radius well below the cells' keeps few seeds and cuts their footprints; "
-                "leave gSig unset to estimate it), else lower min_snr, min_pnr or min_corr"
+                f"every component was removed as a false positive (round {it + 1}: the last {removed} of the "
+                f"{started} fitted at the seeds scored an event SNR below {level:.2f} or had under {min_pixels} px): "
+                f"check gSig ({params.gSig:g} px; a radius well below the cells' finds few of them and cuts their "
+                "footprints), else lower min_snr, min_pnr or min_corr"
             )
         added = 0
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
