@@ -89,7 +89,7 @@ def event_snr(c_raw: np.ndarray, c: np.ndarray, bounds: np.ndarray, n: int, *, d
     The best session counts, so a neuron active in one session only keeps its
     score. ``-inf`` when no session is long enough or has any noise.
     ``dips=True`` scores the runs below the baseline instead: calcium only
-    rises, so how far a trace dips is what its noise alone reaches (`noise_record`).
+    rises, so how far a trace dips is what its noise alone reaches (`dip_snrs`, `false_alarm_level`).
 
     References
     ----------
@@ -156,7 +156,8 @@ def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
     components' dips with a chance of about 1 / (K + 1): about one such component in a round passes a
     threshold at the record, whatever the recording's length, frame rate or noise level (a little
     more than that: the baseline, the median of raw minus denoised trace, sits slightly below a noise
-    trace's centre, which favours rises). ``-inf`` when no trace can be scored. ``c`` and ``c_raw``
+    trace's centre, which favours rises); `false_alarm_level` is where far fewer would. ``-inf``
+    when no trace can be scored. ``c`` and ``c_raw``
     (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
     dips = dip_snrs(c, c_raw, bounds, n)

@@ -349,10 +349,10 @@ def _remove_false_positives(
     reaches ``min_snr``. The peak of the denoised trace alone does not tell
     noise from neurons: over thousands of frames, components fitted to noise
     reach 3-4 noise units in single frames, but do not stay up for two decay times.
-    ``min_snr="auto"``: `AUTO_SNR_CAP` (3), or less where no trace dips that far
-    (`noise_record`: the furthest the traces' noise reaches below their baselines,
-    over all components): an event that rises further than any noise dips is not noise
-    (the rounds resolve it once, in the first, and pass the level on).
+    ``min_snr="auto"``: `AUTO_SNR_CAP` (3), or less where the traces' noise stays further
+    below: noise rises as far as it dips, and over all components the dips' upper tail
+    (`dip_snrs`, `false_alarm_level`) puts the level that noise would carry 0.05 of them
+    above (the rounds resolve it once, in the first, and pass the level on).
     ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one neuron at a time.
     """
     from ._quality import AUTO_SNR_CAP, dip_snrs, event_frames, event_snr, false_alarm_level
