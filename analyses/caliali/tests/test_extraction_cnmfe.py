@@ -279,6 +279,24 @@ def test_a_run_that_removes_every_component_says_what_to_check():
     assert message.endswith("else lower min_snr, min_pnr or min_corr")
 
 
+def test_footprints_smaller_than_gsig_squared_are_dropped_when_the_rounds_end(tmp_path):
+    """CNMF-E's min_pixel (gSig^2) once the rounds end: the small footprint goes with its trace, the others keep
+    theirs in order; when every footprint is that small, all stay (the user sees what the gSig found)."""
+    from caliali.extraction._traces import TraceFile
+    from caliali.extraction.cnmfe import _drop_too_small
+
+    images = [np.ones((4, 4), np.float32), np.ones((2, 2), np.float32), np.ones((3, 3), np.float32)]
+    fp = Footprints((20, 20), [(0, 4, 0, 4), (10, 12, 10, 12), (15, 18, 15, 18)], images)
+    traces = np.arange(3 * 50, dtype=np.float32).reshape(3, 50)
+    c = TraceFile((3, 50), directory=tmp_path)
+    c[:] = traces
+    kept, c2, dropped = _drop_too_small(fp, c, 9)  # gSig 3
+    assert dropped == 1 and [im.size for im in kept.images] == [16, 9]
+    assert np.array_equal(c2[:], traces[[0, 2]]) and kept.boxes == [(0, 4, 0, 4), (15, 18, 15, 18)]
+    kept, c3, dropped = _drop_too_small(kept, c2, 17)  # every footprint too small: all stay
+    assert dropped == 0 and len(kept) == 2 and c3 is c2
+
+
 def test_how_the_rounds_ended_is_recorded():
     y, _, _, bounds = _movie([(20, 24)])
     done = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)
@@ -286,6 +304,7 @@ def test_how_the_rounds_ended_is_recorded():
     assert record["converged"] and record["stop"] == last["stop"] in ("tol", "noise")
     assert record["rounds"] == len(done.history) and record["change"] == last["change"]
     assert record["why"].startswith("converged: ") and f"after {len(done.history)} round" in record["why"]
+    assert last["too_small"] >= 0 and all(n >= GSIG**2 for n in np.diff(done.A.tocsc().indptr))
     cut = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400, max_iter=1, tol=1e-9)
     assert cut.convergence["stop"] == "max_iter" and not cut.convergence["converged"]
     assert cut.convergence["why"].startswith("not converged after 1 round (max_iter): change ")

@@ -807,7 +807,26 @@ def _iterate(
         if stop is not None:
             history[-1]["stop"] = stop  # how it ended (_convergence)
             break
+    footprints, c, history[-1]["too_small"] = _drop_too_small(
+        footprints, c, max(min_pixels, int(round(params.gSig * params.gSig)))
+    )
     return footprints, c, history
+
+
+def _drop_too_small(footprints: Footprints, c, least: int) -> tuple[Footprints, object, int]:
+    """The components whose footprint has at least ``least`` pixels, their traces, and how many were dropped.
+
+    Applied once the rounds end, with ``least`` = gSig^2 (CNMF-E's ``min_pixel``): a footprint that
+    small is not the shape of a cell gSig across, whatever its trace. Not in the rounds, where a dim
+    neuron's first footprints are that small and grow. When every footprint is that small, all are
+    kept, for the user to see what the gSig given found.
+    """
+    keep = np.array([k for k, im in enumerate(footprints.images) if np.count_nonzero(im) >= least], np.int64)
+    if len(keep) == 0 or len(keep) == len(footprints):
+        return footprints, c, 0
+    c, dropped = c.take(keep), c
+    dropped.close()
+    return footprints.subset(keep), c, len(footprints) - len(keep)
 
 
 # With ``residual_seeds``, after this many rounds the neurons the seeds missed are looked for in the
