@@ -157,8 +157,8 @@ def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
     threshold at the record, whatever the recording's length, frame rate or noise level (a little
     more than that: the baseline, the median of raw minus denoised trace, sits slightly below a noise
     trace's centre, which favours rises); `false_alarm_level` is where far fewer would. ``-inf``
-    when no trace can be scored. ``c`` and ``c_raw``
-    (K, T) are arrays or `TraceFile` s, read one neuron at a time.
+    when no trace can be scored. ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one
+    neuron at a time.
     """
     dips = dip_snrs(c, c_raw, bounds, n)
     return float(dips.max()) if dips.size else -np.inf

@@ -813,7 +813,7 @@ def _iterate(
     return footprints, c, history
 
 
-def _drop_too_small(footprints: Footprints, c, least: int) -> tuple[Footprints, object, int]:
+def _drop_too_small(footprints: Footprints, c: TraceFile, least: int) -> tuple[Footprints, TraceFile, int]:
     """The components whose footprint has at least ``least`` pixels, their traces, and how many were dropped.
 
     Applied once the rounds end, with ``least`` = gSig^2 (CNMF-E's ``min_pixel``): a footprint that
