@@ -297,6 +297,24 @@ def test_footprints_smaller_than_gsig_squared_are_dropped_when_the_rounds_end(tm
     assert dropped == 0 and len(kept) == 2 and c3 is c2
 
 
+def test_the_seed_threshold_of_one_batch_follows_the_peak_of_noise_over_its_frames():
+    """min_pnr is set on the PNR image, each pixel's peak over the whole recording; a batch's peaks are lower.
+    On white noise the batch threshold from the whole recording's median peak sits at the batches' median
+    peak or a little above it (sqrt(2 ln n) overstates short maxima): like is compared with like."""
+    from caliali._noise import psd_noise
+    from caliali.extraction._initialize import batch_min_pnr
+
+    y = np.random.default_rng(0).standard_normal((2000, 3000)).astype(np.float32)
+    whole = float(np.median(y.max(axis=0) / psd_noise(y)))
+    for frames in (100, 400):
+        peaks = [
+            np.median(y[i : i + frames].max(axis=0) / psd_noise(y[i : i + frames])) for i in range(0, 2000, frames)
+        ]
+        assert np.mean(peaks) <= batch_min_pnr(whole, frames, 2000) <= 1.08 * np.mean(peaks)
+    assert batch_min_pnr(4.0, 2000, 2000) == 4.0 and batch_min_pnr(4.0, 3000, 2000) == 4.0  # one batch: as set
+    assert batch_min_pnr(4.0, 1, 2000) == 0.0  # one frame has no noise to measure: the batch drops every seed
+
+
 def test_how_the_rounds_ended_is_recorded():
     y, _, _, bounds = _movie([(20, 24)])
     done = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400)

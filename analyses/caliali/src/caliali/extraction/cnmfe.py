@@ -36,7 +36,7 @@ from ._deconv import deconvolve_trace
 from ._errors import ExtractionError
 from ._footprints import Footprints, box_around, box_intersection, image_dot
 from ._hals import spatial_hals, temporal_hals
-from ._initialize import initialize_batch
+from ._initialize import batch_min_pnr, initialize_batch
 from ._merge import merge_components
 from ._params import ExtractionParams, auto_min_pnr
 from ._postprocess import finalize_traces
@@ -96,7 +96,7 @@ def _initialize(
             frames,
             seeds,
             gSig=gSig,
-            min_pnr=min_pnr,
+            min_pnr=batch_min_pnr(min_pnr, batch.stop - batch.start, source.n_frames),
             patch_size=patch_size,
             patch_overlap=patch_overlap,
             box_factor=box_factor,
