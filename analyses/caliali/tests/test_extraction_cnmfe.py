@@ -369,13 +369,13 @@ def test_automatic_min_snr_lets_noise_through_rarely_up_to_3():
     80 components fitted to noise passes, and over 20 draws of the noise about one in 20 runs lets one through
     where the deepest dip as the level (the record) lets about one through in every run; a trace that dips
     beyond 3 caps the level at 3."""
-    from caliali.extraction._quality import dip_snrs, event_frames, event_snr, false_alarm_level, noise_record
+    from caliali.extraction._quality import dip_snrs, event_frames, event_snr, false_alarm_level
     from caliali.extraction.cnmfe import _remove_false_positives
 
     bounds = np.array([0, 2000])
     c, c_raw = _event_traces(0, [8.0] * 10 + [2.0], 80)  # ten clear neurons, then a weak one (index 10)
     n = event_frames(c, c_raw)
-    weak, record = event_snr(c_raw[10], c[10], bounds, n), noise_record(c, c_raw, bounds, n)
+    weak, record = event_snr(c_raw[10], c[10], bounds, n), dip_snrs(c, c_raw, bounds, n).max()
     level = false_alarm_level(dip_snrs(c, c_raw, bounds, n))
     assert record < level < weak < 3.0
     image = np.ones((3, 3), np.float32) / 3
@@ -398,7 +398,7 @@ def test_automatic_min_snr_lets_noise_through_rarely_up_to_3():
     c_raw[0, 500:515] -= 4.0
     fp = fp.subset(range(len(c)))
     keep, used = _remove_false_positives(fp, c, c_raw, min_pixels=3, min_snr="auto", bounds=bounds)
-    assert noise_record(c, c_raw, bounds, n) > 3.0 and used == 3.0 and keep.tolist() == list(range(10))
+    assert dip_snrs(c, c_raw, bounds, n).max() > 3.0 and used == 3.0 and keep.tolist() == list(range(10))
     # traces too short to score a run (2 frames): no dips, so the cap; every event scores -inf
     keep, used = _remove_false_positives(fp, c[:, :2], c_raw[:, :2], min_pixels=3, min_snr="auto", bounds=[0, 2])
     assert used == 3.0 and keep.size == 0

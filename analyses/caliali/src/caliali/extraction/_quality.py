@@ -22,7 +22,6 @@ __all__ = [
     "event_frames",
     "event_snr",
     "false_alarm_level",
-    "noise_record",
 ]
 
 # ``min_snr="auto"`` never asks more than this of a component (the fixed default before it)
@@ -146,19 +145,3 @@ def false_alarm_level(dips: np.ndarray, expected: float = AUTO_FALSE_ALARMS) -> 
     u = float(d[m])
     beta = float(np.mean(d[:m] - u))
     return max(float(d[0]), u + beta * float(np.log(m / expected)))
-
-
-def noise_record(c, c_raw, bounds: np.ndarray, n: int) -> float:
-    """The largest dip SNR (`event_snr` with ``dips``) over the components with a nonzero trace: how
-    exceptional a run of ``n`` frames the noise of these traces reaches, in the event SNR's units.
-
-    Noise is as likely to rise as to dip, so a component fitted to noise rises above the record of K
-    components' dips with a chance of about 1 / (K + 1): about one such component in a round passes a
-    threshold at the record, whatever the recording's length, frame rate or noise level (a little
-    more than that: the baseline, the median of raw minus denoised trace, sits slightly below a noise
-    trace's centre, which favours rises); `false_alarm_level` is where far fewer would. ``-inf``
-    when no trace can be scored. ``c`` and ``c_raw`` (K, T) are arrays or `TraceFile` s, read one
-    neuron at a time.
-    """
-    dips = dip_snrs(c, c_raw, bounds, n)
-    return float(dips.max()) if dips.size else -np.inf

@@ -360,9 +360,8 @@ def _remove_false_positives(
     if bounds is None:
         bounds = np.array([0, c.shape[1]])
     n = event_frames(c, c_raw)
+    # "auto" with too few traces to tell the dips' tail (an infinite level): the cap
     level = float(min_snr) if min_snr != "auto" else min(AUTO_SNR_CAP, false_alarm_level(dip_snrs(c, c_raw, bounds, n)))
-    if not np.isfinite(level):  # no trace long enough to score: the cap
-        level = AUTO_SNR_CAP
     keep = []
     for k in range(len(footprints)):
         if np.count_nonzero(footprints.images[k]) < min_pixels:
@@ -807,9 +806,7 @@ def _iterate(
         if stop is not None:
             history[-1]["stop"] = stop  # how it ended (_convergence)
             break
-    footprints, c, history[-1]["too_small"] = _drop_too_small(
-        footprints, c, max(min_pixels, int(round(params.gSig * params.gSig)))
-    )
+    footprints, c, history[-1]["too_small"] = _drop_too_small(footprints, c, max(3, int(round(params.gSig**2))))
     return footprints, c, history
 
 
