@@ -212,3 +212,25 @@ def test_session_chunks_span_files_and_skip_to_a_start(simulation):
     np.testing.assert_array_equal(np.concatenate(chunks), whole[100:])
     halved = np.concatenate(list(session_chunks(session, batch_frames=30, spatial_ds=2, temporal_ds=3)))
     assert halved.shape == (67, 40, 48)
+
+
+def test_frames_with_nothing_to_register_on_take_their_neighbours_shifts():
+    # A still recording whose first frames hold noise alone (nothing lit yet) and a few more in the
+    # middle: the noise's correlation with the template peaks at a random lag, which was taken as a
+    # shift of up to max_shift and cut that much off every side of the valid mask.
+    rng = np.random.default_rng(5)
+    scene = _vessel_scene(seed=5)
+    frames = np.repeat(scene[None], 120, axis=0) + rng.normal(0, 0.03, (120, *scene.shape)).astype(np.float32)
+    blank = [0, 1, 2, 3, 60, 61, 95]
+    frames[blank] = scene.mean() + rng.normal(0, 0.03, (len(blank), *scene.shape)).astype(np.float32)
+    written = []
+    result = correct_frames((frames[i : i + 40] for i in range(0, 120, 40)), gSig=3, out=written.append)
+    assert np.flatnonzero(~result.registered).tolist() == blank
+    assert np.abs(result.shifts).max() < 0.3
+    assert result.valid_mask[1:-1, 1:-1].all()  # a sub-pixel shift costs the edge pixel, no more
+    assert result.summary()["n_unregistered"] == len(blank)
+    # without the check the same frames move by whole pixels
+    from caliali.motion.rigid import estimate_shifts
+
+    raw, _ = estimate_shifts(frames[blank], result.template)
+    assert np.abs(raw).max() > 2

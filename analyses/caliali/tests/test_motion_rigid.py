@@ -73,3 +73,25 @@ def test_bad_shapes_are_rejected():
         estimate_shifts(np.zeros((2, 10, 10)), np.zeros((10, 11)))
     with pytest.raises(MotionError, match="border"):
         estimate_shifts(np.zeros((2, 40, 40)), np.zeros((40, 40)), border=0.6)
+
+
+def test_a_peak_among_many_of_noise_is_not_distinct():
+    rng = np.random.default_rng(7)
+    base = _scene(7)
+    frames = _fourier_moved(base, [(2.0, -3.0)] * 4) + rng.normal(0, 0.2 * base.std(), (4, *base.shape))
+    noise = _scene(8)[None] + 0 * frames[:1]  # an unrelated image: its peaks are chance
+    _, _, distinct = estimate_shifts(np.concatenate([frames, noise]).astype(np.float32), base, distinctness=True)
+    assert distinct[:4].min() > 5
+    assert distinct[4] < 2
+
+
+def test_unregistered_shifts_are_interpolated_between_registered_ones():
+    from caliali.motion.rigid import fill_unregistered
+
+    shifts = np.array([[9.0, 9], [1, 2], [7, -7], [3, 4], [8, 8]])
+    ok = np.array([False, True, False, True, False])
+    np.testing.assert_allclose(fill_unregistered(shifts, ok), [[1, 2], [1, 2], [2, 3], [3, 4], [3, 4]])
+    np.testing.assert_allclose(
+        fill_unregistered(shifts, ok, before=np.array([0.0, 0])), [[0.5, 1], [1, 2], [2, 3], [3, 4], [3, 4]]
+    )
+    np.testing.assert_allclose(fill_unregistered(shifts, np.zeros(5, bool)), np.zeros((5, 2)))

@@ -88,6 +88,7 @@ class Corrector:
         self.shifts: list[np.ndarray] = []
         self.dropped: list[np.ndarray] = []
         self.peak: list[np.ndarray] = []
+        self.registered: list[np.ndarray] = []
         self.shape: tuple[int, int] | None = None
         self.done = 0
         self._held: list[np.ndarray] = []  # first chunks, until the seed is long enough
@@ -115,19 +116,23 @@ class Corrector:
         dropped = ~frames.reshape(len(frames), -1).any(axis=1)
         shifts = np.full((len(frames), 2), np.nan)
         peak = np.full(len(frames), np.nan)
+        registered = np.zeros(len(frames), bool)
         if not dropped.any():  # the common case, without extra copies
-            shifts[:], peak[:] = self.template.register(bv_filter(frames, gSig=self.gSig))
+            shifts[:], peak[:], registered[:] = self.template.register(
+                bv_filter(frames, gSig=self.gSig), with_registered=True
+            )
             corrected = apply_shifts(frames, shifts, interpolation=self.interpolation)
         else:
             corrected = np.zeros_like(frames)
             if (~dropped).any():
                 keep = frames[~dropped]
-                s, p = self.template.register(bv_filter(keep, gSig=self.gSig))
-                shifts[~dropped], peak[~dropped] = s, p
+                s, p, r = self.template.register(bv_filter(keep, gSig=self.gSig), with_registered=True)
+                shifts[~dropped], peak[~dropped], registered[~dropped] = s, p, r
                 corrected[~dropped] = apply_shifts(keep, s, interpolation=self.interpolation)
         self.shifts.append(shifts)
         self.dropped.append(dropped)
         self.peak.append(peak)
+        self.registered.append(registered)
         self.done += len(frames)
         return self.filler.feed(corrected, dropped)
 
@@ -156,6 +161,7 @@ class Corrector:
             dropped=dropped,
             peak=np.concatenate(self.peak),
             template=np.asarray(self.template.template, dtype=np.float32),
+            registered=np.concatenate(self.registered),
         )
 
     # -- resuming ------------------------------------------------------------------
@@ -168,6 +174,10 @@ class Corrector:
             "shifts": np.concatenate(self.shifts) if self.shifts else np.zeros((0, 2)),
             "dropped": np.concatenate(self.dropped) if self.dropped else np.zeros(0, bool),
             "peak": np.concatenate(self.peak) if self.peak else np.zeros(0),
+            "registered": np.concatenate(self.registered) if self.registered else np.zeros(0, bool),
+            "last_registered": np.zeros((0, 2))
+            if self.template.last_registered is None
+            else self.template.last_registered[None],
             "template": empty[:0] if self.template.template is None else self.template.template[None],
             "template_frames": np.array(self.template.n_frames),
             "last": empty if self.filler.last is None else self.filler.last[None],
@@ -179,6 +189,10 @@ class Corrector:
         h, w = (int(n) for n in state["shape"])
         self.shape = (h, w) if h and w else None
         self.shifts, self.dropped, self.peak = [state["shifts"]], [state["dropped"]], [state["peak"]]
+        # a state saved before frames were checked for registering: every frame then counted as registered
+        self.registered = [state.get("registered", ~state["dropped"].astype(bool))]
+        last = state.get("last_registered", np.zeros((0, 2)))
+        self.template.last_registered = last[0].astype(np.float64) if len(last) else None
         self.done = len(state["shifts"])
         self.template.template = state["template"][0].astype(np.float64) if len(state["template"]) else None
         self.template.n_frames = int(state["template_frames"])

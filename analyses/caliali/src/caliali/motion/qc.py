@@ -71,10 +71,13 @@ def plot_session_qc(
         ax.plot(frames, motion.shifts[:, 1], lw=0.8, label="dx (cols)")
         if motion.dropped.any():
             ax.plot(frames[motion.dropped], motion.shifts[motion.dropped, 0], "rx", ms=4, label="dropped (filled)")
+        unregistered = ~motion.registered & ~motion.dropped
+        if unregistered.any():
+            ax.plot(frames[unregistered], motion.shifts[unregistered, 0], "k.", ms=3, label="did not register (filled)")
         s = motion.summary()
         ax.set_title(
             f"rigid motion: max {s['max_shift_px']:.2f} px, valid area {100 * s['valid_fraction']:.0f}%, "
-            f"{s['n_dropped']} dropped frames"
+            f"{s['n_dropped']} dropped frames, {s['n_unregistered']} that did not register"
         )
         ax.set_xlabel("frame")
         ax.set_ylabel("shift (px)")

@@ -33,6 +33,10 @@ class MotionResult:
         (NaN for dropped frames): low values flag frames that did not register.
     template : (h, w) float32
         The final blood-vessel template.
+    registered : (t,) bool
+        Frames whose correlation peak stood out (:data:`caliali.motion.rigid.MIN_DISTINCT`);
+        the others, and dropped frames, carry shifts interpolated from the
+        frames around them that registered.
     """
 
     shifts: np.ndarray
@@ -40,6 +44,11 @@ class MotionResult:
     dropped: np.ndarray
     peak: np.ndarray
     template: np.ndarray
+    registered: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.registered is None:
+            object.__setattr__(self, "registered", ~np.asarray(self.dropped, bool))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         # ``shifts, valid_mask = correct_session(...)`` unpacks the two that
@@ -59,13 +68,13 @@ class MotionResult:
             "summary": folder / f"{name}_summary.json",
         }
         np.save(paths["shifts"], self.shifts)
-        table = np.column_stack([np.arange(len(self.shifts)), self.shifts, self.dropped, self.peak])
+        table = np.column_stack([np.arange(len(self.shifts)), self.shifts, self.dropped, self.peak, self.registered])
         np.savetxt(
             paths["shifts_csv"],
             table,
             delimiter=",",
-            fmt=["%d", "%.4f", "%.4f", "%d", "%.4f"],
-            header="frame,dy,dx,dropped,peak",
+            fmt=["%d", "%.4f", "%.4f", "%d", "%.4f", "%d"],
+            header="frame,dy,dx,dropped,peak,registered",
             comments="",
         )
         np.save(paths["valid_mask"], self.valid_mask)
@@ -86,6 +95,7 @@ class MotionResult:
                 dropped=table[:, 3].astype(bool),
                 peak=table[:, 4],
                 template=np.load(folder / f"{name}_template.npy"),
+                registered=table[:, 5].astype(bool) if table.shape[1] > 5 else None,
             )
         except (OSError, ValueError, IndexError) as exc:
             from ._errors import MotionError
@@ -98,6 +108,7 @@ class MotionResult:
         return {
             "n_frames": len(self.shifts),
             "n_dropped": int(self.dropped.sum()),
+            "n_unregistered": int((~self.registered & ~self.dropped).sum()),
             "max_shift_px": float(mag.max()),
             "median_shift_px": float(np.median(mag)),
             "valid_fraction": float(self.valid_mask.mean()),
