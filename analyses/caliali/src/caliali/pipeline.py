@@ -6,6 +6,8 @@ chunk size, not by the recording's length)::
     gsig          (gSig 'auto') the neuron radius from the first session's first frames -> summary.json
     motion        downsample + rigid motion correction per session -> work/motion_<i>.zarr
     projections   mean, blood vessels, Cn, PNR per session          -> work/projections_<i>.npz
+                  (only when sessions are aligned: otherwise each session's QC shows the
+                  extraction's own mean, Cn and PNR, computed in its first pass)
     alignment     translation + groupwise demons across sessions    -> <out>/alignment/
     apply         every frame warped into the common frame          -> work/aligned.zarr
     extraction    CNMF-E on the aligned movie, outputs written      -> <out>/arrays, neurons.nwb, caiman.hdf5, qc/
@@ -269,6 +271,24 @@ def _session_qc(out: Path, work: Path, key: str, session_id: str, proj: Any) -> 
     save_session_qc(out / "qc" / "sessions", f"session_{session_id}", motion=motion, projections=proj)
 
 
+def _session_qc_from_extraction(out: Path, work: Path, ids: list[str], images: Any, gsig: float) -> None:
+    """Each session's QC picture (mean, blood vessels, Cn, PNR, motion) from the extraction's images:
+    its Cn and PNR are the ones the seeds were placed on, its vessels the BV filter of the mean frame."""
+    from caliali.projections import Projections
+    from caliali.projections.vessels import bv_filter
+
+    for i, session_id in enumerate(ids):
+        kinds = images.session(i)
+        proj = Projections(
+            mean=kinds["mean"],
+            bv=bv_filter(kinds["mean"], gSig=gsig).astype(np.float32),
+            cn=kinds["Cn"],
+            pnr=kinds["PNR"],
+            n_frames=int(images.frames[i]),
+        )
+        _session_qc(out, work, f"motion_{i}", session_id, proj)
+
+
 def _neuron_image(proj: Any) -> np.ndarray:
     image = proj.cn * proj.pnr
     top = float(np.percentile(image, 99.9)) or 1.0
@@ -393,10 +413,14 @@ def run(
         config, gsig_from = _timed(timings, "gsig", lambda: _estimate_gsig(experiment, with_fs, report))
     ids = [s.id for s in experiment.sessions]
     motion = _timed(timings, "motion", lambda: _motion(experiment, config, work, report, state))
-    projections = _timed(
-        timings, "projections", lambda: _projections(experiment, config, motion, work, out, report, state)
-    )
-    if len(ids) > 1 and config.alignment:
+    aligning = len(ids) > 1 and config.alignment
+    if aligning:  # the sessions' projections are what alignment registers
+        projections = _timed(
+            timings, "projections", lambda: _projections(experiment, config, motion, work, out, report, state)
+        )
+    else:  # only the QC would show them: it shows the extraction's own images instead, at no extra pass
+        report.stage("projections")(1.0, "not needed: nothing to align")
+    if aligning:
         alignment = _timed(
             timings, "alignment", lambda: _alignment(experiment, config, projections, motion, out, report, state)
         )
@@ -409,7 +433,21 @@ def run(
         paths = _timed(
             timings,
             "extraction",
-            lambda: _extract(video, bounds, valid, ids, config, out, work, report, origin, rate, region, gsig_from),
+            lambda: _extract(
+                video,
+                bounds,
+                valid,
+                ids,
+                config,
+                out,
+                work,
+                report,
+                origin,
+                rate,
+                region,
+                gsig_from,
+                session_qc=not aligning,
+            ),
         )
     except ExtractionError as error:
         if gsig_from != "set":
@@ -665,7 +703,11 @@ def _extract(
     rate: Any,
     region: _Region,
     gsig_from: str,
+    *,
+    session_qc: bool = False,
 ) -> dict[str, Any]:
+    """Extract the neurons and write the outputs; ``session_qc``: also each session's QC picture, from
+    the images the extraction computed (when no projections stage ran for them)."""
     from caliali.extraction import ExtractionParams, extract
     from caliali.outputs import write_outputs
     from caliali.roi import on_run_grid
@@ -714,6 +756,8 @@ def _extract(
         )
     )
     np.save(out / "arrays" / "valid_mask.npy", valid)
+    if session_qc and config.qc and result.images is not None:
+        _session_qc_from_extraction(out, work, ids, result.images, config.gsig_ds)
     paths["_n_neurons"] = int(result.A.shape[1])
     used = result.params or {}
     paths["_seed_thresholds"] = {k: used.get(k) for k in ("min_corr", "min_pnr", "min_pnr_from")}
