@@ -38,7 +38,7 @@ from ._footprints import Footprints, box_around, box_intersection, image_dot
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import batch_min_pnr, initialize_batch
 from ._merge import merge_components
-from ._params import ExtractionParams, auto_min_pnr
+from ._params import AUTO_PNR_SIGMAS, ExtractionParams, auto_min_pnr
 from ._postprocess import finalize_traces
 from ._result import Extraction
 from ._seeds import find_seeds
@@ -854,6 +854,24 @@ class _Residual:
         return frames
 
 
+def residual_min_corr(cn: np.ndarray) -> float:
+    """The local correlation a seed in the residual needs: the residual's Cn image's median plus
+    ``AUTO_PNR_SIGMAS`` robust standard deviations (as ``min_pnr: auto`` reads the PNR image).
+
+    What the model explains is gone from the residual: what is left is noise, whose pixels hardly
+    move together, and the few neurons the seeds missed, whose pixels do. Held to ``min_corr`` alone
+    (0.1), the residual of a 2,000-frame movie of 200 neurons gave 1,134 seeds, each fitted in every
+    batch and then removed by the event SNR but for 14; this level (0.26 there) leaves 286, among them
+    every seed of a neuron the residual added (Cn 0.33-0.74).
+    """
+    values = np.asarray(cn, np.float64)
+    values = values[np.isfinite(values) & (values > -1)]  # -1: no batch long enough to measure
+    if values.size == 0:
+        return 0.0
+    median = float(np.median(values))
+    return median + AUTO_PNR_SIGMAS * 1.4826 * float(np.median(np.abs(values - median)))
+
+
 def _seed_residual(
     source: FrameSource,
     batches: list[Batch],
@@ -882,7 +900,8 @@ def _seed_residual(
     """
     residual = _Residual(source, bounds, footprints, c, background)
     whole = session_images(residual, session_bounds=bounds, gSig=params.gSig, batch_frames=longest).whole()
-    seeds = find_seeds(whole["Cn"], whole["PNR"], gSig=params.gSig, min_corr=params.min_corr, min_pnr=params.min_pnr)
+    min_corr = max(params.min_corr, residual_min_corr(whole["Cn"]))
+    seeds = find_seeds(whole["Cn"], whole["PNR"], gSig=params.gSig, min_corr=min_corr, min_pnr=params.min_pnr)
     if len(seeds):
         core = np.zeros(source.frame_shape, bool)
         for k, image in enumerate(footprints.images):
