@@ -8,14 +8,15 @@ model lacks stands out there, and a cell it has leaves only its misfit, which is
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-from caliali.extraction import ExtractionParams, extract
+from caliali.extraction import ExtractionParams, extract, summary_images
 from caliali.extraction._background import RingBackground
 from caliali.extraction._batches import plan_batches
 from caliali.extraction._footprints import Footprints, box_around
 from caliali.extraction._source import open_source
 from caliali.extraction._traces import TraceFile
-from caliali.extraction.cnmfe import _seed_residual
+from caliali.extraction.cnmfe import _seed_residual, residual_min_corr
 from caliali.score import footprint_masks, iou_matrix
 
 GSIG = 3.0
@@ -76,3 +77,17 @@ def test_extraction_with_residual_seeds_records_what_it_added_and_finds_both_cel
     assert iou.max(axis=0).min() >= 0.5, iou.max(axis=0)
     default = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400)
     assert all(h["added"] == 0 for h in default.history), "residual seeds are off by default"
+
+
+def test_the_residual_is_seeded_where_its_pixels_move_together_not_where_noise_peaks():
+    # what a residual holds: noise, and a cell the model lacks
+    rng = np.random.default_rng(11)
+    _, a, c = _movie(frames=400)
+    y = (np.tensordot(c[1:], a[1:], axes=(0, 0)) + 0.05 * rng.standard_normal((400, *DIMS))).astype(np.float32)
+    cn, _ = summary_images(y, gSig=GSIG)
+    level = residual_min_corr(cn)
+    assert cn[DIM] > level, (float(cn[DIM]), level)
+    far = ~ndimage.binary_dilation(a[1] > 0, iterations=int(2 * GSIG))
+    passing = (cn[far] >= level).mean()
+    assert passing < 0.05, "the noise's own local correlation passes"
+    assert (cn[far] >= 0.1).mean() > 2 * passing, "min_corr's default alone lets as much noise through"

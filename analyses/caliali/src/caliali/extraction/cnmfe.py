@@ -38,7 +38,7 @@ from ._footprints import Footprints, box_around, box_intersection, image_dot
 from ._hals import spatial_hals, temporal_hals
 from ._initialize import batch_min_pnr, initialize_batch
 from ._merge import merge_components
-from ._params import AUTO_PNR_SIGMAS, ExtractionParams, auto_min_pnr
+from ._params import ExtractionParams, auto_min_pnr
 from ._postprocess import finalize_traces
 from ._result import Extraction
 from ._seeds import find_seeds
@@ -855,21 +855,26 @@ class _Residual:
 
 
 def residual_min_corr(cn: np.ndarray) -> float:
-    """The local correlation a seed in the residual needs: the residual's Cn image's median plus
-    ``AUTO_PNR_SIGMAS`` robust standard deviations (as ``min_pnr: auto`` reads the PNR image).
+    """The local correlation a seed in the residual needs: the level that all but 2.3 % of the
+    residual's Cn image stays under (the 97.7th percentile: two standard deviations above the middle,
+    were it normal; it is not: Cn counts a pixel's values under 3 noise sd as zero, so a third to a
+    half of the noise's pixels sit at 0 and the median and its deviation say nothing).
 
     What the model explains is gone from the residual: what is left is noise, whose pixels hardly
     move together, and the few neurons the seeds missed, whose pixels do. Held to ``min_corr`` alone
     (0.1), the residual of a 2,000-frame movie of 200 neurons gave 1,134 seeds, each fitted in every
-    batch and then removed by the event SNR but for 14; this level (0.26 there) leaves 286, among them
-    every seed of a neuron the residual added (Cn 0.33-0.74).
+    batch and then removed by the event SNR but for 14; this level (0.29 there) leaves about 250,
+    among them every seed of a neuron the residual added (Cn 0.33-0.74).
     """
     values = np.asarray(cn, np.float64)
     values = values[np.isfinite(values) & (values > -1)]  # -1: no batch long enough to measure
     if values.size == 0:
         return 0.0
-    median = float(np.median(values))
-    return median + AUTO_PNR_SIGMAS * 1.4826 * float(np.median(np.abs(values - median)))
+    return float(np.percentile(values, 100 * RESIDUAL_CN_QUANTILE))
+
+
+# the share of the residual's Cn image a seed there must stand above (a normal's mean + 2 sd)
+RESIDUAL_CN_QUANTILE = 0.9772
 
 
 def _seed_residual(
