@@ -94,6 +94,14 @@ def test_cli_refuses_a_wrong_config_before_running(tmp_path, experiment):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_takes_the_config_as_json_text(tmp_path, experiment):
+    r = _caliali("run", "--input", str(experiment), "--config", '{"spatial_ds": 0}', "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "spatial_ds" in r.stderr and "Traceback" not in r.stderr
+    r = _caliali("run", "--input", str(experiment), "--config", '{"gSig": 3, ', "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not a valid JSON or YAML mapping" in r.stderr and "Traceback" not in r.stderr
+    assert load_config('{"gSig": 3, "min_pnr": 5}').min_pnr == 5
+
+
 def test_cli_names_a_missing_input(tmp_path):
     r = _caliali("run", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"))
     assert r.returncode != 0 and "Traceback" not in r.stderr

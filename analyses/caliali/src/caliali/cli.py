@@ -192,7 +192,12 @@ def info(
 def run(
     input: Annotated[Path, typer.Option("--input", help="Experiment: folder of session videos, manifest, or video.")],
     output: Annotated[Path, typer.Option("--output", help="Folder for results (arrays, NWB, QC, alignment).")],
-    config: Annotated[Path | None, typer.Option("--config", help="YAML/JSON parameters (defaults if omitted).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="A YAML/JSON file of parameters, or the parameters as JSON text (defaults if omitted)."
+        ),
+    ] = None,
     work: Annotated[
         Path | None,
         typer.Option(help="Intermediates folder, also for extraction's temporary trace files (default <output>/work)."),

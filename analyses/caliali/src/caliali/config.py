@@ -362,6 +362,12 @@ def _read(source: str | Path | dict[str, Any] | None) -> dict[str, Any]:
         return {}
     if isinstance(source, dict):
         raw: Any = source
+    elif str(source).lstrip().startswith("{") and not Path(source).exists():
+        # the parameters written out on the command line (--config '{"gSig": 3}'): JSON is YAML too
+        try:
+            raw = yaml.safe_load(str(source))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {str(source)!r}: not a valid JSON or YAML mapping ({exc})") from exc
     else:
         path = Path(source)
         try:
