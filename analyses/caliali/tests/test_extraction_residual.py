@@ -69,6 +69,33 @@ def test_a_cell_the_model_lacks_is_seeded_in_the_residual_and_the_one_it_has_is_
     assert np.corrcoef(c_both[k], c[1])[0, 1] > 0.8, "the new component's trace is not the dim cell's"
 
 
+def test_the_residual_is_not_seeded_outside_the_valid_mask(tmp_path):
+    # the edges motion correction filled from their neighbours hold junk that moves with the motion
+    y, a, c = _movie()
+    bounds = np.array([0, len(y)])
+    box = box_around(*BRIGHT, 8, DIMS)
+    image = a[0][box[0] : box[1], box[2] : box[3]]
+    norm = float(np.sqrt((image.astype(np.float64) ** 2).sum()))
+    background = RingBackground(DIMS, 1, ring_radius=1.5 * 4 * GSIG)
+    background.b0[0] = 1.0
+    valid = np.ones(DIMS, bool)
+    valid[:, DIM[1] - 4 :] = False  # the dim cell lies where the frames were not real
+    both, _, added = _seed_residual(
+        open_source(y),
+        plan_batches(bounds, DIMS, batch_frames=400),
+        bounds,
+        Footprints(DIMS, [box], [image / norm]),
+        TraceFile.from_array(c[:1] * norm, directory=tmp_path),
+        background,
+        ExtractionParams(gSig=GSIG, min_corr=0.4, min_pnr=6),
+        longest=400,
+        work_dir=tmp_path,
+        valid_mask=valid,
+    )
+    peaks = [np.unravel_index(int(np.argmax(both.dense(k))), DIMS) for k in range(1, len(both))]
+    assert all(valid[p] for p in peaks), peaks
+
+
 def test_extraction_with_residual_seeds_records_what_it_added_and_finds_both_cells():
     y, a, _ = _movie()
     out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, residual_seeds=True)

@@ -586,6 +586,7 @@ def extract(
         progress=progress,
         work_dir=work_dir,
         allowed=allowed,
+        valid_mask=valid_mask,
     )
     return _finish(
         source,
@@ -715,8 +716,12 @@ def _iterate(
     progress: Progress,
     work_dir,
     allowed: np.ndarray | None = None,
+    valid_mask: np.ndarray | None = None,
 ) -> tuple[Footprints, TraceFile, list[dict]]:
-    """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence."""
+    """Rounds of background, temporal and spatial updates, false-positive removal and merges, to convergence.
+
+    ``allowed``: where footprints may reach (the ROI); ``valid_mask``: where seeds may be (the pixels
+    real in every frame), for the seeds in the residual as for the first ones."""
     history: list[dict] = []
     started = len(footprints)
     min_pixels = max(3, int(round(0.5 * params.gSig * params.gSig)))
@@ -785,7 +790,16 @@ def _iterate(
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
             _report(progress, lo, lo + span, 1.0, f"iteration {it + 1}: seeds in the residual")
             footprints, c, added = _seed_residual(
-                source, batches, bounds, footprints, c, background, params, longest=longest, work_dir=work_dir
+                source,
+                batches,
+                bounds,
+                footprints,
+                c,
+                background,
+                params,
+                longest=longest,
+                work_dir=work_dir,
+                valid_mask=valid_mask,
             )
             footprints = footprints.confined(allowed)
         history.append(
@@ -888,6 +902,7 @@ def _seed_residual(
     *,
     longest: int,
     work_dir,
+    valid_mask: np.ndarray | None = None,
 ) -> tuple[Footprints, TraceFile, int]:
     """The components with new ones fitted at the seeds of the residual; their traces; how many were added.
 
@@ -896,7 +911,9 @@ def _seed_residual(
     neighbour's first fit took with it, stands out there. A seed inside the core (half the maximum)
     of a component is that component's misfit, not a new neuron, and is skipped. Seeds on noise are
     fitted too, as in the first seeding, and removed by the event SNR at the next round: that and
-    the two passes over the movie are the time this costs.
+    the two passes over the movie are the time this costs. Seeds outside ``valid_mask`` are not
+    taken, as in the first seeding: where motion correction filled the frame's edges from the pixels
+    next to them, the residual holds those copies moving with the motion.
 
     References
     ----------
@@ -905,8 +922,11 @@ def _seed_residual(
     """
     residual = _Residual(source, bounds, footprints, c, background)
     whole = session_images(residual, session_bounds=bounds, gSig=params.gSig, batch_frames=longest).whole()
-    min_corr = max(params.min_corr, residual_min_corr(whole["Cn"]))
-    seeds = find_seeds(whole["Cn"], whole["PNR"], gSig=params.gSig, min_corr=min_corr, min_pnr=params.min_pnr)
+    cn_valid = whole["Cn"] if valid_mask is None else whole["Cn"][np.asarray(valid_mask, bool)]
+    min_corr = max(params.min_corr, residual_min_corr(cn_valid))
+    seeds = find_seeds(
+        whole["Cn"], whole["PNR"], gSig=params.gSig, min_corr=min_corr, min_pnr=params.min_pnr, valid_mask=valid_mask
+    )
     if len(seeds):
         core = np.zeros(source.frame_shape, bool)
         for k, image in enumerate(footprints.images):
