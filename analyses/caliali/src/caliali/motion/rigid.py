@@ -184,9 +184,10 @@ def _distinctness(win: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 def fill_unregistered(shifts: np.ndarray, registered: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
     """Shifts of the frames that did not register, interpolated linearly in time between the registered
-    frames around them; frames before the first registered one take ``before`` (the last registered
-    shift of the chunk before) or else the first registered shift, frames after the last the last one.
-    With no registered frame, every frame takes ``before``, or no shift."""
+    frames around them. ``before`` is the last registered shift of the chunk before, standing at the
+    frame before this chunk: frames ahead of the first registered one are interpolated from it, or,
+    without it, take the first registered shift; frames after the last registered one take its
+    shift. With no registered frame, every frame takes ``before``, or no shift."""
     out = np.array(shifts, dtype=np.float64, copy=True)
     ok = np.asarray(registered, bool)
     if ok.all():
