@@ -297,6 +297,19 @@ def test_footprints_smaller_than_gsig_squared_are_dropped_when_the_rounds_end(tm
     assert dropped == 0 and len(kept) == 2 and c3 is c2
 
 
+def test_the_footprint_floor_never_exceeds_a_quarter_of_the_median_footprint():
+    # gSig set 1.6 x too large (4.8 px for cells of 3): gSig^2 = 23 px would drop the smaller true cells
+    from caliali.extraction.cnmfe import least_pixels
+
+    sizes = [18, 20, 21, 21, 24, 25, 28, 32, 33, 35, 37, 39, 40, 43, 47, 50, 54, 58]
+    fp = Footprints((200, 200), [(0, 1, 0, n) for n in sizes], [np.ones((1, n), np.float32) for n in sizes])
+    assert least_pixels(fp, 4.8) == round(np.median(sizes) / 4) < min(sizes)
+    assert least_pixels(fp, 3.0) == 8  # the right gSig: about CNMF-E's min_pixel (9; a quarter of the median 8.5)
+    assert least_pixels(Footprints((200, 200), [(0, 1, 0, 60)] * 3, [np.ones((1, 60), np.float32)] * 3), 3.0) == 9
+    assert least_pixels(fp, 1.0) == 3  # never under 3
+    assert least_pixels(Footprints((5, 5), [], []), 3.0) == 9
+
+
 def test_the_seed_threshold_of_one_batch_follows_the_peak_of_noise_over_its_frames():
     """min_pnr is set on the PNR image, each pixel's peak over the whole recording; a batch's peaks are lower.
     On white noise the batch threshold from the whole recording's median peak sits at the batches' median
