@@ -847,8 +847,8 @@ def _drop_too_small(footprints: Footprints, c: TraceFile, least: int) -> tuple[F
     Applied once the rounds end, with ``least`` from `least_pixels` (gSig^2, CNMF-E's ``min_pixel``,
     unless a quarter of the median footprint is less): a footprint that small is not the shape of a
     cell, whatever its trace. Not in the rounds, where a dim neuron's first footprints are that small
-    and grow. When every footprint is that small, all are
-    kept, for the user to see what the gSig given found.
+    and grow. When every footprint is that small, all are kept, for the user to see what the gSig
+    given found.
     """
     keep = np.array([k for k, im in enumerate(footprints.images) if np.count_nonzero(im) >= least], np.int64)
     if len(keep) == 0 or len(keep) == len(footprints):
@@ -886,6 +886,10 @@ class _Residual:
         return frames
 
 
+# the share of the residual's Cn image a seed there must stand above (a normal's mean + 2 sd)
+RESIDUAL_CN_QUANTILE = 0.9772
+
+
 def residual_min_corr(cn: np.ndarray) -> float:
     """The local correlation a seed in the residual needs: the level that all but 2.3 % of the
     residual's Cn image stays under (the 97.7th percentile: two standard deviations above the middle,
@@ -895,7 +899,7 @@ def residual_min_corr(cn: np.ndarray) -> float:
     What the model explains is gone from the residual: what is left is noise, whose pixels hardly
     move together, and the few neurons the seeds missed, whose pixels do. Held to ``min_corr`` alone
     (0.1), the residual of a 2,000-frame movie of 200 neurons gave 1,134 seeds, each fitted in every
-    batch and then removed by the event SNR but for 14; this level (0.29 there) leaves about 250,
+    batch and then removed by the event SNR but for 14; this level (0.29 there) leaves 218,
     among them every seed of a neuron the residual added (Cn 0.33-0.74).
     """
     values = np.asarray(cn, np.float64)
@@ -903,10 +907,6 @@ def residual_min_corr(cn: np.ndarray) -> float:
     if values.size == 0:
         return 0.0
     return float(np.percentile(values, 100 * RESIDUAL_CN_QUANTILE))
-
-
-# the share of the residual's Cn image a seed there must stand above (a normal's mean + 2 sd)
-RESIDUAL_CN_QUANTILE = 0.9772
 
 
 def _seed_residual(
