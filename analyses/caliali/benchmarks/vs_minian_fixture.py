@@ -23,6 +23,14 @@ and for minian's units as the reference:
   support box (the bounding box of its nonzero pixels) for more than half that side — a
   footprint cut off by the box it was allowed to live in rather than by the cell's edge (box
   edges on the frame's border are left out: there the field of view cuts the cell);
+- how far the movie bears out each tool's units, using neither tool's other output: a unit's
+  footprint against its *event image*, the mean of the movie over the 10 frames where the unit's
+  own trace is highest less each pixel's 20th percentile (`movie_support`): the number of units
+  whose footprint correlates with it at 0.5 or more, the median correlation, and the median ratio
+  of the footprint's half-max area to the event image's (1: the footprint is the size the unit's
+  activity lights up); then caliali's IoU-F1 against minian's borne-out units only, with all of
+  caliali's units and with its borne-out ones (a fragment of a cell, or a patch of noise, scores
+  low against the whole cell its trace lights up; minian's units include many);
 - bright-maxima coverage: local maxima of the Gaussian-smoothed (sigma gSig: the config's, else the
   run's estimate) max projection
   that stand above median + 8 MAD of it (maxima of a (2 gSig + 1)-px square), and how many of them fall
@@ -55,6 +63,9 @@ DEFAULT_CONFIG = {"gSig": 4, "fs": 30, "motion_correction": False}
 MASK_FRACTION = 0.2
 IOU_THRESHOLD = 0.3
 BRIGHT_MADS = 8.0
+EVENT_FRAMES = 10  # frames of a unit's highest trace values averaged into its event image
+SUPPORT_HALF = 25  # px: half the side of the window a footprint is compared with its event image in
+SUPPORTED = 0.5  # a unit whose footprint correlates at least this well with its event image is borne out
 
 
 def read_zarr(name: str, array: str) -> np.ndarray:
@@ -128,6 +139,47 @@ def coverage(a: sparse.csc_array, dims: tuple[int, int], points: np.ndarray) -> 
     return covered[points[:, 0], points[:, 1]] if len(points) else np.zeros(0, bool)
 
 
+def movie_support(
+    a: sparse.csc_array, traces: np.ndarray, movie: np.ndarray, baseline: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """How well the movie itself bears out each unit: (support, half-max area ratio), one value per unit.
+
+    A unit's *event image* is the movie's mean over the `EVENT_FRAMES` frames where its own trace
+    is highest, less the per-pixel `baseline` (the 20th percentile of each pixel over the movie).
+    Its *support* is the correlation of the footprint with that image over a `SUPPORT_HALF`-px
+    window around the footprint's peak: a footprint that is a whole cell's shape scores high; a
+    fragment of a cell, or a patch of noise, low. The *area ratio* is the footprint's area at half
+    its maximum over the area of the event image's connected region at half its peak (the peak
+    taken within 3 px of the footprint's): 1 when the footprint is the size the unit's activity
+    lights up in the movie, under 1 when it is smaller. Nothing here uses the other tool's units.
+    """
+    dims = movie.shape[1:]
+    frames = movie.reshape(len(movie), -1)
+    support = np.full(a.shape[1], np.nan)
+    ratio = np.full(a.shape[1], np.nan)
+    for k in range(a.shape[1]):
+        fp = a[:, [k]].toarray().reshape(dims)
+        if fp.max() <= 0:
+            continue
+        top = np.argsort(-np.asarray(traces[k], np.float64), kind="stable")[:EVENT_FRAMES]
+        cy, cx = np.unravel_index(int(np.argmax(fp)), dims)
+        y0, y1 = max(0, cy - SUPPORT_HALF), min(dims[0], cy + SUPPORT_HALF + 1)
+        x0, x1 = max(0, cx - SUPPORT_HALF), min(dims[1], cx + SUPPORT_HALF + 1)
+        image = frames[top].mean(axis=0).reshape(dims)[y0:y1, x0:x1] - baseline[y0:y1, x0:x1]
+        window = fp[y0:y1, x0:x1]
+        support[k] = float(np.corrcoef(window.ravel(), image.ravel())[0, 1])
+        ly, lx = cy - y0, cx - x0
+        peak = float(image[max(0, ly - 3) : ly + 4, max(0, lx - 3) : lx + 4].max())
+        if peak <= 0:
+            continue
+        labels, _ = ndi.label(image >= 0.5 * peak)
+        near = labels[max(0, ly - 3) : ly + 4, max(0, lx - 3) : lx + 4]
+        label = np.bincount(near[near > 0]).argmax() if (near > 0).any() else 0
+        if label:
+            ratio[k] = float((window >= 0.5 * fp.max()).sum()) / float((labels == label).sum())
+    return support, ratio
+
+
 def mask_areas(a: sparse.csc_array) -> np.ndarray:
     return np.asarray(footprint_masks(a, fraction=MASK_FRACTION).sum(axis=0)).ravel()
 
@@ -186,9 +238,20 @@ def main() -> None:
     gsig = float(meta["gSig"] if given == "auto" else given)  # the run's estimate when gSig is not set
     points = bright_maxima(maxproj, gsig)
     agreement = match_masks(ours, theirs, iou_threshold=IOU_THRESHOLD, fraction=MASK_FRACTION)
+    baseline = np.percentile(movie, 20, axis=0).astype(np.float32)
+    frames = movie.astype(np.float32)
+    supports = {
+        "caliali": movie_support(ours, np.load(out / "arrays" / "C.npy"), frames, baseline),
+        "minian": movie_support(theirs, read_zarr("C.zarr", "C"), frames, baseline),
+    }
+    borne = np.flatnonzero(supports["minian"][0] >= SUPPORTED)
+    ours_borne = np.flatnonzero(supports["caliali"][0] >= SUPPORTED)
+    against_borne = match_masks(ours, theirs[:, borne], iou_threshold=IOU_THRESHOLD, fraction=MASK_FRACTION)
+    both_borne = match_masks(ours[:, ours_borne], theirs[:, borne], iou_threshold=IOU_THRESHOLD, fraction=MASK_FRACTION)
     rows: list[dict[str, Any]] = []
     for name, a, m in (("caliali", ours, run), ("minian (reference)", theirs, None)):
         hit = coverage(a, dims, points)
+        support, ratio = supports[name.split()[0]]
         rows.append(
             {
                 "tool": name,
@@ -200,6 +263,9 @@ def main() -> None:
                 "box_clipped": box_clipped(a, dims),
                 "bright_maxima_covered": int(hit.sum()),
                 "bright_maxima": len(points),
+                "supported": int((support >= SUPPORTED).sum()),
+                "median_support": round(float(np.nanmedian(support)), 2),
+                "median_half_max_area_ratio": round(float(np.nanmedian(ratio)), 2),
             }
         )
     rows[0].update(
@@ -207,6 +273,12 @@ def main() -> None:
         precision=round(agreement.precision, 3),
         recall=round(agreement.recall, 3),
         median_iou=round(agreement.median_iou, 3),
+        f1_borne_out=round(against_borne.f1, 3),
+        precision_borne_out=round(against_borne.precision, 3),
+        recall_borne_out=round(against_borne.recall, 3),
+        f1_both_borne_out=round(both_borne.f1, 3),
+        precision_both_borne_out=round(both_borne.precision, 3),
+        recall_both_borne_out=round(both_borne.recall, 3),
     )
     overlay(args.workdir / "overlay.png", maxproj, ours, theirs, dims, points, coverage(ours, dims, points))
 
@@ -224,6 +296,21 @@ def main() -> None:
             f"{r['median_mask_area_px']:>8.0f} {r['box_clipped']:>7d} "
             f"{r['bright_maxima_covered']:>3d}/{r['bright_maxima']:<3d}"
         )
+    print(
+        f"\nborne out by the movie (footprint vs the mean of its unit's {EVENT_FRAMES} highest-trace frames, "
+        f"less each pixel's 20th percentile: correlation >= {SUPPORTED} over {2 * SUPPORT_HALF + 1} px)"
+    )
+    print(f"{'tool':20s} {'units':>5s} {'borne out':>9s} {'median r':>8s} {'half-max area / event':>22s}")
+    for r in rows:
+        print(
+            f"{r['tool']:20s} {r['units']:>5d} {r['supported']:>9d} {r['median_support']:>8.2f} "
+            f"{r['median_half_max_area_ratio']:>22.2f}"
+        )
+    print(
+        f"caliali against the {len(borne)} minian units the movie bears out: IoU-F1 {against_borne.f1:.2f} "
+        f"(P {against_borne.precision:.2f}, R {against_borne.recall:.2f}); caliali's {len(ours_borne)} borne out "
+        f"against them: IoU-F1 {both_borne.f1:.2f} (P {both_borne.precision:.2f}, R {both_borne.recall:.2f})"
+    )
     ratio = rows[0]["median_mask_area_px"] / max(rows[1]["median_mask_area_px"], 1)
     print(f"median mask area caliali / minian: {ratio:.2f}")
     if agreement.matches:  # the same cells found by both: is the shape or the population different?
