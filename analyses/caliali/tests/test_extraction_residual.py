@@ -13,10 +13,11 @@ from scipy import ndimage
 from caliali.extraction import ExtractionParams, extract, summary_images
 from caliali.extraction._background import RingBackground
 from caliali.extraction._batches import plan_batches
+from caliali.extraction._deconv import deconvolve_trace
 from caliali.extraction._footprints import Footprints, box_around
 from caliali.extraction._source import open_source
 from caliali.extraction._traces import TraceFile
-from caliali.extraction.cnmfe import _seed_residual, residual_min_corr
+from caliali.extraction.cnmfe import _seed_residual, residual_min_corr, screen_residual
 from caliali.score import footprint_masks, iou_matrix
 
 GSIG = 3.0
@@ -54,9 +55,11 @@ def test_a_cell_the_model_lacks_is_seeded_in_the_residual_and_the_one_it_has_is_
     background = RingBackground(DIMS, 1, ring_radius=1.5 * 4 * GSIG)
     background.b0[0] = 1.0
     params = ExtractionParams(gSig=GSIG, min_corr=0.4, min_pnr=6, residual_seeds=True)
-    both, c_both, added = _seed_residual(
-        source, batches, bounds, model, traces, background, params, longest=400, work_dir=tmp_path
+    both, c_both, counts = _seed_residual(
+        source, batches, bounds, model, traces, background, params, longest=400, work_dir=tmp_path, screen=(3.0, 6)
     )
+    added = counts["added"]
+    assert counts["seeds"] >= counts["fitted"] >= added
     assert added >= 1 and len(both) == 1 + added and c_both.shape == (len(both), len(y))
     assert np.array_equal(both.images[0], model.images[0]), "the components found are kept as they were"
     new = [both.dense(k) for k in range(1, len(both))]
@@ -80,7 +83,7 @@ def test_the_residual_is_not_seeded_outside_the_valid_mask(tmp_path):
     background.b0[0] = 1.0
     valid = np.ones(DIMS, bool)
     valid[:, DIM[1] - 4 :] = False  # the dim cell lies where the frames were not real
-    both, _, added = _seed_residual(
+    both, _, _ = _seed_residual(
         open_source(y),
         plan_batches(bounds, DIMS, batch_frames=400),
         bounds,
@@ -91,6 +94,7 @@ def test_the_residual_is_not_seeded_outside_the_valid_mask(tmp_path):
         longest=400,
         work_dir=tmp_path,
         valid_mask=valid,
+        screen=(3.0, 6),
     )
     peaks = [np.unravel_index(int(np.argmax(both.dense(k))), DIMS) for k in range(1, len(both))]
     assert all(valid[p] for p in peaks), peaks
@@ -100,6 +104,7 @@ def test_extraction_with_residual_seeds_records_what_it_added_and_finds_both_cel
     y, a, _ = _movie()
     out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, residual_seeds=True)
     assert "added" in out.history[1] and out.params["residual_seeds"] is True
+    assert out.history[1]["residual"]["added"] == out.history[1]["added"], out.history[1]
     iou = iou_matrix(footprint_masks(out.A), footprint_masks(a.reshape(2, -1).T))
     assert iou.max(axis=0).min() >= 0.5, iou.max(axis=0)
     default = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400)
@@ -118,3 +123,41 @@ def test_the_residual_is_seeded_where_its_pixels_move_together_not_where_noise_p
     passing = (cn[far] >= level).mean()
     assert passing < 0.05, "the noise's own local correlation passes"
     assert (cn[far] >= 0.1).mean() > 2 * passing, "min_corr's default alone lets as much noise through"
+
+
+def _disc(centre, dims=(40, 48), radius=4.0):
+    yy, xx = np.mgrid[: dims[0], : dims[1]]
+    return (np.hypot(yy - centre[0], xx - centre[1]) <= radius).astype(np.float32)
+
+
+def _calcium(rng, frames, rate=0.02):
+    kernel = np.exp(-np.arange(60) / 8.0) - np.exp(-np.arange(60) / 1.5)
+    return np.convolve((rng.random(frames) < rate).astype(np.float64), kernel / kernel.max())[:frames]
+
+
+def test_the_residual_keeps_a_neuron_of_its_own_not_a_neighbours_misfit_nor_noise():
+    # two sessions of 400 frames; the model has one neuron; the residual holds three candidates
+    rng = np.random.default_rng(5)
+    bounds = np.array([0, 400, 800])
+    dims = (40, 48)
+    old_trace = 3 * _calcium(rng, 800)
+    model = Footprints(dims, [(0, 40, 0, 48)], [_disc((20, 15))])
+    noise = lambda: 0.3 * rng.standard_normal(800)  # noqa: E731
+    misfit = noise()
+    misfit[400:] += 0.6 * old_trace[400:]  # what the one footprint leaves of the neuron in session 2 only
+    own = noise() + 3 * _calcium(rng, 800)  # a neuron overlapping the first, firing on its own
+    raw = np.stack([misfit, own, noise()])
+    denoised = np.stack(
+        [np.concatenate([deconvolve_trace(r[s0:s1], p=1).c for s0, s1 in zip(bounds[:-1], bounds[1:])]) for r in raw]
+    )
+    new = Footprints(dims, [(0, 40, 0, 48)] * 3, [_disc((20, 21)), _disc((20, 22)), _disc((6, 40))])
+    keep, no_event, misfits = screen_residual(
+        new, raw, denoised, bounds, level=3.0, n=6, footprints=model, c=old_trace[None], merge_thr=0.65
+    )
+    assert keep.tolist() == [1] and no_event == 1 and misfits == 1, (keep, no_event, misfits)
+    # the same misfit beside no neuron of the model is a neuron of its own
+    alone = Footprints(dims, [(0, 40, 0, 48)], [_disc((20, 40))])
+    keep, _, misfits = screen_residual(
+        new, raw, denoised, bounds, level=3.0, n=6, footprints=alone, c=old_trace[None], merge_thr=0.65
+    )
+    assert keep.tolist() == [0, 1] and misfits == 0, keep

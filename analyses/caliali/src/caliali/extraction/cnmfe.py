@@ -767,6 +767,10 @@ def _iterate(
         keep, level = _remove_false_positives(
             updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr if level is None else level, bounds=bounds
         )
+        if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
+            from ._quality import event_frames
+
+            n_event = event_frames(c, c_raw)
         c_raw.close()  # the next pass fits new raw traces
         removed = len(updated) - len(keep)
         footprints = updated.subset(keep)
@@ -786,10 +790,10 @@ def _iterate(
                 f"check gSig ({params.gSig:g} px; a radius well below the cells' finds few of them and cuts their "
                 "footprints), else lower min_snr, min_pnr or min_corr"
             )
-        added = 0
+        added, residual = 0, None
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
             _report(progress, lo, lo + span, 1.0, f"iteration {it + 1}: seeds in the residual")
-            footprints, c, added = _seed_residual(
+            footprints, c, residual = _seed_residual(
                 source,
                 batches,
                 bounds,
@@ -800,8 +804,10 @@ def _iterate(
                 longest=longest,
                 work_dir=work_dir,
                 valid_mask=valid_mask,
+                screen=(level, n_event),
             )
             footprints = footprints.confined(allowed)
+            added = residual["added"]
         history.append(
             {
                 "iteration": it + 1,
@@ -816,6 +822,8 @@ def _iterate(
                 "min_snr": level,
             }
         )
+        if residual is not None:
+            history[-1]["residual"] = residual  # seeds in the residual: how many, and what became of them
         stop = _stop(history, params.tol)
         if stop is not None:
             history[-1]["stop"] = stop  # how it ended (_convergence)
@@ -909,6 +917,73 @@ def residual_min_corr(cn: np.ndarray) -> float:
     return float(np.percentile(values, 100 * RESIDUAL_CN_QUANTILE))
 
 
+def _residual_traces(residual: _Residual, batches: list[Batch], new: Footprints, directory) -> TraceFile:
+    """Each new footprint's trace in the residual (the residual projected on its unit-norm image), (J, T) on disk."""
+    unit, _ = new.normalized()
+    raw = TraceFile((len(new), residual.n_frames), directory=directory)
+    for batch in batches:
+        frames = residual.read(batch.start, batch.stop)
+        raw[:, batch.start : batch.stop] = unit.project(frames)
+        del frames
+    return raw
+
+
+def screen_residual(
+    new: Footprints,
+    raw,
+    denoised,
+    bounds: np.ndarray,
+    *,
+    level: float,
+    n: int,
+    footprints: Footprints,
+    c,
+    merge_thr: float,
+) -> tuple[np.ndarray, int, int]:
+    """Which components fitted in the residual join the model: (indices kept, how many had no event of
+    their own, how many were a neighbour's misfit).
+
+    ``raw`` and ``denoised`` (J, T) are the new components' traces in the residual; ``footprints`` and
+    ``c`` the components already there. A new component must have an event of its own in the
+    residual: an event SNR (`event_snr`, runs of ``n`` frames) of at least ``level``, what every
+    component needs at the end of a round. Held to that only a round later, the seeds on noise (over
+    a thousand on a 100-frame movie) took parts of their neighbours' traces in the round they stayed,
+    enough to tip a contested neighbour under the level. And it must not be a neighbour's misfit:
+    where a footprint touching it moves with it (traces correlating at ``merge_thr`` or more) over the
+    session in which the new component is most active, the residual there is what that neighbour's
+    one footprint for all sessions leaves of the cell in that session (after alignment, or as its
+    activity changes between sessions), not another neuron: two neurons' activity is their own.
+    """
+    from ._quality import event_snr
+
+    evented = [
+        j for j in range(len(new)) if denoised[j].max() > 0 and event_snr(raw[j], denoised[j], bounds, n) >= level
+    ]
+    if not evented or len(footprints) == 0:
+        return np.array(evented, np.int64), len(new) - len(evented), 0
+    both = Footprints(
+        footprints.dims,
+        footprints.boxes + [new.boxes[j] for j in evented],
+        footprints.images + [new.images[j] for j in evented],
+    )
+    touching = both.touching(grow=1)[len(footprints) :, : len(footprints)]
+    keep = []
+    for i, j in enumerate(evented):
+        trace = np.asarray(denoised[j])
+        peaks = [trace[s0:s1].max() if s1 > s0 else -np.inf for s0, s1 in zip(bounds[:-1], bounds[1:])]
+        s = int(np.argmax(peaks))
+        mine = trace[bounds[s] : bounds[s + 1]]
+        misfit = False
+        for k in np.nonzero(touching[i])[0]:
+            theirs = np.asarray(c[k])[bounds[s] : bounds[s + 1]]
+            if mine.std() > 0 and theirs.std() > 0 and np.corrcoef(mine, theirs)[0, 1] >= merge_thr:
+                misfit = True
+                break
+        if not misfit:
+            keep.append(j)
+    return np.array(keep, np.int64), len(new) - len(evented), len(evented) - len(keep)
+
+
 def _seed_residual(
     source: FrameSource,
     batches: list[Batch],
@@ -921,15 +996,20 @@ def _seed_residual(
     longest: int,
     work_dir,
     valid_mask: np.ndarray | None = None,
-) -> tuple[Footprints, TraceFile, int]:
-    """The components with new ones fitted at the seeds of the residual; their traces; how many were added.
+    screen: tuple[float, int],
+) -> tuple[Footprints, TraceFile, dict]:
+    """The components with new ones fitted at the seeds of the residual; their traces; how many seeds
+    there were, fitted, without an event of their own, misfits of a neighbour, and added.
+
+    ``screen``: the event SNR a component needs and the run length it is scored over (`screen_residual`).
 
     The residual's Cn and PNR are computed as the movie's were and seeded with the same thresholds:
     a neuron next to a brighter one, whose seed the brighter one's peak suppressed, or that a
     neighbour's first fit took with it, stands out there. A seed inside the core (half the maximum)
     of a component is that component's misfit, not a new neuron, and is skipped. Seeds on noise are
-    fitted too, as in the first seeding, and removed by the event SNR at the next round: that and
-    the two passes over the movie are the time this costs. Seeds outside ``valid_mask`` are not
+    fitted too, as in the first seeding; each fit's trace in the residual is then measured (a third
+    pass over the movie) and only those with an event of their own that no touching neighbour
+    follows join (`screen_residual`): those passes are the time this costs. Seeds outside ``valid_mask`` are not
     taken, as in the first seeding: where motion correction filled the frame's edges from the pixels
     next to them, the residual holds those copies moving with the motion.
 
@@ -951,12 +1031,36 @@ def _seed_residual(
             if image.size and image.max() > 0:
                 core[footprints.slices(k)] |= image >= 0.5 * image.max()
         seeds = seeds[~core[seeds[:, 0], seeds[:, 1]]]
+    counts = {"seeds": len(seeds), "fitted": 0, "no_event": 0, "misfits": 0, "added": 0}
     if len(seeds) == 0:
-        return footprints, c, 0
+        return footprints, c, counts
     new, new_c, _ = _fit_seeds(residual, batches, seeds, bounds, params, progress=None, work_dir=work_dir)
+    counts["fitted"] = len(new)
+    if len(new):
+        raw = _residual_traces(residual, batches, new, work_dir)
+        denoised = _deconvolve_all(raw, bounds)
+        keep, counts["no_event"], counts["misfits"] = screen_residual(
+            new,
+            raw,
+            denoised,
+            bounds,
+            level=screen[0],
+            n=screen[1],
+            footprints=footprints,
+            c=c,
+            merge_thr=params.merge_thr,
+        )
+        raw.close()
+        denoised.close()
+        kept = TraceFile((len(keep), source.n_frames), directory=work_dir)
+        for i, j in enumerate(keep):
+            kept[i] = new_c[j]
+        new_c.close()
+        new, new_c = new.subset(keep), kept
     if len(new) == 0:
         new_c.close()
-        return footprints, c, 0
+        return footprints, c, counts
+    counts["added"] = len(new)
     both = Footprints(
         footprints.dims,
         footprints.boxes + new.boxes,
@@ -970,7 +1074,7 @@ def _seed_residual(
         traces[len(footprints) + j] = new_c[j]
     c.close()
     new_c.close()
-    return both, traces, len(new)
+    return both, traces, counts
 
 
 def _finish(
