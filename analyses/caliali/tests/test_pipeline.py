@@ -140,6 +140,27 @@ def test_a_full_disk_is_named_as_such_and_the_run_resumes_once_there_is_room(tmp
     assert (out / "arrays" / "A.npz").is_file()
 
 
+def test_a_work_folder_holding_the_users_files_is_refused_and_left_as_it_was(tmp_path, experiment):
+    # caliali clears its work folder: pointed at a folder of the user's, it would have deleted its files
+    work = tmp_path / "data"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    r = _caliali("run", "--input", str(experiment), "--output", str(tmp_path / "out"), "--work", str(work))
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "already holds files caliali did not write (notes.txt)" in r.stderr and "Traceback" not in r.stderr
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_or_input_inside_the_work_folder_is_refused(tmp_path, experiment):
+    # the work folder is deleted when the run ends: the results written inside it would go with it
+    work = tmp_path / "scratch"
+    r = _caliali("run", "--input", str(experiment), "--output", str(work / "out"), "--work", str(work))
+    assert r.returncode == 2 and "--output" in r.stderr and "lies inside the work folder" in r.stderr, r.stderr
+    r = _caliali("run", "--input", str(experiment), "--output", str(tmp_path / "out"), "--work", str(experiment.parent))
+    assert r.returncode == 2 and "--input" in r.stderr and "lies inside the work folder" in r.stderr, r.stderr
+    assert any(experiment.iterdir())
+
+
 def test_defaults_are_the_methods():
     c = CalialiConfig()
     assert (c.gSig, c.min_corr, c.min_pnr, c.merge_thr, c.max_shift, c.bg_ssub) == ("auto", 0.1, "auto", 0.65, 20, 2)

@@ -101,6 +101,18 @@ def _fingerprint(experiment: Experiment, config: CalialiConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _check_work(work: Path, others: dict[str, Path]) -> None:
+    """Refuse a work folder that holds the output or the input: caliali deletes it when a run ends."""
+    inside = work.resolve()
+    for option, path in others.items():
+        where = path.resolve()
+        if where == inside or inside in where.parents:
+            raise InputError(
+                f"{option} {path} lies inside the work folder {work}, which caliali deletes when the run ends; "
+                "give a work folder apart from it (--work)"
+            )
+
+
 class _State:
     """``work/state.json``: which stages finished, for this input and config."""
 
@@ -114,6 +126,13 @@ class _State:
                 data = {}
         if data.get("fingerprint") != fingerprint:
             if work.exists():
+                others = [] if self.path.exists() else sorted(child.name for child in work.iterdir())
+                if others:  # a folder caliali did not make: its files are the user's, never cleared
+                    raise InputError(
+                        f"the work folder {work} already holds files caliali did not write ({', '.join(others[:3])}"
+                        f"{', ...' if len(others) > 3 else ''}); caliali clears its work folder, so give a new or "
+                        "empty one (--work)"
+                    )
                 shutil.rmtree(work)
             data = {"fingerprint": fingerprint, "done": {}}
         work.mkdir(parents=True, exist_ok=True)
@@ -391,6 +410,7 @@ def run(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work is not None else out / "work"
+    _check_work(work, {"--output": out, "--input": Path(input)})
     experiment = load_experiment(
         input, dataset=given.dataset or None, ignore=[given.roi_mask] if given.roi_mask else []
     )
