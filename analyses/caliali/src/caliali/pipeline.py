@@ -137,12 +137,17 @@ class _State:
             data = {"fingerprint": fingerprint, "done": {}}
         work.mkdir(parents=True, exist_ok=True)
         self.data = data
+        if not self.path.exists():
+            self._write()  # the folder is caliali's from now on: a run stopped in its first stage resumes here
 
     def done(self, stage: str) -> bool:
         return stage in self.data["done"]
 
     def mark(self, stage: str, info: dict[str, Any]) -> None:
         self.data["done"][stage] = info
+        self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
