@@ -241,6 +241,27 @@ def _iteration_pass(
     return c_raw, yct, cct, new_b0, residual_sq
 
 
+def _traces_pass(
+    source, batches, footprints: Footprints, c, background: RingBackground, *, progress, lo, hi, label, work_dir
+):
+    """A pass that refits the raw traces (a `TraceFile`) on ``footprints`` and leaves the background's sums alone."""
+    c_raw, _, _, _, _ = _iteration_pass(
+        source,
+        batches,
+        footprints,
+        c,
+        background,
+        spatial=None,
+        fit_background=False,
+        progress=progress,
+        lo=lo,
+        hi=hi,
+        label=label,
+        work_dir=work_dir,
+    )
+    return c_raw
+
+
 # Residual values this many robust standard deviations above the background's prediction are activity
 # the neurons do not explain yet (CNMF-E's thresh_outlier), not background.
 OUTLIER_SIGMAS = 3.0
@@ -740,14 +761,12 @@ def _iterate(
             # pass refitted the traces (a simultaneous, Jacobi order): footprints and traces then followed
             # each other a round late, see-sawing (a component's event SNR 6.4, 15.1, 4.0, 8.7 round by
             # round on minian's fixture), and the minian demo quadrant took 17 rounds to converge, 7 now
-            c_raw, _, _, _, _ = _iteration_pass(
+            c_raw = _traces_pass(
                 source,
                 batches,
                 footprints,
                 c,
                 background,
-                spatial=None,
-                fit_background=False,
                 progress=progress,
                 lo=lo,
                 hi=lo + span / 2,
@@ -1078,14 +1097,12 @@ def _seed_residual(
         )
         raw.close()
         denoised.close()
-        kept = TraceFile((len(keep), source.n_frames), directory=work_dir)
-        for i, j in enumerate(keep):
-            kept[i] = new_c[j]
-        new_c.close()
-        new, new_c = new.subset(keep), kept
-    if len(new) == 0:
+    else:
+        keep = np.zeros(0, np.int64)
+    if len(keep) == 0:
         new_c.close()
         return footprints, c, counts
+    new = new.subset(keep)
     counts["added"] = len(new)
     both = Footprints(
         footprints.dims,
@@ -1096,8 +1113,8 @@ def _seed_residual(
     traces = TraceFile((len(both), source.n_frames), directory=work_dir)
     for k in range(len(footprints)):
         traces[k] = c[k]
-    for j in range(len(new)):
-        traces[len(footprints) + j] = new_c[j]
+    for i, j in enumerate(keep):
+        traces[len(footprints) + i] = new_c[j]
     c.close()
     new_c.close()
     return both, traces, counts
@@ -1116,13 +1133,12 @@ def _finish(
     extras: dict,
 ) -> Extraction:
     """Final traces on the converged footprints, post-processed and ordered by SNR, as the result."""
-    c_raw, _, _, _, _ = _iteration_pass(
+    c_raw = _traces_pass(
         source,
         batches,
         footprints,
         c,
         background,
-        spatial=None,
         progress=progress,
         lo=0.85,
         hi=0.97,
