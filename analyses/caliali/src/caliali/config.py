@@ -127,10 +127,10 @@ class CalialiConfig(BaseModel):
         "traces dip below their baselines (calcium only rises); the level used is reported in summary.json.",
     )
     residual_seeds: bool = Field(
-        False,
+        True,
         description="After the second round, also seed neurons in the residual next to the components found "
-        "(CNMF-E's pick from the residual): more dim neurons beside bright ones, about a third more "
-        "extraction time.",
+        "(CNMF-E's pick from the residual): more dim neurons beside bright ones, for about a third more "
+        "extraction time; false skips it.",
     )
     # -- outputs -----------------------------------------------------------------
     nwb: bool = Field(True, description="Write an NWB file (neurons.nwb).")

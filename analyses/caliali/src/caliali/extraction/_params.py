@@ -64,7 +64,7 @@ class ExtractionParams:
         After the second round, look for the neurons the seeds missed in the residual (the movie
         less the model), next to the components found, and fit them too (CNMF-E's "pick neurons
         from the residual"): more of the dim neurons beside bright ones, at about a third more
-        extraction time (figures in the caliali benchmarks README). Default off.
+        extraction time (figures in the caliali benchmarks README). Default on.
 
     Raises
     ------
@@ -90,7 +90,7 @@ class ExtractionParams:
     patch_overlap: int = 32
     box_factor: float = 6.0
     min_snr: float | str = "auto"
-    residual_seeds: bool = False
+    residual_seeds: bool = True
     batch_frames: int | None = None
     memory_budget: int | str | None = "2GB"
 
