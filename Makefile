@@ -26,11 +26,8 @@ demo: setup
 demo-platform: setup
 	$(PY) -m ncaas.demo
 
-# The tests run in one process per CPU (pytest-xdist); those of the local Ray, S3 and Slurm clusters
-# all go to one of them (tests/conftest.py), which starts each cluster once. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= auto
 test: setup system-deps lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest
 
 # Style and types: ruff's formatter and rules on the whole tree, mypy on the platform (src/ncaas).
 lint: setup

@@ -21,18 +21,6 @@ from ncaas.jobs.manager import Manager  # noqa: E402
 from ncaas.storage import Storage  # noqa: E402
 from ncaas.testing.servers import LocalPostgres, PostgresUnavailable  # noqa: E402
 
-# Tests of the local clusters: the Ray cluster's nodes have fixed addresses (127.0.0.2, .3) and the
-# deploy recipe starts its own there; with several test processes (`make test`: pytest-xdist's
-# --dist loadgroup) these all run in one of them, so that each cluster is started once, by one process.
-CLUSTER_FIXTURES = {"ray_cluster", "s3_server", "s3_root", "slurm_cluster"}
-CLUSTER_MODULES = {"test_deploy_recipe.py"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in CLUSTER_MODULES:
-            item.add_marker(pytest.mark.xdist_group("clusters"))
-
 
 @pytest.fixture
 def blueprints_dir(tmp_path: Path) -> Path:

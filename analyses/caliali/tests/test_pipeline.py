@@ -304,9 +304,11 @@ def test_real_miniscope_recording_converges_with_only_its_frame_rate(tmp_path, m
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     meta = json.loads((out / "arrays" / "meta.json").read_text())
     assert meta["convergence"]["converged"], meta["history"]
-    # each round refits the traces before the footprints (Gauss-Seidel): 7 rounds here; footprints fitted to
-    # the last round's traces while the same pass refitted the traces (Jacobi) followed them a round late: 17
-    assert meta["convergence"]["rounds"] <= 10, [round(h["change"], 3) for h in meta["history"]]
+    # each round refits the traces before the footprints (Gauss-Seidel): 11 rounds here (7 without the seeds in
+    # the residual, whose components join in round 3 and settle with the rest); footprints fitted to the last
+    # round's traces while the same pass refitted the traces (Jacobi) followed them a round late: 17 rounds
+    # without the residual's seeds, not converged after 20 with them
+    assert meta["convergence"]["rounds"] <= 12, [round(h["change"], 3) for h in meta["history"]]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["convergence"]["why"].startswith("converged: footprint change")
 
