@@ -40,8 +40,18 @@ LOCK = REPO / "analyses" / "caliali" / "requirements.lock"
 GROUP = "lab"
 # A cold environment build plus a run on a loaded 2-core machine.
 JOB_TIMEOUT = 3000
-SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB"}
-REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "memory_budget": "256MB"}
+# These tests are of the platform (isolation, certificates, reruns): caliali's runs are made quick (no seeds
+# in the residual, the real recording at half resolution); analyses/caliali/tests test its defaults.
+SMALL = {"gSig": 3, "min_corr": 0.2, "min_pnr": 4, "memory_budget": "256MB", "residual_seeds": False}
+REAL = {
+    "gSig": 6,
+    "spatial_ds": 2,
+    "fs": 25,
+    "min_corr": 0.5,
+    "min_pnr": 6,
+    "memory_budget": "256MB",
+    "residual_seeds": False,
+}
 # Files every multi-session run returns (relative to the dataset's outputs folder).
 OUTPUTS = [
     "summary.json",
