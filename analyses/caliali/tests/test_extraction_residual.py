@@ -55,9 +55,29 @@ def test_a_cell_the_model_lacks_is_seeded_in_the_residual_and_the_one_it_has_is_
     background = RingBackground(DIMS, 1, ring_radius=1.5 * 4 * GSIG)
     background.b0[0] = 1.0
     params = ExtractionParams(gSig=GSIG, min_corr=0.4, min_pnr=6, residual_seeds=True)
+    reports: list[tuple[float, str]] = []
     both, c_both, counts = _seed_residual(
-        source, batches, bounds, model, traces, background, params, longest=400, work_dir=tmp_path, screen=(3.0, 6)
+        source,
+        batches,
+        bounds,
+        model,
+        traces,
+        background,
+        params,
+        longest=400,
+        work_dir=tmp_path,
+        screen=(3.0, 6),
+        progress=lambda f, m: reports.append((f, m)),
+        stage=(0.5, 0.6, "residual"),
     )
+    # each of its passes over the movie says how far it is, within the share of the progress it was given
+    said = [m for _, m in reports]
+    assert said[0] == "residual: its Cn and PNR images", said
+    n = len(batches)
+    assert f"residual: fitting {counts['seeds']} seeds, batch {n}/{n}" in said, said
+    assert f"residual: screening {counts['fitted']} fits, batch {n}/{n}" in said, said
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and 0.5 <= fractions[0] and fractions[-1] == 0.6, fractions
     added = counts["added"]
     assert counts["seeds"] >= counts["fitted"] >= added
     assert added >= 1 and len(both) == 1 + added and c_both.shape == (len(both), len(y))
@@ -102,13 +122,17 @@ def test_the_residual_is_not_seeded_outside_the_valid_mask(tmp_path):
 
 def test_extraction_with_residual_seeds_records_what_it_added_and_finds_both_cells():
     y, a, _ = _movie()
-    out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, residual_seeds=True)
-    assert "added" in out.history[1] and out.params["residual_seeds"] is True
+    reports: list[tuple[float, str]] = []
+    out = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, progress=lambda f, m: reports.append((f, m)))
+    assert "added" in out.history[1] and out.params["residual_seeds"] is True  # on by default
     assert out.history[1]["residual"]["added"] == out.history[1]["added"], out.history[1]
     iou = iou_matrix(footprint_masks(out.A), footprint_masks(a.reshape(2, -1).T))
     assert iou.max(axis=0).min() >= 0.5, iou.max(axis=0)
-    default = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400)
-    assert all(h["added"] == 0 for h in default.history), "residual seeds are off by default"
+    assert "iteration 2: seeds in the residual: its Cn and PNR images" in [m for _, m in reports]
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions), "the progress went back"
+    off = extract(y, gSig=GSIG, min_corr=0.4, min_pnr=6, batch_frames=400, residual_seeds=False)
+    assert all(h["added"] == 0 and "residual" not in h for h in off.history), off.history
 
 
 def test_the_residual_is_seeded_where_its_pixels_move_together_not_where_noise_peaks():

@@ -70,8 +70,11 @@ def _initialize(
     region_radius,
     progress,
     work_dir=None,
+    stage: tuple[float, float, str] = (0.1, 0.3, "initialisation"),
 ):
     """Fit seeds in every batch; combine the fits into one footprint per seed (activity-weighted).
+
+    ``stage``: the share of the extraction's progress this fit spans and the name it reports per batch.
 
     Returns the footprints, their traces (a `TraceFile`, K x T on disk), the
     indices of the seeds kept and the mean frame of every session. The traces
@@ -127,7 +130,8 @@ def _initialize(
         if fitted:
             traces[fitted, batch.start : batch.stop] = np.stack(batch_traces)
             units[fitted, bi] = batch_units[: len(fitted)]
-        _report(progress, 0.1, 0.3, (bi + 1) / len(batches), f"initialisation, batch {bi + 1}/{len(batches)}")
+        lo, hi, label = stage
+        _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
     keep = np.nonzero(weights > 0)[0]
     images = []
     c = TraceFile((len(keep), source.n_frames), directory=work_dir)
@@ -679,9 +683,18 @@ def _seed(
 
 
 def _fit_seeds(
-    source, batches: list[Batch], seeds: np.ndarray, bounds: np.ndarray, params: ExtractionParams, *, progress, work_dir
+    source,
+    batches: list[Batch],
+    seeds: np.ndarray,
+    bounds: np.ndarray,
+    params: ExtractionParams,
+    *,
+    progress,
+    work_dir,
+    stage: tuple[float, float, str] = (0.1, 0.3, "initialisation"),
 ) -> tuple[Footprints, TraceFile, np.ndarray]:
-    """Footprints and traces fitted at ``seeds`` in every batch of ``source``, and each session's mean frame."""
+    """Footprints and traces fitted at ``seeds`` in every batch of ``source``, and each session's mean frame
+    (``stage``: the progress it spans and its name, `_initialize`)."""
     footprints, c, _, mean_frames = _initialize(
         source,
         batches,
@@ -695,6 +708,7 @@ def _fit_seeds(
         region_radius=int(math.ceil(2.5 * params.gSig)) + 1,
         progress=progress,
         work_dir=work_dir,
+        stage=stage,
     )
     return footprints, c, mean_frames
 
@@ -837,7 +851,6 @@ def _iterate(
             )
         added, residual = 0, None
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
-            _report(progress, lo, lo + span, 1.0, f"iteration {it + 1}: seeds in the residual")
             footprints, c, residual = _seed_residual(
                 source,
                 batches,
@@ -850,6 +863,9 @@ def _iterate(
                 work_dir=work_dir,
                 valid_mask=valid_mask,
                 screen=(level, n_event),
+                progress=progress,
+                # at the round's end: its share of the progress is spent, so the messages say how far it is
+                stage=(lo + span, lo + span, f"iteration {it + 1}: seeds in the residual"),
             )
             footprints = footprints.confined(allowed)
             added = residual["added"]
@@ -962,14 +978,24 @@ def residual_min_corr(cn: np.ndarray) -> float:
     return float(np.percentile(values, 100 * RESIDUAL_CN_QUANTILE))
 
 
-def _residual_traces(residual: _Residual, batches: list[Batch], new: Footprints, directory) -> TraceFile:
+def _residual_traces(
+    residual: _Residual,
+    batches: list[Batch],
+    new: Footprints,
+    directory,
+    *,
+    progress: Progress = None,
+    stage: tuple[float, float, str] = (0.0, 1.0, "traces in the residual"),
+) -> TraceFile:
     """Each new footprint's trace in the residual (the residual projected on its unit-norm image), (J, T) on disk."""
     unit, _ = new.normalized()
     raw = TraceFile((len(new), residual.n_frames), directory=directory)
-    for batch in batches:
+    lo, hi, label = stage
+    for bi, batch in enumerate(batches):
         frames = residual.read(batch.start, batch.stop)
         raw[:, batch.start : batch.stop] = unit.project(frames)
         del frames
+        _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
     return raw
 
 
@@ -1042,11 +1068,15 @@ def _seed_residual(
     work_dir,
     valid_mask: np.ndarray | None = None,
     screen: tuple[float, int],
+    progress: Progress = None,
+    stage: tuple[float, float, str] = (0.0, 1.0, "seeds in the residual"),
 ) -> tuple[Footprints, TraceFile, dict]:
     """The components with new ones fitted at the seeds of the residual; their traces; how many seeds
     there were, fitted, without an event of their own, misfits of a neighbour, and added.
 
     ``screen``: the event SNR a component needs and the run length it is scored over (`screen_residual`).
+    ``stage``: the share of the extraction's progress this spans and its name; each of its passes over
+    the movie reports its batches.
 
     The residual's Cn and PNR are computed as the movie's were and seeded with the same thresholds:
     a neuron next to a brighter one, whose seed the brighter one's peak suppressed, or that a
@@ -1063,6 +1093,9 @@ def _seed_residual(
     Zhou, P. et al. eLife 7, e28728 (2018): CNMF-E picks neurons from the residual
     (``initComponents_residual``) after the first updates.
     """
+    lo, hi, label = stage
+    third = (hi - lo) / 3
+    _report(progress, lo, hi, 0.0, f"{label}: its Cn and PNR images")
     residual = _Residual(source, bounds, footprints, c, background)
     whole = session_images(residual, session_bounds=bounds, gSig=params.gSig, batch_frames=longest).whole()
     cn_valid = whole["Cn"] if valid_mask is None else whole["Cn"][np.asarray(valid_mask, bool)]
@@ -1079,10 +1112,26 @@ def _seed_residual(
     counts = {"seeds": len(seeds), "fitted": 0, "no_event": 0, "misfits": 0, "added": 0}
     if len(seeds) == 0:
         return footprints, c, counts
-    new, new_c, _ = _fit_seeds(residual, batches, seeds, bounds, params, progress=None, work_dir=work_dir)
+    new, new_c, _ = _fit_seeds(
+        residual,
+        batches,
+        seeds,
+        bounds,
+        params,
+        progress=progress,
+        work_dir=work_dir,
+        stage=(lo + third, lo + 2 * third, f"{label}: fitting {len(seeds)} seeds"),
+    )
     counts["fitted"] = len(new)
     if len(new):
-        raw = _residual_traces(residual, batches, new, work_dir)
+        raw = _residual_traces(
+            residual,
+            batches,
+            new,
+            work_dir,
+            progress=progress,
+            stage=(lo + 2 * third, hi, f"{label}: screening {len(new)} fits"),
+        )
         denoised = _deconvolve_all(raw, bounds)
         keep, counts["no_event"], counts["misfits"] = screen_residual(
             new,
