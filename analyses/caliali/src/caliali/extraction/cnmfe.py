@@ -92,6 +92,7 @@ def _initialize(
     # each batch's unit-norm fit, zero where not fitted
     units = TraceFile((k, len(batches), side, side), directory=work_dir)
     mean_frames = np.zeros((len(bounds) - 1, *dims), np.float64)
+    lo, hi, label = stage
     for bi, batch in enumerate(batches):
         frames = source.read(batch.start, batch.stop)
         mean_frames[batch.session] += frames.sum(axis=0, dtype=np.float64)
@@ -130,7 +131,6 @@ def _initialize(
         if fitted:
             traces[fitted, batch.start : batch.stop] = np.stack(batch_traces)
             units[fitted, bi] = batch_units[: len(fitted)]
-        lo, hi, label = stage
         _report(progress, lo, hi, (bi + 1) / len(batches), f"{label}, batch {bi + 1}/{len(batches)}")
     keep = np.nonzero(weights > 0)[0]
     images = []
