@@ -294,7 +294,7 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any], *, session: str | 
     from minian.io import load_videos
     from minian.motion_correction import apply_transform, estimate_motion
     from minian.preprocessing import denoise, remove_background
-    from minian.utilities import TaskAnnotation, get_optimal_chk, save_minian
+    from minian.utilities import get_optimal_chk, save_minian
 
     intpath, dpath = str(scratch), str(out / "minian")
     rechunk = cluster_settings["rechunk_mem_limit"]
@@ -306,7 +306,9 @@ def pipeline(folder: Path, out: Path, config: dict[str, Any], *, session: str | 
         threads_per_worker=2,
         dashboard_address=None,
     )
-    cluster.scheduler.add_plugin(TaskAnnotation())
+    # minian's notebook also adds its TaskAnnotation scheduler plugin. With the dask of this lock it raises
+    # on every graph (it expects string task keys), which filled the log with scheduler tracebacks, and
+    # annotated nothing; so it is left out, with the same behaviour.
     client = Client(cluster)
     try:
         _progress(0.05, "loading videos")
