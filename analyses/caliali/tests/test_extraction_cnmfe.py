@@ -297,6 +297,27 @@ def test_footprints_smaller_than_gsig_squared_are_dropped_when_the_rounds_end(tm
     assert dropped == 0 and len(kept) == 2 and c3 is c2
 
 
+def test_a_footprint_that_sprawls_over_several_cells_is_told_from_cells_large_and_small():
+    """A footprint whose mask (0.2 x max) covers more than 4 x the median one is a sprawl, not a cell; a
+    cell 3 x the median, two merged neighbours and edge-cut cells are not. Fewer than 5 footprints: none."""
+    from caliali.extraction.cnmfe import too_large_footprints
+
+    yy, xx = np.mgrid[0:41, 0:41]
+
+    def cell(sigma: float, width: int = 41) -> np.ndarray:
+        return np.exp(-((yy - 20) ** 2 + (xx[:, :width] - 20) ** 2) / (2 * sigma**2))[:, :width].astype(np.float32)
+
+    rng = np.random.default_rng(0)
+    flat = (0.5 + 0.1 * rng.random((41, 41))).astype(np.float32)  # a noisy plateau, like the sprawls seen
+    pair = cell(3) + np.roll(cell(3), 7, axis=1)  # two neighbours in one footprint
+    images = [cell(3), cell(3.2), cell(2.8), cell(3.1), cell(3 * np.sqrt(3)), pair, cell(3)[:, :22], flat]
+    fp = Footprints((200, 200), [(0, 41, 0, im.shape[1]) for im in images], images)
+    areas = [np.count_nonzero(im > 0.2 * im.max()) for im in images]
+    assert areas[4] > 2.5 * np.median(areas) and areas[-1] > 4 * np.median(areas)
+    assert too_large_footprints(fp).tolist() == [False] * 7 + [True]
+    assert not too_large_footprints(fp.subset([0, 1, 2, 7])).any()
+
+
 def test_the_footprint_floor_never_exceeds_a_quarter_of_the_median_footprint():
     # gSig set 1.6 x too large (4.8 px for cells of 3): gSig^2 = 23 px would drop the smaller true cells
     from caliali.extraction.cnmfe import least_pixels
@@ -335,6 +356,7 @@ def test_how_the_rounds_ended_is_recorded():
     assert record["converged"] and record["stop"] == last["stop"] in ("tol", "noise")
     assert record["rounds"] == len(done.history) and record["change"] == last["change"]
     assert record["why"].startswith("converged: ") and f"after {len(done.history)} round" in record["why"]
+    assert all(h["too_large"] == 0 for h in done.history)  # one cell: nothing sprawls
     assert last["too_small"] >= 0 and all(n >= GSIG**2 for n in np.diff(done.A.tocsc().indptr))
     cut = extract(y, session_bounds=bounds, gSig=GSIG, min_corr=0.3, min_pnr=5, batch_frames=400, max_iter=1, tol=1e-9)
     assert cut.convergence["stop"] == "max_iter" and not cut.convergence["converged"]

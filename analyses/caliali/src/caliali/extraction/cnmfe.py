@@ -826,6 +826,12 @@ def _iterate(
         keep, level = _remove_false_positives(
             updated, c, c_raw, min_pixels=min_pixels, min_snr=params.min_snr if level is None else level, bounds=bounds
         )
+        too_large = 0
+        if it > 0:
+            # from the second round on, when the first round's fits to noise are gone
+            large = too_large_footprints(updated.subset(keep))
+            too_large = int(large.sum())
+            keep = keep[~large]
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
             from ._quality import event_frames
 
@@ -877,6 +883,7 @@ def _iterate(
                 "interior": interior,
                 "noise": noise,
                 "removed": removed,
+                "too_large": too_large,
                 "merged": merges,
                 "spreading": spreading,
                 "added": added,
@@ -892,6 +899,32 @@ def _iterate(
     least = least_pixels(footprints, params.gSig)
     footprints, c, history[-1]["too_small"] = _drop_too_small(footprints, c, least)
     return footprints, c, history
+
+
+# A footprint whose mask covers more than this many times the median footprint's is not one cell
+SPRAWL_FACTOR = 4.0
+
+
+def too_large_footprints(footprints: Footprints, factor: float = SPRAWL_FACTOR) -> np.ndarray:
+    """Which footprints sprawl: a mask (pixels above 0.2 x the footprint's max) more than ``factor`` times
+    the median mask, i.e. twice the median cell's diameter. (K,) bool; none with fewer than 5 footprints.
+
+    A dim neuron's trace can take in a fluctuation of the background that the ring model leaves; the
+    spatial update then spreads the footprint over the pixels that fluctuation covers, and its trace
+    follows it there, round after round: on a second generator's movie two components grew from 153 and
+    157 px to 1,160 and 778 px (12 x and 8 x the median, 94 px), each a flat blob over several cells,
+    with a slow trace. The largest real cells seen were 2.1 x (minian's fixture) and 3.4 x (a cell and
+    its tail on minian's demo quadrant); two merged neighbours make 2 x.
+    """
+    k = len(footprints)
+    out = np.zeros(k, bool)
+    if k < 5:
+        return out
+    areas = np.array(
+        [np.count_nonzero(im > 0.2 * im.max()) if im.size and im.max() > 0 else 0 for im in footprints.images]
+    )
+    out[:] = areas > factor * float(np.median(areas))
+    return out
 
 
 def least_pixels(footprints: Footprints, gSig: float) -> int:
