@@ -22,6 +22,45 @@ from caliali.simulate import Simulation, simulate
 
 REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared/data beside the repository
 MINIAN_DEMO = REAL_DATA / "minian_demo" / "minian_demo.mp4"
+MINIAN_FIXTURE = REAL_DATA / "minian_fixture" / "org.zarr"
+# minian's fixture as issue reports ran it: 100 frames at full resolution, read in chunks of 98 (a last of 2)
+MINIAN_FIXTURE_CONFIG = {"gSig": 4, "fs": 30, "motion_correction": False}
+
+
+@pytest.fixture(scope="session")
+def minian_fixture_runs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int, str]]:
+    """Two ``caliali run`` of minian's fixture with `MINIAN_FIXTURE_CONFIG`, started at once:
+    [(output folder, exit code, console output)] x 2. Skips when ../shared/data is not beside the repository.
+
+    One pair of runs serves the tests of determinism (the two write the same bytes) and of the short last
+    chunk (the run finishes): each was a run of its own of this movie, a minute of the test suite."""
+    import json
+    import subprocess
+    import sys
+
+    if not MINIAN_FIXTURE.exists():
+        pytest.skip(f"{MINIAN_FIXTURE} is absent (the shared data folder is not beside the repository)")
+    folder = tmp_path_factory.mktemp("minian_fixture_runs")
+    config = folder / "config.json"
+    config.write_text(json.dumps(MINIAN_FIXTURE_CONFIG))
+    procs = [
+        (
+            out,
+            subprocess.Popen(
+                [sys.executable, "-m", "caliali", "run", "--input", str(MINIAN_FIXTURE), "--config", str(config)]
+                + ["--output", str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
+        for out in (folder / "run1", folder / "run2")
+    ]
+    done = []
+    for out, proc in procs:
+        output, _ = proc.communicate(timeout=1800)
+        done.append((out, proc.returncode, output))
+    return done
 
 
 @pytest.fixture(scope="session")

@@ -174,20 +174,13 @@ def test_two_runs_of_a_real_recording_at_once_write_the_same_bytes(real_movie, t
     assert _differing(tmp_path / "run1", tmp_path / "run2") == []
 
 
-MINIAN_FIXTURE = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "minian_fixture" / "org.zarr"
-
-
 @pytest.mark.slow
-def test_two_runs_of_a_real_recording_at_full_resolution_write_the_same_bytes(tmp_path):
+def test_two_runs_of_a_real_recording_at_full_resolution_write_the_same_bytes(minian_fixture_runs):
     """gSig 4 at full resolution (minian's 100-frame fixture): a 13 x 13 high-pass, which OpenCV filters
     through a DFT; with OpenCV's threads on, these two runs wrote different A, C, Cn and PNR."""
-    if not MINIAN_FIXTURE.exists():
-        pytest.skip(f"{MINIAN_FIXTURE} is absent (the shared data folder is not beside the repository)")
-    config = {"gSig": 4, "fs": 30, "motion_correction": False}
-    runs = [_start_run(MINIAN_FIXTURE, config, tmp_path / f"run{i}") for i in (1, 2)]
-    for proc in runs:
-        _finish(proc)
-    assert _differing(tmp_path / "run1", tmp_path / "run2") == []
+    (run1, code1, said1), (run2, code2, said2) = minian_fixture_runs
+    assert code1 == 0 and code2 == 0, said1[-3000:] + said2[-3000:]
+    assert _differing(run1, run2) == []
 
 
 def _same(a, b) -> bool:

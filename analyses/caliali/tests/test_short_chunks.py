@@ -424,23 +424,14 @@ def test_an_unexpected_failure_is_one_line_with_the_traceback_saved(tmp_path):
         assert "Traceback" in Path(lines[0].rsplit("traceback in ", 1)[1].strip()).read_text()
 
 
-MINIAN = REAL_DATA / "minian_fixture" / "org.zarr"
-
-
 @pytest.mark.slow
-def test_the_real_recording_whose_last_chunk_was_two_frames_runs(tmp_path):
-    """100 frames, chunks of 98: projections once died on the 2-frame last chunk.
-
-    The residual's seeds are off: the same movie and chunks run with them in test_determinism's
-    full-resolution run, so this one checks the stages up to the rounds in less time."""
-    if not MINIAN.exists():
-        pytest.skip(f"{MINIAN} is absent (the shared data folder is not mounted)")
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"gSig": 4, "fs": 30, "motion_correction": False, "residual_seeds": False}))
-    r = _caliali("run", "--input", str(MINIAN), "--config", str(config), "--output", str(tmp_path / "out"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["session_frames"] == [100] and summary["neurons"] > 0
+def test_the_real_recording_whose_last_chunk_was_two_frames_runs(minian_fixture_runs):
+    """100 frames, chunks of 98: projections once died on the 2-frame last chunk (the runs are shared
+    with test_determinism, which checks that the two wrote the same bytes)."""
+    for out, code, said in minian_fixture_runs:
+        assert code == 0, said[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["session_frames"] == [100] and summary["neurons"] > 0
 
 
 def test_each_sessions_images_come_from_the_same_pass_as_cn_and_pnr():
