@@ -27,33 +27,18 @@ MINIAN_FIXTURE = REAL_DATA / "minian_fixture" / "org.zarr"
 MINIAN_FIXTURE_CONFIG = {"gSig": 4, "fs": 30, "motion_correction": False}
 
 
-@pytest.fixture(scope="session")
-def minian_fixture_runs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int, str]]:
-    """Two ``caliali run`` of minian's fixture with `MINIAN_FIXTURE_CONFIG`, started at once:
-    [(output folder, exit code, console output)] x 2. Skips when ../shared/data is not beside the repository.
-
-    One pair of runs serves the tests of determinism (the two write the same bytes) and of the short last
-    chunk (the run finishes): each was a run of its own of this movie, a minute of the test suite."""
+def _two_runs_at_once(folder: Path, movie: Path, config: dict) -> list[tuple[Path, int, str]]:
+    """``caliali run`` twice on ``movie`` with ``config``, both started at once (each loads the machine for
+    the other): [(output folder, exit code, console output)] x 2."""
     import json
     import subprocess
     import sys
 
-    if not MINIAN_FIXTURE.exists():
-        pytest.skip(f"{MINIAN_FIXTURE} is absent (the shared data folder is not beside the repository)")
-    folder = tmp_path_factory.mktemp("minian_fixture_runs")
-    config = folder / "config.json"
-    config.write_text(json.dumps(MINIAN_FIXTURE_CONFIG))
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "caliali", "run", "--input", str(movie), "--config", str(path), "--output"]
     procs = [
-        (
-            out,
-            subprocess.Popen(
-                [sys.executable, "-m", "caliali", "run", "--input", str(MINIAN_FIXTURE), "--config", str(config)]
-                + ["--output", str(out)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            ),
-        )
+        (out, subprocess.Popen([*command, str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for out in (folder / "run1", folder / "run2")
     ]
     done = []
@@ -61,6 +46,54 @@ def minian_fixture_runs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[
         output, _ = proc.communicate(timeout=1800)
         done.append((out, proc.returncode, output))
     return done
+
+
+@pytest.fixture(scope="session")
+def minian_fixture_runs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int, str]]:
+    """Two runs at once of minian's fixture with `MINIAN_FIXTURE_CONFIG` (`_two_runs_at_once`). Skips when
+    ../shared/data is not beside the repository.
+
+    One pair of runs serves the tests of determinism (the two write the same bytes) and of the short last
+    chunk (the run finishes): each was a run of its own of this movie, a minute of the test suite."""
+    if not MINIAN_FIXTURE.exists():
+        pytest.skip(f"{MINIAN_FIXTURE} is absent (the shared data folder is not beside the repository)")
+    return _two_runs_at_once(tmp_path_factory.mktemp("minian_fixture_runs"), MINIAN_FIXTURE, MINIAN_FIXTURE_CONFIG)
+
+
+# the raw quadrant, quickly: gSig and the seed thresholds set, half resolution, the rounds without the residual
+QUADRANT_CONFIG = {
+    "gSig": 6,
+    "spatial_ds": 2,
+    "fs": 25,
+    "min_corr": 0.5,
+    "min_pnr": 6,
+    "memory_budget": "256MB",
+    "residual_seeds": False,
+}
+
+
+@pytest.fixture(scope="session")
+def quadrant_config() -> dict:
+    """`QUADRANT_CONFIG`, for tests that run the quadrant with a variation of it."""
+    return dict(QUADRANT_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def quadrant_movie(minian_demo_quadrant, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the raw top-left quadrant of minian's demo movie as ``session1.tif``."""
+    import tifffile
+
+    movie = tmp_path_factory.mktemp("quadrant") / "movie"
+    movie.mkdir()
+    tifffile.imwrite(movie / "session1.tif", minian_demo_quadrant)
+    return movie
+
+
+@pytest.fixture(scope="session")
+def quadrant_runs(quadrant_movie: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int, str]]:
+    """Two runs at once of the raw quadrant with `QUADRANT_CONFIG`: the determinism test compares them, the
+    pipeline's test of a real recording reads the first."""
+    return _two_runs_at_once(tmp_path_factory.mktemp("quadrant_runs"), quadrant_movie, QUADRANT_CONFIG)
 
 
 @pytest.fixture(scope="session")

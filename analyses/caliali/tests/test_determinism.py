@@ -118,8 +118,6 @@ def test_deconvolution_does_not_depend_on_or_change_the_global_random_state():
 
 # -- whole runs ---------------------------------------------------------------------------------------
 
-REAL = {"gSig": 6, "spatial_ds": 2, "fs": 25, "min_corr": 0.5, "min_pnr": 6, "memory_budget": "256MB"}
-
 
 def _files(folder: Path) -> dict[str, bytes]:
     """Every output file's bytes; summary.json without its ``run`` section (this run's timings and host)."""
@@ -153,25 +151,12 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, output[-3000:]
 
 
-@pytest.fixture(scope="module")
-def real_movie(minian_demo_quadrant, tmp_path_factory) -> Path:
-    """The raw top-left quadrant of minian's demo movie, as a TIFF."""
-    import tifffile
-
-    movie = tmp_path_factory.mktemp("real") / "movie"
-    movie.mkdir()
-    tifffile.imwrite(movie / "session1.tif", minian_demo_quadrant)
-    return movie
-
-
 @pytest.mark.slow
-def test_two_runs_of_a_real_recording_at_once_write_the_same_bytes(real_movie, tmp_path):
+def test_two_runs_of_a_real_recording_at_once_write_the_same_bytes(quadrant_runs):
     """Run side by side (each loads the machine for the other): every output file byte for byte."""
-    # without the residual's seeds, for time: the other whole-run tests here run them
-    runs = [_start_run(real_movie, {**REAL, "residual_seeds": False}, tmp_path / f"run{i}") for i in (1, 2)]
-    for proc in runs:
-        _finish(proc)
-    assert _differing(tmp_path / "run1", tmp_path / "run2") == []
+    (run1, code1, said1), (run2, code2, said2) = quadrant_runs  # without the residual's seeds, for time
+    assert code1 == 0 and code2 == 0, said1[-3000:] + said2[-3000:]
+    assert _differing(run1, run2) == []
 
 
 @pytest.mark.slow
@@ -211,15 +196,17 @@ def _h5_tree(path: Path) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_memory_budget_with_fixed_batch_frames_changes_only_what_records_the_config(real_movie, tmp_path):
+def test_memory_budget_with_fixed_batch_frames_changes_only_what_records_the_config(
+    quadrant_movie, quadrant_config, tmp_path
+):
     """memory_budget only sizes the chunks: with batch_frames set, the arrays and figures are the same bytes.
 
     What differs records the config itself: meta.json's memory_budget, and the NWB identifier (and the
     object ids made from it), which derive from the config's hash, as summary.json says.
     """
-    fixed = {**REAL, "batch_frames": 250, "residual_seeds": False}  # its bytes: the full-resolution test
+    fixed = {**quadrant_config, "batch_frames": 250}  # no residual's seeds: the full-resolution test has them
     runs = [
-        _start_run(real_movie, {**fixed, "memory_budget": budget}, tmp_path / name)
+        _start_run(quadrant_movie, {**fixed, "memory_budget": budget}, tmp_path / name)
         for name, budget in (("small", "64MB"), ("large", "1GB"))
     ]
     for proc in runs:
