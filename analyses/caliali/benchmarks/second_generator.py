@@ -21,7 +21,8 @@ with gSig 3 and fs 20 and the rest of its defaults (plus ``--config``; ``--basel
 second configuration beside it, e.g. ``'{"residual_seeds": false}'``), and ``caliali score``
 scores it strictly: a match needs mask IoU >= 0.3 (masks at 0.2 x max) and trace correlation
 >= 0.8. Prints one row per run (wall and CPU s, peak RSS of the process tree) and writes every
-figure to ``<workdir>/second_generator.json``.
+figure to ``<workdir>/second_generator.json``. Before the runs of a movie, a row says how many of its
+neurons never fire and how many have their peak within 4 px of another's: both count in recall.
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def generate(folder: Path, seed: int, neurons: int, amplitude: float) -> Path:
     return movie_path
 
 
+def truth_facts(a: np.ndarray, s: np.ndarray, near_px: float = 4.0) -> dict[str, int]:
+    """What no extraction can be expected to find or tell apart, from the truth's footprints ``a`` (n, h, w)
+    and spikes ``s`` (n, T): how many neurons never fire, and how many have their peak within ``near_px``
+    of another's (the generator places centres anywhere, so neighbours can sit on one another)."""
+    n, _, w = a.shape
+    peaks = np.array([divmod(int(f.argmax()), w) for f in a], np.float64)
+    distance = np.hypot(*(peaks[:, None, :] - peaks[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(distance, np.inf)
+    return {
+        "silent": int(np.count_nonzero((s > 0).sum(axis=1) == 0)),
+        "near": int(np.count_nonzero(distance.min(axis=1) <= near_px)) if n > 1 else 0,
+    }
+
+
 def run_one(folder: Path, movie: Path, name: str, extra: dict[str, Any]) -> dict[str, Any]:
     config = {"gSig": 3, "fs": FS, **extra}
     config_path = folder / f"{name}.json"
@@ -156,12 +171,19 @@ def main() -> None:
         folder = args.workdir / f"seed{seed}_n{args.neurons}_a{args.amplitude:g}"
         folder.mkdir(parents=True, exist_ok=True)
         movie = generate(folder, seed, args.neurons, args.amplitude)
+        truth = folder / "ground_truth"
+        facts = truth_facts(np.load(truth / "A.npy"), np.load(truth / "S.npy"))
+        print(
+            f"{seed:>4} {args.neurons:>7} {args.amplitude:>4g} {'truth':>8} {facts['silent']} never fire; "
+            f"{facts['near']} have their peak within 4 px of another's"
+        )
         for name, extra in configs.items():
             row = {
                 "seed": seed,
                 "neurons": args.neurons,
                 "amplitude": args.amplitude,
                 "run": name,
+                **facts,
                 **run_one(folder, movie, name, extra),
             }
             rows.append(row)

@@ -1,7 +1,9 @@
-"""The fixture benchmark's movie support: a whole cell's footprint is borne out, a fragment or noise is not.
+"""The benchmarks' own measures.
 
 ``vs_minian_fixture.movie_support`` compares each unit's footprint with the movie's mean over the
-frames where the unit's own trace is highest; the benchmark counts the units that reach 0.5.
+frames where the unit's own trace is highest; the benchmark counts the units that reach 0.5: a whole
+cell's footprint is borne out, a fragment or noise is not. ``second_generator.truth_facts`` counts the
+neurons of a movie that never fire and those sitting within 4 px of another.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_minian_fixture.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("vs_minian_fixture", BENCHMARK)
+def _load(name: str = "vs_minian_fixture"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -46,3 +48,14 @@ def test_a_whole_cell_is_borne_out_and_a_fragment_or_noise_is_not():
     assert support[0] >= 0.9 and 0.7 <= ratio[0] <= 1.3, (support, ratio)  # the whole cell, its size
     assert support[1] < bench.SUPPORTED and ratio[1] < 0.2, (support, ratio)  # a 3 x 3 px piece of it
     assert support[2] < bench.SUPPORTED, support  # noise
+
+
+def test_the_second_generator_counts_silent_neurons_and_neighbours_on_one_another():
+    bench = _load("second_generator")
+    a = np.zeros((4, 30, 30))
+    for k, (y, x) in enumerate([(5, 5), (5, 8), (20, 20), (28, 2)]):  # the first two 3 px apart
+        a[k, y, x] = 1.0
+    s = np.zeros((4, 50))
+    s[[0, 1, 2], [3, 10, 40]] = 1.0  # the fourth never fires
+    assert bench.truth_facts(a, s) == {"silent": 1, "near": 2}
+    assert bench.truth_facts(a, s, near_px=2.0) == {"silent": 1, "near": 0}
