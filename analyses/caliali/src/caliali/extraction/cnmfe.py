@@ -855,8 +855,11 @@ def _iterate(
                 f"check gSig ({params.gSig:g} px; a radius well below the cells' finds few of them and cuts their "
                 "footprints), else lower min_snr, min_pnr or min_corr"
             )
-        added, residual = 0, None
+        added, residual, split = 0, None, 0
         if params.residual_seeds and it + 1 == RESIDUAL_ROUND:
+            footprints, c, split = _split_pairs(
+                source, batches, bounds, footprints, c, background, n_event, work_dir, min_distance=params.gSig / 2
+            )
             footprints, c, residual = _seed_residual(
                 source,
                 batches,
@@ -887,6 +890,7 @@ def _iterate(
                 "merged": merges,
                 "spreading": spreading,
                 "added": added,
+                "split": split,
                 "min_snr": level,
             }
         )
@@ -1086,6 +1090,37 @@ def screen_residual(
         if not misfit:
             keep.append(j)
     return np.array(keep, np.int64), len(new) - len(evented), len(evented) - len(keep)
+
+
+def _split_pairs(source, batches, bounds, footprints: Footprints, c, background, gap: int, work_dir, *, min_distance):
+    """Components whose strongest events show two shapes, each split in two (`_split.split_components`);
+    the halves start from the component's trace. (footprints, traces, how many were split)."""
+    from ._split import event_times, split_components
+
+    residual = _Residual(source, bounds, footprints, c, background)
+    times = [event_times(c[k], max(1, gap)) for k in range(len(footprints))]
+    stacks: list[list[np.ndarray]] = [[] for _ in range(len(footprints))]
+    for batch in batches:
+        wanted = [(k, t) for k in range(len(footprints)) for t in times[k] if batch.start <= t < batch.stop]
+        if not wanted:
+            continue
+        frames = residual.read(batch.start, batch.stop)
+        block = c[:, batch.start : batch.stop]
+        for k, t in wanted:
+            i = t - batch.start
+            stacks[k].append((frames[i][footprints.slices(k)] + footprints.images[k] * block[k, i]).ravel())
+        del frames
+    images = [np.array(st, np.float64) if st else None for st in stacks]
+    split, pairs = split_components(footprints, images, min_distance)
+    if not pairs:
+        return footprints, c, 0
+    traces = TraceFile((len(split), source.n_frames), directory=work_dir)
+    for k in range(len(footprints)):
+        traces[k] = c[k]
+    for k, j in pairs:
+        traces[j] = c[k]
+    c.close()
+    return split, traces, len(pairs)
 
 
 def _seed_residual(
