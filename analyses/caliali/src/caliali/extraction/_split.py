@@ -93,8 +93,9 @@ def _centroid(image: np.ndarray) -> np.ndarray:
 def split_components(
     footprints: Footprints, images: list[np.ndarray | None], min_distance: float = 0.0
 ) -> tuple[Footprints, list[tuple[int, int]]]:
-    """Each component whose event ``images[k]`` (events, box pixels) hold two shapes replaced by those two
-    (each cut to the component's support, then to its own box).
+    """Each component whose event ``images[k]`` (events, its support's pixels in row-major order) hold
+    two shapes, replaced by those two (each on the component's support, then cut to its own box).
+
     Returns the footprints (the split ones' halves appended at the end, in order) and (k, index of its
     second half) for every split; the first half takes k's place."""
     boxes, shapes, spreading = list(footprints.boxes), list(footprints.images), list(footprints.spreading)
@@ -103,7 +104,7 @@ def split_components(
         if stack is None:
             continue
         support = footprints.images[k] > 0
-        found = split_test(stack[:, support.ravel()])
+        found = split_test(np.asarray(stack, np.float64))
         if found is None:
             continue
         h, _ = found

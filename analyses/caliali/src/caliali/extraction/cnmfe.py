@@ -1099,6 +1099,8 @@ def _split_pairs(source, batches, bounds, footprints: Footprints, c, background,
 
     residual = _Residual(source, bounds, footprints, c, background)
     times = [event_times(c[k], max(1, gap)) for k in range(len(footprints))]
+    supports = [image > 0 for image in footprints.images]
+    # each event's image over the support only, in float32: K x 40 x the support's pixels in memory
     stacks: list[list[np.ndarray]] = [[] for _ in range(len(footprints))]
     for batch in batches:
         wanted = [(k, t) for k in range(len(footprints)) for t in times[k] if batch.start <= t < batch.stop]
@@ -1108,9 +1110,10 @@ def _split_pairs(source, batches, bounds, footprints: Footprints, c, background,
         block = c[:, batch.start : batch.stop]
         for k, t in wanted:
             i = t - batch.start
-            stacks[k].append((frames[i][footprints.slices(k)] + footprints.images[k] * block[k, i]).ravel())
+            own = frames[i][footprints.slices(k)] + footprints.images[k] * block[k, i]
+            stacks[k].append(own[supports[k]].astype(np.float32))
         del frames
-    images = [np.array(st, np.float64) if st else None for st in stacks]
+    images = [np.array(st, np.float32) if st else None for st in stacks]
     split, pairs = split_components(footprints, images, min_distance)
     if not pairs:
         return footprints, c, 0
