@@ -62,3 +62,6 @@ def test_two_neurons_3_5_px_apart_come_out_as_two_components():
     assert sum(h.get("split", 0) for h in out.history) >= 1, out.history
     strict = score_strict(out.A, out.C, a.reshape(3, -1).T, c)
     assert strict.n_matched == 3, (strict, out.history)
+    again = extract(y.astype(np.float32), gSig=GSIG, min_corr=0.5, min_pnr=6, batch_frames=500)
+    # the split's SVD and fits: the same footprints and traces, bit for bit
+    assert np.array_equal(again.A.toarray(), out.A.toarray()) and np.array_equal(again.C, out.C)
