@@ -16,6 +16,7 @@ round's merge (trace correlation above ``merge_thr``).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from ._footprints import Footprints, tight_box
 
@@ -84,12 +85,6 @@ def split_test(images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return h2, w2
 
 
-def _centroid(image: np.ndarray) -> np.ndarray:
-    yy, xx = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    total = float(image.sum())
-    return np.array([(yy * image).sum() / total, (xx * image).sum() / total])
-
-
 def split_components(
     footprints: Footprints, images: list[np.ndarray | None], min_distance: float = 0.0
 ) -> tuple[Footprints, list[tuple[int, int]]]:
@@ -108,20 +103,15 @@ def split_components(
         if found is None:
             continue
         h, _ = found
-        halves = []
-        for r in range(2):
-            image = np.zeros(support.shape, np.float32)
-            image[support] = h[r]
-            if image.max() <= 0:
-                break
-            halves.append(tight_box(image / np.linalg.norm(image), footprints.boxes[k]))
-        if len(halves) < 2:
+        placed = [np.zeros(support.shape, np.float32) for _ in range(2)]
+        for image, shape in zip(placed, h):
+            image[support] = shape
+        if min(image.max() for image in placed) <= 0:
             continue
-        placed = [np.zeros(support.shape, np.float64) for _ in range(2)]
-        for r in range(2):
-            placed[r][support] = h[r]
-        if np.hypot(*(_centroid(placed[0]) - _centroid(placed[1]))) < min_distance:
+        centres = [ndimage.center_of_mass(image.astype(np.float64)) for image in placed]
+        if np.hypot(*np.subtract(*centres)) < min_distance:
             continue  # one shape inside the other: a cell and its rim, not two cells
+        halves = [tight_box(image / np.linalg.norm(image), footprints.boxes[k]) for image in placed]
         (shapes[k], boxes[k]), (second, box) = halves
         spreading[k] = True
         shapes.append(second)
